@@ -1,0 +1,104 @@
+//! The replicated commands and their results. A command carries everything
+//! `apply` needs — the actor and the time are fixed by the proposer — so
+//! that applying the same log gives the same state on every node.
+
+use std::collections::BTreeMap;
+
+use quiver_transfer::Manifest;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Actor, Alias, DomainError, Model, RiskTier, Signature, Stage, Version, VersionMetadata,
+    VersionStatus,
+};
+
+/// One replicated mutation, with who asked for it and when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Command {
+    pub actor: Actor,
+    pub at_ms: i64,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Op {
+    CreateModel {
+        name: String,
+        namespace: String,
+        description: String,
+        risk_tier: RiskTier,
+        tags: BTreeMap<String, String>,
+    },
+    UpdateModel {
+        name: String,
+        description: Option<String>,
+        set_tags: BTreeMap<String, String>,
+        remove_tags: Vec<String>,
+    },
+    /// The artifact's chunks are already durable where the proposer needs
+    /// them; the number is assigned at apply.
+    CreateVersion {
+        model: String,
+        manifest: Manifest,
+        manifest_root: String,
+        signature: Signature,
+        metadata: VersionMetadata,
+        tags: BTreeMap<String, String>,
+        status: VersionStatus,
+    },
+    SetVersionStatus {
+        model: String,
+        number: u64,
+        status: VersionStatus,
+    },
+    SetStage {
+        model: String,
+        number: u64,
+        stage: Stage,
+        reason: String,
+    },
+    SetAlias {
+        model: String,
+        alias: String,
+        number: u64,
+    },
+    DeleteAlias {
+        model: String,
+        alias: String,
+    },
+    SetVersionTags {
+        model: String,
+        number: u64,
+        set_tags: BTreeMap<String, String>,
+        remove_tags: Vec<String>,
+    },
+}
+
+impl Op {
+    /// Short name for logs and the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateModel { .. } => "create_model",
+            Op::UpdateModel { .. } => "update_model",
+            Op::CreateVersion { .. } => "create_version",
+            Op::SetVersionStatus { .. } => "set_version_status",
+            Op::SetStage { .. } => "set_stage",
+            Op::SetAlias { .. } => "set_alias",
+            Op::DeleteAlias { .. } => "delete_alias",
+            Op::SetVersionTags { .. } => "set_version_tags",
+        }
+    }
+}
+
+/// What applying a command produced. Rejections are results, not errors:
+/// a rejected command is in the log like any other and changes nothing.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Response {
+    /// Blank and membership entries.
+    #[default]
+    None,
+    Model(Box<Model>),
+    Version(Box<Version>),
+    Alias(Alias),
+    Rejected(DomainError),
+}

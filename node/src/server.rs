@@ -1,0 +1,43 @@
+//! Serving a node's gRPC API on a listener until a shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use quiver_client::proto::{
+    admin_server::AdminServer, lifecycle_server::LifecycleServer, models_server::ModelsServer,
+    versions_server::VersionsServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::Node;
+use crate::service::{
+    admin::AdminService, lifecycle::LifecycleService, models::ModelsService,
+    versions::VersionsService,
+};
+
+/// Largest gRPC message either side accepts: one chunk plus framing.
+pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops the
+/// node's Raft member.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let versions = VersionsServer::new(VersionsService { node: node.clone() })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    tonic::transport::Server::builder()
+        .add_service(ModelsServer::new(ModelsService { node: node.clone() }))
+        .add_service(versions)
+        .add_service(LifecycleServer::new(LifecycleService { node: node.clone() }))
+        .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("serve gRPC")?;
+    node.shutdown().await.context("stop raft")?;
+    Ok(())
+}

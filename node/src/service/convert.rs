@@ -1,0 +1,216 @@
+//! Conversions between the protobuf contract and the domain. This is the
+//! only place that knows both; the domain derives no wire format.
+
+use quiver_client::proto;
+use quiver_transfer::Manifest;
+
+use crate::domain::{self, DomainError, DomainResult};
+
+pub fn stage_from_proto(stage: proto::Stage) -> DomainResult<domain::Stage> {
+    Ok(match stage {
+        proto::Stage::Experimental => domain::Stage::Experimental,
+        proto::Stage::Staging => domain::Stage::Staging,
+        proto::Stage::Production => domain::Stage::Production,
+        proto::Stage::Archived => domain::Stage::Archived,
+        proto::Stage::Unspecified => {
+            return Err(DomainError::invalid(
+                "stage",
+                "is required: one of experimental, staging, production, archived",
+            ))
+        }
+    })
+}
+
+/// A stage given as an i32 on the wire; 0 (unspecified) means "none".
+pub fn optional_stage(raw: i32) -> DomainResult<Option<domain::Stage>> {
+    match proto::Stage::try_from(raw) {
+        Ok(proto::Stage::Unspecified) => Ok(None),
+        Ok(s) => stage_from_proto(s).map(Some),
+        Err(_) => Err(DomainError::invalid("stage", format!("unknown stage value {raw}"))),
+    }
+}
+
+pub fn required_stage(raw: i32) -> DomainResult<domain::Stage> {
+    optional_stage(raw)?.ok_or_else(|| {
+        DomainError::invalid(
+            "stage",
+            "is required: one of experimental, staging, production, archived",
+        )
+    })
+}
+
+pub fn stage_to_proto(stage: domain::Stage) -> proto::Stage {
+    match stage {
+        domain::Stage::Experimental => proto::Stage::Experimental,
+        domain::Stage::Staging => proto::Stage::Staging,
+        domain::Stage::Production => proto::Stage::Production,
+        domain::Stage::Archived => proto::Stage::Archived,
+    }
+}
+
+pub fn risk_tier_from_proto(raw: i32) -> DomainResult<domain::RiskTier> {
+    match proto::RiskTier::try_from(raw) {
+        Ok(proto::RiskTier::Unspecified) | Ok(proto::RiskTier::Low) => Ok(domain::RiskTier::Low),
+        Ok(proto::RiskTier::Medium) => Ok(domain::RiskTier::Medium),
+        Ok(proto::RiskTier::High) => Ok(domain::RiskTier::High),
+        Err(_) => Err(DomainError::invalid(
+            "risk_tier",
+            format!("unknown risk tier value {raw}: use low, medium or high"),
+        )),
+    }
+}
+
+fn risk_tier_to_proto(tier: domain::RiskTier) -> proto::RiskTier {
+    match tier {
+        domain::RiskTier::Low => proto::RiskTier::Low,
+        domain::RiskTier::Medium => proto::RiskTier::Medium,
+        domain::RiskTier::High => proto::RiskTier::High,
+    }
+}
+
+fn status_to_proto(status: domain::VersionStatus) -> proto::VersionStatus {
+    match status {
+        domain::VersionStatus::Pending => proto::VersionStatus::Pending,
+        domain::VersionStatus::Ready => proto::VersionStatus::Ready,
+        domain::VersionStatus::Failed => proto::VersionStatus::Failed,
+    }
+}
+
+pub fn model_to_proto(m: &domain::Model) -> proto::Model {
+    proto::Model {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        description: m.description.clone(),
+        risk_tier: risk_tier_to_proto(m.risk_tier) as i32,
+        tags: m.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        created_by: m.created_by.name.clone(),
+        created_by_authenticated: m.created_by.authenticated,
+        created_at_ms: m.created_at_ms,
+        version_count: m.version_count,
+        latest_version: m.version_count,
+    }
+}
+
+fn tensor_to_proto(t: &domain::TensorSpec) -> proto::TensorSpec {
+    proto::TensorSpec {
+        name: t.name.clone(),
+        dtype: t.dtype.clone(),
+        shape: t.shape.clone(),
+        optional: t.optional,
+    }
+}
+
+fn tensor_from_proto(t: &proto::TensorSpec) -> domain::TensorSpec {
+    domain::TensorSpec {
+        name: t.name.clone(),
+        dtype: t.dtype.clone(),
+        shape: t.shape.clone(),
+        optional: t.optional,
+    }
+}
+
+pub fn signature_from_proto(s: Option<&proto::Signature>) -> domain::Signature {
+    s.map(|s| domain::Signature {
+        inputs: s.inputs.iter().map(tensor_from_proto).collect(),
+        outputs: s.outputs.iter().map(tensor_from_proto).collect(),
+    })
+    .unwrap_or_default()
+}
+
+pub fn metadata_from_proto(m: Option<&proto::VersionMetadata>) -> domain::VersionMetadata {
+    m.map(|m| domain::VersionMetadata {
+        data_snapshot_id: m.data_snapshot_id.clone(),
+        code_commit: m.code_commit.clone(),
+        pipeline_run_id: m.pipeline_run_id.clone(),
+        hyperparameters: m.hyperparameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    })
+    .unwrap_or_default()
+}
+
+pub fn version_to_proto(v: &domain::Version, aliases: Vec<String>) -> proto::ModelVersion {
+    proto::ModelVersion {
+        model: v.model.clone(),
+        version: v.number,
+        manifest_root: v.manifest_root.clone(),
+        files: v
+            .files
+            .iter()
+            .map(|f| proto::FileInfo {
+                path: f.path.clone(),
+                size_bytes: f.size_bytes,
+                mode: f.mode,
+                chunk_count: f.chunk_count,
+            })
+            .collect(),
+        total_size_bytes: v.total_size_bytes,
+        signature: Some(proto::Signature {
+            inputs: v.signature.inputs.iter().map(tensor_to_proto).collect(),
+            outputs: v.signature.outputs.iter().map(tensor_to_proto).collect(),
+        }),
+        metadata: Some(proto::VersionMetadata {
+            data_snapshot_id: v.metadata.data_snapshot_id.clone(),
+            code_commit: v.metadata.code_commit.clone(),
+            pipeline_run_id: v.metadata.pipeline_run_id.clone(),
+            hyperparameters: v
+                .metadata
+                .hyperparameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            metrics: v.metadata.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }),
+        tags: v.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        stage: stage_to_proto(v.stage) as i32,
+        status: status_to_proto(v.status) as i32,
+        aliases,
+        created_by: v.created_by.name.clone(),
+        created_by_authenticated: v.created_by.authenticated,
+        created_at_ms: v.created_at_ms,
+        stage_history: v
+            .stage_history
+            .iter()
+            .map(|t| proto::StageTransition {
+                from: t.from.map(|s| stage_to_proto(s) as i32).unwrap_or(0),
+                to: stage_to_proto(t.to) as i32,
+                actor: t.actor.name.clone(),
+                actor_authenticated: t.actor.authenticated,
+                at_ms: t.at_ms,
+                reason: t.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+pub fn alias_to_proto(a: &domain::Alias) -> proto::Alias {
+    proto::Alias {
+        model: a.model.clone(),
+        alias: a.alias.clone(),
+        version: a.version,
+        updated_by: a.updated_by.name.clone(),
+        updated_by_authenticated: a.updated_by.authenticated,
+        updated_at_ms: a.updated_at_ms,
+    }
+}
+
+pub fn manifest_to_proto(m: &Manifest) -> proto::Manifest {
+    proto::Manifest {
+        files: m
+            .files
+            .iter()
+            .map(|f| proto::ManifestFile {
+                path: f.path.clone(),
+                size_bytes: f.size_bytes,
+                mode: f.mode,
+                chunks: f
+                    .chunks
+                    .iter()
+                    .map(|c| proto::ChunkRef {
+                        hash: c.hash.0.to_vec(),
+                        size_bytes: c.size_bytes,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

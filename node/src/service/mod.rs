@@ -1,0 +1,83 @@
+//! gRPC services (tonic) over a `Node`. Each request is validated and
+//! converted to a domain command at this edge; errors reach the client as a
+//! gRPC status whose message names the field or object and the fix.
+
+pub mod admin;
+pub mod convert;
+pub mod lifecycle;
+pub mod models;
+pub mod versions;
+
+use quiver_client::proto;
+use quiver_client::Reference;
+use tonic::{Request, Status};
+
+use crate::domain::{Actor, DomainError};
+use crate::node::Consistency;
+use crate::state::AppError;
+
+/// The request metadata key that names the acting user.
+pub const ACTOR_HEADER: &str = "x-quiver-actor";
+const ACTOR_BYTES_MAX: usize = 128;
+
+/// The declared actor of a request. Until access control lands the name is
+/// taken on trust and recorded as unauthenticated.
+pub fn actor_of<T>(request: &Request<T>) -> Result<Actor, Status> {
+    let name = match request.metadata().get(ACTOR_HEADER) {
+        None => "unknown".to_string(),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| Status::invalid_argument(format!("{ACTOR_HEADER}: not valid text")))?
+            .to_string(),
+    };
+    if name.is_empty() || name.len() > ACTOR_BYTES_MAX || name.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{ACTOR_HEADER}: must be 1-{ACTOR_BYTES_MAX} printable characters (set QUIVER_USER)"
+        )));
+    }
+    Ok(Actor {
+        name,
+        authenticated: false,
+    })
+}
+
+pub fn status_from_domain(e: &DomainError) -> Status {
+    let message = e.to_string();
+    match e {
+        DomainError::ModelNotFound { .. }
+        | DomainError::VersionNotFound { .. }
+        | DomainError::AliasNotFound { .. }
+        | DomainError::StageEmpty { .. } => Status::not_found(message),
+        DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. } => {
+            Status::already_exists(message)
+        }
+        DomainError::SameStage { .. } | DomainError::NotReady { .. } => {
+            Status::failed_precondition(message)
+        }
+        DomainError::Invalid { .. } => Status::invalid_argument(message),
+    }
+}
+
+pub fn app_error(e: &AppError) -> Status {
+    match e {
+        AppError::Domain(d) => status_from_domain(d),
+        AppError::Storage(s) => Status::internal(format!("state storage: {s:#}")),
+    }
+}
+
+pub fn consistency(raw: i32) -> Consistency {
+    if raw == proto::ReadConsistency::Stale as i32 {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
+}
+
+pub fn parse_reference(text: &str) -> Result<Reference, Status> {
+    text.parse::<Reference>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn invalid(e: DomainError) -> Status {
+    status_from_domain(&e)
+}

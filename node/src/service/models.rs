@@ -1,0 +1,95 @@
+//! The Models service: create, get, list and update registered models.
+
+use std::sync::Arc;
+
+use quiver_client::proto::{self, models_server::Models};
+use tonic::{Request, Response, Status};
+
+use super::convert::{model_to_proto, risk_tier_from_proto};
+use super::{actor_of, consistency, invalid};
+use crate::command::{Op, Response as Applied};
+use crate::domain::validate_name;
+use crate::node::Node;
+
+pub struct ModelsService {
+    pub node: Arc<Node>,
+}
+
+fn expect_model(applied: Applied) -> Result<proto::Model, Status> {
+    match applied {
+        Applied::Model(m) => Ok(model_to_proto(&m)),
+        other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl Models for ModelsService {
+    async fn create_model(
+        &self,
+        request: Request<proto::CreateModelRequest>,
+    ) -> Result<Response<proto::Model>, Status> {
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let namespace = if r.namespace.is_empty() {
+            "default".to_string()
+        } else {
+            r.namespace
+        };
+        // Checked here for a fast answer and again in apply.
+        validate_name("name", &r.name).map_err(invalid)?;
+        let op = Op::CreateModel {
+            name: r.name,
+            namespace,
+            description: r.description,
+            risk_tier: risk_tier_from_proto(r.risk_tier).map_err(invalid)?,
+            tags: r.tags.into_iter().collect(),
+        };
+        let applied = self.node.propose(actor, op).await?;
+        Ok(Response::new(expect_model(applied)?))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<proto::GetModelRequest>,
+    ) -> Result<Response<proto::Model>, Status> {
+        let r = request.into_inner();
+        let model = self
+            .node
+            .read(consistency(r.consistency), |app, txn| app.get_model(txn, &r.name))
+            .await?;
+        Ok(Response::new(model_to_proto(&model)))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let r = request.into_inner();
+        let (models, next) = self
+            .node
+            .read(consistency(r.consistency), |app, txn| {
+                app.list_models(txn, &r.name_prefix, &r.tag, r.page_size as usize, &r.page_token)
+            })
+            .await?;
+        Ok(Response::new(proto::ListModelsResponse {
+            models: models.iter().map(model_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_model(
+        &self,
+        request: Request<proto::UpdateModelRequest>,
+    ) -> Result<Response<proto::Model>, Status> {
+        let actor = actor_of(&request)?;
+        let r = request.into_inner();
+        let op = Op::UpdateModel {
+            name: r.name,
+            description: r.description,
+            set_tags: r.set_tags.into_iter().collect(),
+            remove_tags: r.remove_tags,
+        };
+        let applied = self.node.propose(actor, op).await?;
+        Ok(Response::new(expect_model(applied)?))
+    }
+}

@@ -1,0 +1,397 @@
+//! The Versions service: register a version by client-streaming upload,
+//! download it by server streaming, get and list versions.
+//!
+//! Both directions stream: an upload is cut into chunks as it arrives and
+//! each chunk is written (fsynced) by a blocking writer behind a short queue;
+//! a download reads and verifies one chunk at a time behind a short queue.
+//! Memory per transfer is bounded by those queues, whatever the artifact's
+//! size.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use quiver_client::proto::{self, upload_message::Kind, versions_server::Versions};
+use quiver_transfer::{
+    validate_path, ChunkRef, ChunkStore, Chunker, FileEntry, Hash, Manifest, StoreError,
+    FILES_PER_MANIFEST_MAX,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{
+    manifest_to_proto, metadata_from_proto, optional_stage, signature_from_proto,
+    version_to_proto,
+};
+use super::{actor_of, consistency, invalid, parse_reference};
+use crate::command::{Op, Response as Applied};
+use crate::domain::{
+    self, validate_metadata, validate_name, validate_signature, validate_tags, DomainError,
+    VersionStatus,
+};
+use crate::node::{Consistency, Node};
+
+/// Chunks queued between the upload stream and the disk writer.
+const WRITE_QUEUE_DEPTH: usize = 4;
+/// Chunks queued between the disk reader and the download stream.
+const DOWNLOAD_QUEUE_DEPTH: usize = 4;
+
+pub struct VersionsService {
+    pub node: Arc<Node>,
+}
+
+/// A version as the API shows it: with the aliases that point at it.
+pub async fn version_view(
+    node: &Node,
+    v: &domain::Version,
+    consistency: Consistency,
+) -> Result<proto::ModelVersion, Status> {
+    let aliases = node
+        .read(consistency, |app, txn| app.aliases_of_model(txn, &v.model))
+        .await?;
+    let names = aliases
+        .into_iter()
+        .filter(|a| a.version == v.number)
+        .map(|a| a.alias)
+        .collect();
+    Ok(version_to_proto(v, names))
+}
+
+fn bad_upload(message: impl Into<String>) -> Status {
+    Status::invalid_argument(format!("upload rejected, nothing registered: {}", message.into()))
+}
+
+struct OpenFile {
+    path: String,
+    size_bytes: u64,
+    mode: u32,
+    received_bytes: u64,
+    chunker: Chunker,
+    chunks: Vec<ChunkRef>,
+}
+
+/// Turns the upload's file and data messages into a manifest, with every
+/// chunk durable in the chunk store by the time `finish` returns.
+struct Ingest {
+    files: Vec<FileEntry>,
+    paths: BTreeSet<String>,
+    current: Option<OpenFile>,
+    to_writer: mpsc::Sender<(Hash, Vec<u8>)>,
+    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl Ingest {
+    fn new(store: ChunkStore) -> Self {
+        let (to_writer, mut from_ingest) = mpsc::channel::<(Hash, Vec<u8>)>(WRITE_QUEUE_DEPTH);
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some((hash, data)) = from_ingest.blocking_recv() {
+                store.put(&hash, &data)?;
+            }
+            Ok(())
+        });
+        Ingest {
+            files: Vec::new(),
+            paths: BTreeSet::new(),
+            current: None,
+            to_writer,
+            writer,
+        }
+    }
+
+    async fn start_file(&mut self, start: proto::FileStart) -> Result<(), Status> {
+        self.close_file().await?;
+        validate_path(&start.path).map_err(|e| bad_upload(e.to_string()))?;
+        if self.paths.len() >= FILES_PER_MANIFEST_MAX {
+            return Err(bad_upload(format!(
+                "more than {FILES_PER_MANIFEST_MAX} files in one version"
+            )));
+        }
+        if !self.paths.insert(start.path.clone()) {
+            return Err(bad_upload(format!("file '{}' is sent twice", start.path)));
+        }
+        self.current = Some(OpenFile {
+            path: start.path,
+            size_bytes: start.size_bytes,
+            mode: start.mode,
+            received_bytes: 0,
+            chunker: Chunker::new(),
+            chunks: Vec::new(),
+        });
+        Ok(())
+    }
+
+    async fn data(&mut self, data: &[u8]) -> Result<(), Status> {
+        let file = self
+            .current
+            .as_mut()
+            .ok_or_else(|| bad_upload("data arrived before any FileStart"))?;
+        file.received_bytes += data.len() as u64;
+        if file.received_bytes > file.size_bytes {
+            return Err(bad_upload(format!(
+                "file '{}' sent more than its declared {} bytes",
+                file.path, file.size_bytes
+            )));
+        }
+        let mut ready = Vec::new();
+        file.chunker
+            .push(data, |c, bytes| {
+                ready.push((c, bytes.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .expect("collecting chunks cannot fail");
+        self.send(ready).await
+    }
+
+    async fn send(&mut self, ready: Vec<(ChunkRef, Vec<u8>)>) -> Result<(), Status> {
+        for (chunk, bytes) in ready {
+            if let Some(file) = self.current.as_mut() {
+                file.chunks.push(chunk.clone());
+            }
+            if self.to_writer.send((chunk.hash, bytes)).await.is_err() {
+                return Err(self.writer_failure().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_file(&mut self) -> Result<(), Status> {
+        let Some(mut file) = self.current.take() else {
+            return Ok(());
+        };
+        if file.received_bytes != file.size_bytes {
+            return Err(bad_upload(format!(
+                "file '{}' ended after {} of its declared {} bytes",
+                file.path, file.received_bytes, file.size_bytes
+            )));
+        }
+        let mut ready = Vec::new();
+        let chunker = std::mem::replace(&mut file.chunker, Chunker::new());
+        chunker
+            .finish(|c, bytes| {
+                ready.push((c, bytes.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .expect("collecting chunks cannot fail");
+        for (chunk, _) in &ready {
+            file.chunks.push(chunk.clone());
+        }
+        for (chunk, bytes) in ready {
+            if self.to_writer.send((chunk.hash, bytes)).await.is_err() {
+                return Err(self.writer_failure().await);
+            }
+        }
+        self.files.push(FileEntry {
+            path: file.path,
+            size_bytes: file.size_bytes,
+            mode: file.mode,
+            chunks: file.chunks,
+        });
+        Ok(())
+    }
+
+    async fn writer_failure(&mut self) -> Status {
+        match (&mut self.writer).await {
+            Ok(Err(e)) => Status::internal(format!("store uploaded chunk: {e}")),
+            Ok(Ok(())) => Status::internal("chunk writer stopped early"),
+            Err(e) => Status::internal(format!("chunk writer panicked: {e}")),
+        }
+    }
+
+    /// Closes the last file and waits until every chunk is durable.
+    async fn finish(mut self) -> Result<Manifest, Status> {
+        self.close_file().await?;
+        drop(self.to_writer);
+        match self.writer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Status::internal(format!("store uploaded chunk: {e}"))),
+            Err(e) => return Err(Status::internal(format!("chunk writer panicked: {e}"))),
+        }
+        let mut files = self.files;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Manifest { files })
+    }
+}
+
+#[tonic::async_trait]
+impl Versions for VersionsService {
+    async fn register_version(
+        &self,
+        request: Request<Streaming<proto::UploadMessage>>,
+    ) -> Result<Response<proto::ModelVersion>, Status> {
+        let actor = actor_of(&request)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(proto::UploadMessage {
+                kind: Some(Kind::Header(h)),
+            }) => h,
+            _ => return Err(bad_upload("the stream must begin with an UploadHeader")),
+        };
+        validate_name("model", &header.model).map_err(invalid)?;
+        let signature = signature_from_proto(header.signature.as_ref());
+        let metadata = metadata_from_proto(header.metadata.as_ref());
+        let tags = header.tags.into_iter().collect();
+        validate_signature(&signature).map_err(invalid)?;
+        validate_metadata(&metadata).map_err(invalid)?;
+        validate_tags("tags", &tags).map_err(invalid)?;
+        // Fail before taking any bytes if the model is unknown; apply checks again.
+        self.node
+            .read(Consistency::Stale, |app, txn| app.get_model(txn, &header.model))
+            .await?;
+
+        let mut ingest = Ingest::new(self.node.chunks.clone());
+        let mut commit = None;
+        while let Some(message) = stream.message().await? {
+            match message.kind {
+                Some(Kind::File(start)) => ingest.start_file(start).await?,
+                Some(Kind::Data(data)) => ingest.data(&data).await?,
+                Some(Kind::Commit(c)) => {
+                    commit = Some(c);
+                    break;
+                }
+                Some(Kind::Header(_)) => return Err(bad_upload("a second UploadHeader")),
+                None => return Err(bad_upload("an empty UploadMessage")),
+            }
+        }
+        let commit = commit.ok_or_else(|| {
+            Status::aborted("upload ended before its UploadCommit message; nothing was registered")
+        })?;
+        let manifest = ingest.finish().await?;
+        manifest
+            .validate()
+            .map_err(|e| bad_upload(e.to_string()))?;
+        let root = manifest.root().to_hex();
+        if !commit.manifest_root.is_empty() && commit.manifest_root != root {
+            return Err(Status::data_loss(format!(
+                "upload rejected, nothing registered: the client computed manifest root {} but the node \
+                 received bytes with root {root}; the data changed in transit, retry the upload",
+                commit.manifest_root
+            )));
+        }
+        let op = Op::CreateVersion {
+            model: header.model,
+            manifest,
+            manifest_root: root,
+            signature,
+            metadata,
+            tags,
+            status: VersionStatus::Ready,
+        };
+        match self.node.propose(actor, op).await? {
+            Applied::Version(v) => Ok(Response::new(version_to_proto(&v, Vec::new()))),
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<proto::GetVersionRequest>,
+    ) -> Result<Response<proto::ModelVersion>, Status> {
+        let r = request.into_inner();
+        let reference = parse_reference(&r.reference)?;
+        let c = consistency(r.consistency);
+        let v = self.node.read(c, |app, txn| app.resolve(txn, &reference)).await?;
+        Ok(Response::new(version_view(&self.node, &v, Consistency::Stale).await?))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<proto::ListVersionsRequest>,
+    ) -> Result<Response<proto::ListVersionsResponse>, Status> {
+        let r = request.into_inner();
+        let stage = optional_stage(r.stage).map_err(invalid)?;
+        let (versions, aliases, next) = self
+            .node
+            .read(consistency(r.consistency), |app, txn| {
+                let (versions, next) = app.list_versions(
+                    txn,
+                    &r.model,
+                    stage,
+                    &r.tag,
+                    r.page_size as usize,
+                    &r.page_token,
+                )?;
+                Ok((versions, app.aliases_of_model(txn, &r.model)?, next))
+            })
+            .await?;
+        let versions = versions
+            .iter()
+            .map(|v| {
+                let names = aliases
+                    .iter()
+                    .filter(|a| a.version == v.number)
+                    .map(|a| a.alias.clone())
+                    .collect();
+                version_to_proto(v, names)
+            })
+            .collect();
+        Ok(Response::new(proto::ListVersionsResponse {
+            versions,
+            next_page_token: next,
+        }))
+    }
+
+    type DownloadVersionStream = ReceiverStream<Result<proto::DownloadMessage, Status>>;
+
+    async fn download_version(
+        &self,
+        request: Request<proto::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadVersionStream>, Status> {
+        let r = request.into_inner();
+        let reference = parse_reference(&r.reference)?;
+        let (version, manifest) = self
+            .node
+            .read(Consistency::Linearizable, |app, txn| {
+                let v = app.resolve(txn, &reference)?;
+                let m = app.manifest(txn, &v.manifest_root)?;
+                Ok((v, m))
+            })
+            .await?;
+        if version.status != VersionStatus::Ready {
+            return Err(invalid(DomainError::NotReady {
+                model: version.model.clone(),
+                number: version.number,
+                status: domain::status_label(version.status).into(),
+            }));
+        }
+        let header = proto::DownloadMessage {
+            kind: Some(proto::download_message::Kind::Header(proto::DownloadHeader {
+                version: Some(version_view(&self.node, &version, Consistency::Stale).await?),
+                manifest: Some(manifest_to_proto(&manifest)),
+            })),
+        };
+        let (tx, rx) = mpsc::channel(DOWNLOAD_QUEUE_DEPTH);
+        tx.send(Ok(header))
+            .await
+            .map_err(|_| Status::cancelled("client went away"))?;
+        let store = self.node.chunks.clone();
+        let node_id = self.node.config.node_id;
+        let subject = format!("{}/{}", version.model, version.number);
+        tokio::task::spawn_blocking(move || {
+            for (fi, file) in manifest.files.iter().enumerate() {
+                for (ci, chunk) in file.chunks.iter().enumerate() {
+                    let message = match store.get(&chunk.hash) {
+                        Ok(data) => Ok(proto::DownloadMessage {
+                            kind: Some(proto::download_message::Kind::Chunk(proto::ChunkData {
+                                file_index: fi as u32,
+                                chunk_index: ci as u32,
+                                data,
+                            })),
+                        }),
+                        Err(e) => {
+                            tracing::error!(%subject, file = %file.path, chunk = %chunk.hash, "download failed: {e}");
+                            Err(Status::data_loss(format!(
+                                "download of {subject} failed: chunk {} (#{ci} of file '{}') on node {node_id}: {e}",
+                                chunk.hash, file.path
+                            )))
+                        }
+                    };
+                    let failed = message.is_err();
+                    if tx.blocking_send(message).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,1025 @@
+//! The registry's replicated state machine: LMDB tables inside the raft
+//! crate's state environment, and `apply`, a pure function of (state,
+//! command). No clock, randomness or I/O beyond the write transaction it is
+//! handed; the actor and time come in the command.
+//!
+//! Tables (keys are bytes; values serde JSON; iteration is key order, so
+//! exports and digests are deterministic):
+//! - `models`:    name                      → Model
+//! - `versions`:  model \0 number(be u64)   → Version (without its manifest)
+//! - `manifests`: root hex                  → Manifest
+//! - `roots`:     model \0 root hex         → number (a bundle registered twice is detected)
+//! - `aliases`:   model \0 alias            → Alias
+//! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
+//! - `meta`:      "audit_head"              → AuditHead
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use anyhow::Context;
+use heed::types::Bytes;
+use heed::{Database, Env, RoTxn, RwTxn};
+use quiver_client::{Reference, VersionSelector};
+use quiver_transfer::{Manifest, ManifestError};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Op, Response};
+use crate::domain::{self, limits, *};
+
+/// An error reading state: either the request names something that is not
+/// there (a domain error) or storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("state storage: {0:#}")]
+    Storage(#[from] anyhow::Error),
+}
+
+impl From<heed::Error> for AppError {
+    fn from(e: heed::Error) -> Self {
+        AppError::Storage(e.into())
+    }
+}
+
+impl From<serde_json::Error> for AppError {
+    fn from(e: serde_json::Error) -> Self {
+        AppError::Storage(e.into())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub log_index: u64,
+    pub actor: Actor,
+    pub at_ms: i64,
+    pub kind: String,
+    pub subject: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AuditHead {
+    seq: u64,
+    hash: String,
+}
+
+type Table = Database<Bytes, Bytes>;
+
+/// The registry state machine (see module docs for the tables).
+pub struct RegistryApp {
+    models: Table,
+    versions: Table,
+    manifests: Table,
+    roots: Table,
+    aliases: Table,
+    audit: Table,
+    meta: Table,
+}
+
+const TABLE_NAMES: [&str; 7] = [
+    "models",
+    "versions",
+    "manifests",
+    "roots",
+    "aliases",
+    "audit",
+    "meta",
+];
+
+fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+fn version_key(model: &str, number: u64) -> Vec<u8> {
+    key2(model, &number.to_be_bytes())
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> AppResult<T> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("decode {what} from state storage"))
+        .map_err(AppError::Storage)
+}
+
+fn encode<T: Serialize>(value: &T) -> AppResult<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+/// Parses a tag filter `key` or `key=value`.
+pub fn tag_filter(filter: &str) -> Option<(&str, Option<&str>)> {
+    if filter.is_empty() {
+        return None;
+    }
+    Some(match filter.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (filter, None),
+    })
+}
+
+fn tags_match(tags: &BTreeMap<String, String>, filter: Option<(&str, Option<&str>)>) -> bool {
+    match filter {
+        None => true,
+        Some((k, None)) => tags.contains_key(k),
+        Some((k, Some(v))) => tags.get(k).is_some_and(|t| t == v),
+    }
+}
+
+fn page_size(requested: usize) -> usize {
+    match requested {
+        0 => limits::PAGE_SIZE_DEFAULT,
+        n => n.min(limits::PAGE_SIZE_MAX),
+    }
+}
+
+fn manifest_error(e: ManifestError) -> DomainError {
+    DomainError::invalid("manifest", e.to_string())
+}
+
+impl quiver_raft::App for RegistryApp {
+    type Command = Command;
+    type Response = Response;
+    const MAX_DBS: u32 = TABLE_NAMES.len() as u32;
+
+    fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
+        let mut open = |name: &str| -> anyhow::Result<Table> {
+            env.create_database(wtxn, Some(name))
+                .with_context(|| format!("open state table {name}"))
+        };
+        Ok(RegistryApp {
+            models: open("models")?,
+            versions: open("versions")?,
+            manifests: open("manifests")?,
+            roots: open("roots")?,
+            aliases: open("aliases")?,
+            audit: open("audit")?,
+            meta: open("meta")?,
+        })
+    }
+
+    fn apply(&self, wtxn: &mut RwTxn<'_>, log_index: u64, cmd: &Command) -> anyhow::Result<Response> {
+        match self.execute(wtxn, cmd) {
+            Ok((response, subject)) => {
+                self.append_audit(wtxn, log_index, cmd, subject)
+                    .map_err(|e| anyhow::anyhow!("append audit entry: {e}"))?;
+                Ok(response)
+            }
+            Err(AppError::Domain(e)) => Ok(Response::Rejected(e)),
+            Err(AppError::Storage(e)) => Err(e),
+        }
+    }
+
+    fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+        let mut out: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
+            let mut rows = Vec::new();
+            for row in table.iter(rtxn)? {
+                let (k, v) = row?;
+                rows.push((hex::encode(k), hex::encode(v)));
+            }
+            out.insert(name, rows);
+        }
+        Ok(serde_json::to_vec(&out)?)
+    }
+
+    fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
+        let tables: BTreeMap<String, Vec<(String, String)>> =
+            serde_json::from_slice(data).context("decode registry snapshot")?;
+        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
+            table.clear(wtxn)?;
+            for (k, v) in tables.get(*name).into_iter().flatten() {
+                let k = hex::decode(k).with_context(|| format!("snapshot table {name}: key"))?;
+                let v = hex::decode(v).with_context(|| format!("snapshot table {name}: value"))?;
+                table.put(wtxn, &k, &v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RegistryApp {
+    fn tables(&self) -> [&Table; 7] {
+        [
+            &self.models,
+            &self.versions,
+            &self.manifests,
+            &self.roots,
+            &self.aliases,
+            &self.audit,
+            &self.meta,
+        ]
+    }
+
+    /// blake3 over every table in key order: equal on nodes with equal state.
+    pub fn digest(&self, rtxn: &RoTxn<'_>) -> AppResult<String> {
+        let mut hasher = blake3::Hasher::new();
+        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
+            hasher.update(name.as_bytes());
+            for row in table.iter(rtxn)? {
+                let (k, v) = row?;
+                hasher.update(&(k.len() as u64).to_le_bytes());
+                hasher.update(k);
+                hasher.update(&(v.len() as u64).to_le_bytes());
+                hasher.update(v);
+            }
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+
+    // ---------------------------------------------------------- apply
+
+    /// Validates fully, then writes: a rejected command writes nothing.
+    /// Returns the response and the audit subject.
+    fn execute(&self, wtxn: &mut RwTxn<'_>, cmd: &Command) -> AppResult<(Response, String)> {
+        let actor = &cmd.actor;
+        let at_ms = cmd.at_ms;
+        match &cmd.op {
+            Op::CreateModel {
+                name,
+                namespace,
+                description,
+                risk_tier,
+                tags,
+            } => {
+                validate_name("name", name)?;
+                validate_name("namespace", namespace)?;
+                validate_description(description)?;
+                validate_tags("tags", tags)?;
+                if self.models.get(wtxn, name.as_bytes())?.is_some() {
+                    return Err(DomainError::ModelExists { name: name.clone() }.into());
+                }
+                let model = Model {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    description: description.clone(),
+                    risk_tier: *risk_tier,
+                    tags: tags.clone(),
+                    created_by: actor.clone(),
+                    created_at_ms: at_ms,
+                    version_count: 0,
+                    production_version: None,
+                };
+                self.models.put(wtxn, name.as_bytes(), &encode(&model)?)?;
+                Ok((Response::Model(Box::new(model)), name.clone()))
+            }
+            Op::UpdateModel {
+                name,
+                description,
+                set_tags,
+                remove_tags,
+            } => {
+                let mut model = self.get_model(wtxn, name)?;
+                if let Some(d) = description {
+                    validate_description(d)?;
+                    model.description = d.clone();
+                }
+                apply_tag_changes(&mut model.tags, set_tags, remove_tags)?;
+                self.models.put(wtxn, name.as_bytes(), &encode(&model)?)?;
+                Ok((Response::Model(Box::new(model)), name.clone()))
+            }
+            Op::CreateVersion {
+                model,
+                manifest,
+                manifest_root,
+                signature,
+                metadata,
+                tags,
+                status,
+            } => {
+                let mut m = self.get_model(wtxn, model)?;
+                manifest.validate().map_err(manifest_error)?;
+                let root = manifest.root().to_hex();
+                if &root != manifest_root {
+                    return Err(DomainError::invalid(
+                        "manifest_root",
+                        format!("{manifest_root} does not match the manifest (its root is {root})"),
+                    )
+                    .into());
+                }
+                validate_signature(signature)?;
+                validate_metadata(metadata)?;
+                validate_tags("tags", tags)?;
+                let root_key = key2(model, root.as_bytes());
+                if let Some(existing) = self.roots.get(wtxn, &root_key)? {
+                    let number = u64::from_be_bytes(existing.try_into().map_err(|_| {
+                        AppError::Storage(anyhow::anyhow!("roots table: malformed version number"))
+                    })?);
+                    return Err(DomainError::DuplicateBundle {
+                        model: model.clone(),
+                        number,
+                        root,
+                    }
+                    .into());
+                }
+                m.version_count += 1;
+                let number = m.version_count;
+                let version = Version {
+                    model: model.clone(),
+                    number,
+                    manifest_root: root.clone(),
+                    files: manifest
+                        .files
+                        .iter()
+                        .map(|f| FileInfo {
+                            path: f.path.clone(),
+                            size_bytes: f.size_bytes,
+                            mode: f.mode,
+                            chunk_count: f.chunks.len() as u32,
+                        })
+                        .collect(),
+                    total_size_bytes: manifest.total_size_bytes(),
+                    signature: signature.clone(),
+                    metadata: metadata.clone(),
+                    created_by: actor.clone(),
+                    created_at_ms: at_ms,
+                    tags: tags.clone(),
+                    stage: Stage::Experimental,
+                    status: *status,
+                    stage_history: vec![StageTransition {
+                        from: None,
+                        to: Stage::Experimental,
+                        actor: actor.clone(),
+                        at_ms,
+                        reason: "registered".into(),
+                    }],
+                };
+                self.models.put(wtxn, model.as_bytes(), &encode(&m)?)?;
+                self.versions
+                    .put(wtxn, &version_key(model, number), &encode(&version)?)?;
+                self.roots.put(wtxn, &root_key, &number.to_be_bytes())?;
+                self.manifests
+                    .put(wtxn, root.as_bytes(), &encode(manifest)?)?;
+                Ok((
+                    Response::Version(Box::new(version)),
+                    format!("{model}/{number}"),
+                ))
+            }
+            Op::SetVersionStatus {
+                model,
+                number,
+                status,
+            } => {
+                let mut v = self.get_version(wtxn, model, *number)?;
+                v.status = *status;
+                self.versions
+                    .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
+                Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
+            }
+            Op::SetStage {
+                model,
+                number,
+                stage,
+                reason,
+            } => {
+                validate_reason(reason)?;
+                let mut m = self.get_model(wtxn, model)?;
+                let mut v = self.get_version(wtxn, model, *number)?;
+                if v.stage == *stage {
+                    return Err(DomainError::SameStage {
+                        model: model.clone(),
+                        number: *number,
+                        stage: stage_label(*stage).into(),
+                    }
+                    .into());
+                }
+                if *stage == Stage::Production && v.status != VersionStatus::Ready {
+                    return Err(DomainError::NotReady {
+                        model: model.clone(),
+                        number: *number,
+                        status: status_label(v.status).into(),
+                    }
+                    .into());
+                }
+                // One Production version per model: the one it replaces is
+                // archived in the same command, so `model:production` always
+                // resolves to exactly one version.
+                if *stage == Stage::Production {
+                    if let Some(previous) = m.production_version.filter(|p| p != number) {
+                        let mut old = self.get_version(wtxn, model, previous)?;
+                        transition(
+                            &mut old,
+                            Stage::Archived,
+                            actor,
+                            at_ms,
+                            format!("superseded by {model}/{number}"),
+                        );
+                        self.versions
+                            .put(wtxn, &version_key(model, previous), &encode(&old)?)?;
+                    }
+                    m.production_version = Some(*number);
+                } else if m.production_version == Some(*number) {
+                    m.production_version = None;
+                }
+                transition(&mut v, *stage, actor, at_ms, reason.clone());
+                self.models.put(wtxn, model.as_bytes(), &encode(&m)?)?;
+                self.versions
+                    .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
+                Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
+            }
+            Op::SetAlias {
+                model,
+                alias,
+                number,
+            } => {
+                validate_name("alias", alias)?;
+                self.get_version(wtxn, model, *number)?;
+                let key = key2(model, alias.as_bytes());
+                if self.aliases.get(wtxn, &key)?.is_none()
+                    && self.alias_count(wtxn, model)? >= limits::ALIASES_PER_MODEL_MAX
+                {
+                    return Err(DomainError::invalid(
+                        "alias",
+                        format!(
+                            "model '{model}' already has {} aliases, the limit; delete one first",
+                            limits::ALIASES_PER_MODEL_MAX
+                        ),
+                    )
+                    .into());
+                }
+                let a = Alias {
+                    model: model.clone(),
+                    alias: alias.clone(),
+                    version: *number,
+                    updated_by: actor.clone(),
+                    updated_at_ms: at_ms,
+                };
+                self.aliases.put(wtxn, &key, &encode(&a)?)?;
+                Ok((Response::Alias(a), format!("{model}@{alias}")))
+            }
+            Op::DeleteAlias { model, alias } => {
+                let a = self.get_alias(wtxn, model, alias)?;
+                self.aliases.delete(wtxn, &key2(model, alias.as_bytes()))?;
+                Ok((Response::Alias(a), format!("{model}@{alias}")))
+            }
+            Op::SetVersionTags {
+                model,
+                number,
+                set_tags,
+                remove_tags,
+            } => {
+                let mut v = self.get_version(wtxn, model, *number)?;
+                apply_tag_changes(&mut v.tags, set_tags, remove_tags)?;
+                self.versions
+                    .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
+                Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
+            }
+        }
+    }
+
+    fn append_audit(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        log_index: u64,
+        cmd: &Command,
+        subject: String,
+    ) -> AppResult<()> {
+        let head: AuditHead = match self.meta.get(wtxn, b"audit_head")? {
+            Some(bytes) => decode("audit head", bytes)?,
+            None => AuditHead::default(),
+        };
+        let seq = head.seq + 1;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(head.hash.as_bytes());
+        hasher.update(&log_index.to_le_bytes());
+        hasher.update(&encode(cmd)?);
+        let hash = hasher.finalize().to_hex().to_string();
+        let entry = AuditEntry {
+            seq,
+            log_index,
+            actor: cmd.actor.clone(),
+            at_ms: cmd.at_ms,
+            kind: cmd.op.kind().into(),
+            subject,
+            prev_hash: head.hash,
+            hash: hash.clone(),
+        };
+        self.audit.put(wtxn, &seq.to_be_bytes(), &encode(&entry)?)?;
+        self.meta
+            .put(wtxn, b"audit_head", &encode(&AuditHead { seq, hash })?)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- queries
+
+    pub fn get_model(&self, rtxn: &RoTxn<'_>, name: &str) -> AppResult<Model> {
+        match self.models.get(rtxn, name.as_bytes())? {
+            Some(bytes) => decode("model", bytes),
+            None => Err(DomainError::ModelNotFound { name: name.into() }.into()),
+        }
+    }
+
+    /// Models in name order, from after `page_token`.
+    pub fn list_models(
+        &self,
+        rtxn: &RoTxn<'_>,
+        name_prefix: &str,
+        tag: &str,
+        page_size_requested: usize,
+        page_token: &str,
+    ) -> AppResult<(Vec<Model>, String)> {
+        let size = page_size(page_size_requested);
+        let filter = tag_filter(tag);
+        let mut out = Vec::new();
+        for row in self.models.prefix_iter(rtxn, name_prefix.as_bytes())? {
+            let (k, v) = row?;
+            if !page_token.is_empty() && k <= page_token.as_bytes() {
+                continue;
+            }
+            let model: Model = decode("model", v)?;
+            if !tags_match(&model.tags, filter) {
+                continue;
+            }
+            if out.len() == size {
+                let last: &Model = out.last().expect("page is not empty");
+                return Ok((out.clone(), last.name.clone()));
+            }
+            out.push(model);
+        }
+        Ok((out, String::new()))
+    }
+
+    pub fn get_version(&self, rtxn: &RoTxn<'_>, model: &str, number: u64) -> AppResult<Version> {
+        match self.versions.get(rtxn, &version_key(model, number))? {
+            Some(bytes) => decode("version", bytes),
+            None => {
+                let m = self.get_model(rtxn, model)?;
+                Err(DomainError::VersionNotFound {
+                    model: model.into(),
+                    number,
+                    count: m.version_count,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Resolves `name/3`, `name@alias` or `name:stage` to one version. A
+    /// stage holding several versions resolves to the newest.
+    pub fn resolve(&self, rtxn: &RoTxn<'_>, reference: &Reference) -> AppResult<Version> {
+        let model = &reference.model;
+        match &reference.selector {
+            VersionSelector::Number(n) => self.get_version(rtxn, model, *n),
+            VersionSelector::Alias(alias) => {
+                let a = self.get_alias(rtxn, model, alias)?;
+                self.get_version(rtxn, model, a.version)
+            }
+            VersionSelector::Stage(stage) => {
+                let stage = crate::service::convert::stage_from_proto(*stage)
+                    .map_err(AppError::Domain)?;
+                let m = self.get_model(rtxn, model)?;
+                if stage == Stage::Production {
+                    if let Some(n) = m.production_version {
+                        return self.get_version(rtxn, model, n);
+                    }
+                } else {
+                    let prefix = key2(model, &[]);
+                    for row in self.versions.rev_prefix_iter(rtxn, &prefix)? {
+                        let (_, v) = row?;
+                        let v: Version = decode("version", v)?;
+                        if v.stage == stage {
+                            return Ok(v);
+                        }
+                    }
+                }
+                Err(DomainError::StageEmpty {
+                    model: model.clone(),
+                    stage: stage_label(stage).into(),
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Versions of a model in number order, from after `page_token`.
+    pub fn list_versions(
+        &self,
+        rtxn: &RoTxn<'_>,
+        model: &str,
+        stage: Option<Stage>,
+        tag: &str,
+        page_size_requested: usize,
+        page_token: &str,
+    ) -> AppResult<(Vec<Version>, String)> {
+        self.get_model(rtxn, model)?;
+        let after: u64 = if page_token.is_empty() {
+            0
+        } else {
+            page_token
+                .parse()
+                .map_err(|_| DomainError::invalid("page_token", "not a token this node issued"))?
+        };
+        let size = page_size(page_size_requested);
+        let filter = tag_filter(tag);
+        let start = version_key(model, after.saturating_add(1));
+        let end = version_key(model, u64::MAX);
+        let mut out: Vec<Version> = Vec::new();
+        for row in self
+            .versions
+            .range(
+                rtxn,
+                &(
+                    Bound::Included(start.as_slice()),
+                    Bound::Included(end.as_slice()),
+                ),
+            )?
+        {
+            let (_, v) = row?;
+            let v: Version = decode("version", v)?;
+            if stage.is_some_and(|s| s != v.stage) || !tags_match(&v.tags, filter) {
+                continue;
+            }
+            if out.len() == size {
+                let last = out.last().expect("page is not empty").number;
+                return Ok((out, last.to_string()));
+            }
+            out.push(v);
+        }
+        Ok((out, String::new()))
+    }
+
+    pub fn get_alias(&self, rtxn: &RoTxn<'_>, model: &str, alias: &str) -> AppResult<Alias> {
+        match self.aliases.get(rtxn, &key2(model, alias.as_bytes()))? {
+            Some(bytes) => decode("alias", bytes),
+            None => {
+                self.get_model(rtxn, model)?;
+                Err(DomainError::AliasNotFound {
+                    model: model.into(),
+                    alias: alias.into(),
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Aliases of a model, keyed by alias name.
+    pub fn aliases_of_model(&self, rtxn: &RoTxn<'_>, model: &str) -> AppResult<Vec<Alias>> {
+        let mut out = Vec::new();
+        for row in self.aliases.prefix_iter(rtxn, &key2(model, &[]))? {
+            let (_, v) = row?;
+            out.push(decode("alias", v)?);
+        }
+        Ok(out)
+    }
+
+    fn alias_count(&self, rtxn: &RoTxn<'_>, model: &str) -> AppResult<usize> {
+        Ok(self.aliases.prefix_iter(rtxn, &key2(model, &[]))?.count())
+    }
+
+    pub fn manifest(&self, rtxn: &RoTxn<'_>, root: &str) -> AppResult<Manifest> {
+        match self.manifests.get(rtxn, root.as_bytes())? {
+            Some(bytes) => decode("manifest", bytes),
+            None => Err(AppError::Storage(anyhow::anyhow!(
+                "manifest {root} is missing from state"
+            ))),
+        }
+    }
+
+    /// The audit log in order (for verification and tests).
+    pub fn audit_log(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for row in self.audit.iter(rtxn)? {
+            let (_, v) = row?;
+            out.push(decode("audit entry", v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn transition(v: &mut Version, to: Stage, actor: &Actor, at_ms: i64, reason: String) {
+    v.stage_history.push(StageTransition {
+        from: Some(v.stage),
+        to,
+        actor: actor.clone(),
+        at_ms,
+        reason,
+    });
+    v.stage = to;
+}
+
+fn apply_tag_changes(
+    tags: &mut BTreeMap<String, String>,
+    set_tags: &BTreeMap<String, String>,
+    remove_tags: &[String],
+) -> AppResult<()> {
+    let mut next = tags.clone();
+    for key in remove_tags {
+        next.remove(key);
+    }
+    next.extend(set_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    domain::validate_tags("tags", &next)?;
+    *tags = next;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_raft::App;
+    use quiver_transfer::{ChunkRef, FileEntry, Hash};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        env: Env,
+        app: RegistryApp,
+        index: u64,
+    }
+
+    fn actor(name: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            authenticated: false,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .map_size(64 << 20)
+                .max_dbs(RegistryApp::MAX_DBS)
+                .open(dir.path())
+                .unwrap()
+        };
+        let mut wtxn = env.write_txn().unwrap();
+        let app = RegistryApp::open(&env, &mut wtxn).unwrap();
+        wtxn.commit().unwrap();
+        Fixture {
+            _dir: dir,
+            env,
+            app,
+            index: 0,
+        }
+    }
+
+    impl Fixture {
+        fn apply(&mut self, op: Op) -> Response {
+            self.index += 1;
+            let cmd = Command {
+                actor: actor("alice"),
+                at_ms: 1_000 + self.index as i64,
+                op,
+            };
+            let mut wtxn = self.env.write_txn().unwrap();
+            let r = self.app.apply(&mut wtxn, self.index, &cmd).unwrap();
+            wtxn.commit().unwrap();
+            r
+        }
+
+        fn read<T>(&self, f: impl FnOnce(&RegistryApp, &RoTxn<'_>) -> T) -> T {
+            let rtxn = self.env.read_txn().unwrap();
+            f(&self.app, &rtxn)
+        }
+
+        fn digest(&self) -> String {
+            self.read(|app, txn| app.digest(txn).unwrap())
+        }
+    }
+
+    fn create_model(name: &str) -> Op {
+        Op::CreateModel {
+            name: name.into(),
+            namespace: "team".into(),
+            description: String::new(),
+            risk_tier: RiskTier::Low,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn manifest(content: &[u8]) -> Manifest {
+        Manifest {
+            files: vec![FileEntry {
+                path: "weights.bin".into(),
+                size_bytes: content.len() as u64,
+                mode: 0o644,
+                chunks: vec![ChunkRef {
+                    hash: Hash::of(content),
+                    size_bytes: content.len() as u32,
+                }],
+            }],
+        }
+    }
+
+    fn create_version(model: &str, content: &[u8]) -> Op {
+        let manifest = manifest(content);
+        Op::CreateVersion {
+            model: model.into(),
+            manifest_root: manifest.root().to_hex(),
+            manifest,
+            signature: Signature::default(),
+            metadata: VersionMetadata {
+                data_snapshot_id: "snap-47".into(),
+                code_commit: "c0ffee".into(),
+                pipeline_run_id: "run-1".into(),
+                ..Default::default()
+            },
+            tags: BTreeMap::new(),
+            status: VersionStatus::Ready,
+        }
+    }
+
+    fn rejected(r: Response) -> DomainError {
+        match r {
+            Response::Rejected(e) => e,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn version(r: Response) -> Version {
+        match r {
+            Response::Version(v) => *v,
+            other => panic!("expected a version, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn versions_are_numbered_at_apply_and_duplicates_are_detected() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        assert_eq!(version(f.apply(create_version("reco", b"one"))).number, 1);
+        assert_eq!(version(f.apply(create_version("reco", b"two"))).number, 2);
+        let before = f.digest();
+        assert_eq!(
+            rejected(f.apply(create_version("reco", b"one"))),
+            DomainError::DuplicateBundle {
+                model: "reco".into(),
+                number: 1,
+                root: manifest(b"one").root().to_hex()
+            }
+        );
+        assert_eq!(f.digest(), before, "a rejected command must change nothing");
+        assert_eq!(
+            rejected(f.apply(create_model("reco"))),
+            DomainError::ModelExists {
+                name: "reco".into()
+            }
+        );
+        assert_eq!(
+            rejected(f.apply(create_version("nope", b"x"))),
+            DomainError::ModelNotFound {
+                name: "nope".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_manifest_root_that_does_not_match_is_rejected() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        let mut op = create_version("reco", b"one");
+        if let Op::CreateVersion { manifest_root, .. } = &mut op {
+            *manifest_root = Hash::of(b"other").to_hex();
+        }
+        let e = rejected(f.apply(op));
+        assert!(matches!(e, DomainError::Invalid { ref field, .. } if field == "manifest_root"), "{e}");
+    }
+
+    #[test]
+    fn production_holds_one_version_and_the_previous_is_archived() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        f.apply(create_version("reco", b"one"));
+        f.apply(create_version("reco", b"two"));
+        let promote = |n| Op::SetStage {
+            model: "reco".into(),
+            number: n,
+            stage: Stage::Production,
+            reason: "eval passed".into(),
+        };
+        f.apply(promote(1));
+        let v2 = version(f.apply(promote(2)));
+        assert_eq!(v2.stage, Stage::Production);
+        let v1 = f.read(|app, txn| app.get_version(txn, "reco", 1).unwrap());
+        assert_eq!(v1.stage, Stage::Archived);
+        assert_eq!(v1.stage_history.last().unwrap().reason, "superseded by reco/2");
+        let prod: Reference = "reco:production".parse().unwrap();
+        assert_eq!(f.read(|app, txn| app.resolve(txn, &prod).unwrap().number), 2);
+        assert_eq!(
+            rejected(f.apply(promote(2))),
+            DomainError::SameStage {
+                model: "reco".into(),
+                number: 2,
+                stage: "production".into()
+            }
+        );
+        // Rollback: the archived version goes back to Production.
+        f.apply(promote(1));
+        assert_eq!(f.read(|app, txn| app.resolve(txn, &prod).unwrap().number), 1);
+        let staging: Reference = "reco:staging".parse().unwrap();
+        let err = f.read(|app, txn| app.resolve(txn, &staging).unwrap_err());
+        assert_eq!(err.to_string(), "model 'reco' has no version in stage staging");
+    }
+
+    #[test]
+    fn aliases_point_only_at_existing_versions() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        f.apply(create_version("reco", b"one"));
+        let set = |alias: &str, n| Op::SetAlias {
+            model: "reco".into(),
+            alias: alias.into(),
+            number: n,
+        };
+        assert_eq!(
+            rejected(f.apply(set("champion", 9))),
+            DomainError::VersionNotFound {
+                model: "reco".into(),
+                number: 9,
+                count: 1
+            }
+        );
+        assert!(matches!(f.apply(set("champion", 1)), Response::Alias(_)));
+        let r: Reference = "reco@champion".parse().unwrap();
+        assert_eq!(f.read(|app, txn| app.resolve(txn, &r).unwrap().number), 1);
+        let missing: Reference = "reco@challenger".parse().unwrap();
+        let err = f.read(|app, txn| app.resolve(txn, &missing).unwrap_err());
+        assert!(err.to_string().starts_with("alias 'challenger' not found on model 'reco'"), "{err}");
+        assert!(matches!(rejected(f.apply(set("Bad Name", 1))), DomainError::Invalid { .. }));
+    }
+
+    #[test]
+    fn tags_change_beside_the_version_but_content_does_not() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        let v = version(f.apply(create_version("reco", b"one")));
+        let tagged = version(f.apply(Op::SetVersionTags {
+            model: "reco".into(),
+            number: 1,
+            set_tags: [("team".to_string(), "search".to_string())].into(),
+            remove_tags: vec![],
+        }));
+        assert_eq!(tagged.tags.get("team").map(String::as_str), Some("search"));
+        assert_eq!(tagged.manifest_root, v.manifest_root);
+        assert_eq!(tagged.files, v.files);
+        assert_eq!(tagged.metadata, v.metadata);
+        assert_eq!(tagged.created_at_ms, v.created_at_ms);
+    }
+
+    #[test]
+    fn listing_pages_through_models_and_versions_with_filters() {
+        let mut f = fixture();
+        for name in ["a1", "a2", "a3", "b1"] {
+            f.apply(create_model(name));
+        }
+        let (page, next) = f.read(|app, txn| app.list_models(txn, "a", "", 2, "").unwrap());
+        assert_eq!(page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
+        assert_eq!(next, "a2");
+        let (page, next) = f.read(|app, txn| app.list_models(txn, "a", "", 2, &next).unwrap());
+        assert_eq!(page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a3"]);
+        assert_eq!(next, "");
+        for i in 0..5u8 {
+            f.apply(create_version("a1", &[i]));
+        }
+        f.apply(Op::SetStage {
+            model: "a1".into(),
+            number: 4,
+            stage: Stage::Staging,
+            reason: String::new(),
+        });
+        let (page, next) =
+            f.read(|app, txn| app.list_versions(txn, "a1", None, "", 3, "").unwrap());
+        assert_eq!(page.iter().map(|v| v.number).collect::<Vec<_>>(), [1, 2, 3]);
+        let (page, _) =
+            f.read(|app, txn| app.list_versions(txn, "a1", None, "", 3, &next).unwrap());
+        assert_eq!(page.iter().map(|v| v.number).collect::<Vec<_>>(), [4, 5]);
+        let (page, _) = f.read(|app, txn| {
+            app.list_versions(txn, "a1", Some(Stage::Staging), "", 0, "")
+                .unwrap()
+        });
+        assert_eq!(page.iter().map(|v| v.number).collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn audit_log_is_a_hash_chain_of_accepted_mutations() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        f.apply(create_model("reco")); // rejected: not audited
+        f.apply(create_version("reco", b"one"));
+        let log = f.read(|app, txn| app.audit_log(txn).unwrap());
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].kind, "create_model");
+        assert_eq!(log[1].subject, "reco/1");
+        assert_eq!(log[1].prev_hash, log[0].hash);
+        assert_eq!(log[0].actor.name, "alice");
+    }
+
+    #[test]
+    fn export_then_import_reproduces_the_same_state() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        f.apply(create_version("reco", b"one"));
+        let snapshot = f.read(|app, txn| app.export(txn).unwrap());
+        let mut g = fixture();
+        g.apply(create_model("other"));
+        let mut wtxn = g.env.write_txn().unwrap();
+        g.app.import(&mut wtxn, &snapshot).unwrap();
+        wtxn.commit().unwrap();
+        assert_eq!(g.digest(), f.digest());
+    }
+}
