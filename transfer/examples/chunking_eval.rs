@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use quiver_transfer::{Chunker, CHUNK_SIZE_BYTES};
+use quiver_transfer::{Chunker, CHUNK_SIZE_BYTES_AVG, CHUNK_SIZE_BYTES_MAX, CHUNK_SIZE_BYTES_MIN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -73,7 +73,11 @@ fn layout(target_bytes: usize) -> Vec<TensorSpec> {
             break;
         }
         let p = format!("model.layers.{layer}");
-        tensors.push(t(format!("{p}.input_layernorm.weight"), &[HIDDEN], Init::Norm));
+        tensors.push(t(
+            format!("{p}.input_layernorm.weight"),
+            &[HIDDEN],
+            Init::Norm,
+        ));
         for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             tensors.push(t(
                 format!("{p}.self_attn.{proj}.weight"),
@@ -219,12 +223,12 @@ fn variants(target_bytes: usize) -> (Vec<u8>, Vec<Variant>) {
 
     let out = vec![
         Variant {
-            name: "fine-tuned (q,v + header +bytes)",
+            name: "fine-tuned",
             file: tuned_file,
             unchanged_bytes: unchanged,
         },
         Variant {
-            name: "trailing layers only",
+            name: "trailing",
             file: trailing_file,
             unchanged_bytes: trailing_unchanged,
         },
@@ -232,10 +236,12 @@ fn variants(target_bytes: usize) -> (Vec<u8>, Vec<Variant>) {
     (base, out)
 }
 
-/// A chunking strategy: returns (length, blake3) of each chunk of `data`.
+/// Cuts and hashes `data`: (length, blake3) of each chunk.
+type ChunkFn = Box<dyn Fn(&[u8]) -> Vec<(usize, blake3::Hash)>>;
+
 struct Strategy {
     name: String,
-    run: Box<dyn Fn(&[u8]) -> Vec<(usize, blake3::Hash)>>,
+    run: ChunkFn,
 }
 
 fn fixed(size: usize) -> Strategy {
@@ -272,7 +278,12 @@ fn fastcdc(avg: usize) -> Strategy {
 /// The crate's own streaming `Chunker`, fed in 1 MiB pieces as an upload would.
 fn quiver_chunker() -> Strategy {
     Strategy {
-        name: format!("quiver Chunker ({} KiB)", CHUNK_SIZE_BYTES / 1024),
+        name: format!(
+            "quiver Chunker {}/{}/{} KiB",
+            CHUNK_SIZE_BYTES_MIN / 1024,
+            CHUNK_SIZE_BYTES_AVG / 1024,
+            CHUNK_SIZE_BYTES_MAX / 1024
+        ),
         run: Box::new(|data| {
             let mut out = Vec::new();
             let mut chunker = Chunker::new();
@@ -318,9 +329,11 @@ fn main() {
         variants.len(),
         t.elapsed().as_secs_f64()
     );
+    println!("  fine-tuned: LoRA merged into q_proj and v_proj of every layer, header +bytes");
+    println!("  trailing:   last two layers and final norm retrained, header unchanged");
     for v in &variants {
         println!(
-            "  {:<34} ideal dedup (unchanged tensor bytes) {:>5.1}%",
+            "  {:<10} ideal dedup (bytes of unchanged tensors) {:>5.1}%",
             v.name,
             100.0 * v.unchanged_bytes as f64 / v.file.len() as f64
         );
@@ -332,15 +345,19 @@ fn main() {
     let strategies = [
         fixed(4 * MIB),
         fastcdc(MIB),
+        fastcdc(2 * MIB),
         fastcdc(4 * MIB),
         quiver_chunker(),
     ];
     print!(
-        "{:<30} {:>9} {:>8} {:>8} {:>8} {:>8}",
-        "strategy", "MB/s", "vs b3", "chunks", "min KiB", "max KiB"
+        "{:<36} {:>6} {:>6} {:>6} {:>7} {:>7}",
+        "strategy", "MB/s", "vs b3", "chunks", "avg KiB", "max KiB"
     );
     for v in &variants {
-        print!(" {:>22}", format!("dedup {}", &v.name[..v.name.len().min(14)]));
+        print!(
+            " {:>22}",
+            format!("dedup {}", &v.name[..v.name.len().min(14)])
+        );
     }
     println!();
     for s in &strategies {
@@ -349,15 +366,15 @@ fn main() {
         let mb_s = best_mb_per_s(base.len(), || {
             std::hint::black_box((s.run)(&base));
         });
-        let min = chunks.iter().map(|c| c.0).min().unwrap_or(0);
+        let avg = base.len() / chunks.len().max(1);
         let max = chunks.iter().map(|c| c.0).max().unwrap_or(0);
         print!(
-            "{:<30} {:>9.0} {:>8.2} {:>8} {:>8} {:>8}",
+            "{:<36} {:>6.0} {:>6.2} {:>6} {:>7} {:>7}",
             s.name,
             mb_s,
             mb_s / blake3_mb_s,
             chunks.len(),
-            min / 1024,
+            avg / 1024,
             max / 1024
         );
         let known: HashSet<blake3::Hash> = chunks.iter().map(|c| c.1).collect();
@@ -369,7 +386,7 @@ fn main() {
                 .map(|c| c.0)
                 .sum();
             print!(
-                " {:>22}",
+                " {:>18}",
                 format!("{:.1}%", 100.0 * shared as f64 / v.file.len() as f64)
             );
         }

@@ -1,0 +1,499 @@
+//! The content-addressed chunk store: one file per chunk, named by its blake3 hash.
+//!
+//! Layout under the store's directory: `ab/cdef…` (the first byte of the hash, in hex, as a
+//! fan-out directory, so that no directory holds more than 1/256 of the chunks) and `tmp/` for
+//! writes in progress.
+//!
+//! Why this shape: a chunk is immutable and named by its content, so identical chunks are stored
+//! once and a write never needs to update a file in place. A write goes to `tmp/`, is fsynced,
+//! renamed into place and the directory fsynced: after a crash a chunk is either absent or complete,
+//! and leftovers in `tmp/` are removed at the next `open`. Every read is verified against the hash
+//! (DESIGN.md: a chunk is never served or used unless its blake3 hash matches); a chunk that rotted
+//! on disk is reported as `Corrupt`, never returned.
+//!
+//! One process opens a store directory once and shares the handle (it is `Clone`): `open` clears
+//! `tmp/`, which would break writes in flight from another handle on the same directory.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{Chunker, FileEntry, Hash, CHUNK_SIZE_BYTES_MAX};
+
+/// Name of the directory for writes in progress; not a valid fan-out name (two hex digits).
+const TMP_DIR: &str = "tmp";
+/// Read size used by [`ingest_reader`].
+const INGEST_READ_BYTES: usize = 1024 * 1024;
+
+/// Distinguishes temp files of concurrent writes in one process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {hash} is corrupt on disk: its bytes no longer match its blake3 hash")]
+    Corrupt { hash: Hash },
+    #[error("chunk {hash} not found in the chunk store")]
+    NotFound { hash: Hash },
+    #[error("chunk data does not match its claimed hash {expected} (got {actual})")]
+    HashMismatch { expected: Hash, actual: Hash },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// Content-addressed on-disk chunk store. Cheap to clone; clones share the directory.
+#[derive(Clone, Debug)]
+pub struct ChunkStore {
+    dir: PathBuf,
+}
+
+impl ChunkStore {
+    /// Opens (creating if needed) the store at `dir` and removes temp files left by a crash.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        let tmp = dir.join(TMP_DIR);
+        fs::create_dir_all(&tmp).map_err(io_err(format!(
+            "create chunk store directory {}",
+            tmp.display()
+        )))?;
+        let store = ChunkStore { dir };
+        store.remove_temp_files()?;
+        Ok(store)
+    }
+
+    fn remove_temp_files(&self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(TMP_DIR);
+        let entries =
+            fs::read_dir(&tmp).map_err(io_err(format!("list temp directory {}", tmp.display())))?;
+        let mut removed = 0usize;
+        for entry in entries {
+            let entry = entry.map_err(io_err(format!("list temp directory {}", tmp.display())))?;
+            let path = entry.path();
+            let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result.map_err(io_err(format!(
+                "remove leftover temp file {}",
+                path.display()
+            )))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(removed, dir = %tmp.display(), "removed leftover temp files of interrupted chunk writes");
+        }
+        Ok(())
+    }
+
+    /// Where the chunk `hash` lives: `DIR/ab/cdef…`.
+    pub fn path_of(&self, hash: &Hash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// Verifies that `blake3(data) == hash`, then stores the chunk durably unless already
+    /// present. Returns whether it was written now. Two concurrent puts of the same chunk may
+    /// both return true; the stored bytes are the same either way. An existing file is not
+    /// re-read: to repair a chunk that `get` reported `Corrupt`, `remove` it, then `put` it.
+    pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+        let actual = Hash::of(data);
+        if actual != *hash {
+            return Err(StoreError::HashMismatch {
+                expected: *hash,
+                actual,
+            });
+        }
+        if data.len() > CHUNK_SIZE_BYTES_MAX {
+            return Err(StoreError::Io {
+                context: format!("store chunk {hash}"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "chunk is {} bytes, more than the limit of {CHUNK_SIZE_BYTES_MAX}",
+                        data.len()
+                    ),
+                ),
+            });
+        }
+        let path = self.path_of(hash);
+        if path.is_file() {
+            return Ok(false);
+        }
+        let fan_out = path.parent().unwrap_or(&self.dir);
+        if !fan_out.is_dir() {
+            fs::create_dir_all(fan_out)
+                .map_err(io_err(format!("create directory {}", fan_out.display())))?;
+            sync_dir(&self.dir)?;
+        }
+
+        let tmp = self.dir.join(TMP_DIR).join(format!(
+            "{}.{}.{}",
+            hash.to_hex(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = write_synced(&tmp, data)
+            .map_err(io_err(format!("write chunk {hash} to {}", tmp.display())));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Err(source) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(StoreError::Io {
+                context: format!("move chunk {hash} into place at {}", path.display()),
+                source,
+            });
+        }
+        sync_dir(fan_out)?;
+        Ok(true)
+    }
+
+    /// Reads the chunk and verifies its hash.
+    pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(hash);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { hash: *hash })
+            }
+            Err(e) => {
+                return Err(io_err(format!("open chunk {hash} at {}", path.display()))(
+                    e,
+                ))
+            }
+        };
+        // A chunk is at most CHUNK_SIZE_BYTES_MAX bytes; a longer file is corrupt, and is not
+        // read past that bound.
+        let mut data = Vec::new();
+        file.take(CHUNK_SIZE_BYTES_MAX as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(io_err(format!("read chunk {hash} at {}", path.display())))?;
+        if data.len() > CHUNK_SIZE_BYTES_MAX || Hash::of(&data) != *hash {
+            return Err(StoreError::Corrupt { hash: *hash });
+        }
+        Ok(data)
+    }
+
+    /// Whether a file for the chunk exists (its bytes are not verified).
+    pub fn contains(&self, hash: &Hash) -> bool {
+        self.path_of(hash).is_file()
+    }
+
+    /// Removes the chunk. Removing an absent chunk succeeds (garbage collection may race).
+    pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        let path = self.path_of(hash);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("remove chunk {hash} at {}", path.display()))(e)),
+        }
+    }
+
+    /// Hashes of all stored chunks, sorted. Files whose names are not chunk names are skipped
+    /// with a warning.
+    pub fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        let mut hashes = Vec::new();
+        let context = || format!("list chunk store {}", self.dir.display());
+        for entry in fs::read_dir(&self.dir).map_err(io_err(context()))? {
+            let entry = entry.map_err(io_err(context()))?;
+            let name = entry.file_name();
+            let Some(prefix) = name.to_str().filter(|n| is_fan_out_name(n)) else {
+                if name != TMP_DIR {
+                    tracing::warn!(path = %entry.path().display(), "unexpected entry in chunk store, skipped");
+                }
+                continue;
+            };
+            let fan_out = entry.path();
+            let context = || format!("list chunk directory {}", fan_out.display());
+            for chunk in fs::read_dir(&fan_out).map_err(io_err(context()))? {
+                let chunk = chunk.map_err(io_err(context()))?;
+                let name = chunk.file_name();
+                match name
+                    .to_str()
+                    .map(|rest| format!("{prefix}{rest}").parse::<Hash>())
+                {
+                    Some(Ok(hash)) => hashes.push(hash),
+                    _ => {
+                        tracing::warn!(path = %chunk.path().display(), "unexpected file in chunk store, skipped")
+                    }
+                }
+            }
+        }
+        hashes.sort();
+        Ok(hashes)
+    }
+}
+
+fn is_fan_out_name(name: &str) -> bool {
+    name.len() == 2 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut file = File::options().write(true).create_new(true).open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+/// fsync a directory so that a rename or create in it survives a crash.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("sync directory {}", dir.display())))
+}
+
+/// Chunks everything `reader` yields into `store`, streaming (memory: one read buffer and one
+/// chunk), and returns the file's entry with the given `path` and `mode`. The path is not
+/// validated here; [`crate::Manifest::validate`] does that for the whole manifest.
+pub fn ingest_reader(
+    store: &ChunkStore,
+    path: &str,
+    mode: u32,
+    mut reader: impl Read,
+) -> Result<FileEntry, StoreError> {
+    let mut chunks = Vec::new();
+    let mut size_bytes: u64 = 0;
+    let mut chunker = Chunker::new();
+    let mut put = |chunk: crate::ChunkRef, bytes: &[u8]| {
+        store.put(&chunk.hash, bytes)?;
+        chunks.push(chunk);
+        Ok::<(), StoreError>(())
+    };
+    let mut buf = vec![0u8; INGEST_READ_BYTES];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(format!("read file {path:?} to store it"))(e)),
+        };
+        size_bytes += n as u64;
+        chunker.push(&buf[..n], &mut put)?;
+    }
+    chunker.finish(&mut put)?;
+    let entry = FileEntry {
+        path: path.to_owned(),
+        size_bytes,
+        mode,
+        chunks,
+    };
+    debug_assert_eq!(
+        entry
+            .chunks
+            .iter()
+            .map(|c| u64::from(c.size_bytes))
+            .sum::<u64>(),
+        entry.size_bytes
+    );
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn open_temp() -> (tempfile::TempDir, ChunkStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ChunkStore::open(dir.path().join("chunks")).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn put_get_round_trip_and_layout() {
+        let (_dir, store) = open_temp();
+        let data = b"some weights".to_vec();
+        let hash = Hash::of(&data);
+        assert!(!store.contains(&hash));
+        assert!(store.put(&hash, &data).expect("put"));
+        assert!(store.contains(&hash));
+        assert_eq!(store.get(&hash).expect("get"), data);
+        let hex = hash.to_hex();
+        let path = store.path_of(&hash);
+        assert!(path.ends_with(format!("{}/{}", &hex[..2], &hex[2..])));
+        assert_eq!(fs::read(&path).expect("read file"), data);
+        // Nothing left behind in tmp/.
+        let tmp = store.dir.join(TMP_DIR);
+        assert_eq!(fs::read_dir(tmp).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn identical_chunks_are_stored_once() {
+        let (_dir, store) = open_temp();
+        let data = vec![7u8; 1000];
+        let hash = Hash::of(&data);
+        assert!(store.put(&hash, &data).expect("first put"));
+        assert!(!store.put(&hash, &data).expect("second put"));
+        assert_eq!(store.list().expect("list"), vec![hash]);
+    }
+
+    #[test]
+    fn put_rejects_data_that_does_not_match_the_hash() {
+        let (_dir, store) = open_temp();
+        let claimed = Hash::of(b"right");
+        let err = store.put(&claimed, b"wrong").expect_err("mismatch");
+        match &err {
+            StoreError::HashMismatch { expected, actual } => {
+                assert_eq!(*expected, claimed);
+                assert_eq!(*actual, Hash::of(b"wrong"));
+            }
+            other => panic!("expected HashMismatch, got {other:?}"),
+        }
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "chunk data does not match its claimed hash {claimed} (got {})",
+                Hash::of(b"wrong")
+            )
+        );
+        assert!(!store.contains(&claimed));
+    }
+
+    #[test]
+    fn put_rejects_chunks_over_the_size_limit() {
+        let (_dir, store) = open_temp();
+        let data = vec![1u8; CHUNK_SIZE_BYTES_MAX + 1];
+        let hash = Hash::of(&data);
+        let err = store.put(&hash, &data).expect_err("too large");
+        assert!(
+            matches!(&err, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidInput),
+            "{err:?}"
+        );
+        assert!(!store.contains(&hash));
+    }
+
+    #[test]
+    fn flipped_bytes_on_disk_are_reported_corrupt_with_the_hash() {
+        let (_dir, store) = open_temp();
+        let data = b"tensor bytes".to_vec();
+        let hash = Hash::of(&data);
+        store.put(&hash, &data).expect("put");
+        let path = store.path_of(&hash);
+        let mut on_disk = fs::read(&path).expect("read");
+        on_disk[3] ^= 0x01;
+        fs::write(&path, &on_disk).expect("corrupt it");
+        let err = store.get(&hash).expect_err("corrupt");
+        assert!(
+            matches!(err, StoreError::Corrupt { hash: h } if h == hash),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("chunk {hash} is corrupt on disk: its bytes no longer match its blake3 hash")
+        );
+        // A truncated file is corrupt too.
+        fs::write(&path, &data[..4]).expect("truncate");
+        assert!(matches!(store.get(&hash), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn missing_chunk_is_not_found() {
+        let (_dir, store) = open_temp();
+        let hash = Hash::of(b"absent");
+        let err = store.get(&hash).expect_err("absent");
+        assert!(matches!(err, StoreError::NotFound { hash: h } if h == hash));
+        assert_eq!(
+            err.to_string(),
+            format!("chunk {hash} not found in the chunk store")
+        );
+    }
+
+    #[test]
+    fn remove_and_list() {
+        let (_dir, store) = open_temp();
+        let mut hashes: Vec<Hash> = (0..20u8)
+            .map(|i| {
+                let data = vec![i; 10 + i as usize];
+                let hash = Hash::of(&data);
+                store.put(&hash, &data).expect("put");
+                hash
+            })
+            .collect();
+        hashes.sort();
+        assert_eq!(store.list().expect("list"), hashes);
+        let gone = hashes.remove(5);
+        store.remove(&gone).expect("remove");
+        assert!(!store.contains(&gone));
+        assert!(matches!(store.get(&gone), Err(StoreError::NotFound { .. })));
+        store.remove(&gone).expect("removing twice is fine");
+        assert_eq!(store.list().expect("list"), hashes);
+    }
+
+    #[test]
+    fn open_removes_leftover_temp_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("chunks");
+        let store = ChunkStore::open(&root).expect("open");
+        let data = b"kept".to_vec();
+        let hash = Hash::of(&data);
+        store.put(&hash, &data).expect("put");
+        // Simulate a crash mid-write: half a chunk left in tmp/.
+        let leftover = root.join(TMP_DIR).join(format!("{}.1.0", Hash::of(b"x")));
+        fs::write(&leftover, b"half a chu").expect("leftover");
+        fs::create_dir(root.join(TMP_DIR).join("stray-dir")).expect("stray dir");
+        drop(store);
+        let store = ChunkStore::open(&root).expect("reopen");
+        assert!(!leftover.exists());
+        assert_eq!(fs::read_dir(root.join(TMP_DIR)).expect("tmp").count(), 0);
+        assert_eq!(store.get(&hash).expect("chunk survives reopen"), data);
+        assert_eq!(store.list().expect("list"), vec![hash]);
+    }
+
+    #[test]
+    fn ingest_reader_streams_into_the_store() {
+        let (_dir, store) = open_temp();
+        // Compressible and random parts, several chunks long.
+        let mut data = vec![0u8; CHUNK_SIZE_BYTES_MAX + 3];
+        let mut x = 1u32;
+        data.extend((0..crate::CHUNK_SIZE_BYTES).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        }));
+        let entry =
+            ingest_reader(&store, "w/model.bin", 0o640, Cursor::new(&data)).expect("ingest");
+        assert_eq!(entry.path, "w/model.bin");
+        assert_eq!(entry.mode, 0o640);
+        assert_eq!(entry.size_bytes, data.len() as u64);
+        assert!(entry.chunks.len() >= 2);
+        let mut rebuilt = Vec::new();
+        for c in &entry.chunks {
+            let bytes = store.get(&c.hash).expect("chunk stored");
+            assert_eq!(bytes.len(), c.size_bytes as usize);
+            rebuilt.extend_from_slice(&bytes);
+        }
+        assert_eq!(rebuilt, data);
+        let manifest = crate::Manifest { files: vec![entry] };
+        assert_eq!(manifest.validate(), Ok(()));
+
+        let empty = ingest_reader(&store, "empty", 0o644, Cursor::new(Vec::new())).expect("empty");
+        assert_eq!((empty.size_bytes, empty.chunks.len()), (0, 0));
+    }
+
+    #[test]
+    fn ingest_reader_reports_read_errors_with_the_path() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("device gone"))
+            }
+        }
+        let (_dir, store) = open_temp();
+        let err = ingest_reader(&store, "a.bin", 0o644, Failing).expect_err("fails");
+        assert_eq!(
+            err.to_string(),
+            "read file \"a.bin\" to store it: device gone"
+        );
+    }
+}
