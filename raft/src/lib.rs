@@ -1,1 +1,231 @@
-//! placeholder
+//! Consensus glue for Quiver: openraft over LMDB (heed), generic over the application's state
+//! machine.
+//!
+//! The registry (`quiver-node`) knows nothing about Raft internals: it implements [`App`] (open
+//! its databases, apply one command, export/import its whole state) and talks to a [`RaftNode`].
+//! Everything Raft needs to be durable lives here:
+//!
+//! - [`LogStore`] (`log_store.rs`): the Raft log and vote in their own LMDB environment
+//!   (`DIR/log`), fsynced on every commit, because a vote or an acknowledged entry that is lost
+//!   on power failure breaks Raft's safety argument.
+//! - [`StateMachineStore`] (`state_store.rs`): the applied state in a second environment
+//!   (`DIR/state`). The app's tables and Raft's `last_applied` are written in the *same*
+//!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
+//!   half of a batch. Snapshots are the app's export plus that metadata.
+//! - [`RaftNode`] (`node.rs`): the handle the node crate uses: start/resume, write, linearizable
+//!   barrier, reads against applied state, shutdown.
+//! - `network.rs`: the transport seam. For now a network that reaches nobody (single-node
+//!   clusters); a real transport plugs in through [`RaftNode::start_with_network`].
+//!
+//! Two environments rather than one: the log is append/truncate heavy and must never share a
+//! write lock with a long snapshot install, and the state env's database count is the app's
+//! business (`App::MAX_DBS`).
+//!
+//! All LMDB work is done inline on the calling task, not on `spawn_blocking`: transactions are
+//! short, and keeping I/O on the task keeps a `current_thread` runtime (the simulator's) in
+//! control of ordering.
+
+// openraft's storage traits fix the error type to `StorageError` (~224 bytes); our helpers return
+// it unboxed so `?` flows straight into the trait methods. Storage errors are rare and fatal.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod network;
+mod node;
+mod state_store;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
+
+pub use heed;
+pub use openraft;
+
+pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
+pub use network::{UnreachableClient, UnreachableNetwork};
+pub use node::{
+    RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
+    HEARTBEAT_INTERVAL_MS, LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PURGE_BATCH_SIZE_MAX,
+    SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
+};
+pub use state_store::{
+    StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
+};
+
+/// Raft node identifier, unique within a cluster and never reused.
+pub type NodeId = u64;
+
+/// Name of the log environment's directory under the node's data dir.
+pub const LOG_DIR_NAME: &str = "log";
+/// Name of the state-machine environment's directory under the node's data dir.
+pub const STATE_DIR_NAME: &str = "state";
+/// Reader slots per environment. Without `MDB_NOTLS` every OS thread that has ever read holds a
+/// slot until it exits, so this must exceed the threads that may call `RaftNode::read`: tokio's
+/// workers plus its blocking pool (512 by default). LMDB's default of 126 does not.
+pub const ENV_MAX_READERS: u32 = 1024;
+
+/// The application's state machine, applied by the raft crate inside the state env's write
+/// transaction.
+pub trait App: Send + Sync + Sized + 'static {
+    type Command: Clone
+        + fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    type Response: Clone
+        + fmt::Debug
+        + Default
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    /// How many named LMDB databases the app opens in the state env.
+    const MAX_DBS: u32;
+    /// Create/open the app's databases. Called once per process start.
+    ///
+    /// The app must not keep a clone of `env`: the raft crate closes the environment on shutdown
+    /// and a retained clone would keep it open (and block a restart in the same process).
+    fn open(env: &heed::Env, wtxn: &mut heed::RwTxn<'_>) -> anyhow::Result<Self>;
+    /// Apply one committed command. Pure function of (state, command): no clock, no randomness,
+    /// no I/O except this txn. Domain rejections are encoded in Response; Err only for storage
+    /// failure.
+    fn apply(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+        log_index: u64,
+        cmd: &Self::Command,
+    ) -> anyhow::Result<Self::Response>;
+    /// Serialise the whole app state deterministically (for a snapshot).
+    fn export(&self, rtxn: &heed::RoTxn<'_>) -> anyhow::Result<Vec<u8>>;
+    /// Replace the whole app state with bytes produced by `export`.
+    fn import(&self, wtxn: &mut heed::RwTxn<'_>, data: &[u8]) -> anyhow::Result<()>;
+}
+
+/// openraft type configuration for an [`App`].
+///
+/// Written by hand rather than with `declare_raft_types!` because it is generic over `A`, and
+/// the derives openraft requires (`Copy`, `Ord`, ...) must not demand them of `A`.
+pub struct TypeConfig<A>(PhantomData<A>);
+
+impl<A> fmt::Debug for TypeConfig<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypeConfig")
+    }
+}
+impl<A> Clone for TypeConfig<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for TypeConfig<A> {}
+impl<A> Default for TypeConfig<A> {
+    fn default() -> Self {
+        TypeConfig(PhantomData)
+    }
+}
+impl<A> PartialEq for TypeConfig<A> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<A> Eq for TypeConfig<A> {}
+impl<A> PartialOrd for TypeConfig<A> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<A> Ord for TypeConfig<A> {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
+    type D = A::Command;
+    type R = A::Response;
+    type NodeId = NodeId;
+    type Node = openraft::BasicNode;
+    type Entry = openraft::Entry<Self>;
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<Self>;
+}
+
+/// Open (creating if needed) the log store at `dir/log` and the state machine store at
+/// `dir/state`.
+///
+/// Each environment can be open only once per process (heed refuses a second open); both are
+/// closed when the returned stores and everything cloned from them are dropped.
+pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
+    let (log, state, _released) = open_storage_tracked(dir)?;
+    Ok((log, state))
+}
+
+/// Like [`open_storage`], and also returns a handle that resolves once every clone of both
+/// stores is gone, i.e. once both environments are closed.
+pub(crate) fn open_storage_tracked<A: App>(
+    dir: &Path,
+) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>, EnvsReleased)> {
+    let (lease, released) = env_lease();
+    let log = LogStore::open(&dir.join(LOG_DIR_NAME), lease.clone())?;
+    let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
+    Ok((log, state, released))
+}
+
+/// Held next to every open LMDB environment of one node. It carries no data: its only job is to
+/// be dropped together with the environment, so that [`EnvsReleased`] learns when the last one
+/// is closed.
+#[derive(Clone)]
+pub(crate) struct EnvLease {
+    _tx: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Resolves once every [`EnvLease`] of the same pair has been dropped.
+pub(crate) struct EnvsReleased {
+    rx: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl EnvsReleased {
+    /// Wait until all environments are closed. Nothing is ever sent on the channel; `recv`
+    /// returns `None` exactly when the last sender (lease) is dropped.
+    pub(crate) async fn wait(mut self) {
+        while self.rx.recv().await.is_some() {}
+    }
+}
+
+fn env_lease() -> (EnvLease, EnvsReleased) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (EnvLease { _tx: tx }, EnvsReleased { rx })
+}
+
+/// Convert a library error into openraft's error payload, saying what was being done.
+fn any_error(e: &(impl std::error::Error + 'static), doing: &str) -> openraft::AnyError {
+    openraft::AnyError::new(e).add_context(|| doing.to_string())
+}
+
+/// Same for an app error (`anyhow`), keeping its whole context chain.
+fn app_error(e: &anyhow::Error, doing: &str) -> openraft::AnyError {
+    openraft::AnyError::error(format!("{doing}: {e:#}"))
+}
+
+/// Open an LMDB environment with default (fully synchronous) flags.
+fn open_env(path: &Path, map_size_bytes: usize, max_dbs: u32) -> anyhow::Result<heed::Env> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(path)
+        .with_context(|| format!("create LMDB directory {}", path.display()))?;
+    // SAFETY: heed requires that the environment is not opened twice in one process (it checks
+    // and returns `EnvAlreadyOpened`) and that the files are not modified by anything but LMDB.
+    // No flags are set: in particular not NO_SYNC / NO_META_SYNC, so each commit is durable.
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(map_size_bytes)
+            .max_dbs(max_dbs)
+            .max_readers(ENV_MAX_READERS)
+            .open(path)
+    }
+    .with_context(|| format!("open LMDB environment {}", path.display()))?;
+    Ok(env)
+}

@@ -1,0 +1,626 @@
+//! The applied state: the app's databases plus Raft's bookkeeping, in one LMDB environment
+//! (`DIR/state`), and the current snapshot beside it.
+//!
+//! Why this shape:
+//! - A batch of committed entries is applied in ONE write transaction that also records
+//!   `last_applied` and the last membership. Either the whole batch is visible after a crash or
+//!   none of it is, and `last_applied` always describes exactly the state on disk. Openraft then
+//!   re-applies anything after `last_applied` from the log (the log store saves `committed`).
+//! - An app error in `apply` aborts the transaction and is reported as a storage error, which
+//!   stops the Raft node: a command the app cannot apply means this node's state can no longer
+//!   follow the log, and continuing would diverge from its peers.
+//! - A snapshot is `{header (last_applied, membership), App::export bytes}` in a small binary
+//!   frame (magic, header length, JSON header, raw app bytes) so the app's bytes are not
+//!   re-encoded. It is built from an LMDB read transaction, i.e. a consistent view taken while
+//!   `apply` keeps running (openraft builds snapshots concurrently with applying).
+//! - The current snapshot is also kept as a file (`DIR/state/current.snapshot`, written to a
+//!   temp file, fsynced, renamed, directory fsynced) so `get_current_snapshot` survives a restart
+//!   and a leader can still feed a follower whose entries were already purged. The file only ever
+//!   moves forward (guarded by the cached meta of the file on disk).
+//! - Sizes are bounded: a snapshot larger than [`SNAPSHOT_SIZE_BYTES_MAX`] is refused when built,
+//!   received, or read back, rather than exhausting memory (snapshots live in a `Vec<u8>`).
+
+use std::fs::File;
+use std::io::{Cursor, Read, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, RoTxn, RwTxn};
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{any_error, app_error, open_env, App, EnvLease, NodeId, TypeConfig};
+
+/// Map size of the state environment: address space reserved, not disk used (see the log's).
+pub const STATE_MAP_SIZE_BYTES: usize = 64 << 30;
+/// Largest snapshot (app export plus header) this node builds, accepts or loads. Snapshots are
+/// held in memory whole, so this is also a memory bound.
+pub const SNAPSHOT_SIZE_BYTES_MAX: usize = 2 << 30;
+/// Largest snapshot header / snapshot-file meta (log ids and membership: a few KiB in practice).
+const SNAPSHOT_HEADER_SIZE_BYTES_MAX: usize = 1 << 20;
+/// File name of the current snapshot inside the state directory.
+pub const SNAPSHOT_FILE_NAME: &str = "current.snapshot";
+const SNAPSHOT_TMP_FILE_NAME: &str = "current.snapshot.tmp";
+/// Magic of the snapshot data that travels between nodes.
+const SNAPSHOT_DATA_MAGIC: &[u8; 8] = b"QVRSNAP1";
+/// Magic of the on-disk current-snapshot file (meta + snapshot data).
+const SNAPSHOT_FILE_MAGIC: &[u8; 8] = b"QVRSFIL1";
+/// Magic plus two u64 lengths.
+const FRAME_PREFIX_SIZE_BYTES: usize = 24;
+
+/// Databases the raft crate itself opens in the state env (`meta`).
+const STATE_OWN_DBS: u32 = 1;
+const META_DB_NAME: &str = "raft_meta";
+const LAST_APPLIED_KEY: &str = "last_applied";
+const LAST_MEMBERSHIP_KEY: &str = "last_membership";
+
+type MetaDb = Database<Str, Bytes>;
+type Membership = StoredMembership<NodeId, BasicNode>;
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// What a snapshot says about Raft, in front of the app's bytes.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+}
+
+struct StateDb<A> {
+    // Field order matters: the environment is closed before the lease is released.
+    env: Env,
+    meta: MetaDb,
+    app: A,
+    dir: PathBuf,
+    /// Meta of the snapshot file on disk; the lock also serialises writers of that file.
+    current_snapshot: Mutex<Option<Meta>>,
+    _lease: EnvLease,
+}
+
+/// Raft state machine storage (`RaftStateMachine` + `RaftSnapshotBuilder`) over heed. Cheap to
+/// clone; clones share the environment and the app.
+pub struct StateMachineStore<A> {
+    db: Arc<StateDb<A>>,
+    _app: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for StateMachineStore<A> {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            db: self.db.clone(),
+            _app: PhantomData,
+        }
+    }
+}
+
+impl<A: App> StateMachineStore<A> {
+    pub(crate) fn open(dir: &Path, lease: EnvLease) -> anyhow::Result<Self> {
+        let env = open_env(dir, STATE_MAP_SIZE_BYTES, A::MAX_DBS + STATE_OWN_DBS)?;
+        let mut wtxn = env
+            .write_txn()
+            .context("begin txn to open state databases")?;
+        let meta = env
+            .create_database(&mut wtxn, Some(META_DB_NAME))
+            .context("create raft meta database in state env")?;
+        let app = A::open(&env, &mut wtxn).context("open app databases in state env")?;
+        wtxn.commit().context("commit state database creation")?;
+
+        // A temp file is what a crash in the middle of writing a snapshot leaves behind.
+        let tmp = dir.join(SNAPSHOT_TMP_FILE_NAME);
+        if tmp.exists() {
+            std::fs::remove_file(&tmp)
+                .with_context(|| format!("remove stale snapshot temp file {}", tmp.display()))?;
+        }
+        let current = read_snapshot_file(&dir.join(SNAPSHOT_FILE_NAME), false)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("load current snapshot meta from {}", dir.display()))?
+            .map(|(meta, _)| meta);
+
+        Ok(StateMachineStore {
+            db: Arc::new(StateDb {
+                env,
+                meta,
+                app,
+                dir: dir.to_path_buf(),
+                current_snapshot: Mutex::new(current),
+                _lease: lease,
+            }),
+            _app: PhantomData,
+        })
+    }
+
+    /// Run `f` against the app and a read transaction of the state env. Reads see only applied
+    /// state (a committed transaction), never a batch in progress.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&A, &RoTxn<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let rtxn = self
+            .db
+            .env
+            .read_txn()
+            .context("begin read txn on state env")?;
+        f(&self.db.app, &rtxn)
+    }
+
+    fn applied_state_sync(&self) -> Result<(Option<LogId<NodeId>>, Membership)> {
+        let rtxn = self
+            .db
+            .env
+            .read_txn()
+            .map_err(|e| StorageIOError::read_state_machine(any_error(&e, "begin read txn")))?;
+        let (last_applied, membership) = read_applied(&self.db.meta, &rtxn)?;
+        Ok((last_applied, membership))
+    }
+
+    fn apply_sync<I>(&self, entries: I) -> Result<Vec<A::Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig<A>>>,
+    {
+        let db = &*self.db;
+        let mut wtxn = db
+            .env
+            .write_txn()
+            .map_err(|e| StorageIOError::write_state_machine(any_error(&e, "begin apply txn")))?;
+        let (mut last_applied, mut membership) = read_applied(&db.meta, &wtxn)?;
+        let mut responses = Vec::new();
+        let mut applied_any = false;
+        for entry in entries {
+            // openraft applies committed entries in order, each exactly once.
+            if last_applied.is_some_and(|l| entry.log_id.index <= l.index) {
+                return Err(StorageIOError::apply(
+                    entry.log_id,
+                    AnyError::error(format!(
+                        "entry {} is not after last applied {last_applied:?}",
+                        entry.log_id
+                    )),
+                )
+                .into());
+            }
+            let response = match &entry.payload {
+                EntryPayload::Blank => A::Response::default(),
+                EntryPayload::Normal(cmd) => db
+                    .app
+                    .apply(&mut wtxn, entry.log_id.index, cmd)
+                    .map_err(|e| StorageIOError::apply(entry.log_id, app_error(&e, "app apply")))?,
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    A::Response::default()
+                }
+            };
+            responses.push(response);
+            last_applied = Some(entry.log_id);
+            applied_any = true;
+        }
+        if !applied_any {
+            return Ok(responses);
+        }
+        put_json(&db.meta, &mut wtxn, LAST_APPLIED_KEY, &last_applied)
+            .map_err(StorageIOError::write_state_machine)?;
+        put_json(&db.meta, &mut wtxn, LAST_MEMBERSHIP_KEY, &membership)
+            .map_err(StorageIOError::write_state_machine)?;
+        wtxn.commit()
+            .map_err(|e| StorageIOError::write_state_machine(any_error(&e, "commit apply txn")))?;
+        Ok(responses)
+    }
+
+    fn build_snapshot_sync(&self) -> Result<Snapshot<TypeConfig<A>>> {
+        let db = &*self.db;
+        let (header, app_bytes) = {
+            let rtxn = db.env.read_txn().map_err(|e| {
+                StorageIOError::read_state_machine(any_error(&e, "begin snapshot read txn"))
+            })?;
+            let (last_applied, last_membership) = read_applied(&db.meta, &rtxn)?;
+            let app_bytes = db.app.export(&rtxn).map_err(|e| {
+                StorageIOError::read_state_machine(app_error(&e, "export app state for snapshot"))
+            })?;
+            let header = SnapshotHeader {
+                last_applied,
+                last_membership,
+            };
+            (header, app_bytes)
+        };
+        let header_bytes = serde_json::to_vec(&header).map_err(|e| {
+            StorageIOError::write_snapshot(None, any_error(&e, "encode snapshot header"))
+        })?;
+        let data = frame(SNAPSHOT_DATA_MAGIC, &header_bytes, &app_bytes)
+            .map_err(|e| StorageIOError::write_snapshot(None, AnyError::error(e)))?;
+        let meta = Meta {
+            last_log_id: header.last_applied,
+            last_membership: header.last_membership,
+            snapshot_id: snapshot_id(header.last_applied),
+        };
+        self.persist_current_snapshot(&meta, &data)?;
+        tracing::info!(snapshot = %meta, size_bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+
+    fn install_snapshot_sync(&self, meta: &Meta, data: Vec<u8>) -> Result<()> {
+        let sig = || Some(meta.signature());
+        let (header_bytes, app_bytes) = unframe(SNAPSHOT_DATA_MAGIC, &data)
+            .map_err(|e| StorageIOError::read_snapshot(sig(), AnyError::error(e)))?;
+        let header: SnapshotHeader = serde_json::from_slice(header_bytes).map_err(|e| {
+            StorageIOError::read_snapshot(sig(), any_error(&e, "decode snapshot header"))
+        })?;
+        if header.last_applied != meta.last_log_id || header.last_membership != meta.last_membership
+        {
+            return Err(StorageIOError::read_snapshot(
+                sig(),
+                AnyError::error(format!(
+                    "snapshot data describes last_applied {:?} / membership {}, meta says {}",
+                    header.last_applied, header.last_membership, meta
+                )),
+            )
+            .into());
+        }
+        let db = &*self.db;
+        let mut wtxn = db.env.write_txn().map_err(|e| {
+            StorageIOError::write_snapshot(sig(), any_error(&e, "begin install txn"))
+        })?;
+        db.app.import(&mut wtxn, app_bytes).map_err(|e| {
+            StorageIOError::write_snapshot(sig(), app_error(&e, "import app state from snapshot"))
+        })?;
+        put_json(&db.meta, &mut wtxn, LAST_APPLIED_KEY, &meta.last_log_id)
+            .map_err(|e| StorageIOError::write_snapshot(sig(), e))?;
+        put_json(
+            &db.meta,
+            &mut wtxn,
+            LAST_MEMBERSHIP_KEY,
+            &meta.last_membership,
+        )
+        .map_err(|e| StorageIOError::write_snapshot(sig(), e))?;
+        wtxn.commit().map_err(|e| {
+            StorageIOError::write_snapshot(sig(), any_error(&e, "commit install txn"))
+        })?;
+        // State first, file second: a crash in between leaves an older current snapshot, which
+        // is harmless; the reverse order could advertise a snapshot the state does not contain.
+        self.persist_current_snapshot(meta, &data)?;
+        tracing::info!(snapshot = %meta, "installed snapshot");
+        Ok(())
+    }
+
+    /// Make `meta`/`data` the current snapshot on disk unless a newer one is already there.
+    fn persist_current_snapshot(&self, meta: &Meta, data: &[u8]) -> Result<()> {
+        let sig = || Some(meta.signature());
+        let mut current =
+            self.db.current_snapshot.lock().map_err(|_| {
+                StorageIOError::write_snapshot(sig(), AnyError::error("lock poisoned"))
+            })?;
+        if current
+            .as_ref()
+            .is_some_and(|c| c.last_log_id > meta.last_log_id)
+        {
+            return Ok(());
+        }
+        write_snapshot_file(&self.db.dir, meta, data).map_err(|e| {
+            StorageIOError::write_snapshot(sig(), app_error(&e, "write snapshot file"))
+        })?;
+        *current = Some(meta.clone());
+        Ok(())
+    }
+
+    fn current_snapshot_sync(&self) -> Result<Option<Snapshot<TypeConfig<A>>>> {
+        let path = self.db.dir.join(SNAPSHOT_FILE_NAME);
+        let loaded = read_snapshot_file(&path, true)
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::error(e)))?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Snapshot id: a function of the last applied log id alone. The export is deterministic, so
+/// two snapshots at the same log id hold the same bytes and may share an id; no clock or random
+/// number is needed.
+fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
+    match last_applied {
+        None => "empty".to_string(),
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+    }
+}
+
+fn read_applied(meta: &MetaDb, rtxn: &RoTxn<'_>) -> Result<(Option<LogId<NodeId>>, Membership)> {
+    let last_applied: Option<Option<LogId<NodeId>>> =
+        get_json(meta, rtxn, LAST_APPLIED_KEY).map_err(StorageIOError::read_state_machine)?;
+    let membership: Option<Membership> =
+        get_json(meta, rtxn, LAST_MEMBERSHIP_KEY).map_err(StorageIOError::read_state_machine)?;
+    Ok((last_applied.flatten(), membership.unwrap_or_default()))
+}
+
+fn get_json<T: DeserializeOwned>(
+    db: &MetaDb,
+    rtxn: &RoTxn<'_>,
+    key: &str,
+) -> std::result::Result<Option<T>, AnyError> {
+    let Some(bytes) = db
+        .get(rtxn, key)
+        .map_err(|e| any_error(&e, &format!("read state meta {key:?}")))?
+    else {
+        return Ok(None);
+    };
+    let value = serde_json::from_slice(bytes)
+        .map_err(|e| any_error(&e, &format!("decode state meta {key:?}")))?;
+    Ok(Some(value))
+}
+
+fn put_json<T: Serialize>(
+    db: &MetaDb,
+    wtxn: &mut RwTxn<'_>,
+    key: &str,
+    value: &T,
+) -> std::result::Result<(), AnyError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| any_error(&e, &format!("encode state meta {key:?}")))?;
+    db.put(wtxn, key, &bytes)
+        .map_err(|e| any_error(&e, &format!("write state meta {key:?}")))
+}
+
+/// `magic (8) | header length (u64 BE) | body length (u64 BE) | header | body`. Both lengths
+/// are explicit so that a truncated or padded snapshot is detected, not half-imported.
+fn frame(magic: &[u8; 8], header: &[u8], body: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if header.len() > SNAPSHOT_HEADER_SIZE_BYTES_MAX {
+        return Err(format!(
+            "snapshot header is {} bytes, limit {SNAPSHOT_HEADER_SIZE_BYTES_MAX}",
+            header.len()
+        ));
+    }
+    let total = FRAME_PREFIX_SIZE_BYTES + header.len() + body.len();
+    if total > SNAPSHOT_SIZE_BYTES_MAX {
+        return Err(format!(
+            "snapshot is {total} bytes, limit {SNAPSHOT_SIZE_BYTES_MAX}"
+        ));
+    }
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(header.len() as u64).to_be_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+/// Inverse of [`frame`]: checks magic and exact lengths, returns (header, body).
+fn unframe<'a>(
+    magic: &[u8; 8],
+    bytes: &'a [u8],
+) -> std::result::Result<(&'a [u8], &'a [u8]), String> {
+    if bytes.len() > SNAPSHOT_SIZE_BYTES_MAX {
+        return Err(format!(
+            "snapshot is {} bytes, limit {SNAPSHOT_SIZE_BYTES_MAX}",
+            bytes.len()
+        ));
+    }
+    if bytes.len() < FRAME_PREFIX_SIZE_BYTES || &bytes[..8] != magic {
+        return Err(format!(
+            "snapshot data of {} bytes does not start with magic {:?}",
+            bytes.len(),
+            String::from_utf8_lossy(magic)
+        ));
+    }
+    let header_len = decode_len(&bytes[8..16], SNAPSHOT_HEADER_SIZE_BYTES_MAX)?;
+    let body_len = decode_len(&bytes[16..24], SNAPSHOT_SIZE_BYTES_MAX)?;
+    let want = FRAME_PREFIX_SIZE_BYTES + header_len + body_len;
+    if bytes.len() != want {
+        return Err(format!(
+            "snapshot data is {} bytes but its frame says {want} (header {header_len}, body {body_len})",
+            bytes.len()
+        ));
+    }
+    let body_start = FRAME_PREFIX_SIZE_BYTES + header_len;
+    Ok((
+        &bytes[FRAME_PREFIX_SIZE_BYTES..body_start],
+        &bytes[body_start..],
+    ))
+}
+
+/// Decode a big-endian u64 length field and check it against `limit` before anything is
+/// allocated for it.
+fn decode_len(raw: &[u8], limit: usize) -> std::result::Result<usize, String> {
+    let raw: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| format!("snapshot length field is {} bytes, want 8", raw.len()))?;
+    let len = u64::from_be_bytes(raw);
+    if len > limit as u64 {
+        return Err(format!("snapshot length field {len} exceeds limit {limit}"));
+    }
+    Ok(len as usize)
+}
+
+/// Write the current snapshot atomically: temp file, fsync, rename, fsync the directory.
+fn write_snapshot_file(dir: &Path, meta: &Meta, data: &[u8]) -> anyhow::Result<()> {
+    let meta_bytes = serde_json::to_vec(meta).context("encode snapshot meta")?;
+    anyhow::ensure!(
+        meta_bytes.len() <= SNAPSHOT_HEADER_SIZE_BYTES_MAX,
+        "snapshot meta is {} bytes, limit {SNAPSHOT_HEADER_SIZE_BYTES_MAX}",
+        meta_bytes.len()
+    );
+    let tmp = dir.join(SNAPSHOT_TMP_FILE_NAME);
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    {
+        let mut f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+        f.write_all(SNAPSHOT_FILE_MAGIC)?;
+        f.write_all(&(meta_bytes.len() as u64).to_be_bytes())?;
+        f.write_all(&meta_bytes)?;
+        f.write_all(data)
+            .with_context(|| format!("write {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("fsync {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// Read the current snapshot file: its meta, and the snapshot data if `with_data`.
+/// `Ok(None)` if there is no snapshot yet.
+fn read_snapshot_file(
+    path: &Path,
+    with_data: bool,
+) -> std::result::Result<Option<(Meta, Vec<u8>)>, String> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("open {}: {e}", path.display())),
+    };
+    let ctx = |what: &str, e: std::io::Error| format!("{what} {}: {e}", path.display());
+    let file_len = f.metadata().map_err(|e| ctx("stat", e))?.len();
+    let mut prefix = [0u8; 16];
+    f.read_exact(&mut prefix)
+        .map_err(|e| ctx("read snapshot file header of", e))?;
+    if &prefix[..8] != SNAPSHOT_FILE_MAGIC {
+        return Err(format!(
+            "{} is not a snapshot file (bad magic)",
+            path.display()
+        ));
+    }
+    let meta_len = decode_len(&prefix[8..], SNAPSHOT_HEADER_SIZE_BYTES_MAX)?;
+    let data_len = file_len
+        .checked_sub(16 + meta_len as u64)
+        .ok_or_else(|| format!("{} is truncated inside its meta", path.display()))?;
+    if data_len > SNAPSHOT_SIZE_BYTES_MAX as u64 {
+        return Err(format!(
+            "{} holds {data_len} bytes of snapshot, limit {SNAPSHOT_SIZE_BYTES_MAX}",
+            path.display()
+        ));
+    }
+    let mut meta_bytes = vec![0u8; meta_len];
+    f.read_exact(&mut meta_bytes)
+        .map_err(|e| ctx("read snapshot meta of", e))?;
+    let meta: Meta = serde_json::from_slice(&meta_bytes)
+        .map_err(|e| format!("decode snapshot meta of {}: {e}", path.display()))?;
+    let mut data = Vec::new();
+    if with_data {
+        data.reserve_exact(data_len as usize);
+        f.read_to_end(&mut data)
+            .map_err(|e| ctx("read snapshot data of", e))?;
+        if data.len() as u64 != data_len {
+            return Err(format!(
+                "{} changed while being read: expected {data_len} data bytes, got {}",
+                path.display(),
+                data.len()
+            ));
+        }
+        // The data must itself be a well-formed snapshot; catch corruption before sending it.
+        unframe(SNAPSHOT_DATA_MAGIC, &data)?;
+    }
+    Ok(Some((meta, data)))
+}
+
+impl<A: App> RaftSnapshotBuilder<TypeConfig<A>> for StateMachineStore<A> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig<A>>> {
+        self.build_snapshot_sync()
+    }
+}
+
+impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership)> {
+        self.applied_state_sync()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<A::Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig<A>>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_sync(entries)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        self.install_snapshot_sync(meta, snapshot.into_inner())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig<A>>>> {
+        self.current_snapshot_sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_round_trips_and_rejects_damage() {
+        let framed = frame(SNAPSHOT_DATA_MAGIC, b"{}", b"body").expect("frame");
+        let (h, b) = unframe(SNAPSHOT_DATA_MAGIC, &framed).expect("unframe");
+        assert_eq!((h, b), (&b"{}"[..], &b"body"[..]));
+
+        // Truncated (by one byte, or inside the header) or padded.
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &framed[..framed.len() - 1]).is_err());
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &framed[..framed.len() - 5]).is_err());
+        let mut padded = framed.clone();
+        padded.push(0);
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &padded).is_err());
+        // Wrong magic.
+        assert!(unframe(SNAPSHOT_FILE_MAGIC, &framed).is_err());
+        // Too short to hold the prefix.
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &framed[..20]).is_err());
+        // A header length beyond the limit is refused before any allocation.
+        let mut huge = framed.clone();
+        huge[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &huge).is_err());
+    }
+
+    #[test]
+    fn frame_refuses_oversized_header() {
+        let header = vec![b' '; SNAPSHOT_HEADER_SIZE_BYTES_MAX + 1];
+        assert!(frame(SNAPSHOT_DATA_MAGIC, &header, b"").is_err());
+    }
+
+    #[test]
+    fn snapshot_file_absent_truncated_and_corrupt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SNAPSHOT_FILE_NAME);
+        assert!(read_snapshot_file(&path, true)
+            .expect("absent is ok")
+            .is_none());
+
+        let data = frame(SNAPSHOT_DATA_MAGIC, b"{}", b"app").expect("frame");
+        let meta = Meta::default();
+        write_snapshot_file(dir.path(), &meta, &data).expect("write");
+        let (m, d) = read_snapshot_file(&path, true)
+            .expect("read")
+            .expect("present");
+        assert_eq!((m, d), (meta, data.clone()));
+        assert!(!dir.path().join(SNAPSHOT_TMP_FILE_NAME).exists());
+
+        let bytes = std::fs::read(&path).expect("read raw");
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).expect("truncate");
+        assert!(read_snapshot_file(&path, true).is_err(), "truncated data");
+        std::fs::write(&path, &bytes[..12]).expect("truncate");
+        assert!(
+            read_snapshot_file(&path, false).is_err(),
+            "truncated prefix"
+        );
+        std::fs::write(&path, b"not a snapshot file at all").expect("corrupt");
+        assert!(read_snapshot_file(&path, false).is_err(), "bad magic");
+    }
+}
