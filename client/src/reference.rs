@@ -123,7 +123,11 @@ mod tests {
 
     #[test]
     fn parses_the_three_forms_and_prints_them_back() {
-        for text in ["reco-model/14", "reco-model@champion", "reco-model:production"] {
+        for text in [
+            "reco-model/14",
+            "reco-model@champion",
+            "reco-model:production",
+        ] {
             let parsed: Reference = text.parse().unwrap();
             assert_eq!(parsed.model, "reco-model");
             assert_eq!(parsed.to_string(), text);

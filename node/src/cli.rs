@@ -1,6 +1,7 @@
 //! The `quiver-node` command line: `serve` runs one node, `up` runs a local
 //! cluster on loopback for trying Quiver out.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -54,8 +55,12 @@ pub fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");

@@ -246,11 +246,11 @@ fn validate_text(field: &str, value: &str, bytes_max: usize) -> DomainResult<()>
             format!("{} bytes is over the limit of {bytes_max}", value.len()),
         ));
     }
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(DomainError::invalid(
-            field,
-            "contains control characters",
-        ));
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(DomainError::invalid(field, "contains control characters"));
     }
     Ok(())
 }
@@ -291,9 +291,21 @@ pub fn validate_reason(value: &str) -> DomainResult<()> {
 /// code and run is not accepted.
 pub fn validate_metadata(meta: &VersionMetadata) -> DomainResult<()> {
     for (field, value, flag) in [
-        ("metadata.data_snapshot_id", &meta.data_snapshot_id, "--data-snapshot ID"),
-        ("metadata.code_commit", &meta.code_commit, "--code-commit SHA"),
-        ("metadata.pipeline_run_id", &meta.pipeline_run_id, "--run-id ID"),
+        (
+            "metadata.data_snapshot_id",
+            &meta.data_snapshot_id,
+            "--data-snapshot ID",
+        ),
+        (
+            "metadata.code_commit",
+            &meta.code_commit,
+            "--code-commit SHA",
+        ),
+        (
+            "metadata.pipeline_run_id",
+            &meta.pipeline_run_id,
+            "--run-id ID",
+        ),
     ] {
         if value.trim().is_empty() {
             return Err(DomainError::invalid(
@@ -371,13 +383,20 @@ pub fn validate_signature(sig: &Signature) -> DomainResult<()> {
             if !DTYPES.contains(&t.dtype.as_str()) {
                 return Err(DomainError::invalid(
                     format!("{field}.dtype"),
-                    format!("unknown dtype {:?}; expected one of {}", t.dtype, DTYPES.join(", ")),
+                    format!(
+                        "unknown dtype {:?}; expected one of {}",
+                        t.dtype,
+                        DTYPES.join(", ")
+                    ),
                 ));
             }
             if t.shape.len() > TENSOR_RANK_MAX {
                 return Err(DomainError::invalid(
                     format!("{field}.shape"),
-                    format!("rank {} is over the limit of {TENSOR_RANK_MAX}", t.shape.len()),
+                    format!(
+                        "rank {} is over the limit of {TENSOR_RANK_MAX}",
+                        t.shape.len()
+                    ),
                 ));
             }
             if let Some(d) = t.shape.iter().find(|&&d| d < -1) {
@@ -409,7 +428,16 @@ mod tests {
         for ok in ["a", "reco-model", "m.v2_x", &"a".repeat(NAME_BYTES_MAX)] {
             validate_name("name", ok).unwrap();
         }
-        for bad in ["", "Reco", "-x", "a/b", "a@b", "a:b", "a b", &"a".repeat(NAME_BYTES_MAX + 1)] {
+        for bad in [
+            "",
+            "Reco",
+            "-x",
+            "a/b",
+            "a@b",
+            "a:b",
+            "a b",
+            &"a".repeat(NAME_BYTES_MAX + 1),
+        ] {
             let err = validate_name("name", bad).unwrap_err();
             assert!(err.to_string().starts_with("invalid name: "), "{err}");
         }
@@ -449,7 +477,9 @@ mod tests {
             "invalid metadata.metrics: 257 metrics is over the limit of 256"
         );
         let mut m = meta();
-        m.hyperparameters = (0..=PARAMS_MAX).map(|i| (format!("p{i}"), "1".into())).collect();
+        m.hyperparameters = (0..=PARAMS_MAX)
+            .map(|i| (format!("p{i}"), "1".into()))
+            .collect();
         assert_eq!(
             validate_metadata(&m).unwrap_err().to_string(),
             "invalid metadata.hyperparameters: 257 parameters is over the limit of 256"
@@ -495,6 +525,9 @@ mod tests {
             inputs: vec![t("x", "int8", vec![]), t("x", "int8", vec![])],
             outputs: vec![],
         };
-        assert!(validate_signature(&bad).unwrap_err().to_string().contains("appears twice"));
+        assert!(validate_signature(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("appears twice"));
     }
 }

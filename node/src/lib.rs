@@ -1,6 +1,7 @@
 //! quiver-node: the registry — domain types, the replicated state machine,
 //! the gRPC services and the node that ties them to Raft and the chunk store.
 
+pub mod cli;
 pub mod command;
 pub mod domain;
 pub mod env;
@@ -8,6 +9,5 @@ pub mod node;
 pub mod server;
 pub mod service;
 pub mod state;
-pub mod cli;
 
 pub use node::{Node, NodeConfig};

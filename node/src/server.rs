@@ -20,6 +20,11 @@ use crate::service::{
 /// Largest gRPC message either side accepts: one chunk plus framing.
 pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// HTTP/2 flow-control windows: large enough that one upload or download
+/// stream is not throttled by round trips at loopback or LAN speeds.
+const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops the
 /// node's Raft member.
 pub async fn serve(
@@ -31,9 +36,14 @@ pub async fn serve(
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .add_service(ModelsServer::new(ModelsService { node: node.clone() }))
         .add_service(versions)
-        .add_service(LifecycleServer::new(LifecycleService { node: node.clone() }))
+        .add_service(LifecycleServer::new(LifecycleService {
+            node: node.clone(),
+        }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -164,7 +164,12 @@ impl quiver_raft::App for RegistryApp {
         })
     }
 
-    fn apply(&self, wtxn: &mut RwTxn<'_>, log_index: u64, cmd: &Command) -> anyhow::Result<Response> {
+    fn apply(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        log_index: u64,
+        cmd: &Command,
+    ) -> anyhow::Result<Response> {
         match self.execute(wtxn, cmd) {
             Ok((response, subject)) => {
                 self.append_audit(wtxn, log_index, cmd, subject)
@@ -527,7 +532,14 @@ impl RegistryApp {
         let size = page_size(page_size_requested);
         let filter = tag_filter(tag);
         let mut out = Vec::new();
-        for row in self.models.prefix_iter(rtxn, name_prefix.as_bytes())? {
+        // LMDB refuses an empty key, so "no prefix" walks the whole table.
+        type Rows<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
+        let rows: Rows<'_> = if name_prefix.is_empty() {
+            Box::new(self.models.iter(rtxn)?)
+        } else {
+            Box::new(self.models.prefix_iter(rtxn, name_prefix.as_bytes())?)
+        };
+        for row in rows {
             let (k, v) = row?;
             if !page_token.is_empty() && k <= page_token.as_bytes() {
                 continue;
@@ -571,8 +583,8 @@ impl RegistryApp {
                 self.get_version(rtxn, model, a.version)
             }
             VersionSelector::Stage(stage) => {
-                let stage = crate::service::convert::stage_from_proto(*stage)
-                    .map_err(AppError::Domain)?;
+                let stage =
+                    crate::service::convert::stage_from_proto(*stage).map_err(AppError::Domain)?;
                 let m = self.get_model(rtxn, model)?;
                 if stage == Stage::Production {
                     if let Some(n) = m.production_version {
@@ -620,16 +632,13 @@ impl RegistryApp {
         let start = version_key(model, after.saturating_add(1));
         let end = version_key(model, u64::MAX);
         let mut out: Vec<Version> = Vec::new();
-        for row in self
-            .versions
-            .range(
-                rtxn,
-                &(
-                    Bound::Included(start.as_slice()),
-                    Bound::Included(end.as_slice()),
-                ),
-            )?
-        {
+        for row in self.versions.range(
+            rtxn,
+            &(
+                Bound::Included(start.as_slice()),
+                Bound::Included(end.as_slice()),
+            ),
+        )? {
             let (_, v) = row?;
             let v: Version = decode("version", v)?;
             if stage.is_some_and(|s| s != v.stage) || !tags_match(&v.tags, filter) {
@@ -877,7 +886,10 @@ mod tests {
             *manifest_root = Hash::of(b"other").to_hex();
         }
         let e = rejected(f.apply(op));
-        assert!(matches!(e, DomainError::Invalid { ref field, .. } if field == "manifest_root"), "{e}");
+        assert!(
+            matches!(e, DomainError::Invalid { ref field, .. } if field == "manifest_root"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -897,9 +909,15 @@ mod tests {
         assert_eq!(v2.stage, Stage::Production);
         let v1 = f.read(|app, txn| app.get_version(txn, "reco", 1).unwrap());
         assert_eq!(v1.stage, Stage::Archived);
-        assert_eq!(v1.stage_history.last().unwrap().reason, "superseded by reco/2");
+        assert_eq!(
+            v1.stage_history.last().unwrap().reason,
+            "superseded by reco/2"
+        );
         let prod: Reference = "reco:production".parse().unwrap();
-        assert_eq!(f.read(|app, txn| app.resolve(txn, &prod).unwrap().number), 2);
+        assert_eq!(
+            f.read(|app, txn| app.resolve(txn, &prod).unwrap().number),
+            2
+        );
         assert_eq!(
             rejected(f.apply(promote(2))),
             DomainError::SameStage {
@@ -910,10 +928,16 @@ mod tests {
         );
         // Rollback: the archived version goes back to Production.
         f.apply(promote(1));
-        assert_eq!(f.read(|app, txn| app.resolve(txn, &prod).unwrap().number), 1);
+        assert_eq!(
+            f.read(|app, txn| app.resolve(txn, &prod).unwrap().number),
+            1
+        );
         let staging: Reference = "reco:staging".parse().unwrap();
         let err = f.read(|app, txn| app.resolve(txn, &staging).unwrap_err());
-        assert_eq!(err.to_string(), "model 'reco' has no version in stage staging");
+        assert_eq!(
+            err.to_string(),
+            "model 'reco' has no version in stage staging"
+        );
     }
 
     #[test]
@@ -939,8 +963,15 @@ mod tests {
         assert_eq!(f.read(|app, txn| app.resolve(txn, &r).unwrap().number), 1);
         let missing: Reference = "reco@challenger".parse().unwrap();
         let err = f.read(|app, txn| app.resolve(txn, &missing).unwrap_err());
-        assert!(err.to_string().starts_with("alias 'challenger' not found on model 'reco'"), "{err}");
-        assert!(matches!(rejected(f.apply(set("Bad Name", 1))), DomainError::Invalid { .. }));
+        assert!(
+            err.to_string()
+                .starts_with("alias 'challenger' not found on model 'reco'"),
+            "{err}"
+        );
+        assert!(matches!(
+            rejected(f.apply(set("Bad Name", 1))),
+            DomainError::Invalid { .. }
+        ));
     }
 
     #[test]
@@ -967,11 +998,19 @@ mod tests {
         for name in ["a1", "a2", "a3", "b1"] {
             f.apply(create_model(name));
         }
+        let (all, _) = f.read(|app, txn| app.list_models(txn, "", "", 0, "").unwrap());
+        assert_eq!(all.len(), 4, "no prefix lists every model");
         let (page, next) = f.read(|app, txn| app.list_models(txn, "a", "", 2, "").unwrap());
-        assert_eq!(page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
+        assert_eq!(
+            page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["a1", "a2"]
+        );
         assert_eq!(next, "a2");
         let (page, next) = f.read(|app, txn| app.list_models(txn, "a", "", 2, &next).unwrap());
-        assert_eq!(page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["a3"]);
+        assert_eq!(
+            page.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["a3"]
+        );
         assert_eq!(next, "");
         for i in 0..5u8 {
             f.apply(create_version("a1", &[i]));

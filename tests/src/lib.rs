@@ -1,1 +1,207 @@
-//! placeholder
+//! Harness for end-to-end tests: real `quiver-node` processes on loopback,
+//! driven through the real `quiver` CLI or the SDK.
+//!
+//! Binaries are passed in by the test files (`env!("CARGO_BIN_EXE_…")` only
+//! exists there). Nothing here sleeps to synchronise: a node is ready when it
+//! prints its `export QUIVER_ENDPOINT=` line, which is only printed after it
+//! has become leader and bound its listener.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+/// How long a node may take to print its endpoint.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `quiver-node serve` process; killed when dropped.
+pub struct NodeProcess {
+    child: Child,
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node on a free loopback port with its data in `data_dir`.
+    pub fn start(node_bin: &str, data_dir: &Path) -> anyhow::Result<NodeProcess> {
+        std::fs::create_dir_all(data_dir)?;
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_log)?;
+        let mut child = Command::new(node_bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawn {node_bin}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(endpoint) = line.strip_prefix("export QUIVER_ENDPOINT=") {
+                    let _ = tx.send(endpoint.to_string());
+                }
+            }
+        });
+        let endpoint = match rx.recv_timeout(NODE_START_TIMEOUT) {
+            Ok(endpoint) => endpoint,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                bail!("node did not print its endpoint in time; stderr:\n{log}");
+            }
+        };
+        Ok(NodeProcess {
+            child,
+            endpoint,
+            data_dir: data_dir.to_path_buf(),
+            stderr_log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let exit = self.child.wait()?;
+        if !exit.success() {
+            bail!(
+                "node exited with {exit} after SIGTERM; stderr:\n{}",
+                self.stderr()
+            );
+        }
+        Ok(())
+    }
+
+    /// Peak resident memory of the node so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .ok_or_else(|| anyhow!("no VmHWM in /proc status"))?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .ok_or_else(|| anyhow!("malformed VmHWM line"))?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Result of one CLI run.
+pub struct CliRun {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> CliRun {
+        assert_eq!(
+            self.status, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed; returns its stderr.
+    pub fn err(self) -> String {
+        assert_ne!(
+            self.status, 0,
+            "command unexpectedly succeeded\nstdout:\n{}",
+            self.stdout
+        );
+        self.stderr
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs the `quiver` CLI against `endpoint` as user `alice`.
+pub fn quiver(cli_bin: &str, endpoint: &str, args: &[&str]) -> CliRun {
+    let out: Output = Command::new(cli_bin)
+        .args(args)
+        .env("QUIVER_ENDPOINT", endpoint)
+        .env("QUIVER_USER", "alice")
+        .output()
+        .unwrap_or_else(|e| panic!("run {cli_bin}: {e}"));
+    CliRun {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Writes `size_bytes` of seeded pseudo-random bytes to `path`, streaming.
+pub fn write_random_file(path: &Path, size_bytes: u64, seed: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size_bytes;
+    while left > 0 {
+        for word in buf.chunks_mut(8) {
+            // xorshift64*: fast, seeded, good enough to defeat dedup.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let v = state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            word.copy_from_slice(&v[..word.len()]);
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// blake3 of a file, streaming.
+pub fn hash_file(path: &Path) -> anyhow::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    std::io::copy(&mut f, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}

@@ -26,7 +26,10 @@ pub fn optional_stage(raw: i32) -> DomainResult<Option<domain::Stage>> {
     match proto::Stage::try_from(raw) {
         Ok(proto::Stage::Unspecified) => Ok(None),
         Ok(s) => stage_from_proto(s).map(Some),
-        Err(_) => Err(DomainError::invalid("stage", format!("unknown stage value {raw}"))),
+        Err(_) => Err(DomainError::invalid(
+            "stage",
+            format!("unknown stage value {raw}"),
+        )),
     }
 }
 
@@ -122,7 +125,11 @@ pub fn metadata_from_proto(m: Option<&proto::VersionMetadata>) -> domain::Versio
         data_snapshot_id: m.data_snapshot_id.clone(),
         code_commit: m.code_commit.clone(),
         pipeline_run_id: m.pipeline_run_id.clone(),
-        hyperparameters: m.hyperparameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        hyperparameters: m
+            .hyperparameters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     })
     .unwrap_or_default()
@@ -158,7 +165,12 @@ pub fn version_to_proto(v: &domain::Version, aliases: Vec<String>) -> proto::Mod
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            metrics: v.metadata.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            metrics: v
+                .metadata
+                .metrics
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }),
         tags: v.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         stage: stage_to_proto(v.stage) as i32,

@@ -22,7 +22,9 @@ impl LifecycleService {
         let reference = parse_reference(reference)?;
         let v = self
             .node
-            .read(Consistency::Linearizable, |app, txn| app.resolve(txn, &reference))
+            .read(Consistency::Linearizable, |app, txn| {
+                app.resolve(txn, &reference)
+            })
             .await?;
         Ok((v.model, v.number))
     }
@@ -30,7 +32,9 @@ impl LifecycleService {
     async fn applied_version(&self, applied: Applied) -> Result<proto::ModelVersion, Status> {
         match applied {
             Applied::Version(v) => version_view(&self.node, &v, Consistency::Stale).await,
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 }
@@ -38,7 +42,9 @@ impl LifecycleService {
 fn expect_alias(applied: Applied) -> Result<proto::Alias, Status> {
     match applied {
         Applied::Alias(a) => Ok(alias_to_proto(&a)),
-        other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        other => Err(Status::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
     }
 }
 
@@ -73,7 +79,9 @@ impl Lifecycle for LifecycleService {
             alias: r.alias,
             number: r.version,
         };
-        Ok(Response::new(expect_alias(self.node.propose(actor, op).await?)?))
+        Ok(Response::new(expect_alias(
+            self.node.propose(actor, op).await?,
+        )?))
     }
 
     async fn get_alias(
@@ -100,7 +108,9 @@ impl Lifecycle for LifecycleService {
             model: r.model,
             alias: r.alias,
         };
-        Ok(Response::new(expect_alias(self.node.propose(actor, op).await?)?))
+        Ok(Response::new(expect_alias(
+            self.node.propose(actor, op).await?,
+        )?))
     }
 
     async fn set_version_tags(

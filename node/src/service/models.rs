@@ -18,7 +18,9 @@ pub struct ModelsService {
 fn expect_model(applied: Applied) -> Result<proto::Model, Status> {
     match applied {
         Applied::Model(m) => Ok(model_to_proto(&m)),
-        other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        other => Err(Status::internal(format!(
+            "unexpected apply result {other:?}"
+        ))),
     }
 }
 
@@ -55,7 +57,9 @@ impl Models for ModelsService {
         let r = request.into_inner();
         let model = self
             .node
-            .read(consistency(r.consistency), |app, txn| app.get_model(txn, &r.name))
+            .read(consistency(r.consistency), |app, txn| {
+                app.get_model(txn, &r.name)
+            })
             .await?;
         Ok(Response::new(model_to_proto(&model)))
     }
@@ -68,7 +72,13 @@ impl Models for ModelsService {
         let (models, next) = self
             .node
             .read(consistency(r.consistency), |app, txn| {
-                app.list_models(txn, &r.name_prefix, &r.tag, r.page_size as usize, &r.page_token)
+                app.list_models(
+                    txn,
+                    &r.name_prefix,
+                    &r.tag,
+                    r.page_size as usize,
+                    &r.page_token,
+                )
             })
             .await?;
         Ok(Response::new(proto::ListModelsResponse {

@@ -20,8 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{
-    manifest_to_proto, metadata_from_proto, optional_stage, signature_from_proto,
-    version_to_proto,
+    manifest_to_proto, metadata_from_proto, optional_stage, signature_from_proto, version_to_proto,
 };
 use super::{actor_of, consistency, invalid, parse_reference};
 use crate::command::{Op, Response as Applied};
@@ -58,7 +57,10 @@ pub async fn version_view(
 }
 
 fn bad_upload(message: impl Into<String>) -> Status {
-    Status::invalid_argument(format!("upload rejected, nothing registered: {}", message.into()))
+    Status::invalid_argument(format!(
+        "upload rejected, nothing registered: {}",
+        message.into()
+    ))
 }
 
 struct OpenFile {
@@ -235,7 +237,9 @@ impl Versions for VersionsService {
         validate_tags("tags", &tags).map_err(invalid)?;
         // Fail before taking any bytes if the model is unknown; apply checks again.
         self.node
-            .read(Consistency::Stale, |app, txn| app.get_model(txn, &header.model))
+            .read(Consistency::Stale, |app, txn| {
+                app.get_model(txn, &header.model)
+            })
             .await?;
 
         let mut ingest = Ingest::new(self.node.chunks.clone());
@@ -256,9 +260,7 @@ impl Versions for VersionsService {
             Status::aborted("upload ended before its UploadCommit message; nothing was registered")
         })?;
         let manifest = ingest.finish().await?;
-        manifest
-            .validate()
-            .map_err(|e| bad_upload(e.to_string()))?;
+        manifest.validate().map_err(|e| bad_upload(e.to_string()))?;
         let root = manifest.root().to_hex();
         if !commit.manifest_root.is_empty() && commit.manifest_root != root {
             return Err(Status::data_loss(format!(
@@ -278,7 +280,9 @@ impl Versions for VersionsService {
         };
         match self.node.propose(actor, op).await? {
             Applied::Version(v) => Ok(Response::new(version_to_proto(&v, Vec::new()))),
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -289,8 +293,13 @@ impl Versions for VersionsService {
         let r = request.into_inner();
         let reference = parse_reference(&r.reference)?;
         let c = consistency(r.consistency);
-        let v = self.node.read(c, |app, txn| app.resolve(txn, &reference)).await?;
-        Ok(Response::new(version_view(&self.node, &v, Consistency::Stale).await?))
+        let v = self
+            .node
+            .read(c, |app, txn| app.resolve(txn, &reference))
+            .await?;
+        Ok(Response::new(
+            version_view(&self.node, &v, Consistency::Stale).await?,
+        ))
     }
 
     async fn list_versions(
@@ -354,10 +363,12 @@ impl Versions for VersionsService {
             }));
         }
         let header = proto::DownloadMessage {
-            kind: Some(proto::download_message::Kind::Header(proto::DownloadHeader {
-                version: Some(version_view(&self.node, &version, Consistency::Stale).await?),
-                manifest: Some(manifest_to_proto(&manifest)),
-            })),
+            kind: Some(proto::download_message::Kind::Header(
+                proto::DownloadHeader {
+                    version: Some(version_view(&self.node, &version, Consistency::Stale).await?),
+                    manifest: Some(manifest_to_proto(&manifest)),
+                },
+            )),
         };
         let (tx, rx) = mpsc::channel(DOWNLOAD_QUEUE_DEPTH);
         tx.send(Ok(header))

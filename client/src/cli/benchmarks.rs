@@ -1,0 +1,83 @@
+//! `quiver bench …`: runs the benchmarks in `crate::bench` and
+//! prints their tables. Phase notes go to stderr so `--output json` stays
+//! clean on stdout.
+
+use std::time::Duration;
+
+use crate::bench::{self, IngestOptions, RegistryOptions};
+use crate::Client;
+
+use super::args::Output;
+use super::view::table;
+use super::BenchCommand;
+
+pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
+    let log = |line: &str| eprintln!("bench: {line}");
+    match command {
+        BenchCommand::Ingest {
+            size,
+            files,
+            scratch_dir,
+            seed,
+            output,
+        } => {
+            let options = IngestOptions {
+                size_bytes: size,
+                files,
+                scratch_dir,
+                seed: seed.unwrap_or_else(rand::random),
+            };
+            let report = bench::ingest(client, &options, &log).await?;
+            match output.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = report.rows().into_iter().map(Vec::from).collect();
+                    outln!(
+                        "ingest of {} bytes in {} files as {} (seed {})",
+                        report.size_bytes,
+                        report.files,
+                        report.version,
+                        report.seed
+                    );
+                    out!(
+                        "{}",
+                        table(&["FIGURE", "VALUE", "BASELINE", "RATIO"], &rows)
+                    );
+                }
+            }
+        }
+        BenchCommand::Registry {
+            clients,
+            duration,
+            model,
+            output,
+        } => {
+            let options = RegistryOptions {
+                clients,
+                duration: Duration::from_secs(duration),
+                model,
+            };
+            let report = bench::registry(client, &options, &log).await?;
+            match output.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = report.rows().into_iter().map(Vec::from).collect();
+                    outln!(
+                        "registry with {} clients, {} s per phase, model {}",
+                        report.clients,
+                        report.duration_s,
+                        report.model
+                    );
+                    out!(
+                        "{}",
+                        table(
+                            &["OPERATION", "CONSISTENCY", "COUNT", "RATE", "P50", "P99"],
+                            &rows
+                        )
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Handlers for the registry commands. Each one calls the SDK and prints:
+//! tables or JSON on stdout, progress and notes on stderr, so stdout stays
+//! parseable (`ref=$(quiver version register …)`).
+
+use crate::proto::{
+    CreateModelRequest, ReadConsistency, RiskTier, SetVersionTagsRequest, Stage,
+    UpdateModelRequest, VersionMetadata,
+};
+use crate::sdk::collect_artifacts;
+use crate::signature::{SignatureJson, SIGNATURE_FILE_BYTES_MAX};
+use crate::{actor_from_env, Client, Reference, RegisterOptions};
+use anyhow::Context;
+use serde::Serialize;
+
+use super::args::{into_map, Output, UsageError};
+use super::progress::bytes_bar;
+use super::view::{AliasView, ModelView, StatusView, VersionView};
+use super::{AliasCommand, ModelCommand, ReadArgs, RegisterArgs, StageCommand, VersionCommand};
+
+/// Where and as whom to connect. Handlers check their local input first
+/// and connect only then, so a typo is reported as a typo even when no node
+/// is running.
+pub struct Node {
+    pub endpoint: String,
+    pub user: Option<String>,
+}
+
+impl Node {
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let actor = self.user.clone().unwrap_or_else(actor_from_env);
+        Ok(Client::connect(&self.endpoint).await?.with_actor(actor))
+    }
+}
+
+/// Checks a reference's syntax locally (a usage error, not a node error).
+fn check_reference(text: &str) -> Result<(), UsageError> {
+    text.parse::<Reference>()
+        .map(|_| ())
+        .map_err(|error| UsageError(error.to_string()))
+}
+
+fn consistency(read: &ReadArgs) -> ReadConsistency {
+    if read.stale {
+        ReadConsistency::Stale
+    } else {
+        ReadConsistency::Linearizable
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints one object as JSON or through its human form.
+fn print_one<T: Serialize>(
+    output: Output,
+    view: &T,
+    human: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(view),
+        Output::Table => {
+            out!("{}", human(view));
+            Ok(())
+        }
+    }
+}
+
+pub async fn model(node: &Node, command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Create {
+            name,
+            namespace,
+            description,
+            risk_tier,
+            tags,
+            output,
+        } => {
+            let model = node
+                .client()
+                .await?
+                .create_model(CreateModelRequest {
+                    name,
+                    namespace,
+                    description,
+                    risk_tier: risk_tier.map(RiskTier::from).unwrap_or_default().into(),
+                    tags: into_map("--tag", tags)?.into_iter().collect(),
+                })
+                .await?;
+            print_one(output.output, &ModelView::from(&model), ModelView::detail)
+        }
+        ModelCommand::List { prefix, tag, read } => {
+            let models = node
+                .client()
+                .await?
+                .list_all_models(&prefix, &tag, consistency(&read))
+                .await?;
+            let views: Vec<ModelView> = models.iter().map(ModelView::from).collect();
+            match read.output {
+                Output::Json => print_json(&views),
+                Output::Table => {
+                    out!("{}", ModelView::table(&views));
+                    Ok(())
+                }
+            }
+        }
+        ModelCommand::Show { name, read } => {
+            let model = node
+                .client()
+                .await?
+                .get_model(&name, consistency(&read))
+                .await?;
+            print_one(read.output, &ModelView::from(&model), ModelView::detail)
+        }
+        ModelCommand::Update {
+            name,
+            description,
+            tags,
+            remove_tags,
+            output,
+        } => {
+            if description.is_none() && tags.is_empty() && remove_tags.is_empty() {
+                return Err(UsageError(
+                    "nothing to update: give --description, --tag KEY=VALUE or --remove-tag KEY"
+                        .into(),
+                )
+                .into());
+            }
+            let model = node
+                .client()
+                .await?
+                .update_model(UpdateModelRequest {
+                    name,
+                    description,
+                    set_tags: into_map("--tag", tags)?.into_iter().collect(),
+                    remove_tags,
+                })
+                .await?;
+            print_one(output.output, &ModelView::from(&model), ModelView::detail)
+        }
+    }
+}
+
+pub async fn version(node: &Node, command: VersionCommand) -> anyhow::Result<()> {
+    match command {
+        VersionCommand::Register(args) => register(node, args).await,
+        VersionCommand::List {
+            model,
+            stage,
+            tag,
+            read,
+        } => {
+            let versions = node
+                .client()
+                .await?
+                .list_all_versions(
+                    &model,
+                    stage.unwrap_or(Stage::Unspecified),
+                    &tag,
+                    consistency(&read),
+                )
+                .await?;
+            let views: Vec<VersionView> = versions.iter().map(VersionView::from).collect();
+            match read.output {
+                Output::Json => print_json(&views),
+                Output::Table => {
+                    out!("{}", VersionView::table(&views));
+                    Ok(())
+                }
+            }
+        }
+        VersionCommand::Show { reference, read } => {
+            check_reference(&reference)?;
+            let version = node
+                .client()
+                .await?
+                .get_version(&reference, consistency(&read))
+                .await?;
+            print_one(
+                read.output,
+                &VersionView::from(&version),
+                VersionView::detail,
+            )
+        }
+        VersionCommand::Download { reference, out } => {
+            check_reference(&reference)?;
+            let client = node.client().await?;
+            let bar = bytes_bar(0, "downloading");
+            let summary = client
+                .download_version(&reference, &out, &|done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await;
+            bar.finish_and_clear();
+            let summary = summary?;
+            outln!(
+                "downloaded {}/{} ({} files, {}) into {}",
+                summary.version.model,
+                summary.version.version,
+                summary.file_count,
+                indicatif::HumanBytes(summary.total_size_bytes),
+                out.display()
+            );
+            Ok(())
+        }
+        VersionCommand::Tag {
+            reference,
+            set,
+            remove,
+            output,
+        } => {
+            if set.is_empty() && remove.is_empty() {
+                return Err(UsageError(
+                    "nothing to change: give --set KEY=VALUE or --remove KEY".into(),
+                )
+                .into());
+            }
+            check_reference(&reference)?;
+            let version = node
+                .client()
+                .await?
+                .set_version_tags(SetVersionTagsRequest {
+                    reference,
+                    set_tags: into_map("--set", set)?.into_iter().collect(),
+                    remove_tags: remove,
+                })
+                .await?;
+            print_one(
+                output.output,
+                &VersionView::from(&version),
+                VersionView::detail,
+            )
+        }
+    }
+}
+
+async fn register(node: &Node, args: RegisterArgs) -> anyhow::Result<()> {
+    let signature = match &args.signature {
+        Some(path) => Some(read_signature(path)?),
+        None => None,
+    };
+    let options = RegisterOptions {
+        signature,
+        metadata: VersionMetadata {
+            data_snapshot_id: args.data_snapshot,
+            code_commit: args.code_commit,
+            pipeline_run_id: args.run_id,
+            hyperparameters: into_map("--param", args.params)?.into_iter().collect(),
+            metrics: into_map("--metric", args.metrics)?.into_iter().collect(),
+        },
+        tags: into_map("--tag", args.tags)?,
+    };
+    let files = collect_artifacts(&args.artifacts)?;
+    let total_bytes: u64 = files.iter().map(|file| file.size_bytes).sum();
+    let client = node.client().await?;
+    let bar = bytes_bar(total_bytes, "uploading");
+    let version = client
+        .register_artifacts(&args.model, &files, options, &|sent| bar.set_position(sent))
+        .await;
+    bar.finish_and_clear();
+    let version = version?;
+    let view = VersionView::from(&version);
+    eprintln!(
+        "registered {}: {} files, {}, manifest root {}",
+        view.reference,
+        view.files.len(),
+        indicatif::HumanBytes(view.total_size_bytes),
+        view.manifest_root
+    );
+    match args.output.output {
+        Output::Json => print_json(&view),
+        Output::Table => {
+            outln!("{}", view.reference);
+            Ok(())
+        }
+    }
+}
+
+/// Reads and checks a signature file; errors name the file and the field.
+fn read_signature(path: &std::path::Path) -> anyhow::Result<crate::proto::Signature> {
+    let context = || format!("signature file '{}'", path.display());
+    let size = std::fs::metadata(path).with_context(context)?.len();
+    if size > SIGNATURE_FILE_BYTES_MAX {
+        anyhow::bail!(
+            "signature file '{}' is {size} bytes, more than the limit of \
+             {SIGNATURE_FILE_BYTES_MAX}",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(context)?;
+    let signature = SignatureJson::parse(&text).with_context(context)?;
+    Ok(signature.to_proto())
+}
+
+pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {
+    let StageCommand::Set {
+        reference,
+        stage,
+        reason,
+        output,
+    } = command;
+    if reason.trim().is_empty() {
+        return Err(UsageError("--reason is empty: say why the version moves".into()).into());
+    }
+    check_reference(&reference)?;
+    let version = node
+        .client()
+        .await?
+        .set_stage(&reference, stage, &reason)
+        .await?;
+    let view = VersionView::from(&version);
+    match output.output {
+        Output::Json => print_json(&view),
+        Output::Table => {
+            outln!("{} is now {}", view.reference, view.stage);
+            Ok(())
+        }
+    }
+}
+
+pub async fn alias(node: &Node, command: AliasCommand) -> anyhow::Result<()> {
+    let (alias, output) = match command {
+        AliasCommand::Set {
+            model,
+            alias,
+            version,
+            output,
+        } => (
+            node.client()
+                .await?
+                .set_alias(&model, &alias, version)
+                .await?,
+            output.output,
+        ),
+        AliasCommand::Get { model, alias, read } => (
+            node.client()
+                .await?
+                .get_alias(&model, &alias, consistency(&read))
+                .await?,
+            read.output,
+        ),
+        AliasCommand::Delete {
+            model,
+            alias,
+            output,
+        } => {
+            let deleted = node.client().await?.delete_alias(&model, &alias).await?;
+            if output.output == Output::Table {
+                outln!(
+                    "deleted {}@{} (was version {})",
+                    deleted.model,
+                    deleted.alias,
+                    deleted.version
+                );
+                return Ok(());
+            }
+            (deleted, output.output)
+        }
+    };
+    print_one(output, &AliasView::from(&alias), AliasView::detail)
+}
+
+pub async fn status(node: &Node, output: Output) -> anyhow::Result<()> {
+    let status = node.client().await?.node_status().await?;
+    print_one(output, &StatusView::from(&status), StatusView::detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_file_errors_name_the_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sig.json");
+        std::fs::write(
+            &path,
+            r#"{"inputs":[{"name":"x","dtype":"float32","shape":[-1,128],"optional":false}],"outputs":[]}"#,
+        )
+        .unwrap();
+        let signature = read_signature(&path).unwrap();
+        assert_eq!(signature.inputs[0].shape, vec![-1, 128]);
+
+        std::fs::write(
+            &path,
+            r#"{"inputs":[{"name":"x","dtype":"f32","shape":[]}]}"#,
+        )
+        .unwrap();
+        let error = super::super::describe(&read_signature(&path).unwrap_err());
+        assert!(
+            error.starts_with(&format!("signature file '{}'", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("inputs[0].dtype"), "{error}");
+
+        let error =
+            super::super::describe(&read_signature(&dir.path().join("no.json")).unwrap_err());
+        assert!(error.contains("no.json"), "{error}");
+    }
+}

@@ -1,0 +1,640 @@
+//! Download: receives a version's manifest and chunks, and trusts nothing it
+//! has not checked. The manifest must hash to the version's root; every chunk
+//! must arrive in manifest order and hash to the manifest's entry before it
+//! is written. Files are written beside their final names and renamed into
+//! place only once the whole version has checked out, so an interrupted or
+//! corrupt download leaves no file that looks complete.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
+use tokio::sync::mpsc;
+
+use super::{join_error, normalize_reference, Client, ClientError};
+use crate::proto::download_message::Kind;
+use crate::proto::{self, ChunkData, DownloadHeader, DownloadRequest, ModelVersion};
+
+/// Suffix of a file still being downloaded, next to its final name.
+pub const PARTIAL_SUFFIX: &str = ".quiver-partial";
+
+/// Chunks received ahead of the disk writer. Bounds download memory to this
+/// many chunks (each at most `CHUNK_SIZE_BYTES_MAX`).
+pub const DOWNLOAD_QUEUE_DEPTH: usize = 4;
+
+/// What a finished download produced.
+#[derive(Clone, Debug)]
+pub struct DownloadSummary {
+    pub version: ModelVersion,
+    pub file_count: usize,
+    pub total_size_bytes: u64,
+}
+
+impl Client {
+    /// Downloads `reference` into `out_dir`, verifying every chunk.
+    /// `progress` is called with (bytes received, total bytes).
+    pub async fn download_version(
+        &self,
+        reference: &str,
+        out_dir: &Path,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<DownloadSummary, ClientError> {
+        let (version, manifest, mut stream) = self.open_download(reference).await?;
+        let summary = summary(version, &manifest);
+        let total_bytes = summary.total_size_bytes;
+        progress(0, total_bytes);
+
+        let manifest = Arc::new(manifest);
+        let (sender, receiver) = mpsc::channel(DOWNLOAD_QUEUE_DEPTH);
+        let writer = tokio::task::spawn_blocking({
+            let manifest = Arc::clone(&manifest);
+            let out_dir = out_dir.to_path_buf();
+            move || write_version(&manifest, &out_dir, receiver)
+        });
+
+        let mut received_bytes: u64 = 0;
+        let streamed: Result<(), ClientError> = async {
+            while let Some(message) = stream.message().await? {
+                let chunk = expect_chunk(message)?;
+                let chunk_bytes = chunk.data.len() as u64;
+                if sender.send(WriteOp::Chunk(chunk)).await.is_err() {
+                    // The writer stopped on an error; its result says which.
+                    return Ok(());
+                }
+                received_bytes += chunk_bytes;
+                progress(received_bytes.min(total_bytes), total_bytes);
+            }
+            // The writer may already have failed; then its result says why.
+            let _ = sender.send(WriteOp::Finish).await;
+            Ok(())
+        }
+        .await;
+        drop(sender);
+        let written = writer.await.map_err(join_error)?;
+        match (written, streamed) {
+            (Err(error), _) | (Ok(false), Err(error)) => Err(error),
+            (Ok(true), _) => Ok(summary),
+            (Ok(false), Ok(())) => Err(ClientError::Verify(format!(
+                "download of '{reference}' stopped before it completed"
+            ))),
+        }
+    }
+
+    /// Downloads and verifies `reference` but hands the bytes to `sink`
+    /// (file index, chunk bytes) instead of the disk: the benchmark measures
+    /// the transfer without the writes.
+    pub async fn download_to_sink(
+        &self,
+        reference: &str,
+        mut sink: impl FnMut(u32, &[u8]),
+    ) -> Result<DownloadSummary, ClientError> {
+        let (version, manifest, mut stream) = self.open_download(reference).await?;
+        let mut cursor = ChunkCursor::new(&manifest);
+        while let Some(message) = stream.message().await? {
+            let chunk = expect_chunk(message)?;
+            cursor.accept(&manifest, &chunk)?;
+            sink(chunk.file_index, &chunk.data);
+        }
+        cursor.check_complete(&manifest)?;
+        Ok(summary(version, &manifest))
+    }
+
+    /// Starts a download and checks its header.
+    async fn open_download(
+        &self,
+        reference: &str,
+    ) -> Result<
+        (
+            ModelVersion,
+            Manifest,
+            tonic::codec::Streaming<proto::DownloadMessage>,
+        ),
+        ClientError,
+    > {
+        let reference = normalize_reference(reference)?;
+        let request = self.request(DownloadRequest {
+            reference: reference.clone(),
+        })?;
+        let mut stream = self
+            .versions()
+            .download_version(request)
+            .await?
+            .into_inner();
+        match stream.message().await?.and_then(|message| message.kind) {
+            Some(Kind::Header(header)) => {
+                let (version, manifest) = check_header(&reference, header)?;
+                Ok((version, manifest, stream))
+            }
+            _ => Err(ClientError::Verify(format!(
+                "the node's download of '{reference}' did not start with a header"
+            ))),
+        }
+    }
+}
+
+fn summary(version: ModelVersion, manifest: &Manifest) -> DownloadSummary {
+    DownloadSummary {
+        version,
+        file_count: manifest.files.len(),
+        total_size_bytes: manifest.total_size_bytes(),
+    }
+}
+
+fn expect_chunk(message: proto::DownloadMessage) -> Result<ChunkData, ClientError> {
+    match message.kind {
+        Some(Kind::Chunk(chunk)) => Ok(chunk),
+        _ => Err(ClientError::Verify(
+            "the node sent a second header or an empty message inside a download".into(),
+        )),
+    }
+}
+
+/// Converts the header's manifest and checks it hashes to the version's root.
+fn check_header(
+    reference: &str,
+    header: DownloadHeader,
+) -> Result<(ModelVersion, Manifest), ClientError> {
+    let broken = |what: &str| {
+        ClientError::Verify(format!(
+            "the node's download header for '{reference}' {what}"
+        ))
+    };
+    let version = header.version.ok_or_else(|| broken("has no version"))?;
+    let wire = header.manifest.ok_or_else(|| broken("has no manifest"))?;
+    let mut files = Vec::with_capacity(wire.files.len());
+    for file in wire.files {
+        let mut chunks = Vec::with_capacity(file.chunks.len());
+        for chunk in file.chunks {
+            let hash: [u8; 32] = chunk.hash.as_slice().try_into().map_err(|_| {
+                broken(&format!(
+                    "lists a chunk of file '{}' whose hash is {} bytes, not 32",
+                    file.path,
+                    chunk.hash.len()
+                ))
+            })?;
+            chunks.push(ChunkRef {
+                hash: Hash(hash),
+                size_bytes: chunk.size_bytes,
+            });
+        }
+        files.push(FileEntry {
+            path: file.path,
+            size_bytes: file.size_bytes,
+            mode: file.mode,
+            chunks,
+        });
+    }
+    let manifest = Manifest { files };
+    let expected: Hash = version.manifest_root.parse().map_err(|_| {
+        broken(&format!(
+            "has a malformed manifest root {:?}",
+            version.manifest_root
+        ))
+    })?;
+    let actual = manifest.root();
+    if actual != expected {
+        return Err(ClientError::Verify(format!(
+            "manifest of '{reference}' failed verification: it hashes to {actual}, \
+             the version's root is {expected}"
+        )));
+    }
+    // Checked after the root so paths are those the registrant chose; this
+    // also keeps every path inside the output directory.
+    manifest
+        .validate()
+        .map_err(|error| broken(&format!("has an invalid manifest: {error}")))?;
+    Ok((version, manifest))
+}
+
+/// Where the next chunk must come from. Pure: shared by the disk writer and
+/// the benchmark's sink so both enforce the same rules.
+#[derive(Debug)]
+struct ChunkCursor {
+    file: usize,
+    chunk: usize,
+}
+
+impl ChunkCursor {
+    fn new(manifest: &Manifest) -> Self {
+        let mut cursor = ChunkCursor { file: 0, chunk: 0 };
+        cursor.skip_finished(manifest);
+        cursor
+    }
+
+    /// Moves past files with no chunks left (empty files have none).
+    fn skip_finished(&mut self, manifest: &Manifest) {
+        while self.file < manifest.files.len()
+            && self.chunk >= manifest.files[self.file].chunks.len()
+        {
+            self.file += 1;
+            self.chunk = 0;
+        }
+    }
+
+    /// Checks that `chunk` is the next one expected and that its bytes hash
+    /// to the manifest's entry.
+    fn accept(&mut self, manifest: &Manifest, chunk: &ChunkData) -> Result<(), ClientError> {
+        let Some(file) = manifest.files.get(self.file) else {
+            return Err(ClientError::Verify(format!(
+                "the node sent chunk {} of file index {} after the last chunk",
+                chunk.chunk_index, chunk.file_index
+            )));
+        };
+        if (chunk.file_index as usize, chunk.chunk_index as usize) != (self.file, self.chunk) {
+            return Err(ClientError::Verify(format!(
+                "download out of order: expected chunk {} of file '{}', got chunk {} of file \
+                 index {}",
+                self.chunk, file.path, chunk.chunk_index, chunk.file_index
+            )));
+        }
+        let expected = &file.chunks[self.chunk];
+        if chunk.data.len() != expected.size_bytes as usize
+            || Hash::of(&chunk.data) != expected.hash
+        {
+            return Err(ClientError::Verify(format!(
+                "chunk {} of file '{}' failed verification",
+                expected.hash, file.path
+            )));
+        }
+        self.chunk += 1;
+        self.skip_finished(manifest);
+        Ok(())
+    }
+
+    fn check_complete(&self, manifest: &Manifest) -> Result<(), ClientError> {
+        match manifest.files.get(self.file) {
+            None => Ok(()),
+            Some(file) => Err(ClientError::Verify(format!(
+                "download ended early, at chunk {} of {} of file '{}'",
+                self.chunk,
+                file.chunks.len(),
+                file.path
+            ))),
+        }
+    }
+}
+
+enum WriteOp {
+    Chunk(ChunkData),
+    /// The stream ended normally; anything missing now is an error.
+    Finish,
+}
+
+/// Runs on a blocking thread. Returns `Ok(true)` when every file is in
+/// place, `Ok(false)` when the stream was abandoned (the caller has the
+/// reason); partial files are removed unless it completed.
+fn write_version(
+    manifest: &Manifest,
+    out_dir: &Path,
+    mut receiver: mpsc::Receiver<WriteOp>,
+) -> Result<bool, ClientError> {
+    let mut writer = PartialFiles::new(manifest, out_dir);
+    let result = (|| {
+        fs::create_dir_all(out_dir).map_err(|error| {
+            ClientError::io(format!("create directory '{}'", out_dir.display()), error)
+        })?;
+        let mut cursor = ChunkCursor::new(manifest);
+        while let Some(op) = receiver.blocking_recv() {
+            match op {
+                WriteOp::Chunk(chunk) => {
+                    cursor.accept(manifest, &chunk)?;
+                    writer.write(chunk.file_index as usize, &chunk.data)?;
+                }
+                WriteOp::Finish => {
+                    cursor.check_complete(manifest)?;
+                    writer.open_through(manifest.files.len())?;
+                    writer.commit()?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    })();
+    if !matches!(result, Ok(true)) {
+        writer.remove_partials();
+    }
+    result
+}
+
+/// The files of one download, written under temporary names in manifest order.
+struct PartialFiles<'a> {
+    manifest: &'a Manifest,
+    out_dir: &'a Path,
+    /// Partial files created so far, in manifest order.
+    partials: Vec<PathBuf>,
+    /// The file being written, and its bytes so far.
+    current: Option<(File, u64)>,
+}
+
+impl<'a> PartialFiles<'a> {
+    fn new(manifest: &'a Manifest, out_dir: &'a Path) -> Self {
+        PartialFiles {
+            manifest,
+            out_dir,
+            partials: Vec::new(),
+            current: None,
+        }
+    }
+
+    fn final_path(&self, index: usize) -> PathBuf {
+        let mut path = self.out_dir.to_path_buf();
+        path.extend(self.manifest.files[index].path.split('/'));
+        path
+    }
+
+    fn partial_path(&self, index: usize) -> PathBuf {
+        let mut path = self.final_path(index).into_os_string();
+        path.push(PARTIAL_SUFFIX);
+        PathBuf::from(path)
+    }
+
+    fn write(&mut self, index: usize, data: &[u8]) -> Result<(), ClientError> {
+        self.open_through(index + 1)?;
+        let path = &self.manifest.files[index].path;
+        let Some((file, written)) = self.current.as_mut() else {
+            unreachable!("open_through opened file {index}");
+        };
+        file.write_all(data)
+            .map_err(|error| ClientError::io(format!("write '{path}'"), error))?;
+        *written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Makes files `0..count` exist, finishing every one before the last;
+    /// files skipped over are empty ones.
+    fn open_through(&mut self, count: usize) -> Result<(), ClientError> {
+        while self.partials.len() < count {
+            self.finish_current()?;
+            let index = self.partials.len();
+            let partial = self.partial_path(index);
+            if let Some(parent) = partial.parent() {
+                fs::create_dir_all(parent).map_err(|error| {
+                    ClientError::io(format!("create directory '{}'", parent.display()), error)
+                })?;
+            }
+            self.partials.push(partial.clone());
+            let file = File::create(&partial).map_err(|error| {
+                ClientError::io(format!("create '{}'", partial.display()), error)
+            })?;
+            self.current = Some((file, 0));
+        }
+        Ok(())
+    }
+
+    /// Checks and syncs the file being written.
+    fn finish_current(&mut self) -> Result<(), ClientError> {
+        let Some((file, written)) = self.current.take() else {
+            return Ok(());
+        };
+        let index = self.partials.len() - 1;
+        let entry = &self.manifest.files[index];
+        if written != entry.size_bytes {
+            return Err(ClientError::Verify(format!(
+                "file '{}' received {written} bytes, the manifest says {}",
+                entry.path, entry.size_bytes
+            )));
+        }
+        file.sync_all()
+            .map_err(|error| ClientError::io(format!("sync '{}'", entry.path), error))
+    }
+
+    /// Moves every verified file to its final name.
+    fn commit(&mut self) -> Result<(), ClientError> {
+        self.finish_current()?;
+        assert_eq!(self.partials.len(), self.manifest.files.len());
+        let mut directories = BTreeSet::new();
+        for index in 0..self.partials.len() {
+            let (partial, target) = (self.partial_path(index), self.final_path(index));
+            set_mode(&partial, self.manifest.files[index].mode)?;
+            fs::rename(&partial, &target).map_err(|error| {
+                ClientError::io(format!("move into place '{}'", target.display()), error)
+            })?;
+            if let Some(parent) = target.parent() {
+                directories.insert(parent.to_path_buf());
+            }
+        }
+        self.partials.clear();
+        for directory in directories {
+            sync_directory(&directory)?;
+        }
+        Ok(())
+    }
+
+    fn remove_partials(&mut self) {
+        self.current = None;
+        for partial in self.partials.drain(..) {
+            // Best effort: the error that got us here is the one to report.
+            let _ = fs::remove_file(partial);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt;
+    if mode == 0 {
+        // Registered where modes do not exist: keep the local default.
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
+        .map_err(|error| ClientError::io(format!("set mode of '{}'", path.display()), error))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), ClientError> {
+    Ok(())
+}
+
+/// Makes renames durable: on Linux a rename is only on disk once its
+/// directory is synced.
+#[cfg(unix)]
+fn sync_directory(directory: &Path) -> Result<(), ClientError> {
+    File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| {
+            ClientError::io(format!("sync directory '{}'", directory.display()), error)
+        })
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_directory: &Path) -> Result<(), ClientError> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest of the given files, each cut into chunks of `chunk_bytes`.
+    pub(crate) fn manifest_of(files: &[(&str, &[u8])], chunk_bytes: usize) -> Manifest {
+        Manifest {
+            files: files
+                .iter()
+                .map(|(path, bytes)| FileEntry {
+                    path: path.to_string(),
+                    size_bytes: bytes.len() as u64,
+                    mode: 0o640,
+                    chunks: bytes
+                        .chunks(chunk_bytes)
+                        .map(|piece| ChunkRef {
+                            hash: Hash::of(piece),
+                            size_bytes: piece.len() as u32,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn chunk(file_index: u32, chunk_index: u32, data: &[u8]) -> ChunkData {
+        ChunkData {
+            file_index,
+            chunk_index,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn cursor_accepts_chunks_in_order_and_skips_empty_files() {
+        let manifest = manifest_of(&[("a", b"abcdef"), ("b", b""), ("c", b"xy")], 4);
+        let mut cursor = ChunkCursor::new(&manifest);
+        cursor.accept(&manifest, &chunk(0, 0, b"abcd")).unwrap();
+        assert!(cursor.check_complete(&manifest).is_err());
+        cursor.accept(&manifest, &chunk(0, 1, b"ef")).unwrap();
+        cursor.accept(&manifest, &chunk(2, 0, b"xy")).unwrap();
+        cursor.check_complete(&manifest).unwrap();
+        let error = cursor.accept(&manifest, &chunk(2, 1, b"z")).unwrap_err();
+        assert!(
+            error.to_string().contains("after the last chunk"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cursor_names_the_chunk_and_file_that_fail_verification() {
+        let manifest = manifest_of(&[("weights.bin", b"abcdef")], 4);
+        let mut cursor = ChunkCursor::new(&manifest);
+        let error = cursor.accept(&manifest, &chunk(0, 0, b"abcX")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "chunk {} of file 'weights.bin' failed verification",
+                Hash::of(b"abcd")
+            )
+        );
+        let error = cursor.accept(&manifest, &chunk(0, 1, b"ef")).unwrap_err();
+        assert!(error.to_string().contains("out of order"), "{error}");
+    }
+
+    #[test]
+    fn header_must_match_the_version_root() {
+        let manifest = manifest_of(&[("a", b"hello")], 4);
+        let wire = proto::Manifest {
+            files: manifest
+                .files
+                .iter()
+                .map(|file| proto::ManifestFile {
+                    path: file.path.clone(),
+                    size_bytes: file.size_bytes,
+                    mode: file.mode,
+                    chunks: file
+                        .chunks
+                        .iter()
+                        .map(|c| proto::ChunkRef {
+                            hash: c.hash.0.to_vec(),
+                            size_bytes: c.size_bytes,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let header = |root: String| DownloadHeader {
+            version: Some(ModelVersion {
+                manifest_root: root,
+                ..Default::default()
+            }),
+            manifest: Some(wire.clone()),
+        };
+        let (_, checked) = check_header("m/1", header(manifest.root().to_hex())).unwrap();
+        assert_eq!(checked, manifest);
+        let error = check_header("m/1", header(Hash::of(b"other").to_hex())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("manifest of 'm/1' failed verification"),
+            "{error}"
+        );
+        assert!(check_header("m/1", header("zz".into())).is_err());
+    }
+
+    fn run_writer(
+        manifest: &Manifest,
+        out_dir: &Path,
+        ops: Vec<WriteOp>,
+    ) -> Result<bool, ClientError> {
+        let (sender, receiver) = mpsc::channel(ops.len() + 1);
+        for op in ops {
+            sender.try_send(op).ok().unwrap();
+        }
+        drop(sender);
+        write_version(manifest, out_dir, receiver)
+    }
+
+    #[test]
+    fn writer_puts_verified_files_in_place_with_their_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_of(&[("a/x.bin", b"abcdef"), ("b/empty", b""), ("c", b"xy")], 4);
+        let ops = vec![
+            WriteOp::Chunk(chunk(0, 0, b"abcd")),
+            WriteOp::Chunk(chunk(0, 1, b"ef")),
+            WriteOp::Chunk(chunk(2, 0, b"xy")),
+            WriteOp::Finish,
+        ];
+        assert!(run_writer(&manifest, dir.path(), ops).unwrap());
+        assert_eq!(fs::read(dir.path().join("a/x.bin")).unwrap(), b"abcdef");
+        assert_eq!(fs::read(dir.path().join("b/empty")).unwrap(), b"");
+        assert_eq!(fs::read(dir.path().join("c")).unwrap(), b"xy");
+        assert!(!dir.path().join(format!("c{PARTIAL_SUFFIX}")).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("c"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o640);
+        }
+    }
+
+    #[test]
+    fn writer_removes_partial_files_on_a_bad_chunk_or_an_early_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_of(&[("a", b"abcdef"), ("b", b"xy")], 4);
+        let ops = vec![
+            WriteOp::Chunk(chunk(0, 0, b"abcd")),
+            WriteOp::Chunk(chunk(0, 1, b"ef")),
+            WriteOp::Chunk(chunk(1, 0, b"xz")),
+        ];
+        let error = run_writer(&manifest, dir.path(), ops).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("of file 'b' failed verification"),
+            "{error}"
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd")), WriteOp::Finish];
+        let error = run_writer(&manifest, dir.path(), ops).unwrap_err();
+        assert!(error.to_string().contains("ended early"), "{error}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // Abandoned stream (no Finish): nothing left, and no error of its own.
+        let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd"))];
+        assert!(!run_writer(&manifest, dir.path(), ops).unwrap());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

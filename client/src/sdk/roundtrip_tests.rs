@@ -1,0 +1,232 @@
+//! The SDK against the in-process fake node: real gRPC, real files.
+
+use std::fs;
+use std::path::Path;
+
+use super::*;
+use crate::fake_node;
+use crate::proto::CreateModelRequest;
+
+async fn client_with_model(node: &fake_node::FakeNode, model: &str) -> Client {
+    let client = Client::connect(&node.endpoint)
+        .await
+        .unwrap()
+        .with_actor("alice");
+    client
+        .create_model(CreateModelRequest {
+            name: model.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, bytes).unwrap();
+}
+
+fn big_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    crate::bench::SeededBytes::new(42).fill(&mut bytes);
+    bytes
+}
+
+#[tokio::test]
+async fn register_then_download_round_trips_files_modes_and_actor() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let source = tempfile::tempdir().unwrap();
+    let big = big_bytes(5 * 1024 * 1024 + 123);
+    write(&source.path().join("model/weights.bin"), &big);
+    write(&source.path().join("model/tok/vocab.txt"), b"a b c");
+    write(&source.path().join("model/empty"), b"");
+    write(&source.path().join("README.md"), b"readme");
+    let sent = std::cell::Cell::new(0u64);
+    let version = client
+        .register_version(
+            "reco",
+            &[source.path().join("model"), source.path().join("README.md")],
+            RegisterOptions::default(),
+            &|bytes| sent.set(bytes),
+        )
+        .await
+        .unwrap();
+    let total = big.len() as u64 + 5 + 6;
+    assert_eq!(sent.get(), total);
+    assert_eq!((version.model.as_str(), version.version), ("reco", 1));
+    assert_eq!(version.total_size_bytes, total);
+    let paths: Vec<&str> = version.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["README.md", "empty", "tok/vocab.txt", "weights.bin"]
+    );
+    assert!(node
+        .state
+        .lock()
+        .unwrap()
+        .actors
+        .iter()
+        .all(|a| a == "alice"));
+
+    let out = tempfile::tempdir().unwrap();
+    let seen = std::cell::Cell::new((0u64, 0u64));
+    let summary = client
+        .download_version("reco/1", out.path(), &|done, all| seen.set((done, all)))
+        .await
+        .unwrap();
+    assert_eq!(seen.get(), (total, total));
+    assert_eq!(summary.file_count, 4);
+    assert_eq!(fs::read(out.path().join("weights.bin")).unwrap(), big);
+    assert_eq!(
+        fs::read(out.path().join("tok/vocab.txt")).unwrap(),
+        b"a b c"
+    );
+    assert_eq!(fs::read(out.path().join("empty")).unwrap(), b"");
+
+    let mut sunk = Vec::new();
+    client
+        .download_to_sink("reco/1", |index, data| {
+            if index == 3 {
+                sunk.extend_from_slice(data)
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(sunk, big);
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_fails_the_download_and_leaves_nothing() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let source = tempfile::tempdir().unwrap();
+    write(&source.path().join("w.bin"), &big_bytes(100_000));
+    client
+        .register_version(
+            "reco",
+            &[source.path().join("w.bin")],
+            RegisterOptions::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    node.state.lock().unwrap().corrupt_downloads = true;
+    let out = tempfile::tempdir().unwrap();
+    let error = client
+        .download_version("reco/1", out.path(), &|_, _| {})
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, ClientError::Verify(_)), "{error:?}");
+    assert!(
+        text.starts_with("chunk ") && text.ends_with(" of file 'w.bin' failed verification"),
+        "{text}"
+    );
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn node_errors_keep_their_code_and_message() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let error = client
+        .get_version("reco/9", crate::proto::ReadConsistency::Stale)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(tonic::Code::NotFound));
+    assert_eq!(
+        error.to_string(),
+        "not found: version reco/9 does not exist"
+    );
+
+    let error = client
+        .create_model(CreateModelRequest {
+            name: "reco".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(tonic::Code::AlreadyExists));
+
+    let source = tempfile::tempdir().unwrap();
+    write(&source.path().join("w.bin"), b"x");
+    let error = client
+        .register_version(
+            "nope",
+            &[source.path().join("w.bin")],
+            RegisterOptions::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "not found: model 'nope' does not exist");
+}
+
+#[tokio::test]
+async fn listing_follows_page_tokens() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "a").await;
+    for name in ["b", "c", "other"] {
+        client
+            .create_model(CreateModelRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let all = client
+        .list_all_models("", "", crate::proto::ReadConsistency::Linearizable)
+        .await
+        .unwrap();
+    let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "other"]);
+}
+
+#[tokio::test]
+async fn benchmarks_run_at_toy_size() {
+    let node = fake_node::start().await;
+    let client = Client::connect(&node.endpoint).await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let report = crate::bench::ingest(
+        &client,
+        &crate::bench::IngestOptions {
+            size_bytes: 3 * 1024 * 1024 + 1,
+            files: 2,
+            scratch_dir: scratch.path().to_path_buf(),
+            seed: 5,
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.upload_mb_per_s > 0.0 && report.download_mb_per_s > 0.0);
+    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+    let report = crate::bench::registry(
+        &client,
+        &crate::bench::RegistryOptions {
+            clients: 2,
+            duration: std::time::Duration::from_millis(200),
+            model: None,
+        },
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.figures.len(), 5);
+    assert!(
+        report.figures.iter().all(|f| f.count > 0),
+        "{:?}",
+        report.figures
+    );
+    let state = node.state.lock().unwrap();
+    let registered = state
+        .versions
+        .keys()
+        .filter(|(m, _)| *m == report.model)
+        .count() as u64;
+    assert_eq!(registered, report.figures[0].count);
+}
