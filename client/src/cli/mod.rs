@@ -336,6 +336,34 @@ pub fn describe(error: &anyhow::Error) -> String {
     line
 }
 
+/// Entry point shared by the `quiver` binary and the end-to-end tests.
+pub fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    // Usage errors exit with 2 here, inside clap.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            if error.is::<UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,33 +478,5 @@ mod tests {
             source: std::io::Error::other("gone"),
         };
         assert_eq!(describe(&anyhow::Error::new(sdk)), "read 'y': gone");
-    }
-}
-
-/// Entry point shared by the `quiver` binary and the end-to-end tests.
-pub fn main() -> std::process::ExitCode {
-    use std::process::ExitCode;
-    // Usage errors exit with 2 here, inside clap.
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {}", describe(&error));
-            if error.is::<UsageError>() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
     }
 }
