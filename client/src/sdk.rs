@@ -58,12 +58,13 @@ pub const LIST_PAGE_SIZE: u32 = 500;
 pub const LIST_PAGES_MAX: usize = 10_000;
 
 /// The name requests are attributed to when none is set: QUIVER_USER, else
-/// USER, else LOGNAME, else "unknown".
+/// USER, else LOGNAME, else the OS account name, else "unknown".
 pub fn actor_from_env() -> String {
     ["QUIVER_USER", "USER", "LOGNAME"]
         .iter()
         .filter_map(|name| std::env::var(name).ok())
         .find(|value| !value.trim().is_empty())
+        .or_else(|| whoami::fallible::username().ok())
         .unwrap_or_else(|| "unknown".to_string())
 }
 

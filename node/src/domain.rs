@@ -154,7 +154,7 @@ pub enum DomainError {
     ModelNotFound { name: String },
     #[error("model '{name}' already exists")]
     ModelExists { name: String },
-    #[error("version {model}/{number} not found (model '{model}' has {count} versions)")]
+    #[error("version {model}/{number} not found (model '{model}' has {count} version(s))")]
     VersionNotFound {
         model: String,
         number: u64,
