@@ -26,14 +26,26 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node on a free loopback port with its data in `data_dir`.
+    /// Starts `quiver-node serve` on a free loopback port with its data in `data_dir`.
     pub fn start(node_bin: &str, data_dir: &Path) -> anyhow::Result<NodeProcess> {
+        let dir = data_dir.display().to_string();
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.as_str(),
+        ];
+        Self::spawn(node_bin, &args, data_dir)
+    }
+
+    /// Starts `quiver-node ARGS…` and waits for its endpoint line.
+    pub fn spawn(node_bin: &str, args: &[&str], data_dir: &Path) -> anyhow::Result<NodeProcess> {
         std::fs::create_dir_all(data_dir)?;
         let stderr_log = data_dir.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_log)?;
         let mut child = Command::new(node_bin)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(stderr)

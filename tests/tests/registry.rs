@@ -544,3 +544,64 @@ fn a_corrupt_chunk_fails_its_download_by_name_and_other_versions_are_unaffected(
         hash_file(&b).unwrap()
     );
 }
+
+/// Node memory stays bounded while an artifact larger than the bound goes in
+/// and out: a node that buffered a whole artifact would exceed it.
+#[test]
+fn a_bundle_larger_than_the_memory_bound_streams_through_the_node() {
+    const RSS_BYTES_MAX: u64 = 256 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(NODE, &tmp.path().join("node")).unwrap();
+    let ep = node.endpoint.as_str();
+    let bundle = tmp.path().join("bundle");
+    write_random_file(&bundle.join("shard-0.bin"), 160 << 20, 11).unwrap();
+    write_random_file(&bundle.join("shard-1.bin"), 128 << 20, 12).unwrap();
+    quiver(CLI, ep, &["model", "create", "big"]).ok();
+    register(ep, "big", &[&bundle]).ok();
+    let out = tmp.path().join("dl");
+    quiver(
+        CLI,
+        ep,
+        &[
+            "version",
+            "download",
+            "big/1",
+            "--out",
+            &out.display().to_string(),
+        ],
+    )
+    .ok();
+    for f in ["shard-0.bin", "shard-1.bin"] {
+        assert_eq!(
+            hash_file(&out.join(f)).unwrap(),
+            hash_file(&bundle.join(f)).unwrap()
+        );
+    }
+    let peak = node.peak_rss_bytes().unwrap();
+    assert!(
+        peak < RSS_BYTES_MAX,
+        "node peak RSS {} MiB while moving a 288 MiB bundle (bound {} MiB)",
+        peak >> 20,
+        RSS_BYTES_MAX >> 20
+    );
+}
+
+#[test]
+fn up_runs_a_local_registry_that_stops_cleanly_on_sigterm_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dot-quiver");
+    let dir = data.display().to_string();
+    let args = ["up", "--port", "0", "--data-dir", dir.as_str()];
+    let node = NodeProcess::spawn(NODE, &args, &data).unwrap();
+    quiver(CLI, &node.endpoint, &["model", "create", "demo"]).ok();
+    node.stop().unwrap();
+    let node = NodeProcess::spawn(NODE, &args, &data).unwrap();
+    let shown = quiver(
+        CLI,
+        &node.endpoint,
+        &["model", "show", "demo", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(shown["name"], "demo");
+}
