@@ -314,25 +314,7 @@ impl versions_server::Versions for Fake {
         let key = self.resolve(&request.into_inner().reference)?;
         let state = self.0.lock().unwrap();
         let (version, manifest, contents) = &state.versions[&key];
-        let wire = proto::Manifest {
-            files: manifest
-                .files
-                .iter()
-                .map(|f| ManifestFile {
-                    path: f.path.clone(),
-                    size_bytes: f.size_bytes,
-                    mode: f.mode,
-                    chunks: f
-                        .chunks
-                        .iter()
-                        .map(|c| proto::ChunkRef {
-                            hash: c.hash.0.to_vec(),
-                            size_bytes: c.size_bytes,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
+        let wire = crate::wire::manifest_to_proto(manifest);
         let mut messages = vec![Ok(DownloadMessage {
             kind: Some(Kind::Header(DownloadHeader {
                 version: Some(version.clone()),

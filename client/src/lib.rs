@@ -7,6 +7,7 @@ pub mod cli;
 pub mod reference;
 pub mod sdk;
 pub mod signature;
+pub mod wire;
 
 /// Generated protobuf types and gRPC stubs (package `quiver.v1`).
 pub mod proto {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
+use quiver_transfer::{Hash, Manifest};
 use tokio::sync::mpsc;
 
 use super::{join_error, normalize_reference, Client, ClientError};
@@ -164,30 +164,7 @@ fn check_header(
     };
     let version = header.version.ok_or_else(|| broken("has no version"))?;
     let wire = header.manifest.ok_or_else(|| broken("has no manifest"))?;
-    let mut files = Vec::with_capacity(wire.files.len());
-    for file in wire.files {
-        let mut chunks = Vec::with_capacity(file.chunks.len());
-        for chunk in file.chunks {
-            let hash: [u8; 32] = chunk.hash.as_slice().try_into().map_err(|_| {
-                broken(&format!(
-                    "lists a chunk of file '{}' whose hash is {} bytes, not 32",
-                    file.path,
-                    chunk.hash.len()
-                ))
-            })?;
-            chunks.push(ChunkRef {
-                hash: Hash(hash),
-                size_bytes: chunk.size_bytes,
-            });
-        }
-        files.push(FileEntry {
-            path: file.path,
-            size_bytes: file.size_bytes,
-            mode: file.mode,
-            chunks,
-        });
-    }
-    let manifest = Manifest { files };
+    let manifest = crate::wire::manifest_from_proto(wire).map_err(|e| broken(&e))?;
     let expected: Hash = version.manifest_root.parse().map_err(|_| {
         broken(&format!(
             "has a malformed manifest root {:?}",
@@ -467,6 +444,7 @@ fn sync_directory(_directory: &Path) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_transfer::{ChunkRef, FileEntry};
 
     /// A manifest of the given files, each cut into chunks of `chunk_bytes`.
     pub(crate) fn manifest_of(files: &[(&str, &[u8])], chunk_bytes: usize) -> Manifest {
@@ -532,25 +510,7 @@ mod tests {
     #[test]
     fn header_must_match_the_version_root() {
         let manifest = manifest_of(&[("a", b"hello")], 4);
-        let wire = proto::Manifest {
-            files: manifest
-                .files
-                .iter()
-                .map(|file| proto::ManifestFile {
-                    path: file.path.clone(),
-                    size_bytes: file.size_bytes,
-                    mode: file.mode,
-                    chunks: file
-                        .chunks
-                        .iter()
-                        .map(|c| proto::ChunkRef {
-                            hash: c.hash.0.to_vec(),
-                            size_bytes: c.size_bytes,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
+        let wire = crate::wire::manifest_to_proto(&manifest);
         let header = |root: String| DownloadHeader {
             version: Some(ModelVersion {
                 manifest_root: root,

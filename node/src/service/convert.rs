@@ -2,7 +2,6 @@
 //! only place that knows both; the domain derives no wire format.
 
 use quiver_client::proto;
-use quiver_transfer::Manifest;
 
 use crate::domain::{self, DomainError, DomainResult};
 
@@ -202,27 +201,5 @@ pub fn alias_to_proto(a: &domain::Alias) -> proto::Alias {
         updated_by: a.updated_by.name.clone(),
         updated_by_authenticated: a.updated_by.authenticated,
         updated_at_ms: a.updated_at_ms,
-    }
-}
-
-pub fn manifest_to_proto(m: &Manifest) -> proto::Manifest {
-    proto::Manifest {
-        files: m
-            .files
-            .iter()
-            .map(|f| proto::ManifestFile {
-                path: f.path.clone(),
-                size_bytes: f.size_bytes,
-                mode: f.mode,
-                chunks: f
-                    .chunks
-                    .iter()
-                    .map(|c| proto::ChunkRef {
-                        hash: c.hash.0.to_vec(),
-                        size_bytes: c.size_bytes,
-                    })
-                    .collect(),
-            })
-            .collect(),
     }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use quiver_client::proto::{self, upload_message::Kind, versions_server::Versions};
+use quiver_client::wire::manifest_to_proto;
 use quiver_transfer::{
     validate_path, ChunkRef, ChunkStore, Chunker, FileEntry, Hash, Manifest, StoreError,
     FILES_PER_MANIFEST_MAX,
@@ -19,9 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{
-    manifest_to_proto, metadata_from_proto, optional_stage, signature_from_proto, version_to_proto,
-};
+use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
 use super::{actor_of, consistency, invalid, parse_reference};
 use crate::command::{Op, Response as Applied};
 use crate::domain::{
