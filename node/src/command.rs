@@ -8,8 +8,8 @@ use quiver_transfer::Manifest;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Actor, Alias, DomainError, Model, RiskTier, Signature, Stage, Version, VersionMetadata,
-    VersionStatus,
+    Actor, Alias, DomainError, Model, NodeInfo, RiskTier, Signature, Stage, Version,
+    VersionMetadata, VersionStatus,
 };
 
 /// One replicated mutation, with who asked for it and when.
@@ -72,6 +72,11 @@ pub enum Op {
         set_tags: BTreeMap<String, String>,
         remove_tags: Vec<String>,
     },
+    /// A node announces (or updates) how to reach it.
+    UpsertNode(NodeInfo),
+    RemoveNode {
+        node_id: u64,
+    },
 }
 
 impl Op {
@@ -86,6 +91,8 @@ impl Op {
             Op::SetAlias { .. } => "set_alias",
             Op::DeleteAlias { .. } => "delete_alias",
             Op::SetVersionTags { .. } => "set_version_tags",
+            Op::UpsertNode(_) => "upsert_node",
+            Op::RemoveNode { .. } => "remove_node",
         }
     }
 }
@@ -100,5 +107,6 @@ pub enum Response {
     Model(Box<Model>),
     Version(Box<Version>),
     Alias(Alias),
+    Node(NodeInfo),
     Rejected(DomainError),
 }

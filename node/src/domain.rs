@@ -145,6 +145,18 @@ pub struct Alias {
     pub updated_at_ms: i64,
 }
 
+/// A cluster member as the registry knows it: where clients, peers and
+/// chunk transfers reach it, and where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: u64,
+    pub api_addr: String,
+    pub peer_addr: String,
+    pub quic_addr: String,
+    pub region: String,
+    pub zone: String,
+}
+
 /// A rejected request. Each variant names the object or field and, where
 /// there is one, the fix. Produced both at the API edge and inside `apply`
 /// (which re-checks everything, so a bad command can never change state).

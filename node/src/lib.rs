@@ -9,5 +9,6 @@ pub mod node;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod tls;
 
 pub use node::{Node, NodeConfig};

@@ -12,6 +12,7 @@
 //! - `aliases`:   model \0 alias            → Alias
 //! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
 //! - `meta`:      "audit_head"              → AuditHead
+//! - `nodes`:     node id (be u64)          → NodeInfo
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -79,9 +80,10 @@ pub struct RegistryApp {
     aliases: Table,
     audit: Table,
     meta: Table,
+    nodes: Table,
 }
 
-const TABLE_NAMES: [&str; 7] = [
+const TABLE_NAMES: [&str; 8] = [
     "models",
     "versions",
     "manifests",
@@ -89,6 +91,7 @@ const TABLE_NAMES: [&str; 7] = [
     "aliases",
     "audit",
     "meta",
+    "nodes",
 ];
 
 fn key2(a: &str, b: &[u8]) -> Vec<u8> {
@@ -161,6 +164,7 @@ impl quiver_raft::App for RegistryApp {
             aliases: open("aliases")?,
             audit: open("audit")?,
             meta: open("meta")?,
+            nodes: open("nodes")?,
         })
     }
 
@@ -210,7 +214,7 @@ impl quiver_raft::App for RegistryApp {
 }
 
 impl RegistryApp {
-    fn tables(&self) -> [&Table; 7] {
+    fn tables(&self) -> [&Table; 8] {
         [
             &self.models,
             &self.versions,
@@ -219,6 +223,7 @@ impl RegistryApp {
             &self.aliases,
             &self.audit,
             &self.meta,
+            &self.nodes,
         ]
     }
 
@@ -463,6 +468,12 @@ impl RegistryApp {
                 self.aliases.delete(wtxn, &key2(model, alias.as_bytes()))?;
                 Ok((Response::Alias(a), format!("{model}@{alias}")))
             }
+            Op::UpsertNode(info) => self.upsert_node(wtxn, info),
+            Op::RemoveNode { node_id } => {
+                let info = self.get_node(wtxn, *node_id)?;
+                self.nodes.delete(wtxn, &node_id.to_be_bytes())?;
+                Ok((Response::Node(info), format!("node {node_id}")))
+            }
             Op::SetVersionTags {
                 model,
                 number,
@@ -476,6 +487,33 @@ impl RegistryApp {
                 Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
             }
         }
+    }
+
+    fn upsert_node(&self, wtxn: &mut RwTxn<'_>, info: &NodeInfo) -> AppResult<(Response, String)> {
+        for (field, value) in [
+            ("api_addr", &info.api_addr),
+            ("peer_addr", &info.peer_addr),
+            ("quic_addr", &info.quic_addr),
+        ] {
+            if value.parse::<std::net::SocketAddr>().is_err() {
+                return Err(DomainError::invalid(
+                    format!("node.{field}"),
+                    format!("{value:?} is not a host:port socket address"),
+                )
+                .into());
+            }
+        }
+        for (field, value) in [("region", &info.region), ("zone", &info.zone)] {
+            if !value.is_empty() {
+                validate_name(&format!("node.{field}"), value)?;
+            }
+        }
+        self.nodes
+            .put(wtxn, &info.node_id.to_be_bytes(), &encode(info)?)?;
+        Ok((
+            Response::Node(info.clone()),
+            format!("node {}", info.node_id),
+        ))
     }
 
     fn append_audit(
@@ -688,6 +726,41 @@ impl RegistryApp {
                 "manifest {root} is missing from state"
             ))),
         }
+    }
+
+    pub fn get_node(&self, rtxn: &RoTxn<'_>, node_id: u64) -> AppResult<NodeInfo> {
+        match self.nodes.get(rtxn, &node_id.to_be_bytes())? {
+            Some(bytes) => decode("node", bytes),
+            None => Err(DomainError::invalid(
+                "node_id",
+                format!("node {node_id} is not registered"),
+            )
+            .into()),
+        }
+    }
+
+    /// Every known node, by id.
+    pub fn nodes(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<NodeInfo>> {
+        let mut out = Vec::new();
+        for row in self.nodes.iter(rtxn)? {
+            let (_, v) = row?;
+            out.push(decode("node", v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every READY version's manifest root, for repair: what this node
+    /// should hold. In key order, so repair walks versions deterministically.
+    pub fn ready_manifest_roots(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<(String, u64, String)>> {
+        let mut out = Vec::new();
+        for row in self.versions.iter(rtxn)? {
+            let (_, v) = row?;
+            let v: Version = decode("version", v)?;
+            if v.status == VersionStatus::Ready {
+                out.push((v.model, v.number, v.manifest_root));
+            }
+        }
+        Ok(out)
     }
 
     /// The audit log in order (for verification and tests).
