@@ -1,0 +1,13 @@
+//! Generates the peer RPC code from `proto/` with protox (a pure-Rust protobuf compiler), so a
+//! fresh machine needs only cargo: no system `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/quiver/raft/v1/peer.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
