@@ -13,9 +13,13 @@
 //!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
 //!   half of a batch. Snapshots are the app's export plus that metadata.
 //! - [`RaftNode`] (`node.rs`): the handle the node crate uses: start/resume, write, linearizable
-//!   barrier, reads against applied state, shutdown.
-//! - `network.rs`: the transport seam. For now a network that reaches nobody (single-node
-//!   clusters); a real transport plugs in through [`RaftNode::start_with_network`].
+//!   barrier, reads against applied state, shutdown. On a follower, writes and barriers are
+//!   forwarded to the leader.
+//! - `cluster.rs`: joining, adding and removing members, leadership transfer, cluster status.
+//! - The peer transport: `proto/quiver/raft/v1/peer.proto` (generated into [`proto`]), served by
+//!   `server.rs` and called through `transport.rs` (a cached tonic channel per peer); openraft's
+//!   RPCs ride on it through `PeerNetwork` (`network.rs`). Peers authenticate each other with
+//!   mutual TLS (`tls.rs`, [`PeerTls`]).
 //!
 //! Two environments rather than one: the log is append/truncate heavy and must never share a
 //! write lock with a long snapshot install, and the state env's database count is the app's
@@ -29,10 +33,21 @@
 // it unboxed so `?` flows straight into the trait methods. Storage errors are rare and fatal.
 #![allow(clippy::result_large_err)]
 
+mod cluster;
 mod log_store;
 mod network;
 mod node;
+mod server;
 mod state_store;
+mod tls;
+mod transport;
+
+/// The generated peer RPC code (`proto/quiver/raft/v1/peer.proto`). Not a public API: exposed for
+/// tests that talk to a node's peer port directly.
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("quiver.raft.v1");
+}
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -41,15 +56,26 @@ use std::path::Path;
 pub use heed;
 pub use openraft;
 
+pub use cluster::{
+    ClusterStatus, MemberStatus, MembershipError, JOIN_SETTLE_TIMEOUT, JOIN_TIMEOUT,
+    LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
+};
 pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
-pub use network::{UnreachableClient, UnreachableNetwork};
+pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
     RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
-    HEARTBEAT_INTERVAL_MS, LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PURGE_BATCH_SIZE_MAX,
-    SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
+    HEARTBEAT_INTERVAL_MS, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
+    LEADER_RETRY_PAUSE_MAX, LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PEER_SERVER_STOP_TIMEOUT,
+    PURGE_BATCH_SIZE_MAX, SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
+    WRITE_TIMEOUT_DEFAULT,
 };
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
+};
+pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
+pub use transport::{
+    PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL,
+    PEER_MESSAGE_SIZE_MAX_BYTES, PEER_REACHABLE_WINDOW, SNAPSHOT_CHUNK_SIZE_BYTES,
 };
 
 /// Raft node identifier, unique within a cluster and never reused.

@@ -1,20 +1,205 @@
-//! The transport seam: a Raft network that reaches nobody.
+//! openraft's `RaftNetworkFactory` implementations.
 //!
-//! A single-member cluster never sends an RPC, so today the node needs no transport at all.
-//! Openraft still requires a `RaftNetworkFactory`; this one answers every RPC with `Unreachable`,
-//! which openraft treats like a peer that is down (it backs off and retries), never as a reply.
-//! A real transport replaces it through `RaftNode::start_with_network`, with no change to the
-//! storage or the node handle.
+//! - `PeerNetwork`: the real one. Each Raft RPC is one unary call of the peer gRPC service
+//!   (`transport.rs`), its payload serde_json of openraft's message; snapshot chunks travel as raw
+//!   bytes beside a JSON header. A peer that cannot be connected to is reported `Unreachable`
+//!   (openraft backs off, see `PeerConnection::backoff`); any other transport failure is a
+//!   `NetworkError`; an error openraft raised on the peer comes back as a `RemoteError`.
+//! - [`UnreachableNetwork`]: a network that reaches nobody, for a node started without a peer
+//!   server ([`crate::RaftNode::start`]): a single-member cluster never sends an RPC. Every RPC
+//!   fails with `Unreachable`, which openraft treats like a peer that is down, never as a reply.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::RPCOption;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode, RaftNetwork, RaftNetworkFactory};
+use openraft::{AnyError, BasicNode, RaftNetwork, RaftNetworkFactory, SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
+use crate::transport::{decode_reply, Body, CallError, Method, PeerClients};
 use crate::{App, NodeId, TypeConfig};
+
+/// First pause after a peer was found unreachable; doubles up to [`PEER_BACKOFF_MAX`].
+pub const PEER_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between attempts to reach an unreachable peer.
+pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A snapshot chunk's metadata; the chunk's bytes travel beside it, not in the JSON.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SnapshotChunkHeader {
+    pub(crate) vote: Vote<NodeId>,
+    pub(crate) meta: SnapshotMeta<NodeId, BasicNode>,
+    pub(crate) offset: u64,
+    pub(crate) done: bool,
+}
+
+/// The Raft network over the peer gRPC service. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct PeerNetwork {
+    clients: Arc<PeerClients>,
+}
+
+impl PeerNetwork {
+    pub(crate) fn new(clients: Arc<PeerClients>) -> Self {
+        PeerNetwork { clients }
+    }
+}
+
+/// openraft's client for one peer: its id and advertised address.
+pub(crate) struct PeerConnection {
+    target: NodeId,
+    node: BasicNode,
+    clients: Arc<PeerClients>,
+}
+
+impl<A: App> RaftNetworkFactory<TypeConfig<A>> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerConnection {
+            target,
+            node: node.clone(),
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    /// Send one Raft RPC and decode the JSON `Result` it answers with.
+    async fn send<T, E>(
+        &self,
+        method: Method,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        T: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let addr = &self.node.addr;
+        let reply = self
+            .clients
+            .unary(addr, method, body, timeout)
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        let result: Result<T, RaftError<NodeId, E>> =
+            decode_reply(addr, method, &reply).map_err(|e| self.rpc_error(e))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, e: CallError) -> RPCError<NodeId, BasicNode, E> {
+        let any = AnyError::error(format!("node {}: {e}", self.target));
+        match e {
+            CallError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&any)),
+            CallError::Timeout(_) | CallError::Failed(_) => {
+                RPCError::Network(NetworkError::new(&any))
+            }
+        }
+    }
+
+    fn encode<T: Serialize, E: std::error::Error>(
+        &self,
+        what: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
+        serde_json::to_vec(value).map_err(|e| {
+            RPCError::Network(NetworkError::new(
+                &AnyError::new(&e)
+                    .add_context(|| format!("encode {what} for node {}", self.target)),
+            ))
+        })
+    }
+}
+
+impl<A: App> RaftNetwork<TypeConfig<A>> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig<A>>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let json = self.encode("AppendEntries", &rpc)?;
+        if json.len() > crate::transport::PEER_MESSAGE_SIZE_MAX_BYTES / 2 && rpc.entries.len() > 1 {
+            // Let openraft send fewer entries per RPC for a while.
+            let hint = (rpc.entries.len() / 2) as u64;
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        let body = Body::Raft {
+            target: self.target,
+            json,
+        };
+        self.send(Method::AppendEntries, body, option.hard_ttl())
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig<A>>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let InstallSnapshotRequest {
+            vote,
+            meta,
+            offset,
+            data,
+            done,
+        } = rpc;
+        let header = SnapshotChunkHeader {
+            vote,
+            meta,
+            offset,
+            done,
+        };
+        let header_json = self.encode("InstallSnapshot header", &header)?;
+        let body = Body::Snapshot {
+            target: self.target,
+            header_json,
+            data,
+        };
+        self.send(Method::InstallSnapshot, body, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let json = self.encode("Vote", &rpc)?;
+        let body = Body::Raft {
+            target: self.target,
+            json,
+        };
+        self.send(Method::Vote, body, option.hard_ttl()).await
+    }
+
+    /// Exponential from [`PEER_BACKOFF_MIN`] to [`PEER_BACKOFF_MAX`]: a restarted peer is found
+    /// again quickly, a dead one costs at most one attempt a second.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::successors(Some(PEER_BACKOFF_MIN), |d| {
+            Some((*d * 2).min(PEER_BACKOFF_MAX))
+        }))
+    }
+}
 
 /// Network factory whose clients cannot reach any peer.
 #[derive(Clone, Copy, Debug, Default)]

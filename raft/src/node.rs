@@ -1,17 +1,23 @@
 //! `RaftNode`: the one handle the registry holds on consensus.
 //!
 //! It owns an `openraft::Raft` over the heed stores and translates openraft's error taxonomy into
-//! the three outcomes a caller acts on ([`WriteError`]): ask someone else (not the leader), try
-//! again later (no quorum), or give up (fatal). Reads go straight to the state env: they see
-//! applied state only; callers that need linearizability call [`RaftNode::linearizable_barrier`]
-//! first.
+//! the outcomes a caller acts on ([`WriteError`]): ask someone else (not the leader), try again
+//! later (no quorum), cannot reach a peer, or give up (fatal). Reads go straight to the state env:
+//! they see applied state only; callers that need linearizability call
+//! [`RaftNode::linearizable_barrier`] first.
 //!
-//! Shutdown is complete, not best-effort: it stops openraft and then waits, bounded by
-//! [`STORAGE_RELEASE_TIMEOUT`], until every task has dropped its handle on the LMDB environments.
-//! Only then can the same directory be opened again in this process (LMDB refuses a second open),
-//! which is what a restart in tests and in the simulator does.
+//! In a cluster (started with [`RaftNode::start_with_listener`]) every write and barrier may be
+//! called on any member: a follower forwards it to the leader over the peer RPC, retrying across
+//! leader changes until `write_timeout` runs out. Membership operations live in `cluster.rs`, the
+//! peer server in `server.rs`.
+//!
+//! Shutdown is complete, not best-effort: it stops the peer server and openraft and then waits,
+//! bounded by [`STORAGE_RELEASE_TIMEOUT`], until every task has dropped its handle on the LMDB
+//! environments. Only then can the same directory be opened again in this process (LMDB refuses
+//! a second open), which is what a restart in tests and in the simulator does.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -20,10 +26,16 @@ use anyhow::Context as _;
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
 };
+use openraft::metrics::WaitError;
 use openraft::{BasicNode, Raft, RaftMetrics, RaftNetworkFactory, SnapshotPolicy};
+use tokio::time::Instant;
 
-use crate::network::UnreachableNetwork;
+use crate::cluster::{ForwardRequest, ReadIndexRequest};
+use crate::network::{PeerNetwork, UnreachableNetwork};
+use crate::server::PeerServer;
 use crate::state_store::StateMachineStore;
+use crate::tls::PeerTls;
+use crate::transport::{CallError, Method, PeerClients, SNAPSHOT_CHUNK_SIZE_BYTES};
 use crate::{open_storage_tracked, App, EnvsReleased, NodeId, TypeConfig};
 
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
@@ -47,6 +59,21 @@ pub const SNAPSHOT_LOGS_SINCE_LAST_DEFAULT: u64 = 10_000;
 pub const LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT: u64 = 1_000;
 /// How long `shutdown` waits for openraft's tasks to release the storage.
 pub const STORAGE_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on a write or a linearizable barrier, forwarding and retries included.
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// openraft's `install_snapshot_timeout`: how long one snapshot chunk may take to be sent and,
+/// for the last one, installed (the app's import and an fsync) on the receiver.
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+/// Most attempts one request makes to reach the leader (each after a leader change or a pause
+/// of at most [`LEADER_RETRY_PAUSE_MAX`]); `write_timeout` usually ends it first.
+pub const LEADER_ATTEMPTS_MAX: u32 = 32;
+/// Longest pause before trying the same leader again after it could not be reached.
+pub const LEADER_RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+/// How long `shutdown` lets the peer server finish in-flight RPCs before dropping them.
+pub const PEER_SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A forwarded request asks the leader to finish this much before the caller's own deadline, so
+/// the leader's answer (which says why it failed) arrives before the caller gives up.
+pub(crate) const REPLY_MARGIN: Duration = Duration::from_millis(100);
 
 /// How to run one Raft node.
 #[derive(Clone, Debug)]
@@ -54,12 +81,20 @@ pub struct RaftNodeConfig {
     pub node_id: NodeId,
     /// The log lives in `data_dir/log`, the state machine in `data_dir/state`.
     pub data_dir: PathBuf,
-    /// Advertised address stored in this node's `BasicNode`.
+    /// Advertised address (`host:port`) of this node's peer listener, stored in its `BasicNode`:
+    /// the address peers connect to.
     pub addr: String,
     /// Build a snapshot after this many entries have been applied since the last one.
     pub snapshot_logs_since_last: u64,
     /// Entries kept in the log behind a snapshot.
     pub logs_to_keep_after_snapshot: u64,
+    /// Mutual TLS among peers. `None` = plaintext (tests only); `Some` = mTLS required both ways.
+    pub tls: Option<PeerTls>,
+    /// Address (`host:port`) of any existing member to join through. Used only while this node is
+    /// not yet a voter of a cluster (first start, or an interrupted join); ignored afterwards.
+    pub join: Option<String>,
+    /// A write or linearizable barrier not done in time fails with [`WriteError::NoQuorum`].
+    pub write_timeout: Duration,
 }
 
 impl RaftNodeConfig {
@@ -70,6 +105,9 @@ impl RaftNodeConfig {
             addr,
             snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
             logs_to_keep_after_snapshot: LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT,
+            tls: None,
+            join: None,
+            write_timeout: WRITE_TIMEOUT_DEFAULT,
         }
     }
 
@@ -84,6 +122,8 @@ impl RaftNodeConfig {
             heartbeat_interval: HEARTBEAT_INTERVAL_MS,
             election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
             election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_SIZE_BYTES as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.logs_to_keep_after_snapshot,
             purge_batch_size: PURGE_BATCH_SIZE_MAX.min(self.snapshot_logs_since_last),
@@ -94,7 +134,7 @@ impl RaftNodeConfig {
 }
 
 /// Why a write or a linearizable read could not be served here.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error("not the leader; leader is node {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -105,10 +145,16 @@ pub enum WriteError {
     NoQuorum(String),
     #[error("raft fatal error: {0}")]
     Fatal(String),
+    #[error("cannot reach node {node_id} at {addr}: {detail}")]
+    Unreachable {
+        node_id: NodeId,
+        addr: String,
+        detail: String,
+    },
 }
 
 impl WriteError {
-    fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Self {
+    pub(crate) fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Self {
         WriteError::NotLeader {
             leader_id: f.leader_id,
             leader_addr: f.leader_node.map(|n| n.addr),
@@ -118,7 +164,7 @@ impl WriteError {
 
 /// A running Raft node over an [`App`]. Cheap to clone; clones share the node.
 pub struct RaftNode<A: App> {
-    inner: Arc<Inner<A>>,
+    pub(crate) inner: Arc<Inner<A>>,
 }
 
 impl<A: App> Clone for RaftNode<A> {
@@ -129,36 +175,125 @@ impl<A: App> Clone for RaftNode<A> {
     }
 }
 
-struct Inner<A: App> {
-    node_id: NodeId,
-    raft: Raft<TypeConfig<A>>,
+pub(crate) struct Inner<A: App> {
+    pub(crate) node_id: NodeId,
+    pub(crate) addr: String,
+    pub(crate) raft: Raft<TypeConfig<A>>,
     /// Our handle on the state env for reads; `None` once shut down.
     state: RwLock<Option<StateMachineStore<A>>>,
     /// Resolves when every storage handle is dropped; taken by the first `shutdown`.
     released: tokio::sync::Mutex<Option<EnvsReleased>>,
+    /// Clients for forwarding to the leader and for cluster operations.
+    pub(crate) peers: Arc<PeerClients>,
+    /// Whether requests that need the leader are forwarded to it (nodes with a peer server), or
+    /// answered `NotLeader` (nodes started with a network of the caller's choice).
+    pub(crate) forward: bool,
+    pub(crate) write_timeout: Duration,
+    /// Serialises membership changes proposed by this node (while it is the leader).
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// The peer gRPC server, if this node runs one; taken by `shutdown`. Dropping it (with the
+    /// last handle on the node) stops the server too.
+    pub(crate) server: std::sync::Mutex<Option<PeerServer>>,
+}
+
+/// Where requests that need the leader go.
+pub(crate) enum Route {
+    Local,
+    Remote { leader_id: NodeId, addr: String },
+}
+
+/// The result of one attempt at a request that needs the leader.
+pub(crate) enum Attempt<E> {
+    /// Settled: this is the answer.
+    Final(E),
+    /// Not settled (the leader moved, or could not be reached); try again, saying why.
+    Retry(String),
+}
+
+/// How a request that needs the leader ended without success.
+pub(crate) enum Outcome<E> {
+    Final(E),
+    Fatal(String),
+    /// Out of time or attempts; the last problem seen.
+    GaveUp(String),
 }
 
 impl<A: App> RaftNode<A> {
-    /// Open storage under `cfg.data_dir`, start Raft with a network that reaches nobody, and if
-    /// the node has never been initialised, initialise a single-member cluster
-    /// `{node_id: BasicNode{addr}}`. On restart it resumes from disk.
+    pub(crate) fn from_inner(inner: Arc<Inner<A>>) -> Self {
+        RaftNode { inner }
+    }
+
+    /// Open storage under `cfg.data_dir`, start Raft with a network that reaches nobody and no
+    /// peer server, and if the node has never been initialised, initialise a single-member
+    /// cluster `{node_id: BasicNode{addr}}`. On restart it resumes from disk. For a member of a
+    /// multi-node cluster use [`RaftNode::start_with_listener`].
     pub async fn start(cfg: RaftNodeConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            cfg.join.is_none(),
+            "node {}: joining a cluster needs a peer listener: use RaftNode::start_with_listener",
+            cfg.node_id
+        );
         let addr = cfg.addr.clone();
         let node = Self::start_with_network(cfg, UnreachableNetwork).await?;
         if let Err(e) = node.initialize_single_member(addr).await {
-            // Release the storage so the caller may retry in this process.
-            if let Err(shutdown_err) = node.shutdown().await {
-                tracing::warn!(error = %format!("{shutdown_err:#}"), "shutdown after failed start");
-            }
+            node.shutdown_after_failed_start().await;
             return Err(e);
         }
         Ok(node)
     }
 
-    /// Open storage and start Raft over `network`, without initialising a cluster. A node that
-    /// was never initialised waits to be added to a cluster (or for [`openraft::Raft::initialize`]
-    /// through [`RaftNode::raft`]).
+    /// Start a member of a multi-node cluster: open storage, start Raft over the peer network
+    /// (mutual TLS if `cfg.tls` is set) and serve the peer RPC on `listener` (which should be
+    /// bound to the address peers reach as `cfg.addr`). Then:
+    /// - if this node is already a voter (its data dir holds a cluster), resume;
+    /// - else with `cfg.join = None`, initialise a single-member cluster of itself;
+    /// - else ask the member at `cfg.join` to add it: the request is forwarded to the leader,
+    ///   which adds this node as a learner, waits until it has caught up (by log or snapshot)
+    ///   and promotes it to voter. Returns once this node sees itself as a voter; fails (and
+    ///   releases the storage) if that does not happen within [`crate::JOIN_TIMEOUT`].
+    pub async fn start_with_listener(
+        cfg: RaftNodeConfig,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<Self> {
+        if let Some(tls) = &cfg.tls {
+            tls.validate()
+                .with_context(|| format!("node {}: peer TLS material", cfg.node_id))?;
+        }
+        let peers = Arc::new(PeerClients::new(cfg.tls.as_ref())?);
+        let network = PeerNetwork::new(peers.clone());
+        let node = Self::start_inner(&cfg, network, peers, true).await?;
+        let result = async {
+            let server = crate::server::spawn(&node, listener, cfg.tls.as_ref())?;
+            *node.lock_server() = Some(server);
+            node.settle_membership(&cfg).await
+        }
+        .await;
+        if let Err(e) = result {
+            node.shutdown_after_failed_start().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    /// Open storage and start Raft over `network`, without initialising a cluster and without a
+    /// peer server. A node that was never initialised waits to be added to a cluster (or for
+    /// [`openraft::Raft::initialize`] through [`RaftNode::raft`]). Such a node does not use the
+    /// peer RPC itself: requests that need the leader fail with [`WriteError::NotLeader`] on a
+    /// follower, as before clusters existed (the caller, e.g. a simulator, routes them).
     pub async fn start_with_network<N>(cfg: RaftNodeConfig, network: N) -> anyhow::Result<Self>
+    where
+        N: RaftNetworkFactory<TypeConfig<A>>,
+    {
+        let peers = Arc::new(PeerClients::new(cfg.tls.as_ref())?);
+        Self::start_inner(&cfg, network, peers, false).await
+    }
+
+    async fn start_inner<N>(
+        cfg: &RaftNodeConfig,
+        network: N,
+        peers: Arc<PeerClients>,
+        forward: bool,
+    ) -> anyhow::Result<Self>
     where
         N: RaftNetworkFactory<TypeConfig<A>>,
     {
@@ -174,11 +309,47 @@ impl<A: App> RaftNode<A> {
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 node_id: cfg.node_id,
+                addr: cfg.addr.clone(),
                 raft,
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
+                peers,
+                forward,
+                write_timeout: cfg.write_timeout,
+                membership_lock: tokio::sync::Mutex::new(()),
+                server: std::sync::Mutex::new(None),
             }),
         })
+    }
+
+    /// Resume, initialise or join, as `start_with_listener` describes.
+    async fn settle_membership(&self, cfg: &RaftNodeConfig) -> anyhow::Result<()> {
+        let initialized = self
+            .inner
+            .raft
+            .is_initialized()
+            .await
+            .context("query raft initialisation")?;
+        let voter = self.is_voter_here();
+        match (&cfg.join, initialized) {
+            (None, false) => self.initialize_single_member(cfg.addr.clone()).await,
+            (None, true) => Ok(()),
+            (Some(_), true) if voter => {
+                tracing::info!(
+                    node_id = self.inner.node_id,
+                    "already a voter: resuming, the join address is not used"
+                );
+                Ok(())
+            }
+            (Some(via), _) => self.join(via).await,
+        }
+    }
+
+    /// Whether this node's current membership config lists it as a voter.
+    pub(crate) fn is_voter_here(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        let id = self.inner.node_id;
+        m.membership().voter_ids().any(|v| v == id)
     }
 
     async fn initialize_single_member(&self, addr: String) -> anyhow::Result<()> {
@@ -199,34 +370,341 @@ impl<A: App> RaftNode<A> {
         }
     }
 
-    /// Propose a command; returns the app's response once committed and applied locally.
-    pub async fn write(&self, cmd: A::Command) -> Result<A::Response, WriteError> {
-        match self.inner.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(WriteError::not_leader(f))
-            }
-            // Only membership changes produce this; a plain command never does.
-            Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_))) => {
-                Err(WriteError::Fatal(e.to_string()))
-            }
-            Err(RaftError::Fatal(f)) => Err(WriteError::Fatal(f.to_string())),
+    async fn shutdown_after_failed_start(&self) {
+        // Release the storage so the caller may retry in this process.
+        if let Err(e) = self.shutdown().await {
+            tracing::warn!(error = %format!("{e:#}"), "shutdown after failed start");
         }
     }
 
-    /// Wait until this node can serve a linearizable read: it has confirmed its leadership with
-    /// a quorum and applied everything committed before the call.
-    pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+    pub(crate) fn lock_server(&self) -> std::sync::MutexGuard<'_, Option<PeerServer>> {
+        self.inner
+            .server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Propose a command; returns the app's response once committed and applied on the node
+    /// that proposed it (the leader). On a follower the command is forwarded to the leader,
+    /// retrying across leader changes; the whole call is bounded by `write_timeout`, after which
+    /// it fails with [`WriteError::NoQuorum`] saying how many voters were reachable.
+    ///
+    /// A write that fails may still be applied later (it may have reached a leader that
+    /// replicated it before losing leadership or before the caller gave up), and a write
+    /// retried after a leader change may be applied twice: commands should be idempotent or
+    /// carry an id the app deduplicates.
+    pub async fn write(&self, cmd: A::Command) -> Result<A::Response, WriteError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.write_timeout;
+        let result = self
+            .via_leader(
+                deadline,
+                |deadline| {
+                    let cmd = cmd.clone();
+                    async move { self.write_here(cmd, deadline).await.map_err(write_attempt) }
+                },
+                |leader_id, addr, deadline| {
+                    let cmd = &cmd;
+                    async move { self.forward_write(cmd, leader_id, &addr, deadline).await }
+                },
+            )
+            .await;
+        result.map_err(|o| self.settle("write", started, o))
+    }
+
+    /// Propose `cmd` on this node, which must be the leader; bounded by `deadline`.
+    pub(crate) async fn write_here(
+        &self,
+        cmd: A::Command,
+        deadline: Instant,
+    ) -> Result<A::Response, WriteError> {
+        let waited = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd)).await {
+            Err(_) => Err(WriteError::NoQuorum(format!(
+                "not committed within {:.1}s",
+                waited.as_secs_f64()
+            ))),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(WriteError::not_leader(f))
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+            // Only membership changes produce this; a plain command never does.
+            Ok(Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_)))) => {
+                Err(WriteError::Fatal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn forward_write(
+        &self,
+        cmd: &A::Command,
+        leader_id: NodeId,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<A::Response, Attempt<WriteError>> {
+        let (leader_budget, rpc_timeout) = forward_budget(deadline);
+        let req = ForwardRequest {
+            cmd,
+            timeout_ms: leader_budget.as_millis() as u64,
+        };
+        let reply: Result<Result<A::Response, WriteError>, CallError> = self
+            .inner
+            .peers
+            .call(addr, Method::Forward, &req, rpc_timeout)
+            .await;
+        remote_attempt(reply, leader_id, addr)
+    }
+
+    /// Wait until this node can serve a linearizable read: the leader has confirmed its
+    /// leadership with a quorum after this call began, and this node has applied everything the
+    /// leader had committed by then. On a follower the leader is asked for its read index over
+    /// the peer RPC. Bounded by `write_timeout` ([`WriteError::NoQuorum`] when it runs out).
+    pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.write_timeout;
+        let read_index = self
+            .via_leader(
+                deadline,
+                |deadline| async move {
+                    self.read_index_here(deadline)
+                        .await
+                        .map_err(write_attempt)
+                },
+                |leader_id, addr, deadline| async move {
+                    let (leader_budget, rpc_timeout) = forward_budget(deadline);
+                    let req = ReadIndexRequest {
+                        timeout_ms: leader_budget.as_millis() as u64,
+                    };
+                    let reply = self
+                        .inner
+                        .peers
+                        .call(&addr, Method::ReadIndex, &req, rpc_timeout)
+                        .await;
+                    remote_attempt(reply, leader_id, &addr)
+                },
+            )
+            .await
+            .map_err(|o| self.settle("linearizable read barrier", started, o))?;
+        self.wait_applied(read_index, deadline).await
+    }
+
+    /// The leader's read index: the log index a linearizable read must see applied. This node
+    /// must be the leader; it confirms that with a quorum first.
+    pub(crate) async fn read_index_here(
+        &self,
+        deadline: Instant,
+    ) -> Result<Option<u64>, WriteError> {
+        let waited = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(deadline, self.inner.raft.get_read_log_id()).await {
+            Err(_) => Err(WriteError::NoQuorum(format!(
+                "leadership not confirmed by a quorum within {:.1}s",
+                waited.as_secs_f64()
+            ))),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(WriteError::not_leader(f))
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)))) => {
                 Err(WriteError::NoQuorum(q.to_string()))
             }
-            Err(RaftError::Fatal(f)) => Err(WriteError::Fatal(f.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Fatal(f.to_string())),
         }
+    }
+
+    /// Wait (until `deadline`) for this node to have applied `index`.
+    async fn wait_applied(&self, index: Option<u64>, deadline: Instant) -> Result<(), WriteError> {
+        let Some(index) = index else { return Ok(()) };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match self
+            .inner
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "apply up to the read index")
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(WaitError::Timeout(..)) => {
+                let applied = self.metrics().last_applied.map(|l| l.index);
+                Err(WriteError::NoQuorum(format!(
+                    "node {} has applied up to {applied:?} but the read needs index {index}: \
+                     not caught up in time",
+                    self.inner.node_id
+                )))
+            }
+            Err(WaitError::ShuttingDown) => Err(WriteError::Fatal(format!(
+                "raft node {} is shutting down",
+                self.inner.node_id
+            ))),
+        }
+    }
+
+    /// Run a request on the leader: `local` when this node is the leader, `remote` (with the
+    /// leader's id and address) otherwise. Retries across leader changes until `deadline` or
+    /// [`LEADER_ATTEMPTS_MAX`] attempts; each attempt is itself cut off at `deadline`.
+    pub(crate) async fn via_leader<T, E, L, LF, R, RF>(
+        &self,
+        deadline: Instant,
+        mut local: L,
+        mut remote: R,
+    ) -> Result<T, Outcome<E>>
+    where
+        E: From<WriteError>,
+        L: FnMut(Instant) -> LF,
+        LF: Future<Output = Result<T, Attempt<E>>>,
+        R: FnMut(NodeId, String, Instant) -> RF,
+        RF: Future<Output = Result<T, Attempt<E>>>,
+    {
+        let mut problem = String::from("no leader known");
+        for _ in 0..LEADER_ATTEMPTS_MAX {
+            let route = match self.route(deadline).await {
+                Ok(route) => route,
+                Err(RouteError::Fatal(m)) => return Err(Outcome::Fatal(m)),
+                Err(RouteError::NoLeader) => {
+                    return Err(Outcome::GaveUp(format!("no leader known ({problem})")))
+                }
+            };
+            let (tried, attempt) = match route {
+                Route::Local => {
+                    let attempt = tokio::time::timeout_at(deadline, local(deadline)).await;
+                    let attempt = attempt.unwrap_or_else(|_| {
+                        Err(Attempt::Retry(
+                            "this node (the leader) did not finish in time".to_string(),
+                        ))
+                    });
+                    (self.inner.node_id, attempt)
+                }
+                Route::Remote { leader_id, addr } if !self.inner.forward => {
+                    return Err(Outcome::Final(E::from(WriteError::NotLeader {
+                        leader_id: Some(leader_id),
+                        leader_addr: Some(addr),
+                    })));
+                }
+                Route::Remote { leader_id, addr } => {
+                    let what = format!("leader node {leader_id} at {addr} did not answer in time");
+                    let attempt =
+                        tokio::time::timeout_at(deadline, remote(leader_id, addr, deadline)).await;
+                    (
+                        leader_id,
+                        attempt.unwrap_or_else(|_| Err(Attempt::Retry(what))),
+                    )
+                }
+            };
+            match attempt {
+                Ok(value) => return Ok(value),
+                Err(Attempt::Final(e)) => return Err(Outcome::Final(e)),
+                Err(Attempt::Retry(p)) => problem = p,
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            self.await_leader_change(Some(tried), deadline).await;
+        }
+        Err(Outcome::GaveUp(problem))
+    }
+
+    /// The leader to send requests to; waits until `deadline` for one to be known.
+    pub(crate) async fn route(&self, deadline: Instant) -> Result<Route, RouteError> {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Err(e) = &m.running_state {
+                    return Err(RouteError::Fatal(e.to_string()));
+                }
+                if let Some(leader_id) = m.current_leader {
+                    if leader_id == self.inner.node_id {
+                        return Ok(Route::Local);
+                    }
+                    if let Some(node) = m.membership_config.membership().get_node(&leader_id) {
+                        return Ok(Route::Remote {
+                            leader_id,
+                            addr: node.addr.clone(),
+                        });
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    return Err(RouteError::Fatal(format!(
+                        "raft node {} has stopped",
+                        self.inner.node_id
+                    )))
+                }
+                Err(_) => return Err(RouteError::NoLeader),
+            }
+        }
+    }
+
+    /// Wait until the known leader is no longer `tried`, for at most [`LEADER_RETRY_PAUSE_MAX`]
+    /// (and not past `deadline`).
+    async fn await_leader_change(&self, tried: Option<NodeId>, deadline: Instant) {
+        let until = deadline.min(Instant::now() + LEADER_RETRY_PAUSE_MAX);
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if rx.borrow_and_update().current_leader != tried {
+                return;
+            }
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// Turn a failed request that needed the leader into the caller's error.
+    pub(crate) fn settle(
+        &self,
+        what: &str,
+        started: Instant,
+        outcome: Outcome<WriteError>,
+    ) -> WriteError {
+        match outcome {
+            Outcome::Final(e) => e,
+            Outcome::Fatal(m) => WriteError::Fatal(m),
+            Outcome::GaveUp(problem) => {
+                WriteError::NoQuorum(self.no_quorum_message(what, started.elapsed(), &problem))
+            }
+        }
+    }
+
+    /// "`what` not done within ..: `problem`; k of n voters reachable ...": what this node knows
+    /// about which voters answered recently.
+    pub(crate) fn no_quorum_message(&self, what: &str, waited: Duration, problem: &str) -> String {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let mut reachable = Vec::new();
+        let mut unreachable = Vec::new();
+        for v in &voters {
+            if *v == self.inner.node_id {
+                reachable.push(format!("node {v} (this node)"));
+                continue;
+            }
+            let addr = membership
+                .get_node(v)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default();
+            match self.inner.peers.reachability(&addr) {
+                Ok(()) => reachable.push(format!("node {v}")),
+                Err(e) => unreachable.push(format!("node {v} at {addr}: {e}")),
+            }
+        }
+        let mut msg = format!(
+            "{what} not done within {:.1}s: {problem}; {} of {} voters reachable from node {} \
+             ({})",
+            waited.as_secs_f64(),
+            reachable.len(),
+            voters.len(),
+            self.inner.node_id,
+            reachable.join(", ")
+        );
+        if !unreachable.is_empty() {
+            msg.push_str("; unreachable: ");
+            msg.push_str(&unreachable.join("; "));
+        }
+        msg
     }
 
     /// Run `f` against the app and a read txn of the state env (reads see only applied state).
@@ -275,15 +753,24 @@ impl<A: App> RaftNode<A> {
         self.inner.node_id
     }
 
-    /// Stop Raft and release the storage. After it returns the data dir can be opened again in
-    /// this process. Idempotent; reads and writes fail afterwards.
+    /// Advertised address of this node's peer listener (`cfg.addr`).
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Stop the peer server and Raft and release the storage. After it returns the data dir
+    /// (and the peer listener's port) can be used again in this process. Idempotent; reads and
+    /// writes fail afterwards.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         let node_id = self.inner.node_id;
-        self.inner
-            .raft
-            .shutdown()
-            .await
-            .map_err(|e| anyhow::anyhow!("raft core task of node {node_id} failed: {e}"))?;
+        // Stop accepting peer connections first; in-flight RPCs fail fast once Raft is down.
+        let server = self.lock_server().take();
+        let server_task = server.map(PeerServer::stop);
+        let raft_result = self.inner.raft.shutdown().await;
+        if let Some(task) = server_task {
+            crate::server::join(node_id, task, PEER_SERVER_STOP_TIMEOUT).await;
+        }
+        raft_result.map_err(|e| anyhow::anyhow!("raft core task of node {node_id} failed: {e}"))?;
         let state = match self.inner.state.write() {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -301,5 +788,53 @@ impl<A: App> RaftNode<A> {
         }
         tracing::info!(node_id, "raft node shut down");
         Ok(())
+    }
+}
+
+pub(crate) enum RouteError {
+    NoLeader,
+    Fatal(String),
+}
+
+/// For a request forwarded to the leader with `deadline`: the time budget the leader gets (a
+/// little less, so its answer arrives first) and the RPC's own timeout.
+pub(crate) fn forward_budget(deadline: Instant) -> (Duration, Duration) {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    (remaining.saturating_sub(REPLY_MARGIN), remaining)
+}
+
+/// Classify a local [`WriteError`] as an attempt: a leader change is retried, the rest settles.
+pub(crate) fn write_attempt(e: WriteError) -> Attempt<WriteError> {
+    match e {
+        WriteError::NotLeader { .. } => Attempt::Retry(e.to_string()),
+        // Quorum trouble may be a leader change in progress: try again until the deadline.
+        WriteError::NoQuorum(m) => Attempt::Retry(m),
+        e @ (WriteError::Fatal(_) | WriteError::Unreachable { .. }) => Attempt::Final(e),
+    }
+}
+
+/// Classify the reply to a request forwarded to leader `leader_id` at `addr`.
+pub(crate) fn remote_attempt<T>(
+    reply: Result<Result<T, WriteError>, CallError>,
+    leader_id: NodeId,
+    addr: &str,
+) -> Result<T, Attempt<WriteError>> {
+    match reply {
+        Ok(Ok(value)) => Ok(value),
+        // The leader ran out of the time we gave it: its explanation is the answer.
+        Ok(Err(WriteError::NoQuorum(m))) => Err(Attempt::Final(WriteError::NoQuorum(format!(
+            "leader node {leader_id}: {m}"
+        )))),
+        // It is no longer the leader, is shutting down, or could not reach someone itself.
+        Ok(Err(e)) => Err(Attempt::Retry(format!(
+            "leader node {leader_id} at {addr}: {e}"
+        ))),
+        Err(CallError::Failed(detail)) => Err(Attempt::Final(WriteError::Fatal(format!(
+            "leader node {leader_id} at {addr} refused the request: {detail}"
+        )))),
+        Err(e) => Err(Attempt::Retry(format!(
+            "cannot reach leader node {leader_id} at {addr}: {}",
+            e.detail()
+        ))),
     }
 }
