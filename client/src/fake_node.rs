@@ -423,4 +423,25 @@ impl admin_server::Admin for Fake {
             ..Default::default()
         }))
     }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no cluster"))
+    }
+
+    async fn remove_node(
+        &self,
+        _request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no cluster"))
+    }
+
+    async fn step_down(
+        &self,
+        _request: Request<proto::StepDownRequest>,
+    ) -> Result<Response<proto::StepDownResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no cluster"))
+    }
 }

@@ -9,6 +9,7 @@
 mod artifacts;
 mod download;
 mod error;
+mod nearest;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -22,17 +23,19 @@ use crate::proto::{
     versions_client::VersionsClient,
 };
 use crate::proto::{
-    Alias, CreateModelRequest, DeleteAliasRequest, GetAliasRequest, GetModelRequest,
-    GetVersionRequest, ListModelsRequest, ListModelsResponse, ListVersionsRequest,
-    ListVersionsResponse, Model, ModelVersion, NodeStatusRequest, NodeStatusResponse,
-    ReadConsistency, SetAliasRequest, SetStageRequest, SetVersionTagsRequest, Signature, Stage,
-    UpdateModelRequest, VersionMetadata,
+    Alias, ClusterStatusRequest, ClusterStatusResponse, CreateModelRequest, DeleteAliasRequest,
+    GetAliasRequest, GetModelRequest, GetVersionRequest, ListModelsRequest, ListModelsResponse,
+    ListVersionsRequest, ListVersionsResponse, Model, ModelVersion, NodeStatusRequest,
+    NodeStatusResponse, ReadConsistency, RemoveNodeRequest, SetAliasRequest, SetStageRequest,
+    SetVersionTagsRequest, Signature, Stage, StepDownRequest, StepDownResponse, UpdateModelRequest,
+    VersionMetadata,
 };
 use crate::Reference;
 
 pub use artifacts::{collect_artifacts, ArtifactFile, ARTIFACT_DEPTH_MAX, ARTIFACT_FILES_MAX};
 pub use download::{DownloadSummary, DOWNLOAD_QUEUE_DEPTH, PARTIAL_SUFFIX};
 pub use error::{code_name, error_chain, ClientError};
+pub use nearest::{choose_nearest, Candidate, RTT_PROBE_TIMEOUT, RTT_SAMPLES};
 pub use upload::{UploadFile, DATA_PIECE_BYTES, UPLOAD_QUEUE_DEPTH};
 
 /// Largest gRPC message sent or accepted, either way. A download chunk is at
@@ -370,6 +373,21 @@ impl Client {
     pub async fn node_status(&self) -> Result<NodeStatusResponse, ClientError> {
         let request = self.request(NodeStatusRequest {})?;
         Ok(self.admin().node_status(request).await?.into_inner())
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        let request = self.request(ClusterStatusRequest {})?;
+        Ok(self.admin().cluster_status(request).await?.into_inner())
+    }
+
+    pub async fn remove_node(&self, node_id: u64) -> Result<ClusterStatusResponse, ClientError> {
+        let request = self.request(RemoveNodeRequest { node_id })?;
+        Ok(self.admin().remove_node(request).await?.into_inner())
+    }
+
+    pub async fn step_down(&self) -> Result<StepDownResponse, ClientError> {
+        let request = self.request(StepDownRequest {})?;
+        Ok(self.admin().step_down(request).await?.into_inner())
     }
 }
 

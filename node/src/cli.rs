@@ -1,16 +1,20 @@
 //! The `quiver-node` command line: `serve` runs one node, `up` runs a local
-//! cluster on loopback for trying Quiver out.
+//! cluster on loopback for trying Quiver out, `cert issue` makes a node
+//! certificate for a node that will join.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::node::{Node, NodeConfig};
 use crate::server::serve;
+use crate::tls::{default_ca_dir, default_tls_dir, ClusterCa, NodeCert};
 
 #[derive(Parser, Debug)]
 #[command(name = "quiver-node", version, about = "Quiver registry node")]
@@ -22,28 +26,79 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node: its data lives in --data-dir, its API on --listen.
-    Serve {
-        /// Where the Raft log, the state and the chunk store live.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Address of the gRPC API (port 0 picks a free port; the chosen one is printed).
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        listen: SocketAddr,
-        /// This node's id in the cluster (fixed for the life of its data dir).
-        #[arg(long, default_value_t = 1)]
-        node_id: u64,
-    },
+    Serve(ServeArgs),
     /// Run a local cluster on loopback with data under --data-dir, until Ctrl-C.
     Up {
         #[arg(long, default_value = ".quiver")]
         data_dir: PathBuf,
-        /// Port of the first node's API.
+        /// API port of node 1; node i uses PORT+i-1, its Raft port that +100 and
+        /// its QUIC port that +200. 0 picks free ports (kept across restarts).
         #[arg(long, default_value_t = 7400)]
         port: u16,
-        /// Number of nodes (one until clustering lands).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1))]
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
         nodes: u16,
     },
+    /// Certificates of the cluster's CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Issue a certificate for a node that will join, signed by the cluster CA.
+    Issue {
+        /// The cluster CA: `<data dir of the founding node>/tls/ca`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// Where to write ca.pem, node.pem and node.key (the joining node's --tls-dir,
+        /// by default `<its data dir>/tls`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Where the Raft log, the state and the chunk store live.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address of the client gRPC API. Port 0 picks a free port on first start
+    /// and keeps it across restarts.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Address peers use for Raft (gRPC with mutual TLS). Port 0: as --listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    peer_listen: SocketAddr,
+    /// UDP address of the QUIC chunk server (mutual TLS). Port 0: as --listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    quic_listen: SocketAddr,
+    /// This node's id in the cluster (fixed for the life of its data dir).
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+    /// Peer address of any member, to join that cluster on first start
+    /// (ignored once this node's data dir holds a cluster).
+    #[arg(long)]
+    join: Option<String>,
+    /// Region label (nearest-node choice, replica placement).
+    #[arg(long, default_value = "")]
+    region: String,
+    /// Zone label.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// ca.pem, node.pem, node.key (default `<data-dir>/tls`). A founding node
+    /// creates the cluster CA in `<data-dir>/tls/ca` and its own certificate.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Copies of each chunk durable before a version is READY (default 2 with
+    /// two or more nodes, else 1).
+    #[arg(long)]
+    write_quorum: Option<usize>,
+    /// Take a Raft snapshot (and purge the log) every this many entries.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    snapshot_every: u64,
 }
 
 /// Entry point shared by the `quiver-node` binary and the end-to-end tests.
@@ -78,38 +133,241 @@ pub fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            data_dir,
-            listen,
-            node_id,
-        } => run_node(node_id, data_dir, listen).await,
+        Command::Serve(args) => {
+            let (node, api) = start_node(args).await?;
+            println!("peer_addr={}", node.config.peer_addr);
+            println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+            serve_until(node, api, shutdown_signal()).await
+        }
         Command::Up {
             data_dir,
             port,
-            nodes: _,
-        } => {
-            let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-            run_node(1, data_dir.join("node-1"), listen).await
+            nodes,
+        } => up(data_dir, port, nodes).await,
+        Command::Cert(CertCommand::Issue {
+            ca_dir,
+            node_id,
+            out,
+        }) => {
+            let ca = ClusterCa::load(&ca_dir)
+                .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
+            ca.issue(node_id)?.write(&out)?;
+            println!(
+                "issued a certificate for node {node_id} into {}",
+                out.display()
+            );
+            Ok(())
         }
     }
 }
 
-async fn run_node(node_id: u64, data_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await.with_context(|| {
-        format!("listen on {listen} (is another node running there? pick another port)")
-    })?;
-    let addr = listener.local_addr().context("read the bound address")?;
-    let node = Node::open(NodeConfig {
-        node_id,
-        data_dir: data_dir.clone(),
-        advertise_addr: addr.to_string(),
+async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
+    let port_of = |i: u16, offset: u16| -> anyhow::Result<u16> {
+        if port == 0 {
+            return Ok(0);
+        }
+        port.checked_add(i - 1 + offset)
+            .with_context(|| format!("--port {port} leaves no room for {nodes} nodes"))
+    };
+    let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let mut running = Vec::new();
+    let mut founder_peer = None;
+    let ca_dir = default_ca_dir(&data_dir.join("node-1"));
+    for i in 1..=nodes {
+        let node_dir = data_dir.join(format!("node-{i}"));
+        if i > 1 && !NodeCert::exists(&default_tls_dir(&node_dir)) {
+            ClusterCa::load(&ca_dir)
+                .context("load the local cluster's CA")?
+                .issue(u64::from(i))?
+                .write(&default_tls_dir(&node_dir))?;
+        }
+        let args = ServeArgs {
+            data_dir: node_dir,
+            listen: loopback(port_of(i, 0)?),
+            peer_listen: loopback(port_of(i, 100)?),
+            quic_listen: loopback(port_of(i, 200)?),
+            node_id: u64::from(i),
+            join: founder_peer.clone(),
+            region: String::new(),
+            zone: String::new(),
+            tls_dir: None,
+            write_quorum: None,
+            snapshot_every: 10_000,
+        };
+        let (node, api) = start_node(args).await?;
+        if i == 1 {
+            founder_peer = Some(node.config.peer_addr.clone());
+        }
+        running.push((node, api));
+    }
+    for (node, _) in &running {
+        println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+    }
+    eprintln!(
+        "quiver: {} node(s) running, data under {}; Ctrl-C stops them",
+        running.len(),
+        data_dir.display()
+    );
+    let (stop_tx, _) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (node, api) in running {
+        let mut stop = stop_tx.subscribe();
+        tasks.push(tokio::spawn(serve_until(node, api, async move {
+            let _ = stop.changed().await;
+        })));
+    }
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        task.await.context("node task")??;
+    }
+    Ok(())
+}
+
+/// The addresses a node bound on its first start, reused when it is
+/// restarted with port 0 so peers and clients can still reach it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct BoundAddrs {
+    api: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    quic: Option<SocketAddr>,
+}
+
+const BOUND_ADDRS_FILE: &str = "bound-addrs.json";
+
+fn pick(requested: SocketAddr, remembered: Option<SocketAddr>) -> SocketAddr {
+    match remembered {
+        Some(addr) if requested.port() == 0 => addr,
+        _ => requested,
+    }
+}
+
+fn load_bound(data_dir: &Path) -> anyhow::Result<BoundAddrs> {
+    let path = data_dir.join(BOUND_ADDRS_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parse {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BoundAddrs::default()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn save_bound(data_dir: &Path, bound: &BoundAddrs) -> anyhow::Result<()> {
+    let path = data_dir.join(BOUND_ADDRS_FILE);
+    let tmp = data_dir.join(format!("{BOUND_ADDRS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(bound)?)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("listen for {what} on {addr} (is another node running there? pick another port)")
     })
+}
+
+/// Loads this node's certificate, or — for a founding node — creates the
+/// cluster CA and issues its own.
+fn node_cert(args: &ServeArgs) -> anyhow::Result<NodeCert> {
+    let tls_dir = args
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| default_tls_dir(&args.data_dir));
+    if NodeCert::exists(&tls_dir) {
+        return NodeCert::load(&tls_dir);
+    }
+    if args.join.is_some() {
+        bail!(
+            "no node certificate in {dir}: a joining node needs one signed by the cluster CA; on the \
+             founding node's machine run `quiver-node cert issue --ca-dir <its data dir>/tls/ca \
+             --node-id {id} --out {dir}`",
+            dir = tls_dir.display(),
+            id = args.node_id
+        );
+    }
+    let cluster_id = blake3::hash(
+        format!(
+            "{}:{}:{:?}",
+            std::process::id(),
+            args.data_dir.display(),
+            std::time::SystemTime::now()
+        )
+        .as_bytes(),
+    )
+    .to_hex()[..16]
+        .to_string();
+    let ca = ClusterCa::create(&default_ca_dir(&args.data_dir), &cluster_id)?;
+    let cert = ca.issue(args.node_id)?;
+    cert.write(&tls_dir)?;
+    tracing::info!(ca_dir = %default_ca_dir(&args.data_dir).display(), "created the cluster CA");
+    Ok(cert)
+}
+
+async fn start_node(args: ServeArgs) -> anyhow::Result<(std::sync::Arc<Node>, TcpListener)> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create data dir {}", args.data_dir.display()))?;
+    let remembered = load_bound(&args.data_dir)?;
+    let api = bind(pick(args.listen, remembered.api), "the client API").await?;
+    let peer = bind(pick(args.peer_listen, remembered.peer), "Raft peers").await?;
+    let api_addr = api.local_addr()?;
+    let peer_addr = peer.local_addr()?;
+    let quic_listen = pick(args.quic_listen, remembered.quic);
+    // Remember the ports at once: a node killed while joining must come back
+    // on the same addresses its peers were told about.
+    save_bound(
+        &args.data_dir,
+        &BoundAddrs {
+            api: Some(api_addr),
+            peer: Some(peer_addr),
+            quic: remembered.quic,
+        },
+    )?;
+    let tls = node_cert(&args)?;
+    let node = Node::open(
+        NodeConfig {
+            node_id: args.node_id,
+            data_dir: args.data_dir.clone(),
+            api_addr: api_addr.to_string(),
+            peer_addr: peer_addr.to_string(),
+            quic_listen,
+            region: args.region.clone(),
+            zone: args.zone.clone(),
+            join: args.join.clone(),
+            tls,
+            write_quorum: args.write_quorum,
+            snapshot_every: args.snapshot_every,
+        },
+        peer,
+    )
     .await
-    .with_context(|| format!("open node {node_id} in {}", data_dir.display()))?;
-    tracing::info!(node_id, %addr, data_dir = %data_dir.display(), "node ready");
-    println!("export QUIVER_ENDPOINT=http://{addr}");
-    serve(node, listener, shutdown_signal()).await?;
-    tracing::info!(node_id, "node stopped");
+    .with_context(|| format!("open node {} in {}", args.node_id, args.data_dir.display()))?;
+    save_bound(
+        &args.data_dir,
+        &BoundAddrs {
+            api: Some(api_addr),
+            peer: Some(peer_addr),
+            quic: Some(node.quic_addr()),
+        },
+    )?;
+    tracing::info!(
+        node_id = args.node_id,
+        %api_addr,
+        %peer_addr,
+        quic_addr = %node.quic_addr(),
+        data_dir = %args.data_dir.display(),
+        "node ready"
+    );
+    Ok((node, api))
+}
+
+async fn serve_until(
+    node: std::sync::Arc<Node>,
+    api: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let id = node.config.node_id;
+    serve(node, api, shutdown).await?;
+    tracing::info!(node_id = id, "node stopped");
     Ok(())
 }
 

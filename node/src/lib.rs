@@ -6,6 +6,7 @@ pub mod command;
 pub mod domain;
 pub mod env;
 pub mod node;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod state;

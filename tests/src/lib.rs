@@ -21,6 +21,8 @@ pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct NodeProcess {
     child: Child,
     pub endpoint: String,
+    /// The Raft peer address (`serve` prints it; `up` does not).
+    pub peer_addr: Option<String>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
 }
@@ -56,25 +58,95 @@ impl NodeProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
-                if let Some(endpoint) = line.strip_prefix("export QUIVER_ENDPOINT=") {
-                    let _ = tx.send(endpoint.to_string());
-                }
+                let _ = tx.send(line);
             }
         });
-        let endpoint = match rx.recv_timeout(NODE_START_TIMEOUT) {
-            Ok(endpoint) => endpoint,
-            Err(_) => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-                bail!("node did not print its endpoint in time; stderr:\n{log}");
+        // `serve` prints its peer address before the endpoint line.
+        let mut peer_addr = None;
+        let endpoint = loop {
+            match rx.recv_timeout(NODE_START_TIMEOUT) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("peer_addr=") {
+                        peer_addr = Some(addr.to_string());
+                    } else if let Some(endpoint) = line.strip_prefix("export QUIVER_ENDPOINT=") {
+                        break endpoint.to_string();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                    bail!("node did not print its endpoint in time; stderr:\n{log}");
+                }
             }
         };
         Ok(NodeProcess {
             child,
             endpoint,
+            peer_addr,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
         })
+    }
+
+    /// Starts node `node_id` joining the cluster whose founder keeps its CA in
+    /// `founder_dir`: issues its certificate with `quiver-node cert issue`,
+    /// then `serve --join`. Extra arguments are appended.
+    pub fn join(
+        node_bin: &str,
+        founder_dir: &Path,
+        founder_peer: &str,
+        node_id: u64,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<NodeProcess> {
+        let tls = data_dir.join("tls");
+        if !tls.join("node.key").exists() {
+            let out = Command::new(node_bin)
+                .args([
+                    "cert",
+                    "issue",
+                    "--node-id",
+                    &node_id.to_string(),
+                    "--ca-dir",
+                ])
+                .arg(founder_dir.join("tls").join("ca"))
+                .arg("--out")
+                .arg(&tls)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "cert issue failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let dir = data_dir.display().to_string();
+        let id = node_id.to_string();
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dir,
+            "--node-id",
+            &id,
+            "--join",
+            founder_peer,
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(node_bin, &args, data_dir)
+    }
+
+    /// Sends a signal by name (STOP, CONT, TERM, KILL).
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{name} failed");
+        }
+        Ok(())
     }
 
     pub fn pid(&self) -> u32 {

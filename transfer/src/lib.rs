@@ -1,5 +1,5 @@
-//! Artifacts as bytes: chunking, manifests, blake3 verification and the content-addressed chunk
-//! store. The QUIC peer protocol and multi-source fetch build on these types.
+//! Artifacts as bytes: chunking, manifests, blake3 verification, the content-addressed chunk
+//! store, and the QUIC peer protocol with multi-source fetch ([`quic`]).
 //!
 //! A model version's files are cut into chunks ([`Chunker`]), each named by its blake3 [`Hash`]
 //! and stored once in a [`ChunkStore`]. A [`Manifest`] lists the files and their chunks; the
@@ -17,10 +17,18 @@ mod hash;
 mod manifest;
 mod store;
 
+pub mod quic;
+
 pub use chunker::Chunker;
 pub use hash::{Hash, ParseHashError};
 pub use manifest::{validate_path, ChunkRef, FileEntry, Manifest, ManifestError};
 pub use store::{ingest_reader, ChunkStore, StoreError};
+
+pub use quic::{
+    bench_transport, fetch_all, ChunkServer, ChunkSource, FetchError, FetchOptions, FetchReport,
+    FetchScheduler, MemoryChunkSource, PeerClient, QuicTls, TransferError, TransportBenchReport,
+    TransportTuning, HAVE_BATCH_MAX, PEER_TLS_SERVER_NAME,
+};
 
 /// Upper bound on the size of any chunk: buffers and frames that carry one chunk need this many
 /// bytes. Chunk boundaries are content-defined (see [`Chunker`]), so chunks are NOT all this size:

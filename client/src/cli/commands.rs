@@ -53,7 +53,7 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 /// Prints one object as JSON or through its human form.
-fn print_one<T: Serialize>(
+pub fn print_one<T: Serialize>(
     output: Output,
     view: &T,
     human: impl Fn(&T) -> String,
@@ -183,9 +183,21 @@ pub async fn version(node: &Node, command: VersionCommand) -> anyhow::Result<()>
                 VersionView::detail,
             )
         }
-        VersionCommand::Download { reference, out } => {
+        VersionCommand::Download {
+            reference,
+            out,
+            region,
+            zone,
+            no_nearest,
+        } => {
             check_reference(&reference)?;
-            let client = node.client().await?;
+            let mut client = node.client().await?;
+            if !no_nearest {
+                client = client.nearest(&region, &zone).await?.0;
+            }
+            if client.endpoint() != node.endpoint {
+                eprintln!("pulling from the nearest node, {}", client.endpoint());
+            }
             let bar = bytes_bar(0, "downloading");
             let summary = client
                 .download_version(&reference, &out, &|done, total| {

@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod args;
 mod benchmarks;
+mod cluster;
 mod commands;
 mod progress;
 mod view;
@@ -66,6 +67,9 @@ pub enum Command {
     Alias(AliasCommand),
     /// Show the state of the node (Raft role, term, log, chunks).
     Status(OutputArgs),
+    /// Cluster members and operations: status, remove.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Measure the registry against baselines taken on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -167,6 +171,16 @@ pub enum VersionCommand {
         reference: String,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Your region label: the pull goes to the nearest member (same region,
+        /// then same zone, then lowest measured round trip).
+        #[arg(long, env = "QUIVER_REGION", default_value = "")]
+        region: String,
+        /// Your zone label.
+        #[arg(long, env = "QUIVER_ZONE", default_value = "")]
+        zone: String,
+        /// Pull from --endpoint itself instead of the nearest member.
+        #[arg(long)]
+        no_nearest: bool,
     },
     /// Set or remove a version's tags.
     Tag {
@@ -302,6 +316,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(command) => commands::stage(&node, command).await,
         Command::Alias(command) => commands::alias(&node, command).await,
         Command::Status(output) => commands::status(&node, output.output).await,
+        Command::Cluster(command) => cluster::run(&node, command).await,
         Command::Bench(command) => benchmarks::run(&node.client().await?, command).await,
     }
 }

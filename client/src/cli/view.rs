@@ -98,6 +98,11 @@ pub struct StatusView {
     pub last_log_index: u64,
     pub chunk_count: u64,
     pub data_dir: String,
+    pub state_digest: String,
+    pub region: String,
+    pub zone: String,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
 }
 
 // ------------------------------------------------------------ conversions
@@ -232,6 +237,11 @@ impl From<&NodeStatusResponse> for StatusView {
             last_log_index: status.last_log_index,
             chunk_count: status.chunk_count,
             data_dir: status.data_dir.clone(),
+            state_digest: status.state_digest.clone(),
+            region: status.region.clone(),
+            zone: status.zone.clone(),
+            snapshot_index: status.snapshot_index,
+            purged_index: status.purged_index,
         }
     }
 }
@@ -534,6 +544,11 @@ impl StatusView {
             ("last log index", self.last_log_index.to_string()),
             ("chunks", self.chunk_count.to_string()),
             ("data dir", or_dash(&self.data_dir)),
+            (
+                "region/zone",
+                format!("{}/{}", or_dash(&self.region), or_dash(&self.zone)),
+            ),
+            ("state digest", or_dash(&self.state_digest)),
         ])
     }
 }

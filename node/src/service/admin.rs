@@ -1,14 +1,67 @@
-//! The Admin service: what a node knows about itself and its cluster.
+//! The Admin service: what a node knows about itself and its cluster, and
+//! the operator's membership actions.
 
 use std::sync::Arc;
 
 use quiver_client::proto::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::node::Node;
+use super::actor_of;
+use crate::command::Op;
+use crate::node::{status_from_write, Consistency, Node};
 
 pub struct AdminService {
     pub node: Arc<Node>,
+}
+
+impl AdminService {
+    async fn cluster(&self) -> Result<proto::ClusterStatusResponse, Status> {
+        let status = self
+            .node
+            .raft
+            .cluster_status()
+            .await
+            .map_err(status_from_write)?;
+        let nodes = self
+            .node
+            .read(Consistency::Stale, |app, txn| app.nodes(txn))
+            .await?;
+        let members = status
+            .members
+            .iter()
+            .map(|m| {
+                let info = nodes.iter().find(|n| n.node_id == m.node_id);
+                let role = if status.leader_id == Some(m.node_id) {
+                    "leader"
+                } else if m.voter {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                proto::ClusterMember {
+                    node_id: m.node_id,
+                    role: role.into(),
+                    voter: m.voter,
+                    api_addr: info.map(|n| n.api_addr.clone()).unwrap_or_default(),
+                    peer_addr: m.addr.clone(),
+                    quic_addr: info.map(|n| n.quic_addr.clone()).unwrap_or_default(),
+                    region: info.map(|n| n.region.clone()).unwrap_or_default(),
+                    zone: info.map(|n| n.zone.clone()).unwrap_or_default(),
+                    matched_index: m.matched_index,
+                    lag: m.lag,
+                }
+            })
+            .collect();
+        Ok(proto::ClusterStatusResponse {
+            node_id: status.node_id,
+            leader_id: status.leader_id,
+            term: status.term,
+            committed_index: status.committed_index,
+            applied_index: status.applied_index,
+            last_log_index: status.last_log_index,
+            members,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -23,6 +76,10 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::internal(format!("count chunks: {e}")))?
             .map_err(|e| Status::internal(format!("count chunks: {e}")))?;
+        let state_digest = self
+            .node
+            .read(Consistency::Stale, |app, txn| app.digest(txn))
+            .await?;
         Ok(Response::new(proto::NodeStatusResponse {
             node_id: m.id,
             leader_id: m.current_leader,
@@ -32,6 +89,61 @@ impl Admin for AdminService {
             state: format!("{:?}", m.state),
             chunk_count: chunk_count as u64,
             data_dir: self.node.config.data_dir.display().to_string(),
+            state_digest,
+            region: self.node.config.region.clone(),
+            zone: self.node.config.zone.clone(),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<proto::ClusterStatusRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.cluster().await?))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        let actor = actor_of(&request)?;
+        let node_id = request.into_inner().node_id;
+        self.node
+            .raft
+            .remove_member(node_id)
+            .await
+            .map_err(|e| match e {
+                quiver_raft::MembershipError::NotMember(_) => Status::not_found(e.to_string()),
+                quiver_raft::MembershipError::LastVoter(_) => {
+                    Status::failed_precondition(e.to_string())
+                }
+                other => Status::unavailable(other.to_string()),
+            })?;
+        // The member is gone from Raft; forget its addresses too (if known).
+        let known = self
+            .node
+            .read(Consistency::Stale, |app, txn| app.nodes(txn))
+            .await?;
+        if known.iter().any(|n| n.node_id == node_id) {
+            self.node.propose(actor, Op::RemoveNode { node_id }).await?;
+        }
+        Ok(Response::new(self.cluster().await?))
+    }
+
+    async fn step_down(
+        &self,
+        _request: Request<proto::StepDownRequest>,
+    ) -> Result<Response<proto::StepDownResponse>, Status> {
+        let previous = self.node.raft.metrics().current_leader;
+        self.node
+            .raft
+            .step_down()
+            .await
+            .map_err(|e| Status::unavailable(format!("step down: {e:#}")))?;
+        Ok(Response::new(proto::StepDownResponse {
+            previous_leader_id: previous,
         }))
     }
 }

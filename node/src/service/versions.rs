@@ -10,11 +10,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures::StreamExt;
 use quiver_client::proto::{self, upload_message::Kind, versions_server::Versions};
 use quiver_client::wire::manifest_to_proto;
 use quiver_transfer::{
-    validate_path, ChunkRef, ChunkStore, Chunker, FileEntry, Hash, Manifest, StoreError,
-    FILES_PER_MANIFEST_MAX,
+    validate_path, ChunkRef, Chunker, FileEntry, Hash, Manifest, FILES_PER_MANIFEST_MAX,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,10 +29,11 @@ use crate::domain::{
     VersionStatus,
 };
 use crate::node::{Consistency, Node};
+use crate::replication::{read_chunk, ChunkSink};
 
-/// Chunks queued between the upload stream and the disk writer.
+/// Chunks of an upload being written (locally and to peers) at once.
 const WRITE_QUEUE_DEPTH: usize = 4;
-/// Chunks queued between the disk reader and the download stream.
+/// Chunks of a download read ahead of the network.
 const DOWNLOAD_QUEUE_DEPTH: usize = 4;
 
 pub struct VersionsService {
@@ -72,21 +74,29 @@ struct OpenFile {
 }
 
 /// Turns the upload's file and data messages into a manifest, with every
-/// chunk durable in the chunk store by the time `finish` returns.
+/// chunk durable in W copies (here and on peers) by the time `finish`
+/// returns. Chunks are written concurrently, at most `WRITE_QUEUE_DEPTH`
+/// in flight, so memory stays bounded.
 struct Ingest {
     files: Vec<FileEntry>,
     paths: BTreeSet<String>,
     current: Option<OpenFile>,
-    to_writer: mpsc::Sender<(Hash, Vec<u8>)>,
-    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    to_writer: mpsc::Sender<(Hash, Bytes)>,
+    writer: tokio::task::JoinHandle<Result<(), Status>>,
 }
 
 impl Ingest {
-    fn new(store: ChunkStore) -> Self {
-        let (to_writer, mut from_ingest) = mpsc::channel::<(Hash, Vec<u8>)>(WRITE_QUEUE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || {
-            while let Some((hash, data)) = from_ingest.blocking_recv() {
-                store.put(&hash, &data)?;
+    fn new(sink: ChunkSink) -> Self {
+        let (to_writer, from_ingest) = mpsc::channel::<(Hash, Bytes)>(WRITE_QUEUE_DEPTH);
+        let writer = tokio::spawn(async move {
+            let mut writes = ReceiverStream::new(from_ingest)
+                .map(|(hash, data)| {
+                    let sink = sink.clone();
+                    async move { sink.put(hash, data).await }
+                })
+                .buffer_unordered(WRITE_QUEUE_DEPTH);
+            while let Some(result) = writes.next().await {
+                result?;
             }
             Ok(())
         });
@@ -136,14 +146,14 @@ impl Ingest {
         let mut ready = Vec::new();
         file.chunker
             .push(data, |c, bytes| {
-                ready.push((c, bytes.to_vec()));
+                ready.push((c, Bytes::copy_from_slice(bytes)));
                 Ok::<(), ()>(())
             })
             .expect("collecting chunks cannot fail");
         self.send(ready).await
     }
 
-    async fn send(&mut self, ready: Vec<(ChunkRef, Vec<u8>)>) -> Result<(), Status> {
+    async fn send(&mut self, ready: Vec<(ChunkRef, Bytes)>) -> Result<(), Status> {
         for (chunk, bytes) in ready {
             if let Some(file) = self.current.as_mut() {
                 file.chunks.push(chunk.clone());
@@ -169,7 +179,7 @@ impl Ingest {
         let chunker = std::mem::replace(&mut file.chunker, Chunker::new());
         chunker
             .finish(|c, bytes| {
-                ready.push((c, bytes.to_vec()));
+                ready.push((c, Bytes::copy_from_slice(bytes)));
                 Ok::<(), ()>(())
             })
             .expect("collecting chunks cannot fail");
@@ -192,7 +202,7 @@ impl Ingest {
 
     async fn writer_failure(&mut self) -> Status {
         match (&mut self.writer).await {
-            Ok(Err(e)) => Status::internal(format!("store uploaded chunk: {e}")),
+            Ok(Err(e)) => e,
             Ok(Ok(())) => Status::internal("chunk writer stopped early"),
             Err(e) => Status::internal(format!("chunk writer panicked: {e}")),
         }
@@ -204,7 +214,7 @@ impl Ingest {
         drop(self.to_writer);
         match self.writer.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Status::internal(format!("store uploaded chunk: {e}"))),
+            Ok(Err(e)) => return Err(e),
             Err(e) => return Err(Status::internal(format!("chunk writer panicked: {e}"))),
         }
         let mut files = self.files;
@@ -241,7 +251,7 @@ impl Versions for VersionsService {
             })
             .await?;
 
-        let mut ingest = Ingest::new(self.node.chunks.clone());
+        let mut ingest = Ingest::new(self.node.chunk_sink().await?);
         let mut commit = None;
         while let Some(message) = stream.message().await? {
             match message.kind {
@@ -374,31 +384,54 @@ impl Versions for VersionsService {
             .await
             .map_err(|_| Status::cancelled("client went away"))?;
         let store = self.node.chunks.clone();
+        let peers = self.node.peers.clone();
+        let sources = self.node.peer_chunk_addrs().await?;
         let node_id = self.node.config.node_id;
         let subject = format!("{}/{}", version.model, version.number);
-        tokio::task::spawn_blocking(move || {
-            for (fi, file) in manifest.files.iter().enumerate() {
-                for (ci, chunk) in file.chunks.iter().enumerate() {
-                    let message = match store.get(&chunk.hash) {
-                        Ok(data) => Ok(proto::DownloadMessage {
-                            kind: Some(proto::download_message::Kind::Chunk(proto::ChunkData {
-                                file_index: fi as u32,
-                                chunk_index: ci as u32,
-                                data,
-                            })),
-                        }),
-                        Err(e) => {
-                            tracing::error!(%subject, file = %file.path, chunk = %chunk.hash, "download failed: {e}");
-                            Err(Status::data_loss(format!(
-                                "download of {subject} failed: chunk {} (#{ci} of file '{}') on node {node_id}: {e}",
-                                chunk.hash, file.path
-                            )))
-                        }
-                    };
-                    let failed = message.is_err();
-                    if tx.blocking_send(message).is_err() || failed {
-                        return;
+        tokio::spawn(async move {
+            let chunks: Vec<(usize, usize, String, ChunkRef)> = manifest
+                .files
+                .iter()
+                .enumerate()
+                .flat_map(|(fi, file)| {
+                    file.chunks
+                        .iter()
+                        .enumerate()
+                        .map(move |(ci, chunk)| (fi, ci, file.path.clone(), chunk.clone()))
+                })
+                .collect();
+            // Read ahead a few chunks, in order: local reads (and, for a chunk
+            // this node lacks or holds corrupt, a verified fetch from a peer)
+            // overlap with sending.
+            let mut reads = futures::stream::iter(chunks)
+                .map(|(fi, ci, path, chunk)| {
+                    let (store, peers, sources) = (store.clone(), peers.clone(), sources.clone());
+                    async move {
+                        let result = read_chunk(&store, &peers, &sources, &chunk).await;
+                        (fi, ci, path, chunk, result)
                     }
+                })
+                .buffered(DOWNLOAD_QUEUE_DEPTH);
+            while let Some((fi, ci, path, chunk, result)) = reads.next().await {
+                let message = match result {
+                    Ok(data) => Ok(proto::DownloadMessage {
+                        kind: Some(proto::download_message::Kind::Chunk(proto::ChunkData {
+                            file_index: fi as u32,
+                            chunk_index: ci as u32,
+                            data,
+                        })),
+                    }),
+                    Err(e) => {
+                        tracing::error!(%subject, file = %path, chunk = %chunk.hash, "download failed: {e}");
+                        Err(Status::data_loss(format!(
+                            "download of {subject} failed: chunk {} (#{ci} of file '{path}') on node {node_id}: {e}",
+                            chunk.hash
+                        )))
+                    }
+                };
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    return;
                 }
             }
         });

@@ -48,7 +48,11 @@ pub use bench::{
 };
 pub use client::PeerClient;
 pub use config::{CongestionControl, QuicTls, TransportTuning};
-pub use fetch::{fetch_all, FetchOptions, FetchReport};
+pub use fetch::{
+    fetch_all, FetchOptions, FetchReport, FETCH_ATTEMPTS_PER_CHUNK_DEFAULT,
+    FETCH_ATTEMPTS_PER_CHUNK_LIMIT, FETCH_CHUNK_TIMEOUT_DEFAULT, FETCH_PARALLELISM_DEFAULT,
+    FETCH_PARALLELISM_MAX,
+};
 pub use scheduler::{Assignment, FetchScheduler, GaveUp, Next, Outcome};
 pub use server::ChunkServer;
 pub use source::{ChunkSource, MemoryChunkSource};
@@ -64,8 +68,9 @@ pub const HAVE_BATCH_MAX: usize = 1024;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Concurrent requests (bidirectional streams) a peer may have open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
-/// Concurrent connections a [`ChunkServer`] accepts; more are refused.
-pub const SERVER_CONNECTIONS_MAX: usize = 256;
+/// Concurrent connections a [`ChunkServer`] accepts; more are refused. Peers are cluster nodes;
+/// with the chosen send window (32 MiB) this bounds a server's send buffering to 2 GiB.
+pub const SERVER_CONNECTIONS_MAX: usize = 64;
 /// Peers a [`PeerClient`] keeps a pooled connection to; beyond it, the pool evicts closed
 /// connections first, then an arbitrary one.
 pub const CLIENT_POOL_PEERS_MAX: usize = 1024;

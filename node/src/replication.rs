@@ -1,0 +1,212 @@
+//! Artifact replication between nodes: write-quorum pushes during upload,
+//! read-through on download, and background repair.
+//!
+//! - Upload: every chunk is written locally and pushed over QUIC to every
+//!   peer as it arrives; the upload waits only until W copies of each chunk
+//!   are durable (the local one plus W−1 peers). Pushes beyond W finish in the
+//!   background, bounded by `BACKGROUND_PUSHES_MAX` chunks in flight.
+//! - Download: a chunk missing or corrupt locally is fetched from peers
+//!   (verified) and stored before it is served; a corrupt local copy is
+//!   removed first, so the bad bytes are never served and the copy is fixed.
+//! - Repair: a loop walks every READY version and fetches what this node
+//!   lacks from its peers, so every node converges to a full copy.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
+use quiver_transfer::{
+    fetch_all, ChunkRef, ChunkStore, FetchOptions, Hash, PeerClient, StoreError,
+};
+use tokio::sync::Semaphore;
+use tonic::Status;
+
+/// Chunks whose extra (beyond-quorum) pushes may still be in flight.
+pub const BACKGROUND_PUSHES_MAX: usize = 8;
+/// How often repair looks for missing chunks.
+pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Where one chunk of an upload goes, and how many copies must be durable.
+#[derive(Clone)]
+pub struct ChunkSink {
+    pub store: ChunkStore,
+    pub peers: PeerClient,
+    /// QUIC addresses of the other nodes, nearest first.
+    pub targets: Vec<SocketAddr>,
+    /// Copies that must be durable before the chunk counts as written (W).
+    pub copies_required: usize,
+    pub background: Arc<Semaphore>,
+}
+
+impl ChunkSink {
+    /// Writes one chunk locally and to peers; returns once `copies_required`
+    /// copies are durable.
+    pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
+        let remote_needed = self.copies_required.saturating_sub(1);
+        if remote_needed > self.targets.len() {
+            return Err(Status::unavailable(format!(
+                "write quorum is {} copies but only {} node(s) are known; lower --write-quorum or add nodes",
+                self.copies_required,
+                self.targets.len() + 1
+            )));
+        }
+        let mut pushes: FuturesUnordered<_> = self
+            .targets
+            .iter()
+            .map(|&peer| {
+                let client = self.peers.clone();
+                let data = data.clone();
+                async move { (peer, client.push(peer, &hash, &data).await) }
+            })
+            .collect();
+        let store = self.store.clone();
+        let local_data = data.clone();
+        let local = tokio::task::spawn_blocking(move || store.put(&hash, &local_data));
+        let mut acked = 0;
+        let mut failures = Vec::new();
+        while acked < remote_needed {
+            match pushes.next().await {
+                Some((_, Ok(()))) => acked += 1,
+                Some((peer, Err(e))) => failures.push(format!("{peer}: {e}")),
+                None => break,
+            }
+        }
+        match local.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
+            Err(e) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
+        }
+        if acked < remote_needed {
+            return Err(Status::unavailable(format!(
+                "only {} of {} copies of chunk {hash} are durable; peers failed: {}",
+                acked + 1,
+                self.copies_required,
+                failures.join("; ")
+            )));
+        }
+        if !pushes.is_empty() {
+            let permit = self
+                .background
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Status::internal("background push queue closed"))?;
+            tokio::spawn(async move {
+                while let Some((peer, result)) = pushes.next().await {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, %hash, "background push failed (repair will retry): {e}");
+                    }
+                }
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads one chunk for a download: locally if intact, else from peers.
+/// A corrupt local copy is removed and replaced by a verified one.
+pub async fn read_chunk(
+    store: &ChunkStore,
+    peers: &PeerClient,
+    sources: &[SocketAddr],
+    chunk: &ChunkRef,
+) -> Result<Vec<u8>, StoreError> {
+    let local = {
+        let store = store.clone();
+        let hash = chunk.hash;
+        tokio::task::spawn_blocking(move || store.get(&hash))
+            .await
+            .map_err(|e| join_error(chunk, e))?
+    };
+    let cause = match local {
+        Ok(data) => return Ok(data),
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::warn!(chunk = %chunk.hash, "local copy is corrupt; removing it and fetching from peers");
+            let s = store.clone();
+            let hash = chunk.hash;
+            tokio::task::spawn_blocking(move || s.remove(&hash))
+                .await
+                .map_err(|e| join_error(chunk, e))??;
+            e
+        }
+        Err(e @ StoreError::NotFound { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    if sources.is_empty() {
+        return Err(cause);
+    }
+    match fetch_all(
+        peers,
+        store,
+        std::slice::from_ref(chunk),
+        sources,
+        FetchOptions::default(),
+    )
+    .await
+    {
+        Ok(_) => {
+            let s = store.clone();
+            let hash = chunk.hash;
+            tokio::task::spawn_blocking(move || s.get(&hash))
+                .await
+                .map_err(|e| join_error(chunk, e))?
+        }
+        Err(e) => {
+            tracing::warn!(chunk = %chunk.hash, "no peer could supply the chunk: {e}");
+            Err(cause)
+        }
+    }
+}
+
+fn join_error(chunk: &ChunkRef, e: tokio::task::JoinError) -> StoreError {
+    StoreError::Io {
+        context: format!("read chunk {}", chunk.hash),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Manifest roots this node has verified complete (all chunks present), so
+/// repair does not stat them again on every pass.
+#[derive(Default)]
+pub struct RepairState {
+    complete: Mutex<BTreeSet<String>>,
+}
+
+impl RepairState {
+    pub fn is_complete(&self, root: &str) -> bool {
+        self.complete
+            .lock()
+            .map(|set| set.contains(root))
+            .unwrap_or(false)
+    }
+
+    pub fn mark_complete(&self, root: &str) {
+        if let Ok(mut set) = self.complete.lock() {
+            set.insert(root.to_string());
+        }
+    }
+
+    pub fn forget(&self, root: &str) {
+        if let Ok(mut set) = self.complete.lock() {
+            set.remove(root);
+        }
+    }
+}
+
+/// The chunks of `chunks` this store does not hold.
+pub async fn missing_chunks(store: &ChunkStore, chunks: Vec<ChunkRef>) -> Vec<ChunkRef> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut seen = BTreeSet::new();
+        chunks
+            .into_iter()
+            .filter(|c| seen.insert(c.hash) && !store.contains(&c.hash))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}

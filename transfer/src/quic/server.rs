@@ -1,0 +1,318 @@
+//! The chunk server: answers GET / HAVE / PUT on a quinn endpoint from a [`ChunkSource`].
+//!
+//! One task per connection, one per request stream. Every request is bounded in size (the wire
+//! checks) and in time ([`SERVER_REQUEST_TIMEOUT`]); connections are bounded by
+//! [`SERVER_CONNECTIONS_MAX`] and streams per connection by the transport's stream limit. Store
+//! I/O runs in `spawn_blocking`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::config::{endpoint, server_config, TransportTuning};
+use super::wire::{
+    decode_have_request, encode_have_response, error_message_payload, Op, RequestHeader,
+    ResponseHeader, Status, REQUEST_HEADER_BYTES,
+};
+use super::{
+    ChunkSource, QuicTls, TransferError, SERVER_CONNECTIONS_MAX, SERVER_REQUEST_TIMEOUT,
+    SHUTDOWN_DRAIN_TIMEOUT,
+};
+use crate::{Hash, StoreError, CHUNK_SIZE_BYTES};
+
+/// Application close code sent to peers when the server shuts down.
+const CLOSE_SHUTDOWN: u32 = 0;
+
+/// A running chunk server. Dropping it stops it abruptly; [`ChunkServer::shutdown`] first closes
+/// connections and waits (bounded) for the close to reach peers.
+pub struct ChunkServer {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ChunkServer {
+    /// Binds a quinn endpoint on `addr` (UDP; port 0 allowed) that serves GET/HAVE/PUT for chunks
+    /// of `source`, requiring client certificates signed by the CA in `tls`. Must be called
+    /// within a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        source: Arc<dyn ChunkSource>,
+        tls: &QuicTls,
+    ) -> Result<ChunkServer, TransferError> {
+        ChunkServer::bind_with(addr, source, tls, &TransportTuning::chosen())
+    }
+
+    /// [`ChunkServer::bind`] with explicit transport tuning (benchmarks).
+    pub fn bind_with(
+        addr: SocketAddr,
+        source: Arc<dyn ChunkSource>,
+        tls: &QuicTls,
+        tuning: &TransportTuning,
+    ) -> Result<ChunkServer, TransferError> {
+        let endpoint = endpoint(addr, Some(server_config(tls, tuning)?), tuning)?;
+        let local_addr = endpoint.local_addr().map_err(|source| TransferError::Io {
+            context: format!("read the local address of the QUIC endpoint bound on {addr}"),
+            source,
+        })?;
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), source));
+        tracing::debug!(%local_addr, "chunk server listening");
+        Ok(ChunkServer {
+            endpoint,
+            local_addr,
+            accept_task: Mutex::new(Some(accept_task)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection (peers see "closed by peer") and waits up to
+    /// [`SHUTDOWN_DRAIN_TIMEOUT`] for the closes to be delivered. Requests in flight fail.
+    pub async fn shutdown(&self) {
+        if let Some(task) = self.stop() {
+            // Wait until the accept task and every connection task it owns are dropped.
+            let _ = task.await;
+        }
+        if tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, self.endpoint.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::debug!(local_addr = %self.local_addr, "chunk server shutdown: drain timed out");
+        }
+    }
+
+    /// Closes the endpoint and aborts the accept task (dropping its JoinSets aborts every
+    /// connection and request task). Returns the aborted task, the first time.
+    fn stop(&self) -> Option<JoinHandle<()>> {
+        self.endpoint
+            .close(CLOSE_SHUTDOWN.into(), b"chunk server shutting down");
+        let task = self
+            .accept_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = &task {
+            task.abort();
+        }
+        task
+    }
+}
+
+/// Stops the server abruptly. The UDP port is released shortly after, when quinn's endpoint
+/// driver task notices that the endpoint is gone (not synchronously).
+impl Drop for ChunkServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, source: Arc<dyn ChunkSource>) {
+    let mut connections = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= SERVER_CONNECTIONS_MAX {
+            tracing::warn!(
+                remote = %incoming.remote_address(),
+                limit = SERVER_CONNECTIONS_MAX,
+                "chunk server at its connection limit, refusing a connection"
+            );
+            incoming.refuse();
+            continue;
+        }
+        connections.spawn(serve_connection(incoming, source.clone()));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, source: Arc<dyn ChunkSource>) {
+    let remote = incoming.remote_address();
+    // The handshake verifies the client's certificate against the CA; a client without one is
+    // rejected here and never reaches a request.
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "chunk server: handshake failed (no valid client certificate?)");
+            return;
+        }
+    };
+    let mut requests = JoinSet::new();
+    loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                while requests.try_join_next().is_some() {}
+                requests.spawn(serve_stream(send, recv, source.clone(), remote));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "chunk server: connection ended");
+                break;
+            }
+        }
+    }
+    // In-flight requests die with their connection anyway; let them finish sending if it is
+    // still draining.
+    while requests.join_next().await.is_some() {}
+}
+
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    source: Arc<dyn ChunkSource>,
+    remote: SocketAddr,
+) {
+    let served = tokio::time::timeout(
+        SERVER_REQUEST_TIMEOUT,
+        serve_request(&mut send, &mut recv, source),
+    )
+    .await;
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(detail)) => tracing::debug!(%remote, %detail, "chunk server: request failed"),
+        Err(_) => {
+            tracing::info!(%remote, timeout = ?SERVER_REQUEST_TIMEOUT, "chunk server: request timed out");
+            let _ = send.reset(0u32.into());
+        }
+    }
+}
+
+/// Reads one request and answers it. Err: the stream broke (nothing more can be said on it).
+async fn serve_request(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    source: Arc<dyn ChunkSource>,
+) -> Result<(), String> {
+    let mut header = [0u8; REQUEST_HEADER_BYTES];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| format!("read request header: {e}"))?;
+    let request = match RequestHeader::decode(&header) {
+        Ok(request) => request,
+        Err(e) => return respond_error(send, &e.0).await,
+    };
+    // Bounded by RequestHeader::decode (at most one chunk or one HAVE batch).
+    let mut payload = vec![0u8; request.len as usize];
+    recv.read_exact(&mut payload)
+        .await
+        .map_err(|e| format!("read {:?} request payload: {e}", request.op))?;
+    match request.op {
+        Op::Get => serve_get(send, source, request.hash).await,
+        Op::Put => serve_put(send, source, request.hash, payload).await,
+        Op::Have => serve_have(send, source, &payload).await,
+    }
+}
+
+async fn serve_get(
+    send: &mut SendStream,
+    source: Arc<dyn ChunkSource>,
+    hash: Hash,
+) -> Result<(), String> {
+    let read = tokio::task::spawn_blocking(move || source.get(&hash)).await;
+    match read {
+        Ok(Ok(data)) if data.len() <= CHUNK_SIZE_BYTES => {
+            // ChunkSource::get verified the bytes; a corrupt chunk never gets here.
+            let header = ResponseHeader {
+                status: Status::Ok,
+                len: data.len() as u32,
+            };
+            respond(send, header, Bytes::from(data)).await
+        }
+        Ok(Ok(data)) => {
+            let message = format!(
+                "chunk {hash} is {} bytes, over the limit of {CHUNK_SIZE_BYTES}",
+                data.len()
+            );
+            tracing::error!(%hash, "{message}");
+            respond_error(send, &message).await
+        }
+        Ok(Err(StoreError::NotFound { .. })) => respond_status(send, Status::NotFound).await,
+        Ok(Err(StoreError::Corrupt { .. })) => {
+            tracing::warn!(%hash, "chunk is corrupt in the local store: answered Corrupt, not sent");
+            respond_status(send, Status::Corrupt).await
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%hash, error = %e, "chunk server: reading a chunk failed");
+            respond_error(send, &format!("read chunk {hash}: {e}")).await
+        }
+        Err(e) => respond_error(send, &format!("read chunk {hash}: task failed: {e}")).await,
+    }
+}
+
+async fn serve_put(
+    send: &mut SendStream,
+    source: Arc<dyn ChunkSource>,
+    hash: Hash,
+    payload: Vec<u8>,
+) -> Result<(), String> {
+    let stored = tokio::task::spawn_blocking(move || source.put(&hash, &payload)).await;
+    match stored {
+        Ok(Ok(_)) => respond_status(send, Status::Ok).await,
+        Ok(Err(StoreError::HashMismatch { actual, .. })) => {
+            tracing::warn!(%hash, %actual, "pushed chunk does not match its hash: rejected");
+            respond_status(send, Status::Corrupt).await
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%hash, error = %e, "chunk server: storing a pushed chunk failed");
+            respond_error(send, &format!("store chunk {hash}: {e}")).await
+        }
+        Err(e) => respond_error(send, &format!("store chunk {hash}: task failed: {e}")).await,
+    }
+}
+
+async fn serve_have(
+    send: &mut SendStream,
+    source: Arc<dyn ChunkSource>,
+    payload: &[u8],
+) -> Result<(), String> {
+    let hashes = match decode_have_request(payload) {
+        Ok(hashes) => hashes,
+        Err(e) => return respond_error(send, &e.0).await,
+    };
+    let held = tokio::task::spawn_blocking(move || {
+        hashes
+            .iter()
+            .map(|h| source.contains(h))
+            .collect::<Vec<bool>>()
+    })
+    .await;
+    match held {
+        Ok(held) => {
+            let answer = encode_have_response(&held);
+            let header = ResponseHeader {
+                status: Status::Ok,
+                len: answer.len() as u32,
+            };
+            respond(send, header, Bytes::from(answer)).await
+        }
+        Err(e) => respond_error(send, &format!("check chunks: task failed: {e}")).await,
+    }
+}
+
+async fn respond_status(send: &mut SendStream, status: Status) -> Result<(), String> {
+    respond(send, ResponseHeader { status, len: 0 }, Bytes::new()).await
+}
+
+async fn respond_error(send: &mut SendStream, message: &str) -> Result<(), String> {
+    let payload = Bytes::copy_from_slice(error_message_payload(message));
+    let header = ResponseHeader {
+        status: Status::Error,
+        len: payload.len() as u32,
+    };
+    respond(send, header, payload).await
+}
+
+async fn respond(
+    send: &mut SendStream,
+    header: ResponseHeader,
+    payload: Bytes,
+) -> Result<(), String> {
+    debug_assert_eq!(header.len as usize, payload.len());
+    let mut chunks = [Bytes::copy_from_slice(&header.encode()), payload];
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(|e| format!("send {:?} response: {e}", header.status))?;
+    send.finish()
+        .map_err(|e| format!("finish {:?} response: {e}", header.status))
+}
