@@ -320,7 +320,7 @@ fn check_ingest(options: &IngestOptions) -> Result<(), ClientError> {
 }
 
 /// Writes `size_bytes` to a new file in `scratch_dir`, syncs it, deletes it.
-fn raw_write(scratch_dir: &Path, size_bytes: u64, seed: u64) -> Result<Duration, ClientError> {
+pub fn raw_write(scratch_dir: &Path, size_bytes: u64, seed: u64) -> Result<Duration, ClientError> {
     let path = scratch_dir.join(format!("quiver-bench-raw-{}.tmp", std::process::id()));
     let mut piece = vec![0u8; WRITE_PIECE_BYTES];
     SeededBytes::new(seed).fill(&mut piece);
@@ -369,6 +369,8 @@ pub struct RegistryOptions {
     pub duration: Duration,
     /// Model to register into; a fresh one when `None`.
     pub model: Option<String>,
+    /// Stop after the registration phase (no read phases).
+    pub register_only: bool,
 }
 
 /// One operation's figures over one phase.
@@ -506,6 +508,14 @@ pub async fn registry(
             "no registration completed within --duration".into(),
         ));
     };
+    if options.register_only {
+        return Ok(RegistryReport {
+            clients: options.clients,
+            duration_s: options.duration.as_secs_f64(),
+            model,
+            figures,
+        });
+    }
 
     client.set_alias(&model, BENCH_ALIAS, version).await?;
     let version_ref = format!("{model}/{version}");

@@ -42,6 +42,152 @@ enum Command {
     /// Certificates of the cluster's CA.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Cluster benchmarks: each starts its own local cluster in --scratch-dir
+    /// and prints figures beside baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Registrations/s and latency with 1, 16, 64 clients: one node vs N nodes.
+    Metadata {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<u32>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+    /// Time to READY (W copies) and to full replication of one version on 3
+    /// nodes, against raw write+fsync of as many copies to the same disk.
+    Distribution {
+        /// Bytes: 1GiB, 256MiB, …
+        #[arg(long, default_value = "1GiB", value_parser = quiver_client::cli::parse_size)]
+        size: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+    /// SIGKILL the leader of a 3-process cluster repeatedly; time to the first
+    /// acknowledged write through a survivor.
+    Failover {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        drills: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Where the benchmark clusters keep their data (the disk under test).
+    #[arg(long, default_value = ".")]
+    scratch_dir: PathBuf,
+    #[arg(long, default_value = "table")]
+    output: String,
+}
+
+fn print_report<T: Serialize>(output: &str, report: &T, table: String) -> anyhow::Result<()> {
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(report)?),
+        "table" => print!("{table}"),
+        other => bail!("--output {other:?}: use table or json"),
+    }
+    Ok(())
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    use quiver_client::cli::table;
+    match command {
+        BenchCommand::Metadata {
+            clients,
+            duration,
+            nodes,
+            common,
+        } => {
+            let rows = crate::bench::metadata(
+                &common.scratch_dir,
+                &clients,
+                std::time::Duration::from_secs(duration),
+                nodes,
+            )
+            .await?;
+            let single = |c: u32| rows.iter().find(|r| r.nodes == 1 && r.clients == c);
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .filter(|r| r.nodes == nodes)
+                .map(|r| {
+                    let base = single(r.clients);
+                    vec![
+                        r.clients.to_string(),
+                        format!("{:.0}/s", r.registrations_per_s),
+                        format!("{:.2} ms", r.latency_ms_p50),
+                        format!("{:.2} ms", r.latency_ms_p99),
+                        base.map_or("-".into(), |b| format!("{:.0}/s", b.registrations_per_s)),
+                        base.map_or("-".into(), |b| format!("{:.2} ms", b.latency_ms_p99)),
+                        base.map_or("-".into(), |b| {
+                            format!("{:.2}", r.registrations_per_s / b.registrations_per_s)
+                        }),
+                    ]
+                })
+                .collect();
+            let text = table(
+                &[
+                    "CLIENTS",
+                    &format!("{nodes}-NODE REG/S"),
+                    "P50",
+                    "P99",
+                    "1-NODE REG/S",
+                    "1-NODE P99",
+                    "RATIO",
+                ],
+                &cells,
+            );
+            print_report(&common.output, &rows, text)
+        }
+        BenchCommand::Distribution { size, common } => {
+            let r = crate::bench::distribution(&common.scratch_dir, size).await?;
+            let text = table(
+                &["FIGURE", "SECONDS", "BASELINE (RAW WRITE+FSYNC)", "RATIO"],
+                &[
+                    vec![
+                        format!("READY ({} copies)", r.write_quorum),
+                        format!("{:.2}", r.ready_s),
+                        format!(
+                            "{:.2} s for {} copies",
+                            r.raw_write_quorum_copies_s, r.write_quorum
+                        ),
+                        format!("{:.2}", r.ready_to_raw_ratio),
+                    ],
+                    vec![
+                        format!("fully replicated ({} copies)", r.nodes),
+                        format!("{:.2}", r.fully_replicated_s),
+                        format!("{:.2} s for {} copies", r.raw_write_all_copies_s, r.nodes),
+                        format!("{:.2}", r.replicated_to_raw_ratio),
+                    ],
+                ],
+            );
+            print_report(&common.output, &r, text)
+        }
+        BenchCommand::Failover { drills, common } => {
+            let r = crate::bench::failover(&common.scratch_dir, drills as usize).await?;
+            let text = table(
+                &["DRILLS", "P50", "P99", "MAX", "ACKED", "LOST"],
+                &[vec![
+                    r.drills.to_string(),
+                    format!("{:.0} ms", r.p50_ms),
+                    format!("{:.0} ms", r.p99_ms),
+                    format!("{:.0} ms", r.max_ms),
+                    r.writes_acknowledged.to_string(),
+                    r.writes_lost.to_string(),
+                ]],
+            );
+            print_report(&common.output, &r, text)
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             nodes,
         } => up(data_dir, port, nodes).await,
+        Command::Bench(command) => bench(command).await,
         Command::Cert(CertCommand::Issue {
             ca_dir,
             node_id,
@@ -162,66 +309,96 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
-    let port_of = |i: u16, offset: u16| -> anyhow::Result<u16> {
-        if port == 0 {
-            return Ok(0);
-        }
-        port.checked_add(i - 1 + offset)
-            .with_context(|| format!("--port {port} leaves no room for {nodes} nodes"))
-    };
-    let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let mut running = Vec::new();
-    let mut founder_peer = None;
-    let ca_dir = default_ca_dir(&data_dir.join("node-1"));
-    for i in 1..=nodes {
-        let node_dir = data_dir.join(format!("node-{i}"));
-        if i > 1 && !NodeCert::exists(&default_tls_dir(&node_dir)) {
-            ClusterCa::load(&ca_dir)
-                .context("load the local cluster's CA")?
-                .issue(u64::from(i))?
-                .write(&default_tls_dir(&node_dir))?;
-        }
-        let args = ServeArgs {
-            data_dir: node_dir,
-            listen: loopback(port_of(i, 0)?),
-            peer_listen: loopback(port_of(i, 100)?),
-            quic_listen: loopback(port_of(i, 200)?),
-            node_id: u64::from(i),
-            join: founder_peer.clone(),
-            region: String::new(),
-            zone: String::new(),
-            tls_dir: None,
-            write_quorum: None,
-            snapshot_every: 10_000,
-        };
-        let (node, api) = start_node(args).await?;
-        if i == 1 {
-            founder_peer = Some(node.config.peer_addr.clone());
-        }
-        running.push((node, api));
-    }
-    for (node, _) in &running {
+    let cluster = LocalCluster::start(&data_dir, port, nodes).await?;
+    for node in &cluster.nodes {
         println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
     }
     eprintln!(
         "quiver: {} node(s) running, data under {}; Ctrl-C stops them",
-        running.len(),
+        cluster.nodes.len(),
         data_dir.display()
     );
-    let (stop_tx, _) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    for (node, api) in running {
-        let mut stop = stop_tx.subscribe();
-        tasks.push(tokio::spawn(serve_until(node, api, async move {
-            let _ = stop.changed().await;
-        })));
-    }
     shutdown_signal().await;
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        task.await.context("node task")??;
+    cluster.stop().await
+}
+
+/// A cluster of nodes in this process, on loopback: what `up` runs, and
+/// what the cluster benchmarks measure.
+pub struct LocalCluster {
+    pub nodes: Vec<std::sync::Arc<Node>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LocalCluster {
+    /// Starts (or resumes) `nodes` nodes with data under `data_dir`: node 1
+    /// founds the cluster (and its CA), the others join it. Port 0 picks free
+    /// ports.
+    pub async fn start(data_dir: &Path, port: u16, nodes: u16) -> anyhow::Result<LocalCluster> {
+        let port_of = |i: u16, offset: u16| -> anyhow::Result<u16> {
+            if port == 0 {
+                return Ok(0);
+            }
+            port.checked_add(i - 1 + offset)
+                .with_context(|| format!("--port {port} leaves no room for {nodes} nodes"))
+        };
+        let loopback = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut running = Vec::new();
+        let mut founder_peer = None;
+        let ca_dir = default_ca_dir(&data_dir.join("node-1"));
+        for i in 1..=nodes {
+            let node_dir = data_dir.join(format!("node-{i}"));
+            if i > 1 && !NodeCert::exists(&default_tls_dir(&node_dir)) {
+                ClusterCa::load(&ca_dir)
+                    .context("load the local cluster's CA")?
+                    .issue(u64::from(i))?
+                    .write(&default_tls_dir(&node_dir))?;
+            }
+            let args = ServeArgs {
+                data_dir: node_dir,
+                listen: loopback(port_of(i, 0)?),
+                peer_listen: loopback(port_of(i, 100)?),
+                quic_listen: loopback(port_of(i, 200)?),
+                node_id: u64::from(i),
+                join: founder_peer.clone(),
+                region: String::new(),
+                zone: String::new(),
+                tls_dir: None,
+                write_quorum: None,
+                snapshot_every: 10_000,
+            };
+            let (node, api) = start_node(args).await?;
+            if i == 1 {
+                founder_peer = Some(node.config.peer_addr.clone());
+            }
+            running.push((node, api));
+        }
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut nodes = Vec::new();
+        for (node, api) in running {
+            let mut stopped = stop.subscribe();
+            nodes.push(node.clone());
+            tasks.push(tokio::spawn(serve_until(node, api, async move {
+                let _ = stopped.changed().await;
+            })));
+        }
+        Ok(LocalCluster { nodes, stop, tasks })
     }
-    Ok(())
+
+    pub fn endpoint(&self, index: usize) -> String {
+        format!("http://{}", self.nodes[index].config.api_addr)
+    }
+
+    /// Stops every node and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        drop(self.nodes);
+        for task in self.tasks {
+            task.await.context("node task")??;
+        }
+        Ok(())
+    }
 }
 
 /// The addresses a node bound on its first start, reused when it is

@@ -1,6 +1,7 @@
 //! quiver-node: the registry — domain types, the replicated state machine,
 //! the gRPC services and the node that ties them to Raft and the chunk store.
 
+pub mod bench;
 pub mod cli;
 pub mod command;
 pub mod domain;

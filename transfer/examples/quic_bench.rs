@@ -190,7 +190,12 @@ async fn main() -> Result<(), TransferError> {
             best_chunk = (figure, label);
         }
     }
+    let unfair = tuned(|t| t.send_fairness = false);
     for (label, tuning) in [
+        (
+            "(c)  chunk protocol, K=8, 1 connection, send fairness off",
+            &unfair,
+        ),
         ("(c)  chunk protocol, K=8, 1 connection, BBR", &bbr),
         (
             "(c)  chunk protocol, K=8, 1 connection, quinn defaults",

@@ -56,6 +56,7 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 clients,
                 duration: Duration::from_secs(duration),
                 model,
+                register_only: false,
             };
             let report = bench::registry(client, &options, &log).await?;
             match output.output {

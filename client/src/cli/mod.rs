@@ -18,6 +18,9 @@ mod commands;
 mod progress;
 mod view;
 
+pub use args::parse_size;
+pub use view::table;
+
 use std::path::PathBuf;
 
 use crate::proto::Stage;
@@ -25,8 +28,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use args::UsageError;
 use args::{
-    parse_key_value, parse_metric, parse_size, parse_stage_arg, parse_version_number, Output,
-    RiskTierArg,
+    parse_key_value, parse_metric, parse_stage_arg, parse_version_number, Output, RiskTierArg,
 };
 
 /// Where a node listens unless told otherwise.

@@ -32,7 +32,7 @@ use crate::node::{Consistency, Node};
 use crate::replication::{read_chunk, ChunkSink};
 
 /// Chunks of an upload being written (locally and to peers) at once.
-const WRITE_QUEUE_DEPTH: usize = 4;
+const WRITE_QUEUE_DEPTH: usize = 16;
 /// Chunks of a download read ahead of the network.
 const DOWNLOAD_QUEUE_DEPTH: usize = 4;
 

@@ -352,21 +352,23 @@ pub async fn bench_chunk_protocol(
     let ca = DevCa::new("bench CA")?;
     let source: Arc<dyn ChunkSource> = Arc::new(source);
     let server = ChunkServer::bind_with(localhost(), source, &ca.issue("bench server")?, tuning)?;
-    let relay = DelayRelay::start(server.local_addr(), rtt)?;
-    let server_addr = relay.addr;
     let client_tls = ca.issue("bench client")?;
+    // One relay per connection: a relay forwards for one client.
+    let mut relays = Vec::with_capacity(connections);
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
+        let relay = DelayRelay::start(server.local_addr(), rtt)?;
         let client = PeerClient::with_tuning(&client_tls, tuning)?;
-        client.connect(server_addr).await?;
-        clients.push(client);
+        client.connect(relay.addr).await?;
+        clients.push((client, relay.addr));
+        relays.push(relay);
     }
 
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for worker in 0..streams {
-        let client = clients[worker % connections].clone();
+        let (client, server_addr) = clients[worker % connections].clone();
         let next = next.clone();
         let refs = refs.clone();
         workers.spawn(async move {
@@ -391,7 +393,7 @@ pub async fn bench_chunk_protocol(
     let figure = mb_per_s(received, started);
     drop(clients);
     server.shutdown().await;
-    drop(relay);
+    drop(relays);
     if received != size {
         return Err(TransferError::Bench(format!(
             "chunk protocol: received {received} of {size} bytes"

@@ -112,7 +112,8 @@ impl PeerClient {
     }
 
     /// Which of `hashes` the peer holds (by presence; the peer does not re-verify). Asks in
-    /// batches of at most [`HAVE_BATCH_MAX`].
+    /// batches of at most [`HAVE_BATCH_MAX`], one after another; errors name the first hash of
+    /// the batch that failed.
     pub async fn have(&self, peer: SocketAddr, hashes: &[Hash]) -> Result<Vec<bool>, FetchError> {
         let mut held = Vec::with_capacity(hashes.len());
         for batch in hashes.chunks(HAVE_BATCH_MAX) {

@@ -53,6 +53,9 @@ pub struct TransportTuning {
     pub udp_buffer_bytes: Option<usize>,
     /// Generic segmentation offload (one syscall sends many packets).
     pub segmentation_offload: bool,
+    /// Round-robin between streams (quinn's default). Off: a stream's data is sent in the order
+    /// it was written, so concurrent chunks complete one after another instead of all at the end.
+    pub send_fairness: bool,
     /// Largest UDP payload that path MTU discovery probes for (quinn: 1452, Ethernet-safe).
     /// Probing is safe: a path that cannot carry larger packets keeps the smaller size.
     pub mtu_upper_bound_bytes: u16,
@@ -85,6 +88,7 @@ impl TransportTuning {
             congestion: CongestionControl::Cubic,
             udp_buffer_bytes: Some(UDP_BUFFER_BYTES_CHOSEN),
             segmentation_offload: true,
+            send_fairness: true,
             mtu_upper_bound_bytes: MTU_UPPER_BOUND_BYTES_QUINN,
         }
     }
@@ -100,6 +104,7 @@ impl TransportTuning {
             congestion: CongestionControl::Cubic,
             udp_buffer_bytes: None,
             segmentation_offload: true,
+            send_fairness: true,
             mtu_upper_bound_bytes: MTU_UPPER_BOUND_BYTES_QUINN,
         }
     }
@@ -134,7 +139,8 @@ pub(crate) fn transport_config(
         )?)
         .receive_window(varint(tuning.receive_window_bytes, "receive_window_bytes")?)
         .send_window(tuning.send_window_bytes)
-        .enable_segmentation_offload(tuning.segmentation_offload);
+        .enable_segmentation_offload(tuning.segmentation_offload)
+        .send_fairness(tuning.send_fairness);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(tuning.mtu_upper_bound_bytes);
     config.mtu_discovery_config(Some(mtu));

@@ -108,7 +108,7 @@ pub async fn fetch_all(
     let mut in_flight = FuturesUnordered::new();
     loop {
         loop {
-            match scheduler.next() {
+            match scheduler.next_action() {
                 Next::Fetch(assignment) => {
                     in_flight.push(attempt(client, assignment, opts.chunk_timeout));
                 }

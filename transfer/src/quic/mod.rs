@@ -2,7 +2,7 @@
 //! the cluster CA, and a multi-source fetch that verifies every chunk.
 //!
 //! Shape (pure core, thin I/O shell):
-//! - [`wire`](self) encodes and checks the frames; it performs no I/O and bounds every length.
+//! - `wire` (private) encodes and checks the frames; it performs no I/O and bounds every length.
 //! - [`FetchScheduler`] decides which chunk to fetch next and from which peer, from events only
 //!   (done, corrupt, not found, failed, timed out). [`fetch_all`] drives it with real requests.
 //! - [`ChunkServer`] answers GET / HAVE / PUT from a [`ChunkSource`]; [`PeerClient`] asks, over a

@@ -1,6 +1,6 @@
 //! Which chunk to fetch next, from which peer: a state machine with no I/O and no clock.
 //!
-//! [`super::fetch_all`] asks [`FetchScheduler::next`] for work, runs each [`Assignment`] as a
+//! [`super::fetch_all`] asks [`FetchScheduler::next_action`] for work, runs each [`Assignment`] as a
 //! request, and reports how it ended with [`FetchScheduler::on_outcome`]. Everything the
 //! scheduler decides follows from those events, so it is tested with plain unit tests and runs
 //! unchanged in the simulator.
@@ -134,7 +134,7 @@ impl FetchScheduler {
     }
 
     /// The next thing to do. Call until it returns [`Next::Wait`], then wait for an outcome.
-    pub fn next(&mut self) -> Next {
+    pub fn next_action(&mut self) -> Next {
         let Some(&chunk_index) = self.pending.first() else {
             return if self.in_flight == 0 {
                 debug_assert_eq!(self.done, self.chunks.len());
@@ -167,7 +167,7 @@ impl FetchScheduler {
         })
     }
 
-    /// Records how `assignment` (returned by [`FetchScheduler::next`]) ended. `Err` when the
+    /// Records how `assignment` (returned by [`FetchScheduler::next_action`]) ended. `Err` when the
     /// chunk has used all its attempts; the fetch should stop then.
     pub fn on_outcome(&mut self, assignment: &Assignment, outcome: Outcome) -> Result<(), GaveUp> {
         let c = assignment.chunk_index;
@@ -287,27 +287,31 @@ mod tests {
     #[test]
     fn spreads_chunks_over_peers_within_the_parallelism() {
         let mut s = FetchScheduler::new(chunks(5), peers(2), 3, 4);
-        let a: Vec<Assignment> = (0..3).map(|_| fetch(s.next())).collect();
+        let a: Vec<Assignment> = (0..3).map(|_| fetch(s.next_action())).collect();
         assert_eq!(
             a.iter()
                 .map(|a| (a.chunk_index, a.peer_index))
                 .collect::<Vec<_>>(),
             vec![(0, 0), (1, 1), (2, 0)]
         );
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.next_action(), Next::Wait);
         assert_eq!(s.in_flight(), 3);
         s.on_outcome(&a[1], Outcome::Done).expect("done");
         // Peer 1 now has nothing in flight: it gets the next chunk.
-        let b = fetch(s.next());
+        let b = fetch(s.next_action());
         assert_eq!((b.chunk_index, b.peer_index), (3, 1));
         for x in [&a[0], &a[2], &b] {
             s.on_outcome(x, Outcome::Done).expect("done");
         }
-        let c = fetch(s.next());
+        let c = fetch(s.next_action());
         assert_eq!(c.chunk_index, 4);
-        assert_eq!(s.next(), Next::Wait, "nothing pending, one in flight");
+        assert_eq!(
+            s.next_action(),
+            Next::Wait,
+            "nothing pending, one in flight"
+        );
         s.on_outcome(&c, Outcome::Done).expect("done");
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
         assert_eq!(s.done_count(), 5);
         assert!(s.banned_peers().is_empty());
     }
@@ -315,35 +319,35 @@ mod tests {
     #[test]
     fn nothing_to_fetch_is_finished_at_once() {
         let mut s = FetchScheduler::new(Vec::new(), peers(1), 8, 4);
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
         let mut s = FetchScheduler::new(Vec::new(), Vec::new(), 8, 4);
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
     }
 
     #[test]
     fn a_corrupt_peer_is_banned_and_its_chunk_goes_elsewhere() {
         let mut s = FetchScheduler::new(chunks(3), peers(2), 1, 4);
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         assert_eq!(a.peer_index, 0);
         s.on_outcome(&a, Outcome::Corrupt)
             .expect("one attempt used");
         assert_eq!(s.banned_peers(), vec![peers(2)[0]]);
         // The same chunk again, from the other peer; and every later chunk too.
         for expected_chunk in 0..3 {
-            let b = fetch(s.next());
+            let b = fetch(s.next_action());
             assert_eq!((b.chunk_index, b.peer_index), (expected_chunk, 1));
             s.on_outcome(&b, Outcome::Done).expect("done");
         }
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
         assert_eq!(s.attempts(0), 2);
     }
 
     #[test]
     fn a_verified_result_from_a_peer_banned_meanwhile_is_kept() {
         let mut s = FetchScheduler::new(chunks(3), peers(2), 3, 4);
-        let a = fetch(s.next());
-        let b = fetch(s.next());
-        let c = fetch(s.next());
+        let a = fetch(s.next_action());
+        let b = fetch(s.next_action());
+        let c = fetch(s.next_action());
         assert_eq!(
             [a.peer_index, b.peer_index, c.peer_index],
             [0, 1, 0],
@@ -353,10 +357,10 @@ mod tests {
         // c was in flight on peer 0 when it was banned; its bytes were verified: keep them.
         s.on_outcome(&c, Outcome::Done).expect("done");
         s.on_outcome(&b, Outcome::Done).expect("done");
-        let d = fetch(s.next());
+        let d = fetch(s.next_action());
         assert_eq!((d.chunk_index, d.peer_index), (0, 1));
         s.on_outcome(&d, Outcome::Done).expect("done");
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
         assert_eq!(s.done_count(), 3);
         assert_eq!(s.banned_peers(), vec![peers(2)[0]]);
     }
@@ -364,79 +368,82 @@ mod tests {
     #[test]
     fn when_every_peer_is_banned_the_fetch_is_stuck() {
         let mut s = FetchScheduler::new(chunks(2), peers(2), 2, 10);
-        let a = fetch(s.next());
-        let b = fetch(s.next());
+        let a = fetch(s.next_action());
+        let b = fetch(s.next_action());
         s.on_outcome(&a, Outcome::Corrupt).expect("retry");
         s.on_outcome(&b, Outcome::Corrupt).expect("retry");
         assert_eq!(
-            s.next(),
+            s.next_action(),
             Next::Stuck {
                 chunk_index: 0,
                 chunk: chunks(2)[0].clone()
             }
         );
         let mut none = FetchScheduler::new(chunks(1), Vec::new(), 2, 10);
-        assert!(matches!(none.next(), Next::Stuck { chunk_index: 0, .. }));
+        assert!(matches!(
+            none.next_action(),
+            Next::Stuck { chunk_index: 0, .. }
+        ));
     }
 
     #[test]
     fn a_failed_chunk_prefers_a_peer_that_has_not_failed_it() {
         let mut s = FetchScheduler::new(chunks(1), peers(3), 4, 4);
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         assert_eq!(a.peer_index, 0);
         s.on_outcome(&a, Outcome::NotFound).expect("retry");
-        let b = fetch(s.next());
+        let b = fetch(s.next_action());
         assert_eq!(b.peer_index, 1);
         s.on_outcome(&b, Outcome::NotFound).expect("retry");
-        let c = fetch(s.next());
+        let c = fetch(s.next_action());
         assert_eq!(c.peer_index, 2);
         s.on_outcome(&c, Outcome::Done).expect("done");
-        assert_eq!(s.next(), Next::Finished);
+        assert_eq!(s.next_action(), Next::Finished);
     }
 
     #[test]
     fn slow_and_failing_peers_get_new_work_last() {
         let mut s = FetchScheduler::new(chunks(6), peers(2), 8, 4);
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         assert_eq!(a.peer_index, 0);
         s.on_outcome(&a, Outcome::Timeout).expect("retry");
         // Peer 0 has a failure in a row: everything goes to peer 1 although it is busier.
-        let on_1: Vec<Assignment> = (0..4).map(|_| fetch(s.next())).collect();
+        let on_1: Vec<Assignment> = (0..4).map(|_| fetch(s.next_action())).collect();
         assert!(on_1.iter().all(|x| x.peer_index == 1), "{on_1:?}");
         assert_eq!(on_1[0].chunk_index, 0, "the timed-out chunk goes first");
         // NotFound does not count against a peer; Failed does.
         let mut t = FetchScheduler::new(chunks(3), peers(2), 1, 4);
-        let x = fetch(t.next());
+        let x = fetch(t.next_action());
         t.on_outcome(&x, Outcome::NotFound).expect("retry");
-        let y = fetch(t.next());
+        let y = fetch(t.next_action());
         assert_eq!(
             y.peer_index, 1,
             "chunk 0 moves on to the peer that has not failed it"
         );
         t.on_outcome(&y, Outcome::Done).expect("done");
-        let z = fetch(t.next());
+        let z = fetch(t.next_action());
         assert_eq!(z.peer_index, 0, "peer 0 is not penalised for NotFound");
         t.on_outcome(&z, Outcome::Failed).expect("retry");
-        let w = fetch(t.next());
+        let w = fetch(t.next_action());
         assert_eq!(w.peer_index, 1);
         t.on_outcome(&w, Outcome::Done).expect("done");
-        let v = fetch(t.next());
+        let v = fetch(t.next_action());
         assert_eq!(v.peer_index, 1, "peer 0 failed last time");
     }
 
     #[test]
     fn a_success_clears_a_peers_failures() {
         let mut s = FetchScheduler::new(chunks(3), peers(2), 1, 4);
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         s.on_outcome(&a, Outcome::Failed).expect("retry");
-        let b = fetch(s.next());
+        let b = fetch(s.next_action());
         assert_eq!(b.peer_index, 1);
         s.on_outcome(&b, Outcome::Failed).expect("retry");
         // Both failed once; chunk 0 failed on both: lowest index wins the tie.
-        let c = fetch(s.next());
+        let c = fetch(s.next_action());
         assert_eq!((c.chunk_index, c.peer_index), (0, 0));
         s.on_outcome(&c, Outcome::Done).expect("done");
-        let d = fetch(s.next());
+        let d = fetch(s.next_action());
         assert_eq!(
             d.peer_index, 0,
             "peer 0 succeeded last, peer 1 still has a failure"
@@ -447,7 +454,7 @@ mod tests {
     fn a_chunk_gives_up_after_the_attempt_limit() {
         let mut s = FetchScheduler::new(chunks(2), peers(1), 1, 3);
         for attempt in 1..=2 {
-            let a = fetch(s.next());
+            let a = fetch(s.next_action());
             assert_eq!(
                 (a.chunk_index, s.attempts(0)),
                 (0, attempt),
@@ -455,7 +462,7 @@ mod tests {
             );
             s.on_outcome(&a, Outcome::Timeout).expect("attempts left");
         }
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         assert_eq!(a.chunk_index, 0);
         let err = s
             .on_outcome(&a, Outcome::Failed)
@@ -478,7 +485,7 @@ mod tests {
     #[should_panic(expected = "not in flight")]
     fn an_outcome_for_an_unknown_assignment_is_a_bug() {
         let mut s = FetchScheduler::new(chunks(1), peers(1), 1, 1);
-        let a = fetch(s.next());
+        let a = fetch(s.next_action());
         s.on_outcome(&a, Outcome::Done).expect("done");
         let _ = s.on_outcome(&a, Outcome::Done);
     }
@@ -500,7 +507,7 @@ mod tests {
             let end = loop {
                 steps += 1;
                 assert!(steps < 10_000, "seed {seed}: no progress");
-                match s.next() {
+                match s.next_action() {
                     Next::Fetch(a) => {
                         assert!(
                             in_flight.iter().all(|x| x.chunk_index != a.chunk_index),

@@ -96,7 +96,7 @@ impl RequestHeader {
                 "{op:?} request payload length {len} exceeds the limit of {max} bytes"
             )));
         }
-        if op == Op::Have && len as usize % HASH_BYTES != 0 {
+        if op == Op::Have && !(len as usize).is_multiple_of(HASH_BYTES) {
             return Err(WireError(format!(
                 "HAVE request payload length {len} is not a multiple of {HASH_BYTES} (one hash each)"
             )));
@@ -147,7 +147,7 @@ pub(crate) fn encode_have_request(hashes: &[Hash]) -> Vec<u8> {
 }
 
 pub(crate) fn decode_have_request(payload: &[u8]) -> Result<Vec<Hash>, WireError> {
-    if payload.len() % HASH_BYTES != 0 || payload.len() > HAVE_BATCH_MAX * HASH_BYTES {
+    if !payload.len().is_multiple_of(HASH_BYTES) || payload.len() > HAVE_BATCH_MAX * HASH_BYTES {
         return Err(WireError(format!(
             "HAVE request payload of {} bytes is not up to {HAVE_BATCH_MAX} hashes of {HASH_BYTES} bytes",
             payload.len()
