@@ -211,6 +211,7 @@ async fn benchmarks_run_at_toy_size() {
             clients: 2,
             duration: std::time::Duration::from_millis(200),
             model: None,
+            register_only: false,
         },
         &|_| {},
     )
