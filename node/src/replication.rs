@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 
 /// Chunks whose extra (beyond-quorum) pushes may still be in flight.
-pub const BACKGROUND_PUSHES_MAX: usize = 8;
+pub const BACKGROUND_PUSHES_MAX: usize = 16;
 /// How often repair looks for missing chunks.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -88,20 +88,24 @@ impl ChunkSink {
             )));
         }
         if !pushes.is_empty() {
-            let permit = self
-                .background
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Status::internal("background push queue closed"))?;
-            tokio::spawn(async move {
-                while let Some((peer, result)) = pushes.next().await {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, %hash, "background push failed (repair will retry): {e}");
-                    }
+            // Copies beyond W finish in the background, but never hold up the
+            // upload: when too many are already in flight, they are dropped
+            // and repair brings those peers their copy later.
+            match self.background.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        while let Some((peer, result)) = pushes.next().await {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, %hash, "background push failed (repair will retry): {e}");
+                            }
+                        }
+                        drop(permit);
+                    });
                 }
-                drop(permit);
-            });
+                Err(_) => {
+                    tracing::debug!(%hash, "background pushes saturated; leaving the extra copies to repair");
+                }
+            }
         }
         Ok(())
     }
