@@ -41,12 +41,12 @@ use crate::{open_storage_tracked, App, EnvsReleased, NodeId, TypeConfig};
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
 const CLUSTER_NAME: &str = "quiver";
 /// Leader heartbeat period.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
 /// Election timeout range: followers wait a random time in [min, max) without hearing from a
 /// leader before standing for election. At least 3 heartbeats, so one lost heartbeat does not
 /// cause an election; the spread makes split votes unlikely.
-pub const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
-pub const ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 150;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 300;
 /// Upper bound on openraft's `purge_batch_size`: how many purgeable entries must accumulate before
 /// a purge (one LMDB transaction and fsync) is issued. It matters when a lagging follower catches
 /// up entry by entry; the effective value never exceeds the snapshot interval, so every snapshot
