@@ -67,3 +67,69 @@ fn bench_ingest_and_bench_registry_run_at_toy_size() {
         "registry report has latency percentiles: {text}"
     );
 }
+
+#[test]
+fn bench_transport_runs_at_toy_size() {
+    let out = quiver(
+        CLI,
+        "http://127.0.0.1:9",
+        &["bench", "transport", "--size", "8MiB", "--output", "json"],
+    )
+    .ok()
+    .json();
+    for key in [
+        "tcp_mb_per_s",
+        "quic_stream_mb_per_s",
+        "chunk_protocol_mb_per_s",
+    ] {
+        let v = figure(&out, key).as_f64().unwrap_or(0.0);
+        assert!(v > 0.0, "{key} = {v} in {out}");
+    }
+}
+
+fn node_bench(args: &[&str]) -> serde_json::Value {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(NODE)
+        .args(args)
+        .args(["--output", "json", "--scratch-dir"])
+        .arg(tmp.path())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "quiver-node {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cluster_benchmarks_run_at_toy_size() {
+    let d = node_bench(&["bench", "distribution", "--size", "8MiB"]);
+    assert!(figure(&d, "ready_s").as_f64().unwrap() > 0.0, "{d}");
+    assert!(
+        figure(&d, "replicated_to_raw_ratio").as_f64().unwrap() > 0.0,
+        "{d}"
+    );
+    let m = node_bench(&[
+        "bench",
+        "metadata",
+        "--clients",
+        "2",
+        "--duration",
+        "1",
+        "--nodes",
+        "3",
+    ]);
+    let rows = m
+        .as_array()
+        .expect("one row per cluster size and client count");
+    assert_eq!(rows.len(), 2, "{m}");
+    assert!(rows
+        .iter()
+        .all(|r| r["registrations_per_s"].as_f64().unwrap() > 0.0));
+    let f = node_bench(&["bench", "failover", "--drills", "1"]);
+    assert_eq!(figure(&f, "writes_lost"), 0, "{f}");
+    assert_eq!(figure(&f, "drills"), 1, "{f}");
+}

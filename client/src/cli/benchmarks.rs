@@ -79,6 +79,39 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        BenchCommand::Transport { .. } => unreachable!("the transport benchmark needs no node"),
+    }
+    Ok(())
+}
+
+/// `quiver bench transport`: the chunk protocol against a bare quinn stream
+/// and loopback TCP, all measured in this run.
+pub async fn transport(size: u64, streams: usize, output: Output) -> anyhow::Result<()> {
+    let r = quiver_transfer::bench_transport(size, streams).await?;
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Table => {
+            let mb = |v: f64| format!("{v:.0} MB/s");
+            let rows = vec![
+                vec!["loopback TCP".into(), mb(r.tcp_mb_per_s), "-".into()],
+                vec![
+                    "quinn stream (tuned)".into(),
+                    mb(r.quic_stream_mb_per_s),
+                    "-".into(),
+                ],
+                vec![
+                    "quinn stream (quinn defaults)".into(),
+                    mb(r.quic_stream_default_mb_per_s),
+                    "-".into(),
+                ],
+                vec![
+                    format!("chunk protocol ({} in flight, verified)", r.streams),
+                    mb(r.chunk_protocol_mb_per_s),
+                    format!("{:.2} of the tuned stream", r.chunk_to_stream_ratio),
+                ],
+            ];
+            out!("{}", table(&["PATH", "THROUGHPUT", "RATIO"], &rows));
+        }
     }
     Ok(())
 }

@@ -291,6 +291,17 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// The chunk protocol between two QUIC endpoints in this process, against a
+    /// bare quinn stream and loopback TCP (no node needed).
+    Transport {
+        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+        size: u64,
+        /// Chunk requests in flight.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Registrations per second and read latency under concurrent clients.
     Registry {
         #[arg(long, default_value_t = 8)]
@@ -319,6 +330,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => commands::alias(&node, command).await,
         Command::Status(output) => commands::status(&node, output.output).await,
         Command::Cluster(command) => cluster::run(&node, command).await,
+        Command::Bench(BenchCommand::Transport {
+            size,
+            streams,
+            output,
+        }) => benchmarks::transport(size, streams, output.output).await,
         Command::Bench(command) => benchmarks::run(&node.client().await?, command).await,
     }
 }

@@ -41,7 +41,7 @@ const RELAY_SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const RELAY_BATCH_BYTES_MAX: usize = 64 * 1024;
 
 /// Figures of one [`bench_transport`] run.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct TransportBenchReport {
     pub size_bytes: u64,
     /// Concurrent requests in the chunk-protocol figure.
