@@ -444,4 +444,11 @@ impl admin_server::Admin for Fake {
     ) -> Result<Response<proto::StepDownResponse>, Status> {
         Err(Status::unimplemented("the fake node has no cluster"))
     }
+
+    async fn crash(
+        &self,
+        _request: Request<proto::CrashRequest>,
+    ) -> Result<Response<proto::CrashResponse>, Status> {
+        Err(Status::unimplemented("the fake node has no cluster"))
+    }
 }

@@ -385,6 +385,13 @@ impl Client {
         Ok(self.admin().remove_node(request).await?.into_inner())
     }
 
+    /// Asks the node to die at once (drills; refused unless the node allows it).
+    pub async fn crash(&self) -> Result<(), ClientError> {
+        let request = self.request(crate::proto::CrashRequest {})?;
+        self.admin().crash(request).await?;
+        Ok(())
+    }
+
     pub async fn step_down(&self) -> Result<StepDownResponse, ClientError> {
         let request = self.request(StepDownRequest {})?;
         Ok(self.admin().step_down(request).await?.into_inner())

@@ -245,6 +245,9 @@ struct ServeArgs {
     /// Take a Raft snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     snapshot_every: u64,
+    /// Let `quiver cluster drill failover --mode kill` abort this process.
+    #[arg(long)]
+    enable_crash_drills: bool,
 }
 
 /// Entry point shared by the `quiver-node` binary and the end-to-end tests.
@@ -366,6 +369,8 @@ impl LocalCluster {
                 tls_dir: None,
                 write_quorum: None,
                 snapshot_every: 10_000,
+                // Nodes of `up` share one process: a crash would take all down.
+                enable_crash_drills: false,
             };
             let (node, api) = start_node(args).await?;
             if i == 1 {
@@ -513,6 +518,7 @@ async fn start_node(args: ServeArgs) -> anyhow::Result<(std::sync::Arc<Node>, Tc
             tls,
             write_quorum: args.write_quorum,
             snapshot_every: args.snapshot_every,
+            crash_drills: args.enable_crash_drills,
         },
         peer,
     )

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub write_quorum: Option<usize>,
     /// Raft snapshot (and log purge) every this many entries.
     pub snapshot_every: u64,
+    /// Whether the Crash admin call may abort this process (failover drills).
+    pub crash_drills: bool,
 }
 
 pub struct Node {

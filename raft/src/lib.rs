@@ -20,6 +20,9 @@
 //!   `server.rs` and called through `transport.rs` (a cached tonic channel per peer); openraft's
 //!   RPCs ride on it through `PeerNetwork` (`network.rs`). Peers authenticate each other with
 //!   mutual TLS (`tls.rs`, [`PeerTls`]).
+//! - [`QuiverRuntime`] (`runtime.rs`): openraft's async runtime — tokio, with an election-timeout
+//!   RNG that is entropy-seeded per thread and can be re-seeded ([`seed_thread_rng`]) so the
+//!   simulator's runs are a function of their seed.
 //!
 //! Two environments rather than one: the log is append/truncate heavy and must never share a
 //! write lock with a long snapshot install, and the state env's database count is the app's
@@ -37,6 +40,7 @@ mod cluster;
 mod log_store;
 mod network;
 mod node;
+mod runtime;
 mod server;
 mod state_store;
 mod tls;
@@ -62,6 +66,7 @@ pub use cluster::{
 };
 pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
 pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
+pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use node::{
     RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
     HEARTBEAT_INTERVAL_MS, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
@@ -176,7 +181,7 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
     type Node = openraft::BasicNode;
     type Entry = openraft::Entry<Self>;
     type SnapshotData = std::io::Cursor<Vec<u8>>;
-    type AsyncRuntime = openraft::TokioRuntime;
+    type AsyncRuntime = QuiverRuntime;
     type Responder = openraft::impls::OneshotResponder<Self>;
 }
 

@@ -727,6 +727,28 @@ impl<A: App> RaftNode<A> {
         state.read(f)
     }
 
+    /// Run `f` against applied state and return it with the index of the last entry that state
+    /// includes, both from one read transaction (see [`StateMachineStore::read_applied`]). For
+    /// comparing nodes at equal applied index (the simulator's digest check).
+    pub fn read_applied<T>(
+        &self,
+        f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Option<u64>, T)> {
+        let state = self
+            .inner
+            .state
+            .read()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "state handle lock of raft node {} poisoned",
+                    self.inner.node_id
+                )
+            })?
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("raft node {} is shut down", self.inner.node_id))?;
+        state.read_applied(f)
+    }
+
     /// Wait (bounded by `timeout`) until some node is leader; returns its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> anyhow::Result<NodeId> {
         let metrics = self

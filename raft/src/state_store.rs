@@ -151,6 +151,25 @@ impl<A: App> StateMachineStore<A> {
         f(&self.db.app, &rtxn)
     }
 
+    /// Like [`StateMachineStore::read`], and also returns the index of the last applied entry
+    /// as recorded in the *same* read transaction: the state `f` sees is exactly "everything up
+    /// to that index". (openraft's metrics report `last_applied` only after the apply
+    /// transaction has committed, so pairing them with a separate read can disagree.)
+    pub fn read_applied<T>(
+        &self,
+        f: impl FnOnce(&A, &RoTxn<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<(Option<u64>, T)> {
+        let rtxn = self
+            .db
+            .env
+            .read_txn()
+            .context("begin read txn on state env")?;
+        let (last_applied, _) =
+            read_applied(&self.db.meta, &rtxn).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let value = f(&self.db.app, &rtxn)?;
+        Ok((last_applied.map(|l| l.index), value))
+    }
+
     fn applied_state_sync(&self) -> Result<(Option<LogId<NodeId>>, Membership)> {
         let rtxn = self
             .db

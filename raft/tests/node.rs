@@ -77,6 +77,25 @@ async fn restart_resumes_state_and_accepts_writes() {
     node.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_applied_pairs_state_with_its_applied_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = RaftNode::<KvApp>::start(config(NODE, dir.path()))
+        .await
+        .expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..10).await;
+    let (applied, (pairs, app_index)) = node
+        .read_applied(|app, rtxn| Ok((app.all(rtxn)?, app.last_index(rtxn)?)))
+        .expect("read_applied");
+    assert_eq!(pairs, expected_pairs(10));
+    // The last entry the app saw is the last applied one (blank and membership entries come
+    // first, at lower indexes).
+    assert_eq!(applied, app_index);
+    node.shutdown().await.expect("shutdown");
+    assert!(node.read_applied(|_, _| Ok(())).is_err(), "refused once shut down");
+}
+
 fn app_last_index(node: &RaftNode<KvApp>) -> u64 {
     node.read(|app, rtxn| app.last_index(rtxn))
         .expect("read")

@@ -508,3 +508,66 @@ fn a_node_killed_during_replication_converges_after_restart() {
         hash_file(&bundle).unwrap()
     );
 }
+
+#[test]
+fn failover_drills_report_a_new_leader_and_no_lost_writes() {
+    let cluster = Cluster::start(3, &["--enable-crash-drills"]);
+    let ep = cluster.ep(1);
+    let report = quiver(
+        CLI,
+        &ep,
+        &[
+            "cluster", "drill", "failover", "--before", "0.3", "--after", "0.5", "--output", "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(report["mode"], "step-down");
+    assert!(report["new_leader"].is_u64(), "{report}");
+    assert_eq!(report["writes_lost"], 0, "{report}");
+    assert!(
+        report["writes_acknowledged"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    let leader = cluster.leader();
+    let survivor = (1..=3).find(|&id| id != leader).unwrap();
+    let report = quiver(
+        CLI,
+        &cluster.ep(survivor),
+        &[
+            "cluster", "drill", "failover", "--mode", "kill", "--before", "0.3", "--after", "1",
+            "--output", "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(report["old_leader"], leader);
+    assert_ne!(report["new_leader"], leader, "{report}");
+    assert!(report["time_to_first_write_ms"].is_u64(), "{report}");
+    assert_eq!(report["writes_lost"], 0, "{report}");
+    let status = std::process::Command::new("kill")
+        .args(["-0", &cluster.node(leader).pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        !status.success() || {
+            // A zombie until reaped still answers kill -0; its API must be gone.
+            quiver(CLI, &cluster.ep(leader), &["status"]).status != 0
+        }
+    );
+}
+
+#[test]
+fn crash_drills_are_refused_unless_enabled() {
+    let cluster = Cluster::start(2, &[]);
+    let err = quiver(
+        CLI,
+        &cluster.ep(1),
+        &[
+            "cluster", "drill", "failover", "--mode", "kill", "--before", "0", "--after", "0",
+        ],
+    )
+    .err();
+    assert!(err.contains("start it with --enable-crash-drills"), "{err}");
+}

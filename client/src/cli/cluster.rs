@@ -179,6 +179,9 @@ pub async fn run(node: &Node, command: ClusterCommand) -> anyhow::Result<()> {
 pub enum DrillMode {
     /// Ask the leader to step down (safe on any cluster).
     StepDown,
+    /// Make the leader process die at once, like SIGKILL (nodes started with
+    /// --enable-crash-drills only). Restart it yourself afterwards.
+    Kill,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -270,6 +273,14 @@ async fn drill_failover(
         DrillMode::StepDown => {
             leader.step_down().await?;
         }
+        DrillMode::Kill => {
+            // The node dies mid-call: a transport error is the expected answer.
+            if let Err(e) = leader.crash().await {
+                if e.code() == Some(tonic::Code::PermissionDenied) {
+                    return Err(e.into());
+                }
+            }
+        }
     }
     let mut new_leader = None;
     let mut time_to_new_leader = None;
@@ -307,7 +318,10 @@ async fn drill_failover(
         .map(|w| w.finished.duration_since(fault_at))
         .min();
     Ok(DrillReport {
-        mode: "step-down".into(),
+        mode: match mode {
+            DrillMode::StepDown => "step-down".into(),
+            DrillMode::Kill => "kill".into(),
+        },
         old_leader: Some(old_leader),
         new_leader,
         time_to_new_leader_ms: time_to_new_leader.map(|d| d.as_millis() as u64),

@@ -146,4 +146,18 @@ impl Admin for AdminService {
             previous_leader_id: previous,
         }))
     }
+
+    async fn crash(
+        &self,
+        request: Request<proto::CrashRequest>,
+    ) -> Result<Response<proto::CrashResponse>, Status> {
+        let actor = actor_of(&request)?;
+        if !self.node.config.crash_drills {
+            return Err(Status::permission_denied(
+                "crash drills are disabled on this node: start it with --enable-crash-drills",
+            ));
+        }
+        tracing::warn!(actor = %actor.name, "crash drill: aborting the process now");
+        std::process::abort();
+    }
 }
