@@ -66,7 +66,6 @@ pub use cluster::{
 };
 pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
 pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
-pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use node::{
     RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
     HEARTBEAT_INTERVAL_MS, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
@@ -74,6 +73,7 @@ pub use node::{
     PURGE_BATCH_SIZE_MAX, SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
     WRITE_TIMEOUT_DEFAULT,
 };
+pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
 };

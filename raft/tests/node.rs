@@ -93,7 +93,10 @@ async fn read_applied_pairs_state_with_its_applied_index() {
     // first, at lower indexes).
     assert_eq!(applied, app_index);
     node.shutdown().await.expect("shutdown");
-    assert!(node.read_applied(|_, _| Ok(())).is_err(), "refused once shut down");
+    assert!(
+        node.read_applied(|_, _| Ok(())).is_err(),
+        "refused once shut down"
+    );
 }
 
 fn app_last_index(node: &RaftNode<KvApp>) -> u64 {

@@ -289,3 +289,28 @@ pub fn hash_file(path: &Path) -> anyhow::Result<String> {
     std::io::copy(&mut f, &mut hasher)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
+
+/// The blake3 hashes of the chunks a node cuts `path` into (the same
+/// chunker as the node), streaming.
+pub fn chunk_hashes(path: &Path) -> anyhow::Result<Vec<quiver_transfer::Hash>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut chunker = quiver_transfer::Chunker::new();
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        chunker.push(&buf[..n], |c, _| {
+            hashes.push(c.hash);
+            Ok::<(), std::convert::Infallible>(())
+        })?;
+    }
+    chunker.finish(|c, _| {
+        hashes.push(c.hash);
+        Ok::<(), std::convert::Infallible>(())
+    })?;
+    Ok(hashes)
+}

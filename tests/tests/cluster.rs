@@ -192,34 +192,6 @@ fn download(ep: &str, reference: &str, out: &Path) -> quiver_tests::CliRun {
     )
 }
 
-/// The chunk hashes of a file, as the node cut them.
-fn chunks_of(path: &Path) -> Vec<Hash> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut chunker = quiver_transfer::Chunker::new();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        chunker
-            .push(&buf[..n], |c, _| {
-                out.push(c.hash);
-                Ok::<(), ()>(())
-            })
-            .unwrap();
-    }
-    chunker
-        .finish(|c, _| {
-            out.push(c.hash);
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_lose_no_acknowledged_write_when_the_leader_is_killed_under_load() {
     let mut cluster = Cluster::start(3, &[]);
@@ -364,7 +336,7 @@ fn a_corrupt_chunk_is_never_served_and_is_repaired_from_a_peer() {
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 6 << 20, 41).unwrap();
     register(&cluster.ep(1), "reco", &bundle);
-    let chunks = chunks_of(&bundle);
+    let chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
     // Repair brings every node a full copy.
     wait_until("every node to hold every chunk", || {
         (1..=3)
@@ -485,7 +457,7 @@ fn a_node_killed_during_replication_converges_after_restart() {
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 5 << 20, 51).unwrap();
     assert_eq!(register(&cluster.ep(1), "reco", &bundle), "reco/1");
-    let chunks = chunks_of(&bundle);
+    let chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
     for id in [1, 2] {
         assert!(
             chunks.iter().all(|h| cluster.chunk_path(id, h).exists()),

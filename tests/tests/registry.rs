@@ -9,7 +9,6 @@ use quiver_client::proto::{UploadHeader, VersionMetadata};
 use quiver_client::sdk::UploadFile;
 use quiver_client::Client;
 use quiver_tests::{hash_file, quiver, write_random_file, NodeProcess};
-use quiver_transfer::{Chunker, Hash};
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
 const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
@@ -31,33 +30,6 @@ fn register(endpoint: &str, model: &str, artifacts: &[&Path]) -> quiver_tests::C
     }
     args.extend(LINEAGE);
     quiver(CLI, endpoint, &args)
-}
-
-/// The blake3 chunk hashes of a file, as the node will have stored them.
-fn chunk_hashes(path: &Path) -> Vec<Hash> {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut chunker = Chunker::new();
-    let mut hashes = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        chunker
-            .push(&buf[..n], |c, _| {
-                hashes.push(c.hash);
-                Ok::<(), ()>(())
-            })
-            .unwrap();
-    }
-    chunker
-        .finish(|c, _| {
-            hashes.push(c.hash);
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-    hashes
 }
 
 fn lineage_metadata() -> VersionMetadata {
@@ -496,7 +468,7 @@ fn a_corrupt_chunk_fails_its_download_by_name_and_other_versions_are_unaffected(
     register(ep, "reco", &[&a]).ok();
     register(ep, "reco", &[&b]).ok();
 
-    let victim = chunk_hashes(&a)[1];
+    let victim = quiver_tests::chunk_hashes(&a).unwrap()[1];
     let hex = victim.to_hex();
     let path = data.join("chunks").join(&hex[..2]).join(&hex[2..]);
     let mut bytes = std::fs::read(&path)

@@ -1,0 +1,286 @@
+//! What one simulated run is: scenario, size, seed, and the planted bug (if any).
+//!
+//! Everything a run does is a function of [`SimConfig`]; `replay_command` prints the command line
+//! that reproduces it exactly.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Fewest nodes a run may have: a failover needs a majority left after a kill.
+pub const NODES_MIN: usize = 3;
+/// Most nodes a run may have (each node holds two LMDB environments and its tasks).
+pub const NODES_MAX: usize = 9;
+/// Longest simulated run, in seconds.
+pub const DURATION_S_MAX: u64 = 3_600;
+/// Most client pipelines.
+pub const CLIENTS_MAX: usize = 64;
+/// Most seeds one sweep runs.
+pub const SWEEP_SEEDS_MAX: u64 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Random crashes, restarts, partitions (one-way too) and lossy links while pipelines create
+    /// models, register versions, promote and set aliases through random nodes.
+    Chaos,
+    /// The leader is killed again and again under a steady registration load.
+    Failover,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Chaos => "chaos",
+            Scenario::Failover => "failover",
+        }
+    }
+
+    pub fn default_duration_s(self) -> u64 {
+        match self {
+            Scenario::Chaos => 30,
+            Scenario::Failover => 30,
+        }
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "chaos" => Ok(Scenario::Chaos),
+            "failover" => Ok(Scenario::Failover),
+            other => Err(format!(
+                "unknown scenario {other:?}: use chaos or failover"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A known bug the simulator can plant, to show that a checker notices it. Test-only: no
+/// production code path knows about these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// The client is told "done" as soon as its command is handed to a node that believes it is
+    /// the leader (openraft's `client_write_ff`), before the entry is committed. A leader that
+    /// crashes or is cut off loses such entries; the lost-ack checker must notice.
+    AckBeforeCommit,
+}
+
+impl Plant {
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::AckBeforeCommit => "ack-before-commit",
+        }
+    }
+}
+
+impl FromStr for Plant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ack-before-commit" => Ok(Plant::AckBeforeCommit),
+            other => Err(format!(
+                "unknown planted bug {other:?}: use ack-before-commit"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub scenario: Scenario,
+    pub nodes: usize,
+    pub duration_s: u64,
+    /// Client pipelines issuing commands concurrently.
+    pub clients: usize,
+    pub plant: Option<Plant>,
+    /// Keep the trace's lines (for `--dump-trace`); the hash is computed either way.
+    pub keep_trace: bool,
+    /// Where the nodes' data directories go (a fresh temp dir under it per run). `None`: a
+    /// RAM-backed directory (`/dev/shm`) if there is one, else the system temp dir. Durability
+    /// is unchanged (LMDB still fsyncs); RAM only makes the fsyncs cheap.
+    pub data_root: Option<PathBuf>,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, scenario: Scenario) -> Self {
+        SimConfig {
+            seed,
+            scenario,
+            nodes: 5,
+            duration_s: scenario.default_duration_s(),
+            clients: 4,
+            plant: None,
+            keep_trace: false,
+            data_root: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(NODES_MIN..=NODES_MAX).contains(&self.nodes) {
+            return Err(format!(
+                "--nodes {} is out of range: use {NODES_MIN}..={NODES_MAX}",
+                self.nodes
+            ));
+        }
+        if self.duration_s == 0 || self.duration_s > DURATION_S_MAX {
+            return Err(format!(
+                "--duration-s {} is out of range: use 1..={DURATION_S_MAX}",
+                self.duration_s
+            ));
+        }
+        if self.clients == 0 || self.clients > CLIENTS_MAX {
+            return Err(format!(
+                "--clients {} is out of range: use 1..={CLIENTS_MAX}",
+                self.clients
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn duration_ms(&self) -> u64 {
+        self.duration_s * 1_000
+    }
+
+    /// The exact command that replays this run, with its whole trace printed.
+    pub fn replay_command(&self) -> String {
+        let mut cmd = format!(
+            "quiver-sim run --seed {} --scenario {} --nodes {} --duration-s {} --clients {}",
+            self.seed, self.scenario, self.nodes, self.duration_s, self.clients
+        );
+        if let Some(plant) = self.plant {
+            cmd.push_str(&format!(" --plant {}", plant.name()));
+        }
+        cmd.push_str(" --dump-trace");
+        cmd
+    }
+}
+
+/// An independent 64-bit seed for one purpose (`label`) of a run: the run's seed keyed through
+/// blake3, so adding a new consumer of randomness does not shift the draws of the others.
+pub fn sub_seed(seed: u64, label: &str) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"quiver-sim sub-seed\0");
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(label.as_bytes());
+    let bytes = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A seed range `A..B` (B excluded) or `A..=B` (B included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedRange {
+    pub start: u64,
+    /// Exclusive.
+    pub end: u64,
+}
+
+impl SeedRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    pub fn seeds(&self) -> std::ops::Range<u64> {
+        self.start..self.end
+    }
+}
+
+impl FromStr for SeedRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("seed range {s:?}: write A..B (B excluded) or A..=B");
+        let (a, b, inclusive) = if let Some((a, b)) = s.split_once("..=") {
+            (a, b, true)
+        } else if let Some((a, b)) = s.split_once("..") {
+            (a, b, false)
+        } else {
+            return Err(bad());
+        };
+        let start: u64 = a.trim().parse().map_err(|_| bad())?;
+        let last: u64 = b.trim().parse().map_err(|_| bad())?;
+        let end = if inclusive {
+            last.checked_add(1).ok_or_else(bad)?
+        } else {
+            last
+        };
+        if end <= start {
+            return Err(format!("seed range {s:?} is empty"));
+        }
+        if end - start > SWEEP_SEEDS_MAX {
+            return Err(format!(
+                "seed range {s:?} has {} seeds, over the limit of {SWEEP_SEEDS_MAX}",
+                end - start
+            ));
+        }
+        Ok(SeedRange { start, end })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_ranges_parse_both_forms_and_refuse_nonsense() {
+        assert_eq!(
+            "3..7".parse::<SeedRange>(),
+            Ok(SeedRange { start: 3, end: 7 })
+        );
+        assert_eq!(
+            "3..=7".parse::<SeedRange>(),
+            Ok(SeedRange { start: 3, end: 8 })
+        );
+        assert!("7..3".parse::<SeedRange>().is_err());
+        assert!("5..5".parse::<SeedRange>().is_err());
+        assert!("x..3".parse::<SeedRange>().is_err());
+        assert!("0..1000000".parse::<SeedRange>().is_err(), "over the limit");
+    }
+
+    #[test]
+    fn sub_seeds_differ_by_label_and_seed_and_are_stable() {
+        assert_eq!(sub_seed(1, "net"), sub_seed(1, "net"));
+        assert_ne!(sub_seed(1, "net"), sub_seed(1, "faults"));
+        assert_ne!(sub_seed(1, "net"), sub_seed(2, "net"));
+    }
+
+    #[test]
+    fn config_limits_are_enforced() {
+        let mut cfg = SimConfig::new(1, Scenario::Chaos);
+        assert!(cfg.validate().is_ok());
+        cfg.nodes = NODES_MAX + 1;
+        assert!(cfg.validate().unwrap_err().contains("--nodes"));
+        cfg.nodes = 5;
+        cfg.duration_s = 0;
+        assert!(cfg.validate().unwrap_err().contains("--duration-s"));
+    }
+
+    #[test]
+    fn the_replay_command_names_everything_that_shapes_the_run() {
+        let mut cfg = SimConfig::new(42, Scenario::Failover);
+        cfg.plant = Some(Plant::AckBeforeCommit);
+        let cmd = cfg.replay_command();
+        for part in [
+            "--seed 42",
+            "--scenario failover",
+            "--nodes 5",
+            "--duration-s 30",
+            "--plant ack-before-commit",
+            "--dump-trace",
+        ] {
+            assert!(cmd.contains(part), "{cmd} lacks {part}");
+        }
+    }
+}

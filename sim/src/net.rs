@@ -1,0 +1,436 @@
+//! The simulated network between Raft nodes.
+//!
+//! [`LinkModel`] is the pure part: per directed link a base latency (drawn once from the seed)
+//! plus jitter, the active cuts (partitions, one-way included) and lossy spells; for one message
+//! it answers "delivered after d" or "dropped". [`Router`] holds the model, its seeded RNG and
+//! the `Raft` handle of every running node. [`SimNetwork`] is the `RaftNetworkFactory` each node
+//! is started with: an RPC travels `from → to` (maybe dropped), is handed to the target's
+//! `Raft` (a crashed node refuses the connection: `Unreachable`), and its reply travels back
+//! `to → from` (maybe dropped, so a request can take effect while its sender sees a timeout).
+//! A dropped message costs the sender the RPC's whole time budget, as a lost packet would.
+//!
+//! Everything runs on the simulator's one thread under virtual time; the latencies are tokio
+//! sleeps, so a run's timing is exactly reproducible.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, Raft, RaftNetwork, RaftNetworkFactory};
+use quiver_node::state::RegistryApp;
+use quiver_raft::TypeConfig;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::schedule::NodeId;
+use crate::trace::SharedTrace;
+
+pub type Config = TypeConfig<RegistryApp>;
+
+/// Base one-way latency of a link, drawn once per directed link.
+pub const LINK_LATENCY_US: (u64, u64) = (500, 8_000);
+/// Each message's latency is the link's base ± this percentage.
+pub const LINK_JITTER_PCT: u64 = 30;
+/// Pause before openraft retries a peer it found unreachable (a crashed node), doubling up to
+/// [`PEER_BACKOFF_MAX`]; the real transport's values.
+pub const PEER_BACKOFF_MIN: Duration = quiver_raft::PEER_BACKOFF_MIN;
+pub const PEER_BACKOFF_MAX: Duration = quiver_raft::PEER_BACKOFF_MAX;
+
+/// What happens to one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    Deliver(Duration),
+    Drop,
+}
+
+/// Latencies, cuts and lossy spells (see the module docs). Pure: the caller supplies the RNG.
+#[derive(Clone, Debug, Default)]
+pub struct LinkModel {
+    base_us: BTreeMap<(NodeId, NodeId), u64>,
+    cuts: BTreeMap<u32, BTreeSet<(NodeId, NodeId)>>,
+    lossy: BTreeMap<u32, (BTreeSet<(NodeId, NodeId)>, u8)>,
+}
+
+impl LinkModel {
+    /// Draw a base latency for every directed link among `ids`.
+    pub fn new(ids: &[NodeId], rng: &mut impl Rng) -> Self {
+        let mut base_us = BTreeMap::new();
+        for &a in ids {
+            for &b in ids {
+                if a != b {
+                    base_us.insert((a, b), rng.gen_range(LINK_LATENCY_US.0..=LINK_LATENCY_US.1));
+                }
+            }
+        }
+        LinkModel {
+            base_us,
+            ..Default::default()
+        }
+    }
+
+    pub fn cut(&mut self, id: u32, links: BTreeSet<(NodeId, NodeId)>) {
+        self.cuts.insert(id, links);
+    }
+
+    pub fn lossy(&mut self, id: u32, links: BTreeSet<(NodeId, NodeId)>, loss_pct: u8) {
+        self.lossy.insert(id, (links, loss_pct.min(100)));
+    }
+
+    /// End cut or lossy spell `id`; false if there was none.
+    pub fn heal(&mut self, id: u32) -> bool {
+        self.cuts.remove(&id).is_some() | self.lossy.remove(&id).is_some()
+    }
+
+    pub fn heal_all(&mut self) {
+        self.cuts.clear();
+        self.lossy.clear();
+    }
+
+    pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
+        self.cuts.values().any(|links| links.contains(&(from, to)))
+    }
+
+    /// Loss probability of a link in percent: the worst active spell on it.
+    pub fn loss_pct(&self, from: NodeId, to: NodeId) -> u8 {
+        self.lossy
+            .values()
+            .filter(|(links, _)| links.contains(&(from, to)))
+            .map(|(_, pct)| *pct)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The fate of one message `from → to`. Draws from `rng` only when the outcome is not
+    /// already decided, in a fixed order (loss, then jitter).
+    pub fn hop(&self, from: NodeId, to: NodeId, rng: &mut impl Rng) -> Hop {
+        if from == to {
+            return Hop::Deliver(Duration::ZERO);
+        }
+        if self.is_cut(from, to) {
+            return Hop::Drop;
+        }
+        let loss = self.loss_pct(from, to);
+        if loss > 0 && rng.gen_range(0..100u8) < loss {
+            return Hop::Drop;
+        }
+        let base = self
+            .base_us
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(LINK_LATENCY_US.1);
+        let spread = base * LINK_JITTER_PCT / 100;
+        let us = rng.gen_range(base - spread..=base + spread);
+        Hop::Deliver(Duration::from_micros(us))
+    }
+}
+
+struct RouterState {
+    links: LinkModel,
+    rng: StdRng,
+    nodes: BTreeMap<NodeId, Raft<Config>>,
+}
+
+/// The shared network: the link model, its RNG, and the running nodes' Raft handles.
+pub struct Router {
+    state: Mutex<RouterState>,
+    trace: SharedTrace,
+    /// Trace every RPC (a few hundred per simulated second), not only faults.
+    trace_rpcs: bool,
+}
+
+impl Router {
+    pub fn new(ids: &[NodeId], seed: u64, trace: SharedTrace, trace_rpcs: bool) -> Arc<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let links = LinkModel::new(ids, &mut rng);
+        Arc::new(Router {
+            state: Mutex::new(RouterState {
+                links,
+                rng,
+                nodes: BTreeMap::new(),
+            }),
+            trace,
+            trace_rpcs,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouterState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Node `id` is up: messages to it are delivered to `raft`.
+    pub fn attach(&self, id: NodeId, raft: Raft<Config>) {
+        self.lock().nodes.insert(id, raft);
+    }
+
+    /// Node `id` is down: connections to it are refused.
+    pub fn detach(&self, id: NodeId) {
+        self.lock().nodes.remove(&id);
+    }
+
+    pub fn with_links<T>(&self, f: impl FnOnce(&mut LinkModel) -> T) -> T {
+        f(&mut self.lock().links)
+    }
+
+    /// Draw the fate of a message (from the network's own RNG).
+    pub fn hop(&self, from: NodeId, to: NodeId) -> Hop {
+        let mut state = self.lock();
+        let RouterState { links, rng, .. } = &mut *state;
+        links.hop(from, to, rng)
+    }
+
+    /// A latency draw for a hop that is never dropped (client ↔ node).
+    pub fn client_latency(&self) -> Duration {
+        let us = self
+            .lock()
+            .rng
+            .gen_range(LINK_LATENCY_US.0..=LINK_LATENCY_US.1);
+        Duration::from_micros(us)
+    }
+
+    fn target(&self, id: NodeId) -> Option<Raft<Config>> {
+        self.lock().nodes.get(&id).cloned()
+    }
+
+    fn note(&self, event: impl FnOnce() -> String) {
+        if self.trace_rpcs {
+            self.trace.record(event());
+        }
+    }
+}
+
+/// The `RaftNetworkFactory` node `from` is started with.
+#[derive(Clone)]
+pub struct SimNetwork {
+    pub from: NodeId,
+    pub router: Arc<Router>,
+}
+
+pub struct SimConnection {
+    from: NodeId,
+    to: NodeId,
+    router: Arc<Router>,
+}
+
+impl RaftNetworkFactory<Config> for SimNetwork {
+    type Network = SimConnection;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        SimConnection {
+            from: self.from,
+            to: target,
+            router: self.router.clone(),
+        }
+    }
+}
+
+/// Why an RPC did not produce a reply from the target.
+enum Failure {
+    /// The target is down (connection refused).
+    Down,
+    /// The request or the reply was lost, or the target did not answer in time.
+    Lost(&'static str),
+}
+
+impl SimConnection {
+    /// Carry one RPC: request hop, the target's Raft, reply hop; all within `ttl`.
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        kind: &str,
+        req: Req,
+        ttl: Duration,
+        deliver: F,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+        F: FnOnce(Raft<Config>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+    {
+        let (from, to) = (self.from, self.to);
+        let deadline = Instant::now() + ttl;
+        let outcome = self.carry(req, deadline, deliver).await;
+        let any = |what: &str| AnyError::error(format!("n{from}->n{to} {kind}: {what}"));
+        match outcome {
+            Ok(Ok(resp)) => {
+                self.router.note(|| format!("rpc n{from}->n{to} {kind} ok"));
+                Ok(resp)
+            }
+            Ok(Err(remote)) => {
+                self.router
+                    .note(|| format!("rpc n{from}->n{to} {kind} remote-error"));
+                Err(RPCError::RemoteError(RemoteError::new(to, remote)))
+            }
+            Err(Failure::Down) => {
+                self.router.note(|| format!("rpc n{from}->n{to} {kind} down"));
+                Err(RPCError::Unreachable(Unreachable::new(&any(
+                    "connection refused: node is down",
+                ))))
+            }
+            Err(Failure::Lost(what)) => {
+                self.router
+                    .note(|| format!("rpc n{from}->n{to} {kind} {what}"));
+                Err(RPCError::Network(NetworkError::new(&any(what))))
+            }
+        }
+    }
+
+    async fn carry<Req, Resp, E, F, Fut>(
+        &self,
+        req: Req,
+        deadline: Instant,
+        deliver: F,
+    ) -> Result<Result<Resp, RaftError<NodeId, E>>, Failure>
+    where
+        E: std::error::Error,
+        F: FnOnce(Raft<Config>, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+    {
+        let (from, to) = (self.from, self.to);
+        let lost = |what| async move {
+            tokio::time::sleep_until(deadline).await;
+            Err(Failure::Lost(what))
+        };
+        let there = match self.router.hop(from, to) {
+            Hop::Drop => return lost("request-lost").await,
+            Hop::Deliver(d) => d,
+        };
+        tokio::time::sleep(there).await;
+        let Some(raft) = self.router.target(to) else {
+            return Err(Failure::Down);
+        };
+        let reply = match tokio::time::timeout_at(deadline, deliver(raft, req)).await {
+            Err(_) => return Err(Failure::Lost("timeout")),
+            // The target stopped while handling it: as good as down.
+            Ok(Err(RaftError::Fatal(_))) => return Err(Failure::Down),
+            Ok(reply) => reply,
+        };
+        let back = match self.router.hop(to, from) {
+            Hop::Drop => return lost("reply-lost").await,
+            Hop::Deliver(d) => d,
+        };
+        if Instant::now() + back > deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(Failure::Lost("timeout"));
+        }
+        tokio::time::sleep(back).await;
+        Ok(reply)
+    }
+}
+
+impl RaftNetwork<Config> for SimConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Config>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let kind = format!("append[{}]", rpc.entries.len());
+        self.call(&kind, rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<Config>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let kind = format!("snapshot[{}+{}]", rpc.offset, rpc.data.len());
+        self.call(&kind, rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.install_snapshot(rpc).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", rpc, option.hard_ttl(), |raft, rpc| async move {
+            raft.vote(rpc).await
+        })
+        .await
+    }
+
+    /// The real transport's backoff, so a down peer costs what it costs in production.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::successors(Some(PEER_BACKOFF_MIN), |d| {
+            Some((*d * 2).min(PEER_BACKOFF_MAX))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> (LinkModel, StdRng) {
+        let mut rng = StdRng::seed_from_u64(1);
+        (LinkModel::new(&[1, 2, 3], &mut rng), rng)
+    }
+
+    #[test]
+    fn latencies_stay_within_the_link_bounds() {
+        let (links, mut rng) = model();
+        for _ in 0..1_000 {
+            match links.hop(1, 2, &mut rng) {
+                Hop::Deliver(d) => {
+                    let max = LINK_LATENCY_US.1 * (100 + LINK_JITTER_PCT) / 100;
+                    let min = LINK_LATENCY_US.0 * (100 - LINK_JITTER_PCT) / 100;
+                    assert!((min..=max).contains(&(d.as_micros() as u64)), "{d:?}");
+                }
+                Hop::Drop => panic!("no fault is active"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_one_way_cut_drops_one_direction_until_healed() {
+        let (mut links, mut rng) = model();
+        links.cut(7, BTreeSet::from([(1, 2)]));
+        assert_eq!(links.hop(1, 2, &mut rng), Hop::Drop);
+        assert!(matches!(links.hop(2, 1, &mut rng), Hop::Deliver(_)));
+        assert!(matches!(links.hop(1, 3, &mut rng), Hop::Deliver(_)));
+        assert!(links.heal(7));
+        assert!(!links.heal(7), "healed once");
+        assert!(matches!(links.hop(1, 2, &mut rng), Hop::Deliver(_)));
+    }
+
+    #[test]
+    fn overlapping_cuts_all_have_to_heal() {
+        let (mut links, mut rng) = model();
+        links.cut(1, BTreeSet::from([(1, 2)]));
+        links.cut(2, BTreeSet::from([(1, 2), (2, 1)]));
+        links.heal(1);
+        assert_eq!(links.hop(1, 2, &mut rng), Hop::Drop, "cut 2 still holds");
+        links.heal_all();
+        assert!(matches!(links.hop(1, 2, &mut rng), Hop::Deliver(_)));
+    }
+
+    #[test]
+    fn loss_drops_about_its_share_and_the_worst_spell_wins() {
+        let (mut links, mut rng) = model();
+        links.lossy(1, BTreeSet::from([(1, 2)]), 10);
+        links.lossy(2, BTreeSet::from([(1, 2)]), 50);
+        assert_eq!(links.loss_pct(1, 2), 50);
+        let dropped = (0..2_000)
+            .filter(|_| links.hop(1, 2, &mut rng) == Hop::Drop)
+            .count();
+        assert!((850..1_150).contains(&dropped), "{dropped} of 2000 at 50%");
+        assert_eq!(links.loss_pct(2, 1), 0);
+    }
+}

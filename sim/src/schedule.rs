@@ -1,0 +1,346 @@
+//! Fault schedules: which fault happens when, generated from the seed alone.
+//!
+//! Pure: a schedule is a list of [`FaultEvent`]s computed before the run starts, so it can be
+//! unit-tested (every crash is followed by its restart, every cut is healed, never more nodes
+//! down than a minority) and printed. What it cannot know in advance — which node is the leader
+//! when "crash the leader" comes due — is named symbolically ([`Target::Leader`]) and resolved
+//! by the driver at that moment; the restart refers to the crash by its `slot`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub type NodeId = u64;
+
+/// First fault of a chaos run: the cluster has elected a leader and clients are writing.
+pub const CHAOS_FIRST_FAULT_MS: u64 = 1_000;
+/// Pause between two chaos faults, drawn uniformly from this range.
+pub const CHAOS_GAP_MS: (u64, u64) = (200, 2_000);
+/// How long one chaos fault (a crash, a cut, a lossy spell) lasts.
+pub const CHAOS_FAULT_MS: (u64, u64) = (300, 4_000);
+/// Loss rate of a lossy spell, in percent.
+pub const CHAOS_LOSS_PCT: (u8, u8) = (10, 60);
+/// First leader kill of a failover run.
+pub const FAILOVER_FIRST_KILL_MS: u64 = 2_000;
+/// Time between leader kills.
+pub const FAILOVER_GAP_MS: (u64, u64) = (2_500, 4_000);
+/// How long a killed leader stays down; shorter than the gap, so one node is down at a time.
+pub const FAILOVER_DOWN_MS: (u64, u64) = (800, 2_000);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Node(NodeId),
+    /// Whichever node is the leader when the fault comes due.
+    Leader,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Stop a node (its durable state stays on disk). `slot` names this crash for its restart.
+    Crash { slot: u32, target: Target },
+    /// Start the node crashed in `slot` again from its data dir.
+    Restart { slot: u32 },
+    /// Drop every message on these directed links until `Heal { id }`.
+    Cut {
+        id: u32,
+        what: String,
+        links: BTreeSet<(NodeId, NodeId)>,
+    },
+    /// Drop each message on these directed links with probability `loss_pct` until healed.
+    Lossy {
+        id: u32,
+        what: String,
+        links: BTreeSet<(NodeId, NodeId)>,
+        loss_pct: u8,
+    },
+    /// End the cut or lossy spell `id`.
+    Heal { id: u32 },
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::Crash {
+                slot,
+                target: Target::Node(n),
+            } => write!(f, "crash#{slot} n{n}"),
+            Fault::Crash {
+                slot,
+                target: Target::Leader,
+            } => write!(f, "crash#{slot} leader"),
+            Fault::Restart { slot } => write!(f, "restart#{slot}"),
+            Fault::Cut { id, what, .. } => write!(f, "cut#{id} {what}"),
+            Fault::Lossy {
+                id, what, loss_pct, ..
+            } => write!(f, "lossy#{id} {what} {loss_pct}%"),
+            Fault::Heal { id } => write!(f, "heal#{id}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultEvent {
+    pub at_ms: u64,
+    pub fault: Fault,
+}
+
+/// Node ids of a cluster of `nodes`: 1..=nodes.
+pub fn node_ids(nodes: usize) -> Vec<NodeId> {
+    (1..=nodes as NodeId).collect()
+}
+
+/// Most nodes down at once: a minority, so that a quorum can exist while no cut is active.
+pub fn max_down(nodes: usize) -> usize {
+    nodes.saturating_sub(1) / 2
+}
+
+/// Every directed link between `group` and the rest, both ways.
+pub fn split_links(nodes: usize, group: &BTreeSet<NodeId>) -> BTreeSet<(NodeId, NodeId)> {
+    let ids = node_ids(nodes);
+    let mut links = BTreeSet::new();
+    for &a in &ids {
+        for &b in &ids {
+            if a != b && group.contains(&a) != group.contains(&b) {
+                links.insert((a, b));
+            }
+        }
+    }
+    links
+}
+
+/// Random faults for a `chaos` run of `duration_ms` (see the module docs).
+pub fn chaos_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = node_ids(nodes);
+    let mut events = Vec::new();
+    // Down intervals [start, end) of the crashes scheduled so far.
+    let mut down: Vec<(u64, u64)> = Vec::new();
+    let mut next_slot = 0u32;
+    let mut next_id = 0u32;
+    let mut t = CHAOS_FIRST_FAULT_MS;
+    while t < duration_ms {
+        let length = rng.gen_range(CHAOS_FAULT_MS.0..=CHAOS_FAULT_MS.1);
+        let end = t + length;
+        let pick = rng.gen_range(0..100u32);
+        let node = ids[rng.gen_range(0..ids.len())];
+        match pick {
+            0..=34 => {
+                let overlapping = down.iter().filter(|(s, e)| *s < end && t < *e).count();
+                if overlapping < max_down(nodes) {
+                    let target = if pick < 15 {
+                        Target::Leader
+                    } else {
+                        Target::Node(node)
+                    };
+                    events.push(FaultEvent {
+                        at_ms: t,
+                        fault: Fault::Crash {
+                            slot: next_slot,
+                            target,
+                        },
+                    });
+                    events.push(FaultEvent {
+                        at_ms: end,
+                        fault: Fault::Restart { slot: next_slot },
+                    });
+                    down.push((t, end));
+                    next_slot += 1;
+                }
+            }
+            35..=79 => {
+                let (what, links) = match pick {
+                    35..=46 => (
+                        format!("isolate n{node}"),
+                        split_links(nodes, &BTreeSet::from([node])),
+                    ),
+                    47..=58 => {
+                        let size = rng.gen_range(1..=nodes / 2);
+                        let mut group = BTreeSet::new();
+                        while group.len() < size {
+                            group.insert(ids[rng.gen_range(0..ids.len())]);
+                        }
+                        let rest: Vec<String> = ids
+                            .iter()
+                            .filter(|n| !group.contains(n))
+                            .map(|n| n.to_string())
+                            .collect();
+                        let mine: Vec<String> = group.iter().map(|n| n.to_string()).collect();
+                        (
+                            format!("split {{{}}}|{{{}}}", mine.join(","), rest.join(",")),
+                            split_links(nodes, &group),
+                        )
+                    }
+                    59..=65 => (
+                        format!("n{node} cannot send"),
+                        ids.iter()
+                            .filter(|&&o| o != node)
+                            .map(|&o| (node, o))
+                            .collect(),
+                    ),
+                    66..=72 => (
+                        format!("n{node} cannot receive"),
+                        ids.iter()
+                            .filter(|&&o| o != node)
+                            .map(|&o| (o, node))
+                            .collect(),
+                    ),
+                    _ => {
+                        let others: Vec<NodeId> =
+                            ids.iter().copied().filter(|&o| o != node).collect();
+                        let to = others[rng.gen_range(0..others.len())];
+                        (format!("n{node}->n{to} one way"), BTreeSet::from([(node, to)]))
+                    }
+                };
+                events.push(FaultEvent {
+                    at_ms: t,
+                    fault: Fault::Cut {
+                        id: next_id,
+                        what,
+                        links,
+                    },
+                });
+                events.push(FaultEvent {
+                    at_ms: end,
+                    fault: Fault::Heal { id: next_id },
+                });
+                next_id += 1;
+            }
+            _ => {
+                let loss_pct = rng.gen_range(CHAOS_LOSS_PCT.0..=CHAOS_LOSS_PCT.1);
+                let links = split_links(nodes, &BTreeSet::from([node]));
+                events.push(FaultEvent {
+                    at_ms: t,
+                    fault: Fault::Lossy {
+                        id: next_id,
+                        what: format!("links of n{node}"),
+                        links,
+                        loss_pct,
+                    },
+                });
+                events.push(FaultEvent {
+                    at_ms: end,
+                    fault: Fault::Heal { id: next_id },
+                });
+                next_id += 1;
+            }
+        }
+        t += rng.gen_range(CHAOS_GAP_MS.0..=CHAOS_GAP_MS.1);
+    }
+    // Stable: events at the same time keep their generation order.
+    events.sort_by_key(|e| e.at_ms);
+    events
+}
+
+/// Leader kills for a `failover` run: kill, restart a while later, repeat.
+pub fn failover_schedule(seed: u64, duration_ms: u64) -> Vec<FaultEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut events = Vec::new();
+    let mut slot = 0u32;
+    let mut t = FAILOVER_FIRST_KILL_MS;
+    while t < duration_ms {
+        let down = rng.gen_range(FAILOVER_DOWN_MS.0..=FAILOVER_DOWN_MS.1);
+        events.push(FaultEvent {
+            at_ms: t,
+            fault: Fault::Crash {
+                slot,
+                target: Target::Leader,
+            },
+        });
+        events.push(FaultEvent {
+            at_ms: t + down,
+            fault: Fault::Restart { slot },
+        });
+        slot += 1;
+        t += rng.gen_range(FAILOVER_GAP_MS.0..=FAILOVER_GAP_MS.1);
+    }
+    events.sort_by_key(|e| e.at_ms);
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Checks the structural promises of a schedule; returns (crashes, cuts and lossy spells).
+    fn check(events: &[FaultEvent], nodes: usize) -> (usize, usize) {
+        assert!(events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "sorted");
+        let mut crashed: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut open: BTreeMap<u32, u64> = BTreeMap::new();
+        let (mut crashes, mut spells) = (0, 0);
+        for e in events {
+            match &e.fault {
+                Fault::Crash { slot, .. } => {
+                    assert!(crashed.insert(*slot, e.at_ms).is_none(), "slot reused");
+                    assert!(crashed.len() <= max_down(nodes), "too many down at {}", e.at_ms);
+                    crashes += 1;
+                }
+                Fault::Restart { slot } => {
+                    let at = crashed.remove(slot).expect("restart follows its crash");
+                    assert!(e.at_ms > at);
+                }
+                Fault::Cut { id, links, .. } | Fault::Lossy { id, links, .. } => {
+                    assert!(!links.is_empty());
+                    assert!(links.iter().all(|(a, b)| a != b
+                        && (1..=nodes as u64).contains(a)
+                        && (1..=nodes as u64).contains(b)));
+                    assert!(open.insert(*id, e.at_ms).is_none(), "id reused");
+                    spells += 1;
+                }
+                Fault::Heal { id } => {
+                    open.remove(id).expect("heal follows its fault");
+                }
+            }
+        }
+        assert!(crashed.is_empty(), "every crash is restarted");
+        assert!(open.is_empty(), "every cut is healed");
+        (crashes, spells)
+    }
+
+    #[test]
+    fn chaos_schedules_are_well_formed_for_many_seeds_and_sizes() {
+        for nodes in [3, 5, 7] {
+            let mut total = (0, 0);
+            for seed in 0..50 {
+                let (c, s) = check(&chaos_schedule(seed, nodes, 30_000), nodes);
+                total.0 += c;
+                total.1 += s;
+            }
+            assert!(total.0 > 50, "crashes happen ({total:?})");
+            assert!(total.1 > 100, "cuts and losses happen ({total:?})");
+        }
+    }
+
+    #[test]
+    fn a_schedule_is_a_function_of_its_seed() {
+        assert_eq!(chaos_schedule(9, 5, 20_000), chaos_schedule(9, 5, 20_000));
+        assert_ne!(chaos_schedule(9, 5, 20_000), chaos_schedule(10, 5, 20_000));
+        assert_eq!(failover_schedule(9, 20_000), failover_schedule(9, 20_000));
+    }
+
+    #[test]
+    fn failover_kills_the_leader_one_at_a_time() {
+        let events = failover_schedule(3, 30_000);
+        let (crashes, spells) = check(&events, 3);
+        assert_eq!(spells, 0);
+        assert!(crashes >= 6, "a kill every 2.5-4 s over 28 s: {crashes}");
+        assert!(events.iter().all(|e| !matches!(
+            e.fault,
+            Fault::Crash {
+                target: Target::Node(_),
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn split_links_cut_exactly_the_crossing_links() {
+        let links = split_links(3, &BTreeSet::from([2]));
+        assert_eq!(
+            links,
+            BTreeSet::from([(1, 2), (2, 1), (2, 3), (3, 2)])
+        );
+    }
+}
