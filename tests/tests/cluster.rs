@@ -543,3 +543,59 @@ fn crash_drills_are_refused_unless_enabled() {
     .err();
     assert!(err.contains("start it with --enable-crash-drills"), "{err}");
 }
+
+#[test]
+fn a_download_goes_to_the_nearest_node_by_region_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let n1_dir = dir.path().join("node-1");
+    let d1 = n1_dir.display().to_string();
+    let n1 = NodeProcess::spawn(
+        NODE,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d1,
+            "--region",
+            "eu",
+        ],
+        &n1_dir,
+    )
+    .unwrap();
+    let peer = n1.peer_addr.clone().unwrap();
+    let n2 = NodeProcess::join(
+        NODE,
+        &n1_dir,
+        &peer,
+        2,
+        &dir.path().join("node-2"),
+        &["--region", "us"],
+    )
+    .unwrap();
+    quiver(CLI, &n1.endpoint, &["model", "create", "reco"]).ok();
+    let bundle = dir.path().join("w.bin");
+    write_random_file(&bundle, 2 << 20, 61).unwrap();
+    register(&n1.endpoint, "reco", &bundle);
+
+    let out = dir.path().join("dl");
+    let o = out.display().to_string();
+    let run = quiver(
+        CLI,
+        &n1.endpoint,
+        &[
+            "version", "download", "reco/1", "--out", &o, "--region", "us",
+        ],
+    )
+    .ok();
+    assert!(
+        run.stderr
+            .contains(&format!("pulling from the nearest node, {}", n2.endpoint)),
+        "a client in region us pulls from the us node: {}",
+        run.stderr
+    );
+    assert_eq!(
+        hash_file(&out.join("w.bin")).unwrap(),
+        hash_file(&bundle).unwrap()
+    );
+}
