@@ -20,7 +20,7 @@ use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, SystemClock};
 use crate::replication::{
-    missing_chunks, ChunkSink, RepairState, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
+    missing_chunks, should_hold, ChunkSink, RepairState, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
 };
 use crate::service::{app_error, status_from_domain};
 use crate::state::{AppResult, RegistryApp};
@@ -254,9 +254,16 @@ impl Node {
             .read(Consistency::Stale, |app, txn| app.ready_manifest_roots(txn))
             .await?;
         let sources = self.peer_chunk_addrs().await?;
+        let members: Vec<(u64, String)> = self
+            .read(Consistency::Stale, |app, txn| app.nodes(txn))
+            .await?
+            .into_iter()
+            .map(|n| (n.node_id, n.region))
+            .collect();
         let mut fetched = 0;
         for (model, number, root) in roots {
-            if self.repair.is_complete(&root) {
+            if self.repair.is_complete(&root) || !should_hold(&root, self.config.node_id, &members)
+            {
                 continue;
             }
             let manifest = self
