@@ -49,9 +49,7 @@ impl FromStr for Scenario {
         match s {
             "chaos" => Ok(Scenario::Chaos),
             "failover" => Ok(Scenario::Failover),
-            other => Err(format!(
-                "unknown scenario {other:?}: use chaos or failover"
-            )),
+            other => Err(format!("unknown scenario {other:?}: use chaos or failover")),
         }
     }
 }

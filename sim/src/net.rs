@@ -136,7 +136,10 @@ impl LinkModel {
 struct RouterState {
     links: LinkModel,
     rng: StdRng,
-    nodes: BTreeMap<NodeId, Raft<Config>>,
+    /// Running nodes: incarnation and Raft handle.
+    nodes: BTreeMap<NodeId, (u64, Raft<Config>)>,
+    /// Last incarnation handed out per node.
+    incarnations: BTreeMap<NodeId, u64>,
 }
 
 /// The shared network: the link model, its RNG, and the running nodes' Raft handles.
@@ -156,6 +159,7 @@ impl Router {
                 links,
                 rng,
                 nodes: BTreeMap::new(),
+                incarnations: BTreeMap::new(),
             }),
             trace,
             trace_rpcs,
@@ -168,14 +172,31 @@ impl Router {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Node `id` is up: messages to it are delivered to `raft`.
-    pub fn attach(&self, id: NodeId, raft: Raft<Config>) {
-        self.lock().nodes.insert(id, raft);
+    /// A new incarnation of node `id` is about to start: its network is [`SimNetwork`] with
+    /// this number. Messages sent by earlier incarnations (tasks of a crashed node that have
+    /// not noticed yet) are dropped.
+    pub fn next_incarnation(&self, id: NodeId) -> u64 {
+        let mut state = self.lock();
+        let n = state.incarnations.entry(id).or_insert(0);
+        *n += 1;
+        *n
     }
 
-    /// Node `id` is down: connections to it are refused.
+    /// Incarnation `incarnation` of node `id` is up: messages to it are delivered to `raft`.
+    pub fn attach(&self, id: NodeId, incarnation: u64, raft: Raft<Config>) {
+        self.lock().nodes.insert(id, (incarnation, raft));
+    }
+
+    /// Node `id` is down: connections to it are refused, and what it still sends is lost.
     pub fn detach(&self, id: NodeId) {
         self.lock().nodes.remove(&id);
+    }
+
+    fn is_current(&self, id: NodeId, incarnation: u64) -> bool {
+        self.lock()
+            .nodes
+            .get(&id)
+            .is_some_and(|(i, _)| *i == incarnation)
     }
 
     pub fn with_links<T>(&self, f: impl FnOnce(&mut LinkModel) -> T) -> T {
@@ -199,7 +220,7 @@ impl Router {
     }
 
     fn target(&self, id: NodeId) -> Option<Raft<Config>> {
-        self.lock().nodes.get(&id).cloned()
+        self.lock().nodes.get(&id).map(|(_, raft)| raft.clone())
     }
 
     fn note(&self, event: impl FnOnce() -> String) {
@@ -213,11 +234,14 @@ impl Router {
 #[derive(Clone)]
 pub struct SimNetwork {
     pub from: NodeId,
+    /// From [`Router::next_incarnation`].
+    pub incarnation: u64,
     pub router: Arc<Router>,
 }
 
 pub struct SimConnection {
     from: NodeId,
+    incarnation: u64,
     to: NodeId,
     router: Arc<Router>,
 }
@@ -228,6 +252,7 @@ impl RaftNetworkFactory<Config> for SimNetwork {
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
         SimConnection {
             from: self.from,
+            incarnation: self.incarnation,
             to: target,
             router: self.router.clone(),
         }
@@ -271,7 +296,8 @@ impl SimConnection {
                 Err(RPCError::RemoteError(RemoteError::new(to, remote)))
             }
             Err(Failure::Down) => {
-                self.router.note(|| format!("rpc n{from}->n{to} {kind} down"));
+                self.router
+                    .note(|| format!("rpc n{from}->n{to} {kind} down"));
                 Err(RPCError::Unreachable(Unreachable::new(&any(
                     "connection refused: node is down",
                 ))))
@@ -296,10 +322,15 @@ impl SimConnection {
         Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
     {
         let (from, to) = (self.from, self.to);
-        let lost = |what| async move {
+        let lost = |what: &'static str| async move {
             tokio::time::sleep_until(deadline).await;
             Err(Failure::Lost(what))
         };
+        if !self.router.is_current(from, self.incarnation) {
+            // A crashed node's task still sending: nothing leaves a dead machine. (Waiting out
+            // the budget, not failing at once, so a retry loop cannot spin without time passing.)
+            return lost("sender-down").await;
+        }
         let there = match self.router.hop(from, to) {
             Hop::Drop => return lost("request-lost").await,
             Hop::Deliver(d) => d,

@@ -110,8 +110,12 @@ pub fn split_links(nodes: usize, group: &BTreeSet<NodeId>) -> BTreeSet<(NodeId, 
     links
 }
 
-/// Random faults for a `chaos` run of `duration_ms` (see the module docs).
+/// Random faults for a `chaos` run of `duration_ms` (see the module docs). A cluster of fewer
+/// than two nodes has no links to cut and no minority to crash: no faults.
 pub fn chaos_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEvent> {
+    if nodes < 2 {
+        return Vec::new();
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let ids = node_ids(nodes);
     let mut events = Vec::new();
@@ -190,7 +194,10 @@ pub fn chaos_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEve
                         let others: Vec<NodeId> =
                             ids.iter().copied().filter(|&o| o != node).collect();
                         let to = others[rng.gen_range(0..others.len())];
-                        (format!("n{node}->n{to} one way"), BTreeSet::from([(node, to)]))
+                        (
+                            format!("n{node}->n{to} one way"),
+                            BTreeSet::from([(node, to)]),
+                        )
                     }
                 };
                 events.push(FaultEvent {
@@ -266,7 +273,10 @@ mod tests {
 
     /// Checks the structural promises of a schedule; returns (crashes, cuts and lossy spells).
     fn check(events: &[FaultEvent], nodes: usize) -> (usize, usize) {
-        assert!(events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "sorted");
+        assert!(
+            events.windows(2).all(|w| w[0].at_ms <= w[1].at_ms),
+            "sorted"
+        );
         let mut crashed: BTreeMap<u32, u64> = BTreeMap::new();
         let mut open: BTreeMap<u32, u64> = BTreeMap::new();
         let (mut crashes, mut spells) = (0, 0);
@@ -274,7 +284,11 @@ mod tests {
             match &e.fault {
                 Fault::Crash { slot, .. } => {
                     assert!(crashed.insert(*slot, e.at_ms).is_none(), "slot reused");
-                    assert!(crashed.len() <= max_down(nodes), "too many down at {}", e.at_ms);
+                    assert!(
+                        crashed.len() <= max_down(nodes),
+                        "too many down at {}",
+                        e.at_ms
+                    );
                     crashes += 1;
                 }
                 Fault::Restart { slot } => {
@@ -336,11 +350,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_too_small_to_fault_gets_no_faults() {
+        assert_eq!(chaos_schedule(1, 1, 30_000), vec![]);
+        assert!(
+            !chaos_schedule(1, 2, 30_000).is_empty(),
+            "two nodes can be cut apart"
+        );
+    }
+
+    #[test]
     fn split_links_cut_exactly_the_crossing_links() {
         let links = split_links(3, &BTreeSet::from([2]));
-        assert_eq!(
-            links,
-            BTreeSet::from([(1, 2), (2, 1), (2, 3), (3, 2)])
-        );
+        assert_eq!(links, BTreeSet::from([(1, 2), (2, 1), (2, 3), (3, 2)]));
     }
 }

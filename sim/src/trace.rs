@@ -94,7 +94,9 @@ impl SharedTrace {
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Trace> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

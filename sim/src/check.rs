@@ -1,0 +1,769 @@
+//! Invariant checkers, over plain data.
+//!
+//! The simulator's I/O shell collects what happened (the acknowledgements clients received,
+//! samples of every node's state taken during the run, every node's final state) into the plain
+//! types below; the checkers are pure functions of them. That keeps each checker testable with
+//! hand-built histories (including the broken ones it must flag), and keeps the run itself
+//! free of assertions that would panic half-way through a sweep: a broken invariant is a
+//! [`Violation`], reported with the seed that produced it.
+//!
+//! What is checked:
+//! - no acknowledged command is lost ([`check_acks`]): each acked CreateModel, CreateVersion,
+//!   SetStage and SetAlias is visible in the final state;
+//! - a version's identity is the same everywhere: one manifest root per (model, number) across
+//!   every node's final state ([`RootBook`]), and the root an ack reported;
+//! - state digests agree across nodes at equal applied index, during the run ([`DigestBook`])
+//!   and at the end;
+//! - at most one leader per term ([`LeaderBook`], Raft's election safety);
+//! - each version's stage history is one linear chain ending in its stage, numbering has no
+//!   gaps, at most one version of a model is in Production and the model points at it
+//!   ([`check_versions`]);
+//! - aliases point to existing versions ([`check_aliases`]);
+//! - the audit log is an unbroken hash chain ([`check_audit_chain`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use quiver_node::domain::{Alias, Model, Stage, Version};
+use quiver_node::state::AuditEntry;
+
+use crate::schedule::NodeId;
+
+/// A broken invariant: which one, and the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Violation {
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Self {
+        Violation {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.detail)
+    }
+}
+
+/// What an acknowledged command must have left in the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Model {
+        name: String,
+    },
+    /// `number` is what the ack said, if it said (a planted early ack does not know it).
+    Version {
+        model: String,
+        number: Option<u64>,
+        root: String,
+    },
+    Stage {
+        model: String,
+        number: u64,
+        stage: Stage,
+        reason: String,
+    },
+    Alias {
+        model: String,
+        alias: String,
+        number: u64,
+    },
+}
+
+impl Expect {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Expect::Model { .. } => "create_model",
+            Expect::Version { .. } => "create_version",
+            Expect::Stage { .. } => "set_stage",
+            Expect::Alias { .. } => "set_alias",
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Model { name } => write!(f, "create_model {name}"),
+            Expect::Version {
+                model,
+                number: Some(n),
+                root,
+            } => write!(f, "create_version {model}/{n} root {}", short(root)),
+            Expect::Version {
+                model,
+                number: None,
+                root,
+            } => write!(f, "create_version {model}/? root {}", short(root)),
+            Expect::Stage {
+                model,
+                number,
+                stage,
+                ..
+            } => write!(f, "set_stage {model}/{number} -> {stage:?}"),
+            Expect::Alias {
+                model,
+                alias,
+                number,
+            } => write!(f, "set_alias {model}@{alias} -> {number}"),
+        }
+    }
+}
+
+pub fn short(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
+}
+
+/// One acknowledgement a client received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub client: usize,
+    pub seq: u64,
+    /// The command's actor and time, as the client fixed them.
+    pub actor: String,
+    pub at_ms: i64,
+    /// Virtual ms since the run began: when the attempt that was acked was handed to a node,
+    /// and when the ack arrived.
+    pub proposed_at_ms: u64,
+    pub acked_at_ms: u64,
+    pub expect: Expect,
+}
+
+/// A node's whole registry state, read in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FinalState {
+    pub models: BTreeMap<String, Model>,
+    pub versions: BTreeMap<(String, u64), Version>,
+    pub aliases: Vec<Alias>,
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Every acknowledged command is visible in `state`.
+pub fn check_acks(acks: &[Ack], state: &FinalState) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for ack in acks {
+        let lost = |why: String| {
+            Violation::new(
+                "lost-ack",
+                format!(
+                    "client {} op #{} ({}) acked at {} ms is not in the final state: {why}",
+                    ack.client, ack.seq, ack.expect, ack.acked_at_ms
+                ),
+            )
+        };
+        match &ack.expect {
+            Expect::Model { name } => match state.models.get(name) {
+                None => out.push(lost("no such model".into())),
+                Some(m) if m.created_by.name != ack.actor || m.created_at_ms != ack.at_ms => out
+                    .push(lost(format!(
+                        "the model was created by {} at {} ms instead",
+                        m.created_by.name, m.created_at_ms
+                    ))),
+                Some(_) => {}
+            },
+            Expect::Version {
+                model,
+                number,
+                root,
+            } => {
+                let found = state
+                    .versions
+                    .range((model.clone(), 0)..=(model.clone(), u64::MAX))
+                    .find(|(_, v)| &v.manifest_root == root);
+                match (found, number) {
+                    (None, _) => out.push(lost("no version of the model has this root".into())),
+                    (Some(((_, n), _)), Some(acked)) if n != acked => out.push(lost(format!(
+                        "the root is version {n}, the ack said {acked}"
+                    ))),
+                    _ => {}
+                }
+            }
+            Expect::Stage {
+                model,
+                number,
+                stage,
+                reason,
+            } => match state.versions.get(&(model.clone(), *number)) {
+                None => out.push(lost("no such version".into())),
+                Some(v) => {
+                    let present = v.stage_history.iter().any(|t| {
+                        t.to == *stage
+                            && &t.reason == reason
+                            && t.at_ms == ack.at_ms
+                            && t.actor.name == ack.actor
+                    });
+                    if !present {
+                        out.push(lost(format!(
+                            "no transition to {stage:?} with reason {reason:?} in its history"
+                        )));
+                    }
+                }
+            },
+            Expect::Alias { model, alias, .. } => {
+                let subject = format!("{model}@{alias}");
+                let present = state.audit.iter().any(|e| {
+                    e.kind == "set_alias"
+                        && e.subject == subject
+                        && e.at_ms == ack.at_ms
+                        && e.actor.name == ack.actor
+                });
+                if !present {
+                    out.push(lost("no such alias change in the audit log".into()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Numbering, stage histories and the one-Production rule.
+pub fn check_versions(state: &FinalState) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (name, model) in &state.models {
+        let versions: Vec<&Version> = state
+            .versions
+            .range((name.clone(), 0)..=(name.clone(), u64::MAX))
+            .map(|(_, v)| v)
+            .collect();
+        let numbers: Vec<u64> = versions.iter().map(|v| v.number).collect();
+        let expected: Vec<u64> = (1..=model.version_count).collect();
+        if numbers != expected {
+            out.push(Violation::new(
+                "version-numbering",
+                format!(
+                    "model {name} has version_count {} but versions {numbers:?}",
+                    model.version_count
+                ),
+            ));
+        }
+        let production: Vec<u64> = versions
+            .iter()
+            .filter(|v| v.stage == Stage::Production)
+            .map(|v| v.number)
+            .collect();
+        if production.len() > 1 {
+            out.push(Violation::new(
+                "two-in-production",
+                format!("model {name} has versions {production:?} in Production"),
+            ));
+        }
+        if production.first().copied() != model.production_version {
+            out.push(Violation::new(
+                "production-pointer",
+                format!(
+                    "model {name} says production_version {:?}, versions in Production: \
+                     {production:?}",
+                    model.production_version
+                ),
+            ));
+        }
+        for v in versions {
+            if let Some(problem) = stage_history_problem(v) {
+                out.push(Violation::new(
+                    "stage-history",
+                    format!("{}/{}: {problem}", v.model, v.number),
+                ));
+            }
+        }
+    }
+    for (model, number) in state.versions.keys() {
+        if !state.models.contains_key(model) {
+            out.push(Violation::new(
+                "orphan-version",
+                format!("{model}/{number} exists but model {model} does not"),
+            ));
+        }
+    }
+    out
+}
+
+/// Why a version's stage history is not one linear chain from registration to its stage.
+fn stage_history_problem(v: &Version) -> Option<String> {
+    let Some(first) = v.stage_history.first() else {
+        return Some("empty stage history".into());
+    };
+    if first.from.is_some() || first.to != Stage::Experimental {
+        return Some(format!(
+            "starts with {:?} -> {:?}, not registration as Experimental",
+            first.from, first.to
+        ));
+    }
+    for (i, pair) in v.stage_history.windows(2).enumerate() {
+        let (prev, next) = (&pair[0], &pair[1]);
+        if next.from != Some(prev.to) {
+            return Some(format!(
+                "transition {} goes {:?} -> {:?} but the version was {:?}",
+                i + 1,
+                next.from,
+                next.to,
+                prev.to
+            ));
+        }
+        if next.from == Some(next.to) {
+            return Some(format!("transition {} goes nowhere ({:?})", i + 1, next.to));
+        }
+    }
+    let last = v.stage_history.last().map(|t| t.to);
+    if last != Some(v.stage) {
+        return Some(format!(
+            "history ends in {last:?} but the stage is {:?}",
+            v.stage
+        ));
+    }
+    None
+}
+
+/// Aliases point to existing versions of their model.
+pub fn check_aliases(state: &FinalState) -> Vec<Violation> {
+    state
+        .aliases
+        .iter()
+        .filter(|a| !state.versions.contains_key(&(a.model.clone(), a.version)))
+        .map(|a| {
+            Violation::new(
+                "dangling-alias",
+                format!(
+                    "{}@{} points to missing version {}",
+                    a.model, a.alias, a.version
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The audit log is numbered 1.. without gaps and each entry names its predecessor's hash.
+pub fn check_audit_chain(audit: &[AuditEntry]) -> Vec<Violation> {
+    let mut prev_hash = String::new();
+    for (i, e) in audit.iter().enumerate() {
+        let want_seq = i as u64 + 1;
+        if e.seq != want_seq || e.prev_hash != prev_hash {
+            return vec![Violation::new(
+                "audit-chain",
+                format!(
+                    "entry {i} has seq {} (want {want_seq}) and prev_hash {} (want {})",
+                    e.seq,
+                    short(&e.prev_hash),
+                    short(&prev_hash)
+                ),
+            )];
+        }
+        prev_hash = e.hash.clone();
+    }
+    Vec::new()
+}
+
+/// Everything about one final state that does not need the history.
+pub fn check_state(state: &FinalState) -> Vec<Violation> {
+    let mut out = check_versions(state);
+    out.extend(check_aliases(state));
+    out.extend(check_audit_chain(&state.audit));
+    out
+}
+
+/// Digests seen per applied index: two nodes at the same index must agree.
+#[derive(Debug, Default)]
+pub struct DigestBook {
+    seen: BTreeMap<u64, (NodeId, String)>,
+    compared: u64,
+}
+
+impl DigestBook {
+    pub fn observe(&mut self, node: NodeId, index: u64, digest: &str) -> Option<Violation> {
+        let Some((first, d)) = self.seen.get(&index) else {
+            self.seen.insert(index, (node, digest.to_string()));
+            return None;
+        };
+        self.compared += 1;
+        match (first, d) {
+            (first, d) if d != digest => Some(Violation::new(
+                "digest-divergence",
+                format!(
+                    "at applied index {index} n{first} has digest {} but n{node} has {}",
+                    short(d),
+                    short(digest)
+                ),
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn indexes(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Observations that met an earlier one at the same index (each a real comparison).
+    pub fn compared(&self) -> u64 {
+        self.compared
+    }
+}
+
+/// The leader seen for each term: Raft allows at most one.
+#[derive(Debug, Default)]
+pub struct LeaderBook {
+    leaders: BTreeMap<u64, NodeId>,
+}
+
+impl LeaderBook {
+    pub fn observe(&mut self, term: u64, leader: NodeId) -> Option<Violation> {
+        match self.leaders.insert(term, leader) {
+            Some(other) if other != leader => {
+                self.leaders.insert(term, other);
+                Some(Violation::new(
+                    "two-leaders",
+                    format!("n{other} and n{leader} were both leader in term {term}"),
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Terms that had a leader.
+    pub fn terms(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+/// The manifest root seen for each (model, number), on any node at any time.
+#[derive(Debug, Default)]
+pub struct RootBook {
+    roots: BTreeMap<(String, u64), String>,
+}
+
+impl RootBook {
+    pub fn observe(
+        &mut self,
+        node: NodeId,
+        model: &str,
+        number: u64,
+        root: &str,
+    ) -> Option<Violation> {
+        let key = (model.to_string(), number);
+        match self.roots.get(&key) {
+            None => {
+                self.roots.insert(key, root.to_string());
+                None
+            }
+            Some(r) if r != root => Some(Violation::new(
+                "version-changed",
+                format!(
+                    "{model}/{number} had root {} but n{node} shows {}",
+                    short(r),
+                    short(root)
+                ),
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Failover times: for each leader kill, the time to the first acknowledgement of a command
+/// that was handed to a node after the kill (an ack of a command proposed before the kill says
+/// nothing about the new leader). `None` where no such ack came before the next kill or the end.
+pub fn failover_times_ms(kills_ms: &[u64], acks: &[Ack], end_ms: u64) -> Vec<Option<u64>> {
+    kills_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &kill)| {
+            let until = kills_ms.get(i + 1).copied().unwrap_or(end_ms);
+            acks.iter()
+                .filter(|a| a.proposed_at_ms >= kill && a.acked_at_ms <= until)
+                .map(|a| a.acked_at_ms - kill)
+                .min()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_node::domain::{
+        Actor, RiskTier, Signature, StageTransition, VersionMetadata, VersionStatus,
+    };
+    use quiver_node::state::AuditEntry;
+
+    fn actor(name: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            authenticated: false,
+        }
+    }
+
+    fn model(name: &str, count: u64, production: Option<u64>) -> Model {
+        Model {
+            name: name.into(),
+            namespace: "team".into(),
+            description: String::new(),
+            risk_tier: RiskTier::Low,
+            tags: Default::default(),
+            created_by: actor("p0"),
+            created_at_ms: 10,
+            version_count: count,
+            production_version: production,
+        }
+    }
+
+    fn transition(from: Option<Stage>, to: Stage, at_ms: i64, reason: &str) -> StageTransition {
+        StageTransition {
+            from,
+            to,
+            actor: actor("p0"),
+            at_ms,
+            reason: reason.into(),
+        }
+    }
+
+    fn version(model: &str, number: u64, root: &str, stages: &[Stage]) -> Version {
+        let mut history = vec![transition(None, Stage::Experimental, 20, "registered")];
+        for (i, s) in stages.iter().enumerate() {
+            let from = history.last().map(|t| t.to);
+            history.push(transition(from, *s, 30 + i as i64, &format!("r{i}")));
+        }
+        Version {
+            model: model.into(),
+            number,
+            manifest_root: root.into(),
+            files: vec![],
+            total_size_bytes: 0,
+            signature: Signature::default(),
+            metadata: VersionMetadata::default(),
+            created_by: actor("p0"),
+            created_at_ms: 20,
+            tags: Default::default(),
+            stage: history.last().map(|t| t.to).unwrap_or(Stage::Experimental),
+            status: VersionStatus::Ready,
+            stage_history: history,
+        }
+    }
+
+    fn state() -> FinalState {
+        let mut s = FinalState::default();
+        s.models.insert("m".into(), model("m", 2, Some(2)));
+        s.versions
+            .insert(("m".into(), 1), version("m", 1, "aa", &[Stage::Staging]));
+        s.versions.insert(
+            ("m".into(), 2),
+            version("m", 2, "bb", &[Stage::Staging, Stage::Production]),
+        );
+        s.aliases.push(Alias {
+            model: "m".into(),
+            alias: "champion".into(),
+            version: 2,
+            updated_by: actor("p0"),
+            updated_at_ms: 40,
+        });
+        s.audit = vec![audit(1, "", "h1", "set_alias", "m@champion", 40)];
+        s
+    }
+
+    fn audit(seq: u64, prev: &str, hash: &str, kind: &str, subject: &str, at: i64) -> AuditEntry {
+        AuditEntry {
+            seq,
+            log_index: seq + 2,
+            actor: actor("p0"),
+            at_ms: at,
+            kind: kind.into(),
+            subject: subject.into(),
+            prev_hash: prev.into(),
+            hash: hash.into(),
+        }
+    }
+
+    fn ack(at_ms: i64, expect: Expect) -> Ack {
+        Ack {
+            client: 0,
+            seq: 1,
+            actor: "p0".into(),
+            at_ms,
+            proposed_at_ms: 0,
+            acked_at_ms: 5,
+            expect,
+        }
+    }
+
+    #[test]
+    fn a_consistent_state_passes_every_check() {
+        let s = state();
+        assert_eq!(check_state(&s), vec![]);
+        let acks = vec![
+            ack(10, Expect::Model { name: "m".into() }),
+            ack(
+                20,
+                Expect::Version {
+                    model: "m".into(),
+                    number: Some(2),
+                    root: "bb".into(),
+                },
+            ),
+            ack(
+                31,
+                Expect::Stage {
+                    model: "m".into(),
+                    number: 2,
+                    stage: Stage::Production,
+                    reason: "r1".into(),
+                },
+            ),
+            ack(
+                40,
+                Expect::Alias {
+                    model: "m".into(),
+                    alias: "champion".into(),
+                    number: 2,
+                },
+            ),
+        ];
+        assert_eq!(check_acks(&acks, &s), vec![]);
+    }
+
+    #[test]
+    fn lost_acknowledgements_are_flagged_one_by_one() {
+        let s = state();
+        let acks = vec![
+            ack(
+                10,
+                Expect::Model {
+                    name: "gone".into(),
+                },
+            ),
+            ack(11, Expect::Model { name: "m".into() }),
+            ack(
+                20,
+                Expect::Version {
+                    model: "m".into(),
+                    number: None,
+                    root: "cc".into(),
+                },
+            ),
+            ack(
+                20,
+                Expect::Version {
+                    model: "m".into(),
+                    number: Some(1),
+                    root: "bb".into(),
+                },
+            ),
+            ack(
+                99,
+                Expect::Stage {
+                    model: "m".into(),
+                    number: 2,
+                    stage: Stage::Production,
+                    reason: "r1".into(),
+                },
+            ),
+            ack(
+                41,
+                Expect::Alias {
+                    model: "m".into(),
+                    alias: "champion".into(),
+                    number: 2,
+                },
+            ),
+        ];
+        let v = check_acks(&acks, &s);
+        assert_eq!(v.len(), acks.len(), "{v:#?}");
+        assert!(v.iter().all(|v| v.kind == "lost-ack"));
+        assert!(v[1].detail.contains("created by p0 at 10"), "{}", v[1]);
+        assert!(v[3].detail.contains("the root is version 2"), "{}", v[3]);
+    }
+
+    #[test]
+    fn two_production_versions_and_a_stale_pointer_are_flagged() {
+        let mut s = state();
+        s.versions
+            .insert(("m".into(), 1), version("m", 1, "aa", &[Stage::Production]));
+        let kinds: Vec<_> = check_versions(&s).iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, vec!["two-in-production", "production-pointer"]);
+    }
+
+    #[test]
+    fn a_broken_stage_history_is_flagged() {
+        let mut s = state();
+        let v = s.versions.get_mut(&("m".to_string(), 1)).expect("m/1");
+        v.stage_history.push(transition(
+            Some(Stage::Production),
+            Stage::Archived,
+            50,
+            "x",
+        ));
+        v.stage = Stage::Archived;
+        let found = check_versions(&s);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, "stage-history");
+        assert!(found[0].detail.contains("the version was Staging"));
+    }
+
+    #[test]
+    fn gaps_in_numbering_and_dangling_aliases_are_flagged() {
+        let mut s = state();
+        s.versions.remove(&("m".to_string(), 1));
+        s.aliases[0].version = 1;
+        let kinds: Vec<_> = check_state(&s).iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, vec!["version-numbering", "dangling-alias"]);
+    }
+
+    #[test]
+    fn a_broken_audit_chain_is_flagged() {
+        let good = vec![
+            audit(1, "", "h1", "create_model", "m", 1),
+            audit(2, "h1", "h2", "create_version", "m/1", 2),
+        ];
+        assert_eq!(check_audit_chain(&good), vec![]);
+        let mut bad = good.clone();
+        bad[1].prev_hash = "hX".into();
+        assert_eq!(check_audit_chain(&bad)[0].kind, "audit-chain");
+        let mut gap = good;
+        gap[1].seq = 3;
+        assert_eq!(check_audit_chain(&gap).len(), 1);
+    }
+
+    #[test]
+    fn books_flag_disagreement_and_accept_repetition() {
+        let mut d = DigestBook::default();
+        assert_eq!(d.observe(1, 10, "aa"), None);
+        assert_eq!(d.observe(2, 10, "aa"), None);
+        assert_eq!(d.observe(3, 11, "bb"), None);
+        assert_eq!(
+            d.observe(3, 10, "cc").map(|v| v.kind),
+            Some("digest-divergence")
+        );
+        assert_eq!(d.indexes(), 2);
+        assert_eq!(d.compared(), 2);
+
+        let mut l = LeaderBook::default();
+        assert_eq!(l.observe(3, 1), None);
+        assert_eq!(l.observe(3, 1), None);
+        assert_eq!(l.observe(3, 2).map(|v| v.kind), Some("two-leaders"));
+        assert_eq!(l.observe(4, 2), None);
+        assert_eq!(l.terms(), 2);
+
+        let mut r = RootBook::default();
+        assert_eq!(r.observe(1, "m", 1, "aa"), None);
+        assert_eq!(r.observe(2, "m", 1, "aa"), None);
+        assert_eq!(
+            r.observe(2, "m", 1, "bb").map(|v| v.kind),
+            Some("version-changed")
+        );
+    }
+
+    #[test]
+    fn failover_time_counts_only_commands_proposed_after_the_kill() {
+        let mk = |proposed, acked| Ack {
+            proposed_at_ms: proposed,
+            acked_at_ms: acked,
+            ..ack(0, Expect::Model { name: "m".into() })
+        };
+        // Proposed before the kill at 100 and acked after it: not evidence of a new leader.
+        let acks = vec![mk(90, 101), mk(150, 420), mk(300, 380), mk(900, 950)];
+        assert_eq!(
+            failover_times_ms(&[100, 500, 2_000], &acks, 3_000),
+            vec![Some(280), Some(450), None]
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! What a run and a sweep report: operational figures, violations, the trace hash.
+//!
+//! Plain data and formatting only; `run.rs` fills a [`RunReport`].
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::check::{short, Violation};
+use crate::client::ClientStats;
+use crate::config::SimConfig;
+
+/// Most violations a report keeps (all are counted).
+pub const VIOLATIONS_KEPT_MAX: usize = 100;
+
+/// Faults the driver applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub crashes: u64,
+    pub leader_kills: u64,
+    pub restarts: u64,
+    pub cuts: u64,
+    pub lossy: u64,
+    /// Crashes that found no target (no leader at that moment, or the node already down).
+    pub skipped: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub config: SimConfig,
+    pub trace_hash: String,
+    pub trace_events: u64,
+    /// Only with `keep_trace`.
+    pub trace_lines: Vec<String>,
+    /// Virtual time of the whole run: the scenario, healing and convergence.
+    pub sim_ms: u64,
+    /// From healing all faults to every node applying the same index.
+    pub converge_ms: Option<u64>,
+    pub wall: Duration,
+    pub clients: ClientStats,
+    pub faults: FaultStats,
+    /// Per leader kill: time to the next acknowledged write proposed after it.
+    pub failover_ms: Vec<Option<u64>>,
+    pub terms_with_leader: usize,
+    pub digest_samples: u64,
+    /// Samples (and final reads) that met another node's at the same applied index.
+    pub digest_comparisons: u64,
+    pub final_applied: Option<u64>,
+    pub final_digest: String,
+    pub models: usize,
+    pub version_count: u64,
+    pub violations: Vec<Violation>,
+    pub violations_total: usize,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations_total == 0
+    }
+
+    /// Simulated seconds per wall-clock second.
+    pub fn speed(&self) -> f64 {
+        self.sim_ms as f64 / 1_000.0 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn failover_recovered_ms(&self) -> Vec<u64> {
+        self.failover_ms.iter().flatten().copied().collect()
+    }
+
+    /// The multi-line summary `quiver-sim run` prints (trace line last).
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let mut s = String::new();
+        let plant = c.plant.map(|p| p.name()).unwrap_or("none");
+        let _ = writeln!(
+            s,
+            "seed {} scenario {} nodes {} clients {} duration {} s plant {plant}",
+            c.seed, c.scenario, c.nodes, c.clients, c.duration_s
+        );
+        let _ = writeln!(
+            s,
+            "simulated {:.1} s (converged {} after healing) in {:.2} s wall: {:.0} simulated s per wall s",
+            self.sim_ms as f64 / 1_000.0,
+            self.converge_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "never".into()),
+            self.wall.as_secs_f64(),
+            self.speed()
+        );
+        let kinds: Vec<String> = self
+            .clients
+            .acked_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "ops: {} submitted, {} acked ({}), {} rejected, {} failed",
+            self.clients.submitted,
+            self.clients.acked,
+            kinds.join(", "),
+            self.clients.rejected,
+            self.clients.failed
+        );
+        let f = &self.faults;
+        let _ = writeln!(
+            s,
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} skipped",
+            f.crashes, f.leader_kills, f.restarts, f.cuts, f.lossy, f.skipped
+        );
+        let recovered = self.failover_recovered_ms();
+        let _ = writeln!(
+            s,
+            "failover_ms: {} kills, p50 {}, p99 {}, max {}, {} without an ack before the next kill",
+            self.failover_ms.len(),
+            fmt_opt(percentile(&recovered, 50.0)),
+            fmt_opt(percentile(&recovered, 99.0)),
+            fmt_opt(recovered.iter().max().copied()),
+            self.failover_ms.len() - recovered.len()
+        );
+        let _ = writeln!(
+            s,
+            "version_count {} in {} models; leaders in {} terms; {} digest samples, {} compared at \
+             equal applied index",
+            self.version_count,
+            self.models,
+            self.terms_with_leader,
+            self.digest_samples,
+            self.digest_comparisons
+        );
+        let _ = writeln!(
+            s,
+            "final: applied index {} on all {} nodes, digest {}",
+            fmt_opt(self.final_applied),
+            c.nodes,
+            short(&self.final_digest)
+        );
+        if self.passed() {
+            let _ = writeln!(s, "invariants: ok");
+        } else {
+            for v in &self.violations {
+                let _ = writeln!(s, "VIOLATION {v}");
+            }
+            if self.violations_total > self.violations.len() {
+                let _ = writeln!(
+                    s,
+                    "... {} more violations",
+                    self.violations_total - self.violations.len()
+                );
+            }
+            let _ = writeln!(
+                s,
+                "FAILED seed {}: {} violations; replay: {}",
+                c.seed,
+                self.violations_total,
+                c.replay_command()
+            );
+        }
+        let _ = write!(s, "trace: {}", self.trace_hash);
+        s
+    }
+
+    /// One line for a sweep.
+    pub fn line(&self) -> String {
+        let recovered = self.failover_recovered_ms();
+        format!(
+            "seed {:>5} {} acked {:>4} versions {:>4} failover p50 {:>5} ms {:>4.0} sim-s/s trace: {}{}",
+            self.config.seed,
+            if self.passed() { "ok  " } else { "FAIL" },
+            self.clients.acked,
+            self.version_count,
+            fmt_opt(percentile(&recovered, 50.0)),
+            self.speed(),
+            self.trace_hash,
+            self.violations
+                .first()
+                .map(|v| format!("  {v}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// Nearest-rank percentile (`pct` in 0..=100) of `values`; `None` when empty.
+pub fn percentile(values: &[u64], pct: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// A sweep's outcome for one seed: its report, or why the run itself could not be carried out.
+pub struct SeedOutcome {
+    pub seed: u64,
+    pub result: Result<RunReport, String>,
+}
+
+/// The summary `quiver-sim sweep` prints after the per-seed lines.
+pub fn sweep_summary(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration) -> String {
+    let mut s = String::new();
+    let reports: Vec<&RunReport> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .collect();
+    let failed: Vec<&RunReport> = reports.iter().copied().filter(|r| !r.passed()).collect();
+    let errors: Vec<(u64, &String)> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().err().map(|e| (o.seed, e)))
+        .collect();
+    let failover: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r.failover_recovered_ms())
+        .collect();
+    let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
+    let _ = writeln!(
+        s,
+        "sweep: {} seeds of {} ({} nodes, {} s, plant {}): {} passed, {} failed, {} errors",
+        outcomes.len(),
+        base.scenario,
+        base.nodes,
+        base.duration_s,
+        base.plant.map(|p| p.name()).unwrap_or("none"),
+        reports.len() - failed.len(),
+        failed.len(),
+        errors.len()
+    );
+    let _ = writeln!(
+        s,
+        "simulated {:.0} s in {:.1} s wall ({:.0} simulated s per wall s over all threads)",
+        sim_ms as f64 / 1_000.0,
+        wall.as_secs_f64(),
+        sim_ms as f64 / 1_000.0 / wall.as_secs_f64().max(1e-9)
+    );
+    let _ = writeln!(
+        s,
+        "failover_ms over all kills: n {} p50 {} p99 {}; acked ops {}; version_count mean {:.0}",
+        failover.len(),
+        fmt_opt(percentile(&failover, 50.0)),
+        fmt_opt(percentile(&failover, 99.0)),
+        reports.iter().map(|r| r.clients.acked).sum::<u64>(),
+        reports.iter().map(|r| r.version_count).sum::<u64>() as f64 / reports.len().max(1) as f64
+    );
+    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in &failed {
+        for v in &r.violations {
+            *kinds.entry(v.kind).or_default() += 1;
+        }
+    }
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(s, "violations by kind: {}", list.join(", "));
+    }
+    let seeds: Vec<String> = failed
+        .iter()
+        .map(|r| r.config.seed.to_string())
+        .chain(errors.iter().map(|(seed, _)| seed.to_string()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "failing seeds: {}",
+        if seeds.is_empty() {
+            "none".to_string()
+        } else {
+            seeds.join(" ")
+        }
+    );
+    for r in &failed {
+        let _ = writeln!(s, "  replay: {}", r.config.replay_command());
+    }
+    for (seed, e) in &errors {
+        let _ = writeln!(s, "  seed {seed} could not run: {e}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[7], 99.0), Some(7));
+        let v: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile(&v, 100.0), Some(100));
+        assert_eq!(percentile(&v, 0.0), Some(1));
+        assert_eq!(percentile(&[10, 20, 30, 40], 50.0), Some(20));
+    }
+}

@@ -1,0 +1,507 @@
+//! One simulated run, from seed to report.
+//!
+//! The run owns a fresh `current_thread` tokio runtime with paused (virtual) time and a
+//! scheduler RNG seeded from the run's seed, and seeds openraft's per-thread RNG the same way;
+//! the nodes, the network, the clients, the fault driver and the monitor all run as tasks on it.
+//! Virtual time jumps to the next timer whenever every task waits, so a run costs only the CPU
+//! it needs, and the same seed gives the same interleaving, the same faults at the same moments
+//! and the same trace.
+//!
+//! Shape of a run: boot and initialise the cluster; start the pipelines, the fault driver
+//! (the scenario's schedule) and the monitor (leaders per term, digest and version samples);
+//! at the end of the scenario stop the clients, heal every fault and restart every node; wait
+//! until one leader is known to all and every node has applied the same index (liveness); then
+//! read every node's final state and run the checkers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use openraft::ServerState;
+use tokio::time::Instant;
+
+use crate::check::{
+    check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
+    Violation,
+};
+use crate::client::Clients;
+use crate::cluster::{read_state, Cluster};
+use crate::config::{sub_seed, Scenario, SimConfig};
+use crate::net::Router;
+use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
+use crate::schedule::{
+    chaos_schedule, failover_schedule, max_down, node_ids, Fault, FaultEvent, NodeId, Target,
+};
+use crate::trace::SharedTrace;
+use crate::workload::{Mix, Pipeline};
+
+/// How often the monitor looks at every node's Raft metrics.
+pub const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
+/// Every this many monitor ticks it also samples the digest of every node whose applied index
+/// moved since its last sample. A sample costs O(state) per node (a digest over every table),
+/// so it is the run's main expense after Raft itself.
+pub const SAMPLE_EVERY_TICKS: u64 = 20;
+/// After healing, how long the cluster has to elect a leader and converge.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often convergence is polled.
+const CONVERGE_POLL: Duration = Duration::from_millis(50);
+
+/// Where violations and samples accumulate during a run.
+#[derive(Default)]
+struct Books {
+    leaders: LeaderBook,
+    digests: DigestBook,
+    roots: RootBook,
+    violations: Vec<Violation>,
+    violations_total: usize,
+    digest_samples: u64,
+    fatal_reported: BTreeSet<NodeId>,
+}
+
+impl Books {
+    fn add(&mut self, v: Violation) {
+        self.violations_total += 1;
+        if self.violations.len() < VIOLATIONS_KEPT_MAX {
+            self.violations.push(v);
+        }
+    }
+
+    fn add_all(&mut self, vs: impl IntoIterator<Item = Violation>) {
+        for v in vs {
+            self.add(v);
+        }
+    }
+}
+
+type SharedBooks = Arc<Mutex<Books>>;
+
+fn lock(books: &SharedBooks) -> std::sync::MutexGuard<'_, Books> {
+    books
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The directory under which a run's data dir is made (see [`SimConfig::data_root`]).
+pub fn data_root(cfg: &SimConfig) -> PathBuf {
+    if let Some(root) = &cfg.data_root {
+        return root.clone();
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(probe) = tempfile::Builder::new()
+            .prefix("quiver-sim-probe-")
+            .tempdir_in(shm)
+        {
+            drop(probe);
+            return shm.to_path_buf();
+        }
+    }
+    std::env::temp_dir()
+}
+
+/// Run one seed on this thread (see the module docs). `Err` only when the run could not be
+/// carried out at all (no data dir, a node that cannot even boot); broken invariants are in the
+/// report.
+pub fn run(cfg: &SimConfig) -> anyhow::Result<RunReport> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let root = data_root(cfg);
+    let dir = tempfile::Builder::new()
+        .prefix("quiver-sim-")
+        .tempdir_in(&root)
+        .with_context(|| format!("create a data dir under {}", root.display()))?;
+    quiver_raft::seed_thread_rng(sub_seed(cfg.seed, "openraft"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(
+            &sub_seed(cfg.seed, "tokio").to_le_bytes(),
+        ))
+        .build()
+        .context("build the simulation runtime")?;
+    let wall_start = std::time::Instant::now();
+    let result = runtime.block_on(simulate(cfg, dir.path()));
+    let wall = wall_start.elapsed();
+    // Drop whatever tasks are left (and their storage handles) before the data dir goes.
+    drop(runtime);
+    let mut report = result?;
+    report.wall = wall;
+    Ok(report)
+}
+
+async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
+    let trace = SharedTrace::new(cfg.keep_trace);
+    let start = trace.start();
+    trace.record(format!(
+        "run seed {} scenario {} nodes {} clients {} duration {} s plant {}",
+        cfg.seed,
+        cfg.scenario,
+        cfg.nodes,
+        cfg.clients,
+        cfg.duration_s,
+        cfg.plant.map(|p| p.name()).unwrap_or("none")
+    ));
+    let ids = node_ids(cfg.nodes);
+    let router = Router::new(&ids, sub_seed(cfg.seed, "net"), trace.clone(), true);
+    let cluster = Arc::new(Cluster::new(ids.clone(), dir, router, trace.clone()));
+    cluster.boot().await.context("boot the cluster")?;
+
+    let books: SharedBooks = Arc::default();
+    let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = tokio::spawn(monitor(
+        cluster.clone(),
+        books.clone(),
+        trace.clone(),
+        monitor_stop.clone(),
+    ));
+
+    let clients = Clients::new(cluster.clone(), trace.clone(), cfg.plant);
+    let mix = match cfg.scenario {
+        Scenario::Chaos => Mix::Chaos,
+        Scenario::Failover => Mix::Failover,
+    };
+    let pipelines: Vec<_> = (0..cfg.clients)
+        .map(|i| {
+            let p = Pipeline::new(i, sub_seed(cfg.seed, &format!("client-{i}")), mix);
+            tokio::spawn(clients.clone().run_pipeline(p))
+        })
+        .collect();
+
+    let duration_ms = cfg.duration_ms();
+    let schedule = match cfg.scenario {
+        Scenario::Chaos => chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
+        Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
+    };
+    let driver = tokio::spawn(drive_faults(
+        cluster.clone(),
+        schedule,
+        start,
+        duration_ms,
+        trace.clone(),
+        books.clone(),
+    ));
+
+    tokio::time::sleep_until(start + Duration::from_millis(duration_ms)).await;
+    clients.stop();
+    trace.record("scenario over: clients finish their op in hand");
+    let (faults, kills_ms) = driver.await.context("fault driver task")?;
+    let scenario_end_ms = trace.elapsed_ms();
+
+    // Heal everything and bring every node back; ops still in flight may complete now.
+    cluster.router().with_links(|l| l.heal_all());
+    for id in cluster.down_ids() {
+        if let Err(e) = cluster.start(id).await {
+            lock(&books).add(Violation::new("restart", format!("{e:#}")));
+        }
+    }
+    let healed = trace.elapsed();
+    trace.record("healed: all links up, all nodes started");
+    for p in pipelines {
+        p.await.context("client task")?;
+    }
+    let converged = converge(&cluster, &trace).await;
+    let converge_ms = converged
+        .is_ok()
+        .then(|| (trace.elapsed() - healed).as_millis() as u64);
+
+    monitor_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    monitor.await.context("monitor task")?;
+
+    let acks = clients.acks();
+    let mut final_applied = None;
+    let mut final_digest = String::new();
+    let mut final_state = FinalState::default();
+    match converged {
+        Err(v) => lock(&books).add(v),
+        Ok(states) => {
+            let mut b = lock(&books);
+            for (id, index, digest, state) in &states {
+                if let Some(v) = b.digests.observe(*id, *index, digest) {
+                    b.add(v);
+                }
+                for ((model, number), v) in &state.versions {
+                    if let Some(v) = b.roots.observe(*id, model, *number, &v.manifest_root) {
+                        b.add(v);
+                    }
+                }
+            }
+            if let Some((_, index, digest, state)) = states.into_iter().next() {
+                b.add_all(check_state(&state));
+                b.add_all(check_acks(&acks, &state));
+                final_applied = Some(index);
+                final_digest = digest;
+                final_state = state;
+            }
+        }
+    }
+
+    for id in cluster.up_ids() {
+        if let Err(e) = cluster.crash(id).await {
+            lock(&books).add(Violation::new("shutdown", format!("{e:#}")));
+        }
+    }
+
+    let failover_ms = failover_times_ms(&kills_ms, &acks, scenario_end_ms);
+    let sim_ms = trace.elapsed_ms();
+    let b = std::mem::take(&mut *lock(&books));
+    for v in &b.violations {
+        trace.record(format!("violation {v}"));
+    }
+    let mut t = trace.lock();
+    Ok(RunReport {
+        config: cfg.clone(),
+        trace_hash: t.hash_hex(),
+        trace_events: t.events(),
+        trace_lines: t.take_lines(),
+        sim_ms,
+        converge_ms,
+        wall: Duration::ZERO,
+        clients: clients.stats(),
+        faults,
+        failover_ms,
+        terms_with_leader: b.leaders.terms(),
+        digest_samples: b.digest_samples,
+        digest_comparisons: b.digests.compared(),
+        final_applied,
+        final_digest,
+        models: final_state.models.len(),
+        version_count: final_state.models.values().map(|m| m.version_count).sum(),
+        violations: b.violations,
+        violations_total: b.violations_total,
+    })
+}
+
+/// Apply the schedule's faults at their times until the scenario ends. Returns what was done
+/// and when (virtual ms) each leader kill happened.
+async fn drive_faults(
+    cluster: Arc<Cluster>,
+    schedule: Vec<FaultEvent>,
+    start: Instant,
+    duration_ms: u64,
+    trace: SharedTrace,
+    books: SharedBooks,
+) -> (FaultStats, Vec<u64>) {
+    let mut stats = FaultStats::default();
+    let mut kills_ms = Vec::new();
+    let mut crashed: BTreeMap<u32, NodeId> = BTreeMap::new();
+    let nodes = cluster.ids().len();
+    for event in schedule {
+        if event.at_ms >= duration_ms {
+            break;
+        }
+        tokio::time::sleep_until(start + Duration::from_millis(event.at_ms)).await;
+        match &event.fault {
+            Fault::Crash { slot, target } => {
+                let victim = match target {
+                    Target::Node(n) => cluster.handle(*n).map(|_| *n),
+                    Target::Leader => cluster.leader(),
+                };
+                let room = cluster.down_ids().len() < max_down(nodes);
+                let Some(victim) = victim.filter(|_| room) else {
+                    stats.skipped += 1;
+                    trace.record(format!("fault {}: skipped, no target", event.fault));
+                    continue;
+                };
+                trace.record(format!("fault {} -> n{victim}", event.fault));
+                if *target == Target::Leader {
+                    kills_ms.push(trace.elapsed_ms());
+                    stats.leader_kills += 1;
+                }
+                stats.crashes += 1;
+                crashed.insert(*slot, victim);
+                if let Err(e) = cluster.crash(victim).await {
+                    lock(&books).add(Violation::new("crash", format!("{e:#}")));
+                }
+            }
+            Fault::Restart { slot } => {
+                let Some(node) = crashed.remove(slot) else {
+                    continue;
+                };
+                trace.record(format!("fault {} -> n{node}", event.fault));
+                stats.restarts += 1;
+                if let Err(e) = cluster.start(node).await {
+                    lock(&books).add(Violation::new(
+                        "restart",
+                        format!("n{node} did not restart from its data dir: {e:#}"),
+                    ));
+                }
+            }
+            Fault::Cut { id, links, .. } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.cuts += 1;
+                cluster.router().with_links(|l| l.cut(*id, links.clone()));
+            }
+            Fault::Lossy {
+                id,
+                links,
+                loss_pct,
+                ..
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.lossy += 1;
+                cluster
+                    .router()
+                    .with_links(|l| l.lossy(*id, links.clone(), *loss_pct));
+            }
+            Fault::Heal { id } => {
+                trace.record(format!("fault {}", event.fault));
+                cluster.router().with_links(|l| l.heal(*id));
+            }
+        }
+    }
+    (stats, kills_ms)
+}
+
+/// Watch every node: leader per term, fatal errors, and (every [`SAMPLE_EVERY_TICKS`]) digests
+/// at the node's exact applied index.
+async fn monitor(
+    cluster: Arc<Cluster>,
+    books: SharedBooks,
+    trace: SharedTrace,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut seen: BTreeMap<NodeId, (ServerState, u64, Option<NodeId>)> = BTreeMap::new();
+    let mut tick = 0u64;
+    let mut sampled_at: BTreeMap<NodeId, u64> = BTreeMap::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for (id, m) in cluster.metrics() {
+            let now = (m.state, m.current_term, m.current_leader);
+            if seen.get(&id) != Some(&now) {
+                trace.record(format!(
+                    "n{id} {:?} term {} leader {}",
+                    m.state,
+                    m.current_term,
+                    m.current_leader
+                        .map(|l| format!("n{l}"))
+                        .unwrap_or_else(|| "-".into())
+                ));
+                seen.insert(id, now);
+            }
+            let mut b = lock(&books);
+            if m.state == ServerState::Leader {
+                if let Some(v) = b.leaders.observe(m.current_term, id) {
+                    b.add(v);
+                }
+            }
+            if let Err(e) = &m.running_state {
+                if b.fatal_reported.insert(id) {
+                    b.add(Violation::new(
+                        "node-fatal",
+                        format!("n{id} stopped with a fatal error: {e}"),
+                    ));
+                }
+            }
+        }
+        if tick.is_multiple_of(SAMPLE_EVERY_TICKS) {
+            sample(&cluster, &books, &mut sampled_at);
+        }
+        tick += 1;
+        tokio::time::sleep(MONITOR_INTERVAL).await;
+    }
+}
+
+/// The digest of every up node at its exact applied index (one read transaction); a node whose
+/// applied index has not moved since its last sample (`sampled_at`) is skipped. (Version roots
+/// are compared across all nodes at the end, not here: decoding every version each time would
+/// cost more than the rest of the run.)
+fn sample(cluster: &Cluster, books: &SharedBooks, sampled_at: &mut BTreeMap<NodeId, u64>) {
+    for id in cluster.up_ids() {
+        let Some(node) = cluster.handle(id) else {
+            continue;
+        };
+        let last = node.metrics().last_applied.map(|l| l.index);
+        if last.is_some() && last == sampled_at.get(&id).copied() {
+            continue;
+        }
+        let read =
+            node.read_applied(|app, rtxn| app.digest(rtxn).map_err(|e| anyhow::anyhow!("{e}")));
+        let mut b = lock(books);
+        match read {
+            Ok((Some(index), digest)) => {
+                sampled_at.insert(id, index);
+                b.digest_samples += 1;
+                if let Some(v) = b.digests.observe(id, index, &digest) {
+                    b.add(v);
+                }
+            }
+            Ok((None, _)) => {}
+            Err(e) => b.add(Violation::new(
+                "state-read",
+                format!("n{id}: reading applied state failed: {e:#}"),
+            )),
+        }
+    }
+}
+
+type NodeState = (NodeId, u64, String, FinalState);
+
+/// Wait until one leader is known to every node and every node has applied the leader's last
+/// log entry; then read every node's state. A violation (liveness) if that does not happen
+/// within [`CONVERGE_TIMEOUT`].
+async fn converge(cluster: &Cluster, trace: &SharedTrace) -> Result<Vec<NodeState>, Violation> {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let n = cluster.ids().len();
+    loop {
+        let metrics = cluster.metrics();
+        let leader = metrics
+            .iter()
+            .find(|(_, m)| m.state == ServerState::Leader)
+            .map(|(id, m)| (*id, m.current_term, m.last_log_index));
+        if let (Some((leader, term, Some(last))), true) = (leader, metrics.len() == n) {
+            let agree = metrics
+                .iter()
+                .all(|(_, m)| m.current_leader == Some(leader) && m.current_term == term);
+            let applied: Vec<Option<u64>> = cluster
+                .ids()
+                .iter()
+                .map(|&id| {
+                    cluster
+                        .handle(id)
+                        .and_then(|node| node.read_applied(|_, _| Ok(())).ok())
+                        .and_then(|(index, ())| index)
+                })
+                .collect();
+            if agree && applied.iter().all(|a| *a == Some(last)) {
+                let mut states = Vec::new();
+                for &id in cluster.ids() {
+                    let node = cluster.handle(id).ok_or_else(|| {
+                        Violation::new("liveness", format!("n{id} went down while converging"))
+                    })?;
+                    let (index, digest, state) = read_state(&node).map_err(|e| {
+                        Violation::new("state-read", format!("n{id}: final state: {e:#}"))
+                    })?;
+                    states.push((id, index.unwrap_or(0), digest, state));
+                }
+                trace.record(format!(
+                    "converged: leader n{leader} term {term}, all applied {last}"
+                ));
+                return Ok(states);
+            }
+        }
+        if Instant::now() >= deadline {
+            let nodes: Vec<String> = metrics
+                .iter()
+                .map(|(id, m)| {
+                    format!(
+                        "n{id} {:?} term {} leader {:?} last_log {:?} applied {:?}",
+                        m.state,
+                        m.current_term,
+                        m.current_leader,
+                        m.last_log_index,
+                        m.last_applied.map(|l| l.index)
+                    )
+                })
+                .collect();
+            return Err(Violation::new(
+                "liveness",
+                format!(
+                    "no convergence {} s after healing: {}",
+                    CONVERGE_TIMEOUT.as_secs(),
+                    nodes.join("; ")
+                ),
+            ));
+        }
+        tokio::time::sleep(CONVERGE_POLL).await;
+    }
+}

@@ -1,0 +1,389 @@
+//! What the simulated pipelines ask the registry to do.
+//!
+//! Pure: a [`Pipeline`] holds a seeded RNG and what it knows from its own acknowledgements (the
+//! models it created, the versions it registered), and turns that into the next [`Op`]. The
+//! client shell (`client.rs`) submits the op and reports back with [`Pipeline::learn`]. Each
+//! pipeline owns its models, so its view is exact when every ack carries the applied response.
+//!
+//! Versions carry synthetic manifests: real `quiver_transfer` manifests whose chunk hashes are
+//! blake3 of a label unique to the version, so every version has its own root. No chunk bytes
+//! exist in this slice of the simulator.
+
+use std::collections::BTreeMap;
+
+use quiver_node::command::{Op, Response};
+use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
+use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest, CHUNK_SIZE_BYTES};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::check::Expect;
+
+/// Models one pipeline creates at most.
+pub const MODELS_PER_PIPELINE_MAX: usize = 3;
+/// Versions a pipeline remembers (for stage changes and aliases); the oldest are forgotten.
+pub const VERSIONS_REMEMBERED_MAX: usize = 64;
+/// Largest weights file of a synthetic version, in chunks.
+pub const WEIGHTS_CHUNKS_MAX: u32 = 4;
+pub const ALIASES: [&str; 2] = ["champion", "challenger"];
+const STAGES: [Stage; 4] = [
+    Stage::Experimental,
+    Stage::Staging,
+    Stage::Production,
+    Stage::Archived,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Create models, register, promote, alias, in proportions a team might.
+    Chaos,
+    /// One model per pipeline; mostly registrations, some promotions: a steady write load.
+    Failover,
+}
+
+impl Mix {
+    /// Pause between a pipeline's ops, in virtual ms.
+    pub fn think_ms(self) -> (u64, u64) {
+        match self {
+            Mix::Chaos => (20, 200),
+            Mix::Failover => (5, 50),
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub id: usize,
+    pub actor: String,
+    rng: StdRng,
+    mix: Mix,
+    models: Vec<String>,
+    /// Per model, versions this pipeline registered (acked), oldest first.
+    versions: BTreeMap<String, Vec<u64>>,
+    /// Per model, acked registrations whose number the ack did not say (planted early acks):
+    /// the pipeline guesses the next number.
+    guessed: BTreeMap<String, u64>,
+    /// The stage of each version as this pipeline's acks tell it, so that it does not ask for
+    /// the stage a version already has (a rejection). A write that failed but was applied
+    /// anyway can make it stale; then the registry rejects the op, which is harmless.
+    stages: BTreeMap<(String, u64), Stage>,
+    seq: u64,
+}
+
+impl Pipeline {
+    pub fn new(id: usize, seed: u64, mix: Mix) -> Self {
+        Pipeline {
+            id,
+            actor: format!("pipeline-{id}"),
+            rng: StdRng::seed_from_u64(seed),
+            mix,
+            models: Vec::new(),
+            versions: BTreeMap::new(),
+            guessed: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+
+    /// Draw a think time.
+    pub fn think_ms(&mut self) -> u64 {
+        let (lo, hi) = self.mix.think_ms();
+        self.rng.gen_range(lo..=hi)
+    }
+
+    /// Draw a number in `0..n` (for the shell's choices: which node to try first).
+    pub fn pick(&mut self, n: usize) -> usize {
+        self.rng.gen_range(0..n.max(1))
+    }
+
+    /// The next op and its sequence number.
+    pub fn next_op(&mut self) -> (u64, Op) {
+        self.seq += 1;
+        let seq = self.seq;
+        let models_max = match self.mix {
+            Mix::Chaos => MODELS_PER_PIPELINE_MAX,
+            Mix::Failover => 1,
+        };
+        let roll = self.rng.gen_range(0..100u32);
+        let known: Vec<(String, u64)> = self
+            .versions
+            .iter()
+            .flat_map(|(m, ns)| ns.iter().map(move |n| (m.clone(), *n)))
+            .collect();
+        let op = if self.models.is_empty() || (self.models.len() < models_max && roll < 8) {
+            self.create_model()
+        } else {
+            let (create_below, stage_below) = match self.mix {
+                Mix::Chaos => (55, 85),
+                Mix::Failover => (80, 100),
+            };
+            if roll < create_below || known.is_empty() {
+                let model = self.models[self.rng.gen_range(0..self.models.len())].clone();
+                self.create_version(model, seq)
+            } else {
+                let (model, number) = known[self.rng.gen_range(0..known.len())].clone();
+                if roll < stage_below {
+                    let current = self
+                        .stages
+                        .get(&(model.clone(), number))
+                        .copied()
+                        .unwrap_or(Stage::Experimental);
+                    let others: Vec<Stage> =
+                        STAGES.iter().copied().filter(|s| *s != current).collect();
+                    Op::SetStage {
+                        model,
+                        number,
+                        stage: others[self.rng.gen_range(0..others.len())],
+                        reason: format!("{} op {seq}", self.actor),
+                    }
+                } else {
+                    Op::SetAlias {
+                        model,
+                        alias: ALIASES[self.rng.gen_range(0..ALIASES.len())].to_string(),
+                        number,
+                    }
+                }
+            }
+        };
+        (seq, op)
+    }
+
+    fn create_model(&mut self) -> Op {
+        let name = format!("p{}-m{}", self.id, self.seq);
+        Op::CreateModel {
+            name,
+            namespace: format!("team-{}", self.id),
+            description: "simulated".into(),
+            risk_tier: RiskTier::Low,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn create_version(&mut self, model: String, seq: u64) -> Op {
+        let label = format!("{}/{model}/{seq}", self.actor);
+        let manifest = synthetic_manifest(&label, &mut self.rng);
+        let mut metrics = BTreeMap::new();
+        metrics.insert("auc".to_string(), self.rng.gen_range(0.5..1.0));
+        Op::CreateVersion {
+            model,
+            manifest_root: manifest.root().to_hex(),
+            manifest,
+            signature: Signature::default(),
+            metadata: VersionMetadata {
+                data_snapshot_id: format!("snap-{}", self.rng.gen_range(1..100u32)),
+                code_commit: blake3::hash(label.as_bytes()).to_hex()[..12].to_string(),
+                pipeline_run_id: format!("run-{}-{seq}", self.id),
+                hyperparameters: BTreeMap::new(),
+                metrics,
+            },
+            tags: BTreeMap::new(),
+            status: VersionStatus::Ready,
+        }
+    }
+
+    /// What an ack of `op` promises, given the applied response if the ack carried one. `None`
+    /// for a rejection: the command was applied and changed nothing, so nothing must be visible.
+    pub fn expect(op: &Op, response: Option<&Response>) -> Option<Expect> {
+        if let Some(Response::Rejected(_)) = response {
+            return None;
+        }
+        Some(match op {
+            Op::CreateModel { name, .. } => Expect::Model { name: name.clone() },
+            Op::CreateVersion {
+                model,
+                manifest_root,
+                ..
+            } => Expect::Version {
+                model: model.clone(),
+                number: match response {
+                    Some(Response::Version(v)) => Some(v.number),
+                    _ => None,
+                },
+                root: manifest_root.clone(),
+            },
+            Op::SetStage {
+                model,
+                number,
+                stage,
+                reason,
+            } => Expect::Stage {
+                model: model.clone(),
+                number: *number,
+                stage: *stage,
+                reason: reason.clone(),
+            },
+            Op::SetAlias {
+                model,
+                alias,
+                number,
+            } => Expect::Alias {
+                model: model.clone(),
+                alias: alias.clone(),
+                number: *number,
+            },
+            _ => return None,
+        })
+    }
+
+    /// Remember what an acknowledged op created.
+    pub fn learn(&mut self, expect: &Expect) {
+        match expect {
+            Expect::Model { name } => {
+                if !self.models.contains(name) {
+                    self.models.push(name.clone());
+                }
+            }
+            Expect::Version { model, number, .. } => {
+                let number = match number {
+                    Some(n) => *n,
+                    None => {
+                        let guess = self.guessed.entry(model.clone()).or_insert(0);
+                        *guess += 1;
+                        *guess
+                    }
+                };
+                let list = self.versions.entry(model.clone()).or_default();
+                list.push(number);
+                if list.len() > VERSIONS_REMEMBERED_MAX {
+                    let forgotten = list.remove(0);
+                    self.stages.remove(&(model.clone(), forgotten));
+                }
+            }
+            Expect::Stage {
+                model,
+                number,
+                stage,
+                ..
+            } => {
+                if *stage == Stage::Production {
+                    // The registry archives the version this one replaces, in the same command.
+                    for ((m, _), s) in self.stages.iter_mut() {
+                        if m == model && *s == Stage::Production {
+                            *s = Stage::Archived;
+                        }
+                    }
+                }
+                self.stages.insert((model.clone(), *number), *stage);
+            }
+            Expect::Alias { .. } => {}
+        }
+    }
+}
+
+/// A valid manifest unique to `label`: a weights file of 1..=4 chunks and a small preprocessing
+/// script. Paths are given in sorted order, as a manifest requires.
+pub fn synthetic_manifest(label: &str, rng: &mut impl Rng) -> Manifest {
+    let chunks = rng.gen_range(1..=WEIGHTS_CHUNKS_MAX);
+    let last_size = rng.gen_range(1..=CHUNK_SIZE_BYTES as u32);
+    let weights: Vec<ChunkRef> = (0..chunks)
+        .map(|i| ChunkRef {
+            hash: Hash::of(format!("{label}/weights/{i}").as_bytes()),
+            size_bytes: if i + 1 == chunks {
+                last_size
+            } else {
+                CHUNK_SIZE_BYTES as u32
+            },
+        })
+        .collect();
+    let script_size = rng.gen_range(1..=4_096u32);
+    Manifest {
+        files: vec![
+            FileEntry {
+                path: "model.safetensors".into(),
+                size_bytes: weights.iter().map(|c| c.size_bytes as u64).sum(),
+                mode: 0o644,
+                chunks: weights,
+            },
+            FileEntry {
+                path: "preprocess.py".into(),
+                size_bytes: script_size as u64,
+                mode: 0o644,
+                chunks: vec![ChunkRef {
+                    hash: Hash::of(format!("{label}/preprocess").as_bytes()),
+                    size_bytes: script_size,
+                }],
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_manifests_are_valid_and_unique() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut roots = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let m = synthetic_manifest(&format!("v{i}"), &mut rng);
+            m.validate().expect("valid manifest");
+            assert!(roots.insert(m.root()), "unique root");
+        }
+    }
+
+    #[test]
+    fn a_pipeline_starts_with_a_model_then_uses_what_it_learned() {
+        let mut p = Pipeline::new(2, 7, Mix::Chaos);
+        let (seq, first) = p.next_op();
+        assert_eq!(seq, 1);
+        let Op::CreateModel { name, .. } = &first else {
+            panic!("first op creates a model: {first:?}")
+        };
+        // Until the model is acknowledged the pipeline keeps trying to create one.
+        assert!(matches!(p.next_op().1, Op::CreateModel { .. }));
+        let expect = Pipeline::expect(&first, None).expect("not a rejection");
+        p.learn(&expect);
+        let mut kinds = BTreeMap::<&str, u32>::new();
+        for _ in 0..300 {
+            let (_, op) = p.next_op();
+            if let Op::CreateVersion { model, .. } = &op {
+                assert!(p.models.contains(model), "versions go to known models");
+                p.learn(&Pipeline::expect(&op, None).expect("expectation"));
+            }
+            if let Op::SetStage { model, number, .. } | Op::SetAlias { model, number, .. } = &op {
+                assert!(p.versions[model].contains(number), "only known versions");
+            }
+            if let Op::SetStage {
+                model,
+                number,
+                stage,
+                ..
+            } = &op
+            {
+                let known = p.stages.get(&(model.clone(), *number)).copied();
+                assert_ne!(
+                    known.unwrap_or(Stage::Experimental),
+                    *stage,
+                    "a real change"
+                );
+                p.learn(&Pipeline::expect(&op, None).expect("expectation"));
+            }
+            *kinds.entry(op.kind()).or_default() += 1;
+        }
+        assert!(p.models.contains(name));
+        for kind in ["create_version", "set_stage", "set_alias"] {
+            assert!(kinds.get(kind).copied().unwrap_or(0) > 10, "{kinds:?}");
+        }
+    }
+
+    #[test]
+    fn rejections_promise_nothing_and_responses_name_the_number() {
+        let op = Op::CreateVersion {
+            model: "m".into(),
+            manifest: Manifest::default(),
+            manifest_root: "r".into(),
+            signature: Signature::default(),
+            metadata: VersionMetadata::default(),
+            tags: BTreeMap::new(),
+            status: VersionStatus::Ready,
+        };
+        let rejected = Response::Rejected(quiver_node::domain::DomainError::ModelNotFound {
+            name: "m".into(),
+        });
+        assert_eq!(Pipeline::expect(&op, Some(&rejected)), None);
+        assert!(matches!(
+            Pipeline::expect(&op, None),
+            Some(Expect::Version { number: None, .. })
+        ));
+    }
+}
