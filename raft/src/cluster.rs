@@ -249,42 +249,60 @@ impl<A: App> RaftNode<A> {
         fresh: bool,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        let started = Instant::now();
-        self.via_leader(
+        self.membership_via_leader(
+            "add member",
             deadline,
-            |deadline| {
-                let addr = addr.clone();
-                async move {
-                    self.add_member_here(node_id, addr, fresh, deadline)
-                        .await
-                        .map_err(membership_attempt)
-                }
-            },
-            |leader_id, leader_addr, deadline| {
-                let req = AddMemberRequest {
-                    node_id,
-                    addr: addr.clone(),
-                    forwarded: true,
-                    fresh,
-                    timeout_ms: forward_budget(deadline).0.as_millis() as u64,
-                };
-                async move {
-                    let reply = self
-                        .inner
-                        .peers
-                        .call(
-                            &leader_addr,
-                            Method::AddMember,
-                            &req,
-                            forward_budget(deadline).1,
-                        )
-                        .await;
-                    remote_membership_attempt(reply, leader_id, &leader_addr)
-                }
+            |deadline| self.add_member_here(node_id, addr.clone(), fresh, deadline),
+            Method::AddMember,
+            |timeout_ms| AddMemberRequest {
+                node_id,
+                addr: addr.clone(),
+                forwarded: true,
+                fresh,
+                timeout_ms,
             },
         )
         .await
-        .map_err(|o| self.settle_membership_outcome("add member", started, o))
+    }
+
+    /// Runs a membership operation here when this node leads, otherwise sends `make_req`'s
+    /// request (given the leader's share of the remaining time, in ms) to the leader as
+    /// `method`; retried across leader changes until `deadline`.
+    async fn membership_via_leader<T, Req, L, LF>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        mut local: L,
+        method: Method,
+        make_req: impl Fn(u64) -> Req,
+    ) -> Result<T, MembershipError>
+    where
+        T: serde::de::DeserializeOwned,
+        Req: Serialize,
+        L: FnMut(Instant) -> LF,
+        LF: std::future::Future<Output = Result<T, MembershipError>>,
+    {
+        let started = Instant::now();
+        let make_req = &make_req;
+        self.via_leader(
+            deadline,
+            |deadline| {
+                let attempt = local(deadline);
+                async move { attempt.await.map_err(membership_attempt) }
+            },
+            |leader_id, leader_addr, deadline| async move {
+                let (leader_budget, rpc_timeout) = forward_budget(deadline);
+                let req = make_req(leader_budget.as_millis() as u64);
+                let reply = self
+                    .inner
+                    .peers
+                    .call(&leader_addr, method, &req, rpc_timeout)
+                    .await;
+                remote_membership_attempt(reply, leader_id, &leader_addr)
+            },
+        )
+        .await
+        .map_err(|o| self.settle_membership_outcome(what, started, o))
     }
 
     fn settle_membership_outcome(
@@ -538,34 +556,17 @@ impl<A: App> RaftNode<A> {
         node_id: NodeId,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        let started = Instant::now();
-        self.via_leader(
+        self.membership_via_leader(
+            "remove member",
             deadline,
-            |deadline| async move {
-                self.remove_member_here(node_id, deadline)
-                    .await
-                    .map_err(membership_attempt)
-            },
-            |leader_id, leader_addr, deadline| async move {
-                let req = RemoveMemberRequest {
-                    node_id,
-                    timeout_ms: forward_budget(deadline).0.as_millis() as u64,
-                };
-                let reply = self
-                    .inner
-                    .peers
-                    .call(
-                        &leader_addr,
-                        Method::RemoveMember,
-                        &req,
-                        forward_budget(deadline).1,
-                    )
-                    .await;
-                remote_membership_attempt(reply, leader_id, &leader_addr)
+            |deadline| self.remove_member_here(node_id, deadline),
+            Method::RemoveMember,
+            |timeout_ms| RemoveMemberRequest {
+                node_id,
+                timeout_ms,
             },
         )
         .await
-        .map_err(|o| self.settle_membership_outcome("remove member", started, o))
     }
 
     /// Remove a member; this node must be the leader.
@@ -697,35 +698,14 @@ impl<A: App> RaftNode<A> {
     /// [`LEADER_TRANSFER_TIMEOUT`] passes; then the old leader's timers are restored. Writes may
     /// stall for up to about an election timeout meanwhile.
     pub async fn transfer_leadership(&self, to: Option<NodeId>) -> Result<NodeId, MembershipError> {
-        let started = Instant::now();
-        let deadline = started + LEADER_TRANSFER_TIMEOUT;
-        self.via_leader(
-            deadline,
-            |deadline| async move {
-                self.transfer_leadership_here(to, deadline)
-                    .await
-                    .map_err(membership_attempt)
-            },
-            |leader_id, leader_addr, deadline| async move {
-                let req = TransferLeaderRequest {
-                    to,
-                    timeout_ms: forward_budget(deadline).0.as_millis() as u64,
-                };
-                let reply = self
-                    .inner
-                    .peers
-                    .call(
-                        &leader_addr,
-                        Method::TransferLeader,
-                        &req,
-                        forward_budget(deadline).1,
-                    )
-                    .await;
-                remote_membership_attempt(reply, leader_id, &leader_addr)
-            },
+        self.membership_via_leader(
+            "leadership transfer",
+            Instant::now() + LEADER_TRANSFER_TIMEOUT,
+            |deadline| self.transfer_leadership_here(to, deadline),
+            Method::TransferLeader,
+            |timeout_ms| TransferLeaderRequest { to, timeout_ms },
         )
         .await
-        .map_err(|o| self.settle_membership_outcome("leadership transfer", started, o))
     }
 
     /// Ask the leader to step down: leadership moves to the most up-to-date other voter
