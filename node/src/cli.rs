@@ -42,6 +42,15 @@ enum Command {
     /// Certificates of the cluster's CA.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Remove chunks no version refers to (left by interrupted uploads). Run it
+    /// while the node is stopped; it prints what it removed.
+    Gc {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Cluster benchmarks: each starts its own local cluster in --scratch-dir
     /// and prints figures beside baselines measured in the same run.
     #[command(subcommand)]
@@ -294,6 +303,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
         } => up(data_dir, port, nodes).await,
         Command::Bench(command) => bench(command).await,
+        Command::Gc { data_dir, dry_run } => {
+            let report = crate::gc::collect(&data_dir, dry_run)?;
+            println!(
+                "{} {} unreferenced chunk(s), {} bytes; kept {} referenced",
+                if dry_run { "would remove" } else { "removed" },
+                report.removed_chunks,
+                report.removed_bytes,
+                report.kept_chunks
+            );
+            Ok(())
+        }
         Command::Cert(CertCommand::Issue {
             ca_dir,
             node_id,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod command;
 pub mod domain;
 pub mod env;
+pub mod gc;
 pub mod node;
 pub mod replication;
 pub mod server;

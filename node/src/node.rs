@@ -53,6 +53,9 @@ pub struct NodeConfig {
 
 pub struct Node {
     pub config: NodeConfig,
+    /// Held for the node's life: one process per data dir (and no offline
+    /// GC while the node runs).
+    _data_dir_lock: std::fs::File,
     pub raft: RaftNode<RegistryApp>,
     pub chunks: ChunkStore,
     pub peers: PeerClient,
@@ -79,6 +82,7 @@ impl Node {
     pub async fn open(config: NodeConfig, peer_listener: TcpListener) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let chunks = ChunkStore::open(config.data_dir.join("chunks"))
             .with_context(|| format!("open chunk store in {}", config.data_dir.display()))?;
         let quic_tls = QuicTls {
@@ -112,6 +116,7 @@ impl Node {
         let (stop, _) = watch::channel(false);
         let node = Arc::new(Node {
             config,
+            _data_dir_lock: data_dir_lock,
             raft,
             chunks,
             peers,
@@ -304,6 +309,31 @@ impl Node {
         let _ = self.stop.send(true);
         self.chunk_server.shutdown().await;
         self.raft.shutdown().await
+    }
+}
+
+/// The lock file that keeps a data dir to one process.
+pub const DATA_DIR_LOCK_FILE: &str = "node.lock";
+
+/// Takes the data dir's exclusive lock, or fails naming the dir if another
+/// process (a running node, or `quiver-node gc`) holds it.
+pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = data_dir.join(DATA_DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use by another process (a running node?); stop it first",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("lock {}", path.display()))
+        }
     }
 }
 

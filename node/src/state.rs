@@ -763,6 +763,25 @@ impl RegistryApp {
         Ok(out)
     }
 
+    /// Every chunk some version's manifest refers to (what chunk GC keeps).
+    pub fn referenced_chunks(
+        &self,
+        rtxn: &RoTxn<'_>,
+    ) -> AppResult<std::collections::BTreeSet<quiver_transfer::Hash>> {
+        let mut out = std::collections::BTreeSet::new();
+        for row in self.manifests.iter(rtxn)? {
+            let (_, v) = row?;
+            let manifest: Manifest = decode("manifest", v)?;
+            out.extend(
+                manifest
+                    .files
+                    .iter()
+                    .flat_map(|f| f.chunks.iter().map(|c| c.hash)),
+            );
+        }
+        Ok(out)
+    }
+
     /// The audit log in order (for verification and tests).
     pub fn audit_log(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<AuditEntry>> {
         let mut out = Vec::new();

@@ -577,3 +577,91 @@ fn up_runs_a_local_registry_that_stops_cleanly_on_sigterm_and_resumes() {
     .json();
     assert_eq!(shown["name"], "demo");
 }
+
+fn node_gc(data: &Path, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(NODE)
+        .args(["gc", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let node = NodeProcess::start(NODE, &data).unwrap();
+    quiver(CLI, &node.endpoint, &["model", "create", "reco"]).ok();
+    let file = tmp.path().join("w.bin");
+    write_random_file(&file, 3 << 20, 71).unwrap();
+    register(&node.endpoint, "reco", &[&file]).ok();
+    let client = Client::connect(&node.endpoint)
+        .await
+        .unwrap()
+        .with_actor("alice");
+    let header = UploadHeader {
+        model: "reco".into(),
+        metadata: Some(lineage_metadata()),
+        ..Default::default()
+    };
+    let interrupted = client
+        .register_stream(
+            header,
+            vec![UploadFile {
+                path: "weights.bin".into(),
+                mode: 0o644,
+                size_bytes: 64 << 20,
+                reader: Box::new(FailingReader { left: 12 << 20 }),
+            }],
+        )
+        .await;
+    assert!(interrupted.is_err());
+
+    let (ok, text) = node_gc(&data, &[]);
+    assert!(
+        !ok && text.contains("is in use by another process"),
+        "{text}"
+    );
+    node.stop().unwrap();
+
+    let (ok, text) = node_gc(&data, &["--dry-run"]);
+    assert!(ok, "{text}");
+    assert!(text.starts_with("would remove "), "{text}");
+    assert!(
+        !text.starts_with("would remove 0 "),
+        "the interrupted upload left chunks: {text}"
+    );
+    let (ok, text) = node_gc(&data, &[]);
+    assert!(
+        ok && text.starts_with("removed ") && !text.starts_with("removed 0 "),
+        "{text}"
+    );
+    let (ok, text) = node_gc(&data, &[]);
+    assert!(ok && text.starts_with("removed 0 "), "{text}");
+
+    let node = NodeProcess::start(NODE, &data).unwrap();
+    let out = tmp.path().join("dl");
+    quiver(
+        CLI,
+        &node.endpoint,
+        &[
+            "version",
+            "download",
+            "reco/1",
+            "--out",
+            &out.display().to_string(),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        hash_file(&out.join("w.bin")).unwrap(),
+        hash_file(&file).unwrap()
+    );
+}
