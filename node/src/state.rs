@@ -569,7 +569,7 @@ impl RegistryApp {
     ) -> AppResult<(Vec<Model>, String)> {
         let size = page_size(page_size_requested);
         let filter = tag_filter(tag);
-        let mut out = Vec::new();
+        let mut out: Vec<Model> = Vec::new();
         // LMDB refuses an empty key, so "no prefix" walks the whole table.
         type Rows<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
         let rows: Rows<'_> = if name_prefix.is_empty() {
@@ -587,8 +587,8 @@ impl RegistryApp {
                 continue;
             }
             if out.len() == size {
-                let last: &Model = out.last().expect("page is not empty");
-                return Ok((out.clone(), last.name.clone()));
+                let next = out.last().expect("page is not empty").name.clone();
+                return Ok((out, next));
             }
             out.push(model);
         }

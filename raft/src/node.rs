@@ -707,11 +707,8 @@ impl<A: App> RaftNode<A> {
         msg
     }
 
-    /// Run `f` against the app and a read txn of the state env (reads see only applied state).
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
+    /// The state store, unless the node has been shut down.
+    fn state_store(&self) -> anyhow::Result<StateMachineStore<A>> {
         let state = self
             .inner
             .state
@@ -724,7 +721,15 @@ impl<A: App> RaftNode<A> {
             })?
             .clone()
             .ok_or_else(|| anyhow::anyhow!("raft node {} is shut down", self.inner.node_id))?;
-        state.read(f)
+        Ok(state)
+    }
+
+    /// Run `f` against the app and a read txn of the state env (reads see only applied state).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.state_store()?.read(f)
     }
 
     /// Run `f` against applied state and return it with the index of the last entry that state
@@ -734,19 +739,7 @@ impl<A: App> RaftNode<A> {
         &self,
         f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<(Option<u64>, T)> {
-        let state = self
-            .inner
-            .state
-            .read()
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "state handle lock of raft node {} poisoned",
-                    self.inner.node_id
-                )
-            })?
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("raft node {} is shut down", self.inner.node_id))?;
-        state.read_applied(f)
+        self.state_store()?.read_applied(f)
     }
 
     /// Wait (bounded by `timeout`) until some node is leader; returns its id.

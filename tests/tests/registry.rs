@@ -41,6 +41,26 @@ fn lineage_metadata() -> VersionMetadata {
     }
 }
 
+/// Registers one 64 MiB `weights.bin` into `reco` whose bytes come from
+/// `reader` (which, in these tests, fails or stalls before the end).
+async fn upload_64mib(
+    client: &Client,
+    reader: Box<dyn Read + Send>,
+) -> Result<quiver_client::proto::ModelVersion, quiver_client::ClientError> {
+    let header = UploadHeader {
+        model: "reco".into(),
+        metadata: Some(lineage_metadata()),
+        ..Default::default()
+    };
+    let file = UploadFile {
+        path: "weights.bin".into(),
+        mode: 0o644,
+        size_bytes: 64 << 20,
+        reader,
+    };
+    client.register_stream(header, vec![file]).await
+}
+
 #[test]
 fn register_list_download_and_everything_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -335,22 +355,7 @@ async fn an_interrupted_upload_leaves_no_version_and_the_registry_usable() {
         .unwrap()
         .with_actor("alice");
 
-    let header = UploadHeader {
-        model: "reco".into(),
-        metadata: Some(lineage_metadata()),
-        ..Default::default()
-    };
-    let interrupted = client
-        .register_stream(
-            header.clone(),
-            vec![UploadFile {
-                path: "weights.bin".into(),
-                mode: 0o644,
-                size_bytes: 64 << 20,
-                reader: Box::new(FailingReader { left: 10 << 20 }),
-            }],
-        )
-        .await;
+    let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 10 << 20 })).await;
     let e = interrupted.expect_err("an upload whose source fails must not register");
     assert!(e.to_string().contains("disk vanished"), "{e}");
 
@@ -409,27 +414,13 @@ async fn a_node_killed_mid_upload_restarts_with_no_partial_version() {
 
     let (reached_tx, reached_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
-    let header = UploadHeader {
-        model: "reco".into(),
-        metadata: Some(lineage_metadata()),
-        ..Default::default()
-    };
     let upload = tokio::spawn(async move {
-        client
-            .register_stream(
-                header,
-                vec![UploadFile {
-                    path: "weights.bin".into(),
-                    mode: 0o644,
-                    size_bytes: 64 << 20,
-                    reader: Box::new(StallingReader {
-                        before: 12 << 20,
-                        reached: Some(reached_tx),
-                        release: release_rx,
-                    }),
-                }],
-            )
-            .await
+        let reader = StallingReader {
+            before: 12 << 20,
+            reached: Some(reached_tx),
+            release: release_rx,
+        };
+        upload_64mib(&client, Box::new(reader)).await
     });
     tokio::task::spawn_blocking(move || reached_rx.recv())
         .await
@@ -606,22 +597,7 @@ async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version(
         .await
         .unwrap()
         .with_actor("alice");
-    let header = UploadHeader {
-        model: "reco".into(),
-        metadata: Some(lineage_metadata()),
-        ..Default::default()
-    };
-    let interrupted = client
-        .register_stream(
-            header,
-            vec![UploadFile {
-                path: "weights.bin".into(),
-                mode: 0o644,
-                size_bytes: 64 << 20,
-                reader: Box::new(FailingReader { left: 12 << 20 }),
-            }],
-        )
-        .await;
+    let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 12 << 20 })).await;
     assert!(interrupted.is_err());
 
     let (ok, text) = node_gc(&data, &[]);

@@ -152,14 +152,13 @@ impl Ingest {
                 Ok::<(), ()>(())
             })
             .expect("collecting chunks cannot fail");
-        self.send(ready).await
+        file.chunks.extend(ready.iter().map(|(c, _)| c.clone()));
+        self.write(ready).await
     }
 
-    async fn send(&mut self, ready: Vec<(ChunkRef, Bytes)>) -> Result<(), Status> {
+    /// Hands completed chunks to the writer (at most `WRITE_QUEUE_DEPTH` wait).
+    async fn write(&mut self, ready: Vec<(ChunkRef, Bytes)>) -> Result<(), Status> {
         for (chunk, bytes) in ready {
-            if let Some(file) = self.current.as_mut() {
-                file.chunks.push(chunk.clone());
-            }
             if self.to_writer.send((chunk.hash, bytes)).await.is_err() {
                 return Err(self.writer_failure().await);
             }
@@ -185,14 +184,8 @@ impl Ingest {
                 Ok::<(), ()>(())
             })
             .expect("collecting chunks cannot fail");
-        for (chunk, _) in &ready {
-            file.chunks.push(chunk.clone());
-        }
-        for (chunk, bytes) in ready {
-            if self.to_writer.send((chunk.hash, bytes)).await.is_err() {
-                return Err(self.writer_failure().await);
-            }
-        }
+        file.chunks.extend(ready.iter().map(|(c, _)| c.clone()));
+        self.write(ready).await?;
         self.files.push(FileEntry {
             path: file.path,
             size_bytes: file.size_bytes,
