@@ -19,7 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_transfer::{
-    fetch_all, ChunkRef, ChunkStore, FetchOptions, Hash, PeerClient, StoreError,
+    fetch_all, ChunkPeers, ChunkRef, ChunkSource, ChunkStore, FetchOptions, Hash, PeerClient,
+    StoreError,
 };
 use tokio::sync::Semaphore;
 use tonic::Status;
@@ -29,11 +30,13 @@ pub const BACKGROUND_PUSHES_MAX: usize = 16;
 /// How often repair looks for missing chunks.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Where one chunk of an upload goes, and how many copies must be durable.
+/// Where one chunk of an upload goes, and how many copies must be durable. Generic over the
+/// store and the way to reach peers so that the simulator runs this same code (production:
+/// the on-disk [`ChunkStore`] and QUIC's [`PeerClient`]).
 #[derive(Clone)]
-pub struct ChunkSink {
-    pub store: ChunkStore,
-    pub peers: PeerClient,
+pub struct ChunkSink<S = ChunkStore, P = PeerClient> {
+    pub store: S,
+    pub peers: P,
     /// QUIC addresses of the other nodes, nearest first.
     pub targets: Vec<SocketAddr>,
     /// Copies that must be durable before the chunk counts as written (W).
@@ -41,7 +44,7 @@ pub struct ChunkSink {
     pub background: Arc<Semaphore>,
 }
 
-impl ChunkSink {
+impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     /// Writes one chunk locally and to peers; returns once `copies_required`
     /// copies are durable.
     pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
@@ -113,9 +116,9 @@ impl ChunkSink {
 
 /// Reads one chunk for a download: locally if intact, else from peers.
 /// A corrupt local copy is removed and replaced by a verified one.
-pub async fn read_chunk(
-    store: &ChunkStore,
-    peers: &PeerClient,
+pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
+    store: &S,
+    peers: &P,
     sources: &[SocketAddr],
     chunk: &ChunkRef,
 ) -> Result<Vec<u8>, StoreError> {
@@ -230,7 +233,10 @@ impl RepairState {
 }
 
 /// The chunks of `chunks` this store does not hold.
-pub async fn missing_chunks(store: &ChunkStore, chunks: Vec<ChunkRef>) -> Vec<ChunkRef> {
+pub async fn missing_chunks<S: ChunkSource + Clone>(
+    store: &S,
+    chunks: Vec<ChunkRef>,
+) -> Vec<ChunkRef> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let mut seen = BTreeSet::new();

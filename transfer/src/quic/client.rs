@@ -8,6 +8,7 @@ use bytes::Bytes;
 use quinn::{Connection, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 
 use super::config::{client_config, endpoint, TransportTuning};
+use super::peers::verify_chunk;
 use super::wire::{
     decode_have_response, encode_have_request, Op, RequestHeader, ResponseHeader, Status,
     RESPONSE_HEADER_BYTES,
@@ -86,6 +87,18 @@ impl PeerClient {
     /// Fetches one chunk; the bytes are blake3-verified against `chunk.hash` (and its size)
     /// before they are returned.
     pub async fn fetch(&self, peer: SocketAddr, chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
+        let data = self.fetch_raw(peer, chunk).await?;
+        verify_chunk(peer, chunk, &data)?;
+        Ok(data)
+    }
+
+    /// Fetches one chunk without checking its hash (its length is checked): for callers that
+    /// verify themselves, as [`super::fetch_all`] does.
+    pub async fn fetch_raw(
+        &self,
+        peer: SocketAddr,
+        chunk: &ChunkRef,
+    ) -> Result<Vec<u8>, FetchError> {
         let hash = chunk.hash;
         bounded(peer, hash, self.fetch_unbounded(peer, chunk)).await
     }
@@ -161,16 +174,9 @@ impl PeerClient {
                 tracing::warn!(%peer, %hash, expected = size, got = response.len, "peer offered a chunk of the wrong length");
                 Err(FetchError::Corrupt { peer, hash })
             }
-            Status::Ok => {
-                let data = read_payload(&mut recv, size)
-                    .await
-                    .map_err(|e| read_error(peer, "read chunk bytes", e))?;
-                if Hash::of(&data) != hash {
-                    tracing::warn!(%peer, %hash, "peer sent bytes that do not match the chunk hash");
-                    return Err(FetchError::Corrupt { peer, hash });
-                }
-                Ok(data)
-            }
+            Status::Ok => read_payload(&mut recv, size)
+                .await
+                .map_err(|e| read_error(peer, "read chunk bytes", e)),
             Status::NotFound => Err(FetchError::NotFound { peer, hash }),
             Status::Corrupt => Err(FetchError::Corrupt { peer, hash }),
             Status::Error => Err(remote_error(peer, &mut recv, response, "GET", hash).await),

@@ -1,4 +1,4 @@
-//! Multi-source fetch: the I/O shell around [`FetchScheduler`].
+//! Multi-source fetch: the I/O shell around [`FetchScheduler`], over any [`ChunkPeers`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use super::peers::verify_chunk;
 use super::scheduler::{Assignment, FetchScheduler, Next, Outcome};
-use super::{ChunkSource, FetchError, PeerClient};
+use super::{ChunkPeers, ChunkSource, FetchError};
 use crate::{ChunkRef, Hash, StoreError};
 
 /// Upper bound on [`FetchOptions::parallelism`] (larger values are clamped).
@@ -69,8 +70,8 @@ pub struct FetchReport {
 ///
 /// Store writes (`put`, durable) run on the calling task: through `block_in_place` on a
 /// multi-threaded tokio runtime, inline on a current-thread one.
-pub async fn fetch_all(
-    client: &PeerClient,
+pub async fn fetch_all<P: ChunkPeers>(
+    client: &P,
     store: &dyn ChunkSource,
     chunks: &[ChunkRef],
     peers: &[SocketAddr],
@@ -175,21 +176,21 @@ pub async fn fetch_all(
     }
 }
 
-/// One attempt, bounded by the per-chunk timeout.
-async fn attempt(
-    client: &PeerClient,
+/// One attempt, bounded by the per-chunk timeout; the bytes are verified before they count.
+async fn attempt<P: ChunkPeers>(
+    client: &P,
     assignment: Assignment,
     timeout: Duration,
 ) -> (Assignment, Result<Vec<u8>, FetchError>) {
-    let result =
-        match tokio::time::timeout(timeout, client.fetch(assignment.peer, &assignment.chunk)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::Timeout {
-                peer: assignment.peer,
-                hash: assignment.chunk.hash,
-            }),
-        };
+    let (peer, chunk) = (assignment.peer, &assignment.chunk);
+    let result = match tokio::time::timeout(timeout, client.fetch_raw(peer, chunk)).await {
+        Ok(Ok(data)) => verify_chunk(peer, chunk, &data).map(|()| data),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(FetchError::Timeout {
+            peer,
+            hash: chunk.hash,
+        }),
+    };
     (assignment, result)
 }
 

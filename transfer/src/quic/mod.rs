@@ -29,6 +29,7 @@ mod client;
 mod config;
 mod dev_tls;
 mod fetch;
+mod peers;
 mod scheduler;
 mod server;
 mod source;
@@ -53,6 +54,7 @@ pub use fetch::{
     FETCH_ATTEMPTS_PER_CHUNK_LIMIT, FETCH_CHUNK_TIMEOUT_DEFAULT, FETCH_PARALLELISM_DEFAULT,
     FETCH_PARALLELISM_MAX,
 };
+pub use peers::{verify_chunk, ChunkPeers};
 pub use scheduler::{Assignment, FetchScheduler, GaveUp, Next, Outcome};
 pub use server::ChunkServer;
 pub use source::{ChunkSource, MemoryChunkSource};

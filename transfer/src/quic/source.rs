@@ -17,6 +17,8 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError>;
     /// Whether the chunk is present (not verified).
     fn contains(&self, hash: &Hash) -> bool;
+    /// Removes the chunk (a corrupt copy, before a good one replaces it); absent is fine.
+    fn remove(&self, hash: &Hash) -> Result<(), StoreError>;
 }
 
 impl ChunkSource for ChunkStore {
@@ -31,6 +33,10 @@ impl ChunkSource for ChunkStore {
     fn contains(&self, hash: &Hash) -> bool {
         ChunkStore::contains(self, hash)
     }
+
+    fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        ChunkStore::remove(self, hash)
+    }
 }
 
 impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
@@ -44,6 +50,10 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
 
     fn contains(&self, hash: &Hash) -> bool {
         (**self).contains(hash)
+    }
+
+    fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        (**self).remove(hash)
     }
 }
 
@@ -125,6 +135,14 @@ impl ChunkSource for MemoryChunkSource {
 
     fn contains(&self, hash: &Hash) -> bool {
         self.read().contains_key(hash)
+    }
+
+    fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        self.chunks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+        Ok(())
     }
 }
 

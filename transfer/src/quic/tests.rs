@@ -109,6 +109,9 @@ impl ChunkSource for Counting {
         self.contains.fetch_add(1, Ordering::SeqCst);
         self.inner.contains(hash)
     }
+    fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        self.inner.remove(hash)
+    }
 }
 
 impl Counting {
@@ -138,6 +141,9 @@ impl ChunkSource for Lying {
     }
     fn contains(&self, _: &Hash) -> bool {
         true
+    }
+    fn remove(&self, _: &Hash) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
