@@ -175,7 +175,7 @@ impl Default for NetConfig {
 }
 
 /// Logical bytes sent inside one region and across regions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
     pub intra_region_bytes: u64,
     pub cross_region_bytes: u64,
