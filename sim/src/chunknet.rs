@@ -10,7 +10,9 @@
 //! A node asked by a client answers through the real `read_chunk`, as the download service does:
 //! a chunk it lacks, or holds corrupt, is fetched (verified) from the other nodes, nearest first
 //! ([`ChunkNet::node_sources`]), stored, and then served. A push is verified and stored by the
-//! receiving node's `put` (durable when it returns) before the sender hears `Ok`.
+//! receiving node's `put` (durable when it returns) before the sender hears `Ok`. Both a fetch
+//! (request out, data back) and a push (data out, acknowledgement back) take their transfer
+//! time plus one round trip.
 //!
 //! **Time.** Every step is a tokio sleep under the simulator's paused clock, so a run's timing is
 //! exactly reproducible:
@@ -531,11 +533,20 @@ impl ChunkNet {
     }
 
     /// Waits out a request that cannot be carried and returns the error the sender sees; `None`
-    /// when the route is open (after the request's one-way latency).
-    async fn send_request(&self, from: Endpoint, to: Endpoint, hash: &Hash) -> Option<FetchError> {
+    /// when the route is open, after the request's one-way latency if `carry_latency` (a fetch
+    /// request; a push's data leaves at once and its latency is charged on arrival).
+    async fn send_request(
+        &self,
+        from: Endpoint,
+        to: Endpoint,
+        hash: &Hash,
+        carry_latency: bool,
+    ) -> Option<FetchError> {
         match self.route(from, to) {
             Route::Open { latency } => {
-                tokio::time::sleep(latency).await;
+                if carry_latency {
+                    tokio::time::sleep(latency).await;
+                }
                 None
             }
             Route::Refused => {
@@ -641,7 +652,7 @@ impl ChunkPeers for SimPeers {
                 }
             };
             let to = Endpoint::Node(server);
-            if let Some(e) = net.send_request(me, to, &chunk.hash).await {
+            if let Some(e) = net.send_request(me, to, &chunk.hash, true).await {
                 return Err(e);
             }
             let data = this.serve(server, &chunk).await?;
@@ -678,7 +689,7 @@ impl ChunkPeers for SimPeers {
                     detail: "simulated network: no chunk server at this address".into(),
                 });
             };
-            if let Some(e) = net.send_request(me, to, &hash).await {
+            if let Some(e) = net.send_request(me, to, &hash, false).await {
                 return Err(e);
             }
             let arrives = net.reserve(me, to, logical_bytes(data.len()));

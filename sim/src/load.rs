@@ -25,7 +25,8 @@
 //!    same replicas (fresh stores, fresh endpoints, the same arrival offsets) each pull the
 //!    whole model from the origin node only.
 //!
-//! Bytes are counted per phase (logical bytes; the registration and repair count in Quiver's).
+//! Bytes are counted per phase, in logical bytes: Quiver's include the registration's pushes
+//! between nodes, repair and read-through; the client's upload to the origin is not simulated.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -286,6 +287,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         copies_required: WRITE_QUORUM,
         background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
     };
+    let before = net.stats();
     let upload_start = Instant::now();
     trace.record(format!("upload {} chunks to n{origin}", chunks.len()));
     let results: Vec<_> = stream::iter(chunks.iter().cloned())
@@ -374,7 +376,6 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
     let offsets: Vec<Duration> = (0..cfg.replicas)
         .map(|_| Duration::from_millis(arrival_rng.gen_range(0..ARRIVAL_JITTER_MS)))
         .collect();
-    let before = net.stats();
     let quiver_loads = pull_fleet(
         cfg,
         &cluster,

@@ -250,16 +250,17 @@ impl LoadReport {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<10} {:>16} {:>16} {:>22}",
-            "strategy", "inside_regions", "across_regions", "across, node to node"
+            "{:<10} {:>16} {:>16}   of which node to node: {:>12} {:>12}",
+            "bytes", "inside_regions", "across_regions", "inside", "across"
         );
         for strategy in [&self.quiver, &self.baseline] {
             let _ = writeln!(
                 s,
-                "{:<10} {:>16} {:>16} {:>22}",
+                "{:<10} {:>16} {:>16}                          {:>12} {:>12}",
                 strategy.name,
                 gb(strategy.bytes.intra_region_bytes),
                 gb(strategy.bytes.cross_region_bytes),
+                gb(strategy.bytes_between_nodes.intra_region_bytes),
                 gb(strategy.bytes_between_nodes.cross_region_bytes)
             );
         }
