@@ -630,7 +630,8 @@ async fn pull_one(
     for attempt in 1..=REPLICA_FETCH_ATTEMPTS_MAX {
         match fetch_all(&peers, &store, &chunks, &addrs, FetchOptions::default()).await {
             Ok(report) => {
-                load.chunks_verified += report.fetched_chunks;
+                // Skipped chunks were verified and stored by an earlier attempt.
+                load.chunks_verified = report.fetched_chunks + report.skipped_chunks;
                 break;
             }
             Err(e) => {

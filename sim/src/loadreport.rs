@@ -41,7 +41,8 @@ pub struct ReplicaLoad {
     pub region: String,
     /// From the replica's start until its last chunk was verified.
     pub model_load_time_ms: u64,
-    /// Chunks fetched and verified by `fetch_all`.
+    /// Distinct chunks fetched and verified by `fetch_all` (in its last attempt or, when an
+    /// attempt failed midway, an earlier one).
     pub chunks_verified: usize,
     /// Every chunk of the manifest held and intact at the end (checked again).
     pub complete: bool,
