@@ -185,6 +185,17 @@ fn main() -> ExitCode {
             if common.scenario == Scenario::Load {
                 return run_load(&common, seed, dump_trace, output, svg.as_deref());
             }
+            if output != Output::Table || svg.is_some() {
+                return usage_error(
+                    "--output json and --svg are for --scenario load (the only JSON and chart report so far)",
+                );
+            }
+            if common.regions.is_some() || common.replicas.is_some() || common.model_bytes.is_some()
+            {
+                return usage_error(
+                    "--regions, --replicas and --model-bytes are for --scenario load",
+                );
+            }
             let mut cfg = match common.config(seed) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),
@@ -217,6 +228,11 @@ fn main() -> ExitCode {
             common,
             threads,
         } => {
+            if common.scenario == Scenario::Load {
+                return usage_error(
+                    "the load scenario runs one seed at a time: quiver-sim run --seed S --scenario load",
+                );
+            }
             let base = match common.config(seeds.start) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),

@@ -107,7 +107,7 @@ pub fn data_root(cfg: &SimConfig) -> PathBuf {
 pub fn run(cfg: &SimConfig) -> anyhow::Result<RunReport> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     if cfg.scenario == Scenario::Load {
-        anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run");
+        anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run (quiver-sim run --seed S --scenario load)");
     }
     let root = data_root(cfg);
     let dir = tempfile::Builder::new()
@@ -164,7 +164,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         Scenario::Chaos => Mix::Chaos,
         Scenario::Failover => Mix::Failover,
         Scenario::Load => {
-            anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run")
+            anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run (quiver-sim run --seed S --scenario load)")
         }
     };
     let pipelines: Vec<_> = (0..cfg.clients)
