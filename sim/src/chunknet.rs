@@ -216,6 +216,10 @@ pub struct NetStats {
     pub transfers: u64,
     /// Requests refused (down endpoint) or lost (cut link).
     pub refused: u64,
+    /// Logical bytes of node-to-node transfers whose chunk the receiving node already held when
+    /// they arrived (e.g. several concurrent read-throughs of one chunk): traffic a smarter
+    /// protocol would not send.
+    pub redundant_between_nodes_bytes: u64,
 }
 
 impl NetStats {
@@ -574,7 +578,14 @@ impl ChunkNet {
         self.lock().endpoints.get(&e).is_some_and(|s| s.up)
     }
 
-    fn trace_transfer(&self, from: Endpoint, to: Endpoint, what: &str, hash: &Hash, real: usize) {
+    /// A chunk transfer arrived: trace it, and count it as redundant if the receiving node
+    /// already holds the chunk.
+    fn arrived(&self, from: Endpoint, to: Endpoint, what: &str, hash: &Hash, real: usize) {
+        if let Endpoint::Node(id) = to {
+            if self.store(id).is_some_and(|s| s.contains(hash)) {
+                self.lock().stats.redundant_between_nodes_bytes += logical_bytes(real);
+            }
+        }
         if self.cfg.trace_transfers {
             self.trace.record(format!(
                 "chunknet {what} {from}->{to} {} {} B",
@@ -661,7 +672,7 @@ impl ChunkPeers for SimPeers {
             }
             let arrives = net.reserve(to, me, logical_bytes(data.len()));
             tokio::time::sleep_until(arrives).await;
-            net.trace_transfer(to, me, "fetch", &chunk.hash, data.len());
+            net.arrived(to, me, "fetch", &chunk.hash, data.len());
             Ok(data)
         });
         fut
@@ -697,7 +708,7 @@ impl ChunkPeers for SimPeers {
             if !net.is_up(to) {
                 return Err(net.refuse(me, to, &hash, "connection lost mid-push"));
             }
-            net.trace_transfer(me, to, "push", &hash, data.len());
+            net.arrived(me, to, "push", &hash, data.len());
             match store.put(&hash, &data) {
                 Ok(_) => {}
                 Err(StoreError::HashMismatch { .. }) => {
@@ -905,6 +916,15 @@ mod tests {
             .await
             .unwrap();
         assert!(target.holds_intact(std::slice::from_ref(chunk)));
+        assert_eq!(net.stats().redundant_between_nodes_bytes, 0);
+        // The same chunk again: carried, and counted as redundant.
+        n1.push(Endpoint::Node(2).addr(), &chunk.hash, &data)
+            .await
+            .unwrap();
+        assert_eq!(
+            net.stats().redundant_between_nodes_bytes,
+            logical_bytes(data.len())
+        );
         let mut bad = data.to_vec();
         bad[0] ^= 1;
         let other = &corpus.chunks()[1];

@@ -453,14 +453,16 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         .map(|(id, _)| *id)
         .collect();
     drop(b);
-    let quiver = StrategyReport::new(
+    let mut quiver = StrategyReport::new(
         "quiver",
         "each replica pulls from the nodes of its region (nearest first, multi-source); nodes read through from their peers and repair to their target",
         quiver_loads,
         after_quiver.all().since(&before.all()),
         after_quiver.between_nodes.since(&before.between_nodes),
     );
-    let baseline = StrategyReport::new(
+    quiver.redundant_bytes_between_nodes =
+        after_quiver.redundant_between_nodes_bytes - before.redundant_between_nodes_bytes;
+    let mut baseline = StrategyReport::new(
         "baseline",
         "each replica pulls the whole model from the origin node",
         baseline_loads,
@@ -469,6 +471,8 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
             .between_nodes
             .since(&after_quiver.between_nodes),
     );
+    baseline.redundant_bytes_between_nodes =
+        after_baseline.redundant_between_nodes_bytes - after_quiver.redundant_between_nodes_bytes;
     let sim_ms = trace.elapsed_ms();
     for v in &violations {
         trace.record(format!("violation {v}"));

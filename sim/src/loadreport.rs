@@ -61,6 +61,9 @@ pub struct StrategyReport {
     pub bytes: Traffic,
     /// Of which node to node (uploads, repair, read-through).
     pub bytes_between_nodes: Traffic,
+    /// Node-to-node bytes whose chunk the receiver already held on arrival (see
+    /// `NetStats::redundant_between_nodes_bytes`).
+    pub redundant_bytes_between_nodes: u64,
     pub replicas: Vec<ReplicaLoad>,
 }
 
@@ -90,6 +93,7 @@ impl StrategyReport {
                 .collect(),
             bytes,
             bytes_between_nodes,
+            redundant_bytes_between_nodes: 0,
             replicas,
         }
     }
@@ -264,6 +268,16 @@ impl LoadReport {
                 gb(strategy.bytes_between_nodes.intra_region_bytes),
                 gb(strategy.bytes_between_nodes.cross_region_bytes)
             );
+        }
+        for strategy in [&self.quiver, &self.baseline] {
+            if strategy.redundant_bytes_between_nodes > 0 {
+                let _ = writeln!(
+                    s,
+                    "{}: {} of the node-to-node bytes carried chunks the receiving node already held on arrival (concurrent read-throughs or pushes of one chunk)",
+                    strategy.name,
+                    gb(strategy.redundant_bytes_between_nodes)
+                );
+            }
         }
         for strategy in [&self.quiver, &self.baseline] {
             let _ = writeln!(s, "{}: {}", strategy.name, strategy.description);
