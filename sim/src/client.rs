@@ -7,7 +7,8 @@
 //! to another random node after a short pause. Only an `Ok` from the leader (committed and
 //! applied there) is an acknowledgement — except with the planted bug
 //! [`Plant::AckBeforeCommit`], which acknowledges as soon as a self-declared leader has taken
-//! the command.
+//! the command, and [`Plant::FollowerAppliesStageChange`], where a follower applies a stage
+//! change to its own state machine (`RaftNode::apply_without_consensus`) and acknowledges it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -201,6 +202,30 @@ impl Clients {
                     }
                     Err(e) => {
                         last = format!("n{target}: {e}");
+                        target = ids[p.pick(ids.len())];
+                        self.pause(p).await;
+                        continue;
+                    }
+                }
+            }
+            if self.plant == Some(Plant::FollowerAppliesStageChange)
+                && matches!(cmd.op, Op::SetStage { .. })
+                && node.metrics().state == ServerState::Follower
+            {
+                // PLANTED BUG: the follower applies the stage change itself, skipping the
+                // leader and the log, and answers as if it had been committed.
+                tokio::time::sleep(router.client_latency()).await;
+                match node.apply_without_consensus(cmd) {
+                    Ok(Response::Rejected(e)) => return Outcome::Rejected(e.to_string()),
+                    Ok(response) => {
+                        return Outcome::Acked {
+                            response: Some(response),
+                            proposed_at_ms,
+                            node: target,
+                        }
+                    }
+                    Err(e) => {
+                        last = format!("n{target}: {}", first_line(&format!("{e:#}")));
                         target = ids[p.pick(ids.len())];
                         self.pause(p).await;
                         continue;

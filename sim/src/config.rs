@@ -68,12 +68,30 @@ pub enum Plant {
     /// the leader (openraft's `client_write_ff`), before the entry is committed. A leader that
     /// crashes or is cut off loses such entries; the lost-ack checker must notice.
     AckBeforeCommit,
+    /// The Raft log store commits without fsync (its env opened `MDB_NOSYNC`, through
+    /// `quiver_raft::LogDisk::skip_fsync`) and still reports every append flushed. A crash then
+    /// loses acknowledged entries and votes (see [`crate::disk`]); lost acks, diverging digests
+    /// or two leaders in a term must show it.
+    DropLogFsync,
+    /// A follower asked to change a version's stage applies the command to its own state machine
+    /// (`RaftNode::apply_without_consensus`) instead of sending it to the leader, and the client
+    /// is told "done". The digest checker must see that follower disagree with its peers.
+    FollowerAppliesStageChange,
 }
 
 impl Plant {
+    /// Every planted bug, for help texts and tests.
+    pub const ALL: [Plant; 3] = [
+        Plant::AckBeforeCommit,
+        Plant::DropLogFsync,
+        Plant::FollowerAppliesStageChange,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Plant::AckBeforeCommit => "ack-before-commit",
+            Plant::DropLogFsync => "drop-log-fsync",
+            Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
         }
     }
 }
@@ -81,12 +99,13 @@ impl Plant {
 impl FromStr for Plant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ack-before-commit" => Ok(Plant::AckBeforeCommit),
-            other => Err(format!(
-                "unknown planted bug {other:?}: use ack-before-commit"
-            )),
-        }
+        Plant::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Plant::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown planted bug {s:?}: use one of {}", names.join(", "))
+            })
     }
 }
 
@@ -252,6 +271,15 @@ mod tests {
         assert_eq!(sub_seed(1, "net"), sub_seed(1, "net"));
         assert_ne!(sub_seed(1, "net"), sub_seed(1, "faults"));
         assert_ne!(sub_seed(1, "net"), sub_seed(2, "net"));
+    }
+
+    #[test]
+    fn every_plant_parses_from_its_name() {
+        for plant in Plant::ALL {
+            assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
+        }
+        let err = "drop-fsync".parse::<Plant>().unwrap_err();
+        assert!(err.contains("drop-log-fsync"), "{err}");
     }
 
     #[test]

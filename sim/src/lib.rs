@@ -19,13 +19,18 @@
 //!
 //! Modules:
 //! - [`config`]: scenario, sizes, the planted bug, the replay command.
+//! - [`disk`]: the log disk model — what a crash (a power loss) takes back.
 //! - [`trace`]: the ordered event log and its blake3.
+//! - [`panics`]: a panic inside a run (openraft asserting on corrupted state) becomes a
+//!   violation of that run instead of noise on stderr.
 
 pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod disk;
 pub mod net;
+pub mod panics;
 pub mod report;
 pub mod run;
 pub mod schedule;

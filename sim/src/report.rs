@@ -48,6 +48,8 @@ pub struct RunReport {
     pub final_digest: String,
     pub models: usize,
     pub version_count: u64,
+    /// Unsynced Raft log writes that crashes took back (0 unless a bug skips fsyncs).
+    pub log_writes_lost: u64,
     pub violations: Vec<Violation>,
     pub violations_total: usize,
 }
@@ -104,8 +106,9 @@ impl RunReport {
         let f = &self.faults;
         let _ = writeln!(
             s,
-            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} skipped",
-            f.crashes, f.leader_kills, f.restarts, f.cuts, f.lossy, f.skipped
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} skipped; \
+             {} unsynced log writes lost",
+            f.crashes, f.leader_kills, f.restarts, f.cuts, f.lossy, f.skipped, self.log_writes_lost
         );
         let recovered = self.failover_recovered_ms();
         let _ = writeln!(

@@ -112,3 +112,70 @@ fn the_lost_ack_checker_finds_the_planted_early_ack_and_passes_without_it() {
         assert!(report.faults.leader_kills > 0, "{}", report.summary());
     }
 }
+
+/// Sweep `seeds` of `base` with `plant`: some seed must break an invariant of one of `kinds`,
+/// and its report must carry the replay command; the same seeds without the plant must pass.
+fn assert_plant_is_found(base: &SimConfig, plant: Plant, seeds: SeedRange, kinds: &[&str]) {
+    let mut planted = base.clone();
+    planted.plant = Some(plant);
+    let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
+    let caught: Vec<&RunReport> = with_bug
+        .iter()
+        .filter(|r| r.violations.iter().any(|v| kinds.contains(&v.kind)))
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "no seed of {seeds:?} caught the planted {}:\n{}",
+        plant.name(),
+        with_bug
+            .iter()
+            .map(|r| r.summary())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+    let replay = format!("--plant {} --dump-trace", plant.name());
+    assert!(
+        caught[0].summary().contains(&replay),
+        "{}",
+        caught[0].summary()
+    );
+
+    for report in reports(sweep(base, seeds, 2, |_| {})) {
+        assert!(report.passed(), "{}", report.summary());
+        assert_eq!(report.log_writes_lost, 0, "every log write is synced");
+    }
+}
+
+/// The planted bug opens the Raft log `MDB_NOSYNC` and still reports appends flushed; the disk
+/// model makes a crash take back what was not written back. Under leader kills a restarted node
+/// comes back with a log older than its (synced) state machine and a forgotten vote: openraft
+/// stops on it, or acknowledged entries vanish. Either must be reported.
+#[test]
+fn the_checkers_find_the_planted_dropped_log_fsync_and_pass_without_it() {
+    let base = config(0, Scenario::Failover, 3, 5);
+    assert_plant_is_found(
+        &base,
+        Plant::DropLogFsync,
+        SeedRange { start: 1, end: 5 },
+        &[
+            "lost-ack",
+            "digest-divergence",
+            "two-leaders",
+            "node-fatal",
+            "panic",
+        ],
+    );
+}
+
+/// The planted bug lets a follower apply a stage change to its own state and acknowledge it;
+/// the digest checker must see that follower disagree with its peers at equal applied index.
+#[test]
+fn the_digest_checker_finds_a_follower_applying_a_stage_change_and_passes_without_it() {
+    let base = config(0, Scenario::Failover, 3, 5);
+    assert_plant_is_found(
+        &base,
+        Plant::FollowerAppliesStageChange,
+        SeedRange { start: 1, end: 5 },
+        &["digest-divergence"],
+    );
+}
