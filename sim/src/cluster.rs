@@ -18,6 +18,8 @@ use anyhow::Context as _;
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use quiver_node::state::RegistryApp;
 use quiver_raft::{LogDiskHandle, RaftNode, RaftNodeConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::check::FinalState;
 use crate::disk::SimDisk;
@@ -46,6 +48,8 @@ pub struct Cluster {
     disks: BTreeMap<NodeId, Arc<SimDisk>>,
     /// Unsynced log writes lost in crashes so far.
     writes_lost: std::sync::atomic::AtomicU64,
+    /// How far each node's clock is off, in ms (absent: 0).
+    clock_offsets_ms: BTreeMap<NodeId, i64>,
 }
 
 impl Cluster {
@@ -73,7 +77,26 @@ impl Cluster {
             up: Mutex::new(BTreeMap::new()),
             disks,
             writes_lost: std::sync::atomic::AtomicU64::new(0),
+            clock_offsets_ms: BTreeMap::new(),
         }
+    }
+
+    /// Give each node's clock an offset drawn from `seed` in ±`skew_ms`.
+    pub fn with_clock_skew(mut self, seed: u64, skew_ms: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let skew = skew_ms as i64;
+        self.clock_offsets_ms = self
+            .ids
+            .iter()
+            .map(|&id| (id, rng.gen_range(-skew..=skew)))
+            .collect();
+        self
+    }
+
+    /// What node `id`'s clock reads, in ms since the Unix epoch, when the true time is
+    /// `true_ms`: what it stamps into a command it proposes.
+    pub fn node_clock_ms(&self, id: NodeId, true_ms: i64) -> i64 {
+        true_ms + self.clock_offsets_ms.get(&id).copied().unwrap_or(0)
     }
 
     fn node_dir(data_root: &Path, id: NodeId) -> PathBuf {

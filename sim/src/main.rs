@@ -53,6 +53,13 @@ struct Common {
     scenario: Scenario,
     #[arg(long, default_value_t = 5)]
     nodes: usize,
+    /// Regions the nodes are spread over (links across regions are slow).
+    #[arg(long, default_value_t = 1)]
+    regions: usize,
+    /// Each node's clock is off by up to this many ms either way (default: 500 for chaos, 0
+    /// for failover).
+    #[arg(long)]
+    clock_skew_ms: Option<u64>,
     /// Simulated seconds of the scenario (healing and convergence come after).
     #[arg(long)]
     duration_s: Option<u64>,
@@ -72,6 +79,10 @@ impl Common {
     fn config(&self, seed: u64) -> Result<SimConfig, String> {
         let mut cfg = SimConfig::new(seed, self.scenario);
         cfg.nodes = self.nodes;
+        cfg.regions = self.regions;
+        if let Some(skew) = self.clock_skew_ms {
+            cfg.clock_skew_ms = skew;
+        }
         if let Some(d) = self.duration_s {
             cfg.duration_s = d;
         }

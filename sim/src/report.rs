@@ -20,6 +20,8 @@ pub struct FaultStats {
     pub restarts: u64,
     pub cuts: u64,
     pub lossy: u64,
+    pub duplicating: u64,
+    pub reordering: u64,
     /// Crashes that found no target (no leader at that moment, or the node already down).
     pub skipped: u64,
 }
@@ -106,9 +108,17 @@ impl RunReport {
         let f = &self.faults;
         let _ = writeln!(
             s,
-            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} skipped; \
-             {} unsynced log writes lost",
-            f.crashes, f.leader_kills, f.restarts, f.cuts, f.lossy, f.skipped, self.log_writes_lost
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
+             {} reordering spells, {} skipped; {} unsynced log writes lost",
+            f.crashes,
+            f.leader_kills,
+            f.restarts,
+            f.cuts,
+            f.lossy,
+            f.duplicating,
+            f.reordering,
+            f.skipped,
+            self.log_writes_lost
         );
         let recovered = self.failover_recovered_ms();
         let _ = writeln!(

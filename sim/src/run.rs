@@ -139,24 +139,30 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let trace = SharedTrace::new(cfg.keep_trace);
     let start = trace.start();
     trace.record(format!(
-        "run seed {} scenario {} nodes {} clients {} duration {} s plant {}",
+        "run seed {} scenario {} nodes {} regions {} clock skew {} ms clients {} duration {} s \
+         plant {}",
         cfg.seed,
         cfg.scenario,
         cfg.nodes,
+        cfg.regions,
+        cfg.clock_skew_ms,
         cfg.clients,
         cfg.duration_s,
         cfg.plant.map(|p| p.name()).unwrap_or("none")
     ));
     let ids = node_ids(cfg.nodes);
-    let router = Router::new(&ids, sub_seed(cfg.seed, "net"), trace.clone(), true);
-    let skip_fsync = cfg.plant == Some(Plant::DropLogFsync);
-    let cluster = Arc::new(Cluster::new(
-        ids.clone(),
-        dir,
-        router,
+    let router = Router::new(
+        &ids,
+        cfg.regions,
+        sub_seed(cfg.seed, "net"),
         trace.clone(),
-        skip_fsync,
-    ));
+        true,
+    );
+    let skip_fsync = cfg.plant == Some(Plant::DropLogFsync);
+    let cluster = Arc::new(
+        Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
+            .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms),
+    );
     cluster.boot().await.context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
@@ -389,6 +395,27 @@ async fn drive_faults(
                 cluster
                     .router()
                     .with_links(|l| l.lossy(*id, links.clone(), *loss_pct));
+            }
+            Fault::Duplicate {
+                id, links, dup_pct, ..
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.duplicating += 1;
+                cluster
+                    .router()
+                    .with_links(|l| l.duplicating(*id, links.clone(), *dup_pct));
+            }
+            Fault::Reorder {
+                id,
+                links,
+                reorder_pct,
+                ..
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.reordering += 1;
+                cluster
+                    .router()
+                    .with_links(|l| l.reordering(*id, links.clone(), *reorder_pct));
             }
             Fault::Heal { id } => {
                 trace.record(format!("fault {}", event.fault));
