@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use quiver_sim::report::sweep_summary;
+use quiver_sim::report::{run_json, sweep_json, sweep_summary, OutputFormat};
 use quiver_sim::{Plant, Scenario, SeedRange, SimConfig};
 
 #[derive(Parser)]
@@ -73,6 +73,9 @@ struct Common {
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// table (default) or json: one JSON document on stdout (for a sweep, after all seeds).
+    #[arg(long, default_value = "table")]
+    output: OutputFormat,
 }
 
 impl Common {
@@ -110,10 +113,20 @@ fn main() -> ExitCode {
             match quiver_sim::run(&cfg) {
                 Ok(report) => {
                     let mut out = std::io::stdout().lock();
-                    for line in &report.trace_lines {
-                        let _ = writeln!(out, "{line}");
+                    match common.output {
+                        OutputFormat::Table => {
+                            for line in &report.trace_lines {
+                                let _ = writeln!(out, "{line}");
+                            }
+                            let _ = writeln!(out, "{}", report.summary());
+                        }
+                        OutputFormat::Json => {
+                            if let Err(e) = print_json(&mut out, &run_json(&report)) {
+                                eprintln!("quiver-sim: write the JSON report: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
                     }
-                    let _ = writeln!(out, "{}", report.summary());
                     if report.passed() {
                         ExitCode::SUCCESS
                     } else {
@@ -139,14 +152,25 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             let started = std::time::Instant::now();
+            let table = common.output == OutputFormat::Table;
             let outcomes = quiver_sim::sweep(&base, seeds, threads, |o| {
-                let line = match &o.result {
-                    Ok(r) => r.line(),
-                    Err(e) => format!("seed {:>5} ERROR {e}", o.seed),
-                };
-                println!("{line}");
+                if table {
+                    let line = match &o.result {
+                        Ok(r) => r.line(),
+                        Err(e) => format!("seed {:>5} ERROR {e}", o.seed),
+                    };
+                    println!("{line}");
+                }
             });
-            println!("{}", sweep_summary(&base, &outcomes, started.elapsed()));
+            if table {
+                println!("{}", sweep_summary(&base, &outcomes, started.elapsed()));
+            } else {
+                let json = sweep_json(&base, &outcomes, started.elapsed());
+                if let Err(e) = print_json(&mut std::io::stdout().lock(), &json) {
+                    eprintln!("quiver-sim: write the JSON report: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let errors = outcomes.iter().any(|o| o.result.is_err());
             let failed = outcomes
                 .iter()
@@ -160,6 +184,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn print_json(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 fn usage_error(e: &str) -> ExitCode {

@@ -179,3 +179,36 @@ fn the_digest_checker_finds_a_follower_applying_a_stage_change_and_passes_withou
         &["digest-divergence"],
     );
 }
+
+/// `--output json`: the run's figures, violations, trace hash and replay command, and the
+/// sweep's summary with every run, as JSON that reads back to the same values.
+#[test]
+fn reports_render_as_json_with_the_same_figures() {
+    let mut cfg = config(2, Scenario::Failover, 3, 3);
+    cfg.plant = Some(Plant::FollowerAppliesStageChange);
+    let report = run_ok(&cfg);
+    let json = serde_json::to_value(quiver_sim::report::run_json(&report)).expect("encode");
+    assert_eq!(json["seed"], 2);
+    assert_eq!(json["trace_hash"], report.trace_hash.as_str());
+    assert_eq!(json["version_count"], report.version_count);
+    assert_eq!(json["passed"], report.passed());
+    assert_eq!(
+        json["violations"].as_array().map(|v| v.len()),
+        Some(report.violations.len())
+    );
+    assert_eq!(json["replay"], cfg.replay_command().as_str());
+    assert_eq!(json["ops"]["acked"], report.clients.acked);
+
+    let seeds = SeedRange { start: 2, end: 3 };
+    let outcomes = sweep(&cfg, seeds, 1, |_| {});
+    let json = serde_json::to_value(quiver_sim::report::sweep_json(
+        &cfg,
+        &outcomes,
+        std::time::Duration::from_secs(1),
+    ))
+    .expect("encode");
+    assert_eq!(json["seeds"], 1);
+    assert_eq!(json["runs"][0]["trace_hash"], report.trace_hash.as_str());
+    let failing = if report.passed() { vec![] } else { vec![2] };
+    assert_eq!(json["failing_seeds"], serde_json::json!(failing));
+}
