@@ -8,6 +8,8 @@
 //! - [`LogStore`] (`log_store.rs`): the Raft log and vote in their own LMDB environment
 //!   (`DIR/log`), fsynced on every commit, because a vote or an acknowledged entry that is lost
 //!   on power failure breaks Raft's safety argument.
+//! - [`LogDisk`] (`durability.rs`): the seam through which a test harness (the simulator's disk
+//!   model) hears of every log write, and can plant a skipped fsync. Production has none.
 //! - [`StateMachineStore`] (`state_store.rs`): the applied state in a second environment
 //!   (`DIR/state`). The app's tables and Raft's `last_applied` are written in the *same*
 //!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
