@@ -326,3 +326,38 @@ fn read_final(
     state.audit = app.audit_log(rtxn).map_err(|e| err("read audit log", e))?;
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(seed: u64, skew_ms: u64) -> Cluster {
+        let ids: Vec<NodeId> = (1..=5).collect();
+        let trace = SharedTrace::new(false);
+        let router = Router::new(&ids, 1, 0, trace.clone(), false);
+        // Nothing touches the data dir until a node starts.
+        Cluster::new(ids, Path::new("/nonexistent"), router, trace, false)
+            .with_clock_skew(seed, skew_ms)
+    }
+
+    #[test]
+    fn clock_offsets_are_drawn_from_the_seed_within_the_skew() {
+        let a = cluster(7, 500);
+        let offsets: Vec<i64> = (1..=5).map(|id| a.node_clock_ms(id, 0)).collect();
+        assert!(offsets.iter().all(|o| o.abs() <= 500), "{offsets:?}");
+        assert!(offsets.iter().any(|o| *o != 0), "{offsets:?}");
+        let again: Vec<i64> = (1..=5)
+            .map(|id| cluster(7, 500).node_clock_ms(id, 0))
+            .collect();
+        assert_eq!(offsets, again, "a function of the seed");
+        let other: Vec<i64> = (1..=5)
+            .map(|id| cluster(8, 500).node_clock_ms(id, 0))
+            .collect();
+        assert_ne!(offsets, other);
+        assert_eq!(
+            cluster(7, 0).node_clock_ms(3, 1_000),
+            1_000,
+            "no skew, true time"
+        );
+    }
+}

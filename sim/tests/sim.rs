@@ -212,3 +212,30 @@ fn reports_render_as_json_with_the_same_figures() {
     let failing = if report.passed() { vec![] } else { vec![2] };
     assert_eq!(json["failing_seeds"], serde_json::json!(failing));
 }
+
+/// Duplicated and reordered messages (seeds whose first seconds hold such spells), skewed clocks
+/// (chaos's default) and slow links between regions keep every invariant, and a duplicating run
+/// is as repeatable as any other.
+#[test]
+fn duplication_reordering_regions_and_skew_keep_every_invariant() {
+    let dup = config(5, Scenario::Chaos, 5, 6);
+    let first = run_ok(&dup);
+    assert!(first.faults.duplicating >= 1, "{}", first.summary());
+    assert!(first.passed(), "{}", first.summary());
+    assert!(dup.clock_skew_ms > 0, "chaos skews clocks");
+    assert_eq!(
+        run_ok(&dup).trace_hash,
+        first.trace_hash,
+        "same seed, same trace"
+    );
+
+    let reorder = run_ok(&config(6, Scenario::Chaos, 5, 6));
+    assert!(reorder.faults.reordering >= 1, "{}", reorder.summary());
+    assert!(reorder.passed(), "{}", reorder.summary());
+
+    let mut regions = config(1, Scenario::Failover, 3, 4);
+    regions.regions = 2;
+    let report = run_ok(&regions);
+    assert!(report.passed(), "{}", report.summary());
+    assert!(report.clients.acked > 20, "{}", report.summary());
+}
