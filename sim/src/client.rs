@@ -220,8 +220,9 @@ impl Clients {
             {
                 // PLANTED BUG: the follower applies the stage change itself, skipping the
                 // leader and the log, and answers as if it had been committed.
+                let applied = node.apply_without_consensus(cmd);
                 tokio::time::sleep(router.client_latency()).await;
-                match node.apply_without_consensus(cmd) {
+                match applied {
                     Ok(Response::Rejected(e)) => return Outcome::Rejected(e.to_string()),
                     Ok(response) => {
                         return Outcome::Acked {

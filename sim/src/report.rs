@@ -50,6 +50,8 @@ pub struct RunReport {
     /// Per leader kill: time to the next acknowledged write proposed after it.
     pub failover_ms: Vec<Option<u64>>,
     pub terms_with_leader: usize,
+    /// Terms in which more than one node led (legal with openraft's `(term, node)` leader ids).
+    pub terms_shared: usize,
     pub digest_samples: u64,
     /// Samples (and final reads) that met another node's at the same applied index.
     pub digest_comparisons: u64,
@@ -139,11 +141,12 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "version_count {} in {} models; leaders in {} terms; {} digest samples, {} compared at \
-             equal applied index",
+            "version_count {} in {} models; leaders in {} terms ({} shared by two nodes); {} digest \
+             samples, {} compared at equal applied index",
             self.version_count,
             self.models,
             self.terms_with_leader,
+            self.terms_shared,
             self.digest_samples,
             self.digest_comparisons
         );
@@ -345,6 +348,7 @@ pub struct RunJson {
     pub version_count: u64,
     pub models: usize,
     pub terms_with_leader: usize,
+    pub terms_shared: usize,
     pub digest_samples: u64,
     pub digest_comparisons: u64,
     pub final_applied: Option<u64>,
@@ -429,6 +433,7 @@ pub fn run_json(r: &RunReport) -> RunJson {
         version_count: r.version_count,
         models: r.models,
         terms_with_leader: r.terms_with_leader,
+        terms_shared: r.terms_shared,
         digest_samples: r.digest_samples,
         digest_comparisons: r.digest_comparisons,
         final_applied: r.final_applied,

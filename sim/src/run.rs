@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::check::{
     check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
-    Violation,
+    Violation, VoteBook,
 };
 use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
@@ -55,6 +55,7 @@ const CONVERGE_POLL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Books {
     leaders: LeaderBook,
+    votes: VoteBook,
     digests: DigestBook,
     roots: RootBook,
     violations: Vec<Violation>,
@@ -294,6 +295,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         faults,
         failover_ms,
         terms_with_leader: b.leaders.terms(),
+        terms_shared: b.leaders.shared_terms(),
         digest_samples: b.digest_samples,
         digest_comparisons: b.digests.compared(),
         final_applied,
@@ -453,9 +455,14 @@ async fn monitor(
             }
             let mut b = lock(&books);
             if m.state == ServerState::Leader {
-                if let Some(v) = b.leaders.observe(m.current_term, id) {
-                    b.add(v);
-                }
+                b.leaders.observe(m.current_term, id);
+            }
+            let voted = m.vote.leader_id();
+            if let Some(v) = b
+                .votes
+                .observe(id, voted.term, voted.node_id, m.vote.is_committed())
+            {
+                b.add(v);
             }
             if let Err(e) = &m.running_state {
                 if b.fatal_reported.insert(id) {
