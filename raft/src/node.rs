@@ -31,6 +31,7 @@ use openraft::{BasicNode, Raft, RaftMetrics, RaftNetworkFactory, SnapshotPolicy}
 use tokio::time::Instant;
 
 use crate::cluster::{ForwardRequest, ReadIndexRequest};
+use crate::durability::LogDiskHandle;
 use crate::network::{PeerNetwork, UnreachableNetwork};
 use crate::server::PeerServer;
 use crate::state_store::StateMachineStore;
@@ -95,6 +96,9 @@ pub struct RaftNodeConfig {
     pub join: Option<String>,
     /// A write or linearizable barrier not done in time fails with [`WriteError::NoQuorum`].
     pub write_timeout: Duration,
+    /// A test harness's disk model, told about every log write (`durability.rs`). Always `None`
+    /// in production: no CLI flag or config file sets it.
+    pub log_disk: Option<LogDiskHandle>,
 }
 
 impl RaftNodeConfig {
@@ -108,6 +112,7 @@ impl RaftNodeConfig {
             tls: None,
             join: None,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
+            log_disk: None,
         }
     }
 
@@ -300,7 +305,7 @@ impl<A: App> RaftNode<A> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
-        let (log, state, released) = open_storage_tracked::<A>(&cfg.data_dir)
+        let (log, state, released) = open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone())
             .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
             .await
@@ -740,6 +745,14 @@ impl<A: App> RaftNode<A> {
         f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<(Option<u64>, T)> {
         self.state_store()?.read_applied(f)
+    }
+
+    /// PLANTED BUG (test only, feature `planted-bugs`; see
+    /// [`StateMachineStore::apply_without_consensus`]): apply `cmd` to this node's own state
+    /// machine, skipping the leader and the log.
+    #[cfg(feature = "planted-bugs")]
+    pub fn apply_without_consensus(&self, cmd: &A::Command) -> anyhow::Result<A::Response> {
+        self.state_store()?.apply_without_consensus(cmd)
     }
 
     /// Wait (bounded by `timeout`) until some node is leader; returns its id.

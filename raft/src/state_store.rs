@@ -103,7 +103,12 @@ impl<A> Clone for StateMachineStore<A> {
 
 impl<A: App> StateMachineStore<A> {
     pub(crate) fn open(dir: &Path, lease: EnvLease) -> anyhow::Result<Self> {
-        let env = open_env(dir, STATE_MAP_SIZE_BYTES, A::MAX_DBS + STATE_OWN_DBS)?;
+        let env = open_env(
+            dir,
+            STATE_MAP_SIZE_BYTES,
+            A::MAX_DBS + STATE_OWN_DBS,
+            heed::EnvFlags::empty(),
+        )?;
         let mut wtxn = env
             .write_txn()
             .context("begin txn to open state databases")?;
@@ -168,6 +173,26 @@ impl<A: App> StateMachineStore<A> {
             read_applied(&self.db.meta, &rtxn).map_err(|e| anyhow::anyhow!("{e}"))?;
         let value = f(&self.db.app, &rtxn)?;
         Ok((last_applied.map(|l| l.index), value))
+    }
+
+    /// PLANTED BUG (test only, feature `planted-bugs`): apply `cmd` to this node's state machine
+    /// in its own write transaction, as if it were the entry after `last_applied`, without it
+    /// being in the log and without moving `last_applied`. A follower doing this has applied a
+    /// command no other node will ever apply: its state diverges from its peers' at the same
+    /// applied index. The simulator plants it to show its digest checker notices.
+    #[cfg(feature = "planted-bugs")]
+    pub fn apply_without_consensus(&self, cmd: &A::Command) -> anyhow::Result<A::Response> {
+        let db = &*self.db;
+        let mut wtxn = db.env.write_txn().context("begin unreplicated apply txn")?;
+        let (last_applied, _) =
+            read_applied(&db.meta, &wtxn).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let index = last_applied.map(|l| l.index + 1).unwrap_or(1);
+        let response = db
+            .app
+            .apply(&mut wtxn, index, cmd)
+            .context("app apply (unreplicated)")?;
+        wtxn.commit().context("commit unreplicated apply txn")?;
+        Ok(response)
     }
 
     fn applied_state_sync(&self) -> Result<(Option<LogId<NodeId>>, Membership)> {

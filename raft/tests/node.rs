@@ -247,3 +247,78 @@ fn config_defaults_and_validation() {
     tiny.snapshot_logs_since_last = 0;
     assert!(tiny.raft_config().is_err());
 }
+
+/// What a recording `LogDisk` saw: (`before_write` synced flags, `after_write` synced flags,
+/// whether the env was opened `NO_SYNC` at each `before_write`).
+#[derive(Default)]
+struct Recorded {
+    before: Vec<bool>,
+    after: Vec<bool>,
+    env_no_sync: Vec<bool>,
+}
+
+struct RecordingDisk {
+    skip_fsync: bool,
+    seen: std::sync::Mutex<Recorded>,
+}
+
+impl quiver_raft::LogDisk for RecordingDisk {
+    fn skip_fsync(&self) -> bool {
+        self.skip_fsync
+    }
+
+    fn before_write(&self, env: &quiver_raft::heed::Env, synced: bool) {
+        let flags = env.get_flags().expect("env flags");
+        let no_sync = flags & quiver_raft::heed::EnvFlags::NO_SYNC.bits() != 0;
+        let mut seen = self.seen.lock().expect("lock");
+        seen.before.push(synced);
+        seen.env_no_sync.push(no_sync);
+    }
+
+    fn after_write(&self, synced: bool) {
+        self.seen.lock().expect("lock").after.push(synced);
+    }
+}
+
+/// Writes through a node with a harness disk attached; returns what the disk saw.
+async fn writes_seen_by_disk(skip_fsync: bool) -> Recorded {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = std::sync::Arc::new(RecordingDisk {
+        skip_fsync,
+        seen: Default::default(),
+    });
+    let mut cfg = config(NODE, dir.path());
+    cfg.log_disk = Some(quiver_raft::LogDiskHandle(disk.clone()));
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..5).await;
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+    let seen = std::mem::take(&mut *disk.seen.lock().expect("lock"));
+    seen
+}
+
+/// The durability seam: a harness disk hears about every log write (vote, appends, committed),
+/// each before and after; the log stays fully synced unless the planted `skip_fsync` asks for
+/// `MDB_NOSYNC`, and then every write says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harness_disk_is_told_about_every_log_write_and_only_the_plant_skips_fsync() {
+    let synced = writes_seen_by_disk(false).await;
+    assert!(
+        synced.before.len() >= 7,
+        "vote, initial membership, 5 appends at least: {:?}",
+        synced.before
+    );
+    assert_eq!(
+        synced.before.len(),
+        synced.after.len(),
+        "each write completes"
+    );
+    assert!(synced.before.iter().chain(&synced.after).all(|s| *s));
+    assert!(synced.env_no_sync.iter().all(|n| !n), "full sync");
+
+    let planted = writes_seen_by_disk(true).await;
+    assert!(planted.before.len() >= 7, "{:?}", planted.before);
+    assert!(planted.before.iter().chain(&planted.after).all(|s| !s));
+    assert!(planted.env_no_sync.iter().all(|n| *n), "MDB_NOSYNC");
+}
