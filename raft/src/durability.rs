@@ -7,7 +7,7 @@
 //! is told anything.
 //!
 //! With a [`LogDisk`] attached, the log store calls [`LogDisk::before_write`] before it begins
-//! each write transaction (append, truncate, purge, vote, committed) and
+//! each write transaction (append, truncate, purge, vote) and
 //! [`LogDisk::after_write`] once the commit returned. A harness can therefore keep an image of
 //! the log env as of its last durable point and, when it simulates a power loss, put that image
 //! back (see `quiver-sim`'s `disk` module). `before_write` is called outside any write

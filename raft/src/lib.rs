@@ -38,6 +38,7 @@
 // it unboxed so `?` flows straight into the trait methods. Storage errors are rare and fatal.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod cluster;
 mod durability;
 mod log_store;
@@ -179,8 +180,10 @@ impl<A> Ord for TypeConfig<A> {
 }
 
 impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
-    type D = A::Command;
-    type R = A::Response;
+    /// A batch of commands: concurrent writes share one entry (see `batch`).
+    type D = Vec<A::Command>;
+    /// One response per command of the batch, in order.
+    type R = Vec<A::Response>;
     type NodeId = NodeId;
     type Node = openraft::BasicNode;
     type Entry = openraft::Entry<Self>;
@@ -210,6 +213,19 @@ pub(crate) fn open_storage_tracked<A: App>(
     let log = LogStore::open(&dir.join(LOG_DIR_NAME), lease.clone(), log_disk)?;
     let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
     Ok((log, state, released))
+}
+
+/// Runs blocking storage work (an LMDB commit with its fsync) from async code. On a
+/// multi-threaded runtime through `block_in_place`, so that the worker's other tasks move to
+/// another thread meanwhile: without it, a task the blocked worker had just woken (openraft's
+/// core, woken by the state machine worker) waits in that worker's LIFO slot for the whole
+/// fsync, and client writes end up serialised one sync at a time. Inline on a current-thread
+/// runtime (the simulator), where nothing else could run anyway.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Held next to every open LMDB environment of one node. It carries no data: its only job is to

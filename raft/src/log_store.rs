@@ -1,6 +1,10 @@
 //! The Raft log and vote, in an LMDB environment of their own (`DIR/log`).
 //!
 //! Why this shape:
+//! - The committed index is not stored (`save_committed` keeps openraft's default, a no-op):
+//!   openraft calls it on every commit, inside its core loop, and a synced LMDB commit there
+//!   would cost every write one more fsync. The state machine is durable on its own (its apply
+//!   transaction records the last applied id), so nothing needs it at restart.
 //! - Every mutation is one write transaction committed with LMDB's default full sync. Raft's
 //!   safety rests on "what I acknowledged is on disk": an entry reported appended, or a vote
 //!   granted, must survive power loss. `MDB_NOSYNC` is therefore never used here, except by the
@@ -8,7 +12,7 @@
 //!   which also tells a test harness about every write so it can model what a crash loses.
 //! - Entries are keyed by big-endian `u64` index so LMDB's byte order is log order; range reads,
 //!   "last entry", truncate and purge are plain cursor/range operations.
-//! - Entries and the small metadata values (vote, committed, last purged) are JSON. They are read
+//! - Entries and the small metadata values (vote, last purged) are JSON. They are read
 //!   back with checks (an entry's stored index must equal its key) and every decode failure
 //!   becomes a `StorageError` naming what was read; nothing read from disk is unwrapped.
 //! - The store is a faithful map from index to entry and does not police continuity: openraft's
@@ -47,7 +51,6 @@ const LOG_MAX_DBS: u32 = 2;
 const ENTRIES_DB_NAME: &str = "entries";
 const META_DB_NAME: &str = "meta";
 const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
 
 type EntriesDb = Database<U64<BigEndian>, Bytes>;
@@ -263,20 +266,6 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
         let rtxn = self.read_txn().map_err(StorageIOError::read_vote)?;
         Ok(get_meta(&self.db.meta, &rtxn, VOTE_KEY).map_err(StorageIOError::read_vote)?)
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write(|db, wtxn| {
-            put_meta(&db.meta, wtxn, COMMITTED_KEY, &committed)
-                .map_err(|e| StorageIOError::write_logs(e).into())
-        })
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        let rtxn = self.read_txn().map_err(StorageIOError::read_logs)?;
-        let committed: Option<Option<LogId<NodeId>>> =
-            get_meta(&self.db.meta, &rtxn, COMMITTED_KEY).map_err(StorageIOError::read_logs)?;
-        Ok(committed.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig<A>>) -> Result<()>

@@ -205,7 +205,7 @@ impl<A: App> StateMachineStore<A> {
         Ok((last_applied, membership))
     }
 
-    fn apply_sync<I>(&self, entries: I) -> Result<Vec<A::Response>>
+    fn apply_sync<I>(&self, entries: I) -> Result<Vec<Vec<A::Response>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig<A>>>,
     {
@@ -230,14 +230,19 @@ impl<A: App> StateMachineStore<A> {
                 .into());
             }
             let response = match &entry.payload {
-                EntryPayload::Blank => A::Response::default(),
-                EntryPayload::Normal(cmd) => db
-                    .app
-                    .apply(&mut wtxn, entry.log_id.index, cmd)
-                    .map_err(|e| StorageIOError::apply(entry.log_id, app_error(&e, "app apply")))?,
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(cmds) => {
+                    let mut batch = Vec::with_capacity(cmds.len());
+                    for cmd in cmds {
+                        batch.push(db.app.apply(&mut wtxn, entry.log_id.index, cmd).map_err(
+                            |e| StorageIOError::apply(entry.log_id, app_error(&e, "app apply")),
+                        )?);
+                    }
+                    batch
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    A::Response::default()
+                    Vec::new()
                 }
             };
             responses.push(response);
@@ -578,12 +583,12 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
         self.applied_state_sync()
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<A::Response>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<A::Response>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig<A>>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_sync(entries)
+        crate::blocking(|| self.apply_sync(entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -322,3 +322,51 @@ async fn a_harness_disk_is_told_about_every_log_write_and_only_the_plant_skips_f
     assert!(planted.before.iter().chain(&planted.after).all(|s| !s));
     assert!(planted.env_no_sync.iter().all(|n| *n), "MDB_NOSYNC");
 }
+
+/// Group commit: many concurrent client writes share Raft entries (so log transactions, each
+/// one fsync) instead of costing one each; every write gets its own answer; all of them survive
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_survive_a_restart() {
+    const WRITES: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = std::sync::Arc::new(RecordingDisk {
+        skip_fsync: false,
+        seen: Default::default(),
+    });
+    let mut cfg = config(NODE, dir.path());
+    cfg.log_disk = Some(quiver_raft::LogDiskHandle(disk.clone()));
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    let before = disk.seen.lock().expect("lock").after.len();
+    let writes = (0..WRITES)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { node.write(set(i)).await })
+        })
+        .collect::<Vec<_>>();
+    for write in writes {
+        let response = write.await.expect("join").expect("write acknowledged");
+        assert_eq!(response, KvResponse { previous: None }, "its own answer");
+    }
+    let transactions = disk.seen.lock().expect("lock").after.len() - before;
+    assert!(
+        transactions < WRITES / 4,
+        "{WRITES} concurrent writes took {transactions} log transactions"
+    );
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    let node = RaftNode::<KvApp>::start(config(NODE, dir.path()))
+        .await
+        .expect("restart");
+    node.wait_for_leader(WAIT)
+        .await
+        .expect("leader after restart");
+    assert_eq!(
+        all_pairs(&node).expect("read"),
+        expected_pairs(WRITES),
+        "every acknowledged write survived"
+    );
+    node.shutdown().await.expect("shutdown");
+}

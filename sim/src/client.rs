@@ -198,7 +198,7 @@ impl Clients {
             {
                 // PLANTED BUG: hand the command over and call it done without waiting for it
                 // to be committed.
-                match node.raft().client_write_ff(cmd.clone()).await {
+                match node.raft().client_write_ff(vec![cmd.clone()]).await {
                     Ok(_ignored_reply) => {
                         return Outcome::Acked {
                             response: None,
