@@ -214,6 +214,7 @@ impl Node {
             targets,
             copies_required,
             background: self.background_pushes.clone(),
+            planted: Default::default(),
         })
     }
 

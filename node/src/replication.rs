@@ -10,6 +10,9 @@
 //!   removed first, so the bad bytes are never served and the copy is fixed.
 //! - Repair: a loop walks every READY version and fetches what this node
 //!   lacks from its peers, so every node converges to a full copy.
+//!
+//! [`PlantedBugs`] are the simulator's test-only switches that break this
+//! code on purpose (off by default, settable from no CLI or config).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -30,6 +33,25 @@ pub const BACKGROUND_PUSHES_MAX: usize = 16;
 /// How often repair looks for missing chunks.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Known bugs the simulator (quiver-sim) plants in this module's real code
+/// paths, to show that its checkers notice them. Test-only: every switch is
+/// off by default and production code never sets one (nothing in the
+/// quiver-node CLI or config reaches them); only code that builds a
+/// [`ChunkSink`] or calls [`read_chunk_with`] itself can.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// PLANTED BUG `ack-before-w-copies`: [`ChunkSink::put`] reports success
+    /// once the local copy is durable; every push to a peer goes to the
+    /// background, so a version can be READY with fewer than W copies.
+    pub ack_before_w_copies: bool,
+    /// PLANTED BUG `skip-chunk-verify`: [`read_chunk_with`] hands out the
+    /// local copy without checking it (`ChunkSource::get_unverified`) and its
+    /// fetches accept peers' bytes unchecked
+    /// (`FetchOptions::planted_skip_verify`).
+    pub skip_chunk_verify: bool,
+}
+
 /// Where one chunk of an upload goes, and how many copies must be durable. Generic over the
 /// store and the way to reach peers so that the simulator runs this same code (production:
 /// the on-disk [`ChunkStore`] and QUIC's [`PeerClient`]).
@@ -42,13 +64,16 @@ pub struct ChunkSink<S = ChunkStore, P = PeerClient> {
     /// Copies that must be durable before the chunk counts as written (W).
     pub copies_required: usize,
     pub background: Arc<Semaphore>,
+    /// Test-only switches (see [`PlantedBugs`]); default: none.
+    #[doc(hidden)]
+    pub planted: PlantedBugs,
 }
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     /// Writes one chunk locally and to peers; returns once `copies_required`
     /// copies are durable.
     pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
-        let remote_needed = self.copies_required.saturating_sub(1);
+        let mut remote_needed = self.copies_required.saturating_sub(1);
         if remote_needed > self.targets.len() {
             return Err(Status::unavailable(format!(
                 "write quorum is {} copies but only {} node(s) are known; lower --write-quorum or add nodes",
@@ -65,6 +90,10 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
                 async move { (peer, client.push(peer, &hash, &data).await) }
             })
             .collect();
+        if self.planted.ack_before_w_copies {
+            // PLANTED BUG (test-only, see `PlantedBugs`): wait for no peer.
+            remote_needed = 0;
+        }
         let store = self.store.clone();
         let local_data = data.clone();
         let local = tokio::task::spawn_blocking(move || store.put(&hash, &local_data));
@@ -122,12 +151,31 @@ pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
     sources: &[SocketAddr],
     chunk: &ChunkRef,
 ) -> Result<Vec<u8>, StoreError> {
+    read_chunk_with(store, peers, sources, chunk, PlantedBugs::default()).await
+}
+
+/// [`read_chunk`] with the simulator's test-only switches (see [`PlantedBugs`]).
+#[doc(hidden)]
+pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
+    store: &S,
+    peers: &P,
+    sources: &[SocketAddr],
+    chunk: &ChunkRef,
+    planted: PlantedBugs,
+) -> Result<Vec<u8>, StoreError> {
     let local = {
         let store = store.clone();
         let hash = chunk.hash;
-        tokio::task::spawn_blocking(move || store.get(&hash))
-            .await
-            .map_err(|e| join_error(chunk, e))?
+        tokio::task::spawn_blocking(move || {
+            if planted.skip_chunk_verify {
+                // PLANTED BUG (test-only): the stored bytes, unchecked.
+                store.get_unverified(&hash)
+            } else {
+                store.get(&hash)
+            }
+        })
+        .await
+        .map_err(|e| join_error(chunk, e))?
     };
     let cause = match local {
         Ok(data) => return Ok(data),
@@ -151,7 +199,10 @@ pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
         store,
         std::slice::from_ref(chunk),
         sources,
-        FetchOptions::default(),
+        FetchOptions {
+            planted_skip_verify: planted.skip_chunk_verify,
+            ..FetchOptions::default()
+        },
     )
     .await
     {
@@ -259,6 +310,135 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (i as u64 + 1, r.to_string()))
             .collect()
+    }
+
+    use std::collections::BTreeSet as Set;
+    use std::future::Future;
+    use std::sync::Mutex as StdMutex;
+
+    use quiver_transfer::{FetchError, MemoryChunkSource};
+
+    /// Peers for the planted-bug tests: every push fails at once; every fetch returns `good`.
+    #[derive(Clone)]
+    struct FakePeers {
+        good: Arc<Vec<u8>>,
+    }
+
+    impl ChunkPeers for FakePeers {
+        fn fetch_raw(
+            &self,
+            _peer: SocketAddr,
+            _chunk: &ChunkRef,
+        ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+            let good = self.good.to_vec();
+            async move { Ok(good) }
+        }
+
+        async fn push(
+            &self,
+            peer: SocketAddr,
+            _hash: &Hash,
+            _data: &[u8],
+        ) -> Result<(), FetchError> {
+            Err(FetchError::Connect {
+                peer,
+                detail: "down".into(),
+            })
+        }
+    }
+
+    /// A memory store whose copies of `rotten` chunks have a flipped first byte.
+    #[derive(Clone, Default)]
+    struct RottenStore {
+        inner: MemoryChunkSource,
+        rotten: Arc<StdMutex<Set<Hash>>>,
+    }
+
+    impl ChunkSource for RottenStore {
+        fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+            if self.rotten.lock().unwrap().contains(hash) {
+                return Err(StoreError::Corrupt { hash: *hash });
+            }
+            self.inner.get(hash)
+        }
+        fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+            self.inner.put(hash, data)
+        }
+        fn contains(&self, hash: &Hash) -> bool {
+            self.inner.contains(hash)
+        }
+        fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+            self.rotten.lock().unwrap().remove(hash);
+            self.inner.remove(hash)
+        }
+        fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+            let mut data = self.inner.get(hash)?;
+            if self.rotten.lock().unwrap().contains(hash) {
+                data[0] ^= 0xff;
+            }
+            Ok(data)
+        }
+    }
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn a_chunk_counts_as_written_only_with_w_copies_unless_the_bug_is_planted() {
+        let data = Bytes::from_static(b"weights");
+        let hash = Hash::of(&data);
+        let mut sink = ChunkSink {
+            store: MemoryChunkSource::new(),
+            peers: FakePeers {
+                good: Arc::new(data.to_vec()),
+            },
+            targets: vec![peer(1), peer(2)],
+            copies_required: 2,
+            background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
+            planted: PlantedBugs::default(),
+        };
+        let err = sink
+            .put(hash, data.clone())
+            .await
+            .expect_err("no peer took it");
+        assert!(err.message().contains("only 1 of 2 copies"), "{err}");
+        sink.planted.ack_before_w_copies = true;
+        sink.put(hash, data)
+            .await
+            .expect("the planted bug acks one copy");
+    }
+
+    #[tokio::test]
+    async fn a_rotten_local_copy_is_replaced_unless_the_bug_is_planted() {
+        let good = b"weights".to_vec();
+        let chunk = ChunkRef {
+            hash: Hash::of(&good),
+            size_bytes: good.len() as u32,
+        };
+        let peers = FakePeers {
+            good: Arc::new(good.clone()),
+        };
+        let store = RottenStore::default();
+        store.put(&chunk.hash, &good).unwrap();
+        store.rotten.lock().unwrap().insert(chunk.hash);
+        let planted = PlantedBugs {
+            skip_chunk_verify: true,
+            ..PlantedBugs::default()
+        };
+        let bad = read_chunk_with(&store, &peers, &[peer(1)], &chunk, planted)
+            .await
+            .unwrap();
+        assert_ne!(bad, good, "the planted bug hands out the rotten copy");
+        let fixed = read_chunk(&store, &peers, &[peer(1)], &chunk)
+            .await
+            .unwrap();
+        assert_eq!(fixed, good);
+        assert_eq!(
+            store.get(&chunk.hash).unwrap(),
+            good,
+            "the copy was replaced"
+        );
     }
 
     #[test]
