@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use quiver_node::replication::PlantedBugs;
+
 /// Fewest nodes a run may have: a failover needs a majority left after a kill.
 pub const NODES_MIN: usize = 3;
 /// Most nodes a run may have (each node holds two LMDB environments and its tasks).
@@ -60,20 +62,46 @@ impl fmt::Display for Scenario {
     }
 }
 
-/// A known bug the simulator can plant, to show that a checker notices it. Test-only: no
-/// production code path knows about these.
+/// A known bug the simulator can plant, to show that a checker notices it. Test-only. The
+/// chunk plants switch on code in quiver-node's replication paths through its test-only
+/// `PlantedBugs` (off by default, reachable from no CLI or config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plant {
     /// The client is told "done" as soon as its command is handed to a node that believes it is
     /// the leader (openraft's `client_write_ff`), before the entry is committed. A leader that
     /// crashes or is cut off loses such entries; the lost-ack checker must notice.
     AckBeforeCommit,
+    /// `ChunkSink::put` reports an uploaded chunk written once the front-end node's own copy is
+    /// durable, leaving the pushes to peers to the background: a version can be acknowledged
+    /// READY with fewer than W copies; the ready-copies checker must notice.
+    AckBeforeWCopies,
+    /// The download path (`read_chunk_with`, `fetch_all`) hands out bytes without checking them
+    /// against their hash: a chunk rotten on a node's disk reaches the client; the artifact
+    /// checker must notice.
+    SkipChunkVerify,
 }
+
+/// Every plant, for `--plant`'s help and errors.
+pub const PLANTS: [Plant; 3] = [
+    Plant::AckBeforeCommit,
+    Plant::AckBeforeWCopies,
+    Plant::SkipChunkVerify,
+];
 
 impl Plant {
     pub fn name(self) -> &'static str {
         match self {
             Plant::AckBeforeCommit => "ack-before-commit",
+            Plant::AckBeforeWCopies => "ack-before-w-copies",
+            Plant::SkipChunkVerify => "skip-chunk-verify",
+        }
+    }
+
+    /// The switches of the node's replication code this plant turns on (none for the others).
+    pub fn planted_bugs(plant: Option<Plant>) -> PlantedBugs {
+        PlantedBugs {
+            ack_before_w_copies: plant == Some(Plant::AckBeforeWCopies),
+            skip_chunk_verify: plant == Some(Plant::SkipChunkVerify),
         }
     }
 }
@@ -81,12 +109,10 @@ impl Plant {
 impl FromStr for Plant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ack-before-commit" => Ok(Plant::AckBeforeCommit),
-            other => Err(format!(
-                "unknown planted bug {other:?}: use ack-before-commit"
-            )),
-        }
+        PLANTS.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = PLANTS.iter().map(|p| p.name()).collect();
+            format!("unknown planted bug {s:?}: use one of {}", names.join(", "))
+        })
     }
 }
 
@@ -252,6 +278,25 @@ mod tests {
         assert_eq!(sub_seed(1, "net"), sub_seed(1, "net"));
         assert_ne!(sub_seed(1, "net"), sub_seed(1, "faults"));
         assert_ne!(sub_seed(1, "net"), sub_seed(2, "net"));
+    }
+
+    #[test]
+    fn plants_parse_by_name_and_switch_on_only_their_own_bug() {
+        for plant in PLANTS {
+            assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
+        }
+        assert!("nope"
+            .parse::<Plant>()
+            .unwrap_err()
+            .contains("skip-chunk-verify"));
+        assert_eq!(Plant::planted_bugs(None), PlantedBugs::default());
+        assert_eq!(
+            Plant::planted_bugs(Some(Plant::AckBeforeCommit)),
+            PlantedBugs::default()
+        );
+        assert!(Plant::planted_bugs(Some(Plant::AckBeforeWCopies)).ack_before_w_copies);
+        let skip = Plant::planted_bugs(Some(Plant::SkipChunkVerify));
+        assert!(skip.skip_chunk_verify && !skip.ack_before_w_copies);
     }
 
     #[test]

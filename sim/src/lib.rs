@@ -22,6 +22,7 @@
 //! - [`trace`]: the ordered event log and its blake3.
 
 pub mod check;
+pub mod check_chunks;
 pub mod client;
 pub mod cluster;
 pub mod config;

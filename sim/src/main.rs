@@ -59,7 +59,8 @@ struct Common {
     /// Concurrent client pipelines.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Plant a known bug to show a checker notices it (test only): ack-before-commit.
+    /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
+    /// ack-before-w-copies or skip-chunk-verify.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).

@@ -348,6 +348,9 @@ async fn drive_faults(
                 trace.record(format!("fault {}", event.fault));
                 cluster.router().with_links(|l| l.heal(*id));
             }
+            Fault::Corrupt { .. } => {
+                trace.record(format!("fault {}", event.fault));
+            }
         }
     }
     (stats, kills_ms)
