@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quiver_raft::{PeerTls, RaftNode, RaftNodeConfig, WriteError};
-use quiver_transfer::{
-    fetch_all, ChunkServer, ChunkSource, ChunkStore, FetchOptions, PeerClient, QuicTls,
-};
+use quiver_transfer::{ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicTls};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
@@ -20,7 +18,8 @@ use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, SystemClock};
 use crate::replication::{
-    missing_chunks, should_hold, ChunkSink, RepairState, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
+    repair_version, should_hold, ChunkSink, RepairState, Repaired, BACKGROUND_PUSHES_MAX,
+    REPAIR_INTERVAL,
 };
 use crate::service::{app_error, status_from_domain};
 use crate::state::{AppResult, RegistryApp};
@@ -276,28 +275,15 @@ impl Node {
                 .read(Consistency::Stale, |app, txn| app.manifest(txn, &root))
                 .await?;
             let chunks = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
-            let missing = missing_chunks(&self.chunks, chunks).await;
-            if missing.is_empty() {
-                self.repair.mark_complete(&root);
-                continue;
-            }
-            if sources.is_empty() {
-                continue;
-            }
-            match fetch_all(
-                &self.peers,
-                &self.chunks,
-                &missing,
-                &sources,
-                FetchOptions::default(),
-            )
-            .await
-            {
-                Ok(report) => {
-                    fetched += report.fetched_chunks;
-                    tracing::info!(version = %format!("{model}/{number}"), chunks = report.fetched_chunks, "repaired");
+            match repair_version(&self.chunks, &self.peers, &sources, chunks).await {
+                Ok(Repaired::Complete { fetched_chunks }) => {
+                    if fetched_chunks > 0 {
+                        fetched += fetched_chunks;
+                        tracing::info!(version = %format!("{model}/{number}"), chunks = fetched_chunks, "repaired");
+                    }
                     self.repair.mark_complete(&root);
                 }
+                Ok(Repaired::NoSources { .. }) => {}
                 Err(e) => {
                     tracing::warn!(version = %format!("{model}/{number}"), "repair incomplete, will retry: {e}")
                 }

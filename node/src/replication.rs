@@ -22,8 +22,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_transfer::{
-    fetch_all, ChunkPeers, ChunkRef, ChunkSource, ChunkStore, FetchOptions, Hash, PeerClient,
-    StoreError,
+    fetch_all, ChunkPeers, ChunkRef, ChunkSource, ChunkStore, FetchError, FetchOptions, Hash,
+    PeerClient, StoreError,
 };
 use tokio::sync::Semaphore;
 use tonic::Status;
@@ -96,7 +96,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
         }
         let store = self.store.clone();
         let local_data = data.clone();
-        let local = tokio::task::spawn_blocking(move || store.put(&hash, &local_data));
+        let local = StoreCall::start(move || store.put(&hash, &local_data));
         let mut acked = 0;
         let mut failures = Vec::new();
         while acked < remote_needed {
@@ -106,7 +106,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
                 None => break,
             }
         }
-        match local.await {
+        match local.join().await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
             Err(e) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
@@ -166,7 +166,7 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
     let local = {
         let store = store.clone();
         let hash = chunk.hash;
-        tokio::task::spawn_blocking(move || {
+        StoreCall::start(move || {
             if planted.skip_chunk_verify {
                 // PLANTED BUG (test-only): the stored bytes, unchecked.
                 store.get_unverified(&hash)
@@ -174,6 +174,7 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
                 store.get(&hash)
             }
         })
+        .join()
         .await
         .map_err(|e| join_error(chunk, e))?
     };
@@ -183,7 +184,8 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
             tracing::warn!(chunk = %chunk.hash, "local copy is corrupt; removing it and fetching from peers");
             let s = store.clone();
             let hash = chunk.hash;
-            tokio::task::spawn_blocking(move || s.remove(&hash))
+            StoreCall::start(move || s.remove(&hash))
+                .join()
                 .await
                 .map_err(|e| join_error(chunk, e))??;
             e
@@ -209,13 +211,41 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
         Ok(_) => {
             let s = store.clone();
             let hash = chunk.hash;
-            tokio::task::spawn_blocking(move || s.get(&hash))
+            StoreCall::start(move || s.get(&hash))
+                .join()
                 .await
                 .map_err(|e| join_error(chunk, e))?
         }
         Err(e) => {
             tracing::warn!(chunk = %chunk.hash, "no peer could supply the chunk: {e}");
             Err(cause)
+        }
+    }
+}
+
+/// A blocking chunk-store call (disk I/O, fsync), started at once. Under a multi-threaded
+/// runtime (production) it runs on tokio's blocking pool; under a current-thread runtime it runs
+/// inline. The simulator needs the latter: its stores are in memory, and a pool thread finishing
+/// in wall-clock order would wake tasks in an order the seed does not decide.
+enum StoreCall<T> {
+    Done(T),
+    Pool(tokio::task::JoinHandle<T>),
+}
+
+impl<T: Send + 'static> StoreCall<T> {
+    fn start(call: impl FnOnce() -> T + Send + 'static) -> Self {
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                StoreCall::Pool(tokio::task::spawn_blocking(call))
+            }
+            _ => StoreCall::Done(call()),
+        }
+    }
+
+    async fn join(self) -> Result<T, tokio::task::JoinError> {
+        match self {
+            StoreCall::Done(value) => Ok(value),
+            StoreCall::Pool(handle) => handle.await,
         }
     }
 }
@@ -283,19 +313,54 @@ impl RepairState {
     }
 }
 
+/// What one repair of one version did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repaired {
+    /// Every chunk is now held; `fetched_chunks` of them were fetched in this pass.
+    Complete { fetched_chunks: usize },
+    /// Chunks are missing and there is no peer to fetch them from.
+    NoSources { missing_chunks: usize },
+}
+
+/// Repairs one version on one node: fetches from `sources` (nearest first) every chunk of
+/// `chunks` that `store` lacks, verified ([`fetch_all`]). The per-version step of the repair
+/// loop, generic so that the simulator runs the same code. An error leaves what was fetched in
+/// the store; the next pass resumes.
+pub async fn repair_version<S: ChunkSource + Clone, P: ChunkPeers>(
+    store: &S,
+    peers: &P,
+    sources: &[SocketAddr],
+    chunks: Vec<ChunkRef>,
+) -> Result<Repaired, FetchError> {
+    let missing = missing_chunks(store, chunks).await;
+    if missing.is_empty() {
+        return Ok(Repaired::Complete { fetched_chunks: 0 });
+    }
+    if sources.is_empty() {
+        return Ok(Repaired::NoSources {
+            missing_chunks: missing.len(),
+        });
+    }
+    let report = fetch_all(peers, store, &missing, sources, FetchOptions::default()).await?;
+    Ok(Repaired::Complete {
+        fetched_chunks: report.fetched_chunks,
+    })
+}
+
 /// The chunks of `chunks` this store does not hold.
 pub async fn missing_chunks<S: ChunkSource + Clone>(
     store: &S,
     chunks: Vec<ChunkRef>,
 ) -> Vec<ChunkRef> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
+    StoreCall::start(move || {
         let mut seen = BTreeSet::new();
         chunks
             .into_iter()
             .filter(|c| seen.insert(c.hash) && !store.contains(&c.hash))
             .collect()
     })
+    .join()
     .await
     .unwrap_or_default()
 }

@@ -20,9 +20,16 @@
 //! Modules:
 //! - [`config`]: scenario, sizes, the planted bug, the replay command.
 //! - [`trace`]: the ordered event log and its blake3.
+//! - [`chunkstore`]: in-memory chunk stores with corruption injection, and synthesized artifacts
+//!   (seeded bytes at a documented scale: 4 KiB real per 4 MiB logical chunk).
+//! - [`chunknet`]: the simulated chunk network (`ChunkPeers`): regions, zones, latency,
+//!   per-endpoint bandwidth, byte accounting, down endpoints and cut links; nodes serve clients
+//!   through the real `read_chunk`.
 
 pub mod check;
 pub mod check_chunks;
+pub mod chunknet;
+pub mod chunkstore;
 pub mod client;
 pub mod cluster;
 pub mod config;
