@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use openraft::{BasicNode, RaftMetrics, ServerState};
@@ -16,6 +16,7 @@ use quiver_node::state::RegistryApp;
 use quiver_raft::{RaftNode, RaftNodeConfig};
 
 use crate::check::FinalState;
+use crate::chunks::Chunks;
 use crate::net::{Router, SimNetwork};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
@@ -37,6 +38,8 @@ pub struct Cluster {
     trace: SharedTrace,
     /// The nodes that are up.
     up: Mutex<BTreeMap<NodeId, Node>>,
+    /// The nodes' chunk side, whose endpoints go down and up with the nodes.
+    chunks: OnceLock<Arc<Chunks>>,
 }
 
 impl Cluster {
@@ -52,7 +55,13 @@ impl Cluster {
             router,
             trace,
             up: Mutex::new(BTreeMap::new()),
+            chunks: OnceLock::new(),
         }
+    }
+
+    /// From now on, crashes and restarts also take the nodes' chunk endpoints down and up.
+    pub fn attach_chunks(&self, chunks: Arc<Chunks>) {
+        let _ = self.chunks.set(chunks);
     }
 
     pub fn ids(&self) -> &[NodeId] {
@@ -113,6 +122,9 @@ impl Cluster {
             .await
             .with_context(|| format!("start n{id}"))?;
         self.router.attach(id, incarnation, node.raft().clone());
+        if let Some(chunks) = self.chunks.get() {
+            chunks.set_up(id, true);
+        }
         self.lock().insert(id, node);
         self.trace.record(format!("up n{id}"));
         Ok(())
@@ -125,6 +137,9 @@ impl Cluster {
             return Ok(false);
         };
         self.router.detach(id);
+        if let Some(chunks) = self.chunks.get() {
+            chunks.set_up(id, false);
+        }
         self.trace.record(format!("down n{id}"));
         node.shutdown()
             .await

@@ -29,6 +29,7 @@
 pub mod check;
 pub mod check_chunks;
 pub mod chunknet;
+pub mod chunks;
 pub mod chunkstore;
 pub mod client;
 pub mod cluster;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::check::{short, Violation};
+use crate::chunks::ChunkStats;
 use crate::client::ClientStats;
 use crate::config::SimConfig;
 
@@ -20,6 +21,9 @@ pub struct FaultStats {
     pub restarts: u64,
     pub cuts: u64,
     pub lossy: u64,
+    /// Bit-rot faults, and the chunks they rotted.
+    pub corruptions: u64,
+    pub chunks_rotted: u64,
     /// Crashes that found no target (no leader at that moment, or the node already down).
     pub skipped: u64,
 }
@@ -37,6 +41,8 @@ pub struct RunReport {
     pub converge_ms: Option<u64>,
     pub wall: Duration,
     pub clients: ClientStats,
+    /// Uploads, downloads, repair and rot on the chunk side.
+    pub chunks: ChunkStats,
     pub faults: FaultStats,
     /// Per leader kill: time to the next acknowledged write proposed after it.
     pub failover_ms: Vec<Option<u64>>,
@@ -101,11 +107,35 @@ impl RunReport {
             self.clients.rejected,
             self.clients.failed
         );
+        let k = &self.chunks;
+        let _ = writeln!(
+            s,
+            "artifacts: {} uploads ({} failed), {} downloads checked ({} failed, {} skipped), {} \
+             chunks repaired, {} rotten copies found by the scrub, replicated {} after Raft converged",
+            k.uploads,
+            k.uploads_failed,
+            k.downloads,
+            k.downloads_failed,
+            k.downloads_skipped,
+            k.chunks_repaired,
+            k.chunks_scrubbed_bad,
+            k.replicated_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "never".into())
+        );
         let f = &self.faults;
         let _ = writeln!(
             s,
-            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} skipped",
-            f.crashes, f.leader_kills, f.restarts, f.cuts, f.lossy, f.skipped
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} \
+             rot ({} chunks), {} skipped",
+            f.crashes,
+            f.leader_kills,
+            f.restarts,
+            f.cuts,
+            f.lossy,
+            f.corruptions,
+            f.chunks_rotted,
+            f.skipped
         );
         let recovered = self.failover_recovered_ms();
         let _ = writeln!(
