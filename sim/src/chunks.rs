@@ -15,15 +15,14 @@
 //!   by [`check_download`] against the bytes that were uploaded.
 //! - **Repair** ([`Chunks::repair_loop`]): every [`REPAIR_INTERVAL`], each up node runs the
 //!   production pass over its READY versions (`Node::repair_once`'s steps): `should_hold`,
-//!   `repair_version` (which uses `missing_chunks` and `fetch_all`), then `scrub_step` with the
-//!   production budget (which covers the simulator's small stores in a pass), with a
-//!   `RepairState` that a restart replaces.
+//!   `repair_version` (which uses `missing_chunks` and `fetch_all`), then `scrub_step` with a
+//!   budget of [`SIM_SCRUB_BYTES_PER_PASS`], with a `RepairState` that a restart replaces.
 //! - **Bit rot** ([`Chunks::corrupt`]): the chaos schedule's `Corrupt` fault flips bytes of chunks
 //!   of acknowledged versions in one node's store.
 //!
 //! Checks: when a version is acknowledged, every chunk must have W intact copies over all stores
 //! ([`check_ready_copies`]); after healing, replication must reach its target within
-//! [`REPLICATION_TIMEOUT`] ([`Chunks::await_replication`], [`check_replication`]).
+//! [`replication_bound`] ([`Chunks::await_replication`], [`check_replication`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,7 +33,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use quiver_node::replication::{
     repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, RepairState, Repaired,
-    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
+    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
 };
 use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest};
 use rand::rngs::StdRng;
@@ -61,11 +60,18 @@ pub const UPLOAD_CHUNKS_IN_FLIGHT: usize = 4;
 pub const DOWNLOADERS: u32 = 3;
 /// Pause between two downloads of one downloader, drawn from this range (virtual ms).
 pub const DOWNLOAD_THINK_MS: (u64, u64) = (20, 120);
-/// After healing (and Raft convergence), how long repair has to give every node that should
-/// hold a READY version an intact copy of each of its chunks.
-pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(20);
+/// After healing (and Raft convergence), how long repair has at least to give every node that
+/// should hold a READY version an intact copy of each of its chunks; the bound grows with the
+/// time the scrub needs to get round the stores ([`replication_bound`]).
+pub const REPLICATION_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+/// The scrub's budget per repair pass in the simulator, in real bytes. Production reads
+/// `SCRUB_BYTES_PER_PASS` (32 MiB) per pass; at the chunk store's scale (a real byte stands for
+/// 1024) that would be 32 KiB, 8 chunks, and a run's stores would take minutes to go round.
+/// 512 KiB (128 chunks) goes round a 30 s chaos run's stores in about ten passes while hashing
+/// a fraction of them per pass, which keeps the run fast.
+pub const SIM_SCRUB_BYTES_PER_PASS: u64 = 512 * 1024;
 /// How often replication is polled while waiting for it.
-const REPLICATION_POLL: Duration = Duration::from_millis(500);
+const REPLICATION_POLL: Duration = Duration::from_secs(1);
 /// The region every node of these scenarios is in; zones `z0`.. are dealt round-robin.
 pub const SIM_REGION: &str = "sim";
 /// Zones the nodes are spread over.
@@ -389,7 +395,7 @@ impl Chunks {
             .ok()
             .map(|(_, m)| manifest_chunks(&m))
         };
-        let scrubbed = scrub_step(store, &repair, &held, chunks_of, SCRUB_BYTES_PER_PASS).await;
+        let scrubbed = scrub_step(store, &repair, &held, chunks_of, SIM_SCRUB_BYTES_PER_PASS).await;
         if !scrubbed.bad.is_empty() {
             self.lock().stats.chunks_scrubbed_bad += scrubbed.bad.len() as u64;
             self.trace.record(format!(
@@ -493,9 +499,9 @@ impl Chunks {
         state.violations.extend(found);
     }
 
-    /// After healing: wait (at most [`REPLICATION_TIMEOUT`]) until every node that should hold
-    /// a READY version of `versions` (label, manifest) holds an intact copy of each chunk; the
-    /// violations if it never does. Sets [`ChunkStats::replicated_ms`].
+    /// After healing: wait (at most [`replication_bound`] of what the holders hold) until every
+    /// node that should hold a READY version of `versions` (label, manifest) holds an intact copy
+    /// of each chunk; the violations if it never does. Sets [`ChunkStats::replicated_ms`].
     pub async fn await_replication(&self, versions: &[(String, Manifest)]) -> Vec<Violation> {
         let members = self.members();
         let targets: Vec<Target> = versions
@@ -514,6 +520,17 @@ impl Chunks {
                 }
             })
             .collect();
+        let mut held_bytes: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for t in &targets {
+            let bytes: u64 = t.chunks.iter().map(|c| c.size_bytes as u64).sum();
+            for h in &t.holders {
+                *held_bytes.entry(*h).or_default() += bytes;
+            }
+        }
+        let bound = replication_bound(
+            held_bytes.values().copied().max().unwrap_or(0),
+            SIM_SCRUB_BYTES_PER_PASS,
+        );
         let started = Instant::now();
         // Faults are over: a copy found intact stays intact, so each is hashed once.
         let mut intact: BTreeMap<NodeId, BTreeSet<Hash>> = BTreeMap::new();
@@ -538,12 +555,21 @@ impl Chunks {
                 ));
                 return found;
             }
-            if waited >= REPLICATION_TIMEOUT {
+            if waited >= bound {
                 return found;
             }
             tokio::time::sleep(REPLICATION_POLL).await;
         }
     }
+}
+
+/// How long replication may take after healing when a node should hold `held_bytes`: a copy
+/// rotted just before healing is found by the scrub within one round of the store (a pass per
+/// `scrub_bytes_per_pass`, one pass per `REPAIR_INTERVAL`) and fetched on the next pass; at
+/// least [`REPLICATION_TIMEOUT_MIN`].
+pub fn replication_bound(held_bytes: u64, scrub_bytes_per_pass: u64) -> Duration {
+    let round = held_bytes.div_ceil(scrub_bytes_per_pass.max(1)) as u32;
+    REPLICATION_TIMEOUT_MIN + REPAIR_INTERVAL * (round + 2)
 }
 
 /// Every chunk of a manifest, in file order.
@@ -560,5 +586,28 @@ pub fn root_label(model: &str, number: Option<u64>, root: &str) -> String {
     match number {
         Some(n) => format!("{model}/{n}"),
         None => format!("{model}/? root {}", short(root)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_bound_covers_a_scrub_round_and_a_repair_pass() {
+        let pass = REPAIR_INTERVAL;
+        assert_eq!(
+            replication_bound(0, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 2
+        );
+        assert_eq!(
+            replication_bound(100, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 3
+        );
+        assert_eq!(
+            replication_bound(101, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 4
+        );
+        assert_eq!(replication_bound(5, 0), REPLICATION_TIMEOUT_MIN + pass * 7);
     }
 }

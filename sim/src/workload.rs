@@ -25,9 +25,9 @@ use crate::chunkstore::Corpus;
 pub const MODELS_PER_PIPELINE_MAX: usize = 3;
 /// Versions a pipeline remembers (for stage changes and aliases); the oldest are forgotten.
 pub const VERSIONS_REMEMBERED_MAX: usize = 64;
-/// Logical size of a registered artifact, drawn from this range: 1 to 10 chunks of 4 MiB
+/// Logical size of a registered artifact, drawn from this range: 1 to 6 chunks of 4 MiB
 /// (4 KiB of real bytes each, see `chunkstore`).
-pub const ARTIFACT_LOGICAL_BYTES: (u64, u64) = (1 << 20, 40 << 20);
+pub const ARTIFACT_LOGICAL_BYTES: (u64, u64) = (1 << 20, 24 << 20);
 pub const ALIASES: [&str; 2] = ["champion", "challenger"];
 const STAGES: [Stage; 4] = [
     Stage::Experimental,
