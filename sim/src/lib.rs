@@ -13,18 +13,23 @@
 //!
 //! Pure parts, unit-tested on their own: fault schedules ([`schedule`]), the link model
 //! ([`net::LinkModel`]), the pipelines' op generation ([`workload`]), the invariant checkers
-//! ([`check`]) and the report's statistics ([`report`]). The I/O shell: [`cluster`] (start,
+//! ([`check`], [`check_chunks`]) and the report's statistics ([`report`]). The I/O shell: [`cluster`] (start,
 //! crash, restart nodes), [`net`]'s router, [`client`] (routing ops to the leader), [`run`]
 //! (one seed) and [`sweep`] (many seeds on several threads).
 //!
 //! Modules:
-//! - [`config`]: scenario, sizes, the planted bug, the replay command.
+//! - [`config`]: scenario, sizes, the planted bugs (test-only: lost acks, READY before W
+//!   copies, unverified chunks), the replay command.
 //! - [`trace`]: the ordered event log and its blake3.
 //! - [`chunkstore`]: in-memory chunk stores with corruption injection, and synthesized artifacts
 //!   (seeded bytes at a documented scale: 4 KiB real per 4 MiB logical chunk).
 //! - [`chunknet`]: the simulated chunk network (`ChunkPeers`): regions, zones, latency,
 //!   per-endpoint bandwidth, byte accounting, down endpoints and cut links; nodes serve clients
 //!   through the real `read_chunk`.
+//! - [`chunks`]: the artifact side of `chaos` and `failover`: uploads through the real
+//!   `ChunkSink` (W = 2), downloads through nodes' real `read_chunk`, the production repair and
+//!   scrub on every node, bit rot; [`check_chunks`] judges what clients got, the copies behind
+//!   every READY ack, and replication after healing.
 
 pub mod check;
 pub mod check_chunks;
