@@ -220,6 +220,24 @@ pub struct FailoverReport {
     pub writes_lost: u64,
 }
 
+/// Log filter for the benchmark's node processes (default `error`); each node's log goes to
+/// `node-N.log` beside its data dir.
+pub const BENCH_NODE_LOG_ENV: &str = "QUIVER_BENCH_NODE_LOG";
+
+fn node_log(data_dir: &Path) -> anyhow::Result<Stdio> {
+    let name = data_dir
+        .file_name()
+        .map(|n| format!("{}.log", n.to_string_lossy()))
+        .unwrap_or_else(|| "node.log".into());
+    let path = data_dir.with_file_name(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open node log {}", path.display()))?;
+    Ok(Stdio::from(file))
+}
+
 /// A `quiver-node serve` child process.
 struct ChildNode {
     child: Child,
@@ -243,9 +261,12 @@ fn spawn_node(
     ])
     .arg("--data-dir")
     .arg(data_dir)
-    .env("RUST_LOG", "error")
+    .env(
+        "RUST_LOG",
+        std::env::var(BENCH_NODE_LOG_ENV).unwrap_or_else(|_| "error".into()),
+    )
     .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    .stderr(node_log(data_dir)?);
     if let Some(peer) = join {
         cmd.args(["--join", peer]);
     }
@@ -293,10 +314,9 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
     let mut samples = Vec::new();
     let mut acknowledged = Vec::new();
     for drill in 0..drills {
-        let probe = Client::connect(&nodes[0].endpoint).await?;
-        let leader =
-            wait_for(|| async { probe.cluster_status().await.ok().and_then(|s| s.leader_id) })
-                .await?;
+        let leader = wait_for(|| healthy_leader(&nodes)).await.with_context(|| {
+            format!("drill {drill}: the cluster did not settle with one leader and every member caught up")
+        })?;
         let survivor = (1..=3u64).find(|&id| id != leader).expect("three nodes");
         let writer = Client::connect(&nodes[survivor as usize - 1].endpoint)
             .await?
@@ -349,7 +369,11 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
         let _ = node.child.kill();
         let _ = node.child.wait();
     }
-    std::fs::remove_dir_all(&dir).ok();
+    if std::env::var_os(BENCH_NODE_LOG_ENV).is_none() {
+        std::fs::remove_dir_all(&dir).ok();
+    } else {
+        eprintln!("bench: node logs kept in {}", dir.display());
+    }
     let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     Ok(FailoverReport {
         drills,
@@ -360,6 +384,36 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
         writes_acknowledged: acknowledged.len() as u64,
         writes_lost: lost,
     })
+}
+
+/// The leader, once every node names the same one, the leader confirms it itself, and every
+/// member is a voter with no replication lag (so that a drill never starts while the node
+/// restarted by the previous one is still catching up, nor kills a node that is not leader).
+async fn healthy_leader(nodes: &[ChildNode]) -> Option<u64> {
+    let mut named = None;
+    for node in nodes {
+        let status = Client::connect(&node.endpoint)
+            .await
+            .ok()?
+            .cluster_status()
+            .await
+            .ok()?;
+        let leader = status.leader_id?;
+        if named.is_some_and(|l| l != leader) {
+            return None;
+        }
+        named = Some(leader);
+        if status.node_id == leader
+            && (status.members.len() != nodes.len()
+                || status
+                    .members
+                    .iter()
+                    .any(|m| !m.voter || m.lag.is_none_or(|lag| lag > 0)))
+        {
+            return None;
+        }
+    }
+    named
 }
 
 async fn wait_for<T, F, Fut>(mut check: F) -> anyhow::Result<T>

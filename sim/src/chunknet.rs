@@ -10,7 +10,9 @@
 //! A node asked by a client answers through the real `read_chunk`, as the download service does:
 //! a chunk it lacks, or holds corrupt, is fetched (verified) from the other nodes, nearest first
 //! ([`ChunkNet::node_sources`]), stored, and then served. A push is verified and stored by the
-//! receiving node's `put` (durable when it returns) before the sender hears `Ok`.
+//! receiving node's `put` (durable when it returns) before the sender hears `Ok`. Both a fetch
+//! (request out, data back) and a push (data out, acknowledgement back) take their transfer
+//! time plus one round trip.
 //!
 //! **Time.** Every step is a tokio sleep under the simulator's paused clock, so a run's timing is
 //! exactly reproducible:
@@ -179,7 +181,7 @@ impl Default for NetConfig {
 }
 
 /// Logical bytes sent inside one region and across regions.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
     pub intra_region_bytes: u64,
     pub cross_region_bytes: u64,
@@ -218,6 +220,10 @@ pub struct NetStats {
     pub transfers: u64,
     /// Requests refused (down endpoint) or lost (cut link).
     pub refused: u64,
+    /// Logical bytes of node-to-node transfers whose chunk the receiving node already held when
+    /// they arrived (e.g. several concurrent read-throughs of one chunk): traffic a smarter
+    /// protocol would not send.
+    pub redundant_between_nodes_bytes: u64,
 }
 
 impl NetStats {
@@ -535,11 +541,20 @@ impl ChunkNet {
     }
 
     /// Waits out a request that cannot be carried and returns the error the sender sees; `None`
-    /// when the route is open (after the request's one-way latency).
-    async fn send_request(&self, from: Endpoint, to: Endpoint, hash: &Hash) -> Option<FetchError> {
+    /// when the route is open, after the request's one-way latency if `carry_latency` (a fetch
+    /// request; a push's data leaves at once and its latency is charged on arrival).
+    async fn send_request(
+        &self,
+        from: Endpoint,
+        to: Endpoint,
+        hash: &Hash,
+        carry_latency: bool,
+    ) -> Option<FetchError> {
         match self.route(from, to) {
             Route::Open { latency } => {
-                tokio::time::sleep(latency).await;
+                if carry_latency {
+                    tokio::time::sleep(latency).await;
+                }
                 None
             }
             Route::Refused => {
@@ -567,7 +582,14 @@ impl ChunkNet {
         self.lock().endpoints.get(&e).is_some_and(|s| s.up)
     }
 
-    fn trace_transfer(&self, from: Endpoint, to: Endpoint, what: &str, hash: &Hash, real: usize) {
+    /// A chunk transfer arrived: trace it, and count it as redundant if the receiving node
+    /// already holds the chunk.
+    fn arrived(&self, from: Endpoint, to: Endpoint, what: &str, hash: &Hash, real: usize) {
+        if let Endpoint::Node(id) = to {
+            if self.store(id).is_some_and(|s| s.contains(hash)) {
+                self.lock().stats.redundant_between_nodes_bytes += logical_bytes(real);
+            }
+        }
         if self.cfg.trace_transfers {
             self.trace.record(format!(
                 "chunknet {what} {from}->{to} {} {} B",
@@ -645,7 +667,7 @@ impl ChunkPeers for SimPeers {
                 }
             };
             let to = Endpoint::Node(server);
-            if let Some(e) = net.send_request(me, to, &chunk.hash).await {
+            if let Some(e) = net.send_request(me, to, &chunk.hash, true).await {
                 return Err(e);
             }
             let data = this.serve(server, &chunk).await?;
@@ -654,7 +676,7 @@ impl ChunkPeers for SimPeers {
             }
             let arrives = net.reserve(to, me, logical_bytes(data.len()));
             tokio::time::sleep_until(arrives).await;
-            net.trace_transfer(to, me, "fetch", &chunk.hash, data.len());
+            net.arrived(to, me, "fetch", &chunk.hash, data.len());
             Ok(data)
         });
         fut
@@ -682,7 +704,7 @@ impl ChunkPeers for SimPeers {
                     detail: "simulated network: no chunk server at this address".into(),
                 });
             };
-            if let Some(e) = net.send_request(me, to, &hash).await {
+            if let Some(e) = net.send_request(me, to, &hash, false).await {
                 return Err(e);
             }
             let arrives = net.reserve(me, to, logical_bytes(data.len()));
@@ -690,7 +712,7 @@ impl ChunkPeers for SimPeers {
             if !net.is_up(to) {
                 return Err(net.refuse(me, to, &hash, "connection lost mid-push"));
             }
-            net.trace_transfer(me, to, "push", &hash, data.len());
+            net.arrived(me, to, "push", &hash, data.len());
             match store.put(&hash, &data) {
                 Ok(_) => {}
                 Err(StoreError::HashMismatch { .. }) => {
@@ -898,6 +920,15 @@ mod tests {
             .await
             .unwrap();
         assert!(target.holds_intact(std::slice::from_ref(chunk)));
+        assert_eq!(net.stats().redundant_between_nodes_bytes, 0);
+        // The same chunk again: carried, and counted as redundant.
+        n1.push(Endpoint::Node(2).addr(), &chunk.hash, &data)
+            .await
+            .unwrap();
+        assert_eq!(
+            net.stats().redundant_between_nodes_bytes,
+            logical_bytes(data.len())
+        );
         let mut bad = data.to_vec();
         bad[0] ^= 1;
         let other = &corpus.chunks()[1];

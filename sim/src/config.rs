@@ -27,6 +27,9 @@ pub enum Scenario {
     Chaos,
     /// The leader is killed again and again under a steady registration load.
     Failover,
+    /// One large model pulled by a fleet of serving replicas in several regions, through
+    /// Quiver's pull path and through a one-node baseline (`crate::load`; its own report).
+    Load,
 }
 
 impl Scenario {
@@ -34,6 +37,7 @@ impl Scenario {
         match self {
             Scenario::Chaos => "chaos",
             Scenario::Failover => "failover",
+            Scenario::Load => "load",
         }
     }
 
@@ -41,6 +45,8 @@ impl Scenario {
         match self {
             Scenario::Chaos => 30,
             Scenario::Failover => 30,
+            // Not used: a load run lasts until the fleet has loaded (`load::PHASE_TIMEOUT`).
+            Scenario::Load => 30,
         }
     }
 }
@@ -51,7 +57,10 @@ impl FromStr for Scenario {
         match s {
             "chaos" => Ok(Scenario::Chaos),
             "failover" => Ok(Scenario::Failover),
-            other => Err(format!("unknown scenario {other:?}: use chaos or failover")),
+            "load" => Ok(Scenario::Load),
+            other => Err(format!(
+                "unknown scenario {other:?}: use chaos, failover or load"
+            )),
         }
     }
 }

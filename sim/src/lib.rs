@@ -30,6 +30,8 @@
 //!   `ChunkSink` (W = 2), downloads through nodes' real `read_chunk`, the production repair and
 //!   scrub on every node, bit rot; [`check_chunks`] judges what clients got, the copies behind
 //!   every READY ack, and replication after healing.
+//! - [`load`] and [`loadreport`]: the `load` scenario (a fleet of serving replicas pulls one large
+//!   model through Quiver's path and through a one-node baseline) and its table, JSON and SVG.
 
 pub mod check;
 pub mod check_chunks;
@@ -39,6 +41,8 @@ pub mod chunkstore;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod load;
+pub mod loadreport;
 pub mod net;
 pub mod report;
 pub mod run;

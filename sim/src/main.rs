@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use quiver_sim::load::{self, LoadConfig};
 use quiver_sim::report::sweep_summary;
 use quiver_sim::{Plant, Scenario, SeedRange, SimConfig};
 
@@ -32,6 +33,12 @@ enum Command {
         /// Print every trace event before the report.
         #[arg(long)]
         dump_trace: bool,
+        /// Report format: table or json (the load scenario).
+        #[arg(long, default_value = "table")]
+        output: Output,
+        /// Write an SVG chart of the load-time distribution here (the load scenario).
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Run a range of seeds on several threads; print a line per seed and a summary.
     Sweep {
@@ -46,13 +53,29 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Args)]
 struct Common {
-    /// chaos or failover.
+    /// chaos, failover or load.
     #[arg(long)]
     scenario: Scenario,
-    #[arg(long, default_value_t = 5)]
-    nodes: usize,
+    /// Cluster nodes (default: 5; 6 for load).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Regions the nodes and replicas are spread over (load; default 3).
+    #[arg(long)]
+    regions: Option<usize>,
+    /// Serving replicas that pull the model (load; default 100).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// The model's size in bytes (load; default 2.3 GB).
+    #[arg(long)]
+    model_bytes: Option<u64>,
     /// Simulated seconds of the scenario (healing and convergence come after).
     #[arg(long)]
     duration_s: Option<u64>,
@@ -71,7 +94,9 @@ struct Common {
 impl Common {
     fn config(&self, seed: u64) -> Result<SimConfig, String> {
         let mut cfg = SimConfig::new(seed, self.scenario);
-        cfg.nodes = self.nodes;
+        if let Some(nodes) = self.nodes {
+            cfg.nodes = nodes;
+        }
         if let Some(d) = self.duration_s {
             cfg.duration_s = d;
         }
@@ -80,6 +105,71 @@ impl Common {
         cfg.data_root = self.data_dir.clone();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn load_config(&self, seed: u64) -> Result<LoadConfig, String> {
+        let mut cfg = LoadConfig::new(seed);
+        if let Some(nodes) = self.nodes {
+            cfg.base.nodes = nodes;
+        }
+        if let Some(regions) = self.regions {
+            cfg.regions = regions;
+        }
+        if let Some(replicas) = self.replicas {
+            cfg.replicas = replicas;
+        }
+        if let Some(bytes) = self.model_bytes {
+            cfg.model_bytes = bytes;
+        }
+        cfg.base.data_root = self.data_dir.clone();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// `quiver-sim run --scenario load`: the load report as a table or JSON, and the SVG chart.
+fn run_load(
+    common: &Common,
+    seed: u64,
+    dump_trace: bool,
+    output: Output,
+    svg: Option<&std::path::Path>,
+) -> ExitCode {
+    let mut cfg = match common.load_config(seed) {
+        Ok(cfg) => cfg,
+        Err(e) => return usage_error(&e),
+    };
+    cfg.base.keep_trace = dump_trace;
+    let report = match load::run(&cfg) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!(
+                "seed {seed} could not run: {e:#}\nreplay: {}",
+                cfg.replay_command()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in &report.trace_lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let text = match output {
+        Output::Table => report.table(),
+        Output::Json => report.json(),
+    };
+    let _ = writeln!(out, "{text}");
+    if let Some(path) = svg {
+        if let Err(e) = std::fs::write(path, report.svg()) {
+            eprintln!("write the SVG chart to {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("replay: {}", cfg.replay_command());
+        ExitCode::from(1)
     }
 }
 
@@ -90,7 +180,23 @@ fn main() -> ExitCode {
             seed,
             common,
             dump_trace,
+            output,
+            svg,
         } => {
+            if common.scenario == Scenario::Load {
+                return run_load(&common, seed, dump_trace, output, svg.as_deref());
+            }
+            if output != Output::Table || svg.is_some() {
+                return usage_error(
+                    "--output json and --svg are for --scenario load (the only JSON and chart report so far)",
+                );
+            }
+            if common.regions.is_some() || common.replicas.is_some() || common.model_bytes.is_some()
+            {
+                return usage_error(
+                    "--regions, --replicas and --model-bytes are for --scenario load",
+                );
+            }
             let mut cfg = match common.config(seed) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),
@@ -123,6 +229,11 @@ fn main() -> ExitCode {
             common,
             threads,
         } => {
+            if common.scenario == Scenario::Load {
+                return usage_error(
+                    "the load scenario runs one seed at a time: quiver-sim run --seed S --scenario load",
+                );
+            }
             let base = match common.config(seeds.start) {
                 Ok(cfg) => cfg,
                 Err(e) => return usage_error(&e),

@@ -108,6 +108,9 @@ pub fn data_root(cfg: &SimConfig) -> PathBuf {
 /// report.
 pub fn run(cfg: &SimConfig) -> anyhow::Result<RunReport> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    if cfg.scenario == Scenario::Load {
+        anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run (quiver-sim run --seed S --scenario load)");
+    }
     let root = data_root(cfg);
     let dir = tempfile::Builder::new()
         .prefix("quiver-sim-")
@@ -191,6 +194,9 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let mix = match cfg.scenario {
         Scenario::Chaos => Mix::Chaos,
         Scenario::Failover => Mix::Failover,
+        Scenario::Load => {
+            anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run (quiver-sim run --seed S --scenario load)")
+        }
     };
     let pipelines: Vec<_> = (0..cfg.clients)
         .map(|i| {
@@ -206,6 +212,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
         ),
         Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
+        Scenario::Load => Vec::new(),
     };
     let driver = tokio::spawn(drive_faults(
         cluster.clone(),

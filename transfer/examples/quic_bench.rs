@@ -13,7 +13,7 @@
 //! - (b) one bare quinn stream, for several tunings: the chosen one, BBR instead of CUBIC, other
 //!   stream windows, OS-default UDP buffers, no GSO, and quinn's default configuration;
 //! - (c) the chunk protocol (GET of 1 MiB chunks from an in-memory cache, each verified with
-//!   blake3 and discarded) with K concurrent requests over 1 or 2 connections;
+//!   blake3 and discarded) with K concurrent requests from 1 or 2 clients (each keeps `CONNECTIONS_PER_PEER` connections);
 //! - the ratio of the best (c) to (b) with the chosen tuning;
 //! - then (b) and (c) again through an in-process relay that delays every datagram (simulated
 //!   RTT, default 10 ms, a quarter of `--size`): loopback's RTT is too small for flow-control
@@ -179,12 +179,12 @@ async fn main() -> Result<(), TransferError> {
         row(label, figure, tcp, "TCP");
     }
     let mut best_chunk = (0.0f64, String::new());
-    for (streams, connections) in [(1, 1), (4, 1), (8, 1), (16, 1), (8, 2), (16, 2)] {
+    for (streams, clients) in [(1, 1), (4, 1), (8, 1), (16, 1), (8, 2), (16, 2)] {
         let figure = best(runs, async || {
-            bench_chunk_protocol(size, streams, connections, &chosen, direct).await
+            bench_chunk_protocol(size, streams, clients, &chosen, direct).await
         })
         .await?;
-        let label = format!("(c)  chunk protocol, K={streams}, {connections} connection(s)");
+        let label = format!("(c)  chunk protocol, K={streams}, {clients} client(s)");
         row(&label, figure, tcp, "TCP");
         if figure > best_chunk.0 {
             best_chunk = (figure, label);
@@ -193,12 +193,12 @@ async fn main() -> Result<(), TransferError> {
     let unfair = tuned(|t| t.send_fairness = false);
     for (label, tuning) in [
         (
-            "(c)  chunk protocol, K=8, 1 connection, send fairness off",
+            "(c)  chunk protocol, K=8, 1 client, send fairness off",
             &unfair,
         ),
-        ("(c)  chunk protocol, K=8, 1 connection, BBR", &bbr),
+        ("(c)  chunk protocol, K=8, 1 client, BBR", &bbr),
         (
-            "(c)  chunk protocol, K=8, 1 connection, quinn defaults",
+            "(c)  chunk protocol, K=8, 1 client, quinn defaults",
             &quinn_defaults,
         ),
     ] {
@@ -209,7 +209,7 @@ async fn main() -> Result<(), TransferError> {
         row(label, figure, tcp, "TCP");
     }
     println!(
-        "(c)/(b): best (c) / (b) = {:.2} [{}]; (c) K=8, 1 connection / (b) is in the rows above; (b)/(a) = {:.2}",
+        "(c)/(b): best (c) / (b) = {:.2} [{}]; (c) K=8, 1 client / (b) is in the rows above; (b)/(a) = {:.2}",
         best_chunk.0 / stream,
         best_chunk.1.trim_start_matches("(c)  "),
         stream / tcp
@@ -270,21 +270,21 @@ async fn main() -> Result<(), TransferError> {
         .await?;
         row(label, figure, stream_rtt, "(b)");
     }
-    for (streams, connections, label, tuning) in [
-        (1, 1, "(c)  chunk protocol, K=1, 1 connection", &chosen),
-        (8, 1, "(c)  chunk protocol, K=8, 1 connection", &chosen),
-        (16, 1, "(c)  chunk protocol, K=16, 1 connection", &chosen),
-        (8, 2, "(c)  chunk protocol, K=8, 2 connections", &chosen),
-        (8, 1, "(c)  chunk protocol, K=8, 1 connection, BBR", &bbr),
+    for (streams, clients, label, tuning) in [
+        (1, 1, "(c)  chunk protocol, K=1, 1 client", &chosen),
+        (8, 1, "(c)  chunk protocol, K=8, 1 client", &chosen),
+        (16, 1, "(c)  chunk protocol, K=16, 1 client", &chosen),
+        (8, 2, "(c)  chunk protocol, K=8, 2 clients", &chosen),
+        (8, 1, "(c)  chunk protocol, K=8, 1 client, BBR", &bbr),
         (
             8,
             1,
-            "(c)  chunk protocol, K=8, 1 connection, quinn defaults",
+            "(c)  chunk protocol, K=8, 1 client, quinn defaults",
             &quinn_defaults,
         ),
     ] {
         let figure = best(runs, async || {
-            bench_chunk_protocol(relay_size, streams, connections, tuning, rtt).await
+            bench_chunk_protocol(relay_size, streams, clients, tuning, rtt).await
         })
         .await?;
         row(label, figure, stream_rtt, "(b)");

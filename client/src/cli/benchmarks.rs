@@ -105,7 +105,10 @@ pub async fn transport(size: u64, streams: usize, output: Output) -> anyhow::Res
                     "-".into(),
                 ],
                 vec![
-                    format!("chunk protocol ({} in flight, verified)", r.streams),
+                    format!(
+                        "chunk protocol ({} in flight, {} connections, verified)",
+                        r.streams, r.connections
+                    ),
                     mb(r.chunk_protocol_mb_per_s),
                     format!("{:.2} of the tuned stream", r.chunk_to_stream_ratio),
                 ],

@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 use super::config::{client_config, endpoint, server_config, TransportTuning};
 use super::dev_tls::DevCa;
 use super::{
-    ChunkServer, ChunkSource, MemoryChunkSource, PeerClient, TransferError, PEER_TLS_SERVER_NAME,
-    STREAMS_PER_CONNECTION_MAX,
+    ChunkServer, ChunkSource, MemoryChunkSource, PeerClient, TransferError, CONNECTIONS_PER_PEER,
+    PEER_TLS_SERVER_NAME, STREAMS_PER_CONNECTION_MAX,
 };
 use crate::{ChunkRef, Hash, CHUNK_SIZE_BYTES_AVG};
 
@@ -26,8 +26,8 @@ use crate::{ChunkRef, Hash, CHUNK_SIZE_BYTES_AVG};
 const BLOCK_BYTES: usize = CHUNK_SIZE_BYTES_AVG;
 /// Distinct chunks the chunk-protocol benchmark holds in memory; requests cycle over them.
 const DISTINCT_CHUNKS_MAX: u64 = 64;
-/// Connections the chunk-protocol benchmark may open.
-const CONNECTIONS_MAX: usize = 16;
+/// Clients the chunk-protocol benchmark may start.
+const CLIENTS_MAX: usize = 16;
 /// Largest transfer a benchmark accepts (1 TiB).
 const SIZE_BYTES_MAX: u64 = 1 << 40;
 /// Largest round-trip time the delay relay simulates.
@@ -46,14 +46,16 @@ pub struct TransportBenchReport {
     pub size_bytes: u64,
     /// Concurrent requests in the chunk-protocol figure.
     pub streams: usize,
+    /// Connections the chunk-protocol figure used ([`super::CONNECTIONS_PER_PEER`]).
+    pub connections: usize,
     /// (a) loopback TCP, one connection: the baseline.
     pub tcp_mb_per_s: f64,
     /// (b) one quinn stream with the chosen tuning.
     pub quic_stream_mb_per_s: f64,
     /// (b') one quinn stream with quinn's default transport configuration.
     pub quic_stream_default_mb_per_s: f64,
-    /// (c) the chunk protocol, `streams` requests in flight on one connection, every chunk
-    /// verified.
+    /// (c) the chunk protocol, `streams` requests in flight from one [`PeerClient`] (which
+    /// spreads them over its `connections` connections to the peer), every chunk verified.
     pub chunk_protocol_mb_per_s: f64,
     /// (c) / (b).
     pub chunk_to_stream_ratio: f64,
@@ -110,6 +112,7 @@ pub async fn bench_transport(
     Ok(TransportBenchReport {
         size_bytes: rounded(size_bytes)?,
         streams,
+        connections: CONNECTIONS_PER_PEER,
         tcp_mb_per_s,
         quic_stream_mb_per_s,
         quic_stream_default_mb_per_s,
@@ -311,27 +314,27 @@ pub async fn bench_quic_stream(
 }
 
 /// (c) The chunk protocol end to end: a [`ChunkServer`] over an in-memory cache of 1 MiB chunks,
-/// `connections` clients (each its own endpoint and connection) sharing `streams` concurrent
-/// GETs; every chunk is verified by the client, then discarded. Moves `size_bytes` in total
+/// `clients` [`PeerClient`]s (each its own endpoint and [`super::CONNECTIONS_PER_PEER`]
+/// connections) sharing `streams` concurrent GETs; every chunk is verified by the client, then discarded. Moves `size_bytes` in total
 /// (whole chunks), cycling over at most 64 distinct chunks. `rtt` as in [`bench_quic_stream`].
 pub async fn bench_chunk_protocol(
     size_bytes: u64,
     streams: usize,
-    connections: usize,
+    clients: usize,
     tuning: &TransportTuning,
     rtt: Duration,
 ) -> Result<f64, TransferError> {
     let size = rounded(size_bytes)?;
     let per_connection_max = STREAMS_PER_CONNECTION_MAX as usize;
-    if connections == 0 || connections > CONNECTIONS_MAX {
+    if clients == 0 || clients > CLIENTS_MAX {
         return Err(TransferError::Bench(format!(
-            "connections = {connections}: expected 1 to {CONNECTIONS_MAX}"
+            "clients = {clients}: expected 1 to {CLIENTS_MAX}"
         )));
     }
-    if streams == 0 || streams > per_connection_max * connections {
+    if streams == 0 || streams > per_connection_max * clients * CONNECTIONS_PER_PEER {
         return Err(TransferError::Bench(format!(
             "streams = {streams}: expected 1 to {} ({per_connection_max} per connection)",
-            per_connection_max * connections
+            per_connection_max * clients * CONNECTIONS_PER_PEER
         )));
     }
     let total_chunks = size / BLOCK_BYTES as u64;
@@ -353,14 +356,14 @@ pub async fn bench_chunk_protocol(
     let source: Arc<dyn ChunkSource> = Arc::new(source);
     let server = ChunkServer::bind_with(localhost(), source, &ca.issue("bench server")?, tuning)?;
     let client_tls = ca.issue("bench client")?;
-    // One relay per connection: a relay forwards for one client.
-    let mut relays = Vec::with_capacity(connections);
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
+    // One relay per client: a relay forwards for one client's connections.
+    let mut relays = Vec::with_capacity(clients);
+    let mut peers = Vec::with_capacity(clients);
+    for _ in 0..clients {
         let relay = DelayRelay::start(server.local_addr(), rtt)?;
         let client = PeerClient::with_tuning(&client_tls, tuning)?;
         client.connect(relay.addr).await?;
-        clients.push((client, relay.addr));
+        peers.push((client, relay.addr));
         relays.push(relay);
     }
 
@@ -368,7 +371,7 @@ pub async fn bench_chunk_protocol(
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for worker in 0..streams {
-        let (client, server_addr) = clients[worker % connections].clone();
+        let (client, server_addr) = peers[worker % clients].clone();
         let next = next.clone();
         let refs = refs.clone();
         workers.spawn(async move {
@@ -391,7 +394,7 @@ pub async fn bench_chunk_protocol(
         received += joined.map_err(|e| TransferError::Bench(format!("worker: {e}")))??;
     }
     let figure = mb_per_s(received, started);
-    drop(clients);
+    drop(peers);
     server.shutdown().await;
     drop(relays);
     if received != size {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,8 +15,8 @@ use super::wire::{
     RESPONSE_HEADER_BYTES,
 };
 use super::{
-    FetchError, QuicTls, TransferError, CLIENT_POOL_PEERS_MAX, CONNECT_TIMEOUT, HAVE_BATCH_MAX,
-    PEER_TLS_SERVER_NAME, REQUEST_TIMEOUT,
+    FetchError, QuicTls, TransferError, CLIENT_POOL_CONNECTIONS_MAX, CONNECTIONS_PER_PEER,
+    CONNECT_TIMEOUT, HAVE_BATCH_MAX, PEER_TLS_SERVER_NAME, REQUEST_TIMEOUT,
 };
 use crate::{ChunkRef, Hash, StoreError, CHUNK_SIZE_BYTES};
 
@@ -26,8 +27,10 @@ type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
 /// Talks the chunk protocol to peers. Cheap to clone (clones share the endpoint and the pool).
 ///
-/// One connection per peer address, opened on first use and reused; a connection found closed is
-/// replaced on the next request (a request that finds a pooled connection dead before sending
+/// [`CONNECTIONS_PER_PEER`] connections per peer address, opened on first use and reused;
+/// requests take them in turn (each connection's packets are processed by its own task, so bulk
+/// transfers to one peer use more than one core). A connection found closed is replaced on the
+/// next request (a request that finds a pooled connection dead before sending
 /// anything is retried once on a fresh one). Every call is bounded: [`CONNECT_TIMEOUT`] for the
 /// handshake, [`REQUEST_TIMEOUT`] for the whole call.
 #[derive(Clone)]
@@ -39,7 +42,10 @@ struct Inner {
     v4: quinn::Endpoint,
     /// None where the host has no IPv6.
     v6: Option<quinn::Endpoint>,
-    pool: Mutex<HashMap<SocketAddr, Slot>>,
+    /// Keyed by (peer, lane); lane < [`CONNECTIONS_PER_PEER`].
+    pool: Mutex<HashMap<(SocketAddr, usize), Slot>>,
+    /// Picks the lane of the next request.
+    next_lane: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -80,6 +86,7 @@ impl PeerClient {
                 v4,
                 v6,
                 pool: Mutex::new(HashMap::new()),
+                next_lane: AtomicUsize::new(0),
             }),
         })
     }
@@ -279,8 +286,9 @@ impl PeerClient {
 
     /// The pooled connection to `peer`, or a new one. `true` if it was made now.
     async fn connection(&self, peer: SocketAddr) -> Result<(Connection, bool), FetchError> {
-        let slot = self.slot(peer);
-        // One handshake at a time per peer: concurrent callers wait and share its result.
+        let lane = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % CONNECTIONS_PER_PEER;
+        let slot = self.slot((peer, lane));
+        // One handshake at a time per lane: concurrent callers wait and share its result.
         let mut pooled = slot.lock().await;
         if let Some(connection) = pooled.as_ref() {
             if connection.close_reason().is_none() {
@@ -322,12 +330,12 @@ impl PeerClient {
         Ok((connection, true))
     }
 
-    fn slot(&self, peer: SocketAddr) -> Slot {
+    fn slot(&self, key: (SocketAddr, usize)) -> Slot {
         let mut pool = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = pool.get(&peer) {
+        if let Some(slot) = pool.get(&key) {
             return slot.clone();
         }
-        if pool.len() >= CLIENT_POOL_PEERS_MAX {
+        if pool.len() >= CLIENT_POOL_CONNECTIONS_MAX {
             // Drop slots that hold no live connection and are not in use; then, if still full,
             // any one (its connection closes when its last user finishes).
             pool.retain(|_, slot| match slot.try_lock() {
@@ -336,15 +344,15 @@ impl PeerClient {
                     .is_some_and(|c| c.close_reason().is_none()),
                 Err(_) => true,
             });
-            if pool.len() >= CLIENT_POOL_PEERS_MAX {
+            if pool.len() >= CLIENT_POOL_CONNECTIONS_MAX {
                 if let Some(evicted) = pool.keys().next().copied() {
                     pool.remove(&evicted);
                 }
             }
         }
         let slot = Slot::default();
-        pool.insert(peer, slot.clone());
-        debug_assert!(pool.len() <= CLIENT_POOL_PEERS_MAX);
+        pool.insert(key, slot.clone());
+        debug_assert!(pool.len() <= CLIENT_POOL_CONNECTIONS_MAX);
         slot
     }
 }

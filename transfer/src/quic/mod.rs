@@ -73,9 +73,13 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
 /// Concurrent connections a [`ChunkServer`] accepts; more are refused. Peers are cluster nodes;
 /// with the chosen send window (32 MiB) this bounds a server's send buffering to 2 GiB.
 pub const SERVER_CONNECTIONS_MAX: usize = 64;
-/// Peers a [`PeerClient`] keeps a pooled connection to; beyond it, the pool evicts closed
+/// Connections a [`PeerClient`] keeps to each peer and spreads requests over. Two measured
+/// faster than one for bulk transfers (docs/decisions/0003); each costs a handshake and a
+/// connection's buffers on both sides.
+pub const CONNECTIONS_PER_PEER: usize = 2;
+/// Connections a [`PeerClient`] keeps pooled (all peers); beyond it, the pool evicts closed
 /// connections first, then an arbitrary one.
-pub const CLIENT_POOL_PEERS_MAX: usize = 1024;
+pub const CLIENT_POOL_CONNECTIONS_MAX: usize = 1024;
 /// How long [`PeerClient`] waits for a QUIC + TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound on one request made by [`PeerClient`] (after connecting). [`fetch_all`] applies
