@@ -8,6 +8,8 @@
 //! - [`LogStore`] (`log_store.rs`): the Raft log and vote in their own LMDB environment
 //!   (`DIR/log`), fsynced on every commit, because a vote or an acknowledged entry that is lost
 //!   on power failure breaks Raft's safety argument.
+//! - [`LogDisk`] (`durability.rs`): the seam through which a test harness (the simulator's disk
+//!   model) hears of every log write, and can plant a skipped fsync. Production has none.
 //! - [`StateMachineStore`] (`state_store.rs`): the applied state in a second environment
 //!   (`DIR/state`). The app's tables and Raft's `last_applied` are written in the *same*
 //!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
@@ -36,7 +38,9 @@
 // it unboxed so `?` flows straight into the trait methods. Storage errors are rare and fatal.
 #![allow(clippy::result_large_err)]
 
+mod batch;
 mod cluster;
+mod durability;
 mod log_store;
 mod network;
 mod node;
@@ -64,6 +68,7 @@ pub use cluster::{
     ClusterStatus, MemberStatus, MembershipError, JOIN_SETTLE_TIMEOUT, JOIN_TIMEOUT,
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
+pub use durability::{LogDisk, LogDiskHandle};
 pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
 pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
@@ -175,8 +180,10 @@ impl<A> Ord for TypeConfig<A> {
 }
 
 impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
-    type D = A::Command;
-    type R = A::Response;
+    /// A batch of commands: concurrent writes share one entry (see `batch`).
+    type D = Vec<A::Command>;
+    /// One response per command of the batch, in order.
+    type R = Vec<A::Response>;
     type NodeId = NodeId;
     type Node = openraft::BasicNode;
     type Entry = openraft::Entry<Self>;
@@ -191,19 +198,34 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
 /// Each environment can be open only once per process (heed refuses a second open); both are
 /// closed when the returned stores and everything cloned from them are dropped.
 pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    let (log, state, _released) = open_storage_tracked(dir)?;
+    let (log, state, _released) = open_storage_tracked(dir, None)?;
     Ok((log, state))
 }
 
 /// Like [`open_storage`], and also returns a handle that resolves once every clone of both
-/// stores is gone, i.e. once both environments are closed.
+/// stores is gone, i.e. once both environments are closed. `log_disk`: a test harness's disk
+/// model told about every log write (`None` in production; see `durability.rs`).
 pub(crate) fn open_storage_tracked<A: App>(
     dir: &Path,
+    log_disk: Option<LogDiskHandle>,
 ) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>, EnvsReleased)> {
     let (lease, released) = env_lease();
-    let log = LogStore::open(&dir.join(LOG_DIR_NAME), lease.clone())?;
+    let log = LogStore::open(&dir.join(LOG_DIR_NAME), lease.clone(), log_disk)?;
     let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
     Ok((log, state, released))
+}
+
+/// Runs blocking storage work (an LMDB commit with its fsync) from async code. On a
+/// multi-threaded runtime through `block_in_place`, so that the worker's other tasks move to
+/// another thread meanwhile: without it, a task the blocked worker had just woken (openraft's
+/// core, woken by the state machine worker) waits in that worker's LIFO slot for the whole
+/// fsync, and client writes end up serialised one sync at a time. Inline on a current-thread
+/// runtime (the simulator), where nothing else could run anyway.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Held next to every open LMDB environment of one node. It carries no data: its only job is to
@@ -242,16 +264,24 @@ fn app_error(e: &anyhow::Error, doing: &str) -> openraft::AnyError {
     openraft::AnyError::error(format!("{doing}: {e:#}"))
 }
 
-/// Open an LMDB environment with default (fully synchronous) flags.
-fn open_env(path: &Path, map_size_bytes: usize, max_dbs: u32) -> anyhow::Result<heed::Env> {
+/// Open an LMDB environment. `flags` is empty (fully synchronous) for every environment but the
+/// log's under the simulator's planted `skip_fsync` bug.
+fn open_env(
+    path: &Path,
+    map_size_bytes: usize,
+    max_dbs: u32,
+    flags: heed::EnvFlags,
+) -> anyhow::Result<heed::Env> {
     use anyhow::Context as _;
     std::fs::create_dir_all(path)
         .with_context(|| format!("create LMDB directory {}", path.display()))?;
     // SAFETY: heed requires that the environment is not opened twice in one process (it checks
     // and returns `EnvAlreadyOpened`) and that the files are not modified by anything but LMDB.
-    // No flags are set: in particular not NO_SYNC / NO_META_SYNC, so each commit is durable.
+    // No flags are set in production: in particular not NO_SYNC / NO_META_SYNC, so each commit
+    // is durable. (Only a test harness's planted bug passes NO_SYNC, for the log env.)
     let env = unsafe {
         heed::EnvOpenOptions::new()
+            .flags(flags)
             .map_size(map_size_bytes)
             .max_dbs(max_dbs)
             .max_readers(ENV_MAX_READERS)

@@ -1,12 +1,18 @@
 //! The Raft log and vote, in an LMDB environment of their own (`DIR/log`).
 //!
 //! Why this shape:
+//! - The committed index is not stored (`save_committed` keeps openraft's default, a no-op):
+//!   openraft calls it on every commit, inside its core loop, and a synced LMDB commit there
+//!   would cost every write one more fsync. The state machine is durable on its own (its apply
+//!   transaction records the last applied id), so nothing needs it at restart.
 //! - Every mutation is one write transaction committed with LMDB's default full sync. Raft's
 //!   safety rests on "what I acknowledged is on disk": an entry reported appended, or a vote
-//!   granted, must survive power loss. `MDB_NOSYNC` is therefore never used here.
+//!   granted, must survive power loss. `MDB_NOSYNC` is therefore never used here, except by the
+//!   simulator's planted bug through the durability seam (`durability.rs`, [`crate::LogDisk`]),
+//!   which also tells a test harness about every write so it can model what a crash loses.
 //! - Entries are keyed by big-endian `u64` index so LMDB's byte order is log order; range reads,
 //!   "last entry", truncate and purge are plain cursor/range operations.
-//! - Entries and the small metadata values (vote, committed, last purged) are JSON. They are read
+//! - Entries and the small metadata values (vote, last purged) are JSON. They are read
 //!   back with checks (an entry's stored index must equal its key) and every decode failure
 //!   becomes a `StorageError` naming what was read; nothing read from disk is unwrapped.
 //! - The store is a faithful map from index to entry and does not police continuity: openraft's
@@ -32,6 +38,7 @@ use openraft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::durability::LogDiskHandle;
 use crate::{any_error, open_env, App, EnvLease, NodeId, TypeConfig};
 
 /// Map size of the log environment. LMDB reserves address space, not disk: the file grows with
@@ -44,7 +51,6 @@ const LOG_MAX_DBS: u32 = 2;
 const ENTRIES_DB_NAME: &str = "entries";
 const META_DB_NAME: &str = "meta";
 const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
 
 type EntriesDb = Database<U64<BigEndian>, Bytes>;
@@ -57,6 +63,10 @@ struct LogDb {
     env: Env,
     entries: EntriesDb,
     meta: MetaDb,
+    /// A test harness's disk model (`None` in production).
+    disk: Option<LogDiskHandle>,
+    /// Whether commits are fsynced: always, unless the harness planted `skip_fsync`.
+    synced: bool,
     _lease: EnvLease,
 }
 
@@ -77,8 +87,19 @@ impl<A> Clone for LogStore<A> {
 }
 
 impl<A: App> LogStore<A> {
-    pub(crate) fn open(path: &Path, lease: EnvLease) -> anyhow::Result<Self> {
-        let env = open_env(path, LOG_MAP_SIZE_BYTES, LOG_MAX_DBS)?;
+    pub(crate) fn open(
+        path: &Path,
+        lease: EnvLease,
+        disk: Option<LogDiskHandle>,
+    ) -> anyhow::Result<Self> {
+        let synced = !disk.as_ref().is_some_and(|d| d.0.skip_fsync());
+        let flags = if synced {
+            heed::EnvFlags::empty()
+        } else {
+            // PLANTED BUG (test harness only, see `durability.rs`): commits are not fsynced.
+            heed::EnvFlags::NO_SYNC
+        };
+        let env = open_env(path, LOG_MAP_SIZE_BYTES, LOG_MAX_DBS, flags)?;
         let mut wtxn = env
             .write_txn()
             .context("begin txn to create log databases")?;
@@ -94,6 +115,8 @@ impl<A: App> LogStore<A> {
                 env,
                 entries,
                 meta,
+                disk,
+                synced,
                 _lease: lease,
             }),
             _app: PhantomData,
@@ -109,11 +132,15 @@ impl<A: App> LogStore<A> {
         Ok(rtxn)
     }
 
-    /// Run `f` in one write transaction and commit it (fsync) before returning.
+    /// Run `f` in one write transaction and commit it (fsync) before returning. A harness disk,
+    /// if any, is told before the transaction begins and after it committed.
     fn write<T>(
         &self,
         f: impl FnOnce(&LogDb, &mut RwTxn<'_>) -> std::result::Result<T, StorageError<NodeId>>,
     ) -> std::result::Result<T, StorageError<NodeId>> {
+        if let Some(disk) = &self.db.disk {
+            disk.0.before_write(&self.db.env, self.db.synced);
+        }
         let mut wtxn =
             self.db.env.write_txn().map_err(|e| {
                 StorageIOError::write_logs(any_error(&e, "begin write txn on log env"))
@@ -121,6 +148,9 @@ impl<A: App> LogStore<A> {
         let out = f(&self.db, &mut wtxn)?;
         wtxn.commit()
             .map_err(|e| StorageIOError::write_logs(any_error(&e, "commit log txn")))?;
+        if let Some(disk) = &self.db.disk {
+            disk.0.after_write(self.db.synced);
+        }
         Ok(out)
     }
 
@@ -238,20 +268,6 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
         Ok(get_meta(&self.db.meta, &rtxn, VOTE_KEY).map_err(StorageIOError::read_vote)?)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write(|db, wtxn| {
-            put_meta(&db.meta, wtxn, COMMITTED_KEY, &committed)
-                .map_err(|e| StorageIOError::write_logs(e).into())
-        })
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        let rtxn = self.read_txn().map_err(StorageIOError::read_logs)?;
-        let committed: Option<Option<LogId<NodeId>>> =
-            get_meta(&self.db.meta, &rtxn, COMMITTED_KEY).map_err(StorageIOError::read_logs)?;
-        Ok(committed.flatten())
-    }
-
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig<A>>) -> Result<()>
     where
         I: IntoIterator<Item = LogEntry<A>> + OptionalSend,
@@ -273,7 +289,8 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
             }
             Ok(())
         })?;
-        // The transaction is committed and synced: the entries are durable.
+        // The transaction is committed and synced: the entries are durable. (Unless the planted
+        // `skip_fsync` bug is on: then this report is the lie the simulator must catch.)
         callback.log_io_completed(Ok(()));
         Ok(())
     }

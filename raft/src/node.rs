@@ -23,14 +23,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use openraft::error::{
-    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
-};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, InitializeError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Raft, RaftMetrics, RaftNetworkFactory, SnapshotPolicy};
 use tokio::time::Instant;
 
+use crate::batch::Batcher;
 use crate::cluster::{ForwardRequest, ReadIndexRequest};
+use crate::durability::LogDiskHandle;
 use crate::network::{PeerNetwork, UnreachableNetwork};
 use crate::server::PeerServer;
 use crate::state_store::StateMachineStore;
@@ -95,6 +95,9 @@ pub struct RaftNodeConfig {
     pub join: Option<String>,
     /// A write or linearizable barrier not done in time fails with [`WriteError::NoQuorum`].
     pub write_timeout: Duration,
+    /// A test harness's disk model, told about every log write (`durability.rs`). Always `None`
+    /// in production: no CLI flag or config file sets it.
+    pub log_disk: Option<LogDiskHandle>,
 }
 
 impl RaftNodeConfig {
@@ -108,6 +111,7 @@ impl RaftNodeConfig {
             tls: None,
             join: None,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
+            log_disk: None,
         }
     }
 
@@ -179,6 +183,8 @@ pub(crate) struct Inner<A: App> {
     pub(crate) node_id: NodeId,
     pub(crate) addr: String,
     pub(crate) raft: Raft<TypeConfig<A>>,
+    /// Where this node's proposals queue to share Raft entries.
+    batcher: Batcher<A>,
     /// Our handle on the state env for reads; `None` once shut down.
     state: RwLock<Option<StateMachineStore<A>>>,
     /// Resolves when every storage handle is dropped; taken by the first `shutdown`.
@@ -300,17 +306,19 @@ impl<A: App> RaftNode<A> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
-        let (log, state, released) = open_storage_tracked::<A>(&cfg.data_dir)
+        let (log, state, released) = open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone())
             .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
             .await
             .with_context(|| format!("start raft node {}", cfg.node_id))?;
+        let batcher = Batcher::start(raft.clone());
         tracing::info!(node_id = cfg.node_id, data_dir = %cfg.data_dir.display(), "raft node started");
         Ok(RaftNode {
             inner: Arc::new(Inner {
                 node_id: cfg.node_id,
                 addr: cfg.addr.clone(),
                 raft,
+                batcher,
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
                 peers,
@@ -412,27 +420,24 @@ impl<A: App> RaftNode<A> {
         result.map_err(|o| self.settle("write", started, o))
     }
 
-    /// Propose `cmd` on this node, which must be the leader; bounded by `deadline`.
+    /// Propose `cmd` on this node, which must be the leader; bounded by `deadline`. The command
+    /// shares a Raft entry with whatever else is proposed meanwhile (see `batch`).
     pub(crate) async fn write_here(
         &self,
         cmd: A::Command,
         deadline: Instant,
     ) -> Result<A::Response, WriteError> {
         let waited = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout_at(deadline, self.inner.raft.client_write(cmd)).await {
-            Err(_) => Err(WriteError::NoQuorum(format!(
-                "not committed within {:.1}s",
-                waited.as_secs_f64()
-            ))),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(WriteError::not_leader(f))
-            }
-            // Only membership changes produce this; a plain command never does.
-            Ok(Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_)))) => {
-                Err(WriteError::Fatal(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(WriteError::Fatal(f.to_string())),
+        let timed_out =
+            || WriteError::NoQuorum(format!("not committed within {:.1}s", waited.as_secs_f64()));
+        let answer = match tokio::time::timeout_at(deadline, self.inner.batcher.submit(cmd)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(submitted) => submitted?,
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Err(_) => Err(timed_out()),
+            Ok(Err(_)) => Err(WriteError::Fatal("the raft node has stopped".into())),
+            Ok(Ok(result)) => result,
         }
     }
 
@@ -740,6 +745,14 @@ impl<A: App> RaftNode<A> {
         f: impl FnOnce(&A, &heed::RoTxn<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<(Option<u64>, T)> {
         self.state_store()?.read_applied(f)
+    }
+
+    /// PLANTED BUG (test only, feature `planted-bugs`; see
+    /// [`StateMachineStore::apply_without_consensus`]): apply `cmd` to this node's own state
+    /// machine, skipping the leader and the log.
+    #[cfg(feature = "planted-bugs")]
+    pub fn apply_without_consensus(&self, cmd: &A::Command) -> anyhow::Result<A::Response> {
+        self.state_store()?.apply_without_consensus(cmd)
     }
 
     /// Wait (bounded by `timeout`) until some node is leader; returns its id.

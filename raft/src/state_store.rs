@@ -103,7 +103,12 @@ impl<A> Clone for StateMachineStore<A> {
 
 impl<A: App> StateMachineStore<A> {
     pub(crate) fn open(dir: &Path, lease: EnvLease) -> anyhow::Result<Self> {
-        let env = open_env(dir, STATE_MAP_SIZE_BYTES, A::MAX_DBS + STATE_OWN_DBS)?;
+        let env = open_env(
+            dir,
+            STATE_MAP_SIZE_BYTES,
+            A::MAX_DBS + STATE_OWN_DBS,
+            heed::EnvFlags::empty(),
+        )?;
         let mut wtxn = env
             .write_txn()
             .context("begin txn to open state databases")?;
@@ -170,6 +175,26 @@ impl<A: App> StateMachineStore<A> {
         Ok((last_applied.map(|l| l.index), value))
     }
 
+    /// PLANTED BUG (test only, feature `planted-bugs`): apply `cmd` to this node's state machine
+    /// in its own write transaction, as if it were the entry after `last_applied`, without it
+    /// being in the log and without moving `last_applied`. A follower doing this has applied a
+    /// command no other node will ever apply: its state diverges from its peers' at the same
+    /// applied index. The simulator plants it to show its digest checker notices.
+    #[cfg(feature = "planted-bugs")]
+    pub fn apply_without_consensus(&self, cmd: &A::Command) -> anyhow::Result<A::Response> {
+        let db = &*self.db;
+        let mut wtxn = db.env.write_txn().context("begin unreplicated apply txn")?;
+        let (last_applied, _) =
+            read_applied(&db.meta, &wtxn).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let index = last_applied.map(|l| l.index + 1).unwrap_or(1);
+        let response = db
+            .app
+            .apply(&mut wtxn, index, cmd)
+            .context("app apply (unreplicated)")?;
+        wtxn.commit().context("commit unreplicated apply txn")?;
+        Ok(response)
+    }
+
     fn applied_state_sync(&self) -> Result<(Option<LogId<NodeId>>, Membership)> {
         let rtxn = self
             .db
@@ -180,7 +205,7 @@ impl<A: App> StateMachineStore<A> {
         Ok((last_applied, membership))
     }
 
-    fn apply_sync<I>(&self, entries: I) -> Result<Vec<A::Response>>
+    fn apply_sync<I>(&self, entries: I) -> Result<Vec<Vec<A::Response>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig<A>>>,
     {
@@ -205,14 +230,19 @@ impl<A: App> StateMachineStore<A> {
                 .into());
             }
             let response = match &entry.payload {
-                EntryPayload::Blank => A::Response::default(),
-                EntryPayload::Normal(cmd) => db
-                    .app
-                    .apply(&mut wtxn, entry.log_id.index, cmd)
-                    .map_err(|e| StorageIOError::apply(entry.log_id, app_error(&e, "app apply")))?,
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(cmds) => {
+                    let mut batch = Vec::with_capacity(cmds.len());
+                    for cmd in cmds {
+                        batch.push(db.app.apply(&mut wtxn, entry.log_id.index, cmd).map_err(
+                            |e| StorageIOError::apply(entry.log_id, app_error(&e, "app apply")),
+                        )?);
+                    }
+                    batch
+                }
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    A::Response::default()
+                    Vec::new()
                 }
             };
             responses.push(response);
@@ -553,12 +583,12 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
         self.applied_state_sync()
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<A::Response>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<A::Response>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig<A>>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_sync(entries)
+        crate::blocking(|| self.apply_sync(entries))
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

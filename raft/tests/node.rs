@@ -247,3 +247,126 @@ fn config_defaults_and_validation() {
     tiny.snapshot_logs_since_last = 0;
     assert!(tiny.raft_config().is_err());
 }
+
+/// What a recording `LogDisk` saw: (`before_write` synced flags, `after_write` synced flags,
+/// whether the env was opened `NO_SYNC` at each `before_write`).
+#[derive(Default)]
+struct Recorded {
+    before: Vec<bool>,
+    after: Vec<bool>,
+    env_no_sync: Vec<bool>,
+}
+
+struct RecordingDisk {
+    skip_fsync: bool,
+    seen: std::sync::Mutex<Recorded>,
+}
+
+impl quiver_raft::LogDisk for RecordingDisk {
+    fn skip_fsync(&self) -> bool {
+        self.skip_fsync
+    }
+
+    fn before_write(&self, env: &quiver_raft::heed::Env, synced: bool) {
+        let flags = env.get_flags().expect("env flags");
+        let no_sync = flags & quiver_raft::heed::EnvFlags::NO_SYNC.bits() != 0;
+        let mut seen = self.seen.lock().expect("lock");
+        seen.before.push(synced);
+        seen.env_no_sync.push(no_sync);
+    }
+
+    fn after_write(&self, synced: bool) {
+        self.seen.lock().expect("lock").after.push(synced);
+    }
+}
+
+/// Writes through a node with a harness disk attached; returns what the disk saw.
+async fn writes_seen_by_disk(skip_fsync: bool) -> Recorded {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = std::sync::Arc::new(RecordingDisk {
+        skip_fsync,
+        seen: Default::default(),
+    });
+    let mut cfg = config(NODE, dir.path());
+    cfg.log_disk = Some(quiver_raft::LogDiskHandle(disk.clone()));
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..5).await;
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+    let seen = std::mem::take(&mut *disk.seen.lock().expect("lock"));
+    seen
+}
+
+/// The durability seam: a harness disk hears about every log write (vote, appends, committed),
+/// each before and after; the log stays fully synced unless the planted `skip_fsync` asks for
+/// `MDB_NOSYNC`, and then every write says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harness_disk_is_told_about_every_log_write_and_only_the_plant_skips_fsync() {
+    let synced = writes_seen_by_disk(false).await;
+    assert!(
+        synced.before.len() >= 7,
+        "vote, initial membership, 5 appends at least: {:?}",
+        synced.before
+    );
+    assert_eq!(
+        synced.before.len(),
+        synced.after.len(),
+        "each write completes"
+    );
+    assert!(synced.before.iter().chain(&synced.after).all(|s| *s));
+    assert!(synced.env_no_sync.iter().all(|n| !n), "full sync");
+
+    let planted = writes_seen_by_disk(true).await;
+    assert!(planted.before.len() >= 7, "{:?}", planted.before);
+    assert!(planted.before.iter().chain(&planted.after).all(|s| !s));
+    assert!(planted.env_no_sync.iter().all(|n| *n), "MDB_NOSYNC");
+}
+
+/// Group commit: many concurrent client writes share Raft entries (so log transactions, each
+/// one fsync) instead of costing one each; every write gets its own answer; all of them survive
+/// a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_survive_a_restart() {
+    const WRITES: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = std::sync::Arc::new(RecordingDisk {
+        skip_fsync: false,
+        seen: Default::default(),
+    });
+    let mut cfg = config(NODE, dir.path());
+    cfg.log_disk = Some(quiver_raft::LogDiskHandle(disk.clone()));
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    let before = disk.seen.lock().expect("lock").after.len();
+    let writes = (0..WRITES)
+        .map(|i| {
+            let node = node.clone();
+            tokio::spawn(async move { node.write(set(i)).await })
+        })
+        .collect::<Vec<_>>();
+    for write in writes {
+        let response = write.await.expect("join").expect("write acknowledged");
+        assert_eq!(response, KvResponse { previous: None }, "its own answer");
+    }
+    let transactions = disk.seen.lock().expect("lock").after.len() - before;
+    assert!(
+        transactions < WRITES / 4,
+        "{WRITES} concurrent writes took {transactions} log transactions"
+    );
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    let node = RaftNode::<KvApp>::start(config(NODE, dir.path()))
+        .await
+        .expect("restart");
+    node.wait_for_leader(WAIT)
+        .await
+        .expect("leader after restart");
+    assert_eq!(
+        all_pairs(&node).expect("read"),
+        expected_pairs(WRITES),
+        "every acknowledged write survived"
+    );
+    node.shutdown().await.expect("shutdown");
+}

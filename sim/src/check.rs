@@ -14,7 +14,12 @@
 //!   every node's final state ([`RootBook`]), and the root an ack reported;
 //! - state digests agree across nodes at equal applied index, during the run ([`DigestBook`])
 //!   and at the end;
-//! - at most one leader per term ([`LeaderBook`], Raft's election safety);
+//! - a node's vote never goes back ([`VoteBook`], what Raft's election safety rests on: a vote
+//!   that a crash takes back lets a node vote twice in one election). openraft 0.9's leader ids
+//!   are `(term, node)`, so two nodes may both lead one term (a follower may vote for the higher
+//!   node id in the same term; every log id carries its leader's node id, so that is safe) and a
+//!   restarted leader resumes its leadership; "one leader per term" is therefore not checked,
+//!   only counted ([`LeaderBook`]);
 //! - each version's stage history is one linear chain ending in its stage, numbering has no
 //!   gaps, at most one version of a model is in Production and the model points at it
 //!   ([`check_versions`]);
@@ -403,29 +408,64 @@ impl DigestBook {
     }
 }
 
-/// The leader seen for each term: Raft allows at most one.
+/// Leaders seen per term (see the module docs: several per term are legal, so this counts).
 #[derive(Debug, Default)]
 pub struct LeaderBook {
-    leaders: BTreeMap<u64, NodeId>,
+    leaders: BTreeMap<(u64, NodeId), ()>,
 }
 
 impl LeaderBook {
-    pub fn observe(&mut self, term: u64, leader: NodeId) -> Option<Violation> {
-        match self.leaders.insert(term, leader) {
-            Some(other) if other != leader => {
-                self.leaders.insert(term, other);
-                Some(Violation::new(
-                    "two-leaders",
-                    format!("n{other} and n{leader} were both leader in term {term}"),
-                ))
-            }
-            _ => None,
-        }
+    /// Node `leader` is leader in `term`.
+    pub fn observe(&mut self, term: u64, leader: NodeId) {
+        self.leaders.insert((term, leader), ());
     }
 
     /// Terms that had a leader.
     pub fn terms(&self) -> usize {
-        self.leaders.len()
+        let mut terms: Vec<u64> = self.leaders.keys().map(|(term, _)| *term).collect();
+        terms.dedup();
+        terms.len()
+    }
+
+    /// Terms in which more than one node led.
+    pub fn shared_terms(&self) -> usize {
+        let terms: Vec<u64> = self.leaders.keys().map(|(term, _)| *term).collect();
+        terms.windows(2).filter(|w| w[0] == w[1]).count()
+    }
+}
+
+/// The highest vote seen on each node, as openraft orders votes: `(term, voted-for node)`, then
+/// committed (granted by a quorum) over not. A node's vote only moves forward, across restarts
+/// too: a vote that goes back was lost.
+#[derive(Debug, Default)]
+pub struct VoteBook {
+    votes: BTreeMap<NodeId, (u64, NodeId, bool)>,
+}
+
+impl VoteBook {
+    /// Node `node` holds a vote for `voted_for` in `term` (`committed` once a quorum granted it).
+    pub fn observe(
+        &mut self,
+        node: NodeId,
+        term: u64,
+        voted_for: NodeId,
+        committed: bool,
+    ) -> Option<Violation> {
+        let vote = (term, voted_for, committed);
+        match self.votes.get(&node) {
+            Some(&seen) if vote < seen => Some(Violation::new(
+                "vote-regressed",
+                format!(
+                    "n{node} voted for n{} in term {} (committed {}) and later holds a vote for \
+                     n{voted_for} in term {term} (committed {committed})",
+                    seen.1, seen.0, seen.2
+                ),
+            )),
+            _ => {
+                self.votes.insert(node, vote);
+                None
+            }
+        }
     }
 }
 
@@ -737,11 +777,31 @@ mod tests {
         assert_eq!(d.compared(), 2);
 
         let mut l = LeaderBook::default();
-        assert_eq!(l.observe(3, 1), None);
-        assert_eq!(l.observe(3, 1), None);
-        assert_eq!(l.observe(3, 2).map(|v| v.kind), Some("two-leaders"));
-        assert_eq!(l.observe(4, 2), None);
+        l.observe(3, 1);
+        l.observe(3, 1);
+        l.observe(3, 2);
+        l.observe(4, 2);
         assert_eq!(l.terms(), 2);
+        assert_eq!(l.shared_terms(), 1, "two nodes led term 3");
+
+        let mut votes = VoteBook::default();
+        assert_eq!(votes.observe(1, 3, 2, false), None);
+        assert_eq!(votes.observe(1, 3, 2, true), None, "committed is forward");
+        assert_eq!(
+            votes.observe(1, 3, 4, false),
+            None,
+            "a higher node id in one term"
+        );
+        assert_eq!(votes.observe(2, 1, 1, false), None, "another node's vote");
+        assert_eq!(
+            votes.observe(1, 3, 2, true).map(|v| v.kind),
+            Some("vote-regressed")
+        );
+        assert_eq!(
+            votes.observe(1, 2, 5, true).map(|v| v.kind),
+            Some("vote-regressed")
+        );
+        assert_eq!(votes.observe(1, 4, 1, false), None);
 
         let mut r = RootBook::default();
         assert_eq!(r.observe(1, "m", 1, "aa"), None);

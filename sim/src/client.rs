@@ -11,7 +11,8 @@
 //! to another random node after a short pause. Only an `Ok` from the leader (committed and
 //! applied there) is an acknowledgement — except with the planted bug
 //! [`Plant::AckBeforeCommit`], which acknowledges as soon as a self-declared leader has taken
-//! the command.
+//! the command, and [`Plant::FollowerAppliesStageChange`], where a follower applies a stage
+//! change to its own state machine (`RaftNode::apply_without_consensus`) and acknowledges it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,29 +126,35 @@ impl Clients {
         while !self.stop.load(Ordering::SeqCst) {
             let (seq, op) = p.next_op();
             let what = describe(&op);
+            // The node the client talks to first stamps the time, by its own (maybe skewed)
+            // clock, as `Node::propose` does; the stamp stays when the command is retried.
+            let ids = self.cluster.ids();
+            let first = ids[p.pick(ids.len())];
             let cmd = Command {
                 actor: Actor {
                     name: p.actor.clone(),
                     authenticated: false,
                 },
-                at_ms: EPOCH_MS + self.trace.elapsed_ms() as i64,
+                at_ms: self
+                    .cluster
+                    .node_clock_ms(first, EPOCH_MS + self.trace.elapsed_ms() as i64),
                 op,
             };
             self.count(|s| s.submitted += 1);
             self.trace.record(format!("c{} #{seq} submit {what}", p.id));
             let outcome = match p.take_artifact() {
-                Some(corpus) => match self.upload(&mut p, &corpus).await {
+                Some(corpus) => match self.upload(&mut p, &corpus, first).await {
                     Ok(node) => {
                         self.trace.record(format!(
                             "c{} #{seq} uploaded {} chunks via n{node}",
                             p.id,
                             corpus.chunks().len()
                         ));
-                        self.submit(&mut p, &cmd).await
+                        self.submit(&mut p, &cmd, first).await
                     }
                     Err(e) => Outcome::Failed(format!("upload: {e}")),
                 },
-                None => self.submit(&mut p, &cmd).await,
+                None => self.submit(&mut p, &cmd, first).await,
             };
             match outcome {
                 Outcome::Acked {
@@ -203,18 +210,23 @@ impl Clients {
         }
     }
 
-    /// Upload `corpus` through a random up node, trying others (see the module docs) until
-    /// [`CLIENT_OP_TIMEOUT`]; the node that took it.
-    async fn upload(&self, p: &mut Pipeline, corpus: &Corpus) -> Result<NodeId, String> {
+    /// Upload `corpus` through node `first`, then random others after a failure (see the module
+    /// docs), until [`CLIENT_OP_TIMEOUT`]; the node that took it.
+    async fn upload(
+        &self,
+        p: &mut Pipeline,
+        corpus: &Corpus,
+        first: NodeId,
+    ) -> Result<NodeId, String> {
         let ids = self.cluster.ids().to_vec();
         let deadline = Instant::now() + CLIENT_OP_TIMEOUT;
         let router = self.cluster.router().clone();
         let mut last = String::from("no attempt");
+        let mut node = first;
         for _ in 0..CLIENT_ATTEMPTS_MAX {
             if Instant::now() >= deadline {
                 break;
             }
-            let node = ids[p.pick(ids.len())];
             tokio::time::sleep(router.client_latency()).await;
             if self.cluster.handle(node).is_none() {
                 last = format!("n{node} is down");
@@ -224,16 +236,17 @@ impl Clients {
                     Err(e) => last = format!("n{node}: {}", first_line(&e)),
                 }
             }
+            node = ids[p.pick(ids.len())];
             self.pause(p).await;
         }
         Err(last)
     }
 
-    /// Route one command to the leader (see the module docs).
-    async fn submit(&self, p: &mut Pipeline, cmd: &Command) -> Outcome {
+    /// Route one command to the leader, starting at node `first` (see the module docs).
+    async fn submit(&self, p: &mut Pipeline, cmd: &Command, first: NodeId) -> Outcome {
         let ids = self.cluster.ids().to_vec();
         let deadline = Instant::now() + CLIENT_OP_TIMEOUT;
-        let mut target = ids[p.pick(ids.len())];
+        let mut target = first;
         let mut last = String::from("no attempt");
         let router = self.cluster.router().clone();
         for _ in 0..CLIENT_ATTEMPTS_MAX {
@@ -253,7 +266,7 @@ impl Clients {
             {
                 // PLANTED BUG: hand the command over and call it done without waiting for it
                 // to be committed.
-                match node.raft().client_write_ff(cmd.clone()).await {
+                match node.raft().client_write_ff(vec![cmd.clone()]).await {
                     Ok(_ignored_reply) => {
                         return Outcome::Acked {
                             response: None,
@@ -263,6 +276,31 @@ impl Clients {
                     }
                     Err(e) => {
                         last = format!("n{target}: {e}");
+                        target = ids[p.pick(ids.len())];
+                        self.pause(p).await;
+                        continue;
+                    }
+                }
+            }
+            if self.plant == Some(Plant::FollowerAppliesStageChange)
+                && matches!(cmd.op, Op::SetStage { .. })
+                && node.metrics().state == ServerState::Follower
+            {
+                // PLANTED BUG: the follower applies the stage change itself, skipping the
+                // leader and the log, and answers as if it had been committed.
+                let applied = node.apply_without_consensus(cmd);
+                tokio::time::sleep(router.client_latency()).await;
+                match applied {
+                    Ok(Response::Rejected(e)) => return Outcome::Rejected(e.to_string()),
+                    Ok(response) => {
+                        return Outcome::Acked {
+                            response: Some(response),
+                            proposed_at_ms,
+                            node: target,
+                        }
+                    }
+                    Err(e) => {
+                        last = format!("n{target}: {}", first_line(&format!("{e:#}")));
                         target = ids[p.pick(ids.len())];
                         self.pause(p).await;
                         continue;

@@ -1,10 +1,14 @@
 //! The simulated cluster: real `RaftNode<RegistryApp>`s over heed, one data dir each, started
 //! with the simulated network instead of the peer transport.
 //!
-//! A crash is a node shutdown: the node stops answering at once (its `Raft` is detached from
-//! the router first, so peers see a refused connection) and its LMDB environments are closed;
-//! what it committed is on disk. A restart opens the same data dir, as a restarted process
-//! would. (Losing unsynced writes on a crash needs a simulated disk; not in this slice.)
+//! A crash is a power loss: the node stops answering at once (its `Raft` is detached from the
+//! router first, so peers see a refused connection), its LMDB environments are closed, and then
+//! its disk ([`crate::disk::SimDisk`], which its log store reports every write to) takes back
+//! every log write that was not durable (none, unless a bug skipped an fsync: see the `disk`
+//! module for the model). A restart opens the same data dir, as a restarted process would.
+//!
+//! A node is started on a tokio task of its own, so a panic while it opens its storage (openraft
+//! asserting on state a bug corrupted) is an error of that start, not of the whole run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,10 +17,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context as _;
 use openraft::{BasicNode, RaftMetrics, ServerState};
 use quiver_node::state::RegistryApp;
-use quiver_raft::{RaftNode, RaftNodeConfig};
+use quiver_raft::{LogDiskHandle, RaftNode, RaftNodeConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::check::FinalState;
 use crate::chunks::Chunks;
+use crate::disk::SimDisk;
 use crate::net::{Router, SimNetwork};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
@@ -40,15 +47,31 @@ pub struct Cluster {
     up: Mutex<BTreeMap<NodeId, Node>>,
     /// The nodes' chunk side, whose endpoints go down and up with the nodes.
     chunks: OnceLock<Arc<Chunks>>,
+    /// Every node's log disk (up or down).
+    disks: BTreeMap<NodeId, Arc<SimDisk>>,
+    /// Unsynced log writes lost in crashes so far.
+    writes_lost: std::sync::atomic::AtomicU64,
+    /// How far each node's clock is off, in ms (absent: 0).
+    clock_offsets_ms: BTreeMap<NodeId, i64>,
 }
 
 impl Cluster {
+    /// `skip_fsync`: the planted bug [`crate::Plant::DropLogFsync`], handed to every node's log
+    /// store through its disk.
     pub fn new(
         ids: Vec<NodeId>,
         data_root: &Path,
         router: Arc<Router>,
         trace: SharedTrace,
+        skip_fsync: bool,
     ) -> Self {
+        let disks = ids
+            .iter()
+            .map(|&id| {
+                let dir = Self::node_dir(data_root, id);
+                (id, Arc::new(SimDisk::new(id, &dir, skip_fsync)))
+            })
+            .collect();
         Cluster {
             ids,
             data_root: data_root.to_path_buf(),
@@ -56,12 +79,46 @@ impl Cluster {
             trace,
             up: Mutex::new(BTreeMap::new()),
             chunks: OnceLock::new(),
+            disks,
+            writes_lost: std::sync::atomic::AtomicU64::new(0),
+            clock_offsets_ms: BTreeMap::new(),
         }
     }
 
     /// From now on, crashes and restarts also take the nodes' chunk endpoints down and up.
     pub fn attach_chunks(&self, chunks: Arc<Chunks>) {
         let _ = self.chunks.set(chunks);
+    }
+
+    /// Give each node's clock an offset drawn from `seed` in ±`skew_ms`.
+    pub fn with_clock_skew(mut self, seed: u64, skew_ms: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let skew = skew_ms as i64;
+        self.clock_offsets_ms = self
+            .ids
+            .iter()
+            .map(|&id| (id, rng.gen_range(-skew..=skew)))
+            .collect();
+        self
+    }
+
+    /// What node `id`'s clock reads, in ms since the Unix epoch, when the true time is
+    /// `true_ms`: what it stamps into a command it proposes.
+    pub fn node_clock_ms(&self, id: NodeId, true_ms: i64) -> i64 {
+        true_ms + self.clock_offsets_ms.get(&id).copied().unwrap_or(0)
+    }
+
+    fn node_dir(data_root: &Path, id: NodeId) -> PathBuf {
+        data_root.join(format!("n{id}"))
+    }
+
+    pub fn disk(&self, id: NodeId) -> Option<&Arc<SimDisk>> {
+        self.disks.get(&id)
+    }
+
+    /// Unsynced log writes lost in crashes so far, over all nodes.
+    pub fn log_writes_lost(&self) -> u64 {
+        self.writes_lost.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn ids(&self) -> &[NodeId] {
@@ -83,10 +140,13 @@ impl Cluster {
     }
 
     fn config(&self, id: NodeId) -> RaftNodeConfig {
-        let mut cfg =
-            RaftNodeConfig::new(id, self.data_root.join(format!("n{id}")), Self::addr(id));
+        let mut cfg = RaftNodeConfig::new(id, Self::node_dir(&self.data_root, id), Self::addr(id));
         cfg.snapshot_logs_since_last = SIM_SNAPSHOT_LOGS_SINCE_LAST;
         cfg.logs_to_keep_after_snapshot = SIM_LOGS_TO_KEEP_AFTER_SNAPSHOT;
+        cfg.log_disk = self
+            .disks
+            .get(&id)
+            .map(|d| LogDiskHandle(d.clone() as Arc<dyn quiver_raft::LogDisk>));
         cfg
     }
 
@@ -118,9 +178,12 @@ impl Cluster {
             incarnation,
             router: self.router.clone(),
         };
-        let node = RaftNode::<RegistryApp>::start_with_network(self.config(id), network)
-            .await
-            .with_context(|| format!("start n{id}"))?;
+        let cfg = self.config(id);
+        let node =
+            match tokio::spawn(RaftNode::<RegistryApp>::start_with_network(cfg, network)).await {
+                Ok(started) => started.with_context(|| format!("start n{id}"))?,
+                Err(e) => anyhow::bail!("n{id} panicked while starting: {}", panic_message(e)),
+            };
         self.router.attach(id, incarnation, node.raft().clone());
         if let Some(chunks) = self.chunks.get() {
             chunks.set_up(id, true);
@@ -144,7 +207,31 @@ impl Cluster {
         node.shutdown()
             .await
             .with_context(|| format!("stop n{id}"))?;
+        drop(node);
+        if let Some(disk) = self.disks.get(&id) {
+            let loss = disk.power_loss()?;
+            if loss.writes_lost > 0 {
+                self.writes_lost
+                    .fetch_add(loss.writes_lost, std::sync::atomic::Ordering::SeqCst);
+                self.trace.record(format!(
+                    "n{id} power loss: {} unsynced log writes lost",
+                    loss.writes_lost
+                ));
+            }
+        }
         Ok(true)
+    }
+
+    /// The simulated kernel writes back node `id`'s dirty log pages (see [`crate::disk`]).
+    pub fn writeback(&self, id: NodeId) {
+        if let Some(disk) = self.disks.get(&id) {
+            let made_durable = disk.writeback();
+            if made_durable > 0 {
+                self.trace.record(format!(
+                    "n{id} writeback: {made_durable} log writes durable"
+                ));
+            }
+        }
     }
 
     pub fn handle(&self, id: NodeId) -> Option<Node> {
@@ -171,6 +258,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Up nodes whose Raft core task has ended (it dropped its metrics channel): it panicked or
+    /// stopped on a fatal error without being shut down.
+    pub fn stopped_cores(&self) -> Vec<NodeId> {
+        self.lock()
+            .iter()
+            .filter(|(_, node)| node.raft().metrics().has_changed().is_err())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The up node that believes it is leader in the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.metrics()
@@ -178,6 +275,18 @@ impl Cluster {
             .filter(|(_, m)| m.state == ServerState::Leader)
             .max_by_key(|(id, m)| (m.current_term, *id))
             .map(|(id, _)| id)
+    }
+}
+
+/// The text of a task's panic (or why it did not finish).
+pub fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -231,4 +340,39 @@ fn read_final(
     }
     state.audit = app.audit_log(rtxn).map_err(|e| err("read audit log", e))?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(seed: u64, skew_ms: u64) -> Cluster {
+        let ids: Vec<NodeId> = (1..=5).collect();
+        let trace = SharedTrace::new(false);
+        let router = Router::new(&ids, 1, 0, trace.clone(), false);
+        // Nothing touches the data dir until a node starts.
+        Cluster::new(ids, Path::new("/nonexistent"), router, trace, false)
+            .with_clock_skew(seed, skew_ms)
+    }
+
+    #[test]
+    fn clock_offsets_are_drawn_from_the_seed_within_the_skew() {
+        let a = cluster(7, 500);
+        let offsets: Vec<i64> = (1..=5).map(|id| a.node_clock_ms(id, 0)).collect();
+        assert!(offsets.iter().all(|o| o.abs() <= 500), "{offsets:?}");
+        assert!(offsets.iter().any(|o| *o != 0), "{offsets:?}");
+        let again: Vec<i64> = (1..=5)
+            .map(|id| cluster(7, 500).node_clock_ms(id, 0))
+            .collect();
+        assert_eq!(offsets, again, "a function of the seed");
+        let other: Vec<i64> = (1..=5)
+            .map(|id| cluster(8, 500).node_clock_ms(id, 0))
+            .collect();
+        assert_ne!(offsets, other);
+        assert_eq!(
+            cluster(7, 0).node_clock_ms(3, 1_000),
+            1_000,
+            "no skew, true time"
+        );
+    }
 }

@@ -17,6 +17,12 @@ pub const NODES_MAX: usize = 9;
 pub const DURATION_S_MAX: u64 = 3_600;
 /// Most client pipelines.
 pub const CLIENTS_MAX: usize = 64;
+/// Most regions a run may spread its nodes over (at most one per node).
+pub const REGIONS_MAX: usize = NODES_MAX;
+/// Largest clock offset a node may be given, in ms either way.
+pub const CLOCK_SKEW_MS_MAX: u64 = 60_000;
+/// Default clock skew of a chaos run: each node's clock is off by up to this much, either way.
+pub const CHAOS_CLOCK_SKEW_MS: u64 = 500;
 /// Most seeds one sweep runs.
 pub const SWEEP_SEEDS_MAX: u64 = 100_000;
 
@@ -47,6 +53,14 @@ impl Scenario {
             Scenario::Failover => 30,
             // Not used: a load run lasts until the fleet has loaded (`load::PHASE_TIMEOUT`).
             Scenario::Load => 30,
+        }
+    }
+
+    /// Chaos skews the nodes' clocks; failover keeps them true so its figures read plainly.
+    pub fn default_clock_skew_ms(self) -> u64 {
+        match self {
+            Scenario::Chaos => CHAOS_CLOCK_SKEW_MS,
+            Scenario::Failover | Scenario::Load => 0,
         }
     }
 }
@@ -88,21 +102,34 @@ pub enum Plant {
     /// against their hash: a chunk rotten on a node's disk reaches the client; the artifact
     /// checker must notice.
     SkipChunkVerify,
+    /// The Raft log store commits without fsync (its env opened `MDB_NOSYNC`, through
+    /// `quiver_raft::LogDisk::skip_fsync`) and still reports every append flushed. A crash then
+    /// loses acknowledged entries and votes (see [`crate::disk`]); lost acks, diverging digests
+    /// or two leaders in a term must show it.
+    DropLogFsync,
+    /// A follower asked to change a version's stage applies the command to its own state machine
+    /// (`RaftNode::apply_without_consensus`) instead of sending it to the leader, and the client
+    /// is told "done". The digest checker must see that follower disagree with its peers.
+    FollowerAppliesStageChange,
 }
 
-/// Every plant, for `--plant`'s help and errors.
-pub const PLANTS: [Plant; 3] = [
-    Plant::AckBeforeCommit,
-    Plant::AckBeforeWCopies,
-    Plant::SkipChunkVerify,
-];
-
 impl Plant {
+    /// Every planted bug, for help texts and tests.
+    pub const ALL: [Plant; 5] = [
+        Plant::AckBeforeCommit,
+        Plant::AckBeforeWCopies,
+        Plant::SkipChunkVerify,
+        Plant::DropLogFsync,
+        Plant::FollowerAppliesStageChange,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Plant::AckBeforeCommit => "ack-before-commit",
             Plant::AckBeforeWCopies => "ack-before-w-copies",
             Plant::SkipChunkVerify => "skip-chunk-verify",
+            Plant::DropLogFsync => "drop-log-fsync",
+            Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
         }
     }
 
@@ -118,10 +145,13 @@ impl Plant {
 impl FromStr for Plant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        PLANTS.into_iter().find(|p| p.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = PLANTS.iter().map(|p| p.name()).collect();
-            format!("unknown planted bug {s:?}: use one of {}", names.join(", "))
-        })
+        Plant::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Plant::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown planted bug {s:?}: use one of {}", names.join(", "))
+            })
     }
 }
 
@@ -130,6 +160,12 @@ pub struct SimConfig {
     pub seed: u64,
     pub scenario: Scenario,
     pub nodes: usize,
+    /// Regions the nodes are spread over round-robin (`net::regions_of`): links inside a
+    /// region are fast, links across regions slow.
+    pub regions: usize,
+    /// Each node's clock is off by an offset drawn from the seed in ±this many ms; the offset
+    /// shows in the time a node stamps into the commands it proposes.
+    pub clock_skew_ms: u64,
     pub duration_s: u64,
     /// Client pipelines issuing commands concurrently.
     pub clients: usize,
@@ -148,6 +184,8 @@ impl SimConfig {
             seed,
             scenario,
             nodes: 5,
+            regions: 1,
+            clock_skew_ms: scenario.default_clock_skew_ms(),
             duration_s: scenario.default_duration_s(),
             clients: 4,
             plant: None,
@@ -161,6 +199,19 @@ impl SimConfig {
             return Err(format!(
                 "--nodes {} is out of range: use {NODES_MIN}..={NODES_MAX}",
                 self.nodes
+            ));
+        }
+        if self.regions == 0 || self.regions > self.nodes.min(REGIONS_MAX) {
+            return Err(format!(
+                "--regions {} is out of range: use 1..={} (at most one region per node)",
+                self.regions,
+                self.nodes.min(REGIONS_MAX)
+            ));
+        }
+        if self.clock_skew_ms > CLOCK_SKEW_MS_MAX {
+            return Err(format!(
+                "--clock-skew-ms {} is out of range: use 0..={CLOCK_SKEW_MS_MAX}",
+                self.clock_skew_ms
             ));
         }
         if self.duration_s == 0 || self.duration_s > DURATION_S_MAX {
@@ -185,8 +236,15 @@ impl SimConfig {
     /// The exact command that replays this run, with its whole trace printed.
     pub fn replay_command(&self) -> String {
         let mut cmd = format!(
-            "quiver-sim run --seed {} --scenario {} --nodes {} --duration-s {} --clients {}",
-            self.seed, self.scenario, self.nodes, self.duration_s, self.clients
+            "quiver-sim run --seed {} --scenario {} --nodes {} --regions {} --clock-skew-ms {} \
+             --duration-s {} --clients {}",
+            self.seed,
+            self.scenario,
+            self.nodes,
+            self.regions,
+            self.clock_skew_ms,
+            self.duration_s,
+            self.clients
         );
         if let Some(plant) = self.plant {
             cmd.push_str(&format!(" --plant {}", plant.name()));
@@ -290,19 +348,25 @@ mod tests {
     }
 
     #[test]
-    fn plants_parse_by_name_and_switch_on_only_their_own_bug() {
-        for plant in PLANTS {
+    fn every_plant_parses_from_its_name() {
+        for plant in Plant::ALL {
             assert_eq!(plant.name().parse::<Plant>(), Ok(plant));
         }
-        assert!("nope"
-            .parse::<Plant>()
-            .unwrap_err()
-            .contains("skip-chunk-verify"));
+        let err = "drop-fsync".parse::<Plant>().unwrap_err();
+        assert!(err.contains("drop-log-fsync"), "{err}");
+        assert!(err.contains("skip-chunk-verify"), "{err}");
+    }
+
+    #[test]
+    fn chunk_plants_switch_on_only_their_own_bug() {
         assert_eq!(Plant::planted_bugs(None), PlantedBugs::default());
-        assert_eq!(
-            Plant::planted_bugs(Some(Plant::AckBeforeCommit)),
-            PlantedBugs::default()
-        );
+        for other in [
+            Plant::AckBeforeCommit,
+            Plant::DropLogFsync,
+            Plant::FollowerAppliesStageChange,
+        ] {
+            assert_eq!(Plant::planted_bugs(Some(other)), PlantedBugs::default());
+        }
         assert!(Plant::planted_bugs(Some(Plant::AckBeforeWCopies)).ack_before_w_copies);
         let skip = Plant::planted_bugs(Some(Plant::SkipChunkVerify));
         assert!(skip.skip_chunk_verify && !skip.ack_before_w_copies);
@@ -315,6 +379,13 @@ mod tests {
         cfg.nodes = NODES_MAX + 1;
         assert!(cfg.validate().unwrap_err().contains("--nodes"));
         cfg.nodes = 5;
+        cfg.regions = 6;
+        assert!(cfg.validate().unwrap_err().contains("--regions"));
+        cfg.regions = 3;
+        cfg.clock_skew_ms = CLOCK_SKEW_MS_MAX + 1;
+        assert!(cfg.validate().unwrap_err().contains("--clock-skew-ms"));
+        cfg.clock_skew_ms = 0;
+        assert!(cfg.validate().is_ok());
         cfg.duration_s = 0;
         assert!(cfg.validate().unwrap_err().contains("--duration-s"));
     }
@@ -328,6 +399,8 @@ mod tests {
             "--seed 42",
             "--scenario failover",
             "--nodes 5",
+            "--regions 1",
+            "--clock-skew-ms 0",
             "--duration-s 30",
             "--plant ack-before-commit",
             "--dump-trace",

@@ -20,6 +20,7 @@
 //! Modules:
 //! - [`config`]: scenario, sizes, the planted bugs (test-only: lost acks, READY before W
 //!   copies, unverified chunks), the replay command.
+//! - [`disk`]: the log disk model — what a crash (a power loss) takes back.
 //! - [`trace`]: the ordered event log and its blake3.
 //! - [`chunkstore`]: in-memory chunk stores with corruption injection, and synthesized artifacts
 //!   (seeded bytes at a documented scale: 4 KiB real per 4 MiB logical chunk).
@@ -32,6 +33,8 @@
 //!   every READY ack, and replication after healing.
 //! - [`load`] and [`loadreport`]: the `load` scenario (a fleet of serving replicas pulls one large
 //!   model through Quiver's path and through a one-node baseline) and its table, JSON and SVG.
+//! - [`panics`]: a panic inside a run (openraft asserting on corrupted state) becomes a
+//!   violation of that run instead of noise on stderr.
 
 pub mod check;
 pub mod check_chunks;
@@ -41,9 +44,11 @@ pub mod chunkstore;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod disk;
 pub mod load;
 pub mod loadreport;
 pub mod net;
+pub mod panics;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use quiver_sim::load::{self, LoadConfig};
-use quiver_sim::report::sweep_summary;
+use quiver_sim::report::{run_json, sweep_json, sweep_summary, OutputFormat};
 use quiver_sim::{Plant, Scenario, SeedRange, SimConfig};
 
 #[derive(Parser)]
@@ -33,9 +33,6 @@ enum Command {
         /// Print every trace event before the report.
         #[arg(long)]
         dump_trace: bool,
-        /// Report format: table or json (the load scenario).
-        #[arg(long, default_value = "table")]
-        output: Output,
         /// Write an SVG chart of the load-time distribution here (the load scenario).
         #[arg(long)]
         svg: Option<PathBuf>,
@@ -53,12 +50,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
 #[derive(Args)]
 struct Common {
     /// chaos, failover or load.
@@ -67,7 +58,8 @@ struct Common {
     /// Cluster nodes (default: 5; 6 for load).
     #[arg(long)]
     nodes: Option<usize>,
-    /// Regions the nodes and replicas are spread over (load; default 3).
+    /// Regions the nodes (and, for load, the replicas) are spread over; links across regions
+    /// are slow (default: 1; 3 for load).
     #[arg(long)]
     regions: Option<usize>,
     /// Serving replicas that pull the model (load; default 100).
@@ -76,6 +68,10 @@ struct Common {
     /// The model's size in bytes (load; default 2.3 GB).
     #[arg(long)]
     model_bytes: Option<u64>,
+    /// Each node's clock is off by up to this many ms either way (default: 500 for chaos, 0
+    /// for failover).
+    #[arg(long)]
+    clock_skew_ms: Option<u64>,
     /// Simulated seconds of the scenario (healing and convergence come after).
     #[arg(long)]
     duration_s: Option<u64>,
@@ -83,12 +79,15 @@ struct Common {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
-    /// ack-before-w-copies or skip-chunk-verify.
+    /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync or follower-applies-stage-change.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// table (default) or json: one JSON document on stdout (for a sweep, after all seeds).
+    #[arg(long, default_value = "table")]
+    output: OutputFormat,
 }
 
 impl Common {
@@ -96,6 +95,12 @@ impl Common {
         let mut cfg = SimConfig::new(seed, self.scenario);
         if let Some(nodes) = self.nodes {
             cfg.nodes = nodes;
+        }
+        if let Some(regions) = self.regions {
+            cfg.regions = regions;
+        }
+        if let Some(skew) = self.clock_skew_ms {
+            cfg.clock_skew_ms = skew;
         }
         if let Some(d) = self.duration_s {
             cfg.duration_s = d;
@@ -132,7 +137,6 @@ fn run_load(
     common: &Common,
     seed: u64,
     dump_trace: bool,
-    output: Output,
     svg: Option<&std::path::Path>,
 ) -> ExitCode {
     let mut cfg = match common.load_config(seed) {
@@ -154,9 +158,9 @@ fn run_load(
     for line in &report.trace_lines {
         let _ = writeln!(out, "{line}");
     }
-    let text = match output {
-        Output::Table => report.table(),
-        Output::Json => report.json(),
+    let text = match common.output {
+        OutputFormat::Table => report.table(),
+        OutputFormat::Json => report.json(),
     };
     let _ = writeln!(out, "{text}");
     if let Some(path) = svg {
@@ -180,22 +184,16 @@ fn main() -> ExitCode {
             seed,
             common,
             dump_trace,
-            output,
             svg,
         } => {
             if common.scenario == Scenario::Load {
-                return run_load(&common, seed, dump_trace, output, svg.as_deref());
+                return run_load(&common, seed, dump_trace, svg.as_deref());
             }
-            if output != Output::Table || svg.is_some() {
-                return usage_error(
-                    "--output json and --svg are for --scenario load (the only JSON and chart report so far)",
-                );
+            if svg.is_some() {
+                return usage_error("--svg (the load-time chart) is for --scenario load");
             }
-            if common.regions.is_some() || common.replicas.is_some() || common.model_bytes.is_some()
-            {
-                return usage_error(
-                    "--regions, --replicas and --model-bytes are for --scenario load",
-                );
+            if common.replicas.is_some() || common.model_bytes.is_some() {
+                return usage_error("--replicas and --model-bytes are for --scenario load");
             }
             let mut cfg = match common.config(seed) {
                 Ok(cfg) => cfg,
@@ -205,10 +203,20 @@ fn main() -> ExitCode {
             match quiver_sim::run(&cfg) {
                 Ok(report) => {
                     let mut out = std::io::stdout().lock();
-                    for line in &report.trace_lines {
-                        let _ = writeln!(out, "{line}");
+                    match common.output {
+                        OutputFormat::Table => {
+                            for line in &report.trace_lines {
+                                let _ = writeln!(out, "{line}");
+                            }
+                            let _ = writeln!(out, "{}", report.summary());
+                        }
+                        OutputFormat::Json => {
+                            if let Err(e) = print_json(&mut out, &run_json(&report)) {
+                                eprintln!("quiver-sim: write the JSON report: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
                     }
-                    let _ = writeln!(out, "{}", report.summary());
                     if report.passed() {
                         ExitCode::SUCCESS
                     } else {
@@ -239,14 +247,25 @@ fn main() -> ExitCode {
                 Err(e) => return usage_error(&e),
             };
             let started = std::time::Instant::now();
+            let table = common.output == OutputFormat::Table;
             let outcomes = quiver_sim::sweep(&base, seeds, threads, |o| {
-                let line = match &o.result {
-                    Ok(r) => r.line(),
-                    Err(e) => format!("seed {:>5} ERROR {e}", o.seed),
-                };
-                println!("{line}");
+                if table {
+                    let line = match &o.result {
+                        Ok(r) => r.line(),
+                        Err(e) => format!("seed {:>5} ERROR {e}", o.seed),
+                    };
+                    println!("{line}");
+                }
             });
-            println!("{}", sweep_summary(&base, &outcomes, started.elapsed()));
+            if table {
+                println!("{}", sweep_summary(&base, &outcomes, started.elapsed()));
+            } else {
+                let json = sweep_json(&base, &outcomes, started.elapsed());
+                if let Err(e) = print_json(&mut std::io::stdout().lock(), &json) {
+                    eprintln!("quiver-sim: write the JSON report: {e}");
+                    return ExitCode::from(2);
+                }
+            }
             let errors = outcomes.iter().any(|o| o.result.is_err());
             let failed = outcomes
                 .iter()
@@ -260,6 +279,12 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn print_json(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 fn usage_error(e: &str) -> ExitCode {

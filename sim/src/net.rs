@@ -1,13 +1,21 @@
 //! The simulated network between Raft nodes.
 //!
-//! [`LinkModel`] is the pure part: per directed link a base latency (drawn once from the seed)
-//! plus jitter, the active cuts (partitions, one-way included) and lossy spells; for one message
-//! it answers "delivered after d" or "dropped". [`Router`] holds the model, its seeded RNG and
-//! the `Raft` handle of every running node. [`SimNetwork`] is the `RaftNetworkFactory` each node
-//! is started with: an RPC travels `from → to` (maybe dropped), is handed to the target's
-//! `Raft` (a crashed node refuses the connection: `Unreachable`), and its reply travels back
-//! `to → from` (maybe dropped, so a request can take effect while its sender sees a timeout).
-//! A dropped message costs the sender the RPC's whole time budget, as a lost packet would.
+//! [`LinkModel`] is the pure part: per directed link a base latency (drawn once from the seed,
+//! from [`LINK_LATENCY_US`] between nodes of one region and [`CROSS_REGION_LATENCY_US`] between
+//! regions) plus jitter, the active cuts (partitions, one-way included), lossy spells,
+//! duplicating spells and reordering spells; for one message it answers "delivered after d",
+//! "delivered after d and once more after d2" or "dropped". [`Router`] holds the model, its
+//! seeded RNG and the `Raft` handle of every running node. [`SimNetwork`] is the
+//! `RaftNetworkFactory` each node is started with: an RPC travels `from → to` (maybe dropped),
+//! is handed to the target's `Raft` (a crashed node refuses the connection: `Unreachable`), and
+//! its reply travels back `to → from` (maybe dropped, so a request can take effect while its
+//! sender sees a timeout). A dropped message costs the sender the RPC's whole time budget, as a
+//! lost packet would.
+//!
+//! Duplication and reordering: a duplicated request reaches the target twice (the second copy
+//! [`DUPLICATE_DELAY_MS`] later; its reply goes nowhere), and a reordered message is held back
+//! by [`REORDER_DELAY_MS`], so messages sent after it overtake it. A request that arrives after
+//! its sender gave up is still delivered (late), as a delayed packet would be.
 //!
 //! Everything runs on the simulator's one thread under virtual time; the latencies are tokio
 //! sleeps, so a run's timing is exactly reproducible.
@@ -36,8 +44,14 @@ use crate::trace::SharedTrace;
 
 pub type Config = TypeConfig<RegistryApp>;
 
-/// Base one-way latency of a link, drawn once per directed link.
+/// Base one-way latency of a link between two nodes of one region, drawn once per directed link.
 pub const LINK_LATENCY_US: (u64, u64) = (500, 8_000);
+/// Base one-way latency of a link between two regions, drawn once per directed link.
+pub const CROSS_REGION_LATENCY_US: (u64, u64) = (20_000, 60_000);
+/// How much later the second copy of a duplicated message arrives.
+pub const DUPLICATE_DELAY_MS: (u64, u64) = (1, 100);
+/// How long a reordered message is held back beyond its latency.
+pub const REORDER_DELAY_MS: (u64, u64) = (5, 200);
 /// Each message's latency is the link's base ± this percentage.
 pub const LINK_JITTER_PCT: u64 = 30;
 /// Pause before openraft retries a peer it found unreachable (a crashed node), doubling up to
@@ -49,25 +63,54 @@ pub const PEER_BACKOFF_MAX: Duration = quiver_raft::PEER_BACKOFF_MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hop {
     Deliver(Duration),
+    /// Delivered after the first duration, and a copy after the second.
+    Duplicate(Duration, Duration),
     Drop,
 }
 
-/// Latencies, cuts and lossy spells (see the module docs). Pure: the caller supplies the RNG.
+/// Directed links a spell applies to, and its probability in percent.
+type Spell = (BTreeSet<(NodeId, NodeId)>, u8);
+
+/// Latencies, cuts and lossy, duplicating and reordering spells (see the module docs). Pure: the
+/// caller supplies the RNG.
 #[derive(Clone, Debug, Default)]
 pub struct LinkModel {
     base_us: BTreeMap<(NodeId, NodeId), u64>,
     cuts: BTreeMap<u32, BTreeSet<(NodeId, NodeId)>>,
-    lossy: BTreeMap<u32, (BTreeSet<(NodeId, NodeId)>, u8)>,
+    lossy: BTreeMap<u32, Spell>,
+    duplicating: BTreeMap<u32, Spell>,
+    reordering: BTreeMap<u32, Spell>,
+}
+
+/// The region of each of `ids` when they are spread over `regions` regions round-robin: node 1
+/// in region 0, node 2 in region 1, ...
+pub fn regions_of(ids: &[NodeId], regions: usize) -> BTreeMap<NodeId, usize> {
+    let regions = regions.max(1);
+    ids.iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i % regions))
+        .collect()
 }
 
 impl LinkModel {
-    /// Draw a base latency for every directed link among `ids`.
+    /// Draw a base latency for every directed link among `ids`, all in one region.
     pub fn new(ids: &[NodeId], rng: &mut impl Rng) -> Self {
+        Self::with_regions(&regions_of(ids, 1), rng)
+    }
+
+    /// Draw a base latency for every directed link among the nodes of `regions` (node → region):
+    /// [`LINK_LATENCY_US`] inside a region, [`CROSS_REGION_LATENCY_US`] across.
+    pub fn with_regions(regions: &BTreeMap<NodeId, usize>, rng: &mut impl Rng) -> Self {
         let mut base_us = BTreeMap::new();
-        for &a in ids {
-            for &b in ids {
+        for (&a, ra) in regions {
+            for (&b, rb) in regions {
                 if a != b {
-                    base_us.insert((a, b), rng.gen_range(LINK_LATENCY_US.0..=LINK_LATENCY_US.1));
+                    let (lo, hi) = if ra == rb {
+                        LINK_LATENCY_US
+                    } else {
+                        CROSS_REGION_LATENCY_US
+                    };
+                    base_us.insert((a, b), rng.gen_range(lo..=hi));
                 }
             }
         }
@@ -75,6 +118,14 @@ impl LinkModel {
             base_us,
             ..Default::default()
         }
+    }
+
+    pub fn duplicating(&mut self, id: u32, links: BTreeSet<(NodeId, NodeId)>, dup_pct: u8) {
+        self.duplicating.insert(id, (links, dup_pct.min(100)));
+    }
+
+    pub fn reordering(&mut self, id: u32, links: BTreeSet<(NodeId, NodeId)>, reorder_pct: u8) {
+        self.reordering.insert(id, (links, reorder_pct.min(100)));
     }
 
     pub fn cut(&mut self, id: u32, links: BTreeSet<(NodeId, NodeId)>) {
@@ -85,14 +136,19 @@ impl LinkModel {
         self.lossy.insert(id, (links, loss_pct.min(100)));
     }
 
-    /// End cut or lossy spell `id`; false if there was none.
+    /// End cut or spell `id`; false if there was none.
     pub fn heal(&mut self, id: u32) -> bool {
-        self.cuts.remove(&id).is_some() | self.lossy.remove(&id).is_some()
+        self.cuts.remove(&id).is_some()
+            | self.lossy.remove(&id).is_some()
+            | self.duplicating.remove(&id).is_some()
+            | self.reordering.remove(&id).is_some()
     }
 
     pub fn heal_all(&mut self) {
         self.cuts.clear();
         self.lossy.clear();
+        self.duplicating.clear();
+        self.reordering.clear();
     }
 
     pub fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
@@ -101,16 +157,12 @@ impl LinkModel {
 
     /// Loss probability of a link in percent: the worst active spell on it.
     pub fn loss_pct(&self, from: NodeId, to: NodeId) -> u8 {
-        self.lossy
-            .values()
-            .filter(|(links, _)| links.contains(&(from, to)))
-            .map(|(_, pct)| *pct)
-            .max()
-            .unwrap_or(0)
+        worst(&self.lossy, from, to)
     }
 
     /// The fate of one message `from → to`. Draws from `rng` only when the outcome is not
-    /// already decided, in a fixed order (loss, then jitter).
+    /// already decided, in a fixed order (loss, jitter, then reordering and duplication only on
+    /// links with such a spell, so a run without them draws exactly as before they existed).
     pub fn hop(&self, from: NodeId, to: NodeId, rng: &mut impl Rng) -> Hop {
         if from == to {
             return Hop::Deliver(Duration::ZERO);
@@ -129,8 +181,29 @@ impl LinkModel {
             .unwrap_or(LINK_LATENCY_US.1);
         let spread = base * LINK_JITTER_PCT / 100;
         let us = rng.gen_range(base - spread..=base + spread);
-        Hop::Deliver(Duration::from_micros(us))
+        let mut first = Duration::from_micros(us);
+        let reorder = worst(&self.reordering, from, to);
+        if reorder > 0 && rng.gen_range(0..100u8) < reorder {
+            first += Duration::from_millis(rng.gen_range(REORDER_DELAY_MS.0..=REORDER_DELAY_MS.1));
+        }
+        let dup = worst(&self.duplicating, from, to);
+        if dup > 0 && rng.gen_range(0..100u8) < dup {
+            let later =
+                Duration::from_millis(rng.gen_range(DUPLICATE_DELAY_MS.0..=DUPLICATE_DELAY_MS.1));
+            return Hop::Duplicate(first, first + later);
+        }
+        Hop::Deliver(first)
     }
+}
+
+/// The highest probability among the spells active on `from → to` (0 if none).
+fn worst(spells: &BTreeMap<u32, Spell>, from: NodeId, to: NodeId) -> u8 {
+    spells
+        .values()
+        .filter(|(links, _)| links.contains(&(from, to)))
+        .map(|(_, pct)| *pct)
+        .max()
+        .unwrap_or(0)
 }
 
 struct RouterState {
@@ -151,9 +224,16 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(ids: &[NodeId], seed: u64, trace: SharedTrace, trace_rpcs: bool) -> Arc<Self> {
+    /// A network among `ids` spread over `regions` regions ([`regions_of`]).
+    pub fn new(
+        ids: &[NodeId],
+        regions: usize,
+        seed: u64,
+        trace: SharedTrace,
+        trace_rpcs: bool,
+    ) -> Arc<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let links = LinkModel::new(ids, &mut rng);
+        let links = LinkModel::with_regions(&regions_of(ids, regions), &mut rng);
         Arc::new(Router {
             state: Mutex::new(RouterState {
                 links,
@@ -277,9 +357,11 @@ impl SimConnection {
         deliver: F,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        E: std::error::Error,
-        F: FnOnce(Raft<Config>, Req) -> Fut,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: Fn(Raft<Config>, Req) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
     {
         let (from, to) = (self.from, self.to);
         let deadline = Instant::now() + ttl;
@@ -317,9 +399,11 @@ impl SimConnection {
         deliver: F,
     ) -> Result<Result<Resp, RaftError<NodeId, E>>, Failure>
     where
-        E: std::error::Error,
-        F: FnOnce(Raft<Config>, Req) -> Fut,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>>,
+        Req: Clone + Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: Fn(Raft<Config>, Req) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
     {
         let (from, to) = (self.from, self.to);
         let lost = |what: &'static str| async move {
@@ -334,7 +418,16 @@ impl SimConnection {
         let there = match self.router.hop(from, to) {
             Hop::Drop => return lost("request-lost").await,
             Hop::Deliver(d) => d,
+            Hop::Duplicate(d, again) => {
+                self.deliver_stray(req.clone(), again, "dup", deliver.clone());
+                d
+            }
         };
+        if Instant::now() + there > deadline {
+            // It arrives after the sender gave up: the target still gets it.
+            self.deliver_stray(req, there, "late", deliver);
+            return lost("timeout").await;
+        }
         tokio::time::sleep(there).await;
         let Some(raft) = self.router.target(to) else {
             return Err(Failure::Down);
@@ -347,7 +440,8 @@ impl SimConnection {
         };
         let back = match self.router.hop(to, from) {
             Hop::Drop => return lost("reply-lost").await,
-            Hop::Deliver(d) => d,
+            // The sender takes the first copy of a reply; the second finds nobody waiting.
+            Hop::Deliver(d) | Hop::Duplicate(d, _) => d,
         };
         if Instant::now() + back > deadline {
             tokio::time::sleep_until(deadline).await;
@@ -355,6 +449,36 @@ impl SimConnection {
         }
         tokio::time::sleep(back).await;
         Ok(reply)
+    }
+}
+
+impl SimConnection {
+    /// A copy of a request that no sender waits for (a duplicate, or one that arrives after its
+    /// sender gave up): handed to the target `after` from now if it is up then, its reply
+    /// dropped.
+    fn deliver_stray<Req, Resp, E, F, Fut>(&self, req: Req, after: Duration, what: &str, deliver: F)
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: FnOnce(Raft<Config>, Req) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
+    {
+        let router = self.router.clone();
+        let (from, to) = (self.from, self.to);
+        let what = what.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(raft) = router.target(to) else {
+                router.note(|| format!("rpc n{from}->n{to} {what} down"));
+                return;
+            };
+            let outcome = match deliver(raft, req).await {
+                Ok(_) => "ok",
+                Err(_) => "remote-error",
+            };
+            router.note(|| format!("rpc n{from}->n{to} {what} {outcome}"));
+        });
     }
 }
 
@@ -424,7 +548,7 @@ mod tests {
                     let min = LINK_LATENCY_US.0 * (100 - LINK_JITTER_PCT) / 100;
                     assert!((min..=max).contains(&(d.as_micros() as u64)), "{d:?}");
                 }
-                Hop::Drop => panic!("no fault is active"),
+                other => panic!("no fault is active: {other:?}"),
             }
         }
     }
@@ -449,6 +573,53 @@ mod tests {
         links.heal(1);
         assert_eq!(links.hop(1, 2, &mut rng), Hop::Drop, "cut 2 still holds");
         links.heal_all();
+        assert!(matches!(links.hop(1, 2, &mut rng), Hop::Deliver(_)));
+    }
+
+    #[test]
+    fn cross_region_links_are_slower_than_links_inside_a_region() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let ids = [1, 2, 3, 4];
+        let regions = regions_of(&ids, 2);
+        assert_eq!(regions.values().copied().collect::<Vec<_>>(), [0, 1, 0, 1]);
+        let links = LinkModel::with_regions(&regions, &mut rng);
+        let one_way = |from, to, rng: &mut StdRng| match links.hop(from, to, rng) {
+            Hop::Deliver(d) => d.as_micros() as u64,
+            other => panic!("no fault is active: {other:?}"),
+        };
+        for _ in 0..200 {
+            let inside = one_way(1, 3, &mut rng);
+            let across = one_way(1, 2, &mut rng);
+            assert!(inside <= LINK_LATENCY_US.1 * (100 + LINK_JITTER_PCT) / 100);
+            assert!(across >= CROSS_REGION_LATENCY_US.0 * (100 - LINK_JITTER_PCT) / 100);
+        }
+    }
+
+    #[test]
+    fn duplicating_and_reordering_spells_act_on_their_links_until_healed() {
+        let (mut links, mut rng) = model();
+        links.duplicating(1, BTreeSet::from([(1, 2)]), 100);
+        links.reordering(2, BTreeSet::from([(2, 1)]), 100);
+        match links.hop(1, 2, &mut rng) {
+            Hop::Duplicate(first, second) => {
+                let gap = second - first;
+                assert!(
+                    gap >= Duration::from_millis(DUPLICATE_DELAY_MS.0),
+                    "{gap:?}"
+                );
+                assert!(
+                    gap <= Duration::from_millis(DUPLICATE_DELAY_MS.1),
+                    "{gap:?}"
+                );
+            }
+            other => panic!("a 100% duplicating link duplicates: {other:?}"),
+        }
+        match links.hop(2, 1, &mut rng) {
+            Hop::Deliver(d) => assert!(d >= Duration::from_millis(REORDER_DELAY_MS.0), "{d:?}"),
+            other => panic!("a reordering link delivers once, late: {other:?}"),
+        }
+        assert!(matches!(links.hop(1, 3, &mut rng), Hop::Deliver(_)));
+        assert!(links.heal(1) && links.heal(2));
         assert!(matches!(links.hop(1, 2, &mut rng), Hop::Deliver(_)));
     }
 

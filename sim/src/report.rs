@@ -1,9 +1,16 @@
 //! What a run and a sweep report: operational figures, violations, the trace hash.
 //!
-//! Plain data and formatting only; `run.rs` fills a [`RunReport`].
+//! Plain data and formatting only; `run.rs` fills a [`RunReport`]. Two formats: the table
+//! (`summary`, `line`, [`sweep_summary`]; the default) and JSON ([`run_json`], [`sweep_json`]),
+//! whose shapes ([`RunJson`], [`SweepJson`]) are defined here, at the edge, so the report types
+//! themselves derive no wire format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::str::FromStr;
 use std::time::Duration;
+
+use serde::Serialize;
 
 use crate::check::{short, Violation};
 use crate::chunks::ChunkStats;
@@ -21,6 +28,8 @@ pub struct FaultStats {
     pub restarts: u64,
     pub cuts: u64,
     pub lossy: u64,
+    pub duplicating: u64,
+    pub reordering: u64,
     /// Bit-rot faults, and the chunks they rotted.
     pub corruptions: u64,
     pub chunks_rotted: u64,
@@ -47,6 +56,8 @@ pub struct RunReport {
     /// Per leader kill: time to the next acknowledged write proposed after it.
     pub failover_ms: Vec<Option<u64>>,
     pub terms_with_leader: usize,
+    /// Terms in which more than one node led (legal with openraft's `(term, node)` leader ids).
+    pub terms_shared: usize,
     pub digest_samples: u64,
     /// Samples (and final reads) that met another node's at the same applied index.
     pub digest_comparisons: u64,
@@ -54,6 +65,8 @@ pub struct RunReport {
     pub final_digest: String,
     pub models: usize,
     pub version_count: u64,
+    /// Unsynced Raft log writes that crashes took back (0 unless a bug skips fsyncs).
+    pub log_writes_lost: u64,
     pub violations: Vec<Violation>,
     pub violations_total: usize,
 }
@@ -126,16 +139,19 @@ impl RunReport {
         let f = &self.faults;
         let _ = writeln!(
             s,
-            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy spells, {} \
-             rot ({} chunks), {} skipped",
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
+             {} reordering spells, {} rot ({} chunks), {} skipped; {} unsynced log writes lost",
             f.crashes,
             f.leader_kills,
             f.restarts,
             f.cuts,
             f.lossy,
+            f.duplicating,
+            f.reordering,
             f.corruptions,
             f.chunks_rotted,
-            f.skipped
+            f.skipped,
+            self.log_writes_lost
         );
         let recovered = self.failover_recovered_ms();
         let _ = writeln!(
@@ -149,11 +165,12 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "version_count {} in {} models; leaders in {} terms; {} digest samples, {} compared at \
-             equal applied index",
+            "version_count {} in {} models; leaders in {} terms ({} shared by two nodes); {} digest \
+             samples, {} compared at equal applied index",
             self.version_count,
             self.models,
             self.terms_with_leader,
+            self.terms_shared,
             self.digest_samples,
             self.digest_comparisons
         );
@@ -308,9 +325,283 @@ pub fn sweep_summary(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration)
     s
 }
 
+/// How `quiver-sim run` and `sweep` print their reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "table" => Ok(OutputFormat::Table),
+            "json" => Ok(OutputFormat::Json),
+            other => Err(format!(
+                "unknown output format {other:?}: use table or json"
+            )),
+        }
+    }
+}
+
+/// One run as JSON (see [`run_json`]).
+#[derive(Debug, Serialize)]
+pub struct RunJson {
+    pub seed: u64,
+    pub scenario: &'static str,
+    pub nodes: usize,
+    pub regions: usize,
+    pub clock_skew_ms: u64,
+    pub clients: usize,
+    pub duration_s: u64,
+    pub plant: Option<&'static str>,
+    pub passed: bool,
+    pub sim_ms: u64,
+    pub wall_ms: u64,
+    pub sim_s_per_wall_s: f64,
+    pub converge_ms: Option<u64>,
+    pub ops: OpsJson,
+    pub artifacts: ArtifactsJson,
+    pub faults: FaultsJson,
+    /// Per leader kill: ms to the next acknowledged write proposed after it (`null`: none
+    /// before the next kill).
+    pub failover_ms: Vec<Option<u64>>,
+    pub failover_ms_p50: Option<u64>,
+    pub failover_ms_p99: Option<u64>,
+    pub version_count: u64,
+    pub models: usize,
+    pub terms_with_leader: usize,
+    pub terms_shared: usize,
+    pub digest_samples: u64,
+    pub digest_comparisons: u64,
+    pub final_applied: Option<u64>,
+    pub final_digest: String,
+    pub log_writes_lost: u64,
+    pub violations: Vec<ViolationJson>,
+    pub violations_total: usize,
+    pub trace_hash: String,
+    pub trace_events: u64,
+    /// Only with `--dump-trace`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
+    pub replay: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpsJson {
+    pub submitted: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub failed: u64,
+    pub acked_by_kind: BTreeMap<&'static str, u64>,
+}
+
+/// The artifact side of a chaos or failover run (`crate::chunks::ChunkStats`).
+#[derive(Debug, Serialize)]
+pub struct ArtifactsJson {
+    pub uploads: u64,
+    pub uploads_failed: u64,
+    pub downloads: u64,
+    pub downloads_failed: u64,
+    pub downloads_skipped: u64,
+    pub chunks_repaired: u64,
+    pub chunks_scrubbed_bad: u64,
+    /// From Raft convergence after healing to every holder holding every READY version intact.
+    pub replicated_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultsJson {
+    pub crashes: u64,
+    pub leader_kills: u64,
+    pub restarts: u64,
+    pub cuts: u64,
+    pub lossy: u64,
+    pub duplicating: u64,
+    pub reordering: u64,
+    pub corruptions: u64,
+    pub chunks_rotted: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViolationJson {
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// A run report as JSON data.
+pub fn run_json(r: &RunReport) -> RunJson {
+    let c = &r.config;
+    let recovered = r.failover_recovered_ms();
+    let f = &r.faults;
+    RunJson {
+        seed: c.seed,
+        scenario: c.scenario.name(),
+        nodes: c.nodes,
+        regions: c.regions,
+        clock_skew_ms: c.clock_skew_ms,
+        clients: c.clients,
+        duration_s: c.duration_s,
+        plant: c.plant.map(|p| p.name()),
+        passed: r.passed(),
+        sim_ms: r.sim_ms,
+        wall_ms: r.wall.as_millis() as u64,
+        sim_s_per_wall_s: r.speed(),
+        converge_ms: r.converge_ms,
+        ops: OpsJson {
+            submitted: r.clients.submitted,
+            acked: r.clients.acked,
+            rejected: r.clients.rejected,
+            failed: r.clients.failed,
+            acked_by_kind: r.clients.acked_by_kind.clone(),
+        },
+        artifacts: ArtifactsJson {
+            uploads: r.chunks.uploads,
+            uploads_failed: r.chunks.uploads_failed,
+            downloads: r.chunks.downloads,
+            downloads_failed: r.chunks.downloads_failed,
+            downloads_skipped: r.chunks.downloads_skipped,
+            chunks_repaired: r.chunks.chunks_repaired,
+            chunks_scrubbed_bad: r.chunks.chunks_scrubbed_bad,
+            replicated_ms: r.chunks.replicated_ms,
+        },
+        faults: FaultsJson {
+            crashes: f.crashes,
+            leader_kills: f.leader_kills,
+            restarts: f.restarts,
+            cuts: f.cuts,
+            lossy: f.lossy,
+            duplicating: f.duplicating,
+            reordering: f.reordering,
+            corruptions: f.corruptions,
+            chunks_rotted: f.chunks_rotted,
+            skipped: f.skipped,
+        },
+        failover_ms: r.failover_ms.clone(),
+        failover_ms_p50: percentile(&recovered, 50.0),
+        failover_ms_p99: percentile(&recovered, 99.0),
+        version_count: r.version_count,
+        models: r.models,
+        terms_with_leader: r.terms_with_leader,
+        terms_shared: r.terms_shared,
+        digest_samples: r.digest_samples,
+        digest_comparisons: r.digest_comparisons,
+        final_applied: r.final_applied,
+        final_digest: r.final_digest.clone(),
+        log_writes_lost: r.log_writes_lost,
+        violations: r
+            .violations
+            .iter()
+            .map(|v| ViolationJson {
+                kind: v.kind,
+                detail: v.detail.clone(),
+            })
+            .collect(),
+        violations_total: r.violations_total,
+        trace_hash: r.trace_hash.clone(),
+        trace_events: r.trace_events,
+        trace: r.trace_lines.clone(),
+        replay: c.replay_command(),
+    }
+}
+
+/// A sweep as JSON (see [`sweep_json`]).
+#[derive(Debug, Serialize)]
+pub struct SweepJson {
+    pub scenario: &'static str,
+    pub nodes: usize,
+    pub regions: usize,
+    pub duration_s: u64,
+    pub plant: Option<&'static str>,
+    pub seeds: u64,
+    pub passed: usize,
+    pub failed: usize,
+    pub errors: usize,
+    pub failing_seeds: Vec<u64>,
+    pub wall_ms: u64,
+    pub failover_ms_p50: Option<u64>,
+    pub failover_ms_p99: Option<u64>,
+    pub violations_by_kind: BTreeMap<&'static str, usize>,
+    /// Every seed's run, in seed order.
+    pub runs: Vec<RunJson>,
+    /// Seeds whose run could not be carried out, and why.
+    pub run_errors: Vec<SeedErrorJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeedErrorJson {
+    pub seed: u64,
+    pub error: String,
+}
+
+/// A sweep's outcomes as JSON data.
+pub fn sweep_json(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration) -> SweepJson {
+    let reports: Vec<&RunReport> = outcomes
+        .iter()
+        .filter_map(|o| o.result.as_ref().ok())
+        .collect();
+    let failed: Vec<&RunReport> = reports.iter().copied().filter(|r| !r.passed()).collect();
+    let run_errors: Vec<SeedErrorJson> = outcomes
+        .iter()
+        .filter_map(|o| {
+            o.result.as_ref().err().map(|e| SeedErrorJson {
+                seed: o.seed,
+                error: e.clone(),
+            })
+        })
+        .collect();
+    let failover: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r.failover_recovered_ms())
+        .collect();
+    let mut violations_by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for r in &failed {
+        for v in &r.violations {
+            *violations_by_kind.entry(v.kind).or_default() += 1;
+        }
+    }
+    let mut failing_seeds: Vec<u64> = failed
+        .iter()
+        .map(|r| r.config.seed)
+        .chain(run_errors.iter().map(|e| e.seed))
+        .collect();
+    failing_seeds.sort_unstable();
+    SweepJson {
+        scenario: base.scenario.name(),
+        nodes: base.nodes,
+        regions: base.regions,
+        duration_s: base.duration_s,
+        plant: base.plant.map(|p| p.name()),
+        seeds: outcomes.len() as u64,
+        passed: reports.len() - failed.len(),
+        failed: failed.len(),
+        errors: run_errors.len(),
+        failing_seeds,
+        wall_ms: wall.as_millis() as u64,
+        failover_ms_p50: percentile(&failover, 50.0),
+        failover_ms_p99: percentile(&failover, 99.0),
+        violations_by_kind,
+        runs: reports.iter().map(|r| run_json(r)).collect(),
+        run_errors,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_formats_parse_and_refuse_others() {
+        assert_eq!("table".parse(), Ok(OutputFormat::Table));
+        assert_eq!("json".parse(), Ok(OutputFormat::Json));
+        assert!("yaml"
+            .parse::<OutputFormat>()
+            .unwrap_err()
+            .contains("table or json"));
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

@@ -20,16 +20,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use openraft::ServerState;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::check::{
     check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
-    Violation,
+    Violation, VoteBook,
 };
 use crate::chunks::{Chunks, DOWNLOADERS};
 use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
 use crate::config::{sub_seed, Plant, Scenario, SimConfig};
+use crate::disk::DISK_WRITEBACK_INTERVAL_MS;
 use crate::net::Router;
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
@@ -54,6 +57,7 @@ const CONVERGE_POLL: Duration = Duration::from_millis(50);
 #[derive(Default)]
 struct Books {
     leaders: LeaderBook,
+    votes: VoteBook,
     digests: DigestBook,
     roots: RootBook,
     violations: Vec<Violation>,
@@ -126,10 +130,12 @@ pub fn run(cfg: &SimConfig) -> anyhow::Result<RunReport> {
         .build()
         .context("build the simulation runtime")?;
     let wall_start = std::time::Instant::now();
+    crate::panics::capture();
     let result = runtime.block_on(simulate(cfg, dir.path()));
     let wall = wall_start.elapsed();
     // Drop whatever tasks are left (and their storage handles) before the data dir goes.
     drop(runtime);
+    crate::panics::release();
     let mut report = result?;
     report.wall = wall;
     Ok(report)
@@ -139,17 +145,30 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let trace = SharedTrace::new(cfg.keep_trace);
     let start = trace.start();
     trace.record(format!(
-        "run seed {} scenario {} nodes {} clients {} duration {} s plant {}",
+        "run seed {} scenario {} nodes {} regions {} clock skew {} ms clients {} duration {} s \
+         plant {}",
         cfg.seed,
         cfg.scenario,
         cfg.nodes,
+        cfg.regions,
+        cfg.clock_skew_ms,
         cfg.clients,
         cfg.duration_s,
         cfg.plant.map(|p| p.name()).unwrap_or("none")
     ));
     let ids = node_ids(cfg.nodes);
-    let router = Router::new(&ids, sub_seed(cfg.seed, "net"), trace.clone(), true);
-    let cluster = Arc::new(Cluster::new(ids.clone(), dir, router, trace.clone()));
+    let router = Router::new(
+        &ids,
+        cfg.regions,
+        sub_seed(cfg.seed, "net"),
+        trace.clone(),
+        true,
+    );
+    let skip_fsync = cfg.plant == Some(Plant::DropLogFsync);
+    let cluster = Arc::new(
+        Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
+            .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms),
+    );
     let chunks = Chunks::new(
         &ids,
         sub_seed(cfg.seed, "chunknet"),
@@ -158,6 +177,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     );
     cluster.attach_chunks(chunks.clone());
     cluster.boot().await.context("boot the cluster")?;
+    if skip_fsync {
+        // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
+        // the simulated kernel's flusher.
+        spawn_writeback(&cluster, sub_seed(cfg.seed, "disk"));
+    }
     let repair_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let repairs: Vec<_> = ids
         .iter()
@@ -301,6 +325,16 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         }
     }
 
+    let (panics, panics_total) = crate::panics::drain();
+    {
+        let mut b = lock(&books);
+        for p in panics {
+            b.add(Violation::new("panic", p));
+        }
+        // Counted even when their messages were not kept.
+        b.violations_total += panics_total.saturating_sub(crate::panics::PANICS_KEPT_MAX);
+    }
+
     let failover_ms = failover_times_ms(&kills_ms, &acks, scenario_end_ms);
     let sim_ms = trace.elapsed_ms();
     let b = std::mem::take(&mut *lock(&books));
@@ -321,15 +355,35 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         faults,
         failover_ms,
         terms_with_leader: b.leaders.terms(),
+        terms_shared: b.leaders.shared_terms(),
         digest_samples: b.digest_samples,
         digest_comparisons: b.digests.compared(),
         final_applied,
         final_digest,
         models: final_state.models.len(),
         version_count: final_state.models.values().map(|m| m.version_count).sum(),
+        log_writes_lost: cluster.log_writes_lost(),
         violations: b.violations,
         violations_total: b.violations_total,
     })
+}
+
+/// One flusher per node: every [`DISK_WRITEBACK_INTERVAL_MS`], from a phase drawn from `seed`,
+/// the node's dirty log pages become durable (whether the node is up or not: a down node has
+/// nothing dirty).
+fn spawn_writeback(cluster: &Arc<Cluster>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for &id in cluster.ids() {
+        let phase_ms = rng.gen_range(0..DISK_WRITEBACK_INTERVAL_MS);
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(phase_ms)).await;
+            loop {
+                cluster.writeback(id);
+                tokio::time::sleep(Duration::from_millis(DISK_WRITEBACK_INTERVAL_MS)).await;
+            }
+        });
+    }
 }
 
 /// Apply the schedule's faults at their times until the scenario ends. Returns what was done
@@ -405,6 +459,27 @@ async fn drive_faults(
                     .router()
                     .with_links(|l| l.lossy(*id, links.clone(), *loss_pct));
             }
+            Fault::Duplicate {
+                id, links, dup_pct, ..
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.duplicating += 1;
+                cluster
+                    .router()
+                    .with_links(|l| l.duplicating(*id, links.clone(), *dup_pct));
+            }
+            Fault::Reorder {
+                id,
+                links,
+                reorder_pct,
+                ..
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.reordering += 1;
+                cluster
+                    .router()
+                    .with_links(|l| l.reordering(*id, links.clone(), *reorder_pct));
+            }
             Fault::Heal { id } => {
                 trace.record(format!("fault {}", event.fault));
                 cluster.router().with_links(|l| l.heal(*id));
@@ -450,9 +525,14 @@ async fn monitor(
             }
             let mut b = lock(&books);
             if m.state == ServerState::Leader {
-                if let Some(v) = b.leaders.observe(m.current_term, id) {
-                    b.add(v);
-                }
+                b.leaders.observe(m.current_term, id);
+            }
+            let voted = m.vote.leader_id();
+            if let Some(v) = b
+                .votes
+                .observe(id, voted.term, voted.node_id, m.vote.is_committed())
+            {
+                b.add(v);
             }
             if let Err(e) = &m.running_state {
                 if b.fatal_reported.insert(id) {
@@ -461,6 +541,17 @@ async fn monitor(
                         format!("n{id} stopped with a fatal error: {e}"),
                     ));
                 }
+            }
+        }
+        for id in cluster.stopped_cores() {
+            let mut b = lock(&books);
+            if b.fatal_reported.insert(id) {
+                b.add(Violation::new(
+                    "node-fatal",
+                    format!(
+                        "n{id} is up but its Raft core task has ended (a panic or a fatal error)"
+                    ),
+                ));
             }
         }
         if tick.is_multiple_of(SAMPLE_EVERY_TICKS) {
@@ -580,6 +671,19 @@ async fn converge(cluster: &Cluster, trace: &SharedTrace) -> Result<Vec<NodeStat
                 ));
                 return Ok(states);
             }
+        }
+        let stopped = cluster.stopped_cores();
+        if !stopped.is_empty() {
+            // A node whose Raft core has ended never catches up: waiting out the deadline would
+            // only cost time.
+            let ids: Vec<String> = stopped.iter().map(|id| format!("n{id}")).collect();
+            return Err(Violation::new(
+                "liveness",
+                format!(
+                    "no convergence after healing: the Raft core of {} has ended",
+                    ids.join(", ")
+                ),
+            ));
         }
         if Instant::now() >= deadline {
             let nodes: Vec<String> = metrics

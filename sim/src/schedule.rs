@@ -20,7 +20,8 @@ pub const CHAOS_FIRST_FAULT_MS: u64 = 1_000;
 pub const CHAOS_GAP_MS: (u64, u64) = (200, 2_000);
 /// How long one chaos fault (a crash, a cut, a lossy spell) lasts.
 pub const CHAOS_FAULT_MS: (u64, u64) = (300, 4_000);
-/// Loss rate of a lossy spell, in percent.
+/// Loss rate of a lossy spell, and the share of messages a duplicating or reordering spell
+/// duplicates or holds back, in percent.
 pub const CHAOS_LOSS_PCT: (u8, u8) = (10, 60);
 /// First chunk corruption of a chaos run: versions have been registered by then.
 pub const CORRUPTION_FIRST_MS: u64 = 2_000;
@@ -61,7 +62,23 @@ pub enum Fault {
         links: BTreeSet<(NodeId, NodeId)>,
         loss_pct: u8,
     },
-    /// End the cut or lossy spell `id`.
+    /// Deliver each message on these directed links twice with probability `dup_pct` until
+    /// healed.
+    Duplicate {
+        id: u32,
+        what: String,
+        links: BTreeSet<(NodeId, NodeId)>,
+        dup_pct: u8,
+    },
+    /// Hold back each message on these directed links with probability `reorder_pct` until
+    /// healed, so later ones overtake it.
+    Reorder {
+        id: u32,
+        what: String,
+        links: BTreeSet<(NodeId, NodeId)>,
+        reorder_pct: u8,
+    },
+    /// End the cut or spell `id`.
     Heal { id: u32 },
     /// Bit rot: flip bytes of up to `chunks` chunks held by `node`'s chunk store, chosen (by
     /// the driver, which knows what the store holds then) with an RNG seeded by `salt`. Chunks
@@ -89,6 +106,15 @@ impl fmt::Display for Fault {
             Fault::Lossy {
                 id, what, loss_pct, ..
             } => write!(f, "lossy#{id} {what} {loss_pct}%"),
+            Fault::Duplicate {
+                id, what, dup_pct, ..
+            } => write!(f, "duplicate#{id} {what} {dup_pct}%"),
+            Fault::Reorder {
+                id,
+                what,
+                reorder_pct,
+                ..
+            } => write!(f, "reorder#{id} {what} {reorder_pct}%"),
             Fault::Heal { id } => write!(f, "heal#{id}"),
             Fault::Corrupt { node, chunks, .. } => write!(f, "corrupt n{node} x{chunks}"),
         }
@@ -230,17 +256,31 @@ pub fn chaos_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEve
                 next_id += 1;
             }
             _ => {
-                let loss_pct = rng.gen_range(CHAOS_LOSS_PCT.0..=CHAOS_LOSS_PCT.1);
+                // One draw for every kind of spell, so the kinds do not shift later draws.
+                let pct = rng.gen_range(CHAOS_LOSS_PCT.0..=CHAOS_LOSS_PCT.1);
                 let links = split_links(nodes, &BTreeSet::from([node]));
-                events.push(FaultEvent {
-                    at_ms: t,
-                    fault: Fault::Lossy {
+                let what = format!("links of n{node}");
+                let fault = match pick {
+                    80..=89 => Fault::Lossy {
                         id: next_id,
-                        what: format!("links of n{node}"),
+                        what,
                         links,
-                        loss_pct,
+                        loss_pct: pct,
                     },
-                });
+                    90..=94 => Fault::Duplicate {
+                        id: next_id,
+                        what,
+                        links,
+                        dup_pct: pct,
+                    },
+                    _ => Fault::Reorder {
+                        id: next_id,
+                        what,
+                        links,
+                        reorder_pct: pct,
+                    },
+                };
+                events.push(FaultEvent { at_ms: t, fault });
                 events.push(FaultEvent {
                     at_ms: end,
                     fault: Fault::Heal { id: next_id },
@@ -343,7 +383,10 @@ mod tests {
                     let at = crashed.remove(slot).expect("restart follows its crash");
                     assert!(e.at_ms > at);
                 }
-                Fault::Cut { id, links, .. } | Fault::Lossy { id, links, .. } => {
+                Fault::Cut { id, links, .. }
+                | Fault::Lossy { id, links, .. }
+                | Fault::Duplicate { id, links, .. }
+                | Fault::Reorder { id, links, .. } => {
                     assert!(!links.is_empty());
                     assert!(links.iter().all(|(a, b)| a != b
                         && (1..=nodes as u64).contains(a)
@@ -377,6 +420,24 @@ mod tests {
             assert!(total.0 > 50, "crashes happen ({total:?})");
             assert!(total.1 > 100, "cuts and losses happen ({total:?})");
         }
+    }
+
+    #[test]
+    fn chaos_schedules_include_duplication_and_reordering() {
+        let (mut dups, mut reorders) = (0, 0);
+        for seed in 0..50 {
+            for e in chaos_schedule(seed, 5, 30_000) {
+                match e.fault {
+                    Fault::Duplicate { dup_pct, .. } => {
+                        assert!((CHAOS_LOSS_PCT.0..=CHAOS_LOSS_PCT.1).contains(&dup_pct));
+                        dups += 1;
+                    }
+                    Fault::Reorder { .. } => reorders += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert!(dups > 20 && reorders > 20, "{dups} {reorders}");
     }
 
     #[test]
