@@ -18,8 +18,8 @@ use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, SystemClock};
 use crate::replication::{
-    repair_version, should_hold, ChunkSink, RepairState, Repaired, BACKGROUND_PUSHES_MAX,
-    REPAIR_INTERVAL,
+    repair_version, scrub_step, should_hold, ChunkSink, RepairState, Repaired,
+    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
 };
 use crate::service::{app_error, status_from_domain};
 use crate::state::{AppResult, RegistryApp};
@@ -213,6 +213,7 @@ impl Node {
             targets,
             copies_required,
             background: self.background_pushes.clone(),
+            planted: Default::default(),
         })
     }
 
@@ -252,7 +253,9 @@ impl Node {
     }
 
     /// One pass of repair: fetch every chunk of every READY version that
-    /// this node lacks. Returns how many chunks were fetched.
+    /// this node lacks; then one scrub step (`scrub_step`: re-verify held
+    /// copies, `SCRUB_BYTES_PER_PASS` at most; a rotten one is removed and
+    /// fetched on the next pass). Returns how many chunks were fetched.
     pub async fn repair_once(&self) -> Result<usize, Status> {
         let roots = self
             .read(Consistency::Stale, |app, txn| app.ready_manifest_roots(txn))
@@ -265,6 +268,11 @@ impl Node {
             .map(|n| (n.node_id, n.region))
             .collect();
         let mut fetched = 0;
+        let held: Vec<String> = roots
+            .iter()
+            .filter(|(_, _, root)| should_hold(root, self.config.node_id, &members))
+            .map(|(_, _, root)| root.clone())
+            .collect();
         for (model, number, root) in roots {
             if self.repair.is_complete(&root) || !should_hold(&root, self.config.node_id, &members)
             {
@@ -288,6 +296,22 @@ impl Node {
                 }
             }
         }
+        let chunks_of = |root: &str| {
+            let manifest = self
+                .raft
+                .read(|app, txn| Ok(app.manifest(txn, root)))
+                .ok()?
+                .ok()?;
+            Some(manifest.files.into_iter().flat_map(|f| f.chunks).collect())
+        };
+        scrub_step(
+            &self.chunks,
+            &self.repair,
+            &held,
+            chunks_of,
+            SCRUB_BYTES_PER_PASS,
+        )
+        .await;
         Ok(fetched)
     }
 

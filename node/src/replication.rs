@@ -9,7 +9,12 @@
 //!   (verified) and stored before it is served; a corrupt local copy is
 //!   removed first, so the bad bytes are never served and the copy is fixed.
 //! - Repair: a loop walks every READY version and fetches what this node
-//!   lacks from its peers, so every node converges to a full copy.
+//!   lacks from its peers, so every node converges to a full copy. A scrub
+//!   re-verifies held copies a bounded number of bytes per pass, so a copy
+//!   that rotted on disk is found, removed and fetched again.
+//!
+//! [`PlantedBugs`] are the simulator's test-only switches that break this
+//! code on purpose (off by default, settable from no CLI or config).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -30,6 +35,25 @@ pub const BACKGROUND_PUSHES_MAX: usize = 16;
 /// How often repair looks for missing chunks.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Known bugs the simulator (quiver-sim) plants in this module's real code
+/// paths, to show that its checkers notice them. Test-only: every switch is
+/// off by default and production code never sets one (nothing in the
+/// quiver-node CLI or config reaches them); only code that builds a
+/// [`ChunkSink`] or calls [`read_chunk_with`] itself can.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// PLANTED BUG `ack-before-w-copies`: [`ChunkSink::put`] reports success
+    /// once the local copy is durable; every push to a peer goes to the
+    /// background, so a version can be READY with fewer than W copies.
+    pub ack_before_w_copies: bool,
+    /// PLANTED BUG `skip-chunk-verify`: [`read_chunk_with`] hands out the
+    /// local copy without checking it (`ChunkSource::get_unverified`) and its
+    /// fetches accept peers' bytes unchecked
+    /// (`FetchOptions::planted_skip_verify`).
+    pub skip_chunk_verify: bool,
+}
+
 /// Where one chunk of an upload goes, and how many copies must be durable. Generic over the
 /// store and the way to reach peers so that the simulator runs this same code (production:
 /// the on-disk [`ChunkStore`] and QUIC's [`PeerClient`]).
@@ -42,13 +66,16 @@ pub struct ChunkSink<S = ChunkStore, P = PeerClient> {
     /// Copies that must be durable before the chunk counts as written (W).
     pub copies_required: usize,
     pub background: Arc<Semaphore>,
+    /// Test-only switches (see [`PlantedBugs`]); default: none.
+    #[doc(hidden)]
+    pub planted: PlantedBugs,
 }
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     /// Writes one chunk locally and to peers; returns once `copies_required`
     /// copies are durable.
     pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
-        let remote_needed = self.copies_required.saturating_sub(1);
+        let mut remote_needed = self.copies_required.saturating_sub(1);
         if remote_needed > self.targets.len() {
             return Err(Status::unavailable(format!(
                 "write quorum is {} copies but only {} node(s) are known; lower --write-quorum or add nodes",
@@ -65,6 +92,10 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
                 async move { (peer, client.push(peer, &hash, &data).await) }
             })
             .collect();
+        if self.planted.ack_before_w_copies {
+            // PLANTED BUG (test-only, see `PlantedBugs`): wait for no peer.
+            remote_needed = 0;
+        }
         let store = self.store.clone();
         let local_data = data.clone();
         let local = StoreCall::start(move || store.put(&hash, &local_data));
@@ -122,13 +153,32 @@ pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
     sources: &[SocketAddr],
     chunk: &ChunkRef,
 ) -> Result<Vec<u8>, StoreError> {
+    read_chunk_with(store, peers, sources, chunk, PlantedBugs::default()).await
+}
+
+/// [`read_chunk`] with the simulator's test-only switches (see [`PlantedBugs`]).
+#[doc(hidden)]
+pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
+    store: &S,
+    peers: &P,
+    sources: &[SocketAddr],
+    chunk: &ChunkRef,
+    planted: PlantedBugs,
+) -> Result<Vec<u8>, StoreError> {
     let local = {
         let store = store.clone();
         let hash = chunk.hash;
-        StoreCall::start(move || store.get(&hash))
-            .join()
-            .await
-            .map_err(|e| join_error(chunk, e))?
+        StoreCall::start(move || {
+            if planted.skip_chunk_verify {
+                // PLANTED BUG (test-only): the stored bytes, unchecked.
+                store.get_unverified(&hash)
+            } else {
+                store.get(&hash)
+            }
+        })
+        .join()
+        .await
+        .map_err(|e| join_error(chunk, e))?
     };
     let cause = match local {
         Ok(data) => return Ok(data),
@@ -153,7 +203,10 @@ pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
         store,
         std::slice::from_ref(chunk),
         sources,
-        FetchOptions::default(),
+        FetchOptions {
+            planted_skip_verify: planted.skip_chunk_verify,
+            ..FetchOptions::default()
+        },
     )
     .await
     {
@@ -234,11 +287,19 @@ pub fn should_hold(root: &str, me: u64, nodes: &[(u64, String)]) -> bool {
         .is_some_and(|(id, _)| *id == me)
 }
 
+/// Bytes of held chunks the scrub re-verifies per repair pass (at
+/// [`REPAIR_INTERVAL`], 16 MiB/s of background reads): a copy that rotted on
+/// disk is found within (bytes held / this) passes.
+pub const SCRUB_BYTES_PER_PASS: u64 = 32 * 1024 * 1024;
+
 /// Manifest roots this node has verified complete (all chunks present), so
-/// repair does not stat them again on every pass.
+/// repair does not stat them again on every pass; and where the scrub of
+/// complete versions goes on.
 #[derive(Default)]
 pub struct RepairState {
     complete: Mutex<BTreeSet<String>>,
+    /// The root the last scrub step ended with.
+    scrub_cursor: Mutex<Option<String>>,
 }
 
 impl RepairState {
@@ -260,6 +321,85 @@ impl RepairState {
             set.remove(root);
         }
     }
+}
+
+/// What one scrub step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Distinct chunks read and verified.
+    pub checked_chunks: usize,
+    /// Copies found rotten (removed) or gone; their versions are no longer
+    /// complete, so the next repair pass fetches good copies.
+    pub bad: Vec<Hash>,
+}
+
+/// One step of the scrub: re-verifies the held copies of versions repair
+/// counts as complete, `budget_bytes` at most (at least one version), in
+/// root order from where the last step stopped, wrapping around. Repair
+/// itself only sees whether a chunk is present (`missing_chunks`), so
+/// without this a copy that rotted on disk would stay bad until a download
+/// happened to read it. A rotten copy is removed and its version forgotten
+/// (`RepairState::forget`), so the next pass fetches a verified copy.
+/// `roots`: the READY versions this node should hold; `chunks_of`: a root's
+/// chunks, from its manifest.
+pub async fn scrub_step<S: ChunkSource + Clone>(
+    store: &S,
+    state: &RepairState,
+    roots: &[String],
+    mut chunks_of: impl FnMut(&str) -> Option<Vec<ChunkRef>>,
+    budget_bytes: u64,
+) -> Scrubbed {
+    let complete: BTreeSet<&String> = roots.iter().filter(|r| state.is_complete(r)).collect();
+    let cursor = state.scrub_cursor.lock().ok().and_then(|c| c.clone());
+    let (after, before): (Vec<&String>, Vec<&String>) = complete
+        .iter()
+        .partition(|r| cursor.as_ref().is_none_or(|c| r.as_str() > c.as_str()));
+    let mut report = Scrubbed::default();
+    let mut bytes = 0u64;
+    for root in after.into_iter().chain(before) {
+        if bytes >= budget_bytes {
+            break;
+        }
+        let Some(chunks) = chunks_of(root) else {
+            continue;
+        };
+        let mut seen = BTreeSet::new();
+        let mut bad = Vec::new();
+        for chunk in chunks.into_iter().filter(|c| seen.insert(c.hash)) {
+            let s = store.clone();
+            let hash = chunk.hash;
+            let intact = StoreCall::start(move || match s.get(&hash) {
+                Ok(_) => Some(true),
+                Err(StoreError::Corrupt { .. }) => {
+                    if let Err(e) = s.remove(&hash) {
+                        tracing::warn!(%hash, "remove rotten chunk: {e}");
+                    }
+                    Some(false)
+                }
+                Err(StoreError::NotFound { .. }) => Some(false),
+                // An I/O error says nothing about the copy: try again next round.
+                Err(_) => None,
+            })
+            .join()
+            .await
+            .ok()
+            .flatten();
+            report.checked_chunks += 1;
+            bytes += chunk.size_bytes as u64;
+            if intact == Some(false) {
+                bad.push(hash);
+            }
+        }
+        if !bad.is_empty() {
+            tracing::warn!(%root, chunks = bad.len(), "scrub found rotten or missing chunks; repair will fetch them");
+            state.forget(root);
+            report.bad.extend(bad);
+        }
+        if let Ok(mut c) = state.scrub_cursor.lock() {
+            *c = Some(root.to_string());
+        }
+    }
+    report
 }
 
 /// What one repair of one version did.
@@ -324,6 +464,188 @@ mod tests {
             .enumerate()
             .map(|(i, r)| (i as u64 + 1, r.to_string()))
             .collect()
+    }
+
+    use std::collections::BTreeMap;
+    use std::collections::BTreeSet as Set;
+    use std::future::Future;
+    use std::sync::Mutex as StdMutex;
+
+    use quiver_transfer::{FetchError, MemoryChunkSource};
+
+    /// Peers for the planted-bug tests: every push fails at once; every fetch returns `good`.
+    #[derive(Clone)]
+    struct FakePeers {
+        good: Arc<Vec<u8>>,
+    }
+
+    impl ChunkPeers for FakePeers {
+        fn fetch_raw(
+            &self,
+            _peer: SocketAddr,
+            _chunk: &ChunkRef,
+        ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+            let good = self.good.to_vec();
+            async move { Ok(good) }
+        }
+
+        async fn push(
+            &self,
+            peer: SocketAddr,
+            _hash: &Hash,
+            _data: &[u8],
+        ) -> Result<(), FetchError> {
+            Err(FetchError::Connect {
+                peer,
+                detail: "down".into(),
+            })
+        }
+    }
+
+    /// A memory store whose copies of `rotten` chunks have a flipped first byte.
+    #[derive(Clone, Default)]
+    struct RottenStore {
+        inner: MemoryChunkSource,
+        rotten: Arc<StdMutex<Set<Hash>>>,
+    }
+
+    impl ChunkSource for RottenStore {
+        fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+            if self.rotten.lock().unwrap().contains(hash) {
+                return Err(StoreError::Corrupt { hash: *hash });
+            }
+            self.inner.get(hash)
+        }
+        fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+            self.inner.put(hash, data)
+        }
+        fn contains(&self, hash: &Hash) -> bool {
+            self.inner.contains(hash)
+        }
+        fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+            self.rotten.lock().unwrap().remove(hash);
+            self.inner.remove(hash)
+        }
+        fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+            let mut data = self.inner.get(hash)?;
+            if self.rotten.lock().unwrap().contains(hash) {
+                data[0] ^= 0xff;
+            }
+            Ok(data)
+        }
+    }
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[tokio::test]
+    async fn a_chunk_counts_as_written_only_with_w_copies_unless_the_bug_is_planted() {
+        let data = Bytes::from_static(b"weights");
+        let hash = Hash::of(&data);
+        let mut sink = ChunkSink {
+            store: MemoryChunkSource::new(),
+            peers: FakePeers {
+                good: Arc::new(data.to_vec()),
+            },
+            targets: vec![peer(1), peer(2)],
+            copies_required: 2,
+            background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
+            planted: PlantedBugs::default(),
+        };
+        let err = sink
+            .put(hash, data.clone())
+            .await
+            .expect_err("no peer took it");
+        assert!(err.message().contains("only 1 of 2 copies"), "{err}");
+        sink.planted.ack_before_w_copies = true;
+        sink.put(hash, data)
+            .await
+            .expect("the planted bug acks one copy");
+    }
+
+    #[tokio::test]
+    async fn a_rotten_local_copy_is_replaced_unless_the_bug_is_planted() {
+        let good = b"weights".to_vec();
+        let chunk = ChunkRef {
+            hash: Hash::of(&good),
+            size_bytes: good.len() as u32,
+        };
+        let peers = FakePeers {
+            good: Arc::new(good.clone()),
+        };
+        let store = RottenStore::default();
+        store.put(&chunk.hash, &good).unwrap();
+        store.rotten.lock().unwrap().insert(chunk.hash);
+        let planted = PlantedBugs {
+            skip_chunk_verify: true,
+            ..PlantedBugs::default()
+        };
+        let bad = read_chunk_with(&store, &peers, &[peer(1)], &chunk, planted)
+            .await
+            .unwrap();
+        assert_ne!(bad, good, "the planted bug hands out the rotten copy");
+        let fixed = read_chunk(&store, &peers, &[peer(1)], &chunk)
+            .await
+            .unwrap();
+        assert_eq!(fixed, good);
+        assert_eq!(
+            store.get(&chunk.hash).unwrap(),
+            good,
+            "the copy was replaced"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_scrub_finds_rot_within_its_budget_and_resumes_where_it_stopped() {
+        let store = RottenStore::default();
+        let state = RepairState::default();
+        let mut versions = BTreeMap::new();
+        for v in 0..3u8 {
+            let chunks: Vec<ChunkRef> = (0..2u8)
+                .map(|i| {
+                    let data = vec![v, i, 7];
+                    store.put(&Hash::of(&data), &data).unwrap();
+                    ChunkRef {
+                        hash: Hash::of(&data),
+                        size_bytes: 3,
+                    }
+                })
+                .collect();
+            let root = format!("root-{v}");
+            state.mark_complete(&root);
+            versions.insert(root, chunks);
+        }
+        let roots: Vec<String> = versions.keys().cloned().collect();
+        let rotten = versions["root-1"][1].hash;
+        store.rotten.lock().unwrap().insert(rotten);
+        let chunks_of = |root: &str| versions.get(root).cloned();
+
+        // A budget of one version's bytes: one version per step, in root order.
+        let first = scrub_step(&store, &state, &roots, chunks_of, 6).await;
+        assert_eq!(
+            first,
+            Scrubbed {
+                checked_chunks: 2,
+                bad: vec![]
+            }
+        );
+        let second = scrub_step(&store, &state, &roots, chunks_of, 6).await;
+        assert_eq!(second.bad, vec![rotten]);
+        assert!(!store.contains(&rotten), "the rotten copy is removed");
+        assert!(!state.is_complete("root-1"), "repair will fetch it again");
+        assert!(state.is_complete("root-0") && state.is_complete("root-2"));
+        // Incomplete versions are repair's business: the scrub goes on with root-2, then wraps.
+        let third = scrub_step(&store, &state, &roots, chunks_of, 6).await;
+        assert_eq!(third.checked_chunks, 2);
+        let all = scrub_step(&store, &state, &roots, chunks_of, u64::MAX).await;
+        assert_eq!(
+            all,
+            Scrubbed {
+                checked_chunks: 4,
+                bad: vec![]
+            }
+        );
     }
 
     #[test]

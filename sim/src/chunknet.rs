@@ -47,7 +47,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quiver_node::replication::read_chunk;
+use quiver_node::replication::{read_chunk_with, PlantedBugs};
 use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, FetchError, Hash, StoreError};
 use tokio::time::Instant;
 
@@ -159,6 +159,9 @@ pub struct NetConfig {
     pub cut_timeout: Duration,
     /// Record every chunk transfer in the trace.
     pub trace_transfers: bool,
+    /// Test-only switches of the node code that serves clients (`read_chunk_with`); default:
+    /// none (see `Plant::SkipChunkVerify`).
+    pub planted: PlantedBugs,
 }
 
 impl Default for NetConfig {
@@ -172,6 +175,7 @@ impl Default for NetConfig {
             cross_region_latency_ms: CROSS_REGION_LATENCY_MS,
             cut_timeout: CUT_TIMEOUT,
             trace_transfers: true,
+            planted: PlantedBugs::default(),
         }
     }
 }
@@ -628,7 +632,7 @@ impl SimPeers {
         } else {
             let sources = self.net.node_sources(server);
             let server_peers = self.net.peers(Endpoint::Node(server));
-            read_chunk(&store, &server_peers, &sources, chunk).await
+            read_chunk_with(&store, &server_peers, &sources, chunk, self.net.cfg.planted).await
         };
         answer.map_err(|e| match e {
             StoreError::NotFound { hash } => FetchError::NotFound { peer, hash },

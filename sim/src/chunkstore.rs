@@ -293,6 +293,15 @@ impl ChunkSource for SimStore {
         self.lock().chunks.remove(hash);
         Ok(())
     }
+
+    /// The held bytes, unchecked: only the planted bug `skip-chunk-verify` reads this way.
+    fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        self.lock()
+            .chunks
+            .get(hash)
+            .map(|held| held.to_vec())
+            .ok_or(StoreError::NotFound { hash: *hash })
+    }
 }
 
 fn io_error(hash: &Hash, detail: String) -> StoreError {

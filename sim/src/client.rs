@@ -1,5 +1,9 @@
 //! Simulated clients: each pipeline submits its ops one at a time through a random node.
 //!
+//! A registration first uploads its artifact through a random up node (the real `ChunkSink`,
+//! see [`crate::chunks`]), trying another after a failure, and proposes the version only once
+//! the upload succeeded; its acknowledgement is checked for W intact copies.
+//!
 //! The simulator plays the part of the registry's API front end: it fixes the actor and the
 //! time in the `Command` (as `Node::propose` does) and routes it. Nodes are started without
 //! forwarding, so a follower answers `NotLeader` naming the leader, and the client retries
@@ -20,7 +24,9 @@ use quiver_node::domain::Actor;
 use quiver_raft::WriteError;
 use tokio::time::Instant;
 
-use crate::check::Ack;
+use crate::check::{Ack, Expect};
+use crate::chunks::{root_label, Chunks};
+use crate::chunkstore::Corpus;
 use crate::cluster::Cluster;
 use crate::config::Plant;
 use crate::schedule::NodeId;
@@ -51,6 +57,7 @@ pub struct ClientStats {
 /// log of acknowledgements.
 pub struct Clients {
     pub cluster: Arc<Cluster>,
+    pub chunks: Arc<Chunks>,
     pub trace: SharedTrace,
     pub plant: Option<Plant>,
     stop: AtomicBool,
@@ -69,9 +76,15 @@ enum Outcome {
 }
 
 impl Clients {
-    pub fn new(cluster: Arc<Cluster>, trace: SharedTrace, plant: Option<Plant>) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        chunks: Arc<Chunks>,
+        trace: SharedTrace,
+        plant: Option<Plant>,
+    ) -> Arc<Self> {
         Arc::new(Clients {
             cluster,
+            chunks,
             trace,
             plant,
             stop: AtomicBool::new(false),
@@ -129,7 +142,21 @@ impl Clients {
             };
             self.count(|s| s.submitted += 1);
             self.trace.record(format!("c{} #{seq} submit {what}", p.id));
-            match self.submit(&mut p, &cmd, first).await {
+            let outcome = match p.take_artifact() {
+                Some(corpus) => match self.upload(&mut p, &corpus, first).await {
+                    Ok(node) => {
+                        self.trace.record(format!(
+                            "c{} #{seq} uploaded {} chunks via n{node}",
+                            p.id,
+                            corpus.chunks().len()
+                        ));
+                        self.submit(&mut p, &cmd, first).await
+                    }
+                    Err(e) => Outcome::Failed(format!("upload: {e}")),
+                },
+                None => self.submit(&mut p, &cmd, first).await,
+            };
+            match outcome {
                 Outcome::Acked {
                     response,
                     proposed_at_ms,
@@ -137,6 +164,15 @@ impl Clients {
                 } => match Pipeline::expect(&cmd.op, response.as_ref()) {
                     Some(expect) => {
                         p.learn(&expect);
+                        if let Expect::Version {
+                            model,
+                            number,
+                            root,
+                        } = &expect
+                        {
+                            self.chunks
+                                .on_version_acked(root_label(model, *number, root), root);
+                        }
                         self.trace
                             .record(format!("c{} #{seq} ack {expect} via n{node}", p.id));
                         self.count(|s| {
@@ -172,6 +208,38 @@ impl Clients {
             }
             tokio::time::sleep(Duration::from_millis(p.think_ms())).await;
         }
+    }
+
+    /// Upload `corpus` through node `first`, then random others after a failure (see the module
+    /// docs), until [`CLIENT_OP_TIMEOUT`]; the node that took it.
+    async fn upload(
+        &self,
+        p: &mut Pipeline,
+        corpus: &Corpus,
+        first: NodeId,
+    ) -> Result<NodeId, String> {
+        let ids = self.cluster.ids().to_vec();
+        let deadline = Instant::now() + CLIENT_OP_TIMEOUT;
+        let router = self.cluster.router().clone();
+        let mut last = String::from("no attempt");
+        let mut node = first;
+        for _ in 0..CLIENT_ATTEMPTS_MAX {
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(router.client_latency()).await;
+            if self.cluster.handle(node).is_none() {
+                last = format!("n{node} is down");
+            } else {
+                match self.chunks.upload(node, corpus).await {
+                    Ok(()) => return Ok(node),
+                    Err(e) => last = format!("n{node}: {}", first_line(&e)),
+                }
+            }
+            node = ids[p.pick(ids.len())];
+            self.pause(p).await;
+        }
+        Err(last)
     }
 
     /// Route one command to the leader, starting at node `first` (see the module docs).

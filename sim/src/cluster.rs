@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use openraft::{BasicNode, RaftMetrics, ServerState};
@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::FinalState;
+use crate::chunks::Chunks;
 use crate::disk::SimDisk;
 use crate::net::{Router, SimNetwork};
 use crate::schedule::NodeId;
@@ -44,6 +45,8 @@ pub struct Cluster {
     trace: SharedTrace,
     /// The nodes that are up.
     up: Mutex<BTreeMap<NodeId, Node>>,
+    /// The nodes' chunk side, whose endpoints go down and up with the nodes.
+    chunks: OnceLock<Arc<Chunks>>,
     /// Every node's log disk (up or down).
     disks: BTreeMap<NodeId, Arc<SimDisk>>,
     /// Unsynced log writes lost in crashes so far.
@@ -75,10 +78,16 @@ impl Cluster {
             router,
             trace,
             up: Mutex::new(BTreeMap::new()),
+            chunks: OnceLock::new(),
             disks,
             writes_lost: std::sync::atomic::AtomicU64::new(0),
             clock_offsets_ms: BTreeMap::new(),
         }
+    }
+
+    /// From now on, crashes and restarts also take the nodes' chunk endpoints down and up.
+    pub fn attach_chunks(&self, chunks: Arc<Chunks>) {
+        let _ = self.chunks.set(chunks);
     }
 
     /// Give each node's clock an offset drawn from `seed` in ±`skew_ms`.
@@ -176,6 +185,9 @@ impl Cluster {
                 Err(e) => anyhow::bail!("n{id} panicked while starting: {}", panic_message(e)),
             };
         self.router.attach(id, incarnation, node.raft().clone());
+        if let Some(chunks) = self.chunks.get() {
+            chunks.set_up(id, true);
+        }
         self.lock().insert(id, node);
         self.trace.record(format!("up n{id}"));
         Ok(())
@@ -188,6 +200,9 @@ impl Cluster {
             return Ok(false);
         };
         self.router.detach(id);
+        if let Some(chunks) = self.chunks.get() {
+            chunks.set_up(id, false);
+        }
         self.trace.record(format!("down n{id}"));
         node.shutdown()
             .await

@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use quiver_node::replication::PlantedBugs;
+
 /// Fewest nodes a run may have: a failover needs a majority left after a kill.
 pub const NODES_MIN: usize = 3;
 /// Most nodes a run may have (each node holds two LMDB environments and its tasks).
@@ -83,14 +85,23 @@ impl fmt::Display for Scenario {
     }
 }
 
-/// A known bug the simulator can plant, to show that a checker notices it. Test-only: no
-/// production code path knows about these.
+/// A known bug the simulator can plant, to show that a checker notices it. Test-only. The
+/// chunk plants switch on code in quiver-node's replication paths through its test-only
+/// `PlantedBugs` (off by default, reachable from no CLI or config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plant {
     /// The client is told "done" as soon as its command is handed to a node that believes it is
     /// the leader (openraft's `client_write_ff`), before the entry is committed. A leader that
     /// crashes or is cut off loses such entries; the lost-ack checker must notice.
     AckBeforeCommit,
+    /// `ChunkSink::put` reports an uploaded chunk written once the front-end node's own copy is
+    /// durable, leaving the pushes to peers to the background: a version can be acknowledged
+    /// READY with fewer than W copies; the ready-copies checker must notice.
+    AckBeforeWCopies,
+    /// The download path (`read_chunk_with`, `fetch_all`) hands out bytes without checking them
+    /// against their hash: a chunk rotten on a node's disk reaches the client; the artifact
+    /// checker must notice.
+    SkipChunkVerify,
     /// The Raft log store commits without fsync (its env opened `MDB_NOSYNC`, through
     /// `quiver_raft::LogDisk::skip_fsync`) and still reports every append flushed. A crash then
     /// loses acknowledged entries and votes (see [`crate::disk`]); lost acks, diverging digests
@@ -104,8 +115,10 @@ pub enum Plant {
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 3] = [
+    pub const ALL: [Plant; 5] = [
         Plant::AckBeforeCommit,
+        Plant::AckBeforeWCopies,
+        Plant::SkipChunkVerify,
         Plant::DropLogFsync,
         Plant::FollowerAppliesStageChange,
     ];
@@ -113,8 +126,18 @@ impl Plant {
     pub fn name(self) -> &'static str {
         match self {
             Plant::AckBeforeCommit => "ack-before-commit",
+            Plant::AckBeforeWCopies => "ack-before-w-copies",
+            Plant::SkipChunkVerify => "skip-chunk-verify",
             Plant::DropLogFsync => "drop-log-fsync",
             Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
+        }
+    }
+
+    /// The switches of the node's replication code this plant turns on (none for the others).
+    pub fn planted_bugs(plant: Option<Plant>) -> PlantedBugs {
+        PlantedBugs {
+            ack_before_w_copies: plant == Some(Plant::AckBeforeWCopies),
+            skip_chunk_verify: plant == Some(Plant::SkipChunkVerify),
         }
     }
 }
@@ -331,6 +354,22 @@ mod tests {
         }
         let err = "drop-fsync".parse::<Plant>().unwrap_err();
         assert!(err.contains("drop-log-fsync"), "{err}");
+        assert!(err.contains("skip-chunk-verify"), "{err}");
+    }
+
+    #[test]
+    fn chunk_plants_switch_on_only_their_own_bug() {
+        assert_eq!(Plant::planted_bugs(None), PlantedBugs::default());
+        for other in [
+            Plant::AckBeforeCommit,
+            Plant::DropLogFsync,
+            Plant::FollowerAppliesStageChange,
+        ] {
+            assert_eq!(Plant::planted_bugs(Some(other)), PlantedBugs::default());
+        }
+        assert!(Plant::planted_bugs(Some(Plant::AckBeforeWCopies)).ack_before_w_copies);
+        let skip = Plant::planted_bugs(Some(Plant::SkipChunkVerify));
+        assert!(skip.skip_chunk_verify && !skip.ack_before_w_copies);
     }
 
     #[test]

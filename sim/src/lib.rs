@@ -13,12 +13,13 @@
 //!
 //! Pure parts, unit-tested on their own: fault schedules ([`schedule`]), the link model
 //! ([`net::LinkModel`]), the pipelines' op generation ([`workload`]), the invariant checkers
-//! ([`check`]) and the report's statistics ([`report`]). The I/O shell: [`cluster`] (start,
+//! ([`check`], [`check_chunks`]) and the report's statistics ([`report`]). The I/O shell: [`cluster`] (start,
 //! crash, restart nodes), [`net`]'s router, [`client`] (routing ops to the leader), [`run`]
 //! (one seed) and [`sweep`] (many seeds on several threads).
 //!
 //! Modules:
-//! - [`config`]: scenario, sizes, the planted bug, the replay command.
+//! - [`config`]: scenario, sizes, the planted bugs (test-only: lost acks, READY before W
+//!   copies, unverified chunks), the replay command.
 //! - [`disk`]: the log disk model — what a crash (a power loss) takes back.
 //! - [`trace`]: the ordered event log and its blake3.
 //! - [`chunkstore`]: in-memory chunk stores with corruption injection, and synthesized artifacts
@@ -26,13 +27,19 @@
 //! - [`chunknet`]: the simulated chunk network (`ChunkPeers`): regions, zones, latency,
 //!   per-endpoint bandwidth, byte accounting, down endpoints and cut links; nodes serve clients
 //!   through the real `read_chunk`.
+//! - [`chunks`]: the artifact side of `chaos` and `failover`: uploads through the real
+//!   `ChunkSink` (W = 2), downloads through nodes' real `read_chunk`, the production repair and
+//!   scrub on every node, bit rot; [`check_chunks`] judges what clients got, the copies behind
+//!   every READY ack, and replication after healing.
 //! - [`load`] and [`loadreport`]: the `load` scenario (a fleet of serving replicas pulls one large
 //!   model through Quiver's path and through a one-node baseline) and its table, JSON and SVG.
 //! - [`panics`]: a panic inside a run (openraft asserting on corrupted state) becomes a
 //!   violation of that run instead of noise on stderr.
 
 pub mod check;
+pub mod check_chunks;
 pub mod chunknet;
+pub mod chunks;
 pub mod chunkstore;
 pub mod client;
 pub mod cluster;

@@ -288,6 +288,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         targets: net.node_sources(origin),
         copies_required: WRITE_QUORUM,
         background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
+        planted: Default::default(),
     };
     let before = net.stats();
     let upload_start = Instant::now();

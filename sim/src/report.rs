@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::check::{short, Violation};
+use crate::chunks::ChunkStats;
 use crate::client::ClientStats;
 use crate::config::SimConfig;
 
@@ -29,6 +30,9 @@ pub struct FaultStats {
     pub lossy: u64,
     pub duplicating: u64,
     pub reordering: u64,
+    /// Bit-rot faults, and the chunks they rotted.
+    pub corruptions: u64,
+    pub chunks_rotted: u64,
     /// Crashes that found no target (no leader at that moment, or the node already down).
     pub skipped: u64,
 }
@@ -46,6 +50,8 @@ pub struct RunReport {
     pub converge_ms: Option<u64>,
     pub wall: Duration,
     pub clients: ClientStats,
+    /// Uploads, downloads, repair and rot on the chunk side.
+    pub chunks: ChunkStats,
     pub faults: FaultStats,
     /// Per leader kill: time to the next acknowledged write proposed after it.
     pub failover_ms: Vec<Option<u64>>,
@@ -114,11 +120,27 @@ impl RunReport {
             self.clients.rejected,
             self.clients.failed
         );
+        let k = &self.chunks;
+        let _ = writeln!(
+            s,
+            "artifacts: {} uploads ({} failed), {} downloads checked ({} failed, {} skipped), {} \
+             chunks repaired, {} rotten copies found by the scrub, replicated {} after Raft converged",
+            k.uploads,
+            k.uploads_failed,
+            k.downloads,
+            k.downloads_failed,
+            k.downloads_skipped,
+            k.chunks_repaired,
+            k.chunks_scrubbed_bad,
+            k.replicated_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "never".into())
+        );
         let f = &self.faults;
         let _ = writeln!(
             s,
             "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
-             {} reordering spells, {} skipped; {} unsynced log writes lost",
+             {} reordering spells, {} rot ({} chunks), {} skipped; {} unsynced log writes lost",
             f.crashes,
             f.leader_kills,
             f.restarts,
@@ -126,6 +148,8 @@ impl RunReport {
             f.lossy,
             f.duplicating,
             f.reordering,
+            f.corruptions,
+            f.chunks_rotted,
             f.skipped,
             self.log_writes_lost
         );
@@ -339,6 +363,7 @@ pub struct RunJson {
     pub sim_s_per_wall_s: f64,
     pub converge_ms: Option<u64>,
     pub ops: OpsJson,
+    pub artifacts: ArtifactsJson,
     pub faults: FaultsJson,
     /// Per leader kill: ms to the next acknowledged write proposed after it (`null`: none
     /// before the next kill).
@@ -373,6 +398,20 @@ pub struct OpsJson {
     pub acked_by_kind: BTreeMap<&'static str, u64>,
 }
 
+/// The artifact side of a chaos or failover run (`crate::chunks::ChunkStats`).
+#[derive(Debug, Serialize)]
+pub struct ArtifactsJson {
+    pub uploads: u64,
+    pub uploads_failed: u64,
+    pub downloads: u64,
+    pub downloads_failed: u64,
+    pub downloads_skipped: u64,
+    pub chunks_repaired: u64,
+    pub chunks_scrubbed_bad: u64,
+    /// From Raft convergence after healing to every holder holding every READY version intact.
+    pub replicated_ms: Option<u64>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct FaultsJson {
     pub crashes: u64,
@@ -382,6 +421,8 @@ pub struct FaultsJson {
     pub lossy: u64,
     pub duplicating: u64,
     pub reordering: u64,
+    pub corruptions: u64,
+    pub chunks_rotted: u64,
     pub skipped: u64,
 }
 
@@ -417,6 +458,16 @@ pub fn run_json(r: &RunReport) -> RunJson {
             failed: r.clients.failed,
             acked_by_kind: r.clients.acked_by_kind.clone(),
         },
+        artifacts: ArtifactsJson {
+            uploads: r.chunks.uploads,
+            uploads_failed: r.chunks.uploads_failed,
+            downloads: r.chunks.downloads,
+            downloads_failed: r.chunks.downloads_failed,
+            downloads_skipped: r.chunks.downloads_skipped,
+            chunks_repaired: r.chunks.chunks_repaired,
+            chunks_scrubbed_bad: r.chunks.chunks_scrubbed_bad,
+            replicated_ms: r.chunks.replicated_ms,
+        },
         faults: FaultsJson {
             crashes: f.crashes,
             leader_kills: f.leader_kills,
@@ -425,6 +476,8 @@ pub fn run_json(r: &RunReport) -> RunJson {
             lossy: f.lossy,
             duplicating: f.duplicating,
             reordering: f.reordering,
+            corruptions: f.corruptions,
+            chunks_rotted: f.chunks_rotted,
             skipped: f.skipped,
         },
         failover_ms: r.failover_ms.clone(),

@@ -28,6 +28,7 @@ use crate::check::{
     check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
     Violation, VoteBook,
 };
+use crate::chunks::{Chunks, DOWNLOADERS};
 use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
 use crate::config::{sub_seed, Plant, Scenario, SimConfig};
@@ -35,7 +36,8 @@ use crate::disk::DISK_WRITEBACK_INTERVAL_MS;
 use crate::net::Router;
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
-    chaos_schedule, failover_schedule, max_down, node_ids, Fault, FaultEvent, NodeId, Target,
+    chaos_schedule, corruption_schedule, failover_schedule, max_down, merge, node_ids, Fault,
+    FaultEvent, NodeId, Target,
 };
 use crate::trace::SharedTrace;
 use crate::workload::{Mix, Pipeline};
@@ -167,12 +169,30 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
             .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms),
     );
+    let chunks = Chunks::new(
+        &ids,
+        sub_seed(cfg.seed, "chunknet"),
+        trace.clone(),
+        Plant::planted_bugs(cfg.plant),
+    );
+    cluster.attach_chunks(chunks.clone());
     cluster.boot().await.context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
         // the simulated kernel's flusher.
         spawn_writeback(&cluster, sub_seed(cfg.seed, "disk"));
     }
+    let repair_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let repairs: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            tokio::spawn(
+                chunks
+                    .clone()
+                    .repair_loop(cluster.clone(), id, repair_stop.clone()),
+            )
+        })
+        .collect();
 
     let books: SharedBooks = Arc::default();
     let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -183,7 +203,18 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         monitor_stop.clone(),
     ));
 
-    let clients = Clients::new(cluster.clone(), trace.clone(), cfg.plant);
+    let clients = Clients::new(cluster.clone(), chunks.clone(), trace.clone(), cfg.plant);
+    let downloads_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let downloaders: Vec<_> = (0..DOWNLOADERS)
+        .map(|c| {
+            tokio::spawn(chunks.clone().download_loop(
+                cluster.clone(),
+                c,
+                sub_seed(cfg.seed, &format!("downloader-{c}")),
+                downloads_stop.clone(),
+            ))
+        })
+        .collect();
     let mix = match cfg.scenario {
         Scenario::Chaos => Mix::Chaos,
         Scenario::Failover => Mix::Failover,
@@ -200,12 +231,16 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
 
     let duration_ms = cfg.duration_ms();
     let schedule = match cfg.scenario {
-        Scenario::Chaos => chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
+        Scenario::Chaos => merge(
+            chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
+            corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
+        ),
         Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
         Scenario::Load => Vec::new(),
     };
     let driver = tokio::spawn(drive_faults(
         cluster.clone(),
+        chunks.clone(),
         schedule,
         start,
         duration_ms,
@@ -215,12 +250,14 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
 
     tokio::time::sleep_until(start + Duration::from_millis(duration_ms)).await;
     clients.stop();
+    downloads_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     trace.record("scenario over: clients finish their op in hand");
     let (faults, kills_ms) = driver.await.context("fault driver task")?;
     let scenario_end_ms = trace.elapsed_ms();
 
     // Heal everything and bring every node back; ops still in flight may complete now.
     cluster.router().with_links(|l| l.heal_all());
+    chunks.net().heal_all();
     for id in cluster.down_ids() {
         if let Err(e) = cluster.start(id).await {
             lock(&books).add(Violation::new("restart", format!("{e:#}")));
@@ -230,6 +267,9 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     trace.record("healed: all links up, all nodes started");
     for p in pipelines {
         p.await.context("client task")?;
+    }
+    for d in downloaders {
+        d.await.context("downloader task")?;
     }
     let converged = converge(&cluster, &trace).await;
     let converge_ms = converged
@@ -246,7 +286,14 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     match converged {
         Err(v) => lock(&books).add(v),
         Ok(states) => {
+            // Liveness of replication: repair keeps running until every node holds every
+            // READY version intact, or the bound passes.
+            let replication = match ready_manifests(&cluster) {
+                Ok(versions) => chunks.await_replication(&versions).await,
+                Err(v) => vec![v],
+            };
             let mut b = lock(&books);
+            b.add_all(replication);
             for (id, index, digest, state) in &states {
                 if let Some(v) = b.digests.observe(*id, *index, digest) {
                     b.add(v);
@@ -267,6 +314,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         }
     }
 
+    repair_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for r in repairs {
+        r.abort();
+    }
+    lock(&books).add_all(chunks.take_violations());
     for id in cluster.up_ids() {
         if let Err(e) = cluster.crash(id).await {
             lock(&books).add(Violation::new("shutdown", format!("{e:#}")));
@@ -299,6 +351,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         converge_ms,
         wall: Duration::ZERO,
         clients: clients.stats(),
+        chunks: chunks.stats(),
         faults,
         failover_ms,
         terms_with_leader: b.leaders.terms(),
@@ -337,6 +390,7 @@ fn spawn_writeback(cluster: &Arc<Cluster>, seed: u64) {
 /// and when (virtual ms) each leader kill happened.
 async fn drive_faults(
     cluster: Arc<Cluster>,
+    chunks: Arc<Chunks>,
     schedule: Vec<FaultEvent>,
     start: Instant,
     duration_ms: u64,
@@ -429,6 +483,15 @@ async fn drive_faults(
             Fault::Heal { id } => {
                 trace.record(format!("fault {}", event.fault));
                 cluster.router().with_links(|l| l.heal(*id));
+            }
+            Fault::Corrupt {
+                node,
+                chunks: count,
+                salt,
+            } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.corruptions += 1;
+                stats.chunks_rotted += chunks.corrupt(*node, *count, *salt) as u64;
             }
         }
     }
@@ -529,6 +592,38 @@ fn sample(cluster: &Cluster, books: &SharedBooks, sampled_at: &mut BTreeMap<Node
                 format!("n{id}: reading applied state failed: {e:#}"),
             )),
         }
+    }
+}
+
+/// Every READY version's label and manifest, from the applied state of the first up node
+/// (after convergence every node has the same).
+fn ready_manifests(
+    cluster: &Cluster,
+) -> Result<Vec<(String, quiver_transfer::Manifest)>, Violation> {
+    let read = cluster
+        .up_ids()
+        .first()
+        .and_then(|&id| cluster.handle(id))
+        .map(|node| {
+            node.read_applied(|app, rtxn| {
+                let err = |e: quiver_node::state::AppError| anyhow::anyhow!("{e}");
+                let mut out = Vec::new();
+                for (model, number, root) in app.ready_manifest_roots(rtxn).map_err(err)? {
+                    out.push((
+                        format!("{model}/{number}"),
+                        app.manifest(rtxn, &root).map_err(err)?,
+                    ));
+                }
+                Ok(out)
+            })
+        });
+    match read {
+        Some(Ok((_, versions))) => Ok(versions),
+        Some(Err(e)) => Err(Violation::new(
+            "state-read",
+            format!("reading READY manifests: {e:#}"),
+        )),
+        None => Err(Violation::new("liveness", "no node is up after healing")),
     }
 }
 

@@ -23,6 +23,12 @@ pub const CHAOS_FAULT_MS: (u64, u64) = (300, 4_000);
 /// Loss rate of a lossy spell, and the share of messages a duplicating or reordering spell
 /// duplicates or holds back, in percent.
 pub const CHAOS_LOSS_PCT: (u8, u8) = (10, 60);
+/// First chunk corruption of a chaos run: versions have been registered by then.
+pub const CORRUPTION_FIRST_MS: u64 = 2_000;
+/// Pause between two chunk corruptions, drawn uniformly from this range.
+pub const CORRUPTION_GAP_MS: (u64, u64) = (1_000, 4_000);
+/// Chunks one corruption rots on its node, drawn uniformly from this range.
+pub const CORRUPTION_CHUNKS: (u32, u32) = (1, 8);
 /// First leader kill of a failover run.
 pub const FAILOVER_FIRST_KILL_MS: u64 = 2_000;
 /// Time between leader kills.
@@ -74,6 +80,14 @@ pub enum Fault {
     },
     /// End the cut or spell `id`.
     Heal { id: u32 },
+    /// Bit rot: flip bytes of up to `chunks` chunks held by `node`'s chunk store, chosen (by
+    /// the driver, which knows what the store holds then) with an RNG seeded by `salt`. Chunks
+    /// stay rotten until the node code notices and replaces them.
+    Corrupt {
+        node: NodeId,
+        chunks: u32,
+        salt: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -102,6 +116,7 @@ impl fmt::Display for Fault {
                 ..
             } => write!(f, "reorder#{id} {what} {reorder_pct}%"),
             Fault::Heal { id } => write!(f, "heal#{id}"),
+            Fault::Corrupt { node, chunks, .. } => write!(f, "corrupt n{node} x{chunks}"),
         }
     }
 }
@@ -280,6 +295,39 @@ pub fn chaos_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEve
     events
 }
 
+/// Chunk corruptions for a `chaos` run (see [`Fault::Corrupt`]), from their own seed so that
+/// they do not shift the draws of [`chaos_schedule`]; merge the two with [`merge`].
+pub fn corruption_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = node_ids(nodes);
+    let mut events = Vec::new();
+    if ids.is_empty() {
+        return events;
+    }
+    let mut t = CORRUPTION_FIRST_MS;
+    while t < duration_ms {
+        events.push(FaultEvent {
+            at_ms: t,
+            fault: Fault::Corrupt {
+                node: ids[rng.gen_range(0..ids.len())],
+                chunks: rng.gen_range(CORRUPTION_CHUNKS.0..=CORRUPTION_CHUNKS.1),
+                salt: rng.gen(),
+            },
+        });
+        t += rng.gen_range(CORRUPTION_GAP_MS.0..=CORRUPTION_GAP_MS.1);
+    }
+    events
+}
+
+/// Two schedules as one, by time; at equal times `a`'s events come first.
+pub fn merge(a: Vec<FaultEvent>, b: Vec<FaultEvent>) -> Vec<FaultEvent> {
+    let mut events = a;
+    events.extend(b);
+    // Stable: equal times keep `a` before `b` and each list's own order.
+    events.sort_by_key(|e| e.at_ms);
+    events
+}
+
 /// Leader kills for a `failover` run: kill, restart a while later, repeat.
 pub fn failover_schedule(seed: u64, duration_ms: u64) -> Vec<FaultEvent> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -349,6 +397,10 @@ mod tests {
                 Fault::Heal { id } => {
                     open.remove(id).expect("heal follows its fault");
                 }
+                Fault::Corrupt { node, chunks, .. } => {
+                    assert!((1..=nodes as u64).contains(node));
+                    assert!((CORRUPTION_CHUNKS.0..=CORRUPTION_CHUNKS.1).contains(chunks));
+                }
             }
         }
         assert!(crashed.is_empty(), "every crash is restarted");
@@ -393,6 +445,36 @@ mod tests {
         assert_eq!(chaos_schedule(9, 5, 20_000), chaos_schedule(9, 5, 20_000));
         assert_ne!(chaos_schedule(9, 5, 20_000), chaos_schedule(10, 5, 20_000));
         assert_eq!(failover_schedule(9, 20_000), failover_schedule(9, 20_000));
+    }
+
+    #[test]
+    fn corruptions_come_from_their_own_seed_and_merge_in_time_order() {
+        let rot = corruption_schedule(5, 5, 30_000);
+        assert!(
+            rot.len() >= 30_000 / CORRUPTION_GAP_MS.1 as usize,
+            "{}",
+            rot.len()
+        );
+        assert_eq!(rot, corruption_schedule(5, 5, 30_000));
+        assert_ne!(rot, corruption_schedule(6, 5, 30_000));
+        let chaos = chaos_schedule(5, 5, 30_000);
+        let all = merge(chaos.clone(), rot.clone());
+        check(&all, 5);
+        assert_eq!(all.len(), chaos.len() + rot.len());
+        let without: Vec<FaultEvent> = all
+            .iter()
+            .filter(|e| !matches!(e.fault, Fault::Corrupt { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(without, chaos, "the other faults are unchanged");
+        let nodes: BTreeSet<NodeId> = rot
+            .iter()
+            .filter_map(|e| match e.fault {
+                Fault::Corrupt { node, .. } => Some(node),
+                _ => None,
+            })
+            .collect();
+        assert!(nodes.len() > 1, "corruption spreads over nodes: {nodes:?}");
     }
 
     #[test]

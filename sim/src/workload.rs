@@ -5,26 +5,29 @@
 //! client shell (`client.rs`) submits the op and reports back with [`Pipeline::learn`]. Each
 //! pipeline owns its models, so its view is exact when every ack carries the applied response.
 //!
-//! Versions carry synthetic manifests: real `quiver_transfer` manifests whose chunk hashes are
-//! blake3 of a label unique to the version, so every version has its own root. No chunk bytes
-//! exist in this slice of the simulator.
+//! Versions carry real artifacts: a seeded [`Corpus`] per registration (its own seed, so every
+//! version has its own chunks and root), of [`ARTIFACT_LOGICAL_BYTES`] at the chunk store's
+//! scale. The shell uploads it ([`Pipeline::take_artifact`]) before it proposes the version.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use quiver_node::command::{Op, Response};
 use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
-use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest, CHUNK_SIZE_BYTES};
+use quiver_transfer::Manifest;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::Expect;
+use crate::chunkstore::Corpus;
 
 /// Models one pipeline creates at most.
 pub const MODELS_PER_PIPELINE_MAX: usize = 3;
 /// Versions a pipeline remembers (for stage changes and aliases); the oldest are forgotten.
 pub const VERSIONS_REMEMBERED_MAX: usize = 64;
-/// Largest weights file of a synthetic version, in chunks.
-pub const WEIGHTS_CHUNKS_MAX: u32 = 4;
+/// Logical size of a registered artifact, drawn from this range: 1 to 6 chunks of 4 MiB
+/// (4 KiB of real bytes each, see `chunkstore`).
+pub const ARTIFACT_LOGICAL_BYTES: (u64, u64) = (1 << 20, 24 << 20);
 pub const ALIASES: [&str; 2] = ["champion", "challenger"];
 const STAGES: [Stage; 4] = [
     Stage::Experimental,
@@ -66,6 +69,8 @@ pub struct Pipeline {
     /// the stage a version already has (a rejection). A write that failed but was applied
     /// anyway can make it stale; then the registry rejects the op, which is harmless.
     stages: BTreeMap<(String, u64), Stage>,
+    /// The artifact of the `CreateVersion` just returned by `next_op`, until the shell takes it.
+    artifact: Option<Arc<Corpus>>,
     seq: u64,
 }
 
@@ -80,6 +85,7 @@ impl Pipeline {
             versions: BTreeMap::new(),
             guessed: BTreeMap::new(),
             stages: BTreeMap::new(),
+            artifact: None,
             seq: 0,
         }
     }
@@ -158,9 +164,15 @@ impl Pipeline {
         }
     }
 
+    /// The artifact to upload for the `CreateVersion` `next_op` just returned.
+    pub fn take_artifact(&mut self) -> Option<Arc<Corpus>> {
+        self.artifact.take()
+    }
+
     fn create_version(&mut self, model: String, seq: u64) -> Op {
         let label = format!("{}/{model}/{seq}", self.actor);
-        let manifest = synthetic_manifest(&label, &mut self.rng);
+        let (corpus, manifest) = artifact(&mut self.rng);
+        self.artifact = Some(Arc::new(corpus));
         let mut metrics = BTreeMap::new();
         metrics.insert("auc".to_string(), self.rng.gen_range(0.5..1.0));
         Op::CreateVersion {
@@ -269,41 +281,13 @@ impl Pipeline {
     }
 }
 
-/// A valid manifest unique to `label`: a weights file of 1..=4 chunks and a small preprocessing
-/// script. Paths are given in sorted order, as a manifest requires.
-pub fn synthetic_manifest(label: &str, rng: &mut impl Rng) -> Manifest {
-    let chunks = rng.gen_range(1..=WEIGHTS_CHUNKS_MAX);
-    let last_size = rng.gen_range(1..=CHUNK_SIZE_BYTES as u32);
-    let weights: Vec<ChunkRef> = (0..chunks)
-        .map(|i| ChunkRef {
-            hash: Hash::of(format!("{label}/weights/{i}").as_bytes()),
-            size_bytes: if i + 1 == chunks {
-                last_size
-            } else {
-                CHUNK_SIZE_BYTES as u32
-            },
-        })
-        .collect();
-    let script_size = rng.gen_range(1..=4_096u32);
-    Manifest {
-        files: vec![
-            FileEntry {
-                path: "model.safetensors".into(),
-                size_bytes: weights.iter().map(|c| c.size_bytes as u64).sum(),
-                mode: 0o644,
-                chunks: weights,
-            },
-            FileEntry {
-                path: "preprocess.py".into(),
-                size_bytes: script_size as u64,
-                mode: 0o644,
-                chunks: vec![ChunkRef {
-                    hash: Hash::of(format!("{label}/preprocess").as_bytes()),
-                    size_bytes: script_size,
-                }],
-            },
-        ],
-    }
+/// A seeded artifact and its manifest, drawn from `rng`.
+pub fn artifact(rng: &mut impl Rng) -> (Corpus, Manifest) {
+    let seed: u64 = rng.gen();
+    let size = rng.gen_range(ARTIFACT_LOGICAL_BYTES.0..=ARTIFACT_LOGICAL_BYTES.1);
+    let corpus = Corpus::synthesize(seed, size).expect("ARTIFACT_LOGICAL_BYTES fits a corpus");
+    let manifest = corpus.manifest().expect("a corpus makes a valid manifest");
+    (corpus, manifest)
 }
 
 #[cfg(test)]
@@ -311,14 +295,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn synthetic_manifests_are_valid_and_unique() {
+    fn artifacts_are_valid_unique_and_sized_as_promised() {
         let mut rng = StdRng::seed_from_u64(1);
         let mut roots = std::collections::BTreeSet::new();
-        for i in 0..200 {
-            let m = synthetic_manifest(&format!("v{i}"), &mut rng);
+        let mut chunk_counts = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let (corpus, m) = artifact(&mut rng);
             m.validate().expect("valid manifest");
             assert!(roots.insert(m.root()), "unique root");
+            let logical = corpus.logical_bytes();
+            assert!((ARTIFACT_LOGICAL_BYTES.0..=ARTIFACT_LOGICAL_BYTES.1).contains(&logical));
+            assert_eq!(m.chunk_count(), corpus.chunks().len());
+            chunk_counts.insert(m.chunk_count());
         }
+        assert!(chunk_counts.len() > 5, "sizes vary: {chunk_counts:?}");
     }
 
     #[test]
@@ -336,8 +326,21 @@ mod tests {
         let mut kinds = BTreeMap::<&str, u32>::new();
         for _ in 0..300 {
             let (_, op) = p.next_op();
-            if let Op::CreateVersion { model, .. } = &op {
+            if let Op::CreateVersion {
+                model,
+                manifest_root,
+                ..
+            } = &op
+            {
                 assert!(p.models.contains(model), "versions go to known models");
+                let corpus = p.take_artifact().expect("an artifact to upload");
+                let m = corpus.manifest().expect("manifest");
+                assert_eq!(
+                    &m.root().to_hex(),
+                    manifest_root,
+                    "the op names its artifact"
+                );
+                assert!(p.take_artifact().is_none(), "taken once");
                 p.learn(&Pipeline::expect(&op, None).expect("expectation"));
             }
             if let Op::SetStage { model, number, .. } | Op::SetAlias { model, number, .. } = &op {

@@ -1,5 +1,6 @@
 //! Whole simulated runs, sized for `cargo test --workspace` in a debug build: determinism, a
-//! chaos run that keeps its invariants, and the planted bug that the lost-ack checker must find.
+//! chaos run that keeps its invariants, and the planted bugs that the checkers must find (lost
+//! acks; versions READY before W copies; unverified chunks handed to clients).
 
 use quiver_sim::report::SeedOutcome;
 use quiver_sim::{run, sweep, Plant, RunReport, Scenario, SeedRange, SimConfig};
@@ -78,6 +79,89 @@ fn a_short_chaos_run_keeps_every_invariant() {
     assert!(report.clients.acked > 30, "{}", report.summary());
     assert!(report.version_count > 0 && report.final_applied.is_some());
     assert!(report.digest_samples > 0 && report.converge_ms.is_some());
+    let k = &report.chunks;
+    assert!(
+        k.uploads > 10 && k.downloads > 10 && report.faults.chunks_rotted > 0,
+        "artifacts moved and rotted: {}",
+        report.summary()
+    );
+    assert!(
+        k.chunks_scrubbed_bad > 0 && k.replicated_ms.is_some(),
+        "the scrub found the rot and repair replaced it: {}",
+        report.summary()
+    );
+}
+
+/// Runs `seeds` of a 5-node chaos scenario of `duration_s` with `plant` and without: some seed
+/// with it must break `kind` (and name the plant in its replay command); every seed without it
+/// must keep every invariant. Returns the clean reports.
+fn plant_is_caught(plant: Plant, kind: &str, seeds: SeedRange, duration_s: u64) -> Vec<RunReport> {
+    let mut planted = config(0, Scenario::Chaos, 5, duration_s);
+    planted.plant = Some(plant);
+    let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
+    let caught: Vec<&RunReport> = with_bug
+        .iter()
+        .filter(|r| r.violations.iter().any(|v| v.kind == kind))
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "no seed of {seeds:?} caught {}:\n{}",
+        plant.name(),
+        with_bug
+            .iter()
+            .map(|r| r.summary())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+    assert!(caught[0]
+        .summary()
+        .contains(&format!("--plant {} --dump-trace", plant.name())));
+    let clean = reports(sweep(
+        &config(0, Scenario::Chaos, 5, duration_s),
+        seeds,
+        2,
+        |_| {},
+    ));
+    for report in &clean {
+        assert!(report.passed(), "{}", report.summary());
+    }
+    clean
+}
+
+/// The planted bug lets `ChunkSink::put` report a chunk written once the front-end node's own
+/// copy is durable; the versions acknowledged READY then have fewer than W = 2 intact copies.
+#[test]
+fn the_ready_copies_checker_finds_acks_before_w_copies_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::AckBeforeWCopies,
+        "ready-under-replicated",
+        SeedRange { start: 1, end: 3 },
+        4,
+    );
+    assert!(
+        clean.iter().all(|r| r.chunks.uploads > 5),
+        "uploads happened"
+    );
+}
+
+/// The planted bug lets a node's `read_chunk` hand out its local copy unchecked; bit rot then
+/// reaches a client before the scrub replaces the copy, and the artifact checker (which hashes
+/// what the client got on its own) must say so.
+#[test]
+fn the_artifact_checker_finds_unverified_chunks_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::SkipChunkVerify,
+        "artifact-mismatch",
+        SeedRange { start: 1, end: 5 },
+        8,
+    );
+    for r in &clean {
+        assert!(
+            r.chunks.downloads > 20 && r.faults.chunks_rotted > 0,
+            "downloads ran while chunks rotted: {}",
+            r.summary()
+        );
+    }
 }
 
 /// The planted bug acknowledges a write once a self-declared leader has taken it, before it is
@@ -85,8 +169,10 @@ fn a_short_chaos_run_keeps_every_invariant() {
 /// say so for at least one seed; the same seeds without the bug must pass.
 #[test]
 fn the_lost_ack_checker_finds_the_planted_early_ack_and_passes_without_it() {
+    // 8 s: two or three leader kills per seed (each registration now uploads its artifact
+    // first, which leaves fewer early-acked entries in flight at a kill than 5 s used to).
     let seeds = SeedRange { start: 1, end: 5 };
-    let mut planted = config(0, Scenario::Failover, 3, 5);
+    let mut planted = config(0, Scenario::Failover, 3, 8);
     planted.plant = Some(Plant::AckBeforeCommit);
     let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
     let caught: Vec<&RunReport> = with_bug
@@ -106,7 +192,7 @@ fn the_lost_ack_checker_finds_the_planted_early_ack_and_passes_without_it() {
         .summary()
         .contains("--plant ack-before-commit --dump-trace"));
 
-    let clean = config(0, Scenario::Failover, 3, 5);
+    let clean = config(0, Scenario::Failover, 3, 8);
     for report in reports(sweep(&clean, seeds, 2, |_| {})) {
         assert!(report.passed(), "{}", report.summary());
         assert!(report.faults.leader_kills > 0, "{}", report.summary());

@@ -19,6 +19,13 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn contains(&self, hash: &Hash) -> bool;
     /// Removes the chunk (a corrupt copy, before a good one replaces it); absent is fine.
     fn remove(&self, hash: &Hash) -> Result<(), StoreError>;
+    /// The chunk's bytes as stored, NOT verified. Only for the simulator's planted bug
+    /// `skip-chunk-verify` (quiver-node's `PlantedBugs`); production code never calls it. The
+    /// default verifies anyway (`get`): a store that can hand out rotten bytes overrides it.
+    #[doc(hidden)]
+    fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        self.get(hash)
+    }
 }
 
 impl ChunkSource for ChunkStore {
@@ -54,6 +61,10 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
 
     fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
         (**self).remove(hash)
+    }
+
+    fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        (**self).get_unverified(hash)
     }
 }
 

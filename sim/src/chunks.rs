@@ -1,0 +1,613 @@
+//! The artifact side of a `chaos` or `failover` run: real uploads, downloads, repair and bit rot
+//! on the simulated chunk network.
+//!
+//! Every node has a [`SimStore`] (kept across its crashes and restarts, as a disk would be) and
+//! an endpoint on the [`ChunkNet`], which goes down and up with the node ([`Chunks::set_up`],
+//! called by the cluster). On it the real replication code runs:
+//! - **Upload** ([`Chunks::upload`]): a registration's artifact (a seeded [`Corpus`]) is written
+//!   through the real `ChunkSink` of the node the client reached, with W = [`COPIES_REQUIRED`],
+//!   [`UPLOAD_CHUNKS_IN_FLIGHT`] chunks at a time, as the node's upload ingest does; only then
+//!   does the client propose `CreateVersion` with the corpus's manifest.
+//! - **Download** ([`Chunks::download_loop`]): simulated serving clients pull acknowledged
+//!   versions through a random node: the manifest from that node's applied state, every chunk
+//!   through the network from that node, which answers with the real `read_chunk` (read-through
+//!   from its peers for a chunk it lacks or holds rotten). What the client was handed is judged
+//!   by [`check_download`] against the bytes that were uploaded.
+//! - **Repair** ([`Chunks::repair_loop`]): every [`REPAIR_INTERVAL`], each up node runs the
+//!   production pass over its READY versions (`Node::repair_once`'s steps): `should_hold`,
+//!   `repair_version` (which uses `missing_chunks` and `fetch_all`), then `scrub_step` with a
+//!   budget of [`SIM_SCRUB_BYTES_PER_PASS`], with a `RepairState` that a restart replaces.
+//! - **Bit rot** ([`Chunks::corrupt`]): the chaos schedule's `Corrupt` fault flips bytes of chunks
+//!   of acknowledged versions in one node's store.
+//!
+//! Checks: when a version is acknowledged, every chunk must have W intact copies over all stores
+//! ([`check_ready_copies`]); after healing, replication must reach its target within
+//! [`replication_bound`] ([`Chunks::await_replication`], [`check_replication`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use quiver_node::replication::{
+    repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, RepairState, Repaired,
+    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
+};
+use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::check::{short, Violation};
+use crate::check_chunks::{
+    check_download, check_ready_copies, check_replication, Downloaded, FileTruth, Target,
+};
+use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place, SimPeers};
+use crate::chunkstore::{Corpus, SimStore};
+use crate::cluster::Cluster;
+use crate::schedule::NodeId;
+use crate::trace::SharedTrace;
+
+/// Copies of every chunk durable before an upload succeeds (W).
+pub const COPIES_REQUIRED: usize = 2;
+/// Chunks of one upload written at once (the node's upload ingest: `WRITE_QUEUE_DEPTH`).
+pub const UPLOAD_CHUNKS_IN_FLIGHT: usize = 4;
+/// Simulated serving clients that download versions during a run.
+pub const DOWNLOADERS: u32 = 3;
+/// Pause between two downloads of one downloader, drawn from this range (virtual ms).
+pub const DOWNLOAD_THINK_MS: (u64, u64) = (20, 120);
+/// After healing (and Raft convergence), how long repair has at least to give every node that
+/// should hold a READY version an intact copy of each of its chunks; the bound grows with the
+/// time the scrub needs to get round the stores ([`replication_bound`]).
+pub const REPLICATION_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+/// The scrub's budget per repair pass in the simulator, in real bytes. Production reads
+/// `SCRUB_BYTES_PER_PASS` (32 MiB) per pass; at the chunk store's scale (a real byte stands for
+/// 1024) that would be 32 KiB, 8 chunks, and a run's stores would take minutes to go round.
+/// 512 KiB (128 chunks) goes round a 30 s chaos run's stores in about ten passes while hashing
+/// a fraction of them per pass, which keeps the run fast.
+pub const SIM_SCRUB_BYTES_PER_PASS: u64 = 512 * 1024;
+/// How often replication is polled while waiting for it.
+const REPLICATION_POLL: Duration = Duration::from_secs(1);
+/// The region every node of these scenarios is in; zones `z0`.. are dealt round-robin.
+pub const SIM_REGION: &str = "sim";
+/// Zones the nodes are spread over.
+pub const SIM_ZONES: u64 = 3;
+
+/// What the artifact side did, for the report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkStats {
+    pub uploads: u64,
+    pub uploads_failed: u64,
+    pub downloads: u64,
+    pub downloads_failed: u64,
+    /// Downloads not attempted: the node was down or had not applied the version yet.
+    pub downloads_skipped: u64,
+    pub chunks_corrupted: u64,
+    pub chunks_repaired: u64,
+    /// Rotten (or vanished) copies the repair pass's scrub found.
+    pub chunks_scrubbed_bad: u64,
+    /// From healing to every node holding every READY version intact (`None`: never, or the
+    /// run ended before looking).
+    pub replicated_ms: Option<u64>,
+}
+
+/// What was uploaded for one manifest root: its chunks and the files' independent hashes.
+struct Uploaded {
+    chunks: Vec<ChunkRef>,
+    truth: Vec<FileTruth>,
+}
+
+#[derive(Default)]
+struct State {
+    uploaded: BTreeMap<String, Uploaded>,
+    /// Acknowledged versions, (label, root), in ack order.
+    acked: Vec<(String, String)>,
+    /// Each up node's repair state; a restart starts a fresh one, as a new process would.
+    repair: BTreeMap<NodeId, Arc<RepairState>>,
+    violations: Vec<Violation>,
+    stats: ChunkStats,
+}
+
+/// The nodes' chunk stores, the chunk network, and what the run's clients uploaded.
+pub struct Chunks {
+    net: Arc<ChunkNet>,
+    stores: BTreeMap<NodeId, SimStore>,
+    background: BTreeMap<NodeId, Arc<Semaphore>>,
+    planted: PlantedBugs,
+    trace: SharedTrace,
+    state: Mutex<State>,
+}
+
+impl Chunks {
+    /// Stores and network endpoints for nodes `ids` (all up), with the test-only switches of
+    /// the node's replication code set from `planted`.
+    pub fn new(ids: &[NodeId], seed: u64, trace: SharedTrace, planted: PlantedBugs) -> Arc<Self> {
+        let cfg = NetConfig {
+            planted,
+            ..NetConfig::default()
+        };
+        let net = ChunkNet::new(cfg, seed, trace.clone());
+        let mut stores = BTreeMap::new();
+        let mut background = BTreeMap::new();
+        let mut state = State::default();
+        for &id in ids {
+            let store = SimStore::new(None);
+            let zone = format!("z{}", id % SIM_ZONES);
+            net.add_node(id, Place::new(SIM_REGION, zone), store.clone());
+            stores.insert(id, store);
+            background.insert(id, Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)));
+            state.repair.insert(id, Arc::default());
+        }
+        for c in 0..DOWNLOADERS {
+            net.add_client(
+                c,
+                Place::new(SIM_REGION, format!("z{}", c as u64 % SIM_ZONES)),
+            );
+        }
+        Arc::new(Chunks {
+            net,
+            stores,
+            background,
+            planted,
+            trace,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn net(&self) -> &Arc<ChunkNet> {
+        &self.net
+    }
+
+    pub fn stats(&self) -> ChunkStats {
+        self.lock().stats.clone()
+    }
+
+    pub fn set_replicated_ms(&self, ms: Option<u64>) {
+        self.lock().stats.replicated_ms = ms;
+    }
+
+    /// Violations found so far (acks, downloads), leaving none behind.
+    pub fn take_violations(&self) -> Vec<Violation> {
+        std::mem::take(&mut self.lock().violations)
+    }
+
+    /// Node `id` crashed (`up` false) or restarted: its endpoint refuses or serves again, and a
+    /// restarted node starts with a fresh repair state.
+    pub fn set_up(&self, id: NodeId, up: bool) {
+        self.net.set_up(Endpoint::Node(id), up);
+        if up {
+            self.lock().repair.insert(id, Arc::default());
+        }
+    }
+
+    /// The real `ChunkSink` of node `id`: its store, its peers nearest first, W copies.
+    fn sink(&self, id: NodeId) -> ChunkSink<SimStore, SimPeers> {
+        ChunkSink {
+            store: self.stores[&id].clone(),
+            peers: self.net.peers(Endpoint::Node(id)),
+            targets: self.net.node_sources(id),
+            copies_required: COPIES_REQUIRED,
+            background: self.background[&id].clone(),
+            planted: self.planted,
+        }
+    }
+
+    /// Writes `corpus` through node `id`'s `ChunkSink` (see the module docs). `Err` says why the
+    /// upload failed (too few copies); nothing is registered then.
+    pub async fn upload(&self, id: NodeId, corpus: &Corpus) -> Result<(), String> {
+        let sink = self.sink(id);
+        let chunks: Vec<(Hash, Bytes)> = corpus
+            .chunks()
+            .iter()
+            .filter_map(|c| Some((c.hash, Bytes::from(corpus.bytes(&c.hash)?.to_vec()))))
+            .collect();
+        let mut puts = stream::iter(chunks)
+            .map(|(hash, data)| {
+                let sink = sink.clone();
+                async move { sink.put(hash, data).await }
+            })
+            .buffer_unordered(UPLOAD_CHUNKS_IN_FLIGHT);
+        let mut failure = None;
+        while let Some(result) = puts.next().await {
+            if let Err(status) = result {
+                failure.get_or_insert_with(|| status.message().to_string());
+            }
+        }
+        let mut state = self.lock();
+        if let Some(why) = failure {
+            state.stats.uploads_failed += 1;
+            return Err(why);
+        }
+        state.stats.uploads += 1;
+        let root = corpus
+            .manifest()
+            .map_err(|e| format!("the artifact's manifest is invalid: {e}"))?
+            .root()
+            .to_hex();
+        let whole: Vec<u8> = corpus
+            .chunks()
+            .iter()
+            .filter_map(|c| corpus.bytes(&c.hash))
+            .flat_map(|b| b.to_vec())
+            .collect();
+        let truth = vec![FileTruth::of(crate::chunkstore::CORPUS_FILE_PATH, &whole)];
+        state.uploaded.insert(
+            root,
+            Uploaded {
+                chunks: corpus.chunks().to_vec(),
+                truth,
+            },
+        );
+        Ok(())
+    }
+
+    /// Intact copies of each of `chunks` over every store.
+    fn copies(&self, chunks: &[ChunkRef]) -> BTreeMap<Hash, usize> {
+        chunks
+            .iter()
+            .map(|c| {
+                let n = self
+                    .stores
+                    .values()
+                    .filter(|s| s.holds_intact(std::slice::from_ref(c)))
+                    .count();
+                (c.hash, n)
+            })
+            .collect()
+    }
+
+    /// A client was told version `label` (manifest `root`) is registered, READY: check its
+    /// copies now, and let downloaders and bit rot find it from now on.
+    pub fn on_version_acked(&self, label: String, root: &str) {
+        let chunks = match self.lock().uploaded.get(root) {
+            Some(u) => u.chunks.clone(),
+            None => return,
+        };
+        let copies = self.copies(&chunks);
+        let found = check_ready_copies(&label, &chunks, &copies, COPIES_REQUIRED);
+        let mut state = self.lock();
+        state.violations.extend(found);
+        state.acked.push((label, root.to_string()));
+    }
+
+    /// Fault: rot up to `count` chunks of acknowledged versions held by node `id`, chosen with
+    /// an RNG seeded by `salt`. Returns how many were rotted.
+    pub fn corrupt(&self, id: NodeId, count: u32, salt: u64) -> usize {
+        let Some(store) = self.stores.get(&id) else {
+            return 0;
+        };
+        let candidates: Vec<Hash> = {
+            let state = self.lock();
+            let set: BTreeSet<Hash> = state
+                .acked
+                .iter()
+                .filter_map(|(_, root)| state.uploaded.get(root))
+                .flat_map(|u| u.chunks.iter().map(|c| c.hash))
+                .filter(|h| store.contains(h))
+                .collect();
+            set.into_iter().collect()
+        };
+        let mut rng = StdRng::seed_from_u64(salt);
+        let chosen: Vec<Hash> = candidates
+            .choose_multiple(&mut rng, count as usize)
+            .copied()
+            .collect();
+        let mut rotted = 0;
+        for hash in chosen {
+            if store.corrupt(&hash) {
+                rotted += 1;
+                self.trace
+                    .record(format!("rot n{id} chunk {}", hash.short()));
+            }
+        }
+        self.lock().stats.chunks_corrupted += rotted as u64;
+        rotted
+    }
+
+    /// Every [`REPAIR_INTERVAL`], node `id` runs one repair pass while it is up; until `stop`.
+    pub async fn repair_loop(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        id: NodeId,
+        stop: Arc<AtomicBool>,
+    ) {
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(REPAIR_INTERVAL).await;
+            if cluster.handle(id).is_some() {
+                self.repair_pass(&cluster, id).await;
+            }
+        }
+    }
+
+    /// One pass of the production repair (`Node::repair_once`) on node `id`.
+    async fn repair_pass(&self, cluster: &Cluster, id: NodeId) {
+        let Some(node) = cluster.handle(id) else {
+            return;
+        };
+        let Some(repair) = self.lock().repair.get(&id).cloned() else {
+            return;
+        };
+        let members = self.members();
+        let read = node.read_applied(|app, rtxn| {
+            let mut out = Vec::new();
+            let mut held = Vec::new();
+            let roots = app
+                .ready_manifest_roots(rtxn)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for (model, number, root) in roots {
+                if !should_hold(&root, id, &members) {
+                    continue;
+                }
+                held.push(root.clone());
+                if repair.is_complete(&root) {
+                    continue;
+                }
+                let manifest = app
+                    .manifest(rtxn, &root)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                out.push((format!("{model}/{number}"), root, manifest));
+            }
+            Ok((out, held))
+        });
+        let (versions, held) = match read {
+            Ok((_, read)) => read,
+            Err(e) => {
+                self.trace
+                    .record(format!("repair n{id}: state read failed: {e:#}"));
+                return;
+            }
+        };
+        let store = &self.stores[&id];
+        let peers = self.net.peers(Endpoint::Node(id));
+        let sources = self.net.node_sources(id);
+        for (label, root, manifest) in versions {
+            let chunks = manifest_chunks(&manifest);
+            match repair_version(store, &peers, &sources, chunks).await {
+                Ok(Repaired::Complete { fetched_chunks }) => {
+                    repair.mark_complete(&root);
+                    if fetched_chunks > 0 {
+                        self.lock().stats.chunks_repaired += fetched_chunks as u64;
+                        self.trace.record(format!(
+                            "repair n{id} {label}: fetched {fetched_chunks} chunks"
+                        ));
+                    }
+                }
+                Ok(Repaired::NoSources { .. }) => {}
+                Err(e) => self
+                    .trace
+                    .record(format!("repair n{id} {label}: incomplete: {e}")),
+            }
+        }
+        let chunks_of = |root: &str| {
+            node.read_applied(|app, rtxn| {
+                app.manifest(rtxn, root).map_err(|e| anyhow::anyhow!("{e}"))
+            })
+            .ok()
+            .map(|(_, m)| manifest_chunks(&m))
+        };
+        let scrubbed = scrub_step(store, &repair, &held, chunks_of, SIM_SCRUB_BYTES_PER_PASS).await;
+        if !scrubbed.bad.is_empty() {
+            self.lock().stats.chunks_scrubbed_bad += scrubbed.bad.len() as u64;
+            self.trace.record(format!(
+                "scrub n{id}: {} of {} chunks rotten or gone",
+                scrubbed.bad.len(),
+                scrubbed.checked_chunks
+            ));
+        }
+    }
+
+    /// The nodes and their regions, as `should_hold` takes them.
+    fn members(&self) -> Vec<(u64, String)> {
+        self.stores
+            .keys()
+            .map(|&id| (id, SIM_REGION.to_string()))
+            .collect()
+    }
+
+    /// Downloader `client`: every [`DOWNLOAD_THINK_MS`], pull a random acknowledged version
+    /// through a random node (see the module docs); until `stop`.
+    pub async fn download_loop(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        client: u32,
+        seed: u64,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let peers = self.net.peers(Endpoint::Client(client));
+        let ids = cluster.ids().to_vec();
+        while !stop.load(Ordering::SeqCst) {
+            let think = rng.gen_range(DOWNLOAD_THINK_MS.0..=DOWNLOAD_THINK_MS.1);
+            tokio::time::sleep(Duration::from_millis(think)).await;
+            let pick = {
+                let state = self.lock();
+                (!state.acked.is_empty())
+                    .then(|| state.acked[rng.gen_range(0..state.acked.len())].clone())
+            };
+            let Some((label, root)) = pick else {
+                continue;
+            };
+            let node = ids[rng.gen_range(0..ids.len())];
+            self.download(&cluster, &peers, client, node, &label, &root)
+                .await;
+        }
+    }
+
+    async fn download(
+        &self,
+        cluster: &Cluster,
+        peers: &SimPeers,
+        client: u32,
+        node: NodeId,
+        label: &str,
+        root: &str,
+    ) {
+        let what = format!("download c{client} {label} via n{node}");
+        let manifest = cluster.handle(node).map(|n| {
+            n.read_applied(|app, rtxn| app.manifest(rtxn, root).map_err(|e| anyhow::anyhow!("{e}")))
+        });
+        let manifest = match manifest {
+            Some(Ok((_, m))) => m,
+            Some(Err(_)) | None => {
+                self.lock().stats.downloads_skipped += 1;
+                self.trace.record(format!(
+                    "{what}: skipped (node down or version not applied)"
+                ));
+                return;
+            }
+        };
+        let server = Endpoint::Node(node).addr();
+        let mut files = Vec::new();
+        for file in &manifest.files {
+            let mut bytes = Vec::with_capacity(file.size_bytes as usize);
+            for chunk in &file.chunks {
+                match peers.fetch_raw(server, chunk).await {
+                    Ok(data) => bytes.extend_from_slice(&data),
+                    Err(e) => {
+                        self.lock().stats.downloads_failed += 1;
+                        self.trace.record(format!("{what}: failed: {e}"));
+                        return;
+                    }
+                }
+            }
+            files.push(Downloaded {
+                path: file.path.clone(),
+                bytes,
+            });
+        }
+        let mut state = self.lock();
+        let Some(uploaded) = state.uploaded.get(root) else {
+            return;
+        };
+        let found = check_download(label, node, &uploaded.truth, &files);
+        self.trace.record(format!(
+            "{what}: {} ({} chunks)",
+            if found.is_empty() { "ok" } else { "MISMATCH" },
+            manifest.chunk_count()
+        ));
+        state.stats.downloads += 1;
+        state.violations.extend(found);
+    }
+
+    /// After healing: wait (at most [`replication_bound`] of what the holders hold) until every
+    /// node that should hold a READY version of `versions` (label, manifest) holds an intact copy
+    /// of each chunk; the violations if it never does. Sets [`ChunkStats::replicated_ms`].
+    pub async fn await_replication(&self, versions: &[(String, Manifest)]) -> Vec<Violation> {
+        let members = self.members();
+        let targets: Vec<Target> = versions
+            .iter()
+            .map(|(label, manifest)| {
+                let root = manifest.root().to_hex();
+                Target {
+                    version: label.clone(),
+                    chunks: manifest_chunks(manifest),
+                    holders: self
+                        .stores
+                        .keys()
+                        .copied()
+                        .filter(|&id| should_hold(&root, id, &members))
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut held_bytes: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for t in &targets {
+            let bytes: u64 = t.chunks.iter().map(|c| c.size_bytes as u64).sum();
+            for h in &t.holders {
+                *held_bytes.entry(*h).or_default() += bytes;
+            }
+        }
+        let bound = replication_bound(
+            held_bytes.values().copied().max().unwrap_or(0),
+            SIM_SCRUB_BYTES_PER_PASS,
+        );
+        let started = Instant::now();
+        // Faults are over: a copy found intact stays intact, so each is hashed once.
+        let mut intact: BTreeMap<NodeId, BTreeSet<Hash>> = BTreeMap::new();
+        loop {
+            for (&id, store) in &self.stores {
+                let known = intact.entry(id).or_default();
+                for t in &targets {
+                    for c in &t.chunks {
+                        if !known.contains(&c.hash) && store.holds_intact(std::slice::from_ref(c)) {
+                            known.insert(c.hash);
+                        }
+                    }
+                }
+            }
+            let waited = started.elapsed();
+            let found = check_replication(&targets, &intact, waited.as_millis() as u64);
+            if found.is_empty() {
+                self.set_replicated_ms(Some(waited.as_millis() as u64));
+                self.trace.record(format!(
+                    "replicated: {} READY versions whole on every holder",
+                    targets.len()
+                ));
+                return found;
+            }
+            if waited >= bound {
+                return found;
+            }
+            tokio::time::sleep(REPLICATION_POLL).await;
+        }
+    }
+}
+
+/// How long replication may take after healing when a node should hold `held_bytes`: a copy
+/// rotted just before healing is found by the scrub within one round of the store (a pass per
+/// `scrub_bytes_per_pass`, one pass per `REPAIR_INTERVAL`) and fetched on the next pass; at
+/// least [`REPLICATION_TIMEOUT_MIN`].
+pub fn replication_bound(held_bytes: u64, scrub_bytes_per_pass: u64) -> Duration {
+    let round = held_bytes.div_ceil(scrub_bytes_per_pass.max(1)) as u32;
+    REPLICATION_TIMEOUT_MIN + REPAIR_INTERVAL * (round + 2)
+}
+
+/// Every chunk of a manifest, in file order.
+pub fn manifest_chunks(manifest: &Manifest) -> Vec<ChunkRef> {
+    manifest
+        .files
+        .iter()
+        .flat_map(|f| f.chunks.iter().cloned())
+        .collect()
+}
+
+/// A short name for a root, for labels of versions whose number an ack did not say.
+pub fn root_label(model: &str, number: Option<u64>, root: &str) -> String {
+    match number {
+        Some(n) => format!("{model}/{n}"),
+        None => format!("{model}/? root {}", short(root)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_bound_covers_a_scrub_round_and_a_repair_pass() {
+        let pass = REPAIR_INTERVAL;
+        assert_eq!(
+            replication_bound(0, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 2
+        );
+        assert_eq!(
+            replication_bound(100, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 3
+        );
+        assert_eq!(
+            replication_bound(101, 100),
+            REPLICATION_TIMEOUT_MIN + pass * 4
+        );
+        assert_eq!(replication_bound(5, 0), REPLICATION_TIMEOUT_MIN + pass * 7);
+    }
+}
