@@ -20,8 +20,8 @@ use crate::config::SimConfig;
 /// Most violations a report keeps (all are counted).
 pub const VIOLATIONS_KEPT_MAX: usize = 100;
 
-/// Faults the driver applied.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Faults the driver applied (also the `faults` object of the JSON report).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FaultStats {
     pub crashes: u64,
     pub leader_kills: u64,
@@ -364,7 +364,7 @@ pub struct RunJson {
     pub converge_ms: Option<u64>,
     pub ops: OpsJson,
     pub artifacts: ArtifactsJson,
-    pub faults: FaultsJson,
+    pub faults: FaultStats,
     /// Per leader kill: ms to the next acknowledged write proposed after it (`null`: none
     /// before the next kill).
     pub failover_ms: Vec<Option<u64>>,
@@ -413,20 +413,6 @@ pub struct ArtifactsJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct FaultsJson {
-    pub crashes: u64,
-    pub leader_kills: u64,
-    pub restarts: u64,
-    pub cuts: u64,
-    pub lossy: u64,
-    pub duplicating: u64,
-    pub reordering: u64,
-    pub corruptions: u64,
-    pub chunks_rotted: u64,
-    pub skipped: u64,
-}
-
-#[derive(Debug, Serialize)]
 pub struct ViolationJson {
     pub kind: &'static str,
     pub detail: String,
@@ -468,18 +454,7 @@ pub fn run_json(r: &RunReport) -> RunJson {
             chunks_scrubbed_bad: r.chunks.chunks_scrubbed_bad,
             replicated_ms: r.chunks.replicated_ms,
         },
-        faults: FaultsJson {
-            crashes: f.crashes,
-            leader_kills: f.leader_kills,
-            restarts: f.restarts,
-            cuts: f.cuts,
-            lossy: f.lossy,
-            duplicating: f.duplicating,
-            reordering: f.reordering,
-            corruptions: f.corruptions,
-            chunks_rotted: f.chunks_rotted,
-            skipped: f.skipped,
-        },
+        faults: f.clone(),
         failover_ms: r.failover_ms.clone(),
         failover_ms_p50: percentile(&recovered, 50.0),
         failover_ms_p99: percentile(&recovered, 99.0),
