@@ -254,6 +254,12 @@ struct ServeArgs {
     /// Take a Raft snapshot (and purge the log) every this many entries.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
     snapshot_every: u64,
+    /// Raft heartbeat interval in ms; elections start after 3–6 missed heartbeats. The default
+    /// suits one data centre: for nodes in several regions use at least the largest round trip
+    /// between two nodes (every node of a cluster should use the same value).
+    #[arg(long, default_value_t = quiver_raft::HEARTBEAT_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    heartbeat_ms: u64,
     /// Let `quiver cluster drill failover --mode kill` abort this process.
     #[arg(long)]
     enable_crash_drills: bool,
@@ -389,6 +395,7 @@ impl LocalCluster {
                 tls_dir: None,
                 write_quorum: None,
                 snapshot_every: 10_000,
+                heartbeat_ms: quiver_raft::HEARTBEAT_INTERVAL_MS,
                 // Nodes of `up` share one process: a crash would take all down.
                 enable_crash_drills: false,
             };
@@ -538,6 +545,7 @@ async fn start_node(args: ServeArgs) -> anyhow::Result<(std::sync::Arc<Node>, Tc
             tls,
             write_quorum: args.write_quorum,
             snapshot_every: args.snapshot_every,
+            heartbeat_ms: args.heartbeat_ms,
             crash_drills: args.enable_crash_drills,
         },
         peer,

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub write_quorum: Option<usize>,
     /// Raft snapshot (and log purge) every this many entries.
     pub snapshot_every: u64,
+    /// Raft heartbeat interval in ms (`RaftNodeConfig::heartbeat_ms`).
+    pub heartbeat_ms: u64,
     /// Whether the Crash admin call may abort this process (failover drills).
     pub crash_drills: bool,
 }
@@ -104,6 +106,7 @@ impl Node {
             key_pem: config.tls.key_pem.clone(),
         });
         raft_config.join = config.join.clone();
+        raft_config.heartbeat_ms = config.heartbeat_ms;
         raft_config.snapshot_logs_since_last = config.snapshot_every;
         raft_config.logs_to_keep_after_snapshot = (config.snapshot_every / 10).max(1);
         let raft = RaftNode::start_with_listener(raft_config, peer_listener)

@@ -42,6 +42,8 @@ use crate::{open_storage_tracked, App, EnvsReleased, NodeId, TypeConfig};
 const CLUSTER_NAME: &str = "quiver";
 /// Leader heartbeat period.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 50;
+/// Accepted values of [`RaftNodeConfig::heartbeat_ms`].
+pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=10_000;
 /// Election timeout range: followers wait a random time in [min, max) without hearing from a
 /// leader before standing for election. At least 3 heartbeats, so one lost heartbeat does not
 /// cause an election; the spread makes split votes unlikely.
@@ -98,6 +100,10 @@ pub struct RaftNodeConfig {
     /// A test harness's disk model, told about every log write (`durability.rs`). Always `None`
     /// in production: no CLI flag or config file sets it.
     pub log_disk: Option<LogDiskHandle>,
+    /// Leader heartbeat interval, also openraft's replication RPC timeout; the election timeout
+    /// scales with it (3–6 heartbeats, decision 0004). Default [`HEARTBEAT_INTERVAL_MS`], a LAN
+    /// value: clusters whose nodes are further apart need at least their largest round trip.
+    pub heartbeat_ms: u64,
 }
 
 impl RaftNodeConfig {
@@ -112,6 +118,7 @@ impl RaftNodeConfig {
             join: None,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             log_disk: None,
+            heartbeat_ms: HEARTBEAT_INTERVAL_MS,
         }
     }
 
@@ -121,11 +128,20 @@ impl RaftNodeConfig {
             self.snapshot_logs_since_last > 0,
             "snapshot_logs_since_last must be at least 1"
         );
+        anyhow::ensure!(
+            HEARTBEAT_MS_RANGE.contains(&self.heartbeat_ms),
+            "heartbeat interval {} ms is out of range: use {} to {} ms (at least the largest round trip between nodes)",
+            self.heartbeat_ms,
+            HEARTBEAT_MS_RANGE.start(),
+            HEARTBEAT_MS_RANGE.end()
+        );
         let config = openraft::Config {
             cluster_name: CLUSTER_NAME.to_string(),
-            heartbeat_interval: HEARTBEAT_INTERVAL_MS,
-            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
-            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.heartbeat_ms * ELECTION_TIMEOUT_MIN_MS
+                / HEARTBEAT_INTERVAL_MS,
+            election_timeout_max: self.heartbeat_ms * ELECTION_TIMEOUT_MAX_MS
+                / HEARTBEAT_INTERVAL_MS,
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_SIZE_BYTES as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),

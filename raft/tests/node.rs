@@ -246,6 +246,22 @@ fn config_defaults_and_validation() {
     assert_eq!(tiny.raft_config().expect("valid").purge_batch_size, 3);
     tiny.snapshot_logs_since_last = 0;
     assert!(tiny.raft_config().is_err());
+
+    // Timers scale with the heartbeat: elections after 3 to 6 missed heartbeats.
+    let mut geo = cfg.clone();
+    geo.heartbeat_ms = 200;
+    let raft = geo.raft_config().expect("valid");
+    assert_eq!(
+        (
+            raft.heartbeat_interval,
+            raft.election_timeout_min,
+            raft.election_timeout_max
+        ),
+        (200, 600, 1_200)
+    );
+    geo.heartbeat_ms = 5;
+    let err = geo.raft_config().expect_err("too short");
+    assert!(format!("{err:#}").contains("heartbeat"), "{err:#}");
 }
 
 /// What a recording `LogDisk` saw: (`before_write` synced flags, `after_write` synced flags,

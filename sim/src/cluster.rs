@@ -53,6 +53,8 @@ pub struct Cluster {
     writes_lost: std::sync::atomic::AtomicU64,
     /// How far each node's clock is off, in ms (absent: 0).
     clock_offsets_ms: BTreeMap<NodeId, i64>,
+    /// The nodes' Raft heartbeat (`RaftNodeConfig::heartbeat_ms`).
+    heartbeat_ms: u64,
 }
 
 impl Cluster {
@@ -82,7 +84,14 @@ impl Cluster {
             disks,
             writes_lost: std::sync::atomic::AtomicU64::new(0),
             clock_offsets_ms: BTreeMap::new(),
+            heartbeat_ms: quiver_raft::HEARTBEAT_INTERVAL_MS,
         }
+    }
+
+    /// Run the nodes with this Raft heartbeat (as `quiver-node serve --heartbeat-ms`).
+    pub fn with_heartbeat_ms(mut self, heartbeat_ms: u64) -> Self {
+        self.heartbeat_ms = heartbeat_ms;
+        self
     }
 
     /// From now on, crashes and restarts also take the nodes' chunk endpoints down and up.
@@ -143,6 +152,7 @@ impl Cluster {
         let mut cfg = RaftNodeConfig::new(id, Self::node_dir(&self.data_root, id), Self::addr(id));
         cfg.snapshot_logs_since_last = SIM_SNAPSHOT_LOGS_SINCE_LAST;
         cfg.logs_to_keep_after_snapshot = SIM_LOGS_TO_KEEP_AFTER_SNAPSHOT;
+        cfg.heartbeat_ms = self.heartbeat_ms;
         cfg.log_disk = self
             .disks
             .get(&id)

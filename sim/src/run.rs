@@ -33,7 +33,7 @@ use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
 use crate::config::{sub_seed, Plant, Scenario, SimConfig};
 use crate::disk::DISK_WRITEBACK_INTERVAL_MS;
-use crate::net::Router;
+use crate::net::{Router, CROSS_REGION_LATENCY_US, LINK_JITTER_PCT};
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
     chaos_schedule, corruption_schedule, failover_schedule, max_down, merge, node_ids, Fault,
@@ -41,6 +41,19 @@ use crate::schedule::{
 };
 use crate::trace::SharedTrace;
 use crate::workload::{Mix, Pipeline};
+
+/// The Raft heartbeat a deployment over `regions` regions should use, as an operator would set
+/// `--heartbeat-ms`: the default inside one region; across regions at least the largest round
+/// trip the network can show (twice the longest one-way latency, plus its jitter).
+pub fn heartbeat_ms_for(regions: usize) -> u64 {
+    if regions <= 1 {
+        return quiver_raft::HEARTBEAT_INTERVAL_MS;
+    }
+    let one_way_max_us = CROSS_REGION_LATENCY_US.1 * (100 + LINK_JITTER_PCT) / 100;
+    (2 * one_way_max_us)
+        .div_ceil(1000)
+        .max(quiver_raft::HEARTBEAT_INTERVAL_MS)
+}
 
 /// How often the monitor looks at every node's Raft metrics.
 pub const MONITOR_INTERVAL: Duration = Duration::from_millis(100);
@@ -167,7 +180,8 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let skip_fsync = cfg.plant == Some(Plant::DropLogFsync);
     let cluster = Arc::new(
         Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
-            .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms),
+            .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms)
+            .with_heartbeat_ms(heartbeat_ms_for(cfg.regions)),
     );
     let chunks = Chunks::new(
         &ids,
