@@ -48,9 +48,9 @@ pub struct PlantedBugs {
     /// background, so a version can be READY with fewer than W copies.
     pub ack_before_w_copies: bool,
     /// PLANTED BUG `skip-chunk-verify`: [`read_chunk_with`] hands out the
-    /// local copy without checking it (`ChunkSource::get_unverified`) and its
-    /// fetches accept peers' bytes unchecked
-    /// (`FetchOptions::planted_skip_verify`).
+    /// local copy without checking it (`ChunkSource::get_unverified`). (Bytes
+    /// fetched from peers cannot be planted the same way: the store verifies
+    /// them again on `put`.)
     pub skip_chunk_verify: bool,
 }
 
@@ -203,10 +203,7 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
         store,
         std::slice::from_ref(chunk),
         sources,
-        FetchOptions {
-            planted_skip_verify: planted.skip_chunk_verify,
-            ..FetchOptions::default()
-        },
+        FetchOptions::default(),
     )
     .await
     {

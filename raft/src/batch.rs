@@ -91,30 +91,21 @@ async fn run<A: App>(raft: Raft<TypeConfig<A>>, mut rx: mpsc::Receiver<Proposal<
 async fn propose<A: App>(raft: Raft<TypeConfig<A>>, batch: Vec<Proposal<A>>) {
     let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let count = cmds.len();
-    let outcome: Result<Vec<A::Response>, Box<dyn Fn() -> WriteError + Send>> =
-        match raft.client_write(cmds).await {
-            Ok(resp) if resp.data.len() == count => Ok(resp.data),
-            Ok(resp) => {
-                let got = resp.data.len();
-                Err(Box::new(move || {
-                    WriteError::Fatal(format!(
-                        "the state machine answered {got} responses for a batch of {count}"
-                    ))
-                }))
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(Box::new(move || WriteError::not_leader(f.clone())))
-            }
-            // Only membership changes produce this; a batch of commands never does.
-            Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_))) => {
-                let m = e.to_string();
-                Err(Box::new(move || WriteError::Fatal(m.clone())))
-            }
-            Err(RaftError::Fatal(f)) => {
-                let m = f.to_string();
-                Err(Box::new(move || WriteError::Fatal(m.clone())))
-            }
-        };
+    let outcome = match raft.client_write(cmds).await {
+        Ok(resp) if resp.data.len() == count => Ok(resp.data),
+        Ok(resp) => Err(WriteError::Fatal(format!(
+            "the state machine answered {} responses for a batch of {count}",
+            resp.data.len()
+        ))),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WriteError::not_leader(f))
+        }
+        // Only membership changes produce this; a batch of commands never does.
+        Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_))) => {
+            Err(WriteError::Fatal(e.to_string()))
+        }
+        Err(RaftError::Fatal(f)) => Err(WriteError::Fatal(f.to_string())),
+    };
     match outcome {
         Ok(responses) => {
             for (reply, response) in replies.into_iter().zip(responses) {
@@ -124,7 +115,7 @@ async fn propose<A: App>(raft: Raft<TypeConfig<A>>, batch: Vec<Proposal<A>>) {
         }
         Err(error) => {
             for reply in replies {
-                let _ = reply.send(Err(error()));
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }

@@ -154,7 +154,7 @@ impl RaftNodeConfig {
 }
 
 /// Why a write or a linearizable read could not be served here.
-#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error("not the leader; leader is node {leader_id:?} at {leader_addr:?}")]
     NotLeader {

@@ -92,40 +92,11 @@ fn a_short_chaos_run_keeps_every_invariant() {
     );
 }
 
-/// Runs `seeds` of a 5-node chaos scenario of `duration_s` with `plant` and without: some seed
-/// with it must break `kind` (and name the plant in its replay command); every seed without it
-/// must keep every invariant. Returns the clean reports.
+/// [`assert_plant_is_found`] on `seeds` of a 5-node chaos scenario of `duration_s`, for one
+/// violation `kind`. Returns the clean reports.
 fn plant_is_caught(plant: Plant, kind: &str, seeds: SeedRange, duration_s: u64) -> Vec<RunReport> {
-    let mut planted = config(0, Scenario::Chaos, 5, duration_s);
-    planted.plant = Some(plant);
-    let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
-    let caught: Vec<&RunReport> = with_bug
-        .iter()
-        .filter(|r| r.violations.iter().any(|v| v.kind == kind))
-        .collect();
-    assert!(
-        !caught.is_empty(),
-        "no seed of {seeds:?} caught {}:\n{}",
-        plant.name(),
-        with_bug
-            .iter()
-            .map(|r| r.summary())
-            .collect::<Vec<_>>()
-            .join("\n\n")
-    );
-    assert!(caught[0]
-        .summary()
-        .contains(&format!("--plant {} --dump-trace", plant.name())));
-    let clean = reports(sweep(
-        &config(0, Scenario::Chaos, 5, duration_s),
-        seeds,
-        2,
-        |_| {},
-    ));
-    for report in &clean {
-        assert!(report.passed(), "{}", report.summary());
-    }
-    clean
+    let base = config(0, Scenario::Chaos, 5, duration_s);
+    assert_plant_is_found(&base, plant, seeds, &[kind])
 }
 
 /// The planted bug lets `ChunkSink::put` report a chunk written once the front-end node's own
@@ -171,37 +142,27 @@ fn the_artifact_checker_finds_unverified_chunks_and_passes_without_it() {
 fn the_lost_ack_checker_finds_the_planted_early_ack_and_passes_without_it() {
     // 8 s: two or three leader kills per seed (each registration now uploads its artifact
     // first, which leaves fewer early-acked entries in flight at a kill than 5 s used to).
-    let seeds = SeedRange { start: 1, end: 5 };
-    let mut planted = config(0, Scenario::Failover, 3, 8);
-    planted.plant = Some(Plant::AckBeforeCommit);
-    let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
-    let caught: Vec<&RunReport> = with_bug
-        .iter()
-        .filter(|r| r.violations.iter().any(|v| v.kind == "lost-ack"))
-        .collect();
-    assert!(
-        !caught.is_empty(),
-        "no seed of {seeds:?} caught the planted bug:\n{}",
-        with_bug
-            .iter()
-            .map(|r| r.summary())
-            .collect::<Vec<_>>()
-            .join("\n\n")
+    let base = config(0, Scenario::Failover, 3, 8);
+    let clean = assert_plant_is_found(
+        &base,
+        Plant::AckBeforeCommit,
+        SeedRange { start: 1, end: 5 },
+        &["lost-ack"],
     );
-    assert!(caught[0]
-        .summary()
-        .contains("--plant ack-before-commit --dump-trace"));
-
-    let clean = config(0, Scenario::Failover, 3, 8);
-    for report in reports(sweep(&clean, seeds, 2, |_| {})) {
-        assert!(report.passed(), "{}", report.summary());
+    for report in clean {
         assert!(report.faults.leader_kills > 0, "{}", report.summary());
     }
 }
 
 /// Sweep `seeds` of `base` with `plant`: some seed must break an invariant of one of `kinds`,
 /// and its report must carry the replay command; the same seeds without the plant must pass.
-fn assert_plant_is_found(base: &SimConfig, plant: Plant, seeds: SeedRange, kinds: &[&str]) {
+/// Returns the clean reports.
+fn assert_plant_is_found(
+    base: &SimConfig,
+    plant: Plant,
+    seeds: SeedRange,
+    kinds: &[&str],
+) -> Vec<RunReport> {
     let mut planted = base.clone();
     planted.plant = Some(plant);
     let with_bug = reports(sweep(&planted, seeds, 2, |_| {}));
@@ -226,10 +187,11 @@ fn assert_plant_is_found(base: &SimConfig, plant: Plant, seeds: SeedRange, kinds
         caught[0].summary()
     );
 
-    for report in reports(sweep(base, seeds, 2, |_| {})) {
+    let clean = reports(sweep(base, seeds, 2, |_| {}));
+    for report in &clean {
         assert!(report.passed(), "{}", report.summary());
-        assert_eq!(report.log_writes_lost, 0, "every log write is synced");
     }
+    clean
 }
 
 /// The planted bug opens the Raft log `MDB_NOSYNC` and still reports appends flushed; the disk
@@ -241,7 +203,7 @@ fn assert_plant_is_found(base: &SimConfig, plant: Plant, seeds: SeedRange, kinds
 #[test]
 fn the_checkers_find_the_planted_dropped_log_fsync_and_pass_without_it() {
     let base = config(0, Scenario::Failover, 3, 5);
-    assert_plant_is_found(
+    let clean = assert_plant_is_found(
         &base,
         Plant::DropLogFsync,
         SeedRange { start: 14, end: 18 },
@@ -255,6 +217,9 @@ fn the_checkers_find_the_planted_dropped_log_fsync_and_pass_without_it() {
             "liveness",
         ],
     );
+    for report in clean {
+        assert_eq!(report.log_writes_lost, 0, "every log write is synced");
+    }
 }
 
 /// The planted bug lets a follower apply a stage change to its own state and acknowledge it;
@@ -262,12 +227,15 @@ fn the_checkers_find_the_planted_dropped_log_fsync_and_pass_without_it() {
 #[test]
 fn the_digest_checker_finds_a_follower_applying_a_stage_change_and_passes_without_it() {
     let base = config(0, Scenario::Failover, 3, 5);
-    assert_plant_is_found(
+    let clean = assert_plant_is_found(
         &base,
         Plant::FollowerAppliesStageChange,
         SeedRange { start: 1, end: 5 },
         &["digest-divergence"],
     );
+    for report in clean {
+        assert_eq!(report.log_writes_lost, 0, "every log write is synced");
+    }
 }
 
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the

@@ -33,11 +33,6 @@ pub struct FetchOptions {
     /// Attempts per chunk over all peers (1..=[`FETCH_ATTEMPTS_PER_CHUNK_LIMIT`]) before the
     /// fetch fails.
     pub attempts_per_chunk_max: usize,
-    /// PLANTED BUG `skip-chunk-verify`, for the simulator (quiver-sim) to show that its
-    /// artifact checker notices it: attempts accept the bytes a peer sent without
-    /// [`verify_chunk`]. Always false in production; no CLI flag or config sets it.
-    #[doc(hidden)]
-    pub planted_skip_verify: bool,
 }
 
 impl Default for FetchOptions {
@@ -46,7 +41,6 @@ impl Default for FetchOptions {
             parallelism: FETCH_PARALLELISM_DEFAULT,
             chunk_timeout: FETCH_CHUNK_TIMEOUT_DEFAULT,
             attempts_per_chunk_max: FETCH_ATTEMPTS_PER_CHUNK_DEFAULT,
-            planted_skip_verify: false,
         }
     }
 }
@@ -117,12 +111,7 @@ pub async fn fetch_all<P: ChunkPeers>(
         loop {
             match scheduler.next_action() {
                 Next::Fetch(assignment) => {
-                    in_flight.push(attempt(
-                        client,
-                        assignment,
-                        opts.chunk_timeout,
-                        opts.planted_skip_verify,
-                    ));
+                    in_flight.push(attempt(client, assignment, opts.chunk_timeout));
                 }
                 Next::Wait => break,
                 Next::Finished => {
@@ -187,17 +176,14 @@ pub async fn fetch_all<P: ChunkPeers>(
     }
 }
 
-/// One attempt, bounded by the per-chunk timeout; the bytes are verified before they count
-/// (unless the planted bug `skip_verify` is on, see [`FetchOptions::planted_skip_verify`]).
+/// One attempt, bounded by the per-chunk timeout; the bytes are verified before they count.
 async fn attempt<P: ChunkPeers>(
     client: &P,
     assignment: Assignment,
     timeout: Duration,
-    skip_verify: bool,
 ) -> (Assignment, Result<Vec<u8>, FetchError>) {
     let (peer, chunk) = (assignment.peer, &assignment.chunk);
     let result = match tokio::time::timeout(timeout, client.fetch_raw(peer, chunk)).await {
-        Ok(Ok(data)) if skip_verify => Ok(data),
         Ok(Ok(data)) => verify_chunk(peer, chunk, &data).map(|()| data),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(FetchError::Timeout {

@@ -647,7 +647,6 @@ fn peers_that_never_answer_are_retried_elsewhere_within_bounded_time() {
             parallelism: 6,
             chunk_timeout,
             attempts_per_chunk_max: 3,
-            ..FetchOptions::default()
         };
         let started = Instant::now();
         let report = fetch_all(
