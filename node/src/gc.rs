@@ -41,9 +41,7 @@ pub fn collect(data_dir: &Path, dry_run: bool) -> anyhow::Result<GcReport> {
             continue;
         }
         report.removed_chunks += 1;
-        report.removed_bytes += std::fs::metadata(store.path_of(&hash))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        report.removed_bytes += store.size_of(&hash).unwrap_or(0);
         if !dry_run {
             store.remove(&hash)?;
         }

@@ -293,6 +293,21 @@ pub fn hash_file(path: &Path) -> anyhow::Result<String> {
 /// The blake3 hashes of the chunks a node cuts `path` into (the same
 /// chunker as the node), streaming.
 pub fn chunk_hashes(path: &Path) -> anyhow::Result<Vec<quiver_transfer::Hash>> {
+    Ok(chunks_of(path)?.into_iter().map(|c| c.hash).collect())
+}
+
+/// The hashes of those chunks of `path` that a node's chunk store keeps as files
+/// (`chunks/ab/cdef…`): every chunk larger than `SMALL_CHUNK_BYTES_MAX` (smaller ones share the
+/// store's LMDB pack and have no path to look at).
+pub fn file_chunk_hashes(path: &Path) -> anyhow::Result<Vec<quiver_transfer::Hash>> {
+    Ok(chunks_of(path)?
+        .into_iter()
+        .filter(|c| c.size_bytes as usize > quiver_transfer::SMALL_CHUNK_BYTES_MAX)
+        .map(|c| c.hash)
+        .collect())
+}
+
+fn chunks_of(path: &Path) -> anyhow::Result<Vec<quiver_transfer::ChunkRef>> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut chunker = quiver_transfer::Chunker::new();
@@ -304,12 +319,12 @@ pub fn chunk_hashes(path: &Path) -> anyhow::Result<Vec<quiver_transfer::Hash>> {
             break;
         }
         chunker.push(&buf[..n], |c, _| {
-            hashes.push(c.hash);
+            hashes.push(c);
             Ok::<(), std::convert::Infallible>(())
         })?;
     }
     chunker.finish(|c, _| {
-        hashes.push(c.hash);
+        hashes.push(c);
         Ok::<(), std::convert::Infallible>(())
     })?;
     Ok(hashes)

@@ -336,7 +336,7 @@ fn a_corrupt_chunk_is_never_served_and_is_repaired_from_a_peer() {
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 6 << 20, 41).unwrap();
     register(&cluster.ep(1), "reco", &bundle);
-    let chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
+    let chunks = quiver_tests::file_chunk_hashes(&bundle).unwrap();
     // Repair brings every node a full copy.
     wait_until("every node to hold every chunk", || {
         (1..=3)
@@ -457,7 +457,7 @@ fn a_node_killed_during_replication_converges_after_restart() {
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 5 << 20, 51).unwrap();
     assert_eq!(register(&cluster.ep(1), "reco", &bundle), "reco/1");
-    let chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
+    let chunks = quiver_tests::file_chunk_hashes(&bundle).unwrap();
     for id in [1, 2] {
         assert!(
             chunks.iter().all(|h| cluster.chunk_path(id, h).exists()),

@@ -15,6 +15,7 @@
 mod chunker;
 mod hash;
 mod manifest;
+mod small_chunks;
 mod store;
 
 pub mod quic;
@@ -22,7 +23,7 @@ pub mod quic;
 pub use chunker::Chunker;
 pub use hash::{Hash, ParseHashError};
 pub use manifest::{validate_path, ChunkRef, FileEntry, Manifest, ManifestError};
-pub use store::{ingest_reader, ChunkStore, StoreError};
+pub use store::{ingest_reader, ChunkStore, StoreError, SMALL_CHUNK_BYTES_MAX};
 
 pub use quic::{
     bench_transport, fetch_all, verify_chunk, ChunkPeers, ChunkServer, ChunkSource, FetchError,

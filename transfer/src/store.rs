@@ -1,8 +1,10 @@
-//! The content-addressed chunk store: one file per chunk, named by its blake3 hash.
+//! The content-addressed chunk store: one file per chunk, named by its blake3 hash, except small
+//! chunks, which share one LMDB pack.
 //!
 //! Layout under the store's directory: `ab/cdef…` (the first byte of the hash, in hex, as a
-//! fan-out directory, so that no directory holds more than 1/256 of the chunks) and `tmp/` for
-//! writes in progress.
+//! fan-out directory, so that no directory holds more than 1/256 of the chunks), `tmp/` for
+//! writes in progress and `small/`, the pack of chunks of at most [`SMALL_CHUNK_BYTES_MAX`] bytes
+//! (`crate::small_chunks`; a file per 1 KiB chunk cost more than its fsync).
 //!
 //! Why this shape: a chunk is immutable and named by its content, so identical chunks are stored
 //! once and a write never needs to update a file in place. A write goes to `tmp/`, is fsynced,
@@ -23,10 +25,14 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::small_chunks::SMALL_CHUNK_BYTES_MAX;
+use crate::small_chunks::{PackError, SmallChunks};
 use crate::{Chunker, FileEntry, Hash, CHUNK_SIZE_BYTES_MAX};
 
 /// Name of the directory for writes in progress; not a valid fan-out name (two hex digits).
 const TMP_DIR: &str = "tmp";
+/// Name of the small-chunk pack's directory; not a valid fan-out name either.
+const SMALL_DIR: &str = "small";
 /// Read size used by [`ingest_reader`].
 const INGEST_READ_BYTES: usize = 1024 * 1024;
 
@@ -59,6 +65,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 pub struct ChunkStore {
     dir: PathBuf,
     sync: std::sync::Arc<GroupSync>,
+    small: std::sync::Arc<SmallChunks>,
 }
 
 /// Group commit of the store's writes: every caller of `sync` returns only
@@ -150,9 +157,14 @@ impl ChunkStore {
             "open chunk store directory {}",
             dir.display()
         )))?;
+        let small = SmallChunks::open(&dir.join(SMALL_DIR)).map_err(io_err(format!(
+            "open the small-chunk pack in {}",
+            dir.display()
+        )))?;
         let store = ChunkStore {
             dir,
             sync: std::sync::Arc::new(sync),
+            small: std::sync::Arc::new(small),
         };
         store.remove_temp_files()?;
         Ok(store)
@@ -183,7 +195,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Where the chunk `hash` lives: `DIR/ab/cdef…`.
+    /// Where the chunk `hash` lives if it is a file: `DIR/ab/cdef…` (chunks of at most
+    /// [`SMALL_CHUNK_BYTES_MAX`] bytes live in the pack instead).
     pub fn path_of(&self, hash: &Hash) -> PathBuf {
         let hex = hash.to_hex();
         self.dir.join(&hex[..2]).join(&hex[2..])
@@ -213,10 +226,24 @@ impl ChunkStore {
                 ),
             });
         }
-        let path = self.path_of(hash);
-        if path.is_file() {
+        if self.contains(hash) {
             return Ok(false);
         }
+        if data.len() <= SMALL_CHUNK_BYTES_MAX {
+            match self.small.put(hash, data) {
+                Ok(()) => return Ok(true),
+                Err(PackError::Full) => {
+                    tracing::warn!(%hash, dir = %self.dir.display(), "small-chunk pack is full; storing the chunk as a file");
+                }
+                Err(PackError::Io(message)) => {
+                    return Err(StoreError::Io {
+                        context: format!("store chunk {hash} in {}", self.dir.display()),
+                        source: io::Error::other(message),
+                    })
+                }
+            }
+        }
+        let path = self.path_of(hash);
         let fan_out = path.parent().unwrap_or(&self.dir);
         if !fan_out.is_dir() {
             fs::create_dir_all(fan_out)
@@ -251,6 +278,16 @@ impl ChunkStore {
 
     /// Reads the chunk and verifies its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let packed = self
+            .small
+            .get(hash)
+            .map_err(io_err(format!("read chunk {hash}")))?;
+        if let Some(data) = packed {
+            if Hash::of(&data) != *hash {
+                return Err(StoreError::Corrupt { hash: *hash });
+            }
+            return Ok(data);
+        }
         let path = self.path_of(hash);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -275,13 +312,43 @@ impl ChunkStore {
         Ok(data)
     }
 
-    /// Whether a file for the chunk exists (its bytes are not verified).
+    /// Whether the chunk is stored (its bytes are not verified).
     pub fn contains(&self, hash: &Hash) -> bool {
-        self.path_of(hash).is_file()
+        self.small.contains(hash) || self.path_of(hash).is_file()
+    }
+
+    /// The stored size of the chunk in bytes, if it is stored (not verified).
+    pub fn size_of(&self, hash: &Hash) -> Option<u64> {
+        match self.small.size_of(hash) {
+            Ok(Some(size)) => Some(size),
+            _ => fs::metadata(self.path_of(hash)).ok().map(|m| m.len()),
+        }
+    }
+
+    /// Replaces the chunk's stored bytes with `data` without checking them, wherever it lives:
+    /// tests use it to plant rot. Never called by the node.
+    #[doc(hidden)]
+    pub fn overwrite_unchecked(&self, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
+        if self.small.contains(hash) {
+            return self
+                .small
+                .overwrite_unchecked(hash, data)
+                .map_err(io_err(format!("overwrite chunk {hash}")));
+        }
+        let path = self.path_of(hash);
+        fs::write(&path, data).map_err(io_err(format!(
+            "overwrite chunk {hash} at {}",
+            path.display()
+        )))
     }
 
     /// Removes the chunk. Removing an absent chunk succeeds (garbage collection may race).
     pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
+        if self.small.contains(hash) {
+            self.small
+                .remove(hash)
+                .map_err(io_err(format!("remove chunk {hash}")))?;
+        }
         let path = self.path_of(hash);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -293,13 +360,13 @@ impl ChunkStore {
     /// Hashes of all stored chunks, sorted. Files whose names are not chunk names are skipped
     /// with a warning.
     pub fn list(&self) -> Result<Vec<Hash>, StoreError> {
-        let mut hashes = Vec::new();
         let context = || format!("list chunk store {}", self.dir.display());
+        let mut hashes = self.small.list().map_err(io_err(context()))?;
         for entry in fs::read_dir(&self.dir).map_err(io_err(context()))? {
             let entry = entry.map_err(io_err(context()))?;
             let name = entry.file_name();
             let Some(prefix) = name.to_str().filter(|n| is_fan_out_name(n)) else {
-                if name != TMP_DIR {
+                if name != TMP_DIR && name != SMALL_DIR {
                     tracing::warn!(path = %entry.path().display(), "unexpected entry in chunk store, skipped");
                 }
                 continue;
@@ -321,6 +388,7 @@ impl ChunkStore {
             }
         }
         hashes.sort();
+        hashes.dedup();
         Ok(hashes)
     }
 }
@@ -393,9 +461,31 @@ mod tests {
     }
 
     #[test]
+    fn small_chunks_go_to_the_pack_not_to_files() {
+        let (_dir, store) = open_temp();
+        for len in [1, 1000, SMALL_CHUNK_BYTES_MAX] {
+            let data = vec![5u8; len];
+            let hash = Hash::of(&data);
+            assert!(!store.contains(&hash));
+            assert!(store.put(&hash, &data).expect("put"));
+            assert!(store.contains(&hash));
+            assert!(!store.path_of(&hash).exists(), "{len} bytes: no file");
+            assert_eq!(store.get(&hash).expect("get"), data);
+            assert_eq!(store.size_of(&hash), Some(len as u64));
+            assert!(!store.put(&hash, &data).expect("second put"));
+        }
+        assert_eq!(store.list().expect("list").len(), 3);
+        // Survives reopening.
+        let dir = store.dir.clone();
+        drop(store);
+        let store = ChunkStore::open(&dir).expect("reopen");
+        assert_eq!(store.list().expect("list").len(), 3);
+    }
+
+    #[test]
     fn put_get_round_trip_and_layout() {
         let (_dir, store) = open_temp();
-        let data = b"some weights".to_vec();
+        let data = vec![9u8; SMALL_CHUNK_BYTES_MAX + 1];
         let hash = Hash::of(&data);
         assert!(!store.contains(&hash));
         assert!(store.put(&hash, &data).expect("put"));
@@ -456,9 +546,26 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bytes_on_disk_are_reported_corrupt_with_the_hash() {
+    fn flipped_bytes_in_the_pack_are_reported_corrupt() {
         let (_dir, store) = open_temp();
         let data = b"tensor bytes".to_vec();
+        let hash = Hash::of(&data);
+        store.put(&hash, &data).expect("put");
+        let mut rotten = data.clone();
+        rotten[3] ^= 0x01;
+        store.overwrite_unchecked(&hash, &rotten).expect("rot");
+        assert!(matches!(store.get(&hash), Err(StoreError::Corrupt { hash: h }) if h == hash));
+        // The repair path: remove, then put again.
+        store.remove(&hash).expect("remove");
+        assert!(!store.contains(&hash));
+        assert!(store.put(&hash, &data).expect("put again"));
+        assert_eq!(store.get(&hash).expect("get"), data);
+    }
+
+    #[test]
+    fn flipped_bytes_on_disk_are_reported_corrupt_with_the_hash() {
+        let (_dir, store) = open_temp();
+        let data = vec![3u8; SMALL_CHUNK_BYTES_MAX * 2];
         let hash = Hash::of(&data);
         store.put(&hash, &data).expect("put");
         let path = store.path_of(&hash);
@@ -496,7 +603,13 @@ mod tests {
         let (_dir, store) = open_temp();
         let mut hashes: Vec<Hash> = (0..20u8)
             .map(|i| {
-                let data = vec![i; 10 + i as usize];
+                // Half in the pack, half as files.
+                let len = if i % 2 == 0 {
+                    10
+                } else {
+                    SMALL_CHUNK_BYTES_MAX + 1
+                };
+                let data = vec![i; len + i as usize];
                 let hash = Hash::of(&data);
                 store.put(&hash, &data).expect("put");
                 hash
@@ -504,11 +617,13 @@ mod tests {
             .collect();
         hashes.sort();
         assert_eq!(store.list().expect("list"), hashes);
-        let gone = hashes.remove(5);
-        store.remove(&gone).expect("remove");
-        assert!(!store.contains(&gone));
-        assert!(matches!(store.get(&gone), Err(StoreError::NotFound { .. })));
-        store.remove(&gone).expect("removing twice is fine");
+        for _ in 0..2 {
+            let gone = hashes.remove(5);
+            store.remove(&gone).expect("remove");
+            assert!(!store.contains(&gone));
+            assert!(matches!(store.get(&gone), Err(StoreError::NotFound { .. })));
+            store.remove(&gone).expect("removing twice is fine");
+        }
         assert_eq!(store.list().expect("list"), hashes);
     }
 
@@ -593,7 +708,7 @@ mod group_sync_tests {
             .map(|i| {
                 let store = store.clone();
                 std::thread::spawn(move || {
-                    let data = vec![i; 1000 + i as usize];
+                    let data = vec![i; SMALL_CHUNK_BYTES_MAX + 1 + i as usize];
                     let hash = Hash::of(&data);
                     assert!(store.put(&hash, &data).unwrap());
                     hash
@@ -608,5 +723,37 @@ mod group_sync_tests {
         assert_eq!(state.requested, 32, "two syncs requested per put");
         assert_eq!(state.completed, 32, "every request was covered by a sync");
         assert!(!state.running);
+    }
+
+    #[test]
+    fn concurrent_small_puts_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let threads: Vec<_> = (0..16u8)
+            .map(|i| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let data = vec![i; 1000 + i as usize];
+                    let hash = Hash::of(&data);
+                    assert!(store.put(&hash, &data).unwrap());
+                    hash
+                })
+            })
+            .collect();
+        let hashes: Vec<Hash> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        drop(store);
+        let store = ChunkStore::open(dir.path()).unwrap();
+        for hash in &hashes {
+            assert_eq!(Hash::of(&store.get(hash).unwrap()), *hash);
+        }
+        assert_eq!(store.list().unwrap().len(), 16);
+        // No file was created for them.
+        assert_eq!(
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| is_fan_out_name(&e.as_ref().unwrap().file_name().to_string_lossy()))
+                .count(),
+            0
+        );
     }
 }

@@ -78,12 +78,13 @@ fn temp_store() -> (tempfile::TempDir, Arc<ChunkStore>) {
     (dir, Arc::new(store))
 }
 
-/// Flips a byte of the chunk's file, so that the store reports it corrupt.
+/// Flips a byte of the stored chunk, so that the store reports it corrupt.
 fn corrupt_on_disk(store: &ChunkStore, hash: &Hash) {
-    let path = store.path_of(hash);
-    let mut bytes = std::fs::read(&path).expect("read chunk file");
+    let mut bytes = store.get(hash).expect("read chunk");
     bytes[0] ^= 0xff;
-    std::fs::write(&path, bytes).expect("write chunk file");
+    store
+        .overwrite_unchecked(hash, &bytes)
+        .expect("write chunk");
     assert!(matches!(store.get(hash), Err(StoreError::Corrupt { .. })));
 }
 
