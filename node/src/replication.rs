@@ -73,7 +73,8 @@ pub struct ChunkSink<S = ChunkStore, P = PeerClient> {
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     /// Writes one chunk locally and to peers; returns once `copies_required`
-    /// copies are durable.
+    /// copies are durable. `hash` must have been computed from `data` by the
+    /// caller (the local copy is not hashed again; peers verify theirs).
     pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
         let mut remote_needed = self.copies_required.saturating_sub(1);
         if remote_needed > self.targets.len() {
@@ -98,7 +99,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
         }
         let store = self.store.clone();
         let local_data = data.clone();
-        let local = StoreCall::start(move || store.put(&hash, &local_data));
+        // The hash was computed from these bytes by the caller (the upload's chunker).
+        let local = StoreCall::start(move || store.put_verified(&hash, &local_data));
         let mut acked = 0;
         let mut failures = Vec::new();
         while acked < remote_needed {

@@ -196,7 +196,7 @@ async fn attempt<P: ChunkPeers>(
 
 /// Stores a verified chunk. Blocking (fsync): moved off the async worker where tokio allows it.
 fn put(store: &dyn ChunkSource, hash: &Hash, data: &[u8]) -> Result<(), StoreError> {
-    let write = || store.put(hash, data).map(|_| ());
+    let write = || store.put_verified(hash, data).map(|_| ());
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
         _ => write(),

@@ -15,6 +15,12 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// Stores the chunk after checking `data` against `hash`; durable before `Ok`. Returns
     /// whether it was written now (false: already present).
     fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError>;
+    /// `put` for bytes the caller has just checked against `hash` (it computed the hash, or
+    /// verified a peer's bytes with [`crate::verify_chunk`]): a store may skip hashing them
+    /// again. The default checks anyway.
+    fn put_verified(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+        self.put(hash, data)
+    }
     /// Whether the chunk is present (not verified).
     fn contains(&self, hash: &Hash) -> bool;
     /// Removes the chunk (a corrupt copy, before a good one replaces it); absent is fine.
@@ -37,6 +43,10 @@ impl ChunkSource for ChunkStore {
         ChunkStore::put(self, hash, data)
     }
 
+    fn put_verified(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+        ChunkStore::put_verified(self, hash, data)
+    }
+
     fn contains(&self, hash: &Hash) -> bool {
         ChunkStore::contains(self, hash)
     }
@@ -53,6 +63,10 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
 
     fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
         (**self).put(hash, data)
+    }
+
+    fn put_verified(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+        (**self).put_verified(hash, data)
     }
 
     fn contains(&self, hash: &Hash) -> bool {
