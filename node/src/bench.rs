@@ -100,6 +100,25 @@ pub struct DistributionReport {
     pub fully_replicated_s: f64,
     pub ready_to_raw_ratio: f64,
     pub replicated_to_raw_ratio: f64,
+    /// CPU time (user + system, every thread of this process: client and 3 nodes) from the
+    /// start of the upload until the version was on every node.
+    pub replication_cpu_s: f64,
+    /// CPU time of the raw baseline's writes of all copies.
+    pub raw_write_all_copies_cpu_s: f64,
+}
+
+/// CPU time (user + system) this process has used so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Time for a version of `size_bytes` to be READY (W copies durable) and to
@@ -127,7 +146,9 @@ pub async fn distribution(
         .copies_required;
     eprintln!("bench: raw write + fsync of {write_quorum} and {NODES} copies");
     let raw_quorum = raw(write_quorum)?;
+    let cpu_before_raw_all = process_cpu();
     let raw_all = raw(NODES as usize)?;
+    let raw_all_cpu = process_cpu() - cpu_before_raw_all;
 
     let client = Client::connect(&cluster.endpoint(0))
         .await?
@@ -166,6 +187,7 @@ pub async fn distribution(
     };
     eprintln!("bench: registering {size_bytes} bytes on a {NODES}-node cluster");
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let version = client.register_stream(header, files).await?;
     let ready = started.elapsed();
     let root = version.manifest_root.clone();
@@ -192,6 +214,7 @@ pub async fn distribution(
         tokio::time::sleep(POLL).await;
     }
     let replicated = started.elapsed();
+    let replication_cpu = process_cpu() - cpu_before;
     cluster.stop().await?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(DistributionReport {
@@ -204,6 +227,8 @@ pub async fn distribution(
         fully_replicated_s: replicated.as_secs_f64(),
         ready_to_raw_ratio: ready.as_secs_f64() / raw_quorum,
         replicated_to_raw_ratio: replicated.as_secs_f64() / raw_all,
+        replication_cpu_s: replication_cpu.as_secs_f64(),
+        raw_write_all_copies_cpu_s: raw_all_cpu.as_secs_f64(),
     })
 }
 

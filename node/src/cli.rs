@@ -177,6 +177,18 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                         format!("{:.2} s for {} copies", r.raw_write_all_copies_s, r.nodes),
                         format!("{:.2}", r.replicated_to_raw_ratio),
                     ],
+                    vec![
+                        "CPU s, upload to fully replicated (all threads)".into(),
+                        format!("{:.2}", r.replication_cpu_s),
+                        format!(
+                            "{:.2} s for {} copies",
+                            r.raw_write_all_copies_cpu_s, r.nodes
+                        ),
+                        format!(
+                            "{:.2}",
+                            r.replication_cpu_s / r.raw_write_all_copies_cpu_s.max(1e-9)
+                        ),
+                    ],
                 ],
             );
             print_report(&common.output, &r, text)

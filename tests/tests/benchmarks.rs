@@ -112,6 +112,10 @@ fn cluster_benchmarks_run_at_toy_size() {
         figure(&d, "replicated_to_raw_ratio").as_f64().unwrap() > 0.0,
         "{d}"
     );
+    assert!(
+        figure(&d, "replication_cpu_s").as_f64().unwrap() > 0.0,
+        "{d}"
+    );
     let m = node_bench(&[
         "bench",
         "metadata",
