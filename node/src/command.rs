@@ -17,7 +17,25 @@ use crate::domain::{
 pub struct Command {
     pub actor: Actor,
     pub at_ms: i64,
+    /// Names one request however often it is proposed: a write retried across a leader change
+    /// may reach the log twice, and the second copy must answer what the first did instead of
+    /// applying again (or being rejected as a duplicate of itself). `Node::propose` draws a
+    /// fresh one per request; `None` applies every copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
     pub op: Op,
+}
+
+/// An opaque name unique per request. [`RequestId::random`] (what `Node::propose` uses) is 128
+/// random bits as 32 hex digits; a caller with its own scheme (the simulator) may use another.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A fresh random id.
+    pub fn random() -> RequestId {
+        RequestId(format!("{:032x}", rand::random::<u128>()))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tonic::Status;
 
-use crate::command::{Command, Op, Response};
+use crate::command::{Command, Op, RequestId, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, SystemClock};
 use crate::replication::{
@@ -227,6 +227,9 @@ impl Node {
         let command = Command {
             actor,
             at_ms: self.clock.now_ms(),
+            // Retries of this write (forwarding across leader changes) keep the id, so a copy
+            // that reaches the log twice answers once.
+            request_id: Some(RequestId::random()),
             op,
         };
         match self.raft.write(command).await {

@@ -13,6 +13,9 @@
 //! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
 //! - `meta`:      "audit_head"              → AuditHead
 //! - `nodes`:     node id (be u64)          → NodeInfo
+//! - `requests`:  request id                → Response (what the request's first copy answered)
+//! - `request_log`: log index(be u64) request id → () (to forget ids older than
+//!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -24,7 +27,7 @@ use quiver_client::{Reference, VersionSelector};
 use quiver_transfer::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Op, Response};
+use crate::command::{Command, Op, RequestId, Response};
 use crate::domain::{self, limits, *};
 
 /// An error reading state: either the request names something that is not
@@ -81,9 +84,11 @@ pub struct RegistryApp {
     audit: Table,
     meta: Table,
     nodes: Table,
+    requests: Table,
+    request_log: Table,
 }
 
-const TABLE_NAMES: [&str; 8] = [
+const TABLE_NAMES: [&str; 10] = [
     "models",
     "versions",
     "manifests",
@@ -92,7 +97,15 @@ const TABLE_NAMES: [&str; 8] = [
     "audit",
     "meta",
     "nodes",
+    "requests",
+    "request_log",
 ];
+
+/// How long a request id is remembered, in log entries: a retried copy of a write arrives within
+/// the write timeout (5 s by default), i.e. a few thousand entries at most at full load, since
+/// concurrent writes share entries. Deterministic (a log index, not a clock), so every node
+/// forgets the same ids at the same point.
+pub const REQUEST_IDS_KEPT_ENTRIES: u64 = 100_000;
 
 fn key2(a: &str, b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + 1 + b.len());
@@ -165,6 +178,8 @@ impl quiver_raft::App for RegistryApp {
             audit: open("audit")?,
             meta: open("meta")?,
             nodes: open("nodes")?,
+            requests: open("requests")?,
+            request_log: open("request_log")?,
         })
     }
 
@@ -174,15 +189,28 @@ impl quiver_raft::App for RegistryApp {
         log_index: u64,
         cmd: &Command,
     ) -> anyhow::Result<Response> {
-        match self.execute(wtxn, cmd) {
+        let storage = |e: AppError| anyhow::anyhow!("request ids: {e}");
+        self.forget_old_requests(wtxn, log_index).map_err(storage)?;
+        if let Some(id) = &cmd.request_id {
+            if let Some(first) = self.answered(wtxn, id).map_err(storage)? {
+                // A retried copy of a request already applied: answer as the first copy did.
+                return Ok(first);
+            }
+        }
+        let response = match self.execute(wtxn, cmd) {
             Ok((response, subject)) => {
                 self.append_audit(wtxn, log_index, cmd, subject)
                     .map_err(|e| anyhow::anyhow!("append audit entry: {e}"))?;
-                Ok(response)
+                response
             }
-            Err(AppError::Domain(e)) => Ok(Response::Rejected(e)),
-            Err(AppError::Storage(e)) => Err(e),
+            Err(AppError::Domain(e)) => Response::Rejected(e),
+            Err(AppError::Storage(e)) => return Err(e),
+        };
+        if let Some(id) = &cmd.request_id {
+            self.remember(wtxn, log_index, id, &response)
+                .map_err(storage)?;
         }
+        Ok(response)
     }
 
     fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
@@ -214,7 +242,7 @@ impl quiver_raft::App for RegistryApp {
 }
 
 impl RegistryApp {
-    fn tables(&self) -> [&Table; 8] {
+    fn tables(&self) -> [&Table; 10] {
         [
             &self.models,
             &self.versions,
@@ -224,7 +252,61 @@ impl RegistryApp {
             &self.audit,
             &self.meta,
             &self.nodes,
+            &self.requests,
+            &self.request_log,
         ]
+    }
+
+    /// What request `id` answered, if a copy of it was applied within the last
+    /// [`REQUEST_IDS_KEPT_ENTRIES`] log entries.
+    fn answered(&self, rtxn: &RoTxn<'_>, id: &RequestId) -> AppResult<Option<Response>> {
+        match self.requests.get(rtxn, id.0.as_bytes())? {
+            Some(bytes) => Ok(Some(decode("request answer", bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn remember(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        log_index: u64,
+        id: &RequestId,
+        response: &Response,
+    ) -> AppResult<()> {
+        self.requests
+            .put(wtxn, id.0.as_bytes(), &encode(response)?)?;
+        let mut key = log_index.to_be_bytes().to_vec();
+        key.extend_from_slice(id.0.as_bytes());
+        self.request_log.put(wtxn, &key, &[])?;
+        Ok(())
+    }
+
+    /// Forgets request ids applied more than [`REQUEST_IDS_KEPT_ENTRIES`] entries before
+    /// `log_index`.
+    fn forget_old_requests(&self, wtxn: &mut RwTxn<'_>, log_index: u64) -> AppResult<()> {
+        let Some(cutoff) = log_index.checked_sub(REQUEST_IDS_KEPT_ENTRIES) else {
+            return Ok(());
+        };
+        let mut old = Vec::new();
+        for row in self.request_log.iter(wtxn)? {
+            let (key, _) = row?;
+            let index = key
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if index >= cutoff {
+                break;
+            }
+            old.push(key.to_vec());
+        }
+        for key in old {
+            self.request_log.delete(wtxn, &key)?;
+            if let Some(id) = key.get(8..) {
+                self.requests.delete(wtxn, id)?;
+            }
+        }
+        Ok(())
     }
 
     /// blake3 over every table in key order: equal on nodes with equal state.
@@ -861,10 +943,16 @@ mod tests {
 
     impl Fixture {
         fn apply(&mut self, op: Op) -> Response {
+            self.apply_request(None, op)
+        }
+
+        /// Applies at the next log index, as request `id`.
+        fn apply_request(&mut self, id: Option<&str>, op: Op) -> Response {
             self.index += 1;
             let cmd = Command {
                 actor: actor("alice"),
                 at_ms: 1_000 + self.index as i64,
+                request_id: id.map(|id| RequestId(id.into())),
                 op,
             };
             let mut wtxn = self.env.write_txn().unwrap();
@@ -966,6 +1054,58 @@ mod tests {
             DomainError::ModelNotFound {
                 name: "nope".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_request_applied_twice_answers_twice_as_the_first_time_and_changes_nothing() {
+        let mut f = fixture();
+        let first = f.apply_request(Some("r1"), create_model("reco"));
+        assert!(matches!(first, Response::Model(_)), "{first:?}");
+        let created = version(f.apply_request(Some("r2"), create_version("reco", b"one")));
+        let before = f.digest();
+        // The retried copies reach the log later: same answers, no new version, no rejection.
+        let again = f.apply_request(Some("r2"), create_version("reco", b"one"));
+        assert_eq!(version(again).number, created.number);
+        assert!(matches!(
+            f.apply_request(Some("r1"), create_model("reco")),
+            Response::Model(_)
+        ));
+        assert_eq!(f.digest(), before, "a retried copy changes nothing");
+        // A rejection is remembered as well: the retry is rejected the same way.
+        let rejected_once = rejected(f.apply_request(Some("r3"), create_model("reco")));
+        assert_eq!(
+            rejected(f.apply_request(Some("r3"), create_model("reco"))),
+            rejected_once
+        );
+        // Without an id every copy applies: the second is a duplicate of the first.
+        assert!(matches!(
+            rejected(f.apply(create_version("reco", b"one"))),
+            DomainError::DuplicateBundle { .. }
+        ));
+    }
+
+    #[test]
+    fn request_ids_are_forgotten_after_the_kept_number_of_entries() {
+        let mut f = fixture();
+        f.apply_request(Some("old"), create_model("reco"));
+        let kept = |f: &Fixture, id: &str| {
+            f.read(|app, txn| app.answered(txn, &RequestId(id.into())).unwrap())
+                .is_some()
+        };
+        assert!(kept(&f, "old"));
+        // Just inside the window: still there.
+        f.index = REQUEST_IDS_KEPT_ENTRIES;
+        f.apply_request(Some("new"), create_model("other"));
+        assert!(kept(&f, "old"));
+        // One entry later the first id falls out of the window; the newer one stays.
+        f.apply(create_model("third"));
+        assert!(!kept(&f, "old"));
+        assert!(kept(&f, "new"));
+        assert_eq!(
+            f.read(|app, txn| app.request_log.len(txn).unwrap()),
+            1,
+            "only the newer id's log row remains"
         );
     }
 

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::ServerState;
-use quiver_node::command::{Command, Op, Response};
-use quiver_node::domain::Actor;
+use quiver_node::command::{Command, Op, RequestId, Response};
+use quiver_node::domain::{Actor, DomainError};
 use quiver_raft::WriteError;
 use tokio::time::Instant;
 
-use crate::check::{Ack, Expect};
+use crate::check::{Ack, Expect, Violation};
 use crate::chunks::{root_label, Chunks};
 use crate::chunkstore::Corpus;
 use crate::cluster::Cluster;
@@ -63,6 +63,7 @@ pub struct Clients {
     stop: AtomicBool,
     acks: Mutex<Vec<Ack>>,
     stats: Mutex<ClientStats>,
+    violations: Mutex<Vec<Violation>>,
 }
 
 enum Outcome {
@@ -71,7 +72,7 @@ enum Outcome {
         proposed_at_ms: u64,
         node: NodeId,
     },
-    Rejected(String),
+    Rejected(DomainError),
     Failed(String),
 }
 
@@ -90,6 +91,7 @@ impl Clients {
             stop: AtomicBool::new(false),
             acks: Mutex::new(Vec::new()),
             stats: Mutex::new(ClientStats::default()),
+            violations: Mutex::new(Vec::new()),
         })
     }
 
@@ -103,6 +105,16 @@ impl Clients {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
+    }
+
+    /// What the clients saw that no correct cluster answers (false rejections); drains them.
+    pub fn take_violations(&self) -> Vec<Violation> {
+        std::mem::take(
+            &mut *self
+                .violations
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -138,6 +150,10 @@ impl Clients {
                 at_ms: self
                     .cluster
                     .node_clock_ms(first, EPOCH_MS + self.trace.elapsed_ms() as i64),
+                // One id per op, kept across retries, as `Node::propose` does (deterministic
+                // here: the trace must not depend on entropy).
+                request_id: (self.plant != Some(Plant::RetryWithoutRequestId))
+                    .then(|| RequestId(format!("c{}-{seq}", p.id))),
                 op,
             };
             self.count(|s| s.submitted += 1);
@@ -200,6 +216,23 @@ impl Clients {
                 Outcome::Rejected(e) => {
                     self.count(|s| s.rejected += 1);
                     self.trace.record(format!("c{} #{seq} rejected: {e}", p.id));
+                    // The workload names every model and labels every artifact uniquely, so
+                    // only the request itself can have created what it is rejected for.
+                    if matches!(
+                        e,
+                        DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. }
+                    ) {
+                        self.violations
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .push(Violation::new(
+                                "false-rejection",
+                                format!(
+                                    "client {} op #{seq} ({what}) was rejected by a copy of itself applied earlier: {e}",
+                                    p.id
+                                ),
+                            ));
+                    }
                 }
                 Outcome::Failed(e) => {
                     self.count(|s| s.failed += 1);
@@ -291,7 +324,7 @@ impl Clients {
                 let applied = node.apply_without_consensus(cmd);
                 tokio::time::sleep(router.client_latency()).await;
                 match applied {
-                    Ok(Response::Rejected(e)) => return Outcome::Rejected(e.to_string()),
+                    Ok(Response::Rejected(e)) => return Outcome::Rejected(e),
                     Ok(response) => {
                         return Outcome::Acked {
                             response: Some(response),
@@ -315,7 +348,7 @@ impl Clients {
                     last = format!("n{target} did not answer within the client's deadline");
                     break;
                 }
-                Ok(Ok(Response::Rejected(e))) => return Outcome::Rejected(e.to_string()),
+                Ok(Ok(Response::Rejected(e))) => return Outcome::Rejected(e),
                 Ok(Ok(response)) => {
                     return Outcome::Acked {
                         response: Some(response),

@@ -111,16 +111,22 @@ pub enum Plant {
     /// (`RaftNode::apply_without_consensus`) instead of sending it to the leader, and the client
     /// is told "done". The digest checker must see that follower disagree with its peers.
     FollowerAppliesStageChange,
+    /// The client's commands carry no request id, so a write that reaches the log twice (a retry
+    /// after a leader change, a lost answer) applies twice: the second copy of a registration is
+    /// rejected as a duplicate of the first, and the client is told "rejected" although its
+    /// version exists. The false-rejection checker must notice.
+    RetryWithoutRequestId,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 5] = [
+    pub const ALL: [Plant; 6] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
         Plant::DropLogFsync,
         Plant::FollowerAppliesStageChange,
+        Plant::RetryWithoutRequestId,
     ];
 
     pub fn name(self) -> &'static str {
@@ -130,6 +136,7 @@ impl Plant {
             Plant::SkipChunkVerify => "skip-chunk-verify",
             Plant::DropLogFsync => "drop-log-fsync",
             Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
+            Plant::RetryWithoutRequestId => "retry-without-request-id",
         }
     }
 

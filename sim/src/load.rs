@@ -858,6 +858,7 @@ async fn propose(cluster: &Cluster, trace: &SharedTrace, op: Op) -> anyhow::Resu
                     authenticated: false,
                 },
                 at_ms: EPOCH_MS + trace.elapsed_ms() as i64,
+                request_id: None,
                 op: op.clone(),
             };
             match node.write(cmd).await {

@@ -333,6 +333,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         r.abort();
     }
     lock(&books).add_all(chunks.take_violations());
+    lock(&books).add_all(clients.take_violations());
     for id in cluster.up_ids() {
         if let Err(e) = cluster.crash(id).await {
             lock(&books).add(Violation::new("shutdown", format!("{e:#}")));

@@ -238,6 +238,24 @@ fn the_digest_checker_finds_a_follower_applying_a_stage_change_and_passes_withou
     }
 }
 
+/// Without request ids, a registration that reaches the log twice (retried after a leader
+/// change or a lost answer) is rejected as a duplicate of itself; with them (the default, as
+/// `Node::propose` does) the retried copy answers what the first did.
+#[test]
+fn the_false_rejection_checker_finds_retries_without_request_ids_and_passes_with_them() {
+    let base = config(0, Scenario::Chaos, 3, 10);
+    let clean = assert_plant_is_found(
+        &base,
+        Plant::RetryWithoutRequestId,
+        SeedRange { start: 1, end: 4 },
+        &["false-rejection"],
+    );
+    assert!(
+        clean.iter().all(|r| r.clients.acked > 50),
+        "the clean runs registered versions"
+    );
+}
+
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the
 /// sweep's summary with every run, as JSON that reads back to the same values.
 #[test]
