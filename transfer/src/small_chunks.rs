@@ -92,7 +92,8 @@ impl SmallChunks {
         })
     }
 
-    pub(crate) fn get(&self, hash: &Hash) -> std::io::Result<Option<Vec<u8>>> {
+    /// `f` of the stored bytes, if the chunk is in the pack (inside one read transaction).
+    fn with_value<T>(&self, hash: &Hash, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<Option<T>> {
         let rtxn = self
             .env
             .read_txn()
@@ -101,19 +102,15 @@ impl SmallChunks {
             .db
             .get(&rtxn, &hash.0[..])
             .map_err(heed_err("read a small chunk"))?;
-        Ok(value.map(<[u8]>::to_vec))
+        Ok(value.map(f))
+    }
+
+    pub(crate) fn get(&self, hash: &Hash) -> std::io::Result<Option<Vec<u8>>> {
+        self.with_value(hash, <[u8]>::to_vec)
     }
 
     pub(crate) fn size_of(&self, hash: &Hash) -> std::io::Result<Option<u64>> {
-        let rtxn = self
-            .env
-            .read_txn()
-            .map_err(heed_err("read a small chunk"))?;
-        let value = self
-            .db
-            .get(&rtxn, &hash.0[..])
-            .map_err(heed_err("read a small chunk"))?;
-        Ok(value.map(|v| v.len() as u64))
+        self.with_value(hash, |v| v.len() as u64)
     }
 
     pub(crate) fn contains(&self, hash: &Hash) -> bool {

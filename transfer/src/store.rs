@@ -789,23 +789,27 @@ mod tests {
 mod group_sync_tests {
     use super::*;
 
-    #[test]
-    fn concurrent_puts_share_syncs_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ChunkStore::open(dir.path()).unwrap();
+    /// Puts 16 distinct chunks of `base + i` bytes from 16 threads at once; their hashes.
+    fn put_concurrently(store: &ChunkStore, base: usize) -> Vec<Hash> {
         let threads: Vec<_> = (0..16u8)
             .map(|i| {
                 let store = store.clone();
                 std::thread::spawn(move || {
-                    let data = vec![i; SMALL_CHUNK_BYTES_MAX + 1 + i as usize];
+                    let data = vec![i; base + i as usize];
                     let hash = Hash::of(&data);
                     assert!(store.put(&hash, &data).unwrap());
                     hash
                 })
             })
             .collect();
-        for t in threads {
-            let hash = t.join().unwrap();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn concurrent_puts_share_syncs_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        for hash in put_concurrently(&store, SMALL_CHUNK_BYTES_MAX + 1) {
             assert_eq!(Hash::of(&store.get(&hash).unwrap()), hash);
         }
         let state = store.sync.state.lock().unwrap();
@@ -818,18 +822,7 @@ mod group_sync_tests {
     fn concurrent_small_puts_share_commits_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
-        let threads: Vec<_> = (0..16u8)
-            .map(|i| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    let data = vec![i; 1000 + i as usize];
-                    let hash = Hash::of(&data);
-                    assert!(store.put(&hash, &data).unwrap());
-                    hash
-                })
-            })
-            .collect();
-        let hashes: Vec<Hash> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let hashes = put_concurrently(&store, 1000);
         drop(store);
         let store = ChunkStore::open(dir.path()).unwrap();
         for hash in &hashes {
