@@ -180,7 +180,11 @@ impl SmallChunks {
             let covers = queue.requested;
             queue.running = true;
             drop(queue);
-            let result = self.commit(&batch);
+            // A panic inside the commit must not leave `running` set, or every later put
+            // would wait forever: it fails this batch instead.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(&batch)))
+                    .unwrap_or_else(|_| Err(PackError::Io("small-chunk commit panicked".into())));
             queue = self.queue.lock().map_err(|_| poisoned())?;
             queue.running = false;
             queue.completed = covers;

@@ -411,8 +411,17 @@ fn is_fan_out_name(name: &str) -> bool {
 /// filesystem supports it (see [`write_new_direct`]); `direct` turns false, for the store's
 /// lifetime, the first time the filesystem refuses it.
 fn write_new(path: &Path, data: &[u8], direct: &AtomicBool) -> io::Result<()> {
+    write_new_with(path, data, direct, write_new_direct)
+}
+
+fn write_new_with(
+    path: &Path,
+    data: &[u8],
+    direct: &AtomicBool,
+    write_direct: impl Fn(&Path, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     if direct.load(Ordering::Relaxed) {
-        match write_new_direct(path, data) {
+        match write_direct(path, data) {
             Ok(()) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let _ = fs::remove_file(path);
@@ -632,6 +641,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_filesystem_refusing_direct_io_gets_buffered_writes_from_then_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let direct = AtomicBool::new(true);
+        let refused = std::sync::atomic::AtomicUsize::new(0);
+        let refuse = |path: &Path, _: &[u8]| {
+            refused.fetch_add(1, Ordering::Relaxed);
+            // What a filesystem without O_DIRECT does: maybe creates the file, then EINVAL.
+            fs::write(path, b"partial")?;
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        };
+        for i in 0..2u8 {
+            let path = dir.path().join(format!("chunk-{i}"));
+            let data = vec![i; 5000];
+            write_new_with(&path, &data, &direct, refuse).expect("falls back");
+            assert_eq!(fs::read(&path).expect("read"), data);
+        }
+        assert!(!direct.load(Ordering::Relaxed));
+        assert_eq!(
+            refused.load(Ordering::Relaxed),
+            1,
+            "tried once, then buffered"
+        );
+        // Other errors are errors.
+        let failing = AtomicBool::new(true);
+        let err = write_new_with(
+            &dir.path().join("x"),
+            b"x",
+            &failing,
+            |_: &Path, _: &[u8]| Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+        )
+        .expect_err("ENOSPC is not a fallback");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert!(failing.load(Ordering::Relaxed));
     }
 
     #[test]
