@@ -13,7 +13,8 @@
 //! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
 //! - `meta`:      "audit_head"              → AuditHead
 //! - `nodes`:     node id (be u64)          → NodeInfo
-//! - `requests`:  request id                → Response (what the request's first copy answered)
+//! - `requests`:  request id                → what the request's first copy answered (a version
+//!   by model and number)
 //! - `request_log`: log index(be u64) request id → () (to forget ids older than
 //!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
 
@@ -64,6 +65,13 @@ pub struct AuditEntry {
     pub subject: String,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// What the `requests` table keeps of a request's answer: small answers whole, a version by name.
+#[derive(Debug, Serialize, Deserialize)]
+enum Remembered {
+    Response(Response),
+    Version { model: String, number: u64 },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -258,12 +266,21 @@ impl RegistryApp {
     }
 
     /// What request `id` answered, if a copy of it was applied within the last
-    /// [`REQUEST_IDS_KEPT_ENTRIES`] log entries.
+    /// [`REQUEST_IDS_KEPT_ENTRIES`] log entries. A version is answered as it is now (what a
+    /// read would return; its content never changes, its stage may have).
     fn answered(&self, rtxn: &RoTxn<'_>, id: &RequestId) -> AppResult<Option<Response>> {
-        match self.requests.get(rtxn, id.0.as_bytes())? {
-            Some(bytes) => Ok(Some(decode("request answer", bytes)?)),
-            None => Ok(None),
-        }
+        let Some(bytes) = self.requests.get(rtxn, id.0.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(Some(match decode("request answer", bytes)? {
+            Remembered::Response(response) => response,
+            Remembered::Version { model, number } => match self.get_version(rtxn, &model, number) {
+                Ok(version) => Response::Version(Box::new(version)),
+                // Versions are never deleted; were one gone, say so rather than stop applying.
+                Err(AppError::Domain(e)) => Response::Rejected(e),
+                Err(e) => return Err(e),
+            },
+        }))
     }
 
     fn remember(
@@ -273,8 +290,16 @@ impl RegistryApp {
         id: &RequestId,
         response: &Response,
     ) -> AppResult<()> {
+        // A version can list thousands of files: remember its name, not a copy of it.
+        let remembered = match response {
+            Response::Version(v) => Remembered::Version {
+                model: v.model.clone(),
+                number: v.number,
+            },
+            other => Remembered::Response(other.clone()),
+        };
         self.requests
-            .put(wtxn, id.0.as_bytes(), &encode(response)?)?;
+            .put(wtxn, id.0.as_bytes(), &encode(&remembered)?)?;
         let mut key = log_index.to_be_bytes().to_vec();
         key.extend_from_slice(id.0.as_bytes());
         self.request_log.put(wtxn, &key, &[])?;
@@ -1072,6 +1097,8 @@ mod tests {
             Response::Model(_)
         ));
         assert_eq!(f.digest(), before, "a retried copy changes nothing");
+        let kept = f.read(|app, txn| app.requests.get(txn, b"r2").unwrap().unwrap().len());
+        assert!(kept < 100, "a version is remembered by name ({kept} bytes)");
         // A rejection is remembered as well: the retry is rejected the same way.
         let rejected_once = rejected(f.apply_request(Some("r3"), create_model("reco")));
         assert_eq!(

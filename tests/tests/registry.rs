@@ -459,7 +459,7 @@ fn a_corrupt_chunk_fails_its_download_by_name_and_other_versions_are_unaffected(
     register(ep, "reco", &[&a]).ok();
     register(ep, "reco", &[&b]).ok();
 
-    let victim = quiver_tests::chunk_hashes(&a).unwrap()[1];
+    let victim = quiver_tests::file_chunk_hashes(&a).unwrap()[1];
     let hex = victim.to_hex();
     let path = data.join("chunks").join(&hex[..2]).join(&hex[2..]);
     let mut bytes = std::fs::read(&path)

@@ -113,8 +113,15 @@ impl SmallChunks {
         self.with_value(hash, |v| v.len() as u64)
     }
 
+    /// Whether the chunk is in the pack; a read error counts as absent, and is logged.
     pub(crate) fn contains(&self, hash: &Hash) -> bool {
-        matches!(self.size_of(hash), Ok(Some(_)))
+        match self.size_of(hash) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::warn!(%hash, "small-chunk pack: {e}");
+                false
+            }
+        }
     }
 
     pub(crate) fn remove(&self, hash: &Hash) -> std::io::Result<()> {

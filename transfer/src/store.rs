@@ -288,10 +288,12 @@ impl ChunkStore {
 
     /// Reads the chunk and verifies its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
-        let packed = self
-            .small
-            .get(hash)
-            .map_err(io_err(format!("read chunk {hash}")))?;
+        // A pack that cannot be read must not hide the chunk files: try the file, and report
+        // the pack's error only if there is no file either.
+        let (packed, pack_error) = match self.small.get(hash) {
+            Ok(packed) => (packed, None),
+            Err(e) => (None, Some(e)),
+        };
         if let Some(data) = packed {
             if Hash::of(&data) != *hash {
                 return Err(StoreError::Corrupt { hash: *hash });
@@ -302,7 +304,10 @@ impl ChunkStore {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound { hash: *hash })
+                return Err(match pack_error {
+                    Some(e) => io_err(format!("read chunk {hash}"))(e),
+                    None => StoreError::NotFound { hash: *hash },
+                })
             }
             Err(e) => {
                 return Err(io_err(format!("open chunk {hash} at {}", path.display()))(
@@ -354,7 +359,11 @@ impl ChunkStore {
 
     /// Removes the chunk. Removing an absent chunk succeeds (garbage collection may race).
     pub fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
-        if self.small.contains(hash) {
+        let packed = self
+            .small
+            .size_of(hash)
+            .map_err(io_err(format!("remove chunk {hash}")))?;
+        if packed.is_some() {
             self.small
                 .remove(hash)
                 .map_err(io_err(format!("remove chunk {hash}")))?;
@@ -638,6 +647,11 @@ mod tests {
                     fs::read(&path).expect("read"),
                     data,
                     "{len} bytes, direct {direct}"
+                );
+                assert_eq!(
+                    flag.load(Ordering::Relaxed),
+                    direct,
+                    "the temp dir's filesystem took direct I/O (else this tests nothing)"
                 );
             }
         }
