@@ -290,6 +290,12 @@ pub fn hash_file(path: &Path) -> anyhow::Result<String> {
     Ok(hasher.finalize().to_hex().to_string())
 }
 
+/// The blake3 hashes of the chunks a node cuts `path` into (the same chunker as the node),
+/// streaming.
+pub fn chunk_hashes(path: &Path) -> anyhow::Result<Vec<quiver_transfer::Hash>> {
+    Ok(chunks_of(path)?.into_iter().map(|c| c.hash).collect())
+}
+
 /// The hashes of those chunks of `path` (cut by the node's chunker, streaming) that a node's
 /// chunk store keeps as files (`chunks/ab/cdef…`): every chunk larger than
 /// `SMALL_CHUNK_BYTES_MAX` (smaller ones share the store's LMDB pack and have no path to look at).

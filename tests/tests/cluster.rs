@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quiver_client::proto::{CreateModelRequest, ReadConsistency};
 use quiver_client::Client;
 use quiver_tests::{hash_file, quiver, write_random_file, NodeProcess};
-use quiver_transfer::Hash;
+use quiver_transfer::{ChunkStore, Hash};
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
 const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
@@ -144,6 +144,15 @@ impl Cluster {
         })
     }
 
+    /// Whether node `id`'s chunk store holds every one of `hashes`: files and the small-chunk
+    /// pack, read beside the running node (present, not verified).
+    fn holds_all(&self, id: u64, hashes: &[Hash]) -> bool {
+        match ChunkStore::open_read_only(self.data_dir(id).join("chunks")) {
+            Ok(store) => hashes.iter().all(|h| store.contains(h)),
+            Err(_) => false,
+        }
+    }
+
     fn chunk_path(&self, id: u64, hash: &Hash) -> PathBuf {
         let hex = hash.to_hex();
         self.data_dir(id)
@@ -154,26 +163,33 @@ impl Cluster {
 }
 
 fn register(ep: &str, model: &str, file: &Path) -> String {
-    let f = file.display().to_string();
-    let out = quiver(
-        CLI,
-        ep,
-        &[
-            "version",
-            "register",
-            model,
-            "--artifact",
-            &f,
-            "--data-snapshot",
-            "snap-1",
-            "--code-commit",
-            "abc",
-            "--run-id",
-            "run-1",
-        ],
-    )
-    .ok();
+    register_files(ep, model, &[file])
+}
+
+/// Registers `files` as one version (each an `--artifact`); the CLI's last line.
+fn register_files(ep: &str, model: &str, files: &[&Path]) -> String {
+    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let mut args = vec!["version", "register", model];
+    for path in &paths {
+        args.extend(["--artifact", path.as_str()]);
+    }
+    args.extend([
+        "--data-snapshot",
+        "snap-1",
+        "--code-commit",
+        "abc",
+        "--run-id",
+        "run-1",
+    ]);
+    let out = quiver(CLI, ep, &args).ok();
     out.stdout.lines().last().unwrap_or_default().to_string()
+}
+
+/// A small file beside a bundle: its one chunk goes to the small-chunk pack, not to a file.
+fn small_config(dir: &Path) -> PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(&path, br#"{"hidden": 64, "layers": 2}"#).unwrap();
+    path
 }
 
 fn download(ep: &str, reference: &str, out: &Path) -> quiver_tests::CliRun {
@@ -335,14 +351,16 @@ fn a_corrupt_chunk_is_never_served_and_is_repaired_from_a_peer() {
     quiver(CLI, &cluster.ep(1), &["model", "create", "reco"]).ok();
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 6 << 20, 41).unwrap();
-    register(&cluster.ep(1), "reco", &bundle);
-    let chunks = quiver_tests::file_chunk_hashes(&bundle).unwrap();
-    // Repair brings every node a full copy.
+    let config = small_config(cluster.dir.path());
+    register_files(&cluster.ep(1), "reco", &[&bundle, &config]);
+    // Repair brings every node a full copy, the config's chunk in the pack included.
+    let mut all = quiver_tests::chunk_hashes(&bundle).unwrap();
+    all.extend(quiver_tests::chunk_hashes(&config).unwrap());
     wait_until("every node to hold every chunk", || {
-        (1..=3)
-            .all(|id| chunks.iter().all(|h| cluster.chunk_path(id, h).exists()))
-            .then_some(())
+        (1..=3).all(|id| cluster.holds_all(id, &all)).then_some(())
     });
+    // The victim is a chunk kept as a file, to flip its bytes on disk.
+    let chunks = quiver_tests::file_chunk_hashes(&bundle).unwrap();
 
     // Node 1's copy of one chunk goes bad; node 3 loses the same chunk.
     let victim = chunks[1];
@@ -456,21 +474,24 @@ fn a_node_killed_during_replication_converges_after_restart() {
     cluster.node(3).signal("STOP").unwrap();
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 5 << 20, 51).unwrap();
-    assert_eq!(register(&cluster.ep(1), "reco", &bundle), "reco/1");
-    let chunks = quiver_tests::file_chunk_hashes(&bundle).unwrap();
+    let config = small_config(cluster.dir.path());
+    assert_eq!(
+        register_files(&cluster.ep(1), "reco", &[&bundle, &config]),
+        "reco/1"
+    );
+    let mut chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
+    chunks.extend(quiver_tests::chunk_hashes(&config).unwrap());
     for id in [1, 2] {
         assert!(
-            chunks.iter().all(|h| cluster.chunk_path(id, h).exists()),
+            cluster.holds_all(id, &chunks),
             "READY means W copies are durable: node {id} holds every chunk"
         );
     }
+    assert!(!cluster.holds_all(3, &chunks), "node 3 was frozen");
     cluster.nodes[2].take().unwrap().kill().unwrap();
     cluster.restart(3);
     wait_until("node 3 to repair every chunk", || {
-        chunks
-            .iter()
-            .all(|h| cluster.chunk_path(3, h).exists())
-            .then_some(())
+        cluster.holds_all(3, &chunks).then_some(())
     });
     cluster.converged_digest();
     let out = cluster.dir.path().join("dl");

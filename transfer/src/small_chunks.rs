@@ -105,6 +105,37 @@ impl SmallChunks {
         Ok(value.map(f))
     }
 
+    /// Opens an existing pack for reading only, beside the process that writes it (LMDB
+    /// coordinates readers across processes); for inspecting a running node's store.
+    pub(crate) fn open_read_only(dir: &Path) -> std::io::Result<SmallChunks> {
+        // SAFETY: as in `open`; this process opens the pack once, read-only.
+        let env = unsafe {
+            heed::EnvOpenOptions::new()
+                .map_size(SMALL_MAP_SIZE_BYTES)
+                .max_dbs(1)
+                .max_readers(SMALL_MAX_READERS)
+                .flags(heed::EnvFlags::READ_ONLY)
+                .open(dir)
+        }
+        .map_err(heed_err("open the small-chunk pack read-only"))?;
+        let rtxn = env
+            .read_txn()
+            .map_err(heed_err("open the small-chunk pack read-only"))?;
+        let db = env
+            .open_database(&rtxn, Some("chunks"))
+            .map_err(heed_err("open the small-chunk pack read-only"))?
+            .ok_or_else(|| std::io::Error::other("the small-chunk pack has no chunk table"))?;
+        // Committed, not dropped: LMDB closes a table handle opened in an aborted transaction.
+        rtxn.commit()
+            .map_err(heed_err("open the small-chunk pack read-only"))?;
+        Ok(SmallChunks {
+            env,
+            db,
+            queue: Mutex::new(Queue::default()),
+            done: Condvar::new(),
+        })
+    }
+
     pub(crate) fn get(&self, hash: &Hash) -> std::io::Result<Option<Vec<u8>>> {
         self.with_value(hash, <[u8]>::to_vec)
     }

@@ -173,6 +173,27 @@ impl ChunkStore {
         Ok(store)
     }
 
+    /// Opens an existing store to look at it while the node that owns it runs: nothing is
+    /// cleaned up and the pack is opened read-only, so `put` and `remove` of small chunks fail.
+    /// For tests and inspection tools.
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        let sync = GroupSync::new(&dir).map_err(io_err(format!(
+            "open chunk store directory {}",
+            dir.display()
+        )))?;
+        let small = SmallChunks::open_read_only(&dir.join(SMALL_DIR)).map_err(io_err(format!(
+            "open the small-chunk pack in {}",
+            dir.display()
+        )))?;
+        Ok(ChunkStore {
+            dir,
+            sync: std::sync::Arc::new(sync),
+            small: std::sync::Arc::new(small),
+            direct: std::sync::Arc::new(AtomicBool::new(true)),
+        })
+    }
+
     fn remove_temp_files(&self) -> Result<(), StoreError> {
         let tmp = self.dir.join(TMP_DIR);
         let entries =
@@ -566,6 +587,25 @@ mod tests {
         drop(store);
         let store = ChunkStore::open(&dir).expect("reopen");
         assert_eq!(store.list().expect("list").len(), 3);
+    }
+
+    #[test]
+    fn a_read_only_handle_reads_both_kinds_and_refuses_writes() {
+        // (heed refuses a second open of one env in a process: the writer is another process
+        // in real use, see tests/tests/cluster.rs; here it is closed first.)
+        let (_dir, store) = open_temp();
+        let small = b"tokenizer".to_vec();
+        let large = vec![4u8; SMALL_CHUNK_BYTES_MAX + 10];
+        store.put(&Hash::of(&small), &small).expect("put small");
+        store.put(&Hash::of(&large), &large).expect("put large");
+        let dir = store.dir.clone();
+        drop(store);
+        let reader = ChunkStore::open_read_only(dir).expect("open read-only");
+        assert_eq!(reader.get(&Hash::of(&small)).expect("small"), small);
+        assert_eq!(reader.get(&Hash::of(&large)).expect("large"), large);
+        assert_eq!(reader.list().expect("list").len(), 2);
+        let tiny = b"x".to_vec();
+        assert!(reader.put(&Hash::of(&tiny), &tiny).is_err(), "read-only");
     }
 
     #[test]
