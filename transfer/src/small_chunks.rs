@@ -64,6 +64,15 @@ fn heed_err(context: &str) -> impl FnOnce(heed::Error) -> std::io::Error + '_ {
 }
 
 impl SmallChunks {
+    fn new(env: heed::Env, db: heed::Database<Bytes, Bytes>) -> SmallChunks {
+        SmallChunks {
+            env,
+            db,
+            queue: Mutex::new(Queue::default()),
+            done: Condvar::new(),
+        }
+    }
+
     pub(crate) fn open(dir: &Path) -> std::io::Result<SmallChunks> {
         std::fs::create_dir_all(dir)?;
         // SAFETY: the pack's directory belongs to one chunk store, which a process opens once
@@ -84,12 +93,7 @@ impl SmallChunks {
             .map_err(heed_err("open the small-chunk pack"))?;
         wtxn.commit()
             .map_err(heed_err("open the small-chunk pack"))?;
-        Ok(SmallChunks {
-            env,
-            db,
-            queue: Mutex::new(Queue::default()),
-            done: Condvar::new(),
-        })
+        Ok(SmallChunks::new(env, db))
     }
 
     /// `f` of the stored bytes, if the chunk is in the pack (inside one read transaction).
@@ -128,12 +132,7 @@ impl SmallChunks {
         // Committed, not dropped: LMDB closes a table handle opened in an aborted transaction.
         rtxn.commit()
             .map_err(heed_err("open the small-chunk pack read-only"))?;
-        Ok(SmallChunks {
-            env,
-            db,
-            queue: Mutex::new(Queue::default()),
-            done: Condvar::new(),
-        })
+        Ok(SmallChunks::new(env, db))
     }
 
     pub(crate) fn get(&self, hash: &Hash) -> std::io::Result<Option<Vec<u8>>> {

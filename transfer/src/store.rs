@@ -155,20 +155,7 @@ impl ChunkStore {
             "create chunk store directory {}",
             tmp.display()
         )))?;
-        let sync = GroupSync::new(&dir).map_err(io_err(format!(
-            "open chunk store directory {}",
-            dir.display()
-        )))?;
-        let small = SmallChunks::open(&dir.join(SMALL_DIR)).map_err(io_err(format!(
-            "open the small-chunk pack in {}",
-            dir.display()
-        )))?;
-        let store = ChunkStore {
-            dir,
-            sync: std::sync::Arc::new(sync),
-            small: std::sync::Arc::new(small),
-            direct: std::sync::Arc::new(AtomicBool::new(true)),
-        };
+        let store = ChunkStore::with_pack(dir, SmallChunks::open)?;
         store.remove_temp_files()?;
         Ok(store)
     }
@@ -177,12 +164,18 @@ impl ChunkStore {
     /// cleaned up and the pack is opened read-only, so `put` and `remove` of small chunks fail.
     /// For tests and inspection tools.
     pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let dir = dir.into();
+        ChunkStore::with_pack(dir.into(), SmallChunks::open_read_only)
+    }
+
+    fn with_pack(
+        dir: PathBuf,
+        open_pack: impl FnOnce(&Path) -> io::Result<SmallChunks>,
+    ) -> Result<Self, StoreError> {
         let sync = GroupSync::new(&dir).map_err(io_err(format!(
             "open chunk store directory {}",
             dir.display()
         )))?;
-        let small = SmallChunks::open_read_only(&dir.join(SMALL_DIR)).map_err(io_err(format!(
+        let small = open_pack(&dir.join(SMALL_DIR)).map_err(io_err(format!(
             "open the small-chunk pack in {}",
             dir.display()
         )))?;
