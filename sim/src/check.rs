@@ -26,7 +26,7 @@
 //! - aliases point to existing versions ([`check_aliases`]);
 //! - the audit log is an unbroken hash chain ([`check_audit_chain`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use quiver_node::domain::{Alias, Model, Stage, Version};
@@ -35,7 +35,7 @@ use quiver_node::state::AuditEntry;
 use crate::schedule::NodeId;
 
 /// A broken invariant: which one, and the evidence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Violation {
     pub kind: &'static str,
     pub detail: String,
@@ -411,25 +411,25 @@ impl DigestBook {
 /// Leaders seen per term (see the module docs: several per term are legal, so this counts).
 #[derive(Debug, Default)]
 pub struct LeaderBook {
-    leaders: BTreeMap<(u64, NodeId), ()>,
+    leaders: BTreeSet<(u64, NodeId)>,
 }
 
 impl LeaderBook {
     /// Node `leader` is leader in `term`.
     pub fn observe(&mut self, term: u64, leader: NodeId) {
-        self.leaders.insert((term, leader), ());
+        self.leaders.insert((term, leader));
     }
 
     /// Terms that had a leader.
     pub fn terms(&self) -> usize {
-        let mut terms: Vec<u64> = self.leaders.keys().map(|(term, _)| *term).collect();
+        let mut terms: Vec<u64> = self.leaders.iter().map(|(term, _)| *term).collect();
         terms.dedup();
         terms.len()
     }
 
     /// Terms in which more than one node led.
     pub fn shared_terms(&self) -> usize {
-        let terms: Vec<u64> = self.leaders.keys().map(|(term, _)| *term).collect();
+        let terms: Vec<u64> = self.leaders.iter().map(|(term, _)| *term).collect();
         terms.windows(2).filter(|w| w[0] == w[1]).count()
     }
 }

@@ -610,14 +610,6 @@ pub struct SimPeers {
 type BoxedResult<T> = Pin<Box<dyn Future<Output = Result<T, FetchError>> + Send>>;
 
 impl SimPeers {
-    pub fn me(&self) -> Endpoint {
-        self.me
-    }
-
-    pub fn net(&self) -> &Arc<ChunkNet> {
-        &self.net
-    }
-
     /// What node `server` answers for `chunk` when `self.me` asks (see the module docs).
     async fn serve(&self, server: NodeId, chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
         let peer = Endpoint::Node(server).addr();
@@ -747,6 +739,21 @@ mod tests {
         (net, corpus)
     }
 
+    /// Client `client` fetches every chunk of `corpus` from node `node` into a fresh store.
+    async fn pull(net: &Arc<ChunkNet>, client: u32, node: u64, corpus: &Corpus) -> SimStore {
+        let mine = SimStore::new(None);
+        fetch_all(
+            &net.peers(Endpoint::Client(client)),
+            &mine,
+            corpus.chunks(),
+            &[Endpoint::Node(node).addr()],
+            FetchOptions::default(),
+        )
+        .await
+        .unwrap();
+        mine
+    }
+
     fn fill(store: &SimStore, corpus: &Corpus) {
         for c in corpus.chunks() {
             store.put(&c.hash, &corpus.bytes(&c.hash).unwrap()).unwrap();
@@ -804,17 +811,7 @@ mod tests {
         let alone = {
             net.add_client(1, Place::new("eu", "a"));
             let t = Instant::now();
-            let mine = SimStore::new(None);
-            let peers = net.peers(Endpoint::Client(1));
-            fetch_all(
-                &peers,
-                &mine,
-                corpus.chunks(),
-                &[Endpoint::Node(1).addr()],
-                FetchOptions::default(),
-            )
-            .await
-            .unwrap();
+            let mine = pull(&net, 1, 1, &corpus).await;
             assert!(mine.holds_intact(corpus.chunks()));
             t.elapsed()
         };
@@ -824,23 +821,7 @@ mod tests {
         net.add_client(2, Place::new("eu", "a"));
         net.add_client(3, Place::new("eu", "a"));
         let t = Instant::now();
-        let pull = |id: u32| {
-            let peers = net.peers(Endpoint::Client(id));
-            let corpus = corpus.clone();
-            async move {
-                let mine = SimStore::new(None);
-                fetch_all(
-                    &peers,
-                    &mine,
-                    corpus.chunks(),
-                    &[Endpoint::Node(1).addr()],
-                    FetchOptions::default(),
-                )
-                .await
-                .unwrap();
-            }
-        };
-        tokio::join!(pull(2), pull(3));
+        tokio::join!(pull(&net, 2, 1, &corpus), pull(&net, 3, 1, &corpus));
         let both = t.elapsed();
         assert!(both >= wire * 2, "{both:?} < 2 x {wire:?}");
         assert!(both < alone * 3, "{both:?} vs alone {alone:?}");
@@ -860,17 +841,7 @@ mod tests {
         let empty = SimStore::new(None);
         net.add_node(2, Place::new("us", "a"), empty.clone());
         net.add_client(1, Place::new("us", "a"));
-        let peers = net.peers(Endpoint::Client(1));
-        let mine = SimStore::new(None);
-        fetch_all(
-            &peers,
-            &mine,
-            corpus.chunks(),
-            &[Endpoint::Node(2).addr()],
-            FetchOptions::default(),
-        )
-        .await
-        .unwrap();
+        let mine = pull(&net, 1, 2, &corpus).await;
         assert!(mine.holds_intact(corpus.chunks()));
         assert!(
             empty.holds_intact(corpus.chunks()),

@@ -77,8 +77,8 @@ pub const SIM_REGION: &str = "sim";
 /// Zones the nodes are spread over.
 pub const SIM_ZONES: u64 = 3;
 
-/// What the artifact side did, for the report.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the artifact side did, for the report (and, as `artifacts`, its JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChunkStats {
     pub uploads: u64,
     pub uploads_failed: u64,
@@ -86,6 +86,7 @@ pub struct ChunkStats {
     pub downloads_failed: u64,
     /// Downloads not attempted: the node was down or had not applied the version yet.
     pub downloads_skipped: u64,
+    #[serde(skip)]
     pub chunks_corrupted: u64,
     pub chunks_repaired: u64,
     /// Rotten (or vanished) copies the repair pass's scrub found.

@@ -42,8 +42,8 @@ pub const CLIENT_ATTEMPTS_MAX: u32 = 32;
 /// Pause before trying another node after a failure, drawn from this range (ms).
 pub const CLIENT_RETRY_PAUSE_MS: (u64, u64) = (20, 120);
 
-/// Counters of what the clients did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counters of what the clients did (and, as `ops`, the report's JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ClientStats {
     pub submitted: u64,
     pub acked: u64,

@@ -121,10 +121,6 @@ impl Cluster {
         data_root.join(format!("n{id}"))
     }
 
-    pub fn disk(&self, id: NodeId) -> Option<&Arc<SimDisk>> {
-        self.disks.get(&id)
-    }
-
     /// Unsynced log writes lost in crashes so far, over all nodes.
     pub fn log_writes_lost(&self) -> u64 {
         self.writes_lost.load(std::sync::atomic::Ordering::SeqCst)

@@ -50,6 +50,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
+use crate::chunks::{COPIES_REQUIRED, UPLOAD_CHUNKS_IN_FLIGHT};
 use crate::chunkstore::{Corpus, SimStore, CHUNK_BYTES_REAL, LOGICAL_BYTES_PER_BYTE};
 use crate::client::EPOCH_MS;
 use crate::cluster::Cluster;
@@ -76,10 +77,6 @@ pub const MODEL_BYTES_DEFAULT: u64 = 2_300_000_000;
 pub const NODES_DEFAULT: usize = 6;
 pub const REGIONS_DEFAULT: usize = 3;
 pub const REPLICAS_DEFAULT: usize = 100;
-/// The registration's write quorum.
-pub const WRITE_QUORUM: usize = 2;
-/// Chunks of the upload in flight at once (the upload service's).
-pub const UPLOAD_CHUNKS_IN_FLIGHT: usize = 4;
 /// A replica starts this long (at most, uniform) after the version is READY.
 pub const ARRIVAL_JITTER_MS: u64 = 1_000;
 /// Attempts of one replica's `fetch_all` (each resumes the last) before it gives up.
@@ -163,20 +160,12 @@ impl LoadConfig {
         REGION_NAMES[index % self.regions]
     }
 
-    /// Where node `id` (1-based) is.
+    /// Where node `id` (1-based) is: placed as replica `id - 1` would be.
     pub fn node_place(&self, id: NodeId) -> Place {
-        let i = (id - 1) as usize;
-        Place::new(
-            self.region(i),
-            format!(
-                "{}-{}",
-                self.region(i),
-                ZONES[(i / self.regions) % ZONES.len()]
-            ),
-        )
+        self.replica_place((id - 1) as usize)
     }
 
-    /// Where replica `j` (0-based) is.
+    /// Where replica `j` (0-based) is: regions round-robin, then zones within them.
     pub fn replica_place(&self, j: usize) -> Place {
         Place::new(
             self.region(j),
@@ -286,7 +275,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         store: origin_store,
         peers: net.peers(Endpoint::Node(origin)),
         targets: net.node_sources(origin),
-        copies_required: WRITE_QUORUM,
+        copies_required: COPIES_REQUIRED,
         background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
         planted: Default::default(),
     };
@@ -492,7 +481,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
             chunks: chunks.len(),
             scale: LOGICAL_BYTES_PER_BYTE,
             real_chunk_bytes: CHUNK_BYTES_REAL,
-            write_quorum: WRITE_QUORUM,
+            write_quorum: COPIES_REQUIRED,
             arrival: format!(
                 "every replica starts when the version is READY plus a seeded uniform jitter of 0..{ARRIVAL_JITTER_MS} ms; the baseline replays the same offsets after Quiver's phase and repair are done"
             ),

@@ -362,8 +362,8 @@ pub struct RunJson {
     pub wall_ms: u64,
     pub sim_s_per_wall_s: f64,
     pub converge_ms: Option<u64>,
-    pub ops: OpsJson,
-    pub artifacts: ArtifactsJson,
+    pub ops: ClientStats,
+    pub artifacts: ChunkStats,
     pub faults: FaultStats,
     /// Per leader kill: ms to the next acknowledged write proposed after it (`null`: none
     /// before the next kill).
@@ -379,7 +379,7 @@ pub struct RunJson {
     pub final_applied: Option<u64>,
     pub final_digest: String,
     pub log_writes_lost: u64,
-    pub violations: Vec<ViolationJson>,
+    pub violations: Vec<Violation>,
     pub violations_total: usize,
     pub trace_hash: String,
     pub trace_events: u64,
@@ -387,35 +387,6 @@ pub struct RunJson {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<String>,
     pub replay: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OpsJson {
-    pub submitted: u64,
-    pub acked: u64,
-    pub rejected: u64,
-    pub failed: u64,
-    pub acked_by_kind: BTreeMap<&'static str, u64>,
-}
-
-/// The artifact side of a chaos or failover run (`crate::chunks::ChunkStats`).
-#[derive(Debug, Serialize)]
-pub struct ArtifactsJson {
-    pub uploads: u64,
-    pub uploads_failed: u64,
-    pub downloads: u64,
-    pub downloads_failed: u64,
-    pub downloads_skipped: u64,
-    pub chunks_repaired: u64,
-    pub chunks_scrubbed_bad: u64,
-    /// From Raft convergence after healing to every holder holding every READY version intact.
-    pub replicated_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ViolationJson {
-    pub kind: &'static str,
-    pub detail: String,
 }
 
 /// A run report as JSON data.
@@ -437,23 +408,8 @@ pub fn run_json(r: &RunReport) -> RunJson {
         wall_ms: r.wall.as_millis() as u64,
         sim_s_per_wall_s: r.speed(),
         converge_ms: r.converge_ms,
-        ops: OpsJson {
-            submitted: r.clients.submitted,
-            acked: r.clients.acked,
-            rejected: r.clients.rejected,
-            failed: r.clients.failed,
-            acked_by_kind: r.clients.acked_by_kind.clone(),
-        },
-        artifacts: ArtifactsJson {
-            uploads: r.chunks.uploads,
-            uploads_failed: r.chunks.uploads_failed,
-            downloads: r.chunks.downloads,
-            downloads_failed: r.chunks.downloads_failed,
-            downloads_skipped: r.chunks.downloads_skipped,
-            chunks_repaired: r.chunks.chunks_repaired,
-            chunks_scrubbed_bad: r.chunks.chunks_scrubbed_bad,
-            replicated_ms: r.chunks.replicated_ms,
-        },
+        ops: r.clients.clone(),
+        artifacts: r.chunks.clone(),
         faults: f.clone(),
         failover_ms: r.failover_ms.clone(),
         failover_ms_p50: percentile(&recovered, 50.0),
@@ -467,14 +423,7 @@ pub fn run_json(r: &RunReport) -> RunJson {
         final_applied: r.final_applied,
         final_digest: r.final_digest.clone(),
         log_writes_lost: r.log_writes_lost,
-        violations: r
-            .violations
-            .iter()
-            .map(|v| ViolationJson {
-                kind: v.kind,
-                detail: v.detail.clone(),
-            })
-            .collect(),
+        violations: r.violations.clone(),
         violations_total: r.violations_total,
         trace_hash: r.trace_hash.clone(),
         trace_events: r.trace_events,
