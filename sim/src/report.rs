@@ -248,21 +248,69 @@ pub struct SeedOutcome {
 }
 
 /// The summary `quiver-sim sweep` prints after the per-seed lines.
+/// What a sweep's table and its JSON both count, over the seeds' outcomes.
+struct SweepTally<'a> {
+    reports: Vec<&'a RunReport>,
+    failed: Vec<&'a RunReport>,
+    /// Seeds whose run could not be carried out, and why.
+    errors: Vec<(u64, &'a String)>,
+    /// Every leader kill's recovery, over all runs.
+    failover: Vec<u64>,
+    /// Violations of the failed runs, by kind.
+    kinds: BTreeMap<&'static str, usize>,
+}
+
+impl<'a> SweepTally<'a> {
+    fn of(outcomes: &'a [SeedOutcome]) -> Self {
+        let reports: Vec<&RunReport> = outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().ok())
+            .collect();
+        let failed: Vec<&RunReport> = reports.iter().copied().filter(|r| !r.passed()).collect();
+        let errors = outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().err().map(|e| (o.seed, e)))
+            .collect();
+        let failover = reports
+            .iter()
+            .flat_map(|r| r.failover_recovered_ms())
+            .collect();
+        let mut kinds = BTreeMap::new();
+        for r in &failed {
+            for v in &r.violations {
+                *kinds.entry(v.kind).or_default() += 1;
+            }
+        }
+        SweepTally {
+            reports,
+            failed,
+            errors,
+            failover,
+            kinds,
+        }
+    }
+
+    /// Failed seeds, then seeds that could not run.
+    fn failing_seeds(&self) -> Vec<u64> {
+        self.failed
+            .iter()
+            .map(|r| r.config.seed)
+            .chain(self.errors.iter().map(|(seed, _)| *seed))
+            .collect()
+    }
+}
+
 pub fn sweep_summary(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration) -> String {
     let mut s = String::new();
-    let reports: Vec<&RunReport> = outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().ok())
-        .collect();
-    let failed: Vec<&RunReport> = reports.iter().copied().filter(|r| !r.passed()).collect();
-    let errors: Vec<(u64, &String)> = outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().err().map(|e| (o.seed, e)))
-        .collect();
-    let failover: Vec<u64> = reports
-        .iter()
-        .flat_map(|r| r.failover_recovered_ms())
-        .collect();
+    let tally = SweepTally::of(outcomes);
+    let seeds: Vec<String> = tally.failing_seeds().iter().map(u64::to_string).collect();
+    let SweepTally {
+        reports,
+        failed,
+        errors,
+        failover,
+        kinds,
+    } = tally;
     let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
     let _ = writeln!(
         s,
@@ -292,21 +340,10 @@ pub fn sweep_summary(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration)
         reports.iter().map(|r| r.clients.acked).sum::<u64>(),
         reports.iter().map(|r| r.version_count).sum::<u64>() as f64 / reports.len().max(1) as f64
     );
-    let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
-    for r in &failed {
-        for v in &r.violations {
-            *kinds.entry(v.kind).or_default() += 1;
-        }
-    }
     if !kinds.is_empty() {
         let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(s, "violations by kind: {}", list.join(", "));
     }
-    let seeds: Vec<String> = failed
-        .iter()
-        .map(|r| r.config.seed.to_string())
-        .chain(errors.iter().map(|(seed, _)| seed.to_string()))
-        .collect();
     let _ = writeln!(
         s,
         "failing seeds: {}",
@@ -463,36 +500,23 @@ pub struct SeedErrorJson {
 
 /// A sweep's outcomes as JSON data.
 pub fn sweep_json(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration) -> SweepJson {
-    let reports: Vec<&RunReport> = outcomes
-        .iter()
-        .filter_map(|o| o.result.as_ref().ok())
-        .collect();
-    let failed: Vec<&RunReport> = reports.iter().copied().filter(|r| !r.passed()).collect();
-    let run_errors: Vec<SeedErrorJson> = outcomes
-        .iter()
-        .filter_map(|o| {
-            o.result.as_ref().err().map(|e| SeedErrorJson {
-                seed: o.seed,
-                error: e.clone(),
-            })
+    let tally = SweepTally::of(outcomes);
+    let mut failing_seeds = tally.failing_seeds();
+    failing_seeds.sort_unstable();
+    let SweepTally {
+        reports,
+        failed,
+        errors,
+        failover,
+        kinds: violations_by_kind,
+    } = tally;
+    let run_errors: Vec<SeedErrorJson> = errors
+        .into_iter()
+        .map(|(seed, e)| SeedErrorJson {
+            seed,
+            error: e.clone(),
         })
         .collect();
-    let failover: Vec<u64> = reports
-        .iter()
-        .flat_map(|r| r.failover_recovered_ms())
-        .collect();
-    let mut violations_by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for r in &failed {
-        for v in &r.violations {
-            *violations_by_kind.entry(v.kind).or_default() += 1;
-        }
-    }
-    let mut failing_seeds: Vec<u64> = failed
-        .iter()
-        .map(|r| r.config.seed)
-        .chain(run_errors.iter().map(|e| e.seed))
-        .collect();
-    failing_seeds.sort_unstable();
     SweepJson {
         scenario: base.scenario.name(),
         nodes: base.nodes,
