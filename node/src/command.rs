@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use quiver_transfer::Manifest;
+use quiver_transfer::{Hash, Manifest};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
@@ -24,6 +24,15 @@ pub struct Command {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<RequestId>,
     pub op: Op,
+}
+
+/// One chunk of a small version, carried inside its `CreateVersion` (decision 0010).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineChunk {
+    pub hash: Hash,
+    /// The chunk's bytes, as hex in the JSON of the log and the state.
+    #[serde(with = "hex")]
+    pub data: Vec<u8>,
 }
 
 /// An opaque name unique per request. [`RequestId::random`] (what `Node::propose` uses) is 128
@@ -54,7 +63,7 @@ pub enum Op {
         remove_tags: Vec<String>,
     },
     /// The artifact's chunks are already durable where the proposer needs
-    /// them; the number is assigned at apply.
+    /// them, or travel in `inline_chunks`; the number is assigned at apply.
     CreateVersion {
         model: String,
         manifest: Manifest,
@@ -63,6 +72,12 @@ pub enum Op {
         metadata: VersionMetadata,
         tags: BTreeMap<String, String>,
         status: VersionStatus,
+        /// A small version's chunks, all of them, carried in the command itself (at most
+        /// `limits::INLINE_VERSION_BYTES_MAX` bytes): the log makes them durable on a majority
+        /// and apply keeps them in the state, so no chunk store holds them (decision 0010).
+        /// Empty: the chunks are in the chunk stores.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        inline_chunks: Vec<InlineChunk>,
     },
     SetVersionStatus {
         model: String,

@@ -25,6 +25,10 @@ pub mod limits {
     pub const ALIASES_PER_MODEL_MAX: usize = 64;
     pub const PAGE_SIZE_DEFAULT: usize = 100;
     pub const PAGE_SIZE_MAX: usize = 1000;
+    /// A version whose chunks total at most this many bytes travels inside its registration
+    /// command instead of through the chunk stores (decision 0010). Bounds a command's size:
+    /// a Raft entry of `WRITE_BATCH_MAX` (256) such commands is about 8 MiB of hex.
+    pub const INLINE_VERSION_BYTES_MAX: usize = 16 * 1024;
 }
 
 use limits::*;

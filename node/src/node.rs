@@ -220,6 +220,20 @@ impl Node {
         })
     }
 
+    /// Copies of a log entry that are durable once it is committed: the smallest majority among
+    /// the voter sets of the membership this node knows (two during a joint change).
+    pub fn commit_quorum(&self) -> usize {
+        let metrics = self.raft.metrics();
+        metrics
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .map(|voters| voters.len() / 2 + 1)
+            .min()
+            .unwrap_or(1)
+    }
+
     /// Proposes `op` as `actor` at the node's current time; returns the
     /// applied result, with a rejection mapped to its gRPC status. A follower
     /// forwards the command to the leader.

@@ -17,6 +17,7 @@
 //!   by model and number)
 //! - `request_log`: log index(be u64) request id → () (to forget ids older than
 //!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
+//! - `inline_chunks`: root hex              → every chunk of a small version (decision 0010)
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -28,7 +29,7 @@ use quiver_client::{Reference, VersionSelector};
 use quiver_transfer::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Op, RequestId, Response};
+use crate::command::{Command, InlineChunk, Op, RequestId, Response};
 use crate::domain::{self, limits, *};
 
 /// An error reading state: either the request names something that is not
@@ -94,9 +95,10 @@ pub struct RegistryApp {
     nodes: Table,
     requests: Table,
     request_log: Table,
+    inline_chunks: Table,
 }
 
-const TABLE_NAMES: [&str; 10] = [
+const TABLE_NAMES: [&str; 11] = [
     "models",
     "versions",
     "manifests",
@@ -107,6 +109,7 @@ const TABLE_NAMES: [&str; 10] = [
     "nodes",
     "requests",
     "request_log",
+    "inline_chunks",
 ];
 
 /// How long a request id is remembered, in log entries: a retried copy of a write arrives within
@@ -167,6 +170,55 @@ fn manifest_error(e: ManifestError) -> DomainError {
     DomainError::invalid("manifest", e.to_string())
 }
 
+/// A version's inline chunks are all of its chunks or none: each distinct chunk of the manifest
+/// exactly once, with bytes that hash to it, `INLINE_VERSION_BYTES_MAX` bytes at most.
+fn validate_inline_chunks(manifest: &Manifest, inline: &[InlineChunk]) -> Result<(), DomainError> {
+    if inline.is_empty() {
+        return Ok(());
+    }
+    let invalid = |message: String| DomainError::invalid("inline_chunks", message);
+    let total: usize = inline.iter().map(|c| c.data.len()).sum();
+    if total > limits::INLINE_VERSION_BYTES_MAX {
+        return Err(invalid(format!(
+            "{total} bytes inline; at most {} may travel in the command, send bigger versions \
+             through the chunk stores",
+            limits::INLINE_VERSION_BYTES_MAX
+        )));
+    }
+    let wanted: std::collections::BTreeSet<_> = manifest
+        .files
+        .iter()
+        .flat_map(|f| f.chunks.iter().map(|c| c.hash))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for chunk in inline {
+        if !wanted.contains(&chunk.hash) {
+            return Err(invalid(format!(
+                "chunk {} is not in the manifest",
+                chunk.hash
+            )));
+        }
+        if !seen.insert(chunk.hash) {
+            return Err(invalid(format!("chunk {} is given twice", chunk.hash)));
+        }
+        let actual = quiver_transfer::Hash::of(&chunk.data);
+        if actual != chunk.hash {
+            return Err(invalid(format!(
+                "the bytes given for chunk {} hash to {actual}",
+                chunk.hash
+            )));
+        }
+    }
+    if seen.len() != wanted.len() {
+        return Err(invalid(format!(
+            "{} of the manifest's {} chunks are given; give all or none",
+            seen.len(),
+            wanted.len()
+        )));
+    }
+    Ok(())
+}
+
 impl quiver_raft::App for RegistryApp {
     type Command = Command;
     type Response = Response;
@@ -188,6 +240,7 @@ impl quiver_raft::App for RegistryApp {
             nodes: open("nodes")?,
             requests: open("requests")?,
             request_log: open("request_log")?,
+            inline_chunks: open("inline_chunks")?,
         })
     }
 
@@ -250,7 +303,7 @@ impl quiver_raft::App for RegistryApp {
 }
 
 impl RegistryApp {
-    fn tables(&self) -> [&Table; 10] {
+    fn tables(&self) -> [&Table; 11] {
         [
             &self.models,
             &self.versions,
@@ -262,6 +315,7 @@ impl RegistryApp {
             &self.nodes,
             &self.requests,
             &self.request_log,
+            &self.inline_chunks,
         ]
     }
 
@@ -409,9 +463,11 @@ impl RegistryApp {
                 metadata,
                 tags,
                 status,
+                inline_chunks,
             } => {
                 let mut m = self.get_model(wtxn, model)?;
                 manifest.validate().map_err(manifest_error)?;
+                validate_inline_chunks(manifest, inline_chunks)?;
                 let root = manifest.root().to_hex();
                 if &root != manifest_root {
                     return Err(DomainError::invalid(
@@ -473,6 +529,10 @@ impl RegistryApp {
                 self.roots.put(wtxn, &root_key, &number.to_be_bytes())?;
                 self.manifests
                     .put(wtxn, root.as_bytes(), &encode(manifest)?)?;
+                if !inline_chunks.is_empty() {
+                    self.inline_chunks
+                        .put(wtxn, root.as_bytes(), &encode(inline_chunks)?)?;
+                }
                 Ok((
                     Response::Version(Box::new(version)),
                     format!("{model}/{number}"),
@@ -856,18 +916,38 @@ impl RegistryApp {
         Ok(out)
     }
 
-    /// Every READY version's manifest root, for repair: what this node
-    /// should hold. In key order, so repair walks versions deterministically.
+    /// Every READY version's manifest root whose chunks live in the chunk stores, for repair:
+    /// what this node should hold. Small versions whose chunks are in the state itself
+    /// (`inline_chunks`) are not listed: every node has them once it has applied them. In key
+    /// order, so repair walks versions deterministically.
     pub fn ready_manifest_roots(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<(String, u64, String)>> {
         let mut out = Vec::new();
         for row in self.versions.iter(rtxn)? {
             let (_, v) = row?;
             let v: Version = decode("version", v)?;
-            if v.status == VersionStatus::Ready {
+            if v.status == VersionStatus::Ready
+                && self
+                    .inline_chunks
+                    .get(rtxn, v.manifest_root.as_bytes())?
+                    .is_none()
+            {
                 out.push((v.model, v.number, v.manifest_root));
             }
         }
         Ok(out)
+    }
+
+    /// The chunks of the version with manifest `root` when they are kept in the state (a small
+    /// version, decision 0010); `None` when they are in the chunk stores.
+    pub fn inline_chunks(
+        &self,
+        rtxn: &RoTxn<'_>,
+        root: &str,
+    ) -> AppResult<Option<Vec<InlineChunk>>> {
+        self.inline_chunks
+            .get(rtxn, root.as_bytes())?
+            .map(|bytes| decode("inline chunks", bytes))
+            .transpose()
     }
 
     /// Every chunk some version's manifest refers to (what chunk GC keeps).
@@ -1035,6 +1115,7 @@ mod tests {
             },
             tags: BTreeMap::new(),
             status: VersionStatus::Ready,
+            inline_chunks: Vec::new(),
         }
     }
 
@@ -1080,6 +1161,89 @@ mod tests {
                 name: "nope".into()
             }
         );
+    }
+
+    fn with_inline(op: Op, chunks: Vec<InlineChunk>) -> Op {
+        match op {
+            Op::CreateVersion {
+                model,
+                manifest,
+                manifest_root,
+                signature,
+                metadata,
+                tags,
+                status,
+                ..
+            } => Op::CreateVersion {
+                model,
+                manifest,
+                manifest_root,
+                signature,
+                metadata,
+                tags,
+                status,
+                inline_chunks: chunks,
+            },
+            other => other,
+        }
+    }
+
+    fn inline(content: &[u8]) -> InlineChunk {
+        InlineChunk {
+            hash: Hash::of(content),
+            data: content.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_small_version_keeps_its_chunks_in_the_state_and_bad_inline_chunks_are_refused() {
+        let mut f = fixture();
+        f.apply(create_model("reco"));
+        let root = manifest(b"tiny").root().to_hex();
+        let v = version(f.apply(with_inline(
+            create_version("reco", b"tiny"),
+            vec![inline(b"tiny")],
+        )));
+        assert_eq!(v.number, 1);
+        let kept = f.read(|app, txn| app.inline_chunks(txn, &root).unwrap());
+        assert_eq!(kept, Some(vec![inline(b"tiny")]));
+        // Repair leaves it alone (every node has it by applying it); a chunk-store version is listed.
+        f.apply(create_version("reco", b"stored"));
+        let roots: Vec<String> = f.read(|app, txn| {
+            app.ready_manifest_roots(txn)
+                .unwrap()
+                .into_iter()
+                .map(|(_, _, root)| root)
+                .collect()
+        });
+        assert_eq!(roots, vec![manifest(b"stored").root().to_hex()]);
+        assert_eq!(
+            f.read(|app, txn| app.inline_chunks(txn, &roots[0]).unwrap()),
+            None
+        );
+
+        let before = f.digest();
+        let refused = |f: &mut Fixture, content: &[u8], chunks: Vec<InlineChunk>| {
+            let e = rejected(f.apply(with_inline(create_version("reco", content), chunks)));
+            match e {
+                DomainError::Invalid { field, message } => {
+                    assert_eq!(field, "inline_chunks", "{message}");
+                    message
+                }
+                other => panic!("expected an invalid inline_chunks, got {other:?}"),
+            }
+        };
+        // Bytes that do not hash to the chunk.
+        let mut rotten = inline(b"abc");
+        rotten.data = b"abd".to_vec();
+        assert!(refused(&mut f, b"abc", vec![rotten]).contains("hash to"));
+        // A chunk the manifest does not list, or one given twice.
+        assert!(refused(&mut f, b"abc", vec![inline(b"xyz")]).contains("not in the manifest"));
+        assert!(refused(&mut f, b"abc", vec![inline(b"abc"), inline(b"abc")]).contains("twice"));
+        // Over the size limit.
+        let big = vec![7u8; limits::INLINE_VERSION_BYTES_MAX + 1];
+        assert!(refused(&mut f, &big, vec![inline(&big)]).contains("at most"));
+        assert_eq!(f.digest(), before, "a refused command changes nothing");
     }
 
     #[test]

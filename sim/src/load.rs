@@ -333,6 +333,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
             },
             tags: BTreeMap::new(),
             status: VersionStatus::Ready,
+            inline_chunks: Vec::new(),
         },
     )
     .await?;

@@ -189,6 +189,7 @@ impl Pipeline {
             },
             tags: BTreeMap::new(),
             status: VersionStatus::Ready,
+            inline_chunks: Vec::new(),
         }
     }
 
@@ -379,6 +380,7 @@ mod tests {
             metadata: VersionMetadata::default(),
             tags: BTreeMap::new(),
             status: VersionStatus::Ready,
+            inline_chunks: Vec::new(),
         };
         let rejected = Response::Rejected(quiver_node::domain::DomainError::ModelNotFound {
             name: "m".into(),

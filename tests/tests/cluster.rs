@@ -309,6 +309,19 @@ fn a_fourth_node_catches_up_by_snapshot_and_serves_an_older_version() {
     let bundle = cluster.dir.path().join("w.bin");
     write_random_file(&bundle, 4 << 20, 31).unwrap();
     assert_eq!(register(&ep, "reco", &bundle), "reco/1");
+    // A small version travels inside its command (decision 0010): no chunk store holds it, the
+    // snapshot carries it to the new node.
+    let config = small_config(cluster.dir.path());
+    assert_eq!(register(&ep, "reco", &config), "reco/2");
+    let config_chunk = Hash::of(&std::fs::read(&config).unwrap());
+    for id in 1..=3 {
+        let store = ChunkStore::open_read_only(cluster.data_dir(id).join("chunks"))
+            .unwrap_or_else(|e| panic!("open node {id}'s chunk store: {e}"));
+        assert!(
+            !store.contains(&config_chunk),
+            "node {id}'s chunk store holds the small version's chunk"
+        );
+    }
     for i in 0..60 {
         quiver(CLI, &ep, &["model", "create", &format!("filler-{i:02}")]).ok();
     }
@@ -342,6 +355,12 @@ fn a_fourth_node_catches_up_by_snapshot_and_serves_an_older_version() {
     assert_eq!(
         hash_file(&out.join("w.bin")).unwrap(),
         hash_file(&bundle).unwrap()
+    );
+    let out = cluster.dir.path().join("dl-config");
+    download(&fourth.endpoint, "reco/2", &out).ok();
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(&config).unwrap()
     );
 }
 

@@ -9,6 +9,7 @@ use quiver_client::proto::{UploadHeader, VersionMetadata};
 use quiver_client::sdk::UploadFile;
 use quiver_client::Client;
 use quiver_tests::{hash_file, quiver, write_random_file, NodeProcess};
+use quiver_transfer::{ChunkStore, Hash};
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
 const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
@@ -640,4 +641,68 @@ async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version(
         hash_file(&out.join("w.bin")).unwrap(),
         hash_file(&file).unwrap()
     );
+}
+
+#[test]
+fn small_versions_travel_in_their_command_and_bigger_ones_through_the_chunk_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let node = NodeProcess::start(NODE, &data).unwrap();
+    quiver(CLI, &node.endpoint, &["model", "create", "reco"]).ok();
+
+    // 8 KiB of distinct bytes (a file twice counts once): under the 16 KiB inline limit.
+    let small = tmp.path().join("small");
+    write_random_file(&small.join("a.json"), 3 << 10, 1).unwrap();
+    std::fs::copy(small.join("a.json"), small.join("b.json")).unwrap();
+    write_random_file(&small.join("c.txt"), 5 << 10, 2).unwrap();
+    // 20 KiB: over it, so the chunk held back first must reach the store too.
+    let big = tmp.path().join("big");
+    write_random_file(&big.join("a.bin"), 10 << 10, 3).unwrap();
+    write_random_file(&big.join("b.bin"), 10 << 10, 4).unwrap();
+    let out = register(&node.endpoint, "reco", &[&small]).ok();
+    assert_eq!(out.stdout.lines().last(), Some("reco/1"));
+    let out = register(&node.endpoint, "reco", &[&big]).ok();
+    assert_eq!(out.stdout.lines().last(), Some("reco/2"));
+
+    let chunk = |path: &Path| Hash::of(&std::fs::read(path).unwrap());
+    let store = ChunkStore::open_read_only(data.join("chunks")).unwrap();
+    for file in ["a.json", "c.txt"] {
+        assert!(
+            !store.contains(&chunk(&small.join(file))),
+            "{file}'s chunk went to the chunk store"
+        );
+    }
+    for file in ["a.bin", "b.bin"] {
+        assert!(
+            store.contains(&chunk(&big.join(file))),
+            "{file}'s chunk is not in the chunk store"
+        );
+    }
+    drop(store);
+
+    // Both survive a restart and download byte for byte.
+    node.stop().unwrap();
+    let node = NodeProcess::start(NODE, &data).unwrap();
+    for (reference, dir, files) in [
+        ("reco/1", &small, &["a.json", "b.json", "c.txt"][..]),
+        ("reco/2", &big, &["a.bin", "b.bin"][..]),
+    ] {
+        let out = tmp
+            .path()
+            .join(format!("dl-{}", reference.replace('/', "-")));
+        let o = out.display().to_string();
+        quiver(
+            CLI,
+            &node.endpoint,
+            &["version", "download", reference, "--out", &o],
+        )
+        .ok();
+        for file in files {
+            assert_eq!(
+                std::fs::read(out.join(file)).unwrap(),
+                std::fs::read(dir.join(file)).unwrap(),
+                "{reference} {file}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! Memory per transfer is bounded by those queues, whatever the artifact's
 //! size.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,7 +15,7 @@ use futures::StreamExt;
 use quiver_client::proto::{self, upload_message::Kind, versions_server::Versions};
 use quiver_client::wire::manifest_to_proto;
 use quiver_transfer::{
-    validate_path, ChunkRef, Chunker, FileEntry, Hash, Manifest, FILES_PER_MANIFEST_MAX,
+    validate_path, ChunkRef, Chunker, FileEntry, Hash, Manifest, StoreError, FILES_PER_MANIFEST_MAX,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
 use super::{actor_of, consistency, invalid, parse_reference};
-use crate::command::{Op, Response as Applied};
+use crate::command::{InlineChunk, Op, Response as Applied};
+use crate::domain::limits::INLINE_VERSION_BYTES_MAX;
 use crate::domain::{
     self, validate_metadata, validate_name, validate_signature, validate_tags, DomainError,
     VersionStatus,
@@ -79,16 +80,32 @@ struct OpenFile {
 /// chunk durable in W copies (here and on peers) by the time `finish`
 /// returns. Chunks are written concurrently, at most `WRITE_QUEUE_DEPTH`
 /// in flight, so memory stays bounded.
+///
+/// A small version (chunks totalling at most `INLINE_VERSION_BYTES_MAX`) is
+/// held back instead and handed to `finish`'s caller, to travel inside the
+/// registration command (decision 0010); its first chunk past the limit
+/// sends everything held so far to the writer, and the upload goes on as
+/// any other.
 struct Ingest {
     files: Vec<FileEntry>,
     paths: BTreeSet<String>,
     current: Option<OpenFile>,
     to_writer: mpsc::Sender<(Hash, Bytes)>,
     writer: tokio::task::JoinHandle<Result<(), Status>>,
+    /// Chunks held back while the version may still travel inline; `None` once it cannot.
+    inline: Option<InlineHeld>,
+}
+
+#[derive(Default)]
+struct InlineHeld {
+    chunks: BTreeMap<Hash, Bytes>,
+    bytes: usize,
 }
 
 impl Ingest {
-    fn new(sink: ChunkSink) -> Self {
+    /// `inline`: whether a small version may travel inside its command (the cluster's commit
+    /// quorum makes at least W copies durable).
+    fn new(sink: ChunkSink, inline: bool) -> Self {
         let (to_writer, from_ingest) = mpsc::channel::<(Hash, Bytes)>(WRITE_QUEUE_DEPTH);
         let writer = tokio::spawn(async move {
             let mut writes = ReceiverStream::new(from_ingest)
@@ -108,6 +125,7 @@ impl Ingest {
             current: None,
             to_writer,
             writer,
+            inline: inline.then(InlineHeld::default),
         }
     }
 
@@ -156,12 +174,34 @@ impl Ingest {
         self.write(ready).await
     }
 
-    /// Hands completed chunks to the writer (at most `WRITE_QUEUE_DEPTH` wait).
+    /// Hands completed chunks to the writer (at most `WRITE_QUEUE_DEPTH` wait), or holds them
+    /// back while the version is small enough to travel inline.
     async fn write(&mut self, ready: Vec<(ChunkRef, Bytes)>) -> Result<(), Status> {
         for (chunk, bytes) in ready {
-            if self.to_writer.send((chunk.hash, bytes)).await.is_err() {
-                return Err(self.writer_failure().await);
+            if let Some(held) = &mut self.inline {
+                if held.chunks.contains_key(&chunk.hash) {
+                    continue;
+                }
+                if held.bytes + bytes.len() <= INLINE_VERSION_BYTES_MAX {
+                    held.bytes += bytes.len();
+                    held.chunks.insert(chunk.hash, bytes);
+                    continue;
+                }
+                // Too big to travel inline: what was held goes to the writer first.
+                let held = std::mem::take(&mut held.chunks);
+                self.inline = None;
+                for (hash, bytes) in held {
+                    self.send(hash, bytes).await?;
+                }
             }
+            self.send(chunk.hash, bytes).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, hash: Hash, bytes: Bytes) -> Result<(), Status> {
+        if self.to_writer.send((hash, bytes)).await.is_err() {
+            return Err(self.writer_failure().await);
         }
         Ok(())
     }
@@ -203,8 +243,9 @@ impl Ingest {
         }
     }
 
-    /// Closes the last file and waits until every chunk is durable.
-    async fn finish(mut self) -> Result<Manifest, Status> {
+    /// Closes the last file and waits until every chunk is durable, or returns the chunks of a
+    /// small version (all of them) to send inside its command.
+    async fn finish(mut self) -> Result<(Manifest, Vec<InlineChunk>), Status> {
         self.close_file().await?;
         drop(self.to_writer);
         match self.writer.await {
@@ -214,7 +255,19 @@ impl Ingest {
         }
         let mut files = self.files;
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Manifest { files })
+        let inline = self
+            .inline
+            .map(|held| {
+                held.chunks
+                    .into_iter()
+                    .map(|(hash, data)| InlineChunk {
+                        hash,
+                        data: data.to_vec(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((Manifest { files }, inline))
     }
 }
 
@@ -246,7 +299,9 @@ impl Versions for VersionsService {
             })
             .await?;
 
-        let mut ingest = Ingest::new(self.node.chunk_sink().await?);
+        let sink = self.node.chunk_sink().await?;
+        let inline = sink.copies_required <= self.node.commit_quorum();
+        let mut ingest = Ingest::new(sink, inline);
         let mut commit = None;
         while let Some(message) = stream.message().await? {
             match message.kind {
@@ -263,7 +318,7 @@ impl Versions for VersionsService {
         let commit = commit.ok_or_else(|| {
             Status::aborted("upload ended before its UploadCommit message; nothing was registered")
         })?;
-        let manifest = ingest.finish().await?;
+        let (manifest, inline_chunks) = ingest.finish().await?;
         manifest.validate().map_err(|e| bad_upload(e.to_string()))?;
         let root = manifest.root().to_hex();
         if !commit.manifest_root.is_empty() && commit.manifest_root != root {
@@ -281,6 +336,7 @@ impl Versions for VersionsService {
             metadata,
             tags,
             status: VersionStatus::Ready,
+            inline_chunks,
         };
         match self.node.propose(actor, op).await? {
             Applied::Version(v) => Ok(Response::new(version_to_proto(&v, Vec::new()))),
@@ -351,14 +407,24 @@ impl Versions for VersionsService {
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
         let r = request.into_inner();
         let reference = parse_reference(&r.reference)?;
-        let (version, manifest) = self
+        let (version, manifest, inline) = self
             .node
             .read(Consistency::Linearizable, |app, txn| {
                 let v = app.resolve(txn, &reference)?;
                 let m = app.manifest(txn, &v.manifest_root)?;
-                Ok((v, m))
+                let inline = app.inline_chunks(txn, &v.manifest_root)?;
+                Ok((v, m, inline))
             })
             .await?;
+        // A small version's chunks are in the state (decision 0010): at most
+        // INLINE_VERSION_BYTES_MAX bytes, served from memory.
+        let inline: Arc<BTreeMap<Hash, Vec<u8>>> = Arc::new(
+            inline
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.hash, c.data))
+                .collect(),
+        );
         if version.status != VersionStatus::Ready {
             return Err(invalid(DomainError::NotReady {
                 model: version.model.clone(),
@@ -401,8 +467,12 @@ impl Versions for VersionsService {
             let mut reads = futures::stream::iter(chunks)
                 .map(|(fi, ci, path, chunk)| {
                     let (store, peers, sources) = (store.clone(), peers.clone(), sources.clone());
+                    let inline = inline.clone();
                     async move {
-                        let result = read_chunk(&store, &peers, &sources, &chunk).await;
+                        let result = match inline.get(&chunk.hash) {
+                            Some(data) => inline_chunk(&chunk, data),
+                            None => read_chunk(&store, &peers, &sources, &chunk).await,
+                        };
                         (fi, ci, path, chunk, result)
                     }
                 })
@@ -431,5 +501,32 @@ impl Versions for VersionsService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A chunk kept in the state, checked like a chunk read from a store: bytes that no longer hash
+/// to the chunk are never served.
+fn inline_chunk(chunk: &ChunkRef, data: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if Hash::of(data) != chunk.hash {
+        return Err(StoreError::Corrupt { hash: chunk.hash });
+    }
+    Ok(data.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inline_chunk_that_no_longer_matches_its_hash_is_not_served() {
+        let chunk = ChunkRef {
+            hash: Hash::of(b"config"),
+            size_bytes: 6,
+        };
+        assert_eq!(inline_chunk(&chunk, b"config").unwrap(), b"config");
+        assert!(matches!(
+            inline_chunk(&chunk, b"cOnfig"),
+            Err(StoreError::Corrupt { hash }) if hash == chunk.hash
+        ));
     }
 }
