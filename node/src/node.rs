@@ -18,7 +18,7 @@ use crate::command::{Command, Op, RequestId, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, SystemClock};
 use crate::replication::{
-    repair_version, scrub_step, should_hold, ChunkSink, RepairState, Repaired,
+    repair_version, scrub_step, should_hold, ChunkSink, ReadThroughs, RepairState, Repaired,
     BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
 };
 use crate::service::{app_error, status_from_domain};
@@ -64,6 +64,8 @@ pub struct Node {
     chunk_server: ChunkServer,
     background_pushes: Arc<Semaphore>,
     pub repair: RepairState,
+    /// Downloads' fetches of chunks this node lacks, shared between downloads.
+    pub read_throughs: ReadThroughs,
     stop: watch::Sender<bool>,
 }
 
@@ -126,6 +128,7 @@ impl Node {
             chunk_server,
             background_pushes: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
             repair: RepairState::default(),
+            read_throughs: ReadThroughs::default(),
             stop,
         });
         node.announce()

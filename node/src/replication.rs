@@ -16,12 +16,14 @@
 //! [`PlantedBugs`] are the simulator's test-only switches that break this
 //! code on purpose (off by default, settable from no CLI or config).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_transfer::{
     fetch_all, ChunkPeers, ChunkRef, ChunkSource, ChunkStore, FetchError, FetchOptions, Hash,
@@ -147,15 +149,75 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     }
 }
 
-/// Reads one chunk for a download: locally if intact, else from peers.
-/// A corrupt local copy is removed and replaced by a verified one.
+/// One read-through fetch, shared by every download waiting for the same chunk. Its output is
+/// the fetch's error, if any, as text (a shared output must be `Clone`).
+type SharedFetch = Shared<BoxFuture<'static, Result<(), String>>>;
+
+/// The read-through fetches in flight on one node, by chunk: a download that misses a chunk
+/// another download is already fetching waits for that fetch and then reads the local copy,
+/// instead of fetching the same bytes from a peer again. (A fleet of replicas starting together
+/// on a node that lacks a version would otherwise pull every chunk once per replica.)
+#[derive(Clone, Default)]
+pub struct ReadThroughs {
+    in_flight: Arc<Mutex<BTreeMap<Hash, SharedFetch>>>,
+}
+
+impl ReadThroughs {
+    /// The fetch of `hash` in flight, or `start`'s, registered until it ends.
+    fn join_or_start<F>(&self, hash: Hash, start: impl FnOnce() -> F) -> SharedFetch
+    where
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(fetch) = in_flight.get(&hash) {
+            return fetch.clone();
+        }
+        let registry = self.in_flight.clone();
+        let fetch = start();
+        let fetch = async move {
+            let outcome = fetch.await;
+            // Gone before any waiter reads the store: a later miss starts a fetch of its own.
+            lock(&registry).remove(&hash);
+            outcome
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(hash, fetch.clone());
+        fetch
+    }
+
+    /// Chunks being fetched right now (for tests).
+    pub fn in_flight(&self) -> usize {
+        lock(&self.in_flight).len()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock leaves a map that is still consistent.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads one chunk for a download: locally if intact, else from peers (a fetch already in flight
+/// for it on this node, in `read_throughs`, is joined rather than repeated). A corrupt local copy
+/// is removed and replaced by a verified one.
 pub async fn read_chunk<S: ChunkSource + Clone, P: ChunkPeers>(
     store: &S,
     peers: &P,
     sources: &[SocketAddr],
     chunk: &ChunkRef,
+    read_throughs: &ReadThroughs,
 ) -> Result<Vec<u8>, StoreError> {
-    read_chunk_with(store, peers, sources, chunk, PlantedBugs::default()).await
+    read_chunk_with(
+        store,
+        peers,
+        sources,
+        chunk,
+        read_throughs,
+        PlantedBugs::default(),
+    )
+    .await
 }
 
 /// [`read_chunk`] with the simulator's test-only switches (see [`PlantedBugs`]).
@@ -165,6 +227,7 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
     peers: &P,
     sources: &[SocketAddr],
     chunk: &ChunkRef,
+    read_throughs: &ReadThroughs,
     planted: PlantedBugs,
 ) -> Result<Vec<u8>, StoreError> {
     let local = {
@@ -200,16 +263,28 @@ pub async fn read_chunk_with<S: ChunkSource + Clone, P: ChunkPeers>(
     if sources.is_empty() {
         return Err(cause);
     }
-    match fetch_all(
-        peers,
-        store,
-        std::slice::from_ref(chunk),
-        sources,
-        FetchOptions::default(),
-    )
-    .await
-    {
-        Ok(_) => {
+    let fetch = read_throughs.join_or_start(chunk.hash, || {
+        let (peers, store, sources, chunk) = (
+            peers.clone(),
+            store.clone(),
+            sources.to_vec(),
+            chunk.clone(),
+        );
+        async move {
+            fetch_all(
+                &peers,
+                &store,
+                std::slice::from_ref(&chunk),
+                &sources,
+                FetchOptions::default(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+    });
+    match fetch.await {
+        Ok(()) => {
             let s = store.clone();
             let hash = chunk.hash;
             StoreCall::start(move || s.get(&hash))
@@ -563,6 +638,76 @@ mod tests {
             .expect("the planted bug acks one copy");
     }
 
+    /// Peers that count fetches; each answers `good` after yielding once, so that concurrent
+    /// readers overlap with it.
+    #[derive(Clone)]
+    struct CountingPeers {
+        good: Arc<Vec<u8>>,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ChunkPeers for CountingPeers {
+        fn fetch_raw(
+            &self,
+            _peer: SocketAddr,
+            _chunk: &ChunkRef,
+        ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+            self.fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let good = self.good.to_vec();
+            async move {
+                tokio::task::yield_now().await;
+                Ok(good)
+            }
+        }
+
+        async fn push(&self, _: SocketAddr, _: &Hash, _: &[u8]) -> Result<(), FetchError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_downloads_missing_a_chunk_fetch_it_once() {
+        let good = b"weights".to_vec();
+        let chunk = ChunkRef {
+            hash: Hash::of(&good),
+            size_bytes: good.len() as u32,
+        };
+        let peers = CountingPeers {
+            good: Arc::new(good.clone()),
+            fetches: Arc::default(),
+        };
+        let store = MemoryChunkSource::default();
+        let read_throughs = ReadThroughs::default();
+        let sources = [peer(1), peer(2)];
+        let reads = (0..8).map(|_| read_chunk(&store, &peers, &sources, &chunk, &read_throughs));
+        for bytes in futures::future::join_all(reads).await {
+            assert_eq!(bytes.unwrap(), good);
+        }
+        assert_eq!(
+            peers.fetches.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "eight readers, one fetch"
+        );
+        assert_eq!(
+            read_throughs.in_flight(),
+            0,
+            "the finished fetch is forgotten"
+        );
+        // Each node has its own: another node's readers fetch for themselves.
+        let elsewhere = MemoryChunkSource::default();
+        read_chunk(
+            &elsewhere,
+            &peers,
+            &sources,
+            &chunk,
+            &ReadThroughs::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(peers.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn a_rotten_local_copy_is_replaced_unless_the_bug_is_planted() {
         let good = b"weights".to_vec();
@@ -580,11 +725,12 @@ mod tests {
             skip_chunk_verify: true,
             ..PlantedBugs::default()
         };
-        let bad = read_chunk_with(&store, &peers, &[peer(1)], &chunk, planted)
+        let read_throughs = ReadThroughs::default();
+        let bad = read_chunk_with(&store, &peers, &[peer(1)], &chunk, &read_throughs, planted)
             .await
             .unwrap();
         assert_ne!(bad, good, "the planted bug hands out the rotten copy");
-        let fixed = read_chunk(&store, &peers, &[peer(1)], &chunk)
+        let fixed = read_chunk(&store, &peers, &[peer(1)], &chunk, &read_throughs)
             .await
             .unwrap();
         assert_eq!(fixed, good);

@@ -47,7 +47,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quiver_node::replication::{read_chunk_with, PlantedBugs};
+use quiver_node::replication::{read_chunk_with, PlantedBugs, ReadThroughs};
 use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, FetchError, Hash, StoreError};
 use tokio::time::Instant;
 
@@ -243,6 +243,9 @@ struct EndpointState {
     up: bool,
     /// Nodes only.
     store: Option<SimStore>,
+    /// Nodes only: the read-through fetches in flight, shared by the node's clients as on a
+    /// real node (`Node::read_throughs`).
+    read_throughs: ReadThroughs,
     egress_free: Instant,
     ingress_free: Instant,
 }
@@ -330,6 +333,7 @@ impl ChunkNet {
                 place,
                 up: true,
                 store,
+                read_throughs: ReadThroughs::default(),
                 egress_free: now,
                 ingress_free: now,
             },
@@ -349,6 +353,11 @@ impl ChunkNet {
     pub fn set_up(&self, e: Endpoint, up: bool) {
         if let Some(state) = self.lock().endpoints.get_mut(&e) {
             state.up = up;
+            if !up {
+                // A node that goes down forgets its fetches in flight, as a stopped process
+                // would; fetches already joined finish (or fail) for their waiters.
+                state.read_throughs = ReadThroughs::default();
+            }
         }
         self.trace
             .record(format!("chunknet {e} {}", if up { "up" } else { "down" }));
@@ -388,6 +397,15 @@ impl ChunkNet {
             .endpoints
             .get(&Endpoint::Node(id))
             .and_then(|s| s.store.clone())
+    }
+
+    /// Node `id`'s read-throughs in flight (empty for an unknown node).
+    fn read_throughs(&self, id: NodeId) -> ReadThroughs {
+        self.lock()
+            .endpoints
+            .get(&Endpoint::Node(id))
+            .map(|s| s.read_throughs.clone())
+            .unwrap_or_default()
     }
 
     /// The nodes, in id order.
@@ -624,7 +642,16 @@ impl SimPeers {
         } else {
             let sources = self.net.node_sources(server);
             let server_peers = self.net.peers(Endpoint::Node(server));
-            read_chunk_with(&store, &server_peers, &sources, chunk, self.net.cfg.planted).await
+            let read_throughs = self.net.read_throughs(server);
+            read_chunk_with(
+                &store,
+                &server_peers,
+                &sources,
+                chunk,
+                &read_throughs,
+                self.net.cfg.planted,
+            )
+            .await
         };
         answer.map_err(|e| match e {
             StoreError::NotFound { hash } => FetchError::NotFound { peer, hash },

@@ -446,6 +446,7 @@ impl Versions for VersionsService {
             .map_err(|_| Status::cancelled("client went away"))?;
         let store = self.node.chunks.clone();
         let peers = self.node.peers.clone();
+        let read_throughs = self.node.read_throughs.clone();
         let sources = self.node.peer_chunk_addrs().await?;
         let node_id = self.node.config.node_id;
         let subject = format!("{}/{}", version.model, version.number);
@@ -467,11 +468,13 @@ impl Versions for VersionsService {
             let mut reads = futures::stream::iter(chunks)
                 .map(|(fi, ci, path, chunk)| {
                     let (store, peers, sources) = (store.clone(), peers.clone(), sources.clone());
-                    let inline = inline.clone();
+                    let (inline, read_throughs) = (inline.clone(), read_throughs.clone());
                     async move {
                         let result = match inline.get(&chunk.hash) {
                             Some(data) => inline_chunk(&chunk, data),
-                            None => read_chunk(&store, &peers, &sources, &chunk).await,
+                            None => {
+                                read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await
+                            }
                         };
                         (fi, ci, path, chunk, result)
                     }
