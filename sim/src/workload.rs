@@ -8,13 +8,15 @@
 //! Versions carry real artifacts: a seeded [`Corpus`] per registration (its own seed, so every
 //! version has its own chunks and root), of [`ARTIFACT_LOGICAL_BYTES`] at the chunk store's
 //! scale. The shell uploads it ([`Pipeline::take_artifact`]) before it proposes the version.
+//! One registration in [`INLINE_ONE_IN`] is a small version instead (a few KiB, decision 0010):
+//! its chunk travels inside the command, so there is nothing to upload.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_node::command::{Op, Response};
+use quiver_node::command::{InlineChunk, Op, Response};
 use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
-use quiver_transfer::Manifest;
+use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -28,6 +30,10 @@ pub const VERSIONS_REMEMBERED_MAX: usize = 64;
 /// Logical size of a registered artifact, drawn from this range: 1 to 6 chunks of 4 MiB
 /// (4 KiB of real bytes each, see `chunkstore`).
 pub const ARTIFACT_LOGICAL_BYTES: (u64, u64) = (1 << 20, 24 << 20);
+/// One registration in this many is a small version whose chunk rides in its command.
+pub const INLINE_ONE_IN: u32 = 4;
+/// Size of a small version's one file, drawn from this range (bytes).
+pub const INLINE_ARTIFACT_BYTES: (usize, usize) = (1, 4096);
 pub const ALIASES: [&str; 2] = ["champion", "challenger"];
 const STAGES: [Stage; 4] = [
     Stage::Experimental,
@@ -171,8 +177,14 @@ impl Pipeline {
 
     fn create_version(&mut self, model: String, seq: u64) -> Op {
         let label = format!("{}/{model}/{seq}", self.actor);
-        let (corpus, manifest) = artifact(&mut self.rng);
-        self.artifact = Some(Arc::new(corpus));
+        let (manifest, inline_chunks) = if self.rng.gen_ratio(1, INLINE_ONE_IN) {
+            self.artifact = None;
+            small_artifact(&mut self.rng)
+        } else {
+            let (corpus, manifest) = artifact(&mut self.rng);
+            self.artifact = Some(Arc::new(corpus));
+            (manifest, Vec::new())
+        };
         let mut metrics = BTreeMap::new();
         metrics.insert("auc".to_string(), self.rng.gen_range(0.5..1.0));
         Op::CreateVersion {
@@ -189,7 +201,7 @@ impl Pipeline {
             },
             tags: BTreeMap::new(),
             status: VersionStatus::Ready,
-            inline_chunks: Vec::new(),
+            inline_chunks,
         }
     }
 
@@ -291,6 +303,26 @@ pub fn artifact(rng: &mut impl Rng) -> (Corpus, Manifest) {
     (corpus, manifest)
 }
 
+/// A small version: one file of seeded bytes, its one chunk to send inline.
+pub fn small_artifact(rng: &mut impl Rng) -> (Manifest, Vec<InlineChunk>) {
+    let size = rng.gen_range(INLINE_ARTIFACT_BYTES.0..=INLINE_ARTIFACT_BYTES.1);
+    let mut data = vec![0u8; size];
+    rng.fill(&mut data[..]);
+    let hash = Hash::of(&data);
+    let manifest = Manifest {
+        files: vec![FileEntry {
+            path: "config.json".into(),
+            size_bytes: size as u64,
+            mode: 0o644,
+            chunks: vec![ChunkRef {
+                hash,
+                size_bytes: size as u32,
+            }],
+        }],
+    };
+    (manifest, vec![InlineChunk { hash, data }])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +342,10 @@ mod tests {
             chunk_counts.insert(m.chunk_count());
         }
         assert!(chunk_counts.len() > 5, "sizes vary: {chunk_counts:?}");
+        let (m, inline) = small_artifact(&mut rng);
+        m.validate().expect("valid small manifest");
+        assert_eq!(inline.len(), 1);
+        assert_eq!(Hash::of(&inline[0].data), m.files[0].chunks[0].hash);
     }
 
     #[test]
@@ -329,19 +365,29 @@ mod tests {
             let (_, op) = p.next_op();
             if let Op::CreateVersion {
                 model,
+                manifest,
                 manifest_root,
+                inline_chunks,
                 ..
             } = &op
             {
                 assert!(p.models.contains(model), "versions go to known models");
-                let corpus = p.take_artifact().expect("an artifact to upload");
-                let m = corpus.manifest().expect("manifest");
-                assert_eq!(
-                    &m.root().to_hex(),
-                    manifest_root,
-                    "the op names its artifact"
+                if inline_chunks.is_empty() {
+                    let corpus = p.take_artifact().expect("an artifact to upload");
+                    let m = corpus.manifest().expect("manifest");
+                    assert_eq!(
+                        &m.root().to_hex(),
+                        manifest_root,
+                        "the op names its artifact"
+                    );
+                } else {
+                    *kinds.entry("inline_version").or_default() += 1;
+                    assert_eq!(&manifest.root().to_hex(), manifest_root);
+                }
+                assert!(
+                    p.take_artifact().is_none(),
+                    "taken once, nothing for inline"
                 );
-                assert!(p.take_artifact().is_none(), "taken once");
                 p.learn(&Pipeline::expect(&op, None).expect("expectation"));
             }
             if let Op::SetStage { model, number, .. } | Op::SetAlias { model, number, .. } = &op {
@@ -368,6 +414,10 @@ mod tests {
         for kind in ["create_version", "set_stage", "set_alias"] {
             assert!(kinds.get(kind).copied().unwrap_or(0) > 10, "{kinds:?}");
         }
+        assert!(
+            kinds.get("inline_version").copied().unwrap_or(0) > 3,
+            "{kinds:?}"
+        );
     }
 
     #[test]
