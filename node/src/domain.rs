@@ -29,6 +29,10 @@ pub mod limits {
     /// command instead of through the chunk stores (decision 0010). Bounds a command's size:
     /// a Raft entry of `WRITE_BATCH_MAX` (256) such commands is about 8 MiB of hex.
     pub const INLINE_VERSION_BYTES_MAX: usize = 16 * 1024;
+    /// Past this many bytes of small versions kept in the state, nodes stop inlining (later
+    /// small versions go through the chunk stores): the state's snapshot, where these bytes
+    /// appear as hex, must stay well below its 2 GiB frame limit.
+    pub const INLINE_STATE_BYTES_MAX: u64 = 256 << 20;
 }
 
 use limits::*;

@@ -163,32 +163,61 @@ pub struct ReadThroughs {
 }
 
 impl ReadThroughs {
-    /// The fetch of `hash` in flight, or `start`'s, registered until it ends.
+    /// The fetch of `hash` in flight, or `start`'s, registered until it ends. The fetch runs as
+    /// a task of its own: it finishes (and is forgotten) even if every download waiting for it
+    /// goes away, and a panic in it fails its waiters instead of the next ones.
     fn join_or_start<F>(&self, hash: Hash, start: impl FnOnce() -> F) -> SharedFetch
     where
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
-        let mut in_flight = lock(&self.in_flight);
-        if let Some(fetch) = in_flight.get(&hash) {
-            return fetch.clone();
-        }
-        let registry = self.in_flight.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let shared = {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(fetch) = in_flight.get(&hash) {
+                return fetch.clone();
+            }
+            let shared = async move {
+                outcome.await.unwrap_or_else(|_| {
+                    Err("the read-through fetch stopped (panic or shutdown)".into())
+                })
+            }
+            .boxed()
+            .shared();
+            in_flight.insert(hash, shared.clone());
+            shared
+        };
+        // Spawned with the registry unlocked: `Forget` takes the lock when the task is dropped.
+        let forget = Forget {
+            registry: self.in_flight.clone(),
+            hash,
+        };
         let fetch = start();
-        let fetch = async move {
+        tokio::spawn(async move {
+            // Dropped when the fetch ends (before its waiters hear of it), panics or is dropped
+            // with the runtime: a later miss starts a fetch of its own.
+            let forget = forget;
             let outcome = fetch.await;
-            // Gone before any waiter reads the store: a later miss starts a fetch of its own.
-            lock(&registry).remove(&hash);
-            outcome
-        }
-        .boxed()
-        .shared();
-        in_flight.insert(hash, fetch.clone());
-        fetch
+            drop(forget);
+            let _ = done.send(outcome);
+        });
+        shared
     }
 
     /// Chunks being fetched right now (for tests).
     pub fn in_flight(&self) -> usize {
         lock(&self.in_flight).len()
+    }
+}
+
+/// Removes a fetch from its registry when dropped.
+struct Forget {
+    registry: Arc<Mutex<BTreeMap<Hash, SharedFetch>>>,
+    hash: Hash,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        lock(&self.registry).remove(&self.hash);
     }
 }
 
@@ -706,6 +735,87 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(peers.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// Peers whose first fetch panics; later ones answer `good`.
+    #[derive(Clone)]
+    struct PanickingOncePeers {
+        good: Arc<Vec<u8>>,
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl ChunkPeers for PanickingOncePeers {
+        fn fetch_raw(
+            &self,
+            _peer: SocketAddr,
+            _chunk: &ChunkRef,
+        ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
+            let first = self
+                .fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                == 0;
+            let good = self.good.to_vec();
+            async move {
+                assert!(!first, "planted panic in the first fetch");
+                Ok(good)
+            }
+        }
+
+        async fn push(&self, _: SocketAddr, _: &Hash, _: &[u8]) -> Result<(), FetchError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fetch_outlives_its_waiters_and_a_panicking_one_is_not_joined_again() {
+        let good = b"weights".to_vec();
+        let chunk = ChunkRef {
+            hash: Hash::of(&good),
+            size_bytes: good.len() as u32,
+        };
+        let sources = [peer(1)];
+        // Every download waiting for the fetch goes away: the fetch still finishes and is
+        // forgotten, and the chunk is stored.
+        let peers = CountingPeers {
+            good: Arc::new(good.clone()),
+            fetches: Arc::default(),
+        };
+        let store = MemoryChunkSource::default();
+        let read_throughs = ReadThroughs::default();
+        {
+            let read = read_chunk(&store, &peers, &sources, &chunk, &read_throughs);
+            futures::pin_mut!(read);
+            assert!(futures::poll!(read.as_mut()).is_pending());
+            assert_eq!(read_throughs.in_flight(), 1);
+        }
+        // The fetch's task runs on without anyone waiting (a few turns of the scheduler).
+        for _ in 0..100 {
+            if read_throughs.in_flight() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(read_throughs.in_flight(), 0, "the abandoned fetch finished");
+        assert!(store.contains(&chunk.hash), "and stored the chunk");
+        let again = read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await;
+        assert_eq!(again.unwrap(), good);
+        assert_eq!(peers.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // A fetch that panics fails its waiter and is forgotten: the next miss fetches anew.
+        let peers = PanickingOncePeers {
+            good: Arc::new(good.clone()),
+            fetches: Arc::default(),
+        };
+        let store = MemoryChunkSource::default();
+        let read_throughs = ReadThroughs::default();
+        let failed = read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await;
+        assert!(
+            matches!(failed, Err(StoreError::NotFound { .. })),
+            "{failed:?}"
+        );
+        assert_eq!(read_throughs.in_flight(), 0);
+        let fixed = read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await;
+        assert_eq!(fixed.unwrap(), good);
     }
 
     #[tokio::test]

@@ -17,7 +17,9 @@
 //!   by model and number)
 //! - `request_log`: log index(be u64) request id → () (to forget ids older than
 //!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
-//! - `inline_chunks`: root hex              → every chunk of a small version (decision 0010)
+//! - `inline_chunks`: root hex, chunk hash (32 bytes) → the chunk's raw bytes: every chunk of a
+//!   small version (decision 0010)
+//! - `meta`:      "inline_bytes"            → total bytes in `inline_chunks` (be u64)
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -123,6 +125,16 @@ fn key2(a: &str, b: &[u8]) -> Vec<u8> {
     k.extend_from_slice(a.as_bytes());
     k.push(0);
     k.extend_from_slice(b);
+    k
+}
+
+const INLINE_BYTES_KEY: &[u8] = b"inline_bytes";
+
+/// `inline_chunks` key: the manifest root (64 hex digits), then the chunk's hash.
+fn inline_key(root: &str, hash: &quiver_transfer::Hash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(root.len() + 32);
+    k.extend_from_slice(root.as_bytes());
+    k.extend_from_slice(&hash.0);
     k
 }
 
@@ -530,8 +542,18 @@ impl RegistryApp {
                 self.manifests
                     .put(wtxn, root.as_bytes(), &encode(manifest)?)?;
                 if !inline_chunks.is_empty() {
-                    self.inline_chunks
-                        .put(wtxn, root.as_bytes(), &encode(inline_chunks)?)?;
+                    let mut added = 0u64;
+                    for chunk in inline_chunks {
+                        self.inline_chunks.put(
+                            wtxn,
+                            &inline_key(&root, &chunk.hash),
+                            &chunk.data,
+                        )?;
+                        added += chunk.data.len() as u64;
+                    }
+                    let total = self.inline_bytes(wtxn)? + added;
+                    self.meta
+                        .put(wtxn, INLINE_BYTES_KEY, &total.to_be_bytes())?;
                 }
                 Ok((
                     Response::Version(Box::new(version)),
@@ -928,7 +950,8 @@ impl RegistryApp {
             if v.status == VersionStatus::Ready
                 && self
                     .inline_chunks
-                    .get(rtxn, v.manifest_root.as_bytes())?
+                    .prefix_iter(rtxn, v.manifest_root.as_bytes())?
+                    .next()
                     .is_none()
             {
                 out.push((v.model, v.number, v.manifest_root));
@@ -944,10 +967,32 @@ impl RegistryApp {
         rtxn: &RoTxn<'_>,
         root: &str,
     ) -> AppResult<Option<Vec<InlineChunk>>> {
-        self.inline_chunks
-            .get(rtxn, root.as_bytes())?
-            .map(|bytes| decode("inline chunks", bytes))
-            .transpose()
+        let mut chunks = Vec::new();
+        for row in self.inline_chunks.prefix_iter(rtxn, root.as_bytes())? {
+            let (key, data) = row?;
+            let hash = key
+                .get(root.len()..)
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .ok_or_else(|| {
+                    AppError::Storage(anyhow::anyhow!("inline_chunks table: malformed key"))
+                })?;
+            chunks.push(InlineChunk {
+                hash: quiver_transfer::Hash(hash),
+                data: data.to_vec(),
+            });
+        }
+        Ok((!chunks.is_empty()).then_some(chunks))
+    }
+
+    /// Bytes of every small version's chunks kept in the state (they count against the
+    /// snapshot's size; proposers stop inlining at `INLINE_STATE_BYTES_MAX`).
+    pub fn inline_bytes(&self, rtxn: &RoTxn<'_>) -> AppResult<u64> {
+        Ok(match self.meta.get(rtxn, INLINE_BYTES_KEY)? {
+            Some(bytes) => u64::from_be_bytes(bytes.try_into().map_err(|_| {
+                AppError::Storage(anyhow::anyhow!("meta table: malformed inline_bytes"))
+            })?),
+            None => 0,
+        })
     }
 
     /// Every chunk some version's manifest refers to (what chunk GC keeps).
@@ -1207,6 +1252,7 @@ mod tests {
         assert_eq!(v.number, 1);
         let kept = f.read(|app, txn| app.inline_chunks(txn, &root).unwrap());
         assert_eq!(kept, Some(vec![inline(b"tiny")]));
+        assert_eq!(f.read(|app, txn| app.inline_bytes(txn).unwrap()), 4);
         // Repair leaves it alone (every node has it by applying it); a chunk-store version is listed.
         f.apply(create_version("reco", b"stored"));
         let roots: Vec<String> = f.read(|app, txn| {
@@ -1243,7 +1289,69 @@ mod tests {
         // Over the size limit.
         let big = vec![7u8; limits::INLINE_VERSION_BYTES_MAX + 1];
         assert!(refused(&mut f, &big, vec![inline(&big)]).contains("at most"));
+        // Some of the manifest's chunks but not all.
+        let mut two = manifest(b"first");
+        two.files.insert(
+            0,
+            FileEntry {
+                path: "second.bin".into(),
+                size_bytes: 6,
+                mode: 0o644,
+                chunks: vec![ChunkRef {
+                    hash: Hash::of(b"second"),
+                    size_bytes: 6,
+                }],
+            },
+        );
+        let partial = match with_inline(create_version("reco", b"first"), vec![inline(b"first")]) {
+            Op::CreateVersion {
+                model,
+                signature,
+                metadata,
+                tags,
+                status,
+                inline_chunks,
+                ..
+            } => Op::CreateVersion {
+                model,
+                manifest_root: two.root().to_hex(),
+                manifest: two,
+                signature,
+                metadata,
+                tags,
+                status,
+                inline_chunks,
+            },
+            other => other,
+        };
+        match rejected(f.apply(partial)) {
+            DomainError::Invalid { field, message } => {
+                assert_eq!(field, "inline_chunks");
+                assert!(
+                    message.contains("1 of the manifest's 2 chunks"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected an invalid inline_chunks, got {other:?}"),
+        }
         assert_eq!(f.digest(), before, "a refused command changes nothing");
+        assert_eq!(f.read(|app, txn| app.inline_bytes(txn).unwrap()), 4);
+    }
+
+    #[test]
+    fn a_command_without_inline_chunks_encodes_as_before_and_decodes() {
+        // Log entries written before the field existed have no `inline_chunks`: they decode
+        // with none, and a command without any encodes without the field.
+        let op = create_version("reco", b"one");
+        let json = serde_json::to_string(&op).unwrap();
+        assert!(!json.contains("inline_chunks"), "{json}");
+        match serde_json::from_str::<Op>(&json).unwrap() {
+            Op::CreateVersion { inline_chunks, .. } => assert!(inline_chunks.is_empty()),
+            other => panic!("decoded {other:?}"),
+        }
+        let with = with_inline(op, vec![inline(b"one")]);
+        let json = serde_json::to_string(&with).unwrap();
+        assert!(json.contains(&hex::encode(b"one")), "bytes as hex: {json}");
     }
 
     #[test]

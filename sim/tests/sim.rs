@@ -247,7 +247,7 @@ fn the_false_rejection_checker_finds_retries_without_request_ids_and_passes_with
     let clean = assert_plant_is_found(
         &base,
         Plant::RetryWithoutRequestId,
-        SeedRange { start: 2, end: 6 },
+        SeedRange { start: 1, end: 9 },
         &["false-rejection"],
     );
     assert!(

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
 use super::{actor_of, consistency, invalid, parse_reference};
 use crate::command::{InlineChunk, Op, Response as Applied};
-use crate::domain::limits::INLINE_VERSION_BYTES_MAX;
+use crate::domain::limits::{INLINE_STATE_BYTES_MAX, INLINE_VERSION_BYTES_MAX};
 use crate::domain::{
     self, validate_metadata, validate_name, validate_signature, validate_tags, DomainError,
     VersionStatus,
@@ -271,6 +271,14 @@ impl Ingest {
     }
 }
 
+impl VersionsService {
+    /// Whether a small version sent in its command is durable in W copies once committed: the
+    /// commit quorum this node knows covers the write quorum (decision 0010).
+    fn inline_keeps_w(&self, sink: &ChunkSink) -> bool {
+        sink.copies_required <= self.node.commit_quorum()
+    }
+}
+
 #[tonic::async_trait]
 impl Versions for VersionsService {
     async fn register_version(
@@ -293,15 +301,17 @@ impl Versions for VersionsService {
         validate_metadata(&metadata).map_err(invalid)?;
         validate_tags("tags", &tags).map_err(invalid)?;
         // Fail before taking any bytes if the model is unknown; apply checks again.
-        self.node
+        let inline_bytes = self
+            .node
             .read(Consistency::Stale, |app, txn| {
-                app.get_model(txn, &header.model)
+                app.get_model(txn, &header.model)?;
+                app.inline_bytes(txn)
             })
             .await?;
 
         let sink = self.node.chunk_sink().await?;
-        let inline = sink.copies_required <= self.node.commit_quorum();
-        let mut ingest = Ingest::new(sink, inline);
+        let inline = self.inline_keeps_w(&sink) && inline_bytes < INLINE_STATE_BYTES_MAX;
+        let mut ingest = Ingest::new(sink.clone(), inline);
         let mut commit = None;
         while let Some(message) = stream.message().await? {
             match message.kind {
@@ -318,7 +328,13 @@ impl Versions for VersionsService {
         let commit = commit.ok_or_else(|| {
             Status::aborted("upload ended before its UploadCommit message; nothing was registered")
         })?;
-        let (manifest, inline_chunks) = ingest.finish().await?;
+        let (manifest, mut inline_chunks) = ingest.finish().await?;
+        if !inline_chunks.is_empty() && !self.inline_keeps_w(&sink) {
+            // The membership changed during the upload: the log no longer makes W copies.
+            for chunk in std::mem::take(&mut inline_chunks) {
+                sink.put(chunk.hash, Bytes::from(chunk.data)).await?;
+            }
+        }
         manifest.validate().map_err(|e| bad_upload(e.to_string()))?;
         let root = manifest.root().to_hex();
         if !commit.manifest_root.is_empty() && commit.manifest_root != root {
