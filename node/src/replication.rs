@@ -668,11 +668,26 @@ mod tests {
     }
 
     /// Peers that count fetches; each answers `good` after yielding once, so that concurrent
-    /// readers overlap with it.
+    /// readers overlap with it. With `panic_first`, the first fetch panics instead.
     #[derive(Clone)]
     struct CountingPeers {
         good: Arc<Vec<u8>>,
         fetches: Arc<std::sync::atomic::AtomicUsize>,
+        panic_first: bool,
+    }
+
+    impl CountingPeers {
+        fn new(good: &[u8], panic_first: bool) -> Self {
+            CountingPeers {
+                good: Arc::new(good.to_vec()),
+                fetches: Arc::default(),
+                panic_first,
+            }
+        }
+
+        fn fetches(&self) -> usize {
+            self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+        }
     }
 
     impl ChunkPeers for CountingPeers {
@@ -681,10 +696,14 @@ mod tests {
             _peer: SocketAddr,
             _chunk: &ChunkRef,
         ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
-            self.fetches
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let first = self
+                .fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                == 0;
+            let panic = first && self.panic_first;
             let good = self.good.to_vec();
             async move {
+                assert!(!panic, "planted panic in the first fetch");
                 tokio::task::yield_now().await;
                 Ok(good)
             }
@@ -695,17 +714,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn concurrent_downloads_missing_a_chunk_fetch_it_once() {
+    fn weights() -> (Vec<u8>, ChunkRef) {
         let good = b"weights".to_vec();
         let chunk = ChunkRef {
             hash: Hash::of(&good),
             size_bytes: good.len() as u32,
         };
-        let peers = CountingPeers {
-            good: Arc::new(good.clone()),
-            fetches: Arc::default(),
-        };
+        (good, chunk)
+    }
+
+    #[tokio::test]
+    async fn concurrent_downloads_missing_a_chunk_fetch_it_once() {
+        let (good, chunk) = weights();
+        let peers = CountingPeers::new(&good, false);
         let store = MemoryChunkSource::default();
         let read_throughs = ReadThroughs::default();
         let sources = [peer(1), peer(2)];
@@ -713,11 +734,7 @@ mod tests {
         for bytes in futures::future::join_all(reads).await {
             assert_eq!(bytes.unwrap(), good);
         }
-        assert_eq!(
-            peers.fetches.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "eight readers, one fetch"
-        );
+        assert_eq!(peers.fetches(), 1, "eight readers, one fetch");
         assert_eq!(
             read_throughs.in_flight(),
             0,
@@ -734,52 +751,16 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(peers.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
-    }
-
-    /// Peers whose first fetch panics; later ones answer `good`.
-    #[derive(Clone)]
-    struct PanickingOncePeers {
-        good: Arc<Vec<u8>>,
-        fetches: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl ChunkPeers for PanickingOncePeers {
-        fn fetch_raw(
-            &self,
-            _peer: SocketAddr,
-            _chunk: &ChunkRef,
-        ) -> impl Future<Output = Result<Vec<u8>, FetchError>> + Send {
-            let first = self
-                .fetches
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                == 0;
-            let good = self.good.to_vec();
-            async move {
-                assert!(!first, "planted panic in the first fetch");
-                Ok(good)
-            }
-        }
-
-        async fn push(&self, _: SocketAddr, _: &Hash, _: &[u8]) -> Result<(), FetchError> {
-            Ok(())
-        }
+        assert_eq!(peers.fetches(), 2);
     }
 
     #[tokio::test]
     async fn a_fetch_outlives_its_waiters_and_a_panicking_one_is_not_joined_again() {
-        let good = b"weights".to_vec();
-        let chunk = ChunkRef {
-            hash: Hash::of(&good),
-            size_bytes: good.len() as u32,
-        };
+        let (good, chunk) = weights();
         let sources = [peer(1)];
         // Every download waiting for the fetch goes away: the fetch still finishes and is
         // forgotten, and the chunk is stored.
-        let peers = CountingPeers {
-            good: Arc::new(good.clone()),
-            fetches: Arc::default(),
-        };
+        let peers = CountingPeers::new(&good, false);
         let store = MemoryChunkSource::default();
         let read_throughs = ReadThroughs::default();
         {
@@ -799,13 +780,10 @@ mod tests {
         assert!(store.contains(&chunk.hash), "and stored the chunk");
         let again = read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await;
         assert_eq!(again.unwrap(), good);
-        assert_eq!(peers.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(peers.fetches(), 1);
 
         // A fetch that panics fails its waiter and is forgotten: the next miss fetches anew.
-        let peers = PanickingOncePeers {
-            good: Arc::new(good.clone()),
-            fetches: Arc::default(),
-        };
+        let peers = CountingPeers::new(&good, true);
         let store = MemoryChunkSource::default();
         let read_throughs = ReadThroughs::default();
         let failed = read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await;

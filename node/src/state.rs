@@ -1208,29 +1208,11 @@ mod tests {
         );
     }
 
-    fn with_inline(op: Op, chunks: Vec<InlineChunk>) -> Op {
-        match op {
-            Op::CreateVersion {
-                model,
-                manifest,
-                manifest_root,
-                signature,
-                metadata,
-                tags,
-                status,
-                ..
-            } => Op::CreateVersion {
-                model,
-                manifest,
-                manifest_root,
-                signature,
-                metadata,
-                tags,
-                status,
-                inline_chunks: chunks,
-            },
-            other => other,
+    fn with_inline(mut op: Op, chunks: Vec<InlineChunk>) -> Op {
+        if let Op::CreateVersion { inline_chunks, .. } = &mut op {
+            *inline_chunks = chunks;
         }
+        op
     }
 
     fn inline(content: &[u8]) -> InlineChunk {
@@ -1303,27 +1285,16 @@ mod tests {
                 }],
             },
         );
-        let partial = match with_inline(create_version("reco", b"first"), vec![inline(b"first")]) {
-            Op::CreateVersion {
-                model,
-                signature,
-                metadata,
-                tags,
-                status,
-                inline_chunks,
-                ..
-            } => Op::CreateVersion {
-                model,
-                manifest_root: two.root().to_hex(),
-                manifest: two,
-                signature,
-                metadata,
-                tags,
-                status,
-                inline_chunks,
-            },
-            other => other,
-        };
+        let mut partial = with_inline(create_version("reco", b"first"), vec![inline(b"first")]);
+        if let Op::CreateVersion {
+            manifest,
+            manifest_root,
+            ..
+        } = &mut partial
+        {
+            *manifest_root = two.root().to_hex();
+            *manifest = two;
+        }
         match rejected(f.apply(partial)) {
             DomainError::Invalid { field, message } => {
                 assert_eq!(field, "inline_chunks");
