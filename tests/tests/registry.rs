@@ -679,6 +679,11 @@ fn small_versions_travel_in_their_command_and_bigger_ones_through_the_chunk_stor
         );
     }
     drop(store);
+    // `quiver status` reports them beside the chunk count: 3 KiB + 5 KiB (b.json is a.json).
+    let status = quiver(CLI, &node.endpoint, &["status", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(status["inline_bytes"], 8 << 10, "{status}");
 
     // Both survive a restart and download byte for byte.
     node.stop().unwrap();

@@ -97,6 +97,8 @@ pub struct StatusView {
     pub last_applied_index: u64,
     pub last_log_index: u64,
     pub chunk_count: u64,
+    /// Bytes of small versions kept in the replicated state (not in `chunk_count`).
+    pub inline_bytes: u64,
     pub data_dir: String,
     pub state_digest: String,
     pub region: String,
@@ -236,6 +238,7 @@ impl From<&NodeStatusResponse> for StatusView {
             last_applied_index: status.last_applied_index,
             last_log_index: status.last_log_index,
             chunk_count: status.chunk_count,
+            inline_bytes: status.inline_bytes,
             data_dir: status.data_dir.clone(),
             state_digest: status.state_digest.clone(),
             region: status.region.clone(),
@@ -543,6 +546,13 @@ impl StatusView {
             ("last applied", self.last_applied_index.to_string()),
             ("last log index", self.last_log_index.to_string()),
             ("chunks", self.chunk_count.to_string()),
+            (
+                "small versions",
+                format!(
+                    "{} in the state, not in chunks",
+                    HumanBytes(self.inline_bytes)
+                ),
+            ),
             ("data dir", or_dash(&self.data_dir)),
             (
                 "region/zone",

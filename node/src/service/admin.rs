@@ -76,9 +76,11 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::internal(format!("count chunks: {e}")))?
             .map_err(|e| Status::internal(format!("count chunks: {e}")))?;
-        let state_digest = self
+        let (state_digest, inline_bytes) = self
             .node
-            .read(Consistency::Stale, |app, txn| app.digest(txn))
+            .read(Consistency::Stale, |app, txn| {
+                Ok((app.digest(txn)?, app.inline_bytes(txn)?))
+            })
             .await?;
         Ok(Response::new(proto::NodeStatusResponse {
             node_id: m.id,
@@ -94,6 +96,7 @@ impl Admin for AdminService {
             zone: self.node.config.zone.clone(),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
+            inline_bytes,
         }))
     }
 
