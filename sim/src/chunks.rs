@@ -11,7 +11,8 @@
 //! - **Download** ([`Chunks::download_loop`]): simulated serving clients pull acknowledged
 //!   versions through a random node: the manifest from that node's applied state, every chunk
 //!   through the network from that node, which answers with the real `read_chunk` (read-through
-//!   from its peers for a chunk it lacks or holds rotten). What the client was handed is judged
+//!   from its peers for a chunk it lacks or holds rotten); a small version's chunks from the
+//!   node's applied state (`inline_chunks`), as its download service serves them. What the client was handed is judged
 //!   by [`check_download`] against the bytes that were uploaded.
 //! - **Repair** ([`Chunks::repair_loop`]): every [`REPAIR_INTERVAL`], each up node runs the
 //!   production pass over its READY versions (`Node::repair_once`'s steps): `should_hold`,
@@ -83,6 +84,8 @@ pub struct ChunkStats {
     pub uploads: u64,
     pub uploads_failed: u64,
     pub downloads: u64,
+    /// Of `downloads`: small versions, served from the node's state (decision 0010).
+    pub downloads_inline: u64,
     pub downloads_failed: u64,
     /// Downloads not attempted: the node was down or had not applied the version yet.
     pub downloads_skipped: u64,
@@ -250,6 +253,42 @@ impl Chunks {
             },
         );
         Ok(())
+    }
+
+    /// A client was told small version `label` (manifest `root`, its chunks `inline` in the
+    /// command, decision 0010) is registered: no chunk store holds it, so there are no copies to
+    /// count; downloaders find it from now on and check what nodes serve from their state.
+    pub fn on_inline_version_acked(
+        &self,
+        label: String,
+        manifest: &Manifest,
+        inline: &[quiver_node::command::InlineChunk],
+    ) {
+        let bytes: BTreeMap<Hash, &[u8]> =
+            inline.iter().map(|c| (c.hash, c.data.as_slice())).collect();
+        let truth = manifest
+            .files
+            .iter()
+            .map(|f| {
+                let whole: Vec<u8> = f
+                    .chunks
+                    .iter()
+                    .filter_map(|c| bytes.get(&c.hash))
+                    .flat_map(|b| b.iter().copied())
+                    .collect();
+                FileTruth::of(&f.path, &whole)
+            })
+            .collect();
+        let root = manifest.root().to_hex();
+        let mut state = self.lock();
+        state.uploaded.insert(
+            root.clone(),
+            Uploaded {
+                chunks: manifest_chunks(manifest),
+                truth,
+            },
+        );
+        state.acked.push((label, root));
     }
 
     /// Intact copies of each of `chunks` over every store.
@@ -455,10 +494,16 @@ impl Chunks {
     ) {
         let what = format!("download c{client} {label} via n{node}");
         let manifest = cluster.handle(node).map(|n| {
-            n.read_applied(|app, rtxn| app.manifest(rtxn, root).map_err(|e| anyhow::anyhow!("{e}")))
+            n.read_applied(|app, rtxn| {
+                let manifest = app.manifest(rtxn, root);
+                let inline = app.inline_chunks(rtxn, root);
+                manifest
+                    .and_then(|m| Ok((m, inline?)))
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            })
         });
-        let manifest = match manifest {
-            Some(Ok((_, m))) => m,
+        let (manifest, inline) = match manifest {
+            Some(Ok((_, found))) => found,
             Some(Err(_)) | None => {
                 self.lock().stats.downloads_skipped += 1;
                 self.trace.record(format!(
@@ -468,10 +513,21 @@ impl Chunks {
             }
         };
         let server = Endpoint::Node(node).addr();
+        // A small version's chunks come from the node's state, as its download service serves
+        // them (decision 0010); the others through the network from the node's store.
+        let inline: BTreeMap<Hash, Vec<u8>> = inline
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.hash, c.data))
+            .collect();
         let mut files = Vec::new();
         for file in &manifest.files {
             let mut bytes = Vec::with_capacity(file.size_bytes as usize);
             for chunk in &file.chunks {
+                if let Some(data) = inline.get(&chunk.hash) {
+                    bytes.extend_from_slice(data);
+                    continue;
+                }
                 match peers.fetch_raw(server, chunk).await {
                     Ok(data) => bytes.extend_from_slice(&data),
                     Err(e) => {
@@ -497,6 +553,9 @@ impl Chunks {
             manifest.chunk_count()
         ));
         state.stats.downloads += 1;
+        if !inline.is_empty() {
+            state.stats.downloads_inline += 1;
+        }
         state.violations.extend(found);
     }
 

@@ -186,8 +186,17 @@ impl Clients {
                             root,
                         } = &expect
                         {
-                            self.chunks
-                                .on_version_acked(root_label(model, *number, root), root);
+                            let label = root_label(model, *number, root);
+                            match &cmd.op {
+                                Op::CreateVersion {
+                                    manifest,
+                                    inline_chunks,
+                                    ..
+                                } if !inline_chunks.is_empty() => self
+                                    .chunks
+                                    .on_inline_version_acked(label, manifest, inline_chunks),
+                                _ => self.chunks.on_version_acked(label, root),
+                            }
                         }
                         self.trace
                             .record(format!("c{} #{seq} ack {expect} via n{node}", p.id));

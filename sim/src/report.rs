@@ -123,11 +123,13 @@ impl RunReport {
         let k = &self.chunks;
         let _ = writeln!(
             s,
-            "artifacts: {} uploads ({} failed), {} downloads checked ({} failed, {} skipped), {} \
-             chunks repaired, {} rotten copies found by the scrub, replicated {} after Raft converged",
+            "artifacts: {} uploads ({} failed), {} downloads checked ({} of small versions, {} \
+             failed, {} skipped), {} chunks repaired, {} rotten copies found by the scrub, \
+             replicated {} after Raft converged",
             k.uploads,
             k.uploads_failed,
             k.downloads,
+            k.downloads_inline,
             k.downloads_failed,
             k.downloads_skipped,
             k.chunks_repaired,

@@ -86,6 +86,11 @@ fn a_short_chaos_run_keeps_every_invariant() {
         report.summary()
     );
     assert!(
+        k.downloads_inline > 0,
+        "small versions were downloaded from the state and checked: {}",
+        report.summary()
+    );
+    assert!(
         k.chunks_scrubbed_bad > 0 && k.replicated_ms.is_some(),
         "the scrub found the rot and repair replaced it: {}",
         report.summary()
