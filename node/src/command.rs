@@ -30,9 +30,30 @@ pub struct Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InlineChunk {
     pub hash: Hash,
-    /// The chunk's bytes, as hex in the JSON of the log and the state.
-    #[serde(with = "hex")]
+    /// The chunk's bytes, as base64 in the JSON of the log and of Raft's messages.
+    #[serde(with = "base64_bytes")]
     pub data: Vec<u8>,
+}
+
+/// Bytes as one base64 string (standard alphabet, padded): 4/3 of their size, and encoded an
+/// order of magnitude faster than the hex crate's serde helper, which a profile of the metadata
+/// benchmark showed at ~4% of all samples (a command is encoded for the leader's log, every
+/// follower's message and log, and decoded on each).
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("inline chunk bytes: {e}")))
+    }
 }
 
 /// An opaque name unique per request. [`RequestId::random`] (what `Node::propose` uses) is 128

@@ -27,7 +27,7 @@ pub mod limits {
     pub const PAGE_SIZE_MAX: usize = 1000;
     /// A version whose chunks total at most this many bytes travels inside its registration
     /// command instead of through the chunk stores (decision 0010). Bounds a command's size:
-    /// a Raft entry of `WRITE_BATCH_MAX` (256) such commands is about 8 MiB of hex.
+    /// a Raft entry of `WRITE_BATCH_MAX` (256) such commands is about 5.5 MiB of base64.
     pub const INLINE_VERSION_BYTES_MAX: usize = 16 * 1024;
     /// Past this many bytes of small versions kept in the state, nodes stop inlining (later
     /// small versions go through the chunk stores): the state's snapshot, where these bytes

@@ -1322,7 +1322,13 @@ mod tests {
         }
         let with = with_inline(op, vec![inline(b"one")]);
         let json = serde_json::to_string(&with).unwrap();
-        assert!(json.contains(&hex::encode(b"one")), "bytes as hex: {json}");
+        assert!(json.contains("\"b25l\""), "bytes as base64: {json}");
+        match serde_json::from_str::<Op>(&json).unwrap() {
+            Op::CreateVersion { inline_chunks, .. } => {
+                assert_eq!(inline_chunks, vec![inline(b"one")])
+            }
+            other => panic!("decoded {other:?}"),
+        }
     }
 
     #[test]
