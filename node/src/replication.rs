@@ -203,8 +203,9 @@ impl ReadThroughs {
         shared
     }
 
-    /// Chunks being fetched right now (for tests).
-    pub fn in_flight(&self) -> usize {
+    /// Chunks being fetched right now.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         lock(&self.in_flight).len()
     }
 }
