@@ -5,8 +5,8 @@
 //! its databases, apply one command, export/import its whole state) and talks to a [`RaftNode`].
 //! Everything Raft needs to be durable lives here:
 //!
-//! - [`LogStore`] (`log_store.rs`): the Raft log and vote in their own LMDB environment
-//!   (`DIR/log`), fsynced on every commit, because a vote or an acknowledged entry that is lost
+//! - [`LogStore`] (`log_store.rs`): the Raft log and vote, an append-only file of checksummed
+//!   records in segments (`DIR/log`), fdatasynced on every write, because a vote or an acknowledged entry that is lost
 //!   on power failure breaks Raft's safety argument.
 //! - [`LogDisk`] (`durability.rs`): the seam through which a test harness (the simulator's disk
 //!   model) hears of every log write, and can plant a skipped fsync. Production has none.
@@ -26,11 +26,10 @@
 //!   RNG that is entropy-seeded per thread and can be re-seeded ([`seed_thread_rng`]) so the
 //!   simulator's runs are a function of their seed.
 //!
-//! Two environments rather than one: the log is append/truncate heavy and must never share a
-//! write lock with a long snapshot install, and the state env's database count is the app's
-//! business (`App::MAX_DBS`).
+//! The log is not in LMDB (decision 0011): it is written in order and needs no B-tree, and one
+//! fdatasync of pre-written space per append costs a fraction of an LMDB commit's two.
 //!
-//! All LMDB work is done inline on the calling task, not on `spawn_blocking`: transactions are
+//! All storage work is done inline on the calling task, not on `spawn_blocking`: transactions are
 //! short, and keeping I/O on the task keeps a `current_thread` runtime (the simulator's) in
 //! control of ordering.
 
@@ -69,7 +68,7 @@ pub use cluster::{
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
 pub use durability::{LogDisk, LogDiskHandle};
-pub use log_store::{LogStore, LOG_MAP_SIZE_BYTES};
+pub use log_store::{LogOptions, LogStore, FILL_STEP_BYTES, SEGMENT_BYTES_TARGET_DEFAULT};
 pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
     RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
@@ -91,7 +90,7 @@ pub use transport::{
 /// Raft node identifier, unique within a cluster and never reused.
 pub type NodeId = u64;
 
-/// Name of the log environment's directory under the node's data dir.
+/// Name of the log's directory under the node's data dir.
 pub const LOG_DIR_NAME: &str = "log";
 /// Name of the state-machine environment's directory under the node's data dir.
 pub const STATE_DIR_NAME: &str = "state";
@@ -198,7 +197,15 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
 /// Each environment can be open only once per process (heed refuses a second open); both are
 /// closed when the returned stores and everything cloned from them are dropped.
 pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    let (log, state, _released) = open_storage_tracked(dir, None)?;
+    open_storage_with(dir, LogOptions::default())
+}
+
+/// Like [`open_storage`], with the log store's options.
+pub fn open_storage_with<A: App>(
+    dir: &Path,
+    log_options: LogOptions,
+) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
+    let (log, state, _released) = open_storage_tracked(dir, None, log_options)?;
     Ok((log, state))
 }
 
@@ -208,9 +215,15 @@ pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMac
 pub(crate) fn open_storage_tracked<A: App>(
     dir: &Path,
     log_disk: Option<LogDiskHandle>,
+    log_options: LogOptions,
 ) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>, EnvsReleased)> {
     let (lease, released) = env_lease();
-    let log = LogStore::open(&dir.join(LOG_DIR_NAME), lease.clone(), log_disk)?;
+    let log = LogStore::open(
+        &dir.join(LOG_DIR_NAME),
+        lease.clone(),
+        log_disk,
+        log_options,
+    )?;
     let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
     Ok((log, state, released))
 }
@@ -264,8 +277,7 @@ fn app_error(e: &anyhow::Error, doing: &str) -> openraft::AnyError {
     openraft::AnyError::error(format!("{doing}: {e:#}"))
 }
 
-/// Open an LMDB environment. `flags` is empty (fully synchronous) for every environment but the
-/// log's under the simulator's planted `skip_fsync` bug.
+/// Open an LMDB environment (the state's, or an old log's to migrate it) with `flags`.
 fn open_env(
     path: &Path,
     map_size_bytes: usize,
@@ -277,8 +289,7 @@ fn open_env(
         .with_context(|| format!("create LMDB directory {}", path.display()))?;
     // SAFETY: heed requires that the environment is not opened twice in one process (it checks
     // and returns `EnvAlreadyOpened`) and that the files are not modified by anything but LMDB.
-    // No flags are set in production: in particular not NO_SYNC / NO_META_SYNC, so each commit
-    // is durable. (Only a test harness's planted bug passes NO_SYNC, for the log env.)
+    // No flags are set: in particular not NO_SYNC / NO_META_SYNC, so each commit is durable.
     let env = unsafe {
         heed::EnvOpenOptions::new()
             .flags(flags)

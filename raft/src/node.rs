@@ -36,7 +36,7 @@ use crate::server::PeerServer;
 use crate::state_store::StateMachineStore;
 use crate::tls::PeerTls;
 use crate::transport::{CallError, Method, PeerClients, SNAPSHOT_CHUNK_SIZE_BYTES};
-use crate::{open_storage_tracked, App, EnvsReleased, NodeId, TypeConfig};
+use crate::{open_storage_tracked, App, EnvsReleased, LogOptions, NodeId, TypeConfig};
 
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
 const CLUSTER_NAME: &str = "quiver";
@@ -322,8 +322,9 @@ impl<A: App> RaftNode<A> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
-        let (log, state, released) = open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone())
-            .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
+        let (log, state, released) =
+            open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), LogOptions::default())
+                .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
             .await
             .with_context(|| format!("start raft node {}", cfg.node_id))?;

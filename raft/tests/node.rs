@@ -265,12 +265,12 @@ fn config_defaults_and_validation() {
 }
 
 /// What a recording `LogDisk` saw: (`before_write` synced flags, `after_write` synced flags,
-/// whether the env was opened `NO_SYNC` at each `before_write`).
+/// the directory each `before_write` named).
 #[derive(Default)]
 struct Recorded {
     before: Vec<bool>,
     after: Vec<bool>,
-    env_no_sync: Vec<bool>,
+    dirs: Vec<std::path::PathBuf>,
 }
 
 struct RecordingDisk {
@@ -283,12 +283,10 @@ impl quiver_raft::LogDisk for RecordingDisk {
         self.skip_fsync
     }
 
-    fn before_write(&self, env: &quiver_raft::heed::Env, synced: bool) {
-        let flags = env.get_flags().expect("env flags");
-        let no_sync = flags & quiver_raft::heed::EnvFlags::NO_SYNC.bits() != 0;
+    fn before_write(&self, log_dir: &std::path::Path, synced: bool) {
         let mut seen = self.seen.lock().expect("lock");
         seen.before.push(synced);
-        seen.env_no_sync.push(no_sync);
+        seen.dirs.push(log_dir.to_path_buf());
     }
 
     fn after_write(&self, synced: bool) {
@@ -315,8 +313,8 @@ async fn writes_seen_by_disk(skip_fsync: bool) -> Recorded {
 }
 
 /// The durability seam: a harness disk hears about every log write (vote, appends, committed),
-/// each before and after; the log stays fully synced unless the planted `skip_fsync` asks for
-/// `MDB_NOSYNC`, and then every write says so.
+/// each before and after, naming the log directory; the log stays fully synced unless the planted
+/// `skip_fsync` turns its fsyncs off, and then every write says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_harness_disk_is_told_about_every_log_write_and_only_the_plant_skips_fsync() {
     let synced = writes_seen_by_disk(false).await;
@@ -331,12 +329,18 @@ async fn a_harness_disk_is_told_about_every_log_write_and_only_the_plant_skips_f
         "each write completes"
     );
     assert!(synced.before.iter().chain(&synced.after).all(|s| *s));
-    assert!(synced.env_no_sync.iter().all(|n| !n), "full sync");
+    assert!(
+        synced
+            .dirs
+            .iter()
+            .all(|d| d.ends_with(quiver_raft::LOG_DIR_NAME)),
+        "{:?}",
+        synced.dirs
+    );
 
     let planted = writes_seen_by_disk(true).await;
     assert!(planted.before.len() >= 7, "{:?}", planted.before);
     assert!(planted.before.iter().chain(&planted.after).all(|s| !s));
-    assert!(planted.env_no_sync.iter().all(|n| *n), "MDB_NOSYNC");
 }
 
 /// Group commit: many concurrent client writes share Raft entries (so log transactions, each

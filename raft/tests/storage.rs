@@ -308,10 +308,222 @@ fn opening_the_same_dir_twice_in_one_process_fails_cleanly() {
     let err = open_storage::<KvApp>(dir.path())
         .err()
         .expect("second open of the same environment");
-    assert!(
-        format!("{err:#}").contains("open LMDB environment"),
-        "{err:#}"
-    );
+    assert!(format!("{err:#}").contains("is already open"), "{err:#}");
     drop(first);
     open_storage::<KvApp>(dir.path()).expect("open again after drop");
+}
+
+/// The log's segment files, oldest first.
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let log_dir = dir.join(quiver_raft::LOG_DIR_NAME);
+    let mut out: Vec<_> = std::fs::read_dir(&log_dir)
+        .expect("list the log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Offset just past the last non-zero byte of `path`: the end of what the log wrote into it
+/// (the rest is the zero fill).
+fn written_end(path: &std::path::Path) -> usize {
+    let bytes = std::fs::read(path).expect("read segment");
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .expect("something written")
+        + 1
+}
+
+fn flip_byte(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).expect("read segment");
+    bytes[at] ^= 0x55;
+    std::fs::write(path, bytes).expect("write segment");
+}
+
+async fn log_ids(log: &mut LogStore<KvApp>) -> Vec<LogId<NodeId>> {
+    log.try_get_log_entries(0..)
+        .await
+        .expect("entries")
+        .iter()
+        .map(|e| e.log_id)
+        .collect()
+}
+
+/// A record torn by a crash (its bytes do not match its checksum) ends the log at reopen: the
+/// entries before it are kept, and appending continues in its place.
+#[tokio::test]
+async fn a_torn_last_record_is_cut_and_appending_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
+        for i in 0..5 {
+            log.blocking_append([normal(1, i, set(i as usize))])
+                .await
+                .expect("append");
+        }
+    }
+    let segment = &segments(dir.path())[0];
+    flip_byte(segment, written_end(segment) - 3);
+
+    let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen");
+    assert_eq!(
+        log_ids(&mut log).await,
+        (0..4).map(|i| log_id(1, i)).collect::<Vec<_>>(),
+        "entry 4 was torn"
+    );
+    log.blocking_append([normal(2, 4, set(4))])
+        .await
+        .expect("append after the cut");
+    drop(log);
+    drop(_sm);
+    let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen again");
+    assert_eq!(log_ids(&mut log).await.last(), Some(&log_id(2, 4)));
+    assert_eq!(
+        log.get_log_state().await.expect("state").last_log_id,
+        Some(log_id(2, 4))
+    );
+}
+
+/// A crash can persist a later write and tear an earlier one. After recovery cuts the torn one
+/// and a record of the same length is written in its place, the later (stale) record sits right
+/// where the next record would be: the checksum chain keeps it from coming back.
+#[tokio::test]
+async fn a_stale_record_behind_a_rewritten_one_is_not_revived() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
+        for i in 0..3 {
+            log.blocking_append([normal(1, i, set(i as usize))])
+                .await
+                .expect("append");
+        }
+    }
+    // Tear entry 1 (the middle record): it and, behind it, entry 2 are cut at reopen.
+    let segment = segments(dir.path())[0].clone();
+    let end = written_end(&segment);
+    let record = end / 3; // three records of the same length
+    flip_byte(&segment, 2 * record - 3);
+    {
+        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen");
+        assert_eq!(log_ids(&mut log).await, vec![log_id(1, 0)]);
+        // Entry 1 again, from a new leader: a record exactly as long as the torn one, so that
+        // the stale entry 2 (term 1) follows it byte for byte.
+        log.blocking_append([normal(2, 1, set(1))])
+            .await
+            .expect("rewrite entry 1");
+    }
+    assert_eq!(
+        written_end(&segment),
+        end,
+        "the stale record is still in the file"
+    );
+    let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen again");
+    assert_eq!(
+        log_ids(&mut log).await,
+        vec![log_id(1, 0), log_id(2, 1)],
+        "the stale entry 2 of term 1 must not follow entry 1 of term 2"
+    );
+}
+
+/// Segments roll over at their target size, and a purge deletes the ones whose entries are all
+/// purged; the vote and the purge point, recorded in older segments, survive that and a reopen.
+#[tokio::test]
+async fn segments_roll_over_and_purged_ones_are_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = quiver_raft::LogOptions {
+        segment_bytes_target: 2048,
+    };
+    {
+        let (mut log, _sm) =
+            quiver_raft::open_storage_with::<KvApp>(dir.path(), options).expect("open");
+        log.save_vote(&Vote::new(7, 1)).await.expect("vote");
+        for i in 0..60 {
+            log.blocking_append([normal(7, i, set(i as usize))])
+                .await
+                .expect("append");
+        }
+        let rolled = segments(dir.path()).len();
+        assert!(
+            rolled >= 4,
+            "{rolled} segments for 60 entries of ~100 bytes"
+        );
+        log.purge(log_id(7, 49)).await.expect("purge");
+        let kept = segments(dir.path()).len();
+        assert!(
+            kept < rolled && kept >= 1,
+            "{kept} of {rolled} segments kept"
+        );
+        assert_eq!(
+            log_ids(&mut log).await,
+            (50..60).map(|i| log_id(7, i)).collect::<Vec<_>>()
+        );
+    }
+    let (mut log, _sm) =
+        quiver_raft::open_storage_with::<KvApp>(dir.path(), options).expect("reopen");
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(7, 1)));
+    let state = log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(7, 49)));
+    assert_eq!(state.last_log_id, Some(log_id(7, 59)));
+    assert_eq!(
+        log_ids(&mut log).await,
+        (50..60).map(|i| log_id(7, i)).collect::<Vec<_>>()
+    );
+}
+
+/// A data directory written by the LMDB log store is migrated at open: vote, purge point and
+/// entries come over, and the LMDB files are gone.
+#[tokio::test]
+async fn an_lmdb_log_is_migrated_at_open() {
+    use quiver_raft::heed::byteorder::BigEndian;
+    use quiver_raft::heed::types::{Bytes, Str, U64};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join(quiver_raft::LOG_DIR_NAME);
+    std::fs::create_dir_all(&log_dir).expect("mkdir");
+    {
+        // The old store's layout: `entries` (big-endian index → entry JSON), `meta` (JSON).
+        // SAFETY: opened once in this test and closed before the store opens it.
+        let env = unsafe {
+            quiver_raft::heed::EnvOpenOptions::new()
+                .max_dbs(2)
+                .map_size(1 << 30)
+                .open(&log_dir)
+        }
+        .expect("open lmdb");
+        let mut wtxn = env.write_txn().expect("txn");
+        let entries: quiver_raft::heed::Database<U64<BigEndian>, Bytes> =
+            env.create_database(&mut wtxn, Some("entries")).expect("db");
+        let meta: quiver_raft::heed::Database<Str, Bytes> =
+            env.create_database(&mut wtxn, Some("meta")).expect("db");
+        for i in 3..6 {
+            let json = serde_json::to_vec(&normal(2, i, set(i as usize))).expect("json");
+            entries.put(&mut wtxn, &i, &json).expect("put");
+        }
+        let vote = serde_json::to_vec(&Vote::new(2, 1)).expect("json");
+        meta.put(&mut wtxn, "vote", &vote).expect("put");
+        let purged = serde_json::to_vec(&log_id(1, 2)).expect("json");
+        meta.put(&mut wtxn, "last_purged", &purged).expect("put");
+        wtxn.commit().expect("commit");
+        env.prepare_for_closing().wait();
+    }
+    {
+        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open migrates");
+        assert!(
+            !log_dir.join("data.mdb").exists(),
+            "the LMDB files are removed"
+        );
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 1)));
+        let state = log.get_log_state().await.expect("log state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert_eq!(
+            log_ids(&mut log).await,
+            (3..6).map(|i| log_id(2, i)).collect::<Vec<_>>()
+        );
+        log.blocking_append([normal(2, 6, set(6))])
+            .await
+            .expect("append after migration");
+    }
+    let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen");
+    assert_eq!(log_ids(&mut log).await.len(), 4);
 }

@@ -102,8 +102,7 @@ pub enum Plant {
     /// against their hash: a chunk rotten on a node's disk reaches the client; the artifact
     /// checker must notice.
     SkipChunkVerify,
-    /// The Raft log store commits without fsync (its env opened `MDB_NOSYNC`, through
-    /// `quiver_raft::LogDisk::skip_fsync`) and still reports every append flushed. A crash then
+    /// The Raft log store writes without fsync (through `quiver_raft::LogDisk::skip_fsync`) and still reports every append flushed. A crash then
     /// loses acknowledged entries and votes (see [`crate::disk`]); lost acks, diverging digests
     /// or two leaders in a term must show it.
     DropLogFsync,

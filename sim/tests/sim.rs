@@ -199,7 +199,7 @@ fn assert_plant_is_found(
     clean
 }
 
-/// The planted bug opens the Raft log `MDB_NOSYNC` and still reports appends flushed; the disk
+/// The planted bug turns the Raft log's fsyncs off and still reports appends flushed; the disk
 /// model makes a crash take back what was not written back. Under leader kills a restarted node
 /// comes back with a log older than its (synced) state machine and a forgotten vote: openraft
 /// stops on it (its state assertions are on in debug builds) or, in a release build, the node
