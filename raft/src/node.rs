@@ -203,6 +203,8 @@ pub(crate) struct Inner<A: App> {
     batcher: Batcher<A>,
     /// Our handle on the state env for reads; `None` once shut down.
     state: RwLock<Option<StateMachineStore<A>>>,
+    /// Whether the state env's last commit may not survive a power loss yet.
+    state_unsynced: Arc<std::sync::atomic::AtomicBool>,
     /// Resolves when every storage handle is dropped; taken by the first `shutdown`.
     released: tokio::sync::Mutex<Option<EnvsReleased>>,
     /// Clients for forwarding to the leader and for cluster operations.
@@ -336,6 +338,7 @@ impl<A: App> RaftNode<A> {
                 addr: cfg.addr.clone(),
                 raft,
                 batcher,
+                state_unsynced: state.unsynced_flag(),
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
                 peers,
@@ -788,6 +791,15 @@ impl<A: App> RaftNode<A> {
 
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.inner.raft.metrics().borrow().clone()
+    }
+
+    /// Whether the state env's last commit may not survive a power loss yet: its meta page is
+    /// not synced (decision 0012). True means a power loss now would take the last applied batch
+    /// back (the Raft log still has it). For a test harness's disk model; valid after shutdown.
+    pub fn state_last_commit_unsynced(&self) -> bool {
+        self.inner
+            .state_unsynced
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig<A>> {

@@ -213,7 +213,15 @@ impl Cluster {
         node.shutdown()
             .await
             .with_context(|| format!("stop n{id}"))?;
+        let state_unsynced = node.state_last_commit_unsynced();
         drop(node);
+        if state_unsynced {
+            let state_dir = Self::node_dir(&self.data_root, id).join(quiver_raft::STATE_DIR_NAME);
+            crate::disk::revert_last_state_commit(&state_dir)
+                .with_context(|| format!("n{id}: power loss of the state env"))?;
+            self.trace
+                .record(format!("n{id} power loss: last applied batch taken back"));
+        }
         if let Some(disk) = self.disks.get(&id) {
             let loss = disk.power_loss()?;
             if loss.writes_lost > 0 {

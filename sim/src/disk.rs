@@ -14,11 +14,14 @@
 //!   harder, not easier, to find).
 //!
 //! The state environment (applied state and `last_applied`, one LMDB transaction per applied
-//! batch, committed with LMDB's full sync) and the current-snapshot file (written to a temp file,
-//! fsynced, renamed, its directory fsynced) lose nothing, so the model leaves them alone. The
-//! consequence under the planted bug is honest too: after a crash a node's state machine can be
-//! ahead of its log (openraft then treats the applied prefix as purged), while its vote and its
-//! log went back in time.
+//! batch) is committed with `MDB_NOMETASYNC`: the data pages are synced, the meta page that makes
+//! the commit current is synced only by the next commit or an explicit sync (decision 0012). A
+//! power loss may therefore take back the last commit, and [`revert_last_state_commit`] always
+//! does when the node says its last commit was not synced yet (the harshest outcome; a kernel
+//! might have written the page back). The current-snapshot file (written to a temp file, fsynced,
+//! renamed, its directory fsynced) loses nothing. The consequence under the planted bug is honest
+//! too: after a crash a node's state machine can be ahead of its log (openraft then treats the
+//! applied prefix as purged), while its vote and its log went back in time.
 //!
 //! How it is cheap: [`SimDisk`] is the `LogDisk` each node's log store is started with. As long
 //! as every write is synced the durable state is simply the files on disk and nothing is copied.
@@ -30,6 +33,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use anyhow::Context as _;
+use quiver_raft::heed::types::{Bytes, Str};
+use quiver_raft::heed::{Database, EnvFlags, EnvOpenOptions};
 use quiver_raft::LogDisk;
 
 use crate::schedule::NodeId;
@@ -135,6 +141,36 @@ impl SimDisk {
     }
 }
 
+/// Key written and deleted again in the state env's main database, only to dirty a page so that
+/// the reverting commit writes a meta page.
+const REVERT_KEY: &str = "quiver-sim power loss";
+
+/// Power loss of a state environment whose last commit's meta page was not synced: open it on
+/// its previous meta page (`MDB_PREVSNAPSHOT`, the state before that commit) and commit a write
+/// so that LMDB keeps it. Call with the environment closed.
+pub fn revert_last_state_commit(state_dir: &Path) -> anyhow::Result<()> {
+    // SAFETY: the node has shut down and closed this environment; nothing else opens it until
+    // this function has closed it again.
+    let env = unsafe {
+        EnvOpenOptions::new()
+            .flags(EnvFlags::PREV_SNAPSHOT)
+            .map_size(quiver_raft::STATE_MAP_SIZE_BYTES)
+            .open(state_dir)
+    }
+    .with_context(|| format!("open {} on its previous commit", state_dir.display()))?;
+    let mut wtxn = env.write_txn().context("begin the reverting txn")?;
+    let main: Database<Str, Bytes> = env
+        .open_database(&wtxn, None)
+        .context("open the main database")?
+        .context("the state env has a main database")?;
+    main.put(&mut wtxn, REVERT_KEY, b"")
+        .context("dirty a page")?;
+    main.delete(&mut wtxn, REVERT_KEY).context("dirty a page")?;
+    wtxn.commit().context("commit the reverting txn")?;
+    env.prepare_for_closing().wait();
+    Ok(())
+}
+
 /// Copy the files of `from` into a fresh directory `to`.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     if to.exists() {
@@ -206,6 +242,53 @@ mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn reverting_the_state_env_takes_back_exactly_its_last_commit() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path();
+        let open = || {
+            // SAFETY: opened once at a time in this test, closed before reopening.
+            unsafe {
+                EnvOpenOptions::new()
+                    .flags(EnvFlags::NO_META_SYNC)
+                    .max_dbs(1)
+                    .open(dir)
+            }
+            .expect("open env")
+        };
+        let put = |env: &quiver_raft::heed::Env, key: &str| {
+            let mut wtxn = env.write_txn().expect("txn");
+            let db: Database<Str, Str> = env.create_database(&mut wtxn, Some("t")).expect("db");
+            db.put(&mut wtxn, key, "v").expect("put");
+            wtxn.commit().expect("commit");
+        };
+        let keys = |env: &quiver_raft::heed::Env| -> Vec<String> {
+            let rtxn = env.read_txn().expect("rtxn");
+            let db: Database<Str, Str> =
+                env.open_database(&rtxn, Some("t")).expect("db").expect("t");
+            db.iter(&rtxn)
+                .expect("iter")
+                .map(|kv| kv.expect("kv").0.to_string())
+                .collect()
+        };
+        let env = open();
+        put(&env, "a");
+        put(&env, "b");
+        env.prepare_for_closing().wait();
+        revert_last_state_commit(dir).expect("revert");
+        let env = open();
+        assert_eq!(keys(&env), ["a"], "b was the last commit");
+        put(&env, "c");
+        env.prepare_for_closing().wait();
+        let env = open();
+        assert_eq!(
+            keys(&env),
+            ["a", "c"],
+            "the revert stuck; later commits are kept"
+        );
+        env.prepare_for_closing().wait();
     }
 
     #[test]
