@@ -195,11 +195,7 @@ pub async fn distribution(
         .read(Consistency::Stale, |app, txn| app.manifest(txn, &root))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let hashes: Vec<_> = manifest
-        .files
-        .iter()
-        .flat_map(|f| f.chunks.iter().map(|c| c.hash))
-        .collect();
+    let hashes: Vec<_> = manifest.chunk_hashes().collect();
     loop {
         let complete = cluster
             .nodes

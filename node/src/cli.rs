@@ -324,11 +324,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { data_dir, dry_run } => {
             let report = crate::gc::collect(&data_dir, dry_run)?;
             println!(
-                "{} {} unreferenced chunk(s), {} bytes; kept {} referenced",
+                "{} {} unreferenced chunk(s), {} bytes; kept {} referenced (including by {} \
+                 log entries not yet applied)",
                 if dry_run { "would remove" } else { "removed" },
                 report.removed_chunks,
                 report.removed_bytes,
-                report.kept_chunks
+                report.kept_chunks,
+                report.unapplied_entries
             );
             Ok(())
         }

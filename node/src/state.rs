@@ -197,11 +197,7 @@ fn validate_inline_chunks(manifest: &Manifest, inline: &[InlineChunk]) -> Result
             limits::INLINE_VERSION_BYTES_MAX
         )));
     }
-    let wanted: std::collections::BTreeSet<_> = manifest
-        .files
-        .iter()
-        .flat_map(|f| f.chunks.iter().map(|c| c.hash))
-        .collect();
+    let wanted: std::collections::BTreeSet<_> = manifest.chunk_hashes().collect();
     let mut seen = std::collections::BTreeSet::new();
     for chunk in inline {
         if !wanted.contains(&chunk.hash) {
@@ -1004,12 +1000,7 @@ impl RegistryApp {
         for row in self.manifests.iter(rtxn)? {
             let (_, v) = row?;
             let manifest: Manifest = decode("manifest", v)?;
-            out.extend(
-                manifest
-                    .files
-                    .iter()
-                    .flat_map(|f| f.chunks.iter().map(|c| c.hash)),
-            );
+            out.extend(manifest.chunk_hashes());
         }
         Ok(out)
     }
@@ -1052,7 +1043,7 @@ fn apply_tag_changes(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use quiver_raft::App;
     use quiver_transfer::{ChunkRef, FileEntry, Hash};
@@ -1064,7 +1055,7 @@ mod tests {
         index: u64,
     }
 
-    fn actor(name: &str) -> Actor {
+    pub(crate) fn actor(name: &str) -> Actor {
         Actor {
             name: name.into(),
             authenticated: false,
@@ -1145,7 +1136,7 @@ mod tests {
         }
     }
 
-    fn create_version(model: &str, content: &[u8]) -> Op {
+    pub(crate) fn create_version(model: &str, content: &[u8]) -> Op {
         let manifest = manifest(content);
         Op::CreateVersion {
             model: model.into(),

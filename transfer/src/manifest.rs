@@ -182,6 +182,13 @@ impl Manifest {
             .fold(0u64, |sum, f| sum.saturating_add(f.size_bytes))
     }
 
+    /// Every chunk reference's hash, file by file (a chunk shared by two files appears twice).
+    pub fn chunk_hashes(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter().map(|c| c.hash))
+    }
+
     /// Number of chunk references, summed over files (a chunk shared by two files counts twice).
     pub fn chunk_count(&self) -> usize {
         self.files.iter().map(|f| f.chunks.len()).sum()
