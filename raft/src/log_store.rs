@@ -11,6 +11,11 @@
 //! - The bytes an append overwrites were already written (zeros, see [`FILL_STEP_BYTES`]), so the
 //!   file's size and extents do not change and `fdatasync` has no metadata to journal. The file
 //!   is grown ahead, a step at a time, with zeros that are synced before any record lands on them.
+//! - The zeros are written one page ([`FILL_WRITE_BYTES`]) per call, and a segment's cached pages
+//!   are dropped after it is replayed. The page cache sizes its folios by the write (or the
+//!   readahead) that creates them, and an append dirties a whole folio: after one 1 MiB write of
+//!   zeros, every 1.5 KB append made `fdatasync` write 1 MiB back (kernel 6.18, ext4: 1 048 576
+//!   bytes written per append against 5 595 with page-sized fills, 139 µs against 85 µs).
 //! - A record is `len: u32 LE | kind: u8 | 3 zero bytes | sum: 8 bytes | payload (len bytes)`,
 //!   where `sum` is blake3 over the previous record's sum, the kind, the length and the payload.
 //!   The chain matters at recovery: a crash can persist a later write and tear an earlier one.
@@ -68,6 +73,9 @@ use crate::{App, EnvLease, NodeId, TypeConfig};
 pub const SEGMENT_BYTES_TARGET_DEFAULT: u64 = 64 << 20;
 /// How far ahead of the write position the active segment is filled with synced zeros.
 pub const FILL_STEP_BYTES: u64 = 1 << 20;
+/// Bytes of zeros per write call while filling: one page, so that the page cache keeps page-sized
+/// folios under the records to come (see the module docs).
+pub const FILL_WRITE_BYTES: usize = 4096;
 /// Bytes of a record's header.
 const RECORD_HEADER_BYTES: usize = 16;
 /// Bytes of a record's chained checksum.
@@ -237,6 +245,21 @@ fn encode_record(buf: &mut Vec<u8>, prev: &mut Sum, kind: Kind, payload: &[u8]) 
     buf.extend_from_slice(payload);
     *prev = sum;
     at
+}
+
+/// Ask the kernel to drop `file`'s cached pages (all clean after a replay), so that the large
+/// folios the replay's readahead created do not sit under the appends to come (see the module
+/// docs). Advice only: a failure changes nothing but speed.
+fn drop_cached_pages(file: &File) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is open for the call.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(
+            errno = rc,
+            "posix_fadvise(DONTNEED) on a log segment failed"
+        );
+    }
 }
 
 /// Forget the entries at or below `upto`.
@@ -491,6 +514,7 @@ impl<A: App> LogStore<A> {
                 .open(&path)
                 .with_context(|| format!("open {}", path.display()))?;
             let replayed = replay_segment(&file, &path, segment, &mut index)?;
+            drop_cached_pages(&file);
             max_entry.insert(segment, replayed.max_entry);
             let file = Arc::new(file);
             index.files.insert(segment, file.clone());
@@ -624,10 +648,10 @@ impl<A: App> LogStore<A> {
             return Ok(());
         }
         let target = end.div_ceil(FILL_STEP_BYTES) * FILL_STEP_BYTES;
-        let zeros = vec![0u8; FILL_STEP_BYTES as usize];
+        let zeros = [0u8; FILL_WRITE_BYTES];
         let mut at = w.filled_to;
         while at < target {
-            let n = (target - at).min(FILL_STEP_BYTES) as usize;
+            let n = (target - at).min(FILL_WRITE_BYTES as u64) as usize;
             w.file
                 .write_all_at(&zeros[..n], at)
                 .map_err(|e| io_error(&e, "fill the Raft log's segment ahead"))?;
