@@ -641,6 +641,25 @@ impl<A: App> LogStore<A> {
         Ok(())
     }
 
+    /// Write one record that is not an entry (`value` as JSON) and publish it with `publish`.
+    fn write_meta(
+        &self,
+        kind: Kind,
+        value: &impl serde::Serialize,
+        publish: impl FnOnce(&mut Index),
+    ) -> std::result::Result<(), AnyError> {
+        let payload = serde_json::to_vec(value)
+            .map_err(|e| AnyError::new(&e).add_context(|| format!("encode a {kind:?} record")))?;
+        self.write(
+            vec![Pending {
+                kind,
+                payload,
+                log_id: None,
+            }],
+            publish,
+        )
+    }
+
     /// Make sure the active segment's bytes up to `end` are written (zeros if nothing else), so
     /// that records overwrite them without changing the file's size.
     fn fill_ahead(&self, w: &mut Writer, end: u64) -> std::result::Result<(), AnyError> {
@@ -811,18 +830,9 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        let json =
-            serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
         let vote = *vote;
-        self.write(
-            vec![Pending {
-                kind: Kind::Vote,
-                payload: json,
-                log_id: None,
-            }],
-            |index| index.vote = Some(vote),
-        )
-        .map_err(|e| StorageIOError::write_vote(e).into())
+        self.write_meta(Kind::Vote, &vote, |index| index.vote = Some(vote))
+            .map_err(|e| StorageIOError::write_vote(e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
@@ -859,18 +869,9 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         tracing::debug!(%log_id, "truncate log since (inclusive)");
         let since = log_id.index;
-        let json = serde_json::to_vec(&since)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        self.write(
-            vec![Pending {
-                kind: Kind::Truncate,
-                payload: json,
-                log_id: None,
-            }],
-            |index| {
-                index.entries.split_off(&since);
-            },
-        )
+        self.write_meta(Kind::Truncate, &since, |index| {
+            index.entries.split_off(&since);
+        })
         .map_err(|e| StorageIOError::write_logs(e).into())
     }
 
@@ -884,19 +885,10 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
             )))
             .into());
         }
-        let json = serde_json::to_vec(&log_id)
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-        self.write(
-            vec![Pending {
-                kind: Kind::Purge,
-                payload: json,
-                log_id: None,
-            }],
-            |index| {
-                purge_entries(&mut index.entries, log_id.index);
-                index.last_purged = Some(log_id);
-            },
-        )
+        self.write_meta(Kind::Purge, &log_id, |index| {
+            purge_entries(&mut index.entries, log_id.index);
+            index.last_purged = Some(log_id);
+        })
         .map_err(StorageIOError::write_logs)?;
         self.drop_purged_segments(log_id.index)
             .map_err(|e| StorageIOError::write_logs(e).into())

@@ -342,6 +342,16 @@ fn flip_byte(path: &std::path::Path, at: usize) {
     std::fs::write(path, bytes).expect("write segment");
 }
 
+/// Open the stores in `dir`, append entries 0..n of term 1 one write each, and close them.
+async fn append_one_by_one(dir: &std::path::Path, n: u64) {
+    let (mut log, _sm) = open_storage::<KvApp>(dir).expect("open");
+    for i in 0..n {
+        log.blocking_append([normal(1, i, set(i as usize))])
+            .await
+            .expect("append");
+    }
+}
+
 async fn log_ids(log: &mut LogStore<KvApp>) -> Vec<LogId<NodeId>> {
     log.try_get_log_entries(0..)
         .await
@@ -356,14 +366,7 @@ async fn log_ids(log: &mut LogStore<KvApp>) -> Vec<LogId<NodeId>> {
 #[tokio::test]
 async fn a_torn_last_record_is_cut_and_appending_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
-        for i in 0..5 {
-            log.blocking_append([normal(1, i, set(i as usize))])
-                .await
-                .expect("append");
-        }
-    }
+    append_one_by_one(dir.path(), 5).await;
     let segment = &segments(dir.path())[0];
     flip_byte(segment, written_end(segment) - 3);
 
@@ -392,14 +395,7 @@ async fn a_torn_last_record_is_cut_and_appending_continues() {
 #[tokio::test]
 async fn a_stale_record_behind_a_rewritten_one_is_not_revived() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
-        for i in 0..3 {
-            log.blocking_append([normal(1, i, set(i as usize))])
-                .await
-                .expect("append");
-        }
-    }
+    append_one_by_one(dir.path(), 3).await;
     // Tear entry 1 (the middle record): it and, behind it, entry 2 are cut at reopen.
     let segment = segments(dir.path())[0].clone();
     let end = written_end(&segment);
