@@ -18,19 +18,25 @@
 //!   bytes written per append against 5 595 with page-sized fills, 139 µs against 85 µs).
 //! - A record is `len: u32 LE | kind: u8 | 3 zero bytes | sum: 8 bytes | payload (len bytes)`,
 //!   where `sum` is blake3 over the previous record's sum, the kind, the length and the payload.
-//!   The chain matters at recovery: a crash can persist a later write and tear an earlier one.
-//!   Recovery stops at the first record whose sum does not follow (or a zero header, the fill),
-//!   and the next append overwrites from there. A stale record that happens to sit after a
-//!   shorter rewrite cannot be taken for a live one, because its sum chains to the record it
-//!   used to follow, not to the new one.
+//!   Recovery stops at the first record whose sum does not follow (or a zero header, the fill).
+//!   In the active segment that is a torn tail (a crash can persist a later write and tear an
+//!   earlier one): everything after the last good record is zeroed and synced, and the next
+//!   append goes there. A stale record could therefore not come back; the chain would refuse it
+//!   anyway (its sum chains to the record it used to follow).
+//! - Only the active segment may end torn. A closed segment that does not end at the fill or at
+//!   its end of file, or a gap in the segment numbers, is damage that would silently drop
+//!   acknowledged entries: the store refuses to open and says how to recover.
 //! - Kinds: an entry (its JSON), a truncation (`since`: entries at or after it are gone), a purge
 //!   (the last purged log id; entries up to it are gone) and a vote. Replaying a segment's
 //!   records in order rebuilds the in-memory index `log index → (segment, offset, length)`;
 //!   entries are read back from the file on demand, never held in memory.
 //! - Segments (`<sequence, 20 digits>.wal`) bound what a purge leaves on disk: a new segment is
 //!   started once the active one holds [`SEGMENT_BYTES_TARGET_DEFAULT`], and it begins with the
-//!   current vote and last purged id. An older segment is deleted once every entry it holds is
-//!   purged; whatever it said about the vote or the purge point is repeated by a later segment.
+//!   current vote and last purged id. It is written under a temporary name and renamed into place
+//!   once that header is synced (then the directory is synced), so no segment without the vote
+//!   can ever be the active one. An older segment is deleted once every entry it holds is purged,
+//!   oldest first, each deletion synced; whatever it said about the vote or the purge point is
+//!   repeated by a later segment.
 //! - The committed index is not stored (`save_committed` keeps openraft's default, a no-op): the
 //!   state machine is durable on its own (its apply transaction records the last applied id).
 //! - The store is a faithful map from index to entry and does not police continuity: openraft's
@@ -84,6 +90,8 @@ const SUM_BYTES: usize = 8;
 const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a segment being written by the LMDB migration.
 const MIGRATION_SUFFIX: &str = ".wal.migrating";
+/// Suffix of a new segment until its header is synced (then it is renamed into place).
+const NEW_SEGMENT_SUFFIX: &str = ".wal.new";
 /// Name of the lock file in the log directory.
 const LOCK_FILE_NAME: &str = "LOCK";
 /// Files of the LMDB log store this one replaced (migrated at open).
@@ -262,6 +270,18 @@ fn drop_cached_pages(file: &File) {
     }
 }
 
+/// Write zeros over `[from, to)` of `file`, one page per call (see [`FILL_WRITE_BYTES`]).
+fn zero_range(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = [0u8; FILL_WRITE_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(FILL_WRITE_BYTES as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Forget the entries at or below `upto`.
 fn purge_entries(entries: &mut BTreeMap<u64, Loc>, upto: u64) {
     let mut rest = entries.split_off(&upto);
@@ -285,14 +305,28 @@ fn list_segments(dir: &Path) -> anyhow::Result<Vec<u64>> {
             if let Ok(seq) = seq.parse::<u64>() {
                 out.push(seq);
             }
-        } else if name.ends_with(MIGRATION_SUFFIX) {
-            // An interrupted migration: the LMDB files are still there; it starts again.
+        } else if name.ends_with(MIGRATION_SUFFIX) || name.ends_with(NEW_SEGMENT_SUFFIX) {
+            // An interrupted migration (the LMDB files are still there; it starts again) or a
+            // segment that was being started (nothing was written to it but its header).
             let path = dir.join(name);
             std::fs::remove_file(&path)
                 .with_context(|| format!("remove the unfinished {}", path.display()))?;
         }
     }
     out.sort_unstable();
+    // Segments are created one after the other and deleted oldest first, each step made durable
+    // before the next: a gap means a segment file was lost, and with it acknowledged entries.
+    if let Some(pair) = out.windows(2).find(|p| p[1] != p[0] + 1) {
+        anyhow::bail!(
+            "the Raft log in {} is damaged: segment {} is missing between {} and {}; this \
+             node's log cannot be trusted (remove the node from the cluster, clear its data \
+             directory and join it again)",
+            dir.display(),
+            pair[0] + 1,
+            pair[0],
+            pair[1]
+        );
+    }
     Ok(out)
 }
 
@@ -306,6 +340,8 @@ struct EntryHead {
 struct Replayed {
     /// Where the valid records end: the next write goes here.
     end: u64,
+    /// Whether they end at the zero fill or the end of the file (not at a damaged record).
+    clean_end: bool,
     /// Sum of the last valid record (the seed if none).
     last_sum: Sum,
     max_entry: Option<u64>,
@@ -328,8 +364,10 @@ fn replay_segment(
     let mut prev = segment_seed(segment);
     let mut max_entry = None;
     let mut payload = Vec::new();
+    let mut clean_end = false;
     loop {
         if at + RECORD_HEADER_BYTES as u64 > len {
+            clean_end = at == len;
             break;
         }
         let mut header = [0u8; RECORD_HEADER_BYTES];
@@ -339,7 +377,8 @@ fn replay_segment(
         let rec_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let kind_byte = header[4];
         if rec_len == 0 && kind_byte == 0 {
-            break; // the zero fill: the end of what was written
+            clean_end = true; // the zero fill: the end of what was written
+            break;
         }
         let payload_at = at + RECORD_HEADER_BYTES as u64;
         if payload_at + u64::from(rec_len) > len {
@@ -393,6 +432,7 @@ fn replay_segment(
     }
     Ok(Replayed {
         end: at,
+        clean_end,
         last_sum: prev,
         max_entry,
     })
@@ -514,6 +554,19 @@ impl<A: App> LogStore<A> {
                 .open(&path)
                 .with_context(|| format!("open {}", path.display()))?;
             let replayed = replay_segment(&file, &path, segment, &mut index)?;
+            if !replayed.clean_end && Some(&segment) != segments.last() {
+                // Only the active segment can end in a torn write (a new one is started after a
+                // synced write, and a torn tail is cleared at open, below): this is damage, and
+                // the entries after it would silently be missing.
+                anyhow::bail!(
+                    "the Raft log in {} is damaged: segment {} has a bad record at offset {} \
+                     followed by more segments; this node's log cannot be trusted (remove the \
+                     node from the cluster, clear its data directory and join it again)",
+                    dir.display(),
+                    segment,
+                    replayed.end
+                );
+            }
             drop_cached_pages(&file);
             max_entry.insert(segment, replayed.max_entry);
             let file = Arc::new(file);
@@ -521,10 +574,18 @@ impl<A: App> LogStore<A> {
             last = Some((segment, file, replayed));
         }
         let (segment, file, replayed) = last.expect("at least one segment");
+        let path = segment_path(dir, segment);
         let filled_to = file
             .metadata()
-            .with_context(|| format!("stat {}", segment_path(dir, segment).display()))?
+            .with_context(|| format!("stat {}", path.display()))?
             .len();
+        if !replayed.clean_end {
+            // A torn tail: zero everything after the last good record, so that the segment ends
+            // cleanly once it is closed, whatever the next writes leave of the torn bytes.
+            zero_range(&file, replayed.end, filled_to)
+                .and_then(|()| file.sync_data())
+                .with_context(|| format!("clear the torn tail of {}", path.display()))?;
+        }
         let writer = Writer {
             segment,
             file,
@@ -568,6 +629,14 @@ impl<A: App> LogStore<A> {
             .index
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sync_dir(&self) -> std::result::Result<(), AnyError> {
+        if self.shared.synced {
+            sync_dir(&self.shared.dir)
+                .map_err(|e| io_error(&e, format!("sync {}", self.shared.dir.display())))?;
+        }
+        Ok(())
     }
 
     fn sync(&self, file: &File, what: &str) -> std::result::Result<(), AnyError> {
@@ -667,15 +736,8 @@ impl<A: App> LogStore<A> {
             return Ok(());
         }
         let target = end.div_ceil(FILL_STEP_BYTES) * FILL_STEP_BYTES;
-        let zeros = [0u8; FILL_WRITE_BYTES];
-        let mut at = w.filled_to;
-        while at < target {
-            let n = (target - at).min(FILL_WRITE_BYTES as u64) as usize;
-            w.file
-                .write_all_at(&zeros[..n], at)
-                .map_err(|e| io_error(&e, "fill the Raft log's segment ahead"))?;
-            at += n as u64;
-        }
+        zero_range(&w.file, w.filled_to, target)
+            .map_err(|e| io_error(&e, "fill the Raft log's segment ahead"))?;
         self.sync(&w.file, "fill ahead")?;
         w.filled_to = target;
         Ok(())
@@ -684,14 +746,22 @@ impl<A: App> LogStore<A> {
     /// Close the active segment and start the next one with the current vote and purge point,
     /// so that older segments can go once their entries are purged.
     fn start_segment(&self, w: &mut Writer) -> std::result::Result<(), AnyError> {
+        // Built under a temporary name and renamed into place once its header is synced: a crash
+        // in between must not leave a segment without the vote (older segments, which hold it,
+        // may be deleted while this one is active).
         let segment = w.segment + 1;
         let path = segment_path(&self.shared.dir, segment);
+        let tmp = self
+            .shared
+            .dir
+            .join(format!("{segment:020}{NEW_SEGMENT_SUFFIX}"));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| io_error(&e, format!("create {}", path.display())))?;
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io_error(&e, format!("create {}", tmp.display())))?;
         let mut buf = Vec::new();
         let mut prev = segment_seed(segment);
         {
@@ -712,18 +782,23 @@ impl<A: App> LogStore<A> {
             write_at: 0,
             filled_to: 0,
             prev_sum: prev,
-            max_entry: std::mem::take(&mut w.max_entry),
+            max_entry: BTreeMap::new(),
         };
         self.fill_ahead(&mut next, buf.len() as u64)?;
         next.file
             .write_all_at(&buf, 0)
-            .map_err(|e| io_error(&e, format!("write {}", path.display())))?;
+            .map_err(|e| io_error(&e, format!("write {}", tmp.display())))?;
         self.sync(&next.file, "segment start")?;
-        if self.shared.synced {
-            sync_dir(&self.shared.dir)
-                .map_err(|e| io_error(&e, format!("sync {}", self.shared.dir.display())))?;
-        }
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            io_error(
+                &e,
+                format!("rename {} to {}", tmp.display(), path.display()),
+            )
+        })?;
+        self.sync_dir()?;
         next.write_at = buf.len() as u64;
+        // Nothing can fail any more: the segment map moves over.
+        next.max_entry = std::mem::take(&mut w.max_entry);
         next.max_entry.insert(segment, None);
         self.index_mut().files.insert(segment, file);
         *w = next;
@@ -740,6 +815,8 @@ impl<A: App> LogStore<A> {
             let path = segment_path(&self.shared.dir, segment);
             std::fs::remove_file(&path)
                 .map_err(|e| io_error(&e, format!("remove the purged {}", path.display())))?;
+            // Durable before the next one goes: segments stay a consecutive run after a crash.
+            self.sync_dir()?;
             w.max_entry.remove(&segment);
             self.index_mut().files.remove(&segment);
         }

@@ -389,9 +389,9 @@ async fn a_torn_last_record_is_cut_and_appending_continues() {
     );
 }
 
-/// A crash can persist a later write and tear an earlier one. After recovery cuts the torn one
-/// and a record of the same length is written in its place, the later (stale) record sits right
-/// where the next record would be: the checksum chain keeps it from coming back.
+/// A crash can persist a later write and tear an earlier one. Recovery cuts at the torn record
+/// and clears everything behind it, so the later (stale) record cannot come back after a record
+/// of the same length is written in the torn one's place.
 #[tokio::test]
 async fn a_stale_record_behind_a_rewritten_one_is_not_revived() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -404,23 +404,68 @@ async fn a_stale_record_behind_a_rewritten_one_is_not_revived() {
     {
         let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen");
         assert_eq!(log_ids(&mut log).await, vec![log_id(1, 0)]);
+        assert_eq!(
+            written_end(&segment),
+            record,
+            "the torn record and the stale one behind it are cleared"
+        );
         // Entry 1 again, from a new leader: a record exactly as long as the torn one, so that
         // the stale entry 2 (term 1) follows it byte for byte.
         log.blocking_append([normal(2, 1, set(1))])
             .await
             .expect("rewrite entry 1");
     }
-    assert_eq!(
-        written_end(&segment),
-        end,
-        "the stale record is still in the file"
-    );
     let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen again");
     assert_eq!(
         log_ids(&mut log).await,
         vec![log_id(1, 0), log_id(2, 1)],
         "the stale entry 2 of term 1 must not follow entry 1 of term 2"
     );
+}
+
+/// Damage that is not a torn tail (a bad record in a closed segment, a missing segment) stops the
+/// log from opening, instead of leaving a silent hole of acknowledged entries; a segment that was
+/// being started when the node stopped is removed.
+#[tokio::test]
+async fn damage_inside_the_log_refuses_to_open_and_an_unfinished_segment_is_removed() {
+    let options = quiver_raft::LogOptions {
+        segment_bytes_target: 2048,
+    };
+    let fill = |dir: &std::path::Path| {
+        let dir = dir.to_path_buf();
+        async move {
+            let (mut log, _sm) =
+                quiver_raft::open_storage_with::<KvApp>(&dir, options).expect("open");
+            for i in 0..60 {
+                log.blocking_append([normal(1, i, set(i as usize))])
+                    .await
+                    .expect("append");
+            }
+        }
+    };
+    let open =
+        |dir: &std::path::Path| quiver_raft::open_storage_with::<KvApp>(dir, options).map(|_| ());
+
+    let unfinished = tempfile::tempdir().expect("tempdir");
+    fill(unfinished.path()).await;
+    let log_dir = unfinished.path().join(quiver_raft::LOG_DIR_NAME);
+    let stray = log_dir.join("00000000000000000099.wal.new");
+    std::fs::write(&stray, [0u8; 64]).expect("write a stray new segment");
+    open(unfinished.path()).expect("opens");
+    assert!(!stray.exists(), "the unfinished segment is removed");
+
+    let bad_record = tempfile::tempdir().expect("tempdir");
+    fill(bad_record.path()).await;
+    let closed = &segments(bad_record.path())[1];
+    flip_byte(closed, 100);
+    let err = open(bad_record.path()).expect_err("a bad record in a closed segment");
+    assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
+
+    let missing = tempfile::tempdir().expect("tempdir");
+    fill(missing.path()).await;
+    std::fs::remove_file(&segments(missing.path())[1]).expect("remove a segment");
+    let err = open(missing.path()).expect_err("a missing segment");
+    assert!(format!("{err:#}").contains("is missing"), "{err:#}");
 }
 
 /// Segments roll over at their target size, and a purge deletes the ones whose entries are all
