@@ -100,6 +100,9 @@ pub struct RaftNodeConfig {
     /// A test harness's disk model, told about every log write (`durability.rs`). Always `None`
     /// in production: no CLI flag or config file sets it.
     pub log_disk: Option<LogDiskHandle>,
+    /// The log store's options (segment size); the default suits production, a test harness
+    /// shrinks the segments so that rollover and deletion happen under its faults.
+    pub log_options: LogOptions,
     /// Leader heartbeat interval, also openraft's replication RPC timeout; the election timeout
     /// scales with it (3–6 heartbeats, decision 0004). Default [`HEARTBEAT_INTERVAL_MS`], a LAN
     /// value: clusters whose nodes are further apart need at least their largest round trip.
@@ -118,6 +121,7 @@ impl RaftNodeConfig {
             join: None,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             log_disk: None,
+            log_options: LogOptions::default(),
             heartbeat_ms: HEARTBEAT_INTERVAL_MS,
         }
     }
@@ -325,7 +329,7 @@ impl<A: App> RaftNode<A> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
         let (log, state, released) =
-            open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), LogOptions::default())
+            open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), cfg.log_options)
                 .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
             .await

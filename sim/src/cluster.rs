@@ -33,6 +33,9 @@ use crate::trace::SharedTrace;
 pub const SIM_SNAPSHOT_LOGS_SINCE_LAST: u64 = 200;
 /// Entries kept behind a snapshot in the simulator.
 pub const SIM_LOGS_TO_KEEP_AFTER_SNAPSHOT: u64 = 10;
+/// Size of the nodes' Raft log segments: small, so that runs start and delete segments (and crash
+/// around that) many times.
+pub const SIM_LOG_SEGMENT_BYTES: u64 = 16 << 10;
 /// Page size used to read a whole registry state.
 const READ_PAGE_SIZE: usize = 1_000;
 
@@ -148,6 +151,9 @@ impl Cluster {
         let mut cfg = RaftNodeConfig::new(id, Self::node_dir(&self.data_root, id), Self::addr(id));
         cfg.snapshot_logs_since_last = SIM_SNAPSHOT_LOGS_SINCE_LAST;
         cfg.logs_to_keep_after_snapshot = SIM_LOGS_TO_KEEP_AFTER_SNAPSHOT;
+        cfg.log_options = quiver_raft::LogOptions {
+            segment_bytes_target: SIM_LOG_SEGMENT_BYTES,
+        };
         cfg.heartbeat_ms = self.heartbeat_ms;
         cfg.log_disk = self
             .disks
