@@ -342,9 +342,10 @@ fn flip_byte(path: &std::path::Path, at: usize) {
     std::fs::write(path, bytes).expect("write segment");
 }
 
-/// Open the stores in `dir`, append entries 0..n of term 1 one write each, and close them.
-async fn append_one_by_one(dir: &std::path::Path, n: u64) {
-    let (mut log, _sm) = open_storage::<KvApp>(dir).expect("open");
+/// Open the stores in `dir` with `options`, append entries 0..n of term 1 one write each, and
+/// close them.
+async fn append_one_by_one(dir: &std::path::Path, n: u64, options: quiver_raft::LogOptions) {
+    let (mut log, _sm) = quiver_raft::open_storage_with::<KvApp>(dir, options).expect("open");
     for i in 0..n {
         log.blocking_append([normal(1, i, set(i as usize))])
             .await
@@ -366,7 +367,7 @@ async fn log_ids(log: &mut LogStore<KvApp>) -> Vec<LogId<NodeId>> {
 #[tokio::test]
 async fn a_torn_last_record_is_cut_and_appending_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_one_by_one(dir.path(), 5).await;
+    append_one_by_one(dir.path(), 5, Default::default()).await;
     let segment = &segments(dir.path())[0];
     flip_byte(segment, written_end(segment) - 3);
 
@@ -395,7 +396,7 @@ async fn a_torn_last_record_is_cut_and_appending_continues() {
 #[tokio::test]
 async fn a_stale_record_behind_a_rewritten_one_is_not_revived() {
     let dir = tempfile::tempdir().expect("tempdir");
-    append_one_by_one(dir.path(), 3).await;
+    append_one_by_one(dir.path(), 3, Default::default()).await;
     // Tear entry 1 (the middle record): it and, behind it, entry 2 are cut at reopen.
     let segment = segments(dir.path())[0].clone();
     let end = written_end(&segment);
@@ -431,23 +432,11 @@ async fn damage_inside_the_log_refuses_to_open_and_an_unfinished_segment_is_remo
     let options = quiver_raft::LogOptions {
         segment_bytes_target: 2048,
     };
-    let fill = |dir: &std::path::Path| {
-        let dir = dir.to_path_buf();
-        async move {
-            let (mut log, _sm) =
-                quiver_raft::open_storage_with::<KvApp>(&dir, options).expect("open");
-            for i in 0..60 {
-                log.blocking_append([normal(1, i, set(i as usize))])
-                    .await
-                    .expect("append");
-            }
-        }
-    };
     let open =
         |dir: &std::path::Path| quiver_raft::open_storage_with::<KvApp>(dir, options).map(|_| ());
 
     let unfinished = tempfile::tempdir().expect("tempdir");
-    fill(unfinished.path()).await;
+    append_one_by_one(unfinished.path(), 60, options).await;
     let log_dir = unfinished.path().join(quiver_raft::LOG_DIR_NAME);
     let stray = log_dir.join("00000000000000000099.wal.new");
     std::fs::write(&stray, [0u8; 64]).expect("write a stray new segment");
@@ -455,14 +444,14 @@ async fn damage_inside_the_log_refuses_to_open_and_an_unfinished_segment_is_remo
     assert!(!stray.exists(), "the unfinished segment is removed");
 
     let bad_record = tempfile::tempdir().expect("tempdir");
-    fill(bad_record.path()).await;
+    append_one_by_one(bad_record.path(), 60, options).await;
     let closed = &segments(bad_record.path())[1];
     flip_byte(closed, 100);
     let err = open(bad_record.path()).expect_err("a bad record in a closed segment");
     assert!(format!("{err:#}").contains("is damaged"), "{err:#}");
 
     let missing = tempfile::tempdir().expect("tempdir");
-    fill(missing.path()).await;
+    append_one_by_one(missing.path(), 60, options).await;
     std::fs::remove_file(&segments(missing.path())[1]).expect("remove a segment");
     let err = open(missing.path()).expect_err("a missing segment");
     assert!(format!("{err:#}").contains("is missing"), "{err:#}");
