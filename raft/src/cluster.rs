@@ -609,7 +609,7 @@ impl<A: App> RaftNode<A> {
         let Some(leader_id) = status.leader_id else {
             return Ok(status);
         };
-        if leader_id == status.node_id || !self.inner.forward {
+        if leader_id == status.node_id {
             return Ok(status);
         }
         let Some((_, addr)) = self.leader_addr() else {

@@ -18,9 +18,12 @@
 //!   barrier, reads against applied state, shutdown. On a follower, writes and barriers are
 //!   forwarded to the leader.
 //! - `cluster.rs`: joining, adding and removing members, leadership transfer, cluster status.
-//! - The peer transport: `proto/quiver/raft/v1/peer.proto` (generated into [`proto`]), served by
-//!   `server.rs` and called through `transport.rs` (a cached tonic channel per peer); openraft's
-//!   RPCs ride on it through `PeerNetwork` (`network.rs`). Peers authenticate each other with
+//! - The peer RPC: every request a node sends to another (openraft's AppendEntries, Vote and
+//!   InstallSnapshot through `PeerNetwork` in `network.rs`; forwarding, read index, membership,
+//!   status and leadership transfer) goes through one seam, [`PeerTransport`] (`transport.rs`),
+//!   and is served by [`RaftNode::handle_peer`] (`handler.rs`). Production's transport is gRPC
+//!   (`proto/quiver/raft/v1/peer.proto`, generated into [`proto`]; a cached tonic channel per
+//!   peer; served by `server.rs`); the simulator carries the same bytes through its network. Peers authenticate each other with
 //!   mutual TLS (`tls.rs`, [`PeerTls`]).
 //! - [`QuiverRuntime`] (`runtime.rs`): openraft's async runtime — tokio, with an election-timeout
 //!   RNG that is entropy-seeded per thread and can be re-seeded ([`seed_thread_rng`]) so the
@@ -40,6 +43,7 @@
 mod batch;
 mod cluster;
 mod durability;
+mod handler;
 mod log_store;
 mod network;
 mod node;
@@ -68,8 +72,9 @@ pub use cluster::{
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
 pub use durability::{LogDisk, LogDiskHandle};
+pub use handler::PeerRefusal;
 pub use log_store::{LogOptions, LogStore, FILL_STEP_BYTES, SEGMENT_BYTES_TARGET_DEFAULT};
-pub use network::{UnreachableClient, UnreachableNetwork, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
+pub use network::{PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
     RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
     HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
@@ -83,8 +88,9 @@ pub use state_store::{
 };
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
 pub use transport::{
-    PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL,
-    PEER_MESSAGE_SIZE_MAX_BYTES, PEER_REACHABLE_WINDOW, SNAPSHOT_CHUNK_SIZE_BYTES,
+    Body, CallError, Method, PeerTransport, PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES,
+    PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES, PEER_REACHABLE_WINDOW,
+    SNAPSHOT_CHUNK_SIZE_BYTES,
 };
 
 /// Raft node identifier, unique within a cluster and never reused.

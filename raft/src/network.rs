@@ -1,13 +1,9 @@
-//! openraft's `RaftNetworkFactory` implementations.
-//!
-//! - `PeerNetwork`: the real one. Each Raft RPC is one unary call of the peer gRPC service
-//!   (`transport.rs`), its payload serde_json of openraft's message; snapshot chunks travel as raw
-//!   bytes beside a JSON header. A peer that cannot be connected to is reported `Unreachable`
-//!   (openraft backs off, see `PeerConnection::backoff`); any other transport failure is a
-//!   `NetworkError`; an error openraft raised on the peer comes back as a `RemoteError`.
-//! - [`UnreachableNetwork`]: a network that reaches nobody, for a node started without a peer
-//!   server ([`crate::RaftNode::start`]): a single-member cluster never sends an RPC. Every RPC
-//!   fails with `Unreachable`, which openraft treats like a peer that is down, never as a reply.
+//! openraft's `RaftNetworkFactory`: `PeerNetwork`. Each Raft RPC is one unary call through the
+//! node's [`crate::PeerTransport`] (`transport.rs`; gRPC in production, the simulated network in
+//! the simulator), its payload serde_json of openraft's message; snapshot chunks travel as raw
+//! bytes beside a JSON header. A peer that cannot be connected to is reported `Unreachable`
+//! (openraft backs off, see `PeerConnection::backoff`); any other transport failure is a
+//! `NetworkError`; an error openraft raised on the peer comes back as a `RemoteError`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +21,7 @@ use openraft::{AnyError, BasicNode, RaftNetwork, RaftNetworkFactory, SnapshotMet
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::transport::{decode_reply, Body, CallError, Method, PeerClients};
+use crate::transport::{decode_reply, Body, CallError, Method, Peers};
 use crate::{App, NodeId, TypeConfig};
 
 /// First pause after a peer was found unreachable; doubles up to [`PEER_BACKOFF_MAX`].
@@ -42,14 +38,14 @@ pub(crate) struct SnapshotChunkHeader {
     pub(crate) done: bool,
 }
 
-/// The Raft network over the peer gRPC service. Cheap to clone.
+/// The Raft network over the node's peer transport. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct PeerNetwork {
-    clients: Arc<PeerClients>,
+    clients: Arc<Peers>,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(clients: Arc<PeerClients>) -> Self {
+    pub(crate) fn new(clients: Arc<Peers>) -> Self {
         PeerNetwork { clients }
     }
 }
@@ -58,7 +54,7 @@ impl PeerNetwork {
 pub(crate) struct PeerConnection {
     target: NodeId,
     node: BasicNode,
-    clients: Arc<PeerClients>,
+    clients: Arc<Peers>,
 }
 
 impl<A: App> RaftNetworkFactory<TypeConfig<A>> for PeerNetwork {
@@ -198,61 +194,5 @@ impl<A: App> RaftNetwork<TypeConfig<A>> for PeerConnection {
         Backoff::new(std::iter::successors(Some(PEER_BACKOFF_MIN), |d| {
             Some((*d * 2).min(PEER_BACKOFF_MAX))
         }))
-    }
-}
-
-/// Network factory whose clients cannot reach any peer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UnreachableNetwork;
-
-/// Client for one peer, returned by [`UnreachableNetwork`]; every call fails with `Unreachable`.
-#[derive(Clone, Debug)]
-pub struct UnreachableClient {
-    target: NodeId,
-}
-
-impl UnreachableClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
-            "node {} is unreachable: this node has no Raft transport",
-            self.target
-        ))))
-    }
-}
-
-impl<A: App> RaftNetworkFactory<TypeConfig<A>> for UnreachableNetwork {
-    type Network = UnreachableClient;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        UnreachableClient { target }
-    }
-}
-
-impl<A: App> RaftNetwork<TypeConfig<A>> for UnreachableClient {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig<A>>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig<A>>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(self.unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
     }
 }

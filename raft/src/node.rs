@@ -6,7 +6,7 @@
 //! they see applied state only; callers that need linearizability call
 //! [`RaftNode::linearizable_barrier`] first.
 //!
-//! In a cluster (started with [`RaftNode::start_with_listener`]) every write and barrier may be
+//! In a cluster (started with [`RaftNode::start_with_listener`] or [`RaftNode::start_with_transport`]) every write and barrier may be
 //! called on any member: a follower forwards it to the leader over the peer RPC, retrying across
 //! leader changes until `write_timeout` runs out. Membership operations live in `cluster.rs`, the
 //! peer server in `server.rs`.
@@ -25,17 +25,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use openraft::error::{CheckIsLeaderError, ForwardToLeader, InitializeError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{BasicNode, Raft, RaftMetrics, RaftNetworkFactory, SnapshotPolicy};
+use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
 use crate::cluster::{ForwardRequest, ReadIndexRequest};
 use crate::durability::LogDiskHandle;
-use crate::network::{PeerNetwork, UnreachableNetwork};
+use crate::network::PeerNetwork;
 use crate::server::PeerServer;
 use crate::state_store::StateMachineStore;
 use crate::tls::PeerTls;
-use crate::transport::{CallError, Method, PeerClients, SNAPSHOT_CHUNK_SIZE_BYTES};
+use crate::transport::{
+    CallError, GrpcTransport, Method, NoPeers, PeerTransport, Peers, SNAPSHOT_CHUNK_SIZE_BYTES,
+};
 use crate::{open_storage_tracked, App, EnvsReleased, LogOptions, NodeId, TypeConfig};
 
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
@@ -211,11 +213,8 @@ pub(crate) struct Inner<A: App> {
     state_unsynced: Arc<std::sync::atomic::AtomicBool>,
     /// Resolves when every storage handle is dropped; taken by the first `shutdown`.
     released: tokio::sync::Mutex<Option<EnvsReleased>>,
-    /// Clients for forwarding to the leader and for cluster operations.
-    pub(crate) peers: Arc<PeerClients>,
-    /// Whether requests that need the leader are forwarded to it (nodes with a peer server), or
-    /// answered `NotLeader` (nodes started with a network of the caller's choice).
-    pub(crate) forward: bool,
+    /// The peer transport, for openraft's RPCs, forwarding to the leader and cluster operations.
+    pub(crate) peers: Arc<Peers>,
     pub(crate) write_timeout: Duration,
     /// Serialises membership changes proposed by this node (while it is the leader).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
@@ -251,7 +250,7 @@ impl<A: App> RaftNode<A> {
         RaftNode { inner }
     }
 
-    /// Open storage under `cfg.data_dir`, start Raft with a network that reaches nobody and no
+    /// Open storage under `cfg.data_dir`, start Raft with a transport that reaches nobody and no
     /// peer server, and if the node has never been initialised, initialise a single-member
     /// cluster `{node_id: BasicNode{addr}}`. On restart it resumes from disk. For a member of a
     /// multi-node cluster use [`RaftNode::start_with_listener`].
@@ -262,7 +261,7 @@ impl<A: App> RaftNode<A> {
             cfg.node_id
         );
         let addr = cfg.addr.clone();
-        let node = Self::start_with_network(cfg, UnreachableNetwork).await?;
+        let node = Self::start_inner(&cfg, Arc::new(NoPeers)).await?;
         if let Err(e) = node.initialize_single_member(addr).await {
             node.shutdown_after_failed_start().await;
             return Err(e);
@@ -270,15 +269,9 @@ impl<A: App> RaftNode<A> {
         Ok(node)
     }
 
-    /// Start a member of a multi-node cluster: open storage, start Raft over the peer network
-    /// (mutual TLS if `cfg.tls` is set) and serve the peer RPC on `listener` (which should be
-    /// bound to the address peers reach as `cfg.addr`). Then:
-    /// - if this node is already a voter (its data dir holds a cluster), resume;
-    /// - else with `cfg.join = None`, initialise a single-member cluster of itself;
-    /// - else ask the member at `cfg.join` to add it: the request is forwarded to the leader,
-    ///   which adds this node as a learner, waits until it has caught up (by log or snapshot)
-    ///   and promotes it to voter. Returns once this node sees itself as a voter; fails (and
-    ///   releases the storage) if that does not happen within [`crate::JOIN_TIMEOUT`].
+    /// Start a member of a multi-node cluster: open storage, start Raft over the peer gRPC
+    /// transport (mutual TLS if `cfg.tls` is set) and serve the peer RPC on `listener` (which
+    /// should be bound to the address peers reach as `cfg.addr`). Then [`RaftNode::settle_start`].
     pub async fn start_with_listener(
         cfg: RaftNodeConfig,
         listener: tokio::net::TcpListener,
@@ -287,9 +280,8 @@ impl<A: App> RaftNode<A> {
             tls.validate()
                 .with_context(|| format!("node {}: peer TLS material", cfg.node_id))?;
         }
-        let peers = Arc::new(PeerClients::new(cfg.tls.as_ref())?);
-        let network = PeerNetwork::new(peers.clone());
-        let node = Self::start_inner(&cfg, network, peers, true).await?;
+        let transport = Arc::new(GrpcTransport::new(cfg.tls.as_ref())?);
+        let node = Self::start_inner(&cfg, transport).await?;
         let result = async {
             let server = crate::server::spawn(&node, listener, cfg.tls.as_ref())?;
             *node.lock_server() = Some(server);
@@ -303,34 +295,39 @@ impl<A: App> RaftNode<A> {
         Ok(node)
     }
 
-    /// Open storage and start Raft over `network`, without initialising a cluster and without a
-    /// peer server. A node that was never initialised waits to be added to a cluster (or for
-    /// [`openraft::Raft::initialize`] through [`RaftNode::raft`]). Such a node does not use the
-    /// peer RPC itself: requests that need the leader fail with [`WriteError::NotLeader`] on a
-    /// follower, as before clusters existed (the caller, e.g. a simulator, routes them).
-    pub async fn start_with_network<N>(cfg: RaftNodeConfig, network: N) -> anyhow::Result<Self>
-    where
-        N: RaftNetworkFactory<TypeConfig<A>>,
-    {
-        let peers = Arc::new(PeerClients::new(cfg.tls.as_ref())?);
-        Self::start_inner(&cfg, network, peers, false).await
+    /// Open storage and start Raft over `transport`, without a peer server and without settling
+    /// membership: requests for this node arrive through [`RaftNode::handle_peer`], called by
+    /// whoever owns the transport (the simulator's network). Then call [`RaftNode::settle_start`], or
+    /// initialise the cluster through [`RaftNode::raft`].
+    pub async fn start_with_transport(
+        cfg: RaftNodeConfig,
+        transport: Arc<dyn PeerTransport>,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(&cfg, transport).await
     }
 
-    async fn start_inner<N>(
+    /// Once started (by `start_with_transport`): resume, initialise or join. If this node is
+    /// already a voter (its data dir holds a cluster), resume; else with `cfg.join = None`,
+    /// initialise a single-member cluster of itself; else ask the member at `cfg.join` to add
+    /// it: the request is forwarded to the leader, which adds this node as a learner, waits until
+    /// it has caught up (by log or snapshot) and promotes it to voter. Returns once this node
+    /// sees itself as a voter; fails if that does not happen within [`crate::JOIN_TIMEOUT`].
+    pub async fn settle_start(&self, cfg: &RaftNodeConfig) -> anyhow::Result<()> {
+        self.settle_membership(cfg).await
+    }
+
+    async fn start_inner(
         cfg: &RaftNodeConfig,
-        network: N,
-        peers: Arc<PeerClients>,
-        forward: bool,
-    ) -> anyhow::Result<Self>
-    where
-        N: RaftNetworkFactory<TypeConfig<A>>,
-    {
+        transport: Arc<dyn PeerTransport>,
+    ) -> anyhow::Result<Self> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
         let (log, state, released) =
             open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), cfg.log_options)
                 .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
+        let peers = Arc::new(Peers::new(transport));
+        let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
             .await
             .with_context(|| format!("start raft node {}", cfg.node_id))?;
@@ -346,7 +343,6 @@ impl<A: App> RaftNode<A> {
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
                 peers,
-                forward,
                 write_timeout: cfg.write_timeout,
                 membership_lock: tokio::sync::Mutex::new(()),
                 server: std::sync::Mutex::new(None),
@@ -602,12 +598,6 @@ impl<A: App> RaftNode<A> {
                         ))
                     });
                     (self.inner.node_id, attempt)
-                }
-                Route::Remote { leader_id, addr } if !self.inner.forward => {
-                    return Err(Outcome::Final(E::from(WriteError::NotLeader {
-                        leader_id: Some(leader_id),
-                        leader_addr: Some(addr),
-                    })));
                 }
                 Route::Remote { leader_id, addr } => {
                     let what = format!("leader node {leader_id} at {addr} did not answer in time");

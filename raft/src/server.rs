@@ -1,10 +1,7 @@
-//! The server side of the peer RPC (`proto/quiver/raft/v1/peer.proto`).
-//!
-//! Raft RPCs go straight to openraft; cluster operations act on this node only (a request that
-//! needs the leader and reaches a follower is answered `NotLeader`, and the sender retries) —
-//! except `AddMember` from a joining node, which is routed to the leader from here, since the
-//! joiner knows only one address. Replies are JSON `Result`s; a gRPC error status means the
-//! request was not processed (undecodable, addressed to another node id, or this node is gone).
+//! The gRPC server of the peer RPC (`proto/quiver/raft/v1/peer.proto`): each call is handed to
+//! [`RaftNode::handle_peer`] (`handler.rs`), which the simulator's network calls too. A gRPC
+//! error status means the request was not processed (undecodable, addressed to another node id,
+//! or this node is gone).
 //!
 //! The service holds a weak reference to the node: the server never keeps a node alive, and
 //! dropping the last `RaftNode` handle stops it.
@@ -13,32 +10,21 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{
-    budget, AddMemberRequest, ForwardRequest, ReadIndexRequest, RemoveMemberRequest, StatusRequest,
-    TransferLeaderRequest, LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT,
-};
-use crate::network::SnapshotChunkHeader;
+use crate::handler::PeerRefusal;
 use crate::node::Inner;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::{Json, RaftRequest, SnapshotChunk};
 use crate::tls::PeerTls;
 use crate::transport::{
-    PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,
+    Body, Method, PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,
 };
-use crate::{App, NodeId, RaftNode, TypeConfig, WriteError};
-
-/// Longest a forwarded write or read-index request may ask the leader to wait.
-const FORWARDED_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+use crate::{App, NodeId, RaftNode};
 
 /// A running peer server: dropping it (or calling [`PeerServer::stop`]) stops it.
 pub(crate) struct PeerServer {
@@ -114,38 +100,29 @@ struct PeerService<A: App> {
 }
 
 impl<A: App> PeerService<A> {
-    fn node(&self) -> Result<RaftNode<A>, Status> {
-        self.node
+    /// Hands the request to the node (`RaftNode::handle_peer`), unless it has shut down.
+    async fn handle(&self, method: Method, body: Body) -> Result<Response<Json>, Status> {
+        let node = self
+            .node
             .upgrade()
             .map(RaftNode::from_inner)
-            .ok_or_else(|| Status::unavailable("this raft node has shut down"))
-    }
-
-    /// The node, if `target` is its id.
-    fn target(&self, target: NodeId) -> Result<RaftNode<A>, Status> {
-        let node = self.node()?;
-        if node.node_id() != target {
-            return Err(Status::failed_precondition(format!(
-                "this is node {}, not node {target}",
-                node.node_id()
-            )));
+            .ok_or_else(|| Status::unavailable("this raft node has shut down"))?;
+        match node.handle_peer(method, body).await {
+            Ok(json) => Ok(Response::new(Json { json })),
+            Err(PeerRefusal::WrongTarget(m)) => Err(Status::failed_precondition(m)),
+            Err(PeerRefusal::Undecodable(m)) => Err(Status::invalid_argument(m)),
+            Err(PeerRefusal::Internal(m)) => Err(Status::internal(m)),
         }
-        Ok(node)
     }
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Status> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        Status::invalid_argument(format!(
-            "undecodable {what} (a different quiver-raft version?): {e}"
-        ))
-    })
+fn raft(request: Request<RaftRequest>) -> Body {
+    let RaftRequest { target, json } = request.into_inner();
+    Body::Raft { target, json }
 }
 
-fn reply<T: Serialize>(value: &T) -> Result<Response<Json>, Status> {
-    serde_json::to_vec(value)
-        .map(|json| Response::new(Json { json }))
-        .map_err(|e| Status::internal(format!("encode reply: {e}")))
+fn json(request: Request<Json>) -> Body {
+    Body::Json(request.into_inner().json)
 }
 
 #[tonic::async_trait]
@@ -154,104 +131,55 @@ impl<A: App> RaftPeer for PeerService<A> {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<Json>, Status> {
-        let req = request.into_inner();
-        let node = self.target(req.target)?;
-        let rpc: AppendEntriesRequest<TypeConfig<A>> = decode(&req.json, "AppendEntries")?;
-        reply(&node.raft().append_entries(rpc).await)
+        self.handle(Method::AppendEntries, raft(request)).await
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<Json>, Status> {
-        let req = request.into_inner();
-        let node = self.target(req.target)?;
-        let rpc: VoteRequest<NodeId> = decode(&req.json, "Vote")?;
-        reply(&node.raft().vote(rpc).await)
+        self.handle(Method::Vote, raft(request)).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<SnapshotChunk>,
     ) -> Result<Response<Json>, Status> {
-        let chunk = request.into_inner();
-        let node = self.target(chunk.target)?;
-        let header: SnapshotChunkHeader = decode(&chunk.header_json, "InstallSnapshot header")?;
-        let rpc = InstallSnapshotRequest::<TypeConfig<A>> {
-            vote: header.vote,
-            meta: header.meta,
-            offset: header.offset,
-            data: chunk.data,
-            done: header.done,
+        let SnapshotChunk {
+            target,
+            header_json,
+            data,
+        } = request.into_inner();
+        let body = Body::Snapshot {
+            target,
+            header_json,
+            data,
         };
-        reply(&node.raft().install_snapshot(rpc).await)
+        self.handle(Method::InstallSnapshot, body).await
     }
 
     async fn elect(&self, request: Request<RaftRequest>) -> Result<Response<Json>, Status> {
-        let node = self.target(request.into_inner().target)?;
-        reply(&node.elect_here().await)
+        self.handle(Method::Elect, raft(request)).await
     }
 
     async fn forward(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let req: ForwardRequest<A::Command> = decode(&request.into_inner().json, "Forward")?;
-        let started = Instant::now();
-        let deadline = budget(req.timeout_ms, FORWARDED_TIMEOUT_MAX);
-        let result = node
-            .write_here(req.cmd, deadline)
-            .await
-            .map_err(|e| match e {
-                // Say, from the leader's side, which voters it could reach.
-                WriteError::NoQuorum(p) => {
-                    WriteError::NoQuorum(node.no_quorum_message("write", started.elapsed(), &p))
-                }
-                e => e,
-            });
-        reply(&result)
+        self.handle(Method::Forward, json(request)).await
     }
 
     async fn read_index(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let req: ReadIndexRequest = decode(&request.into_inner().json, "ReadIndex")?;
-        let started = Instant::now();
-        let deadline = budget(req.timeout_ms, FORWARDED_TIMEOUT_MAX);
-        let result = node.read_index_here(deadline).await.map_err(|e| match e {
-            WriteError::NoQuorum(p) => {
-                WriteError::NoQuorum(node.no_quorum_message("read index", started.elapsed(), &p))
-            }
-            e => e,
-        });
-        reply(&result)
+        self.handle(Method::ReadIndex, json(request)).await
     }
 
     async fn add_member(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let req: AddMemberRequest = decode(&request.into_inner().json, "AddMember")?;
-        let deadline = budget(req.timeout_ms, MEMBERSHIP_CHANGE_TIMEOUT);
-        let result = if req.forwarded {
-            node.add_member_here(req.node_id, req.addr, req.fresh, deadline)
-                .await
-        } else {
-            node.add_member_until(req.node_id, req.addr, req.fresh, deadline)
-                .await
-        };
-        reply(&result)
+        self.handle(Method::AddMember, json(request)).await
     }
 
     async fn remove_member(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let req: RemoveMemberRequest = decode(&request.into_inner().json, "RemoveMember")?;
-        let deadline = budget(req.timeout_ms, MEMBERSHIP_CHANGE_TIMEOUT);
-        reply(&node.remove_member_here(req.node_id, deadline).await)
+        self.handle(Method::RemoveMember, json(request)).await
     }
 
     async fn status(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let _: StatusRequest = decode(&request.into_inner().json, "Status")?;
-        reply(&node.status_here().await)
+        self.handle(Method::Status, json(request)).await
     }
 
     async fn transfer_leader(&self, request: Request<Json>) -> Result<Response<Json>, Status> {
-        let node = self.node()?;
-        let req: TransferLeaderRequest = decode(&request.into_inner().json, "TransferLeader")?;
-        let deadline = budget(req.timeout_ms, LEADER_TRANSFER_TIMEOUT);
-        reply(&node.transfer_leadership_here(req.to, deadline).await)
+        self.handle(Method::TransferLeader, json(request)).await
     }
 }

@@ -10,7 +10,9 @@
 //!   undecodable payload, a newer or older protocol).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -47,7 +49,7 @@ const FRAMING_MARGIN_BYTES: usize = 1 << 10;
 
 /// The peer RPC methods (`proto/quiver/raft/v1/peer.proto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Method {
+pub enum Method {
     AppendEntries,
     Vote,
     InstallSnapshot,
@@ -62,14 +64,14 @@ pub(crate) enum Method {
 
 /// Why a peer call produced no usable reply.
 #[derive(Clone, Debug)]
-pub(crate) enum CallError {
+pub enum CallError {
     Unreachable(String),
     Timeout(String),
     Failed(String),
 }
 
 impl CallError {
-    pub(crate) fn detail(&self) -> &str {
+    pub fn detail(&self) -> &str {
         match self {
             CallError::Unreachable(d) | CallError::Timeout(d) | CallError::Failed(d) => d,
         }
@@ -87,7 +89,7 @@ impl std::fmt::Display for CallError {
 }
 
 /// The body of one request, by message type.
-pub(crate) enum Body {
+pub enum Body {
     /// A Raft RPC addressed to node `target`.
     Raft { target: NodeId, json: Vec<u8> },
     /// A snapshot chunk addressed to node `target`.
@@ -101,13 +103,18 @@ pub(crate) enum Body {
 }
 
 impl Body {
-    fn len(&self) -> usize {
+    /// Bytes of payload it carries.
+    pub fn len(&self) -> usize {
         match self {
             Body::Raft { json, .. } | Body::Json(json) => json.len(),
             Body::Snapshot {
                 header_json, data, ..
             } => header_json.len() + data.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -118,24 +125,151 @@ struct Contact {
     last_error: Option<(Instant, String)>,
 }
 
-/// Peer clients of one node: cached channels and the contact record. Shared by openraft's
-/// network clients and the node's forwarding.
-pub(crate) struct PeerClients {
-    tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+/// How one request reaches a peer: the seam between the peer RPC logic (forwarding, read index,
+/// membership, openraft's RPCs) and the wire. Production sends it over gRPC (`GrpcTransport`);
+/// the simulator carries it through its simulated network to the target's
+/// [`crate::RaftNode::handle_peer`]. Either way the bytes are the same JSON.
+pub trait PeerTransport: Send + Sync + 'static {
+    /// Deliver `body` as `method` to the node at `addr` and return its reply's JSON bytes. The
+    /// caller bounds the call by `timeout` too; an implementation may use it as the RPC's own
+    /// deadline.
+    fn unary<'a>(
+        &'a self,
+        addr: &'a str,
+        method: Method,
+        body: Body,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>>;
+}
+
+/// A transport that reaches nobody: for a node that never talks to peers (a single-member
+/// cluster started with [`crate::RaftNode::start`]). Every call is `Unreachable`, which openraft
+/// treats like a peer that is down.
+pub(crate) struct NoPeers;
+
+impl PeerTransport for NoPeers {
+    fn unary<'a>(
+        &'a self,
+        addr: &'a str,
+        method: Method,
+        _body: Body,
+        _timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+        Box::pin(async move {
+            Err(CallError::Unreachable(format!(
+                "{method:?} to {addr}: this node has no peer transport"
+            )))
+        })
+    }
+}
+
+/// Peer clients of one node: its transport and the contact record. Shared by openraft's network
+/// clients and the node's forwarding, so both go through the same seam.
+pub(crate) struct Peers {
+    transport: Arc<dyn PeerTransport>,
     contacts: Mutex<HashMap<String, Contact>>,
 }
 
-impl PeerClients {
+impl Peers {
+    pub(crate) fn new(transport: Arc<dyn PeerTransport>) -> Self {
+        Peers {
+            transport,
+            contacts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record(&self, addr: &str, outcome: Result<(), &CallError>) {
+        let mut contacts = self
+            .contacts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let contact = contacts.entry(addr.to_string()).or_default();
+        match outcome {
+            // The peer answered, even if with an error of its own: it is reachable.
+            Ok(()) | Err(CallError::Failed(_)) => contact.last_ok = Some(Instant::now()),
+            Err(e) => contact.last_error = Some((Instant::now(), e.to_string())),
+        }
+    }
+
+    /// `Ok` if the last call to `addr` was answered, within [`PEER_REACHABLE_WINDOW`]; else
+    /// what went wrong last.
+    pub(crate) fn reachability(&self, addr: &str) -> Result<(), String> {
+        let contacts = self
+            .contacts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(contact) = contacts.get(addr) else {
+            return Err("not contacted from this node yet".to_string());
+        };
+        match (&contact.last_ok, &contact.last_error) {
+            (_, Some((failed, e))) if contact.last_ok.is_none_or(|ok| ok < *failed) => {
+                Err(e.clone())
+            }
+            (Some(ok), _) if ok.elapsed() <= PEER_REACHABLE_WINDOW => Ok(()),
+            _ => Err(format!("no answer in the last {PEER_REACHABLE_WINDOW:?}")),
+        }
+    }
+
+    /// One unary call; returns the reply's JSON bytes. A request over
+    /// [`PEER_MESSAGE_SIZE_MAX_BYTES`] is not sent; the whole call is bounded by `timeout`.
+    pub(crate) async fn unary(
+        &self,
+        addr: &str,
+        method: Method,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let result = if body.len() + FRAMING_MARGIN_BYTES > PEER_MESSAGE_SIZE_MAX_BYTES {
+            Err(CallError::Failed(format!(
+                "{method:?} request of {} bytes exceeds the peer message limit of \
+                 {PEER_MESSAGE_SIZE_MAX_BYTES} bytes",
+                body.len()
+            )))
+        } else {
+            match tokio::time::timeout(timeout, self.transport.unary(addr, method, body, timeout))
+                .await
+            {
+                Err(_) => Err(CallError::Timeout(format!(
+                    "{method:?} to {addr}: no answer within {timeout:?}"
+                ))),
+                Ok(reply) => reply,
+            }
+        };
+        self.record(addr, result.as_ref().map(|_| ()));
+        result
+    }
+
+    /// A cluster-operation call: `req` and the reply are JSON.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let json = serde_json::to_vec(req)
+            .map_err(|e| CallError::Failed(format!("encode {method:?} request: {e}")))?;
+        let reply = self.unary(addr, method, Body::Json(json), timeout).await?;
+        decode_reply(addr, method, &reply)
+    }
+}
+
+/// The production transport: one lazily connected tonic `Channel` per peer address, mutual TLS
+/// when configured.
+pub(crate) struct GrpcTransport {
+    tls: Option<ClientTlsConfig>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl GrpcTransport {
     pub(crate) fn new(tls: Option<&PeerTls>) -> anyhow::Result<Self> {
-        let clients = PeerClients {
+        let transport = GrpcTransport {
             tls: tls.map(PeerTls::client_config),
             channels: Mutex::new(HashMap::new()),
-            contacts: Mutex::new(HashMap::new()),
         };
         // Surface a TLS configuration tonic refuses now, not on the first RPC.
-        clients.endpoint("127.0.0.1:1")?;
-        Ok(clients)
+        transport.endpoint("127.0.0.1:1")?;
+        Ok(transport)
     }
 
     fn endpoint(&self, addr: &str) -> anyhow::Result<Endpoint> {
@@ -172,65 +306,13 @@ impl PeerClients {
         Ok(channel)
     }
 
-    fn record(&self, addr: &str, outcome: Result<(), &CallError>) {
-        let mut contacts = self
-            .contacts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let contact = contacts.entry(addr.to_string()).or_default();
-        match outcome {
-            // The peer answered, even if with an error of its own: it is reachable.
-            Ok(()) | Err(CallError::Failed(_)) => contact.last_ok = Some(Instant::now()),
-            Err(e) => contact.last_error = Some((Instant::now(), e.to_string())),
-        }
-    }
-
-    /// `Ok` if the last call to `addr` was answered, within [`PEER_REACHABLE_WINDOW`]; else
-    /// what went wrong last.
-    pub(crate) fn reachability(&self, addr: &str) -> Result<(), String> {
-        let contacts = self
-            .contacts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Some(contact) = contacts.get(addr) else {
-            return Err("not contacted from this node yet".to_string());
-        };
-        match (&contact.last_ok, &contact.last_error) {
-            (_, Some((failed, e))) if contact.last_ok.is_none_or(|ok| ok < *failed) => {
-                Err(e.clone())
-            }
-            (Some(ok), _) if ok.elapsed() <= PEER_REACHABLE_WINDOW => Ok(()),
-            _ => Err(format!("no answer in the last {PEER_REACHABLE_WINDOW:?}")),
-        }
-    }
-
-    /// One unary call; returns the reply's JSON bytes.
-    pub(crate) async fn unary(
+    async fn send(
         &self,
         addr: &str,
         method: Method,
         body: Body,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        let result = self.unary_inner(addr, method, body, timeout).await;
-        self.record(addr, result.as_ref().map(|_| ()));
-        result
-    }
-
-    async fn unary_inner(
-        &self,
-        addr: &str,
-        method: Method,
-        body: Body,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, CallError> {
-        if body.len() + FRAMING_MARGIN_BYTES > PEER_MESSAGE_SIZE_MAX_BYTES {
-            return Err(CallError::Failed(format!(
-                "{method:?} request of {} bytes exceeds the peer message limit of \
-                 {PEER_MESSAGE_SIZE_MAX_BYTES} bytes",
-                body.len()
-            )));
-        }
         let mut client = RaftPeerClient::new(self.channel(addr)?)
             .max_decoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES)
             .max_encoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES);
@@ -291,27 +373,22 @@ impl PeerClients {
                 ))),
             }
         };
-        match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(CallError::Timeout(format!(
-                "{method:?} to {addr}: no answer within {timeout:?}"
-            ))),
-            Ok(Ok(reply)) => Ok(reply.into_inner().json),
-            Ok(Err(status)) => Err(classify(addr, method, &status)),
+        match call.await {
+            Ok(reply) => Ok(reply.into_inner().json),
+            Err(status) => Err(classify(addr, method, &status)),
         }
     }
+}
 
-    /// A cluster-operation call: `req` and the reply are JSON.
-    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        addr: &str,
+impl PeerTransport for GrpcTransport {
+    fn unary<'a>(
+        &'a self,
+        addr: &'a str,
         method: Method,
-        req: &Req,
+        body: Body,
         timeout: Duration,
-    ) -> Result<Resp, CallError> {
-        let json = serde_json::to_vec(req)
-            .map_err(|e| CallError::Failed(format!("encode {method:?} request: {e}")))?;
-        let reply = self.unary(addr, method, Body::Json(json), timeout).await?;
-        decode_reply(addr, method, &reply)
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+        Box::pin(self.send(addr, method, body, timeout))
     }
 }
 

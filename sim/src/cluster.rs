@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use crate::check::FinalState;
 use crate::chunks::Chunks;
 use crate::disk::SimDisk;
-use crate::net::{Router, SimNetwork};
+use crate::net::{peer_addr, Router, SimTransport};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
 
@@ -144,7 +144,7 @@ impl Cluster {
     }
 
     fn addr(id: NodeId) -> String {
-        format!("n{id}.sim:7000")
+        peer_addr(id)
     }
 
     fn config(&self, id: NodeId) -> RaftNodeConfig {
@@ -185,18 +185,21 @@ impl Cluster {
     /// Start node `id` from its data dir (first start or restart).
     pub async fn start(&self, id: NodeId) -> anyhow::Result<()> {
         let incarnation = self.router.next_incarnation(id);
-        let network = SimNetwork {
+        let transport = Arc::new(SimTransport {
             from: id,
             incarnation,
             router: self.router.clone(),
-        };
+        });
         let cfg = self.config(id);
-        let node =
-            match tokio::spawn(RaftNode::<RegistryApp>::start_with_network(cfg, network)).await {
-                Ok(started) => started.with_context(|| format!("start n{id}"))?,
-                Err(e) => anyhow::bail!("n{id} panicked while starting: {}", panic_message(e)),
-            };
-        self.router.attach(id, incarnation, node.raft().clone());
+        let node = match tokio::spawn(RaftNode::<RegistryApp>::start_with_transport(
+            cfg, transport,
+        ))
+        .await
+        {
+            Ok(started) => started.with_context(|| format!("start n{id}"))?,
+            Err(e) => anyhow::bail!("n{id} panicked while starting: {}", panic_message(e)),
+        };
+        self.router.attach(id, incarnation, node.clone());
         if let Some(chunks) = self.chunks.get() {
             chunks.set_up(id, true);
         }

@@ -5,12 +5,14 @@
 //! regions) plus jitter, the active cuts (partitions, one-way included), lossy spells,
 //! duplicating spells and reordering spells; for one message it answers "delivered after d",
 //! "delivered after d and once more after d2" or "dropped". [`Router`] holds the model, its
-//! seeded RNG and the `Raft` handle of every running node. [`SimNetwork`] is the
-//! `RaftNetworkFactory` each node is started with: an RPC travels `from → to` (maybe dropped),
-//! is handed to the target's `Raft` (a crashed node refuses the connection: `Unreachable`), and
-//! its reply travels back `to → from` (maybe dropped, so a request can take effect while its
-//! sender sees a timeout). A dropped message costs the sender the RPC's whole time budget, as a
-//! lost packet would.
+//! seeded RNG and the handle of every running node. [`SimTransport`] is the `PeerTransport` each
+//! node is started with — the same seam production's gRPC transport implements, so openraft's
+//! RPCs, forwarding to the leader, read index and membership changes all cross this network: a
+//! request travels `from → to` (maybe dropped), is handed to the target's
+//! `RaftNode::handle_peer` (a crashed node refuses the connection: `Unreachable`), and its reply
+//! travels back `to → from` (maybe dropped, so a request can take effect while its sender sees a
+//! timeout). A dropped message costs the sender the call's whole time budget, as a lost packet
+//! would.
 //!
 //! Duplication and reordering: a duplicated request reaches the target twice (the second copy
 //! [`DUPLICATE_DELAY_MS`] later; its reply goes nowhere), and a reordered message is held back
@@ -24,25 +26,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
-use openraft::network::{Backoff, RPCOption};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, BasicNode, Raft, RaftNetwork, RaftNetworkFactory};
+use std::future::Future;
+use std::pin::Pin;
+
 use quiver_node::state::RegistryApp;
-use quiver_raft::TypeConfig;
+use quiver_raft::{Body, CallError, Method, PeerTransport, RaftNode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
-
-pub type Config = TypeConfig<RegistryApp>;
 
 /// Base one-way latency of a link between two nodes of one region, drawn once per directed link.
 pub const LINK_LATENCY_US: (u64, u64) = (500, 8_000);
@@ -54,10 +48,6 @@ pub const DUPLICATE_DELAY_MS: (u64, u64) = (1, 100);
 pub const REORDER_DELAY_MS: (u64, u64) = (5, 200);
 /// Each message's latency is the link's base ± this percentage.
 pub const LINK_JITTER_PCT: u64 = 30;
-/// Pause before openraft retries a peer it found unreachable (a crashed node), doubling up to
-/// [`PEER_BACKOFF_MAX`]; the real transport's values.
-pub const PEER_BACKOFF_MIN: Duration = quiver_raft::PEER_BACKOFF_MIN;
-pub const PEER_BACKOFF_MAX: Duration = quiver_raft::PEER_BACKOFF_MAX;
 
 /// What happens to one message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,13 +199,13 @@ fn worst(spells: &BTreeMap<u32, Spell>, from: NodeId, to: NodeId) -> u8 {
 struct RouterState {
     links: LinkModel,
     rng: StdRng,
-    /// Running nodes: incarnation and Raft handle.
-    nodes: BTreeMap<NodeId, (u64, Raft<Config>)>,
+    /// Running nodes: incarnation and handle.
+    nodes: BTreeMap<NodeId, (u64, RaftNode<RegistryApp>)>,
     /// Last incarnation handed out per node.
     incarnations: BTreeMap<NodeId, u64>,
 }
 
-/// The shared network: the link model, its RNG, and the running nodes' Raft handles.
+/// The shared network: the link model, its RNG, and the running nodes' handles.
 pub struct Router {
     state: Mutex<RouterState>,
     trace: SharedTrace,
@@ -252,7 +242,7 @@ impl Router {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A new incarnation of node `id` is about to start: its network is [`SimNetwork`] with
+    /// A new incarnation of node `id` is about to start: its transport is [`SimTransport`] with
     /// this number. Messages sent by earlier incarnations (tasks of a crashed node that have
     /// not noticed yet) are dropped.
     pub fn next_incarnation(&self, id: NodeId) -> u64 {
@@ -262,9 +252,9 @@ impl Router {
         *n
     }
 
-    /// Incarnation `incarnation` of node `id` is up: messages to it are delivered to `raft`.
-    pub fn attach(&self, id: NodeId, incarnation: u64, raft: Raft<Config>) {
-        self.lock().nodes.insert(id, (incarnation, raft));
+    /// Incarnation `incarnation` of node `id` is up: messages to it are delivered to `node`.
+    pub fn attach(&self, id: NodeId, incarnation: u64, node: RaftNode<RegistryApp>) {
+        self.lock().nodes.insert(id, (incarnation, node));
     }
 
     /// Node `id` is down: connections to it are refused, and what it still sends is lost.
@@ -299,8 +289,8 @@ impl Router {
         Duration::from_micros(us)
     }
 
-    fn target(&self, id: NodeId) -> Option<Raft<Config>> {
-        self.lock().nodes.get(&id).map(|(_, raft)| raft.clone())
+    fn target(&self, id: NodeId) -> Option<RaftNode<RegistryApp>> {
+        self.lock().nodes.get(&id).map(|(_, node)| node.clone())
     }
 
     fn note(&self, event: impl FnOnce() -> String) {
@@ -310,105 +300,94 @@ impl Router {
     }
 }
 
-/// The `RaftNetworkFactory` node `from` is started with.
+/// The peer address of simulated node `id` (what its membership entry names).
+pub fn peer_addr(id: NodeId) -> String {
+    format!("n{id}.sim:7000")
+}
+
+/// The node a peer address names ([`peer_addr`]'s inverse).
+fn node_of(addr: &str) -> Option<NodeId> {
+    addr.strip_prefix('n')?.split('.').next()?.parse().ok()
+}
+
+/// The [`PeerTransport`] node `from` is started with: every peer request it sends (openraft's
+/// RPCs, forwarding, read index, membership) travels `from → to` (maybe dropped), is handed to
+/// the target's [`RaftNode::handle_peer`] (a crashed node refuses the connection:
+/// `Unreachable`), and its reply travels back `to → from` (maybe dropped, so a request can take
+/// effect while its sender sees a timeout). A dropped message costs the sender the call's whole
+/// time budget, as a lost packet would.
 #[derive(Clone)]
-pub struct SimNetwork {
+pub struct SimTransport {
     pub from: NodeId,
     /// From [`Router::next_incarnation`].
     pub incarnation: u64,
     pub router: Arc<Router>,
 }
 
-pub struct SimConnection {
-    from: NodeId,
-    incarnation: u64,
-    to: NodeId,
-    router: Arc<Router>,
-}
-
-impl RaftNetworkFactory<Config> for SimNetwork {
-    type Network = SimConnection;
-
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        SimConnection {
-            from: self.from,
-            incarnation: self.incarnation,
-            to: target,
-            router: self.router.clone(),
-        }
+/// A request body that can be delivered more than once (a duplicated packet).
+fn copy_body(body: &Body) -> Body {
+    match body {
+        Body::Raft { target, json } => Body::Raft {
+            target: *target,
+            json: json.clone(),
+        },
+        Body::Snapshot {
+            target,
+            header_json,
+            data,
+        } => Body::Snapshot {
+            target: *target,
+            header_json: header_json.clone(),
+            data: data.clone(),
+        },
+        Body::Json(json) => Body::Json(json.clone()),
     }
 }
 
-/// Why an RPC did not produce a reply from the target.
-enum Failure {
-    /// The target is down (connection refused).
-    Down,
-    /// The request or the reply was lost, or the target did not answer in time.
-    Lost(&'static str),
+impl PeerTransport for SimTransport {
+    fn unary<'a>(
+        &'a self,
+        addr: &'a str,
+        method: Method,
+        body: Body,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+        Box::pin(async move {
+            let from = self.from;
+            let Some(to) = node_of(addr) else {
+                return Err(CallError::Unreachable(format!(
+                    "{method:?} to {addr}: no such simulated node"
+                )));
+            };
+            let outcome = self.carry(to, method, body, Instant::now() + timeout).await;
+            let what = match &outcome {
+                Ok(_) => "ok",
+                Err(CallError::Unreachable(_)) => "down",
+                Err(CallError::Failed(_)) => "refused",
+                Err(CallError::Timeout(_)) => "lost",
+            };
+            self.router
+                .note(|| format!("rpc n{from}->n{to} {method:?} {what}"));
+            outcome
+        })
+    }
 }
 
-impl SimConnection {
-    /// Carry one RPC: request hop, the target's Raft, reply hop; all within `ttl`.
-    async fn call<Req, Resp, E, F, Fut>(
+impl SimTransport {
+    /// Carry one request to `to` and its reply back, within `deadline`.
+    async fn carry(
         &self,
-        kind: &str,
-        req: Req,
-        ttl: Duration,
-        deliver: F,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
-    where
-        Req: Clone + Send + 'static,
-        Resp: Send + 'static,
-        E: std::error::Error + Send + 'static,
-        F: Fn(Raft<Config>, Req) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
-    {
-        let (from, to) = (self.from, self.to);
-        let deadline = Instant::now() + ttl;
-        let outcome = self.carry(req, deadline, deliver).await;
-        let any = |what: &str| AnyError::error(format!("n{from}->n{to} {kind}: {what}"));
-        match outcome {
-            Ok(Ok(resp)) => {
-                self.router.note(|| format!("rpc n{from}->n{to} {kind} ok"));
-                Ok(resp)
-            }
-            Ok(Err(remote)) => {
-                self.router
-                    .note(|| format!("rpc n{from}->n{to} {kind} remote-error"));
-                Err(RPCError::RemoteError(RemoteError::new(to, remote)))
-            }
-            Err(Failure::Down) => {
-                self.router
-                    .note(|| format!("rpc n{from}->n{to} {kind} down"));
-                Err(RPCError::Unreachable(Unreachable::new(&any(
-                    "connection refused: node is down",
-                ))))
-            }
-            Err(Failure::Lost(what)) => {
-                self.router
-                    .note(|| format!("rpc n{from}->n{to} {kind} {what}"));
-                Err(RPCError::Network(NetworkError::new(&any(what))))
-            }
-        }
-    }
-
-    async fn carry<Req, Resp, E, F, Fut>(
-        &self,
-        req: Req,
+        to: NodeId,
+        method: Method,
+        body: Body,
         deadline: Instant,
-        deliver: F,
-    ) -> Result<Result<Resp, RaftError<NodeId, E>>, Failure>
-    where
-        Req: Clone + Send + 'static,
-        Resp: Send + 'static,
-        E: std::error::Error + Send + 'static,
-        F: Fn(Raft<Config>, Req) -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
-    {
-        let (from, to) = (self.from, self.to);
+    ) -> Result<Vec<u8>, CallError> {
+        let from = self.from;
         let lost = |what: &'static str| async move {
             tokio::time::sleep_until(deadline).await;
-            Err(Failure::Lost(what))
+            Err(CallError::Timeout(format!(
+                "{method:?} n{from}->n{to}: {what}"
+            )))
         };
         if !self.router.is_current(from, self.incarnation) {
             // A crashed node's task still sending: nothing leaves a dead machine. (Waiting out
@@ -419,24 +398,27 @@ impl SimConnection {
             Hop::Drop => return lost("request-lost").await,
             Hop::Deliver(d) => d,
             Hop::Duplicate(d, again) => {
-                self.deliver_stray(req.clone(), again, "dup", deliver.clone());
+                self.deliver_stray(to, method, copy_body(&body), again, "dup");
                 d
             }
         };
         if Instant::now() + there > deadline {
             // It arrives after the sender gave up: the target still gets it.
-            self.deliver_stray(req, there, "late", deliver);
+            self.deliver_stray(to, method, body, there, "late");
             return lost("timeout").await;
         }
         tokio::time::sleep(there).await;
-        let Some(raft) = self.router.target(to) else {
-            return Err(Failure::Down);
+        let Some(node) = self.router.target(to) else {
+            return Err(CallError::Unreachable(format!(
+                "{method:?} n{from}->n{to}: connection refused, node is down"
+            )));
         };
-        let reply = match tokio::time::timeout_at(deadline, deliver(raft, req)).await {
-            Err(_) => return Err(Failure::Lost("timeout")),
-            // The target stopped while handling it: as good as down.
-            Ok(Err(RaftError::Fatal(_))) => return Err(Failure::Down),
-            Ok(reply) => reply,
+        let reply = match tokio::time::timeout_at(deadline, node.handle_peer(method, body)).await {
+            Err(_) => return lost("timeout").await,
+            Ok(Err(refusal)) => Err(CallError::Failed(format!(
+                "{method:?} n{from}->n{to}: {refusal}"
+            ))),
+            Ok(Ok(reply)) => Ok(reply),
         };
         let back = match self.router.hop(to, from) {
             Hop::Drop => return lost("reply-lost").await,
@@ -444,88 +426,31 @@ impl SimConnection {
             Hop::Deliver(d) | Hop::Duplicate(d, _) => d,
         };
         if Instant::now() + back > deadline {
-            tokio::time::sleep_until(deadline).await;
-            return Err(Failure::Lost("timeout"));
+            return lost("timeout").await;
         }
         tokio::time::sleep(back).await;
-        Ok(reply)
+        reply
     }
-}
 
-impl SimConnection {
     /// A copy of a request that no sender waits for (a duplicate, or one that arrives after its
     /// sender gave up): handed to the target `after` from now if it is up then, its reply
     /// dropped.
-    fn deliver_stray<Req, Resp, E, F, Fut>(&self, req: Req, after: Duration, what: &str, deliver: F)
-    where
-        Req: Send + 'static,
-        Resp: Send + 'static,
-        E: std::error::Error + Send + 'static,
-        F: FnOnce(Raft<Config>, Req) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<Resp, RaftError<NodeId, E>>> + Send + 'static,
-    {
+    fn deliver_stray(&self, to: NodeId, method: Method, body: Body, after: Duration, what: &str) {
         let router = self.router.clone();
-        let (from, to) = (self.from, self.to);
+        let from = self.from;
         let what = what.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            let Some(raft) = router.target(to) else {
-                router.note(|| format!("rpc n{from}->n{to} {what} down"));
+            let Some(node) = router.target(to) else {
+                router.note(|| format!("rpc n{from}->n{to} {method:?} {what} down"));
                 return;
             };
-            let outcome = match deliver(raft, req).await {
+            let outcome = match node.handle_peer(method, body).await {
                 Ok(_) => "ok",
-                Err(_) => "remote-error",
+                Err(_) => "refused",
             };
-            router.note(|| format!("rpc n{from}->n{to} {what} {outcome}"));
+            router.note(|| format!("rpc n{from}->n{to} {method:?} {what} {outcome}"));
         });
-    }
-}
-
-impl RaftNetwork<Config> for SimConnection {
-    async fn append_entries(
-        &mut self,
-        rpc: AppendEntriesRequest<Config>,
-        option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let kind = format!("append[{}]", rpc.entries.len());
-        self.call(&kind, rpc, option.hard_ttl(), |raft, rpc| async move {
-            raft.append_entries(rpc).await
-        })
-        .await
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<Config>,
-        option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        let kind = format!("snapshot[{}+{}]", rpc.offset, rpc.data.len());
-        self.call(&kind, rpc, option.hard_ttl(), |raft, rpc| async move {
-            raft.install_snapshot(rpc).await
-        })
-        .await
-    }
-
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("vote", rpc, option.hard_ttl(), |raft, rpc| async move {
-            raft.vote(rpc).await
-        })
-        .await
-    }
-
-    /// The real transport's backoff, so a down peer costs what it costs in production.
-    fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::successors(Some(PEER_BACKOFF_MIN), |d| {
-            Some((*d * 2).min(PEER_BACKOFF_MAX))
-        }))
     }
 }
 
