@@ -16,7 +16,7 @@ use quiver_client::sdk::UploadFile;
 use quiver_client::Client;
 use serde::Serialize;
 
-use crate::cli::LocalCluster;
+use crate::launch::LocalCluster;
 use crate::node::Consistency;
 use crate::tls::{default_ca_dir, ClusterCa};
 

@@ -7,6 +7,7 @@ pub mod command;
 pub mod domain;
 pub mod env;
 pub mod gc;
+pub mod launch;
 pub mod node;
 pub mod replication;
 pub mod server;
