@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use quiver_node::tls::ClusterCa;
 use serde::Serialize;
 
 use crate::launch::{serve_until, shutdown_signal, start_node, LocalCluster, ServeArgs};
-use crate::tls::ClusterCa;
 
 #[derive(Parser, Debug)]
 #[command(name = "quiver-node", version, about = "Quiver registry node")]
@@ -268,7 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => up(data_dir, port, nodes).await,
         Command::Bench(command) => bench(command).await,
         Command::Gc { data_dir, dry_run } => {
-            let report = crate::gc::collect(&data_dir, dry_run)?;
+            let report = quiver_node::gc::collect(&data_dir, dry_run)?;
             println!(
                 "{} {} unreferenced chunk(s), {} bytes; kept {} referenced (including by {} \
                  log entries not yet applied)",

@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use quiver_node::server::serve;
+use quiver_node::tls::{default_ca_dir, default_tls_dir, ClusterCa, NodeCert};
+use quiver_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-
-use crate::node::{Node, NodeConfig};
-use crate::server::serve;
-use crate::tls::{default_ca_dir, default_tls_dir, ClusterCa, NodeCert};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ServeArgs {
