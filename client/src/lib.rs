@@ -1,19 +1,14 @@
-//! quiver-client: the public contract of a Quiver node — the protobuf API,
-//! the reference syntax, signature files, and the Rust SDK the `quiver` CLI
-//! and its benchmarks are built on.
+//! quiver-client: the tools over a Quiver node's public contract — the Rust
+//! SDK, signature files, and the `quiver` CLI and its benchmarks. The
+//! contract itself (protobuf API, reference syntax, wire conversions) is the
+//! `quiver-api` crate, re-exported here so SDK users need one dependency.
 
 pub mod bench;
 pub mod cli;
-pub mod reference;
 pub mod sdk;
 pub mod signature;
-pub mod wire;
 
-/// Generated protobuf types and gRPC stubs (package `quiver.v1`).
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("quiver.v1");
-}
+pub use quiver_api::{proto, reference, wire};
 
 #[cfg(test)]
 pub(crate) mod fake_node;

@@ -1,8 +1,8 @@
 //! quiver-node: the registry — domain types, the replicated state machine,
 //! the gRPC services and the node that ties them to Raft and the chunk store.
+//! The `quiver-node` binary (commands, local clusters, benchmarks) is the
+//! `quiver-node-cli` crate in `cli/`, so this library links no tools.
 
-pub mod bench;
-pub mod cli;
 pub mod command;
 pub mod domain;
 pub mod env;

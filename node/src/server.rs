@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use quiver_client::proto::{
+use quiver_api::proto::{
     admin_server::AdminServer, lifecycle_server::LifecycleServer, models_server::ModelsServer,
     versions_server::VersionsServer,
 };

@@ -27,7 +27,7 @@ use std::ops::Bound;
 use anyhow::Context;
 use heed::types::Bytes;
 use heed::{Database, Env, RoTxn, RwTxn};
-use quiver_client::{Reference, VersionSelector};
+use quiver_api::{Reference, VersionSelector};
 use quiver_transfer::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 

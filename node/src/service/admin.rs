@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use quiver_client::proto::{self, admin_server::Admin};
+use quiver_api::proto::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use super::actor_of;

@@ -1,7 +1,7 @@
 //! Conversions between the protobuf contract and the domain. This is the
 //! only place that knows both; the domain derives no wire format.
 
-use quiver_client::proto;
+use quiver_api::proto;
 
 use crate::domain::{self, DomainError, DomainResult};
 

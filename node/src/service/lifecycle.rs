@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use quiver_client::proto::{self, lifecycle_server::Lifecycle};
+use quiver_api::proto::{self, lifecycle_server::Lifecycle};
 use tonic::{Request, Response, Status};
 
 use super::convert::{alias_to_proto, required_stage};

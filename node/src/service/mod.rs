@@ -8,8 +8,8 @@ pub mod lifecycle;
 pub mod models;
 pub mod versions;
 
-use quiver_client::proto;
-use quiver_client::Reference;
+use quiver_api::proto;
+use quiver_api::Reference;
 use tonic::{Request, Status};
 
 use crate::domain::{Actor, DomainError};

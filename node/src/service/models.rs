@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use quiver_client::proto::{self, models_server::Models};
+use quiver_api::proto::{self, models_server::Models};
 use tonic::{Request, Response, Status};
 
 use super::convert::{model_to_proto, risk_tier_from_proto};

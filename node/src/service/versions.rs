@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use quiver_client::proto::{self, upload_message::Kind, versions_server::Versions};
-use quiver_client::wire::manifest_to_proto;
+use quiver_api::proto::{self, upload_message::Kind, versions_server::Versions};
+use quiver_api::wire::manifest_to_proto;
 use quiver_transfer::{
     validate_path, ChunkRef, Chunker, FileEntry, Hash, Manifest, StoreError, FILES_PER_MANIFEST_MAX,
 };

@@ -14,11 +14,11 @@ use quiver_client::bench::{percentile_ms, raw_write, registry, RegistryOptions, 
 use quiver_client::proto::{CreateModelRequest, UploadHeader, VersionMetadata};
 use quiver_client::sdk::UploadFile;
 use quiver_client::Client;
+use quiver_node::node::Consistency;
+use quiver_node::tls::{default_ca_dir, ClusterCa};
 use serde::Serialize;
 
-use crate::cli::LocalCluster;
-use crate::node::Consistency;
-use crate::tls::{default_ca_dir, ClusterCa};
+use crate::launch::LocalCluster;
 
 /// How long a benchmark waits for a cluster to converge before giving up.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);

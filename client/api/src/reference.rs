@@ -2,7 +2,7 @@
 //! `name/3` (a version number), `name@champion` (an alias),
 //! `name:production` (the version currently in a stage).
 //!
-//! Parsing lives in the client crate because it is part of the public
+//! Parsing lives in the contract crate because it is part of the public
 //! contract; the node resolves a parsed reference against its state.
 
 use std::fmt;

@@ -1,0 +1,15 @@
+//! quiver-api: the public contract of a Quiver node — the protobuf API
+//! (`quiver.v1`, client stubs and server traits), the reference syntax and
+//! the manifest's wire form. Pure contract: no SDK, no CLI, no benchmarks,
+//! so a server links it without the tools (`quiver-client` holds those).
+
+pub mod reference;
+pub mod wire;
+
+/// Generated protobuf types and gRPC stubs (package `quiver.v1`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("quiver.v1");
+}
+
+pub use reference::{ParseRefError, Reference, VersionSelector};

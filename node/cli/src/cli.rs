@@ -1,0 +1,312 @@
+//! The `quiver-node` command line: `serve` runs one node, `up` runs a local
+//! cluster on loopback for trying Quiver out, `cert issue` makes a node
+//! certificate for a node that will join.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use quiver_node::tls::ClusterCa;
+use serde::Serialize;
+
+use crate::launch::{serve_until, shutdown_signal, start_node, LocalCluster, ServeArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "quiver-node", version, about = "Quiver registry node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node: its data lives in --data-dir, its API on --listen.
+    Serve(ServeArgs),
+    /// Run a local cluster on loopback with data under --data-dir, until Ctrl-C.
+    Up {
+        #[arg(long, default_value = ".quiver")]
+        data_dir: PathBuf,
+        /// API port of node 1; node i uses PORT+i-1, its Raft port that +100 and
+        /// its QUIC port that +200. 0 picks free ports (kept across restarts).
+        #[arg(long, default_value_t = 7400)]
+        port: u16,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+        nodes: u16,
+    },
+    /// Certificates of the cluster's CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Remove chunks no version refers to (left by interrupted uploads). Run it
+    /// while the node is stopped; it prints what it removed.
+    Gc {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Cluster benchmarks: each starts its own local cluster in --scratch-dir
+    /// and prints figures beside baselines measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Registrations/s and latency with 1, 16, 64 clients: one node vs N nodes.
+    Metadata {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<u32>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+    /// Time to READY (W copies) and to full replication of one version on 3
+    /// nodes, against raw write+fsync of as many copies to the same disk.
+    Distribution {
+        /// Bytes: 1GiB, 256MiB, …
+        #[arg(long, default_value = "1GiB", value_parser = quiver_client::cli::parse_size)]
+        size: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+    /// SIGKILL the leader of a 3-process cluster repeatedly; time to the first
+    /// acknowledged write through a survivor.
+    Failover {
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        drills: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    /// Where the benchmark clusters keep their data (the disk under test).
+    #[arg(long, default_value = ".")]
+    scratch_dir: PathBuf,
+    #[arg(long, default_value = "table")]
+    output: String,
+}
+
+fn print_report<T: Serialize>(output: &str, report: &T, table: String) -> anyhow::Result<()> {
+    match output {
+        "json" => println!("{}", serde_json::to_string_pretty(report)?),
+        "table" => print!("{table}"),
+        other => bail!("--output {other:?}: use table or json"),
+    }
+    Ok(())
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    use quiver_client::cli::table;
+    match command {
+        BenchCommand::Metadata {
+            clients,
+            duration,
+            nodes,
+            common,
+        } => {
+            let rows = crate::bench::metadata(
+                &common.scratch_dir,
+                &clients,
+                std::time::Duration::from_secs(duration),
+                nodes,
+            )
+            .await?;
+            let single = |c: u32| rows.iter().find(|r| r.nodes == 1 && r.clients == c);
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .filter(|r| r.nodes == nodes)
+                .map(|r| {
+                    let base = single(r.clients);
+                    vec![
+                        r.clients.to_string(),
+                        format!("{:.0}/s", r.registrations_per_s),
+                        format!("{:.2} ms", r.latency_ms_p50),
+                        format!("{:.2} ms", r.latency_ms_p99),
+                        base.map_or("-".into(), |b| format!("{:.0}/s", b.registrations_per_s)),
+                        base.map_or("-".into(), |b| format!("{:.2} ms", b.latency_ms_p99)),
+                        base.map_or("-".into(), |b| {
+                            format!("{:.2}", r.registrations_per_s / b.registrations_per_s)
+                        }),
+                    ]
+                })
+                .collect();
+            let text = table(
+                &[
+                    "CLIENTS",
+                    &format!("{nodes}-NODE REG/S"),
+                    "P50",
+                    "P99",
+                    "1-NODE REG/S",
+                    "1-NODE P99",
+                    "RATIO",
+                ],
+                &cells,
+            );
+            print_report(&common.output, &rows, text)
+        }
+        BenchCommand::Distribution { size, common } => {
+            let r = crate::bench::distribution(&common.scratch_dir, size).await?;
+            let text = table(
+                &["FIGURE", "SECONDS", "BASELINE (RAW WRITE+FSYNC)", "RATIO"],
+                &[
+                    vec![
+                        format!("READY ({} copies)", r.write_quorum),
+                        format!("{:.2}", r.ready_s),
+                        format!(
+                            "{:.2} s for {} copies",
+                            r.raw_write_quorum_copies_s, r.write_quorum
+                        ),
+                        format!("{:.2}", r.ready_to_raw_ratio),
+                    ],
+                    vec![
+                        format!("fully replicated ({} copies)", r.nodes),
+                        format!("{:.2}", r.fully_replicated_s),
+                        format!("{:.2} s for {} copies", r.raw_write_all_copies_s, r.nodes),
+                        format!("{:.2}", r.replicated_to_raw_ratio),
+                    ],
+                    vec![
+                        "CPU s, upload to fully replicated (all threads)".into(),
+                        format!("{:.2}", r.replication_cpu_s),
+                        format!(
+                            "{:.2} s for {} copies",
+                            r.raw_write_all_copies_cpu_s, r.nodes
+                        ),
+                        format!(
+                            "{:.2}",
+                            r.replication_cpu_s / r.raw_write_all_copies_cpu_s.max(1e-9)
+                        ),
+                    ],
+                ],
+            );
+            print_report(&common.output, &r, text)
+        }
+        BenchCommand::Failover { drills, common } => {
+            let r = crate::bench::failover(&common.scratch_dir, drills as usize).await?;
+            let text = table(
+                &["DRILLS", "P50", "P99", "MAX", "ACKED", "LOST"],
+                &[vec![
+                    r.drills.to_string(),
+                    format!("{:.0} ms", r.p50_ms),
+                    format!("{:.0} ms", r.p99_ms),
+                    format!("{:.0} ms", r.max_ms),
+                    r.writes_acknowledged.to_string(),
+                    r.writes_lost.to_string(),
+                ]],
+            );
+            print_report(&common.output, &r, text)
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Issue a certificate for a node that will join, signed by the cluster CA.
+    Issue {
+        /// The cluster CA: `<data dir of the founding node>/tls/ca`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// Where to write ca.pem, node.pem and node.key (the joining node's --tls-dir,
+        /// by default `<its data dir>/tls`).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Entry point shared by the `quiver-node` binary and the end-to-end tests.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let (node, api) = start_node(args).await?;
+            println!("peer_addr={}", node.config.peer_addr);
+            println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+            serve_until(node, api, shutdown_signal()).await
+        }
+        Command::Up {
+            data_dir,
+            port,
+            nodes,
+        } => up(data_dir, port, nodes).await,
+        Command::Bench(command) => bench(command).await,
+        Command::Gc { data_dir, dry_run } => {
+            let report = quiver_node::gc::collect(&data_dir, dry_run)?;
+            println!(
+                "{} {} unreferenced chunk(s), {} bytes; kept {} referenced (including by {} \
+                 log entries not yet applied)",
+                if dry_run { "would remove" } else { "removed" },
+                report.removed_chunks,
+                report.removed_bytes,
+                report.kept_chunks,
+                report.unapplied_entries
+            );
+            Ok(())
+        }
+        Command::Cert(CertCommand::Issue {
+            ca_dir,
+            node_id,
+            out,
+        }) => {
+            let ca = ClusterCa::load(&ca_dir)
+                .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
+            ca.issue(node_id)?.write(&out)?;
+            println!(
+                "issued a certificate for node {node_id} into {}",
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(&data_dir, port, nodes).await?;
+    for node in &cluster.nodes {
+        println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+    }
+    eprintln!(
+        "quiver: {} node(s) running, data under {}; Ctrl-C stops them",
+        cluster.nodes.len(),
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    cluster.stop().await
+}

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    quiver_node::cli::main()
-}
