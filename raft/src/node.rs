@@ -109,6 +109,17 @@ pub struct RaftNodeConfig {
     /// scales with it (3–6 heartbeats, decision 0004). Default [`HEARTBEAT_INTERVAL_MS`], a LAN
     /// value: clusters whose nodes are further apart need at least their largest round trip.
     pub heartbeat_ms: u64,
+    /// Bugs a test harness plants to show its checkers catch them. Always off in production: no
+    /// CLI flag or config file sets them.
+    pub planted: PlantedRaftBugs,
+}
+
+/// Bugs the simulator plants in this crate's code (see [`RaftNodeConfig::planted`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedRaftBugs {
+    /// A follower answers a linearizable read from its own applied state, without asking the
+    /// leader for its read index: a read can miss a write acknowledged before it began.
+    pub stale_follower_reads: bool,
 }
 
 impl RaftNodeConfig {
@@ -125,6 +136,7 @@ impl RaftNodeConfig {
             log_disk: None,
             log_options: LogOptions::default(),
             heartbeat_ms: HEARTBEAT_INTERVAL_MS,
+            planted: PlantedRaftBugs::default(),
         }
     }
 
@@ -216,6 +228,7 @@ pub(crate) struct Inner<A: App> {
     /// The peer transport, for openraft's RPCs, forwarding to the leader and cluster operations.
     pub(crate) peers: Arc<Peers>,
     pub(crate) write_timeout: Duration,
+    pub(crate) planted: PlantedRaftBugs,
     /// Serialises membership changes proposed by this node (while it is the leader).
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// The peer gRPC server, if this node runs one; taken by `shutdown`. Dropping it (with the
@@ -344,6 +357,7 @@ impl<A: App> RaftNode<A> {
                 released: tokio::sync::Mutex::new(Some(released)),
                 peers,
                 write_timeout: cfg.write_timeout,
+                planted: cfg.planted,
                 membership_lock: tokio::sync::Mutex::new(()),
                 server: std::sync::Mutex::new(None),
             }),
@@ -486,6 +500,12 @@ impl<A: App> RaftNode<A> {
     /// leader had committed by then. On a follower the leader is asked for its read index over
     /// the peer RPC. Bounded by `write_timeout` ([`WriteError::NoQuorum`] when it runs out).
     pub async fn linearizable_barrier(&self) -> Result<(), WriteError> {
+        if self.inner.planted.stale_follower_reads
+            && self.metrics().current_leader != Some(self.inner.node_id)
+        {
+            // PLANTED BUG: a follower reads its own applied state as if it were up to date.
+            return Ok(());
+        }
         let started = Instant::now();
         let deadline = started + self.inner.write_timeout;
         let read_index = self

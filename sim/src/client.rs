@@ -5,23 +5,32 @@
 //! the upload succeeded; its acknowledgement is checked for W intact copies.
 //!
 //! The simulator plays the part of the registry's API front end: it fixes the actor and the
-//! time in the `Command` (as `Node::propose` does) and routes it. Nodes are started without
-//! forwarding, so a follower answers `NotLeader` naming the leader, and the client retries
-//! there; a down node, a node without a leader, or a write that did not commit in time sends it
-//! to another random node after a short pause. Only an `Ok` from the leader (committed and
-//! applied there) is an acknowledgement — except with the planted bug
+//! time in the `Command` (as `Node::propose` does) and hands it to a random node's
+//! `RaftNode::write`, which forwards it to the leader over the simulated network when that node
+//! is a follower (the production forwarding, retrying across leader changes). A down node, a
+//! node without a leader, or a write that did not commit in time sends it to another random node
+//! after a short pause. Only an `Ok` (committed and applied on the leader) is an
+//! acknowledgement — except with the planted bug
 //! [`Plant::AckBeforeCommit`], which acknowledges as soon as a self-declared leader has taken
 //! the command, and [`Plant::FollowerAppliesStageChange`], where a follower applies a stage
 //! change to its own state machine (`RaftNode::apply_without_consensus`) and acknowledges it.
+//!
+//! Between ops a pipeline reads, at a random node and with a linearizable barrier as the API's
+//! default reads do (a follower asks the leader for its read index over the simulated network),
+//! whether a model exists, a version's stage or an alias, among the keys any client's
+//! acknowledged ops named. Every op and read goes into the history ([`Clients::history`]) that
+//! [`crate::linear`] checks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use openraft::ServerState;
 use quiver_node::command::{Command, Op, RequestId, Response};
 use quiver_node::domain::{Actor, DomainError};
-use quiver_raft::WriteError;
+use quiver_node::state::AppError;
 use tokio::time::Instant;
 
 use crate::check::{Ack, Expect, Violation};
@@ -29,6 +38,7 @@ use crate::chunks::{root_label, Chunks};
 use crate::chunkstore::Corpus;
 use crate::cluster::Cluster;
 use crate::config::Plant;
+use crate::linear::{Event, LinOp, LinOut, Verdict};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
 use crate::workload::Pipeline;
@@ -41,6 +51,8 @@ pub const CLIENT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLIENT_ATTEMPTS_MAX: u32 = 32;
 /// Pause before trying another node after a failure, drawn from this range (ms).
 pub const CLIENT_RETRY_PAUSE_MS: (u64, u64) = (20, 120);
+/// Share of a pipeline's turns spent on a read instead of an op, in percent.
+pub const READ_PCT: usize = 40;
 
 /// Counters of what the clients did (and, as `ops`, the report's JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -51,6 +63,22 @@ pub struct ClientStats {
     pub failed: u64,
     /// Acknowledged ops by kind, in kind order.
     pub acked_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Linearizable reads answered (and checked), and reads that got no answer.
+    pub reads: u64,
+    pub reads_failed: u64,
+    /// Ops and reads in the history checked by [`crate::linear`], the models they touched, and
+    /// the models whose history the search could not settle within its bound.
+    pub history_ops: u64,
+    pub history_models: u64,
+    pub history_unchecked: u64,
+}
+
+/// What a read asks.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ReadKey {
+    Model(String),
+    Stage(String, u64),
+    Alias(String, String),
 }
 
 /// What the clients share: the cluster, the trace, the planted bug, the stop flag, and the
@@ -64,6 +92,10 @@ pub struct Clients {
     acks: Mutex<Vec<Ack>>,
     stats: Mutex<ClientStats>,
     violations: Mutex<Vec<Violation>>,
+    /// Every op and read with its send and answer times, for [`crate::linear`].
+    history: Mutex<Vec<Event>>,
+    /// What acknowledged ops named, for reads to ask about.
+    keys: Mutex<BTreeSet<ReadKey>>,
 }
 
 enum Outcome {
@@ -92,7 +124,65 @@ impl Clients {
             acks: Mutex::new(Vec::new()),
             stats: Mutex::new(ClientStats::default()),
             violations: Mutex::new(Vec::new()),
+            history: Mutex::new(Vec::new()),
+            keys: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The history of every op and read so far.
+    pub fn history(&self) -> Vec<Event> {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Check the history for linearizability ([`crate::linear`]); a violation per model whose
+    /// answers no order explains. Counts what was checked in the stats.
+    pub fn check_history(&self) -> Vec<Violation> {
+        let history = self.history();
+        let models: BTreeSet<&str> = history.iter().map(|e| e.model.as_str()).collect();
+        let mut violations = Vec::new();
+        let mut unchecked = 0;
+        for (model, verdict) in crate::linear::check(&history) {
+            match verdict {
+                Verdict::Violation(m) => violations.push(Violation::new(
+                    "not-linearizable",
+                    format!("model '{model}': {m}"),
+                )),
+                Verdict::Unchecked => {
+                    unchecked += 1;
+                    self.trace.record(format!(
+                        "linearizability of model {model}: unchecked, search bound reached"
+                    ));
+                }
+                Verdict::Linearizable => {}
+            }
+        }
+        self.count(|s| {
+            s.history_ops = history.len() as u64;
+            s.history_models = models.len() as u64;
+            s.history_unchecked = unchecked;
+        });
+        violations
+    }
+
+    fn now_us(&self) -> u64 {
+        self.trace.elapsed().as_micros() as u64
+    }
+
+    fn remember(&self, event: Event) {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(event);
+    }
+
+    fn learn_key(&self, key: ReadKey) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(key);
     }
 
     /// Pipelines finish the op in hand and stop.
@@ -136,6 +226,11 @@ impl Clients {
         let think = p.think_ms();
         tokio::time::sleep(Duration::from_millis(think)).await;
         while !self.stop.load(Ordering::SeqCst) {
+            if p.pick(100) < READ_PCT {
+                self.read(&mut p).await;
+                tokio::time::sleep(Duration::from_millis(p.think_ms())).await;
+                continue;
+            }
             let (seq, op) = p.next_op();
             let what = describe(&op);
             // The node the client talks to first stamps the time, by its own (maybe skewed)
@@ -158,6 +253,7 @@ impl Clients {
             };
             self.count(|s| s.submitted += 1);
             self.trace.record(format!("c{} #{seq} submit {what}", p.id));
+            let mut call_us = self.now_us();
             let outcome = match p.take_artifact() {
                 Some(corpus) => match self.upload(&mut p, &corpus, first).await {
                     Ok(node) => {
@@ -166,12 +262,14 @@ impl Clients {
                             p.id,
                             corpus.chunks().len()
                         ));
+                        call_us = self.now_us();
                         self.submit(&mut p, &cmd, first).await
                     }
                     Err(e) => Outcome::Failed(format!("upload: {e}")),
                 },
                 None => self.submit(&mut p, &cmd, first).await,
             };
+            self.record_op(p.id, first, &cmd.op, &outcome, call_us);
             match outcome {
                 Outcome::Acked {
                     response,
@@ -284,7 +382,8 @@ impl Clients {
         Err(last)
     }
 
-    /// Route one command to the leader, starting at node `first` (see the module docs).
+    /// Hand one command to node `first`, then to random others after a failure (see the module
+    /// docs).
     async fn submit(&self, p: &mut Pipeline, cmd: &Command, first: NodeId) -> Outcome {
         let ids = self.cluster.ids().to_vec();
         let deadline = Instant::now() + CLIENT_OP_TIMEOUT;
@@ -365,13 +464,6 @@ impl Clients {
                         node: target,
                     }
                 }
-                Ok(Err(WriteError::NotLeader {
-                    leader_id: Some(leader),
-                    ..
-                })) if leader != target => {
-                    last = format!("n{target}: not the leader, n{leader} is");
-                    target = leader;
-                }
                 Ok(Err(e)) => {
                     last = format!("n{target}: {}", first_line(&e.to_string()));
                     target = ids[p.pick(ids.len())];
@@ -382,11 +474,187 @@ impl Clients {
         Outcome::Failed(last)
     }
 
+    /// Put a write op and what the client was told into the history; remember what an
+    /// acknowledged one named, for reads.
+    fn record_op(&self, client: usize, node: NodeId, op: &Op, outcome: &Outcome, call_us: u64) {
+        let (out, ret_us) = match outcome {
+            Outcome::Acked { .. } => (LinOut::Ok, Some(self.now_us())),
+            Outcome::Rejected(_) => (LinOut::Rejected, Some(self.now_us())),
+            Outcome::Failed(_) => (LinOut::Unknown, None),
+        };
+        let acked = matches!(outcome, Outcome::Acked { .. });
+        let (model, op) = match op {
+            Op::CreateModel { name, .. } => {
+                if acked {
+                    self.learn_key(ReadKey::Model(name.clone()));
+                }
+                (name.clone(), LinOp::CreateModel)
+            }
+            Op::CreateVersion { model, .. } => match outcome {
+                // Only a version whose number the client was told can be read or referred to.
+                Outcome::Acked {
+                    response: Some(Response::Version(v)),
+                    ..
+                } => {
+                    self.learn_key(ReadKey::Stage(model.clone(), v.number));
+                    (model.clone(), LinOp::CreateVersion { number: v.number })
+                }
+                _ => return,
+            },
+            Op::SetStage {
+                model,
+                number,
+                stage,
+                ..
+            } => (
+                model.clone(),
+                LinOp::SetStage {
+                    number: *number,
+                    stage: *stage,
+                },
+            ),
+            Op::SetAlias {
+                model,
+                alias,
+                number,
+            } => {
+                if acked {
+                    self.learn_key(ReadKey::Alias(model.clone(), alias.clone()));
+                }
+                (
+                    model.clone(),
+                    LinOp::SetAlias {
+                        alias: alias.clone(),
+                        number: *number,
+                    },
+                )
+            }
+            _ => return,
+        };
+        self.remember(Event {
+            client,
+            node,
+            model,
+            op,
+            out,
+            call_us,
+            ret_us,
+        });
+    }
+
+    /// One linearizable read at a random node of a key some acknowledged op named (see the
+    /// module docs). A read without an answer is counted, not checked.
+    async fn read(&self, p: &mut Pipeline) {
+        let key = {
+            let keys = self
+                .keys
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if keys.is_empty() {
+                return;
+            }
+            keys.iter().nth(p.pick(keys.len())).cloned()
+        };
+        let Some(key) = key else { return };
+        let ids = self.cluster.ids();
+        let target = ids[p.pick(ids.len())];
+        let router = self.cluster.router().clone();
+        let call_us = self.now_us();
+        tokio::time::sleep(router.client_latency()).await;
+        let answer = match self.cluster.handle(target) {
+            None => Err(format!("n{target} is down")),
+            Some(node) => {
+                let asked = async {
+                    node.linearizable_barrier()
+                        .await
+                        .map_err(|e| first_line(&e.to_string()))?;
+                    node.read(|app, txn| read_key(app, txn, &key))
+                        .map_err(|e| first_line(&format!("{e:#}")))
+                };
+                tokio::time::timeout(CLIENT_OP_TIMEOUT, asked)
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within the client's deadline".into()))
+            }
+        };
+        tokio::time::sleep(router.client_latency()).await;
+        let (model, op) = match &key {
+            ReadKey::Model(m) => (m.clone(), LinOp::ReadModel),
+            ReadKey::Stage(m, number) => (m.clone(), LinOp::ReadStage { number: *number }),
+            ReadKey::Alias(m, alias) => (
+                m.clone(),
+                LinOp::ReadAlias {
+                    alias: alias.clone(),
+                },
+            ),
+        };
+        match answer {
+            Ok(out) => {
+                self.count(|s| s.reads += 1);
+                self.trace.record(format!(
+                    "c{} read {op:?} of {model} via n{target}: {out:?}",
+                    p.id
+                ));
+                self.remember(Event {
+                    client: p.id,
+                    node: target,
+                    model,
+                    op,
+                    out,
+                    call_us,
+                    ret_us: Some(self.now_us()),
+                });
+            }
+            Err(e) => {
+                self.count(|s| s.reads_failed += 1);
+                self.trace.record(format!(
+                    "c{} read {op:?} of {model} via n{target} failed: {e}",
+                    p.id
+                ));
+            }
+        }
+    }
+
     async fn pause(&self, p: &mut Pipeline) {
         let span = (CLIENT_RETRY_PAUSE_MS.1 - CLIENT_RETRY_PAUSE_MS.0) as usize;
         let ms = CLIENT_RETRY_PAUSE_MS.0 + p.pick(span + 1) as u64;
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+}
+
+/// What the applied state answers to a read of `key`.
+fn read_key(
+    app: &quiver_node::state::RegistryApp,
+    txn: &quiver_raft::heed::RoTxn<'_>,
+    key: &ReadKey,
+) -> anyhow::Result<LinOut> {
+    let missing = |e: &AppError| {
+        matches!(
+            e,
+            AppError::Domain(
+                DomainError::ModelNotFound { .. }
+                    | DomainError::VersionNotFound { .. }
+                    | DomainError::AliasNotFound { .. }
+            )
+        )
+    };
+    let out = match key {
+        ReadKey::Model(model) => match app.get_model(txn, model) {
+            Ok(_) => LinOut::Model(true),
+            Err(e) if missing(&e) => LinOut::Model(false),
+            Err(e) => anyhow::bail!("read model {model}: {e}"),
+        },
+        ReadKey::Stage(model, number) => match app.get_version(txn, model, *number) {
+            Ok(v) => LinOut::Stage(Some(v.stage)),
+            Err(e) if missing(&e) => LinOut::Stage(None),
+            Err(e) => anyhow::bail!("read version {model}/{number}: {e}"),
+        },
+        ReadKey::Alias(model, alias) => match app.get_alias(txn, model, alias) {
+            Ok(a) => LinOut::Alias(Some(a.version)),
+            Err(e) if missing(&e) => LinOut::Alias(None),
+            Err(e) => anyhow::bail!("read alias {model}@{alias}: {e}"),
+        },
+    };
+    Ok(out)
 }
 
 /// The first line of an error, at most 160 characters, for the trace.

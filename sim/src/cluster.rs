@@ -58,6 +58,8 @@ pub struct Cluster {
     clock_offsets_ms: BTreeMap<NodeId, i64>,
     /// The nodes' Raft heartbeat (`RaftNodeConfig::heartbeat_ms`).
     heartbeat_ms: u64,
+    /// Bugs planted in the nodes' Raft code.
+    planted: quiver_raft::PlantedRaftBugs,
 }
 
 impl Cluster {
@@ -88,7 +90,14 @@ impl Cluster {
             writes_lost: std::sync::atomic::AtomicU64::new(0),
             clock_offsets_ms: BTreeMap::new(),
             heartbeat_ms: quiver_raft::HEARTBEAT_INTERVAL_MS,
+            planted: Default::default(),
         }
+    }
+
+    /// Run the nodes with these bugs planted in their Raft code.
+    pub fn with_planted(mut self, planted: quiver_raft::PlantedRaftBugs) -> Self {
+        self.planted = planted;
+        self
     }
 
     /// Run the nodes with this Raft heartbeat (as `quiver-node serve --heartbeat-ms`).
@@ -155,6 +164,7 @@ impl Cluster {
             segment_bytes_target: SIM_LOG_SEGMENT_BYTES,
         };
         cfg.heartbeat_ms = self.heartbeat_ms;
+        cfg.planted = self.planted;
         cfg.log_disk = self
             .disks
             .get(&id)

@@ -115,17 +115,22 @@ pub enum Plant {
     /// rejected as a duplicate of the first, and the client is told "rejected" although its
     /// version exists. The false-rejection checker must notice.
     RetryWithoutRequestId,
+    /// A follower answers a linearizable read from its own applied state without the read-index
+    /// round trip to the leader (`quiver_raft::PlantedRaftBugs::stale_follower_reads`): a read
+    /// can miss a write acknowledged before it began. The linearizability checker must notice.
+    StaleFollowerReads,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
         Plant::DropLogFsync,
         Plant::FollowerAppliesStageChange,
         Plant::RetryWithoutRequestId,
+        Plant::StaleFollowerReads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -136,6 +141,14 @@ impl Plant {
             Plant::DropLogFsync => "drop-log-fsync",
             Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
             Plant::RetryWithoutRequestId => "retry-without-request-id",
+            Plant::StaleFollowerReads => "stale-follower-reads",
+        }
+    }
+
+    /// The switches of the Raft crate's code this plant turns on (none for the others).
+    pub fn planted_raft_bugs(plant: Option<Plant>) -> quiver_raft::PlantedRaftBugs {
+        quiver_raft::PlantedRaftBugs {
+            stale_follower_reads: plant == Some(Plant::StaleFollowerReads),
         }
     }
 

@@ -45,6 +45,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod linear;
 pub mod load;
 pub mod loadreport;
 pub mod net;

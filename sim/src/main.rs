@@ -79,7 +79,8 @@ struct Common {
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
-    /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync or follower-applies-stage-change.
+    /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync, follower-applies-stage-change,
+    /// retry-without-request-id or stale-follower-reads.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).

@@ -120,6 +120,16 @@ impl RunReport {
             self.clients.rejected,
             self.clients.failed
         );
+        let _ = writeln!(
+            s,
+            "linearizable reads: {} answered ({} without an answer); history of {} ops on {} \
+             models checked for linearizability, {} left unchecked (search bound)",
+            self.clients.reads,
+            self.clients.reads_failed,
+            self.clients.history_ops,
+            self.clients.history_models,
+            self.clients.history_unchecked
+        );
         let k = &self.chunks;
         let _ = writeln!(
             s,

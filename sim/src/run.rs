@@ -181,7 +181,8 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let cluster = Arc::new(
         Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
             .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms)
-            .with_heartbeat_ms(heartbeat_ms_for(cfg.regions)),
+            .with_heartbeat_ms(heartbeat_ms_for(cfg.regions))
+            .with_planted(Plant::planted_raft_bugs(cfg.plant)),
     );
     let chunks = Chunks::new(
         &ids,
@@ -334,6 +335,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     }
     lock(&books).add_all(chunks.take_violations());
     lock(&books).add_all(clients.take_violations());
+    lock(&books).add_all(clients.check_history());
     for id in cluster.up_ids() {
         if let Err(e) = cluster.crash(id).await {
             lock(&books).add(Violation::new("shutdown", format!("{e:#}")));

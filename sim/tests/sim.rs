@@ -1,6 +1,7 @@
 //! Whole simulated runs, sized for `cargo test --workspace` in a debug build: determinism, a
 //! chaos run that keeps its invariants, and the planted bugs that the checkers must find (lost
-//! acks; versions READY before W copies; unverified chunks handed to clients).
+//! acks; versions READY before W copies; unverified chunks handed to clients; stale follower
+//! reads).
 
 use quiver_sim::report::SeedOutcome;
 use quiver_sim::{run, sweep, Plant, RunReport, Scenario, SeedRange, SimConfig};
@@ -258,6 +259,26 @@ fn the_false_rejection_checker_finds_retries_without_request_ids_and_passes_with
     assert!(
         clean.iter().all(|r| r.clients.acked > 50),
         "the clean runs registered versions"
+    );
+}
+
+/// A follower that answers linearizable reads from its own applied state, skipping the read-index
+/// round trip to the leader, lets a read miss an acknowledged write; the linearizability checker
+/// of the clients' history must find it, and the real read path (read index over the simulated
+/// network) must pass it.
+#[test]
+fn the_linearizability_checker_finds_follower_reads_without_read_index_and_passes_with_it() {
+    let clean = plant_is_caught(
+        Plant::StaleFollowerReads,
+        "not-linearizable",
+        SeedRange { start: 0, end: 6 },
+        10,
+    );
+    assert!(
+        clean
+            .iter()
+            .all(|r| r.clients.reads > 20 && r.clients.history_ops > r.clients.reads),
+        "the clean runs read through every node and checked their history"
     );
 }
 
