@@ -27,7 +27,6 @@ use std::ops::Bound;
 use anyhow::Context;
 use heed::types::Bytes;
 use heed::{Database, Env, RoTxn, RwTxn};
-use quiver_client::{Reference, VersionSelector};
 use quiver_transfer::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 
@@ -797,7 +796,7 @@ impl RegistryApp {
 
     /// Resolves `name/3`, `name@alias` or `name:stage` to one version. A
     /// stage holding several versions resolves to the newest.
-    pub fn resolve(&self, rtxn: &RoTxn<'_>, reference: &Reference) -> AppResult<Version> {
+    pub fn resolve(&self, rtxn: &RoTxn<'_>, reference: &VersionRef) -> AppResult<Version> {
         let model = &reference.model;
         match &reference.selector {
             VersionSelector::Number(n) => self.get_version(rtxn, model, *n),
@@ -806,8 +805,7 @@ impl RegistryApp {
                 self.get_version(rtxn, model, a.version)
             }
             VersionSelector::Stage(stage) => {
-                let stage =
-                    crate::service::convert::stage_from_proto(*stage).map_err(AppError::Domain)?;
+                let stage = *stage;
                 let m = self.get_model(rtxn, model)?;
                 if stage == Stage::Production {
                     if let Some(n) = m.production_version {
@@ -1155,6 +1153,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// `model:stage`.
+    fn by_stage(model: &str, stage: Stage) -> VersionRef {
+        VersionRef {
+            model: model.into(),
+            selector: VersionSelector::Stage(stage),
+        }
+    }
+
+    /// `model@alias`.
+    fn by_alias(model: &str, alias: &str) -> VersionRef {
+        VersionRef {
+            model: model.into(),
+            selector: VersionSelector::Alias(alias.into()),
+        }
+    }
+
     fn rejected(r: Response) -> DomainError {
         match r {
             Response::Rejected(e) => e,
@@ -1412,7 +1426,7 @@ pub(crate) mod tests {
             v1.stage_history.last().unwrap().reason,
             "superseded by reco/2"
         );
-        let prod: Reference = "reco:production".parse().unwrap();
+        let prod = by_stage("reco", Stage::Production);
         assert_eq!(
             f.read(|app, txn| app.resolve(txn, &prod).unwrap().number),
             2
@@ -1431,7 +1445,7 @@ pub(crate) mod tests {
             f.read(|app, txn| app.resolve(txn, &prod).unwrap().number),
             1
         );
-        let staging: Reference = "reco:staging".parse().unwrap();
+        let staging = by_stage("reco", Stage::Staging);
         let err = f.read(|app, txn| app.resolve(txn, &staging).unwrap_err());
         assert_eq!(
             err.to_string(),
@@ -1458,9 +1472,9 @@ pub(crate) mod tests {
             }
         );
         assert!(matches!(f.apply(set("champion", 1)), Response::Alias(_)));
-        let r: Reference = "reco@champion".parse().unwrap();
+        let r = by_alias("reco", "champion");
         assert_eq!(f.read(|app, txn| app.resolve(txn, &r).unwrap().number), 1);
-        let missing: Reference = "reco@challenger".parse().unwrap();
+        let missing = by_alias("reco", "challenger");
         let err = f.read(|app, txn| app.resolve(txn, &missing).unwrap_err());
         assert!(
             err.to_string()
