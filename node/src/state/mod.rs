@@ -3,35 +3,24 @@
 //! command). No clock, randomness or I/O beyond the write transaction it is
 //! handed; the actor and time come in the command.
 //!
-//! Tables (keys are bytes; values serde JSON; iteration is key order, so
-//! exports and digests are deterministic):
-//! - `models`:    name                      → Model
-//! - `versions`:  model \0 number(be u64)   → Version (without its manifest)
-//! - `manifests`: root hex                  → Manifest
-//! - `roots`:     model \0 root hex         → number (a bundle registered twice is detected)
-//! - `aliases`:   model \0 alias            → Alias
-//! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
-//! - `meta`:      "audit_head"              → AuditHead
-//! - `nodes`:     node id (be u64)          → NodeInfo
-//! - `requests`:  request id                → what the request's first copy answered (a version
-//!   by model and number)
-//! - `request_log`: log index(be u64) request id → () (to forget ids older than
-//!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
-//! - `inline_chunks`: root hex, chunk hash (32 bytes) → the chunk's raw bytes: every chunk of a
-//!   small version (decision 0010)
-//! - `meta`:      "inline_bytes"            → total bytes in `inline_chunks` (be u64)
+//! The tables, their key layouts and the snapshot and digest over them are in `tables`.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use anyhow::Context;
-use heed::types::Bytes;
-use heed::{Database, Env, RoTxn, RwTxn};
+use heed::{Env, RoTxn, RwTxn};
 use quiver_transfer::{Manifest, ManifestError};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, InlineChunk, Op, RequestId, Response};
 use crate::domain::{self, limits, *};
+
+mod tables;
+
+use tables::{
+    decode, decode_u64, encode, inline_key, key2, version_key, Tables, AUDIT_HEAD_KEY,
+    INLINE_BYTES_KEY,
+};
 
 /// An error reading state: either the request names something that is not
 /// there (a domain error) or storage failed.
@@ -82,74 +71,16 @@ struct AuditHead {
     hash: String,
 }
 
-type Table = Database<Bytes, Bytes>;
-
-/// The registry state machine (see module docs for the tables).
+/// The registry state machine (see `tables` for what each table holds).
 pub struct RegistryApp {
-    models: Table,
-    versions: Table,
-    manifests: Table,
-    roots: Table,
-    aliases: Table,
-    audit: Table,
-    meta: Table,
-    nodes: Table,
-    requests: Table,
-    request_log: Table,
-    inline_chunks: Table,
+    tables: Tables,
 }
-
-const TABLE_NAMES: [&str; 11] = [
-    "models",
-    "versions",
-    "manifests",
-    "roots",
-    "aliases",
-    "audit",
-    "meta",
-    "nodes",
-    "requests",
-    "request_log",
-    "inline_chunks",
-];
 
 /// How long a request id is remembered, in log entries: a retried copy of a write arrives within
 /// the write timeout (5 s by default), i.e. a few thousand entries at most at full load, since
 /// concurrent writes share entries. Deterministic (a log index, not a clock), so every node
 /// forgets the same ids at the same point.
 pub const REQUEST_IDS_KEPT_ENTRIES: u64 = 100_000;
-
-fn key2(a: &str, b: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
-    k.extend_from_slice(a.as_bytes());
-    k.push(0);
-    k.extend_from_slice(b);
-    k
-}
-
-const INLINE_BYTES_KEY: &[u8] = b"inline_bytes";
-
-/// `inline_chunks` key: the manifest root (64 hex digits), then the chunk's hash.
-fn inline_key(root: &str, hash: &quiver_transfer::Hash) -> Vec<u8> {
-    let mut k = Vec::with_capacity(root.len() + 32);
-    k.extend_from_slice(root.as_bytes());
-    k.extend_from_slice(&hash.0);
-    k
-}
-
-fn version_key(model: &str, number: u64) -> Vec<u8> {
-    key2(model, &number.to_be_bytes())
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> AppResult<T> {
-    serde_json::from_slice(bytes)
-        .with_context(|| format!("decode {what} from state storage"))
-        .map_err(AppError::Storage)
-}
-
-fn encode<T: Serialize>(value: &T) -> AppResult<Vec<u8>> {
-    Ok(serde_json::to_vec(value)?)
-}
 
 /// Parses a tag filter `key` or `key=value`.
 pub fn tag_filter(filter: &str) -> Option<(&str, Option<&str>)> {
@@ -229,25 +160,11 @@ fn validate_inline_chunks(manifest: &Manifest, inline: &[InlineChunk]) -> Result
 impl quiver_raft::App for RegistryApp {
     type Command = Command;
     type Response = Response;
-    const MAX_DBS: u32 = TABLE_NAMES.len() as u32;
+    const MAX_DBS: u32 = Tables::COUNT as u32;
 
     fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
-        let mut open = |name: &str| -> anyhow::Result<Table> {
-            env.create_database(wtxn, Some(name))
-                .with_context(|| format!("open state table {name}"))
-        };
         Ok(RegistryApp {
-            models: open("models")?,
-            versions: open("versions")?,
-            manifests: open("manifests")?,
-            roots: open("roots")?,
-            aliases: open("aliases")?,
-            audit: open("audit")?,
-            meta: open("meta")?,
-            nodes: open("nodes")?,
-            requests: open("requests")?,
-            request_log: open("request_log")?,
-            inline_chunks: open("inline_chunks")?,
+            tables: Tables::open(env, wtxn)?,
         })
     }
 
@@ -282,55 +199,20 @@ impl quiver_raft::App for RegistryApp {
     }
 
     fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
-        let mut out: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
-        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
-            let mut rows = Vec::new();
-            for row in table.iter(rtxn)? {
-                let (k, v) = row?;
-                rows.push((hex::encode(k), hex::encode(v)));
-            }
-            out.insert(name, rows);
-        }
-        Ok(serde_json::to_vec(&out)?)
+        self.tables.export(rtxn)
     }
 
     fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
-        let tables: BTreeMap<String, Vec<(String, String)>> =
-            serde_json::from_slice(data).context("decode registry snapshot")?;
-        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
-            table.clear(wtxn)?;
-            for (k, v) in tables.get(*name).into_iter().flatten() {
-                let k = hex::decode(k).with_context(|| format!("snapshot table {name}: key"))?;
-                let v = hex::decode(v).with_context(|| format!("snapshot table {name}: value"))?;
-                table.put(wtxn, &k, &v)?;
-            }
-        }
-        Ok(())
+        self.tables.import(wtxn, data)
     }
 }
 
 impl RegistryApp {
-    fn tables(&self) -> [&Table; 11] {
-        [
-            &self.models,
-            &self.versions,
-            &self.manifests,
-            &self.roots,
-            &self.aliases,
-            &self.audit,
-            &self.meta,
-            &self.nodes,
-            &self.requests,
-            &self.request_log,
-            &self.inline_chunks,
-        ]
-    }
-
     /// What request `id` answered, if a copy of it was applied within the last
     /// [`REQUEST_IDS_KEPT_ENTRIES`] log entries. A version is answered as it is now (what a
     /// read would return; its content never changes, its stage may have).
     fn answered(&self, rtxn: &RoTxn<'_>, id: &RequestId) -> AppResult<Option<Response>> {
-        let Some(bytes) = self.requests.get(rtxn, id.0.as_bytes())? else {
+        let Some(bytes) = self.tables.requests.get(rtxn, id.0.as_bytes())? else {
             return Ok(None);
         };
         Ok(Some(match decode("request answer", bytes)? {
@@ -359,11 +241,12 @@ impl RegistryApp {
             },
             other => Remembered::Response(other.clone()),
         };
-        self.requests
+        self.tables
+            .requests
             .put(wtxn, id.0.as_bytes(), &encode(&remembered)?)?;
         let mut key = log_index.to_be_bytes().to_vec();
         key.extend_from_slice(id.0.as_bytes());
-        self.request_log.put(wtxn, &key, &[])?;
+        self.tables.request_log.put(wtxn, &key, &[])?;
         Ok(())
     }
 
@@ -374,7 +257,7 @@ impl RegistryApp {
             return Ok(());
         };
         let mut old = Vec::new();
-        for row in self.request_log.iter(wtxn)? {
+        for row in self.tables.request_log.iter(wtxn)? {
             let (key, _) = row?;
             let index = key
                 .get(..8)
@@ -387,9 +270,9 @@ impl RegistryApp {
             old.push(key.to_vec());
         }
         for key in old {
-            self.request_log.delete(wtxn, &key)?;
+            self.tables.request_log.delete(wtxn, &key)?;
             if let Some(id) = key.get(8..) {
-                self.requests.delete(wtxn, id)?;
+                self.tables.requests.delete(wtxn, id)?;
             }
         }
         Ok(())
@@ -397,18 +280,7 @@ impl RegistryApp {
 
     /// blake3 over every table in key order: equal on nodes with equal state.
     pub fn digest(&self, rtxn: &RoTxn<'_>) -> AppResult<String> {
-        let mut hasher = blake3::Hasher::new();
-        for (name, table) in TABLE_NAMES.iter().zip(self.tables()) {
-            hasher.update(name.as_bytes());
-            for row in table.iter(rtxn)? {
-                let (k, v) = row?;
-                hasher.update(&(k.len() as u64).to_le_bytes());
-                hasher.update(k);
-                hasher.update(&(v.len() as u64).to_le_bytes());
-                hasher.update(v);
-            }
-        }
-        Ok(hasher.finalize().to_hex().to_string())
+        self.tables.digest(rtxn)
     }
 
     // ---------------------------------------------------------- apply
@@ -430,7 +302,7 @@ impl RegistryApp {
                 validate_name("namespace", namespace)?;
                 validate_description(description)?;
                 validate_tags("tags", tags)?;
-                if self.models.get(wtxn, name.as_bytes())?.is_some() {
+                if self.tables.models.get(wtxn, name.as_bytes())?.is_some() {
                     return Err(DomainError::ModelExists { name: name.clone() }.into());
                 }
                 let model = Model {
@@ -444,7 +316,9 @@ impl RegistryApp {
                     version_count: 0,
                     production_version: None,
                 };
-                self.models.put(wtxn, name.as_bytes(), &encode(&model)?)?;
+                self.tables
+                    .models
+                    .put(wtxn, name.as_bytes(), &encode(&model)?)?;
                 Ok((Response::Model(Box::new(model)), name.clone()))
             }
             Op::UpdateModel {
@@ -459,7 +333,9 @@ impl RegistryApp {
                     model.description = d.clone();
                 }
                 apply_tag_changes(&mut model.tags, set_tags, remove_tags)?;
-                self.models.put(wtxn, name.as_bytes(), &encode(&model)?)?;
+                self.tables
+                    .models
+                    .put(wtxn, name.as_bytes(), &encode(&model)?)?;
                 Ok((Response::Model(Box::new(model)), name.clone()))
             }
             Op::CreateVersion {
@@ -487,10 +363,8 @@ impl RegistryApp {
                 validate_metadata(metadata)?;
                 validate_tags("tags", tags)?;
                 let root_key = key2(model, root.as_bytes());
-                if let Some(existing) = self.roots.get(wtxn, &root_key)? {
-                    let number = u64::from_be_bytes(existing.try_into().map_err(|_| {
-                        AppError::Storage(anyhow::anyhow!("roots table: malformed version number"))
-                    })?);
+                if let Some(existing) = self.tables.roots.get(wtxn, &root_key)? {
+                    let number = decode_u64("roots table: malformed version number", existing)?;
                     return Err(DomainError::DuplicateBundle {
                         model: model.clone(),
                         number,
@@ -530,16 +404,22 @@ impl RegistryApp {
                         reason: "registered".into(),
                     }],
                 };
-                self.models.put(wtxn, model.as_bytes(), &encode(&m)?)?;
-                self.versions
+                self.tables
+                    .models
+                    .put(wtxn, model.as_bytes(), &encode(&m)?)?;
+                self.tables
+                    .versions
                     .put(wtxn, &version_key(model, number), &encode(&version)?)?;
-                self.roots.put(wtxn, &root_key, &number.to_be_bytes())?;
-                self.manifests
+                self.tables
+                    .roots
+                    .put(wtxn, &root_key, &number.to_be_bytes())?;
+                self.tables
+                    .manifests
                     .put(wtxn, root.as_bytes(), &encode(manifest)?)?;
                 if !inline_chunks.is_empty() {
                     let mut added = 0u64;
                     for chunk in inline_chunks {
-                        self.inline_chunks.put(
+                        self.tables.inline_chunks.put(
                             wtxn,
                             &inline_key(&root, &chunk.hash),
                             &chunk.data,
@@ -547,7 +427,8 @@ impl RegistryApp {
                         added += chunk.data.len() as u64;
                     }
                     let total = self.inline_bytes(wtxn)? + added;
-                    self.meta
+                    self.tables
+                        .meta
                         .put(wtxn, INLINE_BYTES_KEY, &total.to_be_bytes())?;
                 }
                 Ok((
@@ -562,7 +443,8 @@ impl RegistryApp {
             } => {
                 let mut v = self.get_version(wtxn, model, *number)?;
                 v.status = *status;
-                self.versions
+                self.tables
+                    .versions
                     .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
                 Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
             }
@@ -604,16 +486,22 @@ impl RegistryApp {
                             at_ms,
                             format!("superseded by {model}/{number}"),
                         );
-                        self.versions
-                            .put(wtxn, &version_key(model, previous), &encode(&old)?)?;
+                        self.tables.versions.put(
+                            wtxn,
+                            &version_key(model, previous),
+                            &encode(&old)?,
+                        )?;
                     }
                     m.production_version = Some(*number);
                 } else if m.production_version == Some(*number) {
                     m.production_version = None;
                 }
                 transition(&mut v, *stage, actor, at_ms, reason.clone());
-                self.models.put(wtxn, model.as_bytes(), &encode(&m)?)?;
-                self.versions
+                self.tables
+                    .models
+                    .put(wtxn, model.as_bytes(), &encode(&m)?)?;
+                self.tables
+                    .versions
                     .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
                 Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
             }
@@ -625,7 +513,7 @@ impl RegistryApp {
                 validate_name("alias", alias)?;
                 self.get_version(wtxn, model, *number)?;
                 let key = key2(model, alias.as_bytes());
-                if self.aliases.get(wtxn, &key)?.is_none()
+                if self.tables.aliases.get(wtxn, &key)?.is_none()
                     && self.alias_count(wtxn, model)? >= limits::ALIASES_PER_MODEL_MAX
                 {
                     return Err(DomainError::invalid(
@@ -644,18 +532,20 @@ impl RegistryApp {
                     updated_by: actor.clone(),
                     updated_at_ms: at_ms,
                 };
-                self.aliases.put(wtxn, &key, &encode(&a)?)?;
+                self.tables.aliases.put(wtxn, &key, &encode(&a)?)?;
                 Ok((Response::Alias(a), format!("{model}@{alias}")))
             }
             Op::DeleteAlias { model, alias } => {
                 let a = self.get_alias(wtxn, model, alias)?;
-                self.aliases.delete(wtxn, &key2(model, alias.as_bytes()))?;
+                self.tables
+                    .aliases
+                    .delete(wtxn, &key2(model, alias.as_bytes()))?;
                 Ok((Response::Alias(a), format!("{model}@{alias}")))
             }
             Op::UpsertNode(info) => self.upsert_node(wtxn, info),
             Op::RemoveNode { node_id } => {
                 let info = self.get_node(wtxn, *node_id)?;
-                self.nodes.delete(wtxn, &node_id.to_be_bytes())?;
+                self.tables.nodes.delete(wtxn, &node_id.to_be_bytes())?;
                 Ok((Response::Node(info), format!("node {node_id}")))
             }
             Op::SetVersionTags {
@@ -666,7 +556,8 @@ impl RegistryApp {
             } => {
                 let mut v = self.get_version(wtxn, model, *number)?;
                 apply_tag_changes(&mut v.tags, set_tags, remove_tags)?;
-                self.versions
+                self.tables
+                    .versions
                     .put(wtxn, &version_key(model, *number), &encode(&v)?)?;
                 Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
             }
@@ -692,7 +583,8 @@ impl RegistryApp {
                 validate_name(&format!("node.{field}"), value)?;
             }
         }
-        self.nodes
+        self.tables
+            .nodes
             .put(wtxn, &info.node_id.to_be_bytes(), &encode(info)?)?;
         Ok((
             Response::Node(info.clone()),
@@ -707,7 +599,7 @@ impl RegistryApp {
         cmd: &Command,
         subject: String,
     ) -> AppResult<()> {
-        let head: AuditHead = match self.meta.get(wtxn, b"audit_head")? {
+        let head: AuditHead = match self.tables.meta.get(wtxn, AUDIT_HEAD_KEY)? {
             Some(bytes) => decode("audit head", bytes)?,
             None => AuditHead::default(),
         };
@@ -727,16 +619,19 @@ impl RegistryApp {
             prev_hash: head.hash,
             hash: hash.clone(),
         };
-        self.audit.put(wtxn, &seq.to_be_bytes(), &encode(&entry)?)?;
-        self.meta
-            .put(wtxn, b"audit_head", &encode(&AuditHead { seq, hash })?)?;
+        self.tables
+            .audit
+            .put(wtxn, &seq.to_be_bytes(), &encode(&entry)?)?;
+        self.tables
+            .meta
+            .put(wtxn, AUDIT_HEAD_KEY, &encode(&AuditHead { seq, hash })?)?;
         Ok(())
     }
 
     // ---------------------------------------------------------- queries
 
     pub fn get_model(&self, rtxn: &RoTxn<'_>, name: &str) -> AppResult<Model> {
-        match self.models.get(rtxn, name.as_bytes())? {
+        match self.tables.models.get(rtxn, name.as_bytes())? {
             Some(bytes) => decode("model", bytes),
             None => Err(DomainError::ModelNotFound { name: name.into() }.into()),
         }
@@ -757,9 +652,13 @@ impl RegistryApp {
         // LMDB refuses an empty key, so "no prefix" walks the whole table.
         type Rows<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
         let rows: Rows<'_> = if name_prefix.is_empty() {
-            Box::new(self.models.iter(rtxn)?)
+            Box::new(self.tables.models.iter(rtxn)?)
         } else {
-            Box::new(self.models.prefix_iter(rtxn, name_prefix.as_bytes())?)
+            Box::new(
+                self.tables
+                    .models
+                    .prefix_iter(rtxn, name_prefix.as_bytes())?,
+            )
         };
         for row in rows {
             let (k, v) = row?;
@@ -780,7 +679,11 @@ impl RegistryApp {
     }
 
     pub fn get_version(&self, rtxn: &RoTxn<'_>, model: &str, number: u64) -> AppResult<Version> {
-        match self.versions.get(rtxn, &version_key(model, number))? {
+        match self
+            .tables
+            .versions
+            .get(rtxn, &version_key(model, number))?
+        {
             Some(bytes) => decode("version", bytes),
             None => {
                 let m = self.get_model(rtxn, model)?;
@@ -813,7 +716,7 @@ impl RegistryApp {
                     }
                 } else {
                     let prefix = key2(model, &[]);
-                    for row in self.versions.rev_prefix_iter(rtxn, &prefix)? {
+                    for row in self.tables.versions.rev_prefix_iter(rtxn, &prefix)? {
                         let (_, v) = row?;
                         let v: Version = decode("version", v)?;
                         if v.stage == stage {
@@ -853,7 +756,7 @@ impl RegistryApp {
         let start = version_key(model, after.saturating_add(1));
         let end = version_key(model, u64::MAX);
         let mut out: Vec<Version> = Vec::new();
-        for row in self.versions.range(
+        for row in self.tables.versions.range(
             rtxn,
             &(
                 Bound::Included(start.as_slice()),
@@ -875,7 +778,11 @@ impl RegistryApp {
     }
 
     pub fn get_alias(&self, rtxn: &RoTxn<'_>, model: &str, alias: &str) -> AppResult<Alias> {
-        match self.aliases.get(rtxn, &key2(model, alias.as_bytes()))? {
+        match self
+            .tables
+            .aliases
+            .get(rtxn, &key2(model, alias.as_bytes()))?
+        {
             Some(bytes) => decode("alias", bytes),
             None => {
                 self.get_model(rtxn, model)?;
@@ -891,7 +798,7 @@ impl RegistryApp {
     /// Aliases of a model, keyed by alias name.
     pub fn aliases_of_model(&self, rtxn: &RoTxn<'_>, model: &str) -> AppResult<Vec<Alias>> {
         let mut out = Vec::new();
-        for row in self.aliases.prefix_iter(rtxn, &key2(model, &[]))? {
+        for row in self.tables.aliases.prefix_iter(rtxn, &key2(model, &[]))? {
             let (_, v) = row?;
             out.push(decode("alias", v)?);
         }
@@ -899,11 +806,15 @@ impl RegistryApp {
     }
 
     fn alias_count(&self, rtxn: &RoTxn<'_>, model: &str) -> AppResult<usize> {
-        Ok(self.aliases.prefix_iter(rtxn, &key2(model, &[]))?.count())
+        Ok(self
+            .tables
+            .aliases
+            .prefix_iter(rtxn, &key2(model, &[]))?
+            .count())
     }
 
     pub fn manifest(&self, rtxn: &RoTxn<'_>, root: &str) -> AppResult<Manifest> {
-        match self.manifests.get(rtxn, root.as_bytes())? {
+        match self.tables.manifests.get(rtxn, root.as_bytes())? {
             Some(bytes) => decode("manifest", bytes),
             None => Err(AppError::Storage(anyhow::anyhow!(
                 "manifest {root} is missing from state"
@@ -912,7 +823,7 @@ impl RegistryApp {
     }
 
     pub fn get_node(&self, rtxn: &RoTxn<'_>, node_id: u64) -> AppResult<NodeInfo> {
-        match self.nodes.get(rtxn, &node_id.to_be_bytes())? {
+        match self.tables.nodes.get(rtxn, &node_id.to_be_bytes())? {
             Some(bytes) => decode("node", bytes),
             None => Err(DomainError::invalid(
                 "node_id",
@@ -925,7 +836,7 @@ impl RegistryApp {
     /// Every known node, by id.
     pub fn nodes(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<NodeInfo>> {
         let mut out = Vec::new();
-        for row in self.nodes.iter(rtxn)? {
+        for row in self.tables.nodes.iter(rtxn)? {
             let (_, v) = row?;
             out.push(decode("node", v)?);
         }
@@ -938,11 +849,12 @@ impl RegistryApp {
     /// order, so repair walks versions deterministically.
     pub fn ready_manifest_roots(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<(String, u64, String)>> {
         let mut out = Vec::new();
-        for row in self.versions.iter(rtxn)? {
+        for row in self.tables.versions.iter(rtxn)? {
             let (_, v) = row?;
             let v: Version = decode("version", v)?;
             if v.status == VersionStatus::Ready
                 && self
+                    .tables
                     .inline_chunks
                     .prefix_iter(rtxn, v.manifest_root.as_bytes())?
                     .next()
@@ -962,7 +874,11 @@ impl RegistryApp {
         root: &str,
     ) -> AppResult<Option<Vec<InlineChunk>>> {
         let mut chunks = Vec::new();
-        for row in self.inline_chunks.prefix_iter(rtxn, root.as_bytes())? {
+        for row in self
+            .tables
+            .inline_chunks
+            .prefix_iter(rtxn, root.as_bytes())?
+        {
             let (key, data) = row?;
             let hash = key
                 .get(root.len()..)
@@ -981,10 +897,8 @@ impl RegistryApp {
     /// Bytes of every small version's chunks kept in the state (they count against the
     /// snapshot's size; proposers stop inlining at `INLINE_STATE_BYTES_MAX`).
     pub fn inline_bytes(&self, rtxn: &RoTxn<'_>) -> AppResult<u64> {
-        Ok(match self.meta.get(rtxn, INLINE_BYTES_KEY)? {
-            Some(bytes) => u64::from_be_bytes(bytes.try_into().map_err(|_| {
-                AppError::Storage(anyhow::anyhow!("meta table: malformed inline_bytes"))
-            })?),
+        Ok(match self.tables.meta.get(rtxn, INLINE_BYTES_KEY)? {
+            Some(bytes) => decode_u64("meta table: malformed inline_bytes", bytes)?,
             None => 0,
         })
     }
@@ -995,7 +909,7 @@ impl RegistryApp {
         rtxn: &RoTxn<'_>,
     ) -> AppResult<std::collections::BTreeSet<quiver_transfer::Hash>> {
         let mut out = std::collections::BTreeSet::new();
-        for row in self.manifests.iter(rtxn)? {
+        for row in self.tables.manifests.iter(rtxn)? {
             let (_, v) = row?;
             let manifest: Manifest = decode("manifest", v)?;
             out.extend(manifest.chunk_hashes());
@@ -1006,7 +920,7 @@ impl RegistryApp {
     /// The audit log in order (for verification and tests).
     pub fn audit_log(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<AuditEntry>> {
         let mut out = Vec::new();
-        for row in self.audit.iter(rtxn)? {
+        for row in self.tables.audit.iter(rtxn)? {
             let (_, v) = row?;
             out.push(decode("audit entry", v)?);
         }
@@ -1351,7 +1265,7 @@ pub(crate) mod tests {
             Response::Model(_)
         ));
         assert_eq!(f.digest(), before, "a retried copy changes nothing");
-        let kept = f.read(|app, txn| app.requests.get(txn, b"r2").unwrap().unwrap().len());
+        let kept = f.read(|app, txn| app.tables.requests.get(txn, b"r2").unwrap().unwrap().len());
         assert!(kept < 100, "a version is remembered by name ({kept} bytes)");
         // A rejection is remembered as well: the retry is rejected the same way.
         let rejected_once = rejected(f.apply_request(Some("r3"), create_model("reco")));
@@ -1384,7 +1298,7 @@ pub(crate) mod tests {
         assert!(!kept(&f, "old"));
         assert!(kept(&f, "new"));
         assert_eq!(
-            f.read(|app, txn| app.request_log.len(txn).unwrap()),
+            f.read(|app, txn| app.tables.request_log.len(txn).unwrap()),
             1,
             "only the newer id's log row remains"
         );
@@ -1621,7 +1535,8 @@ pub(crate) mod tests {
         let snapshot = f.read(|app, txn| app.export(txn).unwrap());
         let tables: BTreeMap<String, Vec<(String, String)>> =
             serde_json::from_slice(&snapshot).unwrap();
-        for name in TABLE_NAMES {
+        let names = f.read(|app, _| app.tables.all().map(|(name, _)| name));
+        for name in names {
             assert!(
                 tables.get(name).is_some_and(|rows| !rows.is_empty()),
                 "table {name} has no row in the snapshot"
