@@ -153,6 +153,24 @@ pub struct Alias {
     pub updated_at_ms: i64,
 }
 
+/// A reference to one version of a model (`name/3`, `name@alias`, `name:stage`), as the state
+/// resolves it. Parsed from the client's syntax at the API edge (`service::convert`); neither
+/// stored nor replicated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRef {
+    pub model: String,
+    pub selector: VersionSelector,
+}
+
+/// What a [`VersionRef`] selects within its model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionSelector {
+    Number(u64),
+    Alias(String),
+    /// The version in this stage; the newest one if several are (Production holds one).
+    Stage(Stage),
+}
+
 /// A cluster member as the registry knows it: where clients, peers and
 /// chunk transfers reach it, and where it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,23 @@ pub fn stage_from_proto(stage: proto::Stage) -> DomainResult<domain::Stage> {
     })
 }
 
+/// A reference parsed by the client crate, as the state resolves it.
+pub fn reference_from_client(
+    reference: quiver_api::Reference,
+) -> DomainResult<domain::VersionRef> {
+    let selector = match reference.selector {
+        quiver_api::VersionSelector::Number(n) => domain::VersionSelector::Number(n),
+        quiver_api::VersionSelector::Alias(alias) => domain::VersionSelector::Alias(alias),
+        quiver_api::VersionSelector::Stage(stage) => {
+            domain::VersionSelector::Stage(stage_from_proto(stage)?)
+        }
+    };
+    Ok(domain::VersionRef {
+        model: reference.model,
+        selector,
+    })
+}
+
 /// A stage given as an i32 on the wire; 0 (unspecified) means "none".
 pub fn optional_stage(raw: i32) -> DomainResult<Option<domain::Stage>> {
     match proto::Stage::try_from(raw) {
@@ -201,5 +218,46 @@ pub fn alias_to_proto(a: &domain::Alias) -> proto::Alias {
         updated_by: a.updated_by.name.clone(),
         updated_by_authenticated: a.updated_by.authenticated,
         updated_at_ms: a.updated_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_in_the_client_syntax_convert_to_the_domain() {
+        let cases = [
+            ("reco/3", domain::VersionSelector::Number(3)),
+            (
+                "reco@champion",
+                domain::VersionSelector::Alias("champion".into()),
+            ),
+            (
+                "reco:production",
+                domain::VersionSelector::Stage(domain::Stage::Production),
+            ),
+            (
+                "reco:STAGE_ARCHIVED",
+                domain::VersionSelector::Stage(domain::Stage::Archived),
+            ),
+        ];
+        for (text, selector) in cases {
+            let parsed: quiver_api::Reference = text.parse().unwrap();
+            let expected = domain::VersionRef {
+                model: "reco".into(),
+                selector,
+            };
+            assert_eq!(reference_from_client(parsed).unwrap(), expected, "{text}");
+        }
+        // The parser never yields an unspecified stage; were one built by hand, it is refused.
+        let unspecified = quiver_api::Reference {
+            model: "reco".into(),
+            selector: quiver_api::VersionSelector::Stage(proto::Stage::Unspecified),
+        };
+        assert!(matches!(
+            reference_from_client(unspecified),
+            Err(DomainError::Invalid { ref field, .. }) if field == "stage"
+        ));
     }
 }

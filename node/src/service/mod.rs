@@ -12,7 +12,7 @@ use quiver_api::proto;
 use quiver_api::Reference;
 use tonic::{Request, Status};
 
-use crate::domain::{Actor, DomainError};
+use crate::domain::{Actor, DomainError, VersionRef};
 use crate::node::Consistency;
 use crate::state::AppError;
 
@@ -73,9 +73,12 @@ pub fn consistency(raw: i32) -> Consistency {
     }
 }
 
-pub fn parse_reference(text: &str) -> Result<Reference, Status> {
-    text.parse::<Reference>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+/// Parses `name/3`, `name@alias` or `name:stage` into the reference the state resolves.
+pub fn parse_reference(text: &str) -> Result<VersionRef, Status> {
+    let reference = text
+        .parse::<Reference>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    convert::reference_from_client(reference).map_err(invalid)
 }
 
 pub fn invalid(e: DomainError) -> Status {

@@ -1,0 +1,49 @@
+//! `SetAlias` and `DeleteAlias`: names that point at one existing version of a model.
+
+use super::{Applied, Write};
+use crate::command::Response;
+use crate::domain::{limits, validate_name, Alias, DomainError};
+use crate::state::tables::{encode, key2};
+use crate::state::AppResult;
+
+pub(super) fn set_alias(
+    w: &mut Write<'_, '_>,
+    model: &str,
+    alias: &str,
+    number: u64,
+) -> AppResult<Applied> {
+    validate_name("alias", alias)?;
+    w.app.get_version(w.wtxn, model, number)?;
+    let aliases = &w.app.tables.aliases;
+    let key = key2(model, alias.as_bytes());
+    if aliases.get(w.wtxn, &key)?.is_none()
+        && w.app.alias_count(w.wtxn, model)? >= limits::ALIASES_PER_MODEL_MAX
+    {
+        return Err(DomainError::invalid(
+            "alias",
+            format!(
+                "model '{model}' already has {} aliases, the limit; delete one first",
+                limits::ALIASES_PER_MODEL_MAX
+            ),
+        )
+        .into());
+    }
+    let a = Alias {
+        model: model.into(),
+        alias: alias.into(),
+        version: number,
+        updated_by: w.actor.clone(),
+        updated_at_ms: w.at_ms,
+    };
+    aliases.put(w.wtxn, &key, &encode(&a)?)?;
+    Ok((Response::Alias(a), format!("{model}@{alias}")))
+}
+
+pub(super) fn delete_alias(w: &mut Write<'_, '_>, model: &str, alias: &str) -> AppResult<Applied> {
+    let a = w.app.get_alias(w.wtxn, model, alias)?;
+    w.app
+        .tables
+        .aliases
+        .delete(w.wtxn, &key2(model, alias.as_bytes()))?;
+    Ok((Response::Alias(a), format!("{model}@{alias}")))
+}

@@ -1,0 +1,120 @@
+//! `apply`'s dispatcher: one handler per command. Every handler validates fully, then writes,
+//! so a rejected command writes nothing; it returns the response and the audit subject.
+
+mod alias;
+mod create_version;
+mod model;
+mod node;
+mod stage;
+mod version;
+
+use std::collections::BTreeMap;
+
+use heed::RwTxn;
+
+use super::{AppResult, RegistryApp};
+use crate::command::{Command, Op, Response};
+use crate::domain::{self, Actor};
+
+/// What an accepted command produced: its response and its audit subject.
+type Applied = (Response, String);
+
+/// What every handler works with: the state, the write transaction, and who applies the command
+/// and when (fixed by the proposer).
+struct Write<'a, 'e> {
+    app: &'a RegistryApp,
+    wtxn: &'a mut RwTxn<'e>,
+    actor: &'a Actor,
+    at_ms: i64,
+}
+
+impl RegistryApp {
+    /// Validates fully, then writes: a rejected command writes nothing.
+    /// Returns the response and the audit subject.
+    pub(super) fn execute(&self, wtxn: &mut RwTxn<'_>, cmd: &Command) -> AppResult<Applied> {
+        let w = &mut Write {
+            app: self,
+            wtxn,
+            actor: &cmd.actor,
+            at_ms: cmd.at_ms,
+        };
+        match &cmd.op {
+            Op::CreateModel {
+                name,
+                namespace,
+                description,
+                risk_tier,
+                tags,
+            } => model::create_model(w, name, namespace, description, *risk_tier, tags),
+            Op::UpdateModel {
+                name,
+                description,
+                set_tags,
+                remove_tags,
+            } => model::update_model(w, name, description.as_deref(), set_tags, remove_tags),
+            Op::CreateVersion {
+                model,
+                manifest,
+                manifest_root,
+                signature,
+                metadata,
+                tags,
+                status,
+                inline_chunks,
+            } => create_version::create_version(
+                w,
+                &create_version::NewVersion {
+                    model,
+                    manifest,
+                    manifest_root,
+                    signature,
+                    metadata,
+                    tags,
+                    status: *status,
+                    inline_chunks,
+                },
+            ),
+            Op::SetVersionStatus {
+                model,
+                number,
+                status,
+            } => version::set_version_status(w, model, *number, *status),
+            Op::SetVersionTags {
+                model,
+                number,
+                set_tags,
+                remove_tags,
+            } => version::set_version_tags(w, model, *number, set_tags, remove_tags),
+            Op::SetStage {
+                model,
+                number,
+                stage,
+                reason,
+            } => stage::set_stage(w, model, *number, *stage, reason),
+            Op::SetAlias {
+                model,
+                alias,
+                number,
+            } => alias::set_alias(w, model, alias, *number),
+            Op::DeleteAlias { model, alias } => alias::delete_alias(w, model, alias),
+            Op::UpsertNode(info) => node::upsert_node(w, info),
+            Op::RemoveNode { node_id } => node::remove_node(w, *node_id),
+        }
+    }
+}
+
+/// `tags` with `remove_tags` removed and `set_tags` set, if the result is valid.
+fn apply_tag_changes(
+    tags: &mut BTreeMap<String, String>,
+    set_tags: &BTreeMap<String, String>,
+    remove_tags: &[String],
+) -> AppResult<()> {
+    let mut next = tags.clone();
+    for key in remove_tags {
+        next.remove(key);
+    }
+    next.extend(set_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+    domain::validate_tags("tags", &next)?;
+    *tags = next;
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! `CreateModel` and `UpdateModel`.
+
+use std::collections::BTreeMap;
+
+use super::{apply_tag_changes, Applied, Write};
+use crate::command::Response;
+use crate::domain::{
+    validate_description, validate_name, validate_tags, DomainError, Model, RiskTier,
+};
+use crate::state::tables::encode;
+use crate::state::AppResult;
+
+pub(super) fn create_model(
+    w: &mut Write<'_, '_>,
+    name: &str,
+    namespace: &str,
+    description: &str,
+    risk_tier: RiskTier,
+    tags: &BTreeMap<String, String>,
+) -> AppResult<Applied> {
+    validate_name("name", name)?;
+    validate_name("namespace", namespace)?;
+    validate_description(description)?;
+    validate_tags("tags", tags)?;
+    let models = &w.app.tables.models;
+    if models.get(w.wtxn, name.as_bytes())?.is_some() {
+        return Err(DomainError::ModelExists { name: name.into() }.into());
+    }
+    let model = Model {
+        name: name.into(),
+        namespace: namespace.into(),
+        description: description.into(),
+        risk_tier,
+        tags: tags.clone(),
+        created_by: w.actor.clone(),
+        created_at_ms: w.at_ms,
+        version_count: 0,
+        production_version: None,
+    };
+    models.put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
+    Ok((Response::Model(Box::new(model)), name.into()))
+}
+
+pub(super) fn update_model(
+    w: &mut Write<'_, '_>,
+    name: &str,
+    description: Option<&str>,
+    set_tags: &BTreeMap<String, String>,
+    remove_tags: &[String],
+) -> AppResult<Applied> {
+    let mut model = w.app.get_model(w.wtxn, name)?;
+    if let Some(d) = description {
+        validate_description(d)?;
+        model.description = d.into();
+    }
+    apply_tag_changes(&mut model.tags, set_tags, remove_tags)?;
+    w.app
+        .tables
+        .models
+        .put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
+    Ok((Response::Model(Box::new(model)), name.into()))
+}

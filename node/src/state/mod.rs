@@ -1,0 +1,115 @@
+//! The registry's replicated state machine: LMDB tables inside the raft
+//! crate's state environment, and `apply`, a pure function of (state,
+//! command). No clock, randomness or I/O beyond the write transaction it is
+//! handed; the actor and time come in the command.
+//!
+//! - `tables`: the table registry (open, snapshot export and import, digest), key layouts and
+//!   value encoding;
+//! - `apply`: the command dispatcher and one handler per command (`apply/*`);
+//! - `requests`: request-id deduplication (decision 0009);
+//! - `audit`: the audit hash chain;
+//! - `query`: reads (models, versions, aliases, references, nodes, chunks).
+
+mod apply;
+mod audit;
+mod query;
+mod requests;
+mod tables;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use heed::{Env, RoTxn, RwTxn};
+
+use crate::command::{Command, Response};
+use crate::domain::DomainError;
+
+pub use audit::AuditEntry;
+pub use query::tag_filter;
+pub use requests::REQUEST_IDS_KEPT_ENTRIES;
+use tables::Tables;
+
+/// An error reading state: either the request names something that is not
+/// there (a domain error) or storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("state storage: {0:#}")]
+    Storage(#[from] anyhow::Error),
+}
+
+impl From<heed::Error> for AppError {
+    fn from(e: heed::Error) -> Self {
+        AppError::Storage(e.into())
+    }
+}
+
+impl From<serde_json::Error> for AppError {
+    fn from(e: serde_json::Error) -> Self {
+        AppError::Storage(e.into())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+/// The registry state machine (see `tables` for what each table holds).
+pub struct RegistryApp {
+    tables: Tables,
+}
+
+impl quiver_raft::App for RegistryApp {
+    type Command = Command;
+    type Response = Response;
+    const MAX_DBS: u32 = Tables::COUNT as u32;
+
+    fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
+        Ok(RegistryApp {
+            tables: Tables::open(env, wtxn)?,
+        })
+    }
+
+    fn apply(
+        &self,
+        wtxn: &mut RwTxn<'_>,
+        log_index: u64,
+        cmd: &Command,
+    ) -> anyhow::Result<Response> {
+        let storage = |e: AppError| anyhow::anyhow!("request ids: {e}");
+        self.forget_old_requests(wtxn, log_index).map_err(storage)?;
+        if let Some(id) = &cmd.request_id {
+            if let Some(first) = self.answered(wtxn, id).map_err(storage)? {
+                // A retried copy of a request already applied: answer as the first copy did.
+                return Ok(first);
+            }
+        }
+        let response = match self.execute(wtxn, cmd) {
+            Ok((response, subject)) => {
+                self.append_audit(wtxn, log_index, cmd, subject)
+                    .map_err(|e| anyhow::anyhow!("append audit entry: {e}"))?;
+                response
+            }
+            Err(AppError::Domain(e)) => Response::Rejected(e),
+            Err(AppError::Storage(e)) => return Err(e),
+        };
+        if let Some(id) = &cmd.request_id {
+            self.remember(wtxn, log_index, id, &response)
+                .map_err(storage)?;
+        }
+        Ok(response)
+    }
+
+    fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+        self.tables.export(rtxn)
+    }
+
+    fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
+        self.tables.import(wtxn, data)
+    }
+}
+
+impl RegistryApp {
+    /// blake3 over every table in key order: equal on nodes with equal state.
+    pub fn digest(&self, rtxn: &RoTxn<'_>) -> AppResult<String> {
+        self.tables.digest(rtxn)
+    }
+}

@@ -1,0 +1,179 @@
+//! The table registry: every LMDB table of the state, named once. The [`tables!`] list below
+//! generates the `Tables` struct, its `open` (which creates the named databases) and `all`, the
+//! one walk over every table that snapshot export, import and the digest use. A table opened is
+//! therefore always exported, imported and hashed: adding a table is one line in that list.
+//!
+//! Keys are bytes, values serde JSON unless noted; iteration is key order, so exports and digests
+//! are deterministic:
+//! - `models`:    name                      → Model
+//! - `versions`:  model \0 number(be u64)   → Version (without its manifest)
+//! - `manifests`: root hex                  → Manifest
+//! - `roots`:     model \0 root hex         → number (be u64; a bundle registered twice is
+//!   detected)
+//! - `aliases`:   model \0 alias            → Alias
+//! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
+//! - `meta`:      "audit_head"              → AuditHead;
+//!   "inline_bytes"                         → total bytes in `inline_chunks` (be u64)
+//! - `nodes`:     node id (be u64)          → NodeInfo
+//! - `requests`:  request id                → what the request's first copy answered (a version
+//!   by model and number)
+//! - `request_log`: log index(be u64) request id → () (to forget ids older than
+//!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
+//! - `inline_chunks`: root hex, chunk hash (32 bytes) → the chunk's raw bytes: every chunk of a
+//!   small version (decision 0010)
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use heed::types::Bytes;
+use heed::{Database, Env, RoTxn, RwTxn};
+use serde::{Deserialize, Serialize};
+
+use super::{AppError, AppResult};
+
+pub(super) type Table = Database<Bytes, Bytes>;
+
+/// Declares the state's tables. The order is part of the digest (tables are hashed in this
+/// order) and of nothing else; the snapshot keys tables by name.
+macro_rules! tables {
+    ($($name:ident),+ $(,)?) => {
+        /// Every table of the state, opened.
+        pub(super) struct Tables {
+            $(pub(super) $name: Table,)+
+        }
+
+        impl Tables {
+            /// How many tables there are: the named databases the state env must allow.
+            pub(super) const COUNT: usize = [$(stringify!($name)),+].len();
+
+            /// Opens every table, creating those that do not exist yet.
+            pub(super) fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Tables> {
+                Ok(Tables {
+                    $($name: open_table(env, wtxn, stringify!($name))?,)+
+                })
+            }
+
+            /// Every table with its name, in registry order.
+            pub(super) fn all(&self) -> [(&'static str, &Table); Self::COUNT] {
+                [$((stringify!($name), &self.$name)),+]
+            }
+        }
+    };
+}
+
+tables! {
+    models,
+    versions,
+    manifests,
+    roots,
+    aliases,
+    audit,
+    meta,
+    nodes,
+    requests,
+    request_log,
+    inline_chunks,
+}
+
+fn open_table(env: &Env, wtxn: &mut RwTxn<'_>, name: &str) -> anyhow::Result<Table> {
+    env.create_database(wtxn, Some(name))
+        .with_context(|| format!("open state table {name}"))
+}
+
+/// A snapshot: every table by name, its rows in key order as (hex key, hex value).
+type Snapshot<'a> = BTreeMap<&'a str, Vec<(String, String)>>;
+
+impl Tables {
+    /// The snapshot of every table (JSON of [`Snapshot`]).
+    pub(super) fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+        let mut out: Snapshot<'_> = BTreeMap::new();
+        for (name, table) in self.all() {
+            let mut rows = Vec::new();
+            for row in table.iter(rtxn)? {
+                let (k, v) = row?;
+                rows.push((hex::encode(k), hex::encode(v)));
+            }
+            out.insert(name, rows);
+        }
+        Ok(serde_json::to_vec(&out)?)
+    }
+
+    /// Replaces every table by its rows in `data` (a table the snapshot lacks ends up empty).
+    pub(super) fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
+        let snapshot: BTreeMap<String, Vec<(String, String)>> =
+            serde_json::from_slice(data).context("decode registry snapshot")?;
+        for (name, table) in self.all() {
+            table.clear(wtxn)?;
+            for (k, v) in snapshot.get(name).into_iter().flatten() {
+                let k = hex::decode(k).with_context(|| format!("snapshot table {name}: key"))?;
+                let v = hex::decode(v).with_context(|| format!("snapshot table {name}: value"))?;
+                table.put(wtxn, &k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// blake3 over every table in registry order, rows in key order: equal on nodes with equal
+    /// state.
+    pub(super) fn digest(&self, rtxn: &RoTxn<'_>) -> AppResult<String> {
+        let mut hasher = blake3::Hasher::new();
+        for (name, table) in self.all() {
+            hasher.update(name.as_bytes());
+            for row in table.iter(rtxn)? {
+                let (k, v) = row?;
+                hasher.update(&(k.len() as u64).to_le_bytes());
+                hasher.update(k);
+                hasher.update(&(v.len() as u64).to_le_bytes());
+                hasher.update(v);
+            }
+        }
+        Ok(hasher.finalize().to_hex().to_string())
+    }
+}
+
+// ------------------------------------------------------------ keys
+
+/// `a \0 b`: a model's rows (versions, roots, aliases) share the prefix `model \0`.
+pub(super) fn key2(a: &str, b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b);
+    k
+}
+
+pub(super) fn version_key(model: &str, number: u64) -> Vec<u8> {
+    key2(model, &number.to_be_bytes())
+}
+
+/// `inline_chunks` key: the manifest root (64 hex digits), then the chunk's hash.
+pub(super) fn inline_key(root: &str, hash: &quiver_transfer::Hash) -> Vec<u8> {
+    let mut k = Vec::with_capacity(root.len() + 32);
+    k.extend_from_slice(root.as_bytes());
+    k.extend_from_slice(&hash.0);
+    k
+}
+
+pub(super) const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
+pub(super) const INLINE_BYTES_KEY: &[u8] = b"inline_bytes";
+
+// ------------------------------------------------------------ values
+
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> AppResult<T> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("decode {what} from state storage"))
+        .map_err(AppError::Storage)
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> AppResult<Vec<u8>> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+/// A big-endian u64 value (`roots`, `meta` "inline_bytes"); `malformed` says which if it is not
+/// 8 bytes.
+pub(super) fn decode_u64(malformed: &str, bytes: &[u8]) -> AppResult<u64> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| AppError::Storage(anyhow::anyhow!("{malformed}")))?;
+    Ok(u64::from_be_bytes(bytes))
+}
