@@ -5,8 +5,11 @@
 
 pub mod command;
 pub mod domain;
+pub mod download;
 pub mod env;
+pub mod error;
 pub mod gc;
+pub mod ingest;
 pub mod node;
 pub mod replication;
 pub mod server;
@@ -14,4 +17,6 @@ pub mod service;
 pub mod state;
 pub mod tls;
 
-pub use node::{Node, NodeConfig};
+pub use env::Env;
+pub use error::NodeError;
+pub use node::{CoreConfig, Node, NodeConfig};

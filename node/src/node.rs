@@ -1,27 +1,30 @@
-//! One registry node: its Raft member, its chunk store and QUIC chunk
-//! server, its clock. The services call `propose` and `read`; both go
-//! through here so that time and consistency are decided in one place.
+//! One registry node over an environment ([`Env`]): its Raft member, its chunk store and chunk
+//! peers, its clock and request ids. The gRPC services and the simulator call the same entry
+//! points (`propose`, `read`, `chunk_sink`, `repair_once`), so time, ids, consistency, placement
+//! and repair are decided here once. [`Node::open`] builds the production node (on-disk stores,
+//! QUIC, gRPC peers); [`Node::assemble`] builds one over any environment.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
-use quiver_raft::{PeerTls, RaftNode, RaftNodeConfig, WriteError};
-use quiver_transfer::{ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicTls};
+use quiver_raft::{PeerTls, RaftNode, RaftNodeConfig};
+use quiver_transfer::{ChunkPeers, ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicTls};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tonic::Status;
 
-use crate::command::{Command, Op, RequestId, Response};
+use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
-use crate::env::{Clock, SystemClock};
+use crate::env::{Clock, Env, RandomIds, RequestIds, SystemClock};
+use crate::error::NodeError;
 use crate::replication::{
-    repair_version, scrub_step, should_hold, ChunkSink, ReadThroughs, RepairState, Repaired,
-    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
+    repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, ReadThroughs, RepairState,
+    Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
 };
-use crate::service::{app_error, status_from_domain};
 use crate::state::{AppResult, RegistryApp};
 use crate::tls::NodeCert;
 
@@ -52,21 +55,71 @@ pub struct NodeConfig {
     pub crash_drills: bool,
 }
 
-pub struct Node {
-    pub config: NodeConfig,
-    /// Held for the node's life: one process per data dir (and no offline
-    /// GC while the node runs).
-    _data_dir_lock: std::fs::File,
+/// What the core of a node is and how it behaves, whatever world it runs in (production's
+/// [`NodeConfig`] is turned into one by [`Node::open`]; the simulator builds its own).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// This node's id, addresses and labels, as announced in the replicated node table.
+    pub info: NodeInfo,
+    pub data_dir: PathBuf,
+    /// Copies of every chunk durable before a version is READY (W). `None`: 2 when the cluster
+    /// has two or more nodes, else 1.
+    pub write_quorum: Option<usize>,
+    /// Bytes of held chunks the repair loop re-verifies per pass (`scrub_step`).
+    pub scrub_bytes_per_pass: u64,
+    /// Whether the Crash admin call may abort this process (failover drills).
+    pub crash_drills: bool,
+    /// Test-only switches of the replication code (see [`PlantedBugs`]); default: none.
+    #[doc(hidden)]
+    pub planted: PlantedBugs,
+    /// Test-only switches of this module's code (see [`PlantedNodeBugs`]); default: none.
+    #[doc(hidden)]
+    pub planted_node: PlantedNodeBugs,
+}
+
+/// Known bugs the simulator plants in `Node`'s own code, to show its checkers notice them.
+/// Off by default; nothing in the CLI or a config file sets them.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedNodeBugs {
+    /// PLANTED BUG `retry-without-request-id`: a follower forwarding a command to the leader
+    /// gives it a fresh request id, so a retry of a command that was applied applies again.
+    pub forward_drops_request_id: bool,
+    /// PLANTED BUG `repair-skips-after-restart`: a node that starts with READY versions in its
+    /// state leaves them out of its repair loop (repair and scrub), as if an old record said
+    /// they were whole, so what it lacked when it went down is never fetched.
+    pub repair_skips_after_restart: bool,
+}
+
+/// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk
+/// peers, its clock and ids. The services (and the simulator) call `propose`, `read`,
+/// `chunk_sink` and `repair_once`; time, ids, consistency and placement are decided here.
+pub struct Node<S = ChunkStore, P = PeerClient> {
+    pub core: CoreConfig,
     pub raft: RaftNode<RegistryApp>,
-    pub chunks: ChunkStore,
-    pub peers: PeerClient,
+    pub chunks: S,
+    pub peers: P,
     pub clock: Arc<dyn Clock>,
-    chunk_server: ChunkServer,
+    ids: Arc<dyn RequestIds>,
     background_pushes: Arc<Semaphore>,
     pub repair: RepairState,
     /// Downloads' fetches of chunks this node lacks, shared between downloads.
     pub read_throughs: ReadThroughs,
+    /// What the repair loop did since this node started.
+    pub repair_totals: RepairTotals,
+    /// Versions the repair loop leaves alone (only the planted `repair_skips_after_restart`
+    /// fills it).
+    repair_skipped: BTreeSet<String>,
     stop: watch::Sender<bool>,
+    /// What only a node of its own process holds: the data dir's lock and the QUIC chunk server.
+    host: Option<Host>,
+}
+
+/// A production node's resources beyond its core.
+struct Host {
+    /// Held for the node's life: one process per data dir (and no offline GC while it runs).
+    _data_dir_lock: std::fs::File,
+    chunk_server: ChunkServer,
 }
 
 /// How long a node waits for a leader at start.
@@ -81,7 +134,10 @@ pub enum Consistency {
     Stale,
 }
 
-impl Node {
+impl Node<ChunkStore, PeerClient> {
+    /// Starts a node of this process: its data dir, chunk store, QUIC chunk server and client,
+    /// Raft over gRPC on `peer_listener` (joining through `config.join` on first start); waits
+    /// for a leader and records its addresses in the node table.
     pub async fn open(config: NodeConfig, peer_listener: TcpListener) -> anyhow::Result<Arc<Node>> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
@@ -117,50 +173,106 @@ impl Node {
         raft.wait_for_leader(STARTUP_LEADER_TIMEOUT)
             .await
             .context("wait for a leader")?;
-        let (stop, _) = watch::channel(false);
-        let node = Arc::new(Node {
-            config,
-            _data_dir_lock: data_dir_lock,
-            raft,
+        let core = CoreConfig {
+            info: NodeInfo {
+                node_id: config.node_id,
+                api_addr: config.api_addr.clone(),
+                peer_addr: config.peer_addr.clone(),
+                quic_addr: chunk_server.local_addr().to_string(),
+                region: config.region.clone(),
+                zone: config.zone.clone(),
+            },
+            data_dir: config.data_dir.clone(),
+            write_quorum: config.write_quorum,
+            scrub_bytes_per_pass: SCRUB_BYTES_PER_PASS,
+            crash_drills: config.crash_drills,
+            planted: PlantedBugs::default(),
+            planted_node: PlantedNodeBugs::default(),
+        };
+        let env = Env {
+            clock: Arc::new(SystemClock),
+            ids: Arc::new(RandomIds),
             chunks,
             peers,
-            clock: Arc::new(SystemClock),
+        };
+        let host = Host {
+            _data_dir_lock: data_dir_lock,
             chunk_server,
-            background_pushes: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
-            repair: RepairState::default(),
-            read_throughs: ReadThroughs::default(),
-            stop,
-        });
+        };
+        let node = Node::build(core, env, raft, Some(host));
         node.announce()
             .await
             .context("register this node's addresses")?;
-        tokio::spawn(repair_loop(Arc::downgrade(&node), node.stop.subscribe()));
         Ok(node)
     }
 
+    /// Where this node's QUIC chunk server listens.
     pub fn quic_addr(&self) -> SocketAddr {
-        self.chunk_server.local_addr()
-    }
-
-    fn info(&self) -> NodeInfo {
-        NodeInfo {
-            node_id: self.config.node_id,
-            api_addr: self.config.api_addr.clone(),
-            peer_addr: self.config.peer_addr.clone(),
-            quic_addr: self.quic_addr().to_string(),
-            region: self.config.region.clone(),
-            zone: self.config.zone.clone(),
+        match &self.host {
+            Some(host) => host.chunk_server.local_addr(),
+            None => self
+                .core
+                .info
+                .quic_addr
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
         }
     }
+}
 
-    /// Records this node's addresses and labels in the replicated node
-    /// table, unless they are already there.
-    async fn announce(&self) -> anyhow::Result<()> {
-        let info = self.info();
+impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
+    /// A node over `env` and a started `raft`, with its repair loop running (every
+    /// `REPAIR_INTERVAL`, until `shutdown`). It does not announce itself: call
+    /// [`Node::announce`] once a leader is known.
+    pub fn assemble(core: CoreConfig, env: Env<S, P>, raft: RaftNode<RegistryApp>) -> Arc<Self> {
+        Self::build(core, env, raft, None)
+    }
+
+    fn build(
+        core: CoreConfig,
+        env: Env<S, P>,
+        raft: RaftNode<RegistryApp>,
+        host: Option<Host>,
+    ) -> Arc<Self> {
+        let (stop, _) = watch::channel(false);
+        let mut repair_skipped = BTreeSet::new();
+        if core.planted_node.repair_skips_after_restart {
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`): whatever is READY at start is
+            // taken as whole.
+            if let Ok(Ok(roots)) = raft.read(|app, txn| Ok(app.ready_manifest_roots(txn))) {
+                repair_skipped.extend(roots.into_iter().map(|(_, _, root)| root));
+            }
+        }
+        let node = Arc::new(Node {
+            core,
+            raft,
+            chunks: env.chunks,
+            peers: env.peers,
+            clock: env.clock,
+            ids: env.ids,
+            background_pushes: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
+            repair: RepairState::default(),
+            read_throughs: ReadThroughs::default(),
+            repair_totals: RepairTotals::default(),
+            repair_skipped,
+            stop,
+            host,
+        });
+        tokio::spawn(repair_loop(Arc::downgrade(&node), node.stop.subscribe()));
+        node
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.core.info.node_id
+    }
+
+    /// Records this node's addresses and labels in the replicated node table, unless they are
+    /// already there.
+    pub async fn announce(&self) -> Result<(), NodeError> {
+        let info = self.core.info.clone();
         let known = self
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            .await?;
         if known.contains(&info) {
             return Ok(());
         }
@@ -168,20 +280,18 @@ impl Node {
             name: format!("node-{}", info.node_id),
             authenticated: true,
         };
-        self.propose(actor, Op::UpsertNode(info))
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        self.propose(actor, Op::UpsertNode(info)).await?;
         Ok(())
     }
 
-    /// Other nodes, nearest first: same region and zone, then same region,
-    /// then the rest, each by node id.
-    pub async fn peer_nodes(&self) -> Result<Vec<NodeInfo>, Status> {
+    /// Other nodes, nearest first: same region and zone, then same region, then the rest, each
+    /// by node id.
+    pub async fn peer_nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
         let mut nodes = self
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
             .await?;
-        nodes.retain(|n| n.node_id != self.config.node_id);
-        let (region, zone) = (&self.config.region, &self.config.zone);
+        nodes.retain(|n| n.node_id != self.node_id());
+        let (region, zone) = (&self.core.info.region, &self.core.info.zone);
         nodes.sort_by_key(|n| {
             let distance = match (&n.region == region, &n.zone == zone) {
                 (true, true) => 0,
@@ -194,7 +304,7 @@ impl Node {
     }
 
     /// QUIC addresses of the other nodes, nearest first.
-    pub async fn peer_chunk_addrs(&self) -> Result<Vec<SocketAddr>, Status> {
+    pub async fn peer_chunk_addrs(&self) -> Result<Vec<SocketAddr>, NodeError> {
         Ok(self
             .peer_nodes()
             .await?
@@ -203,13 +313,13 @@ impl Node {
             .collect())
     }
 
-    /// Where an upload's chunks go: here plus every peer, acknowledged once
-    /// W copies are durable.
-    pub async fn chunk_sink(&self) -> Result<ChunkSink, Status> {
+    /// Where an upload's chunks go: here plus every peer, acknowledged once W copies are
+    /// durable.
+    pub async fn chunk_sink(&self) -> Result<ChunkSink<S, P>, NodeError> {
         let targets = self.peer_chunk_addrs().await?;
         let cluster_size = targets.len() + 1;
         let copies_required = self
-            .config
+            .core
             .write_quorum
             .unwrap_or(if cluster_size >= 2 { 2 } else { 1 })
             .max(1);
@@ -219,7 +329,7 @@ impl Node {
             targets,
             copies_required,
             background: self.background_pushes.clone(),
-            planted: Default::default(),
+            planted: self.core.planted,
         })
     }
 
@@ -237,52 +347,61 @@ impl Node {
             .unwrap_or(1)
     }
 
-    /// Proposes `op` as `actor` at the node's current time; returns the
-    /// applied result, with a rejection mapped to its gRPC status. A follower
-    /// forwards the command to the leader.
-    pub async fn propose(&self, actor: Actor, op: Op) -> Result<Response, Status> {
-        let command = Command {
+    /// `op` as `actor` would propose it through this node now: stamped with this node's time
+    /// and a fresh request id, which every retry of the command keeps (decision 0009).
+    pub fn stamp(&self, actor: Actor, op: Op) -> Command {
+        Command {
             actor,
             at_ms: self.clock.now_ms(),
-            // Retries of this write (forwarding across leader changes) keep the id, so a copy
-            // that reaches the log twice answers once.
-            request_id: Some(RequestId::random()),
+            request_id: Some(self.ids.next_id()),
             op,
-        };
-        match self.raft.write(command).await {
-            Ok(Response::Rejected(e)) => Err(status_from_domain(&e)),
-            Ok(response) => Ok(response),
-            Err(e) => Err(status_from_write(e)),
         }
     }
 
-    /// Runs a query against applied state, after a linearizability barrier
-    /// (confirmed with the leader) unless a stale read was asked for.
+    /// Proposes `op` as `actor` at the node's current time; returns the applied result, a
+    /// rejection as [`NodeError::Rejected`]. A follower forwards the command to the leader.
+    pub async fn propose(&self, actor: Actor, op: Op) -> Result<Response, NodeError> {
+        self.propose_command(self.stamp(actor, op)).await
+    }
+
+    /// Proposes a command already stamped ([`Node::stamp`]); a client's retry of the same
+    /// command through any node keeps its time and request id, so a copy that reaches the log
+    /// twice answers once.
+    pub async fn propose_command(&self, mut command: Command) -> Result<Response, NodeError> {
+        if self.core.planted_node.forward_drops_request_id && !self.raft.is_leader() {
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`): the forwarded copy is a new request.
+            command.request_id = Some(self.ids.next_id());
+        }
+        match self.raft.write(command).await? {
+            Response::Rejected(e) => Err(NodeError::Rejected(e)),
+            response => Ok(response),
+        }
+    }
+
+    /// Runs a query against applied state, after a linearizability barrier (confirmed with the
+    /// leader: a follower asks it for its read index) unless a stale read was asked for.
     pub async fn read<T>(
         &self,
         consistency: Consistency,
         query: impl FnOnce(&RegistryApp, &heed::RoTxn<'_>) -> AppResult<T>,
-    ) -> Result<T, Status> {
+    ) -> Result<T, NodeError> {
         if consistency == Consistency::Linearizable {
-            self.raft
-                .linearizable_barrier()
-                .await
-                .map_err(status_from_write)?;
+            self.raft.linearizable_barrier().await?;
         }
         self.raft
             .read(|app, txn| Ok(query(app, txn)))
-            .map_err(|e| Status::internal(format!("read state: {e:#}")))?
-            .map_err(|e| app_error(&e))
+            .map_err(|e| NodeError::Storage(format!("read state: {e:#}")))?
+            .map_err(NodeError::from)
     }
 
-    /// One pass of repair: fetch every chunk of every READY version that
-    /// this node lacks; then one scrub step (`scrub_step`: re-verify held
-    /// copies, `SCRUB_BYTES_PER_PASS` at most; a rotten one is removed and
-    /// fetched on the next pass). Returns how many chunks were fetched.
-    pub async fn repair_once(&self) -> Result<usize, Status> {
-        let roots = self
+    /// One pass of repair: fetch every chunk of every READY version this node should hold and
+    /// lacks; then one scrub step (`scrub_step`: re-verify held copies, `scrub_bytes_per_pass`
+    /// at most; a rotten one is removed and fetched on the next pass).
+    pub async fn repair_once(&self) -> Result<RepairPass, NodeError> {
+        let mut roots = self
             .read(Consistency::Stale, |app, txn| app.ready_manifest_roots(txn))
             .await?;
+        roots.retain(|(_, _, root)| !self.repair_skipped.contains(root));
         let sources = self.peer_chunk_addrs().await?;
         let members: Vec<(u64, String)> = self
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
@@ -290,31 +409,31 @@ impl Node {
             .into_iter()
             .map(|n| (n.node_id, n.region))
             .collect();
-        let mut fetched = 0;
+        let me = self.node_id();
+        let mut pass = RepairPass::default();
         let held: Vec<String> = roots
             .iter()
-            .filter(|(_, _, root)| should_hold(root, self.config.node_id, &members))
+            .filter(|(_, _, root)| should_hold(root, me, &members))
             .map(|(_, _, root)| root.clone())
             .collect();
         for (model, number, root) in roots {
-            if self.repair.is_complete(&root) || !should_hold(&root, self.config.node_id, &members)
-            {
+            if self.repair.is_complete(&root) || !should_hold(&root, me, &members) {
                 continue;
             }
             let manifest = self
                 .read(Consistency::Stale, |app, txn| app.manifest(txn, &root))
                 .await?;
-            let chunks = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
-            match repair_version(&self.chunks, &self.peers, &sources, chunks).await {
+            match repair_version(&self.chunks, &self.peers, &sources, manifest.chunk_refs()).await {
                 Ok(Repaired::Complete { fetched_chunks }) => {
                     if fetched_chunks > 0 {
-                        fetched += fetched_chunks;
+                        pass.fetched_chunks += fetched_chunks;
                         tracing::info!(version = %format!("{model}/{number}"), chunks = fetched_chunks, "repaired");
                     }
                     self.repair.mark_complete(&root);
                 }
-                Ok(Repaired::NoSources { .. }) => {}
+                Ok(Repaired::NoSources { .. }) => pass.incomplete += 1,
                 Err(e) => {
+                    pass.incomplete += 1;
                     tracing::warn!(version = %format!("{model}/{number}"), "repair incomplete, will retry: {e}")
                 }
             }
@@ -325,24 +444,55 @@ impl Node {
                 .read(|app, txn| Ok(app.manifest(txn, root)))
                 .ok()?
                 .ok()?;
-            Some(manifest.files.into_iter().flat_map(|f| f.chunks).collect())
+            Some(manifest.chunk_refs())
         };
-        scrub_step(
+        pass.scrubbed = scrub_step(
             &self.chunks,
             &self.repair,
             &held,
             chunks_of,
-            SCRUB_BYTES_PER_PASS,
+            self.core.scrub_bytes_per_pass,
         )
         .await;
-        Ok(fetched)
+        Ok(pass)
     }
 
+    /// Stops the repair loop, the chunk server (if any) and Raft, and releases storage.
     pub async fn shutdown(&self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.chunk_server.shutdown().await;
+        if let Some(host) = &self.host {
+            host.chunk_server.shutdown().await;
+        }
         self.raft.shutdown().await
     }
+}
+
+/// What the repair loop did since the node started.
+#[derive(Debug, Default)]
+pub struct RepairTotals {
+    /// Chunks fetched from peers.
+    pub fetched_chunks: AtomicU64,
+    /// Held copies the scrub found rotten or gone.
+    pub scrubbed_bad: AtomicU64,
+}
+
+impl RepairTotals {
+    fn add(&self, pass: &RepairPass) {
+        self.fetched_chunks
+            .fetch_add(pass.fetched_chunks as u64, Ordering::Relaxed);
+        self.scrubbed_bad
+            .fetch_add(pass.scrubbed.bad.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What one repair pass did.
+#[derive(Clone, Debug, Default)]
+pub struct RepairPass {
+    /// Chunks fetched from peers.
+    pub fetched_chunks: usize,
+    /// Versions not complete yet (no source, or a fetch failed): tried again next pass.
+    pub incomplete: usize,
+    pub scrubbed: Scrubbed,
 }
 
 /// The lock file that keeps a data dir to one process.
@@ -370,31 +520,22 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File
     }
 }
 
-async fn repair_loop(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
+async fn repair_loop<S: ChunkSource + Clone, P: ChunkPeers>(
+    node: Weak<Node<S, P>>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(REPAIR_INTERVAL) => {}
             _ = stop.changed() => return,
         }
         let Some(node) = node.upgrade() else { return };
-        if let Err(e) = node.repair_once().await {
-            tracing::debug!("repair pass failed: {}", e.message());
+        if *stop.borrow() {
+            return;
         }
-    }
-}
-
-pub fn status_from_write(e: WriteError) -> Status {
-    match e {
-        WriteError::NotLeader {
-            leader_id,
-            leader_addr,
-        } => Status::unavailable(format!(
-            "this node is not the leader (leader: node {} at {}); retry",
-            leader_id.map_or("unknown".into(), |id| id.to_string()),
-            leader_addr.unwrap_or_else(|| "unknown".into())
-        )),
-        WriteError::NoQuorum(m) => Status::unavailable(format!("no quorum: {m}")),
-        WriteError::Unreachable { .. } => Status::unavailable(e.to_string()),
-        WriteError::Fatal(m) => Status::internal(format!("raft failed: {m}")),
+        match node.repair_once().await {
+            Ok(pass) => node.repair_totals.add(&pass),
+            Err(e) => tracing::debug!("repair pass failed: {e}"),
+        }
     }
 }

@@ -30,7 +30,8 @@ use quiver_transfer::{
     PeerClient, StoreError,
 };
 use tokio::sync::Semaphore;
-use tonic::Status;
+
+use crate::error::NodeError;
 
 /// Chunks whose extra (beyond-quorum) pushes may still be in flight.
 pub const BACKGROUND_PUSHES_MAX: usize = 16;
@@ -77,10 +78,10 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
     /// Writes one chunk locally and to peers; returns once `copies_required`
     /// copies are durable. `hash` must have been computed from `data` by the
     /// caller (the local copy is not hashed again; peers verify theirs).
-    pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), Status> {
+    pub async fn put(&self, hash: Hash, data: Bytes) -> Result<(), NodeError> {
         let mut remote_needed = self.copies_required.saturating_sub(1);
         if remote_needed > self.targets.len() {
-            return Err(Status::unavailable(format!(
+            return Err(NodeError::TooFewCopies(format!(
                 "write quorum is {} copies but only {} node(s) are known; lower --write-quorum or add nodes",
                 self.copies_required,
                 self.targets.len() + 1
@@ -114,11 +115,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> ChunkSink<S, P> {
         }
         match local.join().await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
-            Err(e) => return Err(Status::internal(format!("store chunk {hash}: {e}"))),
+            Ok(Err(e)) => return Err(NodeError::Storage(format!("store chunk {hash}: {e}"))),
+            Err(e) => return Err(NodeError::Storage(format!("store chunk {hash}: {e}"))),
         }
         if acked < remote_needed {
-            return Err(Status::unavailable(format!(
+            return Err(NodeError::TooFewCopies(format!(
                 "only {} of {} copies of chunk {hash} are durable; peers failed: {}",
                 acked + 1,
                 self.copies_required,
@@ -661,7 +662,7 @@ mod tests {
             .put(hash, data.clone())
             .await
             .expect_err("no peer took it");
-        assert!(err.message().contains("only 1 of 2 copies"), "{err}");
+        assert!(err.to_string().contains("only 1 of 2 copies"), "{err}");
         sink.planted.ack_before_w_copies = true;
         sink.put(hash, data)
             .await

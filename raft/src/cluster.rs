@@ -332,6 +332,11 @@ impl<A: App> RaftNode<A> {
     }
 
     fn is_leader_here(&self) -> bool {
+        self.is_leader()
+    }
+
+    /// Whether this node believes it is the leader (it may have been deposed without knowing).
+    pub fn is_leader(&self) -> bool {
         self.metrics().current_leader == Some(self.node_id())
     }
 

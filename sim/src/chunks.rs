@@ -5,19 +5,19 @@
 //! an endpoint on the [`ChunkNet`], which goes down and up with the node ([`Chunks::set_up`],
 //! called by the cluster). On it the real replication code runs:
 //! - **Upload** ([`Chunks::upload`]): a registration's artifact (a seeded [`Corpus`]) is written
-//!   through the real `ChunkSink` of the node the client reached, with W = [`COPIES_REQUIRED`],
-//!   [`UPLOAD_CHUNKS_IN_FLIGHT`] chunks at a time, as the node's upload ingest does; only then
-//!   does the client propose `CreateVersion` with the corpus's manifest.
+//!   through the chunk sink of the node the client reached (`Node::chunk_sink`: W from the
+//!   membership, [`COPIES_REQUIRED`] in these clusters) by the upload's own writer
+//!   (`ingest::write_chunks`); only then does the client propose `CreateVersion` with the
+//!   corpus's manifest.
 //! - **Download** ([`Chunks::download_loop`]): simulated serving clients pull acknowledged
 //!   versions through a random node: the manifest from that node's applied state, every chunk
 //!   through the network from that node, which answers with the real `read_chunk` (read-through
 //!   from its peers for a chunk it lacks or holds rotten); a small version's chunks from the
 //!   node's applied state (`inline_chunks`), as its download service serves them. What the client was handed is judged
 //!   by [`check_download`] against the bytes that were uploaded.
-//! - **Repair** ([`Chunks::repair_loop`]): every [`REPAIR_INTERVAL`], each up node runs the
-//!   production pass over its READY versions (`Node::repair_once`'s steps): `should_hold`,
-//!   `repair_version` (which uses `missing_chunks` and `fetch_all`), then `scrub_step` with a
-//!   budget of [`SIM_SCRUB_BYTES_PER_PASS`], with a `RepairState` that a restart replaces.
+//! - **Repair**: each node's own repair loop (`Node::repair_once` every [`REPAIR_INTERVAL`],
+//!   started with the node), with a scrub budget of [`SIM_SCRUB_BYTES_PER_PASS`]; a restart
+//!   starts a new node, with a fresh repair state, as a new process would.
 //! - **Bit rot** ([`Chunks::corrupt`]): the chaos schedule's `Corrupt` fault flips bytes of chunks
 //!   of acknowledged versions in one node's store.
 //!
@@ -31,16 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream::{self, StreamExt};
-use quiver_node::replication::{
-    repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, RepairState, Repaired,
-    BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
-};
+use futures::stream;
+use quiver_node::ingest::write_chunks;
+use quiver_node::replication::{should_hold, PlantedBugs, REPAIR_INTERVAL};
 use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::check::{short, Violation};
@@ -49,14 +46,12 @@ use crate::check_chunks::{
 };
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place, SimPeers};
 use crate::chunkstore::{Corpus, SimStore};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SimNode};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
 
 /// Copies of every chunk durable before an upload succeeds (W).
 pub const COPIES_REQUIRED: usize = 2;
-/// Chunks of one upload written at once (the node's upload ingest: `WRITE_QUEUE_DEPTH`).
-pub const UPLOAD_CHUNKS_IN_FLIGHT: usize = 4;
 /// Simulated serving clients that download versions during a run.
 pub const DOWNLOADERS: u32 = 3;
 /// Pause between two downloads of one downloader, drawn from this range (virtual ms).
@@ -110,8 +105,6 @@ struct State {
     uploaded: BTreeMap<String, Uploaded>,
     /// Acknowledged versions, (label, root), in ack order.
     acked: Vec<(String, String)>,
-    /// Each up node's repair state; a restart starts a fresh one, as a new process would.
-    repair: BTreeMap<NodeId, Arc<RepairState>>,
     violations: Vec<Violation>,
     stats: ChunkStats,
 }
@@ -120,8 +113,6 @@ struct State {
 pub struct Chunks {
     net: Arc<ChunkNet>,
     stores: BTreeMap<NodeId, SimStore>,
-    background: BTreeMap<NodeId, Arc<Semaphore>>,
-    planted: PlantedBugs,
     trace: SharedTrace,
     state: Mutex<State>,
 }
@@ -136,15 +127,11 @@ impl Chunks {
         };
         let net = ChunkNet::new(cfg, seed, trace.clone());
         let mut stores = BTreeMap::new();
-        let mut background = BTreeMap::new();
-        let mut state = State::default();
         for &id in ids {
             let store = SimStore::new(None);
             let zone = format!("z{}", id % SIM_ZONES);
             net.add_node(id, Place::new(SIM_REGION, zone), store.clone());
             stores.insert(id, store);
-            background.insert(id, Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)));
-            state.repair.insert(id, Arc::default());
         }
         for c in 0..DOWNLOADERS {
             net.add_client(
@@ -155,10 +142,8 @@ impl Chunks {
         Arc::new(Chunks {
             net,
             stores,
-            background,
-            planted,
             trace,
-            state: Mutex::new(state),
+            state: Mutex::new(State::default()),
         })
     }
 
@@ -185,52 +170,34 @@ impl Chunks {
         std::mem::take(&mut self.lock().violations)
     }
 
-    /// Node `id` crashed (`up` false) or restarted: its endpoint refuses or serves again, and a
-    /// restarted node starts with a fresh repair state.
+    /// Node `id` crashed (`up` false) or restarted: its endpoint refuses or serves again.
     pub fn set_up(&self, id: NodeId, up: bool) {
         self.net.set_up(Endpoint::Node(id), up);
-        if up {
-            self.lock().repair.insert(id, Arc::default());
-        }
     }
 
-    /// The real `ChunkSink` of node `id`: its store, its peers nearest first, W copies.
-    fn sink(&self, id: NodeId) -> ChunkSink<SimStore, SimPeers> {
-        ChunkSink {
-            store: self.stores[&id].clone(),
-            peers: self.net.peers(Endpoint::Node(id)),
-            targets: self.net.node_sources(id),
-            copies_required: COPIES_REQUIRED,
-            background: self.background[&id].clone(),
-            planted: self.planted,
-        }
+    /// Node `id`'s chunk store (kept across its crashes, as a disk would be).
+    pub fn store(&self, id: NodeId) -> SimStore {
+        self.stores[&id].clone()
     }
 
-    /// Writes `corpus` through node `id`'s `ChunkSink` (see the module docs). `Err` says why the
-    /// upload failed (too few copies); nothing is registered then.
-    pub async fn upload(&self, id: NodeId, corpus: &Corpus) -> Result<(), String> {
-        let sink = self.sink(id);
+    /// Writes `corpus` through `node`'s own chunk sink (`Node::chunk_sink`: its store, its peers
+    /// nearest first, W copies) with the upload's writer (`write_chunks`), as its upload ingest
+    /// does after chunking (see the module docs). `Err` says why the upload failed (too few
+    /// copies); nothing is registered then.
+    pub async fn upload(&self, node: &SimNode, corpus: &Corpus) -> Result<(), String> {
         let chunks: Vec<(Hash, Bytes)> = corpus
             .chunks()
             .iter()
             .filter_map(|c| Some((c.hash, Bytes::from(corpus.bytes(&c.hash)?.to_vec()))))
             .collect();
-        let mut puts = stream::iter(chunks)
-            .map(|(hash, data)| {
-                let sink = sink.clone();
-                async move { sink.put(hash, data).await }
-            })
-            .buffer_unordered(UPLOAD_CHUNKS_IN_FLIGHT);
-        let mut failure = None;
-        while let Some(result) = puts.next().await {
-            if let Err(status) = result {
-                failure.get_or_insert_with(|| status.message().to_string());
-            }
-        }
+        let written = match node.chunk_sink().await {
+            Ok(sink) => write_chunks(sink, stream::iter(chunks)).await,
+            Err(e) => Err(e),
+        };
         let mut state = self.lock();
-        if let Some(why) = failure {
+        if let Err(why) = written {
             state.stats.uploads_failed += 1;
-            return Err(why);
+            return Err(why.to_string());
         }
         state.stats.uploads += 1;
         let root = corpus
@@ -352,98 +319,6 @@ impl Chunks {
         }
         self.lock().stats.chunks_corrupted += rotted as u64;
         rotted
-    }
-
-    /// Every [`REPAIR_INTERVAL`], node `id` runs one repair pass while it is up; until `stop`.
-    pub async fn repair_loop(
-        self: Arc<Self>,
-        cluster: Arc<Cluster>,
-        id: NodeId,
-        stop: Arc<AtomicBool>,
-    ) {
-        while !stop.load(Ordering::SeqCst) {
-            tokio::time::sleep(REPAIR_INTERVAL).await;
-            if cluster.handle(id).is_some() {
-                self.repair_pass(&cluster, id).await;
-            }
-        }
-    }
-
-    /// One pass of the production repair (`Node::repair_once`) on node `id`.
-    async fn repair_pass(&self, cluster: &Cluster, id: NodeId) {
-        let Some(node) = cluster.handle(id) else {
-            return;
-        };
-        let Some(repair) = self.lock().repair.get(&id).cloned() else {
-            return;
-        };
-        let members = self.members();
-        let read = node.read_applied(|app, rtxn| {
-            let mut out = Vec::new();
-            let mut held = Vec::new();
-            let roots = app
-                .ready_manifest_roots(rtxn)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            for (model, number, root) in roots {
-                if !should_hold(&root, id, &members) {
-                    continue;
-                }
-                held.push(root.clone());
-                if repair.is_complete(&root) {
-                    continue;
-                }
-                let manifest = app
-                    .manifest(rtxn, &root)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                out.push((format!("{model}/{number}"), root, manifest));
-            }
-            Ok((out, held))
-        });
-        let (versions, held) = match read {
-            Ok((_, read)) => read,
-            Err(e) => {
-                self.trace
-                    .record(format!("repair n{id}: state read failed: {e:#}"));
-                return;
-            }
-        };
-        let store = &self.stores[&id];
-        let peers = self.net.peers(Endpoint::Node(id));
-        let sources = self.net.node_sources(id);
-        for (label, root, manifest) in versions {
-            let chunks = manifest_chunks(&manifest);
-            match repair_version(store, &peers, &sources, chunks).await {
-                Ok(Repaired::Complete { fetched_chunks }) => {
-                    repair.mark_complete(&root);
-                    if fetched_chunks > 0 {
-                        self.lock().stats.chunks_repaired += fetched_chunks as u64;
-                        self.trace.record(format!(
-                            "repair n{id} {label}: fetched {fetched_chunks} chunks"
-                        ));
-                    }
-                }
-                Ok(Repaired::NoSources { .. }) => {}
-                Err(e) => self
-                    .trace
-                    .record(format!("repair n{id} {label}: incomplete: {e}")),
-            }
-        }
-        let chunks_of = |root: &str| {
-            node.read_applied(|app, rtxn| {
-                app.manifest(rtxn, root).map_err(|e| anyhow::anyhow!("{e}"))
-            })
-            .ok()
-            .map(|(_, m)| manifest_chunks(&m))
-        };
-        let scrubbed = scrub_step(store, &repair, &held, chunks_of, SIM_SCRUB_BYTES_PER_PASS).await;
-        if !scrubbed.bad.is_empty() {
-            self.lock().stats.chunks_scrubbed_bad += scrubbed.bad.len() as u64;
-            self.trace.record(format!(
-                "scrub n{id}: {} of {} chunks rotten or gone",
-                scrubbed.bad.len(),
-                scrubbed.checked_chunks
-            ));
-        }
     }
 
     /// The nodes and their regions, as `should_hold` takes them.

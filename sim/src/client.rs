@@ -4,10 +4,11 @@
 //! see [`crate::chunks`]), trying another after a failure, and proposes the version only once
 //! the upload succeeded; its acknowledgement is checked for W intact copies.
 //!
-//! The simulator plays the part of the registry's API front end: it fixes the actor and the
-//! time in the `Command` (as `Node::propose` does) and hands it to a random node's
-//! `RaftNode::write`, which forwards it to the leader over the simulated network when that node
-//! is a follower (the production forwarding, retrying across leader changes). A down node, a
+//! The simulator plays the part of the registry's API front end over real `Node`s: the first up
+//! node a client reaches stamps its command (`Node::stamp`: that node's clock, a request id),
+//! and each attempt hands it to a node's `Node::propose_command`, which forwards it to the
+//! leader over the simulated network when that node is a follower (the production forwarding,
+//! retrying across leader changes); retries keep the stamp, as a client's retry would. A down node, a
 //! node without a leader, or a write that did not commit in time sends it to another random node
 //! after a short pause. Only an `Ok` (committed and applied on the leader) is an
 //! acknowledgement — except with the planted bug
@@ -28,9 +29,11 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use openraft::ServerState;
-use quiver_node::command::{Command, Op, RequestId, Response};
+use quiver_node::command::{Command, Op, Response};
 use quiver_node::domain::{Actor, DomainError};
+use quiver_node::node::Consistency;
 use quiver_node::state::AppError;
+use quiver_node::NodeError;
 use tokio::time::Instant;
 
 use crate::check::{Ack, Expect, Violation};
@@ -233,23 +236,19 @@ impl Clients {
             }
             let (seq, op) = p.next_op();
             let what = describe(&op);
-            // The node the client talks to first stamps the time, by its own (maybe skewed)
-            // clock, as `Node::propose` does; the stamp stays when the command is retried.
-            let ids = self.cluster.ids();
-            let first = ids[p.pick(ids.len())];
-            let cmd = Command {
-                actor: Actor {
-                    name: p.actor.clone(),
-                    authenticated: false,
-                },
-                at_ms: self
-                    .cluster
-                    .node_clock_ms(first, EPOCH_MS + self.trace.elapsed_ms() as i64),
-                // One id per op, kept across retries, as `Node::propose` does (deterministic
-                // here: the trace must not depend on entropy).
-                request_id: (self.plant != Some(Plant::RetryWithoutRequestId))
-                    .then(|| RequestId(format!("c{}-{seq}", p.id))),
-                op,
+            // The first up node the client reaches stamps the command (`Node::stamp`: its own,
+            // maybe skewed, clock and a request id); its retries through any node keep both.
+            let actor = Actor {
+                name: p.actor.clone(),
+                authenticated: false,
+            };
+            let (first, cmd) = loop {
+                let ids = self.cluster.ids();
+                let id = ids[p.pick(ids.len())];
+                if let Some(node) = self.cluster.node(id) {
+                    break (id, node.stamp(actor, op));
+                }
+                self.pause(&mut p).await;
             };
             self.count(|s| s.submitted += 1);
             self.trace.record(format!("c{} #{seq} submit {what}", p.id));
@@ -368,13 +367,12 @@ impl Clients {
                 break;
             }
             tokio::time::sleep(router.client_latency()).await;
-            if self.cluster.handle(node).is_none() {
-                last = format!("n{node} is down");
-            } else {
-                match self.chunks.upload(node, corpus).await {
+            match self.cluster.node(node) {
+                None => last = format!("n{node} is down"),
+                Some(n) => match self.chunks.upload(&n, corpus).await {
                     Ok(()) => return Ok(node),
                     Err(e) => last = format!("n{node}: {}", first_line(&e)),
-                }
+                },
             }
             node = ids[p.pick(ids.len())];
             self.pause(p).await;
@@ -448,15 +446,18 @@ impl Clients {
                     }
                 }
             }
+            let Some(node) = self.cluster.node(target) else {
+                continue;
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let reply = tokio::time::timeout(remaining, node.write(cmd.clone())).await;
+            let reply = tokio::time::timeout(remaining, node.propose_command(cmd.clone())).await;
             tokio::time::sleep(router.client_latency()).await;
             match reply {
                 Err(_) => {
                     last = format!("n{target} did not answer within the client's deadline");
                     break;
                 }
-                Ok(Ok(Response::Rejected(e))) => return Outcome::Rejected(e),
+                Ok(Err(NodeError::Rejected(e))) => return Outcome::Rejected(e),
                 Ok(Ok(response)) => {
                     return Outcome::Acked {
                         response: Some(response),
@@ -561,15 +562,15 @@ impl Clients {
         let router = self.cluster.router().clone();
         let call_us = self.now_us();
         tokio::time::sleep(router.client_latency()).await;
-        let answer = match self.cluster.handle(target) {
+        let answer = match self.cluster.node(target) {
             None => Err(format!("n{target} is down")),
             Some(node) => {
                 let asked = async {
-                    node.linearizable_barrier()
-                        .await
-                        .map_err(|e| first_line(&e.to_string()))?;
-                    node.read(|app, txn| read_key(app, txn, &key))
-                        .map_err(|e| first_line(&format!("{e:#}")))
+                    node.read(Consistency::Linearizable, |app, txn| {
+                        read_key(app, txn, &key)
+                    })
+                    .await
+                    .map_err(|e| first_line(&e.to_string()))
                 };
                 tokio::time::timeout(CLIENT_OP_TIMEOUT, asked)
                     .await
@@ -626,7 +627,7 @@ fn read_key(
     app: &quiver_node::state::RegistryApp,
     txn: &quiver_raft::heed::RoTxn<'_>,
     key: &ReadKey,
-) -> anyhow::Result<LinOut> {
+) -> Result<LinOut, AppError> {
     let missing = |e: &AppError| {
         matches!(
             e,
@@ -637,24 +638,23 @@ fn read_key(
             )
         )
     };
-    let out = match key {
+    Ok(match key {
         ReadKey::Model(model) => match app.get_model(txn, model) {
             Ok(_) => LinOut::Model(true),
             Err(e) if missing(&e) => LinOut::Model(false),
-            Err(e) => anyhow::bail!("read model {model}: {e}"),
+            Err(e) => return Err(e),
         },
         ReadKey::Stage(model, number) => match app.get_version(txn, model, *number) {
             Ok(v) => LinOut::Stage(Some(v.stage)),
             Err(e) if missing(&e) => LinOut::Stage(None),
-            Err(e) => anyhow::bail!("read version {model}/{number}: {e}"),
+            Err(e) => return Err(e),
         },
         ReadKey::Alias(model, alias) => match app.get_alias(txn, model, alias) {
             Ok(a) => LinOut::Alias(Some(a.version)),
             Err(e) if missing(&e) => LinOut::Alias(None),
-            Err(e) => anyhow::bail!("read alias {model}@{alias}: {e}"),
+            Err(e) => return Err(e),
         },
-    };
-    Ok(out)
+    })
 }
 
 /// The first line of an error, at most 160 characters, for the trace.

@@ -1,5 +1,8 @@
-//! The simulated cluster: real `RaftNode<RegistryApp>`s over heed, one data dir each, started
-//! with the simulated network instead of the peer transport.
+//! The simulated cluster: real `quiver_node::Node`s — the production orchestration (proposing
+//! with time and request ids, the chunk sink, placement, the repair loop) over a `RaftNode` on
+//! heed, one data dir each — built over the simulator's environment: its virtual clock (skewed
+//! per node), seeded request ids, the in-memory chunk stores and chunk network of
+//! [`crate::chunks`], and the simulated peer transport of [`crate::net`].
 //!
 //! A crash is a power loss: the node stops answering at once (its `Raft` is detached from the
 //! router first, so peers see a refused connection), its LMDB environments are closed, and then
@@ -15,14 +18,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use openraft::{BasicNode, RaftMetrics, ServerState};
+use quiver_node::command::RequestId;
+use quiver_node::domain::NodeInfo;
+use quiver_node::env::{Clock, Env, RequestIds};
+use quiver_node::node::PlantedNodeBugs;
+use quiver_node::replication::PlantedBugs;
 use quiver_node::state::RegistryApp;
+use quiver_node::CoreConfig;
 use quiver_raft::{LogDiskHandle, RaftNode, RaftNodeConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::check::FinalState;
-use crate::chunks::Chunks;
+use crate::chunknet::{Endpoint, SimPeers};
+use crate::chunks::{Chunks, SIM_REGION, SIM_SCRUB_BYTES_PER_PASS, SIM_ZONES};
+use crate::chunkstore::SimStore;
 use crate::disk::SimDisk;
 use crate::net::{peer_addr, Router, SimTransport};
 use crate::schedule::NodeId;
@@ -40,6 +53,38 @@ pub const SIM_LOG_SEGMENT_BYTES: u64 = 16 << 10;
 const READ_PAGE_SIZE: usize = 1_000;
 
 pub type Node = RaftNode<RegistryApp>;
+/// A registry node as the simulator builds it: the production `Node` over the simulated world.
+pub type SimNode = quiver_node::Node<SimStore, SimPeers>;
+
+/// A node's clock: the run's virtual time since [`crate::client::EPOCH_MS`], off by the node's
+/// skew.
+struct SimClock {
+    start: tokio::time::Instant,
+    offset_ms: i64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        crate::client::EPOCH_MS + self.start.elapsed().as_millis() as i64 + self.offset_ms
+    }
+}
+
+/// Request ids a function of the node, its incarnation and a counter: unique, and the same in
+/// every run of a seed.
+struct SimIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl RequestIds for SimIds {
+    fn next_id(&self) -> RequestId {
+        RequestId(format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+}
 
 pub struct Cluster {
     ids: Vec<NodeId>,
@@ -47,7 +92,7 @@ pub struct Cluster {
     router: Arc<Router>,
     trace: SharedTrace,
     /// The nodes that are up.
-    up: Mutex<BTreeMap<NodeId, Node>>,
+    up: Mutex<BTreeMap<NodeId, Arc<SimNode>>>,
     /// The nodes' chunk side, whose endpoints go down and up with the nodes.
     chunks: OnceLock<Arc<Chunks>>,
     /// Every node's log disk (up or down).
@@ -58,8 +103,12 @@ pub struct Cluster {
     clock_offsets_ms: BTreeMap<NodeId, i64>,
     /// The nodes' Raft heartbeat (`RaftNodeConfig::heartbeat_ms`).
     heartbeat_ms: u64,
-    /// Bugs planted in the nodes' Raft code.
+    /// Bugs planted in the nodes' Raft, replication and node code.
     planted: quiver_raft::PlantedRaftBugs,
+    planted_chunks: PlantedBugs,
+    planted_node: PlantedNodeBugs,
+    /// What the repair loops of nodes that have stopped did: chunks fetched, bad copies found.
+    repair_done: Mutex<(u64, u64)>,
 }
 
 impl Cluster {
@@ -91,13 +140,38 @@ impl Cluster {
             clock_offsets_ms: BTreeMap::new(),
             heartbeat_ms: quiver_raft::HEARTBEAT_INTERVAL_MS,
             planted: Default::default(),
+            planted_chunks: Default::default(),
+            planted_node: Default::default(),
+            repair_done: Mutex::new((0, 0)),
         }
     }
 
-    /// Run the nodes with these bugs planted in their Raft code.
-    pub fn with_planted(mut self, planted: quiver_raft::PlantedRaftBugs) -> Self {
+    /// Run the nodes with these bugs planted in their Raft, replication and node code.
+    pub fn with_planted(
+        mut self,
+        planted: quiver_raft::PlantedRaftBugs,
+        planted_chunks: PlantedBugs,
+        planted_node: PlantedNodeBugs,
+    ) -> Self {
         self.planted = planted;
+        self.planted_chunks = planted_chunks;
+        self.planted_node = planted_node;
         self
+    }
+
+    /// Chunks fetched and bad copies found by every node's repair loop so far.
+    pub fn repair_totals(&self) -> (u64, u64) {
+        let done = *self
+            .repair_done
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.lock().values().fold(done, |(f, b), node| {
+            let t = &node.repair_totals;
+            (
+                f + t.fetched_chunks.load(Ordering::Relaxed),
+                b + t.scrubbed_bad.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// Run the nodes with this Raft heartbeat (as `quiver-node serve --heartbeat-ms`).
@@ -146,7 +220,7 @@ impl Cluster {
         &self.router
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Node>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Arc<SimNode>>> {
         self.up
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -172,7 +246,8 @@ impl Cluster {
         cfg
     }
 
-    /// Start every node and initialise the cluster with all of them as voters.
+    /// Start every node, initialise the cluster with all of them as voters, and have every
+    /// node record its addresses in the node table (as `Node::open` does at start).
     pub async fn boot(&self) -> anyhow::Result<()> {
         for &id in &self.ids {
             self.start(id).await?;
@@ -188,6 +263,12 @@ impl Cluster {
             .initialize(members)
             .await
             .with_context(|| format!("initialise the cluster on n{first}"))?;
+        for &id in &self.ids {
+            let node = self.node(id).context("booted nodes are up")?;
+            node.announce()
+                .await
+                .with_context(|| format!("n{id} records its addresses"))?;
+        }
         self.trace.record(format!("boot {} nodes", self.ids.len()));
         Ok(())
     }
@@ -201,18 +282,50 @@ impl Cluster {
             router: self.router.clone(),
         });
         let cfg = self.config(id);
-        let node = match tokio::spawn(RaftNode::<RegistryApp>::start_with_transport(
-            cfg, transport,
-        ))
+        let chunks = self
+            .chunks
+            .get()
+            .context("the chunk side is attached before nodes start")?
+            .clone();
+        let env = Env {
+            clock: Arc::new(SimClock {
+                start: self.trace.start(),
+                offset_ms: self.clock_offsets_ms.get(&id).copied().unwrap_or(0),
+            }),
+            ids: Arc::new(SimIds {
+                prefix: format!("n{id}i{incarnation}"),
+                next: AtomicU64::new(0),
+            }),
+            chunks: chunks.store(id),
+            peers: chunks.net().peers(Endpoint::Node(id)),
+        };
+        let core = CoreConfig {
+            info: NodeInfo {
+                node_id: id,
+                api_addr: format!("10.2.{}.{}:7400", (id >> 8) & 0xff, id & 0xff),
+                peer_addr: Self::addr(id),
+                quic_addr: Endpoint::Node(id).addr().to_string(),
+                region: SIM_REGION.to_string(),
+                zone: format!("z{}", id % SIM_ZONES),
+            },
+            data_dir: Self::node_dir(&self.data_root, id),
+            write_quorum: None,
+            scrub_bytes_per_pass: SIM_SCRUB_BYTES_PER_PASS,
+            crash_drills: false,
+            planted: self.planted_chunks,
+            planted_node: self.planted_node,
+        };
+        let node = match tokio::spawn(async move {
+            let raft = RaftNode::<RegistryApp>::start_with_transport(cfg, transport).await?;
+            anyhow::Ok(SimNode::assemble(core, env, raft))
+        })
         .await
         {
             Ok(started) => started.with_context(|| format!("start n{id}"))?,
             Err(e) => anyhow::bail!("n{id} panicked while starting: {}", panic_message(e)),
         };
-        self.router.attach(id, incarnation, node.clone());
-        if let Some(chunks) = self.chunks.get() {
-            chunks.set_up(id, true);
-        }
+        self.router.attach(id, incarnation, node.raft.clone());
+        chunks.set_up(id, true);
         self.lock().insert(id, node);
         self.trace.record(format!("up n{id}"));
         Ok(())
@@ -232,7 +345,16 @@ impl Cluster {
         node.shutdown()
             .await
             .with_context(|| format!("stop n{id}"))?;
-        let state_unsynced = node.state_last_commit_unsynced();
+        {
+            let t = &node.repair_totals;
+            let mut done = self
+                .repair_done
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            done.0 += t.fetched_chunks.load(Ordering::Relaxed);
+            done.1 += t.scrubbed_bad.load(Ordering::Relaxed);
+        }
+        let state_unsynced = node.raft.state_last_commit_unsynced();
         drop(node);
         if state_unsynced {
             let state_dir = Self::node_dir(&self.data_root, id).join(quiver_raft::STATE_DIR_NAME);
@@ -267,7 +389,13 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s Raft member, if it is up.
     pub fn handle(&self, id: NodeId) -> Option<Node> {
+        self.lock().get(&id).map(|n| n.raft.clone())
+    }
+
+    /// Node `id`, if it is up.
+    pub fn node(&self, id: NodeId) -> Option<Arc<SimNode>> {
         self.lock().get(&id).cloned()
     }
 
@@ -287,7 +415,7 @@ impl Cluster {
     pub fn metrics(&self) -> Vec<(NodeId, RaftMetrics<NodeId, BasicNode>)> {
         self.lock()
             .iter()
-            .map(|(id, node)| (*id, node.metrics()))
+            .map(|(id, node)| (*id, node.raft.metrics()))
             .collect()
     }
 
@@ -296,7 +424,7 @@ impl Cluster {
     pub fn stopped_cores(&self) -> Vec<NodeId> {
         self.lock()
             .iter()
-            .filter(|(_, node)| node.raft().metrics().has_changed().is_err())
+            .filter(|(_, node)| node.raft.raft().metrics().has_changed().is_err())
             .map(|(id, _)| *id)
             .collect()
     }

@@ -110,20 +110,25 @@ pub enum Plant {
     /// (`RaftNode::apply_without_consensus`) instead of sending it to the leader, and the client
     /// is told "done". The digest checker must see that follower disagree with its peers.
     FollowerAppliesStageChange,
-    /// The client's commands carry no request id, so a write that reaches the log twice (a retry
-    /// after a leader change, a lost answer) applies twice: the second copy of a registration is
-    /// rejected as a duplicate of the first, and the client is told "rejected" although its
-    /// version exists. The false-rejection checker must notice.
+    /// A follower forwarding a command to the leader gives it a fresh request id
+    /// (`PlantedNodeBugs::forward_drops_request_id`, in `Node::propose_command`), so a command
+    /// that reaches the log twice (a client's retry after a lost answer) applies twice: the
+    /// second copy of a registration is rejected as a duplicate of the first, and the client is
+    /// told "rejected" although its version exists. The false-rejection checker must notice.
     RetryWithoutRequestId,
     /// A follower answers a linearizable read from its own applied state without the read-index
     /// round trip to the leader (`quiver_raft::PlantedRaftBugs::stale_follower_reads`): a read
     /// can miss a write acknowledged before it began. The linearizability checker must notice.
     StaleFollowerReads,
+    /// A node that starts with READY versions in its state marks them all repaired
+    /// (`PlantedNodeBugs::repair_skips_after_restart`), so chunks it missed while it was down
+    /// are never fetched. The replication checker must notice.
+    RepairSkipsAfterRestart,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 7] = [
+    pub const ALL: [Plant; 8] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -131,6 +136,7 @@ impl Plant {
         Plant::FollowerAppliesStageChange,
         Plant::RetryWithoutRequestId,
         Plant::StaleFollowerReads,
+        Plant::RepairSkipsAfterRestart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -142,6 +148,7 @@ impl Plant {
             Plant::FollowerAppliesStageChange => "follower-applies-stage-change",
             Plant::RetryWithoutRequestId => "retry-without-request-id",
             Plant::StaleFollowerReads => "stale-follower-reads",
+            Plant::RepairSkipsAfterRestart => "repair-skips-after-restart",
         }
     }
 
@@ -149,6 +156,14 @@ impl Plant {
     pub fn planted_raft_bugs(plant: Option<Plant>) -> quiver_raft::PlantedRaftBugs {
         quiver_raft::PlantedRaftBugs {
             stale_follower_reads: plant == Some(Plant::StaleFollowerReads),
+        }
+    }
+
+    /// The switches of `Node`'s own code this plant turns on (none for the others).
+    pub fn planted_node_bugs(plant: Option<Plant>) -> quiver_node::node::PlantedNodeBugs {
+        quiver_node::node::PlantedNodeBugs {
+            forward_drops_request_id: plant == Some(Plant::RetryWithoutRequestId),
+            repair_skips_after_restart: plant == Some(Plant::RepairSkipsAfterRestart),
         }
     }
 

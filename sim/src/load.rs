@@ -9,7 +9,7 @@
 //! 2. Registration: the model's chunks (a seeded [`Corpus`], see [`crate::chunkstore`] for the
 //!    scale) are written on the origin node (node 1) through the real `ChunkSink` with W = 2 —
 //!    local put plus pushes to every other node, acknowledged at two durable copies, the rest in
-//!    the background — [`UPLOAD_CHUNKS_IN_FLIGHT`] chunks at a time, as the upload service does;
+//!    the background — `WRITE_QUEUE_DEPTH` chunks at a time, as the upload ingest does;
 //!    then `CreateModel` and `CreateVersion` (READY) go through Raft.
 //! 3. Replication: every node runs the production repair pass every `REPAIR_INTERVAL`:
 //!    `should_hold` on the replicated node table, then `repair_version` (`fetch_all` from the
@@ -50,7 +50,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
-use crate::chunks::{COPIES_REQUIRED, UPLOAD_CHUNKS_IN_FLIGHT};
+use crate::chunks::COPIES_REQUIRED;
 use crate::chunkstore::{Corpus, SimStore, CHUNK_BYTES_REAL, LOGICAL_BYTES_PER_BYTE};
 use crate::client::EPOCH_MS;
 use crate::cluster::Cluster;
@@ -59,6 +59,7 @@ use crate::loadreport::{LoadReport, LoadSetup, Registration, ReplicaLoad, Strate
 use crate::net::Router;
 use crate::schedule::{node_ids, NodeId};
 use crate::trace::SharedTrace;
+use quiver_node::ingest::WRITE_QUEUE_DEPTH;
 
 /// Region names, in placement order.
 pub const REGION_NAMES: [&str; 8] = [
@@ -290,12 +291,10 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
                 let data = data.context("a corpus chunk")?;
                 sink.put(chunk.hash, Bytes::copy_from_slice(&data))
                     .await
-                    .map_err(|status| {
-                        anyhow::anyhow!("upload chunk {}: {}", chunk.hash, status.message())
-                    })
+                    .map_err(|status| anyhow::anyhow!("upload chunk {}: {status}", chunk.hash))
             }
         })
-        .buffered(UPLOAD_CHUNKS_IN_FLIGHT)
+        .buffered(WRITE_QUEUE_DEPTH)
         .collect()
         .await;
     for r in results {

@@ -300,14 +300,21 @@ impl Router {
     }
 }
 
-/// The peer address of simulated node `id` (what its membership entry names).
+/// The peer address of simulated node `id` (what its membership entry names): `10.1.x.y:7000`
+/// with `x.y` the id in base 256.
 pub fn peer_addr(id: NodeId) -> String {
-    format!("n{id}.sim:7000")
+    format!("10.1.{}.{}:7000", (id >> 8) & 0xff, id & 0xff)
 }
 
 /// The node a peer address names ([`peer_addr`]'s inverse).
 fn node_of(addr: &str) -> Option<NodeId> {
-    addr.strip_prefix('n')?.split('.').next()?.parse().ok()
+    match addr.parse::<std::net::SocketAddr>().ok()?.ip() {
+        std::net::IpAddr::V4(ip) if ip.octets()[..2] == [10, 1] => {
+            let [_, _, hi, lo] = ip.octets();
+            Some(u64::from(hi) << 8 | u64::from(lo))
+        }
+        _ => None,
+    }
 }
 
 /// The [`PeerTransport`] node `from` is started with: every peer request it sends (openraft's
@@ -461,6 +468,15 @@ mod tests {
     fn model() -> (LinkModel, StdRng) {
         let mut rng = StdRng::seed_from_u64(1);
         (LinkModel::new(&[1, 2, 3], &mut rng), rng)
+    }
+
+    #[test]
+    fn peer_addresses_name_their_node() {
+        for id in [1, 5, 255, 256, 65_535] {
+            assert_eq!(node_of(&peer_addr(id)), Some(id), "{}", peer_addr(id));
+        }
+        assert_eq!(node_of("10.2.0.1:7000"), None);
+        assert_eq!(node_of("n1.sim:7000"), None);
     }
 
     #[test]

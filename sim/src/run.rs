@@ -182,7 +182,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
             .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms)
             .with_heartbeat_ms(heartbeat_ms_for(cfg.regions))
-            .with_planted(Plant::planted_raft_bugs(cfg.plant)),
+            .with_planted(
+                Plant::planted_raft_bugs(cfg.plant),
+                Plant::planted_bugs(cfg.plant),
+                Plant::planted_node_bugs(cfg.plant),
+            ),
     );
     let chunks = Chunks::new(
         &ids,
@@ -197,17 +201,6 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         // the simulated kernel's flusher.
         spawn_writeback(&cluster, sub_seed(cfg.seed, "disk"));
     }
-    let repair_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let repairs: Vec<_> = ids
-        .iter()
-        .map(|&id| {
-            tokio::spawn(
-                chunks
-                    .clone()
-                    .repair_loop(cluster.clone(), id, repair_stop.clone()),
-            )
-        })
-        .collect();
 
     let books: SharedBooks = Arc::default();
     let monitor_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -329,10 +322,6 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         }
     }
 
-    repair_stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    for r in repairs {
-        r.abort();
-    }
     lock(&books).add_all(chunks.take_violations());
     lock(&books).add_all(clients.take_violations());
     lock(&books).add_all(clients.check_history());
@@ -368,7 +357,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         converge_ms,
         wall: Duration::ZERO,
         clients: clients.stats(),
-        chunks: chunks.stats(),
+        chunks: {
+            let mut k = chunks.stats();
+            (k.chunks_repaired, k.chunks_scrubbed_bad) = cluster.repair_totals();
+            k
+        },
         faults,
         failover_ms,
         terms_with_leader: b.leaders.terms(),

@@ -282,6 +282,23 @@ fn the_linearizability_checker_finds_follower_reads_without_read_index_and_passe
     );
 }
 
+/// A node that trusts, after a restart, that every READY version it sees was already repaired
+/// never fetches what it missed while it was down (the plant lives in `Node`, whose repair loop
+/// the simulator now runs); the replication checker must find it.
+#[test]
+fn the_replication_checker_finds_repair_skipping_versions_after_a_restart_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::RepairSkipsAfterRestart,
+        "replication-liveness",
+        SeedRange { start: 0, end: 4 },
+        10,
+    );
+    assert!(
+        clean.iter().all(|r| r.chunks.chunks_repaired > 0),
+        "the nodes' own repair loops fetched chunks in the clean runs"
+    );
+}
+
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the
 /// sweep's summary with every run, as JSON that reads back to the same values.
 #[test]

@@ -189,6 +189,14 @@ impl Manifest {
             .flat_map(|f| f.chunks.iter().map(|c| c.hash))
     }
 
+    /// Every chunk reference, file by file (a chunk shared by two files appears twice).
+    pub fn chunk_refs(&self) -> Vec<ChunkRef> {
+        self.files
+            .iter()
+            .flat_map(|f| f.chunks.iter().cloned())
+            .collect()
+    }
+
     /// Number of chunk references, summed over files (a chunk shared by two files counts twice).
     pub fn chunk_count(&self) -> usize {
         self.files.iter().map(|f| f.chunks.len()).sum()

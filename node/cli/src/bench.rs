@@ -142,7 +142,7 @@ pub async fn distribution(
     let write_quorum = cluster.nodes[0]
         .chunk_sink()
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(|e| anyhow::anyhow!("{e}"))?
         .copies_required;
     eprintln!("bench: raw write + fsync of {write_quorum} and {NODES} copies");
     let raw_quorum = raw(write_quorum)?;
@@ -194,7 +194,7 @@ pub async fn distribution(
     let manifest = cluster.nodes[0]
         .read(Consistency::Stale, |app, txn| app.manifest(txn, &root))
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let hashes: Vec<_> = manifest.chunk_hashes().collect();
     loop {
         let complete = cluster

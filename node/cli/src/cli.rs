@@ -257,8 +257,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let (node, api) = start_node(args).await?;
-            println!("peer_addr={}", node.config.peer_addr);
-            println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+            println!("peer_addr={}", node.core.info.peer_addr);
+            println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
             serve_until(node, api, shutdown_signal()).await
         }
         Command::Up {
@@ -300,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(&data_dir, port, nodes).await?;
     for node in &cluster.nodes {
-        println!("export QUIVER_ENDPOINT=http://{}", node.config.api_addr);
+        println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
     }
     eprintln!(
         "quiver: {} node(s) running, data under {}; Ctrl-C stops them",

@@ -114,7 +114,7 @@ impl LocalCluster {
             };
             let (node, api) = start_node(args).await?;
             if i == 1 {
-                founder_peer = Some(node.config.peer_addr.clone());
+                founder_peer = Some(node.core.info.peer_addr.clone());
             }
             running.push((node, api));
         }
@@ -132,7 +132,7 @@ impl LocalCluster {
     }
 
     pub fn endpoint(&self, index: usize) -> String {
-        format!("http://{}", self.nodes[index].config.api_addr)
+        format!("http://{}", self.nodes[index].core.info.api_addr)
     }
 
     /// Stops every node and waits for them.
@@ -291,7 +291,7 @@ pub(crate) async fn serve_until(
     api: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let id = node.config.node_id;
+    let id = node.node_id();
     serve(node, api, shutdown).await?;
     tracing::info!(node_id = id, "node stopped");
     Ok(())

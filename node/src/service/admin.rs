@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::actor_of;
 use crate::command::Op;
-use crate::node::{status_from_write, Consistency, Node};
+use crate::error::NodeError;
+use crate::node::{Consistency, Node};
 
 pub struct AdminService {
     pub node: Arc<Node>,
@@ -21,7 +22,7 @@ impl AdminService {
             .raft
             .cluster_status()
             .await
-            .map_err(status_from_write)?;
+            .map_err(NodeError::from)?;
         let nodes = self
             .node
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
@@ -90,10 +91,10 @@ impl Admin for AdminService {
             last_log_index: m.last_log_index.unwrap_or(0),
             state: format!("{:?}", m.state),
             chunk_count: chunk_count as u64,
-            data_dir: self.node.config.data_dir.display().to_string(),
+            data_dir: self.node.core.data_dir.display().to_string(),
             state_digest,
-            region: self.node.config.region.clone(),
-            zone: self.node.config.zone.clone(),
+            region: self.node.core.info.region.clone(),
+            zone: self.node.core.info.zone.clone(),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
             inline_bytes,
@@ -155,7 +156,7 @@ impl Admin for AdminService {
         request: Request<proto::CrashRequest>,
     ) -> Result<Response<proto::CrashResponse>, Status> {
         let actor = actor_of(&request)?;
-        if !self.node.config.crash_drills {
+        if !self.node.core.crash_drills {
             return Err(Status::permission_denied(
                 "crash drills are disabled on this node: start it with --enable-crash-drills",
             ));

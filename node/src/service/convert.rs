@@ -21,9 +21,7 @@ pub fn stage_from_proto(stage: proto::Stage) -> DomainResult<domain::Stage> {
 }
 
 /// A reference parsed by the client crate, as the state resolves it.
-pub fn reference_from_client(
-    reference: quiver_api::Reference,
-) -> DomainResult<domain::VersionRef> {
+pub fn reference_from_client(reference: quiver_api::Reference) -> DomainResult<domain::VersionRef> {
     let selector = match reference.selector {
         quiver_api::VersionSelector::Number(n) => domain::VersionSelector::Number(n),
         quiver_api::VersionSelector::Alias(alias) => domain::VersionSelector::Alias(alias),

@@ -13,8 +13,8 @@ use quiver_api::Reference;
 use tonic::{Request, Status};
 
 use crate::domain::{Actor, DomainError, VersionRef};
+use crate::error::NodeError;
 use crate::node::Consistency;
-use crate::state::AppError;
 
 /// The request metadata key that names the acting user.
 pub const ACTOR_HEADER: &str = "x-quiver-actor";
@@ -58,10 +58,25 @@ pub fn status_from_domain(e: &DomainError) -> Status {
     }
 }
 
-pub fn app_error(e: &AppError) -> Status {
+/// The one place a core error becomes a gRPC status.
+pub fn status_from_node(e: &NodeError) -> Status {
+    let message = e.to_string();
     match e {
-        AppError::Domain(d) => status_from_domain(d),
-        AppError::Storage(s) => Status::internal(format!("state storage: {s:#}")),
+        NodeError::Rejected(d) => status_from_domain(d),
+        NodeError::Invalid(_) => Status::invalid_argument(message),
+        NodeError::Aborted(_) => Status::aborted(message),
+        NodeError::DataLoss(_) => Status::data_loss(message),
+        NodeError::NotLeader { .. }
+        | NodeError::NoQuorum(_)
+        | NodeError::Unreachable(_)
+        | NodeError::TooFewCopies(_) => Status::unavailable(message),
+        NodeError::Storage(_) | NodeError::Fatal(_) => Status::internal(message),
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        status_from_node(&e)
     }
 }
 

@@ -1,0 +1,83 @@
+//! The errors of the node's core (`Node`, the chunk sink, upload ingest), by what a caller can
+//! do about them. They become a gRPC status once, at the service edge
+//! (`service::status_from_node`); the simulator matches on them directly.
+
+use quiver_raft::WriteError;
+
+use crate::domain::DomainError;
+use crate::state::AppError;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// The request was refused for what it asks (by the state machine, or by a query that found
+    /// nothing): its reason says what to fix.
+    #[error("{0}")]
+    Rejected(DomainError),
+    /// An upload or request that is malformed before it reaches the state machine.
+    #[error("{0}")]
+    Invalid(String),
+    /// The client stopped before the request was complete; nothing was registered.
+    #[error("{0}")]
+    Aborted(String),
+    /// Bytes that do not match what the client said it sent, or a copy that no longer matches its
+    /// hash.
+    #[error("{0}")]
+    DataLoss(String),
+    /// No leader is known to this node, or the leader moved; retry.
+    #[error(
+        "this node is not the leader (leader: node {} at {}); retry",
+        leader_id.map_or("unknown".into(), |id| id.to_string()),
+        leader_addr.as_deref().unwrap_or("unknown")
+    )]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    /// Not committed (or not confirmed by a quorum) in time; the write may still apply later.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// A peer the request needed could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
+    /// Fewer than W copies of a chunk are durable: the upload is not registered.
+    #[error("{0}")]
+    TooFewCopies(String),
+    /// This node's own storage failed (state env, chunk store).
+    #[error("{0}")]
+    Storage(String),
+    /// Consensus stopped on this node.
+    #[error("raft failed: {0}")]
+    Fatal(String),
+}
+
+impl From<WriteError> for NodeError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotLeader {
+                leader_id,
+                leader_addr,
+            } => NodeError::NotLeader {
+                leader_id,
+                leader_addr,
+            },
+            WriteError::NoQuorum(m) => NodeError::NoQuorum(m),
+            e @ WriteError::Unreachable { .. } => NodeError::Unreachable(e.to_string()),
+            WriteError::Fatal(m) => NodeError::Fatal(m),
+        }
+    }
+}
+
+impl From<AppError> for NodeError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Domain(d) => NodeError::Rejected(d),
+            AppError::Storage(s) => NodeError::Storage(format!("state storage: {s:#}")),
+        }
+    }
+}
+
+impl From<DomainError> for NodeError {
+    fn from(e: DomainError) -> Self {
+        NodeError::Rejected(e)
+    }
+}
