@@ -15,7 +15,7 @@ use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest, StoreEr
 use crate::domain::{self, DomainError, Version, VersionRef, VersionStatus};
 use crate::error::NodeError;
 use crate::node::{Consistency, Node};
-use crate::replication::read_chunk;
+use crate::replication::read_chunk_with;
 
 /// Chunks of a download read ahead of the network.
 pub const DOWNLOAD_QUEUE_DEPTH: usize = 4;
@@ -28,6 +28,13 @@ pub struct DownloadPlan {
     inline: Arc<BTreeMap<Hash, Vec<u8>>>,
     /// Peers to read through from, nearest first.
     sources: Vec<SocketAddr>,
+}
+
+impl DownloadPlan {
+    /// Whether the version is small and its chunks come from the state (decision 0010).
+    pub fn is_inline(&self) -> bool {
+        !self.inline.is_empty()
+    }
 }
 
 /// One chunk of a download, in manifest order.
@@ -88,6 +95,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         let (store, peers) = (self.chunks.clone(), self.peers.clone());
         let (sources, inline) = (plan.sources.clone(), plan.inline.clone());
         let read_throughs = self.read_throughs.clone();
+        let planted = self.core.planted;
         futures::stream::iter(chunks)
             .map(move |(file_index, chunk_index, path, chunk)| {
                 let (store, peers, sources) = (store.clone(), peers.clone(), sources.clone());
@@ -95,7 +103,17 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 async move {
                     let data = match inline.get(&chunk.hash) {
                         Some(data) => inline_chunk(&chunk, data),
-                        None => read_chunk(&store, &peers, &sources, &chunk, &read_throughs).await,
+                        None => {
+                            read_chunk_with(
+                                &store,
+                                &peers,
+                                &sources,
+                                &chunk,
+                                &read_throughs,
+                                planted,
+                            )
+                            .await
+                        }
                     };
                     ChunkRead {
                         file_index,

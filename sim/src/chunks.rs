@@ -10,11 +10,11 @@
 //!   (`ingest::write_chunks`); only then does the client propose `CreateVersion` with the
 //!   corpus's manifest.
 //! - **Download** ([`Chunks::download_loop`]): simulated serving clients pull acknowledged
-//!   versions through a random node: the manifest from that node's applied state, every chunk
-//!   through the network from that node, which answers with the real `read_chunk` (read-through
-//!   from its peers for a chunk it lacks or holds rotten); a small version's chunks from the
-//!   node's applied state (`inline_chunks`), as its download service serves them. What the client was handed is judged
-//!   by [`check_download`] against the bytes that were uploaded.
+//!   versions through a random node's own download path, as its download service does:
+//!   `Node::plan_download` (a linearizable read of the version and its manifest) and
+//!   `Node::download_chunks` (the local store, read-through from peers for a chunk it lacks or
+//!   holds rotten, a small version's chunks from the state). What the client was handed is
+//!   judged by [`check_download`] against the bytes that were uploaded.
 //! - **Repair**: each node's own repair loop (`Node::repair_once` every [`REPAIR_INTERVAL`],
 //!   started with the node), with a scrub budget of [`SIM_SCRUB_BYTES_PER_PASS`]; a restart
 //!   starts a new node, with a fresh repair state, as a new process would.
@@ -31,10 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::stream;
+use futures::stream::{self, StreamExt};
+use quiver_node::domain::VersionRef;
 use quiver_node::ingest::write_chunks;
 use quiver_node::replication::{should_hold, PlantedBugs, REPAIR_INTERVAL};
-use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest};
+use quiver_transfer::{ChunkRef, ChunkSource, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -44,7 +45,7 @@ use crate::check::{short, Violation};
 use crate::check_chunks::{
     check_download, check_ready_copies, check_replication, Downloaded, FileTruth, Target,
 };
-use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place, SimPeers};
+use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
 use crate::chunkstore::{Corpus, SimStore};
 use crate::cluster::{Cluster, SimNode};
 use crate::schedule::NodeId;
@@ -100,11 +101,20 @@ struct Uploaded {
     truth: Vec<FileTruth>,
 }
 
+/// A version a client was told is registered.
+#[derive(Clone)]
+struct Acked {
+    label: String,
+    root: String,
+    /// How downloaders name it (`None` when the ack did not say its number).
+    reference: Option<VersionRef>,
+}
+
 #[derive(Default)]
 struct State {
     uploaded: BTreeMap<String, Uploaded>,
-    /// Acknowledged versions, (label, root), in ack order.
-    acked: Vec<(String, String)>,
+    /// Acknowledged versions, in ack order.
+    acked: Vec<Acked>,
     violations: Vec<Violation>,
     stats: ChunkStats,
 }
@@ -132,12 +142,6 @@ impl Chunks {
             let zone = format!("z{}", id % SIM_ZONES);
             net.add_node(id, Place::new(SIM_REGION, zone), store.clone());
             stores.insert(id, store);
-        }
-        for c in 0..DOWNLOADERS {
-            net.add_client(
-                c,
-                Place::new(SIM_REGION, format!("z{}", c as u64 % SIM_ZONES)),
-            );
         }
         Arc::new(Chunks {
             net,
@@ -228,6 +232,7 @@ impl Chunks {
     pub fn on_inline_version_acked(
         &self,
         label: String,
+        reference: Option<VersionRef>,
         manifest: &Manifest,
         inline: &[quiver_node::command::InlineChunk],
     ) {
@@ -255,7 +260,11 @@ impl Chunks {
                 truth,
             },
         );
-        state.acked.push((label, root));
+        state.acked.push(Acked {
+            label,
+            root,
+            reference,
+        });
     }
 
     /// Intact copies of each of `chunks` over every store.
@@ -275,7 +284,7 @@ impl Chunks {
 
     /// A client was told version `label` (manifest `root`) is registered, READY: check its
     /// copies now, and let downloaders and bit rot find it from now on.
-    pub fn on_version_acked(&self, label: String, root: &str) {
+    pub fn on_version_acked(&self, label: String, reference: Option<VersionRef>, root: &str) {
         let chunks = match self.lock().uploaded.get(root) {
             Some(u) => u.chunks.clone(),
             None => return,
@@ -284,7 +293,11 @@ impl Chunks {
         let found = check_ready_copies(&label, &chunks, &copies, COPIES_REQUIRED);
         let mut state = self.lock();
         state.violations.extend(found);
-        state.acked.push((label, root.to_string()));
+        state.acked.push(Acked {
+            label,
+            root: root.to_string(),
+            reference,
+        });
     }
 
     /// Fault: rot up to `count` chunks of acknowledged versions held by node `id`, chosen with
@@ -298,7 +311,7 @@ impl Chunks {
             let set: BTreeSet<Hash> = state
                 .acked
                 .iter()
-                .filter_map(|(_, root)| state.uploaded.get(root))
+                .filter_map(|a| state.uploaded.get(&a.root))
                 .flat_map(|u| u.chunks.iter().map(|c| c.hash))
                 .filter(|h| store.contains(h))
                 .collect();
@@ -339,7 +352,6 @@ impl Chunks {
         stop: Arc<AtomicBool>,
     ) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let peers = self.net.peers(Endpoint::Client(client));
         let ids = cluster.ids().to_vec();
         while !stop.load(Ordering::SeqCst) {
             let think = rng.gen_range(DOWNLOAD_THINK_MS.0..=DOWNLOAD_THINK_MS.1);
@@ -349,86 +361,64 @@ impl Chunks {
                 (!state.acked.is_empty())
                     .then(|| state.acked[rng.gen_range(0..state.acked.len())].clone())
             };
-            let Some((label, root)) = pick else {
+            let Some(acked) = pick else {
                 continue;
             };
             let node = ids[rng.gen_range(0..ids.len())];
-            self.download(&cluster, &peers, client, node, &label, &root)
-                .await;
+            self.download(&cluster, client, node, &acked).await;
         }
     }
 
-    async fn download(
-        &self,
-        cluster: &Cluster,
-        peers: &SimPeers,
-        client: u32,
-        node: NodeId,
-        label: &str,
-        root: &str,
-    ) {
-        let what = format!("download c{client} {label} via n{node}");
-        let manifest = cluster.handle(node).map(|n| {
-            n.read_applied(|app, rtxn| {
-                let manifest = app.manifest(rtxn, root);
-                let inline = app.inline_chunks(rtxn, root);
-                manifest
-                    .and_then(|m| Ok((m, inline?)))
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            })
-        });
-        let (manifest, inline) = match manifest {
-            Some(Ok((_, found))) => found,
-            Some(Err(_)) | None => {
-                self.lock().stats.downloads_skipped += 1;
-                self.trace.record(format!(
-                    "{what}: skipped (node down or version not applied)"
-                ));
-                return;
-            }
+    /// One download of `acked` through node `id`, as its download service serves it
+    /// (`Node::plan_download`, `Node::download_chunks`: local store, the state for a small
+    /// version, read-through from peers), judged against what was uploaded.
+    async fn download(&self, cluster: &Cluster, client: u32, id: NodeId, acked: &Acked) {
+        let label = &acked.label;
+        let what = format!("download c{client} {label} via n{id}");
+        let skip = |why: &str| {
+            self.lock().stats.downloads_skipped += 1;
+            self.trace.record(format!("{what}: skipped ({why})"));
         };
-        let server = Endpoint::Node(node).addr();
-        // A small version's chunks come from the node's state, as its download service serves
-        // them (decision 0010); the others through the network from the node's store.
-        let inline: BTreeMap<Hash, Vec<u8>> = inline
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| (c.hash, c.data))
+        let (Some(node), Some(reference)) = (cluster.node(id), &acked.reference) else {
+            return skip("node down, or the ack named no number");
+        };
+        let plan = match node.plan_download(reference).await {
+            Ok(plan) => plan,
+            Err(e) => return skip(&e.to_string()),
+        };
+        let mut files: Vec<Downloaded> = plan
+            .manifest
+            .files
+            .iter()
+            .map(|f| Downloaded {
+                path: f.path.clone(),
+                bytes: Vec::with_capacity(f.size_bytes as usize),
+            })
             .collect();
-        let mut files = Vec::new();
-        for file in &manifest.files {
-            let mut bytes = Vec::with_capacity(file.size_bytes as usize);
-            for chunk in &file.chunks {
-                if let Some(data) = inline.get(&chunk.hash) {
-                    bytes.extend_from_slice(data);
-                    continue;
-                }
-                match peers.fetch_raw(server, chunk).await {
-                    Ok(data) => bytes.extend_from_slice(&data),
-                    Err(e) => {
-                        self.lock().stats.downloads_failed += 1;
-                        self.trace.record(format!("{what}: failed: {e}"));
-                        return;
-                    }
+        let reads = node.download_chunks(&plan);
+        let mut reads = std::pin::pin!(reads);
+        while let Some(read) = reads.next().await {
+            match read.data {
+                Ok(data) => files[read.file_index].bytes.extend_from_slice(&data),
+                Err(e) => {
+                    self.lock().stats.downloads_failed += 1;
+                    self.trace.record(format!("{what}: failed: {e}"));
+                    return;
                 }
             }
-            files.push(Downloaded {
-                path: file.path.clone(),
-                bytes,
-            });
         }
         let mut state = self.lock();
-        let Some(uploaded) = state.uploaded.get(root) else {
+        let Some(uploaded) = state.uploaded.get(&acked.root) else {
             return;
         };
-        let found = check_download(label, node, &uploaded.truth, &files);
+        let found = check_download(label, id, &uploaded.truth, &files);
         self.trace.record(format!(
             "{what}: {} ({} chunks)",
             if found.is_empty() { "ok" } else { "MISMATCH" },
-            manifest.chunk_count()
+            plan.manifest.chunk_count()
         ));
         state.stats.downloads += 1;
-        if !inline.is_empty() {
+        if plan.is_inline() {
             state.stats.downloads_inline += 1;
         }
         state.violations.extend(found);

@@ -16,7 +16,7 @@
 //! the command, and [`Plant::FollowerAppliesStageChange`], where a follower applies a stage
 //! change to its own state machine (`RaftNode::apply_without_consensus`) and acknowledges it.
 //!
-//! Between ops a pipeline reads, at a random node and with a linearizable barrier as the API's
+//! Between ops (`Mix::read_pct` of its turns) a pipeline reads, at a random node and with a linearizable barrier as the API's
 //! default reads do (a follower asks the leader for its read index over the simulated network),
 //! whether a model exists, a version's stage or an alias, among the keys any client's
 //! acknowledged ops named. Every op and read goes into the history ([`Clients::history`]) that
@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 
 use openraft::ServerState;
 use quiver_node::command::{Command, Op, Response};
-use quiver_node::domain::{Actor, DomainError};
+use quiver_node::domain::{Actor, DomainError, VersionRef, VersionSelector};
 use quiver_node::node::Consistency;
 use quiver_node::state::AppError;
 use quiver_node::NodeError;
@@ -54,8 +54,6 @@ pub const CLIENT_OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLIENT_ATTEMPTS_MAX: u32 = 32;
 /// Pause before trying another node after a failure, drawn from this range (ms).
 pub const CLIENT_RETRY_PAUSE_MS: (u64, u64) = (20, 120);
-/// Share of a pipeline's turns spent on a read instead of an op, in percent.
-pub const READ_PCT: usize = 40;
 
 /// Counters of what the clients did (and, as `ops`, the report's JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -229,7 +227,7 @@ impl Clients {
         let think = p.think_ms();
         tokio::time::sleep(Duration::from_millis(think)).await;
         while !self.stop.load(Ordering::SeqCst) {
-            if p.pick(100) < READ_PCT {
+            if p.reads_now() {
                 self.read(&mut p).await;
                 tokio::time::sleep(Duration::from_millis(p.think_ms())).await;
                 continue;
@@ -284,15 +282,24 @@ impl Clients {
                         } = &expect
                         {
                             let label = root_label(model, *number, root);
+                            let reference = number.map(|n| VersionRef {
+                                model: model.clone(),
+                                selector: VersionSelector::Number(n),
+                            });
                             match &cmd.op {
                                 Op::CreateVersion {
                                     manifest,
                                     inline_chunks,
                                     ..
-                                } if !inline_chunks.is_empty() => self
-                                    .chunks
-                                    .on_inline_version_acked(label, manifest, inline_chunks),
-                                _ => self.chunks.on_version_acked(label, root),
+                                } if !inline_chunks.is_empty() => {
+                                    self.chunks.on_inline_version_acked(
+                                        label,
+                                        reference,
+                                        manifest,
+                                        inline_chunks,
+                                    )
+                                }
+                                _ => self.chunks.on_version_acked(label, reference, root),
                             }
                         }
                         self.trace

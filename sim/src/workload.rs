@@ -51,6 +51,15 @@ pub enum Mix {
 }
 
 impl Mix {
+    /// Share of a pipeline's turns spent on a linearizable read instead of an op, in percent:
+    /// failover keeps most of its turns for the steady write load its faults need.
+    pub fn read_pct(self) -> usize {
+        match self {
+            Mix::Chaos => 40,
+            Mix::Failover => 10,
+        }
+    }
+
     /// Pause between a pipeline's ops, in virtual ms.
     pub fn think_ms(self) -> (u64, u64) {
         match self {
@@ -100,6 +109,11 @@ impl Pipeline {
     pub fn think_ms(&mut self) -> u64 {
         let (lo, hi) = self.mix.think_ms();
         self.rng.gen_range(lo..=hi)
+    }
+
+    /// Whether this turn is a read ([`Mix::read_pct`]).
+    pub fn reads_now(&mut self) -> bool {
+        self.rng.gen_range(0..100) < self.mix.read_pct()
     }
 
     /// Draw a number in `0..n` (for the shell's choices: which node to try first).
