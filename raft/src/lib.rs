@@ -21,10 +21,11 @@
 //! - The peer RPC: every request a node sends to another (openraft's AppendEntries, Vote and
 //!   InstallSnapshot through `PeerNetwork` in `network.rs`; forwarding, read index, membership,
 //!   status and leadership transfer) goes through one seam, [`PeerTransport`] (`transport.rs`),
-//!   and is served by [`RaftNode::handle_peer`] (`handler.rs`). Production's transport is gRPC
-//!   (`proto/quiver/raft/v1/peer.proto`, generated into [`proto`]; a cached tonic channel per
-//!   peer; served by `server.rs`); the simulator carries the same bytes through its network. Peers authenticate each other with
-//!   mutual TLS (`tls.rs`, [`PeerTls`]).
+//!   and is served by [`RaftNode::handle_peer`] (`handler.rs`). The messages, [`WriteError`] and
+//!   [`PeerRefusal`] are in `rpc.rs`, which both sides use and which uses neither. Production's
+//!   transport is gRPC (`proto/quiver/raft/v1/peer.proto`, generated into [`proto`]; a cached
+//!   tonic channel per peer; served by `server.rs`); the simulator carries the same bytes through
+//!   its network. Peers authenticate each other with mutual TLS (`tls.rs`, [`PeerTls`]).
 //! - [`QuiverRuntime`] (`runtime.rs`): openraft's async runtime — tokio, with an election-timeout
 //!   RNG that is entropy-seeded per thread and can be re-seeded ([`seed_thread_rng`]) so the
 //!   simulator's runs are a function of their seed.
@@ -47,6 +48,7 @@ mod handler;
 mod log_store;
 mod network;
 mod node;
+mod rpc;
 mod runtime;
 mod server;
 mod state_store;
@@ -72,16 +74,16 @@ pub use cluster::{
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
 pub use durability::{LogDisk, LogDiskHandle};
-pub use handler::PeerRefusal;
 pub use log_store::{LogOptions, LogStore, FILL_STEP_BYTES, SEGMENT_BYTES_TARGET_DEFAULT};
 pub use network::{PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
-    PlantedRaftBugs, RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS,
-    ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE,
-    INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX, LEADER_RETRY_PAUSE_MAX,
-    LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PEER_SERVER_STOP_TIMEOUT, PURGE_BATCH_SIZE_MAX,
-    SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT, WRITE_TIMEOUT_DEFAULT,
+    PlantedRaftBugs, RaftNode, RaftNodeConfig, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
+    HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
+    LEADER_RETRY_PAUSE_MAX, LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PEER_SERVER_STOP_TIMEOUT,
+    PURGE_BATCH_SIZE_MAX, SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
+    WRITE_TIMEOUT_DEFAULT,
 };
+pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
