@@ -14,6 +14,7 @@
 //!   (`DIR/state`). The app's tables and Raft's `last_applied` are written in the *same*
 //!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
 //!   half of a batch. Snapshots are the app's export plus that metadata.
+//! - [`open_storage`] (`storage.rs`): both stores under one data dir.
 //! - [`RaftNode`] (`node.rs`): the handle the node crate uses: start/resume, write, linearizable
 //!   barrier, reads against applied state, shutdown. On a follower, writes and barriers are
 //!   forwarded to the leader.
@@ -52,6 +53,7 @@ mod rpc;
 mod runtime;
 mod server;
 mod state_store;
+mod storage;
 mod tls;
 mod transport;
 
@@ -88,6 +90,7 @@ pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
 };
+pub use storage::{open_storage, open_storage_with};
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
 pub use transport::{
     Body, CallError, Method, PeerTransport, PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES,
@@ -197,43 +200,6 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
     type SnapshotData = std::io::Cursor<Vec<u8>>;
     type AsyncRuntime = QuiverRuntime;
     type Responder = openraft::impls::OneshotResponder<Self>;
-}
-
-/// Open (creating if needed) the log store at `dir/log` and the state machine store at
-/// `dir/state`.
-///
-/// Each environment can be open only once per process (heed refuses a second open); both are
-/// closed when the returned stores and everything cloned from them are dropped.
-pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    open_storage_with(dir, LogOptions::default())
-}
-
-/// Like [`open_storage`], with the log store's options.
-pub fn open_storage_with<A: App>(
-    dir: &Path,
-    log_options: LogOptions,
-) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    let (log, state, _released) = open_storage_tracked(dir, None, log_options)?;
-    Ok((log, state))
-}
-
-/// Like [`open_storage`], and also returns a handle that resolves once every clone of both
-/// stores is gone, i.e. once both environments are closed. `log_disk`: a test harness's disk
-/// model told about every log write (`None` in production; see `durability.rs`).
-pub(crate) fn open_storage_tracked<A: App>(
-    dir: &Path,
-    log_disk: Option<LogDiskHandle>,
-    log_options: LogOptions,
-) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>, EnvsReleased)> {
-    let (lease, released) = env_lease();
-    let log = LogStore::open(
-        &dir.join(LOG_DIR_NAME),
-        lease.clone(),
-        log_disk,
-        log_options,
-    )?;
-    let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
-    Ok((log, state, released))
 }
 
 /// Runs blocking storage work (an LMDB commit with its fsync) from async code. On a

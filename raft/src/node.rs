@@ -35,11 +35,12 @@ use crate::network::PeerNetwork;
 use crate::rpc::{ForwardRequest, ReadIndexRequest, WriteError};
 use crate::server::{PeerHandler, PeerServer};
 use crate::state_store::StateMachineStore;
+use crate::storage::open_storage_tracked;
 use crate::tls::PeerTls;
 use crate::transport::{
     CallError, GrpcTransport, Method, NoPeers, PeerTransport, Peers, SNAPSHOT_CHUNK_SIZE_BYTES,
 };
-use crate::{open_storage_tracked, App, EnvsReleased, NodeId, TypeConfig};
+use crate::{App, EnvsReleased, NodeId, TypeConfig};
 
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
 const CLUSTER_NAME: &str = "quiver";
