@@ -19,7 +19,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::node::WriteError;
+use crate::rpc::WriteError;
 use crate::{App, TypeConfig};
 
 /// Most commands in one Raft entry.

@@ -24,9 +24,14 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::node::{forward_budget, Attempt, Outcome, LEADER_RETRY_PAUSE_MAX};
+use crate::node::{
+    forward_budget, Attempt, Outcome, RaftNode, ELECTION_TIMEOUT_MAX_MS, LEADER_RETRY_PAUSE_MAX,
+};
+use crate::rpc::{
+    AddMemberRequest, RemoveMemberRequest, StatusRequest, TransferLeaderRequest, WriteError,
+};
 use crate::transport::{decode_reply, Body, CallError, Method};
-use crate::{App, NodeId, RaftNode, WriteError, ELECTION_TIMEOUT_MAX_MS};
+use crate::{App, NodeId};
 
 /// Bound on one membership change made through [`RaftNode::add_member`] or
 /// [`RaftNode::remove_member`], forwarding and the new member's catch-up included.
@@ -89,55 +94,6 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     /// In node id order.
     pub members: Vec<MemberStatus>,
-}
-
-/// Peer RPC `Forward`: a client write for the leader. Serialised with `C = &Command`.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct ForwardRequest<C> {
-    pub(crate) cmd: C,
-    pub(crate) timeout_ms: u64,
-}
-
-/// Peer RPC `ReadIndex`.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct ReadIndexRequest {
-    pub(crate) timeout_ms: u64,
-}
-
-/// Peer RPC `AddMember`. `forwarded`: sent by a member to the leader (act here or refuse);
-/// otherwise sent by a joining node to any member (route it to the leader). `fresh`: the node
-/// being added has empty storage (it is joining for the first time).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct AddMemberRequest {
-    pub(crate) node_id: NodeId,
-    pub(crate) addr: String,
-    pub(crate) forwarded: bool,
-    #[serde(default)]
-    pub(crate) fresh: bool,
-    pub(crate) timeout_ms: u64,
-}
-
-/// Peer RPC `RemoveMember`, sent to the leader.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct RemoveMemberRequest {
-    pub(crate) node_id: NodeId,
-    pub(crate) timeout_ms: u64,
-}
-
-/// Peer RPC `Status`: the receiver's own view, without asking anyone else.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StatusRequest {}
-
-/// Peer RPC `TransferLeader`, sent to the leader.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct TransferLeaderRequest {
-    pub(crate) to: Option<NodeId>,
-    pub(crate) timeout_ms: u64,
-}
-
-/// Cap on a time budget that arrived over the wire.
-pub(crate) fn budget(timeout_ms: u64, max: Duration) -> Instant {
-    Instant::now() + Duration::from_millis(timeout_ms).min(max)
 }
 
 fn membership_attempt(e: MembershipError) -> Attempt<MembershipError> {

@@ -9,6 +9,7 @@
 //! joiner knows only one address. Replies are JSON `Result`s; a [`PeerRefusal`] means the
 //! request was not processed (undecodable, addressed to another node id, or this node is gone).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -16,30 +17,19 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::cluster::{
-    budget, AddMemberRequest, ForwardRequest, ReadIndexRequest, RemoveMemberRequest, StatusRequest,
-    TransferLeaderRequest, LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT,
-};
+use crate::cluster::{LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT};
 use crate::network::SnapshotChunkHeader;
+use crate::node::{Inner, RaftNode};
+use crate::rpc::{
+    budget, AddMemberRequest, ForwardRequest, PeerRefusal, ReadIndexRequest, RemoveMemberRequest,
+    StatusRequest, TransferLeaderRequest, WriteError,
+};
+use crate::server::PeerHandler;
 use crate::transport::{Body, Method};
-use crate::{App, NodeId, RaftNode, TypeConfig, WriteError};
+use crate::{App, NodeId, TypeConfig};
 
 /// Longest a forwarded write or read-index request may ask the leader to wait.
 const FORWARDED_TIMEOUT_MAX: Duration = Duration::from_secs(60);
-
-/// Why a peer request was not processed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PeerRefusal {
-    /// The request was addressed to another node id.
-    #[error("{0}")]
-    WrongTarget(String),
-    /// The request could not be decoded (or its body does not fit its method).
-    #[error("{0}")]
-    Undecodable(String),
-    /// The reply could not be encoded.
-    #[error("{0}")]
-    Internal(String),
-}
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PeerRefusal> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -161,5 +151,17 @@ impl<A: App> RaftNode<A> {
             )));
         }
         Ok(())
+    }
+}
+
+/// The gRPC server (`server.rs`) holds the node weakly, as this.
+#[tonic::async_trait]
+impl<A: App> PeerHandler for Inner<A> {
+    async fn handle_peer(
+        self: Arc<Self>,
+        method: Method,
+        body: Body,
+    ) -> Result<Vec<u8>, PeerRefusal> {
+        RaftNode::from_inner(self).handle_peer(method, body).await
     }
 }

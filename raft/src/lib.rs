@@ -14,6 +14,7 @@
 //!   (`DIR/state`). The app's tables and Raft's `last_applied` are written in the *same*
 //!   transaction, so after a crash the state is exactly "all entries up to `last_applied`", never
 //!   half of a batch. Snapshots are the app's export plus that metadata.
+//! - [`open_storage`] (`storage.rs`): both stores under one data dir.
 //! - [`RaftNode`] (`node.rs`): the handle the node crate uses: start/resume, write, linearizable
 //!   barrier, reads against applied state, shutdown. On a follower, writes and barriers are
 //!   forwarded to the leader.
@@ -21,10 +22,11 @@
 //! - The peer RPC: every request a node sends to another (openraft's AppendEntries, Vote and
 //!   InstallSnapshot through `PeerNetwork` in `network.rs`; forwarding, read index, membership,
 //!   status and leadership transfer) goes through one seam, [`PeerTransport`] (`transport.rs`),
-//!   and is served by [`RaftNode::handle_peer`] (`handler.rs`). Production's transport is gRPC
-//!   (`proto/quiver/raft/v1/peer.proto`, generated into [`proto`]; a cached tonic channel per
-//!   peer; served by `server.rs`); the simulator carries the same bytes through its network. Peers authenticate each other with
-//!   mutual TLS (`tls.rs`, [`PeerTls`]).
+//!   and is served by [`RaftNode::handle_peer`] (`handler.rs`). The messages, [`WriteError`] and
+//!   [`PeerRefusal`] are in `rpc.rs`, which both sides use and which uses neither. Production's
+//!   transport is gRPC (`proto/quiver/raft/v1/peer.proto`, generated into [`proto`]; a cached
+//!   tonic channel per peer; served by `server.rs`); the simulator carries the same bytes through
+//!   its network. Peers authenticate each other with mutual TLS (`tls.rs`, [`PeerTls`]).
 //! - [`QuiverRuntime`] (`runtime.rs`): openraft's async runtime — tokio, with an election-timeout
 //!   RNG that is entropy-seeded per thread and can be re-seeded ([`seed_thread_rng`]) so the
 //!   simulator's runs are a function of their seed.
@@ -47,9 +49,11 @@ mod handler;
 mod log_store;
 mod network;
 mod node;
+mod rpc;
 mod runtime;
 mod server;
 mod state_store;
+mod storage;
 mod tls;
 mod transport;
 
@@ -72,20 +76,21 @@ pub use cluster::{
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
 pub use durability::{LogDisk, LogDiskHandle};
-pub use handler::PeerRefusal;
 pub use log_store::{LogOptions, LogStore, FILL_STEP_BYTES, SEGMENT_BYTES_TARGET_DEFAULT};
 pub use network::{PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
-    PlantedRaftBugs, RaftNode, RaftNodeConfig, WriteError, ELECTION_TIMEOUT_MAX_MS,
-    ELECTION_TIMEOUT_MIN_MS, HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE,
-    INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX, LEADER_RETRY_PAUSE_MAX,
-    LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PEER_SERVER_STOP_TIMEOUT, PURGE_BATCH_SIZE_MAX,
-    SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT, WRITE_TIMEOUT_DEFAULT,
+    PlantedRaftBugs, RaftNode, RaftNodeConfig, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
+    HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,
+    LEADER_RETRY_PAUSE_MAX, LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT, PEER_SERVER_STOP_TIMEOUT,
+    PURGE_BATCH_SIZE_MAX, SNAPSHOT_LOGS_SINCE_LAST_DEFAULT, STORAGE_RELEASE_TIMEOUT,
+    WRITE_TIMEOUT_DEFAULT,
 };
+pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
 };
+pub use storage::{open_storage, open_storage_with};
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
 pub use transport::{
     Body, CallError, Method, PeerTransport, PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES,
@@ -195,43 +200,6 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
     type SnapshotData = std::io::Cursor<Vec<u8>>;
     type AsyncRuntime = QuiverRuntime;
     type Responder = openraft::impls::OneshotResponder<Self>;
-}
-
-/// Open (creating if needed) the log store at `dir/log` and the state machine store at
-/// `dir/state`.
-///
-/// Each environment can be open only once per process (heed refuses a second open); both are
-/// closed when the returned stores and everything cloned from them are dropped.
-pub fn open_storage<A: App>(dir: &Path) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    open_storage_with(dir, LogOptions::default())
-}
-
-/// Like [`open_storage`], with the log store's options.
-pub fn open_storage_with<A: App>(
-    dir: &Path,
-    log_options: LogOptions,
-) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>)> {
-    let (log, state, _released) = open_storage_tracked(dir, None, log_options)?;
-    Ok((log, state))
-}
-
-/// Like [`open_storage`], and also returns a handle that resolves once every clone of both
-/// stores is gone, i.e. once both environments are closed. `log_disk`: a test harness's disk
-/// model told about every log write (`None` in production; see `durability.rs`).
-pub(crate) fn open_storage_tracked<A: App>(
-    dir: &Path,
-    log_disk: Option<LogDiskHandle>,
-    log_options: LogOptions,
-) -> anyhow::Result<(LogStore<A>, StateMachineStore<A>, EnvsReleased)> {
-    let (lease, released) = env_lease();
-    let log = LogStore::open(
-        &dir.join(LOG_DIR_NAME),
-        lease.clone(),
-        log_disk,
-        log_options,
-    )?;
-    let state = StateMachineStore::open(&dir.join(STATE_DIR_NAME), lease)?;
-    Ok((log, state, released))
 }
 
 /// Runs blocking storage work (an LMDB commit with its fsync) from async code. On a

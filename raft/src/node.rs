@@ -19,26 +19,28 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use openraft::error::{CheckIsLeaderError, ForwardToLeader, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
 use tokio::time::Instant;
 
 use crate::batch::Batcher;
-use crate::cluster::{ForwardRequest, ReadIndexRequest};
 use crate::durability::LogDiskHandle;
+use crate::log_store::LogOptions;
 use crate::network::PeerNetwork;
-use crate::server::PeerServer;
+use crate::rpc::{ForwardRequest, ReadIndexRequest, WriteError};
+use crate::server::{PeerHandler, PeerServer};
 use crate::state_store::StateMachineStore;
+use crate::storage::open_storage_tracked;
 use crate::tls::PeerTls;
 use crate::transport::{
     CallError, GrpcTransport, Method, NoPeers, PeerTransport, Peers, SNAPSHOT_CHUNK_SIZE_BYTES,
 };
-use crate::{open_storage_tracked, App, EnvsReleased, LogOptions, NodeId, TypeConfig};
+use crate::{App, EnvsReleased, NodeId, TypeConfig};
 
 /// Name every Quiver cluster reports to openraft (it appears in its logs and errors).
 const CLUSTER_NAME: &str = "quiver";
@@ -171,35 +173,6 @@ impl RaftNodeConfig {
     }
 }
 
-/// Why a write or a linearizable read could not be served here.
-#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum WriteError {
-    #[error("not the leader; leader is node {leader_id:?} at {leader_addr:?}")]
-    NotLeader {
-        leader_id: Option<NodeId>,
-        leader_addr: Option<String>,
-    },
-    #[error("no quorum: {0}")]
-    NoQuorum(String),
-    #[error("raft fatal error: {0}")]
-    Fatal(String),
-    #[error("cannot reach node {node_id} at {addr}: {detail}")]
-    Unreachable {
-        node_id: NodeId,
-        addr: String,
-        detail: String,
-    },
-}
-
-impl WriteError {
-    pub(crate) fn not_leader(f: ForwardToLeader<NodeId, BasicNode>) -> Self {
-        WriteError::NotLeader {
-            leader_id: f.leader_id,
-            leader_addr: f.leader_node.map(|n| n.addr),
-        }
-    }
-}
-
 /// A running Raft node over an [`App`]. Cheap to clone; clones share the node.
 pub struct RaftNode<A: App> {
     pub(crate) inner: Arc<Inner<A>>,
@@ -296,7 +269,8 @@ impl<A: App> RaftNode<A> {
         let transport = Arc::new(GrpcTransport::new(cfg.tls.as_ref())?);
         let node = Self::start_inner(&cfg, transport).await?;
         let result = async {
-            let server = crate::server::spawn(&node, listener, cfg.tls.as_ref())?;
+            let handler = Arc::downgrade(&node.inner) as Weak<dyn PeerHandler>;
+            let server = crate::server::spawn(node.node_id(), handler, listener, cfg.tls.as_ref())?;
             *node.lock_server() = Some(server);
             node.settle_membership(&cfg).await
         }

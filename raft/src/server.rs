@@ -1,10 +1,11 @@
 //! The gRPC server of the peer RPC (`proto/quiver/raft/v1/peer.proto`): each call is handed to
-//! [`RaftNode::handle_peer`] (`handler.rs`), which the simulator's network calls too. A gRPC
-//! error status means the request was not processed (undecodable, addressed to another node id,
-//! or this node is gone).
+//! a [`PeerHandler`], the node (`RaftNode::handle_peer`, `handler.rs`, which the simulator's
+//! network calls too). A gRPC error status means the request was not processed (undecodable,
+//! addressed to another node id, or this node is gone).
 //!
 //! The service holds a weak reference to the node: the server never keeps a node alive, and
-//! dropping the last `RaftNode` handle stops it.
+//! dropping the last `RaftNode` handle stops it. It knows the node only as a [`PeerHandler`], so
+//! this module depends on the peer RPC's vocabulary and not on the node that runs it.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,15 +17,26 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
-use crate::handler::PeerRefusal;
-use crate::node::Inner;
 use crate::proto::raft_peer_server::{RaftPeer, RaftPeerServer};
 use crate::proto::{Json, RaftRequest, SnapshotChunk};
+use crate::rpc::PeerRefusal;
 use crate::tls::PeerTls;
 use crate::transport::{
     Body, Method, PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,
 };
-use crate::{App, NodeId, RaftNode};
+use crate::NodeId;
+
+/// What the server hands each request to: the node, which it holds weakly
+/// (`Weak<dyn PeerHandler>`) and upgrades for the length of one request.
+#[tonic::async_trait]
+pub(crate) trait PeerHandler: Send + Sync + 'static {
+    /// Serve one peer request that arrived for this node (`RaftNode::handle_peer`).
+    async fn handle_peer(
+        self: Arc<Self>,
+        method: Method,
+        body: Body,
+    ) -> Result<Vec<u8>, PeerRefusal>;
+}
 
 /// A running peer server: dropping it (or calling [`PeerServer::stop`]) stops it.
 pub(crate) struct PeerServer {
@@ -53,13 +65,13 @@ pub(crate) async fn join(node_id: NodeId, mut task: JoinHandle<()>, timeout: Dur
     }
 }
 
-/// Serve the peer RPC for `node` on `listener`, with mutual TLS if `tls` is set.
-pub(crate) fn spawn<A: App>(
-    node: &RaftNode<A>,
+/// Serve the peer RPC for `node` (node `node_id`) on `listener`, with mutual TLS if `tls` is set.
+pub(crate) fn spawn(
+    node_id: NodeId,
+    node: Weak<dyn PeerHandler>,
     listener: tokio::net::TcpListener,
     tls: Option<&PeerTls>,
 ) -> anyhow::Result<PeerServer> {
-    let node_id = node.node_id();
     let local_addr = listener.local_addr().context("peer listener address")?;
     let mut builder = Server::builder()
         .initial_stream_window_size(PEER_HTTP2_WINDOW_BYTES)
@@ -70,11 +82,9 @@ pub(crate) fn spawn<A: App>(
             .tls_config(tls.server_config())
             .context("peer TLS server configuration")?;
     }
-    let service = RaftPeerServer::new(PeerService::<A> {
-        node: Arc::downgrade(&node.inner),
-    })
-    .max_decoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES)
-    .max_encoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES);
+    let service = RaftPeerServer::new(PeerService { node })
+        .max_decoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES)
+        .max_encoding_message_size(PEER_MESSAGE_SIZE_MAX_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let router = builder.add_service(service);
@@ -95,17 +105,16 @@ pub(crate) fn spawn<A: App>(
     })
 }
 
-struct PeerService<A: App> {
-    node: Weak<Inner<A>>,
+struct PeerService {
+    node: Weak<dyn PeerHandler>,
 }
 
-impl<A: App> PeerService<A> {
+impl PeerService {
     /// Hands the request to the node (`RaftNode::handle_peer`), unless it has shut down.
     async fn handle(&self, method: Method, body: Body) -> Result<Response<Json>, Status> {
         let node = self
             .node
             .upgrade()
-            .map(RaftNode::from_inner)
             .ok_or_else(|| Status::unavailable("this raft node has shut down"))?;
         match node.handle_peer(method, body).await {
             Ok(json) => Ok(Response::new(Json { json })),
@@ -126,7 +135,7 @@ fn json(request: Request<Json>) -> Body {
 }
 
 #[tonic::async_trait]
-impl<A: App> RaftPeer for PeerService<A> {
+impl RaftPeer for PeerService {
     async fn append_entries(
         &self,
         request: Request<RaftRequest>,
