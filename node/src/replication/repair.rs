@@ -1,0 +1,95 @@
+//! Repair: each node fetches from its peers the chunks it lacks of the versions it should hold.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use quiver_transfer::{fetch_all, ChunkPeers, ChunkRef, ChunkSource, FetchError, FetchOptions};
+
+use super::store_call::StoreCall;
+
+/// How often repair looks for missing chunks.
+pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Manifest roots this node has verified complete (all chunks present), so
+/// repair does not stat them again on every pass; and where the scrub of
+/// complete versions goes on.
+#[derive(Default)]
+pub struct RepairState {
+    complete: Mutex<BTreeSet<String>>,
+    /// The root the last scrub step ended with.
+    pub(super) scrub_cursor: Mutex<Option<String>>,
+}
+
+impl RepairState {
+    pub fn is_complete(&self, root: &str) -> bool {
+        self.complete
+            .lock()
+            .map(|set| set.contains(root))
+            .unwrap_or(false)
+    }
+
+    pub fn mark_complete(&self, root: &str) {
+        if let Ok(mut set) = self.complete.lock() {
+            set.insert(root.to_string());
+        }
+    }
+
+    pub fn forget(&self, root: &str) {
+        if let Ok(mut set) = self.complete.lock() {
+            set.remove(root);
+        }
+    }
+}
+/// What one repair of one version did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repaired {
+    /// Every chunk is now held; `fetched_chunks` of them were fetched in this pass.
+    Complete { fetched_chunks: usize },
+    /// Chunks are missing and there is no peer to fetch them from.
+    NoSources { missing_chunks: usize },
+}
+
+/// Repairs one version on one node: fetches from `sources` (nearest first) every chunk of
+/// `chunks` that `store` lacks, verified ([`fetch_all`]). The per-version step of the repair
+/// loop, generic so that the simulator runs the same code. An error leaves what was fetched in
+/// the store; the next pass resumes.
+pub async fn repair_version<S: ChunkSource + Clone, P: ChunkPeers>(
+    store: &S,
+    peers: &P,
+    sources: &[SocketAddr],
+    chunks: Vec<ChunkRef>,
+) -> Result<Repaired, FetchError> {
+    let missing = missing_chunks(store, chunks).await;
+    if missing.is_empty() {
+        return Ok(Repaired::Complete { fetched_chunks: 0 });
+    }
+    if sources.is_empty() {
+        return Ok(Repaired::NoSources {
+            missing_chunks: missing.len(),
+        });
+    }
+    let report = fetch_all(peers, store, &missing, sources, FetchOptions::default()).await?;
+    Ok(Repaired::Complete {
+        fetched_chunks: report.fetched_chunks,
+    })
+}
+
+/// The chunks of `chunks` this store does not hold.
+pub async fn missing_chunks<S: ChunkSource + Clone>(
+    store: &S,
+    chunks: Vec<ChunkRef>,
+) -> Vec<ChunkRef> {
+    let store = store.clone();
+    StoreCall::start(move || {
+        let mut seen = BTreeSet::new();
+        chunks
+            .into_iter()
+            .filter(|c| seen.insert(c.hash) && !store.contains(&c.hash))
+            .collect()
+    })
+    .join()
+    .await
+    .unwrap_or_default()
+}
