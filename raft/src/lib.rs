@@ -93,9 +93,9 @@ pub use state_store::{
 pub use storage::{open_storage, open_storage_with};
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
 pub use transport::{
-    Body, CallError, Method, PeerTransport, PEER_CONNECT_TIMEOUT, PEER_HTTP2_WINDOW_BYTES,
-    PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES, PEER_REACHABLE_WINDOW,
-    SNAPSHOT_CHUNK_SIZE_BYTES,
+    Body, CallError, Method, PeerCall, PeerTransport, PEER_CONNECT_TIMEOUT,
+    PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,
+    PEER_REACHABLE_WINDOW, SNAPSHOT_CHUNK_SIZE_BYTES,
 };
 
 /// Raft node identifier, unique within a cluster and never reused.

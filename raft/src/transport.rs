@@ -139,8 +139,11 @@ pub trait PeerTransport: Send + Sync + 'static {
         method: Method,
         body: Body,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>>;
+    ) -> PeerCall<'a>;
 }
+
+/// One call in flight through a [`PeerTransport`]: the reply's JSON bytes, or why none came.
+pub type PeerCall<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>>;
 
 /// A transport that reaches nobody: for a node that never talks to peers (a single-member
 /// cluster started with [`crate::RaftNode::start`]). Every call is `Unreachable`, which openraft
@@ -154,7 +157,7 @@ impl PeerTransport for NoPeers {
         method: Method,
         _body: Body,
         _timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+    ) -> PeerCall<'a> {
         Box::pin(async move {
             Err(CallError::Unreachable(format!(
                 "{method:?} to {addr}: this node has no peer transport"
@@ -387,7 +390,7 @@ impl PeerTransport for GrpcTransport {
         method: Method,
         body: Body,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+    ) -> PeerCall<'a> {
         Box::pin(self.send(addr, method, body, timeout))
     }
 }

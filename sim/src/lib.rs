@@ -1,21 +1,24 @@
 //! quiver-sim: the deterministic cluster simulator.
 //!
-//! It runs a whole Quiver cluster — real `RaftNode<RegistryApp>`s (openraft over the heed
-//! stores, the registry state machine) — and its clients in one process, on one thread, under
-//! virtual time, from a seed; it injects faults, checks invariants and reports figures.
+//! It runs a whole Quiver cluster — real `quiver_node::Node`s (the node's orchestration over
+//! openraft on the heed stores and the registry state machine) — and its clients in one process,
+//! on one thread, under virtual time, from a seed; it injects faults, checks invariants (and the
+//! clients' history for linearizability) and reports figures.
 //!
-//! Why this shape: the code under test is the production code, started through
-//! `RaftNode::start_with_network` with a simulated network in place of the peer transport. What
-//! is simulated is only the environment, and every source of nondeterminism in it is drawn from
+//! Why this shape: the code under test is the production code, built with `Node::assemble` over
+//! the simulator's environment (decision 0014): its clock, request ids, chunk stores and chunk
+//! network, and `SimTransport` in place of the gRPC peer transport. What is simulated is only the
+//! environment, and every source of nondeterminism in it is drawn from
 //! the seed: tokio's scheduler (a `current_thread` runtime with `rng_seed` and paused time),
 //! openraft's election timeouts (`quiver_raft::seed_thread_rng`), the network's latencies and
 //! losses, the fault schedule and the clients' choices. Same seed, same binary: same trace.
 //!
 //! Pure parts, unit-tested on their own: fault schedules ([`schedule`]), the link model
 //! ([`net::LinkModel`]), the pipelines' op generation ([`workload`]), the invariant checkers
-//! ([`check`], [`check_chunks`]) and the report's statistics ([`report`]). The I/O shell: [`cluster`] (start,
-//! crash, restart nodes), [`net`]'s router, [`client`] (routing ops to the leader), [`run`]
-//! (one seed) and [`sweep`] (many seeds on several threads).
+//! ([`check`], [`check_chunks`], [`linear`]) and the report's statistics ([`report`]). The I/O
+//! shell: [`cluster`] (start, crash, restart nodes), [`net`]'s router and transport, [`client`]
+//! (ops and reads through any node), [`run`] (one seed) and [`sweep`] (many seeds on several
+//! threads).
 //!
 //! Modules:
 //! - [`config`]: scenario, sizes, the planted bugs (test-only: lost acks, READY before W

@@ -26,11 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use quiver_node::state::RegistryApp;
-use quiver_raft::{Body, CallError, Method, PeerTransport, RaftNode};
+use quiver_raft::{Body, CallError, Method, PeerCall, PeerTransport, RaftNode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -358,7 +355,7 @@ impl PeerTransport for SimTransport {
         method: Method,
         body: Body,
         timeout: Duration,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, CallError>> + Send + 'a>> {
+    ) -> PeerCall<'a> {
         Box::pin(async move {
             let from = self.from;
             let Some(to) = node_of(addr) else {
