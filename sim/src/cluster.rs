@@ -95,6 +95,9 @@ pub struct Cluster {
     up: Mutex<BTreeMap<NodeId, Arc<SimNode>>>,
     /// The nodes' chunk side, whose endpoints go down and up with the nodes.
     chunks: OnceLock<Arc<Chunks>>,
+    /// Without one (the `load` scenario keeps its own chunk side): empty stores on a network of
+    /// their own, so the nodes' chunk code has a world that nothing else sees.
+    isolated: OnceLock<Arc<Chunks>>,
     /// Every node's log disk (up or down).
     disks: BTreeMap<NodeId, Arc<SimDisk>>,
     /// Unsynced log writes lost in crashes so far.
@@ -135,6 +138,7 @@ impl Cluster {
             trace,
             up: Mutex::new(BTreeMap::new()),
             chunks: OnceLock::new(),
+            isolated: OnceLock::new(),
             disks,
             writes_lost: std::sync::atomic::AtomicU64::new(0),
             clock_offsets_ms: BTreeMap::new(),
@@ -282,11 +286,15 @@ impl Cluster {
             router: self.router.clone(),
         });
         let cfg = self.config(id);
-        let chunks = self
-            .chunks
-            .get()
-            .context("the chunk side is attached before nodes start")?
-            .clone();
+        let chunks = match self.chunks.get() {
+            Some(chunks) => chunks.clone(),
+            None => self
+                .isolated
+                .get_or_init(|| {
+                    Chunks::new(&self.ids, 0, SharedTrace::new(false), PlantedBugs::default())
+                })
+                .clone(),
+        };
         let env = Env {
             clock: Arc::new(SimClock {
                 start: self.trace.start(),
