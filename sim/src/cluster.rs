@@ -291,7 +291,12 @@ impl Cluster {
             None => self
                 .isolated
                 .get_or_init(|| {
-                    Chunks::new(&self.ids, 0, SharedTrace::new(false), PlantedBugs::default())
+                    Chunks::new(
+                        &self.ids,
+                        0,
+                        SharedTrace::new(false),
+                        PlantedBugs::default(),
+                    )
                 })
                 .clone(),
         };

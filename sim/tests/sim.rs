@@ -244,9 +244,11 @@ fn the_digest_checker_finds_a_follower_applying_a_stage_change_and_passes_withou
     }
 }
 
-/// Without request ids, a registration that reaches the log twice (retried after a leader
-/// change or a lost answer) is rejected as a duplicate of itself; with them (the default, as
-/// `Node::propose` does) the retried copy answers what the first did.
+/// When a follower forwards a command under a fresh request id (the plant, in `Node`), a client's
+/// retry of a command that was applied applies again: a registration is rejected as a duplicate
+/// of itself (false-rejection), or a stage change is applied twice and its second copy answers
+/// "already in that stage" (which no order of the history explains: not-linearizable). With the
+/// id kept (the default) the retried copy answers what the first did.
 #[test]
 fn the_false_rejection_checker_finds_retries_without_request_ids_and_passes_with_them() {
     let base = config(0, Scenario::Chaos, 3, 10);
@@ -254,10 +256,11 @@ fn the_false_rejection_checker_finds_retries_without_request_ids_and_passes_with
         &base,
         Plant::RetryWithoutRequestId,
         SeedRange { start: 1, end: 9 },
-        &["false-rejection"],
+        &["false-rejection", "not-linearizable"],
     );
     assert!(
-        clean.iter().all(|r| r.clients.acked > 50),
+        clean.iter().all(|r| r.clients.acked > 10)
+            && clean.iter().map(|r| r.clients.acked).sum::<u64>() > 300,
         "the clean runs registered versions"
     );
 }
