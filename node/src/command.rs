@@ -134,6 +134,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// The model this op names, if any (the key every handler builds first).
+    pub fn model_name(&self) -> Option<&str> {
+        match self {
+            Op::CreateModel { name, .. } | Op::UpdateModel { name, .. } => Some(name),
+            Op::CreateVersion { model, .. }
+            | Op::SetVersionStatus { model, .. }
+            | Op::SetStage { model, .. }
+            | Op::SetAlias { model, .. }
+            | Op::DeleteAlias { model, .. }
+            | Op::SetVersionTags { model, .. } => Some(model),
+            Op::UpsertNode(_) | Op::RemoveNode { .. } => None,
+        }
+    }
+
     /// Short name for logs and the audit log.
     pub fn kind(&self) -> &'static str {
         match self {

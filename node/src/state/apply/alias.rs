@@ -40,6 +40,7 @@ pub(super) fn set_alias(
 }
 
 pub(super) fn delete_alias(w: &mut Write<'_, '_>, model: &str, alias: &str) -> AppResult<Applied> {
+    validate_name("alias", alias)?;
     let a = w.app.get_alias(w.wtxn, model, alias)?;
     w.app
         .tables

@@ -38,6 +38,11 @@ impl RegistryApp {
             actor: &cmd.actor,
             at_ms: cmd.at_ms,
         };
+        // A model name is the first key every handler builds; LMDB refuses an empty or over-long
+        // key with an error that would stop Raft on every node, so a bad one is a rejection here.
+        if let Some(model) = cmd.op.model_name() {
+            domain::validate_name("model", model)?;
+        }
         match &cmd.op {
             Op::CreateModel {
                 name,

@@ -255,3 +255,82 @@ fn tags_change_beside_the_version_but_content_does_not() {
     assert_eq!(tagged.metadata, v.metadata);
     assert_eq!(tagged.created_at_ms, v.created_at_ms);
 }
+
+/// Names a client controls become LMDB keys. An empty or over-long key is an LMDB error, which
+/// inside apply would stop Raft on every node for good (and again at every restart's replay):
+/// every command naming such a model (or alias) must be a rejection that changes nothing.
+#[test]
+fn hostile_names_are_rejected_in_apply_and_change_nothing() {
+    let mut f = fixture();
+    f.apply(create_model("reco"));
+    f.apply(create_version("reco", b"one"));
+    let before = f.digest();
+    let long = "x".repeat(600);
+    let hostile = [
+        "",
+        long.as_str(),
+        "a\0b",
+        "../etc/passwd",
+        "C:\\models",
+        "ünïcödé",
+        "Reco",
+        "-reco",
+    ];
+    for name in hostile {
+        let ops = [
+            Op::SetAlias {
+                model: name.into(),
+                alias: "champion".into(),
+                number: 1,
+            },
+            Op::DeleteAlias {
+                model: name.into(),
+                alias: "champion".into(),
+            },
+            Op::SetStage {
+                model: name.into(),
+                number: 1,
+                stage: Stage::Production,
+                reason: "r".into(),
+            },
+            Op::UpdateModel {
+                name: name.into(),
+                description: Some("d".into()),
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+            Op::SetVersionTags {
+                model: name.into(),
+                number: 1,
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+            Op::SetVersionStatus {
+                model: name.into(),
+                number: 1,
+                status: VersionStatus::Failed,
+            },
+            create_model(name),
+            create_version(name, b"two"),
+        ];
+        for op in ops {
+            let kind = op.kind();
+            match rejected(f.apply(op)) {
+                DomainError::Invalid { field, .. } => {
+                    assert_eq!(field, "model", "{kind} on {name:?}")
+                }
+                other => panic!("{kind} on {name:?}: {other:?}"),
+            }
+            assert_eq!(f.digest(), before, "{kind} on {name:?} changed the state");
+        }
+        let delete = Op::DeleteAlias {
+            model: "reco".into(),
+            alias: name.into(),
+        };
+        assert!(
+            matches!(rejected(f.apply(delete)), DomainError::Invalid { ref field, .. } if field == "alias"),
+            "delete alias {name:?}"
+        );
+        assert_eq!(f.digest(), before);
+    }
+}
