@@ -390,3 +390,103 @@ async fn concurrent_writes_share_log_entries_and_survive_a_restart() {
     );
     node.shutdown().await.expect("shutdown");
 }
+
+/// `RaftNode::handle_peer` decodes whatever a peer (or the simulator's network) hands it. Hostile
+/// bodies — empty, NUL bytes, over-long or non-JSON, unicode, a target of u64::MAX, a body of the
+/// wrong kind for its method — are refused without touching the state, and the node keeps
+/// serving writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_requests_are_refused_and_change_nothing() {
+    use quiver_raft::{Body, Method, PeerRefusal};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = RaftNode::<KvApp>::start(config(NODE, dir.path()))
+        .await
+        .expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..3).await;
+    let before = all_pairs(&node).expect("read");
+    let applied = app_last_index(&node);
+
+    let long = vec![b'{'; 1 << 20];
+    let payloads: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"\0\0\0".to_vec(),
+        long,
+        "{\"cmd\": \"ünïcödé\u{202e}\"}".as_bytes().to_vec(),
+        b"{\"timeout_ms\": 18446744073709551616}".to_vec(),
+        b"../../etc/passwd".to_vec(),
+        b"null".to_vec(),
+    ];
+    let json_methods = [
+        Method::Forward,
+        Method::ReadIndex,
+        Method::AddMember,
+        Method::RemoveMember,
+        Method::TransferLeader,
+    ];
+    for json in &payloads {
+        for method in json_methods {
+            let refused = node.handle_peer(method, Body::Json(json.clone())).await;
+            assert!(
+                matches!(refused, Err(PeerRefusal::Undecodable(_))),
+                "{method:?} with {} bytes: {refused:?}",
+                json.len()
+            );
+        }
+        for method in [Method::AppendEntries, Method::Vote] {
+            let raft = Body::Raft {
+                target: NODE,
+                json: json.clone(),
+            };
+            let refused = node.handle_peer(method, raft).await;
+            assert!(
+                matches!(refused, Err(PeerRefusal::Undecodable(_))),
+                "{method:?}: {refused:?}"
+            );
+        }
+        let snapshot = Body::Snapshot {
+            target: NODE,
+            header_json: json.clone(),
+            data: json.clone(),
+        };
+        let refused = node.handle_peer(Method::InstallSnapshot, snapshot).await;
+        assert!(
+            matches!(refused, Err(PeerRefusal::Undecodable(_))),
+            "InstallSnapshot: {refused:?}"
+        );
+    }
+    for target in [0, NODE + 1, u64::MAX] {
+        let vote = Body::Raft {
+            target,
+            json: b"{}".to_vec(),
+        };
+        let refused = node.handle_peer(Method::Vote, vote).await;
+        assert!(
+            matches!(refused, Err(PeerRefusal::WrongTarget(_))),
+            "target {target}: {refused:?}"
+        );
+    }
+    // The largest budget a peer can ask for is capped (the read index answers at once here).
+    let extreme = Body::Json(b"{\"timeout_ms\": 18446744073709551615}".to_vec());
+    let answered = node.handle_peer(Method::ReadIndex, extreme).await;
+    assert!(answered.is_ok(), "{answered:?}");
+    // A body of the wrong kind for its method.
+    let refused = node
+        .handle_peer(Method::AppendEntries, Body::Json(b"{}".to_vec()))
+        .await;
+    assert!(
+        matches!(refused, Err(PeerRefusal::Undecodable(_))),
+        "{refused:?}"
+    );
+
+    assert_eq!(all_pairs(&node).expect("read"), before, "nothing changed");
+    assert_eq!(app_last_index(&node), applied);
+    write_n(&node, 3..5).await;
+    assert_eq!(
+        all_pairs(&node).expect("read"),
+        expected_pairs(5),
+        "still serving"
+    );
+    node.shutdown().await.expect("shutdown");
+}
