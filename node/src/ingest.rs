@@ -163,7 +163,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
     }
 }
 
-fn bad_upload(message: impl Into<String>) -> NodeError {
+/// An upload refused for what it sent; nothing is registered.
+pub(crate) fn bad_upload(message: impl Into<String>) -> NodeError {
     NodeError::Invalid(format!(
         "upload rejected, nothing registered: {}",
         message.into()

@@ -287,9 +287,14 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// Other nodes, nearest first: same region and zone, then same region, then the rest, each
     /// by node id.
     pub async fn peer_nodes(&self) -> Result<Vec<NodeInfo>, NodeError> {
-        let mut nodes = self
+        let nodes = self
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
             .await?;
+        Ok(self.nearest_first(nodes))
+    }
+
+    /// `nodes` without this one, nearest first (see [`Node::peer_nodes`]).
+    fn nearest_first(&self, mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
         nodes.retain(|n| n.node_id != self.node_id());
         let (region, zone) = (&self.core.info.region, &self.core.info.zone);
         nodes.sort_by_key(|n| {
@@ -300,17 +305,12 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             };
             (distance, n.node_id)
         });
-        Ok(nodes)
+        nodes
     }
 
     /// QUIC addresses of the other nodes, nearest first.
     pub async fn peer_chunk_addrs(&self) -> Result<Vec<SocketAddr>, NodeError> {
-        Ok(self
-            .peer_nodes()
-            .await?
-            .iter()
-            .filter_map(|n| n.quic_addr.parse().ok())
-            .collect())
+        Ok(chunk_addrs(&self.peer_nodes().await?))
     }
 
     /// Where an upload's chunks go: here plus every peer, acknowledged once W copies are
@@ -398,17 +398,17 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// lacks; then one scrub step (`scrub_step`: re-verify held copies, `scrub_bytes_per_pass`
     /// at most; a rotten one is removed and fetched on the next pass).
     pub async fn repair_once(&self) -> Result<RepairPass, NodeError> {
-        let mut roots = self
-            .read(Consistency::Stale, |app, txn| app.ready_manifest_roots(txn))
+        let (mut roots, nodes) = self
+            .read(Consistency::Stale, |app, txn| {
+                Ok((app.ready_manifest_roots(txn)?, app.nodes(txn)?))
+            })
             .await?;
         roots.retain(|(_, _, root)| !self.repair_skipped.contains(root));
-        let sources = self.peer_chunk_addrs().await?;
-        let members: Vec<(u64, String)> = self
-            .read(Consistency::Stale, |app, txn| app.nodes(txn))
-            .await?
-            .into_iter()
-            .map(|n| (n.node_id, n.region))
+        let members: Vec<(u64, String)> = nodes
+            .iter()
+            .map(|n| (n.node_id, n.region.clone()))
             .collect();
+        let sources = chunk_addrs(&self.nearest_first(nodes));
         let me = self.node_id();
         let mut pass = RepairPass::default();
         let held: Vec<String> = roots
@@ -431,9 +431,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                     }
                     self.repair.mark_complete(&root);
                 }
-                Ok(Repaired::NoSources { .. }) => pass.incomplete += 1,
+                Ok(Repaired::NoSources { .. }) => {}
                 Err(e) => {
-                    pass.incomplete += 1;
                     tracing::warn!(version = %format!("{model}/{number}"), "repair incomplete, will retry: {e}")
                 }
             }
@@ -467,6 +466,14 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     }
 }
 
+/// The QUIC addresses of `nodes`, in their order (an unparsable one is skipped).
+fn chunk_addrs(nodes: &[NodeInfo]) -> Vec<SocketAddr> {
+    nodes
+        .iter()
+        .filter_map(|n| n.quic_addr.parse().ok())
+        .collect()
+}
+
 /// What the repair loop did since the node started.
 #[derive(Debug, Default)]
 pub struct RepairTotals {
@@ -477,6 +484,14 @@ pub struct RepairTotals {
 }
 
 impl RepairTotals {
+    /// (chunks fetched, bad copies found) so far.
+    pub fn load(&self) -> (u64, u64) {
+        (
+            self.fetched_chunks.load(Ordering::Relaxed),
+            self.scrubbed_bad.load(Ordering::Relaxed),
+        )
+    }
+
     fn add(&self, pass: &RepairPass) {
         self.fetched_chunks
             .fetch_add(pass.fetched_chunks as u64, Ordering::Relaxed);
@@ -490,8 +505,6 @@ impl RepairTotals {
 pub struct RepairPass {
     /// Chunks fetched from peers.
     pub fetched_chunks: usize,
-    /// Versions not complete yet (no source, or a fetch failed): tried again next pass.
-    pub incomplete: usize,
     pub scrubbed: Scrubbed,
 }
 

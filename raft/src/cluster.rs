@@ -287,10 +287,6 @@ impl<A: App> RaftNode<A> {
         })
     }
 
-    fn is_leader_here(&self) -> bool {
-        self.is_leader()
-    }
-
     /// Whether this node believes it is the leader (it may have been deposed without knowing).
     pub fn is_leader(&self) -> bool {
         self.metrics().current_leader == Some(self.node_id())
@@ -317,7 +313,7 @@ impl<A: App> RaftNode<A> {
         fresh: bool,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        if !self.is_leader_here() {
+        if !self.is_leader() {
             return Err(self.not_leader_error());
         }
         let _guard = self.lock_membership(deadline).await?;
@@ -536,7 +532,7 @@ impl<A: App> RaftNode<A> {
         node_id: NodeId,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        if !self.is_leader_here() {
+        if !self.is_leader() {
             return Err(self.not_leader_error());
         }
         let _guard = self.lock_membership(deadline).await?;
@@ -684,7 +680,7 @@ impl<A: App> RaftNode<A> {
         deadline: Instant,
     ) -> Result<NodeId, MembershipError> {
         let me = self.node_id();
-        if !self.is_leader_here() {
+        if !self.is_leader() {
             return Err(self.not_leader_error());
         }
         let _guard = self.lock_membership(deadline).await?;

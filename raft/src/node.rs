@@ -257,7 +257,8 @@ impl<A: App> RaftNode<A> {
 
     /// Start a member of a multi-node cluster: open storage, start Raft over the peer gRPC
     /// transport (mutual TLS if `cfg.tls` is set) and serve the peer RPC on `listener` (which
-    /// should be bound to the address peers reach as `cfg.addr`). Then [`RaftNode::settle_start`].
+    /// should be bound to the address peers reach as `cfg.addr`). Then resume, initialise or join
+    /// (`settle_membership`).
     pub async fn start_with_listener(
         cfg: RaftNodeConfig,
         listener: tokio::net::TcpListener,
@@ -284,23 +285,13 @@ impl<A: App> RaftNode<A> {
 
     /// Open storage and start Raft over `transport`, without a peer server and without settling
     /// membership: requests for this node arrive through [`RaftNode::handle_peer`], called by
-    /// whoever owns the transport (the simulator's network). Then call [`RaftNode::settle_start`], or
-    /// initialise the cluster through [`RaftNode::raft`].
+    /// whoever owns the transport (the simulator's network). Initialise the cluster through
+    /// [`RaftNode::raft`].
     pub async fn start_with_transport(
         cfg: RaftNodeConfig,
         transport: Arc<dyn PeerTransport>,
     ) -> anyhow::Result<Self> {
         Self::start_inner(&cfg, transport).await
-    }
-
-    /// Once started (by `start_with_transport`): resume, initialise or join. If this node is
-    /// already a voter (its data dir holds a cluster), resume; else with `cfg.join = None`,
-    /// initialise a single-member cluster of itself; else ask the member at `cfg.join` to add
-    /// it: the request is forwarded to the leader, which adds this node as a learner, waits until
-    /// it has caught up (by log or snapshot) and promotes it to voter. Returns once this node
-    /// sees itself as a voter; fails if that does not happen within [`crate::JOIN_TIMEOUT`].
-    pub async fn settle_start(&self, cfg: &RaftNodeConfig) -> anyhow::Result<()> {
-        self.settle_membership(cfg).await
     }
 
     async fn start_inner(
@@ -338,7 +329,12 @@ impl<A: App> RaftNode<A> {
         })
     }
 
-    /// Resume, initialise or join, as `start_with_listener` describes.
+    /// Resume, initialise or join. If this node is already a voter (its data dir holds a
+    /// cluster), resume; else with `cfg.join = None`, initialise a single-member cluster of
+    /// itself; else ask the member at `cfg.join` to add it: the request is forwarded to the
+    /// leader, which adds this node as a learner, waits until it has caught up (by log or
+    /// snapshot) and promotes it to voter. Returns once this node sees itself as a voter; fails
+    /// if that does not happen within [`crate::JOIN_TIMEOUT`].
     async fn settle_membership(&self, cfg: &RaftNodeConfig) -> anyhow::Result<()> {
         let initialized = self
             .inner

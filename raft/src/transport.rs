@@ -89,6 +89,7 @@ impl std::fmt::Display for CallError {
 }
 
 /// The body of one request, by message type.
+#[derive(Clone, Debug)]
 pub enum Body {
     /// A Raft RPC addressed to node `target`.
     Raft { target: NodeId, json: Vec<u8> },

@@ -400,7 +400,7 @@ impl Clients {
                 break;
             }
             tokio::time::sleep(router.client_latency()).await;
-            let Some(node) = self.cluster.handle(target) else {
+            let Some(node) = self.cluster.node(target) else {
                 last = format!("n{target} is down");
                 target = ids[p.pick(ids.len())];
                 self.pause(p).await;
@@ -408,11 +408,11 @@ impl Clients {
             };
             let proposed_at_ms = self.trace.elapsed_ms();
             if self.plant == Some(Plant::AckBeforeCommit)
-                && node.metrics().state == ServerState::Leader
+                && node.raft.metrics().state == ServerState::Leader
             {
                 // PLANTED BUG: hand the command over and call it done without waiting for it
                 // to be committed.
-                match node.raft().client_write_ff(vec![cmd.clone()]).await {
+                match node.raft.raft().client_write_ff(vec![cmd.clone()]).await {
                     Ok(_ignored_reply) => {
                         return Outcome::Acked {
                             response: None,
@@ -430,11 +430,11 @@ impl Clients {
             }
             if self.plant == Some(Plant::FollowerAppliesStageChange)
                 && matches!(cmd.op, Op::SetStage { .. })
-                && node.metrics().state == ServerState::Follower
+                && node.raft.metrics().state == ServerState::Follower
             {
                 // PLANTED BUG: the follower applies the stage change itself, skipping the
                 // leader and the log, and answers as if it had been committed.
-                let applied = node.apply_without_consensus(cmd);
+                let applied = node.raft.apply_without_consensus(cmd);
                 tokio::time::sleep(router.client_latency()).await;
                 match applied {
                     Ok(Response::Rejected(e)) => return Outcome::Rejected(e),
@@ -453,9 +453,6 @@ impl Clients {
                     }
                 }
             }
-            let Some(node) = self.cluster.node(target) else {
-                continue;
-            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let reply = tokio::time::timeout(remaining, node.propose_command(cmd.clone())).await;
             tokio::time::sleep(router.client_latency()).await;

@@ -170,11 +170,8 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.lock().values().fold(done, |(f, b), node| {
-            let t = &node.repair_totals;
-            (
-                f + t.fetched_chunks.load(Ordering::Relaxed),
-                b + t.scrubbed_bad.load(Ordering::Relaxed),
-            )
+            let (fetched, bad) = node.repair_totals.load();
+            (f + fetched, b + bad)
         })
     }
 
@@ -230,12 +227,8 @@ impl Cluster {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn addr(id: NodeId) -> String {
-        peer_addr(id)
-    }
-
     fn config(&self, id: NodeId) -> RaftNodeConfig {
-        let mut cfg = RaftNodeConfig::new(id, Self::node_dir(&self.data_root, id), Self::addr(id));
+        let mut cfg = RaftNodeConfig::new(id, Self::node_dir(&self.data_root, id), peer_addr(id));
         cfg.snapshot_logs_since_last = SIM_SNAPSHOT_LOGS_SINCE_LAST;
         cfg.logs_to_keep_after_snapshot = SIM_LOGS_TO_KEEP_AFTER_SNAPSHOT;
         cfg.log_options = quiver_raft::LogOptions {
@@ -260,7 +253,7 @@ impl Cluster {
         let members: BTreeMap<NodeId, BasicNode> = self
             .ids
             .iter()
-            .map(|&id| (id, BasicNode::new(Self::addr(id))))
+            .map(|&id| (id, BasicNode::new(peer_addr(id))))
             .collect();
         let node = self.handle(first).context("first node is up")?;
         node.raft()
@@ -303,7 +296,7 @@ impl Cluster {
         let env = Env {
             clock: Arc::new(SimClock {
                 start: self.trace.start(),
-                offset_ms: self.clock_offsets_ms.get(&id).copied().unwrap_or(0),
+                offset_ms: self.node_clock_ms(id, 0),
             }),
             ids: Arc::new(SimIds {
                 prefix: format!("n{id}i{incarnation}"),
@@ -316,7 +309,7 @@ impl Cluster {
             info: NodeInfo {
                 node_id: id,
                 api_addr: format!("10.2.{}.{}:7400", (id >> 8) & 0xff, id & 0xff),
-                peer_addr: Self::addr(id),
+                peer_addr: peer_addr(id),
                 quic_addr: Endpoint::Node(id).addr().to_string(),
                 region: SIM_REGION.to_string(),
                 zone: format!("z{}", id % SIM_ZONES),
@@ -359,13 +352,13 @@ impl Cluster {
             .await
             .with_context(|| format!("stop n{id}"))?;
         {
-            let t = &node.repair_totals;
+            let (fetched, bad) = node.repair_totals.load();
             let mut done = self
                 .repair_done
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            done.0 += t.fetched_chunks.load(Ordering::Relaxed);
-            done.1 += t.scrubbed_bad.load(Ordering::Relaxed);
+            done.0 += fetched;
+            done.1 += bad;
         }
         let state_unsynced = node.raft.state_last_commit_unsynced();
         drop(node);

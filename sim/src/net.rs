@@ -328,26 +328,6 @@ pub struct SimTransport {
     pub router: Arc<Router>,
 }
 
-/// A request body that can be delivered more than once (a duplicated packet).
-fn copy_body(body: &Body) -> Body {
-    match body {
-        Body::Raft { target, json } => Body::Raft {
-            target: *target,
-            json: json.clone(),
-        },
-        Body::Snapshot {
-            target,
-            header_json,
-            data,
-        } => Body::Snapshot {
-            target: *target,
-            header_json: header_json.clone(),
-            data: data.clone(),
-        },
-        Body::Json(json) => Body::Json(json.clone()),
-    }
-}
-
 impl PeerTransport for SimTransport {
     fn unary<'a>(
         &'a self,
@@ -402,7 +382,7 @@ impl SimTransport {
             Hop::Drop => return lost("request-lost").await,
             Hop::Deliver(d) => d,
             Hop::Duplicate(d, again) => {
-                self.deliver_stray(to, method, copy_body(&body), again, "dup");
+                self.deliver_stray(to, method, body.clone(), again, "dup");
                 d
             }
         };

@@ -20,15 +20,8 @@ use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, 
 use super::{actor_of, consistency, invalid, parse_reference};
 use crate::domain;
 use crate::download::{ChunkRead, DOWNLOAD_QUEUE_DEPTH};
-use crate::ingest::{FileStart, UploadHeader};
+use crate::ingest::{bad_upload, FileStart, UploadHeader};
 use crate::node::{Consistency, Node};
-
-fn bad_upload(message: impl Into<String>) -> Status {
-    Status::invalid_argument(format!(
-        "upload rejected, nothing registered: {}",
-        message.into()
-    ))
-}
 
 pub struct VersionsService {
     pub node: Arc<Node>,
@@ -63,7 +56,11 @@ impl Versions for VersionsService {
             Some(proto::UploadMessage {
                 kind: Some(Kind::Header(h)),
             }) => h,
-            _ => return Err(bad_upload("the stream must begin with an UploadHeader")),
+            _ => {
+                return Err(Status::from(bad_upload(
+                    "the stream must begin with an UploadHeader",
+                )))
+            }
         };
         let header = UploadHeader {
             model: header.model,
@@ -88,8 +85,10 @@ impl Versions for VersionsService {
                     commit = Some(c);
                     break;
                 }
-                Some(Kind::Header(_)) => return Err(bad_upload("a second UploadHeader")),
-                None => return Err(bad_upload("an empty UploadMessage")),
+                Some(Kind::Header(_)) => {
+                    return Err(Status::from(bad_upload("a second UploadHeader")))
+                }
+                None => return Err(Status::from(bad_upload("an empty UploadMessage"))),
             }
         }
         let commit = commit.ok_or_else(|| {
