@@ -136,13 +136,21 @@ impl Chunks {
             ..NetConfig::default()
         };
         let net = ChunkNet::new(cfg, seed, trace.clone());
-        let mut stores = BTreeMap::new();
         for &id in ids {
-            let store = SimStore::new(None);
             let zone = format!("z{}", id % SIM_ZONES);
-            net.add_node(id, Place::new(SIM_REGION, zone), store.clone());
-            stores.insert(id, store);
+            net.add_node(id, Place::new(SIM_REGION, zone), SimStore::new(None));
         }
+        Self::over(net, trace)
+    }
+
+    /// The chunk side of the nodes already on `net`, each with the store it was added with
+    /// (the `load` scenario places its nodes in regions and preloads nothing).
+    pub fn over(net: Arc<ChunkNet>, trace: SharedTrace) -> Arc<Self> {
+        let stores = net
+            .nodes()
+            .into_iter()
+            .filter_map(|id| Some((id, net.store(id)?)))
+            .collect();
         Arc::new(Chunks {
             net,
             stores,

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::check::FinalState;
 use crate::chunknet::{Endpoint, SimPeers};
-use crate::chunks::{Chunks, SIM_REGION, SIM_SCRUB_BYTES_PER_PASS, SIM_ZONES};
+use crate::chunks::{Chunks, SIM_SCRUB_BYTES_PER_PASS};
 use crate::chunkstore::SimStore;
 use crate::disk::SimDisk;
 use crate::net::{peer_addr, Router, SimTransport};
@@ -93,11 +93,9 @@ pub struct Cluster {
     trace: SharedTrace,
     /// The nodes that are up.
     up: Mutex<BTreeMap<NodeId, Arc<SimNode>>>,
-    /// The nodes' chunk side, whose endpoints go down and up with the nodes.
-    chunks: OnceLock<Arc<Chunks>>,
-    /// Without one (the `load` scenario keeps its own chunk side): empty stores on a network of
-    /// their own, so the nodes' chunk code has a world that nothing else sees.
-    isolated: OnceLock<Arc<Chunks>>,
+    /// The nodes' chunk side (their stores, and their places and endpoints on the chunk
+    /// network, which go down and up with the nodes).
+    chunks: Arc<Chunks>,
     /// Every node's log disk (up or down).
     disks: BTreeMap<NodeId, Arc<SimDisk>>,
     /// Unsynced log writes lost in crashes so far.
@@ -115,12 +113,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `skip_fsync`: the planted bug [`crate::Plant::DropLogFsync`], handed to every node's log
-    /// store through its disk.
+    /// `chunks` holds every node's store and place; `skip_fsync`: the planted bug
+    /// [`crate::Plant::DropLogFsync`], handed to every node's log store through its disk.
     pub fn new(
         ids: Vec<NodeId>,
         data_root: &Path,
         router: Arc<Router>,
+        chunks: Arc<Chunks>,
         trace: SharedTrace,
         skip_fsync: bool,
     ) -> Self {
@@ -137,8 +136,7 @@ impl Cluster {
             router,
             trace,
             up: Mutex::new(BTreeMap::new()),
-            chunks: OnceLock::new(),
-            isolated: OnceLock::new(),
+            chunks,
             disks,
             writes_lost: std::sync::atomic::AtomicU64::new(0),
             clock_offsets_ms: BTreeMap::new(),
@@ -179,11 +177,6 @@ impl Cluster {
     pub fn with_heartbeat_ms(mut self, heartbeat_ms: u64) -> Self {
         self.heartbeat_ms = heartbeat_ms;
         self
-    }
-
-    /// From now on, crashes and restarts also take the nodes' chunk endpoints down and up.
-    pub fn attach_chunks(&self, chunks: Arc<Chunks>) {
-        let _ = self.chunks.set(chunks);
     }
 
     /// Give each node's clock an offset drawn from `seed` in ±`skew_ms`.
@@ -279,20 +272,11 @@ impl Cluster {
             router: self.router.clone(),
         });
         let cfg = self.config(id);
-        let chunks = match self.chunks.get() {
-            Some(chunks) => chunks.clone(),
-            None => self
-                .isolated
-                .get_or_init(|| {
-                    Chunks::new(
-                        &self.ids,
-                        0,
-                        SharedTrace::new(false),
-                        PlantedBugs::default(),
-                    )
-                })
-                .clone(),
-        };
+        let chunks = &self.chunks;
+        let place = chunks
+            .net()
+            .place(Endpoint::Node(id))
+            .with_context(|| format!("n{id} has no place on the chunk network"))?;
         let env = Env {
             clock: Arc::new(SimClock {
                 start: self.trace.start(),
@@ -311,8 +295,8 @@ impl Cluster {
                 api_addr: format!("10.2.{}.{}:7400", (id >> 8) & 0xff, id & 0xff),
                 peer_addr: peer_addr(id),
                 quic_addr: Endpoint::Node(id).addr().to_string(),
-                region: SIM_REGION.to_string(),
-                zone: format!("z{}", id % SIM_ZONES),
+                region: place.region,
+                zone: place.zone,
             },
             data_dir: Self::node_dir(&self.data_root, id),
             write_quorum: None,
@@ -344,9 +328,7 @@ impl Cluster {
             return Ok(false);
         };
         self.router.detach(id);
-        if let Some(chunks) = self.chunks.get() {
-            chunks.set_up(id, false);
-        }
+        self.chunks.set_up(id, false);
         self.trace.record(format!("down n{id}"));
         node.shutdown()
             .await
@@ -518,7 +500,8 @@ mod tests {
         let trace = SharedTrace::new(false);
         let router = Router::new(&ids, 1, 0, trace.clone(), false);
         // Nothing touches the data dir until a node starts.
-        Cluster::new(ids, Path::new("/nonexistent"), router, trace, false)
+        let chunks = Chunks::new(&ids, 0, trace.clone(), PlantedBugs::default());
+        Cluster::new(ids, Path::new("/nonexistent"), router, chunks, trace, false)
             .with_clock_skew(seed, skew_ms)
     }
 

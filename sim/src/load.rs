@@ -2,18 +2,18 @@
 //! regions, through Quiver's pull path and, in the same run, through a naive baseline.
 //!
 //! Shape of a run (all under the seeded, paused-time runtime of [`crate::run`]):
-//! 1. Boot the Raft cluster (real `RaftNode<RegistryApp>` over heed) and place the nodes: node
-//!    `i` (1-based) in region `(i-1) % R`, zone `a`/`b` alternating per round. Every node's
-//!    placement is registered through Raft (`UpsertNode`), so the replication target is computed
-//!    from replicated state as in production.
+//! 1. Boot the cluster: real `quiver_node::Node`s ([`Cluster`]) over the chunk network of this
+//!    run, node `i` (1-based) placed in region `(i-1) % R`, zone `a`/`b` alternating per round.
+//!    Each node announces its place in the replicated node table as it boots, so placement
+//!    (`should_hold`) and W are computed from replicated state as in production.
 //! 2. Registration: the model's chunks (a seeded [`Corpus`], see [`crate::chunkstore`] for the
-//!    scale) are written on the origin node (node 1) through the real `ChunkSink` with W = 2 —
-//!    local put plus pushes to every other node, acknowledged at two durable copies, the rest in
-//!    the background — `WRITE_QUEUE_DEPTH` chunks at a time, as the upload ingest does;
-//!    then `CreateModel` and `CreateVersion` (READY) go through Raft.
-//! 3. Replication: every node runs the production repair pass every `REPAIR_INTERVAL`:
-//!    `should_hold` on the replicated node table, then `repair_version` (`fetch_all` from the
-//!    other nodes, nearest first).
+//!    scale) go through the origin node's (node 1) own upload path: `Node::chunk_sink` (local
+//!    put plus pushes to every other node, acknowledged at W durable copies, the rest in the
+//!    background) and the upload's writer `ingest::write_chunks`; then `CreateModel` and
+//!    `CreateVersion` (READY) are stamped by the origin and proposed through it (it forwards to
+//!    the leader), retried unchanged while there is no leader.
+//! 3. Replication: every node's own repair loop (`Node::repair_once` every `REPAIR_INTERVAL`);
+//!    the scenario only watches which holders have marked the version complete.
 //! 4. Quiver's pull path: each replica starts when the version is READY plus a seeded jitter
 //!    (uniform in 0..[`ARRIVAL_JITTER_MS`]); it ranks the nodes with the SDK's `choose_nearest`
 //!    (region, zone, then RTT), reads the manifest from the nearest node (one round trip), and
@@ -30,36 +30,33 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use futures::stream::{self, StreamExt};
+use futures::stream;
 use quiver_client::sdk::{choose_nearest, Candidate};
-use quiver_node::command::{Command, Op, Response};
-use quiver_node::domain::{Actor, NodeInfo, RiskTier, Signature, VersionMetadata, VersionStatus};
-use quiver_node::replication::{
-    repair_version, should_hold, ChunkSink, Repaired, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL,
-};
-use quiver_transfer::{fetch_all, ChunkRef, FetchOptions};
+use quiver_node::command::{Op, Response};
+use quiver_node::domain::{Actor, RiskTier, Signature, VersionMetadata, VersionStatus};
+use quiver_node::ingest::write_chunks;
+use quiver_node::node::Consistency;
+use quiver_node::replication::should_hold;
+use quiver_node::NodeError;
+use quiver_transfer::{fetch_all, ChunkRef, FetchOptions, Hash};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
-use crate::chunks::COPIES_REQUIRED;
+use crate::chunks::Chunks;
 use crate::chunkstore::{Corpus, SimStore, CHUNK_BYTES_REAL, LOGICAL_BYTES_PER_BYTE};
-use crate::client::EPOCH_MS;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, SimNode};
 use crate::config::{sub_seed, Scenario, SimConfig, NODES_MAX, NODES_MIN};
 use crate::loadreport::{LoadReport, LoadSetup, Registration, ReplicaLoad, StrategyReport};
 use crate::net::Router;
 use crate::schedule::{node_ids, NodeId};
 use crate::trace::SharedTrace;
-use quiver_node::ingest::WRITE_QUEUE_DEPTH;
 
 /// Region names, in placement order.
 pub const REGION_NAMES: [&str; 8] = [
@@ -93,8 +90,6 @@ pub const PROPOSE_RETRY: Duration = Duration::from_millis(100);
 pub const PHASE_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// How often the scenario checks whether repair is complete.
 const REPAIR_POLL: Duration = Duration::from_millis(100);
-/// How long the cluster has to elect its first leader.
-const BOOT_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const MODEL_NAME: &str = "llm-serving";
 const ACTOR: &str = "load-scenario";
 
@@ -207,21 +202,6 @@ pub fn run(cfg: &LoadConfig) -> anyhow::Result<LoadReport> {
     Ok(report)
 }
 
-/// Shared between the scenario and the repair tasks.
-#[derive(Default)]
-struct RepairBook {
-    /// Holder → virtual ms (since the run's start) at which its copy was complete.
-    complete_at_ms: BTreeMap<NodeId, u64>,
-    /// Holders of the version, as each node's `should_hold` decided.
-    holders: BTreeMap<NodeId, bool>,
-}
-
-type SharedBook = Arc<Mutex<RepairBook>>;
-
-fn lock(book: &SharedBook) -> std::sync::MutexGuard<'_, RepairBook> {
-    book.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<LoadReport> {
     let seed = cfg.base.seed;
     let trace = SharedTrace::new(cfg.base.keep_trace);
@@ -238,11 +218,6 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
     let chunks: Vec<ChunkRef> = corpus.chunks().to_vec();
 
     let ids = node_ids(cfg.base.nodes);
-    // The Raft network is one region: the load scenario measures the chunk path, whose
-    // regions are `chunknet`'s (cross-region Raft needs longer timers; decision 0004).
-    let router = Router::new(&ids, 1, sub_seed(seed, "net"), trace.clone(), false);
-    let cluster = Arc::new(Cluster::new(ids.clone(), dir, router, trace.clone(), false));
-    cluster.boot().await.context("boot the cluster")?;
     let net = ChunkNet::new(
         NetConfig::default(),
         sub_seed(seed, "chunknet"),
@@ -251,58 +226,46 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
     for &id in &ids {
         net.add_node(id, cfg.node_place(id), SimStore::new(Some(corpus.clone())));
     }
-    wait_for_leader(&cluster).await?;
-    for &id in &ids {
-        let place = cfg.node_place(id);
-        propose(
-            &cluster,
-            &trace,
-            Op::UpsertNode(NodeInfo {
-                node_id: id,
-                api_addr: api_addr(id),
-                peer_addr: SocketAddr::new(Endpoint::Node(id).addr().ip(), 7000).to_string(),
-                quic_addr: Endpoint::Node(id).addr().to_string(),
-                region: place.region,
-                zone: place.zone,
-            }),
-        )
-        .await?;
-    }
+    // The Raft network is one region: the load scenario measures the chunk path, whose
+    // regions are `chunknet`'s (cross-region Raft needs longer timers; decision 0004). The
+    // nodes announce their places on the chunk network in the node table as they boot.
+    let router = Router::new(&ids, 1, sub_seed(seed, "net"), trace.clone(), false);
+    let chunk_side = Chunks::over(net.clone(), trace.clone());
+    let cluster = Arc::new(Cluster::new(
+        ids.clone(),
+        dir,
+        router,
+        chunk_side,
+        trace.clone(),
+        false,
+    ));
+    cluster.boot().await.context("boot the cluster")?;
 
-    // Registration on the origin through the real ChunkSink (W = 2).
+    // Registration through the origin's own upload path: its chunk sink (W from the
+    // membership) and the upload's writer, then the registration commands through it.
     let origin: NodeId = ids[0];
-    let origin_store = net.store(origin).context("the origin's store")?;
-    let sink = ChunkSink {
-        store: origin_store,
-        peers: net.peers(Endpoint::Node(origin)),
-        targets: net.node_sources(origin),
-        copies_required: COPIES_REQUIRED,
-        background: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
-        planted: Default::default(),
-    };
+    let origin_node = cluster.node(origin).context("the origin is up")?;
+    let sink = origin_node
+        .chunk_sink()
+        .await
+        .context("the origin's chunk sink")?;
+    let write_quorum = sink.copies_required;
     let before = net.stats();
     let upload_start = Instant::now();
     trace.record(format!("upload {} chunks to n{origin}", chunks.len()));
-    let results: Vec<_> = stream::iter(chunks.iter().cloned())
-        .map(|chunk| {
-            let sink = sink.clone();
-            let data = corpus.bytes(&chunk.hash);
-            async move {
-                let data = data.context("a corpus chunk")?;
-                sink.put(chunk.hash, Bytes::copy_from_slice(&data))
-                    .await
-                    .map_err(|status| anyhow::anyhow!("upload chunk {}: {status}", chunk.hash))
-            }
+    let bytes: Vec<(Hash, Bytes)> = chunks
+        .iter()
+        .map(|c| {
+            let data = corpus.bytes(&c.hash).context("a corpus chunk")?;
+            Ok((c.hash, Bytes::copy_from_slice(&data)))
         })
-        .buffered(WRITE_QUEUE_DEPTH)
-        .collect()
-        .await;
-    for r in results {
-        r?;
-    }
+        .collect::<anyhow::Result<_>>()?;
+    write_chunks(sink, stream::iter(bytes))
+        .await
+        .context("upload to the origin")?;
     let upload_ms = upload_start.elapsed().as_millis() as u64;
     propose(
-        &cluster,
+        &origin_node,
         &trace,
         Op::CreateModel {
             name: MODEL_NAME.into(),
@@ -316,7 +279,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
     let mut metrics = BTreeMap::new();
     metrics.insert("auc".to_string(), 0.9);
     let created = propose(
-        &cluster,
+        &origin_node,
         &trace,
         Op::CreateVersion {
             model: MODEL_NAME.into(),
@@ -336,6 +299,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         },
     )
     .await?;
+    drop(origin_node);
     let number = match created {
         Response::Version(v) => v.number,
         other => anyhow::bail!("CreateVersion answered {other:?}, not a version"),
@@ -346,22 +310,17 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         &root[..12]
     ));
 
-    // Replication: every node's repair loop.
-    let book: SharedBook = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let repairers: Vec<_> = ids
-        .iter()
-        .map(|&id| {
-            tokio::spawn(repair_loop(
-                id,
-                cluster.clone(),
-                net.clone(),
-                book.clone(),
-                trace.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    // Replication: the holders' own repair loops, watched from now on.
+    let holders = holders_of(&cluster, origin, &root).await?;
+    let repair_watch = tokio::spawn({
+        let (cluster, holders, root, trace) = (
+            cluster.clone(),
+            holders.clone(),
+            root.clone(),
+            trace.clone(),
+        );
+        async move { wait_for_repair(&cluster, &holders, &root, &trace).await }
+    });
 
     // Quiver's pull path.
     let mut arrival_rng = StdRng::seed_from_u64(sub_seed(seed, "arrival"));
@@ -381,16 +340,12 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
     )
     .await;
     let mut violations = Vec::new();
-    let repaired_at_ms = wait_for_repair(&book, &ids, &trace).await;
+    let repaired_at_ms = repair_watch.await.context("the repair watch")?;
     if repaired_at_ms.is_none() {
         violations.push(format!(
             "repair: not every holder had the version within {} s",
             PHASE_TIMEOUT.as_secs()
         ));
-    }
-    stop.store(true, Ordering::SeqCst);
-    for r in repairers {
-        r.await.context("repair task")?;
     }
     let after_quiver = net.stats();
 
@@ -424,27 +379,20 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         }
     }
     let version_count = cluster
-        .handle(origin)
+        .node(origin)
         .context("the origin is up")?
-        .read(|app, rtxn| {
+        .read(Consistency::Linearizable, |app, rtxn| {
             Ok(app
-                .list_versions(rtxn, MODEL_NAME, None, "", 1_000, "")
-                .map_err(|e| anyhow::anyhow!("list versions: {e}"))?
+                .list_versions(rtxn, MODEL_NAME, None, "", 1_000, "")?
                 .0
                 .len() as u64)
-        })?;
+        })
+        .await
+        .context("list versions")?;
     for id in cluster.up_ids() {
         cluster.crash(id).await?;
     }
 
-    let b = lock(&book);
-    let holders: Vec<u64> = b
-        .holders
-        .iter()
-        .filter(|(_, holds)| **holds)
-        .map(|(id, _)| *id)
-        .collect();
-    drop(b);
     let mut quiver = StrategyReport::new(
         "quiver",
         "each replica pulls from the nodes of its region (nearest first, multi-source); nodes read through from their peers and repair to their target",
@@ -481,7 +429,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
             chunks: chunks.len(),
             scale: LOGICAL_BYTES_PER_BYTE,
             real_chunk_bytes: CHUNK_BYTES_REAL,
-            write_quorum: COPIES_REQUIRED,
+            write_quorum,
             arrival: format!(
                 "every replica starts when the version is READY plus a seeded uniform jitter of 0..{ARRIVAL_JITTER_MS} ms; the baseline replays the same offsets after Quiver's phase and repair are done"
             ),
@@ -693,121 +641,65 @@ async fn read_manifest(
     for _ in 0..MANIFEST_ATTEMPTS_MAX {
         tokio::time::sleep(rtt).await;
         let node = cluster
-            .handle(from)
+            .node(from)
             .with_context(|| format!("n{from} is down"))?;
-        match node.read(|app, rtxn| {
-            app.manifest(rtxn, root)
-                .map_err(|e| anyhow::anyhow!("manifest {root}: {e}"))
-        }) {
-            Ok(manifest) => return Ok(manifest.files.into_iter().flat_map(|f| f.chunks).collect()),
-            Err(e) => last = format!("{e:#}"),
+        match node
+            .read(Consistency::Stale, |app, rtxn| app.manifest(rtxn, root))
+            .await
+        {
+            Ok(manifest) => return Ok(manifest.chunk_refs()),
+            Err(e) => last = format!("manifest {root}: {e}"),
         }
         tokio::time::sleep(MANIFEST_RETRY).await;
     }
     anyhow::bail!("n{from} never had manifest {root}: {last}")
 }
 
-/// Node `id`'s repair loop: the production pass (`should_hold` on the replicated node table,
-/// then `repair_version` from the other nodes, nearest first) every `REPAIR_INTERVAL`, until
-/// `stop`.
-async fn repair_loop(
-    id: NodeId,
-    cluster: Arc<Cluster>,
-    net: Arc<ChunkNet>,
-    book: SharedBook,
-    trace: SharedTrace,
-    stop: Arc<AtomicBool>,
-) {
-    let Some(store) = net.store(id) else {
-        return;
-    };
-    let peers = net.peers(Endpoint::Node(id));
-    let sources = net.node_sources(id);
-    let start = trace.start();
-    loop {
-        tokio::time::sleep(REPAIR_INTERVAL).await;
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(node) = cluster.handle(id) else {
-            continue;
-        };
-        let state = node.read(|app, rtxn| {
-            let err = |e: quiver_node::state::AppError| anyhow::anyhow!("{e}");
-            let roots = app.ready_manifest_roots(rtxn).map_err(err)?;
-            let members: Vec<(u64, String)> = app
-                .nodes(rtxn)
-                .map_err(err)?
-                .into_iter()
-                .map(|n| (n.node_id, n.region))
-                .collect();
-            let mut versions = Vec::new();
-            for (_, _, root) in roots {
-                let manifest = app.manifest(rtxn, &root).map_err(err)?;
-                versions.push((root, manifest));
-            }
-            Ok((members, versions))
-        });
-        let (members, versions) = match state {
-            Ok(state) => state,
-            Err(e) => {
-                trace.record(format!("n{id} repair: read state: {e:#}"));
-                continue;
-            }
-        };
-        for (root, manifest) in versions {
-            let holds = should_hold(&root, id, &members);
-            let known = {
-                let mut b = lock(&book);
-                b.holders.insert(id, holds);
-                b.complete_at_ms.contains_key(&id)
-            };
-            if !holds || known {
-                continue;
-            }
-            let chunks = manifest.files.into_iter().flat_map(|f| f.chunks).collect();
-            match repair_version(&store, &peers, &sources, chunks).await {
-                Ok(Repaired::Complete { fetched_chunks }) => {
-                    let at_ms = Instant::now().saturating_duration_since(start).as_millis() as u64;
-                    trace.record(format!(
-                        "n{id} repair complete for {}: fetched {fetched_chunks} chunks",
-                        &root[..12]
-                    ));
-                    lock(&book).complete_at_ms.insert(id, at_ms);
-                }
-                Ok(Repaired::NoSources { missing_chunks }) => {
-                    trace.record(format!("n{id} repair: {missing_chunks} chunks, no sources"));
-                }
-                Err(e) => trace.record(format!("n{id} repair incomplete, will retry: {e}")),
-            }
-        }
-    }
+/// The nodes that should hold the version whose manifest is `root` (`should_hold` on the node
+/// table that `from` has applied): the ones the repair must bring to a complete copy.
+async fn holders_of(cluster: &Cluster, from: NodeId, root: &str) -> anyhow::Result<Vec<NodeId>> {
+    let node = cluster
+        .node(from)
+        .with_context(|| format!("n{from} is up"))?;
+    let members: Vec<(u64, String)> = node
+        .read(Consistency::Linearizable, |app, rtxn| app.nodes(rtxn))
+        .await
+        .context("read the node table")?
+        .into_iter()
+        .map(|n| (n.node_id, n.region))
+        .collect();
+    Ok(members
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|&id| should_hold(root, id, &members))
+        .collect())
 }
 
-/// Waits until every node has decided and every holder is complete; returns when the last
-/// holder completed (virtual ms since the run's start), or `None` after [`PHASE_TIMEOUT`].
-async fn wait_for_repair(book: &SharedBook, ids: &[NodeId], trace: &SharedTrace) -> Option<u64> {
+/// Waits until every holder's own repair loop has marked the version complete; returns when
+/// the last one had (virtual ms since the run's start, to the poll), or `None` after
+/// [`PHASE_TIMEOUT`].
+async fn wait_for_repair(
+    cluster: &Cluster,
+    holders: &[NodeId],
+    root: &str,
+    trace: &SharedTrace,
+) -> Option<u64> {
     let deadline = Instant::now() + PHASE_TIMEOUT;
+    let mut pending: Vec<NodeId> = holders.to_vec();
     loop {
-        {
-            let b = lock(book);
-            let decided = ids.iter().all(|id| b.holders.contains_key(id));
-            let holders: Vec<NodeId> = ids
-                .iter()
-                .copied()
-                .filter(|id| b.holders.get(id) == Some(&true))
-                .collect();
-            if decided && holders.iter().all(|h| b.complete_at_ms.contains_key(h)) {
-                let last = holders
-                    .iter()
-                    .filter_map(|h| b.complete_at_ms.get(h))
-                    .max()
-                    .copied()
-                    .unwrap_or(0);
-                drop(b);
-                trace.record(format!("repair complete on every holder by {last} ms"));
-                return Some(last);
+        pending.retain(|&id| {
+            let done = cluster
+                .node(id)
+                .is_some_and(|node| node.repair.is_complete(root));
+            if done {
+                trace.record(format!("n{id} repair complete for {}", &root[..12]));
             }
+            !done
+        });
+        if pending.is_empty() {
+            let at_ms = trace.elapsed_ms();
+            trace.record(format!("repair complete on every holder by {at_ms} ms"));
+            return Some(at_ms);
         }
         if Instant::now() >= deadline {
             return None;
@@ -821,43 +713,24 @@ fn api_addr(id: NodeId) -> String {
     SocketAddr::new(Endpoint::Node(id).addr().ip(), 7001).to_string()
 }
 
-async fn wait_for_leader(cluster: &Cluster) -> anyhow::Result<()> {
-    let deadline = Instant::now() + BOOT_LEADER_TIMEOUT;
-    while cluster.leader().is_none() {
-        if Instant::now() >= deadline {
-            anyhow::bail!(
-                "no leader within {} s of boot",
-                BOOT_LEADER_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(PROPOSE_RETRY).await;
-    }
-    Ok(())
-}
-
-/// Proposes `op` through the current leader; retries while there is none or it changes.
-async fn propose(cluster: &Cluster, trace: &SharedTrace, op: Op) -> anyhow::Result<Response> {
+/// Proposes `op` through `node` as a client would: stamped once there, the same command
+/// retried (the node forwards it to the leader) while there is no leader or no quorum yet.
+async fn propose(node: &SimNode, trace: &SharedTrace, op: Op) -> anyhow::Result<Response> {
     let what = op.kind();
-    let mut last = String::from("no leader");
+    let actor = Actor {
+        name: ACTOR.into(),
+        authenticated: false,
+    };
+    let command = node.stamp(actor, op);
+    let mut last = String::new();
     for _ in 0..PROPOSE_ATTEMPTS_MAX {
-        if let Some(node) = cluster.leader().and_then(|id| cluster.handle(id)) {
-            let cmd = Command {
-                actor: Actor {
-                    name: ACTOR.into(),
-                    authenticated: false,
-                },
-                at_ms: EPOCH_MS + trace.elapsed_ms() as i64,
-                request_id: None,
-                op: op.clone(),
-            };
-            match node.write(cmd).await {
-                Ok(Response::Rejected(e)) => anyhow::bail!("{what} rejected: {e}"),
-                Ok(response) => {
-                    trace.record(format!("applied {what}"));
-                    return Ok(response);
-                }
-                Err(e) => last = e.to_string(),
+        match node.propose_command(command.clone()).await {
+            Ok(response) => {
+                trace.record(format!("applied {what}"));
+                return Ok(response);
             }
+            Err(NodeError::Rejected(e)) => anyhow::bail!("{what} rejected: {e}"),
+            Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(PROPOSE_RETRY).await;
     }

@@ -178,23 +178,29 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         true,
     );
     let skip_fsync = cfg.plant == Some(Plant::DropLogFsync);
-    let cluster = Arc::new(
-        Cluster::new(ids.clone(), dir, router, trace.clone(), skip_fsync)
-            .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms)
-            .with_heartbeat_ms(heartbeat_ms_for(cfg.regions))
-            .with_planted(
-                Plant::planted_raft_bugs(cfg.plant),
-                Plant::planted_bugs(cfg.plant),
-                Plant::planted_node_bugs(cfg.plant),
-            ),
-    );
     let chunks = Chunks::new(
         &ids,
         sub_seed(cfg.seed, "chunknet"),
         trace.clone(),
         Plant::planted_bugs(cfg.plant),
     );
-    cluster.attach_chunks(chunks.clone());
+    let cluster = Arc::new(
+        Cluster::new(
+            ids.clone(),
+            dir,
+            router,
+            chunks.clone(),
+            trace.clone(),
+            skip_fsync,
+        )
+        .with_clock_skew(sub_seed(cfg.seed, "clocks"), cfg.clock_skew_ms)
+        .with_heartbeat_ms(heartbeat_ms_for(cfg.regions))
+        .with_planted(
+            Plant::planted_raft_bugs(cfg.plant),
+            Plant::planted_bugs(cfg.plant),
+            Plant::planted_node_bugs(cfg.plant),
+        ),
+    );
     cluster.boot().await.context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
