@@ -2,7 +2,7 @@
 //! do about them. They become a gRPC status once, at the service edge
 //! (`service::status_from_node`); the simulator matches on them directly.
 
-use quiver_raft::WriteError;
+use quiver_raft::{MembershipError, WriteError};
 
 use crate::domain::DomainError;
 use crate::state::AppError;
@@ -48,6 +48,25 @@ pub enum NodeError {
     /// Consensus stopped on this node.
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// A membership change named a node that is not a member.
+    #[error("node {0} is not a member of the cluster")]
+    NotMember(u64),
+    /// A membership change the cluster refuses as asked (the last voter, an id in use, a
+    /// change already under way): its reason says what to do instead.
+    #[error("{0}")]
+    Membership(String),
+}
+
+impl From<MembershipError> for NodeError {
+    fn from(e: MembershipError) -> Self {
+        match e {
+            MembershipError::Write(w) => w.into(),
+            MembershipError::NotMember(id) => NodeError::NotMember(id),
+            e @ (MembershipError::DuplicateId { .. }
+            | MembershipError::LastVoter(_)
+            | MembershipError::Other(_)) => NodeError::Membership(e.to_string()),
+        }
+    }
 }
 
 impl From<WriteError> for NodeError {

@@ -10,6 +10,7 @@ pub mod env;
 pub mod error;
 pub mod gc;
 pub mod ingest;
+pub mod membership;
 pub mod node;
 pub mod replication;
 pub mod server;

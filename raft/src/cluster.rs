@@ -104,6 +104,18 @@ fn membership_attempt(e: MembershipError) -> Attempt<MembershipError> {
     }
 }
 
+/// Whether `node_id` is a voter of the configuration `membership` is heading to: during a joint
+/// change (old + new voter sets) a node that only the old set has is on its way out.
+pub(crate) fn is_settled_voter(
+    membership: &openraft::Membership<NodeId, BasicNode>,
+    node_id: NodeId,
+) -> bool {
+    membership
+        .get_joint_config()
+        .last()
+        .is_some_and(|voters| voters.contains(&node_id))
+}
+
 fn remote_membership_attempt<T>(
     reply: Result<Result<T, MembershipError>, CallError>,
     leader_id: NodeId,
@@ -129,8 +141,9 @@ fn remote_membership_attempt<T>(
 }
 
 impl<A: App> RaftNode<A> {
-    /// Ask the member at `via` to add this node; then wait to see ourselves as a voter.
-    pub(crate) async fn join(&self, via: &str) -> anyhow::Result<()> {
+    /// Ask the member at `via` to add this node; then wait to see ourselves as a voter. Run at
+    /// the first start with a join address, and by a removed node that is to serve again.
+    pub async fn join(&self, via: &str) -> anyhow::Result<()> {
         let node_id = self.node_id();
         anyhow::ensure!(
             via != self.addr(),
@@ -168,12 +181,7 @@ impl<A: App> RaftNode<A> {
             .raft
             .wait(Some(JOIN_SETTLE_TIMEOUT))
             .metrics(
-                |m| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|v| v == node_id)
-                },
+                |m| is_settled_voter(m.membership_config.membership(), node_id),
                 "this node sees itself as a voter",
             )
             .await
@@ -288,8 +296,21 @@ impl<A: App> RaftNode<A> {
     }
 
     /// Whether this node believes it is the leader (it may have been deposed without knowing).
+    /// Its state must say so too: after a restart the metrics name the leader of the node's
+    /// last committed vote, which may be this node, while it is a follower or learner.
     pub fn is_leader(&self) -> bool {
-        self.metrics().current_leader == Some(self.node_id())
+        let m = self.metrics();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id())
+    }
+
+    /// Confirms with a quorum that this node still leads, before it answers from its own view
+    /// of the membership (a deposed leader's view may be stale).
+    async fn confirm_leader(&self, deadline: Instant) -> Result<(), MembershipError> {
+        if !self.is_leader() {
+            return Err(self.not_leader_error());
+        }
+        self.read_index_here(deadline).await?;
+        Ok(())
     }
 
     async fn lock_membership(
@@ -313,10 +334,8 @@ impl<A: App> RaftNode<A> {
         fresh: bool,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        if !self.is_leader() {
-            return Err(self.not_leader_error());
-        }
         let _guard = self.lock_membership(deadline).await?;
+        self.confirm_leader(deadline).await?;
         let config = self.metrics().membership_config.clone();
         let membership = config.membership();
         if let Some(existing) = membership.get_node(&node_id) {
@@ -335,7 +354,7 @@ impl<A: App> RaftNode<A> {
                 "address {addr} already belongs to node {other}; remove node {other} first"
             )));
         }
-        if membership.voter_ids().any(|v| v == node_id) {
+        if is_settled_voter(membership, node_id) {
             if fresh {
                 // Its log and vote are gone: counting it as a voter again could let a majority
                 // form without the entries it had acknowledged.
@@ -532,10 +551,8 @@ impl<A: App> RaftNode<A> {
         node_id: NodeId,
         deadline: Instant,
     ) -> Result<(), MembershipError> {
-        if !self.is_leader() {
-            return Err(self.not_leader_error());
-        }
         let _guard = self.lock_membership(deadline).await?;
+        self.confirm_leader(deadline).await?;
         let config = self.metrics().membership_config.clone();
         let membership = config.membership();
         if membership.get_node(&node_id).is_none() {
@@ -800,5 +817,39 @@ impl<A: App> RaftNode<A> {
             .elect()
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::Membership;
+
+    fn nodes(ids: &[NodeId]) -> BTreeMap<NodeId, BasicNode> {
+        ids.iter()
+            .map(|&id| (id, BasicNode::new(format!("10.0.0.{id}:7000"))))
+            .collect()
+    }
+
+    #[test]
+    fn a_node_only_the_old_voter_set_of_a_joint_change_has_is_not_a_settled_voter() {
+        let joint = Membership::new(
+            vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 2])],
+            nodes(&[1, 2, 3]),
+        );
+        assert!(
+            joint.voter_ids().any(|v| v == 3),
+            "openraft counts both sets"
+        );
+        assert!(!is_settled_voter(&joint, 3), "on its way out");
+        assert!(is_settled_voter(&joint, 1));
+        let joining = Membership::new(
+            vec![BTreeSet::from([1, 2]), BTreeSet::from([1, 2, 3])],
+            nodes(&[1, 2, 3]),
+        );
+        assert!(is_settled_voter(&joining, 3), "on its way in");
+        let uniform = Membership::new(vec![BTreeSet::from([1, 2])], nodes(&[1, 2, 3]));
+        assert!(!is_settled_voter(&uniform, 3), "a learner");
+        assert!(!is_settled_voter(&uniform, 9), "not a member");
     }
 }

@@ -361,7 +361,7 @@ impl<A: App> RaftNode<A> {
     pub(crate) fn is_voter_here(&self) -> bool {
         let m = self.inner.raft.metrics().borrow().membership_config.clone();
         let id = self.inner.node_id;
-        m.membership().voter_ids().any(|v| v == id)
+        crate::cluster::is_settled_voter(m.membership(), id)
     }
 
     async fn initialize_single_member(&self, addr: String) -> anyhow::Result<()> {
@@ -623,9 +623,13 @@ impl<A: App> RaftNode<A> {
                 }
                 if let Some(leader_id) = m.current_leader {
                     if leader_id == self.inner.node_id {
-                        return Ok(Route::Local);
-                    }
-                    if let Some(node) = m.membership_config.membership().get_node(&leader_id) {
+                        // After a restart the metrics name the leader of this node's last
+                        // committed vote (maybe itself) before any leader is heard from.
+                        if m.state == openraft::ServerState::Leader {
+                            return Ok(Route::Local);
+                        }
+                    } else if let Some(node) = m.membership_config.membership().get_node(&leader_id)
+                    {
                         return Ok(Route::Remote {
                             leader_id,
                             addr: node.addr.clone(),

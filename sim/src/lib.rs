@@ -51,6 +51,7 @@ pub mod disk;
 pub mod linear;
 pub mod load;
 pub mod loadreport;
+pub mod membership;
 pub mod net;
 pub mod panics;
 pub mod report;

@@ -33,7 +33,12 @@ pub struct FaultStats {
     /// Bit-rot faults, and the chunks they rotted.
     pub corruptions: u64,
     pub chunks_rotted: u64,
-    /// Crashes that found no target (no leader at that moment, or the node already down).
+    /// Leadership step-downs, removals and rejoins asked for (each may fail under faults).
+    pub step_downs: u64,
+    pub removals: u64,
+    pub rejoins: u64,
+    /// Faults that found no target (no leader at that moment, the node already down, no room
+    /// for one more node out).
     pub skipped: u64,
 }
 
@@ -152,7 +157,8 @@ impl RunReport {
         let _ = writeln!(
             s,
             "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
-             {} reordering spells, {} rot ({} chunks), {} skipped; {} unsynced log writes lost",
+             {} reordering spells, {} rot ({} chunks), {} step-downs, {} removals, {} rejoins, \
+             {} skipped; {} unsynced log writes lost",
             f.crashes,
             f.leader_kills,
             f.restarts,
@@ -162,6 +168,9 @@ impl RunReport {
             f.reordering,
             f.corruptions,
             f.chunks_rotted,
+            f.step_downs,
+            f.removals,
+            f.rejoins,
             f.skipped,
             self.log_writes_lost
         );

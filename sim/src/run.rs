@@ -33,11 +33,12 @@ use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
 use crate::config::{sub_seed, Plant, Scenario, SimConfig};
 use crate::disk::DISK_WRITEBACK_INTERVAL_MS;
+use crate::membership;
 use crate::net::{Router, CROSS_REGION_LATENCY_US, LINK_JITTER_PCT};
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
-    chaos_schedule, corruption_schedule, failover_schedule, max_down, merge, node_ids, Fault,
-    FaultEvent, NodeId, Target,
+    chaos_schedule, corruption_schedule, failover_schedule, max_down, membership_schedule, merge,
+    node_ids, Fault, FaultEvent, NodeId, Target,
 };
 use crate::trace::SharedTrace;
 use crate::workload::{Mix, Pipeline};
@@ -246,8 +247,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let duration_ms = cfg.duration_ms();
     let schedule = match cfg.scenario {
         Scenario::Chaos => merge(
-            chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
-            corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
+            merge(
+                chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
+                corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
+            ),
+            membership_schedule(sub_seed(cfg.seed, "membership"), cfg.nodes, duration_ms),
         ),
         Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
         Scenario::Load => Vec::new(),
@@ -266,7 +270,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     clients.stop();
     downloads_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     trace.record("scenario over: clients finish their op in hand");
-    let (faults, kills_ms) = driver.await.context("fault driver task")?;
+    let Driven {
+        stats: faults,
+        kills_ms,
+        changes,
+    } = driver.await.context("fault driver task")?;
     let scenario_end_ms = trace.elapsed_ms();
 
     // Heal everything and bring every node back; ops still in flight may complete now.
@@ -279,6 +287,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     }
     let healed = trace.elapsed();
     trace.record("healed: all links up, all nodes started");
+    for change in changes {
+        if let Some(v) = change.await.context("membership change task")? {
+            lock(&books).add(v);
+        }
+    }
     for p in pipelines {
         p.await.context("client task")?;
     }
@@ -402,8 +415,15 @@ fn spawn_writeback(cluster: &Arc<Cluster>, seed: u64) {
     }
 }
 
-/// Apply the schedule's faults at their times until the scenario ends. Returns what was done
-/// and when (virtual ms) each leader kill happened.
+/// What the fault driver did: counts, when (virtual ms) each leader kill happened, and the
+/// membership changes still in flight when the scenario ended.
+struct Driven {
+    stats: FaultStats,
+    kills_ms: Vec<u64>,
+    changes: Vec<membership::Change>,
+}
+
+/// Apply the schedule's faults at their times until the scenario ends.
 async fn drive_faults(
     cluster: Arc<Cluster>,
     chunks: Arc<Chunks>,
@@ -412,10 +432,13 @@ async fn drive_faults(
     duration_ms: u64,
     trace: SharedTrace,
     books: SharedBooks,
-) -> (FaultStats, Vec<u64>) {
+) -> Driven {
     let mut stats = FaultStats::default();
     let mut kills_ms = Vec::new();
     let mut crashed: BTreeMap<u32, NodeId> = BTreeMap::new();
+    // Removals by slot: the node, and the removal's task until its rejoin takes it.
+    let mut removed: BTreeMap<u32, (NodeId, Option<membership::Change>)> = BTreeMap::new();
+    let mut changes = Vec::new();
     let nodes = cluster.ids().len();
     for event in schedule {
         if event.at_ms >= duration_ms {
@@ -428,7 +451,8 @@ async fn drive_faults(
                     Target::Node(n) => cluster.handle(*n).map(|_| *n),
                     Target::Leader => cluster.leader(),
                 };
-                let room = cluster.down_ids().len() < max_down(nodes);
+                // A removed node is a voter fewer: it counts against the minority that may fail.
+                let room = cluster.down_ids().len() + removed.len() < max_down(nodes);
                 let Some(victim) = victim.filter(|_| room) else {
                     stats.skipped += 1;
                     trace.record(format!("fault {}: skipped, no target", event.fault));
@@ -509,9 +533,55 @@ async fn drive_faults(
                 stats.corruptions += 1;
                 stats.chunks_rotted += chunks.corrupt(*node, *count, *salt) as u64;
             }
+            Fault::StepDown { via } => match membership::step_down(&cluster, &trace, *via) {
+                Some(change) => {
+                    trace.record(format!("fault {}", event.fault));
+                    stats.step_downs += 1;
+                    changes.push(change);
+                }
+                None => {
+                    stats.skipped += 1;
+                    trace.record(format!("fault {}: skipped, n{via} is down", event.fault));
+                }
+            },
+            Fault::Remove { slot, target, via } => {
+                let victim = match target {
+                    Target::Node(n) => Some(*n),
+                    Target::Leader => cluster.leader(),
+                };
+                let room = cluster.down_ids().len() + removed.len() < max_down(nodes);
+                let change = victim
+                    .filter(|_| room)
+                    .and_then(|v| Some((v, membership::remove(&cluster, &trace, *via, v)?)));
+                let Some((victim, change)) = change else {
+                    stats.skipped += 1;
+                    trace.record(format!("fault {}: skipped, no target", event.fault));
+                    continue;
+                };
+                trace.record(format!("fault {} -> n{victim}", event.fault));
+                stats.removals += 1;
+                removed.insert(*slot, (victim, Some(change)));
+            }
+            Fault::Rejoin { slot } => {
+                let Some((node, removal)) = removed.remove(slot) else {
+                    continue;
+                };
+                trace.record(format!("fault {} -> n{node}", event.fault));
+                stats.rejoins += 1;
+                changes.push(membership::rejoin(&cluster, &trace, node, removal));
+            }
         }
     }
-    (stats, kills_ms)
+    // The schedule rejoins every removal before the end; one whose rejoin was not reached
+    // rejoins now.
+    for (node, removal) in removed.into_values() {
+        changes.push(membership::rejoin(&cluster, &trace, node, removal));
+    }
+    Driven {
+        stats,
+        kills_ms,
+        changes,
+    }
 }
 
 /// Watch every node: leader per term, fatal errors, and (every [`SAMPLE_EVERY_TICKS`]) digests
@@ -523,6 +593,7 @@ async fn monitor(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut seen: BTreeMap<NodeId, (ServerState, u64, Option<NodeId>)> = BTreeMap::new();
+    let mut configs: BTreeMap<NodeId, String> = BTreeMap::new();
     let mut tick = 0u64;
     let mut sampled_at: BTreeMap<NodeId, u64> = BTreeMap::new();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -538,6 +609,11 @@ async fn monitor(
                         .unwrap_or_else(|| "-".into())
                 ));
                 seen.insert(id, now);
+            }
+            let config = membership_text(&m);
+            if configs.get(&id) != Some(&config) {
+                trace.record(format!("n{id} membership {config}"));
+                configs.insert(id, config);
             }
             let mut b = lock(&books);
             if m.state == ServerState::Leader {
@@ -576,6 +652,34 @@ async fn monitor(
         tick += 1;
         tokio::time::sleep(MONITOR_INTERVAL).await;
     }
+}
+
+/// A node's view of the membership: its log id, voter sets (two during a joint change) and
+/// learners.
+fn membership_text(m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> String {
+    let config = &m.membership_config;
+    let membership = config.membership();
+    let ids = |set: &BTreeSet<NodeId>| {
+        set.iter()
+            .map(|id| format!("n{id}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let voters: Vec<String> = membership
+        .get_joint_config()
+        .iter()
+        .map(|set| format!("{{{}}}", ids(set)))
+        .collect();
+    let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+    format!(
+        "at {} voters {} learners {{{}}}",
+        config
+            .log_id()
+            .map(|l| l.index.to_string())
+            .unwrap_or_else(|| "-".into()),
+        voters.join("+"),
+        ids(&learners)
+    )
 }
 
 /// The digest of every up node at its exact applied index (one read transaction); a node whose

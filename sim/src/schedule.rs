@@ -36,6 +36,14 @@ pub const FAILOVER_GAP_MS: (u64, u64) = (2_500, 4_000);
 /// How long a killed leader stays down; shorter than the gap, so one node is down at a time.
 pub const FAILOVER_DOWN_MS: (u64, u64) = (800, 2_000);
 
+/// First membership change of a chaos run.
+pub const MEMBERSHIP_FIRST_MS: u64 = 2_500;
+/// Pause between the end of one membership change (a step-down, or a removal's rejoin) and the
+/// next, drawn uniformly from this range.
+pub const MEMBERSHIP_GAP_MS: (u64, u64) = (1_000, 5_000);
+/// How long a removed node stays out before it asks to rejoin.
+pub const REMOVED_MS: (u64, u64) = (500, 4_000);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Node(NodeId),
@@ -88,6 +96,19 @@ pub enum Fault {
         chunks: u32,
         salt: u64,
     },
+    /// An admin asks node `via` to have the leader step down (`quiver cluster step-down`);
+    /// `via` forwards it to the leader.
+    StepDown { via: NodeId },
+    /// An admin asks node `via` to remove `target` from the cluster (`quiver cluster remove`);
+    /// `slot` names this removal for its rejoin.
+    Remove {
+        slot: u32,
+        target: Target,
+        via: NodeId,
+    },
+    /// The node removed in `slot` asks a member to add it back (as `quiver-node serve --join`
+    /// does), once it is up.
+    Rejoin { slot: u32 },
 }
 
 impl fmt::Display for Fault {
@@ -117,6 +138,18 @@ impl fmt::Display for Fault {
             } => write!(f, "reorder#{id} {what} {reorder_pct}%"),
             Fault::Heal { id } => write!(f, "heal#{id}"),
             Fault::Corrupt { node, chunks, .. } => write!(f, "corrupt n{node} x{chunks}"),
+            Fault::StepDown { via } => write!(f, "step-down via n{via}"),
+            Fault::Remove {
+                slot,
+                target: Target::Node(n),
+                via,
+            } => write!(f, "remove#{slot} n{n} via n{via}"),
+            Fault::Remove {
+                slot,
+                target: Target::Leader,
+                via,
+            } => write!(f, "remove#{slot} leader via n{via}"),
+            Fault::Rejoin { slot } => write!(f, "rejoin#{slot}"),
         }
     }
 }
@@ -319,6 +352,51 @@ pub fn corruption_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<Fau
     events
 }
 
+/// Membership changes for a `chaos` run, from their own seed (merge with [`merge`]): leadership
+/// step-downs and removals, one at a time, asked of a random node; every removal is followed by
+/// its rejoin before the run ends. Clusters under three nodes get none.
+pub fn membership_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEvent> {
+    let mut events = Vec::new();
+    if nodes < 3 {
+        return events;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = node_ids(nodes);
+    let mut slot = 0u32;
+    let mut t = MEMBERSHIP_FIRST_MS;
+    while t < duration_ms {
+        let via = ids[rng.gen_range(0..ids.len())];
+        let pick = rng.gen_range(0..100u32);
+        let out_ms = rng.gen_range(REMOVED_MS.0..=REMOVED_MS.1);
+        let victim = ids[rng.gen_range(0..ids.len())];
+        let mut end = t;
+        if pick < 40 {
+            events.push(FaultEvent {
+                at_ms: t,
+                fault: Fault::StepDown { via },
+            });
+        } else if t + out_ms < duration_ms {
+            let target = if pick < 60 {
+                Target::Leader
+            } else {
+                Target::Node(victim)
+            };
+            events.push(FaultEvent {
+                at_ms: t,
+                fault: Fault::Remove { slot, target, via },
+            });
+            end = t + out_ms;
+            events.push(FaultEvent {
+                at_ms: end,
+                fault: Fault::Rejoin { slot },
+            });
+            slot += 1;
+        }
+        t = end + rng.gen_range(MEMBERSHIP_GAP_MS.0..=MEMBERSHIP_GAP_MS.1);
+    }
+    events
+}
+
 /// Two schedules as one, by time; at equal times `a`'s events come first.
 pub fn merge(a: Vec<FaultEvent>, b: Vec<FaultEvent>) -> Vec<FaultEvent> {
     let mut events = a;
@@ -368,6 +446,7 @@ mod tests {
         let mut crashed: BTreeMap<u32, u64> = BTreeMap::new();
         let mut open: BTreeMap<u32, u64> = BTreeMap::new();
         let (mut crashes, mut spells) = (0, 0);
+        let mut removed: Option<u32> = None;
         for e in events {
             match &e.fault {
                 Fault::Crash { slot, .. } => {
@@ -401,8 +480,18 @@ mod tests {
                     assert!((1..=nodes as u64).contains(node));
                     assert!((CORRUPTION_CHUNKS.0..=CORRUPTION_CHUNKS.1).contains(chunks));
                 }
+                Fault::StepDown { via } => assert!((1..=nodes as u64).contains(via)),
+                Fault::Remove { slot, via, .. } => {
+                    assert!((1..=nodes as u64).contains(via));
+                    assert!(removed.is_none(), "one removal at a time");
+                    removed = Some(*slot);
+                }
+                Fault::Rejoin { slot } => {
+                    assert_eq!(removed.take(), Some(*slot), "a rejoin follows its removal");
+                }
             }
         }
+        assert!(removed.is_none(), "every removal is followed by its rejoin");
         assert!(crashed.is_empty(), "every crash is restarted");
         assert!(open.is_empty(), "every cut is healed");
         (crashes, spells)
@@ -475,6 +564,39 @@ mod tests {
             })
             .collect();
         assert!(nodes.len() > 1, "corruption spreads over nodes: {nodes:?}");
+    }
+
+    #[test]
+    fn membership_changes_come_one_at_a_time_and_every_removed_node_rejoins_in_time() {
+        let (mut step_downs, mut removals, mut of_leader) = (0, 0, 0);
+        for seed in 0..50 {
+            let events = membership_schedule(seed, 5, 30_000);
+            check(&events, 5);
+            assert_eq!(events, membership_schedule(seed, 5, 30_000));
+            for e in &events {
+                assert!(e.at_ms < 30_000, "{e:?} after the run's end");
+                match e.fault {
+                    Fault::StepDown { .. } => step_downs += 1,
+                    Fault::Remove { target, .. } => {
+                        removals += 1;
+                        of_leader += usize::from(target == Target::Leader);
+                    }
+                    _ => {}
+                }
+            }
+            let all = merge(chaos_schedule(seed, 5, 30_000), events.clone());
+            check(&all, 5);
+        }
+        assert!(step_downs > 50 && removals > 50, "{step_downs} {removals}");
+        assert!(
+            of_leader > 10 && of_leader < removals,
+            "{of_leader} of {removals}"
+        );
+        assert_eq!(
+            membership_schedule(1, 2, 30_000),
+            vec![],
+            "too small to shrink"
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@ use quiver_api::proto::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use super::actor_of;
-use crate::command::Op;
 use crate::error::NodeError;
 use crate::node::{Consistency, Node};
 
@@ -114,25 +113,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
         let actor = actor_of(&request)?;
         let node_id = request.into_inner().node_id;
-        self.node
-            .raft
-            .remove_member(node_id)
-            .await
-            .map_err(|e| match e {
-                quiver_raft::MembershipError::NotMember(_) => Status::not_found(e.to_string()),
-                quiver_raft::MembershipError::LastVoter(_) => {
-                    Status::failed_precondition(e.to_string())
-                }
-                other => Status::unavailable(other.to_string()),
-            })?;
-        // The member is gone from Raft; forget its addresses too (if known).
-        let known = self
-            .node
-            .read(Consistency::Stale, |app, txn| app.nodes(txn))
-            .await?;
-        if known.iter().any(|n| n.node_id == node_id) {
-            self.node.propose(actor, Op::RemoveNode { node_id }).await?;
-        }
+        self.node.remove_member(actor, node_id).await?;
         Ok(Response::new(self.cluster().await?))
     }
 
@@ -141,11 +122,10 @@ impl Admin for AdminService {
         _request: Request<proto::StepDownRequest>,
     ) -> Result<Response<proto::StepDownResponse>, Status> {
         let previous = self.node.raft.metrics().current_leader;
-        self.node
-            .raft
-            .step_down()
-            .await
-            .map_err(|e| Status::unavailable(format!("step down: {e:#}")))?;
+        self.node.step_down().await.map_err(|e| match e {
+            NodeError::Membership(m) => NodeError::Membership(format!("step down: {m}")),
+            e => e,
+        })?;
         Ok(Response::new(proto::StepDownResponse {
             previous_leader_id: previous,
         }))

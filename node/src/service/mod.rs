@@ -71,6 +71,8 @@ pub fn status_from_node(e: &NodeError) -> Status {
         | NodeError::Unreachable(_)
         | NodeError::TooFewCopies(_) => Status::unavailable(message),
         NodeError::Storage(_) | NodeError::Fatal(_) => Status::internal(message),
+        NodeError::NotMember(_) => Status::not_found(message),
+        NodeError::Membership(_) => Status::failed_precondition(message),
     }
 }
 
