@@ -89,6 +89,9 @@ pub struct PlantedNodeBugs {
     /// state leaves them out of its repair loop (repair and scrub), as if an old record said
     /// they were whole, so what it lacked when it went down is never fetched.
     pub repair_skips_after_restart: bool,
+    /// PLANTED BUG `apply-skips-name-validation`: the state machine takes model names on trust,
+    /// so a command with an empty one fails in apply with a storage error (see `RegistryApp`).
+    pub apply_skips_name_validation: bool,
 }
 
 /// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk
@@ -235,6 +238,13 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         host: Option<Host>,
     ) -> Arc<Self> {
         let (stop, _) = watch::channel(false);
+        if core.planted_node.apply_skips_name_validation {
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`).
+            let _ = raft.read(|app, _| {
+                app.plant_skip_name_validation(true);
+                Ok(())
+            });
+        }
         let mut repair_skipped = BTreeSet::new();
         if core.planted_node.repair_skips_after_restart {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`): whatever is READY at start is

@@ -72,6 +72,11 @@ pub struct ClientStats {
     pub history_ops: u64,
     pub history_models: u64,
     pub history_unchecked: u64,
+    /// Hostile requests sent ([`crate::hostile`]), rejected as they must be, and accepted
+    /// (each a violation).
+    pub hostile: u64,
+    pub hostile_rejected: u64,
+    pub hostile_accepted: u64,
 }
 
 /// What a read asks.
@@ -227,6 +232,11 @@ impl Clients {
         let think = p.think_ms();
         tokio::time::sleep(Duration::from_millis(think)).await;
         while !self.stop.load(Ordering::SeqCst) {
+            if p.hostile_now() {
+                self.hostile(&mut p).await;
+                tokio::time::sleep(Duration::from_millis(p.think_ms())).await;
+                continue;
+            }
             if p.reads_now() {
                 self.read(&mut p).await;
                 tokio::time::sleep(Duration::from_millis(p.think_ms())).await;
@@ -616,6 +626,60 @@ impl Clients {
                     p.id
                 ));
             }
+        }
+    }
+
+    /// A hostile request ([`crate::hostile`]) through a random node's command path; it must be
+    /// rejected. Not retried, and not part of the history: a rejection changes nothing.
+    async fn hostile(&self, p: &mut Pipeline) {
+        let (label, op) = p.hostile_op();
+        let ids = self.cluster.ids();
+        let target = ids[p.pick(ids.len())];
+        let Some(node) = self.cluster.node(target) else {
+            return;
+        };
+        self.count(|s| s.hostile += 1);
+        let actor = Actor {
+            name: p.actor.clone(),
+            authenticated: false,
+        };
+        let router = self.cluster.router().clone();
+        tokio::time::sleep(router.client_latency()).await;
+        let answer = tokio::time::timeout(CLIENT_OP_TIMEOUT, node.propose(actor, op)).await;
+        tokio::time::sleep(router.client_latency()).await;
+        match answer {
+            Ok(Err(NodeError::Rejected(e))) => {
+                self.count(|s| s.hostile_rejected += 1);
+                self.trace.record(format!(
+                    "c{} hostile {label} via n{target}: rejected: {}",
+                    p.id,
+                    first_line(&e.to_string())
+                ));
+            }
+            Ok(Ok(response)) => {
+                self.count(|s| s.hostile_accepted += 1);
+                self.trace
+                    .record(format!("c{} hostile {label} via n{target}: accepted", p.id));
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(Violation::new(
+                        "hostile-accepted",
+                        format!(
+                            "{label} via n{target} was applied ({}) instead of rejected",
+                            first_line(&format!("{response:?}"))
+                        ),
+                    ));
+            }
+            Ok(Err(e)) => self.trace.record(format!(
+                "c{} hostile {label} via n{target}: no answer: {}",
+                p.id,
+                first_line(&e.to_string())
+            )),
+            Err(_) => self.trace.record(format!(
+                "c{} hostile {label} via n{target}: no answer in time",
+                p.id
+            )),
         }
     }
 

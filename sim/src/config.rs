@@ -124,11 +124,16 @@ pub enum Plant {
     /// (`PlantedNodeBugs::repair_skips_after_restart`), so chunks it missed while it was down
     /// are never fetched. The replication checker must notice.
     RepairSkipsAfterRestart,
+    /// The state machine takes a command's model name on trust
+    /// (`PlantedNodeBugs::apply_skips_name_validation`): a hostile client's empty name reaches
+    /// LMDB as a key, apply fails with a storage error and Raft stops on every node. The
+    /// node-fatal checker must notice.
+    ApplySkipsNameValidation,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 8] = [
+    pub const ALL: [Plant; 9] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -137,6 +142,7 @@ impl Plant {
         Plant::RetryWithoutRequestId,
         Plant::StaleFollowerReads,
         Plant::RepairSkipsAfterRestart,
+        Plant::ApplySkipsNameValidation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +155,7 @@ impl Plant {
             Plant::RetryWithoutRequestId => "retry-without-request-id",
             Plant::StaleFollowerReads => "stale-follower-reads",
             Plant::RepairSkipsAfterRestart => "repair-skips-after-restart",
+            Plant::ApplySkipsNameValidation => "apply-skips-name-validation",
         }
     }
 
@@ -164,6 +171,7 @@ impl Plant {
         quiver_node::node::PlantedNodeBugs {
             forward_drops_request_id: plant == Some(Plant::RetryWithoutRequestId),
             repair_skips_after_restart: plant == Some(Plant::RepairSkipsAfterRestart),
+            apply_skips_name_validation: plant == Some(Plant::ApplySkipsNameValidation),
         }
     }
 

@@ -48,6 +48,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod hostile;
 pub mod linear;
 pub mod load;
 pub mod loadreport;

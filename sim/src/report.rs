@@ -127,6 +127,13 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
+            "hostile requests: {} sent, {} rejected, {} without an answer (none may be accepted)",
+            self.clients.hostile,
+            self.clients.hostile_rejected,
+            self.clients.hostile - self.clients.hostile_rejected - self.clients.hostile_accepted
+        );
+        let _ = writeln!(
+            s,
             "linearizable reads: {} answered ({} without an answer); history of {} ops on {} \
              models checked for linearizability, {} left unchecked (search bound)",
             self.clients.reads,

@@ -60,6 +60,15 @@ impl Mix {
         }
     }
 
+    /// Share of a pipeline's turns spent on a hostile request ([`crate::hostile`]), in
+    /// percent: none in failover, whose figures measure the steady load.
+    pub fn hostile_pct(self) -> u32 {
+        match self {
+            Mix::Chaos => 5,
+            Mix::Failover => 0,
+        }
+    }
+
     /// Pause between a pipeline's ops, in virtual ms.
     pub fn think_ms(self) -> (u64, u64) {
         match self {
@@ -109,6 +118,18 @@ impl Pipeline {
     pub fn think_ms(&mut self) -> u64 {
         let (lo, hi) = self.mix.think_ms();
         self.rng.gen_range(lo..=hi)
+    }
+
+    /// Whether this turn is a hostile request ([`Mix::hostile_pct`]); draws nothing when the
+    /// mix sends none.
+    pub fn hostile_now(&mut self) -> bool {
+        let pct = self.mix.hostile_pct();
+        pct > 0 && self.rng.gen_range(0..100) < pct
+    }
+
+    /// A hostile request against this pipeline's own models, with its label.
+    pub fn hostile_op(&mut self) -> (String, Op) {
+        crate::hostile::hostile_op(&mut self.rng, &self.models)
     }
 
     /// Whether this turn is a read ([`Mix::read_pct`]).

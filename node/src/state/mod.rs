@@ -55,6 +55,18 @@ pub type AppResult<T> = Result<T, AppError>;
 /// The registry state machine (see `tables` for what each table holds).
 pub struct RegistryApp {
     tables: Tables,
+    /// PLANTED BUG `apply-skips-name-validation` (test only, set through `PlantedNodeBugs`):
+    /// apply takes a command's model name on trust, so an empty one reaches LMDB as a key and
+    /// fails there with a storage error, which stops Raft.
+    skip_name_validation: std::sync::atomic::AtomicBool,
+}
+
+impl RegistryApp {
+    /// Plants the test-only bug `apply-skips-name-validation` (see the field).
+    pub fn plant_skip_name_validation(&self, planted: bool) {
+        self.skip_name_validation
+            .store(planted, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl quiver_raft::App for RegistryApp {
@@ -65,6 +77,7 @@ impl quiver_raft::App for RegistryApp {
     fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
         Ok(RegistryApp {
             tables: Tables::open(env, wtxn)?,
+            skip_name_validation: Default::default(),
         })
     }
 

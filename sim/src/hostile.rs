@@ -1,0 +1,202 @@
+//! Hostile requests: what a buggy or malicious client sends, mixed into the chaos workload.
+//!
+//! Pure: [`hostile_op`] draws one request from a catalogue of inputs every way in must refuse
+//! (empty, over-long, NUL-containing, path-like, unicode and extreme fields; unknown models and
+//! versions; a second model of a name in use). The client shell hands it to a node's own
+//! command path (`Node::propose`, the step after the gRPC edge's checks, so the state
+//! machine's own validation is what is tested) and expects a rejection: an accepted one is a
+//! violation, and a command that fails in apply stops Raft, which the node-fatal checker sees.
+
+use std::collections::BTreeMap;
+
+use quiver_node::command::Op;
+use quiver_node::domain::{limits, RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
+use quiver_transfer::Manifest;
+use rand::Rng;
+
+/// A model name no pipeline uses (pipelines name theirs `p<id>-m<seq>`).
+pub const UNKNOWN_MODEL: &str = "hostile-no-such-model";
+
+/// Names every name field must refuse: empty, one byte over the limit, NUL, path-like (POSIX
+/// and `C:`-style), unicode, upper case, a leading dot.
+pub fn bad_names() -> Vec<String> {
+    vec![
+        String::new(),
+        "a".repeat(limits::NAME_BYTES_MAX + 1),
+        "bad\0name".into(),
+        "../../etc/passwd".into(),
+        "models/reco".into(),
+        "C:\\models\\reco".into(),
+        "модель-🚀".into(),
+        "Reco".into(),
+        ".hidden".into(),
+    ]
+}
+
+/// One hostile request, with a short label for the trace and the report. `models` are models
+/// that exist (this pipeline's own), so that some requests reach the checks past the model's
+/// lookup.
+pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
+    // The empty name, the request that once stopped every node, comes up a third of the time.
+    let names = bad_names();
+    let bad = if rng.gen_ratio(1, 3) {
+        String::new()
+    } else {
+        names[rng.gen_range(0..names.len())].clone()
+    };
+    let label_of = |s: &str| {
+        let shown: String = s.chars().take(16).collect();
+        format!("{shown:?}{}", if s.len() > 16 { "…" } else { "" })
+    };
+    let model = models
+        .get(rng.gen_range(0..models.len().max(1)))
+        .cloned()
+        .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
+    let huge = "x".repeat(limits::DESCRIPTION_BYTES_MAX + 1);
+    let mut kind = rng.gen_range(0..12u32);
+    if kind == 1 && models.is_empty() {
+        // No model of its own to create twice yet (and the unknown name is a valid one).
+        kind = 0;
+    }
+    match kind {
+        0 => (
+            format!("create model {}", label_of(&bad)),
+            Op::CreateModel {
+                name: bad,
+                namespace: "hostile".into(),
+                description: String::new(),
+                risk_tier: RiskTier::Low,
+                tags: BTreeMap::new(),
+            },
+        ),
+        1 => (
+            format!("create model {model} again"),
+            Op::CreateModel {
+                name: model,
+                namespace: "hostile".into(),
+                description: String::new(),
+                risk_tier: RiskTier::High,
+                tags: BTreeMap::new(),
+            },
+        ),
+        2 => (
+            format!("update model {}", label_of(&bad)),
+            Op::UpdateModel {
+                name: bad,
+                description: Some("x".into()),
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+        ),
+        3 => (
+            format!("update model {model} with a description over the limit"),
+            Op::UpdateModel {
+                name: model,
+                description: Some(huge),
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+        ),
+        4 => (
+            format!("set alias {} on {model}", label_of(&bad)),
+            Op::SetAlias {
+                model,
+                alias: bad,
+                number: 1,
+            },
+        ),
+        5 => (
+            format!("set alias on model {}", label_of(&bad)),
+            Op::SetAlias {
+                model: bad,
+                alias: "champion".into(),
+                number: 1,
+            },
+        ),
+        6 => (
+            format!("delete alias {} of {model}", label_of(&bad)),
+            Op::DeleteAlias { model, alias: bad },
+        ),
+        7 => (
+            format!("set stage of {model}/{}", u64::MAX),
+            Op::SetStage {
+                model,
+                number: u64::MAX,
+                stage: Stage::Production,
+                reason: "hostile".into(),
+            },
+        ),
+        8 => (
+            format!("set stage of {}/1", label_of(&bad)),
+            Op::SetStage {
+                model: bad,
+                number: 1,
+                stage: Stage::Staging,
+                reason: "hostile".into(),
+            },
+        ),
+        9 => (
+            format!("set status of {model}/0"),
+            Op::SetVersionStatus {
+                model,
+                number: 0,
+                status: VersionStatus::Failed,
+            },
+        ),
+        10 => (
+            format!("tag {model}/{} with a key {}", u64::MAX, label_of(&bad)),
+            Op::SetVersionTags {
+                model,
+                number: u64::MAX,
+                set_tags: BTreeMap::from([(bad, "v".into())]),
+                remove_tags: Vec::new(),
+            },
+        ),
+        _ => (
+            format!("register an empty version of {}", label_of(&bad)),
+            Op::CreateVersion {
+                model: bad,
+                manifest: Manifest::default(),
+                manifest_root: "not-a-root".into(),
+                signature: Signature::default(),
+                metadata: VersionMetadata::default(),
+                tags: BTreeMap::new(),
+                status: VersionStatus::Ready,
+                inline_chunks: Vec::new(),
+            },
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_node::domain::validate_name;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_bad_name_is_refused_by_the_name_rule() {
+        for name in bad_names() {
+            assert!(validate_name("model", &name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn the_catalogue_is_drawn_from_the_seed_and_covers_every_kind() {
+        let models = vec!["p0-m1".to_string()];
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200)
+                .map(|_| hostile_op(&mut rng, &models).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+        let mut rng = StdRng::seed_from_u64(3);
+        let kinds: std::collections::BTreeSet<&str> = (0..500)
+            .map(|_| hostile_op(&mut rng, &models).1.kind())
+            .collect();
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
+    }
+}
