@@ -19,10 +19,16 @@
 //! - A record is `len: u32 LE | kind: u8 | 3 zero bytes | sum: 8 bytes | payload (len bytes)`,
 //!   where `sum` is blake3 over the previous record's sum, the kind, the length and the payload.
 //!   Recovery stops at the first record whose sum does not follow (or a zero header, the fill).
-//!   In the active segment that is a torn tail (a crash can persist a later write and tear an
-//!   earlier one): everything after the last good record is zeroed and synced, and the next
-//!   append goes there. A stale record could therefore not come back; the chain would refuse it
-//!   anyway (its sum chains to the record it used to follow).
+//!   In the active segment that may be a torn tail: a crash during the last write leaves the
+//!   sectors of it that did not reach the disk as they were, zeros, and may persist later ones
+//!   (only the last write can be torn: each is synced before the next). Everything after the
+//!   last good record is then zeroed and synced, and the next append goes there. A stale record
+//!   could therefore not come back; the chain would refuse it anyway (its sum chains to the
+//!   record it used to follow).
+//! - A bad record that no torn write explains (every sector of it holds written bytes, or it
+//!   claims more than the file holds) was changed on disk after it was written; the records
+//!   after it may be acknowledged entries or the vote. The store refuses to open, in any
+//!   segment, rather than drop them (the node is rejoined and copies the log from its peers).
 //! - Only the active segment may end torn. A closed segment that does not end at the fill or at
 //!   its end of file, or a gap in the segment numbers, is damage that would silently drop
 //!   acknowledged entries: the store refuses to open and says how to recover.
@@ -86,6 +92,8 @@ pub const FILL_WRITE_BYTES: usize = 4096;
 const RECORD_HEADER_BYTES: usize = 16;
 /// Bytes of a record's chained checksum.
 const SUM_BYTES: usize = 8;
+/// The unit a torn write is torn in: a sector either reaches the disk whole or not at all.
+const SECTOR_BYTES: u64 = 512;
 /// File name suffix of a segment.
 const SEGMENT_SUFFIX: &str = ".wal";
 /// Suffix of a segment being written by the LMDB migration.
@@ -340,15 +348,66 @@ struct EntryHead {
 struct Replayed {
     /// Where the valid records end: the next write goes here.
     end: u64,
-    /// Whether they end at the zero fill or the end of the file (not at a damaged record).
-    clean_end: bool,
+    /// What follows them.
+    tail: Tail,
     /// Sum of the last valid record (the seed if none).
     last_sum: Sum,
     max_entry: Option<u64>,
 }
 
+/// What follows the last valid record of a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tail {
+    /// The zero fill, or the end of the file: nothing was lost.
+    Clean,
+    /// What a crash during the last write leaves: that write's sectors that did not reach the
+    /// disk still hold the zeros of the fill, and later sectors of it may have. Nothing after
+    /// it was acknowledged (the store syncs each write before the next).
+    Torn,
+    /// A record that no crash can explain (every sector of it holds written bytes, or it claims
+    /// more than the file holds): the disk changed it after it was written, and what follows it
+    /// may be acknowledged. Says where and why.
+    Damaged(String),
+}
+
+/// Whether a record whose bytes (`record`, from file offset `at`) fail their checksum can be
+/// the torn last write: some sector holds none of its bytes, only zeros. A bit flipped in a
+/// record that was written whole cannot look like that (a record's header and JSON payload
+/// hold no run of zeros that fills its share of a sector, bar a share of a byte or two at a
+/// sector's edge).
+fn torn_write_explains(at: u64, record: &[u8]) -> bool {
+    let end = at + record.len() as u64;
+    let mut from = at;
+    while from < end {
+        let sector_end = (from / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        let to = sector_end.min(end);
+        let part = &record[(from - at) as usize..(to - at) as usize];
+        if part.iter().all(|b| *b == 0) {
+            return true;
+        }
+        from = to;
+    }
+    false
+}
+
+/// Whether `file` holds only zeros from `from` to `len`.
+fn zeros_to_end(file: &File, path: &Path, from: u64, len: u64) -> anyhow::Result<bool> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .with_context(|| format!("read {} at {at}", path.display()))?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Replay the records of `segment` into `index`, stopping at the fill or at the first record
-/// that does not follow the chain.
+/// that does not follow the chain, and say what follows the last good one ([`Tail`]).
 fn replay_segment(
     file: &File,
     path: &Path,
@@ -364,10 +423,15 @@ fn replay_segment(
     let mut prev = segment_seed(segment);
     let mut max_entry = None;
     let mut payload = Vec::new();
-    let mut clean_end = false;
+    let tail;
     loop {
         if at + RECORD_HEADER_BYTES as u64 > len {
-            clean_end = at == len;
+            // A header cut by the end of the file (a file written without a fill).
+            tail = if zeros_to_end(file, path, at, len)? {
+                Tail::Clean
+            } else {
+                Tail::Torn
+            };
             break;
         }
         let mut header = [0u8; RECORD_HEADER_BYTES];
@@ -377,12 +441,23 @@ fn replay_segment(
         let rec_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
         let kind_byte = header[4];
         if rec_len == 0 && kind_byte == 0 {
-            clean_end = true; // the zero fill: the end of what was written
+            // The zero fill ends what was written; written bytes after it are a later part of
+            // the torn last write (this record's sector never reached the disk).
+            tail = if zeros_to_end(file, path, at, len)? {
+                Tail::Clean
+            } else {
+                Tail::Torn
+            };
             break;
         }
         let payload_at = at + RECORD_HEADER_BYTES as u64;
         if payload_at + u64::from(rec_len) > len {
-            break; // torn: claims more than the file holds
+            // The file is filled ahead of every write, so no record ever claimed this much:
+            // its length was changed on disk.
+            tail = Tail::Damaged(format!(
+                "the record at offset {at} claims {rec_len} bytes, past the end of the file                  ({len} bytes)"
+            ));
+            break;
         }
         payload.resize(rec_len as usize, 0);
         reader
@@ -390,7 +465,16 @@ fn replay_segment(
             .with_context(|| format!("read {} at {payload_at}", path.display()))?;
         let sum: Sum = header[8..16].try_into().expect("8 bytes");
         if record_sum(&prev, kind_byte, &payload) != sum {
-            break; // torn, or a stale record the chain does not lead to
+            let record = [&header[..], &payload[..]].concat();
+            tail = if torn_write_explains(at, &record) {
+                Tail::Torn
+            } else {
+                Tail::Damaged(format!(
+                    "the record at offset {at} ({} bytes, every sector of it written) does not                      match its checksum",
+                    record.len()
+                ))
+            };
+            break;
         }
         let kind = Kind::from_byte(kind_byte).with_context(|| {
             format!(
@@ -432,7 +516,7 @@ fn replay_segment(
     }
     Ok(Replayed {
         end: at,
-        clean_end,
+        tail,
         last_sum: prev,
         max_entry,
     })
@@ -554,7 +638,15 @@ impl<A: App> LogStore<A> {
                 .open(&path)
                 .with_context(|| format!("open {}", path.display()))?;
             let replayed = replay_segment(&file, &path, segment, &mut index)?;
-            if !replayed.clean_end && Some(&segment) != segments.last() {
+            if let Tail::Damaged(why) = &replayed.tail {
+                // A record changed after it was written, in any segment: the entries after it
+                // may have been acknowledged, and dropping them would break the promise.
+                anyhow::bail!(
+                    "the Raft log in {} is damaged: segment {segment}: {why}; the records after                      it may hold acknowledged entries, so this node refuses to start rather than                      drop them (remove the node from the cluster, clear its data directory and                      join it again: it copies the log from its peers)",
+                    dir.display(),
+                );
+            }
+            if replayed.tail != Tail::Clean && Some(&segment) != segments.last() {
                 // Only the active segment can end in a torn write (a new one is started after a
                 // synced write, and a torn tail is cleared at open, below): this is damage, and
                 // the entries after it would silently be missing.
@@ -579,7 +671,7 @@ impl<A: App> LogStore<A> {
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?
             .len();
-        if !replayed.clean_end {
+        if replayed.tail == Tail::Torn {
             // A torn tail: zero everything after the last good record, so that the segment ends
             // cleanly once it is closed, whatever the next writes leave of the torn bytes.
             zero_range(&file, replayed.end, filled_to)

@@ -385,6 +385,93 @@ async fn leader_failover_and_old_leader_rejoins_from_disk() {
     cluster.shutdown().await;
 }
 
+/// The active log segment of node `id` (the newest `.wal` file in its log dir).
+fn active_segment(cluster: &Cluster, id: NodeId) -> PathBuf {
+    let dir = cluster
+        .root
+        .join(format!("node-{id}"))
+        .join(quiver_raft::LOG_DIR_NAME);
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("list the log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    segments.pop().expect("a segment")
+}
+
+/// A byte flipped in the middle of a follower's active log segment (not a torn write): the
+/// follower refuses to start instead of cutting its log there, the other two keep every
+/// acknowledged entry and accept writes, and the recovery the error names (remove the node,
+/// clear its data dir, join again) brings it back with everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_damaged_log_refuses_to_start_and_rejoins_empty_losing_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, no_tweak).await;
+    for i in 0..30 {
+        cluster.node(1).write(set(i)).await.expect("write");
+    }
+    let leader = cluster.leader().await;
+    let damaged = cluster.followers(leader)[0];
+    let addr = cluster.addrs[&damaged].clone();
+    cluster.stop(damaged).await;
+    let segment = active_segment(&cluster, damaged);
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    let written = bytes.iter().rposition(|b| *b != 0).expect("records") + 1;
+    bytes[written / 2] ^= 0x01;
+    std::fs::write(&segment, bytes).expect("write the segment");
+
+    let listener = TcpListener::bind(&addr).await.expect("rebind");
+    let err = match RaftNode::<KvApp>::start_with_listener(
+        cluster.config(damaged, &addr, None),
+        listener,
+    )
+    .await
+    {
+        Ok(_) => panic!("node {damaged} started on a damaged log"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("is damaged"), "{err}");
+
+    let survivor = cluster.followers(damaged)[0];
+    for i in 30..35 {
+        cluster
+            .node(survivor)
+            .write(set(i))
+            .await
+            .expect("write without the damaged node");
+    }
+    for node in cluster.nodes.values() {
+        assert_eq!(read_all(node).await, expected_pairs(35));
+    }
+
+    cluster
+        .node(survivor)
+        .remove_member(damaged)
+        .await
+        .expect("remove the damaged node");
+    std::fs::remove_dir_all(cluster.root.join(format!("node-{damaged}"))).expect("clear it");
+    let listener = TcpListener::bind(&addr).await.expect("rebind");
+    let join = Some(cluster.addrs[&survivor].clone());
+    let node = RaftNode::start_with_listener(cluster.config(damaged, &addr, join), listener)
+        .await
+        .expect("rejoin with an empty data dir");
+    cluster.nodes.insert(damaged, node);
+    let ids: Vec<NodeId> = cluster.nodes.keys().copied().collect();
+    for node in cluster.nodes.values() {
+        wait_voters(node, &ids).await;
+    }
+    cluster
+        .node(damaged)
+        .write(set(35))
+        .await
+        .expect("write through the rejoined node");
+    for node in cluster.nodes.values() {
+        assert_eq!(read_all(node).await, expected_pairs(36));
+    }
+    cluster.shutdown().await;
+}
+
 fn small_snapshots(cfg: &mut RaftNodeConfig) {
     cfg.snapshot_logs_since_last = 20;
     cfg.logs_to_keep_after_snapshot = 5;
