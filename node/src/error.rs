@@ -48,6 +48,9 @@ pub enum NodeError {
     /// Consensus stopped on this node.
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// This node's data disk is under its free-space reserve: uploads wait for space.
+    #[error("{0}")]
+    DiskFull(String),
     /// A membership change named a node that is not a member.
     #[error("node {0} is not a member of the cluster")]
     NotMember(u64),

@@ -72,6 +72,40 @@ pub struct Upload<S: ChunkSource + Clone, P: ChunkPeers> {
     header: UploadHeader,
     sink: ChunkSink<S, P>,
     ingest: Ingest,
+    reserve: DiskReserve,
+}
+
+/// Bytes of the data disk an upload must leave free, so that the Raft log and the state can
+/// still commit (`CoreConfig::disk_reserve_bytes`; 0 turns the check off).
+#[derive(Clone, Copy, Debug)]
+struct DiskReserve {
+    node_id: u64,
+    bytes: u64,
+}
+
+impl DiskReserve {
+    /// Refuses, naming the figures and the fix, while `store`'s disk has less than the reserve
+    /// free.
+    fn check<S: ChunkSource>(self, store: &S) -> Result<(), NodeError> {
+        if self.bytes == 0 {
+            return Ok(());
+        }
+        match store.free_bytes() {
+            Some(free) if free < self.bytes => Err(NodeError::DiskFull(format!(
+                "node {}'s data disk has {} free, under its reserve of {} \
+                 (quiver-node serve --disk-reserve-bytes): uploads are refused until space is \
+                 freed; reads and metadata changes go on",
+                self.node_id,
+                mib(free),
+                mib(self.bytes)
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
@@ -82,6 +116,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         validate_signature(&header.signature)?;
         validate_metadata(&header.metadata)?;
         validate_tags("tags", &header.tags)?;
+        let reserve = DiskReserve {
+            node_id: self.node_id(),
+            bytes: self.core.disk_reserve_bytes,
+        };
+        reserve.check(&self.chunks)?;
         let inline_bytes = self
             .read(Consistency::Stale, |app, txn| {
                 app.get_model(txn, &header.model)?;
@@ -95,6 +134,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             header,
             sink,
             ingest,
+            reserve,
         })
     }
 
@@ -111,6 +151,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
     }
 
     pub async fn data(&mut self, data: &[u8]) -> Result<(), NodeError> {
+        self.reserve.check(&self.sink.store)?;
         self.ingest.data(data).await
     }
 
@@ -127,6 +168,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
             header,
             sink,
             ingest,
+            reserve: _,
         } = self;
         let (manifest, mut inline_chunks) = ingest.finish().await?;
         if !inline_chunks.is_empty() && !node.inline_keeps_w(&sink) {

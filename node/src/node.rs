@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     /// Whether the Crash admin call may abort this process (failover drills).
     pub crash_drills: bool,
+    /// Free bytes of the data disk uploads must leave (`CoreConfig::disk_reserve_bytes`).
+    pub disk_reserve_bytes: u64,
 }
 
 /// What the core of a node is and how it behaves, whatever world it runs in (production's
@@ -69,6 +71,9 @@ pub struct CoreConfig {
     pub scrub_bytes_per_pass: u64,
     /// Whether the Crash admin call may abort this process (failover drills).
     pub crash_drills: bool,
+    /// Bytes of the data disk uploads must leave free for the Raft log and the state; below it
+    /// uploads are refused (`NodeError::DiskFull`). 0: no reserve.
+    pub disk_reserve_bytes: u64,
     /// Test-only switches of the replication code (see [`PlantedBugs`]); default: none.
     #[doc(hidden)]
     pub planted: PlantedBugs,
@@ -189,6 +194,7 @@ impl Node<ChunkStore, PeerClient> {
             write_quorum: config.write_quorum,
             scrub_bytes_per_pass: SCRUB_BYTES_PER_PASS,
             crash_drills: config.crash_drills,
+            disk_reserve_bytes: config.disk_reserve_bytes,
             planted: PlantedBugs::default(),
             planted_node: PlantedNodeBugs::default(),
         };

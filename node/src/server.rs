@@ -32,6 +32,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // A node whose consensus stopped on a fault would answer reads from frozen state: it stops
+    // serving instead, and the caller exits non-zero with the cause.
+    let fault = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let (node, fault) = (node.clone(), fault.clone());
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                why = node.raft.stopped_by_fault() => {
+                    tracing::error!(node_id = node.node_id(), "consensus stopped: {why}");
+                    *fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
+        }
+    };
     let versions = VersionsServer::new(VersionsService { node: node.clone() })
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -51,6 +66,14 @@ pub async fn serve(
         )
         .await
         .context("serve gRPC")?;
-    node.shutdown().await.context("stop raft")?;
-    Ok(())
+    let stopped = node.shutdown().await;
+    let fault = fault.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(why) = fault {
+        anyhow::bail!(
+            "node {} stopped serving: its consensus stopped ({why}); fix the cause (a full or \
+             failing disk?) and start it again: it resumes from its data directory",
+            node.node_id()
+        );
+    }
+    stopped.context("stop raft")
 }

@@ -781,6 +781,21 @@ impl<A: App> RaftNode<A> {
         self.inner.raft.metrics().borrow().clone()
     }
 
+    /// Resolves once this node's consensus has stopped on its own (a storage error it cannot
+    /// get past, a panic of its core), with what stopped it; pending while it runs. A node in
+    /// that state answers nothing correctly any more: the caller stops serving.
+    pub async fn stopped_by_fault(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "its Raft core task ended".to_string();
+            }
+        }
+    }
+
     /// Whether the state env's last commit may not survive a power loss yet: its meta page is
     /// not synced (decision 0012). True means a power loss now would take the last applied batch
     /// back (the Raft log still has it). For a test harness's disk model; valid after shutdown.

@@ -302,6 +302,8 @@ impl Cluster {
             write_quorum: None,
             scrub_bytes_per_pass: SIM_SCRUB_BYTES_PER_PASS,
             crash_drills: false,
+            // The simulated stores cannot tell their free space (`free_bytes` is `None`).
+            disk_reserve_bytes: 0,
             planted: self.planted_chunks,
             planted_node: self.planted_node,
         };

@@ -16,6 +16,8 @@ use anyhow::{anyhow, bail, Context};
 
 /// How long a node may take to print its endpoint.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node that stopped serving may take to exit.
+pub const NODE_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A `quiver-node serve` process; killed when dropped.
 pub struct NodeProcess {
@@ -25,6 +27,8 @@ pub struct NodeProcess {
     pub peer_addr: Option<String>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
+    /// The node's stdout after the endpoint line; disconnected once the process has exited.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl NodeProcess {
@@ -85,6 +89,7 @@ impl NodeProcess {
             peer_addr,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
+            stdout: rx,
         })
     }
 
@@ -192,6 +197,23 @@ impl NodeProcess {
             .ok_or_else(|| anyhow!("malformed VmHWM line"))?
             .parse()?;
         Ok(kib * 1024)
+    }
+
+    /// Waits for the process to exit on its own (its stdout closes), at most
+    /// [`NODE_EXIT_TIMEOUT`]; returns its exit code (-1 if a signal ended it).
+    pub fn wait_exit(&mut self) -> anyhow::Result<i32> {
+        let deadline = std::time::Instant::now() + NODE_EXIT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("node did not exit within {NODE_EXIT_TIMEOUT:?}")
+                }
+            }
+        }
+        Ok(self.child.wait()?.code().unwrap_or(-1))
     }
 
     pub fn stderr(&self) -> String {

@@ -147,6 +147,12 @@ fn sync_filesystem(_dir: &File) -> io::Result<()> {
 }
 
 impl ChunkStore {
+    /// Bytes free to an unprivileged writer on the filesystem of the store's directory.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     /// Opens (creating if needed) the store at `dir` and removes temp files left by a crash.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();

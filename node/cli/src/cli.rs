@@ -307,6 +307,24 @@ async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
         cluster.nodes.len(),
         data_dir.display()
     );
-    shutdown_signal().await;
-    cluster.stop().await
+    // A node whose consensus stopped on a fault has stopped serving; the cluster stops with it
+    // and the command fails with the cause, rather than run on with a dead node.
+    let nodes = cluster.nodes.clone();
+    let fault = async move {
+        let watches = nodes.iter().map(|node| {
+            Box::pin(async move { (node.node_id(), node.raft.stopped_by_fault().await) })
+        });
+        futures::future::select_all(watches).await.0
+    };
+    tokio::select! {
+        () = shutdown_signal() => cluster.stop().await,
+        (id, why) = fault => {
+            let _ = cluster.stop().await;
+            anyhow::bail!(
+                "node {id} stopped: its consensus stopped ({why}); the local cluster is stopped \
+                 too; fix the cause (a full or failing disk under {}?) and run `up` again",
+                data_dir.display()
+            )
+        }
+    }
 }

@@ -14,6 +14,9 @@ use quiver_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+/// `--disk-reserve-bytes` of `up`'s nodes (and `serve`'s default).
+pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 512 << 20;
+
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ServeArgs {
     /// Where the Raft log, the state and the chunk store live.
@@ -62,6 +65,11 @@ pub(crate) struct ServeArgs {
     /// Let `quiver cluster drill failover --mode kill` abort this process.
     #[arg(long)]
     enable_crash_drills: bool,
+    /// Free space of the data disk that uploads must leave for the Raft log and the state
+    /// (e.g. 512MiB, 2GiB; 0 turns the check off). Below it uploads are refused with an error
+    /// that says so; reads and metadata changes go on.
+    #[arg(long, default_value = "512MiB", value_parser = quiver_client::cli::parse_size)]
+    disk_reserve_bytes: u64,
 }
 
 /// A cluster of nodes in this process, on loopback: what `up` runs, and
@@ -111,6 +119,7 @@ impl LocalCluster {
                 heartbeat_ms: quiver_raft::HEARTBEAT_INTERVAL_MS,
                 // Nodes of `up` share one process: a crash would take all down.
                 enable_crash_drills: false,
+                disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
             };
             let (node, api) = start_node(args).await?;
             if i == 1 {
@@ -262,6 +271,7 @@ pub(crate) async fn start_node(
             snapshot_every: args.snapshot_every,
             heartbeat_ms: args.heartbeat_ms,
             crash_drills: args.enable_crash_drills,
+            disk_reserve_bytes: args.disk_reserve_bytes,
         },
         peer,
     )

@@ -25,6 +25,12 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn contains(&self, hash: &Hash) -> bool;
     /// Removes the chunk (a corrupt copy, before a good one replaces it); absent is fine.
     fn remove(&self, hash: &Hash) -> Result<(), StoreError>;
+    /// Bytes free (to an unprivileged writer) on the disk the store writes to, so that the
+    /// node can keep a reserve for its log and state; `None` when the store cannot tell (the
+    /// default).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
     /// The chunk's bytes as stored, NOT verified. Only for the simulator's planted bug
     /// `skip-chunk-verify` (quiver-node's `PlantedBugs`); production code never calls it. The
     /// default verifies anyway (`get`): a store that can hand out rotten bytes overrides it.
@@ -35,6 +41,10 @@ pub trait ChunkSource: Send + Sync + 'static {
 }
 
 impl ChunkSource for ChunkStore {
+    fn free_bytes(&self) -> Option<u64> {
+        ChunkStore::free_bytes(self).ok()
+    }
+
     fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
         ChunkStore::get(self, hash)
     }
