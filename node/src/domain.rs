@@ -269,12 +269,24 @@ pub fn validate_name(field: &str, value: &str) -> DomainResult<()> {
         return Err(DomainError::invalid(
             field,
             format!(
-                "{value:?} is not a valid name: use 1-{NAME_BYTES_MAX} characters of a-z, 0-9, '-', '_', '.', \
-                 starting with a letter or digit"
+                "{} is not a valid name: use 1-{NAME_BYTES_MAX} characters of a-z, 0-9, '-', '_', '.', \
+                 starting with a letter or digit",
+                shown(value)
             ),
         ));
     }
     Ok(())
+}
+
+/// `value` quoted for an error message: whole if short, else its start and its length.
+pub fn shown(value: &str) -> String {
+    const SHOWN_CHARS_MAX: usize = 80;
+    if value.chars().count() <= SHOWN_CHARS_MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(SHOWN_CHARS_MAX).collect();
+        format!("{head:?}… ({} bytes)", value.len())
+    }
 }
 
 fn validate_text(field: &str, value: &str, bytes_max: usize) -> DomainResult<()> {

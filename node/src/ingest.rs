@@ -179,6 +179,13 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
         }
         manifest.validate().map_err(|e| bad_upload(e.to_string()))?;
         let root = manifest.root().to_hex();
+        if let Some(bad) = client_root.filter(|r| !r.is_empty() && !is_root_hex(r)) {
+            let shown: String = bad.chars().take(80).collect();
+            return Err(bad_upload(format!(
+                "manifest_root {shown:?} is not a manifest root (64 lowercase hex digits, the \
+                 blake3 root the client computed); send the root, or leave it empty"
+            )));
+        }
         if let Some(client_root) = client_root.filter(|r| !r.is_empty() && *r != root) {
             return Err(NodeError::DataLoss(format!(
                 "upload rejected, nothing registered: the client computed manifest root \
@@ -206,6 +213,14 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
 }
 
 /// An upload refused for what it sent; nothing is registered.
+/// Whether `text` has the form of a manifest root: 64 lowercase hex digits.
+fn is_root_hex(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub(crate) fn bad_upload(message: impl Into<String>) -> NodeError {
     NodeError::Invalid(format!(
         "upload rejected, nothing registered: {}",

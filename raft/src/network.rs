@@ -29,6 +29,13 @@ pub const PEER_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between attempts to reach an unreachable peer.
 pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Most bytes of entries one AppendEntries carries (a single larger entry goes alone).
+/// openraft 0.9 gives every AppendEntries one heartbeat to be answered, so a batch must be
+/// encoded, sent, decoded and made durable on the follower well within it: a new leader that
+/// sent a backlog of large entries in one message would time out on every retry and never
+/// replicate again.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 512 << 10;
+
 /// A snapshot chunk's metadata; the chunk's bytes travel beside it, not in the JSON.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotChunkHeader {
@@ -129,9 +136,11 @@ impl<A: App> RaftNetwork<TypeConfig<A>> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let json = self.encode("AppendEntries", &rpc)?;
-        if json.len() > crate::transport::PEER_MESSAGE_SIZE_MAX_BYTES / 2 && rpc.entries.len() > 1 {
-            // Let openraft send fewer entries per RPC for a while.
-            let hint = (rpc.entries.len() / 2) as u64;
+        if json.len() > APPEND_ENTRIES_BYTES_MAX && rpc.entries.len() > 1 {
+            // Let openraft send fewer entries per RPC for a while: as many as fit, by their
+            // average size (at least one).
+            let fit = rpc.entries.len() * APPEND_ENTRIES_BYTES_MAX / json.len();
+            let hint = fit.clamp(1, rpc.entries.len() - 1) as u64;
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),
             ));

@@ -472,6 +472,59 @@ async fn a_node_with_a_damaged_log_refuses_to_start_and_rejoins_empty_losing_not
     cluster.shutdown().await;
 }
 
+/// A new leader whose followers lack a backlog of large entries (100 KB each, 4 MB in all, as
+/// commands a client padded to the limit would make) sends it in AppendEntries of at most
+/// `APPEND_ENTRIES_BYTES_MAX`: each is answered within the heartbeat that openraft allows it,
+/// where one message with the whole backlog timed out on every retry and the cluster stopped
+/// taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_replicates_a_backlog_of_large_entries_in_bounded_messages() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, no_tweak).await;
+    let leader = cluster.leader().await;
+    let behind = cluster.followers(leader)[0];
+    let addr = cluster.addrs[&behind].clone();
+    cluster.stop(behind).await;
+    let big = "v".repeat(100_000);
+    for i in 0..40 {
+        cluster
+            .node(leader)
+            .write(KvCommand::Set {
+                key: key(i),
+                value: big.clone(),
+            })
+            .await
+            .expect("write a large entry");
+    }
+    // The follower comes back 40 entries behind; then the leader hands over to the other one,
+    // which must send it the backlog.
+    let listener = TcpListener::bind(&addr).await.expect("rebind");
+    let node = RaftNode::start_with_listener(cluster.config(behind, &addr, None), listener)
+        .await
+        .expect("restart the follower");
+    cluster.nodes.insert(behind, node);
+    let other = cluster
+        .followers(leader)
+        .into_iter()
+        .find(|id| *id != behind)
+        .expect("a third node");
+    cluster
+        .node(leader)
+        .transfer_leadership(Some(other))
+        .await
+        .expect("hand over");
+    cluster
+        .node(behind)
+        .write(set(40))
+        .await
+        .expect("a write through the follower that was behind");
+    for node in cluster.nodes.values() {
+        let pairs = read_all(node).await;
+        assert_eq!(pairs.len(), 41, "node {}", node.node_id());
+    }
+    cluster.shutdown().await;
+}
+
 fn small_snapshots(cfg: &mut RaftNodeConfig) {
     cfg.snapshot_logs_since_last = 20;
     cfg.logs_to_keep_after_snapshot = 5;

@@ -41,8 +41,24 @@ pub fn actor_of<T>(request: &Request<T>) -> Result<Actor, Status> {
     })
 }
 
+/// Longest status message sent: a bad value is named, not echoed whole (a long message also
+/// travels in a response header, where it can break the client's connection).
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+
+/// `message`, cut at a character boundary to [`STATUS_MESSAGE_BYTES_MAX`] bytes.
+pub fn bounded(message: String) -> String {
+    if message.len() <= STATUS_MESSAGE_BYTES_MAX {
+        return message;
+    }
+    let mut end = STATUS_MESSAGE_BYTES_MAX - 16;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &message[..end])
+}
+
 pub fn status_from_domain(e: &DomainError) -> Status {
-    let message = e.to_string();
+    let message = bounded(e.to_string());
     match e {
         DomainError::ModelNotFound { .. }
         | DomainError::VersionNotFound { .. }
@@ -60,7 +76,7 @@ pub fn status_from_domain(e: &DomainError) -> Status {
 
 /// The one place a core error becomes a gRPC status.
 pub fn status_from_node(e: &NodeError) -> Status {
-    let message = e.to_string();
+    let message = bounded(e.to_string());
     match e {
         NodeError::Rejected(d) => status_from_domain(d),
         NodeError::Invalid(_) => Status::invalid_argument(message),
@@ -95,10 +111,34 @@ pub fn consistency(raw: i32) -> Consistency {
 pub fn parse_reference(text: &str) -> Result<VersionRef, Status> {
     let reference = text
         .parse::<Reference>()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(|e| Status::invalid_argument(bounded(e.to_string())))?;
     convert::reference_from_client(reference).map_err(invalid)
 }
 
 pub fn invalid(e: DomainError) -> Status {
     status_from_domain(&e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary_and_short_ones_kept() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = "é".repeat(STATUS_MESSAGE_BYTES_MAX);
+        let cut = bounded(long);
+        assert!(cut.len() <= STATUS_MESSAGE_BYTES_MAX, "{}", cut.len());
+        assert!(cut.ends_with("… (cut)"));
+        let status = status_from_domain(&DomainError::invalid("model", "x".repeat(100_000)));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().len() <= STATUS_MESSAGE_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_bad_name_is_shown_by_its_start_and_length_not_whole() {
+        let e = crate::domain::validate_name("model", &"a".repeat(100_000)).unwrap_err();
+        let text = e.to_string();
+        assert!(text.len() < 400 && text.contains("(100000 bytes)"), "{text}");
+    }
 }

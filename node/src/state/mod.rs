@@ -67,6 +67,12 @@ impl RegistryApp {
         self.skip_name_validation
             .store(planted, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// Whether the planted bug has the state take names on trust.
+    pub(crate) fn names_on_trust(&self) -> bool {
+        self.skip_name_validation
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl quiver_raft::App for RegistryApp {

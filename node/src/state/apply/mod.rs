@@ -40,10 +40,7 @@ impl RegistryApp {
         };
         // A model name is the first key every handler builds; LMDB refuses an empty or over-long
         // key with an error that would stop Raft on every node, so a bad one is a rejection here.
-        let planted = self
-            .skip_name_validation
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(model) = cmd.op.model_name().filter(|_| !planted) {
+        if let Some(model) = cmd.op.model_name().filter(|_| !self.names_on_trust()) {
             domain::validate_name("model", model)?;
         }
         match &cmd.op {

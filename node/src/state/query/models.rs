@@ -6,13 +6,19 @@ use heed::RoTxn;
 
 use super::{page_size, tag_filter, tags_match};
 use crate::domain::{
-    stage_label, Alias, DomainError, Model, Stage, Version, VersionRef, VersionSelector,
+    stage_label, validate_name, Alias, DomainError, Model, Stage, Version, VersionRef,
+    VersionSelector,
 };
 use crate::state::tables::{decode, key2, version_key};
 use crate::state::{AppResult, RegistryApp};
 
 impl RegistryApp {
     pub fn get_model(&self, rtxn: &RoTxn<'_>, name: &str) -> AppResult<Model> {
+        // A name no model can have is refused before it reaches LMDB, which cannot look up an
+        // empty or over-long key (unless the test-only plant turns the name checks off).
+        if !self.names_on_trust() {
+            validate_name("model", name)?;
+        }
         match self.tables.models.get(rtxn, name.as_bytes())? {
             Some(bytes) => decode("model", bytes),
             None => Err(DomainError::ModelNotFound { name: name.into() }.into()),
@@ -160,6 +166,10 @@ impl RegistryApp {
     }
 
     pub fn get_alias(&self, rtxn: &RoTxn<'_>, model: &str, alias: &str) -> AppResult<Alias> {
+        if !self.names_on_trust() {
+            validate_name("model", model)?;
+            validate_name("alias", alias)?;
+        }
         match self
             .tables
             .aliases

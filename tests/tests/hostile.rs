@@ -1,0 +1,709 @@
+//! Every RPC of the public API, called on a real three-node cluster with hostile fields (empty,
+//! over-long, NUL, path-like, `C:`-style, unicode, format strings, extreme numbers, unknown enum
+//! values, out-of-order upload streams) through the raw gRPC clients, so that nothing the SDK or
+//! the CLI checks first stands in the way. Each call answers with a result or a clear error (a
+//! status a client can act on, with a short message); afterwards every node still accepts a
+//! write and all state digests are equal.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use quiver_client::proto::admin_client::AdminClient;
+use quiver_client::proto::lifecycle_client::LifecycleClient;
+use quiver_client::proto::models_client::ModelsClient;
+use quiver_client::proto::upload_message::Kind;
+use quiver_client::proto::versions_client::VersionsClient;
+use quiver_client::proto::{
+    CreateModelRequest, DeleteAliasRequest, DownloadRequest, FileStart, GetAliasRequest,
+    GetModelRequest, GetVersionRequest, ListModelsRequest, ListVersionsRequest, NodeStatusRequest,
+    RemoveNodeRequest, SetAliasRequest, SetStageRequest, SetVersionTagsRequest, StepDownRequest,
+    UpdateModelRequest, UploadCommit, UploadHeader, UploadMessage, VersionMetadata,
+};
+use quiver_tests::{quiver, NodeProcess};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
+const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
+
+/// Longest error message a client should have to read: a bad value is named, not echoed whole.
+const MESSAGE_BYTES_MAX: usize = 1024;
+/// How long the nodes have to agree on their state after the storm.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn hostile_strings() -> Vec<String> {
+    vec![
+        String::new(),
+        " ".into(),
+        "a".repeat(100_000),
+        "bad\0name".into(),
+        "../../etc/passwd".into(),
+        "/absolute/path".into(),
+        "C:\\Windows\\System32".into(),
+        "модель-🚀".into(),
+        "\u{202e}gnp.exe".into(),
+        "%s%n%x".into(),
+        "reco/1".into(),
+        "reco@champion".into(),
+        "reco:production".into(),
+        "reco/18446744073709551615".into(),
+        "reco".into(),
+    ]
+}
+
+const HOSTILE_U64: [u64; 4] = [0, 1, u64::MAX, 1 << 63];
+const HOSTILE_ENUM: [i32; 4] = [-1, 0, 99, i32::MAX];
+
+/// What the calls answered that no client can act on.
+#[derive(Default)]
+struct Verdicts {
+    calls: usize,
+    problems: Vec<String>,
+}
+
+impl Verdicts {
+    fn judge<T>(&mut self, what: &str, answer: Result<T, Status>) {
+        self.calls += 1;
+        let Err(status) = answer else { return };
+        let unclear = matches!(
+            status.code(),
+            Code::Internal | Code::Unknown | Code::Unimplemented | Code::DataLoss | Code::Cancelled
+        );
+        let what: String = what.chars().take(120).collect();
+        if unclear {
+            self.problems.push(format!(
+                "{what}: {:?}: {}",
+                status.code(),
+                short(status.message())
+            ));
+        } else if status.message().trim().is_empty() {
+            self.problems
+                .push(format!("{what}: {:?} without a message", status.code()));
+        } else if status.message().len() > MESSAGE_BYTES_MAX {
+            self.problems.push(format!(
+                "{what}: a {} byte message: {}",
+                status.message().len(),
+                short(status.message())
+            ));
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    let head: String = s.chars().take(200).collect();
+    if head.len() < s.len() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+fn label(s: &str) -> String {
+    format!("{:?}", s.chars().take(24).collect::<String>())
+}
+
+fn start_cluster(dir: &Path) -> Vec<NodeProcess> {
+    let founder_dir = dir.join("node-1");
+    let d = founder_dir.display().to_string();
+    let founder = NodeProcess::spawn(
+        NODE,
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", &d],
+        &founder_dir,
+    )
+    .expect("start node 1");
+    let peer = founder.peer_addr.clone().expect("serve prints its peer");
+    let mut nodes = vec![founder];
+    for id in 2..=3u64 {
+        let node = NodeProcess::join(
+            NODE,
+            &founder_dir,
+            &peer,
+            id,
+            &dir.join(format!("node-{id}")),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("start node {id}: {e:#}"));
+        nodes.push(node);
+    }
+    nodes
+}
+
+struct Clients {
+    models: ModelsClient<Channel>,
+    versions: VersionsClient<Channel>,
+    lifecycle: LifecycleClient<Channel>,
+    admin: AdminClient<Channel>,
+}
+
+async fn clients(endpoint: &str) -> Clients {
+    let channel = Channel::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    Clients {
+        models: ModelsClient::new(channel.clone()).max_decoding_message_size(64 << 20),
+        versions: VersionsClient::new(channel.clone()),
+        lifecycle: LifecycleClient::new(channel.clone()),
+        admin: AdminClient::new(channel),
+    }
+}
+
+fn upload(messages: Vec<Kind>) -> impl tonic::IntoStreamingRequest<Message = UploadMessage> {
+    futures::stream::iter(
+        messages
+            .into_iter()
+            .map(|kind| UploadMessage { kind: Some(kind) })
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn header(model: &str) -> Kind {
+    Kind::Header(UploadHeader {
+        model: model.to_string(),
+        metadata: Some(VersionMetadata {
+            data_snapshot_id: "snap-1".into(),
+            code_commit: "abc".into(),
+            pipeline_run_id: "run-1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn file(path: &str, size_bytes: u64) -> Kind {
+    Kind::File(FileStart {
+        path: path.to_string(),
+        size_bytes,
+        mode: 0o644,
+    })
+}
+
+/// Every RPC with every hostile value in each of its fields in turn, through node `c`.
+async fn storm(c: &mut Clients, v: &mut Verdicts) {
+    for s in hostile_strings() {
+        let l = label(&s);
+        let map = HashMap::from([(s.clone(), s.clone())]);
+        for (field, req) in [
+            (
+                "name",
+                CreateModelRequest {
+                    name: s.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "namespace",
+                CreateModelRequest {
+                    name: "hostile-ns".into(),
+                    namespace: s.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "description",
+                CreateModelRequest {
+                    name: "hostile-desc".into(),
+                    description: s.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "tags",
+                CreateModelRequest {
+                    name: "hostile-tags".into(),
+                    tags: map.clone(),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            v.judge(
+                &format!("CreateModel {field}={l}"),
+                c.models.create_model(req).await,
+            );
+        }
+        v.judge(
+            &format!("GetModel {l}"),
+            c.models
+                .get_model(GetModelRequest {
+                    name: s.clone(),
+                    consistency: 0,
+                })
+                .await,
+        );
+        v.judge(
+            &format!("ListModels {l}"),
+            c.models
+                .list_models(ListModelsRequest {
+                    name_prefix: s.clone(),
+                    tag: s.clone(),
+                    page_size: u32::MAX,
+                    page_token: s.clone(),
+                    consistency: 0,
+                })
+                .await,
+        );
+        for (field, req) in [
+            (
+                "name",
+                UpdateModelRequest {
+                    name: s.clone(),
+                    description: Some("x".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "description",
+                UpdateModelRequest {
+                    name: "reco".into(),
+                    description: Some(s.clone()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "set_tags",
+                UpdateModelRequest {
+                    name: "reco".into(),
+                    set_tags: map.clone(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "remove_tags",
+                UpdateModelRequest {
+                    name: "reco".into(),
+                    remove_tags: vec![s.clone()],
+                    ..Default::default()
+                },
+            ),
+        ] {
+            v.judge(
+                &format!("UpdateModel {field}={l}"),
+                c.models.update_model(req).await,
+            );
+        }
+        v.judge(
+            &format!("GetVersion {l}"),
+            c.versions
+                .get_version(GetVersionRequest {
+                    reference: s.clone(),
+                    consistency: 0,
+                })
+                .await,
+        );
+        v.judge(
+            &format!("ListVersions {l}"),
+            c.versions
+                .list_versions(ListVersionsRequest {
+                    model: s.clone(),
+                    tag: s.clone(),
+                    page_token: s.clone(),
+                    page_size: u32::MAX,
+                    ..Default::default()
+                })
+                .await,
+        );
+        let download = c
+            .versions
+            .download_version(DownloadRequest {
+                reference: s.clone(),
+            })
+            .await;
+        match download {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(e) => {
+                            v.judge::<()>(&format!("DownloadVersion {l} (stream)"), Err(e));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => v.judge::<()>(&format!("DownloadVersion {l}"), Err(e)),
+        }
+        for (field, req) in [
+            (
+                "reference",
+                SetStageRequest {
+                    reference: s.clone(),
+                    stage: 2,
+                    reason: "r".into(),
+                },
+            ),
+            (
+                "reason",
+                SetStageRequest {
+                    reference: "reco/1".into(),
+                    stage: 2,
+                    reason: s.clone(),
+                },
+            ),
+        ] {
+            v.judge(
+                &format!("SetStage {field}={l}"),
+                c.lifecycle.set_stage(req).await,
+            );
+        }
+        for (field, req) in [
+            (
+                "model",
+                SetAliasRequest {
+                    model: s.clone(),
+                    alias: "champion".into(),
+                    version: 1,
+                },
+            ),
+            (
+                "alias",
+                SetAliasRequest {
+                    model: "reco".into(),
+                    alias: s.clone(),
+                    version: 1,
+                },
+            ),
+        ] {
+            v.judge(
+                &format!("SetAlias {field}={l}"),
+                c.lifecycle.set_alias(req).await,
+            );
+        }
+        v.judge(
+            &format!("GetAlias {l}"),
+            c.lifecycle
+                .get_alias(GetAliasRequest {
+                    model: s.clone(),
+                    alias: s.clone(),
+                    consistency: 0,
+                })
+                .await,
+        );
+        v.judge(
+            &format!("DeleteAlias model={l}"),
+            c.lifecycle
+                .delete_alias(DeleteAliasRequest {
+                    model: s.clone(),
+                    alias: "x".into(),
+                })
+                .await,
+        );
+        v.judge(
+            &format!("DeleteAlias alias={l}"),
+            c.lifecycle
+                .delete_alias(DeleteAliasRequest {
+                    model: "reco".into(),
+                    alias: s.clone(),
+                })
+                .await,
+        );
+        for (field, req) in [
+            (
+                "reference",
+                SetVersionTagsRequest {
+                    reference: s.clone(),
+                    set_tags: HashMap::from([("k".into(), "v".into())]),
+                    remove_tags: vec![],
+                },
+            ),
+            (
+                "set_tags",
+                SetVersionTagsRequest {
+                    reference: "reco/1".into(),
+                    set_tags: map.clone(),
+                    remove_tags: vec![],
+                },
+            ),
+            (
+                "remove_tags",
+                SetVersionTagsRequest {
+                    reference: "reco/1".into(),
+                    set_tags: HashMap::new(),
+                    remove_tags: vec![s.clone()],
+                },
+            ),
+        ] {
+            v.judge(
+                &format!("SetVersionTags {field}={l}"),
+                c.lifecycle.set_version_tags(req).await,
+            );
+        }
+        // Uploads: a hostile model, path, and client root.
+        v.judge(
+            &format!("RegisterVersion model={l}"),
+            c.versions
+                .register_version(upload(vec![
+                    header(&s),
+                    file("w.bin", 3),
+                    Kind::Data(b"abc".to_vec()),
+                    Kind::Commit(UploadCommit::default()),
+                ]))
+                .await,
+        );
+        v.judge(
+            &format!("RegisterVersion path={l}"),
+            c.versions
+                .register_version(upload(vec![
+                    header("reco"),
+                    file(&s, 3),
+                    Kind::Data(b"abc".to_vec()),
+                    Kind::Commit(UploadCommit::default()),
+                ]))
+                .await,
+        );
+        v.judge(
+            &format!("RegisterVersion root={l}"),
+            c.versions
+                .register_version(upload(vec![
+                    header("reco"),
+                    file("w.bin", 3),
+                    Kind::Data(b"abc".to_vec()),
+                    Kind::Commit(UploadCommit {
+                        manifest_root: s.clone(),
+                    }),
+                ]))
+                .await,
+        );
+    }
+    for n in HOSTILE_U64 {
+        v.judge(
+            &format!("SetAlias version={n}"),
+            c.lifecycle
+                .set_alias(SetAliasRequest {
+                    model: "reco".into(),
+                    alias: "champion".into(),
+                    version: n,
+                })
+                .await,
+        );
+        v.judge(
+            &format!("RemoveNode {n}"),
+            c.admin
+                .remove_node(RemoveNodeRequest { node_id: n.max(4) })
+                .await,
+        );
+        v.judge(
+            &format!("RegisterVersion size={n}"),
+            c.versions
+                .register_version(upload(vec![
+                    header("reco"),
+                    file("w.bin", n),
+                    Kind::Data(b"abc".to_vec()),
+                    Kind::Commit(UploadCommit::default()),
+                ]))
+                .await,
+        );
+    }
+    for e in HOSTILE_ENUM {
+        v.judge(
+            &format!("CreateModel risk_tier={e}"),
+            c.models
+                .create_model(CreateModelRequest {
+                    name: "hostile-tier".into(),
+                    risk_tier: e,
+                    ..Default::default()
+                })
+                .await,
+        );
+        v.judge(
+            &format!("GetModel consistency={e}"),
+            c.models
+                .get_model(GetModelRequest {
+                    name: "reco".into(),
+                    consistency: e,
+                })
+                .await,
+        );
+        v.judge(
+            &format!("ListVersions stage={e}"),
+            c.versions
+                .list_versions(ListVersionsRequest {
+                    model: "reco".into(),
+                    stage: e,
+                    ..Default::default()
+                })
+                .await,
+        );
+        v.judge(
+            &format!("SetStage stage={e}"),
+            c.lifecycle
+                .set_stage(SetStageRequest {
+                    reference: "reco/1".into(),
+                    stage: e,
+                    reason: "r".into(),
+                })
+                .await,
+        );
+    }
+    // Streams out of order, empty, or repeated.
+    for (what, messages) in [
+        ("empty upload", vec![]),
+        (
+            "data before the header",
+            vec![Kind::Data(b"abc".to_vec()), header("reco")],
+        ),
+        ("two headers", vec![header("reco"), header("reco")]),
+        (
+            "commit without files",
+            vec![header("reco"), Kind::Commit(UploadCommit::default())],
+        ),
+        (
+            "data without a file",
+            vec![
+                header("reco"),
+                Kind::Data(b"abc".to_vec()),
+                Kind::Commit(UploadCommit::default()),
+            ],
+        ),
+        (
+            "more bytes than declared",
+            vec![
+                header("reco"),
+                file("w.bin", 1),
+                Kind::Data(b"abc".to_vec()),
+                Kind::Commit(UploadCommit::default()),
+            ],
+        ),
+        (
+            "the same path twice",
+            vec![
+                header("reco"),
+                file("w.bin", 1),
+                Kind::Data(b"a".to_vec()),
+                file("w.bin", 1),
+                Kind::Data(b"b".to_vec()),
+                Kind::Commit(UploadCommit::default()),
+            ],
+        ),
+        (
+            "no commit",
+            vec![
+                header("reco"),
+                file("w.bin", 3),
+                Kind::Data(b"abc".to_vec()),
+            ],
+        ),
+    ] {
+        v.judge(
+            &format!("RegisterVersion {what}"),
+            c.versions.register_version(upload(messages)).await,
+        );
+    }
+    // An actor header no one can be.
+    let mut request = Request::new(CreateModelRequest {
+        name: "hostile-actor".into(),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-quiver-actor", "a".repeat(4096).parse().expect("ascii"));
+    v.judge(
+        "CreateModel with a 4 KiB actor",
+        c.models.create_model(request).await,
+    );
+    v.judge(
+        "Crash (drills off)",
+        c.admin.crash(quiver_client::proto::CrashRequest {}).await,
+    );
+    v.judge(
+        "NodeStatus",
+        c.admin.node_status(NodeStatusRequest {}).await,
+    );
+    v.judge(
+        "ClusterStatus",
+        c.admin
+            .cluster_status(quiver_client::proto::ClusterStatusRequest {})
+            .await,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_hostile_fields_clearly_and_the_cluster_keeps_working() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path());
+    let ep = nodes[0].endpoint.clone();
+    quiver(CLI, &ep, &["model", "create", "reco"]).ok();
+    let weights = dir.path().join("weights.bin");
+    std::fs::write(&weights, b"weights").expect("artifact");
+    let w = weights.display().to_string();
+    quiver(
+        CLI,
+        &ep,
+        &[
+            "version",
+            "register",
+            "reco",
+            "--artifact",
+            &w,
+            "--data-snapshot",
+            "s",
+            "--code-commit",
+            "c",
+            "--run-id",
+            "r",
+        ],
+    )
+    .ok();
+
+    let mut verdicts = Verdicts::default();
+    for node in &nodes {
+        let mut c = clients(&node.endpoint).await;
+        storm(&mut c, &mut verdicts).await;
+    }
+    let mut c = clients(&nodes[1].endpoint).await;
+    // A leadership change after the storm: the new leader must bring the followers its log,
+    // including the large rejected commands the storm left in it.
+    verdicts.judge("StepDown", c.admin.step_down(StepDownRequest {}).await);
+    assert!(verdicts.calls > 500, "{} calls", verdicts.calls);
+    assert!(
+        verdicts.problems.is_empty(),
+        "{} of {} calls answered unclearly:\n{}",
+        verdicts.problems.len(),
+        verdicts.calls,
+        verdicts.problems.join("\n")
+    );
+
+    // Every node still takes a write (through a new leader, after the step-down).
+    for (i, node) in nodes.iter().enumerate() {
+        let run = quiver(
+            CLI,
+            &node.endpoint,
+            &["model", "create", &format!("after-{i}")],
+        );
+        if run.status != 0 {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("--- {}:\n{}", n.endpoint, n.stderr()))
+                .collect();
+            panic!(
+                "a write through node {} failed: {}\n{}",
+                i + 1,
+                run.stderr,
+                logs.join("\n")
+            );
+        }
+    }
+    // And all state digests agree once every node has applied everything.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let mut seen = Vec::new();
+        for node in &nodes {
+            let status = clients(&node.endpoint)
+                .await
+                .admin
+                .node_status(NodeStatusRequest {})
+                .await
+                .expect("node status")
+                .into_inner();
+            seen.push((status.last_applied_index, status.state_digest));
+        }
+        if seen.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no agreement: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
