@@ -783,14 +783,19 @@ impl<A: App> RaftNode<A> {
 
     /// Resolves once this node's consensus has stopped on its own (a storage error it cannot
     /// get past, a panic of its core), with what stopped it; pending while it runs. A node in
-    /// that state answers nothing correctly any more: the caller stops serving.
+    /// that state answers nothing correctly any more: the caller stops serving. Looks every
+    /// [`FAULT_CHECK_INTERVAL`] rather than on every metrics change, which would wake it several
+    /// times per write.
     pub async fn stopped_by_fault(&self) -> String {
-        let mut rx = self.inner.raft.metrics();
+        let rx = self.inner.raft.metrics();
+        let mut every = tokio::time::interval(FAULT_CHECK_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Err(e) = &rx.borrow_and_update().running_state {
+            every.tick().await;
+            if let Err(e) = &rx.borrow().running_state {
                 return e.to_string();
             }
-            if rx.changed().await.is_err() {
+            if rx.has_changed().is_err() {
                 return "its Raft core task ended".to_string();
             }
         }
@@ -850,6 +855,9 @@ impl<A: App> RaftNode<A> {
         Ok(())
     }
 }
+
+/// How often [`RaftNode::stopped_by_fault`] looks at the Raft core.
+pub const FAULT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 pub(crate) enum RouteError {
     NoLeader,

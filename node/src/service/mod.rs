@@ -139,6 +139,9 @@ mod tests {
     fn a_bad_name_is_shown_by_its_start_and_length_not_whole() {
         let e = crate::domain::validate_name("model", &"a".repeat(100_000)).unwrap_err();
         let text = e.to_string();
-        assert!(text.len() < 400 && text.contains("(100000 bytes)"), "{text}");
+        assert!(
+            text.len() < 400 && text.contains("(100000 bytes)"),
+            "{text}"
+        );
     }
 }
