@@ -277,6 +277,42 @@ pub fn quiver(cli_bin: &str, endpoint: &str, args: &[&str]) -> CliRun {
     }
 }
 
+/// `quiver version register MODEL --artifact FILE…` with placeholder lineage (snapshot `snap-1`,
+/// commit `abc`, run `run-1`), as the tests register versions.
+pub fn register_version(cli_bin: &str, endpoint: &str, model: &str, artifacts: &[&Path]) -> CliRun {
+    let paths: Vec<String> = artifacts.iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec!["version", "register", model];
+    for path in &paths {
+        args.extend(["--artifact", path.as_str()]);
+    }
+    args.extend([
+        "--data-snapshot",
+        "snap-1",
+        "--code-commit",
+        "abc",
+        "--run-id",
+        "run-1",
+    ]);
+    quiver(cli_bin, endpoint, &args)
+}
+
+/// `quiver version download REFERENCE --out OUT --no-nearest` through `endpoint`.
+pub fn download_version(cli_bin: &str, endpoint: &str, reference: &str, out: &Path) -> CliRun {
+    let o = out.display().to_string();
+    quiver(
+        cli_bin,
+        endpoint,
+        &[
+            "version",
+            "download",
+            reference,
+            "--out",
+            &o,
+            "--no-nearest",
+        ],
+    )
+}
+
 /// Writes `size_bytes` of seeded pseudo-random bytes to `path`, streaming.
 pub fn write_random_file(path: &Path, size_bytes: u64, seed: u64) -> anyhow::Result<()> {
     use std::io::Write;

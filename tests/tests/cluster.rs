@@ -168,20 +168,7 @@ fn register(ep: &str, model: &str, file: &Path) -> String {
 
 /// Registers `files` as one version (each an `--artifact`); the CLI's last line.
 fn register_files(ep: &str, model: &str, files: &[&Path]) -> String {
-    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    let mut args = vec!["version", "register", model];
-    for path in &paths {
-        args.extend(["--artifact", path.as_str()]);
-    }
-    args.extend([
-        "--data-snapshot",
-        "snap-1",
-        "--code-commit",
-        "abc",
-        "--run-id",
-        "run-1",
-    ]);
-    let out = quiver(CLI, ep, &args).ok();
+    let out = quiver_tests::register_version(CLI, ep, model, files).ok();
     out.stdout.lines().last().unwrap_or_default().to_string()
 }
 
@@ -193,19 +180,7 @@ fn small_config(dir: &Path) -> PathBuf {
 }
 
 fn download(ep: &str, reference: &str, out: &Path) -> quiver_tests::CliRun {
-    let o = out.display().to_string();
-    quiver(
-        CLI,
-        ep,
-        &[
-            "version",
-            "download",
-            reference,
-            "--out",
-            &o,
-            "--no-nearest",
-        ],
-    )
+    quiver_tests::download_version(CLI, ep, reference, out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

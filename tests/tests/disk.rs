@@ -74,24 +74,7 @@ fn serve(data_dir: &Path, reserve: &str) -> NodeProcess {
 }
 
 fn register(ep: &str, file: &Path) -> quiver_tests::CliRun {
-    let path = file.display().to_string();
-    quiver(
-        CLI,
-        ep,
-        &[
-            "version",
-            "register",
-            "reco",
-            "--artifact",
-            &path,
-            "--data-snapshot",
-            "snap-1",
-            "--code-commit",
-            "abc",
-            "--run-id",
-            "run-1",
-        ],
-    )
+    quiver_tests::register_version(CLI, ep, "reco", &[file])
 }
 
 /// Fills `path` with a file that leaves `leave_bytes` free on its filesystem.
@@ -166,20 +149,7 @@ fn uploads_stop_at_the_reserve_with_a_clear_error_lose_nothing_and_resume_once_s
     for (reference, hash) in &acked {
         let out = outside.path().join("download");
         let _ = std::fs::remove_dir_all(&out);
-        let o = out.display().to_string();
-        quiver(
-            CLI,
-            &ep,
-            &[
-                "version",
-                "download",
-                reference,
-                "--out",
-                &o,
-                "--no-nearest",
-            ],
-        )
-        .ok();
+        quiver_tests::download_version(CLI, &ep, reference, &out).ok();
         let got = downloaded_file(&out);
         assert_eq!(&hash_file(&got).expect("hash"), hash, "{reference}");
     }

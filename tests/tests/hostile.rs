@@ -628,25 +628,7 @@ async fn every_rpc_answers_hostile_fields_clearly_and_the_cluster_keeps_working(
     quiver(CLI, &ep, &["model", "create", "reco"]).ok();
     let weights = dir.path().join("weights.bin");
     std::fs::write(&weights, b"weights").expect("artifact");
-    let w = weights.display().to_string();
-    quiver(
-        CLI,
-        &ep,
-        &[
-            "version",
-            "register",
-            "reco",
-            "--artifact",
-            &w,
-            "--data-snapshot",
-            "s",
-            "--code-commit",
-            "c",
-            "--run-id",
-            "r",
-        ],
-    )
-    .ok();
+    quiver_tests::register_version(CLI, &ep, "reco", &[&weights]).ok();
 
     let mut verdicts = Verdicts::default();
     for node in &nodes {
