@@ -516,7 +516,16 @@ impl<A: App> RaftNode<A> {
                 "leadership not confirmed by a quorum within {:.1}s",
                 waited.as_secs_f64()
             ))),
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|l| l.index)),
+            Ok(Ok((read_log_id, _applied))) => {
+                // openraft's read log id is max(committed, this term's first entry). A leader
+                // restored at restart (openraft 0.9 restores a leader whose vote was committed)
+                // knows only the committed index its state machine kept, which may be below
+                // entries it had committed and acknowledged before it stopped: its own later
+                // entries of this term are the floor too. Every entry in a leader's log is
+                // committed by it in time, so waiting for them is safe.
+                let last = self.metrics().last_log_index;
+                Ok(read_log_id.map(|l| l.index).max(last))
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(WriteError::not_leader(f))
             }
