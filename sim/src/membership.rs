@@ -43,13 +43,10 @@ fn admin() -> Actor {
 /// Node `via` is asked to have the leader step down.
 pub fn step_down(cluster: &Arc<Cluster>, trace: &SharedTrace, via: NodeId) -> Option<Change> {
     let node = cluster.node(via)?;
-    let trace = trace.clone();
-    Some(tokio::spawn(async move {
-        match node.step_down().await {
-            Ok(leader) => trace.record(format!("step-down via n{via}: n{leader} leads")),
-            Err(e) => trace.record(format!("step-down via n{via} failed: {e}")),
-        }
-        None
+    Some(traced(trace, format!("step-down via n{via}"), async move {
+        node.step_down()
+            .await
+            .map(|leader| format!("n{leader} leads"))
     }))
 }
 
@@ -61,14 +58,32 @@ pub fn remove(
     victim: NodeId,
 ) -> Option<Change> {
     let node = cluster.node(via)?;
+    Some(traced(
+        trace,
+        format!("remove n{victim} via n{via}"),
+        async move {
+            node.remove_member(admin(), victim)
+                .await
+                .map(|()| "done".to_string())
+        },
+    ))
+}
+
+/// Runs `change` on a task of its own and traces how it ended; its failure under faults is an
+/// outcome, not a violation.
+fn traced(
+    trace: &SharedTrace,
+    what: String,
+    change: impl std::future::Future<Output = Result<String, NodeError>> + Send + 'static,
+) -> Change {
     let trace = trace.clone();
-    Some(tokio::spawn(async move {
-        match node.remove_member(admin(), victim).await {
-            Ok(()) => trace.record(format!("remove n{victim} via n{via}: done")),
-            Err(e) => trace.record(format!("remove n{victim} via n{via} failed: {e}")),
+    tokio::spawn(async move {
+        match change.await {
+            Ok(outcome) => trace.record(format!("{what}: {outcome}")),
+            Err(e) => trace.record(format!("{what} failed: {e}")),
         }
         None
-    }))
+    })
 }
 
 /// Once `removal` is over, node `id` asks the other nodes in turn to add it back, waiting while
