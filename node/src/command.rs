@@ -148,6 +148,71 @@ impl Op {
         }
     }
 
+    /// The checks that need no state: every name, text, tag, signature, metadata and manifest
+    /// field within its limits. A node runs them before proposing, so that a bad request never
+    /// reaches the log (and a field's size bounds the entry's), and apply runs them again
+    /// before any handler builds a key from a field.
+    pub fn check_fields(&self) -> Result<(), DomainError> {
+        use crate::domain::{
+            validate_description, validate_metadata, validate_name, validate_reason,
+            validate_signature, validate_tag_removals, validate_tags,
+        };
+        if let Some(model) = self.model_name() {
+            validate_name("model", model)?;
+        }
+        match self {
+            Op::CreateModel {
+                namespace,
+                description,
+                tags,
+                ..
+            } => {
+                validate_name("namespace", namespace)?;
+                validate_description(description)?;
+                validate_tags("tags", tags)
+            }
+            Op::UpdateModel {
+                description,
+                set_tags,
+                remove_tags,
+                ..
+            } => {
+                description
+                    .as_deref()
+                    .map_or(Ok(()), validate_description)?;
+                validate_tags("set_tags", set_tags)?;
+                validate_tag_removals("remove_tags", remove_tags)
+            }
+            Op::SetVersionTags {
+                set_tags,
+                remove_tags,
+                ..
+            } => {
+                validate_tags("set_tags", set_tags)?;
+                validate_tag_removals("remove_tags", remove_tags)
+            }
+            Op::CreateVersion {
+                manifest,
+                signature,
+                metadata,
+                tags,
+                ..
+            } => {
+                manifest
+                    .validate()
+                    .map_err(|e| DomainError::invalid("manifest", e.to_string()))?;
+                validate_signature(signature)?;
+                validate_metadata(metadata)?;
+                validate_tags("tags", tags)
+            }
+            Op::SetStage { reason, .. } => validate_reason(reason),
+            Op::SetAlias { alias, .. } | Op::DeleteAlias { alias, .. } => {
+                validate_name("alias", alias)
+            }
+            Op::SetVersionStatus { .. } | Op::UpsertNode(_) | Op::RemoveNode { .. } => Ok(()),
+        }
+    }
+
     /// Short name for logs and the audit log.
     pub fn kind(&self) -> &'static str {
         match self {

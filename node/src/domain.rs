@@ -329,6 +329,22 @@ pub fn validate_tags(field: &str, tags: &BTreeMap<String, String>) -> DomainResu
     Ok(())
 }
 
+/// Tag keys a change asks to remove: at most [`TAGS_MAX`] (no model or version holds more),
+/// each a key a tag could have.
+pub fn validate_tag_removals(field: &str, keys: &[String]) -> DomainResult<()> {
+    if keys.len() > TAGS_MAX {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "{} keys to remove is over the limit of {TAGS_MAX}",
+                keys.len()
+            ),
+        ));
+    }
+    keys.iter()
+        .try_for_each(|key| validate_key(field, key, TAG_KEY_BYTES_MAX))
+}
+
 pub fn validate_description(value: &str) -> DomainResult<()> {
     validate_text("description", value, DESCRIPTION_BYTES_MAX)
 }

@@ -51,6 +51,9 @@ pub enum NodeError {
     /// This node's data disk is under its free-space reserve: uploads wait for space.
     #[error("{0}")]
     DiskFull(String),
+    /// The node is at one of its limits on concurrent work (uploads): retry later.
+    #[error("{0}")]
+    Busy(String),
     /// A membership change named a node that is not a member.
     #[error("node {0} is not a member of the cluster")]
     NotMember(u64),
@@ -85,6 +88,7 @@ impl From<WriteError> for NodeError {
             WriteError::NoQuorum(m) => NodeError::NoQuorum(m),
             e @ WriteError::Unreachable { .. } => NodeError::Unreachable(e.to_string()),
             WriteError::Fatal(m) => NodeError::Fatal(m),
+            e @ WriteError::TooLarge { .. } => NodeError::Invalid(e.to_string()),
         }
     }
 }

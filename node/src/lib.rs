@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod tls;
+pub mod upload_slots;
 
 pub use env::Env;
 pub use error::NodeError;

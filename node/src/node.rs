@@ -27,6 +27,7 @@ use crate::replication::{
 };
 use crate::state::{AppResult, RegistryApp};
 use crate::tls::NodeCert;
+use crate::upload_slots::UploadSlots;
 
 /// How a node is started.
 #[derive(Clone, Debug)]
@@ -94,7 +95,8 @@ pub struct PlantedNodeBugs {
     /// state leaves them out of its repair loop (repair and scrub), as if an old record said
     /// they were whole, so what it lacked when it went down is never fetched.
     pub repair_skips_after_restart: bool,
-    /// PLANTED BUG `apply-skips-name-validation`: the state machine takes model names on trust,
+    /// PLANTED BUG `apply-skips-name-validation`: the state machine (and the proposing node,
+    /// whose field check would otherwise refuse them first) takes model names on trust,
     /// so a command with an empty one fails in apply with a storage error (see `RegistryApp`).
     pub apply_skips_name_validation: bool,
 }
@@ -113,6 +115,8 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     pub repair: RepairState,
     /// Downloads' fetches of chunks this node lacks, shared between downloads.
     pub read_throughs: ReadThroughs,
+    /// Uploads being received, bounded in all and per client.
+    pub uploads: UploadSlots,
     /// What the repair loop did since this node started.
     pub repair_totals: RepairTotals,
     /// Versions the repair loop leaves alone (only the planted `repair_skips_after_restart`
@@ -269,6 +273,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             background_pushes: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
             repair: RepairState::default(),
             read_throughs: ReadThroughs::default(),
+            uploads: UploadSlots::default(),
             repair_totals: RepairTotals::default(),
             repair_skipped,
             stop,
@@ -384,6 +389,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// command through any node keeps its time and request id, so a copy that reaches the log
     /// twice answers once.
     pub async fn propose_command(&self, mut command: Command) -> Result<Response, NodeError> {
+        // A request that fails a field check never reaches the log. (The planted bug that skips
+        // name validation skips it here too, so that its bad names do reach apply.)
+        if !self.core.planted_node.apply_skips_name_validation {
+            command.op.check_fields().map_err(NodeError::Rejected)?;
+        }
         if self.core.planted_node.forward_drops_request_id && !self.raft.is_leader() {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`): the forwarded copy is a new request.
             command.request_id = Some(self.ids.next_id());

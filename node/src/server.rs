@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use quiver_api::proto::{
@@ -24,6 +25,19 @@ pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// stream is not throttled by round trips at loopback or LAN speeds.
 const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Requests (HTTP/2 streams) one client connection may have open at once; the next is refused
+/// by HTTP/2 itself (REFUSED_STREAM) until one ends. Uploads have a tighter bound of their own
+/// (`upload_slots`).
+pub const API_STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// A connection idle this long is pinged, and closed if the ping is not answered within
+/// [`API_KEEPALIVE_TIMEOUT`]: a vanished client does not hold its streams forever.
+pub const API_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const API_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// An upload whose client sends nothing for this long is abandoned (`DEADLINE_EXCEEDED`).
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A download whose client reads nothing for this long is abandoned.
+pub const DOWNLOAD_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves the API on `listener` until `shutdown` resolves, then stops the
 /// node's Raft member.
@@ -53,6 +67,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_concurrent_streams(Some(API_STREAMS_PER_CONNECTION_MAX))
+        .http2_keepalive_interval(Some(API_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(API_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(API_KEEPALIVE_INTERVAL))
         .add_service(ModelsServer::new(ModelsService { node: node.clone() }))
         .add_service(versions)
         .add_service(LifecycleServer::new(LifecycleService {

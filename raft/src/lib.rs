@@ -71,13 +71,14 @@ use std::path::Path;
 pub use heed;
 pub use openraft;
 
+pub use batch::{BATCHES_IN_FLIGHT_MAX, BATCH_BYTES_MAX, COMMAND_BYTES_MAX, WRITE_BATCH_MAX};
 pub use cluster::{
     ClusterStatus, MemberStatus, MembershipError, JOIN_SETTLE_TIMEOUT, JOIN_TIMEOUT,
     LEADER_TRANSFER_TIMEOUT, MEMBERSHIP_CHANGE_TIMEOUT, STATUS_TIMEOUT,
 };
 pub use durability::{LogDisk, LogDiskHandle};
 pub use log_store::{LogOptions, LogStore, FILL_STEP_BYTES, SEGMENT_BYTES_TARGET_DEFAULT};
-pub use network::{PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
+pub use network::{APPEND_ENTRIES_BYTES_MAX, PEER_BACKOFF_MAX, PEER_BACKOFF_MIN};
 pub use node::{
     PlantedRaftBugs, RaftNode, RaftNodeConfig, ELECTION_TIMEOUT_MAX_MS, ELECTION_TIMEOUT_MIN_MS,
     HEARTBEAT_INTERVAL_MS, HEARTBEAT_MS_RANGE, INSTALL_SNAPSHOT_TIMEOUT_MS, LEADER_ATTEMPTS_MAX,

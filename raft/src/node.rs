@@ -406,6 +406,8 @@ impl<A: App> RaftNode<A> {
     /// retried after a leader change may be applied twice: commands should be idempotent or
     /// carry an id the app deduplicates.
     pub async fn write(&self, cmd: A::Command) -> Result<A::Response, WriteError> {
+        // Refused here too, so that an oversized command is not even forwarded.
+        crate::batch::check_command_size(&cmd)?;
         let started = Instant::now();
         let deadline = started + self.inner.write_timeout;
         let result = self
@@ -886,7 +888,9 @@ pub(crate) fn write_attempt(e: WriteError) -> Attempt<WriteError> {
         WriteError::NotLeader { .. } => Attempt::Retry(e.to_string()),
         // Quorum trouble may be a leader change in progress: try again until the deadline.
         WriteError::NoQuorum(m) => Attempt::Retry(m),
-        e @ (WriteError::Fatal(_) | WriteError::Unreachable { .. }) => Attempt::Final(e),
+        e @ (WriteError::Fatal(_)
+        | WriteError::Unreachable { .. }
+        | WriteError::TooLarge { .. }) => Attempt::Final(e),
     }
 }
 

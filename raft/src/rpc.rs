@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::NodeId;
 
 /// Why a write or a linearizable read could not be served here.
-#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WriteError {
     #[error("not the leader; leader is node {leader_id:?} at {leader_addr:?}")]
     NotLeader {
@@ -32,6 +32,13 @@ pub enum WriteError {
         addr: String,
         detail: String,
     },
+    /// The command is larger than [`crate::COMMAND_BYTES_MAX`] once encoded: it never enters
+    /// the log.
+    #[error(
+        "the command is {bytes} bytes once encoded, over the limit of {max} bytes per command: \
+         send less in one request (shorter fields, fewer tags, or a smaller manifest)"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }
 
 impl WriteError {

@@ -88,7 +88,7 @@ pub fn status_from_node(e: &NodeError) -> Status {
         | NodeError::TooFewCopies(_) => Status::unavailable(message),
         NodeError::Storage(_) | NodeError::Fatal(_) => Status::internal(message),
         NodeError::NotMember(_) => Status::not_found(message),
-        NodeError::DiskFull(_) => Status::resource_exhausted(message),
+        NodeError::DiskFull(_) | NodeError::Busy(_) => Status::resource_exhausted(message),
         NodeError::Membership(_) => Status::failed_precondition(message),
     }
 }

@@ -22,6 +22,7 @@ use crate::domain;
 use crate::download::{ChunkRead, DOWNLOAD_QUEUE_DEPTH};
 use crate::ingest::{bad_upload, FileStart, UploadHeader};
 use crate::node::{Consistency, Node};
+use crate::server::{DOWNLOAD_SEND_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
 
 pub struct VersionsService {
     pub node: Arc<Node>,
@@ -44,6 +45,21 @@ pub async fn version_view(
     Ok(version_to_proto(v, names))
 }
 
+/// The next message of an upload, or a refusal once the client has sent nothing for
+/// [`UPLOAD_IDLE_TIMEOUT`]: a stalled client does not hold its upload slot and buffers forever.
+async fn next_message(
+    stream: &mut Streaming<proto::UploadMessage>,
+) -> Result<Option<proto::UploadMessage>, Status> {
+    match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.message()).await {
+        Ok(message) => message,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the upload sent nothing for {}s and was abandoned; nothing was registered: send \
+             again",
+            UPLOAD_IDLE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl Versions for VersionsService {
     async fn register_version(
@@ -51,8 +67,16 @@ impl Versions for VersionsService {
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::ModelVersion>, Status> {
         let actor = actor_of(&request)?;
+        let client = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let _slot = self
+            .node
+            .uploads
+            .acquire(self.node.node_id(), &client)
+            .await?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream).await? {
             Some(proto::UploadMessage {
                 kind: Some(Kind::Header(h)),
             }) => h,
@@ -70,7 +94,7 @@ impl Versions for VersionsService {
         };
         let mut upload = self.node.begin_upload(header).await?;
         let mut commit = None;
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = next_message(&mut stream).await? {
             match message.kind {
                 Some(Kind::File(start)) => {
                     let start = FileStart {
@@ -206,8 +230,15 @@ impl Versions for VersionsService {
                     }
                 };
                 let failed = message.is_err();
-                if tx.send(message).await.is_err() || failed {
-                    return;
+                // A client that stops reading is let go after DOWNLOAD_SEND_TIMEOUT, so that
+                // it does not hold chunk reads and buffers forever.
+                match tokio::time::timeout(DOWNLOAD_SEND_TIMEOUT, tx.send(message)).await {
+                    Ok(Ok(())) if !failed => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::warn!(%subject, "download abandoned: the client read nothing for {}s", DOWNLOAD_SEND_TIMEOUT.as_secs());
+                        return;
+                    }
                 }
             }
         });

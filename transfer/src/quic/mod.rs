@@ -70,9 +70,20 @@ pub const HAVE_BATCH_MAX: usize = 1024;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Concurrent requests (bidirectional streams) a peer may have open on one connection.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 64;
-/// Concurrent connections a [`ChunkServer`] accepts; more are refused. Peers are cluster nodes;
-/// with the chosen send window (32 MiB) this bounds a server's send buffering to 2 GiB.
+/// Established connections a [`ChunkServer`] keeps at once, counted once their handshake (and
+/// the client's certificate) succeeded; one more is closed at once with
+/// [`CLOSE_AT_CONNECTION_LIMIT`]. Peers are cluster nodes; with the chosen send window (32 MiB)
+/// this bounds a server's send buffering to 2 GiB.
 pub const SERVER_CONNECTIONS_MAX: usize = 64;
+/// Handshakes a [`ChunkServer`] runs at once; beyond it a connection attempt is refused before
+/// any cryptography. Each is bounded by [`SERVER_HANDSHAKE_TIMEOUT`], and only attempts from a
+/// validated address (a stateless retry proves the client receives at the address it sends
+/// from) get this far, so spoofed or stalled attempts cannot hold the slots.
+pub const SERVER_HANDSHAKES_MAX: usize = 32;
+/// How long a [`ChunkServer`] gives one handshake.
+pub const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The QUIC application close code of a connection refused at [`SERVER_CONNECTIONS_MAX`].
+pub const CLOSE_AT_CONNECTION_LIMIT: u32 = 0x51;
 /// Connections a [`PeerClient`] keeps to each peer and spreads requests over. Two measured
 /// faster than one for bulk transfers (docs/decisions/0003); each costs a handshake and a
 /// connection's buffers on both sides.

@@ -1,8 +1,11 @@
 //! The chunk server: answers GET / HAVE / PUT on a quinn endpoint from a [`ChunkSource`].
 //!
 //! One task per connection, one per request stream. Every request is bounded in size (the wire
-//! checks) and in time ([`SERVER_REQUEST_TIMEOUT`]); connections are bounded by
-//! [`SERVER_CONNECTIONS_MAX`] and streams per connection by the transport's stream limit. Store
+//! checks) and in time ([`SERVER_REQUEST_TIMEOUT`]); a connection attempt from an address not yet
+//! validated is answered with a stateless retry; handshakes in progress are bounded by
+//! [`SERVER_HANDSHAKES_MAX`] and [`SERVER_HANDSHAKE_TIMEOUT`]; established connections by
+//! [`SERVER_CONNECTIONS_MAX`] (counted after the handshake), and streams per connection by the
+//! transport's stream limit. Store
 //! I/O runs in `spawn_blocking`.
 
 use std::net::SocketAddr;
@@ -10,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::config::{endpoint, server_config, TransportTuning};
@@ -18,7 +22,8 @@ use super::wire::{
     ResponseHeader, Status, REQUEST_HEADER_BYTES,
 };
 use super::{
-    ChunkSource, QuicTls, TransferError, SERVER_CONNECTIONS_MAX, SERVER_REQUEST_TIMEOUT,
+    ChunkSource, QuicTls, TransferError, CLOSE_AT_CONNECTION_LIMIT, SERVER_CONNECTIONS_MAX,
+    SERVER_HANDSHAKES_MAX, SERVER_HANDSHAKE_TIMEOUT, SERVER_REQUEST_TIMEOUT,
     SHUTDOWN_DRAIN_TIMEOUT,
 };
 use crate::{Hash, StoreError, CHUNK_SIZE_BYTES};
@@ -113,31 +118,69 @@ impl Drop for ChunkServer {
 
 async fn accept_loop(endpoint: quinn::Endpoint, source: Arc<dyn ChunkSource>) {
     let mut connections = JoinSet::new();
+    let handshakes = Arc::new(Semaphore::new(SERVER_HANDSHAKES_MAX));
+    let established = Arc::new(Semaphore::new(SERVER_CONNECTIONS_MAX));
     while let Some(incoming) = endpoint.accept().await {
         while connections.try_join_next().is_some() {}
-        if connections.len() >= SERVER_CONNECTIONS_MAX {
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            // A stateless retry: the client must echo a token sent to its address before the
+            // server spends anything on it.
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(error = %e, "chunk server: could not ask for a retry");
+            }
+            continue;
+        }
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
             tracing::warn!(
                 remote = %incoming.remote_address(),
-                limit = SERVER_CONNECTIONS_MAX,
-                "chunk server at its connection limit, refusing a connection"
+                limit = SERVER_HANDSHAKES_MAX,
+                "chunk server at its limit of handshakes in progress, refusing a connection"
             );
             incoming.refuse();
             continue;
-        }
-        connections.spawn(serve_connection(incoming, source.clone()));
+        };
+        connections.spawn(serve_connection(
+            incoming,
+            handshake,
+            established.clone(),
+            source.clone(),
+        ));
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, source: Arc<dyn ChunkSource>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    handshake: OwnedSemaphorePermit,
+    established: Arc<Semaphore>,
+    source: Arc<dyn ChunkSource>,
+) {
     let remote = incoming.remote_address();
     // The handshake verifies the client's certificate against the CA; a client without one is
     // rejected here and never reaches a request.
-    let connection = match incoming.await {
-        Ok(connection) => connection,
-        Err(e) => {
+    let connection = match tokio::time::timeout(SERVER_HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
             tracing::info!(%remote, error = %e, "chunk server: handshake failed (no valid client certificate?)");
             return;
         }
+        Err(_) => {
+            tracing::info!(%remote, timeout = ?SERVER_HANDSHAKE_TIMEOUT, "chunk server: handshake timed out");
+            return;
+        }
+    };
+    drop(handshake);
+    // Counted only now, once the peer proved who it is.
+    let Ok(_connection_slot) = established.try_acquire_owned() else {
+        tracing::warn!(
+            %remote,
+            limit = SERVER_CONNECTIONS_MAX,
+            "chunk server at its connection limit, closing a new connection"
+        );
+        connection.close(
+            quinn::VarInt::from_u32(CLOSE_AT_CONNECTION_LIMIT),
+            b"chunk server at its connection limit; retry later",
+        );
+        return;
     };
     let mut requests = JoinSet::new();
     loop {

@@ -180,6 +180,98 @@ async fn raw_request(
     (response, rest)
 }
 
+/// A client endpoint of `tls` and one connection from it to `server` (handshake done).
+async fn connect_raw(tls: &QuicTls, server: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
+    let tuning = TransportTuning::chosen();
+    let mut ep = endpoint(localhost(), None, &tuning).expect("endpoint");
+    ep.set_default_client_config(client_config(tls, &tuning).expect("client config"));
+    let connection = ep
+        .connect(server, PEER_TLS_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (ep, connection)
+}
+
+/// Connections are counted once their handshake is done: the server keeps
+/// `SERVER_CONNECTIONS_MAX` of them, closes one more at once with `CLOSE_AT_CONNECTION_LIMIT`,
+/// and takes a new one as soon as one of the others ends. Clients whose certificate fails the
+/// handshake never count.
+#[test]
+fn established_connections_are_bounded_and_a_freed_slot_is_reused() {
+    run(async {
+        let cluster = Cluster::new();
+        let foreign = Cluster::named("Some other CA");
+        let (_dir, store) = temp_store();
+        let server =
+            ChunkServer::bind(localhost(), store.clone(), &cluster.node("server")).expect("bind");
+        let peer = server.local_addr();
+        let tls = cluster.node("client");
+        let (a, a_data) = chunk(3, 1000);
+        store.put(&a.hash, &a_data).expect("put");
+        let get = RequestHeader {
+            op: Op::Get,
+            hash: a.hash,
+            len: 0,
+        };
+
+        // Failed handshakes first: they must not use up connection slots.
+        let mut intruder_tls = foreign.node("intruder");
+        intruder_tls.ca_cert_pem = cluster.node("x").ca_cert_pem;
+        let intruder = PeerClient::new(&intruder_tls).expect("client");
+        for _ in 0..3 {
+            intruder
+                .fetch(peer, &a)
+                .await
+                .expect_err("a foreign certificate");
+        }
+
+        let mut held = Vec::new();
+        for _ in 0..SERVER_CONNECTIONS_MAX {
+            let (ep, connection) = connect_raw(&tls, peer).await;
+            // A request answered proves the server counted and serves this connection.
+            let (mut send, mut recv) = connection.open_bi().await.expect("open stream");
+            send.write_all(&get.encode()).await.expect("send");
+            send.finish().expect("finish");
+            let mut head = [0u8; RESPONSE_HEADER_BYTES];
+            recv.read_exact(&mut head).await.expect("answered");
+            held.push((ep, connection));
+        }
+        let (_ep, over) = connect_raw(&tls, peer).await;
+        match over.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, CLOSE_AT_CONNECTION_LIMIT.into());
+                assert!(
+                    String::from_utf8_lossy(&close.reason).contains("connection limit"),
+                    "{close:?}"
+                );
+            }
+            other => panic!("expected a close at the limit, got {other:?}"),
+        }
+
+        // One ends; the next connection is served.
+        let (ep, connection) = held.pop().expect("held");
+        connection.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_ep, connection) = connect_raw(&tls, peer).await;
+            let (mut send, mut recv) = connection.open_bi().await.expect("open stream");
+            let served = async {
+                send.write_all(&get.encode()).await.ok()?;
+                send.finish().ok()?;
+                let mut head = [0u8; RESPONSE_HEADER_BYTES];
+                recv.read_exact(&mut head).await.ok()
+            };
+            if served.await.is_some() {
+                break;
+            }
+            // The server may not have seen the close yet: its slot frees when it does.
+            assert!(Instant::now() < deadline, "no slot was freed");
+        }
+    });
+}
+
 #[test]
 fn fetch_push_have_round_trip() {
     run(async {

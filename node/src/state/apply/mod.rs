@@ -39,9 +39,11 @@ impl RegistryApp {
             at_ms: cmd.at_ms,
         };
         // A model name is the first key every handler builds; LMDB refuses an empty or over-long
-        // key with an error that would stop Raft on every node, so a bad one is a rejection here.
-        if let Some(model) = cmd.op.model_name().filter(|_| !self.names_on_trust()) {
-            domain::validate_name("model", model)?;
+        // key with an error that would stop Raft on every node, so a bad one is a rejection here,
+        // as is every other field over its limit (the proposing node checked them too; a command
+        // in the log is checked again all the same).
+        if !self.names_on_trust() {
+            cmd.op.check_fields()?;
         }
         match &cmd.op {
             Op::CreateModel {

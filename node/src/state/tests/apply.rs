@@ -334,3 +334,173 @@ fn hostile_names_are_rejected_in_apply_and_change_nothing() {
         assert_eq!(f.digest(), before);
     }
 }
+
+/// Every field a client controls has a limit that needs no state to check. `check_fields` (run
+/// by the proposing node, so such a request never reaches the log) refuses each one over it,
+/// and apply refuses it again, changing nothing.
+#[test]
+fn fields_over_their_limits_are_refused_before_the_log_and_again_in_apply() {
+    let mut f = fixture();
+    f.apply(create_model("reco"));
+    f.apply(create_version("reco", b"one"));
+    let before = f.digest();
+    let over = |limit: usize| "x".repeat(limit + 1);
+    let tags = |count: usize, key_bytes: usize, value_bytes: usize| -> BTreeMap<String, String> {
+        (0..count)
+            .map(|i| (format!("{i:0key_bytes$}"), "v".repeat(value_bytes)))
+            .collect()
+    };
+    let update = |description: Option<String>, set_tags, remove_tags| Op::UpdateModel {
+        name: "reco".into(),
+        description,
+        set_tags,
+        remove_tags,
+    };
+    let cases: Vec<(&str, Op)> = vec![
+        (
+            "description",
+            update(
+                Some(over(limits::DESCRIPTION_BYTES_MAX)),
+                BTreeMap::new(),
+                vec![],
+            ),
+        ),
+        (
+            "set_tags",
+            update(None, tags(limits::TAGS_MAX + 1, 4, 1), vec![]),
+        ),
+        (
+            "set_tags",
+            update(None, tags(1, limits::TAG_KEY_BYTES_MAX + 1, 1), vec![]),
+        ),
+        (
+            "set_tags.0",
+            update(None, tags(1, 1, limits::TAG_VALUE_BYTES_MAX + 1), vec![]),
+        ),
+        (
+            "remove_tags",
+            update(
+                None,
+                BTreeMap::new(),
+                vec!["k".into(); limits::TAGS_MAX + 1],
+            ),
+        ),
+        (
+            "remove_tags",
+            update(None, BTreeMap::new(), vec![over(limits::TAG_KEY_BYTES_MAX)]),
+        ),
+        (
+            "reason",
+            Op::SetStage {
+                model: "reco".into(),
+                number: 1,
+                stage: Stage::Staging,
+                reason: over(limits::REASON_BYTES_MAX),
+            },
+        ),
+        (
+            "alias",
+            Op::SetAlias {
+                model: "reco".into(),
+                alias: String::new(),
+                number: 1,
+            },
+        ),
+        (
+            "namespace",
+            Op::CreateModel {
+                name: "other".into(),
+                namespace: "a/b".into(),
+                description: String::new(),
+                risk_tier: RiskTier::Low,
+                tags: BTreeMap::new(),
+            },
+        ),
+    ];
+    for (field, op) in cases {
+        let kind = op.kind();
+        match op.check_fields() {
+            Err(DomainError::Invalid { field: f, .. }) => assert_eq!(f, field, "{kind}"),
+            other => panic!("{kind}: check_fields said {other:?}, not invalid {field}"),
+        }
+        match rejected(f.apply(op)) {
+            DomainError::Invalid { field: f, .. } => assert_eq!(f, field, "{kind} in apply"),
+            other => panic!("{kind}: apply said {other:?}"),
+        }
+        assert_eq!(
+            f.digest(),
+            before,
+            "{kind} over its {field} limit changed the state"
+        );
+    }
+    // At the limits, the same requests are fine.
+    let at = update(
+        Some("d".repeat(limits::DESCRIPTION_BYTES_MAX)),
+        tags(
+            limits::TAGS_MAX,
+            limits::TAG_KEY_BYTES_MAX,
+            limits::TAG_VALUE_BYTES_MAX,
+        ),
+        vec!["k".into(); limits::TAGS_MAX],
+    );
+    assert_eq!(at.check_fields(), Ok(()));
+    assert!(matches!(f.apply(at), Response::Model(_)));
+}
+
+/// The largest registration a manifest allows (the most files, with the longest paths, and the
+/// most chunks) fits one command: `quiver_raft::COMMAND_BYTES_MAX` never refuses a valid one.
+#[test]
+fn the_largest_valid_registration_fits_one_command() {
+    use quiver_transfer::{
+        CHUNKS_PER_MANIFEST_MAX, CHUNK_SIZE_BYTES_MAX, FILES_PER_MANIFEST_MAX, PATH_BYTES_MAX,
+    };
+    let chunks_per_file = CHUNKS_PER_MANIFEST_MAX / FILES_PER_MANIFEST_MAX;
+    let mut spare = CHUNKS_PER_MANIFEST_MAX % FILES_PER_MANIFEST_MAX;
+    let files = (0..FILES_PER_MANIFEST_MAX)
+        .map(|i| {
+            let extra = usize::from(spare > 0);
+            spare -= extra;
+            let chunks: Vec<ChunkRef> = (0..chunks_per_file + extra)
+                .map(|c| ChunkRef {
+                    hash: Hash::of(&[i.to_be_bytes(), c.to_be_bytes()].concat()),
+                    size_bytes: CHUNK_SIZE_BYTES_MAX as u32,
+                })
+                .collect();
+            let prefix = format!("{i:05}/");
+            FileEntry {
+                path: format!("{prefix}{}", "w".repeat(PATH_BYTES_MAX - prefix.len())),
+                size_bytes: chunks.len() as u64 * CHUNK_SIZE_BYTES_MAX as u64,
+                mode: 0o100_644,
+                chunks,
+            }
+        })
+        .collect();
+    let manifest = Manifest { files };
+    manifest.validate().expect("the largest valid manifest");
+    let Op::CreateVersion { metadata, .. } = create_version("reco", b"one") else {
+        unreachable!()
+    };
+    let op = Op::CreateVersion {
+        model: "m".repeat(limits::NAME_BYTES_MAX),
+        manifest_root: manifest.root().to_hex(),
+        manifest,
+        signature: Signature::default(),
+        metadata,
+        tags: BTreeMap::new(),
+        status: VersionStatus::Ready,
+        inline_chunks: Vec::new(),
+    };
+    assert_eq!(op.check_fields(), Ok(()));
+    let command = Command {
+        actor: actor("alice"),
+        at_ms: 1,
+        request_id: Some(RequestId("r".repeat(64))),
+        op,
+    };
+    let bytes = serde_json::to_vec(&command).unwrap().len();
+    assert!(
+        bytes <= quiver_raft::COMMAND_BYTES_MAX,
+        "{bytes} bytes > {}",
+        quiver_raft::COMMAND_BYTES_MAX
+    );
+}
