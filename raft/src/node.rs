@@ -53,6 +53,17 @@ pub const HEARTBEAT_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=10_000;
 /// cause an election; the spread makes split votes unlikely.
 pub const ELECTION_TIMEOUT_MIN_MS: u64 = 150;
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 300;
+/// How long a replication RPC (AppendEntries) may take, in heartbeats. openraft 0.9 times every
+/// AppendEntries out after its `heartbeat_interval`, so with its own heartbeats a follower whose
+/// disk stalls longer than one heartbeat (fsyncs of 30–80 ms were measured under the 64-client
+/// metadata benchmark on a 2-core VM) counted as failed: the RPC was dropped and sent again,
+/// adding load where there was too much. Quiver sends the heartbeats itself every
+/// `heartbeat_ms` (`send_heartbeats`) and gives openraft `heartbeat_interval` = this many
+/// heartbeats, which is then only the replication timeout: a busy follower has that long to
+/// answer, a dead one is still found by its refused connection at once or by this timeout.
+/// Below [`ELECTION_TIMEOUT_MIN_MS`] heartbeats, as openraft requires. (openraft's tick, which
+/// also checks the election timer, runs every 1.5 `heartbeat_interval`.)
+pub const REPLICATION_TIMEOUT_HEARTBEATS: u64 = 2;
 /// Upper bound on openraft's `purge_batch_size`: how many purgeable entries must accumulate before
 /// a purge (one LMDB transaction and fsync) is issued. It matters when a lagging follower catches
 /// up entry by entry; the effective value never exceeds the snapshot interval, so every snapshot
@@ -107,8 +118,8 @@ pub struct RaftNodeConfig {
     /// The log store's options (segment size); the default suits production, a test harness
     /// shrinks the segments so that rollover and deletion happen under its faults.
     pub log_options: LogOptions,
-    /// Leader heartbeat interval, also openraft's replication RPC timeout; the election timeout
-    /// scales with it (3–6 heartbeats, decision 0004). Default [`HEARTBEAT_INTERVAL_MS`], a LAN
+    /// Leader heartbeat interval; the election timeout (3–6 heartbeats, decision 0004) and the
+    /// replication RPC timeout ([`REPLICATION_TIMEOUT_HEARTBEATS`]) scale with it. Default [`HEARTBEAT_INTERVAL_MS`], a LAN
     /// value: clusters whose nodes are further apart need at least their largest round trip.
     pub heartbeat_ms: u64,
     /// Bugs a test harness plants to show its checkers catch them. Always off in production: no
@@ -157,7 +168,10 @@ impl RaftNodeConfig {
         );
         let config = openraft::Config {
             cluster_name: CLUSTER_NAME.to_string(),
-            heartbeat_interval: self.heartbeat_ms,
+            // Not the heartbeat period: the replication RPC timeout (see
+            // REPLICATION_TIMEOUT_HEARTBEATS); `send_heartbeats` sends the heartbeats.
+            heartbeat_interval: self.heartbeat_ms * REPLICATION_TIMEOUT_HEARTBEATS,
+            enable_heartbeat: false,
             election_timeout_min: self.heartbeat_ms * ELECTION_TIMEOUT_MIN_MS
                 / HEARTBEAT_INTERVAL_MS,
             election_timeout_max: self.heartbeat_ms * ELECTION_TIMEOUT_MAX_MS
@@ -192,6 +206,8 @@ pub(crate) struct Inner<A: App> {
     pub(crate) raft: Raft<TypeConfig<A>>,
     /// Where this node's proposals queue to share Raft entries.
     batcher: Batcher<A>,
+    /// The task that sends this node's heartbeats while it leads.
+    _heartbeats: AbortOnDrop,
     /// Our handle on the state env for reads; `None` once shut down.
     state: RwLock<Option<StateMachineStore<A>>>,
     /// Whether the state env's last commit may not survive a power loss yet.
@@ -310,6 +326,10 @@ impl<A: App> RaftNode<A> {
             .await
             .with_context(|| format!("start raft node {}", cfg.node_id))?;
         let batcher = Batcher::start(raft.clone());
+        let heartbeats = AbortOnDrop(tokio::spawn(send_heartbeats(
+            raft.clone(),
+            Duration::from_millis(cfg.heartbeat_ms),
+        )));
         tracing::info!(node_id = cfg.node_id, data_dir = %cfg.data_dir.display(), "raft node started");
         Ok(RaftNode {
             inner: Arc::new(Inner {
@@ -317,6 +337,7 @@ impl<A: App> RaftNode<A> {
                 addr: cfg.addr.clone(),
                 raft,
                 batcher,
+                _heartbeats: heartbeats,
                 state_unsynced: state.unsynced_flag(),
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
@@ -864,6 +885,31 @@ impl<A: App> RaftNode<A> {
         }
         tracing::info!(node_id, "raft node shut down");
         Ok(())
+    }
+}
+
+/// A task that stops when its handle is dropped (with the node it works for).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every `period`, while this node leads, has openraft send a heartbeat to every follower
+/// (openraft's own are off: see [`REPLICATION_TIMEOUT_HEARTBEATS`]). Ends when Raft stops.
+async fn send_heartbeats<A: App>(raft: openraft::Raft<TypeConfig<A>>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !raft.metrics().borrow().state.is_leader() {
+            continue;
+        }
+        if raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -525,6 +525,38 @@ async fn a_new_leader_replicates_a_backlog_of_large_entries_in_bounded_messages(
     cluster.shutdown().await;
 }
 
+/// Quiver sends the heartbeats itself (openraft's are off, its interval being the replication
+/// timeout): an idle cluster must keep its leader, and followers must keep hearing from it, for
+/// many election timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_keeps_its_leader_on_quiver_s_heartbeats() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, no_tweak).await;
+    let leader = cluster.leader().await;
+    let term = cluster.node(leader).metrics().current_term;
+    let quiet = Duration::from_millis(10 * quiver_raft::ELECTION_TIMEOUT_MAX_MS);
+    // Waiting for what must not happen: a new term or another leader within `quiet`.
+    let changes = futures::future::join_all(cluster.nodes.values().map(|node| async move {
+        node.raft()
+            .wait(Some(quiet))
+            .metrics(
+                |m| m.current_term != term || m.current_leader != Some(leader),
+                "a new term or leader",
+            )
+            .await
+    }))
+    .await;
+    for (node, changed) in cluster.nodes.values().zip(changes) {
+        assert!(
+            changed.is_err(),
+            "node {}: an election in an idle cluster: {:?}",
+            node.node_id(),
+            node.metrics()
+        );
+    }
+    cluster.shutdown().await;
+}
+
 fn small_snapshots(cfg: &mut RaftNodeConfig) {
     cfg.snapshot_logs_since_last = 20;
     cfg.logs_to_keep_after_snapshot = 5;

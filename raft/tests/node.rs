@@ -230,7 +230,13 @@ fn config_defaults_and_validation() {
     assert_eq!(cfg.logs_to_keep_after_snapshot, 1_000);
     let raft = cfg.raft_config().expect("valid");
     assert_eq!(raft.cluster_name, "quiver");
-    assert_eq!(raft.heartbeat_interval, quiver_raft::HEARTBEAT_INTERVAL_MS);
+    // openraft's "heartbeat interval" is the replication RPC timeout; Quiver sends the
+    // heartbeats itself.
+    assert_eq!(
+        raft.heartbeat_interval,
+        quiver_raft::HEARTBEAT_INTERVAL_MS * quiver_raft::REPLICATION_TIMEOUT_HEARTBEATS
+    );
+    assert!(!raft.enable_heartbeat);
     assert_eq!(
         (raft.election_timeout_min, raft.election_timeout_max),
         (
@@ -257,7 +263,7 @@ fn config_defaults_and_validation() {
             raft.election_timeout_min,
             raft.election_timeout_max
         ),
-        (200, 600, 1_200)
+        (400, 600, 1_200)
     );
     geo.heartbeat_ms = 5;
     let err = geo.raft_config().expect_err("too short");
