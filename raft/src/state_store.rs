@@ -715,4 +715,96 @@ mod tests {
         std::fs::write(&path, b"not a snapshot file at all").expect("corrupt");
         assert!(read_snapshot_file(&path, false).is_err(), "bad magic");
     }
+
+    mod properties {
+        //! Property tests of the snapshot frame, the first thing a received or loaded snapshot
+        //! meets: arbitrary bytes never panic, and only an exact frame is accepted.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config(cases: u32) -> proptest::test_runner::Config {
+            proptest::test_runner::Config {
+                cases,
+                rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+                rng_seed: proptest::test_runner::RngSeed::Fixed(0x5157_4552),
+                failure_persistence: None,
+                ..proptest::test_runner::Config::default()
+            }
+        }
+
+        /// Bytes that often start like a frame: the magic, then lengths near the real ones.
+        fn frame_like() -> impl Strategy<Value = Vec<u8>> {
+            let len = prop_oneof![
+                0u64..40,
+                any::<u64>(),
+                Just(SNAPSHOT_HEADER_SIZE_BYTES_MAX as u64 + 1)
+            ];
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                (len.clone(), len, prop::collection::vec(any::<u8>(), 0..64)).prop_map(
+                    |(header_len, body_len, rest)| {
+                        let mut bytes = SNAPSHOT_DATA_MAGIC.to_vec();
+                        bytes.extend_from_slice(&header_len.to_be_bytes());
+                        bytes.extend_from_slice(&body_len.to_be_bytes());
+                        bytes.extend_from_slice(&rest);
+                        bytes
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(2_000))]
+
+            #[test]
+            fn unframe_accepts_only_an_exact_frame(bytes in frame_like()) {
+                if let Ok((header, body)) = unframe(SNAPSHOT_DATA_MAGIC, &bytes) {
+                    prop_assert!(header.len() <= SNAPSHOT_HEADER_SIZE_BYTES_MAX);
+                    prop_assert_eq!(FRAME_PREFIX_SIZE_BYTES + header.len() + body.len(), bytes.len());
+                    prop_assert_eq!(frame(SNAPSHOT_DATA_MAGIC, header, body), Ok(bytes.clone()));
+                }
+            }
+
+            #[test]
+            fn decode_len_checks_width_and_limit(
+                raw in prop::collection::vec(any::<u8>(), 0..12),
+                limit in prop_oneof![0usize..300, Just(usize::MAX)],
+            ) {
+                match decode_len(&raw, limit) {
+                    Ok(len) => {
+                        prop_assert_eq!(raw.len(), 8);
+                        prop_assert!(len <= limit);
+                        prop_assert_eq!(len as u64, u64::from_be_bytes(raw[..].try_into().unwrap()));
+                    }
+                    Err(_) => prop_assert!(
+                        raw.len() != 8 || u64::from_be_bytes(raw[..].try_into().unwrap()) > limit as u64
+                    ),
+                }
+            }
+
+            #[test]
+            fn a_frame_cut_padded_or_with_a_changed_prefix_is_refused(
+                header in prop::collection::vec(any::<u8>(), 0..40),
+                body in prop::collection::vec(any::<u8>(), 0..80),
+                cut in any::<prop::sample::Index>(),
+                padding in prop::collection::vec(any::<u8>(), 1..8),
+                flip in (0..FRAME_PREFIX_SIZE_BYTES, 1u8..),
+            ) {
+                let framed = frame(SNAPSHOT_DATA_MAGIC, &header, &body).expect("frame");
+                prop_assert_eq!(
+                    unframe(SNAPSHOT_DATA_MAGIC, &framed),
+                    Ok((&header[..], &body[..]))
+                );
+                let cut = cut.index(framed.len());
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &framed[..cut]).is_err());
+                let mut padded = framed.clone();
+                padded.extend_from_slice(&padding);
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &padded).is_err());
+                let mut flipped = framed;
+                flipped[flip.0] ^= flip.1;
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &flipped).is_err());
+            }
+        }
+    }
 }

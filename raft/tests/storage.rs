@@ -648,3 +648,124 @@ async fn an_lmdb_log_is_migrated_at_open() {
     let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("reopen");
     assert_eq!(log_ids(&mut log).await.len(), 4);
 }
+
+/// The configuration of this file's property tests: a fixed seed, no failure files.
+fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5157_4552),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
+/// How a snapshot's bytes are damaged on the way: cut, padded, one byte changed, bytes inserted.
+#[derive(Clone, Debug)]
+enum SnapshotDamage {
+    Cut(proptest::sample::Index),
+    Pad(Vec<u8>),
+    Flip(proptest::sample::Index, u8),
+    Insert(proptest::sample::Index, Vec<u8>),
+}
+
+fn snapshot_damage() -> impl proptest::strategy::Strategy<Value = SnapshotDamage> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<proptest::sample::Index>().prop_map(SnapshotDamage::Cut),
+        proptest::collection::vec(any::<u8>(), 1..8).prop_map(SnapshotDamage::Pad),
+        (any::<proptest::sample::Index>(), 1u8..)
+            .prop_map(|(at, mask)| SnapshotDamage::Flip(at, mask)),
+        (
+            any::<proptest::sample::Index>(),
+            proptest::collection::vec(any::<u8>(), 1..8)
+        )
+            .prop_map(|(at, bytes)| SnapshotDamage::Insert(at, bytes)),
+    ]
+}
+
+/// A store's whole observable state: its app's pairs, what it says it applied, its current
+/// snapshot's meta.
+async fn observed(
+    sm: &mut StateMachineStore<KvApp>,
+) -> (
+    Vec<(String, String)>,
+    String,
+    Option<openraft::SnapshotMeta<NodeId, BasicNode>>,
+) {
+    let applied = format!("{:?}", sm.applied_state().await.expect("applied"));
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("current snapshot")
+        .map(|s| s.meta);
+    (kv_pairs(sm), applied, current)
+}
+
+/// Property, over a real snapshot damaged on its way to a follower: installing it never panics;
+/// it is refused, leaving the follower's state, applied log id and current snapshot as they
+/// were, or it is installed whole (the damage fell inside the app's own bytes and the app
+/// accepted them), the same way on any store. A cut, padded or inserted-into frame, or a change
+/// to its magic or lengths, is always refused.
+#[test]
+fn installing_a_damaged_snapshot_refuses_without_a_trace_or_installs_whole() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let (_log, snapshot) = runtime.block_on(async {
+        let (log, mut leader) = open_storage::<KvApp>(leader_dir.path()).expect("open leader");
+        let mut entries = vec![membership(1, 1)];
+        entries.extend((0..5).map(|i| normal(1, i as u64 + 2, set(i))));
+        leader.apply(entries).await.expect("apply");
+        let snap = leader.build_snapshot().await.expect("build snapshot");
+        (log, (snap.meta, snap.snapshot.into_inner()))
+    });
+    let (meta, pristine) = snapshot;
+
+    proptest!(proptest_config(64), |(damage in snapshot_damage())| {
+        let mut data = pristine.clone();
+        let mut frame_broken = true;
+        match &damage {
+            SnapshotDamage::Cut(at) => data.truncate(at.index(data.len())),
+            SnapshotDamage::Pad(bytes) => data.extend_from_slice(bytes),
+            SnapshotDamage::Flip(at, mask) => {
+                let at = at.index(data.len());
+                data[at] ^= mask;
+                // Magic and both lengths: the first 24 bytes.
+                frame_broken = at < 24;
+            }
+            SnapshotDamage::Insert(at, bytes) => {
+                let at = at.index(data.len() + 1);
+                data.splice(at..at, bytes.iter().copied());
+            }
+        }
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (_log, mut follower) = open_storage::<KvApp>(dir.path()).expect("open follower");
+            follower.apply([normal(1, 1, set(99))]).await.expect("pre-existing state");
+            let before = observed(&mut follower).await;
+            let installed = follower
+                .install_snapshot(&meta, Box::new(std::io::Cursor::new(data.clone())))
+                .await;
+            match installed {
+                Err(_) => prop_assert_eq!(observed(&mut follower).await, before),
+                Ok(()) => {
+                    prop_assert!(!frame_broken, "a broken frame was installed: {:?}", damage);
+                    let after = observed(&mut follower).await;
+                    prop_assert_eq!(after.2.as_ref(), Some(&meta));
+                    // The same bytes give the same state on a fresh store.
+                    let other_dir = tempfile::tempdir().expect("tempdir");
+                    let (_l, mut other) = open_storage::<KvApp>(other_dir.path()).expect("open");
+                    other
+                        .install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
+                        .await
+                        .expect("installed once, installs again");
+                    prop_assert_eq!(observed(&mut other).await, after);
+                }
+            }
+            Ok(())
+        })?;
+    });
+}
