@@ -2,6 +2,7 @@
 
 mod apply;
 mod audit;
+mod properties;
 mod query;
 mod requests;
 mod snapshot;
