@@ -702,13 +702,12 @@ async fn observed(
     (kv_pairs(sm), applied, current)
 }
 
-/// Property, over a real snapshot damaged on its way to a follower: installing it never panics;
-/// it is refused, leaving the follower's state, applied log id and current snapshot as they
-/// were, or it is installed whole (the damage fell inside the app's own bytes and the app
-/// accepted them), the same way on any store. A cut, padded or inserted-into frame, or a change
-/// to its magic or lengths, is always refused.
+/// Property, over a real snapshot damaged on a disk or on its way to a follower (cut, padded,
+/// bytes inserted, one byte changed anywhere, the app's own bytes included): installing it never
+/// panics and is refused, leaving the follower's state, applied log id and current snapshot as
+/// they were.
 #[test]
-fn installing_a_damaged_snapshot_refuses_without_a_trace_or_installs_whole() {
+fn installing_a_damaged_snapshot_is_refused_without_a_trace() {
     use proptest::prelude::*;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -726,15 +725,12 @@ fn installing_a_damaged_snapshot_refuses_without_a_trace_or_installs_whole() {
 
     proptest!(proptest_config(64), |(damage in snapshot_damage())| {
         let mut data = pristine.clone();
-        let mut frame_broken = true;
         match &damage {
             SnapshotDamage::Cut(at) => data.truncate(at.index(data.len())),
             SnapshotDamage::Pad(bytes) => data.extend_from_slice(bytes),
             SnapshotDamage::Flip(at, mask) => {
                 let at = at.index(data.len());
                 data[at] ^= mask;
-                // Magic and both lengths: the first 24 bytes.
-                frame_broken = at < 24;
             }
             SnapshotDamage::Insert(at, bytes) => {
                 let at = at.index(data.len() + 1);
@@ -749,22 +745,8 @@ fn installing_a_damaged_snapshot_refuses_without_a_trace_or_installs_whole() {
             let installed = follower
                 .install_snapshot(&meta, Box::new(std::io::Cursor::new(data.clone())))
                 .await;
-            match installed {
-                Err(_) => prop_assert_eq!(observed(&mut follower).await, before),
-                Ok(()) => {
-                    prop_assert!(!frame_broken, "a broken frame was installed: {:?}", damage);
-                    let after = observed(&mut follower).await;
-                    prop_assert_eq!(after.2.as_ref(), Some(&meta));
-                    // The same bytes give the same state on a fresh store.
-                    let other_dir = tempfile::tempdir().expect("tempdir");
-                    let (_l, mut other) = open_storage::<KvApp>(other_dir.path()).expect("open");
-                    other
-                        .install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
-                        .await
-                        .expect("installed once, installs again");
-                    prop_assert_eq!(observed(&mut other).await, after);
-                }
-            }
+            prop_assert!(installed.is_err(), "a damaged snapshot was installed: {:?}", damage);
+            prop_assert_eq!(observed(&mut follower).await, before);
             Ok(())
         })?;
     });
