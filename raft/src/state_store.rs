@@ -18,8 +18,10 @@
 //!   stops the Raft node: a command the app cannot apply means this node's state can no longer
 //!   follow the log, and continuing would diverge from its peers.
 //! - A snapshot is `{header (last_applied, membership), App::export bytes}` in a small binary
-//!   frame (magic, header length, JSON header, raw app bytes) so the app's bytes are not
-//!   re-encoded. It is built from an LMDB read transaction, i.e. a consistent view taken while
+//!   frame (magic, header and body lengths, blake3 of both, JSON header, raw app bytes) so the
+//!   app's bytes are not re-encoded, and so that bytes damaged on a disk or on the way are
+//!   refused before anything is imported: an app cannot tell a changed byte inside its own
+//!   export from a real value, and a row it cannot decode later would stop Raft. It is built from an LMDB read transaction, i.e. a consistent view taken while
 //!   `apply` keeps running (openraft builds snapshots concurrently with applying).
 //! - The current snapshot is also kept as a file (`DIR/state/current.snapshot`, written to a
 //!   temp file, fsynced, renamed, directory fsynced) so `get_current_snapshot` survives a restart
@@ -58,12 +60,17 @@ const SNAPSHOT_HEADER_SIZE_BYTES_MAX: usize = 1 << 20;
 /// File name of the current snapshot inside the state directory.
 pub const SNAPSHOT_FILE_NAME: &str = "current.snapshot";
 const SNAPSHOT_TMP_FILE_NAME: &str = "current.snapshot.tmp";
-/// Magic of the snapshot data that travels between nodes.
-const SNAPSHOT_DATA_MAGIC: &[u8; 8] = b"QVRSNAP1";
+/// Magic of the snapshot data that travels between nodes (and is kept in the snapshot file).
+const SNAPSHOT_DATA_MAGIC: &[u8; 8] = b"QVRSNAP2";
+/// Magic of the first snapshot data format, the same frame without the checksum: still read (a
+/// current snapshot file an older build left), never written.
+const SNAPSHOT_DATA_MAGIC_UNCHECKED: &[u8; 8] = b"QVRSNAP1";
 /// Magic of the on-disk current-snapshot file (meta + snapshot data).
 const SNAPSHOT_FILE_MAGIC: &[u8; 8] = b"QVRSFIL1";
 /// Magic plus two u64 lengths.
 const FRAME_PREFIX_SIZE_BYTES: usize = 24;
+/// The blake3 of header and body that follows the prefix.
+const FRAME_CHECKSUM_SIZE_BYTES: usize = 32;
 
 /// Databases the raft crate itself opens in the state env (`meta`).
 const STATE_OWN_DBS: u32 = 1;
@@ -459,8 +466,9 @@ fn put_json<T: Serialize>(
         .map_err(|e| any_error(&e, &format!("write state meta {key:?}")))
 }
 
-/// `magic (8) | header length (u64 BE) | body length (u64 BE) | header | body`. Both lengths
-/// are explicit so that a truncated or padded snapshot is detected, not half-imported.
+/// `magic (8) | header length (u64 BE) | body length (u64 BE) | blake3(header ‖ body) (32) |
+/// header | body`. Both lengths are explicit so that a truncated or padded snapshot is detected,
+/// not half-imported; the checksum catches a byte changed anywhere else.
 fn frame(magic: &[u8; 8], header: &[u8], body: &[u8]) -> std::result::Result<Vec<u8>, String> {
     if header.len() > SNAPSHOT_HEADER_SIZE_BYTES_MAX {
         return Err(format!(
@@ -468,7 +476,7 @@ fn frame(magic: &[u8; 8], header: &[u8], body: &[u8]) -> std::result::Result<Vec
             header.len()
         ));
     }
-    let total = FRAME_PREFIX_SIZE_BYTES + header.len() + body.len();
+    let total = FRAME_PREFIX_SIZE_BYTES + FRAME_CHECKSUM_SIZE_BYTES + header.len() + body.len();
     if total > SNAPSHOT_SIZE_BYTES_MAX {
         return Err(format!(
             "snapshot is {total} bytes, limit {SNAPSHOT_SIZE_BYTES_MAX}"
@@ -478,12 +486,22 @@ fn frame(magic: &[u8; 8], header: &[u8], body: &[u8]) -> std::result::Result<Vec
     out.extend_from_slice(magic);
     out.extend_from_slice(&(header.len() as u64).to_be_bytes());
     out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    out.extend_from_slice(frame_checksum(header, body).as_bytes());
     out.extend_from_slice(header);
     out.extend_from_slice(body);
     Ok(out)
 }
 
-/// Inverse of [`frame`]: checks magic and exact lengths, returns (header, body).
+fn frame_checksum(header: &[u8], body: &[u8]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(header);
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// Inverse of [`frame`]: checks magic, exact lengths and the checksum, returns (header, body).
+/// Snapshot data in the first format ([`SNAPSHOT_DATA_MAGIC_UNCHECKED`], no checksum) is read
+/// too.
 fn unframe<'a>(
     magic: &[u8; 8],
     bytes: &'a [u8],
@@ -494,27 +512,44 @@ fn unframe<'a>(
             bytes.len()
         ));
     }
-    if bytes.len() < FRAME_PREFIX_SIZE_BYTES || &bytes[..8] != magic {
+    let checksum_len = if bytes.starts_with(magic) {
+        FRAME_CHECKSUM_SIZE_BYTES
+    } else if magic == SNAPSHOT_DATA_MAGIC && bytes.starts_with(SNAPSHOT_DATA_MAGIC_UNCHECKED) {
+        0
+    } else {
         return Err(format!(
             "snapshot data of {} bytes does not start with magic {:?}",
             bytes.len(),
             String::from_utf8_lossy(magic)
         ));
+    };
+    let prefix_len = FRAME_PREFIX_SIZE_BYTES + checksum_len;
+    if bytes.len() < prefix_len {
+        return Err(format!(
+            "snapshot data of {} bytes is shorter than its frame's {prefix_len}-byte prefix",
+            bytes.len()
+        ));
     }
     let header_len = decode_len(&bytes[8..16], SNAPSHOT_HEADER_SIZE_BYTES_MAX)?;
     let body_len = decode_len(&bytes[16..24], SNAPSHOT_SIZE_BYTES_MAX)?;
-    let want = FRAME_PREFIX_SIZE_BYTES + header_len + body_len;
+    let want = prefix_len + header_len + body_len;
     if bytes.len() != want {
         return Err(format!(
             "snapshot data is {} bytes but its frame says {want} (header {header_len}, body {body_len})",
             bytes.len()
         ));
     }
-    let body_start = FRAME_PREFIX_SIZE_BYTES + header_len;
-    Ok((
-        &bytes[FRAME_PREFIX_SIZE_BYTES..body_start],
-        &bytes[body_start..],
-    ))
+    let body_start = prefix_len + header_len;
+    let (header, body) = (&bytes[prefix_len..body_start], &bytes[body_start..]);
+    if checksum_len > 0
+        && bytes[FRAME_PREFIX_SIZE_BYTES..prefix_len] != *frame_checksum(header, body).as_bytes()
+    {
+        return Err(format!(
+            "snapshot data of {} bytes fails its checksum: it was damaged on a disk or on the way",
+            bytes.len()
+        ));
+    }
+    Ok((header, body))
 }
 
 /// Decode a big-endian u64 length field and check it against `limit` before anything is
@@ -681,6 +716,35 @@ mod tests {
         assert!(unframe(SNAPSHOT_DATA_MAGIC, &huge).is_err());
     }
 
+    /// Regression (found by the node's snapshot import property): a byte changed inside the
+    /// app's bytes was installed as is, and a row the app could not decode then stopped Raft at
+    /// the next apply that read it. The checksum refuses it first.
+    #[test]
+    fn a_byte_changed_anywhere_fails_the_checksum() {
+        let framed = frame(SNAPSHOT_DATA_MAGIC, b"{\"h\":1}", b"app bytes").expect("frame");
+        for at in FRAME_PREFIX_SIZE_BYTES..framed.len() {
+            let mut damaged = framed.clone();
+            damaged[at] ^= 0x20;
+            let error = unframe(SNAPSHOT_DATA_MAGIC, &damaged).expect_err("damaged");
+            assert!(error.contains("fails its checksum"), "byte {at}: {error}");
+        }
+    }
+
+    #[test]
+    fn data_in_the_first_format_without_a_checksum_is_still_read() {
+        let mut v1 = SNAPSHOT_DATA_MAGIC_UNCHECKED.to_vec();
+        v1.extend_from_slice(&2u64.to_be_bytes());
+        v1.extend_from_slice(&3u64.to_be_bytes());
+        v1.extend_from_slice(b"{}app");
+        assert_eq!(
+            unframe(SNAPSHOT_DATA_MAGIC, &v1),
+            Ok((&b"{}"[..], &b"app"[..]))
+        );
+        assert!(unframe(SNAPSHOT_DATA_MAGIC, &v1[..v1.len() - 1]).is_err());
+        // Only snapshot data has a first format.
+        assert!(unframe(SNAPSHOT_FILE_MAGIC, &v1).is_err());
+    }
+
     #[test]
     fn frame_refuses_oversized_header() {
         let header = vec![b' '; SNAPSHOT_HEADER_SIZE_BYTES_MAX + 1];
@@ -714,5 +778,110 @@ mod tests {
         );
         std::fs::write(&path, b"not a snapshot file at all").expect("corrupt");
         assert!(read_snapshot_file(&path, false).is_err(), "bad magic");
+    }
+
+    mod properties {
+        //! Property tests of the snapshot frame, the first thing a received or loaded snapshot
+        //! meets: arbitrary bytes never panic, and only an exact, undamaged frame is accepted.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config(cases: u32) -> proptest::test_runner::Config {
+            proptest::test_runner::Config {
+                cases,
+                rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+                rng_seed: proptest::test_runner::RngSeed::Fixed(0x5157_4552),
+                failure_persistence: None,
+                ..proptest::test_runner::Config::default()
+            }
+        }
+
+        /// Bytes that often start like a frame: the magic, then lengths near the real ones.
+        fn frame_like() -> impl Strategy<Value = Vec<u8>> {
+            let len = prop_oneof![
+                0u64..40,
+                any::<u64>(),
+                Just(SNAPSHOT_HEADER_SIZE_BYTES_MAX as u64 + 1)
+            ];
+            let magic = prop_oneof![
+                Just(SNAPSHOT_DATA_MAGIC),
+                Just(SNAPSHOT_DATA_MAGIC_UNCHECKED)
+            ];
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                (
+                    magic,
+                    len.clone(),
+                    len,
+                    prop::collection::vec(any::<u8>(), 0..96)
+                )
+                    .prop_map(|(magic, header_len, body_len, rest)| {
+                        let mut bytes = magic.to_vec();
+                        bytes.extend_from_slice(&header_len.to_be_bytes());
+                        bytes.extend_from_slice(&body_len.to_be_bytes());
+                        bytes.extend_from_slice(&rest);
+                        bytes
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(2_000))]
+
+            #[test]
+            fn unframe_accepts_only_an_exact_frame(bytes in frame_like()) {
+                if let Ok((header, body)) = unframe(SNAPSHOT_DATA_MAGIC, &bytes) {
+                    prop_assert!(header.len() <= SNAPSHOT_HEADER_SIZE_BYTES_MAX);
+                    if bytes.starts_with(SNAPSHOT_DATA_MAGIC) {
+                        prop_assert_eq!(frame(SNAPSHOT_DATA_MAGIC, header, body), Ok(bytes.clone()));
+                    } else {
+                        prop_assert!(bytes.starts_with(SNAPSHOT_DATA_MAGIC_UNCHECKED));
+                        prop_assert_eq!(FRAME_PREFIX_SIZE_BYTES + header.len() + body.len(), bytes.len());
+                    }
+                }
+            }
+
+            #[test]
+            fn decode_len_checks_width_and_limit(
+                raw in prop::collection::vec(any::<u8>(), 0..12),
+                limit in prop_oneof![0usize..300, Just(usize::MAX)],
+            ) {
+                match decode_len(&raw, limit) {
+                    Ok(len) => {
+                        prop_assert_eq!(raw.len(), 8);
+                        prop_assert!(len <= limit);
+                        prop_assert_eq!(len as u64, u64::from_be_bytes(raw[..].try_into().unwrap()));
+                    }
+                    Err(_) => prop_assert!(
+                        raw.len() != 8 || u64::from_be_bytes(raw[..].try_into().unwrap()) > limit as u64
+                    ),
+                }
+            }
+
+            #[test]
+            fn a_frame_cut_padded_or_with_any_byte_changed_is_refused(
+                header in prop::collection::vec(any::<u8>(), 0..40),
+                body in prop::collection::vec(any::<u8>(), 0..80),
+                cut in any::<prop::sample::Index>(),
+                padding in prop::collection::vec(any::<u8>(), 1..8),
+                flip in (any::<prop::sample::Index>(), 1u8..),
+            ) {
+                let framed = frame(SNAPSHOT_DATA_MAGIC, &header, &body).expect("frame");
+                prop_assert_eq!(
+                    unframe(SNAPSHOT_DATA_MAGIC, &framed),
+                    Ok((&header[..], &body[..]))
+                );
+                let cut = cut.index(framed.len());
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &framed[..cut]).is_err());
+                let mut padded = framed.clone();
+                padded.extend_from_slice(&padding);
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &padded).is_err());
+                let mut flipped = framed;
+                let at = flip.0.index(flipped.len());
+                flipped[at] ^= flip.1;
+                prop_assert!(unframe(SNAPSHOT_DATA_MAGIC, &flipped).is_err());
+            }
+        }
     }
 }

@@ -54,3 +54,16 @@ const _: () = assert!(CHUNK_SIZE_BYTES_MIN < CHUNK_SIZE_BYTES_AVG);
 const _: () = assert!(CHUNK_SIZE_BYTES_AVG < CHUNK_SIZE_BYTES_MAX);
 // Downstream code (frames, buffers) assumes a chunk fits in 16 MiB, and ChunkRef sizes are u32.
 const _: () = assert!(CHUNK_SIZE_BYTES_MAX <= 16 * 1024 * 1024);
+
+/// The configuration of this crate's property tests: a fixed seed, so that every run draws the
+/// same cases and a failure reproduces, and no failure files written beside the sources.
+#[cfg(test)]
+pub(crate) fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5157_4552),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

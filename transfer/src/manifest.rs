@@ -68,6 +68,8 @@ pub enum ManifestError {
     PathAbsolute { path: String },
     #[error("file path {path:?} has the component {component:?}: empty, \".\" and \"..\" components are not allowed; write the path without them")]
     PathComponent { path: String, component: String },
+    #[error("file path {path:?} has the component {component:?}, which contains ':': on Windows \"C:\" names a drive and \"name:stream\" a hidden stream of another file; rename it without ':'")]
+    PathColon { path: String, component: String },
     #[error(
         "file {path:?} is listed after {previous:?}: files must be sorted by path (byte order)"
     )]
@@ -97,8 +99,15 @@ fn excerpt(path: &str) -> String {
 }
 
 /// Checks that `path` can name a file of a model version: non-empty, at most [`PATH_BYTES_MAX`]
-/// bytes, relative, '/'-separated, with no empty, "." or ".." component, no '\\' and no NUL.
-/// Such a path cannot escape the directory a version is materialized into, on Unix or Windows.
+/// bytes, relative, '/'-separated, with no empty, "." or ".." component, no '\\', no NUL and no
+/// ':'. Such a path cannot escape the directory a version is materialized into, on Unix or
+/// Windows.
+///
+/// ':' is refused anywhere, not only in a leading drive component: on Windows `C:` names a
+/// drive (`C:x` is relative to that drive's current directory, `C:/x` is absolute there) and
+/// `file:name` names an NTFS alternate data stream of `file`, a write that lands inside another
+/// file. No valid version needs a ':' in a path, and one rule is easier to trust than a list of
+/// the ways Windows reads it.
 pub fn validate_path(path: &str) -> Result<(), ManifestError> {
     if path.is_empty() {
         return Err(ManifestError::PathEmpty);
@@ -124,14 +133,19 @@ pub fn validate_path(path: &str) -> Result<(), ManifestError> {
             path: excerpt(path),
         });
     }
-    if let Some(component) = path
-        .split('/')
-        .find(|c| c.is_empty() || *c == "." || *c == "..")
-    {
-        return Err(ManifestError::PathComponent {
-            path: excerpt(path),
-            component: component.to_owned(),
-        });
+    for component in path.split('/') {
+        if component.is_empty() || component == "." || component == ".." {
+            return Err(ManifestError::PathComponent {
+                path: excerpt(path),
+                component: component.to_owned(),
+            });
+        }
+        if component.contains(':') {
+            return Err(ManifestError::PathColon {
+                path: excerpt(path),
+                component: excerpt(component),
+            });
+        }
     }
     Ok(())
 }
@@ -461,6 +475,47 @@ mod tests {
     }
 
     #[test]
+    fn validate_path_rejects_drive_and_stream_components() {
+        let colon = |path: &str, c: &str| ManifestError::PathColon {
+            path: path.into(),
+            component: c.into(),
+        };
+        for (path, component) in [
+            ("C:", "C:"),
+            ("c:evil", "c:evil"),
+            ("C:/x", "C:"),
+            ("Z:/Windows/System32", "Z:"),
+            (":", ":"),
+            ("a/C:", "C:"),
+            ("weights/model.bin:hidden", "model.bin:hidden"),
+            ("a/b:$DATA", "b:$DATA"),
+        ] {
+            assert_eq!(validate_path(path), Err(colon(path, component)), "{path:?}");
+        }
+        // Earlier rules answer first: a backslash, then a bad component before the colon.
+        assert!(matches!(
+            validate_path("C:\\x"),
+            Err(ManifestError::PathBackslash { .. })
+        ));
+        assert!(matches!(
+            validate_path("../C:"),
+            Err(ManifestError::PathComponent { .. })
+        ));
+        assert_eq!(
+            validate_path("C:/x").expect_err("drive").to_string(),
+            "file path \"C:/x\" has the component \"C:\", which contains ':': on Windows \"C:\" \
+             names a drive and \"name:stream\" a hidden stream of another file; rename it \
+             without ':'"
+        );
+        // A long component is cut in the message like the path.
+        let long = format!("{}:", "a".repeat(200));
+        let Err(ManifestError::PathColon { component, .. }) = validate_path(&long) else {
+            panic!("a colon component must be refused");
+        };
+        assert_eq!(component, "a".repeat(PATH_IN_ERROR_CHARS_MAX) + "…");
+    }
+
+    #[test]
     fn validate_rejects_bad_path_in_a_file() {
         let mut m = sample();
         m.files[1].path = "x/../empty.txt".into();
@@ -602,6 +657,209 @@ mod tests {
                     size_bytes: bad
                 })
             );
+        }
+    }
+
+    mod properties {
+        //! Property tests: `validate_path` over arbitrary and path-like strings, and the
+        //! manifest's decoder (JSON, then `validate`) over arbitrary bytes and hostile manifests.
+
+        use super::*;
+        use proptest::prelude::*;
+        use std::path::{Component, Path};
+
+        /// Pieces that paths are built from: the ones every rule is about, and ordinary ones.
+        fn atom() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("...".to_owned()),
+                Just("C:".to_owned()),
+                Just("c:evil".to_owned()),
+                Just("file:stream".to_owned()),
+                Just(":".to_owned()),
+                Just("\\".to_owned()),
+                Just("\\\\server\\share".to_owned()),
+                Just("\0".to_owned()),
+                Just("/".to_owned()),
+                Just("~".to_owned()),
+                Just("名前".to_owned()),
+                "[a-z.]{1,8}",
+                any::<String>(),
+            ]
+        }
+
+        /// Strings that look like paths: atoms joined by '/', sometimes with a leading '/'.
+        fn path_like() -> impl Strategy<Value = String> {
+            (any::<bool>(), prop::collection::vec(atom(), 1..6)).prop_map(|(abs, atoms)| {
+                let joined = atoms.join("/");
+                if abs {
+                    format!("/{joined}")
+                } else {
+                    joined
+                }
+            })
+        }
+
+        /// What an accepted path must be, checked independently of `validate_path`: every
+        /// component, joined onto a directory one by one, adds exactly one normal component
+        /// under it, so the file stays inside that directory lexically, on Unix and Windows.
+        fn assert_stays_inside(path: &str) {
+            assert!(!path.is_empty() && path.len() <= PATH_BYTES_MAX, "{path:?}");
+            assert!(!path.starts_with('/'), "{path:?}");
+            let dir = Path::new("/out/dir");
+            let mut joined = dir.to_path_buf();
+            let mut count = 0;
+            for component in path.split('/') {
+                assert!(
+                    !component.is_empty() && component != "." && component != "..",
+                    "{path:?}"
+                );
+                for refused in ['\\', '\0', ':'] {
+                    assert!(!component.contains(refused), "{path:?}");
+                }
+                let parsed: Vec<Component<'_>> = Path::new(component).components().collect();
+                assert!(
+                    matches!(parsed.as_slice(), [Component::Normal(_)]),
+                    "{path:?}: {component:?} is not one normal component"
+                );
+                joined.push(component);
+                count += 1;
+            }
+            assert!(joined.starts_with(dir), "{path:?}");
+            assert_eq!(
+                joined.components().count(),
+                dir.components().count() + count,
+                "{path:?}"
+            );
+        }
+
+        /// Every invariant `validate` promises, checked independently of it.
+        fn assert_manifest_invariants(manifest: &Manifest) {
+            assert!(manifest.files.len() <= FILES_PER_MANIFEST_MAX);
+            assert!(manifest.chunk_count() <= CHUNKS_PER_MANIFEST_MAX);
+            for pair in manifest.files.windows(2) {
+                assert!(pair[0].path < pair[1].path, "sorted and unique");
+            }
+            for file in &manifest.files {
+                assert_stays_inside(&file.path);
+                let mut sum: u64 = 0;
+                for chunk in &file.chunks {
+                    assert!(chunk.size_bytes >= 1);
+                    assert!(chunk.size_bytes as usize <= CHUNK_SIZE_BYTES_MAX);
+                    sum += u64::from(chunk.size_bytes);
+                }
+                assert_eq!(sum, file.size_bytes, "{:?}", file.path);
+            }
+        }
+
+        fn chunk_sizes() -> impl Strategy<Value = Vec<u32>> {
+            let size = prop_oneof![
+                Just(0u32),
+                Just(CHUNK_SIZE_BYTES_MAX as u32),
+                Just(CHUNK_SIZE_BYTES_MAX as u32 + 1),
+                Just(u32::MAX),
+                1u32..5_000,
+            ];
+            prop::collection::vec(size, 0..4)
+        }
+
+        /// Manifests from hostile parts: path-like names, any order, duplicates, chunk sizes at
+        /// and past their bounds, and declared sizes that are right only some of the time.
+        fn hostile_manifest() -> impl Strategy<Value = Manifest> {
+            let path = prop_oneof![path_like(), "[a-c]{1,2}(/[a-c]{1,2})?"];
+            let entry = (
+                path,
+                chunk_sizes(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u32>(),
+            )
+                .prop_map(|(path, sizes, honest, size_bytes, mode)| {
+                    let sum: u64 = sizes.iter().map(|&s| u64::from(s)).sum();
+                    FileEntry {
+                        chunks: sizes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &s)| chunk(&format!("{path}#{i}"), s))
+                            .collect(),
+                        path,
+                        size_bytes: if honest { sum } else { size_bytes },
+                        mode,
+                    }
+                });
+            (prop::collection::vec(entry, 0..6), any::<bool>()).prop_map(|(files, sort)| {
+                let mut manifest = Manifest { files };
+                if sort {
+                    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+                }
+                manifest
+            })
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2_000))]
+
+            #[test]
+            fn validate_path_accepts_only_paths_that_stay_inside(
+                path in prop_oneof![path_like(), any::<String>(), "\\PC{0,40}"],
+            ) {
+                if validate_path(&path).is_ok() {
+                    assert_stays_inside(&path);
+                }
+            }
+
+            #[test]
+            fn validate_path_refuses_every_colon(
+                before in "[a-z/]{0,6}",
+                after in "[a-z/]{0,6}",
+            ) {
+                let path = format!("{before}:{after}");
+                prop_assert!(validate_path(&path).is_err(), "{:?}", path);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(500))]
+
+            #[test]
+            fn manifest_decoder_survives_arbitrary_bytes(
+                bytes in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) {
+                    if manifest.validate().is_ok() {
+                        assert_manifest_invariants(&manifest);
+                    }
+                }
+            }
+
+            #[test]
+            fn decoded_manifests_are_accepted_only_when_they_hold_every_invariant(
+                manifest in hostile_manifest(),
+                cut in any::<prop::sample::Index>(),
+                flip in any::<(prop::sample::Index, u8)>(),
+            ) {
+                let json = serde_json::to_vec(&manifest).expect("encode");
+                let decoded: Manifest = serde_json::from_slice(&json).expect("own encoding");
+                prop_assert_eq!(&decoded, &manifest);
+                prop_assert_eq!(decoded.root(), manifest.root());
+                if decoded.validate().is_ok() {
+                    assert_manifest_invariants(&decoded);
+                }
+                // Damaged encodings: cut short, or one byte changed.
+                let cut = &json[..cut.index(json.len() + 1)];
+                let mut flipped = json.clone();
+                let at = flip.0.index(flipped.len());
+                flipped[at] ^= flip.1.max(1);
+                for damaged in [cut, &flipped[..]] {
+                    if let Ok(m) = serde_json::from_slice::<Manifest>(damaged) {
+                        if m.validate().is_ok() {
+                            assert_manifest_invariants(&m);
+                        }
+                    }
+                }
+            }
         }
     }
 }

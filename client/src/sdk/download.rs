@@ -4,10 +4,18 @@
 //! is written. Files are written beside their final names and renamed into
 //! place only once the whole version has checked out, so an interrupted or
 //! corrupt download leaves no file that looks complete.
+//!
+//! Nothing is written through a symbolic link below the output directory
+//! (the output directory itself may be one: that is the user's choice). A
+//! link there, to a directory or at a file's final or partial name, could
+//! put a version's bytes outside the directory, so the download refuses it
+//! with [`ClientError::SymlinkInOutput`]; directories are created one
+//! component at a time and partial files with `create_new`, which does not
+//! follow a link at the name it creates.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -346,17 +354,96 @@ impl<'a> PartialFiles<'a> {
         while self.partials.len() < count {
             self.finish_current()?;
             let index = self.partials.len();
+            self.make_parents(index)?;
+            refuse_link(&self.final_path(index))?;
             let partial = self.partial_path(index);
-            if let Some(parent) = partial.parent() {
-                fs::create_dir_all(parent).map_err(|error| {
-                    ClientError::io(format!("create directory '{}'", parent.display()), error)
-                })?;
+            // A partial file left by an interrupted download is replaced; a
+            // link at that name is refused, never followed.
+            match fs::symlink_metadata(&partial) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(symlink_in_output(&partial));
+                }
+                Ok(meta) if meta.is_file() => fs::remove_file(&partial).map_err(|error| {
+                    ClientError::io(
+                        format!("remove stale partial file '{}'", partial.display()),
+                        error,
+                    )
+                })?,
+                // Anything else there makes `create_new` fail with a clear error.
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(ClientError::io(
+                        format!("inspect '{}'", partial.display()),
+                        error,
+                    ))
+                }
             }
-            self.partials.push(partial.clone());
-            let file = File::create(&partial).map_err(|error| {
-                ClientError::io(format!("create '{}'", partial.display()), error)
-            })?;
+            // `create_new` (O_CREAT | O_EXCL) fails on any existing name,
+            // a link included, instead of following it.
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&partial)
+                .map_err(|error| {
+                    ClientError::io(format!("create '{}'", partial.display()), error)
+                })?;
+            self.partials.push(partial);
             self.current = Some((file, 0));
+        }
+        Ok(())
+    }
+
+    /// Creates file `index`'s directories below the output directory one
+    /// component at a time, refusing any that is a symbolic link.
+    fn make_parents(&self, index: usize) -> Result<(), ClientError> {
+        let path = &self.manifest.files[index].path;
+        let Some((parents, _name)) = path.rsplit_once('/') else {
+            return Ok(());
+        };
+        let mut directory = self.out_dir.to_path_buf();
+        for component in parents.split('/') {
+            directory.push(component);
+            match fs::symlink_metadata(&directory) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(symlink_in_output(&directory));
+                }
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(ClientError::io(
+                        format!("create directory '{}'", directory.display()),
+                        io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "a file of that name is in the way",
+                        ),
+                    ))
+                }
+                // `create_dir` makes a real directory or fails: it follows no link.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => fs::create_dir(&directory)
+                    .map_err(|error| {
+                        ClientError::io(
+                            format!("create directory '{}'", directory.display()),
+                            error,
+                        )
+                    })?,
+                Err(error) => {
+                    return Err(ClientError::io(
+                        format!("inspect '{}'", directory.display()),
+                        error,
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a symbolic link at any existing component of file `index`
+    /// below the output directory, its final name included.
+    fn refuse_links(&self, index: usize) -> Result<(), ClientError> {
+        let mut path = self.out_dir.to_path_buf();
+        for component in self.manifest.files[index].path.split('/') {
+            path.push(component);
+            refuse_link(&path)?;
         }
         Ok(())
     }
@@ -384,6 +471,9 @@ impl<'a> PartialFiles<'a> {
         assert_eq!(self.partials.len(), self.manifest.files.len());
         let mut directories = BTreeSet::new();
         for index in 0..self.partials.len() {
+            // Checked again: the download took time, and a rename through a
+            // linked directory would move the file out of the output directory.
+            self.refuse_links(index)?;
             let (partial, target) = (self.partial_path(index), self.final_path(index));
             set_mode(&partial, self.manifest.files[index].mode)?;
             fs::rename(&partial, &target).map_err(|error| {
@@ -406,6 +496,25 @@ impl<'a> PartialFiles<'a> {
             // Best effort: the error that got us here is the one to report.
             let _ = fs::remove_file(partial);
         }
+    }
+}
+
+/// Refuses `path` if it is a symbolic link; a missing path is fine.
+fn refuse_link(path: &Path) -> Result<(), ClientError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_in_output(path)),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(ClientError::io(
+            format!("inspect '{}'", path.display()),
+            error,
+        )),
+    }
+}
+
+fn symlink_in_output(path: &Path) -> ClientError {
+    ClientError::SymlinkInOutput {
+        path: path.display().to_string(),
     }
 }
 
@@ -596,5 +705,123 @@ mod tests {
         let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd"))];
         assert!(!run_writer(&manifest, dir.path(), ops).unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The three ways a link below the output directory could take a
+    /// version's bytes elsewhere, each refused with the link named and
+    /// nothing written outside.
+    #[cfg(unix)]
+    mod symlinks {
+        use super::*;
+        use std::os::unix::fs::symlink;
+
+        /// An output directory and a directory outside it holding one file
+        /// that must survive untouched.
+        fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+            let root = tempfile::tempdir().unwrap();
+            let (out, outside) = (root.path().join("out"), root.path().join("outside"));
+            fs::create_dir(&out).unwrap();
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("precious"), b"precious").unwrap();
+            (root, out, outside)
+        }
+
+        fn download(out: &Path, path: &str) -> Result<bool, ClientError> {
+            let manifest = manifest_of(&[(path, b"evil bytes")], 4);
+            let ops = vec![
+                WriteOp::Chunk(chunk(0, 0, b"evil")),
+                WriteOp::Chunk(chunk(0, 1, b" byt")),
+                WriteOp::Chunk(chunk(0, 2, b"es")),
+                WriteOp::Finish,
+            ];
+            run_writer(&manifest, out, ops)
+        }
+
+        /// `outside` still holds exactly its one untouched file.
+        fn assert_untouched(outside: &Path) {
+            let names: Vec<_> = fs::read_dir(outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["precious"]);
+            assert_eq!(fs::read(outside.join("precious")).unwrap(), b"precious");
+        }
+
+        fn assert_refused(result: Result<bool, ClientError>, link: &Path) {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(&error, ClientError::SymlinkInOutput { path } if Path::new(path) == link),
+                "{error:?}"
+            );
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "'{}' is a symbolic link inside the output directory, and a download never \
+                     writes through one: remove the link, or download into a directory without \
+                     links",
+                    link.display()
+                )
+            );
+        }
+
+        #[test]
+        fn a_directory_link_to_outside_is_refused() {
+            let (_root, out, outside) = dirs();
+            symlink(&outside, out.join("sub")).unwrap();
+            assert_refused(download(&out, "sub/x"), &out.join("sub"));
+            assert_untouched(&outside);
+            // Deeper: a link in the middle of the path.
+            fs::create_dir(out.join("a")).unwrap();
+            symlink(&outside, out.join("a/b")).unwrap();
+            assert_refused(download(&out, "a/b/c/x"), &out.join("a/b"));
+            assert_untouched(&outside);
+            assert!(!outside.join("c").exists());
+        }
+
+        #[test]
+        fn a_link_at_the_final_name_is_refused_and_left_alone() {
+            let (_root, out, outside) = dirs();
+            symlink(outside.join("precious"), out.join("x")).unwrap();
+            assert_refused(download(&out, "x"), &out.join("x"));
+            assert_untouched(&outside);
+            assert!(fs::symlink_metadata(out.join("x"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            // A dangling link is no different.
+            symlink(outside.join("new"), out.join("y")).unwrap();
+            assert_refused(download(&out, "y"), &out.join("y"));
+            assert_untouched(&outside);
+        }
+
+        #[test]
+        fn a_link_at_the_partial_name_is_refused() {
+            let (_root, out, outside) = dirs();
+            let partial = out.join(format!("x{PARTIAL_SUFFIX}"));
+            symlink(outside.join("precious"), &partial).unwrap();
+            assert_refused(download(&out, "x"), &partial);
+            assert_untouched(&outside);
+            let dangling = out.join(format!("y{PARTIAL_SUFFIX}"));
+            symlink(outside.join("new"), &dangling).unwrap();
+            assert_refused(download(&out, "y"), &dangling);
+            assert_untouched(&outside);
+            assert!(!out.join("x").exists() && !out.join("y").exists());
+        }
+
+        #[test]
+        fn a_stale_partial_file_is_replaced_and_a_linked_output_dir_is_used() {
+            let (root, out, outside) = dirs();
+            fs::create_dir(out.join("d")).unwrap();
+            fs::write(out.join(format!("d/x{PARTIAL_SUFFIX}")), b"left by a crash").unwrap();
+            assert!(download(&out, "d/x").unwrap());
+            assert_eq!(fs::read(out.join("d/x")).unwrap(), b"evil bytes");
+            assert!(!out.join(format!("d/x{PARTIAL_SUFFIX}")).exists());
+
+            // The output directory itself may be a link: the user chose it.
+            let linked = root.path().join("linked-out");
+            symlink(&outside, &linked).unwrap();
+            assert!(download(&linked, "new/x").unwrap());
+            assert_eq!(fs::read(outside.join("new/x")).unwrap(), b"evil bytes");
+        }
     }
 }

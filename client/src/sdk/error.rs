@@ -28,6 +28,13 @@ pub enum ClientError {
     /// The caller's input was rejected before anything was sent.
     #[error("{0}")]
     InvalidInput(String),
+    /// A download found a symbolic link below its output directory where it would write: it
+    /// never writes through one, so no file of a version lands outside that directory.
+    #[error(
+        "'{path}' is a symbolic link inside the output directory, and a download never writes \
+         through one: remove the link, or download into a directory without links"
+    )]
+    SymlinkInOutput { path: String },
 }
 
 impl ClientError {

@@ -97,6 +97,39 @@ async fn register_then_download_round_trips_files_modes_and_actor() {
     assert_eq!(sunk, big);
 }
 
+/// A directory link under the output directory, where a version's file
+/// goes, is refused: nothing lands where it points.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_download_never_writes_through_a_link_in_the_output_directory() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let source = tempfile::tempdir().unwrap();
+    write(&source.path().join("model/sub/w.bin"), &big_bytes(10_000));
+    client
+        .register_version(
+            "reco",
+            &[source.path().join("model")],
+            RegisterOptions::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), out.path().join("sub")).unwrap();
+    let error = client
+        .download_version("reco/1", out.path(), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::SymlinkInOutput { path }
+            if Path::new(path) == out.path().join("sub")),
+        "{error:?}"
+    );
+    assert_eq!(fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn a_corrupt_chunk_fails_the_download_and_leaves_nothing() {
     let node = fake_node::start().await;

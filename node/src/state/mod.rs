@@ -25,7 +25,7 @@ use crate::domain::DomainError;
 
 pub use audit::AuditEntry;
 pub use query::tag_filter;
-pub use requests::REQUEST_IDS_KEPT_ENTRIES;
+pub use requests::{REQUEST_IDS_KEPT_ENTRIES, REQUEST_ID_BYTES_MAX};
 use tables::Tables;
 
 /// An error reading state: either the request names something that is not
@@ -96,6 +96,10 @@ impl quiver_raft::App for RegistryApp {
         let storage = |e: AppError| anyhow::anyhow!("request ids: {e}");
         self.forget_old_requests(wtxn, log_index).map_err(storage)?;
         if let Some(id) = &cmd.request_id {
+            // An id that cannot be a key is rejected before it is looked up or remembered.
+            if let Err(e) = requests::check_request_id(id) {
+                return Ok(Response::Rejected(e));
+            }
             if let Some(first) = self.answered(wtxn, id).map_err(storage)? {
                 // A retried copy of a request already applied: answer as the first copy did.
                 return Ok(first);

@@ -7,12 +7,34 @@ use serde::{Deserialize, Serialize};
 use super::tables::{decode, encode};
 use super::{AppError, AppResult, RegistryApp};
 use crate::command::{RequestId, Response};
+use crate::domain::{shown, DomainError};
 
 /// How long a request id is remembered, in log entries: a retried copy of a write arrives within
 /// the write timeout (5 s by default), i.e. a few thousand entries at most at full load, since
 /// concurrent writes share entries. Deterministic (a log index, not a clock), so every node
 /// forgets the same ids at the same point.
 pub const REQUEST_IDS_KEPT_ENTRIES: u64 = 100_000;
+
+/// Longest request id, in bytes. An id is a key of `requests` and, after an 8-byte log index, of
+/// `request_log`, and LMDB refuses keys that are empty or over 511 bytes with an error that
+/// would stop Raft; ids that cannot be keys are rejected first ([`check_request_id`]). Ids made
+/// by `RequestId::random` are 32 bytes.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+const _: () = assert!(8 + REQUEST_ID_BYTES_MAX <= 511);
+
+/// Refuses a request id that cannot be remembered: empty or over [`REQUEST_ID_BYTES_MAX`].
+pub(super) fn check_request_id(id: &RequestId) -> Result<(), DomainError> {
+    if id.0.is_empty() || id.0.len() > REQUEST_ID_BYTES_MAX {
+        return Err(DomainError::invalid(
+            "request_id",
+            format!(
+                "{} is not a request id: use 1-{REQUEST_ID_BYTES_MAX} bytes",
+                shown(&id.0)
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// What the `requests` table keeps of a request's answer: small answers whole, a version by name.
 #[derive(Debug, Serialize, Deserialize)]

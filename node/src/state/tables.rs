@@ -99,9 +99,18 @@ impl Tables {
     }
 
     /// Replaces every table by its rows in `data` (a table the snapshot lacks ends up empty).
+    /// A snapshot naming a table this build does not have is refused, not half-imported.
     pub(super) fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
         let snapshot: BTreeMap<String, Vec<(String, String)>> =
             serde_json::from_slice(data).context("decode registry snapshot")?;
+        let known = self.all().map(|(name, _)| name);
+        if let Some(unknown) = snapshot.keys().find(|name| !known.contains(&name.as_str())) {
+            anyhow::bail!(
+                "registry snapshot has a table {} that this build does not know: it was \
+                 made by another version of quiver-node; run the same version on every node",
+                crate::domain::shown(unknown)
+            );
+        }
         for (name, table) in self.all() {
             table.clear(wtxn)?;
             for (k, v) in snapshot.get(name).into_iter().flatten() {

@@ -310,4 +310,181 @@ mod tests {
         assert!(cut.len() <= ERROR_MESSAGE_BYTES_MAX);
         assert!(std::str::from_utf8(cut).is_ok());
     }
+
+    mod properties {
+        //! Property tests: every decoder over arbitrary bytes never panics, accepts only what
+        //! is in bounds, and is the inverse of its encoder.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        const OPS: [Op; 3] = [Op::Get, Op::Put, Op::Have];
+        const STATUSES: [Status; 4] =
+            [Status::Ok, Status::NotFound, Status::Corrupt, Status::Error];
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop::sample::select(&OPS[..])
+        }
+
+        fn status() -> impl Strategy<Value = Status> {
+            prop::sample::select(&STATUSES[..])
+        }
+
+        /// A length field: anything, or near one of the bounds.
+        fn len_field() -> impl Strategy<Value = u32> {
+            let near = |bound: usize| (bound as u32).saturating_sub(2)..=(bound as u32 + 2);
+            prop_oneof![
+                any::<u32>(),
+                0u32..70,
+                near(CHUNK_SIZE_BYTES),
+                near(HAVE_BATCH_MAX * HASH_BYTES),
+                near(HAVE_BATCH_MAX),
+                near(ERROR_MESSAGE_BYTES_MAX),
+            ]
+        }
+
+        /// A header's bytes: the kind byte anything or near the defined ones, then a length
+        /// that is often near a bound.
+        fn header_bytes<const N: usize>() -> impl Strategy<Value = [u8; N]> {
+            (
+                prop_oneof![0u8..6, any::<u8>()],
+                prop::collection::vec(any::<u8>(), N - 5),
+                len_field(),
+            )
+                .prop_map(|(kind, middle, len)| {
+                    let mut bytes = [0u8; N];
+                    bytes[0] = kind;
+                    bytes[1..N - 4].copy_from_slice(&middle);
+                    bytes[N - 4..].copy_from_slice(&len.to_be_bytes());
+                    bytes
+                })
+        }
+
+        fn hash() -> impl Strategy<Value = Hash> {
+            prop::collection::vec(any::<u8>(), HASH_BYTES)
+                .prop_map(|bytes| Hash(bytes.try_into().expect("32 bytes")))
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2_000))]
+
+            #[test]
+            fn request_header_decode_accepts_only_valid_headers(
+                bytes in header_bytes::<REQUEST_HEADER_BYTES>(),
+            ) {
+                let expected_op = OPS.iter().copied().find(|op| *op as u8 == bytes[0]);
+                let len = u32::from_be_bytes(bytes[33..].try_into().expect("4 bytes"));
+                let valid = expected_op.is_some_and(|op| {
+                    len as usize <= request_len_max(op)
+                        && (op != Op::Have || (len as usize).is_multiple_of(HASH_BYTES))
+                });
+                match RequestHeader::decode(&bytes) {
+                    Ok(header) => {
+                        prop_assert!(valid, "accepted {:?}", header);
+                        prop_assert_eq!(Some(header.op), expected_op);
+                        prop_assert_eq!(header.encode(), bytes);
+                    }
+                    Err(error) => prop_assert!(!valid, "refused a valid header: {}", error),
+                }
+            }
+
+            #[test]
+            fn request_header_round_trips(op in op(), hash in hash(), len in any::<u32>()) {
+                let max = request_len_max(op);
+                let mut len = len as usize % (max + 1);
+                if op == Op::Have {
+                    len -= len % HASH_BYTES;
+                }
+                let header = RequestHeader { op, hash, len: len as u32 };
+                prop_assert_eq!(RequestHeader::decode(&header.encode()), Ok(header));
+            }
+
+            #[test]
+            fn response_header_decode_accepts_only_lengths_in_bounds_for_the_request(
+                bytes in header_bytes::<RESPONSE_HEADER_BYTES>(),
+                op in op(),
+            ) {
+                let expected = STATUSES.iter().copied().find(|s| *s as u8 == bytes[0]);
+                let len = u32::from_be_bytes(bytes[1..].try_into().expect("4 bytes"));
+                let valid = expected.is_some_and(|s| len as usize <= response_len_max(op, s));
+                match ResponseHeader::decode(&bytes, op) {
+                    Ok(header) => {
+                        prop_assert!(valid, "accepted {:?} for {:?}", header, op);
+                        prop_assert_eq!(Some(header.status), expected);
+                        prop_assert_eq!(header.encode(), bytes);
+                    }
+                    Err(error) => prop_assert!(!valid, "refused a valid header: {}", error),
+                }
+            }
+
+            #[test]
+            fn response_header_round_trips(op in op(), status in status(), len in any::<u32>()) {
+                let len = (len as usize % (response_len_max(op, status) + 1)) as u32;
+                let header = ResponseHeader { status, len };
+                prop_assert_eq!(ResponseHeader::decode(&header.encode(), op), Ok(header));
+            }
+
+            #[test]
+            fn error_message_payload_is_a_bounded_utf8_prefix(message in any::<String>()) {
+                let payload = error_message_payload(&message);
+                prop_assert!(payload.len() <= ERROR_MESSAGE_BYTES_MAX);
+                prop_assert!(message.as_bytes().starts_with(payload));
+                prop_assert!(std::str::from_utf8(payload).is_ok());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(300))]
+
+            #[test]
+            fn have_request_decode_accepts_only_whole_batches_in_bounds(
+                len in prop_oneof![
+                    0usize..200,
+                    (HAVE_BATCH_MAX * HASH_BYTES - 40)..(HAVE_BATCH_MAX * HASH_BYTES + 40),
+                ],
+                seed in any::<u8>(),
+            ) {
+                let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+                let valid = len.is_multiple_of(HASH_BYTES) && len <= HAVE_BATCH_MAX * HASH_BYTES;
+                match decode_have_request(&payload) {
+                    Ok(hashes) => {
+                        prop_assert!(valid, "accepted {} bytes", len);
+                        prop_assert_eq!(hashes.len(), len / HASH_BYTES);
+                        prop_assert_eq!(encode_have_request(&hashes), payload);
+                    }
+                    Err(_) => prop_assert!(!valid, "refused {} bytes", len),
+                }
+            }
+
+            #[test]
+            fn have_response_decode_accepts_only_one_bit_per_hash_asked(
+                payload in prop::collection::vec(prop_oneof![8 => 0u8..=1, 1 => 2u8..=3, 1 => any::<u8>()], 0..40),
+                // Mostly as many as the payload holds, so the entries themselves are checked.
+                offset in prop_oneof![3 => Just(0isize), 1 => -2isize..=2],
+            ) {
+                let asked = payload.len().saturating_add_signed(offset);
+                let valid = payload.len() == asked && payload.iter().all(|&b| b <= 1);
+                match decode_have_response(&payload, asked) {
+                    Ok(held) => {
+                        prop_assert!(valid, "accepted {:?} for {}", payload, asked);
+                        prop_assert_eq!(encode_have_response(&held), payload);
+                    }
+                    Err(_) => prop_assert!(!valid, "refused {:?} for {}", payload, asked),
+                }
+            }
+
+            #[test]
+            fn have_payloads_round_trip(
+                hashes in prop::collection::vec(
+                    any::<u64>().prop_map(|seed| Hash::of(&seed.to_le_bytes())),
+                    0..=HAVE_BATCH_MAX,
+                ),
+                held_seed in any::<u64>(),
+            ) {
+                prop_assert_eq!(decode_have_request(&encode_have_request(&hashes)), Ok(hashes.clone()));
+                let held: Vec<bool> = (0..hashes.len()).map(|i| (held_seed >> (i % 64)) & 1 == 1).collect();
+                prop_assert_eq!(decode_have_response(&encode_have_response(&held), held.len()), Ok(held));
+            }
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod apply;
 mod audit;
+mod properties;
 mod query;
 mod requests;
 mod snapshot;
@@ -27,6 +28,17 @@ pub(crate) fn actor(name: &str) -> Actor {
     Actor {
         name: name.into(),
         authenticated: false,
+    }
+}
+
+/// The state's property-test configuration: a fixed seed, no failure files.
+fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5157_4552),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
     }
 }
 
