@@ -116,11 +116,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         validate_signature(&header.signature)?;
         validate_metadata(&header.metadata)?;
         validate_tags("tags", &header.tags)?;
-        let reserve = DiskReserve {
-            node_id: self.node_id(),
-            bytes: self.core.disk_reserve_bytes,
-        };
-        reserve.check(&self.chunks)?;
+        self.check_disk_reserve()?;
+        let reserve = self.disk_reserve();
         let inline_bytes = self
             .read(Consistency::Stale, |app, txn| {
                 app.get_model(txn, &header.model)?;
@@ -136,6 +133,20 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             ingest,
             reserve,
         })
+    }
+
+    /// Refuses with [`NodeError::DiskFull`] while this node's chunk disk has less free space
+    /// than its reserve (`CoreConfig::disk_reserve_bytes`): what an upload checks before it
+    /// takes any bytes, and again as they come.
+    pub fn check_disk_reserve(&self) -> Result<(), NodeError> {
+        self.disk_reserve().check(&self.chunks)
+    }
+
+    fn disk_reserve(&self) -> DiskReserve {
+        DiskReserve {
+            node_id: self.node_id(),
+            bytes: self.core.disk_reserve_bytes,
+        }
     }
 
     /// Whether a small version sent in its command is durable in W copies once committed: the

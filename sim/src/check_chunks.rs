@@ -10,6 +10,9 @@
 //!   the manifest code nor the verification under test vouches for itself;
 //! - a version acknowledged READY has at least W intact copies of every chunk at that moment
 //!   ([`check_ready_copies`]);
+//! - a copy counts only if it is durable (a power loss would not take it) and its bytes still
+//!   match the hash: the stores' `holds_intact` decides, so a copy a store kept after its sync
+//!   failed is not one;
 //! - liveness: after faults heal, replication reaches its target: every node that should hold
 //!   a READY version (every node, up to `FULL_REPLICATION_NODES_MAX`) holds an intact copy of
 //!   each of its chunks ([`check_replication`]).
@@ -153,7 +156,7 @@ pub fn check_replication(
                 out.push(Violation::new(
                     "replication-liveness",
                     format!(
-                        "{} s after healing n{node} still lacks an intact copy of {lacking} of \
+                        "{} s after healing n{node} still lacks a durable intact copy of {lacking} of \
                          the {} chunks of READY version {}",
                         waited_ms as f64 / 1_000.0,
                         t.chunks.len(),
@@ -260,7 +263,7 @@ mod tests {
         let details: Vec<&str> = v.iter().map(|v| v.detail.as_str()).collect();
         assert_eq!(v.len(), 3, "{details:?}");
         assert!(v.iter().all(|v| v.kind == "replication-liveness"));
-        assert!(details[0].contains("n2 still lacks an intact copy of 1 of the 2 chunks"));
+        assert!(details[0].contains("n2 still lacks a durable intact copy of 1 of the 2 chunks"));
         assert!(details[1].contains("n3") && details[2].contains("m/2"));
     }
 }

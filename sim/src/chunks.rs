@@ -35,6 +35,7 @@ use futures::stream::{self, StreamExt};
 use quiver_node::domain::VersionRef;
 use quiver_node::ingest::write_chunks;
 use quiver_node::replication::{should_hold, PlantedBugs, REPAIR_INTERVAL};
+use quiver_node::NodeError;
 use quiver_transfer::{ChunkRef, ChunkSource, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -46,13 +47,15 @@ use crate::check_chunks::{
     check_download, check_ready_copies, check_replication, Downloaded, FileTruth, Target,
 };
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
-use crate::chunkstore::{Corpus, SimStore};
+use crate::chunkstore::{Corpus, PlantedStoreBugs, SimStore};
 use crate::cluster::{Cluster, SimNode};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
 
 /// Copies of every chunk durable before an upload succeeds (W).
 pub const COPIES_REQUIRED: usize = 2;
+/// Logical size of the artifact [`Chunks::probe_writes`] uploads through each node (two chunks).
+pub const PROBE_LOGICAL_BYTES: u64 = 8 << 20;
 /// Simulated serving clients that download versions during a run.
 pub const DOWNLOADERS: u32 = 3;
 /// Pause between two downloads of one downloader, drawn from this range (virtual ms).
@@ -93,6 +96,20 @@ pub struct ChunkStats {
     /// From healing to every node holding every READY version intact (`None`: never, or the
     /// run ended before looking).
     pub replicated_ms: Option<u64>,
+    /// Uploads a node refused because its chunk disk was under the reserve (`DiskFull`).
+    pub uploads_refused_disk_full: u64,
+    /// What the chunk disks' faults did, summed over the stores.
+    pub disk: DiskStats,
+}
+
+/// What the chunk disks' faults did ([`crate::chunkstore::StoreStats`], summed over stores).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskStats {
+    pub full_puts: u64,
+    pub failed_syncs: u64,
+    pub torn_copies: u64,
+    pub replaced_bad_copies: u64,
+    pub unsynced_lost: u64,
 }
 
 /// What was uploaded for one manifest root: its chunks and the files' independent hashes.
@@ -130,7 +147,13 @@ pub struct Chunks {
 impl Chunks {
     /// Stores and network endpoints for nodes `ids` (all up), with the test-only switches of
     /// the node's replication code set from `planted`.
-    pub fn new(ids: &[NodeId], seed: u64, trace: SharedTrace, planted: PlantedBugs) -> Arc<Self> {
+    pub fn new(
+        ids: &[NodeId],
+        seed: u64,
+        trace: SharedTrace,
+        planted: PlantedBugs,
+        planted_store: PlantedStoreBugs,
+    ) -> Arc<Self> {
         let cfg = NetConfig {
             planted,
             ..NetConfig::default()
@@ -138,7 +161,8 @@ impl Chunks {
         let net = ChunkNet::new(cfg, seed, trace.clone());
         for &id in ids {
             let zone = format!("z{}", id % SIM_ZONES);
-            net.add_node(id, Place::new(SIM_REGION, zone), SimStore::new(None));
+            let store = SimStore::new(None).with_planted(planted_store);
+            net.add_node(id, Place::new(SIM_REGION, zone), store);
         }
         Self::over(net, trace)
     }
@@ -170,7 +194,17 @@ impl Chunks {
     }
 
     pub fn stats(&self) -> ChunkStats {
-        self.lock().stats.clone()
+        let mut stats = self.lock().stats.clone();
+        for store in self.stores.values() {
+            let s = store.stats();
+            let d = &mut stats.disk;
+            d.full_puts += s.full_puts;
+            d.failed_syncs += s.failed_syncs;
+            d.torn_copies += s.torn_copies;
+            d.replaced_bad_copies += s.replaced_bad_copies;
+            d.unsynced_lost += s.unsynced_lost;
+        }
+        stats
     }
 
     pub fn set_replicated_ms(&self, ms: Option<u64>) {
@@ -197,18 +231,13 @@ impl Chunks {
     /// does after chunking (see the module docs). `Err` says why the upload failed (too few
     /// copies); nothing is registered then.
     pub async fn upload(&self, node: &SimNode, corpus: &Corpus) -> Result<(), String> {
-        let chunks: Vec<(Hash, Bytes)> = corpus
-            .chunks()
-            .iter()
-            .filter_map(|c| Some((c.hash, Bytes::from(corpus.bytes(&c.hash)?.to_vec()))))
-            .collect();
-        let written = match node.chunk_sink().await {
-            Ok(sink) => write_chunks(sink, stream::iter(chunks)).await,
-            Err(e) => Err(e),
-        };
+        let written = self.write(node, corpus).await;
         let mut state = self.lock();
         if let Err(why) = written {
             state.stats.uploads_failed += 1;
+            if matches!(why, NodeError::DiskFull(_)) {
+                state.stats.uploads_refused_disk_full += 1;
+            }
             return Err(why.to_string());
         }
         state.stats.uploads += 1;
@@ -232,6 +261,74 @@ impl Chunks {
             },
         );
         Ok(())
+    }
+
+    /// What `node`'s upload service does with an artifact's chunks: refuse while its chunk
+    /// disk is under the reserve (`Node::check_disk_reserve`), else write them through its own
+    /// chunk sink with the upload's writer.
+    async fn write(&self, node: &SimNode, corpus: &Corpus) -> Result<(), NodeError> {
+        node.check_disk_reserve()?;
+        let chunks: Vec<(Hash, Bytes)> = corpus
+            .chunks()
+            .iter()
+            .filter_map(|c| Some((c.hash, Bytes::from(corpus.bytes(&c.hash)?.to_vec()))))
+            .collect();
+        let sink = node.chunk_sink().await?;
+        write_chunks(sink, stream::iter(chunks)).await
+    }
+
+    /// Every chunk-disk fault ends (the scenario is over).
+    pub fn heal_disks(&self) {
+        for store in self.stores.values() {
+            store.heal();
+        }
+    }
+
+    /// Node `id` lost power (it is down): its store loses what was never durable (nothing,
+    /// unless a planted bug kept unsynced copies).
+    pub fn power_loss(&self, id: NodeId) {
+        let Some(store) = self.stores.get(&id) else {
+            return;
+        };
+        let lost = store.power_loss();
+        if lost > 0 {
+            self.trace.record(format!(
+                "n{id} power loss: {lost} unsynced chunk copies lost"
+            ));
+        }
+    }
+
+    /// After healing: every up node must take a fresh upload (a small artifact drawn from
+    /// `seed`, W copies), showing that writes resume once space returns and syncs work. One
+    /// violation per node that refuses.
+    pub async fn probe_writes(&self, cluster: &Cluster, seed: u64) -> Vec<Violation> {
+        let mut found = Vec::new();
+        for id in cluster.up_ids() {
+            let Some(node) = cluster.node(id) else {
+                continue;
+            };
+            let probe = match Corpus::synthesize(seed ^ id, PROBE_LOGICAL_BYTES) {
+                Ok(corpus) => corpus,
+                Err(e) => {
+                    found.push(Violation::new(
+                        "writes-stuck",
+                        format!("probe artifact: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            match self.write(&node, &probe).await {
+                Ok(()) => self.trace.record(format!("probe upload via n{id}: ok")),
+                Err(e) => {
+                    self.trace.record(format!("probe upload via n{id}: {e}"));
+                    found.push(Violation::new(
+                        "writes-stuck",
+                        format!("n{id} refused an upload after every fault had healed: {e}"),
+                    ));
+                }
+            }
+        }
+        found
     }
 
     /// A client was told small version `label` (manifest `root`, its chunks `inline` in the

@@ -56,6 +56,12 @@ pub type Node = RaftNode<RegistryApp>;
 /// A registry node as the simulator builds it: the production `Node` over the simulated world.
 pub type SimNode = quiver_node::Node<SimStore, SimPeers>;
 
+/// Free logical bytes a node's chunk disk must keep for uploads to be taken
+/// (`CoreConfig::disk_reserve_bytes`): four 4 MiB chunks. A full-disk fault leaves less
+/// (`schedule::DISK_FULL_SLACK_BYTES`), so uploads through that node are refused with
+/// `DiskFull` while pushes and repair that still fit go on.
+pub const SIM_DISK_RESERVE_BYTES: u64 = 16 << 20;
+
 /// A node's clock: the run's virtual time since [`crate::client::EPOCH_MS`], off by the node's
 /// skew.
 struct SimClock {
@@ -302,8 +308,7 @@ impl Cluster {
             write_quorum: None,
             scrub_bytes_per_pass: SIM_SCRUB_BYTES_PER_PASS,
             crash_drills: false,
-            // The simulated stores cannot tell their free space (`free_bytes` is `None`).
-            disk_reserve_bytes: 0,
+            disk_reserve_bytes: SIM_DISK_RESERVE_BYTES,
             planted: self.planted_chunks,
             planted_node: self.planted_node,
         };
@@ -346,6 +351,7 @@ impl Cluster {
         }
         let state_unsynced = node.raft.state_last_commit_unsynced();
         drop(node);
+        self.chunks.power_loss(id);
         if state_unsynced {
             let state_dir = Self::node_dir(&self.data_root, id).join(quiver_raft::STATE_DIR_NAME);
             crate::disk::revert_last_state_commit(&state_dir)
@@ -502,7 +508,13 @@ mod tests {
         let trace = SharedTrace::new(false);
         let router = Router::new(&ids, 1, 0, trace.clone(), false);
         // Nothing touches the data dir until a node starts.
-        let chunks = Chunks::new(&ids, 0, trace.clone(), PlantedBugs::default());
+        let chunks = Chunks::new(
+            &ids,
+            0,
+            trace.clone(),
+            PlantedBugs::default(),
+            Default::default(),
+        );
         Cluster::new(ids, Path::new("/nonexistent"), router, chunks, trace, false)
             .with_clock_skew(seed, skew_ms)
     }

@@ -129,11 +129,17 @@ pub enum Plant {
     /// LMDB as a key, apply fails with a storage error and Raft stops on every node. The
     /// node-fatal checker must notice.
     ApplySkipsNameValidation,
+    /// The simulated chunk store keeps a copy whose sync failed and counts it when the chunk is
+    /// put again (`PlantedStoreBugs::keep_unsynced_copy`), as `ChunkStore` did when the sync
+    /// after its rename failed: pushes and uploads then count a copy that a power loss takes
+    /// back, and repair (which trusts `contains`) never makes it durable. The ready-copies or
+    /// replication checker, which count only durable intact copies, must notice.
+    KeepUnsyncedChunk,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 9] = [
+    pub const ALL: [Plant; 10] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -143,6 +149,7 @@ impl Plant {
         Plant::StaleFollowerReads,
         Plant::RepairSkipsAfterRestart,
         Plant::ApplySkipsNameValidation,
+        Plant::KeepUnsyncedChunk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,6 +163,7 @@ impl Plant {
             Plant::StaleFollowerReads => "stale-follower-reads",
             Plant::RepairSkipsAfterRestart => "repair-skips-after-restart",
             Plant::ApplySkipsNameValidation => "apply-skips-name-validation",
+            Plant::KeepUnsyncedChunk => "keep-unsynced-chunk",
         }
     }
 
@@ -172,6 +180,13 @@ impl Plant {
             forward_drops_request_id: plant == Some(Plant::RetryWithoutRequestId),
             repair_skips_after_restart: plant == Some(Plant::RepairSkipsAfterRestart),
             apply_skips_name_validation: plant == Some(Plant::ApplySkipsNameValidation),
+        }
+    }
+
+    /// The switches of the simulated chunk store this plant turns on (none for the others).
+    pub fn planted_store_bugs(plant: Option<Plant>) -> crate::chunkstore::PlantedStoreBugs {
+        crate::chunkstore::PlantedStoreBugs {
+            keep_unsynced_copy: plant == Some(Plant::KeepUnsyncedChunk),
         }
     }
 

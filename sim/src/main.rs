@@ -80,7 +80,8 @@ struct Common {
     clients: usize,
     /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
     /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync, follower-applies-stage-change,
-    /// retry-without-request-id, stale-follower-reads or repair-skips-after-restart.
+    /// retry-without-request-id, stale-follower-reads, repair-skips-after-restart,
+    /// apply-skips-name-validation or keep-unsynced-chunk.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).

@@ -33,6 +33,11 @@ pub struct FaultStats {
     /// Bit-rot faults, and the chunks they rotted.
     pub corruptions: u64,
     pub chunks_rotted: u64,
+    /// Chunk-disk faults: full disks, spells of failing syncs, and torn writes armed for a
+    /// node's next chunk write (the chunk-side figures they caused are in `artifacts`).
+    pub disks_full: u64,
+    pub syncs_failing: u64,
+    pub torn_writes_armed: u64,
     /// Leadership step-downs, removals and rejoins asked for (each may fail under faults).
     pub step_downs: u64,
     pub removals: u64,
@@ -160,12 +165,25 @@ impl RunReport {
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "never".into())
         );
+        let d = &k.disk;
+        let _ = writeln!(
+            s,
+            "chunk disks: {} uploads refused under the reserve, {} puts refused (full), {} failed \
+             syncs, {} torn copies, {} bad copies rewritten by a put, {} unsynced copies lost",
+            k.uploads_refused_disk_full,
+            d.full_puts,
+            d.failed_syncs,
+            d.torn_copies,
+            d.replaced_bad_copies,
+            d.unsynced_lost
+        );
         let f = &self.faults;
         let _ = writeln!(
             s,
             "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
-             {} reordering spells, {} rot ({} chunks), {} step-downs, {} removals, {} rejoins, \
-             {} skipped; {} unsynced log writes lost",
+             {} reordering spells, {} rot ({} chunks), {} full disks, {} failing-sync spells, \
+             {} torn writes armed, {} step-downs, {} removals, {} rejoins, {} skipped; {} \
+             unsynced log writes lost",
             f.crashes,
             f.leader_kills,
             f.restarts,
@@ -175,6 +193,9 @@ impl RunReport {
             f.reordering,
             f.corruptions,
             f.chunks_rotted,
+            f.disks_full,
+            f.syncs_failing,
+            f.torn_writes_armed,
             f.step_downs,
             f.removals,
             f.rejoins,

@@ -37,8 +37,8 @@ use crate::membership;
 use crate::net::{Router, CROSS_REGION_LATENCY_US, LINK_JITTER_PCT};
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
-    chaos_schedule, corruption_schedule, failover_schedule, max_down, membership_schedule, merge,
-    node_ids, Fault, FaultEvent, NodeId, Target,
+    chaos_schedule, corruption_schedule, disk_fault_schedule, failover_schedule, max_down,
+    membership_schedule, merge, node_ids, Fault, FaultEvent, NodeId, Target,
 };
 use crate::trace::SharedTrace;
 use crate::workload::{Mix, Pipeline};
@@ -184,6 +184,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         sub_seed(cfg.seed, "chunknet"),
         trace.clone(),
         Plant::planted_bugs(cfg.plant),
+        Plant::planted_store_bugs(cfg.plant),
     );
     let cluster = Arc::new(
         Cluster::new(
@@ -248,10 +249,13 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let schedule = match cfg.scenario {
         Scenario::Chaos => merge(
             merge(
-                chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
-                corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
+                merge(
+                    chaos_schedule(sub_seed(cfg.seed, "faults"), cfg.nodes, duration_ms),
+                    corruption_schedule(sub_seed(cfg.seed, "corruption"), cfg.nodes, duration_ms),
+                ),
+                membership_schedule(sub_seed(cfg.seed, "membership"), cfg.nodes, duration_ms),
             ),
-            membership_schedule(sub_seed(cfg.seed, "membership"), cfg.nodes, duration_ms),
+            disk_fault_schedule(sub_seed(cfg.seed, "disk-faults"), cfg.nodes, duration_ms),
         ),
         Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
         Scenario::Load => Vec::new(),
@@ -280,6 +284,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     // Heal everything and bring every node back; ops still in flight may complete now.
     cluster.router().with_links(|l| l.heal_all());
     chunks.net().heal_all();
+    chunks.heal_disks();
     for id in cluster.down_ids() {
         if let Err(e) = cluster.start(id).await {
             lock(&books).add(Violation::new("restart", format!("{e:#}")));
@@ -319,8 +324,18 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
                 Ok(versions) => chunks.await_replication(&versions).await,
                 Err(v) => vec![v],
             };
+            // Writes resume once space returns and syncs work again: every node takes a
+            // fresh upload (W copies, through its own reserve check and chunk sink).
+            let stuck = if cfg.scenario == Scenario::Chaos {
+                chunks
+                    .probe_writes(&cluster, sub_seed(cfg.seed, "probe"))
+                    .await
+            } else {
+                Vec::new()
+            };
             let mut b = lock(&books);
             b.add_all(replication);
+            b.add_all(stuck);
             for (id, index, digest, state) in &states {
                 if let Some(v) = b.digests.observe(*id, *index, digest) {
                     b.add(v);
@@ -532,6 +547,29 @@ async fn drive_faults(
                 trace.record(format!("fault {}", event.fault));
                 stats.corruptions += 1;
                 stats.chunks_rotted += chunks.corrupt(*node, *count, *salt) as u64;
+            }
+            Fault::DiskFull { node, slack_bytes } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.disks_full += 1;
+                chunks.store(*node).fill(*slack_bytes);
+            }
+            Fault::DiskFreed { node } => {
+                trace.record(format!("fault {}", event.fault));
+                chunks.store(*node).free();
+            }
+            Fault::SyncFailing { node } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.syncs_failing += 1;
+                chunks.store(*node).set_sync_failing(true);
+            }
+            Fault::SyncRecovered { node } => {
+                trace.record(format!("fault {}", event.fault));
+                chunks.store(*node).set_sync_failing(false);
+            }
+            Fault::TornWrite { node } => {
+                trace.record(format!("fault {}", event.fault));
+                stats.torn_writes_armed += 1;
+                chunks.store(*node).arm_tear();
             }
             Fault::StepDown { via } => match membership::step_down(&cluster, &trace, *via) {
                 Some(change) => {

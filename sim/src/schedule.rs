@@ -29,6 +29,16 @@ pub const CORRUPTION_FIRST_MS: u64 = 2_000;
 pub const CORRUPTION_GAP_MS: (u64, u64) = (1_000, 4_000);
 /// Chunks one corruption rots on its node, drawn uniformly from this range.
 pub const CORRUPTION_CHUNKS: (u32, u32) = (1, 8);
+/// First disk fault of a chaos run: versions have been registered by then.
+pub const DISK_FAULT_FIRST_MS: u64 = 1_500;
+/// Pause between the starts of two disk faults, drawn uniformly from this range.
+pub const DISK_FAULT_GAP_MS: (u64, u64) = (300, 2_500);
+/// How long a full disk or a failing sync lasts, drawn uniformly from this range.
+pub const DISK_FAULT_MS: (u64, u64) = (300, 4_000);
+/// Logical bytes a full disk leaves free, drawn uniformly from this range: under the sim's
+/// upload reserve (`cluster::SIM_DISK_RESERVE_BYTES`, 16 MiB), and sometimes room for a chunk
+/// or two of 4 MiB.
+pub const DISK_FULL_SLACK_BYTES: (u64, u64) = (0, 12 << 20);
 /// First leader kill of a failover run.
 pub const FAILOVER_FIRST_KILL_MS: u64 = 2_000;
 /// Time between leader kills.
@@ -96,6 +106,18 @@ pub enum Fault {
         chunks: u32,
         salt: u64,
     },
+    /// The chunk store's disk of `node` fills up: `slack_bytes` (logical) stay free until
+    /// `DiskFreed`.
+    DiskFull { node: NodeId, slack_bytes: u64 },
+    /// Space returns on `node`'s chunk disk.
+    DiskFreed { node: NodeId },
+    /// Every sync of `node`'s chunk store fails (a failing disk) until `SyncRecovered`.
+    SyncFailing { node: NodeId },
+    /// `node`'s chunk store syncs again.
+    SyncRecovered { node: NodeId },
+    /// The next chunk write on `node` is cut off as by a power loss mid-write: half its bytes
+    /// stay under the chunk's name and the write fails.
+    TornWrite { node: NodeId },
     /// An admin asks node `via` to have the leader step down (`quiver cluster step-down`);
     /// `via` forwards it to the leader.
     StepDown { via: NodeId },
@@ -138,6 +160,13 @@ impl fmt::Display for Fault {
             } => write!(f, "reorder#{id} {what} {reorder_pct}%"),
             Fault::Heal { id } => write!(f, "heal#{id}"),
             Fault::Corrupt { node, chunks, .. } => write!(f, "corrupt n{node} x{chunks}"),
+            Fault::DiskFull { node, slack_bytes } => {
+                write!(f, "disk full n{node} ({} KiB free)", slack_bytes >> 10)
+            }
+            Fault::DiskFreed { node } => write!(f, "disk freed n{node}"),
+            Fault::SyncFailing { node } => write!(f, "syncs failing n{node}"),
+            Fault::SyncRecovered { node } => write!(f, "syncs recovered n{node}"),
+            Fault::TornWrite { node } => write!(f, "torn next write n{node}"),
             Fault::StepDown { via } => write!(f, "step-down via n{via}"),
             Fault::Remove {
                 slot,
@@ -352,6 +381,58 @@ pub fn corruption_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<Fau
     events
 }
 
+/// Faults of the nodes' chunk disks for a `chaos` run, from their own seed (merge with
+/// [`merge`]): full disks and failing syncs, each ended before the run does and at most one at a
+/// time per node, and torn writes (a node's next chunk write cut off).
+pub fn disk_fault_schedule(seed: u64, nodes: usize, duration_ms: u64) -> Vec<FaultEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = node_ids(nodes);
+    let mut events = Vec::new();
+    if ids.is_empty() {
+        return events;
+    }
+    // When each node's current full-disk or failing-sync spell ends.
+    let mut busy_until: Vec<u64> = vec![0; ids.len()];
+    let mut t = DISK_FAULT_FIRST_MS;
+    while t < duration_ms {
+        let index = rng.gen_range(0..ids.len());
+        let node = ids[index];
+        let pick = rng.gen_range(0..100u32);
+        let length = rng.gen_range(DISK_FAULT_MS.0..=DISK_FAULT_MS.1);
+        let slack_bytes = rng.gen_range(DISK_FULL_SLACK_BYTES.0..=DISK_FULL_SLACK_BYTES.1);
+        let end = t + length;
+        match pick {
+            0..=69 if busy_until[index] <= t && end < duration_ms => {
+                let (start, stop) = if pick < 40 {
+                    (
+                        Fault::DiskFull { node, slack_bytes },
+                        Fault::DiskFreed { node },
+                    )
+                } else {
+                    (Fault::SyncFailing { node }, Fault::SyncRecovered { node })
+                };
+                events.push(FaultEvent {
+                    at_ms: t,
+                    fault: start,
+                });
+                events.push(FaultEvent {
+                    at_ms: end,
+                    fault: stop,
+                });
+                busy_until[index] = end;
+            }
+            70.. => events.push(FaultEvent {
+                at_ms: t,
+                fault: Fault::TornWrite { node },
+            }),
+            _ => {}
+        }
+        t += rng.gen_range(DISK_FAULT_GAP_MS.0..=DISK_FAULT_GAP_MS.1);
+    }
+    events.sort_by_key(|e| e.at_ms);
+    events
+}
+
 /// Membership changes for a `chaos` run, from their own seed (merge with [`merge`]): leadership
 /// step-downs and removals, one at a time, asked of a random node; every removal is followed by
 /// its rejoin before the run ends. Clusters under three nodes get none.
@@ -447,6 +528,7 @@ mod tests {
         let mut open: BTreeMap<u32, u64> = BTreeMap::new();
         let (mut crashes, mut spells) = (0, 0);
         let mut removed: Option<u32> = None;
+        let mut disk_spells: BTreeSet<NodeId> = BTreeSet::new();
         for e in events {
             match &e.fault {
                 Fault::Crash { slot, .. } => {
@@ -480,6 +562,20 @@ mod tests {
                     assert!((1..=nodes as u64).contains(node));
                     assert!((CORRUPTION_CHUNKS.0..=CORRUPTION_CHUNKS.1).contains(chunks));
                 }
+                Fault::DiskFull { node, .. } | Fault::SyncFailing { node } => {
+                    assert!((1..=nodes as u64).contains(node));
+                    assert!(
+                        disk_spells.insert(*node),
+                        "one disk spell at a time on n{node}"
+                    );
+                }
+                Fault::DiskFreed { node } | Fault::SyncRecovered { node } => {
+                    assert!(
+                        disk_spells.remove(node),
+                        "a disk spell ends after it starts"
+                    );
+                }
+                Fault::TornWrite { node } => assert!((1..=nodes as u64).contains(node)),
                 Fault::StepDown { via } => assert!((1..=nodes as u64).contains(via)),
                 Fault::Remove { slot, via, .. } => {
                     assert!((1..=nodes as u64).contains(via));
@@ -494,6 +590,7 @@ mod tests {
         assert!(removed.is_none(), "every removal is followed by its rejoin");
         assert!(crashed.is_empty(), "every crash is restarted");
         assert!(open.is_empty(), "every cut is healed");
+        assert!(disk_spells.is_empty(), "every disk spell ends");
         (crashes, spells)
     }
 
@@ -564,6 +661,41 @@ mod tests {
             })
             .collect();
         assert!(nodes.len() > 1, "corruption spreads over nodes: {nodes:?}");
+    }
+
+    #[test]
+    fn disk_faults_come_from_their_own_seed_end_in_time_and_leave_other_faults_alone() {
+        let (mut full, mut failing, mut torn) = (0, 0, 0);
+        for seed in 0..50 {
+            let disk = disk_fault_schedule(seed, 5, 30_000);
+            assert_eq!(disk, disk_fault_schedule(seed, 5, 30_000));
+            check(&disk, 5);
+            for e in &disk {
+                assert!(e.at_ms < 30_000, "{e:?} after the run's end");
+                match e.fault {
+                    Fault::DiskFull { slack_bytes, .. } => {
+                        assert!(slack_bytes <= DISK_FULL_SLACK_BYTES.1);
+                        full += 1;
+                    }
+                    Fault::SyncFailing { .. } => failing += 1,
+                    Fault::TornWrite { .. } => torn += 1,
+                    _ => {}
+                }
+            }
+            let chaos = chaos_schedule(seed, 5, 30_000);
+            let all = merge(chaos.clone(), disk.clone());
+            check(&all, 5);
+            let without: Vec<FaultEvent> = all.into_iter().filter(|e| !disk.contains(e)).collect();
+            assert_eq!(without, chaos, "the other faults are unchanged");
+        }
+        assert!(
+            full > 100 && failing > 100 && torn > 100,
+            "{full} {failing} {torn}"
+        );
+        assert_ne!(
+            disk_fault_schedule(1, 5, 30_000),
+            disk_fault_schedule(2, 5, 30_000)
+        );
     }
 
     #[test]

@@ -13,7 +13,15 @@
 //! commits (`GroupSync`): concurrent writers share one `syncfs(2)` of the store's filesystem
 //! instead of each fsyncing its file and directory, which on ext4 costs one journal commit per
 //! call. The ordering guarantee is the same: data durable before the rename, the rename durable
-//! before `put` returns. Every read is verified against the hash
+//! before `put` returns. A copy whose sync failed is removed: neither its bytes nor its name are
+//! known to be on disk, and a later `put` must not find it and count it. A `put` that finds the
+//! chunk already stored counts that copy only once it is durable and intact: it waits for a sync
+//! that started after the call (the copy may have been renamed into place by a write whose own
+//! sync is still running, or by a process that died before syncing) and re-reads it; a rotten
+//! copy is replaced by the bytes in hand. Writes of one chunk's file are serialized (by a lock
+//! striped over the hash), so a put never counts a copy that a failing writer is about to
+//! remove. Small chunks in the pack need no sync: a pack entry is visible only once the LMDB
+//! commit that wrote it is durable. Every read is verified against the hash
 //! (DESIGN.md: a chunk is never served or used unless its blake3 hash matches); a chunk that rotted
 //! on disk is reported as `Corrupt`, never returned.
 //!
@@ -38,6 +46,9 @@ const INGEST_READ_BYTES: usize = 1024 * 1024;
 
 /// Distinguishes temp files of concurrent writes in one process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Locks that serialize writes of one chunk's file (a chunk's lock is picked by its hash's
+/// first byte): enough that writes of different chunks rarely wait for each other.
+const WRITE_LOCK_STRIPES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +79,8 @@ pub struct ChunkStore {
     small: std::sync::Arc<SmallChunks>,
     /// Whether chunk files are written with direct I/O (until the filesystem refuses it).
     direct: std::sync::Arc<AtomicBool>,
+    /// [`WRITE_LOCK_STRIPES`] locks; see the module docs.
+    write_locks: std::sync::Arc<[std::sync::Mutex<()>]>,
 }
 
 /// Group commit of the store's writes: every caller of `sync` returns only
@@ -78,6 +91,9 @@ struct GroupSync {
     dir: File,
     state: std::sync::Mutex<SyncState>,
     done: std::sync::Condvar,
+    /// Test-only: the first sync that covers this ticket fails with EIO instead of syncing.
+    #[cfg(test)]
+    fail_ticket: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +111,8 @@ impl GroupSync {
             dir: File::open(dir)?,
             state: std::sync::Mutex::new(SyncState::default()),
             done: std::sync::Condvar::new(),
+            #[cfg(test)]
+            fail_ticket: AtomicU64::new(0),
         })
     }
 
@@ -114,9 +132,10 @@ impl GroupSync {
             }
             // This sync starts after every ticket handed out so far.
             let covers = state.requested;
+            let from = state.completed + 1;
             state.running = true;
             drop(state);
-            let result = sync_filesystem(&self.dir);
+            let result = self.sync_covering(from..=covers);
             state = self.state.lock().map_err(|_| lock_err())?;
             state.running = false;
             if result.is_ok() {
@@ -125,6 +144,19 @@ impl GroupSync {
             self.done.notify_all();
             result?;
         }
+    }
+}
+
+impl GroupSync {
+    /// One filesystem sync, for the callers holding `tickets`.
+    fn sync_covering(&self, tickets: std::ops::RangeInclusive<u64>) -> io::Result<()> {
+        #[cfg(test)]
+        if tickets.contains(&self.fail_ticket.load(Ordering::SeqCst)) {
+            self.fail_ticket.store(0, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let _ = tickets;
+        sync_filesystem(&self.dir)
     }
 }
 
@@ -190,6 +222,9 @@ impl ChunkStore {
             sync: std::sync::Arc::new(sync),
             small: std::sync::Arc::new(small),
             direct: std::sync::Arc::new(AtomicBool::new(true)),
+            write_locks: (0..WRITE_LOCK_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -225,10 +260,10 @@ impl ChunkStore {
         self.dir.join(&hex[..2]).join(&hex[2..])
     }
 
-    /// Verifies that `blake3(data) == hash`, then stores the chunk durably unless already
-    /// present. Returns whether it was written now. Two concurrent puts of the same chunk may
-    /// both return true; the stored bytes are the same either way. An existing file is not
-    /// re-read: to repair a chunk that `get` reported `Corrupt`, `remove` it, then `put` it.
+    /// Verifies that `blake3(data) == hash`, then stores the chunk durably unless a durable,
+    /// intact copy is already present. Returns whether it was written now (false: an existing
+    /// copy counts; see the module docs). An existing copy that no longer verifies is replaced.
+    /// On an error no copy of the chunk is left that was not durable before the call.
     pub fn put(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
         let actual = Hash::of(data);
         if actual != *hash {
@@ -256,10 +291,26 @@ impl ChunkStore {
                 ),
             });
         }
-        if self.contains(hash) {
-            return Ok(false);
+        if self.small.contains(hash) {
+            // Committed, hence durable (see the module docs); count it only if intact.
+            match self.get(hash) {
+                Ok(_) => return Ok(false),
+                Err(StoreError::Corrupt { .. }) => {
+                    tracing::warn!(%hash, "a put found the stored chunk corrupt; writing it again");
+                    self.remove(hash)?;
+                }
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         if data.len() <= SMALL_CHUNK_BYTES_MAX {
+            // A small chunk stored as a file (while the pack was full) counts like any file.
+            if self.path_of(hash).is_file() {
+                let _writing = self.write_lock(hash);
+                if self.count_existing_file(hash)? {
+                    return Ok(false);
+                }
+            }
             match self.small.put(hash, data) {
                 Ok(()) => return Ok(true),
                 Err(PackError::Full) => {
@@ -272,6 +323,24 @@ impl ChunkStore {
                     })
                 }
             }
+        }
+        self.put_file(hash, data)
+    }
+
+    /// The lock that serializes writes of `hash`'s file (see the module docs).
+    fn write_lock(&self, hash: &Hash) -> std::sync::MutexGuard<'_, ()> {
+        self.write_locks[hash.0[0] as usize % self.write_locks.len()]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the chunk as a file: written to `tmp/`, synced, renamed into place, synced again;
+    /// an existing file counts once [`ChunkStore::count_existing_file`] says so.
+    fn put_file(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
+        // Held until this chunk's file is durable or removed.
+        let _writing = self.write_lock(hash);
+        if self.path_of(hash).is_file() && self.count_existing_file(hash)? {
+            return Ok(false);
         }
         let path = self.path_of(hash);
         let fan_out = path.parent().unwrap_or(&self.dir);
@@ -300,10 +369,49 @@ impl ChunkStore {
                 source,
             });
         }
-        self.sync
-            .sync()
-            .map_err(io_err(format!("sync chunk {hash} at {}", path.display())))?;
+        if let Err(source) = self.sync.sync() {
+            // The rename is not known to be durable: a later put must not count this copy.
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::Io {
+                context: format!(
+                    "sync chunk {hash} at {} (the copy was removed)",
+                    path.display()
+                ),
+                source,
+            });
+        }
         Ok(true)
+    }
+
+    /// Whether the chunk file found at `hash`'s path counts as a durable copy: true once a sync
+    /// that started after this call succeeded and the file still verifies. A copy that fails
+    /// the sync is removed (error); a corrupt one is removed (false: write it again). The
+    /// caller holds the chunk's write lock.
+    fn count_existing_file(&self, hash: &Hash) -> Result<bool, StoreError> {
+        let path = self.path_of(hash);
+        if let Err(source) = self.sync.sync() {
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::Io {
+                context: format!(
+                    "sync the existing copy of chunk {hash} at {} (the copy was removed)",
+                    path.display()
+                ),
+                source,
+            });
+        }
+        match self.get(hash) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Corrupt { .. }) => {
+                tracing::warn!(%hash, path = %path.display(), "a put found the stored chunk corrupt; writing it again");
+                fs::remove_file(&path).map_err(io_err(format!(
+                    "remove corrupt chunk {hash} at {}",
+                    path.display()
+                )))?;
+                Ok(false)
+            }
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads the chunk and verifies its hash.
@@ -771,6 +879,86 @@ mod tests {
         // A truncated file is corrupt too.
         fs::write(&path, &data[..4]).expect("truncate");
         assert!(matches!(store.get(&hash), Err(StoreError::Corrupt { .. })));
+    }
+
+    /// The next sync the store starts (its `n`th from now, counting from 1) fails with EIO.
+    fn fail_sync(store: &ChunkStore, n: u64) {
+        let requested = store.sync.state.lock().unwrap().requested;
+        store
+            .sync
+            .fail_ticket
+            .store(requested + n, Ordering::SeqCst);
+    }
+
+    fn tmp_is_empty(store: &ChunkStore) -> bool {
+        fs::read_dir(store.dir.join(TMP_DIR)).expect("tmp").count() == 0
+    }
+
+    #[test]
+    fn a_copy_whose_sync_failed_is_removed_and_not_counted_later() {
+        let (_dir, store) = open_temp();
+        let data = vec![6u8; SMALL_CHUNK_BYTES_MAX + 100];
+        let hash = Hash::of(&data);
+        // The sync of the written temp file fails: nothing is renamed into place.
+        fail_sync(&store, 1);
+        let err = store.put(&hash, &data).expect_err("first sync fails");
+        assert!(
+            matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::EIO)),
+            "{err:?}"
+        );
+        assert!(!store.contains(&hash) && tmp_is_empty(&store));
+        // The sync after the rename fails: the renamed copy is removed again.
+        fail_sync(&store, 2);
+        let err = store.put(&hash, &data).expect_err("second sync fails");
+        assert!(err.to_string().contains("the copy was removed"), "{err}");
+        assert!(!store.contains(&hash), "no half-trusted copy is left");
+        assert!(!store.path_of(&hash).exists() && tmp_is_empty(&store));
+        // So the next put writes it (and counts it) for real.
+        assert!(store.put(&hash, &data).expect("put"));
+        assert_eq!(store.get(&hash).expect("get"), data);
+    }
+
+    #[test]
+    fn a_put_that_finds_a_copy_counts_it_only_after_a_sync_and_a_check() {
+        let (_dir, store) = open_temp();
+        let data = vec![8u8; SMALL_CHUNK_BYTES_MAX + 7];
+        let hash = Hash::of(&data);
+        // A copy another process renamed into place and never synced (or one a concurrent
+        // write is still syncing): the put that finds it syncs before counting it.
+        fs::create_dir_all(store.path_of(&hash).parent().unwrap()).unwrap();
+        fs::write(store.path_of(&hash), &data).unwrap();
+        let before = store.sync.state.lock().unwrap().requested;
+        assert!(!store.put(&hash, &data).expect("counted"));
+        assert_eq!(
+            store.sync.state.lock().unwrap().requested,
+            before + 1,
+            "one sync before counting the existing copy"
+        );
+        // A sync that fails then: not counted, and removed.
+        fail_sync(&store, 1);
+        assert!(store.put(&hash, &data).is_err());
+        assert!(!store.contains(&hash));
+        // A rotten copy is not counted: the put writes the chunk again.
+        assert!(store.put(&hash, &data).expect("written"));
+        let mut rotten = data.clone();
+        rotten[0] ^= 1;
+        store.overwrite_unchecked(&hash, &rotten).unwrap();
+        assert!(store.put(&hash, &data).expect("rewritten"));
+        assert_eq!(store.get(&hash).expect("get"), data);
+        // A truncated (torn) copy likewise.
+        fs::write(store.path_of(&hash), &data[..100]).unwrap();
+        assert!(store.put(&hash, &data).expect("rewritten"));
+        assert_eq!(store.get(&hash).expect("get"), data);
+        // And a rotten small chunk in the pack.
+        let small = b"small tensor".to_vec();
+        let small_hash = Hash::of(&small);
+        store.put(&small_hash, &small).unwrap();
+        store
+            .overwrite_unchecked(&small_hash, b"small tenso!")
+            .unwrap();
+        assert!(store.put(&small_hash, &small).expect("rewritten"));
+        assert_eq!(store.get(&small_hash).expect("get"), small);
+        assert!(!store.put(&small_hash, &small).expect("counted"));
     }
 
     #[test]
