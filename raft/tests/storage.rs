@@ -500,6 +500,29 @@ async fn a_byte_flipped_inside_the_active_segment_refuses_to_open_and_changes_no
     assert_eq!(log_ids(&mut log).await.len(), 20, "nothing was dropped");
 }
 
+/// A log in `dir` to damage: 12 entries of term 1, the vote for term 7, 4 entries of term 7, in
+/// one segment. Returns the segment, its bytes, where its written records end, and the ids.
+async fn log_to_damage(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, Vec<u8>, usize, Vec<LogId<NodeId>>) {
+    append_one_by_one(dir, 12, Default::default()).await;
+    {
+        let (mut log, _sm) = open_storage::<KvApp>(dir).expect("open");
+        log.save_vote(&Vote::new(7, 1)).await.expect("vote");
+        log.blocking_append((12..16).map(|i| normal(7, i, set(i as usize))))
+            .await
+            .expect("append");
+    }
+    let segment = segments(dir)[0].clone();
+    let pristine = std::fs::read(&segment).expect("read");
+    let end = written_end(&segment);
+    let ids = (0..12)
+        .map(|i| log_id(1, i))
+        .chain((12..16).map(|i| log_id(7, i)))
+        .collect();
+    (segment, pristine, end, ids)
+}
+
 /// Property, over seeded random single-byte changes anywhere in what the log wrote (entries and
 /// a vote): opening either refuses, naming the damage, or reads back exactly the entries and the
 /// vote that were written. It never silently drops an acknowledged entry or the vote.
@@ -507,21 +530,7 @@ async fn a_byte_flipped_inside_the_active_segment_refuses_to_open_and_changes_no
 async fn any_single_byte_change_is_refused_or_harmless() {
     use rand::{Rng, SeedableRng};
     let dir = tempfile::tempdir().expect("tempdir");
-    append_one_by_one(dir.path(), 12, Default::default()).await;
-    {
-        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
-        log.save_vote(&Vote::new(7, 1)).await.expect("vote");
-        log.blocking_append((12..16).map(|i| normal(7, i, set(i as usize))))
-            .await
-            .expect("append");
-    }
-    let segment = segments(dir.path())[0].clone();
-    let pristine = std::fs::read(&segment).expect("read");
-    let end = written_end(&segment);
-    let want: Vec<LogId<NodeId>> = (0..12)
-        .map(|i| log_id(1, i))
-        .chain((12..16).map(|i| log_id(7, i)))
-        .collect();
+    let (segment, pristine, end, want) = log_to_damage(dir.path()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
     let (mut refused, mut harmless) = (0, 0);
     for _ in 0..200 {
@@ -788,21 +797,7 @@ fn damaged_byte_ranges_are_refused_or_read_back_as_a_prefix() {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    runtime.block_on(async {
-        append_one_by_one(dir.path(), 12, Default::default()).await;
-        let (mut log, _sm) = open_storage::<KvApp>(dir.path()).expect("open");
-        log.save_vote(&Vote::new(7, 1)).await.expect("vote");
-        log.blocking_append((12..16).map(|i| normal(7, i, set(i as usize))))
-            .await
-            .expect("append");
-    });
-    let segment = segments(dir.path())[0].clone();
-    let pristine = std::fs::read(&segment).expect("read");
-    let end = written_end(&segment);
-    let written: Vec<LogId<NodeId>> = (0..12)
-        .map(|i| log_id(1, i))
-        .chain((12..16).map(|i| log_id(7, i)))
-        .collect();
+    let (segment, pristine, end, written) = runtime.block_on(log_to_damage(dir.path()));
 
     proptest!(proptest_config(64), |(damage in log_damage())| {
         let mut bytes = pristine.clone();

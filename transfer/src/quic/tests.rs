@@ -156,14 +156,7 @@ async fn raw_request(
     header: RequestHeader,
     payload: &[u8],
 ) -> (ResponseHeader, Vec<u8>) {
-    let tuning = TransportTuning::chosen();
-    let mut ep = endpoint(localhost(), None, &tuning).expect("endpoint");
-    ep.set_default_client_config(client_config(tls, &tuning).expect("client config"));
-    let connection = ep
-        .connect(server, PEER_TLS_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_ep, connection) = connect_raw(tls, server).await;
     let (mut send, mut recv) = connection.open_bi().await.expect("open stream");
     let mut request = header.encode().to_vec();
     request.extend_from_slice(payload);
