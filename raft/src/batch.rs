@@ -9,8 +9,8 @@
 //! transaction and answers with one response per command. A lone write is a batch of one: its
 //! latency is unchanged.
 //!
-//! A batch also ends before its commands' encoded bytes would pass [`BATCH_BYTES_MAX`] (the
-//! AppendEntries cap), so that a batch always fits one AppendEntries message; a single command
+//! A batch also ends before its commands' encoded bytes would pass [`BATCH_BYTES_MAX`] (within
+//! the AppendEntries cap), so that a batch always fits one AppendEntries message; a single command
 //! larger than that (a registration with a large manifest) is an entry of its own, sent alone.
 //! A command over [`COMMAND_BYTES_MAX`] is refused before it reaches the log.
 //!
@@ -24,7 +24,6 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::network::APPEND_ENTRIES_BYTES_MAX;
 use crate::rpc::WriteError;
 use crate::{App, TypeConfig};
 
@@ -34,11 +33,9 @@ use crate::{App, TypeConfig};
 /// checked before proposing. It must fit one peer message (`PEER_MESSAGE_SIZE_MAX_BYTES`).
 pub const COMMAND_BYTES_MAX: usize = 48 << 20;
 /// Encoded bytes of the commands batched into one entry, at most (a larger single command is an
-/// entry by itself): a batch always fits one AppendEntries message.
-pub const BATCH_BYTES_MAX: usize = APPEND_ENTRIES_BYTES_MAX;
-
-// A command alone in an entry, with the AppendEntries envelope around it, fits one peer message.
-const _: () = assert!(COMMAND_BYTES_MAX + (1 << 20) <= crate::PEER_MESSAGE_SIZE_MAX_BYTES);
+/// entry by itself): a batch always fits one AppendEntries message (`network` checks it against
+/// `APPEND_ENTRIES_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: usize = 512 << 10;
 
 /// Most commands in one Raft entry.
 pub const WRITE_BATCH_MAX: usize = 256;

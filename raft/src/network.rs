@@ -36,6 +36,12 @@ pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// replicate again.
 pub const APPEND_ENTRIES_BYTES_MAX: usize = 512 << 10;
 
+// A batch of commands fits one AppendEntries, and a command alone in an entry, with the
+// AppendEntries envelope around it, fits one peer message.
+const _: () = assert!(crate::batch::BATCH_BYTES_MAX <= APPEND_ENTRIES_BYTES_MAX);
+const _: () =
+    assert!(crate::batch::COMMAND_BYTES_MAX + (1 << 20) <= crate::PEER_MESSAGE_SIZE_MAX_BYTES);
+
 /// A snapshot chunk's metadata; the chunk's bytes travel beside it, not in the JSON.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotChunkHeader {
