@@ -65,12 +65,13 @@ impl<A: App> Batcher<A> {
         Batcher { tx }
     }
 
-    /// Queues `cmd`; the receiver yields its answer once its batch is applied (or failed).
+    /// Queues `cmd`, of `bytes` encoded bytes (from [`check_command_size`]); the receiver yields
+    /// its answer once its batch is applied (or failed).
     pub(crate) async fn submit(
         &self,
         cmd: A::Command,
+        bytes: usize,
     ) -> Result<oneshot::Receiver<Result<A::Response, WriteError>>, WriteError> {
-        let bytes = check_command_size(&cmd)?;
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Proposal { cmd, bytes, reply })

@@ -84,16 +84,18 @@ impl<A: App> RaftNode<A> {
                 let req: ForwardRequest<A::Command> = decode(&json, "Forward")?;
                 let started = Instant::now();
                 let deadline = budget(req.timeout_ms, FORWARDED_TIMEOUT_MAX);
-                let result =
-                    self.write_here(req.cmd, deadline)
-                        .await
-                        .map_err(|e| match e {
-                            // Say, from the leader's side, which voters it could reach.
-                            WriteError::NoQuorum(p) => WriteError::NoQuorum(
-                                self.no_quorum_message("write", started.elapsed(), &p),
-                            ),
-                            e => e,
-                        });
+                // A forwarded command is measured here, on the leader that batches it.
+                let result = match crate::batch::check_command_size(&req.cmd) {
+                    Ok(bytes) => self.write_here(req.cmd, bytes, deadline).await,
+                    Err(e) => Err(e),
+                };
+                let result = result.map_err(|e| match e {
+                    // Say, from the leader's side, which voters it could reach.
+                    WriteError::NoQuorum(p) => {
+                        WriteError::NoQuorum(self.no_quorum_message("write", started.elapsed(), &p))
+                    }
+                    e => e,
+                });
                 reply(&result)
             }
             (Method::ReadIndex, Body::Json(json)) => {

@@ -427,8 +427,8 @@ impl<A: App> RaftNode<A> {
     /// retried after a leader change may be applied twice: commands should be idempotent or
     /// carry an id the app deduplicates.
     pub async fn write(&self, cmd: A::Command) -> Result<A::Response, WriteError> {
-        // Refused here too, so that an oversized command is not even forwarded.
-        crate::batch::check_command_size(&cmd)?;
+        // Measured (and an oversized command refused) once, before it is forwarded or batched.
+        let bytes = crate::batch::check_command_size(&cmd)?;
         let started = Instant::now();
         let deadline = started + self.inner.write_timeout;
         let result = self
@@ -436,7 +436,11 @@ impl<A: App> RaftNode<A> {
                 deadline,
                 |deadline| {
                     let cmd = cmd.clone();
-                    async move { self.write_here(cmd, deadline).await.map_err(write_attempt) }
+                    async move {
+                        self.write_here(cmd, bytes, deadline)
+                            .await
+                            .map_err(write_attempt)
+                    }
                 },
                 |leader_id, addr, deadline| {
                     let cmd = &cmd;
@@ -447,20 +451,23 @@ impl<A: App> RaftNode<A> {
         result.map_err(|o| self.settle("write", started, o))
     }
 
-    /// Propose `cmd` on this node, which must be the leader; bounded by `deadline`. The command
-    /// shares a Raft entry with whatever else is proposed meanwhile (see `batch`).
+    /// Propose `cmd` (of `bytes` encoded bytes, from `check_command_size`) on this node, which
+    /// must be the leader; bounded by `deadline`. The command shares a Raft entry with whatever
+    /// else is proposed meanwhile (see `batch`).
     pub(crate) async fn write_here(
         &self,
         cmd: A::Command,
+        bytes: usize,
         deadline: Instant,
     ) -> Result<A::Response, WriteError> {
         let waited = deadline.saturating_duration_since(Instant::now());
         let timed_out =
             || WriteError::NoQuorum(format!("not committed within {:.1}s", waited.as_secs_f64()));
-        let answer = match tokio::time::timeout_at(deadline, self.inner.batcher.submit(cmd)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(submitted) => submitted?,
-        };
+        let answer =
+            match tokio::time::timeout_at(deadline, self.inner.batcher.submit(cmd, bytes)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(submitted) => submitted?,
+            };
         match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => Err(timed_out()),
             Ok(Err(_)) => Err(WriteError::Fatal("the raft node has stopped".into())),
