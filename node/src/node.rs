@@ -96,7 +96,8 @@ pub struct PlantedNodeBugs {
     /// they were whole, so what it lacked when it went down is never fetched.
     pub repair_skips_after_restart: bool,
     /// PLANTED BUG `apply-skips-name-validation`: the state machine (and the proposing node,
-    /// whose field check would otherwise refuse them first) takes model names on trust,
+    /// whose field check would otherwise refuse them first) skips its field checks and takes
+    /// model names on trust,
     /// so a command with an empty one fails in apply with a storage error (see `RegistryApp`).
     pub apply_skips_name_validation: bool,
 }

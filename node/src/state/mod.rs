@@ -56,8 +56,9 @@ pub type AppResult<T> = Result<T, AppError>;
 pub struct RegistryApp {
     tables: Tables,
     /// PLANTED BUG `apply-skips-name-validation` (test only, set through `PlantedNodeBugs`):
-    /// apply takes a command's model name on trust, so an empty one reaches LMDB as a key and
-    /// fails there with a storage error, which stops Raft.
+    /// apply skips its field checks (`Op::check_fields`) and takes a command's model name and
+    /// other fields on trust, so an empty name reaches LMDB as a key and fails there with a
+    /// storage error, which stops Raft.
     skip_name_validation: std::sync::atomic::AtomicBool,
 }
 

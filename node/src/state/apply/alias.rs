@@ -2,7 +2,7 @@
 
 use super::{Applied, Write};
 use crate::command::Response;
-use crate::domain::{limits, validate_name, Alias, DomainError};
+use crate::domain::{limits, Alias, DomainError};
 use crate::state::tables::{encode, key2};
 use crate::state::AppResult;
 
@@ -12,7 +12,6 @@ pub(super) fn set_alias(
     alias: &str,
     number: u64,
 ) -> AppResult<Applied> {
-    validate_name("alias", alias)?;
     w.app.get_version(w.wtxn, model, number)?;
     let aliases = &w.app.tables.aliases;
     let key = key2(model, alias.as_bytes());
@@ -40,7 +39,6 @@ pub(super) fn set_alias(
 }
 
 pub(super) fn delete_alias(w: &mut Write<'_, '_>, model: &str, alias: &str) -> AppResult<Applied> {
-    validate_name("alias", alias)?;
     let a = w.app.get_alias(w.wtxn, model, alias)?;
     w.app
         .tables

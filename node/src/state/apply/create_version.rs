@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use quiver_transfer::{Hash, Manifest, ManifestError};
+use quiver_transfer::{Hash, Manifest};
 
 use super::{Applied, Write};
 use crate::command::{InlineChunk, Response};
 use crate::domain::{
-    limits, validate_metadata, validate_signature, validate_tags, DomainError, FileInfo, Signature,
-    Stage, StageTransition, Version, VersionMetadata, VersionStatus,
+    limits, DomainError, FileInfo, Signature, Stage, StageTransition, Version, VersionMetadata,
+    VersionStatus,
 };
 use crate::state::tables::{decode_u64, encode, inline_key, key2, version_key, INLINE_BYTES_KEY};
 use crate::state::AppResult;
@@ -39,7 +39,6 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
     } = *new;
     let tables = &w.app.tables;
     let mut m = w.app.get_model(w.wtxn, model)?;
-    manifest.validate().map_err(manifest_error)?;
     validate_inline_chunks(manifest, inline_chunks)?;
     let root = manifest.root().to_hex();
     if root != manifest_root {
@@ -49,9 +48,6 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
         )
         .into());
     }
-    validate_signature(signature)?;
-    validate_metadata(metadata)?;
-    validate_tags("tags", tags)?;
     let root_key = key2(model, root.as_bytes());
     if let Some(existing) = tables.roots.get(w.wtxn, &root_key)? {
         let number = decode_u64("roots table: malformed version number", existing)?;
@@ -119,10 +115,6 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
         Response::Version(Box::new(version)),
         format!("{model}/{number}"),
     ))
-}
-
-fn manifest_error(e: ManifestError) -> DomainError {
-    DomainError::invalid("manifest", e.to_string())
 }
 
 /// A version's inline chunks are all of its chunks or none: each distinct chunk of the manifest

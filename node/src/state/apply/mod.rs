@@ -41,7 +41,7 @@ impl RegistryApp {
         // A model name is the first key every handler builds; LMDB refuses an empty or over-long
         // key with an error that would stop Raft on every node, so a bad one is a rejection here,
         // as is every other field over its limit (the proposing node checked them too; a command
-        // in the log is checked again all the same).
+        // in the log is checked again all the same). The handlers check only what needs state.
         if !self.names_on_trust() {
             cmd.op.check_fields()?;
         }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{apply_tag_changes, Applied, Write};
 use crate::command::Response;
-use crate::domain::{
-    validate_description, validate_name, validate_tags, DomainError, Model, RiskTier,
-};
+use crate::domain::{DomainError, Model, RiskTier};
 use crate::state::tables::encode;
 use crate::state::AppResult;
 
@@ -18,10 +16,6 @@ pub(super) fn create_model(
     risk_tier: RiskTier,
     tags: &BTreeMap<String, String>,
 ) -> AppResult<Applied> {
-    validate_name("name", name)?;
-    validate_name("namespace", namespace)?;
-    validate_description(description)?;
-    validate_tags("tags", tags)?;
     let models = &w.app.tables.models;
     if models.get(w.wtxn, name.as_bytes())?.is_some() {
         return Err(DomainError::ModelExists { name: name.into() }.into());
@@ -50,7 +44,6 @@ pub(super) fn update_model(
 ) -> AppResult<Applied> {
     let mut model = w.app.get_model(w.wtxn, name)?;
     if let Some(d) = description {
-        validate_description(d)?;
         model.description = d.into();
     }
     apply_tag_changes(&mut model.tags, set_tags, remove_tags)?;

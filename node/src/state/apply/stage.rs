@@ -4,8 +4,7 @@
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::domain::{
-    stage_label, status_label, validate_reason, Actor, DomainError, Stage, StageTransition,
-    Version, VersionStatus,
+    stage_label, status_label, Actor, DomainError, Stage, StageTransition, Version, VersionStatus,
 };
 use crate::state::tables::{encode, version_key};
 use crate::state::AppResult;
@@ -17,7 +16,6 @@ pub(super) fn set_stage(
     stage: Stage,
     reason: &str,
 ) -> AppResult<Applied> {
-    validate_reason(reason)?;
     let mut m = w.app.get_model(w.wtxn, model)?;
     let mut v = w.app.get_version(w.wtxn, model, number)?;
     if v.stage == stage {
