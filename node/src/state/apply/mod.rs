@@ -1,5 +1,6 @@
-//! `apply`'s dispatcher: one handler per command. Every handler validates fully, then writes,
-//! so a rejected command writes nothing; it returns the response and the audit subject.
+//! `apply`'s dispatcher: one handler per command. The fields are checked first
+//! (`Op::check_fields`); each handler then checks what needs state, then writes, so a rejected
+//! command writes nothing; it returns the response and the audit subject.
 
 mod alias;
 mod create_version;
