@@ -22,6 +22,7 @@ use crate::domain::{
     VersionMetadata, VersionStatus,
 };
 use crate::error::NodeError;
+use crate::gc::PinSet;
 use crate::node::{Consistency, Node};
 use crate::replication::ChunkSink;
 
@@ -126,7 +127,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             .await?;
         let sink = self.chunk_sink().await?;
         let inline = self.inline_keeps_w(&sink) && inline_bytes < INLINE_STATE_BYTES_MAX;
-        let ingest = Ingest::new(sink.clone(), inline);
+        let pins = PinSet::new(self.upload_pins.clone());
+        let ingest = Ingest::new(sink.clone(), inline, pins);
         Ok(Upload {
             header,
             sink,
@@ -181,10 +183,12 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Upload<S, P> {
             ingest,
             reserve: _,
         } = self;
-        let (manifest, mut inline_chunks) = ingest.finish().await?;
+        // The pins keep what this upload wrote from the running collector until it returns.
+        let (manifest, mut inline_chunks, mut pins) = ingest.finish().await?;
         if !inline_chunks.is_empty() && !node.inline_keeps_w(&sink) {
             // The membership changed during the upload: the log no longer makes W copies.
             for chunk in std::mem::take(&mut inline_chunks) {
+                pins.pin(chunk.hash);
                 sink.put(chunk.hash, Bytes::from(chunk.data)).await?;
             }
         }
@@ -266,6 +270,8 @@ struct Ingest {
     writer: tokio::task::JoinHandle<Result<(), NodeError>>,
     /// Chunks held back while the version may still travel inline; `None` once it cannot.
     inline: Option<InlineHeld>,
+    /// What was sent to the writer, kept from the running collector (`crate::gc`).
+    pins: PinSet,
 }
 
 #[derive(Default)]
@@ -277,7 +283,11 @@ struct InlineHeld {
 impl Ingest {
     /// `inline`: whether a small version may travel inside its command (the cluster's commit
     /// quorum makes at least W copies durable).
-    fn new<S: ChunkSource + Clone, P: ChunkPeers>(sink: ChunkSink<S, P>, inline: bool) -> Self {
+    fn new<S: ChunkSource + Clone, P: ChunkPeers>(
+        sink: ChunkSink<S, P>,
+        inline: bool,
+        pins: PinSet,
+    ) -> Self {
         let (to_writer, from_ingest) = mpsc::channel::<(Hash, Bytes)>(WRITE_QUEUE_DEPTH);
         let writer = tokio::spawn(write_chunks(sink, ReceiverStream::new(from_ingest)));
         Ingest {
@@ -287,6 +297,7 @@ impl Ingest {
             to_writer,
             writer,
             inline: inline.then(InlineHeld::default),
+            pins,
         }
     }
 
@@ -361,6 +372,7 @@ impl Ingest {
     }
 
     async fn send(&mut self, hash: Hash, bytes: Bytes) -> Result<(), NodeError> {
+        self.pins.pin(hash);
         if self.to_writer.send((hash, bytes)).await.is_err() {
             return Err(self.writer_failure().await);
         }
@@ -406,7 +418,7 @@ impl Ingest {
 
     /// Closes the last file and waits until every chunk is durable, or returns the chunks of a
     /// small version (all of them) to send inside its command.
-    async fn finish(mut self) -> Result<(Manifest, Vec<InlineChunk>), NodeError> {
+    async fn finish(mut self) -> Result<(Manifest, Vec<InlineChunk>, PinSet), NodeError> {
         self.close_file().await?;
         drop(self.to_writer);
         match self.writer.await {
@@ -428,6 +440,6 @@ impl Ingest {
                     .collect()
             })
             .unwrap_or_default();
-        Ok((Manifest { files }, inline))
+        Ok((Manifest { files }, inline, self.pins))
     }
 }

@@ -21,6 +21,7 @@ use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, Env, RandomIds, RequestIds, SystemClock};
 use crate::error::NodeError;
+use crate::gc::UploadPins;
 use crate::replication::{
     repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, ReadThroughs, RepairState,
     Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
@@ -56,6 +57,8 @@ pub struct NodeConfig {
     pub crash_drills: bool,
     /// Free bytes of the data disk uploads must leave (`CoreConfig::disk_reserve_bytes`).
     pub disk_reserve_bytes: u64,
+    /// `CoreConfig::chunk_gc_grace`.
+    pub chunk_gc_grace: Option<Duration>,
 }
 
 /// What the core of a node is and how it behaves, whatever world it runs in (production's
@@ -75,6 +78,10 @@ pub struct CoreConfig {
     /// Bytes of the data disk uploads must leave free for the Raft log and the state; below it
     /// uploads are refused (`NodeError::DiskFull`). 0: no reserve.
     pub disk_reserve_bytes: u64,
+    /// How long an unreferenced chunk is kept after its last put before the running node
+    /// removes it (`crate::gc`), one collection pass per period; `None`: only `quiver-node gc`
+    /// (node stopped) collects.
+    pub chunk_gc_grace: Option<Duration>,
     /// Test-only switches of the replication code (see [`PlantedBugs`]); default: none.
     #[doc(hidden)]
     pub planted: PlantedBugs,
@@ -118,6 +125,8 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     pub read_throughs: ReadThroughs,
     /// Uploads being received, bounded in all and per client.
     pub uploads: UploadSlots,
+    /// Chunks the uploads in progress wrote: the running collector keeps them.
+    pub upload_pins: Arc<UploadPins>,
     /// What the repair loop did since this node started.
     pub repair_totals: RepairTotals,
     /// Versions the repair loop leaves alone (only the planted `repair_skips_after_restart`
@@ -200,6 +209,7 @@ impl Node<ChunkStore, PeerClient> {
             scrub_bytes_per_pass: SCRUB_BYTES_PER_PASS,
             crash_drills: config.crash_drills,
             disk_reserve_bytes: config.disk_reserve_bytes,
+            chunk_gc_grace: config.chunk_gc_grace,
             planted: PlantedBugs::default(),
             planted_node: PlantedNodeBugs::default(),
         };
@@ -275,12 +285,20 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             repair: RepairState::default(),
             read_throughs: ReadThroughs::default(),
             uploads: UploadSlots::default(),
+            upload_pins: Arc::default(),
             repair_totals: RepairTotals::default(),
             repair_skipped,
             stop,
             host,
         });
         tokio::spawn(repair_loop(Arc::downgrade(&node), node.stop.subscribe()));
+        if let Some(grace) = node.core.chunk_gc_grace {
+            tokio::spawn(chunk_gc_loop(
+                Arc::downgrade(&node),
+                grace,
+                node.stop.subscribe(),
+            ));
+        }
         node
     }
 
@@ -556,6 +574,30 @@ pub fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File
         ),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("lock {}", path.display()))
+        }
+    }
+}
+
+/// Collects unreferenced chunks every `grace` (`crate::gc`) until the node stops.
+async fn chunk_gc_loop<S: ChunkSource + Clone, P: ChunkPeers>(
+    node: Weak<Node<S, P>>,
+    grace: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = node.collect_chunks_once().await {
+            tracing::warn!(
+                node_id = node.node_id(),
+                "chunk collection pass skipped: {e}"
+            );
         }
     }
 }

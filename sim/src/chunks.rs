@@ -48,7 +48,7 @@ use crate::check_chunks::{
 };
 use crate::chunknet::{ChunkNet, Endpoint, NetConfig, Place};
 use crate::chunkstore::{Corpus, PlantedStoreBugs, SimStore};
-use crate::cluster::{Cluster, SimNode};
+use crate::cluster::{Cluster, SimNode, SIM_CHUNK_GC_GRACE};
 use crate::schedule::NodeId;
 use crate::trace::SharedTrace;
 
@@ -110,6 +110,8 @@ pub struct DiskStats {
     pub torn_copies: u64,
     pub replaced_bad_copies: u64,
     pub unsynced_lost: u64,
+    /// Chunks the nodes' running collectors removed (no version referred to them).
+    pub collected: u64,
 }
 
 /// What was uploaded for one manifest root: its chunks and the files' independent hashes.
@@ -203,6 +205,7 @@ impl Chunks {
             d.torn_copies += s.torn_copies;
             d.replaced_bad_copies += s.replaced_bad_copies;
             d.unsynced_lost += s.unsynced_lost;
+            d.collected += s.collected;
         }
         stats
     }
@@ -326,6 +329,58 @@ impl Chunks {
                         format!("n{id} refused an upload after every fault had healed: {e}"),
                     ));
                 }
+            }
+        }
+        found
+    }
+
+    /// After the probes, which leave chunks no version refers to, as a failed upload does:
+    /// every up node's running collector (`Node::collect_chunks_once`, every
+    /// [`SIM_CHUNK_GC_GRACE`]) must remove them. A chunk goes at the first pass a whole grace
+    /// period after its last put, so this waits two periods and a repair pass, then reports each
+    /// store that still holds chunks no version in the final state refers to. (That collection
+    /// never takes a chunk of an acknowledged version is what the ready-copies and replication
+    /// checkers see.)
+    pub async fn await_collection(&self, cluster: &Cluster) -> Vec<Violation> {
+        tokio::time::sleep(SIM_CHUNK_GC_GRACE * 2 + REPAIR_INTERVAL).await;
+        let up = cluster.up_ids();
+        let referenced = up
+            .first()
+            .and_then(|&id| cluster.handle(id))
+            .map(|node| node.read_applied(|app, rtxn| Ok(app.referenced_chunks(rtxn))));
+        let referenced = match referenced {
+            Some(Ok((_, Ok(referenced)))) => referenced,
+            other => {
+                return vec![Violation::new(
+                    "state-read",
+                    format!("reading referenced chunks: {other:?}"),
+                )]
+            }
+        };
+        let mut found = Vec::new();
+        for id in up {
+            let Some(store) = self.stores.get(&id) else {
+                continue;
+            };
+            let left: Vec<Hash> = store
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|h| !referenced.contains(h))
+                .collect();
+            if let Some(first) = left.first() {
+                found.push(Violation::new(
+                    "garbage-kept",
+                    format!(
+                        "n{id} still holds {} chunks no version refers to (e.g. {}) two collection \
+                         periods after the last upload",
+                        left.len(),
+                        short(&first.to_hex())
+                    ),
+                ));
+            } else {
+                self.trace
+                    .record(format!("n{id}: no unreferenced chunks left"));
             }
         }
         found

@@ -47,8 +47,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use quiver_transfer::collect::PutEpochs;
 use quiver_transfer::{
-    ChunkRef, ChunkSource, FileEntry, Hash, Manifest, ManifestError, StoreError,
+    ChunkRef, ChunkSource, Collected, FileEntry, Hash, Manifest, ManifestError, StoreError,
     CHUNKS_PER_MANIFEST_MAX, CHUNK_SIZE_BYTES_MAX,
 };
 
@@ -183,6 +184,8 @@ pub struct StoreStats {
     pub replaced_bad_copies: u64,
     /// Copies a power loss took back (only under the planted bug: none are unsynced otherwise).
     pub unsynced_lost: u64,
+    /// Chunks the node's running collector removed (unreferenced and idle).
+    pub collected: u64,
 }
 
 /// Known bugs the simulator can plant in its store (test-only; off by default).
@@ -213,6 +216,9 @@ struct StoreState {
     tear_armed: bool,
     planted: PlantedStoreBugs,
     stats: StoreStats,
+    /// Which chunks were put recently, as `ChunkStore` tracks them for the running collector;
+    /// in memory, so a power loss forgets them as a restart of the real store does.
+    epochs: PutEpochs,
 }
 
 impl Default for StoreState {
@@ -225,6 +231,7 @@ impl Default for StoreState {
             tear_armed: false,
             planted: PlantedStoreBugs::default(),
             stats: StoreStats::default(),
+            epochs: PutEpochs::default(),
         }
     }
 }
@@ -334,6 +341,7 @@ impl SimStore {
             state.remove(hash);
         }
         state.stats.unsynced_lost += unsynced.len() as u64;
+        state.epochs = PutEpochs::default();
         unsynced.len()
     }
 
@@ -415,6 +423,7 @@ impl ChunkSource for SimStore {
             .filter(|bytes| **bytes == *data)
             .unwrap_or_else(|| Arc::from(data));
         let mut state = self.lock();
+        state.epochs.record(*hash);
         if let Some(held) = state.chunks.get(hash) {
             // An existing copy counts only if it is durable and intact, as `ChunkStore` checks.
             let trusted = state.planted.keep_unsynced_copy || held.durable;
@@ -492,6 +501,31 @@ impl ChunkSource for SimStore {
 
     fn free_bytes(&self) -> Option<u64> {
         Some(self.lock().free_bytes())
+    }
+
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        Ok(self.lock().chunks.keys().copied().collect())
+    }
+
+    fn start_gc_epoch(&self) {
+        self.lock().epochs.advance();
+    }
+
+    /// As `ChunkStore::remove_idle`: one lock orders it against puts.
+    fn remove_idle(&self, hashes: &[Hash]) -> Result<Collected, StoreError> {
+        let mut state = self.lock();
+        let mut collected = Collected::default();
+        for hash in hashes {
+            if !state.epochs.is_idle(hash) {
+                continue;
+            }
+            if let Some(held) = state.remove(hash) {
+                collected.chunks += 1;
+                collected.bytes += logical_bytes(held.data.len());
+            }
+        }
+        state.stats.collected += collected.chunks;
+        Ok(collected)
     }
 
     /// The held bytes, unchecked: only the planted bug `skip-chunk-verify` reads this way.

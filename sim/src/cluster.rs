@@ -62,6 +62,14 @@ pub type SimNode = quiver_node::Node<SimStore, SimPeers>;
 /// `DiskFull` while pushes and repair that still fit go on.
 pub const SIM_DISK_RESERVE_BYTES: u64 = 16 << 20;
 
+/// How long an unreferenced chunk stays after its last put before a node's running collector
+/// removes it (`CoreConfig::chunk_gc_grace`). Longer than a simulated registration can take from
+/// its first chunk to its acknowledgement (an upload and then its command, each retried for up to
+/// `client::CLIENT_OP_TIMEOUT`), as production's must be longer than its uploads; short enough
+/// that a run collects what failed uploads and the final probes left, and its checkers see
+/// whether a collection ever takes a chunk of an acknowledged version.
+pub const SIM_CHUNK_GC_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A node's clock: the run's virtual time since [`crate::client::EPOCH_MS`], off by the node's
 /// skew.
 struct SimClock {
@@ -309,6 +317,7 @@ impl Cluster {
             scrub_bytes_per_pass: SIM_SCRUB_BYTES_PER_PASS,
             crash_drills: false,
             disk_reserve_bytes: SIM_DISK_RESERVE_BYTES,
+            chunk_gc_grace: Some(SIM_CHUNK_GC_GRACE),
             planted: self.planted_chunks,
             planted_node: self.planted_node,
         };

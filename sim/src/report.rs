@@ -169,13 +169,15 @@ impl RunReport {
         let _ = writeln!(
             s,
             "chunk disks: {} uploads refused under the reserve, {} puts refused (full), {} failed \
-             syncs, {} torn copies, {} bad copies rewritten by a put, {} unsynced copies lost",
+             syncs, {} torn copies, {} bad copies rewritten by a put, {} unsynced copies lost, \
+             {} unreferenced chunks collected",
             k.uploads_refused_disk_full,
             d.full_puts,
             d.failed_syncs,
             d.torn_copies,
             d.replaced_bad_copies,
-            d.unsynced_lost
+            d.unsynced_lost,
+            d.collected
         );
         let f = &self.faults;
         let _ = writeln!(

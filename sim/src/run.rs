@@ -333,9 +333,16 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             } else {
                 Vec::new()
             };
+            // What the probes (and failed uploads) left is collected while the nodes run.
+            let kept = if cfg.scenario == Scenario::Chaos && stuck.is_empty() {
+                chunks.await_collection(&cluster).await
+            } else {
+                Vec::new()
+            };
             let mut b = lock(&books);
             b.add_all(replication);
             b.add_all(stuck);
+            b.add_all(kept);
             for (id, index, digest, state) in &states {
                 if let Some(v) = b.digests.observe(*id, *index, digest) {
                     b.add(v);

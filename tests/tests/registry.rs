@@ -643,6 +643,161 @@ async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version(
     );
 }
 
+/// `bytes` (64 MiB) that stop after `pause_at` until `resume` says go on: an upload that is
+/// still in progress while its node collects garbage.
+struct PausingReader {
+    bytes: std::sync::Arc<Vec<u8>>,
+    sent: usize,
+    pause_at: usize,
+    resume: Option<mpsc::Receiver<()>>,
+}
+
+impl Read for PausingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.sent == self.pause_at {
+            if let Some(resume) = self.resume.take() {
+                resume
+                    .recv()
+                    .map_err(|_| std::io::Error::other("test ended"))?;
+            }
+        }
+        let end = if self.sent < self.pause_at {
+            self.pause_at
+        } else {
+            self.bytes.len()
+        };
+        let n = buf.len().min(end - self.sent);
+        buf[..n].copy_from_slice(&self.bytes[self.sent..self.sent + n]);
+        self.sent += n;
+        Ok(n)
+    }
+}
+
+/// Chunks in `data`'s store now.
+fn stored(data: &Path) -> std::collections::BTreeSet<Hash> {
+    let store = ChunkStore::open_read_only(data.join("chunks")).unwrap();
+    store.list().unwrap().into_iter().collect()
+}
+
+/// Polls `data`'s store (every 50 ms, at most 60 s) until `done` holds for its chunks.
+fn wait_for_store(
+    data: &Path,
+    what: &str,
+    done: impl Fn(&std::collections::BTreeSet<Hash>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if done(&stored(data)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// While the node runs (`--gc-grace-secs 1`), the chunks of an interrupted upload are removed;
+/// those of a registered version and of an upload still in progress (older than the chunks
+/// removed) stay, and that upload then registers and downloads intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_node_collects_an_interrupted_upload_and_keeps_versions_and_uploads_in_progress()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("node");
+    let dir = data.display().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &dir,
+        "--gc-grace-secs",
+        "1",
+    ];
+    let node = NodeProcess::spawn(NODE, &args, &data).unwrap();
+    quiver(CLI, &node.endpoint, &["model", "create", "reco"]).ok();
+    let file = tmp.path().join("w.bin");
+    write_random_file(&file, 3 << 20, 71).unwrap();
+    register(&node.endpoint, "reco", &[&file]).ok();
+    let version: std::collections::BTreeSet<Hash> = quiver_tests::chunk_hashes(&file)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(version.is_subset(&stored(&data)));
+    let client = Client::connect(&node.endpoint)
+        .await
+        .unwrap()
+        .with_actor("alice");
+
+    // An upload that sends 12 MiB, then waits. The node has cut every chunk of those bytes but
+    // the last (the chunker holds the tail until more comes).
+    let weights = tmp.path().join("weights.bin");
+    write_random_file(&weights, 64 << 20, 72).unwrap();
+    let head = tmp.path().join("head.bin");
+    let bytes = std::sync::Arc::new(std::fs::read(&weights).unwrap());
+    std::fs::write(&head, &bytes[..12 << 20]).unwrap();
+    let mut head_chunks = quiver_tests::chunk_hashes(&head).unwrap();
+    head_chunks.pop();
+    let pinned: std::collections::BTreeSet<Hash> = head_chunks.into_iter().collect();
+    assert!(pinned.len() >= 2);
+    let (resume, paused) = mpsc::channel();
+    let reader = PausingReader {
+        bytes,
+        sent: 0,
+        pause_at: 12 << 20,
+        resume: Some(paused),
+    };
+    let in_progress = tokio::spawn({
+        let client = client.clone();
+        async move { upload_64mib(&client, Box::new(reader)).await }
+    });
+    wait_for_store(&data, "the paused upload's chunks are stored", |now| {
+        pinned.is_subset(now)
+    });
+
+    // An upload that fails after 12 MiB: its chunks are garbage.
+    let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 12 << 20 })).await;
+    assert!(interrupted.is_err());
+    let garbage: Vec<Hash> = stored(&data)
+        .into_iter()
+        .filter(|h| !version.contains(h) && !pinned.contains(h))
+        .collect();
+    assert!(!garbage.is_empty(), "the interrupted upload stored chunks");
+    wait_for_store(
+        &data,
+        "the interrupted upload's chunks are collected",
+        |now| garbage.iter().all(|h| !now.contains(h)),
+    );
+    let now = stored(&data);
+    assert!(version.is_subset(&now), "a registered version lost chunks");
+    assert!(pinned.is_subset(&now), "the upload in progress lost chunks");
+
+    resume.send(()).unwrap();
+    let registered = in_progress
+        .await
+        .unwrap()
+        .expect("the paused upload registers");
+    assert_eq!(registered.version, 2);
+    for (reference, original) in [("reco/1", &file), ("reco/2", &weights)] {
+        let out = tmp.path().join(reference.replace('/', "-"));
+        let o = out.display().to_string();
+        quiver(
+            CLI,
+            &node.endpoint,
+            &["version", "download", reference, "--out", &o],
+        )
+        .ok();
+        let name = original.file_name().unwrap();
+        assert_eq!(
+            hash_file(&out.join(name)).unwrap(),
+            hash_file(original).unwrap(),
+            "{reference} downloads intact"
+        );
+    }
+}
+
 #[test]
 fn small_versions_travel_in_their_command_and_bigger_ones_through_the_chunk_store() {
     let tmp = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@
 //! Everything here streams: memory is bounded by one chunk of at most [`CHUNK_SIZE_BYTES_MAX`].
 
 mod chunker;
+pub mod collect;
 mod hash;
 mod manifest;
 mod small_chunks;
@@ -21,6 +22,7 @@ mod store;
 pub mod quic;
 
 pub use chunker::Chunker;
+pub use collect::Collected;
 pub use hash::{Hash, ParseHashError};
 pub use manifest::{validate_path, ChunkRef, FileEntry, Manifest, ManifestError};
 pub use store::{ingest_reader, ChunkStore, StoreError, SMALL_CHUNK_BYTES_MAX};

@@ -33,6 +33,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::collect::{CollectLock, Collected};
 pub use crate::small_chunks::SMALL_CHUNK_BYTES_MAX;
 use crate::small_chunks::{PackError, SmallChunks};
 use crate::{Chunker, FileEntry, Hash, CHUNK_SIZE_BYTES_MAX};
@@ -49,6 +50,8 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Locks that serialize writes of one chunk's file (a chunk's lock is picked by its hash's
 /// first byte): enough that writes of different chunks rarely wait for each other.
 const WRITE_LOCK_STRIPES: usize = 64;
+/// Chunks [`ChunkStore::remove_idle`] removes while puts wait.
+const REMOVE_BATCH: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,6 +84,8 @@ pub struct ChunkStore {
     direct: std::sync::Arc<AtomicBool>,
     /// [`WRITE_LOCK_STRIPES`] locks; see the module docs.
     write_locks: std::sync::Arc<[std::sync::Mutex<()>]>,
+    /// Orders puts against collection while the node runs (`crate::collect`).
+    collect: std::sync::Arc<CollectLock>,
 }
 
 /// Group commit of the store's writes: every caller of `sync` returns only
@@ -225,6 +230,7 @@ impl ChunkStore {
             write_locks: (0..WRITE_LOCK_STRIPES)
                 .map(|_| std::sync::Mutex::new(()))
                 .collect(),
+            collect: std::sync::Arc::default(),
         })
     }
 
@@ -279,6 +285,8 @@ impl ChunkStore {
     /// hash itself, or verified a peer's bytes): stores them without hashing them again.
     pub fn put_verified(&self, hash: &Hash, data: &[u8]) -> Result<bool, StoreError> {
         debug_assert_eq!(Hash::of(data), *hash, "put_verified with unverified bytes");
+        // Counted as recent, and not collected until this put is over (`crate::collect`).
+        let _collect = self.collect.put(*hash);
         if data.len() > CHUNK_SIZE_BYTES_MAX {
             return Err(StoreError::Io {
                 context: format!("store chunk {hash}"),
@@ -502,6 +510,31 @@ impl ChunkStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("remove chunk {hash} at {}", path.display()))(e)),
         }
+    }
+
+    /// Starts a new collection epoch (`crate::collect`): chunks last put before the previous
+    /// epoch began become idle.
+    pub fn start_gc_epoch(&self) {
+        self.collect.advance();
+    }
+
+    /// Removes each of `hashes` that is idle (not put in this or the previous epoch; see
+    /// `crate::collect`), and returns what was removed. The caller has checked that nothing
+    /// refers to them. Puts wait while a batch of [`REMOVE_BATCH`] is removed.
+    pub fn remove_idle(&self, hashes: &[Hash]) -> Result<Collected, StoreError> {
+        let mut collected = Collected::default();
+        for batch in hashes.chunks(REMOVE_BATCH) {
+            let (_order, epochs) = self.collect.removing();
+            for hash in batch.iter().filter(|h| epochs.is_idle(h)) {
+                let Some(size) = self.size_of(hash) else {
+                    continue;
+                };
+                self.remove(hash)?;
+                collected.chunks += 1;
+                collected.bytes += size;
+            }
+        }
+        Ok(collected)
     }
 
     /// Hashes of all stored chunks, sorted. Files whose names are not chunk names are skipped
@@ -1000,6 +1033,54 @@ mod tests {
             store.remove(&gone).expect("removing twice is fine");
         }
         assert_eq!(store.list().expect("list"), hashes);
+    }
+
+    /// Collection while the store is in use removes a chunk only once a whole epoch passed
+    /// without a put of it; a put that finds the chunk present counts as a put.
+    #[test]
+    fn remove_idle_spares_chunks_put_in_this_or_the_previous_epoch() {
+        let (_dir, store) = open_temp();
+        // One packed and one file-sized chunk of each age.
+        let data = |tag: u8, len: usize| vec![tag; len];
+        let old = [data(1, 100), data(2, SMALL_CHUNK_BYTES_MAX + 1)];
+        let young = [data(3, 100), data(4, SMALL_CHUNK_BYTES_MAX + 1)];
+        let hashes = |chunks: &[Vec<u8>]| chunks.iter().map(|d| Hash::of(d)).collect::<Vec<_>>();
+        for chunk in &old {
+            store.put(&Hash::of(chunk), chunk).expect("put");
+        }
+        store.start_gc_epoch();
+        for chunk in &young {
+            store.put(&Hash::of(chunk), chunk).expect("put");
+        }
+        let all = [hashes(&old), hashes(&young)].concat();
+        assert_eq!(
+            store.remove_idle(&all).expect("collect"),
+            Collected::default()
+        );
+
+        store.start_gc_epoch();
+        let collected = store.remove_idle(&all).expect("collect");
+        let old_bytes = old.iter().map(|d| d.len() as u64).sum::<u64>();
+        assert_eq!(
+            collected,
+            Collected {
+                chunks: 2,
+                bytes: old_bytes
+            }
+        );
+        assert!(hashes(&old).iter().all(|h| !store.contains(h)));
+        assert!(hashes(&young).iter().all(|h| store.contains(h)));
+
+        // Finding a chunk present renews it, as an upload that deduplicates against it does.
+        store.start_gc_epoch();
+        for chunk in &young {
+            assert!(!store.put(&Hash::of(chunk), chunk).expect("put again"));
+        }
+        store.start_gc_epoch();
+        assert_eq!(store.remove_idle(&all).expect("collect").chunks, 0);
+        store.start_gc_epoch();
+        assert_eq!(store.remove_idle(&all).expect("collect").chunks, 2);
+        assert!(store.list().expect("list").is_empty());
     }
 
     #[test]

@@ -70,6 +70,12 @@ pub(crate) struct ServeArgs {
     /// that says so; reads and metadata changes go on.
     #[arg(long, default_value = "512MiB", value_parser = quiver_client::cli::parse_size)]
     disk_reserve_bytes: u64,
+    /// Seconds an unreferenced chunk (left by an upload that never committed) is kept after its
+    /// last write before this node removes it, checking once per period; 0 turns collection off
+    /// while the node runs (`quiver-node gc` still works with the node stopped). An upload must
+    /// finish within this time.
+    #[arg(long, default_value_t = quiver_node::gc::CHUNK_GC_GRACE_DEFAULT.as_secs())]
+    gc_grace_secs: u64,
 }
 
 /// A cluster of nodes in this process, on loopback: what `up` runs, and
@@ -120,6 +126,7 @@ impl LocalCluster {
                 // Nodes of `up` share one process: a crash would take all down.
                 enable_crash_drills: false,
                 disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
+                gc_grace_secs: quiver_node::gc::CHUNK_GC_GRACE_DEFAULT.as_secs(),
             };
             let (node, api) = start_node(args).await?;
             if i == 1 {
@@ -272,6 +279,8 @@ pub(crate) async fn start_node(
             heartbeat_ms: args.heartbeat_ms,
             crash_drills: args.enable_crash_drills,
             disk_reserve_bytes: args.disk_reserve_bytes,
+            chunk_gc_grace: (args.gc_grace_secs > 0)
+                .then(|| std::time::Duration::from_secs(args.gc_grace_secs)),
         },
         peer,
     )

@@ -29,6 +29,7 @@ mod repair;
 mod scrub;
 mod sink;
 mod store_call;
+pub(crate) use store_call::StoreCall;
 #[cfg(test)]
 mod test_support;
 

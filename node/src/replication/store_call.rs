@@ -4,13 +4,13 @@
 /// runtime (production) it runs on tokio's blocking pool; under a current-thread runtime it runs
 /// inline. The simulator needs the latter: its stores are in memory, and a pool thread finishing
 /// in wall-clock order would wake tasks in an order the seed does not decide.
-pub(super) enum StoreCall<T> {
+pub(crate) enum StoreCall<T> {
     Done(T),
     Pool(tokio::task::JoinHandle<T>),
 }
 
 impl<T: Send + 'static> StoreCall<T> {
-    pub(super) fn start(call: impl FnOnce() -> T + Send + 'static) -> Self {
+    pub(crate) fn start(call: impl FnOnce() -> T + Send + 'static) -> Self {
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                 StoreCall::Pool(tokio::task::spawn_blocking(call))
@@ -19,7 +19,7 @@ impl<T: Send + 'static> StoreCall<T> {
         }
     }
 
-    pub(super) async fn join(self) -> Result<T, tokio::task::JoinError> {
+    pub(crate) async fn join(self) -> Result<T, tokio::task::JoinError> {
         match self {
             StoreCall::Done(value) => Ok(value),
             StoreCall::Pool(handle) => handle.await,

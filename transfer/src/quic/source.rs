@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::{ChunkStore, Hash, StoreError, CHUNK_SIZE_BYTES_MAX};
+use crate::{ChunkStore, Collected, Hash, StoreError, CHUNK_SIZE_BYTES_MAX};
 
 /// Chunk storage as the QUIC protocol sees it: the on-disk [`ChunkStore`] or, for benchmarks and
 /// tests, a [`MemoryChunkSource`]. Calls block (disk I/O); async code calls them from
@@ -30,6 +30,20 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// default).
     fn free_bytes(&self) -> Option<u64> {
         None
+    }
+    /// Hashes of every stored chunk: what collection looks at. The default lists none (a store
+    /// that cannot list is never collected).
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Starts a new collection epoch (`crate::collect`); the default keeps none.
+    fn start_gc_epoch(&self) {}
+    /// Removes each of `hashes` that is idle (not put in this or the previous collection
+    /// epoch), which the caller checked nothing refers to; returns what was removed. The default
+    /// removes nothing.
+    fn remove_idle(&self, hashes: &[Hash]) -> Result<Collected, StoreError> {
+        let _ = hashes;
+        Ok(Collected::default())
     }
     /// The chunk's bytes as stored, NOT verified. Only for the simulator's planted bug
     /// `skip-chunk-verify` (quiver-node's `PlantedBugs`); production code never calls it. The
@@ -64,6 +78,18 @@ impl ChunkSource for ChunkStore {
     fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
         ChunkStore::remove(self, hash)
     }
+
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        ChunkStore::list(self)
+    }
+
+    fn start_gc_epoch(&self) {
+        ChunkStore::start_gc_epoch(self)
+    }
+
+    fn remove_idle(&self, hashes: &[Hash]) -> Result<Collected, StoreError> {
+        ChunkStore::remove_idle(self, hashes)
+    }
 }
 
 impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
@@ -85,6 +111,22 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Arc<S> {
 
     fn remove(&self, hash: &Hash) -> Result<(), StoreError> {
         (**self).remove(hash)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        (**self).free_bytes()
+    }
+
+    fn list(&self) -> Result<Vec<Hash>, StoreError> {
+        (**self).list()
+    }
+
+    fn start_gc_epoch(&self) {
+        (**self).start_gc_epoch()
+    }
+
+    fn remove_idle(&self, hashes: &[Hash]) -> Result<Collected, StoreError> {
+        (**self).remove_idle(hashes)
     }
 
     fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
