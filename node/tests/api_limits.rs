@@ -269,3 +269,112 @@ async fn an_upload_with_gaps_under_its_idle_timeout_is_not_cut_however_long_it_t
     assert_eq!(served.node.uploads.in_use().get(), 0);
     served.stop().await;
 }
+
+// ---------------------------------------------------------------------------- downloads
+
+/// A channel whose HTTP/2 windows are small (64 KiB), so a download larger than them blocks
+/// the node's sends as soon as the client stops reading.
+async fn narrow_channel(served: &Served) -> Channel {
+    Channel::from_shared(format!("http://{}", served.api))
+        .expect("an endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect to the API")
+}
+
+fn chunk_count(header: &proto::DownloadMessage) -> usize {
+    match &header.kind {
+        Some(proto::download_message::Kind::Header(h)) => h
+            .manifest
+            .as_ref()
+            .expect("a manifest")
+            .files
+            .iter()
+            .map(|f| f.chunks.len())
+            .sum(),
+        other => panic!("a download begins with its header, not {other:?}"),
+    }
+}
+
+/// Reads a download to its end: the chunks received and how it ended.
+async fn read_rest(
+    stream: &mut tonic::Streaming<proto::DownloadMessage>,
+) -> (usize, Result<(), tonic::Status>) {
+    let mut chunks = 0;
+    loop {
+        match timeout(BOUND, stream.message()).await {
+            Err(_) => panic!("the download neither ends nor sends within the bound"),
+            Ok(Ok(Some(_))) => chunks += 1,
+            Ok(Ok(None)) => return (chunks, Ok(())),
+            Ok(Err(status)) => return (chunks, Err(status)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() {
+    let send_timeout = Duration::from_millis(500);
+    let served = Served::start(ApiLimits {
+        download_send_timeout: send_timeout,
+        ..ApiLimits::default()
+    })
+    .await;
+    served.create_model("big").await;
+    // Far more than the windows plus what the node queues (a few chunks of ~1 MiB).
+    let data = seeded_bytes(3, 24 << 20);
+    register(&served, "big", &data).await;
+
+    let mut stalled = VersionsClient::new(narrow_channel(&served).await)
+        .download_version(proto::DownloadRequest {
+            reference: "big/1".into(),
+        })
+        .await
+        .expect("start the download")
+        .into_inner();
+    let header = timeout(BOUND, stalled.message())
+        .await
+        .expect("the header within the bound")
+        .expect("the header")
+        .expect("a header");
+    let total = chunk_count(&header);
+    assert!(
+        total > 12,
+        "the version has {total} chunks: too few to block the node"
+    );
+    // The client now reads nothing; the node's task ends at its send timeout.
+    let started = Instant::now();
+    timeout(BOUND, served.node.downloads.wait_until(|n| n == 0))
+        .await
+        .expect("the node drops a download its client does not read");
+    assert!(
+        started.elapsed() >= send_timeout,
+        "dropped before its timeout"
+    );
+
+    // The node goes on serving: another client downloads the whole version.
+    let mut reader = VersionsClient::new(served.channel().await)
+        .max_decoding_message_size(usize::MAX)
+        .download_version(proto::DownloadRequest {
+            reference: "big/1".into(),
+        })
+        .await
+        .expect("start another download")
+        .into_inner();
+    let (received, end) = read_rest(&mut reader).await;
+    end.expect("a client that reads gets the whole version");
+    assert_eq!(received, total + 1, "the header and every chunk");
+
+    // The stalled client, reading again, gets what was queued and then the reason.
+    let (received, end) = read_rest(&mut stalled).await;
+    let status = end.expect_err("a dropped download ends with an error, not as if whole");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("read nothing for 500ms"),
+        "the message names the timeout: {status:?}"
+    );
+    assert!(received < total, "{received} of {total} chunks were sent");
+    drop((stalled, reader));
+    served.stop().await;
+}

@@ -7,13 +7,14 @@
 //! short queues, whatever the artifact's size. This file only converts
 //! between protobuf and those types.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use quiver_api::proto::{self, upload_message::Kind, versions_server::Versions};
 use quiver_api::wire::manifest_to_proto;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -183,7 +184,10 @@ impl Versions for VersionsService {
         }))
     }
 
-    type DownloadVersionStream = ReceiverStream<Result<proto::DownloadMessage, Status>>;
+    /// The messages the download's task queued, then, if the task abandoned the download, the
+    /// status saying why.
+    type DownloadVersionStream =
+        Pin<Box<dyn Stream<Item = Result<proto::DownloadMessage, Status>> + Send>>;
 
     async fn download_version(
         &self,
@@ -210,7 +214,10 @@ impl Versions for VersionsService {
         let subject = format!("{}/{}", plan.version.model, plan.version.number);
         let reads = self.node.download_chunks(&plan);
         let send_timeout = self.limits.download_send_timeout;
+        let (abandon, abandoned) = oneshot::channel::<Status>();
+        let sending = self.node.downloads.enter();
         tokio::spawn(async move {
+            let _sending = sending;
             let mut reads = std::pin::pin!(reads);
             while let Some(read) = reads.next().await {
                 let ChunkRead {
@@ -244,12 +251,24 @@ impl Versions for VersionsService {
                     Ok(Ok(())) if !failed => {}
                     Ok(_) => return,
                     Err(_) => {
-                        tracing::warn!(%subject, "download abandoned: the client read nothing for {}", shown_duration(send_timeout));
+                        let why = format!(
+                            "download of {subject} abandoned by node {node_id}: the client read \
+                             nothing for {}; download it again",
+                            shown_duration(send_timeout)
+                        );
+                        tracing::warn!(%subject, "{why}");
+                        // Ends the stream with an error once the client has read what was
+                        // queued, so that it cannot take a cut-short download for a whole one.
+                        let _ = abandon.send(Status::deadline_exceeded(why));
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let ending =
+            futures::stream::once(abandoned).filter_map(|why| async move { why.ok().map(Err) });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).chain(ending),
+        )))
     }
 }
