@@ -378,3 +378,299 @@ async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() 
     drop((stalled, reader));
     served.stop().await;
 }
+
+// ------------------------------------------------------------------ raw HTTP/2 connections
+
+/// Just enough of an HTTP/2 client, written by hand, to do what tonic's client never does:
+/// open more streams than the server announced (tonic's client queues such a request until a
+/// stream ends), withhold all flow-control window, and stop answering pings.
+mod raw_h2 {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const FLAG_END_STREAM: u8 = 0x1;
+    pub const FLAG_ACK: u8 = 0x1;
+    const FLAG_END_HEADERS: u8 = 0x4;
+    pub const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+    const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+    pub const REFUSED_STREAM: u32 = 0x7;
+    pub const CANCEL: u32 = 0x8;
+
+    #[derive(Debug)]
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    impl Frame {
+        /// A SETTINGS frame's value of `id`, if it carries one.
+        pub fn setting(&self, id: u16) -> Option<u32> {
+            self.payload.chunks_exact(6).find_map(|s| {
+                (u16::from_be_bytes([s[0], s[1]]) == id)
+                    .then(|| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+            })
+        }
+
+        /// An RST_STREAM frame's error code.
+        pub fn error_code(&self) -> u32 {
+            u32::from_be_bytes(self.payload[..4].try_into().expect("an error code"))
+        }
+    }
+
+    pub struct Connection {
+        socket: TcpStream,
+        next_stream: u32,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).expect("a small frame");
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend(payload);
+        out
+    }
+
+    /// A header field as an HPACK literal without indexing, new name, no Huffman coding.
+    fn header(block: &mut Vec<u8>, name: &str, value: &str) {
+        assert!(name.len() < 127 && value.len() < 127, "one-byte lengths");
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+
+    impl Connection {
+        /// Connects and sends the preface with our settings: no push, and streams' initial
+        /// window `initial_window_bytes` (0: the server cannot send a byte of any body).
+        pub async fn open(addr: SocketAddr, initial_window_bytes: u32) -> Connection {
+            let mut socket = TcpStream::connect(addr).await.expect("connect");
+            socket.set_nodelay(true).expect("nodelay");
+            let mut settings = Vec::new();
+            for (id, value) in [
+                (SETTINGS_ENABLE_PUSH, 0),
+                (SETTINGS_INITIAL_WINDOW_SIZE, initial_window_bytes),
+            ] {
+                settings.extend(id.to_be_bytes());
+                settings.extend(value.to_be_bytes());
+            }
+            let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            out.extend(frame(SETTINGS, 0, 0, &settings));
+            socket.write_all(&out).await.expect("send the preface");
+            Connection {
+                socket,
+                next_stream: 1,
+            }
+        }
+
+        /// The bytes that open a stream with a unary or server-streaming gRPC request for
+        /// `path` carrying `message`; with `end`, the request ends there. Returns the stream's
+        /// id and the bytes, to be sent with [`Connection::send`].
+        pub fn request(&mut self, path: &str, message: &[u8], end: bool) -> (u32, Vec<u8>) {
+            let id = self.next_stream;
+            self.next_stream += 2;
+            let mut block = Vec::new();
+            for (name, value) in [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ] {
+                header(&mut block, name, value);
+            }
+            let mut body = vec![0u8];
+            body.extend(u32::try_from(message.len()).expect("small").to_be_bytes());
+            body.extend(message);
+            let mut out = frame(HEADERS, FLAG_END_HEADERS, id, &block);
+            out.extend(frame(
+                DATA,
+                if end { FLAG_END_STREAM } else { 0 },
+                id,
+                &body,
+            ));
+            (id, out)
+        }
+
+        pub fn reset(stream: u32, code: u32) -> Vec<u8> {
+            frame(RST_STREAM, 0, stream, &code.to_be_bytes())
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            self.socket.write_all(bytes).await.expect("send frames");
+        }
+
+        /// The next frame, answering SETTINGS and PING as a live client does; `None` once the
+        /// server has closed the connection.
+        pub async fn next(&mut self) -> Option<Frame> {
+            let frame = self.next_unanswered().await?;
+            if frame.kind == SETTINGS && frame.flags & FLAG_ACK == 0 {
+                self.send(&self::frame(SETTINGS, FLAG_ACK, 0, &[])).await;
+            }
+            if frame.kind == PING && frame.flags & FLAG_ACK == 0 {
+                self.send(&self::frame(PING, FLAG_ACK, 0, &frame.payload))
+                    .await;
+            }
+            Some(frame)
+        }
+
+        /// The next frame as it arrives, answering nothing: for a peer that has stopped
+        /// reading and reads again only to see what the server did meanwhile.
+        pub async fn next_unanswered(&mut self) -> Option<Frame> {
+            let mut head = [0u8; 9];
+            self.socket.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            self.socket.read_exact(&mut payload).await.ok()?;
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+            Some(Frame {
+                kind: head[3],
+                flags: head[4],
+                stream: stream & 0x7fff_ffff,
+                payload,
+            })
+        }
+    }
+}
+
+const DOWNLOAD_PATH: &str = "/quiver.v1.Versions/DownloadVersion";
+
+fn download_request(reference: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&proto::DownloadRequest {
+        reference: reference.into(),
+    })
+}
+
+/// Reads frames until `done` says so, failing on a GOAWAY, a closed connection or the bound.
+async fn read_until(conn: &mut raw_h2::Connection, mut done: impl FnMut(&raw_h2::Frame) -> bool) {
+    timeout(BOUND, async {
+        loop {
+            let frame = conn
+                .next()
+                .await
+                .expect("the server keeps the connection open");
+            assert_ne!(
+                frame.kind,
+                raw_h2::GOAWAY,
+                "the server closed the connection: {frame:?}"
+            );
+            if done(&frame) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the server answers within the bound");
+}
+
+// --------------------------------------------------------------------- streams per connection
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_has_at_most_its_streams_open_and_the_next_is_refused_until_one_ends() {
+    let limits = ApiLimits::default();
+    let max = limits.streams_per_connection_max;
+    let served = Served::start(limits).await;
+    served.create_model("small").await;
+    register(&served, "small", &seeded_bytes(4, 1024)).await;
+
+    // With no window the node can send no body: every download stays open after its headers.
+    let mut conn = raw_h2::Connection::open(served.api, 0).await;
+    let mut announced = None;
+    read_until(&mut conn, |f| {
+        if f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0 {
+            announced = f.setting(raw_h2::SETTINGS_MAX_CONCURRENT_STREAMS);
+            return true;
+        }
+        false
+    })
+    .await;
+    assert_eq!(announced, Some(max), "the server announces its limit");
+
+    let request = download_request("small/1");
+    let mut bytes = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..=max {
+        let (id, frames) = conn.request(DOWNLOAD_PATH, &request, true);
+        open.push(id);
+        bytes.extend(frames);
+    }
+    let one_more = open.pop().expect("the last stream");
+    conn.send(&bytes).await;
+
+    // Each of the first `max` gets its response headers (and no more: no window); the one
+    // beyond them is refused by HTTP/2 itself.
+    let mut answered = std::collections::BTreeSet::new();
+    let mut refused = Vec::new();
+    read_until(&mut conn, |f| {
+        match f.kind {
+            raw_h2::HEADERS => {
+                assert_ne!(f.stream, one_more, "the stream over the limit was opened");
+                assert_eq!(
+                    f.flags & raw_h2::FLAG_END_STREAM,
+                    0,
+                    "a download failed: {f:?}"
+                );
+                assert!(answered.insert(f.stream), "headers twice on {}", f.stream);
+            }
+            raw_h2::RST_STREAM => {
+                assert_eq!(
+                    f.stream, one_more,
+                    "only the stream over the limit is refused"
+                );
+                refused.push(f.error_code());
+            }
+            raw_h2::DATA => panic!("the server sent a body without window: {f:?}"),
+            _ => {}
+        }
+        answered.len() == open.len() && !refused.is_empty()
+    })
+    .await;
+    assert_eq!(answered.len(), max as usize);
+    assert!(!answered.contains(&one_more));
+    // (Its request's body, already sent, may draw a second reset: STREAM_CLOSED.)
+    assert_eq!(
+        refused.first(),
+        Some(&raw_h2::REFUSED_STREAM),
+        "{refused:?}"
+    );
+
+    // Another connection is not held up by this one's streams.
+    let v = VersionsClient::new(served.channel().await)
+        .get_version(proto::GetVersionRequest {
+            reference: "small/1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("another connection is served")
+        .into_inner();
+    assert_eq!(v.version, 1);
+
+    // Once one stream ends, the next one opens.
+    let (again, frames) = conn.request(DOWNLOAD_PATH, &request, true);
+    let mut bytes = raw_h2::Connection::reset(open[0], raw_h2::CANCEL);
+    bytes.extend(frames);
+    conn.send(&bytes).await;
+    read_until(&mut conn, |f| {
+        assert!(
+            !(f.kind == raw_h2::RST_STREAM && f.stream == again),
+            "a stream opened after one ended is refused: {f:?}"
+        );
+        f.kind == raw_h2::HEADERS && f.stream == again
+    })
+    .await;
+    drop(conn);
+    served.stop().await;
+}
