@@ -47,7 +47,9 @@ pub const DOWNLOAD_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ApiLimits {
     /// [`API_STREAMS_PER_CONNECTION_MAX`].
     pub streams_per_connection_max: u32,
-    /// [`API_KEEPALIVE_INTERVAL`]; also the TCP keepalive interval.
+    /// [`API_KEEPALIVE_INTERVAL`]; also the TCP keepalive interval. TCP's probes are answered
+    /// by the peer's kernel, so they find only a host that vanished; the HTTP/2 ping, answered
+    /// by the client's own HTTP/2 code, also finds a process that hangs or stops reading.
     pub keepalive_interval: Duration,
     /// [`API_KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Duration,

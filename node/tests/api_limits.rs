@@ -674,3 +674,58 @@ async fn one_connection_has_at_most_its_streams_open_and_the_next_is_refused_unt
     drop(conn);
     served.stop().await;
 }
+
+// ------------------------------------------------------------------------------ keepalive
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_pings_is_closed_and_its_upload_slot_freed() {
+    let limits = ApiLimits {
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_millis(300),
+        ..ApiLimits::default()
+    };
+    // The upload idle timeout stays at its 60 s: only the keepalive can free the slot in time.
+    assert!(limits.upload_idle_timeout > BOUND);
+    let served = Served::start(limits).await;
+    served.create_model("gone").await;
+
+    let mut conn = raw_h2::Connection::open(served.api, 65_535).await;
+    read_until(&mut conn, |f| {
+        f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0
+    })
+    .await;
+    let header = upload_messages("gone", &[0u8; 16], 16).swap_remove(0);
+    let (_, frames) = conn.request(
+        "/quiver.v1.Versions/RegisterVersion",
+        &prost::Message::encode_to_vec(&header),
+        false,
+    );
+    conn.send(&frames).await;
+    timeout(BOUND, served.node.uploads.in_use().wait_until(|n| n == 1))
+        .await
+        .expect("the upload takes a slot");
+
+    // From here the client reads nothing, so it answers no ping: as a peer that vanished.
+    let started = Instant::now();
+    timeout(BOUND, served.node.uploads.in_use().wait_until(|n| n == 0))
+        .await
+        .expect("the node closes the silent connection and frees its upload's slot");
+    assert!(
+        started.elapsed() >= limits.keepalive_interval,
+        "closed before a ping could go unanswered"
+    );
+    // What the server sent meanwhile: a ping, then the end of the connection.
+    let mut pinged = false;
+    timeout(BOUND, async {
+        while let Some(f) = conn.next_unanswered().await {
+            pinged |= f.kind == raw_h2::PING && f.flags & raw_h2::FLAG_ACK == 0;
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    assert!(pinged, "the server pinged the silent client");
+
+    // The node goes on serving.
+    assert_eq!(served.version_count("gone").await, 0);
+    served.stop().await;
+}
