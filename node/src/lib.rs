@@ -9,6 +9,7 @@ pub mod download;
 pub mod env;
 pub mod error;
 pub mod gc;
+pub mod in_flight;
 pub mod ingest;
 pub mod membership;
 pub mod node;

@@ -22,6 +22,7 @@ use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, Env, RandomIds, RequestIds, SystemClock};
 use crate::error::NodeError;
 use crate::gc::UploadPins;
+use crate::in_flight::InFlight;
 use crate::replication::{
     repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, ReadThroughs, RepairState,
     Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
@@ -127,6 +128,9 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     pub uploads: UploadSlots,
     /// Chunks the uploads in progress wrote: the running collector keeps them.
     pub upload_pins: Arc<UploadPins>,
+    /// Downloads being sent (each ends when its client has read it all, goes away, or reads
+    /// nothing for the API's download send timeout).
+    pub downloads: InFlight,
     /// What the repair loop did since this node started.
     pub repair_totals: RepairTotals,
     /// Versions the repair loop leaves alone (only the planted `repair_skips_after_restart`
@@ -286,6 +290,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             read_throughs: ReadThroughs::default(),
             uploads: UploadSlots::default(),
             upload_pins: Arc::default(),
+            downloads: InFlight::default(),
             repair_totals: RepairTotals::default(),
             repair_skipped,
             stop,

@@ -27,8 +27,9 @@ const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Requests (HTTP/2 streams) one client connection may have open at once; the next is refused
-/// by HTTP/2 itself (REFUSED_STREAM) until one ends. Uploads have a tighter bound of their own
-/// (`upload_slots`).
+/// by HTTP/2 itself (`RST_STREAM` with `REFUSED_STREAM`) until one ends. A client that honours
+/// the limit the server announces (tonic's, so the SDK's) does not send it: it waits for a
+/// stream to end. Uploads have a tighter bound of their own (`upload_slots`).
 pub const API_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 /// A connection idle this long is pinged, and closed if the ping is not answered within
 /// [`API_KEEPALIVE_TIMEOUT`]: a vanished client does not hold its streams forever.
@@ -36,14 +37,55 @@ pub const API_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const API_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// An upload whose client sends nothing for this long is abandoned (`DEADLINE_EXCEEDED`).
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A download whose client reads nothing for this long is abandoned.
+/// A download whose client reads nothing for this long is abandoned (`DEADLINE_EXCEEDED`).
 pub const DOWNLOAD_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops the
+/// The limits the API puts on its clients' connections and streams. Production serves with
+/// [`ApiLimits::default`], the named constants above; tests pass shorter durations so that the
+/// same code reaches its edges in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// [`API_STREAMS_PER_CONNECTION_MAX`].
+    pub streams_per_connection_max: u32,
+    /// [`API_KEEPALIVE_INTERVAL`]; also the TCP keepalive interval. TCP's probes are answered
+    /// by the peer's kernel, so they find only a host that vanished; the HTTP/2 ping, answered
+    /// by the client's own HTTP/2 code, also finds a process that hangs or stops reading.
+    pub keepalive_interval: Duration,
+    /// [`API_KEEPALIVE_TIMEOUT`].
+    pub keepalive_timeout: Duration,
+    /// [`UPLOAD_IDLE_TIMEOUT`].
+    pub upload_idle_timeout: Duration,
+    /// [`DOWNLOAD_SEND_TIMEOUT`].
+    pub download_send_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            streams_per_connection_max: API_STREAMS_PER_CONNECTION_MAX,
+            keepalive_interval: API_KEEPALIVE_INTERVAL,
+            keepalive_timeout: API_KEEPALIVE_TIMEOUT,
+            upload_idle_timeout: UPLOAD_IDLE_TIMEOUT,
+            download_send_timeout: DOWNLOAD_SEND_TIMEOUT,
+        }
+    }
+}
+
+/// A duration as a limit's message shows it: whole seconds, or milliseconds below that.
+pub fn shown_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Serves the API on `listener`, within `limits`, until `shutdown` resolves, then stops the
 /// node's Raft member.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
+    limits: ApiLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // A node whose consensus stopped on a fault would answer reads from frozen state: it stops
@@ -61,16 +103,19 @@ pub async fn serve(
             }
         }
     };
-    let versions = VersionsServer::new(VersionsService { node: node.clone() })
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let versions = VersionsServer::new(VersionsService {
+        node: node.clone(),
+        limits,
+    })
+    .max_decoding_message_size(MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(MESSAGE_BYTES_MAX);
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
-        .max_concurrent_streams(Some(API_STREAMS_PER_CONNECTION_MAX))
-        .http2_keepalive_interval(Some(API_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(API_KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(API_KEEPALIVE_INTERVAL))
+        .max_concurrent_streams(Some(limits.streams_per_connection_max))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .tcp_keepalive(Some(limits.keepalive_interval))
         .add_service(ModelsServer::new(ModelsService { node: node.clone() }))
         .add_service(versions)
         .add_service(LifecycleServer::new(LifecycleService {
@@ -94,4 +139,17 @@ pub async fn serve(
         );
     }
     stopped.context("stop raft")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_shown_in_seconds_or_in_milliseconds_below_a_whole_second() {
+        assert_eq!(shown_duration(UPLOAD_IDLE_TIMEOUT), "60s");
+        assert_eq!(shown_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(shown_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(shown_duration(Duration::ZERO), "0ms");
+    }
 }

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::NodeError;
+use crate::in_flight::{InFlight, InFlightTicket};
 
 /// Uploads one node receives at once.
 pub const UPLOADS_PER_NODE_MAX: usize = 128;
@@ -19,16 +20,13 @@ pub const UPLOADS_PER_CLIENT_MAX: usize = 64;
 /// How long an upload over a limit waits for a slot before it is refused.
 pub const UPLOAD_SLOT_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    by_client: BTreeMap<String, usize>,
-}
-
 /// The node's upload slots. Cheap to clone; clones share the slots.
 #[derive(Clone, Default)]
 pub struct UploadSlots {
-    counts: Arc<Mutex<Counts>>,
+    /// Slots taken by each client; a slot is taken only while this lock is held.
+    by_client: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Slots taken in all.
+    in_use: InFlight,
     freed: Arc<Notify>,
 }
 
@@ -36,16 +34,18 @@ pub struct UploadSlots {
 pub struct UploadSlot {
     slots: UploadSlots,
     client: String,
+    /// Counted in `in_use` until the slot is given back (`None` only while dropping).
+    ticket: Option<InFlightTicket>,
 }
 
 impl UploadSlots {
-    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    fn by_client(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usize>> {
+        self.by_client.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Uploads being received now.
-    pub fn in_use(&self) -> usize {
-        self.counts().total
+    /// Uploads being received now; a test can wait on it (`InFlight::wait_until`).
+    pub fn in_use(&self) -> &InFlight {
+        &self.in_use
     }
 
     /// Takes a slot for an upload from `client` (its connection's address), waiting up to
@@ -73,24 +73,24 @@ impl UploadSlots {
 
     /// A slot if both limits allow one; otherwise which limit is reached.
     fn try_take(&self, client: &str) -> Result<UploadSlot, String> {
-        let mut counts = self.counts();
-        if counts.total >= UPLOADS_PER_NODE_MAX {
+        let mut by_client = self.by_client();
+        if self.in_use.get() >= UPLOADS_PER_NODE_MAX {
             return Err(format!(
                 "{UPLOADS_PER_NODE_MAX} uploads, the most it takes at once"
             ));
         }
-        let mine = counts.by_client.get(client).copied().unwrap_or(0);
+        let mine = by_client.get(client).copied().unwrap_or(0);
         if mine >= UPLOADS_PER_CLIENT_MAX {
             return Err(format!(
                 "{UPLOADS_PER_CLIENT_MAX} uploads from {client}, the most it takes at once from \
                  one client"
             ));
         }
-        counts.total += 1;
-        counts.by_client.insert(client.to_owned(), mine + 1);
+        by_client.insert(client.to_owned(), mine + 1);
         Ok(UploadSlot {
             slots: self.clone(),
             client: client.to_owned(),
+            ticket: Some(self.in_use.enter()),
         })
     }
 }
@@ -98,14 +98,15 @@ impl UploadSlots {
 impl Drop for UploadSlot {
     fn drop(&mut self) {
         {
-            let mut counts = self.slots.counts();
-            counts.total -= 1;
-            if let Some(n) = counts.by_client.get_mut(&self.client) {
+            let mut by_client = self.slots.by_client();
+            if let Some(n) = by_client.get_mut(&self.client) {
                 *n -= 1;
                 if *n == 0 {
-                    counts.by_client.remove(&self.client);
+                    by_client.remove(&self.client);
                 }
             }
+            // Given back before the waiters are woken, so that they find the slot free.
+            self.ticket.take();
         }
         self.slots.freed.notify_waiters();
     }
@@ -137,11 +138,11 @@ mod tests {
         assert!(why.contains("node 1"), "{why}");
         // Another client is not held up by the first one's limit.
         let other = slots.acquire(1, "10.0.0.2:5000").await.unwrap();
-        assert_eq!(slots.in_use(), UPLOADS_PER_CLIENT_MAX + 1);
+        assert_eq!(slots.in_use().get(), UPLOADS_PER_CLIENT_MAX + 1);
         drop(other);
         drop(held);
-        assert_eq!(slots.in_use(), 0);
-        assert!(slots.counts().by_client.is_empty());
+        assert_eq!(slots.in_use().get(), 0);
+        assert!(slots.by_client().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use quiver_node::server::serve;
+use quiver_node::server::{serve, ApiLimits};
 use quiver_node::tls::{default_ca_dir, default_tls_dir, ClusterCa, NodeCert};
 use quiver_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
@@ -311,7 +311,7 @@ pub(crate) async fn serve_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let id = node.node_id();
-    serve(node, api, shutdown).await?;
+    serve(node, api, ApiLimits::default(), shutdown).await?;
     tracing::info!(node_id = id, "node stopped");
     Ok(())
 }

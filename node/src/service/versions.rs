@@ -7,12 +7,14 @@
 //! short queues, whatever the artifact's size. This file only converts
 //! between protobuf and those types.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use quiver_api::proto::{self, upload_message::Kind, versions_server::Versions};
 use quiver_api::wire::manifest_to_proto;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -22,10 +24,12 @@ use crate::domain;
 use crate::download::{ChunkRead, DOWNLOAD_QUEUE_DEPTH};
 use crate::ingest::{bad_upload, FileStart, UploadHeader};
 use crate::node::{Consistency, Node};
-use crate::server::{DOWNLOAD_SEND_TIMEOUT, UPLOAD_IDLE_TIMEOUT};
+use crate::server::{shown_duration, ApiLimits};
 
 pub struct VersionsService {
     pub node: Arc<Node>,
+    /// Its idle-upload and slow-download timeouts.
+    pub limits: ApiLimits,
 }
 
 /// A version as the API shows it: with the aliases that point at it.
@@ -46,16 +50,18 @@ pub async fn version_view(
 }
 
 /// The next message of an upload, or a refusal once the client has sent nothing for
-/// [`UPLOAD_IDLE_TIMEOUT`]: a stalled client does not hold its upload slot and buffers forever.
+/// `idle_timeout` ([`crate::server::UPLOAD_IDLE_TIMEOUT`] in production): a stalled client does
+/// not hold its upload slot and buffers forever.
 async fn next_message(
     stream: &mut Streaming<proto::UploadMessage>,
+    idle_timeout: Duration,
 ) -> Result<Option<proto::UploadMessage>, Status> {
-    match tokio::time::timeout(UPLOAD_IDLE_TIMEOUT, stream.message()).await {
+    match tokio::time::timeout(idle_timeout, stream.message()).await {
         Ok(message) => message,
         Err(_) => Err(Status::deadline_exceeded(format!(
-            "the upload sent nothing for {}s and was abandoned; nothing was registered: send \
+            "the upload sent nothing for {} and was abandoned; nothing was registered: send \
              again",
-            UPLOAD_IDLE_TIMEOUT.as_secs()
+            shown_duration(idle_timeout)
         ))),
     }
 }
@@ -76,7 +82,8 @@ impl Versions for VersionsService {
             .acquire(self.node.node_id(), &client)
             .await?;
         let mut stream = request.into_inner();
-        let header = match next_message(&mut stream).await? {
+        let idle_timeout = self.limits.upload_idle_timeout;
+        let header = match next_message(&mut stream, idle_timeout).await? {
             Some(proto::UploadMessage {
                 kind: Some(Kind::Header(h)),
             }) => h,
@@ -94,7 +101,7 @@ impl Versions for VersionsService {
         };
         let mut upload = self.node.begin_upload(header).await?;
         let mut commit = None;
-        while let Some(message) = next_message(&mut stream).await? {
+        while let Some(message) = next_message(&mut stream, idle_timeout).await? {
             match message.kind {
                 Some(Kind::File(start)) => {
                     let start = FileStart {
@@ -177,7 +184,10 @@ impl Versions for VersionsService {
         }))
     }
 
-    type DownloadVersionStream = ReceiverStream<Result<proto::DownloadMessage, Status>>;
+    /// The messages the download's task queued, then, if the task abandoned the download, the
+    /// status saying why.
+    type DownloadVersionStream =
+        Pin<Box<dyn Stream<Item = Result<proto::DownloadMessage, Status>> + Send>>;
 
     async fn download_version(
         &self,
@@ -203,7 +213,11 @@ impl Versions for VersionsService {
         let node_id = self.node.node_id();
         let subject = format!("{}/{}", plan.version.model, plan.version.number);
         let reads = self.node.download_chunks(&plan);
+        let send_timeout = self.limits.download_send_timeout;
+        let (abandon, abandoned) = oneshot::channel::<Status>();
+        let sending = self.node.downloads.enter();
         tokio::spawn(async move {
+            let _sending = sending;
             let mut reads = std::pin::pin!(reads);
             while let Some(read) = reads.next().await {
                 let ChunkRead {
@@ -230,18 +244,31 @@ impl Versions for VersionsService {
                     }
                 };
                 let failed = message.is_err();
-                // A client that stops reading is let go after DOWNLOAD_SEND_TIMEOUT, so that
-                // it does not hold chunk reads and buffers forever.
-                match tokio::time::timeout(DOWNLOAD_SEND_TIMEOUT, tx.send(message)).await {
+                // A client that stops reading is let go after `send_timeout`
+                // (DOWNLOAD_SEND_TIMEOUT in production), so that it does not hold chunk reads
+                // and buffers forever.
+                match tokio::time::timeout(send_timeout, tx.send(message)).await {
                     Ok(Ok(())) if !failed => {}
                     Ok(_) => return,
                     Err(_) => {
-                        tracing::warn!(%subject, "download abandoned: the client read nothing for {}s", DOWNLOAD_SEND_TIMEOUT.as_secs());
+                        let why = format!(
+                            "download of {subject} abandoned by node {node_id}: the client read \
+                             nothing for {}; download it again",
+                            shown_duration(send_timeout)
+                        );
+                        tracing::warn!(%subject, "{why}");
+                        // Ends the stream with an error once the client has read what was
+                        // queued, so that it cannot take a cut-short download for a whole one.
+                        let _ = abandon.send(Status::deadline_exceeded(why));
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let ending =
+            futures::stream::once(abandoned).filter_map(|why| async move { why.ok().map(Err) });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).chain(ending),
+        )))
     }
 }
