@@ -473,7 +473,7 @@ pub async fn registry(
         clients.push(
             Client::connect(client.endpoint())
                 .await?
-                .with_actor(client.actor()),
+                .with_token(client.token().map(str::to_string)),
         );
     }
 

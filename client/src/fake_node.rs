@@ -13,7 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::{self, *};
-use crate::sdk::{ACTOR_METADATA_KEY, MESSAGE_BYTES_MAX};
+use crate::sdk::{AUTHORIZATION_METADATA_KEY, MESSAGE_BYTES_MAX};
 use crate::{Reference, VersionSelector};
 
 /// A registered version, its manifest, and each file's bytes.
@@ -77,7 +77,7 @@ impl Fake {
     fn actor<T>(&self, request: &Request<T>) -> String {
         let actor = request
             .metadata()
-            .get(ACTOR_METADATA_KEY)
+            .get(AUTHORIZATION_METADATA_KEY)
             .and_then(|value| value.to_str().ok())
             .unwrap_or("")
             .to_string();

@@ -14,4 +14,4 @@ pub use quiver_api::{proto, reference, wire};
 pub(crate) mod fake_node;
 
 pub use reference::{ParseRefError, Reference, VersionSelector};
-pub use sdk::{actor_from_env, Client, ClientError, RegisterOptions};
+pub use sdk::{token_from_env, Client, ClientError, RegisterOptions};

@@ -15,8 +15,10 @@ mod upload;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::access_client::AccessClient;
 
 use crate::proto::{
     admin_client::AdminClient, lifecycle_client::LifecycleClient, models_client::ModelsClient,
@@ -42,8 +44,39 @@ pub use upload::{UploadFile, DATA_PIECE_BYTES, UPLOAD_QUEUE_DEPTH};
 /// most 16 MiB (`CHUNK_SIZE_BYTES_MAX`) plus framing, so 32 MiB leaves room.
 pub const MESSAGE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
-/// Metadata key naming who performs a request.
-pub const ACTOR_METADATA_KEY: &str = "x-quiver-actor";
+/// Metadata key carrying a request's credentials: `Bearer <token>`.
+pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
+
+/// Environment variables naming the token requests carry: the token itself, or a file holding
+/// it (the first line; `quiver-node up` writes `.quiver/admin.token`).
+pub const TOKEN_ENV: &str = "QUIVER_TOKEN";
+pub const TOKEN_FILE_ENV: &str = "QUIVER_TOKEN_FILE";
+/// Where the CLI looks for a token when neither variable is set: the first admin's token of a
+/// local cluster started with `quiver-node up` in this directory.
+pub const LOCAL_TOKEN_FILE: &str = ".quiver/admin.token";
+
+/// The token from `QUIVER_TOKEN`, else the file `QUIVER_TOKEN_FILE` names, else
+/// `.quiver/admin.token` if it exists; `None` when there is none. A file that is named but
+/// cannot be read is an error that says so.
+pub fn token_from_env() -> Result<Option<String>, ClientError> {
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        if !token.trim().is_empty() {
+            return Ok(Some(token.trim().to_string()));
+        }
+    }
+    let (path, named) = match std::env::var(TOKEN_FILE_ENV) {
+        Ok(path) if !path.trim().is_empty() => (std::path::PathBuf::from(path.trim()), true),
+        _ => (std::path::PathBuf::from(LOCAL_TOKEN_FILE), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.lines().next().map(|l| l.trim().to_string())),
+        Err(e) if !named && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ClientError::InvalidInput(format!(
+            "cannot read the token file {} ({TOKEN_FILE_ENV}): {e}",
+            path.display()
+        ))),
+    }
+}
 
 /// How long to wait for the TCP connection to a node.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -60,17 +93,6 @@ pub const LIST_PAGE_SIZE: u32 = 500;
 /// tokens beyond that is misbehaving.
 pub const LIST_PAGES_MAX: usize = 10_000;
 
-/// The name requests are attributed to when none is set: QUIVER_USER, else
-/// USER, else LOGNAME, else the OS account name, else "unknown".
-pub fn actor_from_env() -> String {
-    ["QUIVER_USER", "USER", "LOGNAME"]
-        .iter()
-        .filter_map(|name| std::env::var(name).ok())
-        .find(|value| !value.trim().is_empty())
-        .or_else(|| whoami::fallible::username().ok())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
 /// What a registration carries besides its files.
 #[derive(Clone, Debug, Default)]
 pub struct RegisterOptions {
@@ -84,12 +106,13 @@ pub struct RegisterOptions {
 pub struct Client {
     endpoint: String,
     channel: Channel,
-    actor: String,
+    /// Sent as `authorization: Bearer <token>` with every request.
+    token: Option<String>,
 }
 
 impl Client {
-    /// Connects to a node at `endpoint` (`http://127.0.0.1:7400`). Requests
-    /// are attributed to [`actor_from_env`] until [`Client::with_actor`].
+    /// Connects to a node at `endpoint` (`http://127.0.0.1:7400`). Requests carry no token
+    /// until [`Client::with_token`].
     pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
         let invalid = |detail: &str| {
             ClientError::InvalidInput(format!(
@@ -115,13 +138,14 @@ impl Client {
         Ok(Client {
             endpoint: endpoint.to_string(),
             channel,
-            actor: actor_from_env(),
+            token: None,
         })
     }
 
-    /// Attributes every later request to `name`.
-    pub fn with_actor(mut self, name: impl Into<String>) -> Client {
-        self.actor = name.into();
+    /// Sends `token` (`qvr_…`, from `quiver token create`) with every later request; `None`:
+    /// none.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
         self
     }
 
@@ -129,34 +153,26 @@ impl Client {
         &self.endpoint
     }
 
-    pub fn actor(&self) -> &str {
-        &self.actor
+    /// The token requests carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
-    fn actor_value(&self) -> Result<MetadataValue<Ascii>, ClientError> {
-        let invalid = || {
-            ClientError::InvalidInput(format!(
-                "actor name {:?} must be non-empty printable ASCII; set QUIVER_USER or --user",
-                self.actor
-            ))
-        };
-        if self.actor.is_empty()
-            || !self
-                .actor
-                .bytes()
-                .all(|b| b.is_ascii_graphic() || b == b' ')
-        {
-            return Err(invalid());
-        }
-        MetadataValue::try_from(self.actor.as_str()).map_err(|_| invalid())
-    }
-
-    /// Wraps `message` with the actor header.
+    /// Wraps `message` with the authorization header, when the client has a token.
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>, ClientError> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(ACTOR_METADATA_KEY, self.actor_value()?);
+        if let Some(token) = &self.token {
+            let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                ClientError::InvalidInput(
+                    "the token holds characters a header cannot carry: it should look like \
+                     qvr_<16 hex digits>_<32 hex digits>"
+                        .into(),
+                )
+            })?;
+            request
+                .metadata_mut()
+                .insert(AUTHORIZATION_METADATA_KEY, value);
+        }
         Ok(request)
     }
 
@@ -396,6 +412,95 @@ impl Client {
         let request = self.request(StepDownRequest {})?;
         Ok(self.admin().step_down(request).await?.into_inner())
     }
+
+    // ------------------------------------------------------------ access
+
+    fn access(&self) -> AccessClient<Channel> {
+        AccessClient::new(self.channel.clone())
+    }
+
+    pub async fn who_am_i(&self) -> Result<access::WhoAmIResponse, ClientError> {
+        let request = self.request(access::WhoAmIRequest {})?;
+        Ok(self.access().who_am_i(request).await?.into_inner())
+    }
+
+    /// A new token for `principal`, expiring after `expires_in_secs` (`None`: never). The
+    /// response holds the whole token, once.
+    pub async fn create_token(
+        &self,
+        principal: &str,
+        description: &str,
+        expires_in_secs: Option<u64>,
+    ) -> Result<access::CreateTokenResponse, ClientError> {
+        let request = self.request(access::CreateTokenRequest {
+            principal: principal.to_string(),
+            description: description.to_string(),
+            expires_in_secs,
+        })?;
+        Ok(self.access().create_token(request).await?.into_inner())
+    }
+
+    /// Every token (`principal` empty), or one principal's.
+    pub async fn list_tokens(&self, principal: &str) -> Result<Vec<access::Token>, ClientError> {
+        let request = self.request(access::ListTokensRequest {
+            principal: principal.to_string(),
+        })?;
+        Ok(self
+            .access()
+            .list_tokens(request)
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<access::Token, ClientError> {
+        let request = self.request(access::RevokeTokenRequest { id: id.to_string() })?;
+        Ok(self.access().revoke_token(request).await?.into_inner())
+    }
+
+    /// Grants `role` to `principal` in `scope` (a namespace, or `*` for the whole cluster).
+    pub async fn grant_role(
+        &self,
+        principal: &str,
+        scope: &str,
+        role: &str,
+    ) -> Result<access::RoleGrant, ClientError> {
+        let request = self.request(access::GrantRoleRequest {
+            principal: principal.to_string(),
+            scope: scope.to_string(),
+            role: role.to_string(),
+        })?;
+        Ok(self.access().grant_role(request).await?.into_inner())
+    }
+
+    pub async fn revoke_role(
+        &self,
+        principal: &str,
+        scope: &str,
+    ) -> Result<access::RoleGrant, ClientError> {
+        let request = self.request(access::RevokeRoleRequest {
+            principal: principal.to_string(),
+            scope: scope.to_string(),
+        })?;
+        Ok(self.access().revoke_role(request).await?.into_inner())
+    }
+
+    /// Every grant (`principal` empty), or one principal's.
+    pub async fn list_roles(&self, principal: &str) -> Result<Vec<access::RoleGrant>, ClientError> {
+        let request = self.request(access::ListRolesRequest {
+            principal: principal.to_string(),
+        })?;
+        Ok(self.access().list_roles(request).await?.into_inner().grants)
+    }
+}
+
+/// The Access service's messages, as the SDK's access methods take and return them.
+pub mod access {
+    pub use crate::proto::{
+        CreateTokenRequest, CreateTokenResponse, GrantRoleRequest, ListRolesRequest,
+        ListTokensRequest, RevokeRoleRequest, RevokeTokenRequest, RoleGrant, Token, WhoAmIRequest,
+        WhoAmIResponse,
+    };
 }
 
 /// Parses a reference locally so a typo is reported before a round trip,

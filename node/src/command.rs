@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use quiver_transfer::{Hash, Manifest};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{self, Grant, Role, Scope, TokenRecord};
 use crate::domain::{
     Actor, Alias, DomainError, Model, NodeInfo, RiskTier, Signature, Stage, Version,
     VersionMetadata, VersionStatus,
@@ -131,6 +132,34 @@ pub enum Op {
     RemoveNode {
         node_id: u64,
     },
+    /// An admin creates an API token for `principal`. The log holds the secret's blake3 hash,
+    /// never the secret, which only the caller sees, once.
+    CreateToken {
+        id: String,
+        principal: String,
+        description: String,
+        secret_hash: String,
+        expires_at_ms: Option<i64>,
+    },
+    RevokeToken {
+        id: String,
+    },
+    GrantRole {
+        principal: String,
+        scope: Scope,
+        role: Role,
+    },
+    RevokeRole {
+        principal: String,
+        scope: Scope,
+    },
+    /// The founding node's first admin: a token for `principal` and the admin role cluster-wide,
+    /// accepted only while no role is granted to anyone.
+    Bootstrap {
+        id: String,
+        principal: String,
+        secret_hash: String,
+    },
 }
 
 impl Op {
@@ -144,7 +173,13 @@ impl Op {
             | Op::SetAlias { model, .. }
             | Op::DeleteAlias { model, .. }
             | Op::SetVersionTags { model, .. } => Some(model),
-            Op::UpsertNode(_) | Op::RemoveNode { .. } => None,
+            Op::UpsertNode(_)
+            | Op::RemoveNode { .. }
+            | Op::CreateToken { .. }
+            | Op::RevokeToken { .. }
+            | Op::GrantRole { .. }
+            | Op::RevokeRole { .. }
+            | Op::Bootstrap { .. } => None,
         }
     }
 
@@ -210,6 +245,42 @@ impl Op {
                 validate_name("alias", alias)
             }
             Op::SetVersionStatus { .. } | Op::UpsertNode(_) | Op::RemoveNode { .. } => Ok(()),
+            Op::CreateToken {
+                id,
+                principal,
+                description,
+                secret_hash,
+                expires_at_ms,
+            } => {
+                auth::validate_token_id(id)?;
+                auth::validate_principal(principal)?;
+                validate_description(description)?;
+                auth::validate_secret_hash(secret_hash)?;
+                match expires_at_ms {
+                    Some(ms) if *ms <= 0 => Err(DomainError::invalid(
+                        "expires_at_ms",
+                        "must be a time after the epoch, or none for a token that never expires",
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            Op::RevokeToken { id } => auth::validate_token_id(id),
+            Op::GrantRole {
+                principal, scope, ..
+            }
+            | Op::RevokeRole { principal, scope } => {
+                auth::validate_principal(principal)?;
+                scope.check()
+            }
+            Op::Bootstrap {
+                id,
+                principal,
+                secret_hash,
+            } => {
+                auth::validate_token_id(id)?;
+                auth::validate_principal(principal)?;
+                auth::validate_secret_hash(secret_hash)
+            }
         }
     }
 
@@ -226,6 +297,11 @@ impl Op {
             Op::SetVersionTags { .. } => "set_version_tags",
             Op::UpsertNode(_) => "upsert_node",
             Op::RemoveNode { .. } => "remove_node",
+            Op::CreateToken { .. } => "create_token",
+            Op::RevokeToken { .. } => "revoke_token",
+            Op::GrantRole { .. } => "grant_role",
+            Op::RevokeRole { .. } => "revoke_role",
+            Op::Bootstrap { .. } => "bootstrap",
         }
     }
 }
@@ -241,5 +317,7 @@ pub enum Response {
     Version(Box<Version>),
     Alias(Alias),
     Node(NodeInfo),
+    Token(Box<TokenRecord>),
+    Grant(Grant),
     Rejected(DomainError),
 }

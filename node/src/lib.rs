@@ -3,6 +3,8 @@
 //! The `quiver-node` binary (commands, local clusters, benchmarks) is the
 //! `quiver-node-cli` crate in `cli/`, so this library links no tools.
 
+pub mod access;
+pub mod auth;
 pub mod command;
 pub mod domain;
 pub mod download;

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub disk_reserve_bytes: u64,
     /// `CoreConfig::chunk_gc_grace`.
     pub chunk_gc_grace: Option<Duration>,
+    /// `CoreConfig::allow_anonymous_reads`.
+    pub allow_anonymous_reads: bool,
 }
 
 /// What the core of a node is and how it behaves, whatever world it runs in (production's
@@ -83,6 +85,9 @@ pub struct CoreConfig {
     /// removes it (`crate::gc`), one collection pass per period; `None`: only `quiver-node gc`
     /// (node stopped) collects.
     pub chunk_gc_grace: Option<Duration>,
+    /// Whether a request without credentials may read (models, versions, aliases, downloads,
+    /// status) as `anonymous`. Off by default: such a request is refused as unauthenticated.
+    pub allow_anonymous_reads: bool,
     /// Test-only switches of the replication code (see [`PlantedBugs`]); default: none.
     #[doc(hidden)]
     pub planted: PlantedBugs,
@@ -214,6 +219,7 @@ impl Node<ChunkStore, PeerClient> {
             crash_drills: config.crash_drills,
             disk_reserve_bytes: config.disk_reserve_bytes,
             chunk_gc_grace: config.chunk_gc_grace,
+            allow_anonymous_reads: config.allow_anonymous_reads,
             planted: PlantedBugs::default(),
             planted_node: PlantedNodeBugs::default(),
         };
@@ -322,7 +328,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             return Ok(());
         }
         let actor = Actor {
-            name: format!("node-{}", info.node_id),
+            name: crate::auth::node_principal(info.node_id),
             authenticated: true,
         };
         self.propose(actor, Op::UpsertNode(info)).await?;
@@ -418,6 +424,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         if !self.core.planted_node.apply_skips_name_validation {
             command.op.check_fields().map_err(NodeError::Rejected)?;
         }
+        // Who may propose it is checked here, where the request arrives (`crate::access`).
+        self.check_command(&command.actor, &command.op).await?;
         if self.core.planted_node.forward_drops_request_id && !self.raft.is_leader() {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`): the forwarded copy is a new request.
             command.request_id = Some(self.ids.next_id());

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quiver_api::proto::{
-    admin_server::AdminServer, lifecycle_server::LifecycleServer, models_server::ModelsServer,
-    versions_server::VersionsServer,
+    access_server::AccessServer, admin_server::AdminServer, lifecycle_server::LifecycleServer,
+    models_server::ModelsServer, versions_server::VersionsServer,
 };
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
 use crate::service::{
-    admin::AdminService, lifecycle::LifecycleService, models::ModelsService,
+    access::AccessService, admin::AdminService, lifecycle::LifecycleService, models::ModelsService,
     versions::VersionsService,
 };
 
@@ -122,6 +122,7 @@ pub async fn serve(
             node: node.clone(),
         }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
+        .add_service(AccessServer::new(AccessService { node: node.clone() }))
         .serve_with_incoming_shutdown(
             // Nagle plus delayed ACKs adds ~40 ms to small responses.
             TcpIncoming::from(listener).with_nodelay(Some(true)),

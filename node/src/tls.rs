@@ -52,7 +52,8 @@ fn ca_params(name: &str) -> anyhow::Result<CertificateParams> {
     Ok(params)
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes a new file readable by its owner only (a key, a token), synced; fails if it exists.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -10,6 +10,9 @@ use std::time::Duration;
 use quiver_api::proto::{
     self, models_client::ModelsClient, upload_message::Kind, versions_client::VersionsClient,
 };
+use quiver_node::auth::{node_principal, PresentedToken};
+use quiver_node::command::Op;
+use quiver_node::domain::Actor;
 use quiver_node::server::{serve, ApiLimits};
 use quiver_node::tls::ClusterCa;
 use quiver_node::{Node, NodeConfig};
@@ -19,8 +22,29 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
+
+/// Adds the test's admin token to every request.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry the test's admin token.
+type Authed = InterceptedService<Channel, Bearer>;
 
 /// The longest any test waits for what it expects before it fails.
 const BOUND: Duration = Duration::from_secs(10);
@@ -31,6 +55,8 @@ struct Served {
     api: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The cluster's first admin's token (`qvr_…`).
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -59,11 +85,26 @@ impl Served {
                 crash_drills: false,
                 disk_reserve_bytes: 0,
                 chunk_gc_grace: None,
+                allow_anonymous_reads: false,
             },
             peer,
         )
         .await
         .expect("open the node");
+        let token = PresentedToken::random();
+        node.propose(
+            Actor {
+                name: node_principal(1),
+                authenticated: true,
+            },
+            Op::Bootstrap {
+                id: token.id.clone(),
+                principal: "admin".into(),
+                secret_hash: token.secret_hash(),
+            },
+        )
+        .await
+        .expect("bootstrap the first admin");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(serve(node.clone(), api, limits, async {
             let _ = stopped.await;
@@ -73,17 +114,27 @@ impl Served {
             api: api_addr,
             stop: Some(stop),
             server: Some(server),
+            token: token.to_string(),
             _dir: dir,
         }
     }
 
-    /// A client channel of its own (one HTTP/2 connection).
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.api))
+    /// A client channel of its own (one HTTP/2 connection), its requests carrying the admin's
+    /// token.
+    async fn channel(&self) -> Authed {
+        let channel = Channel::from_shared(format!("http://{}", self.api))
             .expect("an endpoint")
             .connect()
             .await
-            .expect("connect to the API")
+            .expect("connect to the API");
+        self.authed(channel)
+    }
+
+    fn authed(&self, channel: Channel) -> Authed {
+        let value = format!("Bearer {}", self.token)
+            .parse()
+            .expect("a header value");
+        InterceptedService::new(channel, Bearer(value))
     }
 
     async fn create_model(&self, name: &str) {
@@ -275,14 +326,15 @@ async fn an_upload_with_gaps_under_its_idle_timeout_is_not_cut_however_long_it_t
 
 /// A channel whose HTTP/2 windows are small (64 KiB), so a download larger than them blocks
 /// the node's sends as soon as the client stops reading.
-async fn narrow_channel(served: &Served) -> Channel {
-    Channel::from_shared(format!("http://{}", served.api))
+async fn narrow_channel(served: &Served) -> Authed {
+    let channel = Channel::from_shared(format!("http://{}", served.api))
         .expect("an endpoint")
         .initial_stream_window_size(65_535)
         .initial_connection_window_size(65_535)
         .connect()
         .await
-        .expect("connect to the API")
+        .expect("connect to the API");
+    served.authed(channel)
 }
 
 fn chunk_count(header: &proto::DownloadMessage) -> usize {
@@ -432,6 +484,8 @@ mod raw_h2 {
     pub struct Connection {
         socket: TcpStream,
         next_stream: u32,
+        /// `Bearer <token>`, sent with every request.
+        authorization: String,
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -456,7 +510,7 @@ mod raw_h2 {
     impl Connection {
         /// Connects and sends the preface with our settings: no push, and streams' initial
         /// window `initial_window_bytes` (0: the server cannot send a byte of any body).
-        pub async fn open(addr: SocketAddr, initial_window_bytes: u32) -> Connection {
+        pub async fn open(addr: SocketAddr, initial_window_bytes: u32, token: &str) -> Connection {
             let mut socket = TcpStream::connect(addr).await.expect("connect");
             socket.set_nodelay(true).expect("nodelay");
             let mut settings = Vec::new();
@@ -473,6 +527,7 @@ mod raw_h2 {
             Connection {
                 socket,
                 next_stream: 1,
+                authorization: format!("Bearer {token}"),
             }
         }
 
@@ -490,6 +545,7 @@ mod raw_h2 {
                 (":authority", "localhost"),
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
+                ("authorization", self.authorization.as_str()),
             ] {
                 header(&mut block, name, value);
             }
@@ -588,7 +644,7 @@ async fn one_connection_has_at_most_its_streams_open_and_the_next_is_refused_unt
     register(&served, "small", &seeded_bytes(4, 1024)).await;
 
     // With no window the node can send no body: every download stays open after its headers.
-    let mut conn = raw_h2::Connection::open(served.api, 0).await;
+    let mut conn = raw_h2::Connection::open(served.api, 0, &served.token).await;
     let mut announced = None;
     read_until(&mut conn, |f| {
         if f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0 {
@@ -690,7 +746,7 @@ async fn a_connection_that_stops_answering_pings_is_closed_and_its_upload_slot_f
     let served = Served::start(limits).await;
     served.create_model("gone").await;
 
-    let mut conn = raw_h2::Connection::open(served.api, 65_535).await;
+    let mut conn = raw_h2::Connection::open(served.api, 65_535, &served.token).await;
     read_until(&mut conn, |f| {
         f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0
     })

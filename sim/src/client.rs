@@ -641,7 +641,7 @@ impl Clients {
         self.count(|s| s.hostile += 1);
         let actor = Actor {
             name: p.actor.clone(),
-            authenticated: false,
+            authenticated: true,
         };
         let router = self.cluster.router().clone();
         tokio::time::sleep(router.client_latency()).await;

@@ -21,8 +21,8 @@ use anyhow::Context as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::{BasicNode, RaftMetrics, ServerState};
-use quiver_node::command::RequestId;
-use quiver_node::domain::NodeInfo;
+use quiver_node::command::{Op, RequestId};
+use quiver_node::domain::{Actor, NodeInfo};
 use quiver_node::env::{Clock, Env, RequestIds};
 use quiver_node::node::PlantedNodeBugs;
 use quiver_node::replication::PlantedBugs;
@@ -53,6 +53,17 @@ pub const SIM_LOG_SEGMENT_BYTES: u64 = 16 << 10;
 const READ_PAGE_SIZE: usize = 1_000;
 
 pub type Node = RaftNode<RegistryApp>;
+/// The principal that bootstraps access in a run and grants its clients their roles.
+pub const SIM_ADMIN: &str = "sim-admin";
+
+/// [`SIM_ADMIN`] as an actor.
+pub fn sim_admin() -> Actor {
+    Actor {
+        name: SIM_ADMIN.into(),
+        authenticated: true,
+    }
+}
+
 /// A registry node as the simulator builds it: the production `Node` over the simulated world.
 pub type SimNode = quiver_node::Node<SimStore, SimPeers>;
 
@@ -252,7 +263,7 @@ impl Cluster {
 
     /// Start every node, initialise the cluster with all of them as voters, and have every
     /// node record its addresses in the node table (as `Node::open` does at start).
-    pub async fn boot(&self) -> anyhow::Result<()> {
+    pub async fn boot(&self, principals: &[String]) -> anyhow::Result<()> {
         for &id in &self.ids {
             self.start(id).await?;
         }
@@ -272,6 +283,35 @@ impl Cluster {
             node.announce()
                 .await
                 .with_context(|| format!("n{id} records its addresses"))?;
+        }
+        // Access: the first node bootstraps the run's admin, who makes each of `principals`
+        // (the run's clients) admin cluster-wide.
+        let node = self.node(first).context("booted nodes are up")?;
+        let system = Actor {
+            name: quiver_node::auth::node_principal(first),
+            authenticated: true,
+        };
+        let token = quiver_node::auth::PresentedToken {
+            id: format!("{:016x}", 1),
+            secret: format!("{:032x}", 1),
+        };
+        let bootstrap = Op::Bootstrap {
+            id: token.id.clone(),
+            principal: SIM_ADMIN.into(),
+            secret_hash: token.secret_hash(),
+        };
+        node.propose(system, bootstrap)
+            .await
+            .context("bootstrap the run's admin")?;
+        for principal in principals {
+            let grant = Op::GrantRole {
+                principal: principal.clone(),
+                scope: quiver_node::auth::Scope::Cluster,
+                role: quiver_node::auth::Role::Admin,
+            };
+            node.propose(sim_admin(), grant)
+                .await
+                .with_context(|| format!("grant {principal} its role"))?;
         }
         self.trace.record(format!("boot {} nodes", self.ids.len()));
         Ok(())
@@ -318,6 +358,7 @@ impl Cluster {
             crash_drills: false,
             disk_reserve_bytes: SIM_DISK_RESERVE_BYTES,
             chunk_gc_grace: Some(SIM_CHUNK_GC_GRACE),
+            allow_anonymous_reads: false,
             planted: self.planted_chunks,
             planted_node: self.planted_node,
         };

@@ -239,7 +239,10 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         trace.clone(),
         false,
     ));
-    cluster.boot().await.context("boot the cluster")?;
+    cluster
+        .boot(&[ACTOR.to_string()])
+        .await
+        .context("boot the cluster")?;
 
     // Registration through the origin's own upload path: its chunk sink (W from the
     // membership) and the upload's writer, then the registration commands through it.
@@ -719,7 +722,7 @@ async fn propose(node: &SimNode, trace: &SharedTrace, op: Op) -> anyhow::Result<
     let what = op.kind();
     let actor = Actor {
         name: ACTOR.into(),
-        authenticated: false,
+        authenticated: true,
     };
     let command = node.stamp(actor, op);
     let mut last = String::new();

@@ -34,10 +34,7 @@ const REJOIN_RETRY: Duration = Duration::from_millis(200);
 pub type Change = JoinHandle<Option<Violation>>;
 
 fn admin() -> Actor {
-    Actor {
-        name: "sim-admin".into(),
-        authenticated: false,
-    }
+    crate::cluster::sim_admin()
 }
 
 /// Node `via` is asked to have the leader step down.

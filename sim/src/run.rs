@@ -203,7 +203,13 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             Plant::planted_node_bugs(cfg.plant),
         ),
     );
-    cluster.boot().await.context("boot the cluster")?;
+    let principals: Vec<String> = (0..cfg.clients)
+        .map(crate::workload::Pipeline::principal)
+        .collect();
+    cluster
+        .boot(&principals)
+        .await
+        .context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
         // the simulated kernel's flusher.

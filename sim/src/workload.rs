@@ -99,10 +99,15 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The principal pipeline `id` acts as.
+    pub fn principal(id: usize) -> String {
+        format!("pipeline-{id}")
+    }
+
     pub fn new(id: usize, seed: u64, mix: Mix) -> Self {
         Pipeline {
             id,
-            actor: format!("pipeline-{id}"),
+            actor: Pipeline::principal(id),
             rng: StdRng::seed_from_u64(seed),
             mix,
             models: Vec::new(),

@@ -14,6 +14,34 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
+/// The first admin's token of the cluster each endpoint belongs to, as its founding node (or
+/// `up`) printed it: what [`quiver`] sends to that endpoint.
+static TOKENS: std::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Remembers `token` as the admin token for `endpoint`.
+pub fn remember_token(endpoint: &str, token: &str) {
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(endpoint.to_string(), token.to_string());
+}
+
+/// The admin token remembered for `endpoint`.
+pub fn token_for(endpoint: &str) -> Option<String> {
+    TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(endpoint)
+        .cloned()
+}
+
+/// The token in a token file (its first line).
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
 /// How long a node may take to print its endpoint.
 pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a node that stopped serving may take to exit.
@@ -65,13 +93,17 @@ impl NodeProcess {
                 let _ = tx.send(line);
             }
         });
-        // `serve` prints its peer address before the endpoint line.
+        // `serve` prints its peer address (and a founding node its admin's token file) before
+        // the endpoint line.
         let mut peer_addr = None;
+        let mut token_file = None;
         let endpoint = loop {
             match rx.recv_timeout(NODE_START_TIMEOUT) {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("peer_addr=") {
                         peer_addr = Some(addr.to_string());
+                    } else if let Some(path) = line.strip_prefix("export QUIVER_TOKEN_FILE=") {
+                        token_file = Some(PathBuf::from(path));
                     } else if let Some(endpoint) = line.strip_prefix("export QUIVER_ENDPOINT=") {
                         break endpoint.to_string();
                     }
@@ -83,6 +115,9 @@ impl NodeProcess {
                 }
             }
         };
+        if let Some(path) = &token_file {
+            remember_token(&endpoint, &read_token(path)?);
+        }
         Ok(NodeProcess {
             child,
             endpoint,
@@ -139,7 +174,16 @@ impl NodeProcess {
             founder_peer,
         ];
         args.extend_from_slice(extra);
-        Self::spawn(node_bin, &args, data_dir)
+        let node = Self::spawn(node_bin, &args, data_dir)?;
+        if let Ok(token) = read_token(&founder_dir.join("admin.token")) {
+            remember_token(&node.endpoint, &token);
+        }
+        Ok(node)
+    }
+
+    /// The admin token of this node's cluster (its founder's), if known.
+    pub fn token(&self) -> Option<String> {
+        token_for(&self.endpoint)
     }
 
     /// Sends a signal by name (STOP, CONT, TERM, KILL).
@@ -262,12 +306,23 @@ impl CliRun {
     }
 }
 
-/// Runs the `quiver` CLI against `endpoint` as user `alice`.
+/// Runs the `quiver` CLI against `endpoint` with the admin token of its cluster.
 pub fn quiver(cli_bin: &str, endpoint: &str, args: &[&str]) -> CliRun {
-    let out: Output = Command::new(cli_bin)
+    quiver_as(cli_bin, endpoint, token_for(endpoint).as_deref(), args)
+}
+
+/// Runs the `quiver` CLI against `endpoint` with `token` (none: no credentials at all).
+pub fn quiver_as(cli_bin: &str, endpoint: &str, token: Option<&str>, args: &[&str]) -> CliRun {
+    let mut command = Command::new(cli_bin);
+    command
         .args(args)
         .env("QUIVER_ENDPOINT", endpoint)
-        .env("QUIVER_USER", "alice")
+        .env_remove("QUIVER_TOKEN")
+        .env_remove("QUIVER_TOKEN_FILE");
+    if let Some(token) = token {
+        command.env("QUIVER_TOKEN", token);
+    }
+    let out: Output = command
         .output()
         .unwrap_or_else(|e| panic!("run {cli_bin}: {e}"));
     CliRun {

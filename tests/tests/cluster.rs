@@ -208,7 +208,7 @@ async fn three_nodes_lose_no_acknowledged_write_when_the_leader_is_killed_under_
     let load = Client::connect(&cluster.ep(f1))
         .await
         .unwrap()
-        .with_actor("load");
+        .with_token(quiver_tests::token_for(&cluster.ep(f1)));
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move {
@@ -253,7 +253,10 @@ async fn three_nodes_lose_no_acknowledged_write_when_the_leader_is_killed_under_
     assert_eq!(digest.len(), 64);
 
     for id in 1..=3u64 {
-        let client = Client::connect(&cluster.ep(id)).await.unwrap();
+        let client = Client::connect(&cluster.ep(id))
+            .await
+            .unwrap()
+            .with_token(quiver_tests::token_for(&cluster.ep(id)));
         let names: std::collections::BTreeSet<String> = client
             .list_all_models("load-", "", ReadConsistency::Linearizable)
             .await

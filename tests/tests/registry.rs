@@ -130,7 +130,7 @@ fn register_list_download_and_everything_survives_a_restart() {
     assert_eq!(versions.len(), 1);
     assert_eq!(versions[0]["version"], 1);
     assert_eq!(versions[0]["total_size_bytes"], (9 << 20) + 4321);
-    assert_eq!(versions[0]["created_by"], "alice");
+    assert_eq!(versions[0]["created_by"], "admin");
 
     quiver(CLI, &ep, &["alias", "set", "reco", "champion", "1"]).ok();
     quiver(
@@ -354,7 +354,7 @@ async fn an_interrupted_upload_leaves_no_version_and_the_registry_usable() {
     let client = Client::connect(&node.endpoint)
         .await
         .unwrap()
-        .with_actor("alice");
+        .with_token(node.token());
 
     let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 10 << 20 })).await;
     let e = interrupted.expect_err("an upload whose source fails must not register");
@@ -411,7 +411,7 @@ async fn a_node_killed_mid_upload_restarts_with_no_partial_version() {
     let client = Client::connect(&node.endpoint)
         .await
         .unwrap()
-        .with_actor("alice");
+        .with_token(node.token());
 
     let (reached_tx, reached_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
@@ -597,7 +597,7 @@ async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version(
     let client = Client::connect(&node.endpoint)
         .await
         .unwrap()
-        .with_actor("alice");
+        .with_token(node.token());
     let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 12 << 20 })).await;
     assert!(interrupted.is_err());
 
@@ -729,7 +729,7 @@ async fn a_running_node_collects_an_interrupted_upload_and_keeps_versions_and_up
     let client = Client::connect(&node.endpoint)
         .await
         .unwrap()
-        .with_actor("alice");
+        .with_token(node.token());
 
     // An upload that sends 12 MiB, then waits. The node has cut every chunk of those bytes but
     // the last (the chunker holds the tail until more comes).

@@ -246,7 +246,7 @@ async fn drill_failover(
     };
     let leader = Client::connect(&addr_of(old_leader).unwrap_or_default())
         .await?
-        .with_actor(client.actor().to_string());
+        .with_token(client.token().map(str::to_string));
     // The load goes through a follower, which forwards to whoever leads.
     let load_endpoint = status
         .members
@@ -256,7 +256,7 @@ async fn drill_failover(
         .ok_or_else(|| anyhow::anyhow!("a failover drill needs at least two voters"))?;
     let load = Client::connect(&load_endpoint)
         .await?
-        .with_actor(client.actor().to_string());
+        .with_token(client.token().map(str::to_string));
     let run = format!(
         "drill-{}",
         std::time::SystemTime::now()

@@ -8,7 +8,7 @@ use crate::proto::{
 };
 use crate::sdk::collect_artifacts;
 use crate::signature::{SignatureJson, SIGNATURE_FILE_BYTES_MAX};
-use crate::{actor_from_env, Client, Reference, RegisterOptions};
+use crate::{token_from_env, Client, Reference, RegisterOptions};
 use anyhow::Context;
 use serde::Serialize;
 
@@ -17,18 +17,22 @@ use super::progress::bytes_bar;
 use super::view::{AliasView, ModelView, StatusView, VersionView};
 use super::{AliasCommand, ModelCommand, ReadArgs, RegisterArgs, StageCommand, VersionCommand};
 
-/// Where and as whom to connect. Handlers check their local input first
+/// Where and with which token to connect. Handlers check their local input first
 /// and connect only then, so a typo is reported as a typo even when no node
 /// is running.
 pub struct Node {
     pub endpoint: String,
-    pub user: Option<String>,
+    /// `--token`; else the SDK's `token_from_env`.
+    pub token: Option<String>,
 }
 
 impl Node {
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let actor = self.user.clone().unwrap_or_else(actor_from_env);
-        Ok(Client::connect(&self.endpoint).await?.with_actor(actor))
+        let token = match &self.token {
+            Some(token) => Some(token.clone()),
+            None => token_from_env()?,
+        };
+        Ok(Client::connect(&self.endpoint).await?.with_token(token))
     }
 }
 

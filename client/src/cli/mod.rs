@@ -11,6 +11,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::emit(&format!("{}\n", format_args!($($arg)*)))? };
 }
 
+mod access;
 mod args;
 mod benchmarks;
 mod cluster;
@@ -46,9 +47,10 @@ pub struct Cli {
     /// Node to talk to.
     #[arg(long, global = true, env = "QUIVER_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
-    /// Name recorded as the actor of every request (default: $USER).
-    #[arg(long, global = true, env = "QUIVER_USER")]
-    pub user: Option<String>,
+    /// API token (`qvr_…`, from `quiver token create`). Default: $QUIVER_TOKEN, else the file
+    /// $QUIVER_TOKEN_FILE names, else `.quiver/admin.token` (written by `quiver-node up`).
+    #[arg(long, global = true, hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,6 +74,14 @@ pub enum Command {
     /// Cluster members and operations: status, remove.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// API tokens: create (shown once), list, revoke. Admins only.
+    #[command(subcommand)]
+    Token(access::TokenCommand),
+    /// Roles per namespace or cluster-wide: grant, revoke, list.
+    #[command(subcommand)]
+    Role(access::RoleCommand),
+    /// Who the token names, and its roles.
+    Whoami(OutputArgs),
     /// Measure the registry against baselines taken on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -321,7 +331,7 @@ pub enum BenchCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let node = commands::Node {
         endpoint: cli.endpoint,
-        user: cli.user,
+        token: cli.token,
     };
     match cli.command {
         Command::Model(command) => commands::model(&node, command).await,
@@ -330,6 +340,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Alias(command) => commands::alias(&node, command).await,
         Command::Status(output) => commands::status(&node, output.output).await,
         Command::Cluster(command) => cluster::run(&node, command).await,
+        Command::Token(command) => access::token(&node, command).await,
+        Command::Role(command) => access::role(&node, command).await,
+        Command::Whoami(output) => access::whoami(&node, output).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,
@@ -486,15 +499,15 @@ mod tests {
             "list",
             "--endpoint",
             "http://h:1",
-            "--user",
-            "bob",
+            "--token",
+            "qvr_t",
             "--output",
             "json",
             "--stale",
         ])
         .unwrap();
         assert_eq!(cli.endpoint, "http://h:1");
-        assert_eq!(cli.user.as_deref(), Some("bob"));
+        assert_eq!(cli.token.as_deref(), Some("qvr_t"));
         let Command::Model(ModelCommand::List { read, .. }) = cli.command else {
             panic!("parsed as {:?}", cli.command);
         };

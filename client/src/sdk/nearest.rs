@@ -59,7 +59,12 @@ impl Client {
         for member in status.members.iter().filter(|m| !m.api_addr.is_empty()) {
             let endpoint = format!("http://{}", member.api_addr);
             let rtt = match Client::connect(&endpoint).await {
-                Ok(client) => client.measure_rtt().await,
+                Ok(client) => {
+                    client
+                        .with_token(self.token().map(str::to_string))
+                        .measure_rtt()
+                        .await
+                }
                 Err(_) => None,
             };
             candidates.push(Candidate {
@@ -75,7 +80,7 @@ impl Client {
                 let endpoint = format!("http://{}", candidates[i].api_addr);
                 let client = Client::connect(&endpoint)
                     .await?
-                    .with_actor(self.actor().to_string());
+                    .with_token(self.token().map(str::to_string));
                 Ok((client, candidates))
             }
             None => Ok((self.clone(), candidates)),

@@ -11,7 +11,7 @@ async fn client_with_model(node: &fake_node::FakeNode, model: &str) -> Client {
     let client = Client::connect(&node.endpoint)
         .await
         .unwrap()
-        .with_actor("alice");
+        .with_token(Some("qvr_alice".into()));
     client
         .create_model(CreateModelRequest {
             name: model.into(),
@@ -34,7 +34,7 @@ fn big_bytes(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn register_then_download_round_trips_files_modes_and_actor() {
+async fn register_then_download_round_trips_files_modes_and_token() {
     let node = fake_node::start().await;
     let client = client_with_model(&node, "reco").await;
     let source = tempfile::tempdir().unwrap();
@@ -68,7 +68,7 @@ async fn register_then_download_round_trips_files_modes_and_actor() {
         .unwrap()
         .actors
         .iter()
-        .all(|a| a == "alice"));
+        .all(|a| a == "Bearer qvr_alice"));
 
     let out = tempfile::tempdir().unwrap();
     let seen = std::cell::Cell::new((0u64, 0u64));

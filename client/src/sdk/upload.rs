@@ -152,7 +152,6 @@ impl Client {
         progress: impl Fn(u64),
     ) -> Result<ModelVersion, ClientError> {
         check_upload(&header, &mut files)?;
-        let actor = self.actor_value()?;
         let (sender, receiver) = mpsc::channel(UPLOAD_QUEUE_DEPTH);
         let sent_bytes = Arc::new(AtomicU64::new(0));
         let reader = tokio::task::spawn_blocking({
@@ -160,10 +159,7 @@ impl Client {
             move || produce(header, files, &sender, &sent_bytes)
         });
 
-        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        request
-            .metadata_mut()
-            .insert(super::ACTOR_METADATA_KEY, actor);
+        let request = self.request(ReceiverStream::new(receiver))?;
         let mut stub = self.versions();
         let rpc = stub.register_version(request);
         tokio::pin!(rpc);

@@ -18,7 +18,7 @@ use quiver_node::node::Consistency;
 use quiver_node::tls::{default_ca_dir, ClusterCa};
 use serde::Serialize;
 
-use crate::launch::LocalCluster;
+use crate::launch::{read_admin_token, LocalCluster};
 
 /// How long a benchmark waits for a cluster to converge before giving up.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -58,7 +58,7 @@ pub async fn metadata(
         let cluster = LocalCluster::start(&dir, 0, cluster_size).await?;
         let client = Client::connect(&cluster.endpoint(0))
             .await?
-            .with_actor("bench");
+            .with_token(Some(cluster.admin_token()?));
         for &c in clients {
             eprintln!("bench: {c} client(s) registering on {cluster_size} node(s)");
             let report = registry(
@@ -152,7 +152,7 @@ pub async fn distribution(
 
     let client = Client::connect(&cluster.endpoint(0))
         .await?
-        .with_actor("bench");
+        .with_token(Some(cluster.admin_token()?));
     client
         .create_model(CreateModelRequest {
             name: "bench-distribution".into(),
@@ -332,16 +332,17 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
             .write(&data(id).join("tls"))?;
         nodes.push(spawn_node(&exe, &data(id), id, Some(&founder_peer))?);
     }
+    let token = read_admin_token(&data(1))?;
     let mut samples = Vec::new();
     let mut acknowledged = Vec::new();
     for drill in 0..drills {
-        let leader = wait_for(|| healthy_leader(&nodes)).await.with_context(|| {
+        let leader = wait_for(|| healthy_leader(&nodes, &token)).await.with_context(|| {
             format!("drill {drill}: the cluster did not settle with one leader and every member caught up")
         })?;
         let survivor = (1..=3u64).find(|&id| id != leader).expect("three nodes");
         let writer = Client::connect(&nodes[survivor as usize - 1].endpoint)
             .await?
-            .with_actor("bench");
+            .with_token(Some(token.clone()));
         let killed = &mut nodes[leader as usize - 1];
         let t0 = Instant::now();
         killed.child.kill()?;
@@ -371,7 +372,9 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
         let join = (leader != 1).then_some(founder_peer.as_str());
         nodes[leader as usize - 1] = spawn_node(&exe, &data(leader), leader, join)?;
     }
-    let check = Client::connect(&nodes[0].endpoint).await?;
+    let check = Client::connect(&nodes[0].endpoint)
+        .await?
+        .with_token(Some(token.clone()));
     let present: std::collections::BTreeSet<String> = check
         .list_all_models(
             "failover-",
@@ -410,12 +413,13 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
 /// The leader, once every node names the same one, the leader confirms it itself, and every
 /// member is a voter with no replication lag (so that a drill never starts while the node
 /// restarted by the previous one is still catching up, nor kills a node that is not leader).
-async fn healthy_leader(nodes: &[ChildNode]) -> Option<u64> {
+async fn healthy_leader(nodes: &[ChildNode], token: &str) -> Option<u64> {
     let mut named = None;
     for node in nodes {
         let status = Client::connect(&node.endpoint)
             .await
             .ok()?
+            .with_token(Some(token.to_string()))
             .cluster_status()
             .await
             .ok()?;

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use quiver_node::tls::ClusterCa;
 use serde::Serialize;
 
-use crate::launch::{serve_until, shutdown_signal, start_node, LocalCluster, ServeArgs};
+use crate::launch::{
+    serve_until, shutdown_signal, start_node, LocalCluster, ServeArgs, ADMIN_TOKEN_FILE,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "quiver-node", version, about = "Quiver registry node")]
@@ -256,8 +258,16 @@ pub fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            let data_dir = args.data_dir.clone();
             let (node, api) = start_node(args).await?;
             println!("peer_addr={}", node.core.info.peer_addr);
+            let token_file = data_dir.join(ADMIN_TOKEN_FILE);
+            if token_file.exists() {
+                println!(
+                    "export QUIVER_TOKEN_FILE={}",
+                    absolute(&token_file).display()
+                );
+            }
             println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
             serve_until(node, api, shutdown_signal()).await
         }
@@ -297,8 +307,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `path` from the filesystem root, for a line a user copies into another shell.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(&data_dir, port, nodes).await?;
+    // The CLI finds the first admin's token in `./.quiver/admin.token` (up's default data dir),
+    // or wherever QUIVER_TOKEN_FILE says.
+    let token_file = data_dir.join(ADMIN_TOKEN_FILE);
+    let founder_token = data_dir.join("node-1").join(ADMIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&founder_token).with_context(|| {
+        format!(
+            "read the first admin's token in {}",
+            founder_token.display()
+        )
+    })?;
+    if std::fs::read_to_string(&token_file).ok().as_deref() != Some(token.as_str()) {
+        let _ = std::fs::remove_file(&token_file);
+        quiver_node::tls::write_private(&token_file, &token)?;
+    }
+    println!(
+        "export QUIVER_TOKEN_FILE={}",
+        absolute(&token_file).display()
+    );
     for node in &cluster.nodes {
         println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
     }

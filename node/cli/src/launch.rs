@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use quiver_node::auth::PresentedToken;
+use quiver_node::command::Op;
+use quiver_node::domain::Actor;
+use quiver_node::node::Consistency;
 use quiver_node::server::{serve, ApiLimits};
 use quiver_node::tls::{default_ca_dir, default_tls_dir, ClusterCa, NodeCert};
 use quiver_node::{Node, NodeConfig};
@@ -21,7 +25,7 @@ pub const DISK_RESERVE_BYTES_DEFAULT: u64 = 512 << 20;
 pub(crate) struct ServeArgs {
     /// Where the Raft log, the state and the chunk store live.
     #[arg(long)]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// Address of the client gRPC API. Port 0 picks a free port on first start
     /// and keeps it across restarts.
     #[arg(long, default_value = "127.0.0.1:7400")]
@@ -76,6 +80,10 @@ pub(crate) struct ServeArgs {
     /// finish within this time.
     #[arg(long, default_value_t = quiver_node::gc::CHUNK_GC_GRACE_DEFAULT.as_secs())]
     gc_grace_secs: u64,
+    /// Let requests without a token read (models, versions, aliases, downloads, status) as
+    /// `anonymous`. Off by default: they are refused as unauthenticated.
+    #[arg(long)]
+    allow_anonymous_reads: bool,
 }
 
 /// A cluster of nodes in this process, on loopback: what `up` runs, and
@@ -127,6 +135,7 @@ impl LocalCluster {
                 enable_crash_drills: false,
                 disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
                 gc_grace_secs: quiver_node::gc::CHUNK_GC_GRACE_DEFAULT.as_secs(),
+                allow_anonymous_reads: false,
             };
             let (node, api) = start_node(args).await?;
             if i == 1 {
@@ -145,6 +154,11 @@ impl LocalCluster {
             })));
         }
         Ok(LocalCluster { nodes, stop, tasks })
+    }
+
+    /// The token of the cluster's first admin (kept by node 1, which founded it).
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        read_admin_token(&self.nodes[0].core.data_dir)
     }
 
     pub fn endpoint(&self, index: usize) -> String {
@@ -281,6 +295,7 @@ pub(crate) async fn start_node(
             disk_reserve_bytes: args.disk_reserve_bytes,
             chunk_gc_grace: (args.gc_grace_secs > 0)
                 .then(|| std::time::Duration::from_secs(args.gc_grace_secs)),
+            allow_anonymous_reads: args.allow_anonymous_reads,
         },
         peer,
     )
@@ -294,6 +309,9 @@ pub(crate) async fn start_node(
             quic: Some(node.quic_addr()),
         },
     )?;
+    if default_ca_dir(&args.data_dir).exists() {
+        bootstrap_access(&node, &args.data_dir).await?;
+    }
     tracing::info!(
         node_id = args.node_id,
         %api_addr,
@@ -303,6 +321,63 @@ pub(crate) async fn start_node(
         "node ready"
     );
     Ok((node, api))
+}
+
+/// The first admin's token in the founding node's `data_dir`.
+pub fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// Where the founding node keeps the token of the cluster's first admin.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The principal of the cluster's first admin.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// On the founding node (the one holding the cluster CA), while no one holds a role: creates the
+/// first admin's token (once, in `<data-dir>/admin.token`, owner-only) and proposes it with the
+/// admin role cluster-wide. A crash in between finds the file and proposes the same token again.
+async fn bootstrap_access(node: &Node, data_dir: &Path) -> anyhow::Result<()> {
+    let any_grant = node
+        .read(Consistency::Stale, |app, txn| app.any_grant(txn))
+        .await?;
+    if any_grant {
+        return Ok(());
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let token = if path.exists() {
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        PresentedToken::parse(text.trim())
+            .with_context(|| format!("{} does not hold a token", path.display()))?
+    } else {
+        let token = PresentedToken::random();
+        quiver_node::tls::write_private(&path, &format!("{token}\n"))?;
+        token
+    };
+    let actor = Actor {
+        name: quiver_node::auth::node_principal(node.node_id()),
+        authenticated: true,
+    };
+    let op = Op::Bootstrap {
+        id: token.id.clone(),
+        principal: FIRST_ADMIN.into(),
+        secret_hash: token.secret_hash(),
+    };
+    match node.propose(actor, op).await {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), "created the cluster's first admin ({FIRST_ADMIN}); its token is in this file");
+            Ok(())
+        }
+        // Another founding attempt got there first.
+        Err(quiver_node::NodeError::Rejected(e)) => {
+            tracing::warn!("access already bootstrapped: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e).context("bootstrap the cluster's first admin"),
+    }
 }
 
 pub(crate) async fn serve_until(

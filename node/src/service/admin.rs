@@ -6,7 +6,9 @@ use std::sync::Arc;
 use quiver_api::proto::{self, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use super::actor_of;
+use super::caller_with;
+use crate::access::Target;
+use crate::auth::Role;
 use crate::error::NodeError;
 use crate::node::{Consistency, Node};
 
@@ -68,8 +70,16 @@ impl AdminService {
 impl Admin for AdminService {
     async fn node_status(
         &self,
-        _request: Request<proto::NodeStatusRequest>,
+        request: Request<proto::NodeStatusRequest>,
     ) -> Result<Response<proto::NodeStatusResponse>, Status> {
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Anyone,
+            "read node status",
+        )
+        .await?;
         let m = self.node.raft.metrics();
         let chunks = self.node.chunks.clone();
         let chunk_count = tokio::task::spawn_blocking(move || chunks.list().map(|l| l.len()))
@@ -102,8 +112,16 @@ impl Admin for AdminService {
 
     async fn cluster_status(
         &self,
-        _request: Request<proto::ClusterStatusRequest>,
+        request: Request<proto::ClusterStatusRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Anyone,
+            "read cluster status",
+        )
+        .await?;
         Ok(Response::new(self.cluster().await?))
     }
 
@@ -111,16 +129,26 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RemoveNodeRequest>,
     ) -> Result<Response<proto::ClusterStatusResponse>, Status> {
-        let actor = actor_of(&request)?;
-        let node_id = request.into_inner().node_id;
+        let node_id = request.get_ref().node_id;
+        let action = format!("remove node {node_id}");
+        let actor =
+            caller_with(&self.node, &request, Role::Admin, Target::Cluster, &action).await?;
         self.node.remove_member(actor, node_id).await?;
         Ok(Response::new(self.cluster().await?))
     }
 
     async fn step_down(
         &self,
-        _request: Request<proto::StepDownRequest>,
+        request: Request<proto::StepDownRequest>,
     ) -> Result<Response<proto::StepDownResponse>, Status> {
+        caller_with(
+            &self.node,
+            &request,
+            Role::Admin,
+            Target::Cluster,
+            "step the leader down",
+        )
+        .await?;
         let previous = self.node.raft.metrics().current_leader;
         self.node.step_down().await.map_err(|e| match e {
             NodeError::Membership(m) => NodeError::Membership(format!("step down: {m}")),
@@ -135,7 +163,14 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CrashRequest>,
     ) -> Result<Response<proto::CrashResponse>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller_with(
+            &self.node,
+            &request,
+            Role::Admin,
+            Target::Cluster,
+            "crash a node",
+        )
+        .await?;
         if !self.node.core.crash_drills {
             return Err(Status::permission_denied(
                 "crash drills are disabled on this node: start it with --enable-crash-drills",

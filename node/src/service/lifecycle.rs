@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{alias_to_proto, required_stage};
 use super::versions::version_view;
-use super::{actor_of, consistency, invalid, parse_reference};
+use super::{caller, caller_with, consistency, invalid, parse_reference};
+use crate::access::Target;
+use crate::auth::Role;
 use crate::command::{Op, Response as Applied};
 use crate::node::{Consistency, Node};
 
@@ -54,7 +56,7 @@ impl Lifecycle for LifecycleService {
         &self,
         request: Request<proto::SetStageRequest>,
     ) -> Result<Response<proto::ModelVersion>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let stage = required_stage(r.stage).map_err(invalid)?;
         let (model, number) = self.resolve(&r.reference).await?;
@@ -72,7 +74,7 @@ impl Lifecycle for LifecycleService {
         &self,
         request: Request<proto::SetAliasRequest>,
     ) -> Result<Response<proto::Alias>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let op = Op::SetAlias {
             model: r.model,
@@ -88,6 +90,16 @@ impl Lifecycle for LifecycleService {
         &self,
         request: Request<proto::GetAliasRequest>,
     ) -> Result<Response<proto::Alias>, Status> {
+        let model = request.get_ref().model.clone();
+        let action = format!("read aliases of model {model}");
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&model),
+            &action,
+        )
+        .await?;
         let r = request.into_inner();
         let alias = self
             .node
@@ -102,7 +114,7 @@ impl Lifecycle for LifecycleService {
         &self,
         request: Request<proto::DeleteAliasRequest>,
     ) -> Result<Response<proto::Alias>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let op = Op::DeleteAlias {
             model: r.model,
@@ -117,7 +129,7 @@ impl Lifecycle for LifecycleService {
         &self,
         request: Request<proto::SetVersionTagsRequest>,
     ) -> Result<Response<proto::ModelVersion>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let (model, number) = self.resolve(&r.reference).await?;
         let op = Op::SetVersionTags {

@@ -2,6 +2,7 @@
 //! converted to a domain command at this edge; errors reach the client as a
 //! gRPC status whose message names the field or object and the fix.
 
+pub mod access;
 pub mod admin;
 pub mod convert;
 pub mod lifecycle;
@@ -12,33 +13,48 @@ use quiver_api::proto;
 use quiver_api::Reference;
 use tonic::{Request, Status};
 
+use crate::access::Target;
+use crate::auth::Role;
 use crate::domain::{Actor, DomainError, VersionRef};
 use crate::error::NodeError;
-use crate::node::Consistency;
+use crate::node::{Consistency, Node};
 
-/// The request metadata key that names the acting user.
-pub const ACTOR_HEADER: &str = "x-quiver-actor";
-const ACTOR_BYTES_MAX: usize = 128;
+/// The request metadata key that carries a client's credentials: `Bearer <token>`.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 
-/// The declared actor of a request. Until access control lands the name is
-/// taken on trust and recorded as unauthenticated.
-pub fn actor_of<T>(request: &Request<T>) -> Result<Actor, Status> {
-    let name = match request.metadata().get(ACTOR_HEADER) {
-        None => "unknown".to_string(),
-        Some(v) => v
-            .to_str()
-            .map_err(|_| Status::invalid_argument(format!("{ACTOR_HEADER}: not valid text")))?
-            .to_string(),
+/// The token a request presents in its `authorization: Bearer …` header, if any.
+pub fn bearer<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(value) = request.metadata().get(AUTHORIZATION_HEADER) else {
+        return Ok(None);
     };
-    if name.is_empty() || name.len() > ACTOR_BYTES_MAX || name.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "{ACTOR_HEADER}: must be 1-{ACTOR_BYTES_MAX} printable characters (set QUIVER_USER)"
-        )));
+    let text = value.to_str().map_err(|_| {
+        Status::unauthenticated("the authorization header is not valid text: send `Bearer <token>`")
+    })?;
+    match text.strip_prefix("Bearer ") {
+        Some(token) => Ok(Some(token.trim().to_string())),
+        None => Err(Status::unauthenticated(
+            "the authorization header must be `Bearer <token>`",
+        )),
     }
-    Ok(Actor {
-        name,
-        authenticated: false,
-    })
+}
+
+/// Who sent `request`, authenticated by its token on `node` (see `crate::access`).
+pub async fn caller<T>(node: &Node, request: &Request<T>) -> Result<Actor, Status> {
+    let token = bearer(request)?;
+    Ok(node.authenticate(token.as_deref()).await?)
+}
+
+/// [`caller`], checked for `role` on `target` (a read needs [`Role::Reader`]).
+pub async fn caller_with<T>(
+    node: &Node,
+    request: &Request<T>,
+    role: Role,
+    target: Target<'_>,
+    action: &str,
+) -> Result<Actor, Status> {
+    let actor = caller(node, request).await?;
+    node.check_access(&actor, role, target, action).await?;
+    Ok(actor)
 }
 
 /// Longest status message sent: a bad value is named, not echoed whole (a long message also
@@ -90,6 +106,8 @@ pub fn status_from_node(e: &NodeError) -> Status {
         NodeError::NotMember(_) => Status::not_found(message),
         NodeError::DiskFull(_) | NodeError::Busy(_) => Status::resource_exhausted(message),
         NodeError::Membership(_) => Status::failed_precondition(message),
+        NodeError::Unauthenticated(_) => Status::unauthenticated(message),
+        NodeError::PermissionDenied(_) => Status::permission_denied(message),
     }
 }
 

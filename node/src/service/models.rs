@@ -6,7 +6,9 @@ use quiver_api::proto::{self, models_server::Models};
 use tonic::{Request, Response, Status};
 
 use super::convert::{model_to_proto, risk_tier_from_proto};
-use super::{actor_of, consistency, invalid};
+use super::{caller, caller_with, consistency, invalid};
+use crate::access::Target;
+use crate::auth::{allows, Need, Role};
 use crate::command::{Op, Response as Applied};
 use crate::domain::validate_name;
 use crate::node::Node;
@@ -30,7 +32,7 @@ impl Models for ModelsService {
         &self,
         request: Request<proto::CreateModelRequest>,
     ) -> Result<Response<proto::Model>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let namespace = if r.namespace.is_empty() {
             "default".to_string()
@@ -54,6 +56,16 @@ impl Models for ModelsService {
         &self,
         request: Request<proto::GetModelRequest>,
     ) -> Result<Response<proto::Model>, Status> {
+        let model = request.get_ref().name.clone();
+        let action = format!("read model {model}");
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&model),
+            &action,
+        )
+        .await?;
         let r = request.into_inner();
         let model = self
             .node
@@ -68,19 +80,27 @@ impl Models for ModelsService {
         &self,
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
-        let (models, next) = self
+        let principal = actor.name.clone();
+        let (mut models, next, grants) = self
             .node
             .read(consistency(r.consistency), |app, txn| {
-                app.list_models(
+                let (models, next) = app.list_models(
                     txn,
                     &r.name_prefix,
                     &r.tag,
                     r.page_size as usize,
                     &r.page_token,
-                )
+                )?;
+                Ok((models, next, app.grants_of(txn, &principal)?))
             })
             .await?;
+        // Only the models of namespaces the caller may read (anonymous readers, where allowed,
+        // read every namespace).
+        if actor.authenticated {
+            models.retain(|m| allows(&grants, &Need::namespace(Role::Reader, &m.namespace)));
+        }
         Ok(Response::new(proto::ListModelsResponse {
             models: models.iter().map(model_to_proto).collect(),
             next_page_token: next,
@@ -91,7 +111,7 @@ impl Models for ModelsService {
         &self,
         request: Request<proto::UpdateModelRequest>,
     ) -> Result<Response<proto::Model>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let op = Op::UpdateModel {
             name: r.name,

@@ -19,7 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
-use super::{actor_of, consistency, invalid, parse_reference};
+use super::{caller, caller_with, consistency, invalid, parse_reference};
+use crate::access::Target;
+use crate::auth::Role;
 use crate::domain;
 use crate::download::{ChunkRead, DOWNLOAD_QUEUE_DEPTH};
 use crate::ingest::{bad_upload, FileStart, UploadHeader};
@@ -72,7 +74,7 @@ impl Versions for VersionsService {
         &self,
         request: Request<Streaming<proto::UploadMessage>>,
     ) -> Result<Response<proto::ModelVersion>, Status> {
-        let actor = actor_of(&request)?;
+        let actor = caller(&self.node, &request).await?;
         let client = request
             .remote_addr()
             .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
@@ -99,6 +101,15 @@ impl Versions for VersionsService {
             metadata: metadata_from_proto(header.metadata.as_ref()),
             tags: header.tags.into_iter().collect(),
         };
+        let action = format!("register a version of model {}", header.model);
+        self.node
+            .check_access(
+                &actor,
+                Role::Registrant,
+                Target::Model(&header.model),
+                &action,
+            )
+            .await?;
         let mut upload = self.node.begin_upload(header).await?;
         let mut commit = None;
         while let Some(message) = next_message(&mut stream, idle_timeout).await? {
@@ -135,8 +146,17 @@ impl Versions for VersionsService {
         &self,
         request: Request<proto::GetVersionRequest>,
     ) -> Result<Response<proto::ModelVersion>, Status> {
+        let reference = parse_reference(&request.get_ref().reference)?;
+        let action = format!("read versions of model {}", reference.model);
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&reference.model),
+            &action,
+        )
+        .await?;
         let r = request.into_inner();
-        let reference = parse_reference(&r.reference)?;
         let c = consistency(r.consistency);
         let v = self
             .node
@@ -151,6 +171,16 @@ impl Versions for VersionsService {
         &self,
         request: Request<proto::ListVersionsRequest>,
     ) -> Result<Response<proto::ListVersionsResponse>, Status> {
+        let action = format!("read versions of model {}", request.get_ref().model);
+        let model = request.get_ref().model.clone();
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&model),
+            &action,
+        )
+        .await?;
         let r = request.into_inner();
         let stage = optional_stage(r.stage).map_err(invalid)?;
         let (versions, aliases, next) = self
@@ -193,8 +223,16 @@ impl Versions for VersionsService {
         &self,
         request: Request<proto::DownloadRequest>,
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
-        let r = request.into_inner();
-        let reference = parse_reference(&r.reference)?;
+        let reference = parse_reference(&request.get_ref().reference)?;
+        let action = format!("download versions of model {}", reference.model);
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&reference.model),
+            &action,
+        )
+        .await?;
         let plan = self.node.plan_download(&reference).await?;
         let header = proto::DownloadMessage {
             kind: Some(proto::download_message::Kind::Header(

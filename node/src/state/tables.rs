@@ -21,6 +21,8 @@
 //!   `REQUEST_IDS_KEPT_ENTRIES` log entries)
 //! - `inline_chunks`: root hex, chunk hash (32 bytes) → the chunk's raw bytes: every chunk of a
 //!   small version (decision 0010)
+//! - `tokens`:    token id (16 hex digits)  → TokenRecord (the secret's hash, never the secret)
+//! - `grants`:    principal \0 scope (`*` or a namespace) → Grant
 
 use std::collections::BTreeMap;
 
@@ -73,6 +75,8 @@ tables! {
     requests,
     request_log,
     inline_chunks,
+    tokens,
+    grants,
 }
 
 fn open_table(env: &Env, wtxn: &mut RwTxn<'_>, name: &str) -> anyhow::Result<Table> {

@@ -2,6 +2,7 @@
 //! (`Op::check_fields`); each handler then checks what needs state, then writes, so a rejected
 //! command writes nothing; it returns the response and the audit subject.
 
+mod access;
 mod alias;
 mod create_version;
 mod model;
@@ -107,6 +108,34 @@ impl RegistryApp {
             Op::DeleteAlias { model, alias } => alias::delete_alias(w, model, alias),
             Op::UpsertNode(info) => node::upsert_node(w, info),
             Op::RemoveNode { node_id } => node::remove_node(w, *node_id),
+            Op::CreateToken {
+                id,
+                principal,
+                description,
+                secret_hash,
+                expires_at_ms,
+            } => access::create_token(
+                w,
+                &access::NewToken {
+                    id,
+                    principal,
+                    description,
+                    secret_hash,
+                    expires_at_ms: *expires_at_ms,
+                },
+            ),
+            Op::RevokeToken { id } => access::revoke_token(w, id),
+            Op::GrantRole {
+                principal,
+                scope,
+                role,
+            } => access::grant_role(w, principal, scope, *role),
+            Op::RevokeRole { principal, scope } => access::revoke_role(w, principal, scope),
+            Op::Bootstrap {
+                id,
+                principal,
+                secret_hash,
+            } => access::bootstrap(w, id, principal, secret_hash),
         }
     }
 }

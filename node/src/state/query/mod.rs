@@ -1,6 +1,8 @@
 //! Reads of the state: models, versions, aliases and references (`models`), the cluster's
-//! nodes (`nodes`), manifests and chunks for downloads, repair and GC (`chunks`).
+//! nodes (`nodes`), manifests and chunks for downloads, repair and GC (`chunks`), tokens and
+//! roles (`access`).
 
+mod access;
 mod chunks;
 mod models;
 mod nodes;

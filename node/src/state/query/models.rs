@@ -25,6 +25,19 @@ impl RegistryApp {
         }
     }
 
+    /// The model named `name`, or `None` when there is none (or the name is not one a model
+    /// can have).
+    pub fn find_model(&self, rtxn: &RoTxn<'_>, name: &str) -> AppResult<Option<Model>> {
+        if validate_name("model", name).is_err() {
+            return Ok(None);
+        }
+        self.tables
+            .models
+            .get(rtxn, name.as_bytes())?
+            .map(|bytes| decode("model", bytes))
+            .transpose()
+    }
+
     /// Models in name order, from after `page_token`.
     pub fn list_models(
         &self,

@@ -185,6 +185,18 @@ fn one_row_in_every_table() -> Fixture {
         region: "eu-west".into(),
         zone: "eu-west-a".into(),
     }));
+    f.apply(Op::CreateToken {
+        id: "0123456789abcdef".into(),
+        principal: "bob".into(),
+        description: "ci".into(),
+        secret_hash: blake3::hash(b"secret").to_hex().to_string(),
+        expires_at_ms: Some(5_000),
+    });
+    f.apply(Op::GrantRole {
+        principal: "bob".into(),
+        scope: crate::auth::Scope::Namespace("search".into()),
+        role: crate::auth::Role::Approver,
+    });
     f
 }
 

@@ -1,0 +1,168 @@
+//! Checking who may do what where a request arrives (`crate::auth` holds the rules): a request's
+//! bearer token names its principal ([`Node::authenticate`]), and every command proposed through
+//! this node, and every read a service serves, is checked against the principal's roles in this
+//! node's applied state ([`Node::check_access`]). A follower checks before it forwards; the
+//! leader trusts a command forwarded by a peer, which holds a cluster certificate. A revoked
+//! token or role is refused on a node once that node has applied the revocation.
+
+use quiver_transfer::quic::ChunkPeers;
+use quiver_transfer::ChunkSource;
+
+use crate::auth::{self, allows, Need, PresentedToken, Role};
+use crate::command::Op;
+use crate::domain::Actor;
+use crate::error::NodeError;
+use crate::node::{Consistency, Node};
+
+/// The name a request without credentials acts as, where anonymous reads are allowed.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What a request acts on, for its role check.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// The cluster itself: membership, tokens, drills.
+    Cluster,
+    /// A namespace (a model being created in it, a grant in it).
+    Namespace(&'a str),
+    /// A model, in whatever namespace it is (a model that does not exist needs no role: the
+    /// request fails as not found).
+    Model(&'a str),
+    /// Anything any authenticated principal may see (cluster and node status).
+    Anyone,
+}
+
+impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
+    /// The actor a request's bearer token names. No token: anonymous where this node allows
+    /// anonymous reads, else refused; an unknown, wrong, revoked or expired token is refused,
+    /// never treated as anonymous.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Actor, NodeError> {
+        let Some(text) = bearer else {
+            if self.core.allow_anonymous_reads {
+                return Ok(Actor {
+                    name: ANONYMOUS.into(),
+                    authenticated: false,
+                });
+            }
+            return Err(NodeError::Unauthenticated(
+                "the request carries no token: pass --token or set QUIVER_TOKEN (a local cluster \
+                 started with `quiver-node up` keeps its admin's token in .quiver/admin.token, \
+                 which the CLI finds when run beside it)"
+                    .into(),
+            ));
+        };
+        let presented = PresentedToken::parse(text).ok_or_else(|| {
+            NodeError::Unauthenticated(
+                "the token is malformed: a token looks like qvr_<16 hex digits>_<32 hex digits>, \
+                 as `quiver token create` prints it"
+                    .into(),
+            )
+        })?;
+        let id = presented.id.clone();
+        let record = self
+            .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
+            .await?;
+        if let Some(why) = auth::token_refusal(&presented, record.as_ref(), self.clock.now_ms()) {
+            return Err(NodeError::Unauthenticated(why));
+        }
+        Ok(Actor {
+            name: record.map(|r| r.principal).unwrap_or_default(),
+            authenticated: true,
+        })
+    }
+
+    /// Refuses with [`NodeError::PermissionDenied`] unless `actor` holds `role` for `target`
+    /// in this node's applied state. `action` says what was asked, for the message.
+    pub async fn check_access(
+        &self,
+        actor: &Actor,
+        role: Role,
+        target: Target<'_>,
+        action: &str,
+    ) -> Result<(), NodeError> {
+        if !actor.authenticated {
+            if self.core.allow_anonymous_reads && role == Role::Reader {
+                return Ok(());
+            }
+            return Err(NodeError::Unauthenticated(format!(
+                "{action} needs credentials: pass --token or set QUIVER_TOKEN"
+            )));
+        }
+        let principal = actor.name.clone();
+        let model = match target {
+            Target::Model(m) => Some(m.to_string()),
+            _ => None,
+        };
+        let (grants, namespace) = self
+            .read(Consistency::Stale, move |app, txn| {
+                let grants = app.grants_of(txn, &principal)?;
+                let namespace = match model {
+                    Some(m) => app.find_model(txn, &m)?.map(|m| m.namespace),
+                    None => None,
+                };
+                Ok((grants, namespace))
+            })
+            .await?;
+        let need = match target {
+            Target::Cluster => Need::cluster(role),
+            Target::Namespace(ns) => Need::namespace(role, ns),
+            Target::Model(_) => match namespace {
+                Some(ns) => Need::namespace(role, &ns),
+                None => return Ok(()),
+            },
+            Target::Anyone => return Ok(()),
+        };
+        if allows(&grants, &need) {
+            return Ok(());
+        }
+        Err(NodeError::PermissionDenied(auth::denied(
+            &actor.name,
+            action,
+            &need,
+            &grants,
+        )))
+    }
+
+    /// The role check of a command proposed through this node (see the module docs). A node's
+    /// own principal may only announce the node and bootstrap access.
+    pub async fn check_command(&self, actor: &Actor, op: &Op) -> Result<(), NodeError> {
+        if auth::is_system_principal(&actor.name) && actor.authenticated {
+            return match op {
+                Op::UpsertNode(_) | Op::Bootstrap { .. } => Ok(()),
+                other => Err(NodeError::PermissionDenied(format!(
+                    "{} may not {}: a node's own principal only announces the node",
+                    actor.name,
+                    other.kind()
+                ))),
+            };
+        }
+        let (role, target) = need_of(op);
+        let action = match op.model_name() {
+            Some(model) => format!("{} on model {model}", op.kind()),
+            None => op.kind().to_string(),
+        };
+        self.check_access(actor, role, target, &action).await
+    }
+}
+
+/// The role a command needs, and on what.
+pub fn need_of(op: &Op) -> (Role, Target<'_>) {
+    match op {
+        Op::CreateModel { namespace, .. } => (Role::Registrant, Target::Namespace(namespace)),
+        Op::UpdateModel { name, .. } => (Role::Registrant, Target::Model(name)),
+        Op::CreateVersion { model, .. }
+        | Op::SetVersionStatus { model, .. }
+        | Op::SetVersionTags { model, .. } => (Role::Registrant, Target::Model(model)),
+        Op::SetStage { model, .. } | Op::SetAlias { model, .. } | Op::DeleteAlias { model, .. } => {
+            (Role::Approver, Target::Model(model))
+        }
+        Op::GrantRole { scope, .. } | Op::RevokeRole { scope, .. } => match scope {
+            auth::Scope::Cluster => (Role::Admin, Target::Cluster),
+            auth::Scope::Namespace(ns) => (Role::Admin, Target::Namespace(ns)),
+        },
+        Op::UpsertNode(_)
+        | Op::RemoveNode { .. }
+        | Op::CreateToken { .. }
+        | Op::RevokeToken { .. }
+        | Op::Bootstrap { .. } => (Role::Admin, Target::Cluster),
+    }
+}
