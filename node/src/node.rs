@@ -113,6 +113,10 @@ pub struct PlantedNodeBugs {
     /// model names on trust,
     /// so a command with an empty one fails in apply with a storage error (see `RegistryApp`).
     pub apply_skips_name_validation: bool,
+    /// PLANTED BUG `follower-skips-role-check`: a node that is not the leader forwards a
+    /// command without checking the proposer's role, as if the leader would check it (it does
+    /// not: it trusts its peers, decision 0016).
+    pub follower_skips_role_check: bool,
 }
 
 /// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk
@@ -425,7 +429,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             command.op.check_fields().map_err(NodeError::Rejected)?;
         }
         // Who may propose it is checked here, where the request arrives (`crate::access`).
-        self.check_command(&command.actor, &command.op).await?;
+        // (The planted bug skips it on a follower, test-only, see `PlantedNodeBugs`.)
+        let skipped = self.core.planted_node.follower_skips_role_check && !self.raft.is_leader();
+        if !skipped {
+            self.check_command(&command.actor, &command.op).await?;
+        }
         if self.core.planted_node.forward_drops_request_id && !self.raft.is_leader() {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`): the forwarded copy is a new request.
             command.request_id = Some(self.ids.next_id());

@@ -368,6 +368,37 @@ pub fn check_state(state: &FinalState) -> Vec<Violation> {
     let mut out = check_versions(state);
     out.extend(check_aliases(state));
     out.extend(check_audit_chain(&state.audit));
+    out.extend(check_intruders(state));
+    out
+}
+
+/// Nothing an intruder (a reader, `crate::hostile::intruder_op`) sent changed the state: no
+/// model of theirs, no description of theirs, no audit entry naming them.
+pub fn check_intruders(state: &FinalState) -> Vec<Violation> {
+    let intruder = |name: &str| name.starts_with(crate::hostile::INTRUDER_PREFIX);
+    let mut out = Vec::new();
+    for model in state.models.values() {
+        if intruder(&model.created_by.name)
+            || model.description == crate::hostile::INTRUDER_DESCRIPTION
+        {
+            out.push(Violation::new(
+                "unauthorized-write",
+                format!(
+                    "model {} was written by a principal without the role (created by {})",
+                    model.name, model.created_by.name
+                ),
+            ));
+        }
+    }
+    for entry in state.audit.iter().filter(|e| intruder(&e.actor.name)) {
+        out.push(Violation::new(
+            "unauthorized-write",
+            format!(
+                "the audit log records {} by {}",
+                entry.kind, entry.actor.name
+            ),
+        ));
+    }
     out
 }
 

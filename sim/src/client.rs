@@ -248,7 +248,7 @@ impl Clients {
             // maybe skewed, clock and a request id); its retries through any node keep both.
             let actor = Actor {
                 name: p.actor.clone(),
-                authenticated: false,
+                authenticated: true,
             };
             let (first, cmd) = loop {
                 let ids = self.cluster.ids();
@@ -632,7 +632,7 @@ impl Clients {
     /// A hostile request ([`crate::hostile`]) through a random node's command path; it must be
     /// rejected. Not retried, and not part of the history: a rejection changes nothing.
     async fn hostile(&self, p: &mut Pipeline) {
-        let (label, op) = p.hostile_op();
+        let (label, op, intruder) = p.hostile_op();
         let ids = self.cluster.ids();
         let target = ids[p.pick(ids.len())];
         let Some(node) = self.cluster.node(target) else {
@@ -640,7 +640,11 @@ impl Clients {
         };
         self.count(|s| s.hostile += 1);
         let actor = Actor {
-            name: p.actor.clone(),
+            name: if intruder {
+                Pipeline::intruder(p.id)
+            } else {
+                p.actor.clone()
+            },
             authenticated: true,
         };
         let router = self.cluster.router().clone();
@@ -648,6 +652,30 @@ impl Clients {
         let answer = tokio::time::timeout(CLIENT_OP_TIMEOUT, node.propose(actor, op)).await;
         tokio::time::sleep(router.client_latency()).await;
         match answer {
+            Ok(Err(NodeError::PermissionDenied(e))) if intruder => {
+                self.count(|s| s.hostile_rejected += 1);
+                self.trace.record(format!(
+                    "c{} hostile {label} via n{target}: denied: {}",
+                    p.id,
+                    first_line(&e)
+                ));
+            }
+            Ok(Ok(response)) if intruder => {
+                self.count(|s| s.hostile_accepted += 1);
+                self.trace
+                    .record(format!("c{} hostile {label} via n{target}: accepted", p.id));
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(Violation::new(
+                        "unauthorized-write",
+                        format!(
+                            "{label} via n{target}, by a reader, was applied ({}) instead of \
+                             denied",
+                            first_line(&format!("{response:?}"))
+                        ),
+                    ));
+            }
             Ok(Err(NodeError::Rejected(e))) => {
                 self.count(|s| s.hostile_rejected += 1);
                 self.trace.record(format!(

@@ -263,7 +263,7 @@ impl Cluster {
 
     /// Start every node, initialise the cluster with all of them as voters, and have every
     /// node record its addresses in the node table (as `Node::open` does at start).
-    pub async fn boot(&self, principals: &[String]) -> anyhow::Result<()> {
+    pub async fn boot(&self, grants: &[(String, quiver_node::auth::Role)]) -> anyhow::Result<()> {
         for &id in &self.ids {
             self.start(id).await?;
         }
@@ -284,8 +284,8 @@ impl Cluster {
                 .await
                 .with_context(|| format!("n{id} records its addresses"))?;
         }
-        // Access: the first node bootstraps the run's admin, who makes each of `principals`
-        // (the run's clients) admin cluster-wide.
+        // Access: the first node bootstraps the run's admin, who grants each of the run's
+        // principals its role cluster-wide.
         let node = self.node(first).context("booted nodes are up")?;
         let system = Actor {
             name: quiver_node::auth::node_principal(first),
@@ -303,11 +303,11 @@ impl Cluster {
         node.propose(system, bootstrap)
             .await
             .context("bootstrap the run's admin")?;
-        for principal in principals {
+        for (principal, role) in grants {
             let grant = Op::GrantRole {
                 principal: principal.clone(),
                 scope: quiver_node::auth::Scope::Cluster,
-                role: quiver_node::auth::Role::Admin,
+                role: *role,
             };
             node.propose(sim_admin(), grant)
                 .await

@@ -135,11 +135,15 @@ pub enum Plant {
     /// back, and repair (which trusts `contains`) never makes it durable. The ready-copies or
     /// replication checker, which count only durable intact copies, must notice.
     KeepUnsyncedChunk,
+    /// A follower forwards a command without checking its proposer's role
+    /// (`PlantedNodeBugs::follower_skips_role_check`): an intruder's write through a follower
+    /// is applied. The unauthorized-write checker must notice.
+    FollowerSkipsRoleCheck,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 10] = [
+    pub const ALL: [Plant; 11] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -150,6 +154,7 @@ impl Plant {
         Plant::RepairSkipsAfterRestart,
         Plant::ApplySkipsNameValidation,
         Plant::KeepUnsyncedChunk,
+        Plant::FollowerSkipsRoleCheck,
     ];
 
     pub fn name(self) -> &'static str {
@@ -164,6 +169,7 @@ impl Plant {
             Plant::RepairSkipsAfterRestart => "repair-skips-after-restart",
             Plant::ApplySkipsNameValidation => "apply-skips-name-validation",
             Plant::KeepUnsyncedChunk => "keep-unsynced-chunk",
+            Plant::FollowerSkipsRoleCheck => "follower-skips-role-check",
         }
     }
 
@@ -180,6 +186,7 @@ impl Plant {
             forward_drops_request_id: plant == Some(Plant::RetryWithoutRequestId),
             repair_skips_after_restart: plant == Some(Plant::RepairSkipsAfterRestart),
             apply_skips_name_validation: plant == Some(Plant::ApplySkipsNameValidation),
+            follower_skips_role_check: plant == Some(Plant::FollowerSkipsRoleCheck),
         }
     }
 

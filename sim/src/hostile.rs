@@ -14,6 +14,41 @@ use quiver_node::domain::{limits, RiskTier, Signature, Stage, VersionMetadata, V
 use quiver_transfer::Manifest;
 use rand::Rng;
 
+/// Principals that hold only the reader role (granted at boot): every write of theirs must be
+/// refused with `PermissionDenied`, and nothing they send may change the state.
+pub const INTRUDER_PREFIX: &str = "intruder-";
+/// The description an intruder's model update would set.
+pub const INTRUDER_DESCRIPTION: &str = "written by an intruder";
+
+/// A well-formed write on this pipeline's own `models` (or a new model), which its intruder's
+/// role alone forbids: an update of a model's description, or a new model.
+pub fn intruder_op(rng: &mut impl Rng, models: &[String], seq: u64) -> (String, Op) {
+    let model = models[rng.gen_range(0..models.len())].clone();
+    if rng.gen_bool(0.5) {
+        (
+            format!("intruder updates {model}"),
+            Op::UpdateModel {
+                name: model,
+                description: Some(INTRUDER_DESCRIPTION.into()),
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+        )
+    } else {
+        let name = format!("{model}-intruder-{seq}");
+        (
+            format!("intruder creates {name}"),
+            Op::CreateModel {
+                name,
+                namespace: "hostile".into(),
+                description: INTRUDER_DESCRIPTION.into(),
+                risk_tier: RiskTier::Low,
+                tags: BTreeMap::new(),
+            },
+        )
+    }
+}
+
 /// A model name no pipeline uses (pipelines name theirs `p<id>-m<seq>`).
 pub const UNKNOWN_MODEL: &str = "hostile-no-such-model";
 

@@ -203,13 +203,17 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             Plant::planted_node_bugs(cfg.plant),
         ),
     );
-    let principals: Vec<String> = (0..cfg.clients)
-        .map(crate::workload::Pipeline::principal)
+    // Each pipeline writes as an admin, and its intruder (hostile requests) holds only the
+    // reader role.
+    let grants: Vec<(String, quiver_node::auth::Role)> = (0..cfg.clients)
+        .flat_map(|id| {
+            [
+                (Pipeline::principal(id), quiver_node::auth::Role::Admin),
+                (Pipeline::intruder(id), quiver_node::auth::Role::Reader),
+            ]
+        })
         .collect();
-    cluster
-        .boot(&principals)
-        .await
-        .context("boot the cluster")?;
+    cluster.boot(&grants).await.context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
         // the simulated kernel's flusher.

@@ -104,6 +104,12 @@ impl Pipeline {
         format!("pipeline-{id}")
     }
 
+    /// The under-privileged principal pipeline `id` also acts as: a reader, one step too low
+    /// for any write ([`crate::hostile::intruder_op`]).
+    pub fn intruder(id: usize) -> String {
+        format!("{}{id}", crate::hostile::INTRUDER_PREFIX)
+    }
+
     pub fn new(id: usize, seed: u64, mix: Mix) -> Self {
         Pipeline {
             id,
@@ -132,9 +138,16 @@ impl Pipeline {
         pct > 0 && self.rng.gen_range(0..100) < pct
     }
 
-    /// A hostile request against this pipeline's own models, with its label.
-    pub fn hostile_op(&mut self) -> (String, Op) {
-        crate::hostile::hostile_op(&mut self.rng, &self.models)
+    /// A hostile request against this pipeline's own models, with its label; `true` when it
+    /// is a well-formed write by [`Pipeline::intruder`], which only its role forbids.
+    pub fn hostile_op(&mut self) -> (String, Op, bool) {
+        if !self.models.is_empty() && self.rng.gen_ratio(1, 3) {
+            self.seq += 1;
+            let (label, op) = crate::hostile::intruder_op(&mut self.rng, &self.models, self.seq);
+            return (label, op, true);
+        }
+        let (label, op) = crate::hostile::hostile_op(&mut self.rng, &self.models);
+        (label, op, false)
     }
 
     /// Whether this turn is a read ([`Mix::read_pct`]).

@@ -70,8 +70,14 @@ impl Verdicts {
             status.code(),
             Code::Internal | Code::Unknown | Code::Unimplemented | Code::DataLoss | Code::Cancelled
         );
+        // Every call here carries the admin's token: a refusal for credentials would mean the
+        // fields were never looked at.
+        let credentials = matches!(
+            status.code(),
+            Code::Unauthenticated | Code::PermissionDenied
+        );
         let what: String = what.chars().take(120).collect();
-        if unclear {
+        if unclear || credentials {
             self.problems.push(format!(
                 "{what}: {:?}: {}",
                 status.code(),
@@ -129,11 +135,28 @@ fn start_cluster(dir: &Path) -> Vec<NodeProcess> {
     nodes
 }
 
+/// Adds the cluster's admin token to every request, so that what is judged is the fields.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
 struct Clients {
-    models: ModelsClient<Channel>,
-    versions: VersionsClient<Channel>,
-    lifecycle: LifecycleClient<Channel>,
-    admin: AdminClient<Channel>,
+    models: ModelsClient<Authed>,
+    versions: VersionsClient<Authed>,
+    lifecycle: LifecycleClient<Authed>,
+    admin: AdminClient<Authed>,
+    /// Without credentials: for the requests whose credentials are what is hostile.
+    anonymous: ModelsClient<Channel>,
 }
 
 async fn clients(endpoint: &str) -> Clients {
@@ -142,11 +165,15 @@ async fn clients(endpoint: &str) -> Clients {
         .connect()
         .await
         .expect("connect");
+    let token = quiver_tests::token_for(endpoint).expect("the cluster's admin token");
+    let bearer = Bearer(format!("Bearer {token}").parse().expect("a header value"));
+    let authed = tonic::service::interceptor::InterceptedService::new(channel.clone(), bearer);
     Clients {
-        models: ModelsClient::new(channel.clone()).max_decoding_message_size(64 << 20),
-        versions: VersionsClient::new(channel.clone()),
-        lifecycle: LifecycleClient::new(channel.clone()),
-        admin: AdminClient::new(channel),
+        models: ModelsClient::new(authed.clone()).max_decoding_message_size(64 << 20),
+        versions: VersionsClient::new(authed.clone()),
+        lifecycle: LifecycleClient::new(authed.clone()),
+        admin: AdminClient::new(authed),
+        anonymous: ModelsClient::new(channel),
     }
 }
 
@@ -592,18 +619,53 @@ async fn storm(c: &mut Clients, v: &mut Verdicts) {
             c.versions.register_version(upload(messages)).await,
         );
     }
-    // An actor header no one can be.
-    let mut request = Request::new(CreateModelRequest {
-        name: "hostile-actor".into(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-quiver-actor", "a".repeat(4096).parse().expect("ascii"));
-    v.judge(
-        "CreateModel with a 4 KiB actor",
-        c.models.create_model(request).await,
-    );
+    // Credentials no one holds: each is refused as unauthenticated, with a message.
+    let long = format!("Bearer qvr_{}", "a".repeat(4096));
+    let headers: Vec<(&str, tonic::metadata::MetadataValue<tonic::metadata::Ascii>)> = vec![
+        ("no token", "".parse().expect("ascii")),
+        ("an empty bearer", "Bearer ".parse().expect("ascii")),
+        (
+            "another scheme",
+            "Basic YWRtaW46YWRtaW4=".parse().expect("ascii"),
+        ),
+        ("a 4 KiB token", long.parse().expect("ascii")),
+        (
+            "a path-like token",
+            "Bearer qvr_../../etc/passwd_0123456789abcdef0123456789abcdef"
+                .parse()
+                .expect("ascii"),
+        ),
+        (
+            "an unknown token",
+            "Bearer qvr_0123456789abcdef_0123456789abcdef0123456789abcdef"
+                .parse()
+                .expect("ascii"),
+        ),
+    ];
+    for (what, value) in headers {
+        let mut request = Request::new(CreateModelRequest {
+            name: "hostile-credentials".into(),
+            ..Default::default()
+        });
+        if !value.is_empty() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        let answer = c.anonymous.create_model(request).await;
+        match &answer {
+            Err(status) if status.code() == Code::Unauthenticated => {}
+            other => v.problems.push(format!(
+                "CreateModel with {what}: {:?} instead of UNAUTHENTICATED",
+                other.as_ref().map(|_| "accepted").map_err(|s| s.code())
+            )),
+        }
+        v.judge(
+            &format!("CreateModel with {what}"),
+            answer.map_err(|s| {
+                // Judged for its message; the code was checked above.
+                Status::new(Code::InvalidArgument, s.message().to_string())
+            }),
+        );
+    }
     v.judge(
         "Crash (drills off)",
         c.admin.crash(quiver_client::proto::CrashRequest {}).await,

@@ -274,9 +274,17 @@ async fn drill_failover(
             leader.step_down().await?;
         }
         DrillMode::Kill => {
-            // The node dies mid-call: a transport error is the expected answer.
+            // The node dies mid-call: a transport error is the expected answer; a refusal (drills
+            // off, or the caller is no admin) is an answer too.
             if let Err(e) = leader.crash().await {
-                if e.code() == Some(tonic::Code::PermissionDenied) {
+                if matches!(
+                    e.code(),
+                    Some(
+                        tonic::Code::FailedPrecondition
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::Unauthenticated
+                    )
+                ) {
                     return Err(e.into());
                 }
             }

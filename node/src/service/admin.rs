@@ -172,7 +172,7 @@ impl Admin for AdminService {
         )
         .await?;
         if !self.node.core.crash_drills {
-            return Err(Status::permission_denied(
+            return Err(Status::failed_precondition(
                 "crash drills are disabled on this node: start it with --enable-crash-drills",
             ));
         }
