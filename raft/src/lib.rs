@@ -89,7 +89,8 @@ pub use node::{
 pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
 pub use state_store::{
-    StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
+    StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_RETRY_PAUSE_DEFAULT, SNAPSHOT_SIZE_BYTES_MAX,
+    STATE_MAP_SIZE_BYTES,
 };
 pub use storage::{open_storage, open_storage_with};
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};

@@ -23,6 +23,10 @@
 //!   refused before anything is imported: an app cannot tell a changed byte inside its own
 //!   export from a real value, and a row it cannot decode later would stop Raft. It is built from an LMDB read transaction, i.e. a consistent view taken while
 //!   `apply` keeps running (openraft builds snapshots concurrently with applying).
+//! - A snapshot build that fails (export, sync, writing the file) is logged and is not an error
+//!   to openraft, which would stop the Raft core for it: the build answers with the current
+//!   snapshot's meta, which openraft ignores as not newer (no purge), and the next build is tried
+//!   after [`SNAPSHOT_RETRY_PAUSE_DEFAULT`] (`build_or_keep_current`).
 //! - The current snapshot is also kept as a file (`DIR/state/current.snapshot`, written to a
 //!   temp file, fsynced, renamed, directory fsynced) so `get_current_snapshot` survives a restart
 //!   and a leader can still feed a follower whose entries were already purged. The file only ever
@@ -36,6 +40,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use heed::types::{Bytes, Str};
@@ -55,6 +60,10 @@ pub const STATE_MAP_SIZE_BYTES: usize = 64 << 30;
 /// Largest snapshot (app export plus header) this node builds, accepts or loads. Snapshots are
 /// held in memory whole, so this is also a memory bound.
 pub const SNAPSHOT_SIZE_BYTES_MAX: usize = 2 << 30;
+/// How long after a failed snapshot build the next one is tried (builds asked for meanwhile keep
+/// the current snapshot). Long enough that a full or failing disk is not made to write an
+/// export after every commit; short next to the time a log takes to grow a snapshot interval.
+pub const SNAPSHOT_RETRY_PAUSE_DEFAULT: Duration = Duration::from_secs(30);
 /// Largest snapshot header / snapshot-file meta (log ids and membership: a few KiB in practice).
 const SNAPSHOT_HEADER_SIZE_BYTES_MAX: usize = 1 << 20;
 /// File name of the current snapshot inside the state directory.
@@ -102,7 +111,19 @@ struct StateDb<A> {
     /// power loss now could take that commit back. Shared with the node, which outlives the env,
     /// so a test harness can ask after shutdown.
     unsynced: Arc<AtomicBool>,
+    /// Failed snapshot builds, and when the last one failed (see [`BuildRetry`]).
+    build_retry: Mutex<BuildRetry>,
+    /// How many snapshot builds have failed since the store was opened.
+    build_failures: tokio::sync::watch::Sender<u64>,
     _lease: EnvLease,
+}
+
+/// A failed snapshot build is not retried before `pause` has passed since it failed: openraft
+/// asks for a new build after every commit while its policy says one is due, and a disk that is
+/// full or failing would otherwise be made to write a whole export each time.
+struct BuildRetry {
+    pause: Duration,
+    failed_at: Option<tokio::time::Instant>,
 }
 
 /// Raft state machine storage (`RaftStateMachine` + `RaftSnapshotBuilder`) over heed. Cheap to
@@ -159,6 +180,11 @@ impl<A: App> StateMachineStore<A> {
                 dir: dir.to_path_buf(),
                 unsynced: Arc::new(AtomicBool::new(false)),
                 current_snapshot: Mutex::new(current),
+                build_retry: Mutex::new(BuildRetry {
+                    pause: SNAPSHOT_RETRY_PAUSE_DEFAULT,
+                    failed_at: None,
+                }),
+                build_failures: tokio::sync::watch::Sender::new(0),
                 _lease: lease,
             }),
             _app: PhantomData,
@@ -234,6 +260,81 @@ impl<A: App> StateMachineStore<A> {
     /// outlives the environment).
     pub(crate) fn unsynced_flag(&self) -> Arc<AtomicBool> {
         self.db.unsynced.clone()
+    }
+
+    /// How long after a failed snapshot build the next one is attempted.
+    pub(crate) fn set_snapshot_retry_pause(&self, pause: Duration) {
+        lock(&self.db.build_retry).pause = pause;
+    }
+
+    /// The number of failed snapshot builds since the store was opened, as it changes.
+    pub fn snapshot_build_failures(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.db.build_failures.subscribe()
+    }
+
+    /// Build a snapshot, or, if that fails (or a failure is too recent to try again), say that
+    /// the current one stays. Never an error: openraft 0.9 stops the Raft core on any error from
+    /// its snapshot-building task, and a node that cannot write a snapshot can still apply and
+    /// serve; only its log grows until a build succeeds.
+    ///
+    /// What openraft does with the answer (`Engine::finish_building_snapshot`): it clears its
+    /// "building" flag, and only if the returned meta is newer than its own snapshot's does it
+    /// take it and purge the log behind it. The current snapshot's meta (or none) is never
+    /// newer than a snapshot that is on disk, so nothing is purged that a durable snapshot does
+    /// not cover. The data returned is dropped unread (openraft's `sm::Worker::build_snapshot`
+    /// keeps only the meta); peers are sent what [`Self::current_snapshot_sync`] reads.
+    fn build_or_keep_current(&self) -> Snapshot<TypeConfig<A>> {
+        let retry_at = {
+            let retry = lock(&self.db.build_retry);
+            retry.failed_at.map(|at| at + retry.pause)
+        };
+        if let Some(retry_at) = retry_at.filter(|&at| tokio::time::Instant::now() < at) {
+            let kept = self.unchanged_snapshot();
+            tracing::debug!(snapshot = %kept.meta, ?retry_at, "snapshot build skipped: the last one failed");
+            return kept;
+        }
+        match self.build_snapshot_sync() {
+            Ok(snapshot) => {
+                lock(&self.db.build_retry).failed_at = None;
+                snapshot
+            }
+            Err(error) => {
+                let pause = {
+                    let mut retry = lock(&self.db.build_retry);
+                    retry.failed_at = Some(tokio::time::Instant::now());
+                    retry.pause
+                };
+                self.db.build_failures.send_modify(|n| *n += 1);
+                let kept = self.unchanged_snapshot();
+                tracing::error!(
+                    %error,
+                    kept = %kept.meta,
+                    ?pause,
+                    "snapshot build failed: the current snapshot stays and the log is kept \
+                     behind it; the next build is tried after the pause"
+                );
+                kept
+            }
+        }
+    }
+
+    /// What a build that did not happen returns: the current snapshot's meta, or, with no
+    /// snapshot yet, a meta with no log id (older than any snapshot openraft could know), and no
+    /// data.
+    fn unchanged_snapshot(&self) -> Snapshot<TypeConfig<A>> {
+        let current = lock(&self.db.current_snapshot).clone();
+        let meta = current.unwrap_or_else(|| Meta {
+            last_log_id: None,
+            last_membership: self
+                .applied_state_sync()
+                .map(|(_, membership)| membership)
+                .unwrap_or_default(),
+            snapshot_id: snapshot_id(None),
+        });
+        Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(Vec::new())),
+        }
     }
 
     fn applied_state_sync(&self) -> Result<(Option<LogId<NodeId>>, Membership)> {
@@ -418,6 +519,14 @@ impl<A: App> StateMachineStore<A> {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// Lock `mutex`, also if a panic poisoned it: what it guards (metas, times) is replaced whole,
+/// never left half-changed.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Snapshot id: a function of the last applied log id alone. The export is deterministic, so
@@ -650,7 +759,7 @@ fn read_snapshot_file(
 
 impl<A: App> RaftSnapshotBuilder<TypeConfig<A>> for StateMachineStore<A> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig<A>>> {
-        self.build_snapshot_sync()
+        Ok(self.build_or_keep_current())
     }
 }
 
@@ -778,6 +887,69 @@ mod tests {
         );
         std::fs::write(&path, b"not a snapshot file at all").expect("corrupt");
         assert!(read_snapshot_file(&path, false).is_err(), "bad magic");
+    }
+
+    /// An app whose export is a fixed blob, for store tests that need no app state.
+    struct Blob;
+
+    impl App for Blob {
+        type Command = ();
+        type Response = ();
+        const MAX_DBS: u32 = 0;
+        fn open(_: &heed::Env, _: &mut RwTxn<'_>) -> anyhow::Result<Self> {
+            Ok(Blob)
+        }
+        fn apply(&self, _: &mut RwTxn<'_>, _: u64, _: &()) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn export(&self, _: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+            Ok(b"blob".to_vec())
+        }
+        fn import(&self, _: &mut RwTxn<'_>, _: &[u8]) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn blank(index: u64) -> Entry<TypeConfig<Blob>> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// The snapshot file cannot be written (a directory stands where its temp file goes; as
+    /// root, permissions would not stop the write): the build is not an error and changes
+    /// nothing on disk, and once the way is clear the next build writes the file.
+    #[test]
+    fn a_snapshot_file_that_cannot_be_written_fails_the_build_not_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (lease, _released) = crate::env_lease();
+        let store = StateMachineStore::<Blob>::open(dir.path(), lease).expect("open");
+        store.set_snapshot_retry_pause(Duration::ZERO);
+        store.apply_sync([blank(1)]).expect("apply");
+        let first = store.build_or_keep_current();
+        assert_eq!(first.meta.last_log_id, Some(blank(1).log_id));
+
+        store.apply_sync([blank(2)]).expect("apply");
+        let blocker = dir.path().join(SNAPSHOT_TMP_FILE_NAME);
+        std::fs::create_dir(&blocker).expect("block the temp file");
+        let kept = store.build_or_keep_current();
+        assert_eq!(kept.meta, first.meta);
+        assert_eq!(*store.snapshot_build_failures().borrow(), 1);
+        let on_disk = store
+            .current_snapshot_sync()
+            .expect("read")
+            .expect("present");
+        assert_eq!(on_disk.meta, first.meta);
+
+        std::fs::remove_dir(&blocker).expect("unblock");
+        let built = store.build_or_keep_current();
+        assert_eq!(built.meta.last_log_id, Some(blank(2).log_id));
+        let on_disk = store
+            .current_snapshot_sync()
+            .expect("read")
+            .expect("present");
+        assert_eq!(on_disk.meta, built.meta);
     }
 
     mod properties {

@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    all_pairs, config, expected_pairs, key, set, value, KvApp, KvCommand, KvResponse, WAIT,
+    all_pairs, config, expected_pairs, key, set, value, KvApp, KvCommand, KvResponse,
+    FAIL_EXPORT_KEY, WAIT,
 };
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, RaftLogReader, RaftMetrics, ServerState};
@@ -195,6 +196,82 @@ async fn snapshots_bound_the_log_and_restart_recovers() {
     write_n(&node, WRITES..WRITES + 5).await;
     assert_eq!(all_pairs(&node).expect("read"), expected_pairs(WRITES + 5));
     node.shutdown().await.expect("shutdown");
+}
+
+/// A snapshot build that fails (here the app's export) does not stop the node: it keeps
+/// committing and applying, its log is not purged, and the build asked for once the fault is gone
+/// succeeds. Before, the build's error reached openraft's core, which stopped: every later write
+/// failed as fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_build_is_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(NODE, dir.path());
+    // Builds only when asked for, and at once after a failure.
+    cfg.snapshot_logs_since_last = 10_000;
+    cfg.snapshot_retry_pause = std::time::Duration::ZERO;
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..10).await;
+    let fault = KvCommand::Set {
+        key: FAIL_EXPORT_KEY.into(),
+        value: "on".into(),
+    };
+    node.write(fault).await.expect("plant the fault");
+
+    let mut failures = node.snapshot_build_failures();
+    assert_eq!(*failures.borrow(), 0);
+    node.raft()
+        .trigger()
+        .snapshot()
+        .await
+        .expect("trigger snapshot");
+    tokio::time::timeout(WAIT, failures.wait_for(|&n| n >= 1))
+        .await
+        .expect("the build fails in time")
+        .expect("the store is open");
+
+    // Still running: writes commit and are applied; no snapshot was taken, nothing purged.
+    write_n(&node, 10..20).await;
+    let m = node.metrics();
+    assert!(m.running_state.is_ok(), "{:?}", m.running_state);
+    assert_eq!((m.snapshot, m.purged), (None, None));
+
+    // The fault is gone: the next build succeeds and covers every write. (openraft took the
+    // failed build's answer before it applied the writes above: both come through its one
+    // notification queue, in order, so it is not "building" any more.)
+    node.write(KvCommand::Delete {
+        key: FAIL_EXPORT_KEY.into(),
+    })
+    .await
+    .expect("clear the fault");
+    let last = app_last_index(&node);
+    node.raft()
+        .trigger()
+        .snapshot()
+        .await
+        .expect("trigger snapshot");
+    let m = node
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= last),
+            "a snapshot once the fault is gone",
+        )
+        .await
+        .expect("snapshot");
+    assert_eq!(*failures.borrow(), 1, "only the asked-for build failed");
+    assert_eq!(all_pairs(&node).expect("read"), expected_pairs(20));
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    // The snapshot on disk is that build's.
+    let (_log, mut sm) = open_storage::<KvApp>(dir.path()).expect("open storage");
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("current snapshot")
+        .expect("a snapshot on disk");
+    assert_eq!(current.meta.last_log_id, m.snapshot);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,14 +5,16 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{key, set, value, KvApp, KvCommand, KvResponse};
+use common::{key, set, value, KvApp, KvCommand, KvResponse, FAIL_EXPORT_KEY};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
     AnyError, BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader,
     RaftSnapshotBuilder, StorageError, StorageIOError, Vote,
 };
-use quiver_raft::{open_storage, LogStore, NodeId, StateMachineStore, TypeConfig};
+use quiver_raft::{
+    open_storage, LogStore, NodeId, StateMachineStore, TypeConfig, SNAPSHOT_RETRY_PAUSE_DEFAULT,
+};
 use tempfile::TempDir;
 
 type C = TypeConfig<KvApp>;
@@ -252,6 +254,80 @@ async fn current_snapshot_never_moves_backwards() {
         .expect("install older");
     let current = b.get_current_snapshot().await.expect("get").expect("some");
     assert_eq!(current.meta, newer.meta);
+}
+
+fn fail_export(on: bool) -> KvCommand {
+    match on {
+        true => KvCommand::Set {
+            key: FAIL_EXPORT_KEY.into(),
+            value: "on".into(),
+        },
+        false => KvCommand::Delete {
+            key: FAIL_EXPORT_KEY.into(),
+        },
+    }
+}
+
+/// A failed build is not an error: it answers with the current snapshot's meta (nothing newer,
+/// so openraft purges nothing), or a meta with no log id when there is none, and the snapshot on
+/// disk stays as it was. Builds asked for within the retry pause keep it too; the first one after
+/// the pause builds.
+#[tokio::test(start_paused = true)]
+async fn a_failed_build_keeps_the_current_snapshot_and_retries_after_a_pause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open_storage::<KvApp>(dir.path()).expect("open");
+    let failures = sm.snapshot_build_failures();
+    sm.apply([
+        membership(1, 1),
+        normal(1, 2, set(0)),
+        normal(1, 3, fail_export(true)),
+    ])
+    .await
+    .expect("apply");
+    let membership_applied = sm.applied_state().await.expect("applied").1;
+
+    // No snapshot yet: the failed build says "none", with the applied membership.
+    let kept = sm
+        .build_snapshot()
+        .await
+        .expect("a failed build is not an error");
+    assert_eq!(kept.meta.last_log_id, None);
+    assert_eq!(kept.meta.last_membership, membership_applied);
+    assert_eq!(*failures.borrow(), 1);
+    assert!(sm.get_current_snapshot().await.expect("get").is_none());
+
+    // The fault is gone, but the pause has not passed: not tried.
+    sm.apply([normal(1, 4, fail_export(false))])
+        .await
+        .expect("apply");
+    let kept = sm.build_snapshot().await.expect("build");
+    assert_eq!(kept.meta.last_log_id, None);
+    assert_eq!(*failures.borrow(), 1, "not tried again within the pause");
+    tokio::time::advance(SNAPSHOT_RETRY_PAUSE_DEFAULT).await;
+    let built = sm.build_snapshot().await.expect("build");
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 4)));
+
+    // A failure after a success keeps that snapshot, on disk and in the answer; the data sent
+    // to a follower is still that snapshot's.
+    sm.apply([normal(1, 5, set(1)), normal(1, 6, fail_export(true))])
+        .await
+        .expect("apply");
+    let kept = sm.build_snapshot().await.expect("build");
+    assert_eq!(kept.meta, built.meta);
+    assert_eq!(*failures.borrow(), 2);
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("get")
+        .expect("current");
+    assert_eq!(current.meta, built.meta);
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let (_log_f, mut follower) = open_storage::<KvApp>(follower_dir.path()).expect("open");
+    follower
+        .install_snapshot(&current.meta, current.snapshot)
+        .await
+        .expect("install the kept snapshot");
+    assert_eq!(kv_pairs(&follower), vec![(key(0), value(0))]);
 }
 
 #[tokio::test]

@@ -40,6 +40,8 @@ pub struct KvApp {
 }
 
 const LAST_INDEX_KEY: &str = "last_index";
+/// While this key is set, `export` fails as a snapshot build on a failing disk would.
+pub const FAIL_EXPORT_KEY: &str = "fail-export";
 
 #[derive(Serialize, Deserialize)]
 struct Export {
@@ -83,6 +85,9 @@ impl App for KvApp {
     }
 
     fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+        if self.kv.get(rtxn, FAIL_EXPORT_KEY)?.is_some() {
+            anyhow::bail!("injected export failure ({FAIL_EXPORT_KEY} is set)");
+        }
         let pairs = self
             .kv
             .iter(rtxn)?
