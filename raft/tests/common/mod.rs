@@ -84,7 +84,7 @@ impl App for KvApp {
         Ok(KvResponse { previous })
     }
 
-    fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+    fn export(&self, rtxn: &RoTxn<'_>, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
         if self.kv.get(rtxn, FAIL_EXPORT_KEY)?.is_some() {
             anyhow::bail!("injected export failure ({FAIL_EXPORT_KEY} is set)");
         }
@@ -94,11 +94,12 @@ impl App for KvApp {
             .map(|r| r.map(|(k, v)| (k.to_string(), v.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let last_index = self.last_index.get(rtxn, LAST_INDEX_KEY)?;
-        Ok(serde_json::to_vec(&Export { pairs, last_index })?)
+        serde_json::to_writer(out, &Export { pairs, last_index })?;
+        Ok(())
     }
 
-    fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
-        let export: Export = serde_json::from_slice(data).context("decode kv export")?;
+    fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn std::io::Read) -> anyhow::Result<()> {
+        let export: Export = serde_json::from_reader(data).context("decode kv export")?;
         self.kv.clear(wtxn)?;
         self.last_index.clear(wtxn)?;
         for (k, v) in &export.pairs {
