@@ -25,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
 use tokio::time::Instant;
 
@@ -323,10 +324,19 @@ impl<A: App> RaftNode<A> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
-        let (log, state, released) =
+        let (mut log, state, released) =
             open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), cfg.log_options)
                 .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
         state.set_snapshot_retry_pause(cfg.snapshot_retry_pause);
+        let log_purged = log
+            .get_log_state()
+            .await
+            .context("read the log's state")?
+            .last_purged_log_id
+            .is_some();
+        state
+            .ensure_snapshot_behind_purged_log(log_purged)
+            .with_context(|| format!("node {}: start", cfg.node_id))?;
         let peers = Arc::new(Peers::new(transport));
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())

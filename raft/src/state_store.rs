@@ -337,6 +337,22 @@ impl<A: App> StateMachineStore<A> {
         }
     }
 
+    /// Build a snapshot now if the log has been purged (`log_purged`) and there is no snapshot,
+    /// i.e. the snapshot file was lost; a failure is an error. openraft builds one at start in
+    /// that case too, but through [`Self::build_or_keep_current`], which never fails: the node
+    /// would start without the snapshot its log relies on, and the first follower needing it
+    /// would stop the leader's core ("snapshot not found"). Called before Raft starts, so that
+    /// the start fails instead.
+    pub(crate) fn ensure_snapshot_behind_purged_log(&self, log_purged: bool) -> anyhow::Result<()> {
+        if !log_purged || lock(&self.db.current_snapshot).is_some() {
+            return Ok(());
+        }
+        tracing::warn!("the log is purged but there is no snapshot file: building one");
+        self.build_snapshot_sync()
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("build the snapshot a purged log needs: {e}"))
+    }
+
     /// What a build that did not happen returns: the current snapshot's meta, or, with no
     /// snapshot yet, a meta with no log id (older than any snapshot openraft could know), and no
     /// data.

@@ -274,6 +274,58 @@ async fn a_failed_snapshot_build_is_not_fatal() {
     assert_eq!(current.meta.last_log_id, m.snapshot);
 }
 
+/// A node whose log is purged but whose snapshot file is gone builds the snapshot as it starts;
+/// if that build fails, the node does not start. (openraft would start it without the snapshot
+/// its log relies on, now that a failed build is not an error, and the first follower needing
+/// it would stop the leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_log_without_its_snapshot_gets_one_at_start_or_the_start_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(NODE, dir.path());
+    cfg.snapshot_logs_since_last = 20;
+    cfg.logs_to_keep_after_snapshot = 5;
+    let snapshot_file = dir
+        .path()
+        .join(quiver_raft::STATE_DIR_NAME)
+        .join(quiver_raft::SNAPSHOT_FILE_NAME);
+
+    let node = RaftNode::<KvApp>::start(cfg.clone()).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..60).await;
+    node.raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some(), "log purged")
+        .await
+        .expect("purged");
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    std::fs::remove_file(&snapshot_file).expect("lose the snapshot file");
+    let node = RaftNode::<KvApp>::start(cfg.clone())
+        .await
+        .expect("restart builds the snapshot");
+    assert!(snapshot_file.exists(), "built again at start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    node.write(KvCommand::Set {
+        key: FAIL_EXPORT_KEY.into(),
+        value: "on".into(),
+    })
+    .await
+    .expect("plant the fault");
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    std::fs::remove_file(&snapshot_file).expect("lose the snapshot file");
+    let error = RaftNode::<KvApp>::start(cfg)
+        .await
+        .err()
+        .expect("no snapshot can be built: the start fails");
+    assert!(
+        format!("{error:#}").contains("injected export failure"),
+        "{error:#}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_releases_storage_and_refuses_requests() {
     let dir = tempfile::tempdir().expect("tempdir");
