@@ -211,10 +211,10 @@ mod tests {
         fn apply(&self, _: &mut heed::RwTxn<'_>, _: u64, _: &String) -> anyhow::Result<()> {
             unreachable!("never applied")
         }
-        fn export(&self, _: &heed::RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+        fn export(&self, _: &heed::RoTxn<'_>, _: &mut dyn std::io::Write) -> anyhow::Result<()> {
             unreachable!("never exported")
         }
-        fn import(&self, _: &mut heed::RwTxn<'_>, _: &[u8]) -> anyhow::Result<()> {
+        fn import(&self, _: &mut heed::RwTxn<'_>, _: &mut dyn std::io::Read) -> anyhow::Result<()> {
             unreachable!("never imported")
         }
     }

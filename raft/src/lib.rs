@@ -52,6 +52,7 @@ mod node;
 mod rpc;
 mod runtime;
 mod server;
+mod snapshot_data;
 mod state_store;
 mod storage;
 mod tls;
@@ -88,8 +89,10 @@ pub use node::{
 };
 pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
+pub use snapshot_data::SnapshotData;
 pub use state_store::{
-    StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_SIZE_BYTES_MAX, STATE_MAP_SIZE_BYTES,
+    StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_RETRY_PAUSE_DEFAULT, SNAPSHOT_SIZE_BYTES_MAX,
+    STATE_MAP_SIZE_BYTES,
 };
 pub use storage::{open_storage, open_storage_with};
 pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
@@ -145,10 +148,17 @@ pub trait App: Send + Sync + Sized + 'static {
         log_index: u64,
         cmd: &Self::Command,
     ) -> anyhow::Result<Self::Response>;
-    /// Serialise the whole app state deterministically (for a snapshot).
-    fn export(&self, rtxn: &heed::RoTxn<'_>) -> anyhow::Result<Vec<u8>>;
-    /// Replace the whole app state with bytes produced by `export`.
-    fn import(&self, wtxn: &mut heed::RwTxn<'_>, data: &[u8]) -> anyhow::Result<()>;
+    /// Serialise the whole app state deterministically into `out` (a snapshot's body). Write it
+    /// as it is read, in pieces: the state may be larger than memory. `out` goes to a file.
+    fn export(&self, rtxn: &heed::RoTxn<'_>, out: &mut dyn std::io::Write) -> anyhow::Result<()>;
+    /// Replace the whole app state with what `export` wrote, read from `data` in pieces (it
+    /// comes from a file, and ends where the export ended). The bytes passed a checksum before
+    /// this is called; an error drops the transaction, so a refused import leaves no trace.
+    fn import(
+        &self,
+        wtxn: &mut heed::RwTxn<'_>,
+        data: &mut dyn std::io::Read,
+    ) -> anyhow::Result<()>;
 }
 
 /// openraft type configuration for an [`App`].
@@ -198,7 +208,9 @@ impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
     type NodeId = NodeId;
     type Node = openraft::BasicNode;
     type Entry = openraft::Entry<Self>;
-    type SnapshotData = std::io::Cursor<Vec<u8>>;
+    /// A file in the state directory (see `snapshot_data.rs`): snapshots are never whole in
+    /// memory.
+    type SnapshotData = SnapshotData;
     type AsyncRuntime = QuiverRuntime;
     type Responder = openraft::impls::OneshotResponder<Self>;
 }

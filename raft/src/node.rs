@@ -25,6 +25,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
 use tokio::time::Instant;
 
@@ -34,7 +35,7 @@ use crate::log_store::LogOptions;
 use crate::network::PeerNetwork;
 use crate::rpc::{ForwardRequest, ReadIndexRequest, WriteError};
 use crate::server::{PeerHandler, PeerServer};
-use crate::state_store::StateMachineStore;
+use crate::state_store::{StateMachineStore, SNAPSHOT_RETRY_PAUSE_DEFAULT};
 use crate::storage::open_storage_tracked;
 use crate::tls::PeerTls;
 use crate::transport::{
@@ -122,6 +123,9 @@ pub struct RaftNodeConfig {
     /// replication RPC timeout ([`REPLICATION_TIMEOUT_HEARTBEATS`]) scale with it. Default [`HEARTBEAT_INTERVAL_MS`], a LAN
     /// value: clusters whose nodes are further apart need at least their largest round trip.
     pub heartbeat_ms: u64,
+    /// After a snapshot build fails, the next one is tried only this much later (default
+    /// [`SNAPSHOT_RETRY_PAUSE_DEFAULT`]); the node keeps applying meanwhile.
+    pub snapshot_retry_pause: Duration,
     /// Bugs a test harness plants to show its checkers catch them. Always off in production: no
     /// CLI flag or config file sets them.
     pub planted: PlantedRaftBugs,
@@ -149,6 +153,7 @@ impl RaftNodeConfig {
             log_disk: None,
             log_options: LogOptions::default(),
             heartbeat_ms: HEARTBEAT_INTERVAL_MS,
+            snapshot_retry_pause: SNAPSHOT_RETRY_PAUSE_DEFAULT,
             planted: PlantedRaftBugs::default(),
         }
     }
@@ -212,6 +217,8 @@ pub(crate) struct Inner<A: App> {
     state: RwLock<Option<StateMachineStore<A>>>,
     /// Whether the state env's last commit may not survive a power loss yet.
     state_unsynced: Arc<std::sync::atomic::AtomicBool>,
+    /// How many snapshot builds have failed (each is logged and retried later, not fatal).
+    snapshot_build_failures: tokio::sync::watch::Receiver<u64>,
     /// Resolves when every storage handle is dropped; taken by the first `shutdown`.
     released: tokio::sync::Mutex<Option<EnvsReleased>>,
     /// The peer transport, for openraft's RPCs, forwarding to the leader and cluster operations.
@@ -317,9 +324,19 @@ impl<A: App> RaftNode<A> {
         let config = Arc::new(cfg.raft_config()?);
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
-        let (log, state, released) =
+        let (mut log, state, released) =
             open_storage_tracked::<A>(&cfg.data_dir, cfg.log_disk.clone(), cfg.log_options)
                 .with_context(|| format!("open raft storage in {}", cfg.data_dir.display()))?;
+        state.set_snapshot_retry_pause(cfg.snapshot_retry_pause);
+        let log_purged = log
+            .get_log_state()
+            .await
+            .context("read the log's state")?
+            .last_purged_log_id
+            .is_some();
+        state
+            .ensure_snapshot_behind_purged_log(log_purged)
+            .with_context(|| format!("node {}: start", cfg.node_id))?;
         let peers = Arc::new(Peers::new(transport));
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(cfg.node_id, config, network, log, state.clone())
@@ -339,6 +356,7 @@ impl<A: App> RaftNode<A> {
                 batcher,
                 _heartbeats: heartbeats,
                 state_unsynced: state.unsynced_flag(),
+                snapshot_build_failures: state.snapshot_build_failures(),
                 state: RwLock::new(Some(state)),
                 released: tokio::sync::Mutex::new(Some(released)),
                 peers,
@@ -838,6 +856,13 @@ impl<A: App> RaftNode<A> {
                 return "its Raft core task ended".to_string();
             }
         }
+    }
+
+    /// The number of snapshot builds that have failed since the node started, as it changes. A
+    /// failed build is logged and tried again after [`RaftNodeConfig::snapshot_retry_pause`];
+    /// the node keeps applying, and its log is not purged past the snapshot it still has.
+    pub fn snapshot_build_failures(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.snapshot_build_failures.clone()
     }
 
     /// Whether the state env's last commit may not survive a power loss yet: its meta page is

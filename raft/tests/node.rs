@@ -3,7 +3,8 @@
 mod common;
 
 use common::{
-    all_pairs, config, expected_pairs, key, set, value, KvApp, KvCommand, KvResponse, WAIT,
+    all_pairs, config, expected_pairs, key, set, value, KvApp, KvCommand, KvResponse,
+    FAIL_EXPORT_KEY, WAIT,
 };
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{BasicNode, RaftLogReader, RaftMetrics, ServerState};
@@ -195,6 +196,134 @@ async fn snapshots_bound_the_log_and_restart_recovers() {
     write_n(&node, WRITES..WRITES + 5).await;
     assert_eq!(all_pairs(&node).expect("read"), expected_pairs(WRITES + 5));
     node.shutdown().await.expect("shutdown");
+}
+
+/// A snapshot build that fails (here the app's export) does not stop the node: it keeps
+/// committing and applying, its log is not purged, and the build asked for once the fault is gone
+/// succeeds. Before, the build's error reached openraft's core, which stopped: every later write
+/// failed as fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_build_is_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(NODE, dir.path());
+    // Builds only when asked for, and at once after a failure.
+    cfg.snapshot_logs_since_last = 10_000;
+    cfg.snapshot_retry_pause = std::time::Duration::ZERO;
+    let node = RaftNode::<KvApp>::start(cfg).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..10).await;
+    let fault = KvCommand::Set {
+        key: FAIL_EXPORT_KEY.into(),
+        value: "on".into(),
+    };
+    node.write(fault).await.expect("plant the fault");
+
+    let mut failures = node.snapshot_build_failures();
+    assert_eq!(*failures.borrow(), 0);
+    node.raft()
+        .trigger()
+        .snapshot()
+        .await
+        .expect("trigger snapshot");
+    tokio::time::timeout(WAIT, failures.wait_for(|&n| n >= 1))
+        .await
+        .expect("the build fails in time")
+        .expect("the store is open");
+
+    // Still running: writes commit and are applied; no snapshot was taken, nothing purged.
+    write_n(&node, 10..20).await;
+    let m = node.metrics();
+    assert!(m.running_state.is_ok(), "{:?}", m.running_state);
+    assert_eq!((m.snapshot, m.purged), (None, None));
+
+    // The fault is gone: the next build succeeds and covers every write. (openraft took the
+    // failed build's answer before it applied the writes above: both come through its one
+    // notification queue, in order, so it is not "building" any more.)
+    node.write(KvCommand::Delete {
+        key: FAIL_EXPORT_KEY.into(),
+    })
+    .await
+    .expect("clear the fault");
+    let last = app_last_index(&node);
+    node.raft()
+        .trigger()
+        .snapshot()
+        .await
+        .expect("trigger snapshot");
+    let m = node
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= last),
+            "a snapshot once the fault is gone",
+        )
+        .await
+        .expect("snapshot");
+    assert_eq!(*failures.borrow(), 1, "only the asked-for build failed");
+    assert_eq!(all_pairs(&node).expect("read"), expected_pairs(20));
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    // The snapshot on disk is that build's.
+    let (_log, mut sm) = open_storage::<KvApp>(dir.path()).expect("open storage");
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("current snapshot")
+        .expect("a snapshot on disk");
+    assert_eq!(current.meta.last_log_id, m.snapshot);
+}
+
+/// A node whose log is purged but whose snapshot file is gone builds the snapshot as it starts;
+/// if that build fails, the node does not start. (openraft would start it without the snapshot
+/// its log relies on, now that a failed build is not an error, and the first follower needing
+/// it would stop the leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_log_without_its_snapshot_gets_one_at_start_or_the_start_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(NODE, dir.path());
+    cfg.snapshot_logs_since_last = 20;
+    cfg.logs_to_keep_after_snapshot = 5;
+    let snapshot_file = dir
+        .path()
+        .join(quiver_raft::STATE_DIR_NAME)
+        .join(quiver_raft::SNAPSHOT_FILE_NAME);
+
+    let node = RaftNode::<KvApp>::start(cfg.clone()).await.expect("start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    write_n(&node, 0..60).await;
+    node.raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some(), "log purged")
+        .await
+        .expect("purged");
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    std::fs::remove_file(&snapshot_file).expect("lose the snapshot file");
+    let node = RaftNode::<KvApp>::start(cfg.clone())
+        .await
+        .expect("restart builds the snapshot");
+    assert!(snapshot_file.exists(), "built again at start");
+    node.wait_for_leader(WAIT).await.expect("leader");
+    node.write(KvCommand::Set {
+        key: FAIL_EXPORT_KEY.into(),
+        value: "on".into(),
+    })
+    .await
+    .expect("plant the fault");
+    node.shutdown().await.expect("shutdown");
+    drop(node);
+
+    std::fs::remove_file(&snapshot_file).expect("lose the snapshot file");
+    let error = RaftNode::<KvApp>::start(cfg)
+        .await
+        .err()
+        .expect("no snapshot can be built: the start fails");
+    assert!(
+        format!("{error:#}").contains("injected export failure"),
+        "{error:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

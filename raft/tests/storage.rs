@@ -5,15 +5,19 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{key, set, value, KvApp, KvCommand, KvResponse};
+use common::{key, set, value, KvApp, KvCommand, KvResponse, FAIL_EXPORT_KEY};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{
     AnyError, BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftLogReader,
     RaftSnapshotBuilder, StorageError, StorageIOError, Vote,
 };
-use quiver_raft::{open_storage, LogStore, NodeId, StateMachineStore, TypeConfig};
+use quiver_raft::{
+    open_storage, LogStore, NodeId, SnapshotData, StateMachineStore, TypeConfig,
+    SNAPSHOT_RETRY_PAUSE_DEFAULT,
+};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 type C = TypeConfig<KvApp>;
 
@@ -62,6 +66,35 @@ fn membership(term: u64, index: u64) -> Entry<C> {
 
 fn kv_pairs(sm: &StateMachineStore<KvApp>) -> Vec<(String, String)> {
     sm.read(|app, rtxn| app.all(rtxn)).expect("read kv")
+}
+
+/// All the bytes of snapshot data, read from its start.
+async fn bytes_of(data: &mut SnapshotData) -> Vec<u8> {
+    data.seek(std::io::SeekFrom::Start(0)).await.expect("seek");
+    let mut bytes = Vec::new();
+    data.read_to_end(&mut bytes)
+        .await
+        .expect("read snapshot data");
+    bytes
+}
+
+/// `bytes` received by `sm` as openraft receives a snapshot: written into the data it gives.
+async fn received(sm: &mut StateMachineStore<KvApp>, bytes: &[u8]) -> Box<SnapshotData> {
+    let mut data = sm.begin_receiving_snapshot().await.expect("begin");
+    data.write_all(bytes).await.expect("receive");
+    data.shutdown().await.expect("finish receiving");
+    data
+}
+
+/// The temp files in a store's state directory (none once nothing is being built or received).
+fn temp_files(data_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("state"))
+        .expect("list state dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test]
@@ -213,24 +246,28 @@ async fn install_refuses_data_that_contradicts_its_meta() {
     let (_la, mut a) = open_storage::<KvApp>(dir_a.path()).expect("open a");
     let (_lb, mut b) = open_storage::<KvApp>(dir_b.path()).expect("open b");
     a.apply([normal(1, 1, set(0))]).await.expect("apply");
-    let snap = a.build_snapshot().await.expect("build");
+    let mut snap = a.build_snapshot().await.expect("build");
+    let bytes = bytes_of(&mut snap.snapshot).await;
 
     let mut lying_meta = snap.meta.clone();
     lying_meta.last_log_id = Some(log_id(1, 50));
+    let data = received(&mut b, &bytes).await;
     let err = b
-        .install_snapshot(&lying_meta, snap.snapshot.clone())
+        .install_snapshot(&lying_meta, data)
         .await
         .expect_err("meta and data disagree");
     assert!(err.to_string().contains("meta says"), "{err}");
 
-    let mut truncated = snap.snapshot.clone();
-    truncated.get_mut().pop();
+    let truncated = received(&mut b, &bytes[..bytes.len() - 1]).await;
     assert!(b.install_snapshot(&snap.meta, truncated).await.is_err());
+    let nothing = b.begin_receiving_snapshot().await.expect("begin");
+    assert!(b.install_snapshot(&snap.meta, nothing).await.is_err());
 
     // Nothing was installed.
     assert!(kv_pairs(&b).is_empty());
     assert_eq!(b.applied_state().await.expect("applied").0, None);
     assert!(b.get_current_snapshot().await.expect("get").is_none());
+    assert_eq!(temp_files(dir_b.path()), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -240,18 +277,94 @@ async fn current_snapshot_never_moves_backwards() {
     let (_la, mut old_src) = open_storage::<KvApp>(dir_a.path()).expect("open a");
     let (_lb, mut b) = open_storage::<KvApp>(dir_b.path()).expect("open b");
     old_src.apply([normal(1, 1, set(0))]).await.expect("apply");
-    let old = old_src.build_snapshot().await.expect("old snapshot");
+    let mut old = old_src.build_snapshot().await.expect("old snapshot");
+    let old_bytes = bytes_of(&mut old.snapshot).await;
 
     b.apply([normal(1, 1, set(0)), normal(1, 2, set(1))])
         .await
         .expect("apply");
     let newer = b.build_snapshot().await.expect("newer snapshot");
     // A concurrent, older build finishing late must not replace the newer file.
-    b.install_snapshot(&old.meta, old.snapshot.clone())
+    let data = received(&mut b, &old_bytes).await;
+    b.install_snapshot(&old.meta, data)
         .await
         .expect("install older");
     let current = b.get_current_snapshot().await.expect("get").expect("some");
     assert_eq!(current.meta, newer.meta);
+}
+
+fn fail_export(on: bool) -> KvCommand {
+    match on {
+        true => KvCommand::Set {
+            key: FAIL_EXPORT_KEY.into(),
+            value: "on".into(),
+        },
+        false => KvCommand::Delete {
+            key: FAIL_EXPORT_KEY.into(),
+        },
+    }
+}
+
+/// A failed build is not an error: it answers with the current snapshot's meta (nothing newer,
+/// so openraft purges nothing), or a meta with no log id when there is none, and the snapshot on
+/// disk stays as it was. Builds asked for within the retry pause keep it too; the first one after
+/// the pause builds.
+#[tokio::test(start_paused = true)]
+async fn a_failed_build_keeps_the_current_snapshot_and_retries_after_a_pause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = open_storage::<KvApp>(dir.path()).expect("open");
+    let failures = sm.snapshot_build_failures();
+    sm.apply([
+        membership(1, 1),
+        normal(1, 2, set(0)),
+        normal(1, 3, fail_export(true)),
+    ])
+    .await
+    .expect("apply");
+    let membership_applied = sm.applied_state().await.expect("applied").1;
+
+    // No snapshot yet: the failed build says "none", with the applied membership.
+    let kept = sm
+        .build_snapshot()
+        .await
+        .expect("a failed build is not an error");
+    assert_eq!(kept.meta.last_log_id, None);
+    assert_eq!(kept.meta.last_membership, membership_applied);
+    assert_eq!(*failures.borrow(), 1);
+    assert!(sm.get_current_snapshot().await.expect("get").is_none());
+
+    // The fault is gone, but the pause has not passed: not tried.
+    sm.apply([normal(1, 4, fail_export(false))])
+        .await
+        .expect("apply");
+    let kept = sm.build_snapshot().await.expect("build");
+    assert_eq!(kept.meta.last_log_id, None);
+    assert_eq!(*failures.borrow(), 1, "not tried again within the pause");
+    tokio::time::advance(SNAPSHOT_RETRY_PAUSE_DEFAULT).await;
+    let built = sm.build_snapshot().await.expect("build");
+    assert_eq!(built.meta.last_log_id, Some(log_id(1, 4)));
+
+    // A failure after a success keeps that snapshot, on disk and in the answer; the data sent
+    // to a follower is still that snapshot's.
+    sm.apply([normal(1, 5, set(1)), normal(1, 6, fail_export(true))])
+        .await
+        .expect("apply");
+    let kept = sm.build_snapshot().await.expect("build");
+    assert_eq!(kept.meta, built.meta);
+    assert_eq!(*failures.borrow(), 2);
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("get")
+        .expect("current");
+    assert_eq!(current.meta, built.meta);
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let (_log_f, mut follower) = open_storage::<KvApp>(follower_dir.path()).expect("open");
+    follower
+        .install_snapshot(&current.meta, current.snapshot)
+        .await
+        .expect("install the kept snapshot");
+    assert_eq!(kv_pairs(&follower), vec![(key(0), value(0))]);
 }
 
 #[tokio::test]
@@ -727,8 +840,9 @@ fn installing_a_damaged_snapshot_is_refused_without_a_trace() {
         let mut entries = vec![membership(1, 1)];
         entries.extend((0..5).map(|i| normal(1, i as u64 + 2, set(i))));
         leader.apply(entries).await.expect("apply");
-        let snap = leader.build_snapshot().await.expect("build snapshot");
-        (log, (snap.meta, snap.snapshot.into_inner()))
+        let mut snap = leader.build_snapshot().await.expect("build snapshot");
+        let bytes = bytes_of(&mut snap.snapshot).await;
+        (log, (snap.meta, bytes))
     });
     let (meta, pristine) = snapshot;
 
@@ -751,11 +865,11 @@ fn installing_a_damaged_snapshot_is_refused_without_a_trace() {
             let (_log, mut follower) = open_storage::<KvApp>(dir.path()).expect("open follower");
             follower.apply([normal(1, 1, set(99))]).await.expect("pre-existing state");
             let before = observed(&mut follower).await;
-            let installed = follower
-                .install_snapshot(&meta, Box::new(std::io::Cursor::new(data.clone())))
-                .await;
+            let data = received(&mut follower, &data).await;
+            let installed = follower.install_snapshot(&meta, data).await;
             prop_assert!(installed.is_err(), "a damaged snapshot was installed: {:?}", damage);
             prop_assert_eq!(observed(&mut follower).await, before);
+            prop_assert_eq!(temp_files(dir.path()), Vec::<String>::new());
             Ok(())
         })?;
     });

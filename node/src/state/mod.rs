@@ -122,11 +122,11 @@ impl quiver_raft::App for RegistryApp {
         Ok(response)
     }
 
-    fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
-        self.tables.export(rtxn)
+    fn export(&self, rtxn: &RoTxn<'_>, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        self.tables.export(rtxn, out)
     }
 
-    fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
+    fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn std::io::Read) -> anyhow::Result<()> {
         self.tables.import(wtxn, data)
     }
 }

@@ -24,12 +24,14 @@
 //! - `tokens`:    token id (16 hex digits)  → TokenRecord (the secret's hash, never the secret)
 //! - `grants`:    principal \0 scope (`*` or a namespace) → Grant
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{Read, Write};
 
 use anyhow::Context;
 use heed::types::Bytes;
 use heed::{Database, Env, RoTxn, RwTxn};
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{AppError, AppResult};
 
@@ -84,46 +86,58 @@ fn open_table(env: &Env, wtxn: &mut RwTxn<'_>, name: &str) -> anyhow::Result<Tab
         .with_context(|| format!("open state table {name}"))
 }
 
-/// A snapshot: every table by name, its rows in key order as (hex key, hex value).
-type Snapshot<'a> = BTreeMap<&'a str, Vec<(String, String)>>;
-
+/// A snapshot is JSON: an object of every table by name (in name order), each an array of its
+/// rows in key order as `[hex key, hex value]`. It is written and read row by row, never held
+/// whole: the state may be larger than memory.
 impl Tables {
-    /// The snapshot of every table (JSON of [`Snapshot`]).
-    pub(super) fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
-        let mut out: Snapshot<'_> = BTreeMap::new();
-        for (name, table) in self.all() {
-            let mut rows = Vec::new();
-            for row in table.iter(rtxn)? {
-                let (k, v) = row?;
-                rows.push((hex::encode(k), hex::encode(v)));
+    /// Writes the snapshot of every table to `out`, row by row. The bytes are those of
+    /// `serde_json` over a `BTreeMap<&str, Vec<(String, String)>>` (the first format, which
+    /// built the whole map in memory): snapshots and their digests do not change.
+    pub(super) fn export(&self, rtxn: &RoTxn<'_>, out: &mut dyn Write) -> anyhow::Result<()> {
+        let mut tables = self.all();
+        tables.sort_by_key(|(name, _)| *name);
+        out.write_all(b"{")?;
+        for (i, (name, table)) in tables.into_iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
             }
-            out.insert(name, rows);
+            serde_json::to_writer(&mut *out, name)?;
+            out.write_all(b":[")?;
+            for (j, row) in table.iter(rtxn)?.enumerate() {
+                let (k, v) = row?;
+                if j > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, &(hex::encode(k), hex::encode(v)))?;
+            }
+            out.write_all(b"]")?;
         }
-        Ok(serde_json::to_vec(&out)?)
+        out.write_all(b"}")?;
+        Ok(())
     }
 
-    /// Replaces every table by its rows in `data` (a table the snapshot lacks ends up empty).
-    /// A snapshot naming a table this build does not have is refused, not half-imported.
-    pub(super) fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
-        let snapshot: BTreeMap<String, Vec<(String, String)>> =
-            serde_json::from_slice(data).context("decode registry snapshot")?;
-        let known = self.all().map(|(name, _)| name);
-        if let Some(unknown) = snapshot.keys().find(|name| !known.contains(&name.as_str())) {
-            anyhow::bail!(
-                "registry snapshot has a table {} that this build does not know: it was \
-                 made by another version of quiver-node; run the same version on every node",
-                crate::domain::shown(unknown)
-            );
-        }
-        for (name, table) in self.all() {
+    /// Replaces every table by its rows in `data`, read row by row (a table the snapshot lacks
+    /// ends up empty). A snapshot naming a table this build does not have, or a table twice, is
+    /// refused; the caller then drops the transaction, so nothing of it remains.
+    pub(super) fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn Read) -> anyhow::Result<()> {
+        for (_, table) in self.all() {
             table.clear(wtxn)?;
-            for (k, v) in snapshot.get(name).into_iter().flatten() {
-                let k = hex::decode(k).with_context(|| format!("snapshot table {name}: key"))?;
-                let v = hex::decode(v).with_context(|| format!("snapshot table {name}: value"))?;
-                table.put(wtxn, &k, &v)?;
-            }
         }
-        Ok(())
+        let mut failure = None;
+        let mut json = serde_json::Deserializer::from_reader(std::io::BufReader::new(data));
+        let decoded = ImportTables {
+            tables: self,
+            wtxn,
+            failure: &mut failure,
+        }
+        .deserialize(&mut json)
+        .and_then(|()| json.end());
+        // A failure of our own (an unknown table, a bad hex string, LMDB) comes through serde
+        // as a bare error: report it with its own message and context.
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        decoded.context("decode registry snapshot")
     }
 
     /// blake3 over every table in registry order, rows in key order: equal on nodes with equal
@@ -141,6 +155,100 @@ impl Tables {
             }
         }
         Ok(hasher.finalize().to_hex().to_string())
+    }
+}
+
+// ------------------------------------------------------------ snapshot import
+
+/// The snapshot's object of tables, each table's rows written as they are read.
+struct ImportTables<'a, 't> {
+    tables: &'a Tables,
+    wtxn: &'a mut RwTxn<'t>,
+    /// Why the import stopped, when it was not the JSON itself.
+    failure: &'a mut Option<anyhow::Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for ImportTables<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ImportTables<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of tables")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        let all = self.tables.all();
+        let mut seen = [false; Tables::COUNT];
+        while let Some(name) = map.next_key::<String>()? {
+            let Some(at) = all.iter().position(|(known, _)| *known == name) else {
+                *self.failure = Some(anyhow::anyhow!(
+                    "registry snapshot has a table {} that this build does not know: it was \
+                     made by another version of quiver-node; run the same version on every node",
+                    crate::domain::shown(&name)
+                ));
+                return Err(de::Error::custom("unknown table"));
+            };
+            if std::mem::replace(&mut seen[at], true) {
+                *self.failure = Some(anyhow::anyhow!("registry snapshot has table {name} twice"));
+                return Err(de::Error::custom("table twice"));
+            }
+            let (name, table) = all[at];
+            map.next_value_seed(ImportRows {
+                name,
+                table,
+                wtxn: &mut *self.wtxn,
+                failure: &mut *self.failure,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One table's array of `[hex key, hex value]` rows, each put as it is read.
+struct ImportRows<'a, 't> {
+    name: &'static str,
+    table: &'a Table,
+    wtxn: &'a mut RwTxn<'t>,
+    failure: &'a mut Option<anyhow::Error>,
+}
+
+impl<'de> DeserializeSeed<'de> for ImportRows<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ImportRows<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of [key, value] rows")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut rows: S) -> Result<(), S::Error> {
+        let name = self.name;
+        while let Some((k, v)) = rows.next_element::<(String, String)>()? {
+            let put = (|| {
+                let k = hex::decode(&k).with_context(|| format!("snapshot table {name}: key"))?;
+                let v = hex::decode(&v).with_context(|| format!("snapshot table {name}: value"))?;
+                self.table.put(self.wtxn, &k, &v)?;
+                anyhow::Ok(())
+            })();
+            if let Err(e) = put {
+                *self.failure = Some(e);
+                return Err(de::Error::custom("row refused"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -40,6 +40,8 @@ pub struct KvApp {
 }
 
 const LAST_INDEX_KEY: &str = "last_index";
+/// While this key is set, `export` fails as a snapshot build on a failing disk would.
+pub const FAIL_EXPORT_KEY: &str = "fail-export";
 
 #[derive(Serialize, Deserialize)]
 struct Export {
@@ -82,18 +84,22 @@ impl App for KvApp {
         Ok(KvResponse { previous })
     }
 
-    fn export(&self, rtxn: &RoTxn<'_>) -> anyhow::Result<Vec<u8>> {
+    fn export(&self, rtxn: &RoTxn<'_>, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        if self.kv.get(rtxn, FAIL_EXPORT_KEY)?.is_some() {
+            anyhow::bail!("injected export failure ({FAIL_EXPORT_KEY} is set)");
+        }
         let pairs = self
             .kv
             .iter(rtxn)?
             .map(|r| r.map(|(k, v)| (k.to_string(), v.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let last_index = self.last_index.get(rtxn, LAST_INDEX_KEY)?;
-        Ok(serde_json::to_vec(&Export { pairs, last_index })?)
+        serde_json::to_writer(out, &Export { pairs, last_index })?;
+        Ok(())
     }
 
-    fn import(&self, wtxn: &mut RwTxn<'_>, data: &[u8]) -> anyhow::Result<()> {
-        let export: Export = serde_json::from_slice(data).context("decode kv export")?;
+    fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn std::io::Read) -> anyhow::Result<()> {
+        let export: Export = serde_json::from_reader(data).context("decode kv export")?;
         self.kv.clear(wtxn)?;
         self.last_index.clear(wtxn)?;
         for (k, v) in &export.pairs {

@@ -5,16 +5,23 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// `app`'s snapshot, whole (the tests' snapshots are small).
+fn exported(app: &RegistryApp, rtxn: &RoTxn<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    app.export(rtxn, &mut out).unwrap();
+    out
+}
+
 #[test]
 fn export_then_import_reproduces_the_same_state() {
     let mut f = fixture();
     f.apply(create_model("reco"));
     f.apply(create_version("reco", b"one"));
-    let snapshot = f.read(|app, txn| app.export(txn).unwrap());
+    let snapshot = f.read(exported);
     let mut g = fixture();
     g.apply(create_model("other"));
     let mut wtxn = g.env.write_txn().unwrap();
-    g.app.import(&mut wtxn, &snapshot).unwrap();
+    g.app.import(&mut wtxn, &mut &snapshot[..]).unwrap();
     wtxn.commit().unwrap();
     assert_eq!(g.digest(), f.digest());
 }
@@ -30,7 +37,7 @@ const PINNED_EXPORT_BLAKE3: &str =
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
     let f = one_row_in_every_table();
-    let export = f.read(|app, txn| app.export(txn).unwrap());
+    let export = f.read(exported);
     assert_eq!(f.digest(), PINNED_DIGEST);
     assert_eq!(Hash::of(&export).to_hex(), PINNED_EXPORT_BLAKE3);
 }
@@ -38,7 +45,7 @@ fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
 #[test]
 fn a_snapshot_with_a_row_in_every_table_imports_into_a_fresh_env_with_the_same_digest() {
     let f = one_row_in_every_table();
-    let snapshot = f.read(|app, txn| app.export(txn).unwrap());
+    let snapshot = f.read(exported);
     let tables: BTreeMap<String, Vec<(String, String)>> =
         serde_json::from_slice(&snapshot).unwrap();
     let names = f.read(|app, _| app.tables.all().map(|(name, _)| name));
@@ -50,10 +57,10 @@ fn a_snapshot_with_a_row_in_every_table_imports_into_a_fresh_env_with_the_same_d
     }
     let g = fixture();
     let mut wtxn = g.env.write_txn().unwrap();
-    g.app.import(&mut wtxn, &snapshot).unwrap();
+    g.app.import(&mut wtxn, &mut &snapshot[..]).unwrap();
     wtxn.commit().unwrap();
     assert_eq!(g.digest(), f.digest());
-    assert_eq!(g.read(|app, txn| app.export(txn).unwrap()), snapshot);
+    assert_eq!(g.read(exported), snapshot);
 }
 
 /// Regression (found by `properties::snapshot_import_refuses_without_a_trace_or_imports_consistently`):
@@ -62,7 +69,7 @@ fn a_snapshot_with_a_row_in_every_table_imports_into_a_fresh_env_with_the_same_d
 #[test]
 fn a_snapshot_naming_an_unknown_table_is_refused() {
     let source = one_row_in_every_table();
-    let snapshot = source.read(|app, txn| app.export(txn).unwrap());
+    let snapshot = source.read(exported);
     let mut tables: BTreeMap<String, Vec<(String, String)>> =
         serde_json::from_slice(&snapshot).unwrap();
     tables.insert("lineage".into(), vec![("6b".into(), "76".into())]);
@@ -74,13 +81,40 @@ fn a_snapshot_naming_an_unknown_table_is_refused() {
     let mut wtxn = target.env.write_txn().unwrap();
     let error = target
         .app
-        .import(&mut wtxn, &from_a_newer_build)
+        .import(&mut wtxn, &mut &from_a_newer_build[..])
         .unwrap_err();
     drop(wtxn);
     assert_eq!(
         error.to_string(),
         "registry snapshot has a table \"lineage\" that this build does not know: it was made \
          by another version of quiver-node; run the same version on every node"
+    );
+    assert_eq!(target.digest(), before);
+}
+
+/// Import reads the snapshot row by row, so it cannot let a later copy of a table replace an
+/// earlier one as decoding it whole into a map did: a table named twice is refused, and the
+/// transaction holds nothing of it.
+#[test]
+fn a_snapshot_naming_a_table_twice_is_refused() {
+    let source = one_row_in_every_table();
+    let snapshot = source.read(exported);
+    let text = String::from_utf8(snapshot).unwrap();
+    let twice = text.replacen('{', r#"{"models":[["6b","76"]],"#, 1);
+    assert_ne!(twice, text);
+
+    let mut target = fixture();
+    target.apply(create_model("other"));
+    let before = target.digest();
+    let mut wtxn = target.env.write_txn().unwrap();
+    let error = target
+        .app
+        .import(&mut wtxn, &mut twice.as_bytes())
+        .unwrap_err();
+    drop(wtxn);
+    assert_eq!(
+        error.to_string(),
+        "registry snapshot has table models twice"
     );
     assert_eq!(target.digest(), before);
 }
@@ -156,7 +190,7 @@ fn source_snapshot() -> &'static (Vec<u8>, String) {
     static SOURCE: std::sync::OnceLock<(Vec<u8>, String)> = std::sync::OnceLock::new();
     SOURCE.get_or_init(|| {
         let source = one_row_in_every_table();
-        let snapshot = source.read(|app, txn| app.export(txn).unwrap());
+        let snapshot = source.read(exported);
         (snapshot, source.digest())
     })
 }
@@ -173,7 +207,7 @@ proptest! {
         target.apply(create_model("other"));
         let before = target.digest();
         let mut wtxn = target.env.write_txn().unwrap();
-        match target.app.import(&mut wtxn, &bytes) {
+        match target.app.import(&mut wtxn, &mut &bytes[..]) {
             Err(_) => {
                 // install_snapshot_sync drops the transaction: nothing of it may remain.
                 drop(wtxn);
@@ -183,10 +217,10 @@ proptest! {
                 wtxn.commit().unwrap();
                 // What was accepted is a state: it exports, and that export imports into a
                 // fresh state with the same digest.
-                let export = target.read(|app, txn| app.export(txn).unwrap());
+                let export = target.read(exported);
                 let again = fixture();
                 let mut wtxn = again.env.write_txn().unwrap();
-                again.app.import(&mut wtxn, &export).unwrap();
+                again.app.import(&mut wtxn, &mut &export[..]).unwrap();
                 wtxn.commit().unwrap();
                 prop_assert_eq!(again.digest(), target.digest());
                 // Every table the snapshot names is one this build has: no rows dropped.
@@ -202,7 +236,7 @@ proptest! {
         }
         // The undamaged snapshot still imports into the same state as its source.
         let mut wtxn = target.env.write_txn().unwrap();
-        target.app.import(&mut wtxn, snapshot).unwrap();
+        target.app.import(&mut wtxn, &mut &snapshot[..]).unwrap();
         wtxn.commit().unwrap();
         prop_assert_eq!(&target.digest(), source_digest);
     }
