@@ -24,14 +24,83 @@ pub enum Target<'a> {
     Cluster,
     /// A namespace (a model being created in it, a grant in it).
     Namespace(&'a str),
-    /// A model, in whatever namespace it is (a model that does not exist needs no role: the
-    /// request fails as not found).
+    /// A model, in whatever namespace it is. A read of a model that does not exist needs no
+    /// role (it answers not found); a write to one this node does not know is checked against
+    /// the leader's state, and one that does not exist there needs the role cluster-wide.
     Model(&'a str),
     /// Anything any authenticated principal may see (cluster and node status).
     Anyone,
 }
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
+    /// [`Node::authenticate`] and [`Node::check_access`] in one read of the applied state (the
+    /// path every read request takes).
+    pub async fn authorize(
+        &self,
+        bearer: Option<&str>,
+        role: Role,
+        target: Target<'_>,
+        action: &str,
+    ) -> Result<Actor, NodeError> {
+        let Some(text) = bearer else {
+            let actor = self.authenticate(None).await?;
+            self.check_access(&actor, role, target, action).await?;
+            return Ok(actor);
+        };
+        let presented = parse_bearer(text)?;
+        let id = presented.id.clone();
+        let model = match target {
+            Target::Model(m) => Some(m.to_string()),
+            _ => None,
+        };
+        let (record, grants, namespace) = self
+            .read(Consistency::Stale, move |app, txn| {
+                let record = app.token(txn, &id)?;
+                let grants = match &record {
+                    Some(r) => app.grants_of(txn, &r.principal)?,
+                    None => Vec::new(),
+                };
+                let namespace = match model {
+                    Some(m) => app.find_model(txn, &m)?.map(|m| m.namespace),
+                    None => None,
+                };
+                Ok((record, grants, namespace))
+            })
+            .await?;
+        if let Some(why) = auth::token_refusal(&presented, record.as_ref(), self.clock.now_ms()) {
+            return Err(NodeError::Unauthenticated(why));
+        }
+        let actor = Actor {
+            name: record.map(|r| r.principal).unwrap_or_default(),
+            authenticated: true,
+        };
+        let need = match target {
+            Target::Cluster => Need::cluster(role),
+            Target::Namespace(ns) => Need::namespace(role, ns),
+            Target::Model(m) => match namespace {
+                Some(ns) => Need::namespace(role, &ns),
+                // A read of a model this node does not know answers "not found"; a write is
+                // checked as `check_access` does it.
+                None if role == Role::Reader => return Ok(actor),
+                None => {
+                    self.check_access(&actor, role, Target::Model(m), action)
+                        .await?;
+                    return Ok(actor);
+                }
+            },
+            Target::Anyone => return Ok(actor),
+        };
+        if allows(&grants, &need) {
+            return Ok(actor);
+        }
+        Err(NodeError::PermissionDenied(auth::denied(
+            &actor.name,
+            action,
+            &need,
+            &grants,
+        )))
+    }
+
     /// The actor a request's bearer token names. No token: anonymous where this node allows
     /// anonymous reads, else refused; an unknown, wrong, revoked or expired token is refused,
     /// never treated as anonymous.
@@ -50,13 +119,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                     .into(),
             ));
         };
-        let presented = PresentedToken::parse(text).ok_or_else(|| {
-            NodeError::Unauthenticated(
-                "the token is malformed: a token looks like qvr_<16 hex digits>_<32 hex digits>, \
-                 as `quiver token create` prints it"
-                    .into(),
-            )
-        })?;
+        let presented = parse_bearer(text)?;
         let id = presented.id.clone();
         let record = self
             .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
@@ -105,9 +168,26 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         let need = match target {
             Target::Cluster => Need::cluster(role),
             Target::Namespace(ns) => Need::namespace(role, ns),
-            Target::Model(_) => match namespace {
+            Target::Model(m) => match namespace {
                 Some(ns) => Need::namespace(role, &ns),
-                None => return Ok(()),
+                // Not (yet) known here: this node may lag behind the leader, which may have the
+                // model by now. Ask the leader's state; a model that still does not exist can
+                // only be written by a principal with the role cluster-wide (a write to it fails
+                // as not found anyway, and a model created meanwhile must not take a write that
+                // no role in its namespace allowed).
+                None => {
+                    let name = m.to_string();
+                    let confirmed = self
+                        .read(Consistency::Linearizable, move |app, txn| {
+                            Ok(app.find_model(txn, &name)?.map(|m| m.namespace))
+                        })
+                        .await?;
+                    match confirmed {
+                        Some(ns) => Need::namespace(role, &ns),
+                        None if role == Role::Reader => return Ok(()),
+                        None => Need::cluster(role),
+                    }
+                }
             },
             Target::Anyone => return Ok(()),
         };
@@ -142,6 +222,16 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         };
         self.check_access(actor, role, target, &action).await
     }
+}
+
+fn parse_bearer(text: &str) -> Result<PresentedToken, NodeError> {
+    PresentedToken::parse(text).ok_or_else(|| {
+        NodeError::Unauthenticated(
+            "the token is malformed: a token looks like qvr_<16 hex digits>_<32 hex digits>, as \
+             `quiver token create` prints it"
+                .into(),
+        )
+    })
 }
 
 /// The role a command needs, and on what.

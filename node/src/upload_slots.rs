@@ -1,4 +1,4 @@
-//! How many uploads a node receives at once: in all, and from one client connection. Each
+//! How many uploads a node receives at once: in all, and from one client (principal). Each
 //! upload holds buffers and chunk writes in flight, so without a bound a client that opens
 //! uploads in a loop takes a node's memory; beyond a bound an upload waits a short while for a
 //! slot and is then refused with `RESOURCE_EXHAUSTED`, saying which limit it met.
@@ -15,7 +15,7 @@ use crate::in_flight::{InFlight, InFlightTicket};
 
 /// Uploads one node receives at once.
 pub const UPLOADS_PER_NODE_MAX: usize = 128;
-/// Uploads one client connection sends at once (the SDK multiplexes its uploads over one).
+/// Uploads one client (one principal, whatever its connections) sends at once.
 pub const UPLOADS_PER_CLIENT_MAX: usize = 64;
 /// How long an upload over a limit waits for a slot before it is refused.
 pub const UPLOAD_SLOT_WAIT: Duration = Duration::from_secs(10);
@@ -48,7 +48,8 @@ impl UploadSlots {
         &self.in_use
     }
 
-    /// Takes a slot for an upload from `client` (its connection's address), waiting up to
+    /// Takes a slot for an upload from `client` (the principal the request authenticated as),
+    /// waiting up to
     /// [`UPLOAD_SLOT_WAIT`] for one to be given back.
     pub async fn acquire(&self, node_id: u64, client: &str) -> Result<UploadSlot, NodeError> {
         let deadline = Instant::now() + UPLOAD_SLOT_WAIT;

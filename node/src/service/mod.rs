@@ -52,9 +52,10 @@ pub async fn caller_with<T>(
     target: Target<'_>,
     action: &str,
 ) -> Result<Actor, Status> {
-    let actor = caller(node, request).await?;
-    node.check_access(&actor, role, target, action).await?;
-    Ok(actor)
+    let token = bearer(request)?;
+    Ok(node
+        .authorize(token.as_deref(), role, target, action)
+        .await?)
 }
 
 /// Longest status message sent: a bad value is named, not echoed whole (a long message also
