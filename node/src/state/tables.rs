@@ -15,6 +15,8 @@
 //! - `meta`:      "audit_head"              → AuditHead;
 //!   "inline_bytes"                         → total bytes in `inline_chunks` (be u64)
 //! - `nodes`:     node id (be u64)          → NodeInfo
+//! - `removed_nodes`: node id (be u64)      → when it was last removed (ms, be i64): its
+//!   certificates issued before then are refused by its peers (decision 0015)
 //! - `requests`:  request id                → what the request's first copy answered (a version
 //!   by model and number)
 //! - `request_log`: log index(be u64) request id → () (to forget ids older than
@@ -73,6 +75,7 @@ tables! {
     requests,
     request_log,
     inline_chunks,
+    removed_nodes,
 }
 
 fn open_table(env: &Env, wtxn: &mut RwTxn<'_>, name: &str) -> anyhow::Result<Table> {

@@ -1,10 +1,12 @@
 //! The cluster's nodes as the registry knows them.
 
+use std::collections::BTreeMap;
+
 use heed::RoTxn;
 
 use crate::domain::{DomainError, NodeInfo};
 use crate::state::tables::decode;
-use crate::state::{AppResult, RegistryApp};
+use crate::state::{AppError, AppResult, RegistryApp};
 
 impl RegistryApp {
     pub fn get_node(&self, rtxn: &RoTxn<'_>, node_id: u64) -> AppResult<NodeInfo> {
@@ -16,6 +18,21 @@ impl RegistryApp {
             )
             .into()),
         }
+    }
+
+    /// Every node ever removed, with the time (ms) of its last removal.
+    pub fn removed_nodes(&self, rtxn: &RoTxn<'_>) -> AppResult<BTreeMap<u64, i64>> {
+        let mut out = BTreeMap::new();
+        for row in self.tables.removed_nodes.iter(rtxn)? {
+            let (k, v) = row?;
+            let (Ok(k), Ok(v)) = (<[u8; 8]>::try_from(k), <[u8; 8]>::try_from(v)) else {
+                return Err(AppError::Storage(anyhow::anyhow!(
+                    "a row of the removed_nodes table is not 8 + 8 bytes"
+                )));
+            };
+            out.insert(u64::from_be_bytes(k), i64::from_be_bytes(v));
+        }
+        Ok(out)
     }
 
     /// Every known node, by id.
