@@ -130,7 +130,7 @@ impl Cluster {
 /// A raw peer RPC client presenting `cert` to node `to`'s peer port.
 async fn peer_client(cluster: &Cluster, to: u64, cert: &NodeCert) -> RaftPeerClient<Channel> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&cluster.ca_pem()))
+        .ca_certificate(Certificate::from_pem(cluster.ca_pem()))
         .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem))
         .domain_name(PEER_TLS_SERVER_NAME);
     let addr = &cluster.node(to).core.info.peer_addr;
