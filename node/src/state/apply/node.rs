@@ -3,7 +3,7 @@
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::domain::{validate_name, DomainError, NodeInfo};
-use crate::state::tables::encode;
+use crate::state::tables::{encode, removed_node_key};
 use crate::state::AppResult;
 
 /// A node announces (or updates) how to reach it and where it is.
@@ -43,7 +43,7 @@ pub(super) fn remove_node(w: &mut Write<'_, '_>, node_id: u64) -> AppResult<Appl
     w.app.tables.nodes.delete(w.wtxn, &node_id.to_be_bytes())?;
     w.app
         .tables
-        .removed_nodes
-        .put(w.wtxn, &node_id.to_be_bytes(), &w.at_ms.to_be_bytes())?;
+        .meta
+        .put(w.wtxn, &removed_node_key(node_id), &w.at_ms.to_be_bytes())?;
     Ok((Response::Node(info), format!("node {node_id}")))
 }

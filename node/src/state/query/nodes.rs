@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use heed::RoTxn;
 
 use crate::domain::{DomainError, NodeInfo};
-use crate::state::tables::decode;
+use crate::state::tables::{decode, REMOVED_NODE_PREFIX};
 use crate::state::{AppError, AppResult, RegistryApp};
 
 impl RegistryApp {
@@ -23,11 +23,12 @@ impl RegistryApp {
     /// Every node ever removed, with the time (ms) of its last removal.
     pub fn removed_nodes(&self, rtxn: &RoTxn<'_>) -> AppResult<BTreeMap<u64, i64>> {
         let mut out = BTreeMap::new();
-        for row in self.tables.removed_nodes.iter(rtxn)? {
+        for row in self.tables.meta.prefix_iter(rtxn, REMOVED_NODE_PREFIX)? {
             let (k, v) = row?;
-            let (Ok(k), Ok(v)) = (<[u8; 8]>::try_from(k), <[u8; 8]>::try_from(v)) else {
+            let id = &k[REMOVED_NODE_PREFIX.len()..];
+            let (Ok(k), Ok(v)) = (<[u8; 8]>::try_from(id), <[u8; 8]>::try_from(v)) else {
                 return Err(AppError::Storage(anyhow::anyhow!(
-                    "a row of the removed_nodes table is not 8 + 8 bytes"
+                    "a removed node's row in the meta table is not its prefix + 8 bytes → 8 bytes"
                 )));
             };
             out.insert(u64::from_be_bytes(k), i64::from_be_bytes(v));
