@@ -15,6 +15,7 @@ pub mod in_flight;
 pub mod ingest;
 pub mod membership;
 pub mod node;
+pub mod peer_certs;
 pub mod replication;
 pub mod server;
 pub mod service;

@@ -11,14 +11,25 @@ use crate::node::{Consistency, Node};
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// Removes member `node_id` from the cluster (through the leader), then, as `actor`, forgets
-    /// its addresses in the node table so that placement and uploads stop counting it.
+    /// its addresses in the node table so that placement and uploads stop counting it; that
+    /// `RemoveNode` also makes its peers refuse its certificate (decision 0017). A removal cut
+    /// short between the two steps is finished by asking again: a node no longer a member but
+    /// still in the table is removed from the table.
     pub async fn remove_member(&self, actor: Actor, node_id: u64) -> Result<(), NodeError> {
-        self.raft.remove_member(node_id).await?;
+        let removed = match self.raft.remove_member(node_id).await {
+            Err(quiver_raft::MembershipError::NotMember(_)) => false,
+            other => {
+                other?;
+                true
+            }
+        };
         let known = self
             .read(Consistency::Stale, |app, txn| app.nodes(txn))
             .await?;
         if known.iter().any(|n| n.node_id == node_id) {
             self.propose(actor, Op::RemoveNode { node_id }).await?;
+        } else if !removed {
+            return Err(NodeError::NotMember(node_id));
         }
         Ok(())
     }

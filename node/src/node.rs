@@ -12,8 +12,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
-use quiver_raft::{PeerTls, RaftNode, RaftNodeConfig};
-use quiver_transfer::{ChunkPeers, ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicTls};
+use quiver_raft::{PeerIdentity, PeerTls, RaftNode, RaftNodeConfig};
+use quiver_transfer::{
+    ChunkPeers, ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicCerts, QuicTls,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
@@ -23,6 +25,7 @@ use crate::env::{Clock, Env, RandomIds, RequestIds, SystemClock};
 use crate::error::NodeError;
 use crate::gc::UploadPins;
 use crate::in_flight::InFlight;
+use crate::peer_certs::{refresh_peer_access_loop, PeerAccess};
 use crate::replication::{
     repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, ReadThroughs, RepairState,
     Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
@@ -145,7 +148,7 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     /// Versions the repair loop leaves alone (only the planted `repair_skips_after_restart`
     /// fills it).
     repair_skipped: BTreeSet<String>,
-    stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
     /// What only a node of its own process holds: the data dir's lock and the QUIC chunk server.
     host: Option<Host>,
 }
@@ -155,6 +158,16 @@ struct Host {
     /// Held for the node's life: one process per data dir (and no offline GC while it runs).
     _data_dir_lock: std::fs::File,
     chunk_server: ChunkServer,
+    /// The certificates peers see and admit (decision 0017).
+    pub(crate) certs: HostCerts,
+}
+
+/// A production node's certificate, as it is now, and the gate it admits peers by.
+pub(crate) struct HostCerts {
+    pub(crate) ca_cert_pem: String,
+    /// This node's certificate, presented by the Raft and QUIC servers and clients.
+    pub(crate) identity: Arc<PeerIdentity>,
+    pub(crate) access: Arc<PeerAccess>,
 }
 
 /// How long a node waits for a leader at start.
@@ -179,15 +192,44 @@ impl Node<ChunkStore, PeerClient> {
         let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let chunks = ChunkStore::open(config.data_dir.join("chunks"))
             .with_context(|| format!("open chunk store in {}", config.data_dir.display()))?;
+        let named = config
+            .tls
+            .identity()
+            .context("read this node's certificate")?;
+        anyhow::ensure!(
+            named.node_id == config.node_id,
+            "this node's certificate is node {}'s, not node {}'s: issue one for node {} \
+             (`quiver-node cert issue --node-id {}`)",
+            named.node_id,
+            config.node_id,
+            config.node_id,
+            config.node_id
+        );
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let certs = HostCerts {
+            ca_cert_pem: config.tls.ca_cert_pem.clone(),
+            identity: Arc::new(
+                PeerIdentity::new(&config.tls.cert_pem, &config.tls.key_pem)
+                    .context("this node's certificate and key")?,
+            ),
+            access: Arc::new(PeerAccess::new(clock.clone())),
+        };
         let quic_tls = QuicTls {
             ca_cert_pem: config.tls.ca_cert_pem.clone(),
             cert_pem: config.tls.cert_pem.clone(),
             key_pem: config.tls.key_pem.clone(),
         };
+        let quic_certs = QuicCerts {
+            server_cert: certs.identity.clone(),
+            client_cert: certs.identity.clone(),
+            gate: certs.access.clone(),
+        };
         let source: Arc<dyn ChunkSource> = Arc::new(chunks.clone());
-        let chunk_server = ChunkServer::bind(config.quic_listen, source, &quic_tls)
-            .with_context(|| format!("bind the QUIC chunk server on {}", config.quic_listen))?;
-        let peers = PeerClient::new(&quic_tls).context("create the QUIC peer client")?;
+        let chunk_server =
+            ChunkServer::bind_with_certs(config.quic_listen, source, &quic_tls, &quic_certs)
+                .with_context(|| format!("bind the QUIC chunk server on {}", config.quic_listen))?;
+        let peers = PeerClient::with_certs(&quic_tls, &quic_certs)
+            .context("create the QUIC peer client")?;
         let mut raft_config = RaftNodeConfig::new(
             config.node_id,
             config.data_dir.join("raft"),
@@ -198,6 +240,8 @@ impl Node<ChunkStore, PeerClient> {
             cert_pem: config.tls.cert_pem.clone(),
             key_pem: config.tls.key_pem.clone(),
         });
+        raft_config.identity = Some(certs.identity.clone());
+        raft_config.gate = Some(certs.access.clone());
         raft_config.join = config.join.clone();
         raft_config.heartbeat_ms = config.heartbeat_ms;
         raft_config.snapshot_logs_since_last = config.snapshot_every;
@@ -228,7 +272,7 @@ impl Node<ChunkStore, PeerClient> {
             planted_node: PlantedNodeBugs::default(),
         };
         let env = Env {
-            clock: Arc::new(SystemClock),
+            clock,
             ids: Arc::new(RandomIds),
             chunks,
             peers,
@@ -236,12 +280,24 @@ impl Node<ChunkStore, PeerClient> {
         let host = Host {
             _data_dir_lock: data_dir_lock,
             chunk_server,
+            certs,
         };
         let node = Node::build(core, env, raft, Some(host));
+        node.refresh_peer_access()
+            .context("read the removed nodes from the state")?;
+        tokio::spawn(refresh_peer_access_loop(
+            Arc::downgrade(&node),
+            node.stop.subscribe(),
+        ));
         node.announce()
             .await
             .context("register this node's addresses")?;
         Ok(node)
+    }
+
+    /// This node's certificates, if it is a node of its own process.
+    pub(crate) fn host_certs(&self) -> Option<&HostCerts> {
+        self.host.as_ref().map(|host| &host.certs)
     }
 
     /// Where this node's QUIC chunk server listens.

@@ -6,14 +6,34 @@
 //! other (Raft over gRPC, chunks over QUIC) only with mutual TLS under that CA.
 //! A node joining later gets its certificate from an operator with
 //! `quiver-node cert issue`, which needs the CA directory.
+//!
+//! A node certificate names its node, in its common name `quiver-node-{id}`
+//! ([`node_cert_identity`] reads it back strictly), and is valid for a period
+//! ([`CERT_VALID_DAYS_DEFAULT`] days unless told otherwise). `quiver-node cert
+//! rotate` writes a renewed one over the old files ([`NodeCert::replace`]) and
+//! the running node picks it up ([`crate::Node::reload_certificate`]).
+//! What peers check of each other's certificates is decision 0017.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+
+/// How long a node certificate is valid when the operator does not say (`--valid-days`).
+pub const CERT_VALID_DAYS_DEFAULT: u32 = 90;
+/// Longest validity `cert issue` and `cert rotate` accept: a certificate that outlives its
+/// node's care is one nobody rotates.
+pub const CERT_VALID_DAYS_MAX: u32 = 3650;
+/// A certificate is valid from this long before it was issued, so that a peer whose clock is
+/// a little behind the issuing machine's accepts it at once. It is also why a removed node's
+/// new certificate must be issued at least this long after its removal (decision 0017).
+pub const CERT_CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+/// The common name of node `node_id`'s certificate: the node id peers read back.
+const NODE_CN_PREFIX: &str = "quiver-node-";
 
 /// The name every node certificate carries and every peer verifies.
 pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";
@@ -67,6 +87,27 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `contents` beside `path`, syncs it, and renames it over `path` (then syncs the
+/// directory), so `path` holds either the old or the new contents, whole.
+fn replace_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .context("a file name")?
+        .to_string_lossy()
+        .to_string();
+    let aside = path.with_file_name(format!(".{name}.new"));
+    let _ = std::fs::remove_file(&aside);
+    write_private(&aside, contents)?;
+    std::fs::rename(&aside, path)
+        .with_context(|| format!("rename {} to {}", aside.display(), path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("sync {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn read(dir: &Path, file: &str) -> anyhow::Result<String> {
     let path = dir.join(file);
     std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
@@ -104,12 +145,40 @@ impl ClusterCa {
         })
     }
 
-    /// Issues a certificate for node `node_id`.
+    /// Issues a certificate for node `node_id`, valid for [`CERT_VALID_DAYS_DEFAULT`] days.
     pub fn issue(&self, node_id: u64) -> anyhow::Result<NodeCert> {
+        self.issue_for_days(node_id, CERT_VALID_DAYS_DEFAULT)
+    }
+
+    /// Issues a certificate for node `node_id`, valid from now (less
+    /// [`CERT_CLOCK_SKEW_ALLOWANCE`]) for `valid_days` days (1 to [`CERT_VALID_DAYS_MAX`]).
+    pub fn issue_for_days(&self, node_id: u64, valid_days: u32) -> anyhow::Result<NodeCert> {
+        if !(1..=CERT_VALID_DAYS_MAX).contains(&valid_days) {
+            bail!("--valid-days {valid_days} is out of range: use 1 to {CERT_VALID_DAYS_MAX}");
+        }
+        let now = SystemTime::now();
+        let not_after = now + Duration::from_secs(u64::from(valid_days) * 86_400);
+        self.issue_valid(node_id, now - CERT_CLOCK_SKEW_ALLOWANCE, not_after)
+    }
+
+    /// Issues a certificate for node `node_id` valid from `not_before` to `not_after` (seconds
+    /// are kept, finer parts dropped). Tests use it for certificates already expired.
+    pub fn issue_valid(
+        &self,
+        node_id: u64,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> anyhow::Result<NodeCert> {
+        anyhow::ensure!(
+            not_before < not_after,
+            "a certificate must become valid before it expires"
+        );
         let mut params = CertificateParams::new(vec![PEER_TLS_SERVER_NAME.to_string()])?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("quiver-node-{node_id}"));
+        dn.push(DnType::CommonName, format!("{NODE_CN_PREFIX}{node_id}"));
         params.distinguished_name = dn;
+        params.not_before = offset_date_time(not_before)?;
+        params.not_after = offset_date_time(not_after)?;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -133,7 +202,107 @@ impl ClusterCa {
     }
 }
 
+fn offset_date_time(at: SystemTime) -> anyhow::Result<time::OffsetDateTime> {
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .context("a certificate date before 1970")?
+        .as_secs();
+    let secs = i64::try_from(secs).context("a certificate date too far ahead")?;
+    time::OffsetDateTime::from_unix_timestamp(secs).context("a certificate date out of range")
+}
+
+/// What a peer's certificate says about it: the node it names and when it is valid (ms since
+/// the Unix epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CertIdentity {
+    pub node_id: u64,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+}
+
+/// Reads the node id and validity period out of a node certificate (DER). The subject must
+/// have exactly one common name, `quiver-node-{id}` with `id` a decimal `u64` in canonical form
+/// (no sign, no leading zero): any other certificate, even one signed by the cluster CA (a
+/// client's), names no node and is not a peer's.
+pub fn node_cert_identity(der: &[u8]) -> Result<CertIdentity, String> {
+    let (rest, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after the certificate".to_string());
+    }
+    let mut names = cert.subject().iter_common_name();
+    let (Some(name), None) = (names.next(), names.next()) else {
+        return Err("a node certificate has exactly one common name".to_string());
+    };
+    let name = name
+        .as_str()
+        .map_err(|e| format!("the certificate's common name is not text: {e}"))?;
+    let node_id = name
+        .strip_prefix(NODE_CN_PREFIX)
+        .and_then(parse_node_id)
+        .ok_or_else(|| {
+            format!(
+                "the certificate's common name {} is not {NODE_CN_PREFIX}<node id>",
+                crate::domain::shown(name)
+            )
+        })?;
+    let validity = cert.validity();
+    Ok(CertIdentity {
+        node_id,
+        not_before_ms: validity.not_before.timestamp().saturating_mul(1000),
+        not_after_ms: validity.not_after.timestamp().saturating_mul(1000),
+    })
+}
+
+/// A node id written canonically: decimal digits, no leading zero (but `0` itself).
+fn parse_node_id(digits: &str) -> Option<u64> {
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    canonical.then(|| digits.parse().ok()).flatten()
+}
+
+/// The certificate (the first of `pem`) read with [`node_cert_identity`].
+pub fn pem_cert_identity(pem: &str) -> anyhow::Result<CertIdentity> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("no certificate in PEM: {e}"))?;
+    node_cert_identity(&der).map_err(|e| anyhow::anyhow!(e))
+}
+
 impl NodeCert {
+    /// The node id and validity period this certificate carries.
+    pub fn identity(&self) -> anyhow::Result<CertIdentity> {
+        pem_cert_identity(&self.cert_pem)
+    }
+
+    /// Puts this (renewed) certificate and key in place of the ones in `dir`, for
+    /// `quiver-node cert rotate`: each file is written aside, synced, then renamed over the
+    /// old one, key first. A node reading the directory meanwhile may see the new key with the
+    /// old certificate for an instant; it refuses a pair that does not match and reads again
+    /// later ([`crate::Node::reload_certificate`]). `dir` must hold this node's certificate
+    /// under the same CA.
+    pub fn replace(&self, dir: &Path) -> anyhow::Result<()> {
+        let old = NodeCert::load(dir)
+            .with_context(|| format!("{} holds no node certificate to renew", dir.display()))?;
+        if old.ca_cert_pem != self.ca_cert_pem {
+            bail!(
+                "{} holds a certificate from another CA: renew it with the CA that issued it",
+                dir.display()
+            );
+        }
+        let (old_id, new_id) = (old.identity()?.node_id, self.identity()?.node_id);
+        if old_id != new_id {
+            bail!(
+                "{} holds the certificate of node {old_id}, not node {new_id}",
+                dir.display()
+            );
+        }
+        replace_private(&dir.join(NODE_KEY_FILE), &self.key_pem)?;
+        replace_private(&dir.join(NODE_CERT_FILE), &self.cert_pem)?;
+        Ok(())
+    }
+
     /// Writes ca.pem, node.pem and node.key into `dir` (refuses to overwrite).
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -190,5 +359,82 @@ mod tests {
         a.write(&node_dir).unwrap();
         assert!(a.write(&node_dir).is_err(), "never overwrite a node key");
         assert_eq!(NodeCert::load(&node_dir).unwrap().cert_pem, a.cert_pem);
+    }
+
+    #[test]
+    fn a_node_certificate_names_its_node_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path(), "c1").unwrap();
+        let before = SystemTime::now();
+        let cert = ca.issue_for_days(7, 30).unwrap();
+        let identity = cert.identity().unwrap();
+        assert_eq!(identity.node_id, 7);
+        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        let skew = CERT_CLOCK_SKEW_ALLOWANCE.as_millis() as i64;
+        assert!(identity.not_before_ms <= ms(before) - skew + 1000);
+        assert!(identity.not_before_ms >= ms(before) - skew - 1000);
+        let thirty_days = 30 * 86_400_000;
+        assert!((identity.not_after_ms - (ms(before) + thirty_days)).abs() < 2_000);
+        assert!(ca.issue_for_days(7, 0).is_err());
+        assert!(ca.issue_for_days(7, CERT_VALID_DAYS_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn only_a_canonical_node_common_name_names_a_node() {
+        assert_eq!(parse_node_id("0"), Some(0));
+        assert_eq!(parse_node_id("42"), Some(42));
+        assert_eq!(parse_node_id(&u64::MAX.to_string()), Some(u64::MAX));
+        for bad in [
+            "",
+            "042",
+            "+4",
+            "-4",
+            "4 ",
+            "4a",
+            "18446744073709551616",
+            "٤",
+        ] {
+            assert_eq!(parse_node_id(bad), None, "{bad:?}");
+        }
+        let other = |cn: &str| {
+            let mut params =
+                CertificateParams::new(vec![PEER_TLS_SERVER_NAME.to_string()]).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            params.distinguished_name = dn;
+            let key = KeyPair::generate().unwrap();
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            node_cert_identity(&der)
+        };
+        assert_eq!(other("quiver-node-3").unwrap().node_id, 3);
+        assert!(other("quiver-client-3").is_err());
+        assert!(other("quiver-node-03").is_err());
+        assert!(other("quiver-node-").is_err());
+    }
+
+    #[test]
+    fn a_renewed_certificate_replaces_the_old_one_of_the_same_node_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(&dir.path().join("ca"), "c1").unwrap();
+        let node_dir = dir.path().join("n1");
+        ca.issue(1).unwrap().write(&node_dir).unwrap();
+        let renewed = ca.issue(1).unwrap();
+        renewed.replace(&node_dir).unwrap();
+        let loaded = NodeCert::load(&node_dir).unwrap();
+        assert_eq!(loaded.cert_pem, renewed.cert_pem);
+        assert_eq!(loaded.key_pem, renewed.key_pem);
+        assert!(
+            ca.issue(2).unwrap().replace(&node_dir).is_err(),
+            "another node's"
+        );
+        let other = ClusterCa::create(&dir.path().join("other"), "c2").unwrap();
+        assert!(
+            other.issue(1).unwrap().replace(&node_dir).is_err(),
+            "another CA's"
+        );
+        assert_eq!(
+            NodeCert::load(&node_dir).unwrap().cert_pem,
+            renewed.cert_pem
+        );
     }
 }

@@ -8,6 +8,11 @@
 //! except `AddMember` from a joining node, which is routed to the leader from here, since the
 //! joiner knows only one address. Replies are JSON `Result`s; a [`PeerRefusal`] means the
 //! request was not processed (undecodable, addressed to another node id, or this node is gone).
+//!
+//! When the wire knows the sender (the gRPC server, from the client certificate: decision 0017)
+//! what a request says about its sender must agree: a leader's AppendEntries and
+//! InstallSnapshot and a candidate's Vote carry that node's id in their vote, and a joining
+//! node's own AddMember names the node to add. Anything else is [`PeerRefusal::WrongSender`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,18 +48,48 @@ fn reply<T: Serialize>(value: &T) -> Result<Vec<u8>, PeerRefusal> {
     serde_json::to_vec(value).map_err(|e| PeerRefusal::Internal(format!("encode reply: {e}")))
 }
 
+/// Refuses a request whose claimed sender `claimed` is not `from`, the node its certificate
+/// names (`None`: the wire does not know the sender).
+fn check_sender(
+    from: Option<NodeId>,
+    claimed: Option<NodeId>,
+    what: &str,
+) -> Result<(), PeerRefusal> {
+    match from {
+        Some(from) if claimed != Some(from) => Err(PeerRefusal::WrongSender(format!(
+            "{what} names node {claimed:?} as its sender, but comes with the certificate of node \
+             {from}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl<A: App> RaftNode<A> {
-    /// Serve one peer request that arrived for this node (see the module docs).
+    /// Serve one peer request that arrived for this node from a sender the wire does not know
+    /// (the simulator's network). See [`RaftNode::handle_peer_from`].
     pub async fn handle_peer(&self, method: Method, body: Body) -> Result<Vec<u8>, PeerRefusal> {
+        self.handle_peer_from(None, method, body).await
+    }
+
+    /// Serve one peer request that arrived for this node from node `from`, as its certificate
+    /// names it (see the module docs).
+    pub async fn handle_peer_from(
+        &self,
+        from: Option<NodeId>,
+        method: Method,
+        body: Body,
+    ) -> Result<Vec<u8>, PeerRefusal> {
         match (method, body) {
             (Method::AppendEntries, Body::Raft { target, json }) => {
                 self.check_target(target)?;
                 let rpc: AppendEntriesRequest<TypeConfig<A>> = decode(&json, "AppendEntries")?;
+                check_sender(from, rpc.vote.leader_id().voted_for(), "AppendEntries")?;
                 reply(&self.raft().append_entries(rpc).await)
             }
             (Method::Vote, Body::Raft { target, json }) => {
                 self.check_target(target)?;
                 let rpc: VoteRequest<NodeId> = decode(&json, "Vote")?;
+                check_sender(from, rpc.vote.leader_id().voted_for(), "Vote")?;
                 reply(&self.raft().vote(rpc).await)
             }
             (
@@ -67,6 +102,7 @@ impl<A: App> RaftNode<A> {
             ) => {
                 self.check_target(target)?;
                 let header: SnapshotChunkHeader = decode(&header_json, "InstallSnapshot header")?;
+                check_sender(from, header.vote.leader_id().voted_for(), "InstallSnapshot")?;
                 let rpc = InstallSnapshotRequest::<TypeConfig<A>> {
                     vote: header.vote,
                     meta: header.meta,
@@ -78,6 +114,7 @@ impl<A: App> RaftNode<A> {
             }
             (Method::Elect, Body::Raft { target, .. }) => {
                 self.check_target(target)?;
+                self.check_member(from, "Elect")?;
                 reply(&self.elect_here().await)
             }
             (Method::Forward, Body::Json(json)) => {
@@ -114,6 +151,14 @@ impl<A: App> RaftNode<A> {
             }
             (Method::AddMember, Body::Json(json)) => {
                 let req: AddMemberRequest = decode(&json, "AddMember")?;
+                if req.forwarded {
+                    // A member forwarding a join to the leader speaks for the joiner, whose own
+                    // request it checked.
+                    self.check_member(from, "a forwarded AddMember")?;
+                } else {
+                    // A node asks to join for itself.
+                    check_sender(from, Some(req.node_id), "AddMember")?;
+                }
                 let deadline = budget(req.timeout_ms, MEMBERSHIP_CHANGE_TIMEOUT);
                 let result = if req.forwarded {
                     self.add_member_here(req.node_id, req.addr, req.fresh, deadline)
@@ -144,6 +189,19 @@ impl<A: App> RaftNode<A> {
         }
     }
 
+    /// Refuses a request that only a member may send, from node `from` if this node's
+    /// membership does not list it (`None`: the wire does not know the sender).
+    fn check_member(&self, from: Option<NodeId>, what: &str) -> Result<(), PeerRefusal> {
+        let Some(from) = from else { return Ok(()) };
+        let m = self.raft().metrics().borrow().membership_config.clone();
+        if m.membership().get_node(&from).is_none() {
+            return Err(PeerRefusal::WrongSender(format!(
+                "{what} comes from node {from}, which is not a member"
+            )));
+        }
+        Ok(())
+    }
+
     /// Refuses a request addressed to another node id.
     fn check_target(&self, target: NodeId) -> Result<(), PeerRefusal> {
         if self.node_id() != target {
@@ -161,9 +219,12 @@ impl<A: App> RaftNode<A> {
 impl<A: App> PeerHandler for Inner<A> {
     async fn handle_peer(
         self: Arc<Self>,
+        from: Option<NodeId>,
         method: Method,
         body: Body,
     ) -> Result<Vec<u8>, PeerRefusal> {
-        RaftNode::from_inner(self).handle_peer(method, body).await
+        RaftNode::from_inner(self)
+            .handle_peer_from(from, method, body)
+            .await
     }
 }

@@ -89,13 +89,14 @@ pub use node::{
 };
 pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
+pub use server::{PEER_HANDSHAKES_MAX, PEER_HANDSHAKE_TIMEOUT};
 pub use snapshot_data::SnapshotData;
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_RETRY_PAUSE_DEFAULT, SNAPSHOT_SIZE_BYTES_MAX,
     STATE_MAP_SIZE_BYTES,
 };
 pub use storage::{open_storage, open_storage_with};
-pub use tls::{PeerTls, PEER_TLS_SERVER_NAME};
+pub use tls::{PeerGate, PeerIdentity, PeerTls, PEER_TLS_SERVER_NAME};
 pub use transport::{
     Body, CallError, Method, PeerCall, PeerTransport, PEER_CONNECT_TIMEOUT,
     PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,

@@ -37,7 +37,7 @@ use crate::rpc::{ForwardRequest, ReadIndexRequest, WriteError};
 use crate::server::{PeerHandler, PeerServer};
 use crate::state_store::{StateMachineStore, SNAPSHOT_RETRY_PAUSE_DEFAULT};
 use crate::storage::open_storage_tracked;
-use crate::tls::PeerTls;
+use crate::tls::{PeerGate, PeerIdentity, PeerTls};
 use crate::transport::{
     CallError, GrpcTransport, Method, NoPeers, PeerTransport, Peers, SNAPSHOT_CHUNK_SIZE_BYTES,
 };
@@ -108,6 +108,12 @@ pub struct RaftNodeConfig {
     pub logs_to_keep_after_snapshot: u64,
     /// Mutual TLS among peers. `None` = plaintext (tests only); `Some` = mTLS required both ways.
     pub tls: Option<PeerTls>,
+    /// With `tls`: the certificate this node presents, renewable while it runs (decision
+    /// 0015). `None`: `tls`'s certificate for the node's life.
+    pub identity: Option<Arc<PeerIdentity>>,
+    /// With `tls`: what the peer server admits beyond the CA, and which node each request
+    /// comes from (decision 0017). `None`: any certificate under the CA, sender unchecked.
+    pub gate: Option<Arc<dyn PeerGate>>,
     /// Address (`host:port`) of any existing member to join through. Used only while this node is
     /// not yet a voter of a cluster (first start, or an interrupted join); ignored afterwards.
     pub join: Option<String>,
@@ -148,6 +154,8 @@ impl RaftNodeConfig {
             snapshot_logs_since_last: SNAPSHOT_LOGS_SINCE_LAST_DEFAULT,
             logs_to_keep_after_snapshot: LOGS_TO_KEEP_AFTER_SNAPSHOT_DEFAULT,
             tls: None,
+            identity: None,
+            gate: None,
             join: None,
             write_timeout: WRITE_TIMEOUT_DEFAULT,
             log_disk: None,
@@ -286,15 +294,33 @@ impl<A: App> RaftNode<A> {
         cfg: RaftNodeConfig,
         listener: tokio::net::TcpListener,
     ) -> anyhow::Result<Self> {
-        if let Some(tls) = &cfg.tls {
-            tls.validate()
-                .with_context(|| format!("node {}: peer TLS material", cfg.node_id))?;
-        }
-        let transport = Arc::new(GrpcTransport::new(cfg.tls.as_ref())?);
+        let tls = match &cfg.tls {
+            Some(tls) => {
+                tls.validate()
+                    .with_context(|| format!("node {}: peer TLS material", cfg.node_id))?;
+                let identity = match &cfg.identity {
+                    Some(identity) => identity.clone(),
+                    None => Arc::new(
+                        PeerIdentity::new(&tls.cert_pem, &tls.key_pem)
+                            .with_context(|| format!("node {}: peer TLS material", cfg.node_id))?,
+                    ),
+                };
+                Some((tls.clone(), identity))
+            }
+            None => None,
+        };
+        let transport = Arc::new(GrpcTransport::new(tls.clone())?);
         let node = Self::start_inner(&cfg, transport).await?;
         let result = async {
             let handler = Arc::downgrade(&node.inner) as Weak<dyn PeerHandler>;
-            let server = crate::server::spawn(node.node_id(), handler, listener, cfg.tls.as_ref())?;
+            let server_tls = tls
+                .as_ref()
+                .map(|(tls, identity)| crate::server::ServerTls {
+                    tls,
+                    identity: identity.clone(),
+                    gate: cfg.gate.clone(),
+                });
+            let server = crate::server::spawn(node.node_id(), handler, listener, server_tls)?;
             *node.lock_server() = Some(server);
             node.settle_membership(&cfg).await
         }

@@ -56,6 +56,9 @@ pub enum PeerRefusal {
     /// The request was addressed to another node id.
     #[error("{0}")]
     WrongTarget(String),
+    /// The request claims a sender other than the node its certificate names (decision 0017).
+    #[error("{0}")]
+    WrongSender(String),
     /// The request could not be decoded (or its body does not fit its method).
     #[error("{0}")]
     Undecodable(String),

@@ -8,15 +8,26 @@
 //!
 //! The material is checked once at start ([`PeerTls::validate`]) so that a wrong file is reported
 //! as such, instead of as a handshake failure on some later RPC.
+//!
+//! Two things go beyond the CA check (decision 0017):
+//! - [`PeerIdentity`]: this node's certificate as it is *now*. The peer server resolves it on
+//!   every handshake and the peer client rebuilds its connections when it changes, so a renewed
+//!   certificate ([`PeerIdentity::replace`]) is used for new connections without a restart.
+//! - [`PeerGate`]: which node a peer's certificate names, and whether it may act as a peer now
+//!   (not expired, not a removed node's). The server asks it on every request and binds what
+//!   the request claims about its sender to the answer.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::NodeId;
 
 /// The TLS server name every node certificate carries (SAN DNS), and clients verify.
 pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";
@@ -108,17 +119,163 @@ impl PeerTls {
         Ok(())
     }
 
-    pub(crate) fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.ca_cert_pem))
+    /// The peer server's rustls configuration: client certificates must chain to the CA (and be
+    /// valid now: webpki checks the validity period at every handshake); this node's own
+    /// certificate is whatever `identity` holds at the time of each handshake.
+    pub(crate) fn server_config(
+        &self,
+        identity: Arc<PeerIdentity>,
+    ) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots(&self.ca_cert_pem)?);
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .context("build client certificate verifier")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("peer TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(identity);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
     }
 
-    pub(crate) fn client_config(&self) -> ClientTlsConfig {
+    /// The peer client's configuration with this node's certificate as `identity` holds it now.
+    pub(crate) fn client_config(&self, identity: &PeerIdentity) -> ClientTlsConfig {
+        let (cert_pem, key_pem) = identity.pem();
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_cert_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .identity(Identity::from_pem(cert_pem, key_pem))
             .domain_name(PEER_TLS_SERVER_NAME)
+    }
+}
+
+fn roots(ca_cert_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, ca) in parse_certs(ca_cert_pem, "ca_cert_pem")?
+        .into_iter()
+        .enumerate()
+    {
+        roots
+            .add(ca)
+            .with_context(|| format!("ca_cert_pem: certificate {i} is not a usable CA"))?;
+    }
+    Ok(roots)
+}
+
+/// Decides which node a peer's certificate names and whether it may act as a peer now. The
+/// node crate's implementation parses the node id from the certificate and refuses expired
+/// certificates and those of removed nodes; it must be cheap, as the peer server asks it on
+/// every request.
+pub trait PeerGate: fmt::Debug + Send + Sync + 'static {
+    /// The node id `end_entity` (already verified against the CA at the handshake) names, or
+    /// why it may not act as a peer.
+    fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<NodeId, String>;
+}
+
+/// The certificate and key this node presents, as they are now: the peer server resolves them
+/// on every handshake, and the peer client rebuilds its connections after a change. Replaced
+/// while the node runs when its certificate is renewed (`quiver-node cert rotate`).
+pub struct PeerIdentity {
+    current: RwLock<Arc<CurrentCert>>,
+    generation: AtomicU64,
+}
+
+struct CurrentCert {
+    cert_pem: String,
+    key_pem: String,
+    certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerIdentity")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerIdentity {
+    pub fn new(cert_pem: &str, key_pem: &str) -> anyhow::Result<PeerIdentity> {
+        Ok(PeerIdentity {
+            current: RwLock::new(Arc::new(certified(cert_pem, key_pem)?)),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Use `cert_pem` and `key_pem` from now on, for new connections. The key must belong to
+    /// the certificate; the caller checks the certificate itself (CA, node id, validity).
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> anyhow::Result<()> {
+        let next = Arc::new(certified(cert_pem, key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many times the certificate was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The certificate (PEM) presented now.
+    pub fn cert_pem(&self) -> String {
+        self.now().cert_pem.clone()
+    }
+
+    fn now(&self) -> Arc<CurrentCert> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn pem(&self) -> (String, String) {
+        let now = self.now();
+        (now.cert_pem.clone(), now.key_pem.clone())
+    }
+}
+
+fn certified(cert_pem: &str, key_pem: &str) -> anyhow::Result<CurrentCert> {
+    let provider = rustls::crypto::ring::default_provider();
+    let chain = parse_certs(cert_pem, "cert_pem")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("key_pem: no usable private key in PEM: {e}"))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .context("key_pem: unsupported private key")?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing_key);
+    certified
+        .keys_match()
+        .context("key_pem does not belong to the certificate in cert_pem")?;
+    Ok(CurrentCert {
+        cert_pem: cert_pem.to_string(),
+        key_pem: key_pem.to_string(),
+        certified: Arc::new(certified),
+    })
+}
+
+impl rustls::server::ResolvesServerCert for PeerIdentity {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.now().certified.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for PeerIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.now().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 

@@ -22,7 +22,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::raft_peer_client::RaftPeerClient;
 use crate::proto::{Json, RaftRequest, SnapshotChunk};
-use crate::tls::PeerTls;
+use crate::tls::{PeerIdentity, PeerTls};
 use crate::NodeId;
 
 /// How long a peer client waits for a TCP + TLS connection before calling the peer unreachable.
@@ -259,39 +259,38 @@ impl Peers {
 }
 
 /// The production transport: one lazily connected tonic `Channel` per peer address, mutual TLS
-/// when configured.
+/// when configured. When this node's certificate is renewed ([`PeerIdentity::replace`]) the
+/// channels are dropped and new ones present the new certificate.
 pub(crate) struct GrpcTransport {
+    tls: Option<(PeerTls, Arc<PeerIdentity>)>,
+    channels: Mutex<Channels>,
+}
+
+/// The channels made with the client configuration of one identity generation.
+#[derive(Default)]
+struct Channels {
+    generation: u64,
     tls: Option<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    by_addr: HashMap<String, Channel>,
 }
 
 impl GrpcTransport {
-    pub(crate) fn new(tls: Option<&PeerTls>) -> anyhow::Result<Self> {
-        let transport = GrpcTransport {
-            tls: tls.map(PeerTls::client_config),
-            channels: Mutex::new(HashMap::new()),
+    pub(crate) fn new(tls: Option<(PeerTls, Arc<PeerIdentity>)>) -> anyhow::Result<Self> {
+        let channels = Channels {
+            generation: tls
+                .as_ref()
+                .map_or(0, |(_, identity)| identity.generation()),
+            tls: tls
+                .as_ref()
+                .map(|(tls, identity)| tls.client_config(identity)),
+            by_addr: HashMap::new(),
         };
         // Surface a TLS configuration tonic refuses now, not on the first RPC.
-        transport.endpoint("127.0.0.1:1")?;
-        Ok(transport)
-    }
-
-    fn endpoint(&self, addr: &str) -> anyhow::Result<Endpoint> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-            .map_err(|e| anyhow::anyhow!("peer address {addr:?} is not host:port: {e}"))?
-            .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(PEER_HTTP2_WINDOW_BYTES)
-            .initial_connection_window_size(PEER_HTTP2_WINDOW_BYTES)
-            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
-            .keep_alive_while_idle(true);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| anyhow::anyhow!("peer TLS client configuration: {e}"))?;
-        }
-        Ok(endpoint)
+        endpoint("127.0.0.1:1", channels.tls.as_ref())?;
+        Ok(GrpcTransport {
+            tls,
+            channels: Mutex::new(channels),
+        })
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, CallError> {
@@ -299,14 +298,24 @@ impl GrpcTransport {
             .channels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(channel) = channels.get(addr) {
+        if let Some((tls, identity)) = &self.tls {
+            let generation = identity.generation();
+            if generation != channels.generation {
+                // A renewed certificate: connect anew with it.
+                *channels = Channels {
+                    generation,
+                    tls: Some(tls.client_config(identity)),
+                    by_addr: HashMap::new(),
+                };
+            }
+        }
+        if let Some(channel) = channels.by_addr.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = self
-            .endpoint(addr)
+        let channel = endpoint(addr, channels.tls.as_ref())
             .map_err(|e| CallError::Failed(format!("{e:#}")))?
             .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.by_addr.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
 
@@ -412,6 +421,24 @@ fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
+}
+
+fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> anyhow::Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| anyhow::anyhow!("peer address {addr:?} is not host:port: {e}"))?
+        .connect_timeout(PEER_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(PEER_HTTP2_WINDOW_BYTES)
+        .initial_connection_window_size(PEER_HTTP2_WINDOW_BYTES)
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| anyhow::anyhow!("peer TLS client configuration: {e}"))?;
+    }
+    Ok(endpoint)
 }
 
 /// Map a gRPC status to what the caller may conclude from it.

@@ -29,8 +29,9 @@ pub use store::{ingest_reader, ChunkStore, StoreError, SMALL_CHUNK_BYTES_MAX};
 
 pub use quic::{
     bench_transport, fetch_all, verify_chunk, ChunkPeers, ChunkServer, ChunkSource, FetchError,
-    FetchOptions, FetchReport, FetchScheduler, MemoryChunkSource, PeerClient, QuicTls,
-    TransferError, TransportBenchReport, TransportTuning, HAVE_BATCH_MAX, PEER_TLS_SERVER_NAME,
+    FetchOptions, FetchReport, FetchScheduler, MemoryChunkSource, PeerClient, PeerGate, QuicCerts,
+    QuicTls, TransferError, TransportBenchReport, TransportTuning, HAVE_BATCH_MAX,
+    PEER_TLS_SERVER_NAME,
 };
 
 /// Upper bound on the size of any chunk: buffers and frames that carry one chunk need this many

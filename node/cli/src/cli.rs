@@ -1,6 +1,6 @@
 //! The `quiver-node` command line: `serve` runs one node, `up` runs a local
 //! cluster on loopback for trying Quiver out, `cert issue` makes a node
-//! certificate for a node that will join.
+//! certificate for a node that will join, `cert rotate` renews one in place.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -222,6 +222,25 @@ enum CertCommand {
         /// by default `<its data dir>/tls`).
         #[arg(long)]
         out: PathBuf,
+        /// Days the certificate is valid (renew it before with `cert rotate`).
+        #[arg(long, default_value_t = quiver_node::tls::CERT_VALID_DAYS_DEFAULT)]
+        valid_days: u32,
+    },
+    /// Renew a node's certificate: a new key pair and validity period, the same node id and
+    /// CA, written over the old files in its TLS directory. A running node starts using it
+    /// for new connections within 10 seconds, without a restart.
+    Rotate {
+        /// The cluster CA: `<data dir of the founding node>/tls/ca`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// The node's TLS directory (its --tls-dir, by default `<its data dir>/tls`).
+        #[arg(long)]
+        tls_dir: PathBuf,
+        /// Days the renewed certificate is valid.
+        #[arg(long, default_value_t = quiver_node::tls::CERT_VALID_DAYS_DEFAULT)]
+        valid_days: u32,
     },
 }
 
@@ -294,13 +313,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_dir,
             node_id,
             out,
+            valid_days,
         }) => {
             let ca = ClusterCa::load(&ca_dir)
                 .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
-            ca.issue(node_id)?.write(&out)?;
+            ca.issue_for_days(node_id, valid_days)?.write(&out)?;
             println!(
-                "issued a certificate for node {node_id} into {}",
+                "issued a certificate for node {node_id}, valid {valid_days} days, into {}",
                 out.display()
+            );
+            Ok(())
+        }
+        Command::Cert(CertCommand::Rotate {
+            ca_dir,
+            node_id,
+            tls_dir,
+            valid_days,
+        }) => {
+            let ca = ClusterCa::load(&ca_dir)
+                .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
+            ca.issue_for_days(node_id, valid_days)?
+                .replace(&tls_dir)
+                .with_context(|| format!("renew the certificate in {}", tls_dir.display()))?;
+            println!(
+                "renewed the certificate of node {node_id}, valid {valid_days} days, in {}; a \
+                 running node uses it for new connections within {}s",
+                tls_dir.display(),
+                quiver_node::peer_certs::CERT_RELOAD_INTERVAL.as_secs()
             );
             Ok(())
         }

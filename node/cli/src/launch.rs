@@ -277,6 +277,10 @@ pub(crate) async fn start_node(
         },
     )?;
     let tls = node_cert(&args)?;
+    let tls_dir = args
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| default_tls_dir(&args.data_dir));
     let node = Node::open(
         NodeConfig {
             node_id: args.node_id,
@@ -301,6 +305,8 @@ pub(crate) async fn start_node(
     )
     .await
     .with_context(|| format!("open node {} in {}", args.node_id, args.data_dir.display()))?;
+    // `quiver-node cert rotate` writes a renewed certificate there.
+    node.watch_certificate(tls_dir, quiver_node::peer_certs::CERT_RELOAD_INTERVAL);
     save_bound(
         &args.data_dir,
         &BoundAddrs {

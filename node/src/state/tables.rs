@@ -13,7 +13,10 @@
 //! - `aliases`:   model \0 alias            → Alias
 //! - `audit`:     seq(be u64)               → AuditEntry (blake3 hash chain)
 //! - `meta`:      "audit_head"              → AuditHead;
-//!   "inline_bytes"                         → total bytes in `inline_chunks` (be u64)
+//!   "inline_bytes"                         → total bytes in `inline_chunks` (be u64);
+//!   "removed_node:" node id (be u64)       → when the node was last removed (ms, be i64): its
+//!   certificates issued before then are refused by its peers (decision 0017; in `meta` rather
+//!   than a table of its own so that the digest of a state without removals is unchanged)
 //! - `nodes`:     node id (be u64)          → NodeInfo
 //! - `requests`:  request id                → what the request's first copy answered (a version
 //!   by model and number)
@@ -79,6 +82,14 @@ tables! {
     inline_chunks,
     tokens,
     grants,
+}
+
+/// The `meta` key prefix of a removed node's removal time (decision 0017).
+pub(super) const REMOVED_NODE_PREFIX: &[u8] = b"removed_node:";
+
+/// The `meta` key of node `node_id`'s removal time.
+pub(super) fn removed_node_key(node_id: u64) -> Vec<u8> {
+    [REMOVED_NODE_PREFIX, &node_id.to_be_bytes()].concat()
 }
 
 fn open_table(env: &Env, wtxn: &mut RwTxn<'_>, name: &str) -> anyhow::Result<Table> {

@@ -236,14 +236,18 @@ pub async fn bench_quic_stream(
     let ca = DevCa::new("bench CA")?;
     let server_endpoint = endpoint(
         localhost(),
-        Some(server_config(&ca.issue("bench server")?, tuning)?),
+        Some(server_config(&ca.issue("bench server")?, tuning, None)?),
         tuning,
     )?;
     let server_addr = server_endpoint
         .local_addr()
         .map_err(io_err("QUIC server address"))?;
     let mut client_endpoint = endpoint(localhost(), None, tuning)?;
-    client_endpoint.set_default_client_config(client_config(&ca.issue("bench client")?, tuning)?);
+    client_endpoint.set_default_client_config(client_config(
+        &ca.issue("bench client")?,
+        tuning,
+        None,
+    )?);
 
     let data = block(0);
     let server_side = server_endpoint.clone();

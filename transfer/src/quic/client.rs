@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use quinn::{Connection, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 
-use super::config::{client_config, endpoint, TransportTuning};
+use super::config::{client_config, endpoint, QuicCerts, TransportTuning};
 use super::peers::verify_chunk;
 use super::wire::{
     decode_have_response, encode_have_request, Op, RequestHeader, ResponseHeader, Status,
@@ -63,12 +63,26 @@ impl PeerClient {
         PeerClient::with_tuning(tls, &TransportTuning::chosen())
     }
 
+    /// A client presenting this node's certificate as `certs` holds it at each handshake (so
+    /// a renewed one is used for new connections; pooled ones keep theirs until they close).
+    pub fn with_certs(tls: &QuicTls, certs: &QuicCerts) -> Result<PeerClient, TransferError> {
+        PeerClient::build(tls, &TransportTuning::chosen(), Some(certs))
+    }
+
     /// [`PeerClient::new`] with explicit transport tuning (benchmarks).
     pub fn with_tuning(
         tls: &QuicTls,
         tuning: &TransportTuning,
     ) -> Result<PeerClient, TransferError> {
-        let config = client_config(tls, tuning)?;
+        PeerClient::build(tls, tuning, None)
+    }
+
+    fn build(
+        tls: &QuicTls,
+        tuning: &TransportTuning,
+        certs: Option<&QuicCerts>,
+    ) -> Result<PeerClient, TransferError> {
+        let config = client_config(tls, tuning, certs)?;
         let mut v4 = endpoint(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), None, tuning)?;
         v4.set_default_client_config(config.clone());
         let v6 = match endpoint(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)), None, tuning) {

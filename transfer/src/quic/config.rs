@@ -3,8 +3,15 @@
 //! Mutual TLS under the cluster CA: the server requires a client certificate that chains to the
 //! CA; the client verifies the server against the CA under [`PEER_TLS_SERVER_NAME`](super::PEER_TLS_SERVER_NAME) and presents
 //! its own certificate. Both use rustls with the ring provider, passed explicitly (no reliance on
-//! a process-wide default provider), TLS 1.3 only (QUIC requires it).
+//! a process-wide default provider), TLS 1.3 only (QUIC requires it). webpki checks the
+//! certificates' validity period at every handshake, so an expired certificate is refused.
+//!
+//! [`QuicCerts`] adds what a node needs beyond the CA (decision 0017): its own certificate as
+//! it is now (renewed without a restart: new handshakes resolve it), and a [`PeerGate`] that
+//! the server asks, for every connection and every request, whether the client's certificate
+//! may act as a peer (not a removed node's, not expired).
 
+use std::fmt;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 
@@ -26,6 +33,24 @@ pub struct QuicTls {
     pub ca_cert_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// Decides whether a peer's certificate may act as a peer now, and which node it names. The
+/// chunk server asks it after each handshake and before each request, so it must be cheap.
+pub trait PeerGate: fmt::Debug + Send + Sync + 'static {
+    /// The node id `end_entity` (verified against the CA at the handshake) names, or why it
+    /// may not act as a peer.
+    fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<u64, String>;
+}
+
+/// What a node's endpoints use beyond [`QuicTls`]'s CA: this node's certificate as it is now
+/// (resolved at every handshake, so a renewed one is used for new connections) and the gate
+/// the server admits clients by.
+#[derive(Clone, Debug)]
+pub struct QuicCerts {
+    pub server_cert: Arc<dyn rustls::server::ResolvesServerCert>,
+    pub client_cert: Arc<dyn rustls::client::ResolvesClientCert>,
+    pub gate: Arc<dyn PeerGate>,
 }
 
 /// Congestion controller of a QUIC connection (quinn's implementations).
@@ -217,6 +242,7 @@ fn identity(
 pub(crate) fn server_config(
     tls: &QuicTls,
     tuning: &TransportTuning,
+    certs: Option<&QuicCerts>,
 ) -> Result<quinn::ServerConfig, TransferError> {
     let provider = provider();
     let verifier =
@@ -226,13 +252,19 @@ pub(crate) fn server_config(
                 context: "build the client certificate verifier".into(),
                 detail: e.to_string(),
             })?;
-    let (chain, key) = identity(tls)?;
-    let mut crypto = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err("select TLS 1.3"))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(tls_err("use this node's certificate and key (server)"))?;
+        .with_client_cert_verifier(verifier);
+    let mut crypto = match certs {
+        Some(certs) => builder.with_cert_resolver(certs.server_cert.clone()),
+        None => {
+            let (chain, key) = identity(tls)?;
+            builder
+                .with_single_cert(chain, key)
+                .map_err(tls_err("use this node's certificate and key (server)"))?
+        }
+    };
     crypto.alpn_protocols = vec![ALPN_CHUNKS.to_vec()];
     let crypto = QuicServerConfig::try_from(crypto).map_err(|e| TransferError::Tls {
         context: "QUIC server crypto".into(),
@@ -246,14 +278,21 @@ pub(crate) fn server_config(
 pub(crate) fn client_config(
     tls: &QuicTls,
     tuning: &TransportTuning,
+    certs: Option<&QuicCerts>,
 ) -> Result<quinn::ClientConfig, TransferError> {
-    let (chain, key) = identity(tls)?;
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err("select TLS 1.3"))?
-        .with_root_certificates(roots(tls)?)
-        .with_client_auth_cert(chain, key)
-        .map_err(tls_err("use this node's certificate and key (client)"))?;
+        .with_root_certificates(roots(tls)?);
+    let mut crypto = match certs {
+        Some(certs) => builder.with_client_cert_resolver(certs.client_cert.clone()),
+        None => {
+            let (chain, key) = identity(tls)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(tls_err("use this node's certificate and key (client)"))?
+        }
+    };
     crypto.alpn_protocols = vec![ALPN_CHUNKS.to_vec()];
     let crypto = QuicClientConfig::try_from(crypto).map_err(|e| TransferError::Tls {
         context: "QUIC client crypto".into(),

@@ -48,7 +48,7 @@ pub use bench::{
     TransportBenchReport,
 };
 pub use client::PeerClient;
-pub use config::{CongestionControl, QuicTls, TransportTuning};
+pub use config::{CongestionControl, PeerGate, QuicCerts, QuicTls, TransportTuning};
 pub use fetch::{
     fetch_all, FetchOptions, FetchReport, FETCH_ATTEMPTS_PER_CHUNK_DEFAULT,
     FETCH_ATTEMPTS_PER_CHUNK_LIMIT, FETCH_CHUNK_TIMEOUT_DEFAULT, FETCH_PARALLELISM_DEFAULT,
@@ -84,6 +84,9 @@ pub const SERVER_HANDSHAKES_MAX: usize = 32;
 pub const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The QUIC application close code of a connection refused at [`SERVER_CONNECTIONS_MAX`].
 pub const CLOSE_AT_CONNECTION_LIMIT: u32 = 0x51;
+/// The QUIC application close code of a connection whose client certificate the server's
+/// [`PeerGate`] refuses (a removed node's, or one that expired while connected).
+pub const CLOSE_REFUSED_PEER: u32 = 0x52;
 /// Connections a [`PeerClient`] keeps to each peer and spreads requests over. Two measured
 /// faster than one for bulk transfers (docs/decisions/0003); each costs a handshake and a
 /// connection's buffers on both sides.

@@ -7,24 +7,30 @@
 //! [`SERVER_CONNECTIONS_MAX`] (counted after the handshake), and streams per connection by the
 //! transport's stream limit. Store
 //! I/O runs in `spawn_blocking`.
+//!
+//! With a [`PeerGate`] (a node's server: [`ChunkServer::bind_with_certs`]) the client's
+//! certificate is admitted after the handshake and again before every request, so a node
+//! removed while connected (or a certificate that expired meanwhile) loses the connection at
+//! its next request: it is closed with [`CLOSE_REFUSED_PEER`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::config::{endpoint, server_config, TransportTuning};
+use super::config::{endpoint, server_config, PeerGate, QuicCerts, TransportTuning};
 use super::wire::{
     decode_have_request, encode_have_response, error_message_payload, Op, RequestHeader,
     ResponseHeader, Status, REQUEST_HEADER_BYTES,
 };
 use super::{
-    ChunkSource, QuicTls, TransferError, CLOSE_AT_CONNECTION_LIMIT, SERVER_CONNECTIONS_MAX,
-    SERVER_HANDSHAKES_MAX, SERVER_HANDSHAKE_TIMEOUT, SERVER_REQUEST_TIMEOUT,
-    SHUTDOWN_DRAIN_TIMEOUT,
+    ChunkSource, QuicTls, TransferError, CLOSE_AT_CONNECTION_LIMIT, CLOSE_REFUSED_PEER,
+    SERVER_CONNECTIONS_MAX, SERVER_HANDSHAKES_MAX, SERVER_HANDSHAKE_TIMEOUT,
+    SERVER_REQUEST_TIMEOUT, SHUTDOWN_DRAIN_TIMEOUT,
 };
 use crate::{Hash, StoreError, CHUNK_SIZE_BYTES};
 
@@ -58,12 +64,36 @@ impl ChunkServer {
         tls: &QuicTls,
         tuning: &TransportTuning,
     ) -> Result<ChunkServer, TransferError> {
-        let endpoint = endpoint(addr, Some(server_config(tls, tuning)?), tuning)?;
+        ChunkServer::bind_inner(addr, source, tls, tuning, None)
+    }
+
+    /// A node's chunk server: its certificate is resolved from `certs` at every handshake (a
+    /// renewed one is used for new connections), and every client is admitted by `certs.gate`
+    /// after its handshake and before each of its requests.
+    pub fn bind_with_certs(
+        addr: SocketAddr,
+        source: Arc<dyn ChunkSource>,
+        tls: &QuicTls,
+        certs: &QuicCerts,
+    ) -> Result<ChunkServer, TransferError> {
+        ChunkServer::bind_inner(addr, source, tls, &TransportTuning::chosen(), Some(certs))
+    }
+
+    fn bind_inner(
+        addr: SocketAddr,
+        source: Arc<dyn ChunkSource>,
+        tls: &QuicTls,
+        tuning: &TransportTuning,
+        certs: Option<&QuicCerts>,
+    ) -> Result<ChunkServer, TransferError> {
+        let config = server_config(tls, tuning, certs)?;
+        let endpoint = endpoint(addr, Some(config), tuning)?;
+        let gate = certs.map(|c| c.gate.clone());
         let local_addr = endpoint.local_addr().map_err(|source| TransferError::Io {
             context: format!("read the local address of the QUIC endpoint bound on {addr}"),
             source,
         })?;
-        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), source));
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), source, gate));
         tracing::debug!(%local_addr, "chunk server listening");
         Ok(ChunkServer {
             endpoint,
@@ -116,7 +146,11 @@ impl Drop for ChunkServer {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, source: Arc<dyn ChunkSource>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    source: Arc<dyn ChunkSource>,
+    gate: Option<Arc<dyn PeerGate>>,
+) {
     let mut connections = JoinSet::new();
     let handshakes = Arc::new(Semaphore::new(SERVER_HANDSHAKES_MAX));
     let established = Arc::new(Semaphore::new(SERVER_CONNECTIONS_MAX));
@@ -144,6 +178,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, source: Arc<dyn ChunkSource>) {
             handshake,
             established.clone(),
             source.clone(),
+            gate.clone(),
         ));
     }
 }
@@ -153,6 +188,7 @@ async fn serve_connection(
     handshake: OwnedSemaphorePermit,
     established: Arc<Semaphore>,
     source: Arc<dyn ChunkSource>,
+    gate: Option<Arc<dyn PeerGate>>,
 ) {
     let remote = incoming.remote_address();
     // The handshake verifies the client's certificate against the CA; a client without one is
@@ -169,6 +205,19 @@ async fn serve_connection(
         }
     };
     drop(handshake);
+    let peer_cert = match &gate {
+        None => None,
+        Some(gate) => match admit(gate.as_ref(), &connection) {
+            Ok((node_id, cert)) => {
+                tracing::debug!(%remote, node_id, "chunk server: peer admitted");
+                Some((gate.clone(), cert))
+            }
+            Err(why) => {
+                refuse(&connection, remote, &why);
+                return;
+            }
+        },
+    };
     // Counted only now, once the peer proved who it is.
     let Ok(_connection_slot) = established.try_acquire_owned() else {
         tracing::warn!(
@@ -186,6 +235,13 @@ async fn serve_connection(
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
+                if let Some((gate, cert)) = &peer_cert {
+                    // Removed (or expired) since the handshake: no more requests.
+                    if let Err(why) = gate.admit(cert) {
+                        refuse(&connection, remote, &why);
+                        break;
+                    }
+                }
                 while requests.try_join_next().is_some() {}
                 requests.spawn(serve_stream(send, recv, source.clone(), remote));
             }
@@ -199,6 +255,30 @@ async fn serve_connection(
     // still draining.
     while requests.join_next().await.is_some() {}
 }
+
+/// The client's end-entity certificate and the node it names, if `gate` admits it.
+fn admit(
+    gate: &dyn PeerGate,
+    connection: &quinn::Connection,
+) -> Result<(u64, CertificateDer<'static>), String> {
+    let cert = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.into_iter().next())
+        .ok_or_else(|| "no client certificate on this connection".to_string())?;
+    let node_id = gate.admit(&cert)?;
+    Ok((node_id, cert))
+}
+
+fn refuse(connection: &quinn::Connection, remote: SocketAddr, why: &str) {
+    tracing::info!(%remote, %why, "chunk server: peer refused");
+    let reason = format!("refused: {why}");
+    let reason = &reason.as_bytes()[..reason.len().min(REFUSAL_REASON_BYTES_MAX)];
+    connection.close(quinn::VarInt::from_u32(CLOSE_REFUSED_PEER), reason);
+}
+
+/// Longest reason sent with a refusal's close frame.
+const REFUSAL_REASON_BYTES_MAX: usize = 256;
 
 async fn serve_stream(
     mut send: SendStream,

@@ -177,7 +177,7 @@ async fn raw_request(
 async fn connect_raw(tls: &QuicTls, server: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
     let tuning = TransportTuning::chosen();
     let mut ep = endpoint(localhost(), None, &tuning).expect("endpoint");
-    ep.set_default_client_config(client_config(tls, &tuning).expect("client config"));
+    ep.set_default_client_config(client_config(tls, &tuning, None).expect("client config"));
     let connection = ep
         .connect(server, PEER_TLS_SERVER_NAME)
         .expect("connect")
@@ -387,7 +387,7 @@ fn server_verifies_pushed_bytes_and_rejects_malformed_requests() {
         let (response, message) = {
             let tuning = TransportTuning::chosen();
             let mut ep = endpoint(localhost(), None, &tuning).expect("endpoint");
-            ep.set_default_client_config(client_config(&tls, &tuning).expect("config"));
+            ep.set_default_client_config(client_config(&tls, &tuning, None).expect("config"));
             let connection = ep
                 .connect(server.local_addr(), PEER_TLS_SERVER_NAME)
                 .expect("connect")

@@ -3,7 +3,7 @@
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::domain::{validate_name, DomainError, NodeInfo};
-use crate::state::tables::encode;
+use crate::state::tables::{encode, removed_node_key};
 use crate::state::AppResult;
 
 /// A node announces (or updates) how to reach it and where it is.
@@ -36,8 +36,14 @@ pub(super) fn upsert_node(w: &mut Write<'_, '_>, info: &NodeInfo) -> AppResult<A
     ))
 }
 
+/// A node leaves the table, and the time of its removal is kept: its peers refuse its
+/// certificates issued before then (decision 0017), whether or not it comes back.
 pub(super) fn remove_node(w: &mut Write<'_, '_>, node_id: u64) -> AppResult<Applied> {
     let info = w.app.get_node(w.wtxn, node_id)?;
     w.app.tables.nodes.delete(w.wtxn, &node_id.to_be_bytes())?;
+    w.app
+        .tables
+        .meta
+        .put(w.wtxn, &removed_node_key(node_id), &w.at_ms.to_be_bytes())?;
     Ok((Response::Node(info), format!("node {node_id}")))
 }
