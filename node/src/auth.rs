@@ -308,18 +308,38 @@ pub fn token_refusal(
     }
     if let (Some(by), Some(at)) = (&record.revoked_by, record.revoked_at_ms) {
         return Some(format!(
-            "token {id} of {} was revoked by {by} at {at} ms since the epoch",
-            record.principal
+            "token {id} of {} was revoked by {by} at {}",
+            record.principal,
+            utc_text(at)
         ));
     }
     if let Some(expires) = record.expires_at_ms.filter(|&e| now_ms >= e) {
         return Some(format!(
-            "token {id} of {} expired at {expires} ms since the epoch: ask an admin for a new one \
+            "token {id} of {} expired at {}: ask an admin for a new one \
              (`quiver token create --principal {}`)",
-            record.principal, record.principal
+            record.principal,
+            utc_text(expires),
+            record.principal
         ));
     }
     None
+}
+
+/// `ms` since the epoch as RFC 3339 UTC to the second (`2026-12-03T20:53:17Z`), or the number
+/// of milliseconds when it is out of range.
+pub fn utc_text(ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{ms} ms since the epoch"),
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +421,20 @@ mod tests {
         ] {
             assert_eq!(PresentedToken::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn times_read_as_utc_and_out_of_range_ones_as_milliseconds() {
+        assert_eq!(utc_text(1_796_331_203_503), "2026-12-03T20:53:23Z");
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_text(i64::MAX),
+            format!("{} ms since the epoch", i64::MAX)
+        );
+        assert_eq!(
+            utc_text(i64::MIN),
+            format!("{} ms since the epoch", i64::MIN)
+        );
     }
 
     #[test]

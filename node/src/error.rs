@@ -59,11 +59,11 @@ pub enum NodeError {
     NotMember(u64),
     /// The request carries no credentials, or ones this cluster does not accept (unknown,
     /// revoked, expired): the message says which and what to do.
-    #[error("unauthenticated: {0}")]
+    #[error("{0}")]
     Unauthenticated(String),
     /// The caller is known but lacks the role: the message names the principal, the action
     /// and the role that would allow it.
-    #[error("permission denied: {0}")]
+    #[error("{0}")]
     PermissionDenied(String),
     /// A membership change the cluster refuses as asked (the last voter, an id in use, a
     /// change already under way): its reason says what to do instead.
