@@ -136,7 +136,10 @@ pub(crate) fn spawn(
             let incoming = ReceiverStream::new(streams_rx);
             tokio::spawn(async move {
                 let served = router.serve_with_incoming_shutdown(incoming, signal).await;
+                // Wait until the accepting task is gone: it owns the listener, and a node
+                // stopped (or whose start failed) must give its port back before this returns.
                 accepting.abort();
+                let _ = accepting.await;
                 if let Err(e) = served {
                     tracing::error!(node_id, error = %e, "peer server failed");
                 }
