@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use quiver_client::proto::access_client::AccessClient;
 use quiver_client::proto::admin_client::AdminClient;
 use quiver_client::proto::lifecycle_client::LifecycleClient;
 use quiver_client::proto::models_client::ModelsClient;
@@ -155,6 +156,7 @@ struct Clients {
     versions: VersionsClient<Authed>,
     lifecycle: LifecycleClient<Authed>,
     admin: AdminClient<Authed>,
+    access: AccessClient<Authed>,
     /// Without credentials: for the requests whose credentials are what is hostile.
     anonymous: ModelsClient<Channel>,
 }
@@ -172,7 +174,8 @@ async fn clients(endpoint: &str) -> Clients {
         models: ModelsClient::new(authed.clone()).max_decoding_message_size(64 << 20),
         versions: VersionsClient::new(authed.clone()),
         lifecycle: LifecycleClient::new(authed.clone()),
-        admin: AdminClient::new(authed),
+        admin: AdminClient::new(authed.clone()),
+        access: AccessClient::new(authed),
         anonymous: ModelsClient::new(channel),
     }
 }
@@ -664,6 +667,66 @@ async fn storm(c: &mut Clients, v: &mut Verdicts) {
                 // Judged for its message; the code was checked above.
                 Status::new(Code::InvalidArgument, s.message().to_string())
             }),
+        );
+    }
+    // The Access service: every text field hostile, and extreme lifetimes. A refusal must be
+    // clear; anything accepted is a well-formed principal (the state checks below still hold).
+    for text in hostile_strings() {
+        let shown: String = text.chars().take(20).collect();
+        v.judge(
+            &format!("CreateToken principal {shown:?}"),
+            c.access
+                .create_token(quiver_client::proto::CreateTokenRequest {
+                    principal: text.clone(),
+                    description: text.clone(),
+                    expires_in_secs: Some(60),
+                })
+                .await,
+        );
+        v.judge(
+            &format!("RevokeToken {shown:?}"),
+            c.access
+                .revoke_token(quiver_client::proto::RevokeTokenRequest { id: text.clone() })
+                .await,
+        );
+        v.judge(
+            &format!("GrantRole {shown:?}"),
+            c.access
+                .grant_role(quiver_client::proto::GrantRoleRequest {
+                    principal: text.clone(),
+                    scope: text.clone(),
+                    role: text.clone(),
+                })
+                .await,
+        );
+        v.judge(
+            &format!("RevokeRole {shown:?}"),
+            c.access
+                .revoke_role(quiver_client::proto::RevokeRoleRequest {
+                    principal: text.clone(),
+                    scope: text.clone(),
+                })
+                .await,
+        );
+        v.judge(
+            &format!("ListRoles {shown:?}"),
+            c.access
+                .list_roles(quiver_client::proto::ListRolesRequest {
+                    principal: text.clone(),
+                })
+                .await,
+        );
+    }
+    for secs in HOSTILE_U64 {
+        v.judge(
+            &format!("CreateToken expiring in {secs} s"),
+            c.access
+                .create_token(quiver_client::proto::CreateTokenRequest {
+                    principal: "hostile-lifetime".into(),
+                    description: String::new(),
+                    expires_in_secs: Some(secs),
+                })
+                .await,
         );
     }
     v.judge(
