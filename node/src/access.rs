@@ -8,7 +8,7 @@
 use quiver_transfer::quic::ChunkPeers;
 use quiver_transfer::ChunkSource;
 
-use crate::auth::{self, allows, Need, PresentedToken, Role};
+use crate::auth::{self, allows, Need, PresentedToken, Role, TokenRecord};
 use crate::command::Op;
 use crate::domain::Actor;
 use crate::error::NodeError;
@@ -67,13 +67,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 Ok((record, grants, namespace))
             })
             .await?;
-        if let Some(why) = auth::token_refusal(&presented, record.as_ref(), self.clock.now_ms()) {
-            return Err(NodeError::Unauthenticated(why));
-        }
-        let actor = Actor {
-            name: record.map(|r| r.principal).unwrap_or_default(),
-            authenticated: true,
-        };
+        let actor = self.accepted(&presented, record)?;
         let need = match target {
             Target::Cluster => Need::cluster(role),
             Target::Namespace(ns) => Need::namespace(role, ns),
@@ -124,7 +118,16 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         let record = self
             .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
             .await?;
-        if let Some(why) = auth::token_refusal(&presented, record.as_ref(), self.clock.now_ms()) {
+        self.accepted(&presented, record)
+    }
+
+    /// The actor `presented` names if `record` (its stored record, if any) accepts it now.
+    fn accepted(
+        &self,
+        presented: &PresentedToken,
+        record: Option<TokenRecord>,
+    ) -> Result<Actor, NodeError> {
+        if let Some(why) = auth::token_refusal(presented, record.as_ref(), self.clock.now_ms()) {
             return Err(NodeError::Unauthenticated(why));
         }
         Ok(Actor {
