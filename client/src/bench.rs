@@ -470,11 +470,7 @@ pub async fn registry(
     // One connection per client, as separate processes would have.
     let mut clients = Vec::with_capacity(options.clients as usize);
     for _ in 0..options.clients {
-        clients.push(
-            Client::connect(client.endpoint())
-                .await?
-                .with_token(client.token().map(str::to_string)),
-        );
+        clients.push(client.reconnect().await?);
     }
 
     log(&format!(

@@ -10,6 +10,7 @@ mod artifacts;
 mod download;
 mod error;
 mod nearest;
+mod tls;
 mod upload;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ pub use artifacts::{collect_artifacts, ArtifactFile, ARTIFACT_DEPTH_MAX, ARTIFAC
 pub use download::{DownloadSummary, DOWNLOAD_QUEUE_DEPTH, PARTIAL_SUFFIX};
 pub use error::{code_name, error_chain, ClientError};
 pub use nearest::{choose_nearest, Candidate, RTT_PROBE_TIMEOUT, RTT_SAMPLES};
+pub use tls::{ClientTls, CA_ENV, CERT_ENV, KEY_ENV, LOCAL_CA_FILE, NODE_TLS_NAME};
 pub use upload::{UploadFile, DATA_PIECE_BYTES, UPLOAD_QUEUE_DEPTH};
 
 /// Largest gRPC message sent or accepted, either way. A download chunk is at
@@ -78,6 +80,20 @@ pub fn token_from_env() -> Result<Option<String>, ClientError> {
     }
 }
 
+/// What a failed connection says, with the likely cause of a TLS failure.
+fn connect_detail(secure: bool, detail: &str) -> String {
+    let tls_failure = ["certificate", "UnknownIssuer", "tls", "TLS"]
+        .iter()
+        .any(|word| detail.contains(word));
+    match (secure, tls_failure) {
+        (true, true) => format!(
+            "{detail} (the node's certificate is not from the CA this client trusts: point \
+             --ca or {CA_ENV} at the cluster CA's certificate, a node's <data-dir>/tls/ca.pem)"
+        ),
+        _ => detail.to_string(),
+    }
+}
+
 /// How long to wait for the TCP connection to a node.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 
@@ -106,40 +122,79 @@ pub struct RegisterOptions {
 pub struct Client {
     endpoint: String,
     channel: Channel,
+    /// How `https://` endpoints are verified (kept for connections to other members).
+    tls: ClientTls,
     /// Sent as `authorization: Bearer <token>` with every request.
     token: Option<String>,
 }
 
 impl Client {
-    /// Connects to a node at `endpoint` (`http://127.0.0.1:7400`). Requests carry no token
-    /// until [`Client::with_token`].
+    /// Connects to a node at `endpoint` (`https://127.0.0.1:7400`), trusting the CA the
+    /// environment names ([`ClientTls::from_env`]). Requests carry no token until
+    /// [`Client::with_token`].
     pub async fn connect(endpoint: &str) -> Result<Client, ClientError> {
+        Client::connect_with(endpoint, ClientTls::from_env()?).await
+    }
+
+    /// Connects to a node at `endpoint` with `tls` for an `https://` endpoint (nodes serve
+    /// nothing else; `http://` is for plaintext test servers).
+    pub async fn connect_with(endpoint: &str, tls: ClientTls) -> Result<Client, ClientError> {
         let invalid = |detail: &str| {
             ClientError::InvalidInput(format!(
                 "invalid endpoint '{endpoint}': {detail}; expected a URL such as \
-                 http://127.0.0.1:7400"
+                 https://127.0.0.1:7400"
             ))
         };
-        if !endpoint.starts_with("http://") {
-            return Err(invalid("only http:// endpoints are supported"));
+        let secure = endpoint.starts_with("https://");
+        if !secure && !endpoint.starts_with("http://") {
+            return Err(invalid("an endpoint starts with https://"));
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|error| invalid(&error_chain(&error)))?
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        if secure {
+            builder = builder
+                .tls_config(tls.tonic_config(endpoint)?)
+                .map_err(|error| invalid(&error_chain(&error)))?;
+        }
+        let channel = builder
             .connect()
             .await
             .map_err(|error| ClientError::Unavailable {
                 endpoint: endpoint.to_string(),
-                detail: error_chain(&error),
+                detail: connect_detail(secure, &error_chain(&error)),
             })?;
         Ok(Client {
             endpoint: endpoint.to_string(),
             channel,
+            tls,
             token: None,
         })
+    }
+
+    /// A connection to another node (`host:port`), with this client's TLS settings, scheme
+    /// and token.
+    pub async fn connect_to(&self, api_addr: &str) -> Result<Client, ClientError> {
+        let scheme = match self.endpoint.starts_with("https://") {
+            true => "https",
+            false => "http",
+        };
+        Ok(
+            Client::connect_with(&format!("{scheme}://{api_addr}"), self.tls.clone())
+                .await?
+                .with_token(self.token.clone()),
+        )
+    }
+
+    /// A new connection to the same node, with the same settings and token (a clone shares
+    /// this one's).
+    pub async fn reconnect(&self) -> Result<Client, ClientError> {
+        Ok(Client::connect_with(&self.endpoint, self.tls.clone())
+            .await?
+            .with_token(self.token.clone()))
     }
 
     /// Sends `token` (`qvr_…`, from `quiver token create`) with every later request; `None`:

@@ -32,18 +32,38 @@ pub enum Target<'a> {
     Anyone,
 }
 
+/// What a request presents to say who sent it: a bearer token, and the client certificate of
+/// its connection (DER, already verified against the cluster CA at the TLS handshake). A
+/// token, when there is one, decides; else the certificate; with neither the request is
+/// anonymous.
+#[derive(Clone, Debug, Default)]
+pub struct Credential {
+    pub bearer: Option<String>,
+    pub certificate: Option<Vec<u8>>,
+}
+
+impl Credential {
+    /// A credential of a bearer token alone.
+    pub fn token(bearer: Option<&str>) -> Credential {
+        Credential {
+            bearer: bearer.map(str::to_string),
+            certificate: None,
+        }
+    }
+}
+
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
-    /// [`Node::authenticate`] and [`Node::check_access`] in one read of the applied state (the
-    /// path every read request takes).
+    /// [`Node::authenticate`] and [`Node::check_access`] in one read of the applied state for a
+    /// token (the path every read request takes).
     pub async fn authorize(
         &self,
-        bearer: Option<&str>,
+        credential: &Credential,
         role: Role,
         target: Target<'_>,
         action: &str,
     ) -> Result<Actor, NodeError> {
-        let Some(text) = bearer else {
-            let actor = self.authenticate(None).await?;
+        let Some(text) = &credential.bearer else {
+            let actor = self.authenticate(credential).await?;
             self.check_access(&actor, role, target, action).await?;
             return Ok(actor);
         };
@@ -95,30 +115,59 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         )))
     }
 
-    /// The actor a request's bearer token names. No token: anonymous where this node allows
-    /// anonymous reads, else refused; an unknown, wrong, revoked or expired token is refused,
+    /// The actor a request's credential names. A token names its principal; a client
+    /// certificate (without a token) the principal in its common name, while it is valid. No
+    /// credential: anonymous where this node allows anonymous reads, else refused. An unknown,
+    /// wrong, revoked or expired token, and a node's or an expired certificate, are refused,
     /// never treated as anonymous.
-    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Actor, NodeError> {
-        let Some(text) = bearer else {
-            if self.core.allow_anonymous_reads {
-                return Ok(Actor {
-                    name: ANONYMOUS.into(),
-                    authenticated: false,
-                });
-            }
-            return Err(NodeError::Unauthenticated(
-                "the request carries no token: pass --token or set QUIVER_TOKEN (a local cluster \
-                 started with `quiver-node up` keeps its admin's token in .quiver/admin.token, \
-                 which the CLI finds when run beside it)"
-                    .into(),
-            ));
-        };
-        let presented = parse_bearer(text)?;
-        let id = presented.id.clone();
-        let record = self
-            .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
-            .await?;
-        self.accepted(&presented, record)
+    pub async fn authenticate(&self, credential: &Credential) -> Result<Actor, NodeError> {
+        if let Some(text) = &credential.bearer {
+            let presented = parse_bearer(text)?;
+            let id = presented.id.clone();
+            let record = self
+                .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
+                .await?;
+            return self.accepted(&presented, record);
+        }
+        if let Some(der) = &credential.certificate {
+            return self.certificate_actor(der);
+        }
+        if self.core.allow_anonymous_reads {
+            return Ok(Actor {
+                name: ANONYMOUS.into(),
+                authenticated: false,
+            });
+        }
+        Err(NodeError::Unauthenticated(
+            "the request carries no token: pass --token or set QUIVER_TOKEN, or connect with a \
+             client certificate (--cert/--key). A local cluster started with `quiver-node up` \
+             keeps its admin's token in .quiver/admin.token, which the CLI finds when run beside \
+             it"
+            .into(),
+        ))
+    }
+
+    /// The actor a client certificate names, if it is a client's and valid now (the handshake
+    /// checked it then; a connection may outlive it).
+    fn certificate_actor(&self, der: &[u8]) -> Result<Actor, NodeError> {
+        let identity = crate::tls::client_cert_identity(der).map_err(|why| {
+            NodeError::Unauthenticated(format!("the client certificate is refused: {why}"))
+        })?;
+        let now = self.clock.now_ms();
+        if now > identity.not_after_ms || now < identity.not_before_ms {
+            return Err(NodeError::Unauthenticated(format!(
+                "the client certificate of {} is valid from {} to {}, not now: ask an operator \
+                 for a new one (`quiver-node cert issue --client {}`)",
+                identity.principal,
+                auth::utc_text(identity.not_before_ms),
+                auth::utc_text(identity.not_after_ms),
+                identity.principal
+            )));
+        }
+        Ok(Actor {
+            name: identity.principal,
+            authenticated: true,
+        })
     }
 
     /// The actor `presented` names if `record` (its stored record, if any) accepts it now.
@@ -150,7 +199,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 return Ok(());
             }
             return Err(NodeError::Unauthenticated(format!(
-                "{action} needs credentials: pass --token or set QUIVER_TOKEN"
+                "{action} needs credentials: pass --token or set QUIVER_TOKEN, or connect with a \
+                 client certificate"
             )));
         }
         let principal = actor.name.clone();

@@ -122,6 +122,19 @@ impl Node<ChunkStore, PeerClient> {
         self.host_certs().map(|certs| &certs.access)
     }
 
+    /// The client API's TLS configuration: this node's certificate as it is at each handshake
+    /// (so a renewed one is served without a restart), client certificates optional and
+    /// checked against the cluster CA. `None`: a node without its own certificates.
+    pub fn api_tls(&self) -> Option<anyhow::Result<rustls::ServerConfig>> {
+        let certs = self.host_certs()?;
+        let tls = PeerTls {
+            ca_cert_pem: certs.ca_cert_pem.clone(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+        };
+        Some(tls.api_server_config(certs.identity.clone()))
+    }
+
     /// The certificate (PEM) this node presents to peers now.
     pub fn certificate_pem(&self) -> Option<String> {
         self.host_certs().map(|certs| certs.identity.cert_pem())

@@ -47,9 +47,10 @@ pub const DOWNLOAD_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ApiLimits {
     /// [`API_STREAMS_PER_CONNECTION_MAX`].
     pub streams_per_connection_max: u32,
-    /// [`API_KEEPALIVE_INTERVAL`]; also the TCP keepalive interval. TCP's probes are answered
-    /// by the peer's kernel, so they find only a host that vanished; the HTTP/2 ping, answered
-    /// by the client's own HTTP/2 code, also finds a process that hangs or stops reading.
+    /// [`API_KEEPALIVE_INTERVAL`]: the interval of the HTTP/2 ping, which the client's own
+    /// HTTP/2 code answers, so it finds a host that vanished as well as a process that hangs
+    /// or stops reading. (A plaintext listener, in tests of the service layer, also sets it as
+    /// the TCP keepalive interval.)
     pub keepalive_interval: Duration,
     /// [`API_KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Duration,
@@ -109,7 +110,7 @@ pub async fn serve(
     })
     .max_decoding_message_size(MESSAGE_BYTES_MAX)
     .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
@@ -122,14 +123,30 @@ pub async fn serve(
             node: node.clone(),
         }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
-        .add_service(AccessServer::new(AccessService { node: node.clone() }))
-        .serve_with_incoming_shutdown(
-            // Nagle plus delayed ACKs adds ~40 ms to small responses.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("serve gRPC")?;
+        .add_service(AccessServer::new(AccessService { node: node.clone() }));
+    match node.api_tls() {
+        Some(config) => {
+            let config = config.context("the client API's TLS configuration")?;
+            let (incoming, accepting) =
+                quiver_raft::tls_incoming("API server", node.node_id(), listener, config);
+            let served = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            // The accepting task owns the listener: the port is free once it is gone.
+            accepting.abort();
+            let _ = accepting.await;
+            served.context("serve gRPC")?;
+        }
+        // A node without certificates of its own (tests of the service layer).
+        None => router
+            .serve_with_incoming_shutdown(
+                // Nagle plus delayed ACKs adds ~40 ms to small responses.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+            .context("serve gRPC")?,
+    }
     let stopped = node.shutdown().await;
     let fault = fault.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(why) = fault {

@@ -34,6 +34,8 @@ pub const CERT_VALID_DAYS_MAX: u32 = 3650;
 pub const CERT_CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
 /// The common name of node `node_id`'s certificate: the node id peers read back.
 const NODE_CN_PREFIX: &str = "quiver-node-";
+/// The common name of a client certificate: `quiver-client-<principal>`.
+const CLIENT_CN_PREFIX: &str = "quiver-client-";
 
 /// The name every node certificate carries and every peer verifies.
 pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";
@@ -174,8 +176,77 @@ impl ClusterCa {
             "a certificate must become valid before it expires"
         );
         let mut params = CertificateParams::new(vec![PEER_TLS_SERVER_NAME.to_string()])?;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let (cert_pem, key_pem) = self
+            .sign(
+                params,
+                &format!("{NODE_CN_PREFIX}{node_id}"),
+                not_before,
+                not_after,
+            )
+            .with_context(|| format!("sign the certificate of node {node_id}"))?;
+        Ok(NodeCert {
+            ca_cert_pem: self.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Issues a client certificate for principal `name` (`quiver-node cert issue --client`),
+    /// valid from now (less [`CERT_CLOCK_SKEW_ALLOWANCE`]) for `valid_days` days. It can only
+    /// authenticate a client: it names no node and carries the `clientAuth` usage alone.
+    pub fn issue_client(&self, name: &str, valid_days: u32) -> anyhow::Result<ClientCert> {
+        if !(1..=CERT_VALID_DAYS_MAX).contains(&valid_days) {
+            bail!("--valid-days {valid_days} is out of range: use 1 to {CERT_VALID_DAYS_MAX}");
+        }
+        let now = SystemTime::now();
+        let not_after = now + Duration::from_secs(u64::from(valid_days) * 86_400);
+        self.issue_client_valid(name, now - CERT_CLOCK_SKEW_ALLOWANCE, not_after)
+    }
+
+    /// [`ClusterCa::issue_client`] for an explicit validity period (tests: expired ones).
+    pub fn issue_client_valid(
+        &self,
+        name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> anyhow::Result<ClientCert> {
+        crate::auth::validate_principal(name).map_err(|e| anyhow::anyhow!("--client: {e}"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let (cert_pem, key_pem) = self
+            .sign(
+                params,
+                &format!("{CLIENT_CN_PREFIX}{name}"),
+                not_before,
+                not_after,
+            )
+            .with_context(|| format!("sign the client certificate of {name}"))?;
+        Ok(ClientCert {
+            ca_cert_pem: self.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Signs `params` with this CA under the common name `common_name`, for the period given
+    /// (seconds are kept, finer parts dropped), with a new key pair: (certificate, key) PEM.
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        common_name: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> anyhow::Result<(String, String)> {
+        anyhow::ensure!(
+            not_before < not_after,
+            "a certificate must become valid before it expires"
+        );
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("{NODE_CN_PREFIX}{node_id}"));
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.not_before = offset_date_time(not_before)?;
         params.not_after = offset_date_time(not_after)?;
@@ -183,22 +254,52 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().context("generate a node key")?;
+        let key = KeyPair::generate().context("generate a key pair")?;
         // The issuer is rebuilt from the same name and key as the stored CA
         // certificate, so signatures chain to it without parsing it back.
         let issuer = Issuer::new(ca_params(&self.name)?, &self.key);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .with_context(|| format!("sign the certificate of node {node_id}"))?;
-        Ok(NodeCert {
-            ca_cert_pem: self.cert_pem.clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// A client certificate and key, and the CA that issued them (`quiver-node cert issue
+/// --client NAME` writes `NAME.pem`, `NAME.key` and `ca.pem`).
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    pub ca_cert_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl ClientCert {
+    /// Writes `ca.pem`, `NAME.pem` and `NAME.key` into `dir` (refuses to overwrite the
+    /// certificate or key); returns the paths of the certificate and key.
+    pub fn write(&self, dir: &Path, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        if cert.exists() || key.exists() {
+            bail!(
+                "{} already holds a certificate for {name}: remove it first, or write elsewhere with --out",
+                dir.display()
+            );
+        }
+        let ca = dir.join(CA_CERT_FILE);
+        if ca.exists() {
+            anyhow::ensure!(
+                std::fs::read_to_string(&ca)? == self.ca_cert_pem,
+                "{} holds another CA's certificate: write elsewhere with --out",
+                ca.display()
+            );
+        } else {
+            write_private(&ca, &self.ca_cert_pem)?;
+        }
+        write_private(&key, &self.key_pem)?;
+        write_private(&cert, &self.cert_pem)?;
+        Ok((cert, key))
     }
 }
 
@@ -225,6 +326,62 @@ pub struct CertIdentity {
 /// (no sign, no leading zero): any other certificate, even one signed by the cluster CA (a
 /// client's), names no node and is not a peer's.
 pub fn node_cert_identity(der: &[u8]) -> Result<CertIdentity, String> {
+    let (name, not_before_ms, not_after_ms) = common_name_and_validity(der)?;
+    let node_id = name
+        .strip_prefix(NODE_CN_PREFIX)
+        .and_then(parse_node_id)
+        .ok_or_else(|| {
+            format!(
+                "the certificate's common name {} is not {NODE_CN_PREFIX}<node id>",
+                crate::domain::shown(&name)
+            )
+        })?;
+    Ok(CertIdentity {
+        node_id,
+        not_before_ms,
+        not_after_ms,
+    })
+}
+
+/// What a client certificate says: the principal it authenticates and when it is valid (ms
+/// since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub principal: String,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+}
+
+/// Reads the principal and validity period out of a client certificate (DER): exactly one
+/// common name, `quiver-client-<principal>`, with a valid principal name. A node's
+/// certificate names no principal: it is refused as a client credential.
+pub fn client_cert_identity(der: &[u8]) -> Result<ClientIdentity, String> {
+    let (name, not_before_ms, not_after_ms) = common_name_and_validity(der)?;
+    if name.starts_with(NODE_CN_PREFIX) {
+        return Err(
+            "a node's certificate is not a client credential: use a token, or a client \
+             certificate from `quiver-node cert issue --client NAME`"
+                .to_string(),
+        );
+    }
+    let principal = name
+        .strip_prefix(CLIENT_CN_PREFIX)
+        .filter(|p| crate::auth::validate_principal(p).is_ok())
+        .ok_or_else(|| {
+            format!(
+                "the certificate's common name {} is not {CLIENT_CN_PREFIX}<principal>",
+                crate::domain::shown(&name)
+            )
+        })?;
+    Ok(ClientIdentity {
+        principal: principal.to_string(),
+        not_before_ms,
+        not_after_ms,
+    })
+}
+
+/// A certificate's only common name and its validity period (ms since the Unix epoch).
+fn common_name_and_validity(der: &[u8]) -> Result<(String, i64, i64), String> {
     let (rest, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("unreadable certificate: {e}"))?;
     if !rest.is_empty() {
@@ -232,26 +389,17 @@ pub fn node_cert_identity(der: &[u8]) -> Result<CertIdentity, String> {
     }
     let mut names = cert.subject().iter_common_name();
     let (Some(name), None) = (names.next(), names.next()) else {
-        return Err("a node certificate has exactly one common name".to_string());
+        return Err("a Quiver certificate has exactly one common name".to_string());
     };
     let name = name
         .as_str()
         .map_err(|e| format!("the certificate's common name is not text: {e}"))?;
-    let node_id = name
-        .strip_prefix(NODE_CN_PREFIX)
-        .and_then(parse_node_id)
-        .ok_or_else(|| {
-            format!(
-                "the certificate's common name {} is not {NODE_CN_PREFIX}<node id>",
-                crate::domain::shown(name)
-            )
-        })?;
     let validity = cert.validity();
-    Ok(CertIdentity {
-        node_id,
-        not_before_ms: validity.not_before.timestamp().saturating_mul(1000),
-        not_after_ms: validity.not_after.timestamp().saturating_mul(1000),
-    })
+    Ok((
+        name.to_string(),
+        validity.not_before.timestamp().saturating_mul(1000),
+        validity.not_after.timestamp().saturating_mul(1000),
+    ))
 }
 
 /// A node id written canonically: decimal digits, no leading zero (but `0` itself).
@@ -435,6 +583,64 @@ mod tests {
         assert_eq!(
             NodeCert::load(&node_dir).unwrap().cert_pem,
             renewed.cert_pem
+        );
+    }
+
+    #[test]
+    fn only_a_client_common_name_with_a_valid_principal_names_a_client() {
+        let with_cn = |cn: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, cn);
+            params.distinguished_name = dn;
+            let key = KeyPair::generate().unwrap();
+            client_cert_identity(params.self_signed(&key).unwrap().der())
+        };
+        assert_eq!(with_cn("quiver-client-alice").unwrap().principal, "alice");
+        let long = format!("quiver-client-{}", "a".repeat(5_000));
+        for bad in [
+            "quiver-client-",
+            "quiver-client-node:1",
+            "quiver-client-../etc",
+            "quiver-client-a\0b",
+            "quiver-client-\u{202e}x",
+            "quiver-client-Alice",
+            long.as_str(),
+            "alice",
+            "quiver-node-1",
+        ] {
+            assert!(with_cn(bad).is_err(), "{bad:?}");
+        }
+        let node = with_cn("quiver-node-1").unwrap_err();
+        assert!(node.contains("not a client credential"), "{node}");
+        assert!(client_cert_identity(b"").is_err());
+        assert!(client_cert_identity(&[0x30; 64]).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_names_its_principal_and_is_written_without_overwriting() {
+        use rustls::pki_types::pem::PemObject as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(&dir.path().join("ca"), "c1").unwrap();
+        let cert = ca.issue_client("ci-pipeline", 10).unwrap();
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        let identity = client_cert_identity(&der).unwrap();
+        assert_eq!(identity.principal, "ci-pipeline");
+        assert!(node_cert_identity(&der).is_err(), "it names no node");
+        let out = dir.path().join("out");
+        let (pem, key) = cert.write(&out, "ci-pipeline").unwrap();
+        assert_eq!(std::fs::read_to_string(pem).unwrap(), cert.cert_pem);
+        assert_eq!(std::fs::read_to_string(key).unwrap(), cert.key_pem);
+        assert!(cert.write(&out, "ci-pipeline").is_err());
+        let other = ClusterCa::create(&dir.path().join("other"), "c2").unwrap();
+        assert!(
+            other
+                .issue_client("bob", 1)
+                .unwrap()
+                .write(&out, "bob")
+                .is_err(),
+            "another CA's beside this CA's ca.pem"
         );
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::{timeout, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 /// Adds the test's admin token to every request.
@@ -55,6 +55,8 @@ struct Served {
     api: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The cluster CA's certificate (PEM), which the clients verify the node with.
+    ca_pem: String,
     /// The cluster's first admin's token (`qvr_…`).
     token: String,
     _dir: tempfile::TempDir,
@@ -65,6 +67,7 @@ impl Served {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let ca = ClusterCa::create(&dir.path().join("ca"), "api-limits").expect("a cluster CA");
         let tls = ca.issue(1).expect("a node certificate");
+        let ca_pem = tls.ca_cert_pem.clone();
         let peer = TcpListener::bind("127.0.0.1:0").await.expect("bind peer");
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
         let api_addr = api.local_addr().expect("api address");
@@ -115,6 +118,7 @@ impl Served {
             stop: Some(stop),
             server: Some(server),
             token: token.to_string(),
+            ca_pem,
             _dir: dir,
         }
     }
@@ -122,12 +126,20 @@ impl Served {
     /// A client channel of its own (one HTTP/2 connection), its requests carrying the admin's
     /// token.
     async fn channel(&self) -> Authed {
-        let channel = Channel::from_shared(format!("http://{}", self.api))
-            .expect("an endpoint")
-            .connect()
-            .await
-            .expect("connect to the API");
+        let channel = self.endpoint().connect().await.expect("connect to the API");
         self.authed(channel)
+    }
+
+    /// The API's endpoint over TLS, verified with the cluster CA.
+    fn endpoint(&self) -> Endpoint {
+        Channel::from_shared(format!("https://{}", self.api))
+            .expect("an endpoint")
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&self.ca_pem))
+                    .domain_name(quiver_raft::PEER_TLS_SERVER_NAME),
+            )
+            .expect("a TLS configuration")
     }
 
     fn authed(&self, channel: Channel) -> Authed {
@@ -327,8 +339,8 @@ async fn an_upload_with_gaps_under_its_idle_timeout_is_not_cut_however_long_it_t
 /// A channel whose HTTP/2 windows are small (64 KiB), so a download larger than them blocks
 /// the node's sends as soon as the client stops reading.
 async fn narrow_channel(served: &Served) -> Authed {
-    let channel = Channel::from_shared(format!("http://{}", served.api))
-        .expect("an endpoint")
+    let channel = served
+        .endpoint()
         .initial_stream_window_size(65_535)
         .initial_connection_window_size(65_535)
         .connect()
@@ -439,9 +451,13 @@ async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() 
 /// stream ends), withhold all flow-control window, and stop answering pings.
 mod raw_h2 {
     use std::net::SocketAddr;
+    use std::sync::Arc;
 
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
 
     pub const DATA: u8 = 0x0;
     pub const HEADERS: u8 = 0x1;
@@ -482,7 +498,7 @@ mod raw_h2 {
     }
 
     pub struct Connection {
-        socket: TcpStream,
+        socket: TlsStream<TcpStream>,
         next_stream: u32,
         /// `Bearer <token>`, sent with every request.
         authorization: String,
@@ -510,9 +526,33 @@ mod raw_h2 {
     impl Connection {
         /// Connects and sends the preface with our settings: no push, and streams' initial
         /// window `initial_window_bytes` (0: the server cannot send a byte of any body).
-        pub async fn open(addr: SocketAddr, initial_window_bytes: u32, token: &str) -> Connection {
-            let mut socket = TcpStream::connect(addr).await.expect("connect");
-            socket.set_nodelay(true).expect("nodelay");
+        pub async fn open(
+            addr: SocketAddr,
+            initial_window_bytes: u32,
+            token: &str,
+            ca_pem: &str,
+        ) -> Connection {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            tcp.set_nodelay(true).expect("nodelay");
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                roots
+                    .add(ca.expect("a CA certificate"))
+                    .expect("a usable CA");
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let name = ServerName::try_from(quiver_raft::PEER_TLS_SERVER_NAME).expect("a name");
+            let mut socket = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .expect("TLS handshake");
             let mut settings = Vec::new();
             for (id, value) in [
                 (SETTINGS_ENABLE_PUSH, 0),
@@ -540,7 +580,7 @@ mod raw_h2 {
             let mut block = Vec::new();
             for (name, value) in [
                 (":method", "POST"),
-                (":scheme", "http"),
+                (":scheme", "https"),
                 (":path", path),
                 (":authority", "localhost"),
                 ("content-type", "application/grpc"),
@@ -644,7 +684,7 @@ async fn one_connection_has_at_most_its_streams_open_and_the_next_is_refused_unt
     register(&served, "small", &seeded_bytes(4, 1024)).await;
 
     // With no window the node can send no body: every download stays open after its headers.
-    let mut conn = raw_h2::Connection::open(served.api, 0, &served.token).await;
+    let mut conn = raw_h2::Connection::open(served.api, 0, &served.token, &served.ca_pem).await;
     let mut announced = None;
     read_until(&mut conn, |f| {
         if f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0 {
@@ -746,7 +786,8 @@ async fn a_connection_that_stops_answering_pings_is_closed_and_its_upload_slot_f
     let served = Served::start(limits).await;
     served.create_model("gone").await;
 
-    let mut conn = raw_h2::Connection::open(served.api, 65_535, &served.token).await;
+    let mut conn =
+        raw_h2::Connection::open(served.api, 65_535, &served.token, &served.ca_pem).await;
     read_until(&mut conn, |f| {
         f.kind == raw_h2::SETTINGS && f.flags & raw_h2::FLAG_ACK == 0
     })

@@ -130,10 +130,7 @@ pub(crate) fn spawn(
                 .tls
                 .server_config(tls.identity)
                 .context("peer TLS server configuration")?;
-            let acceptor = TlsAcceptor::from(Arc::new(config));
-            let (streams_tx, streams_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
-            let accepting = tokio::spawn(accept_tls(node_id, listener, acceptor, streams_tx));
-            let incoming = ReceiverStream::new(streams_rx);
+            let (incoming, accepting) = tls_incoming("peer server", node_id, listener, config);
             tokio::spawn(async move {
                 let served = router.serve_with_incoming_shutdown(incoming, signal).await;
                 // Wait until the accepting task is gone: it owns the listener, and a node
@@ -154,9 +151,28 @@ pub(crate) fn spawn(
     })
 }
 
-/// Accepts TCP connections and makes their TLS handshakes, each on a task of its own (bounded
-/// in number and time), handing the established streams to tonic through `streams`.
+/// A stream of TLS connections for tonic's `serve_with_incoming*`, fed by [`tls_incoming`].
+pub type TlsIncoming = ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>;
+
+/// Accepts TCP connections on `listener` and makes their TLS handshakes with `config`, each on
+/// a task of its own (at most [`PEER_HANDSHAKES_MAX`] at once, each within
+/// [`PEER_HANDSHAKE_TIMEOUT`]; a connection beyond them is closed), handing the established
+/// streams to tonic. The returned task owns the listener: abort and await it to free the port.
+/// `server` names the server in the log (`peer server`, `API server`).
+pub fn tls_incoming(
+    server: &'static str,
+    node_id: NodeId,
+    listener: tokio::net::TcpListener,
+    config: rustls::ServerConfig,
+) -> (TlsIncoming, JoinHandle<()>) {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (streams_tx, streams_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
+    let accepting = tokio::spawn(accept_tls(server, node_id, listener, acceptor, streams_tx));
+    (ReceiverStream::new(streams_rx), accepting)
+}
+
 async fn accept_tls(
+    server: &'static str,
     node_id: NodeId,
     listener: tokio::net::TcpListener,
     acceptor: TlsAcceptor,
@@ -169,13 +185,13 @@ async fn accept_tls(
             Err(e) => {
                 // A transient accept error (out of file descriptors, a reset before accept):
                 // tell, and keep serving the connections that work.
-                tracing::warn!(node_id, error = %e, "peer server: accept failed");
+                tracing::warn!(node_id, error = %e, "{server}: accept failed");
                 tokio::task::yield_now().await;
                 continue;
             }
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(node_id, %remote, limit = PEER_HANDSHAKES_MAX, "peer server at its limit of handshakes in progress, closing a connection");
+            tracing::warn!(node_id, %remote, limit = PEER_HANDSHAKES_MAX, "{server} at its limit of handshakes in progress, closing a connection");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -190,10 +206,10 @@ async fn accept_tls(
                     let _ = streams.send(Ok(stream)).await;
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(node_id, %remote, error = %e, "peer server: TLS handshake failed (no valid certificate from the cluster CA?)");
+                    tracing::info!(node_id, %remote, error = %e, "{server}: TLS handshake failed (a plaintext client, or a certificate not from the cluster CA?)");
                 }
                 Err(_) => {
-                    tracing::info!(node_id, %remote, timeout = ?PEER_HANDSHAKE_TIMEOUT, "peer server: TLS handshake timed out");
+                    tracing::info!(node_id, %remote, timeout = ?PEER_HANDSHAKE_TIMEOUT, "{server}: TLS handshake timed out");
                 }
             }
         });

@@ -141,6 +141,30 @@ impl PeerTls {
         Ok(config)
     }
 
+    /// The client API server's rustls configuration: this node's certificate as `identity`
+    /// holds it at each handshake, like the peer server's, but a client certificate is
+    /// optional (most clients send a token); one that is sent must chain to the CA and be valid
+    /// now. Which principal it names, if any, is the node's business (decision 0018).
+    pub fn api_server_config(
+        &self,
+        identity: Arc<PeerIdentity>,
+    ) -> anyhow::Result<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots(&self.ca_cert_pem)?);
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .context("build client certificate verifier")?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("API TLS protocol versions")?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(identity);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
     /// The peer client's configuration with this node's certificate as `identity` holds it now.
     pub(crate) fn client_config(&self, identity: &PeerIdentity) -> ClientTlsConfig {
         let (cert_pem, key_pem) = identity.pem();

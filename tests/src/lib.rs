@@ -36,6 +36,52 @@ pub fn token_for(endpoint: &str) -> Option<String> {
         .cloned()
 }
 
+/// The cluster CA's certificate file of the cluster each endpoint belongs to, as its node (or
+/// `up`) printed it: what [`quiver`] and [`connect`] verify that endpoint with.
+static CAS: std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Remembers `ca_file` as the CA certificate to verify `endpoint` with.
+pub fn remember_ca(endpoint: &str, ca_file: &Path) {
+    CAS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(endpoint.to_string(), ca_file.to_path_buf());
+}
+
+/// The CA certificate file remembered for `endpoint`.
+pub fn ca_for(endpoint: &str) -> Option<PathBuf> {
+    CAS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(endpoint)
+        .cloned()
+}
+
+/// An SDK client of `endpoint`, verifying it with its cluster's CA, sending its cluster's
+/// admin token.
+pub async fn connect(endpoint: &str) -> anyhow::Result<quiver_client::Client> {
+    let ca = ca_for(endpoint).with_context(|| format!("no CA remembered for {endpoint}"))?;
+    let tls = quiver_client::sdk::ClientTls::load(Some(&ca), None, None)?;
+    Ok(quiver_client::Client::connect_with(endpoint, tls)
+        .await?
+        .with_token(token_for(endpoint)))
+}
+
+/// A raw gRPC channel to `endpoint` over TLS, verifying it with its cluster's CA (for requests
+/// the SDK would not send).
+pub async fn channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let ca = ca_for(endpoint).with_context(|| format!("no CA remembered for {endpoint}"))?;
+    let ca = std::fs::read_to_string(&ca).with_context(|| format!("read {}", ca.display()))?;
+    Ok(Endpoint::from_shared(endpoint.to_string())?
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name(quiver_client::sdk::NODE_TLS_NAME),
+        )?
+        .connect()
+        .await?)
+}
+
 /// The token in a token file (its first line).
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
@@ -97,6 +143,7 @@ impl NodeProcess {
         // the endpoint line.
         let mut peer_addr = None;
         let mut token_file = None;
+        let mut ca_file = None;
         let endpoint = loop {
             match rx.recv_timeout(NODE_START_TIMEOUT) {
                 Ok(line) => {
@@ -104,6 +151,8 @@ impl NodeProcess {
                         peer_addr = Some(addr.to_string());
                     } else if let Some(path) = line.strip_prefix("export QUIVER_TOKEN_FILE=") {
                         token_file = Some(PathBuf::from(path));
+                    } else if let Some(path) = line.strip_prefix("export QUIVER_CA=") {
+                        ca_file = Some(PathBuf::from(path));
                     } else if let Some(endpoint) = line.strip_prefix("export QUIVER_ENDPOINT=") {
                         break endpoint.to_string();
                     }
@@ -117,6 +166,9 @@ impl NodeProcess {
         };
         if let Some(path) = &token_file {
             remember_token(&endpoint, &read_token(path)?);
+        }
+        if let Some(path) = &ca_file {
+            remember_ca(&endpoint, path);
         }
         Ok(NodeProcess {
             child,
@@ -318,9 +370,15 @@ pub fn quiver_as(cli_bin: &str, endpoint: &str, token: Option<&str>, args: &[&st
         .args(args)
         .env("QUIVER_ENDPOINT", endpoint)
         .env_remove("QUIVER_TOKEN")
-        .env_remove("QUIVER_TOKEN_FILE");
+        .env_remove("QUIVER_TOKEN_FILE")
+        .env_remove("QUIVER_CERT")
+        .env_remove("QUIVER_KEY")
+        .env_remove("QUIVER_CA");
     if let Some(token) = token {
         command.env("QUIVER_TOKEN", token);
+    }
+    if let Some(ca) = ca_for(endpoint) {
+        command.env("QUIVER_CA", ca);
     }
     let out: Output = command
         .output()

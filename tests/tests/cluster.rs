@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quiver_client::proto::{CreateModelRequest, ReadConsistency};
-use quiver_client::Client;
 use quiver_tests::{hash_file, quiver, write_random_file, NodeProcess};
 use quiver_transfer::{ChunkStore, Hash};
 
@@ -205,10 +204,7 @@ async fn three_nodes_lose_no_acknowledged_write_when_the_leader_is_killed_under_
     assert_eq!(shown["status"], "ready");
 
     // A write load through a follower; SIGKILL the leader in the middle of it.
-    let load = Client::connect(&cluster.ep(f1))
-        .await
-        .unwrap()
-        .with_token(quiver_tests::token_for(&cluster.ep(f1)));
+    let load = quiver_tests::connect(&cluster.ep(f1)).await.unwrap();
     let (acked_tx, acked_rx) = std::sync::mpsc::channel::<String>();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let writer = tokio::spawn(async move {
@@ -253,10 +249,7 @@ async fn three_nodes_lose_no_acknowledged_write_when_the_leader_is_killed_under_
     assert_eq!(digest.len(), 64);
 
     for id in 1..=3u64 {
-        let client = Client::connect(&cluster.ep(id))
-            .await
-            .unwrap()
-            .with_token(quiver_tests::token_for(&cluster.ep(id)));
+        let client = quiver_tests::connect(&cluster.ep(id)).await.unwrap();
         let names: std::collections::BTreeSet<String> = client
             .list_all_models("load-", "", ReadConsistency::Linearizable)
             .await

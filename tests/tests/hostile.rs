@@ -162,11 +162,7 @@ struct Clients {
 }
 
 async fn clients(endpoint: &str) -> Clients {
-    let channel = Channel::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = quiver_tests::channel(endpoint).await.expect("connect");
     let token = quiver_tests::token_for(endpoint).expect("the cluster's admin token");
     let bearer = Bearer(format!("Bearer {token}").parse().expect("a header value"));
     let authed = tonic::service::interceptor::InterceptedService::new(channel.clone(), bearer);

@@ -351,10 +351,7 @@ async fn an_interrupted_upload_leaves_no_version_and_the_registry_usable() {
     let tmp = tempfile::tempdir().unwrap();
     let node = NodeProcess::start(NODE, &tmp.path().join("node")).unwrap();
     quiver(CLI, &node.endpoint, &["model", "create", "reco"]).ok();
-    let client = Client::connect(&node.endpoint)
-        .await
-        .unwrap()
-        .with_token(node.token());
+    let client = quiver_tests::connect(&node.endpoint).await.unwrap();
 
     let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 10 << 20 })).await;
     let e = interrupted.expect_err("an upload whose source fails must not register");
@@ -408,10 +405,7 @@ async fn a_node_killed_mid_upload_restarts_with_no_partial_version() {
     let data = tmp.path().join("node");
     let node = NodeProcess::start(NODE, &data).unwrap();
     quiver(CLI, &node.endpoint, &["model", "create", "reco"]).ok();
-    let client = Client::connect(&node.endpoint)
-        .await
-        .unwrap()
-        .with_token(node.token());
+    let client = quiver_tests::connect(&node.endpoint).await.unwrap();
 
     let (reached_tx, reached_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
@@ -594,10 +588,7 @@ async fn gc_removes_the_chunks_of_an_interrupted_upload_and_keeps_every_version(
     let file = tmp.path().join("w.bin");
     write_random_file(&file, 3 << 20, 71).unwrap();
     register(&node.endpoint, "reco", &[&file]).ok();
-    let client = Client::connect(&node.endpoint)
-        .await
-        .unwrap()
-        .with_token(node.token());
+    let client = quiver_tests::connect(&node.endpoint).await.unwrap();
     let interrupted = upload_64mib(&client, Box::new(FailingReader { left: 12 << 20 })).await;
     assert!(interrupted.is_err());
 
@@ -726,10 +717,7 @@ async fn a_running_node_collects_an_interrupted_upload_and_keeps_versions_and_up
         .into_iter()
         .collect();
     assert!(version.is_subset(&stored(&data)));
-    let client = Client::connect(&node.endpoint)
-        .await
-        .unwrap()
-        .with_token(node.token());
+    let client = quiver_tests::connect(&node.endpoint).await.unwrap();
 
     // An upload that sends 12 MiB, then waits. The node has cut every chunk of those bytes but
     // the last (the chunker holds the tail until more comes).

@@ -242,21 +242,19 @@ async fn drill_failover(
             .members
             .iter()
             .find(|m| m.node_id == id)
-            .map(|m| format!("http://{}", m.api_addr))
+            .map(|m| m.api_addr.clone())
     };
-    let leader = Client::connect(&addr_of(old_leader).unwrap_or_default())
-        .await?
-        .with_token(client.token().map(str::to_string));
+    let leader = client
+        .connect_to(&addr_of(old_leader).unwrap_or_default())
+        .await?;
     // The load goes through a follower, which forwards to whoever leads.
     let load_endpoint = status
         .members
         .iter()
         .find(|m| m.node_id != old_leader && m.voter && !m.api_addr.is_empty())
-        .map(|m| format!("http://{}", m.api_addr))
+        .map(|m| m.api_addr.clone())
         .ok_or_else(|| anyhow::anyhow!("a failover drill needs at least two voters"))?;
-    let load = Client::connect(&load_endpoint)
-        .await?
-        .with_token(client.token().map(str::to_string));
+    let load = client.connect_to(&load_endpoint).await?;
     let run = format!(
         "drill-{}",
         std::time::SystemTime::now()

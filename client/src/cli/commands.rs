@@ -7,6 +7,7 @@ use crate::proto::{
     UpdateModelRequest, VersionMetadata,
 };
 use crate::sdk::collect_artifacts;
+use crate::sdk::ClientTls;
 use crate::signature::{SignatureJson, SIGNATURE_FILE_BYTES_MAX};
 use crate::{token_from_env, Client, Reference, RegisterOptions};
 use anyhow::Context;
@@ -24,6 +25,10 @@ pub struct Node {
     pub endpoint: String,
     /// `--token`; else the SDK's `token_from_env`.
     pub token: Option<String>,
+    /// `--ca`, `--cert`, `--key` (or their variables); no CA: `.quiver/ca.pem` if it exists.
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Node {
@@ -32,7 +37,20 @@ impl Node {
             Some(token) => Some(token.clone()),
             None => token_from_env()?,
         };
-        Ok(Client::connect(&self.endpoint).await?.with_token(token))
+        let tls = ClientTls::load(
+            self.ca.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref(),
+        )?;
+        // A client certificate authenticates only when no token is sent: naming one says
+        // which credential to use, so a token found only in the environment is not sent.
+        let token = match (&self.cert, &self.token) {
+            (Some(_), None) => None,
+            _ => token,
+        };
+        Ok(Client::connect_with(&self.endpoint, tls)
+            .await?
+            .with_token(token))
     }
 }
 

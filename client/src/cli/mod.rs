@@ -33,7 +33,7 @@ use args::{
 };
 
 /// Where a node listens unless told otherwise.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+pub const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:7400";
 
 /// Quiver model registry client.
 #[derive(Debug, Parser)]
@@ -51,6 +51,17 @@ pub struct Cli {
     /// $QUIVER_TOKEN_FILE names, else `.quiver/admin.token` (written by `quiver-node up`).
     #[arg(long, global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// The cluster CA's certificate (PEM), which nodes are verified with. Default: $QUIVER_CA,
+    /// else `.quiver/ca.pem` (written by `quiver-node up`).
+    #[arg(long, global = true, env = "QUIVER_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM, from `quiver-node cert issue --client NAME`): it
+    /// authenticates its principal when no token is sent. Needs --key.
+    #[arg(long, global = true, env = "QUIVER_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "QUIVER_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -332,6 +343,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let node = commands::Node {
         endpoint: cli.endpoint,
         token: cli.token,
+        ca: cli.ca,
+        cert: cli.cert,
+        key: cli.key,
     };
     match cli.command {
         Command::Model(command) => commands::model(&node, command).await,

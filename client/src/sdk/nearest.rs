@@ -57,14 +57,8 @@ impl Client {
         };
         let mut candidates = Vec::new();
         for member in status.members.iter().filter(|m| !m.api_addr.is_empty()) {
-            let endpoint = format!("http://{}", member.api_addr);
-            let rtt = match Client::connect(&endpoint).await {
-                Ok(client) => {
-                    client
-                        .with_token(self.token().map(str::to_string))
-                        .measure_rtt()
-                        .await
-                }
+            let rtt = match self.connect_to(&member.api_addr).await {
+                Ok(client) => client.measure_rtt().await,
                 Err(_) => None,
             };
             candidates.push(Candidate {
@@ -77,10 +71,7 @@ impl Client {
         }
         match choose_nearest(&candidates, region, zone) {
             Some(i) => {
-                let endpoint = format!("http://{}", candidates[i].api_addr);
-                let client = Client::connect(&endpoint)
-                    .await?
-                    .with_token(self.token().map(str::to_string));
+                let client = self.connect_to(&candidates[i].api_addr).await?;
                 Ok((client, candidates))
             }
             None => Ok((self.clone(), candidates)),

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use quiver_client::bench::{percentile_ms, raw_write, registry, RegistryOptions, SeededReader};
 use quiver_client::proto::{CreateModelRequest, UploadHeader, VersionMetadata};
-use quiver_client::sdk::UploadFile;
+use quiver_client::sdk::{ClientTls, UploadFile};
 use quiver_client::Client;
 use quiver_node::node::Consistency;
 use quiver_node::tls::{default_ca_dir, ClusterCa};
 use serde::Serialize;
 
-use crate::launch::{read_admin_token, LocalCluster};
+use crate::launch::{ca_file, read_admin_token, LocalCluster};
 
 /// How long a benchmark waits for a cluster to converge before giving up.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,9 +56,7 @@ pub async fn metadata(
     for cluster_size in [1, nodes] {
         let dir = scratch(scratch_base, &format!("metadata-{cluster_size}"))?;
         let cluster = LocalCluster::start(&dir, 0, cluster_size).await?;
-        let client = Client::connect(&cluster.endpoint(0))
-            .await?
-            .with_token(Some(cluster.admin_token()?));
+        let client = cluster.admin_client(0).await?;
         for &c in clients {
             eprintln!("bench: {c} client(s) registering on {cluster_size} node(s)");
             let report = registry(
@@ -150,9 +148,7 @@ pub async fn distribution(
     let raw_all = raw(NODES as usize)?;
     let raw_all_cpu = process_cpu() - cpu_before_raw_all;
 
-    let client = Client::connect(&cluster.endpoint(0))
-        .await?
-        .with_token(Some(cluster.admin_token()?));
+    let client = cluster.admin_client(0).await?;
     client
         .create_model(CreateModelRequest {
             name: "bench-distribution".into(),
@@ -333,14 +329,15 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
         nodes.push(spawn_node(&exe, &data(id), id, Some(&founder_peer))?);
     }
     let token = read_admin_token(&data(1))?;
+    let tls = ClientTls::load(Some(&ca_file(&data(1))), None, None)?;
     let mut samples = Vec::new();
     let mut acknowledged = Vec::new();
     for drill in 0..drills {
-        let leader = wait_for(|| healthy_leader(&nodes, &token)).await.with_context(|| {
+        let leader = wait_for(|| healthy_leader(&nodes, &tls, &token)).await.with_context(|| {
             format!("drill {drill}: the cluster did not settle with one leader and every member caught up")
         })?;
         let survivor = (1..=3u64).find(|&id| id != leader).expect("three nodes");
-        let writer = Client::connect(&nodes[survivor as usize - 1].endpoint)
+        let writer = Client::connect_with(&nodes[survivor as usize - 1].endpoint, tls.clone())
             .await?
             .with_token(Some(token.clone()));
         let killed = &mut nodes[leader as usize - 1];
@@ -372,7 +369,7 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
         let join = (leader != 1).then_some(founder_peer.as_str());
         nodes[leader as usize - 1] = spawn_node(&exe, &data(leader), leader, join)?;
     }
-    let check = Client::connect(&nodes[0].endpoint)
+    let check = Client::connect_with(&nodes[0].endpoint, tls.clone())
         .await?
         .with_token(Some(token.clone()));
     let present: std::collections::BTreeSet<String> = check
@@ -413,10 +410,10 @@ pub async fn failover(scratch_base: &Path, drills: usize) -> anyhow::Result<Fail
 /// The leader, once every node names the same one, the leader confirms it itself, and every
 /// member is a voter with no replication lag (so that a drill never starts while the node
 /// restarted by the previous one is still catching up, nor kills a node that is not leader).
-async fn healthy_leader(nodes: &[ChildNode], token: &str) -> Option<u64> {
+async fn healthy_leader(nodes: &[ChildNode], tls: &ClientTls, token: &str) -> Option<u64> {
     let mut named = None;
     for node in nodes {
-        let status = Client::connect(&node.endpoint)
+        let status = Client::connect_with(&node.endpoint, tls.clone())
             .await
             .ok()?
             .with_token(Some(token.to_string()))

@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use quiver_node::tls::ClusterCa;
 use serde::Serialize;
 
+/// Where `up` puts the cluster CA's certificate in its data directory (`.quiver/ca.pem` by default).
+const CA_FILE: &str = "ca.pem";
+
 use crate::launch::{
     serve_until, shutdown_signal, start_node, LocalCluster, ServeArgs, ADMIN_TOKEN_FILE,
 };
@@ -211,15 +214,22 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 
 #[derive(Subcommand, Debug)]
 enum CertCommand {
-    /// Issue a certificate for a node that will join, signed by the cluster CA.
+    /// Issue a certificate signed by the cluster CA: for a node that will join (--node-id), or
+    /// for a client (--client NAME), which authenticates as principal NAME (grant it roles with
+    /// `quiver role grant`) when it sends no token: `quiver --cert NAME.pem --key NAME.key …`.
     Issue {
         /// The cluster CA: `<data dir of the founding node>/tls/ca`.
         #[arg(long)]
         ca_dir: PathBuf,
+        /// The node the certificate is for.
+        #[arg(long, required_unless_present = "client", conflicts_with = "client")]
+        node_id: Option<u64>,
+        /// The principal a client certificate authenticates (the rules of model names).
         #[arg(long)]
-        node_id: u64,
-        /// Where to write ca.pem, node.pem and node.key (the joining node's --tls-dir,
-        /// by default `<its data dir>/tls`).
+        client: Option<String>,
+        /// Where to write the files: for a node ca.pem, node.pem and node.key (the joining
+        /// node's --tls-dir, by default `<its data dir>/tls`); for a client ca.pem, NAME.pem
+        /// and NAME.key.
         #[arg(long)]
         out: PathBuf,
         /// Days the certificate is valid (renew it before with `cert rotate`).
@@ -278,6 +288,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let data_dir = args.data_dir.clone();
+            let ca_file = args
+                .tls_dir
+                .clone()
+                .unwrap_or_else(|| quiver_node::tls::default_tls_dir(&data_dir))
+                .join("ca.pem");
             let (node, api) = start_node(args).await?;
             println!("peer_addr={}", node.core.info.peer_addr);
             let token_file = data_dir.join(ADMIN_TOKEN_FILE);
@@ -287,7 +302,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     absolute(&token_file).display()
                 );
             }
-            println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
+            // Clients verify this node's certificate with the cluster CA's.
+            println!("export QUIVER_CA={}", absolute(&ca_file).display());
+            println!("export QUIVER_ENDPOINT=https://{}", node.core.info.api_addr);
             serve_until(node, api, shutdown_signal()).await
         }
         Command::Up {
@@ -312,11 +329,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(CertCommand::Issue {
             ca_dir,
             node_id,
+            client,
             out,
             valid_days,
         }) => {
             let ca = ClusterCa::load(&ca_dir)
                 .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
+            let Some(node_id) = node_id else {
+                let name = client.unwrap_or_default();
+                let (cert, key) = ca.issue_client(&name, valid_days)?.write(&out, &name)?;
+                println!(
+                    "issued a client certificate for {name}, valid {valid_days} days: {} and {} \
+                     (with the CA's certificate beside them). Grant {name} a role \
+                     (`quiver role grant {name} ROLE --namespace NS`) and connect with \
+                     `quiver --cert {} --key {} …`",
+                    cert.display(),
+                    key.display(),
+                    cert.display(),
+                    key.display()
+                );
+                return Ok(());
+            };
             ca.issue_for_days(node_id, valid_days)?.write(&out)?;
             println!(
                 "issued a certificate for node {node_id}, valid {valid_days} days, into {}",
@@ -371,8 +404,17 @@ async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
         "export QUIVER_TOKEN_FILE={}",
         absolute(&token_file).display()
     );
+    // The CLI finds the cluster CA's certificate, which it verifies the nodes with, in
+    // `./.quiver/ca.pem`, or wherever QUIVER_CA says.
+    let ca_file = data_dir.join(CA_FILE);
+    let ca = cluster.ca_pem()?;
+    if std::fs::read_to_string(&ca_file).ok().as_deref() != Some(ca.as_str()) {
+        let _ = std::fs::remove_file(&ca_file);
+        quiver_node::tls::write_private(&ca_file, &ca)?;
+    }
+    println!("export QUIVER_CA={}", absolute(&ca_file).display());
     for node in &cluster.nodes {
-        println!("export QUIVER_ENDPOINT=http://{}", node.core.info.api_addr);
+        println!("export QUIVER_ENDPOINT=https://{}", node.core.info.api_addr);
     }
     eprintln!(
         "quiver: {} node(s) running, data under {}; Ctrl-C stops them",

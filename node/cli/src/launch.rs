@@ -52,7 +52,7 @@ pub(crate) struct ServeArgs {
     /// ca.pem, node.pem, node.key (default `<data-dir>/tls`). A founding node
     /// creates the cluster CA in `<data-dir>/tls/ca` and its own certificate.
     #[arg(long)]
-    tls_dir: Option<PathBuf>,
+    pub(crate) tls_dir: Option<PathBuf>,
     /// Copies of each chunk durable before a version is READY (default 2 with
     /// two or more nodes, else 1).
     #[arg(long)]
@@ -161,8 +161,28 @@ impl LocalCluster {
         read_admin_token(&self.nodes[0].core.data_dir)
     }
 
+    /// The cluster CA's certificate (PEM, kept by node 1), which clients verify nodes with.
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        let path = ca_file(&self.nodes[0].core.data_dir);
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    }
+
+    /// An SDK client of node `index` (0-based), verifying it with the cluster CA, sending the
+    /// first admin's token.
+    pub async fn admin_client(&self, index: usize) -> anyhow::Result<quiver_client::Client> {
+        let tls = quiver_client::sdk::ClientTls {
+            ca_pem: Some(self.ca_pem()?),
+            identity: None,
+        };
+        Ok(
+            quiver_client::Client::connect_with(&self.endpoint(index), tls)
+                .await?
+                .with_token(Some(self.admin_token()?)),
+        )
+    }
+
     pub fn endpoint(&self, index: usize) -> String {
-        format!("http://{}", self.nodes[index].core.info.api_addr)
+        format!("https://{}", self.nodes[index].core.info.api_addr)
     }
 
     /// Stops every node and waits for them.
@@ -335,6 +355,11 @@ pub fn read_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     Ok(text.trim().to_string())
+}
+
+/// The cluster CA's certificate as a node started with its default TLS directory holds it.
+pub fn ca_file(node_data_dir: &Path) -> PathBuf {
+    default_tls_dir(node_data_dir).join("ca.pem")
 }
 
 /// Where the founding node keeps the token of the cluster's first admin.

@@ -13,7 +13,7 @@ use quiver_api::proto;
 use quiver_api::Reference;
 use tonic::{Request, Status};
 
-use crate::access::Target;
+use crate::access::{Credential, Target};
 use crate::auth::Role;
 use crate::domain::{Actor, DomainError, VersionRef};
 use crate::error::NodeError;
@@ -38,10 +38,19 @@ pub fn bearer<T>(request: &Request<T>) -> Result<Option<String>, Status> {
     }
 }
 
-/// Who sent `request`, authenticated by its token on `node` (see `crate::access`).
+/// What `request` presents: its bearer token and its connection's client certificate.
+pub fn credential<T>(request: &Request<T>) -> Result<Credential, Status> {
+    Ok(Credential {
+        bearer: bearer(request)?,
+        certificate: request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.to_vec())),
+    })
+}
+
+/// Who sent `request`, authenticated by its credential on `node` (see `crate::access`).
 pub async fn caller<T>(node: &Node, request: &Request<T>) -> Result<Actor, Status> {
-    let token = bearer(request)?;
-    Ok(node.authenticate(token.as_deref()).await?)
+    Ok(node.authenticate(&credential(request)?).await?)
 }
 
 /// [`caller`], checked for `role` on `target` (a read needs [`Role::Reader`]).
@@ -52,9 +61,8 @@ pub async fn caller_with<T>(
     target: Target<'_>,
     action: &str,
 ) -> Result<Actor, Status> {
-    let token = bearer(request)?;
     Ok(node
-        .authorize(token.as_deref(), role, target, action)
+        .authorize(&credential(request)?, role, target, action)
         .await?)
 }
 
