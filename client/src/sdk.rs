@@ -80,17 +80,21 @@ pub fn token_from_env() -> Result<Option<String>, ClientError> {
     }
 }
 
-/// What a failed connection says, with the likely cause of a TLS failure.
-fn connect_detail(secure: bool, detail: &str) -> String {
-    let tls_failure = ["certificate", "UnknownIssuer", "tls", "TLS"]
-        .iter()
-        .any(|word| detail.contains(word));
-    match (secure, tls_failure) {
-        (true, true) => format!(
-            "{detail} (the node's certificate is not from the CA this client trusts: point \
-             --ca or {CA_ENV} at the cluster CA's certificate, a node's <data-dir>/tls/ca.pem)"
-        ),
-        _ => detail.to_string(),
+/// A failed connection as the error that names its cause: a TLS failure (a certificate the
+/// client does not trust, or one the node refused) apart from a node that is not there.
+fn connect_error(endpoint: &str, secure: bool, detail: String) -> ClientError {
+    let tls_failure = [
+        "certificate",
+        "UnknownIssuer",
+        "CertificateRequired",
+        "handshake",
+    ]
+    .iter()
+    .any(|word| detail.contains(word));
+    let endpoint = endpoint.to_string();
+    match secure && tls_failure {
+        true => ClientError::Untrusted { endpoint, detail },
+        false => ClientError::Unavailable { endpoint, detail },
     }
 }
 
@@ -163,10 +167,7 @@ impl Client {
         let channel = builder
             .connect()
             .await
-            .map_err(|error| ClientError::Unavailable {
-                endpoint: endpoint.to_string(),
-                detail: connect_detail(secure, &error_chain(&error)),
-            })?;
+            .map_err(|error| connect_error(endpoint, secure, error_chain(&error)))?;
         Ok(Client {
             endpoint: endpoint.to_string(),
             channel,
@@ -611,6 +612,20 @@ mod tests {
     fn a_repeated_page_token_stops_listing() {
         assert!(check_token_advances("", "a").is_ok());
         assert!(check_token_advances("a", "a").is_err());
+    }
+
+    #[test]
+    fn a_certificate_failure_is_told_apart_from_an_absent_node() {
+        let untrusted = connect_error(
+            "https://n:1",
+            true,
+            "transport error: invalid peer certificate: UnknownIssuer".into(),
+        );
+        assert!(matches!(untrusted, ClientError::Untrusted { .. }));
+        assert!(untrusted.to_string().contains("QUIVER_CA"), "{untrusted}");
+        let absent = connect_error("https://n:1", true, "connection refused".into());
+        assert!(matches!(absent, ClientError::Unavailable { .. }));
+        assert_eq!(untrusted.code(), Some(tonic::Code::Unavailable));
     }
 
     #[tokio::test]

@@ -42,16 +42,6 @@ pub struct Credential {
     pub certificate: Option<Vec<u8>>,
 }
 
-impl Credential {
-    /// A credential of a bearer token alone.
-    pub fn token(bearer: Option<&str>) -> Credential {
-        Credential {
-            bearer: bearer.map(str::to_string),
-            certificate: None,
-        }
-    }
-}
-
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// [`Node::authenticate`] and [`Node::check_access`] in one read of the applied state for a
     /// token (the path every read request takes).
@@ -88,31 +78,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             })
             .await?;
         let actor = self.accepted(&presented, record)?;
-        let need = match target {
-            Target::Cluster => Need::cluster(role),
-            Target::Namespace(ns) => Need::namespace(role, ns),
-            Target::Model(m) => match namespace {
-                Some(ns) => Need::namespace(role, &ns),
-                // A read of a model this node does not know answers "not found"; a write is
-                // checked as `check_access` does it.
-                None if role == Role::Reader => return Ok(actor),
-                None => {
-                    self.check_access(&actor, role, Target::Model(m), action)
-                        .await?;
-                    return Ok(actor);
-                }
-            },
-            Target::Anyone => return Ok(actor),
-        };
-        if allows(&grants, &need) {
-            return Ok(actor);
-        }
-        Err(NodeError::PermissionDenied(auth::denied(
-            &actor.name,
-            action,
-            &need,
-            &grants,
-        )))
+        self.decide(&actor, role, target, action, &grants, namespace)
+            .await?;
+        Ok(actor)
     }
 
     /// The actor a request's credential names. A token names its principal; a client
@@ -218,6 +186,21 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 Ok((grants, namespace))
             })
             .await?;
+        self.decide(actor, role, target, action, &grants, namespace)
+            .await
+    }
+
+    /// Whether `actor`, holding `grants`, may act as `role` on `target`; `namespace` is the
+    /// target model's namespace in this node's applied state, if it knows the model.
+    async fn decide(
+        &self,
+        actor: &Actor,
+        role: Role,
+        target: Target<'_>,
+        action: &str,
+        grants: &[auth::Grant],
+        namespace: Option<String>,
+    ) -> Result<(), NodeError> {
         let need = match target {
             Target::Cluster => Need::cluster(role),
             Target::Namespace(ns) => Need::namespace(role, ns),
@@ -244,14 +227,14 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             },
             Target::Anyone => return Ok(()),
         };
-        if allows(&grants, &need) {
+        if allows(grants, &need) {
             return Ok(());
         }
         Err(NodeError::PermissionDenied(auth::denied(
             &actor.name,
             action,
             &need,
-            &grants,
+            grants,
         )))
     }
 

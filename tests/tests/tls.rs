@@ -52,7 +52,11 @@ fn clients_verify_the_node_with_the_cluster_ca_and_client_certificates_authentic
     // Plaintext to a TLS node fails, and so does trusting another cluster's CA; the error says
     // what to point at the cluster CA.
     let plain = ep.replacen("https://", "http://", 1);
-    quiver(CLI, &plain, &["model", "list"]).err();
+    let refused = quiver(CLI, &plain, &["model", "list"]).err();
+    assert!(
+        refused.contains(&ep) && refused.contains("TLS only"),
+        "{refused}"
+    );
     let other_ca = ClusterCa::create(&dir.path().join("other-ca"), "other").unwrap();
     let foreign = other_ca.issue(1).unwrap();
     let foreign_ca = write(dir.path(), "foreign-ca.pem", &foreign.ca_cert_pem);
@@ -66,7 +70,10 @@ fn clients_verify_the_node_with_the_cluster_ca_and_client_certificates_authentic
         .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("QUIVER_CA"), "{stderr}");
+    assert!(
+        stderr.contains("TLS handshake") && stderr.contains("QUIVER_CA"),
+        "{stderr}"
+    );
     // Without any CA, the CLI says where to find one.
     let no_ca = Command::new(CLI)
         .args(["model", "list"])

@@ -33,6 +33,13 @@ pub struct Node {
 
 impl Node {
     pub async fn client(&self) -> anyhow::Result<Client> {
+        if let Some(rest) = self.endpoint.strip_prefix("http://") {
+            anyhow::bail!(
+                "{} is plaintext, and Quiver nodes serve their API over TLS only: use \
+                 https://{rest} (--endpoint or QUIVER_ENDPOINT)",
+                self.endpoint
+            );
+        }
         let token = match &self.token {
             Some(token) => Some(token.clone()),
             None => token_from_env()?,

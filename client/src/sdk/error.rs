@@ -11,6 +11,14 @@ pub enum ClientError {
          or point QUIVER_ENDPOINT (or --endpoint) at a running node"
     )]
     Unavailable { endpoint: String, detail: String },
+    /// A node answered, but the TLS handshake failed: its certificate is not from the CA this
+    /// client trusts (or the node refused this client's certificate).
+    #[error(
+        "the TLS handshake with {endpoint} failed: {detail}; point --ca or QUIVER_CA at the \
+         cluster CA's certificate (a node's <data-dir>/tls/ca.pem, or .quiver/ca.pem beside \
+         `quiver-node up`), and a client certificate, if any, at one issued by that CA"
+    )]
+    Untrusted { endpoint: String, detail: String },
     /// The node answered with a gRPC error; `message` is the node's own words.
     #[error("{}: {message}", code_name(*code))]
     Status { code: tonic::Code, message: String },
@@ -43,7 +51,9 @@ impl ClientError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             ClientError::Status { code, .. } => Some(*code),
-            ClientError::Unavailable { .. } => Some(tonic::Code::Unavailable),
+            ClientError::Unavailable { .. } | ClientError::Untrusted { .. } => {
+                Some(tonic::Code::Unavailable)
+            }
             _ => None,
         }
     }
