@@ -11,6 +11,7 @@ pub mod download;
 pub mod env;
 pub mod error;
 pub mod gc;
+pub mod governance;
 pub mod in_flight;
 pub mod ingest;
 pub mod membership;
