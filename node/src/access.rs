@@ -12,6 +12,7 @@ use crate::auth::{self, allows, Need, PresentedToken, Role, TokenRecord};
 use crate::command::Op;
 use crate::domain::Actor;
 use crate::error::NodeError;
+use crate::governance::PolicyScope;
 use crate::node::{Consistency, Node};
 
 /// The name a request without credentials acts as, where anonymous reads are allowed.
@@ -290,5 +291,13 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         | Op::CreateToken { .. }
         | Op::RevokeToken { .. }
         | Op::Bootstrap { .. } => (Role::Admin, Target::Cluster),
+        // Policies are admins': a model's needs its namespace's admin, a namespace's too.
+        Op::SetPolicy { scope, .. } => match scope {
+            PolicyScope::Model(model) => (Role::Admin, Target::Model(model)),
+            PolicyScope::Namespace { namespace, .. } => (Role::Admin, Target::Namespace(namespace)),
+        },
+        // An evaluation pipeline records results with the registrant's role; what it may
+        // promote is the policy's business.
+        Op::RecordEvaluation { model, .. } => (Role::Registrant, Target::Model(model)),
     }
 }

@@ -12,6 +12,7 @@ use crate::domain::{
     Actor, Alias, DomainError, Model, NodeInfo, RiskTier, Signature, Stage, Version,
     VersionMetadata, VersionStatus,
 };
+use crate::governance::{self, Evaluation, Policy, PolicyScope};
 
 /// One replicated mutation, with who asked for it and when.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -160,6 +161,21 @@ pub enum Op {
         principal: String,
         secret_hash: String,
     },
+    /// An admin sets (or, with `None`, clears) the policy of a model or of a namespace's models.
+    SetPolicy {
+        scope: PolicyScope,
+        policy: Option<Policy>,
+    },
+    /// An evaluation pipeline records a result for a version (the registration never changes);
+    /// with the policy's auto-promotion on, the version enters Staging in this same step if its
+    /// Staging gates now pass.
+    RecordEvaluation {
+        model: String,
+        number: u64,
+        kind: String,
+        metrics: BTreeMap<String, f64>,
+        summary: String,
+    },
 }
 
 impl Op {
@@ -172,14 +188,20 @@ impl Op {
             | Op::SetStage { model, .. }
             | Op::SetAlias { model, .. }
             | Op::DeleteAlias { model, .. }
-            | Op::SetVersionTags { model, .. } => Some(model),
+            | Op::SetVersionTags { model, .. }
+            | Op::RecordEvaluation { model, .. } => Some(model),
+            Op::SetPolicy {
+                scope: PolicyScope::Model(model),
+                ..
+            } => Some(model),
             Op::UpsertNode(_)
             | Op::RemoveNode { .. }
             | Op::CreateToken { .. }
             | Op::RevokeToken { .. }
             | Op::GrantRole { .. }
             | Op::RevokeRole { .. }
-            | Op::Bootstrap { .. } => None,
+            | Op::Bootstrap { .. }
+            | Op::SetPolicy { .. } => None,
         }
     }
 
@@ -281,6 +303,16 @@ impl Op {
                 auth::validate_principal(principal)?;
                 auth::validate_secret_hash(secret_hash)
             }
+            Op::SetPolicy { scope, policy } => {
+                governance::validate_scope(scope)?;
+                policy.as_ref().map_or(Ok(()), governance::validate_policy)
+            }
+            Op::RecordEvaluation {
+                kind,
+                metrics,
+                summary,
+                ..
+            } => governance::validate_evaluation(kind, metrics, summary),
         }
     }
 
@@ -302,6 +334,8 @@ impl Op {
             Op::GrantRole { .. } => "grant_role",
             Op::RevokeRole { .. } => "revoke_role",
             Op::Bootstrap { .. } => "bootstrap",
+            Op::SetPolicy { .. } => "set_policy",
+            Op::RecordEvaluation { .. } => "record_evaluation",
         }
     }
 }
@@ -319,5 +353,9 @@ pub enum Response {
     Node(NodeInfo),
     Token(Box<TokenRecord>),
     Grant(Grant),
+    /// A policy scope and what it holds now.
+    Policy(Box<(PolicyScope, Option<Policy>)>),
+    /// An evaluation recorded, and the version after it (promoted, if it was).
+    Evaluation(Box<(Evaluation, Version)>),
     Rejected(DomainError),
 }

@@ -122,6 +122,9 @@ pub struct StageTransition {
     pub actor: Actor,
     pub at_ms: i64,
     pub reason: String,
+    /// The gates that allowed it, when its stage had any (Staging, Production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_report: Option<crate::governance::GateReport>,
 }
 
 /// An immutable model version: `manifest_root`, `files`, `signature` and
@@ -219,6 +222,16 @@ pub enum DomainError {
         model: String,
         number: u64,
         status: String,
+    },
+    #[error(
+        "version {model}/{number} may not enter {stage}: {report}. See them all with `quiver \
+         stage check {model}/{number} {stage}`"
+    )]
+    GatesFailed {
+        model: String,
+        number: u64,
+        stage: String,
+        report: String,
     },
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },

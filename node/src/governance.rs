@@ -237,10 +237,9 @@ pub fn evaluate(policy: &Policy, stage: Stage, input: &GateInput<'_>) -> GateRep
         Stage::Experimental | Stage::Archived => &[],
     };
     let metrics = effective_metrics(input.version, input.evaluations);
-    let production =
-        input
-            .production
-            .map(|(v, evals)| (v.number, effective_metrics(v, evals)));
+    let production = input
+        .production
+        .map(|(v, evals)| (v.number, effective_metrics(v, evals)));
     let results = gates
         .iter()
         .map(|gate| decide(gate, input, &metrics, production.as_ref()))
@@ -285,7 +284,10 @@ fn decide(
             let (threshold, against) = match (value, production_delta, production) {
                 (Some(v), _, _) => (Some(*v), format!("{v}")),
                 (None, Some(delta), Some((number, prod))) => match prod.get(metric) {
-                    Some(p) => (Some(p + delta), format!("production (v{number}) {p} + {delta}")),
+                    Some(p) => (
+                        Some(p + delta),
+                        format!("production (v{number}) {p} + {delta}"),
+                    ),
                     None => (None, format!("production (v{number}) has no {metric}")),
                 },
                 (None, Some(_), None) => (None, "no production version".into()),
@@ -445,7 +447,10 @@ fn validate_number(field: &str, value: f64) -> Result<(), DomainError> {
 
 /// Checks a policy's every field and bound (no state needed).
 pub fn validate_policy(policy: &Policy) -> Result<(), DomainError> {
-    for (stage, gates) in [("staging", &policy.staging), ("production", &policy.production)] {
+    for (stage, gates) in [
+        ("staging", &policy.staging),
+        ("production", &policy.production),
+    ] {
         if gates.len() > GATES_PER_STAGE_MAX {
             return Err(invalid(
                 stage,

@@ -586,6 +586,7 @@ mod tests {
             actor: actor("p0"),
             at_ms,
             reason: reason.into(),
+            gate_report: None,
         }
     }
 

@@ -239,8 +239,14 @@ fn hostile_policies_and_evaluations_are_refused_naming_the_field() {
         };
         assert!(validate_policy(&policy).is_err(), "{bad:?}");
         let metrics = BTreeMap::from([(bad.to_string(), 1.0)]);
-        assert!(validate_evaluation("offline", &metrics, "").is_err(), "{bad:?}");
-        assert!(validate_evaluation(bad, &BTreeMap::new(), "").is_err(), "{bad:?}");
+        assert!(
+            validate_evaluation("offline", &metrics, "").is_err(),
+            "{bad:?}"
+        );
+        assert!(
+            validate_evaluation(bad, &BTreeMap::new(), "").is_err(),
+            "{bad:?}"
+        );
     }
     for number in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
         let metrics = BTreeMap::from([("auc".to_string(), number)]);
@@ -257,7 +263,10 @@ fn hostile_policies_and_evaluations_are_refused_naming_the_field() {
         }],
         ..Policy::default()
     };
-    assert!(validate_policy(&both).unwrap_err().to_string().contains("exactly one"));
+    assert!(validate_policy(&both)
+        .unwrap_err()
+        .to_string()
+        .contains("exactly one"));
     let negative = Policy {
         production: vec![Gate::Metric {
             metric: "auc".into(),

@@ -92,9 +92,9 @@ pub fn status_from_domain(e: &DomainError) -> Status {
         DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. } => {
             Status::already_exists(message)
         }
-        DomainError::SameStage { .. } | DomainError::NotReady { .. } => {
-            Status::failed_precondition(message)
-        }
+        DomainError::SameStage { .. }
+        | DomainError::NotReady { .. }
+        | DomainError::GatesFailed { .. } => Status::failed_precondition(message),
         DomainError::Invalid { .. } => Status::invalid_argument(message),
     }
 }

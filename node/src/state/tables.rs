@@ -26,6 +26,9 @@
 //!   small version (decision 0010)
 //! - `tokens`:    token id (16 hex digits)  → TokenRecord (the secret's hash, never the secret)
 //! - `grants`:    principal \0 scope (`*` or a namespace) → Grant
+//! - `policies`:  `m` \0 model, or `n` \0 namespace \0 tier (`low`, `medium`, `high`, `*`) →
+//!   Policy
+//! - `evaluations`: model \0 number(be u64) seq(be u64) → Evaluation
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -82,6 +85,26 @@ tables! {
     inline_chunks,
     tokens,
     grants,
+    policies,
+    evaluations,
+}
+
+/// The `policies` key of a policy scope.
+pub(super) fn policy_key(scope: &crate::governance::PolicyScope) -> Vec<u8> {
+    use crate::domain::RiskTier;
+    use crate::governance::PolicyScope;
+    match scope {
+        PolicyScope::Model(model) => [b"m\0".as_slice(), model.as_bytes()].concat(),
+        PolicyScope::Namespace { namespace, tier } => {
+            let tier: &[u8] = match tier {
+                Some(RiskTier::Low) => b"low",
+                Some(RiskTier::Medium) => b"medium",
+                Some(RiskTier::High) => b"high",
+                None => b"*",
+            };
+            [b"n\0".as_slice(), namespace.as_bytes(), b"\0", tier].concat()
+        }
+    }
 }
 
 /// The `meta` key prefix of a removed node's removal time (decision 0017).

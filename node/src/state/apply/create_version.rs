@@ -88,6 +88,7 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
             actor: w.actor.clone(),
             at_ms: w.at_ms,
             reason: "registered".into(),
+            gate_report: None,
         }],
     };
     tables.models.put(w.wtxn, model.as_bytes(), &encode(&m)?)?;

@@ -5,6 +5,7 @@
 mod access;
 mod alias;
 mod create_version;
+mod governance;
 mod model;
 mod node;
 mod stage;
@@ -136,6 +137,23 @@ impl RegistryApp {
                 principal,
                 secret_hash,
             } => access::bootstrap(w, id, principal, secret_hash),
+            Op::SetPolicy { scope, policy } => governance::set_policy(w, scope, policy.as_ref()),
+            Op::RecordEvaluation {
+                model,
+                number,
+                kind,
+                metrics,
+                summary,
+            } => governance::record_evaluation(
+                w,
+                &governance::NewEvaluation {
+                    model,
+                    number: *number,
+                    kind,
+                    metrics,
+                    summary,
+                },
+            ),
         }
     }
 }

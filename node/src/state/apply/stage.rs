@@ -1,11 +1,15 @@
 //! `SetStage`: moves a version to a stage. At most one version per model is in Production:
-//! promoting another archives it in the same command.
+//! promoting another archives it in the same command. Entering Staging or Production needs the
+//! gates of the model's policy to pass (`crate::governance`); the report is stored with the
+//! transition, and a failing one is the rejection's text.
 
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::domain::{
-    stage_label, status_label, Actor, DomainError, Stage, StageTransition, Version, VersionStatus,
+    stage_label, status_label, Actor, DomainError, Model, Stage, StageTransition, Version,
+    VersionStatus,
 };
+use crate::governance::GateReport;
 use crate::state::tables::{encode, version_key};
 use crate::state::AppResult;
 
@@ -16,8 +20,8 @@ pub(super) fn set_stage(
     stage: Stage,
     reason: &str,
 ) -> AppResult<Applied> {
-    let mut m = w.app.get_model(w.wtxn, model)?;
-    let mut v = w.app.get_version(w.wtxn, model, number)?;
+    let m = w.app.get_model(w.wtxn, model)?;
+    let v = w.app.get_version(w.wtxn, model, number)?;
     if v.stage == stage {
         return Err(DomainError::SameStage {
             model: model.into(),
@@ -34,43 +38,98 @@ pub(super) fn set_stage(
         }
         .into());
     }
+    let report = match stage {
+        Stage::Staging | Stage::Production => {
+            let report = w.app.gate_report(w.wtxn, &m, &v, stage)?;
+            if !report.passed() {
+                return Err(DomainError::GatesFailed {
+                    model: model.into(),
+                    number,
+                    stage: stage_label(stage).into(),
+                    report: report.to_string(),
+                }
+                .into());
+            }
+            // A policy without gates for this stage leaves no report behind.
+            (!report.results.is_empty()).then_some(report)
+        }
+        Stage::Experimental | Stage::Archived => None,
+    };
+    let v = transition_to(
+        w,
+        m,
+        v,
+        Transition {
+            stage,
+            reason: reason.into(),
+            report,
+        },
+    )?;
+    Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
+}
+
+/// A stage change that was decided (checks and gates done).
+pub(super) struct Transition {
+    pub stage: Stage,
+    pub reason: String,
+    pub report: Option<GateReport>,
+}
+
+/// Writes version `v` of model `m` into `t.stage`, archiving the Production version it
+/// replaces; returns the version as written.
+pub(super) fn transition_to(
+    w: &mut Write<'_, '_>,
+    mut m: Model,
+    mut v: Version,
+    t: Transition,
+) -> AppResult<Version> {
+    let (model, number) = (m.name.clone(), v.number);
     let tables = &w.app.tables;
     // One Production version per model: the one it replaces is
     // archived in the same command, so `model:production` always
     // resolves to exactly one version.
-    if stage == Stage::Production {
+    if t.stage == Stage::Production {
         if let Some(previous) = m.production_version.filter(|p| *p != number) {
-            let mut old = w.app.get_version(w.wtxn, model, previous)?;
-            transition(
+            let mut old = w.app.get_version(w.wtxn, &model, previous)?;
+            record(
                 &mut old,
                 Stage::Archived,
                 w.actor,
                 w.at_ms,
                 format!("superseded by {model}/{number}"),
+                None,
             );
             tables
                 .versions
-                .put(w.wtxn, &version_key(model, previous), &encode(&old)?)?;
+                .put(w.wtxn, &version_key(&model, previous), &encode(&old)?)?;
         }
         m.production_version = Some(number);
     } else if m.production_version == Some(number) {
         m.production_version = None;
     }
-    transition(&mut v, stage, w.actor, w.at_ms, reason.into());
+    record(&mut v, t.stage, w.actor, w.at_ms, t.reason, t.report);
     tables.models.put(w.wtxn, model.as_bytes(), &encode(&m)?)?;
     tables
         .versions
-        .put(w.wtxn, &version_key(model, number), &encode(&v)?)?;
-    Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
+        .put(w.wtxn, &version_key(&model, number), &encode(&v)?)?;
+    Ok(v)
 }
 
-fn transition(v: &mut Version, to: Stage, actor: &Actor, at_ms: i64, reason: String) {
+fn record(
+    v: &mut Version,
+    to: Stage,
+    actor: &Actor,
+    at_ms: i64,
+    reason: String,
+    gate_report: Option<GateReport>,
+) {
     v.stage_history.push(StageTransition {
         from: Some(v.stage),
         to,
         actor: actor.clone(),
         at_ms,
         reason,
+        gate_report,
     });
     v.stage = to;
 }

@@ -1,10 +1,13 @@
 //! Reads of the state: models, versions, aliases and references (`models`), the cluster's
 //! nodes (`nodes`), manifests and chunks for downloads, repair and GC (`chunks`), tokens and
-//! roles (`access`).
+//! roles (`access`), policies, evaluations and gate reports (`governance`).
 
 mod access;
 mod chunks;
+mod governance;
 mod models;
+
+pub use governance::StoredPolicy;
 mod nodes;
 
 use std::collections::BTreeMap;

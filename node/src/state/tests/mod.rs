@@ -2,6 +2,7 @@
 
 mod apply;
 mod audit;
+mod governance;
 mod properties;
 mod query;
 mod requests;
@@ -196,6 +197,17 @@ fn one_row_in_every_table() -> Fixture {
         principal: "bob".into(),
         scope: crate::auth::Scope::Namespace("search".into()),
         role: crate::auth::Role::Approver,
+    });
+    f.apply(Op::SetPolicy {
+        scope: crate::governance::PolicyScope::Model("reco".into()),
+        policy: Some(crate::governance::Policy::default()),
+    });
+    f.apply(Op::RecordEvaluation {
+        model: "reco".into(),
+        number: 1,
+        kind: "offline".into(),
+        metrics: BTreeMap::from([("auc".to_string(), 0.9)]),
+        summary: String::new(),
     });
     f
 }
