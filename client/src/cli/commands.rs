@@ -8,9 +8,7 @@ use crate::proto::{
 };
 use crate::sdk::collect_artifacts;
 use crate::sdk::ClientTls;
-use crate::signature::{SignatureJson, SIGNATURE_FILE_BYTES_MAX};
 use crate::{token_from_env, Client, Reference, RegisterOptions};
-use anyhow::Context;
 use serde::Serialize;
 
 use super::args::{into_map, Output, UsageError};
@@ -319,20 +317,10 @@ async fn register(node: &Node, args: RegisterArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reads and checks a signature file; errors name the file and the field.
+/// Reads and checks a signature file (JSON or MLmodel); errors name the
+/// file and the field.
 fn read_signature(path: &std::path::Path) -> anyhow::Result<crate::proto::Signature> {
-    let context = || format!("signature file '{}'", path.display());
-    let size = std::fs::metadata(path).with_context(context)?.len();
-    if size > SIGNATURE_FILE_BYTES_MAX {
-        anyhow::bail!(
-            "signature file '{}' is {size} bytes, more than the limit of \
-             {SIGNATURE_FILE_BYTES_MAX}",
-            path.display()
-        );
-    }
-    let text = std::fs::read_to_string(path).with_context(context)?;
-    let signature = SignatureJson::parse(&text).with_context(context)?;
-    Ok(signature.to_proto())
+    Ok(super::signature::read_signature_file(path)?.to_proto())
 }
 
 pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {

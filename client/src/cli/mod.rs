@@ -17,6 +17,7 @@ mod benchmarks;
 mod cluster;
 mod commands;
 mod progress;
+mod signature;
 mod view;
 
 pub use args::parse_size;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Measure the registry against baselines taken on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Signature files (JSON or MLflow MLmodel), locally: check compatibility, validate requests.
+    #[command(subcommand)]
+    Signature(signature::SignatureCommand),
 }
 
 /// Options of commands that read.
@@ -227,7 +231,8 @@ pub struct RegisterArgs {
     /// it, with relative paths). Repeatable.
     #[arg(long = "artifact", value_name = "PATH", required = true)]
     pub artifacts: Vec<PathBuf>,
-    /// JSON file with the inputs and outputs of the model.
+    /// The inputs and outputs of the model: a JSON signature file or an
+    /// MLflow MLmodel file.
     #[arg(long, value_name = "FILE")]
     pub signature: Option<PathBuf>,
     /// Id of the training-data snapshot.
@@ -357,6 +362,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => access::token(&node, command).await,
         Command::Role(command) => access::role(&node, command).await,
         Command::Whoami(output) => access::whoami(&node, output).await,
+        Command::Signature(command) => signature::run(command),
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

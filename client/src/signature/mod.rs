@@ -7,12 +7,35 @@
 //! {"inputs":[{"name":"x","dtype":"float32","shape":[-1,128],"optional":false}],
 //!  "outputs":[{"name":"score","dtype":"float32","shape":[-1]}]}
 //! ```
+//!
+//! An MLflow `MLmodel` file is read too (`mlmodel`); [`parse_signature_file`]
+//! tells the two apart. [`SignatureJson::to_schema`] gives the plain
+//! `quiver_api::schema::Schema` that compatibility and request validation take.
+
+mod mlmodel;
+#[cfg(test)]
+mod mlmodel_tests;
+mod yaml_lines;
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::proto;
+use quiver_api::schema::{Dtype, Field, Schema};
+
+pub use mlmodel::parse_mlmodel;
+
+/// Parses a signature file of either kind: an MLflow `MLmodel` file (named
+/// `MLmodel`, or any file whose text does not start with `{`) or a JSON
+/// signature file.
+pub fn parse_signature_file(file_name: &str, text: &str) -> Result<SignatureJson, SignatureError> {
+    if file_name == "MLmodel" || !text.trim_start().starts_with('{') {
+        parse_mlmodel(text)
+    } else {
+        SignatureJson::parse(text)
+    }
+}
 
 /// The dtypes a tensor may have (see `TensorSpec` in the proto).
 pub const DTYPES: &[&str] = &[
@@ -96,6 +119,35 @@ impl SignatureJson {
             }
         }
         Ok(())
+    }
+
+    /// The signature as a schema; checks it first.
+    pub fn to_schema(&self) -> Result<Schema, SignatureError> {
+        self.validate()?;
+        let fields = |side: &str, tensors: &[TensorJson]| {
+            tensors
+                .iter()
+                .enumerate()
+                .map(|(index, tensor)| {
+                    let dtype = Dtype::parse(&tensor.dtype).ok_or_else(|| {
+                        field(
+                            &format!("{side}[{index}].dtype"),
+                            format!("unknown dtype {:?}", tensor.dtype),
+                        )
+                    })?;
+                    Ok(Field {
+                        name: tensor.name.clone(),
+                        dtype,
+                        shape: tensor.shape.clone(),
+                        optional: tensor.optional,
+                    })
+                })
+                .collect::<Result<Vec<Field>, SignatureError>>()
+        };
+        Ok(Schema {
+            inputs: fields("inputs", &self.inputs)?,
+            outputs: fields("outputs", &self.outputs)?,
+        })
     }
 
     pub fn to_proto(&self) -> proto::Signature {
