@@ -111,7 +111,9 @@ pub enum AuditBreak {
     Unreadable { seq: u64, error: String },
     /// The chain verifies but ends at another hash than the one it was claimed to end at
     /// (the store's head, a bundle's signed head).
-    #[error("the audit chain ends at record {seq} with hash {computed}, but its head claims {claimed}")]
+    #[error(
+        "the audit chain ends at record {seq} with hash {computed}, but its head claims {claimed}"
+    )]
     HeadMismatch {
         seq: u64,
         claimed: String,
@@ -175,7 +177,10 @@ impl ChainVerifier {
             });
         }
         if r.seq < expected {
-            return Err(AuditBreak::OutOfOrder { seq: r.seq, expected });
+            return Err(AuditBreak::OutOfOrder {
+                seq: r.seq,
+                expected,
+            });
         }
         let computed = record_hash(r);
         if computed != r.hash {

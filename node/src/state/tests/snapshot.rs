@@ -29,10 +29,11 @@ fn export_then_import_reproduces_the_same_state() {
 /// The digest and the snapshot of a fixed state, as computed by the single-file state module
 /// before it was split by table and by command: existing data dirs and snapshots must keep
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
-/// `grants` tables came, since the fixed state now has a row in each.)
-const PINNED_DIGEST: &str = "edfa639b5934b183dae12209e3a47e90e158531e4ee3da5f4a72ec2e349dcf06";
+/// `grants` tables came, since the fixed state now has a row in each, and when audit records
+/// became self-verifying, decision 0019.)
+const PINNED_DIGEST: &str = "59a3a6f6d9be777a8ae4017a148f4ec455402d07d0e4bd3dd1f9e93bfe093f0d";
 const PINNED_EXPORT_BLAKE3: &str =
-    "8c47a024798cc24e5bb899584ddfe31000bdc182a7c22fd8a7467f159ec76a71";
+    "013dfcfa5025947fab7ebdcb4f7c9f8d6731640953381754eb17e6267605a640";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
