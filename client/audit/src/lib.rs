@@ -112,7 +112,7 @@ pub enum AuditBreak {
     /// The chain verifies but ends at another hash than the one it was claimed to end at
     /// (the store's head, a bundle's signed head).
     #[error(
-        "the audit chain ends at record {seq} with hash {computed}, but its head claims {claimed}"
+        "the audit chain holds {computed} (its last is record {seq}), but its head claims {claimed}"
     )]
     HeadMismatch {
         seq: u64,
