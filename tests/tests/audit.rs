@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quiver_client::proto::ListAuditRequest;
-use quiver_tests::{ca_for, connect, quiver, register_version, write_random_file, NodeProcess};
+use quiver_tests::{
+    ca_for, connect, quiver, quiver_as, register_version, write_random_file, NodeProcess,
+};
 use tonic::Code;
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
@@ -160,6 +162,48 @@ fn the_audit_chain_lists_verifies_exports_and_names_an_altered_record() {
     let table = quiver(CLI, &leader, &["audit", "log"]).ok().stdout;
     assert!(table.contains("admin") && table.contains(REASON), "{table}");
 
+    // A reader of namespace `search` reads reco's records and nothing more; no credential, none.
+    let rita = quiver(
+        CLI,
+        &leader,
+        &["token", "create", "--principal", "rita", "--output", "json"],
+    )
+    .ok()
+    .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    quiver(
+        CLI,
+        &leader,
+        &["role", "grant", "rita", "reader", "--namespace", "search"],
+    )
+    .ok();
+    let as_rita = |args: &[&str]| quiver_as(CLI, &leader, Some(&rita), args);
+    let own = as_rita(&["audit", "log", "--model", "reco", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(own.as_array().unwrap().len(), 3);
+    let out = tmp.path().join("rita.jsonl").display().to_string();
+    for args in [
+        vec!["audit", "log"],
+        vec!["audit", "log", "--model", "rank"],
+        vec!["audit", "verify"],
+        vec!["audit", "export", "--out", &out],
+    ] {
+        let e = as_rita(&args).err();
+        assert!(e.contains("permission denied"), "{args:?}: {e}");
+        let e = quiver_as(CLI, &leader, None, &args).err();
+        assert!(
+            e.contains("unauthenticated") || e.contains("permission denied"),
+            "{e}"
+        );
+    }
+    assert!(
+        !tmp.path().join("rita.jsonl").exists(),
+        "a refused export leaves no file"
+    );
+
     // Every node's chain verifies, to the same head once each has applied everything.
     let heads =
         || -> Vec<serde_json::Value> { nodes.iter().map(|n| audit_verify(&n.endpoint)).collect() };
@@ -283,6 +327,38 @@ fn the_audit_chain_lists_verifies_exports_and_names_an_altered_record() {
         stderr.contains(&format!("broken at record {stage_seq}")) && stderr.contains("altered"),
         "{stderr}"
     );
+
+    // Restarted, the node serves, but its chain is reported broken there, and it will not sign.
+    let restarted = NodeProcess::join(
+        NODE,
+        &tmp.path().join("node-1"),
+        &founder_peer,
+        3,
+        &dir,
+        &[],
+    )
+    .unwrap();
+    let e = quiver(CLI, &restarted.endpoint, &["audit", "verify"]).err();
+    assert!(
+        e.contains(&format!("broken at record {stage_seq} (altered)")),
+        "{e}"
+    );
+    let out = tmp.path().join("refused.jsonl").display().to_string();
+    let e = quiver(
+        CLI,
+        &restarted.endpoint,
+        &["audit", "export", "--out", &out],
+    )
+    .err();
+    assert!(
+        e.contains("will not sign") && e.contains(&format!("record {stage_seq}")),
+        "{e}"
+    );
+    assert!(
+        audit_verify(&nodes[0].endpoint)["count"].as_u64().is_some(),
+        "the others verify"
+    );
+    restarted.stop().unwrap();
     for node in nodes {
         node.stop().unwrap();
     }
