@@ -7,6 +7,7 @@
 //! downloads that verify every byte before it lands.
 
 mod artifacts;
+mod audit;
 mod download;
 mod error;
 mod nearest;
@@ -36,6 +37,7 @@ use crate::proto::{
 use crate::Reference;
 
 pub use artifacts::{collect_artifacts, ArtifactFile, ARTIFACT_DEPTH_MAX, ARTIFACT_FILES_MAX};
+pub use audit::ExportSummary;
 pub use download::{DownloadSummary, DOWNLOAD_QUEUE_DEPTH, PARTIAL_SUFFIX};
 pub use error::{code_name, error_chain, ClientError};
 pub use nearest::{choose_nearest, Candidate, RTT_PROBE_TIMEOUT, RTT_SAMPLES};

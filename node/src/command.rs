@@ -316,6 +316,14 @@ impl Op {
         }
     }
 
+    /// The reason the command gives, if it carries one (the audit log records it).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Op::SetStage { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
     /// Short name for logs and the audit log.
     pub fn kind(&self) -> &'static str {
         match self {

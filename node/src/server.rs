@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiver_api::proto::audit_server::AuditServer;
 use quiver_api::proto::{
     access_server::AccessServer, admin_server::AdminServer, lifecycle_server::LifecycleServer,
     models_server::ModelsServer, versions_server::VersionsServer,
@@ -14,8 +15,8 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
 use crate::service::{
-    access::AccessService, admin::AdminService, lifecycle::LifecycleService, models::ModelsService,
-    versions::VersionsService,
+    access::AccessService, admin::AdminService, audit::AuditService, lifecycle::LifecycleService,
+    models::ModelsService, versions::VersionsService,
 };
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
@@ -123,7 +124,8 @@ pub async fn serve(
             node: node.clone(),
         }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
-        .add_service(AccessServer::new(AccessService { node: node.clone() }));
+        .add_service(AccessServer::new(AccessService { node: node.clone() }))
+        .add_service(AuditServer::new(AuditService { node: node.clone() }));
     match node.api_tls() {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;

@@ -247,6 +247,33 @@ impl PeerIdentity {
         self.now().cert_pem.clone()
     }
 
+    /// Signs `message` with the key of the certificate presented now: that certificate (PEM),
+    /// the scheme (`ecdsa_p256_sha256`, `ecdsa_p384_sha384` or `ed25519`) and the signature
+    /// (an ECDSA one DER-encoded, as in TLS). Certificate and signature come from one view, so
+    /// a renewal in between cannot pair a signature with another certificate.
+    pub fn sign(&self, message: &[u8]) -> anyhow::Result<(String, &'static str, Vec<u8>)> {
+        use rustls::SignatureScheme as S;
+        const SCHEMES: [(S, &str); 3] = [
+            (S::ECDSA_NISTP256_SHA256, "ecdsa_p256_sha256"),
+            (S::ECDSA_NISTP384_SHA384, "ecdsa_p384_sha384"),
+            (S::ED25519, "ed25519"),
+        ];
+        let now = self.now();
+        let offered: Vec<S> = SCHEMES.iter().map(|(scheme, _)| *scheme).collect();
+        let signer = now
+            .certified
+            .key
+            .choose_scheme(&offered)
+            .context("this node's key signs with none of ECDSA P-256, P-384 or Ed25519")?;
+        let name = SCHEMES
+            .iter()
+            .find(|(scheme, _)| *scheme == signer.scheme())
+            .map(|(_, name)| *name)
+            .context("the signer chose a scheme it was not offered")?;
+        let signature = signer.sign(message).context("sign with this node's key")?;
+        Ok((now.cert_pem.clone(), name, signature))
+    }
+
     fn now(&self) -> Arc<CurrentCert> {
         self.current
             .read()

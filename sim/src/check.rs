@@ -216,7 +216,7 @@ pub fn check_acks(acks: &[Ack], state: &FinalState) -> Vec<Violation> {
                     e.kind == "set_alias"
                         && e.subject == subject
                         && e.at_ms == ack.at_ms
-                        && e.actor.name == ack.actor
+                        && e.principal == ack.actor
                 });
                 if !present {
                     out.push(lost("no such alias change in the audit log".into()));
@@ -342,25 +342,13 @@ pub fn check_aliases(state: &FinalState) -> Vec<Violation> {
         .collect()
 }
 
-/// The audit log is numbered 1.. without gaps and each entry names its predecessor's hash.
+/// The audit log is numbered 1.. without gaps, each record hashes to its hash and names its
+/// predecessor's (`quiver_audit::verify_chain`).
 pub fn check_audit_chain(audit: &[AuditEntry]) -> Vec<Violation> {
-    let mut prev_hash = String::new();
-    for (i, e) in audit.iter().enumerate() {
-        let want_seq = i as u64 + 1;
-        if e.seq != want_seq || e.prev_hash != prev_hash {
-            return vec![Violation::new(
-                "audit-chain",
-                format!(
-                    "entry {i} has seq {} (want {want_seq}) and prev_hash {} (want {})",
-                    e.seq,
-                    short(&e.prev_hash),
-                    short(&prev_hash)
-                ),
-            )];
-        }
-        prev_hash = e.hash.clone();
+    match quiver_audit::verify_chain(audit) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![Violation::new("audit-chain", e.to_string())],
     }
-    Vec::new()
 }
 
 /// Everything about one final state that does not need the history.
@@ -390,12 +378,12 @@ pub fn check_intruders(state: &FinalState) -> Vec<Violation> {
             ));
         }
     }
-    for entry in state.audit.iter().filter(|e| intruder(&e.actor.name)) {
+    for entry in state.audit.iter().filter(|e| intruder(&e.principal)) {
         out.push(Violation::new(
             "unauthorized-write",
             format!(
                 "the audit log records {} by {}",
-                entry.kind, entry.actor.name
+                entry.kind, entry.principal
             ),
         ));
     }
@@ -629,21 +617,27 @@ mod tests {
             updated_by: actor("p0"),
             updated_at_ms: 40,
         });
-        s.audit = vec![audit(1, "", "h1", "set_alias", "m@champion", 40)];
+        s.audit = vec![audit(1, "", "set_alias", "m@champion", 40)];
         s
     }
 
-    fn audit(seq: u64, prev: &str, hash: &str, kind: &str, subject: &str, at: i64) -> AuditEntry {
+    /// Record `seq` of a chain whose predecessor hashes to `prev` (sealed: its hash is real).
+    fn audit(seq: u64, prev: &str, kind: &str, subject: &str, at: i64) -> AuditEntry {
         AuditEntry {
             seq,
             log_index: seq + 2,
-            actor: actor("p0"),
             at_ms: at,
+            principal: "p0".into(),
+            authenticated: true,
             kind: kind.into(),
+            model: "m".into(),
             subject: subject.into(),
+            reason: String::new(),
+            detail: String::new(),
             prev_hash: prev.into(),
-            hash: hash.into(),
+            hash: String::new(),
         }
+        .sealed()
     }
 
     fn ack(at_ms: i64, expect: Expect) -> Ack {
@@ -782,14 +776,19 @@ mod tests {
 
     #[test]
     fn a_broken_audit_chain_is_flagged() {
+        let first = audit(1, "", "create_model", "m", 1);
         let good = vec![
-            audit(1, "", "h1", "create_model", "m", 1),
-            audit(2, "h1", "h2", "create_version", "m/1", 2),
+            first.clone(),
+            audit(2, &first.hash, "create_version", "m/1", 2),
         ];
         assert_eq!(check_audit_chain(&good), vec![]);
         let mut bad = good.clone();
         bad[1].prev_hash = "hX".into();
+        bad[1] = bad[1].clone().sealed();
         assert_eq!(check_audit_chain(&bad)[0].kind, "audit-chain");
+        let mut altered = good.clone();
+        altered[0].subject = "n".into();
+        assert_eq!(check_audit_chain(&altered).len(), 1);
         let mut gap = good;
         gap[1].seq = 3;
         assert_eq!(check_audit_chain(&gap).len(), 1);

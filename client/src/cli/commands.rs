@@ -66,7 +66,7 @@ fn check_reference(text: &str) -> Result<(), UsageError> {
         .map_err(|error| UsageError(error.to_string()))
 }
 
-fn consistency(read: &ReadArgs) -> ReadConsistency {
+pub(super) fn consistency(read: &ReadArgs) -> ReadConsistency {
     if read.stale {
         ReadConsistency::Stale
     } else {

@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod access;
 mod args;
+mod audit;
 mod benchmarks;
 mod cluster;
 mod commands;
@@ -94,6 +95,10 @@ pub enum Command {
     Role(access::RoleCommand),
     /// Who the token names, and its roles.
     Whoami(OutputArgs),
+    /// The audit log: list it, verify a node's chain, export a signed bundle, verify one
+    /// offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Measure the registry against baselines taken on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -363,6 +368,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Role(command) => access::role(&node, command).await,
         Command::Whoami(output) => access::whoami(&node, output).await,
         Command::Signature(command) => signature::run(command),
+        Command::Audit(command) => audit::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

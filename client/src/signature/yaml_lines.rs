@@ -1,5 +1,5 @@
 //! Just enough of YAML to read the `signature:` block of an MLflow `MLmodel`
-//! file (decision 0019): a top-level `signature:` key whose children are
+//! file (decision 0020): a top-level `signature:` key whose children are
 //! `key: scalar` lines, the scalars quoted (as PyYAML's `safe_dump` writes a
 //! JSON string) or null, possibly folded over indented continuation lines.
 //! Anything else in the block is refused with a message naming it.

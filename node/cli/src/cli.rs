@@ -52,6 +52,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The audit log of a stopped node.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Cluster benchmarks: each starts its own local cluster in --scratch-dir
     /// and prints figures beside baselines measured in the same run.
     #[command(subcommand)]
@@ -213,6 +216,16 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify the audit chain in a stopped node's data dir: prints its length and head, or fails
+    /// naming the first altered, missing or unlinked record.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum CertCommand {
     /// Issue a certificate signed by the cluster CA: for a node that will join (--node-id), or
     /// for a client (--client NAME), which authenticates as principal NAME (grant it roles with
@@ -313,6 +326,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
         } => up(data_dir, port, nodes).await,
         Command::Bench(command) => bench(command).await,
+        Command::Audit(AuditCommand::Verify { data_dir }) => {
+            match quiver_node::audit::verify_data_dir(&data_dir)? {
+                Ok(head) => {
+                    println!(
+                        "audit chain intact: {} record(s), head {}",
+                        head.count,
+                        if head.hash.is_empty() {
+                            "(none)"
+                        } else {
+                            &head.hash
+                        }
+                    );
+                    Ok(())
+                }
+                Err(e) => anyhow::bail!(
+                    "audit chain of {} broken at record {}: {e}",
+                    data_dir.display(),
+                    e.seq()
+                ),
+            }
+        }
         Command::Gc { data_dir, dry_run } => {
             let report = quiver_node::gc::collect(&data_dir, dry_run)?;
             println!(

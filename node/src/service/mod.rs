@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod convert;
 pub mod lifecycle;
 pub mod models;

@@ -1,25 +1,22 @@
-//! The audit log: every accepted mutation appends an entry whose hash chains to the one before
-//! (`prev_hash` → `hash`), with its actor. The head of the chain is kept in `meta`.
+//! The audit log: every accepted mutation appends a self-verifying record (`quiver_audit`,
+//! decision 0019) whose hash covers its own fields and its predecessor's hash. The head of the
+//! chain (count and last hash) is kept in `meta`, so a record cut from the end is found too.
 
 use heed::{RoTxn, RwTxn};
+use quiver_audit::{AuditBreak, AuditRecord, ChainHead, ChainVerifier};
 use serde::{Deserialize, Serialize};
 
 use super::tables::{decode, encode, AUDIT_HEAD_KEY};
 use super::{AppResult, RegistryApp};
 use crate::command::Command;
-use crate::domain::Actor;
+use crate::domain::limits;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub seq: u64,
-    pub log_index: u64,
-    pub actor: Actor,
-    pub at_ms: i64,
-    pub kind: String,
-    pub subject: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
+/// The replicated audit record (the same type the client checks bundles with).
+pub type AuditEntry = AuditRecord;
+
+/// Most rows one page of [`RegistryApp::list_audit`] reads, matching or not: a filter that
+/// matches rarely answers a short page and a token to go on rather than walk the whole log.
+pub const AUDIT_SCAN_ROWS_MAX: usize = 10_000;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct AuditHead {
@@ -27,8 +24,24 @@ struct AuditHead {
     hash: String,
 }
 
+/// Which records a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only records naming this model (empty: every record).
+    pub model: String,
+    /// Only records stamped at or after this time.
+    pub since_ms: i64,
+}
+
+/// One page of a listing, and the sequence number to go on after (none: the log's end).
+#[derive(Clone, Debug, Default)]
+pub struct AuditPage {
+    pub records: Vec<AuditEntry>,
+    pub next_after: Option<u64>,
+}
+
 impl RegistryApp {
-    /// Appends the entry of accepted command `cmd`, applied at `log_index`, about `subject`.
+    /// Appends the record of accepted command `cmd`, applied at `log_index`, about `subject`.
     pub(super) fn append_audit(
         &self,
         wtxn: &mut RwTxn<'_>,
@@ -36,42 +49,150 @@ impl RegistryApp {
         cmd: &Command,
         subject: String,
     ) -> AppResult<()> {
-        let head: AuditHead = match self.tables.meta.get(wtxn, AUDIT_HEAD_KEY)? {
-            Some(bytes) => decode("audit head", bytes)?,
-            None => AuditHead::default(),
-        };
-        let seq = head.seq + 1;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(head.hash.as_bytes());
-        hasher.update(&log_index.to_le_bytes());
-        hasher.update(&encode(cmd)?);
-        let hash = hasher.finalize().to_hex().to_string();
-        let entry = AuditEntry {
-            seq,
+        let head = self.audit_head_row(wtxn)?;
+        let record = AuditRecord {
+            seq: head.seq + 1,
             log_index,
-            actor: cmd.actor.clone(),
             at_ms: cmd.at_ms,
+            principal: cmd.actor.name.clone(),
+            authenticated: cmd.actor.authenticated,
             kind: cmd.op.kind().into(),
+            model: cmd.op.model_name().unwrap_or_default().into(),
             subject,
+            reason: cmd.op.reason().unwrap_or_default().into(),
+            detail: String::new(),
             prev_hash: head.hash,
-            hash: hash.clone(),
-        };
+            hash: String::new(),
+        }
+        .sealed();
         self.tables
             .audit
-            .put(wtxn, &seq.to_be_bytes(), &encode(&entry)?)?;
+            .put(wtxn, &record.seq.to_be_bytes(), &encode(&record)?)?;
+        let head = AuditHead {
+            seq: record.seq,
+            hash: record.hash,
+        };
         self.tables
             .meta
-            .put(wtxn, AUDIT_HEAD_KEY, &encode(&AuditHead { seq, hash })?)?;
+            .put(wtxn, AUDIT_HEAD_KEY, &encode(&head)?)?;
         Ok(())
     }
 
-    /// The audit log in order (for verification and tests).
+    fn audit_head_row(&self, rtxn: &RoTxn<'_>) -> AppResult<AuditHead> {
+        Ok(match self.tables.meta.get(rtxn, AUDIT_HEAD_KEY)? {
+            Some(bytes) => decode("audit head", bytes)?,
+            None => AuditHead::default(),
+        })
+    }
+
+    /// How many records the log holds and the last one's hash, as the state's head says.
+    pub fn audit_head(&self, rtxn: &RoTxn<'_>) -> AppResult<ChainHead> {
+        let head = self.audit_head_row(rtxn)?;
+        Ok(ChainHead {
+            count: head.seq,
+            hash: head.hash,
+        })
+    }
+
+    /// The audit log in order (for the simulator's checks and tests).
     pub fn audit_log(&self, rtxn: &RoTxn<'_>) -> AppResult<Vec<AuditEntry>> {
+        self.audit_records(rtxn, 0, usize::MAX)
+    }
+
+    /// Up to `limit` records after seq `after`, in order.
+    pub fn audit_records(
+        &self,
+        rtxn: &RoTxn<'_>,
+        after: u64,
+        limit: usize,
+    ) -> AppResult<Vec<AuditEntry>> {
         let mut out = Vec::new();
-        for row in self.tables.audit.iter(rtxn)? {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(out);
+        };
+        let from = first.to_be_bytes();
+        let range = (
+            std::ops::Bound::Included(&from[..]),
+            std::ops::Bound::Unbounded,
+        );
+        for row in self.tables.audit.range(rtxn, &range)? {
+            if out.len() == limit {
+                break;
+            }
             let (_, v) = row?;
             out.push(decode("audit entry", v)?);
         }
         Ok(out)
+    }
+
+    /// One page of the records after seq `after` that pass `filter`: at most `page_size`
+    /// (0: the default, capped at the maximum) of them, reading at most
+    /// [`AUDIT_SCAN_ROWS_MAX`] rows.
+    pub fn list_audit(
+        &self,
+        rtxn: &RoTxn<'_>,
+        filter: &AuditFilter,
+        page_size_requested: usize,
+        after: u64,
+    ) -> AppResult<AuditPage> {
+        let size = match page_size_requested {
+            0 => limits::PAGE_SIZE_DEFAULT,
+            n => n.min(limits::PAGE_SIZE_MAX),
+        };
+        let mut page = AuditPage::default();
+        let scanned = self.audit_records(rtxn, after, AUDIT_SCAN_ROWS_MAX)?;
+        let full_scan = scanned.len() == AUDIT_SCAN_ROWS_MAX;
+        let mut last_seen = after;
+        for record in scanned {
+            if page.records.len() == size {
+                page.next_after = Some(last_seen);
+                return Ok(page);
+            }
+            last_seen = record.seq;
+            let wanted = (filter.model.is_empty() || record.model == filter.model)
+                && record.at_ms >= filter.since_ms;
+            if wanted {
+                page.records.push(record);
+            }
+        }
+        if full_scan {
+            page.next_after = Some(last_seen);
+        }
+        Ok(page)
+    }
+
+    /// Verifies the chain this state holds, record by record in constant memory, and its end
+    /// against the stored head: the head (count and last hash), or the first break. A row
+    /// whose bytes are not a record, or whose key is not its seq, is a break, not an error.
+    pub fn verify_audit(&self, rtxn: &RoTxn<'_>) -> AppResult<Result<ChainHead, AuditBreak>> {
+        let mut verifier = ChainVerifier::new();
+        for row in self.tables.audit.iter(rtxn)? {
+            let (key, value) = row?;
+            let key_seq = <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes);
+            let seq = key_seq.unwrap_or(verifier.head().count + 1);
+            let record: AuditRecord = match serde_json::from_slice(value) {
+                Ok(record) => record,
+                Err(e) => {
+                    return Ok(Err(AuditBreak::Unreadable {
+                        seq,
+                        error: e.to_string(),
+                    }))
+                }
+            };
+            if key_seq != Some(record.seq) {
+                return Ok(Err(AuditBreak::Unreadable {
+                    seq,
+                    error: format!(
+                        "stored under key {seq}, it says it is record {}",
+                        record.seq
+                    ),
+                }));
+            }
+            if let Err(e) = verifier.push(&record) {
+                return Ok(Err(e));
+            }
+        }
+        let head = self.audit_head(rtxn)?;
+        Ok(verifier.finish(head.count, &head.hash))
     }
 }

@@ -23,7 +23,7 @@ use heed::{Env, RoTxn, RwTxn};
 use crate::command::{Command, Response};
 use crate::domain::DomainError;
 
-pub use audit::AuditEntry;
+pub use audit::{AuditEntry, AuditFilter, AuditPage, AUDIT_SCAN_ROWS_MAX};
 pub use query::{tag_filter, StoredPolicy};
 pub use requests::{REQUEST_IDS_KEPT_ENTRIES, REQUEST_ID_BYTES_MAX};
 use tables::Tables;

@@ -29,10 +29,11 @@ fn export_then_import_reproduces_the_same_state() {
 /// The digest and the snapshot of a fixed state, as computed by the single-file state module
 /// before it was split by table and by command: existing data dirs and snapshots must keep
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
-/// `grants` tables came, since the fixed state now has a row in each.)
-const PINNED_DIGEST: &str = "edfa639b5934b183dae12209e3a47e90e158531e4ee3da5f4a72ec2e349dcf06";
+/// `grants` tables came, since the fixed state now has a row in each, and when audit records
+/// became self-verifying, decision 0019, and when the `policies` and `evaluations` tables came.)
+const PINNED_DIGEST: &str = "56ce3c02fb0a8d88256a5c8376d3c394d3d608566b81c48bbf11a4c490ed3973";
 const PINNED_EXPORT_BLAKE3: &str =
-    "8c47a024798cc24e5bb899584ddfe31000bdc182a7c22fd8a7467f159ec76a71";
+    "3e108e9cadda758e32962250bb8147f409b646a943f6fa2dfeaedba752d0a6e9";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
