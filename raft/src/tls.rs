@@ -126,19 +126,7 @@ impl PeerTls {
         &self,
         identity: Arc<PeerIdentity>,
     ) -> anyhow::Result<rustls::ServerConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = Arc::new(roots(&self.ca_cert_pem)?);
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .context("build client certificate verifier")?;
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("peer TLS protocol versions")?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(identity);
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(config)
+        self.server_config_with(identity, false)
     }
 
     /// The client API server's rustls configuration: this node's certificate as `identity`
@@ -149,16 +137,27 @@ impl PeerTls {
         &self,
         identity: Arc<PeerIdentity>,
     ) -> anyhow::Result<rustls::ServerConfig> {
+        self.server_config_with(identity, true)
+    }
+
+    fn server_config_with(
+        &self,
+        identity: Arc<PeerIdentity>,
+        client_cert_optional: bool,
+    ) -> anyhow::Result<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = Arc::new(roots(&self.ca_cert_pem)?);
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .context("build client certificate verifier")?;
+        let mut verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+        if client_cert_optional {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier
+            .build()
+            .context("build client certificate verifier")?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .context("API TLS protocol versions")?
+            .context("TLS protocol versions")?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(identity);
         config.alpn_protocols = vec![b"h2".to_vec()];
