@@ -299,5 +299,8 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         // An evaluation pipeline records results with the registrant's role; what it may
         // promote is the policy's business.
         Op::RecordEvaluation { model, .. } => (Role::Registrant, Target::Model(model)),
+        // Approving needs what the policy's approvals gate asks for (apply checks that against
+        // the committed grants); approver at least.
+        Op::DecideReview { model, .. } => (Role::Approver, Target::Model(model)),
     }
 }

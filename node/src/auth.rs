@@ -149,6 +149,18 @@ pub fn allows(grants: &[Grant], need: &Need) -> bool {
         .any(|g| g.role >= need.role && (g.scope == Scope::Cluster || g.scope == need.scope))
 }
 
+/// The highest role `grants` (one principal's) hold in `namespace`, counting cluster-wide ones.
+pub fn highest_role(grants: &[Grant], namespace: &str) -> Option<Role> {
+    grants
+        .iter()
+        .filter(|g| match &g.scope {
+            Scope::Cluster => true,
+            Scope::Namespace(ns) => ns == namespace,
+        })
+        .map(|g| g.role)
+        .max()
+}
+
 /// Why `principal` may not do `action`: names the principal, the action, the role that would
 /// allow it and what the principal holds.
 pub fn denied(principal: &str, action: &str, need: &Need, grants: &[Grant]) -> String {

@@ -12,7 +12,7 @@ use crate::domain::{
     Actor, Alias, DomainError, Model, NodeInfo, RiskTier, Signature, Stage, Version,
     VersionMetadata, VersionStatus,
 };
-use crate::governance::{self, Evaluation, Policy, PolicyScope};
+use crate::governance::{self, Evaluation, Policy, PolicyScope, Review};
 
 /// One replicated mutation, with who asked for it and when.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -176,6 +176,15 @@ pub enum Op {
         metrics: BTreeMap<String, f64>,
         summary: String,
     },
+    /// A reviewer approves or rejects review `id` (of a version of `model`, which the role check
+    /// where the request arrives uses). An approval that completes the gates moves the version in
+    /// this same step; a rejection closes the request for good.
+    DecideReview {
+        model: String,
+        id: u64,
+        approve: bool,
+        comment: String,
+    },
 }
 
 impl Op {
@@ -189,7 +198,8 @@ impl Op {
             | Op::SetAlias { model, .. }
             | Op::DeleteAlias { model, .. }
             | Op::SetVersionTags { model, .. }
-            | Op::RecordEvaluation { model, .. } => Some(model),
+            | Op::RecordEvaluation { model, .. }
+            | Op::DecideReview { model, .. } => Some(model),
             Op::SetPolicy {
                 scope: PolicyScope::Model(model),
                 ..
@@ -313,6 +323,7 @@ impl Op {
                 summary,
                 ..
             } => governance::validate_evaluation(kind, metrics, summary),
+            Op::DecideReview { comment, .. } => governance::validate_comment(comment),
         }
     }
 
@@ -320,6 +331,7 @@ impl Op {
     pub fn reason(&self) -> Option<&str> {
         match self {
             Op::SetStage { reason, .. } => Some(reason),
+            Op::DecideReview { comment, .. } => Some(comment),
             _ => None,
         }
     }
@@ -344,6 +356,8 @@ impl Op {
             Op::Bootstrap { .. } => "bootstrap",
             Op::SetPolicy { .. } => "set_policy",
             Op::RecordEvaluation { .. } => "record_evaluation",
+            Op::DecideReview { approve: true, .. } => "approve_review",
+            Op::DecideReview { approve: false, .. } => "reject_review",
         }
     }
 }
@@ -365,5 +379,8 @@ pub enum Response {
     Policy(Box<(PolicyScope, Option<Policy>)>),
     /// An evaluation recorded, and the version after it (promoted, if it was).
     Evaluation(Box<(Evaluation, Version)>),
+    /// A review after a decision, and its version after it (moved, if the approval completed
+    /// the gates).
+    Review(Box<(Review, Version)>),
     Rejected(DomainError),
 }

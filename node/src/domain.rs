@@ -233,6 +233,17 @@ pub enum DomainError {
         stage: String,
         report: String,
     },
+    #[error("review #{id} not found: list them with `quiver review list`")]
+    ReviewNotFound { id: u64 },
+    #[error("review #{id} is {state}: only an open review takes decisions")]
+    ReviewClosed { id: u64, state: String },
+    /// Refused by a governance rule about who (four eyes, the role an approvals gate counts).
+    #[error("{principal} may not {action}: {why}")]
+    NotAllowed {
+        principal: String,
+        action: String,
+        why: String,
+    },
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },
 }

@@ -12,6 +12,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Role;
 use crate::domain::{validate_name, DomainError, RiskTier, Stage, Version};
 
 /// Most gates one stage of a policy may list.
@@ -24,6 +25,10 @@ pub const METRIC_NAME_BYTES_MAX: usize = 128;
 pub const EVAL_SUMMARY_BYTES_MAX: usize = 4096;
 /// Most evaluation records one version may hold.
 pub const EVALUATIONS_PER_VERSION_MAX: u64 = 1024;
+/// Most approvals one approvals gate may ask for.
+pub const APPROVALS_MAX: u32 = 10;
+/// Longest comment on a review decision (bytes).
+pub const REVIEW_COMMENT_BYTES_MAX: usize = 4096;
 
 /// The gates of one model's versions. Serialized as the `--file` of `quiver policy set`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -66,6 +71,33 @@ pub enum Gate {
         #[serde(default)]
         bounds: Vec<Bound>,
     },
+    /// `count` approvals of the version's review, each by a different principal holding `role`
+    /// (approver by default) in the model's namespace, none by the version's registrant (four
+    /// eyes). A stage change that waits only for these becomes a review request.
+    Approvals {
+        count: u32,
+        #[serde(default = "approver", with = "role_text")]
+        role: Role,
+    },
+}
+
+fn approver() -> Role {
+    Role::Approver
+}
+
+/// A role in a policy file as users write it: `approver`, `admin`.
+mod role_text {
+    use super::Role;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(role: &Role, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(role.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let text = String::deserialize(d)?;
+        Role::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A lineage field a [`Gate::RequiredMetadata`] asks for.
@@ -216,6 +248,146 @@ pub struct GateInput<'a> {
     pub evaluations: &'a [Evaluation],
     /// The model's Production version (other than `version`) and its evaluations.
     pub production: Option<(&'a Version, &'a [Evaluation])>,
+    /// The approvals of the version's open review for the stage decided (none without one).
+    pub approvals: &'a [Approval],
+}
+
+/// One approval of a review: who, holding which role in the model's namespace when it was
+/// given, when, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub principal: String,
+    pub role: Role,
+    pub at_ms: i64,
+    pub comment: String,
+}
+
+/// Where a review request stands. Only an open one takes decisions; a rejection is final for
+/// that request (a new stage change opens a new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewState {
+    Open,
+    /// Its approvals completed the gates and the version moved.
+    Promoted,
+    Rejected,
+    /// Closed without a decision: the version moved another way, or another review replaced it.
+    Closed,
+}
+
+impl ReviewState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ReviewState::Open => "open",
+            ReviewState::Promoted => "promoted",
+            ReviewState::Rejected => "rejected",
+            ReviewState::Closed => "closed",
+        }
+    }
+}
+
+/// Approvals that no longer count, and why (the version or the policy changed mid-review).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoidedApprovals {
+    pub approvals: Vec<Approval>,
+    pub reason: String,
+    pub at_ms: i64,
+}
+
+/// A stage change that waits for approvals (four eyes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub id: u64,
+    pub model: String,
+    pub number: u64,
+    pub stage: Stage,
+    pub requested_by: String,
+    pub requested_at_ms: i64,
+    pub reason: String,
+    pub state: ReviewState,
+    /// The approvals that count now.
+    pub approvals: Vec<Approval>,
+    /// Approvals given and since voided.
+    pub voided: Vec<VoidedApprovals>,
+    /// Who decided it (rejected it, or gave the approval that promoted it), when, and why.
+    pub closed_by: Option<String>,
+    pub closed_at_ms: Option<i64>,
+    pub closing_comment: String,
+    /// The gates as they stood when it was last decided or opened.
+    pub report: GateReport,
+}
+
+/// Whether every gate of `report` that failed is an approvals gate of `policy` for `stage`
+/// (the results are in the policy's gate order), and at least one failed: the stage change
+/// waits for reviewers rather than for the version.
+pub fn waits_only_for_approvals(policy: &Policy, report: &GateReport) -> bool {
+    let gates: &[Gate] = match report.stage {
+        Stage::Staging => &policy.staging,
+        Stage::Production => &policy.production,
+        Stage::Experimental | Stage::Archived => &[],
+    };
+    gates.len() == report.results.len()
+        && !report.passed()
+        && gates
+            .iter()
+            .zip(&report.results)
+            .all(|(g, r)| r.passed || matches!(g, Gate::Approvals { .. }))
+}
+
+/// Whether `principal`, who holds `held` in the namespace, may approve `review` of a version
+/// registered by `registrant`: an open review, not the registrant, not twice, and a role that
+/// at least one approvals gate of `gates` counts. The refusal names who and why.
+pub fn may_approve(
+    review: &Review,
+    registrant: &str,
+    principal: &str,
+    held: Option<Role>,
+    gates: &[Gate],
+) -> Result<(), DomainError> {
+    if review.state != ReviewState::Open {
+        return Err(DomainError::ReviewClosed {
+            id: review.id,
+            state: review.state.label().into(),
+        });
+    }
+    let refuse = |why: String| DomainError::NotAllowed {
+        principal: principal.into(),
+        action: format!("approve review #{}", review.id),
+        why,
+    };
+    if principal == registrant {
+        return Err(refuse(format!(
+            "they registered {}/{} and the registrant never approves their own version (four \
+             eyes): another approver must",
+            review.model, review.number
+        )));
+    }
+    if review.approvals.iter().any(|a| a.principal == principal) {
+        return Err(refuse(
+            "they already approved it: each approval must come from a different principal".into(),
+        ));
+    }
+    let needed = gates
+        .iter()
+        .filter_map(|g| match g {
+            Gate::Approvals { role, .. } => Some(*role),
+            _ => None,
+        })
+        .min();
+    match (needed, held) {
+        (None, _) => Err(refuse(format!(
+            "the policy of {} no longer asks for approvals to enter {}: run `quiver stage set` \
+             again",
+            review.model,
+            crate::domain::stage_label(review.stage)
+        ))),
+        (Some(role), Some(h)) if h >= role => Ok(()),
+        (Some(role), h) => Err(refuse(format!(
+            "they hold {} in the namespace of {}, and the approvals gate counts {role}",
+            h.map_or("no role".to_string(), |h| h.to_string()),
+            review.model
+        ))),
+    }
 }
 
 /// A version's metrics as gates see them: the registration's, overridden by each evaluation
@@ -385,6 +557,33 @@ fn decide(
                 },
             }
         }
+        Gate::Approvals { count, role } => {
+            let counted: Vec<&str> = input
+                .approvals
+                .iter()
+                .filter(|a| a.role >= *role && a.principal != input.version.created_by.name)
+                .map(|a| a.principal.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let have = counted.len() as u32;
+            GateResult {
+                gate: format!("{count} approval(s) by {role}"),
+                passed: have >= *count,
+                detail: match have >= *count {
+                    true => format!("approved by {}", counted.join(", ")),
+                    false => format!(
+                        "{have} of {count} approval(s){}: a principal holding {role} other than \
+                         the registrant {} approves with `quiver review approve ID`",
+                        match counted.is_empty() {
+                            true => String::new(),
+                            false => format!(" ({})", counted.join(", ")),
+                        },
+                        input.version.created_by.name
+                    ),
+                },
+            }
+        }
     }
 }
 
@@ -501,6 +700,20 @@ pub fn validate_policy(policy: &Policy) -> Result<(), DomainError> {
                         ));
                     }
                 }
+                Gate::Approvals { count, role } => {
+                    if *count == 0 || *count > APPROVALS_MAX {
+                        return Err(invalid(
+                            "approvals.count",
+                            format!("{count} is not between 1 and {APPROVALS_MAX}"),
+                        ));
+                    }
+                    if *role < Role::Approver {
+                        return Err(invalid(
+                            "approvals.role",
+                            format!("{role} cannot approve: use approver or admin"),
+                        ));
+                    }
+                }
                 Gate::Evaluation { eval_kind, bounds } => {
                     validate_metric_name("evaluation.eval_kind", eval_kind)?;
                     if bounds.len() > METRICS_PER_RECORD_MAX {
@@ -526,6 +739,17 @@ pub fn validate_scope(scope: &PolicyScope) -> Result<(), DomainError> {
         PolicyScope::Model(name) => validate_name("model", name),
         PolicyScope::Namespace { namespace, .. } => validate_name("namespace", namespace),
     }
+}
+
+/// Checks a review decision's comment.
+pub fn validate_comment(comment: &str) -> Result<(), DomainError> {
+    if comment.len() > REVIEW_COMMENT_BYTES_MAX || comment.contains('\0') {
+        return Err(invalid(
+            "comment",
+            format!("at most {REVIEW_COMMENT_BYTES_MAX} bytes of text without NUL"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an evaluation record's fields.

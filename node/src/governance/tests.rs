@@ -71,6 +71,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
         &policy,
         Stage::Staging,
         &GateInput {
+            approvals: &[],
             version: &v14,
             evaluations: &none,
             production: Some((&v13, &none)),
@@ -84,6 +85,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     // 0.42 >= 0.40 + 0.005.
     let evals = [eval(1, "offline", &[("ndcg@10", 0.42)])];
     let input = GateInput {
+        approvals: &[],
         version: &v14,
         evaluations: &evals,
         production: Some((&v13, &none)),
@@ -92,6 +94,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     // 0.403 is not enough, but within a tolerance of 0.002 it is.
     let close = [eval(1, "offline", &[("ndcg@10", 0.403)])];
     let input = GateInput {
+        approvals: &[],
         version: &v14,
         evaluations: &close,
         production: Some((&v13, &none)),
@@ -106,6 +109,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     assert!(evaluate(&tolerant, Stage::Staging, &input).passed());
     // With no Production version, a relative gate has nothing to beat.
     let input = GateInput {
+        approvals: &[],
         version: &v14,
         evaluations: &close,
         production: None,
@@ -122,6 +126,7 @@ fn an_evaluation_gate_needs_the_newest_record_of_its_kind_within_bounds() {
             &policy,
             Stage::Production,
             &GateInput {
+                approvals: &[],
                 version: &v,
                 evaluations: evals,
                 production: None,
@@ -162,6 +167,7 @@ fn required_metadata_names_what_is_missing() {
             &policy,
             Stage::Staging,
             &GateInput {
+                approvals: &[],
                 version: v,
                 evaluations: &[],
                 production: None,
@@ -186,6 +192,7 @@ fn required_metadata_names_what_is_missing() {
         &policy,
         Stage::Archived,
         &GateInput {
+            approvals: &[],
             version: &version(1, &[]),
             evaluations: &[],
             production: None,
@@ -337,7 +344,8 @@ proptest::proptest! {
             true => vec![eval(1, "k", &[("m", value)])],
             false => Vec::new(),
         };
-        let input = GateInput { version: &v, evaluations: &evals, production: None };
+        let input = GateInput {
+            approvals: &[], version: &v, evaluations: &evals, production: None };
         let report = evaluate(&policy, Stage::Production, &input);
         proptest::prop_assert_eq!(report.passed(), report.results.iter().all(|r| r.passed));
         proptest::prop_assert_eq!(report.results[0].passed, recorded && op.holds(value, threshold, tolerance));

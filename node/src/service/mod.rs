@@ -89,13 +89,16 @@ pub fn status_from_domain(e: &DomainError) -> Status {
         DomainError::ModelNotFound { .. }
         | DomainError::VersionNotFound { .. }
         | DomainError::AliasNotFound { .. }
-        | DomainError::StageEmpty { .. } => Status::not_found(message),
+        | DomainError::StageEmpty { .. }
+        | DomainError::ReviewNotFound { .. } => Status::not_found(message),
         DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. } => {
             Status::already_exists(message)
         }
         DomainError::SameStage { .. }
         | DomainError::NotReady { .. }
-        | DomainError::GatesFailed { .. } => Status::failed_precondition(message),
+        | DomainError::GatesFailed { .. }
+        | DomainError::ReviewClosed { .. } => Status::failed_precondition(message),
+        DomainError::NotAllowed { .. } => Status::permission_denied(message),
         DomainError::Invalid { .. } => Status::invalid_argument(message),
     }
 }

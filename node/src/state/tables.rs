@@ -29,6 +29,9 @@
 //! - `policies`:  `m` \0 model, or `n` \0 namespace \0 tier (`low`, `medium`, `high`, `*`) →
 //!   Policy
 //! - `evaluations`: model \0 number(be u64) seq(be u64) → Evaluation
+//! - `reviews`:   id(be u64)                → Review (a stage change waiting for approvals)
+//! - `open_reviews`: model \0 number(be u64) → id(be u64) of the version's open review (at most
+//!   one)
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -87,6 +90,8 @@ tables! {
     grants,
     policies,
     evaluations,
+    reviews,
+    open_reviews,
 }
 
 /// The `policies` key of a policy scope.

@@ -23,6 +23,7 @@ pub(super) fn set_policy(
     }
     let key = policy_key(scope);
     let subject = scope_label(scope);
+    let reviews = super::review::under_scope(w, scope)?;
     match policy {
         Some(policy) => {
             let row = StoredPolicy {
@@ -41,6 +42,8 @@ pub(super) fn set_policy(
             }
         }
     }
+    // Approvals given under the old policy do not carry over to the new one.
+    super::review::void_changed(w, reviews)?;
     Ok((
         Response::Policy(Box::new((scope.clone(), policy.cloned()))),
         subject,

@@ -8,6 +8,7 @@ mod create_version;
 mod governance;
 mod model;
 mod node;
+mod review;
 mod stage;
 mod version;
 
@@ -154,6 +155,12 @@ impl RegistryApp {
                     summary,
                 },
             ),
+            Op::DecideReview {
+                model,
+                id,
+                approve,
+                comment,
+            } => review::decide(w, model, *id, *approve, comment),
         }
     }
 }

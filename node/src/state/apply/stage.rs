@@ -9,7 +9,7 @@ use crate::domain::{
     stage_label, status_label, Actor, DomainError, Model, Stage, StageTransition, Version,
     VersionStatus,
 };
-use crate::governance::GateReport;
+use crate::governance::{waits_only_for_approvals, GateReport};
 use crate::state::tables::{encode, version_key};
 use crate::state::AppResult;
 
@@ -40,7 +40,18 @@ pub(super) fn set_stage(
     }
     let report = match stage {
         Stage::Staging | Stage::Production => {
-            let report = w.app.gate_report(w.wtxn, &m, &v, stage)?;
+            let (_, policy) = w.app.applicable_policy(w.wtxn, &m)?;
+            let open = w.app.open_review(w.wtxn, model, number)?;
+            let approvals = match &open {
+                Some(r) if r.stage == stage => r.approvals.clone(),
+                _ => Vec::new(),
+            };
+            let report = w
+                .app
+                .gate_report_with(w.wtxn, &m, &v, stage, &policy, &approvals)?;
+            if waits_only_for_approvals(&policy, &report) {
+                return super::review::request(w, v, stage, reason, report, open);
+            }
             if !report.passed() {
                 return Err(DomainError::GatesFailed {
                     model: model.into(),
@@ -108,6 +119,9 @@ pub(super) fn transition_to(
         m.production_version = None;
     }
     record(&mut v, t.stage, w.actor, w.at_ms, t.reason, t.report);
+    // A review of this version is settled by its move, whichever way it came.
+    super::review::settle(w, &v, t.stage)?;
+    let tables = &w.app.tables;
     tables.models.put(w.wtxn, model.as_bytes(), &encode(&m)?)?;
     tables
         .versions

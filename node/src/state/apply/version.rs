@@ -37,5 +37,8 @@ pub(super) fn set_version_tags(
         .tables
         .versions
         .put(w.wtxn, &version_key(model, number), &encode(&v)?)?;
+    // What a reviewer approved is the version as it was.
+    let m = w.app.get_model(w.wtxn, model)?;
+    super::review::void_approvals(w, &m, Some(number), "the version's tags changed")?;
     Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
 }

@@ -5,7 +5,9 @@ use heed::RoTxn;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Model, Stage, Version};
-use crate::governance::{self, Evaluation, GateInput, GateReport, Policy, PolicyScope};
+use crate::governance::{
+    self, Approval, Evaluation, GateInput, GateReport, Policy, PolicyScope, Review, ReviewState,
+};
 use crate::state::tables::{decode, policy_key, version_key};
 use crate::state::{AppResult, RegistryApp};
 
@@ -89,6 +91,23 @@ impl RegistryApp {
         stage: Stage,
     ) -> AppResult<GateReport> {
         let (_, policy) = self.applicable_policy(rtxn, model)?;
+        let approvals: Vec<Approval> = match self.open_review(rtxn, &model.name, version.number)? {
+            Some(r) if r.stage == stage => r.approvals,
+            _ => Vec::new(),
+        };
+        self.gate_report_with(rtxn, model, version, stage, &policy, &approvals)
+    }
+
+    /// [`RegistryApp::gate_report`] under `policy` with `approvals`.
+    pub(crate) fn gate_report_with(
+        &self,
+        rtxn: &RoTxn<'_>,
+        model: &Model,
+        version: &Version,
+        stage: Stage,
+        policy: &Policy,
+        approvals: &[Approval],
+    ) -> AppResult<GateReport> {
         let evaluations = self.evaluations(rtxn, &model.name, version.number)?;
         let production = match model.production_version.filter(|p| *p != version.number) {
             Some(number) => {
@@ -99,13 +118,116 @@ impl RegistryApp {
             None => None,
         };
         Ok(governance::evaluate(
-            &policy,
+            policy,
             stage,
             &GateInput {
                 version,
                 evaluations: &evaluations,
                 production: production.as_ref().map(|(v, e)| (v, e.as_slice())),
+                approvals,
             },
         ))
+    }
+}
+
+/// Which reviews a listing shows.
+#[derive(Clone, Debug, Default)]
+pub struct ReviewFilter {
+    pub model: Option<String>,
+    /// Only open ones.
+    pub open_only: bool,
+    /// Reviews with an id above this (paging).
+    pub after: u64,
+    pub limit: usize,
+}
+
+impl RegistryApp {
+    /// Review `id`, if any.
+    pub fn review(&self, rtxn: &RoTxn<'_>, id: u64) -> AppResult<Option<Review>> {
+        match self.tables.reviews.get(rtxn, &id.to_be_bytes())? {
+            Some(bytes) => Ok(Some(decode("review", bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The open review of version `number` of `model`, if any.
+    pub fn open_review(
+        &self,
+        rtxn: &RoTxn<'_>,
+        model: &str,
+        number: u64,
+    ) -> AppResult<Option<Review>> {
+        match self
+            .tables
+            .open_reviews
+            .get(rtxn, &version_key(model, number))?
+        {
+            Some(id) => {
+                let id = u64::from_be_bytes(id.try_into().map_err(|_| {
+                    crate::state::AppError::Storage(anyhow::anyhow!(
+                        "open_reviews row of {model}/{number} is not a review id"
+                    ))
+                })?);
+                self.review(rtxn, id)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every open review of `model` (of any of its versions; of every model with `None`).
+    pub fn open_reviews_of(&self, rtxn: &RoTxn<'_>, model: Option<&str>) -> AppResult<Vec<Review>> {
+        // LMDB refuses an empty key, so every model's is a plain walk, not an empty prefix.
+        let rows = match model {
+            Some(model) => self
+                .tables
+                .open_reviews
+                .prefix_iter(rtxn, &[model.as_bytes(), b"\0"].concat())?
+                .collect::<Vec<_>>(),
+            None => self.tables.open_reviews.iter(rtxn)?.collect(),
+        };
+        let mut ids = Vec::new();
+        for row in rows {
+            let (_, id) = row?;
+            if let Ok(id) = <[u8; 8]>::try_from(id) {
+                ids.push(u64::from_be_bytes(id));
+            }
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.review(rtxn, id)?);
+        }
+        Ok(out)
+    }
+
+    /// The id the next review gets: one above the highest so far.
+    pub(crate) fn next_review_id(&self, rtxn: &RoTxn<'_>) -> AppResult<u64> {
+        Ok(match self.tables.reviews.last(rtxn)? {
+            Some((k, _)) => <[u8; 8]>::try_from(k).map_or(1, |k| u64::from_be_bytes(k) + 1),
+            None => 1,
+        })
+    }
+
+    /// Reviews in id order, filtered.
+    pub fn reviews(&self, rtxn: &RoTxn<'_>, filter: &ReviewFilter) -> AppResult<Vec<Review>> {
+        let mut out = Vec::new();
+        let start = filter.after.saturating_add(1).to_be_bytes();
+        let range = (
+            std::ops::Bound::Included(start.as_slice()),
+            std::ops::Bound::Unbounded,
+        );
+        for row in self.tables.reviews.range(rtxn, &range)? {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let (_, v) = row?;
+            let review: Review = decode("review", v)?;
+            if filter.model.as_ref().is_some_and(|m| *m != review.model)
+                || (filter.open_only && review.state != ReviewState::Open)
+            {
+                continue;
+            }
+            out.push(review);
+        }
+        Ok(out)
     }
 }

@@ -6,6 +6,7 @@ mod governance;
 mod properties;
 mod query;
 mod requests;
+mod reviews;
 mod snapshot;
 
 use std::collections::BTreeMap;
@@ -70,9 +71,18 @@ impl Fixture {
 
     /// Applies at the next log index, as request `id`.
     fn apply_request(&mut self, id: Option<&str>, op: Op) -> Response {
+        self.apply_full("alice", id, op)
+    }
+
+    /// Applies at the next log index, sent by `principal`.
+    fn apply_as(&mut self, principal: &str, op: Op) -> Response {
+        self.apply_full(principal, None, op)
+    }
+
+    fn apply_full(&mut self, principal: &str, id: Option<&str>, op: Op) -> Response {
         self.index += 1;
         let cmd = Command {
-            actor: actor("alice"),
+            actor: actor(principal),
             at_ms: 1_000 + self.index as i64,
             request_id: id.map(|id| RequestId(id.into())),
             op,
@@ -200,7 +210,13 @@ fn one_row_in_every_table() -> Fixture {
     });
     f.apply(Op::SetPolicy {
         scope: crate::governance::PolicyScope::Model("reco".into()),
-        policy: Some(crate::governance::Policy::default()),
+        policy: Some(crate::governance::Policy {
+            production: vec![crate::governance::Gate::Approvals {
+                count: 1,
+                role: crate::auth::Role::Approver,
+            }],
+            ..Default::default()
+        }),
     });
     f.apply(Op::RecordEvaluation {
         model: "reco".into(),
@@ -209,6 +225,14 @@ fn one_row_in_every_table() -> Fixture {
         metrics: BTreeMap::from([("auc".to_string(), 0.9)]),
         summary: String::new(),
     });
+    // Waits for an approval: a review, open.
+    let opened = f.apply(Op::SetStage {
+        model: "reco".into(),
+        number: 1,
+        stage: Stage::Production,
+        reason: "ship".into(),
+    });
+    assert!(matches!(opened, Response::Review(_)), "{opened:?}");
     f
 }
 

@@ -306,7 +306,57 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => node_info().prop_map(Op::UpsertNode),
         1 => prop_oneof![Just(7u64), any::<u64>()].prop_map(|node_id| Op::RemoveNode { node_id }),
+        3 => governance_op(),
     ]
+}
+
+/// Policies with approvals and evaluation gates, evaluations, review decisions and grants, so
+/// that reviews open, take approvals, get voided, promote and close.
+fn governance_op() -> BoxedStrategy<Op> {
+    use crate::auth::{Role, Scope};
+    use crate::governance::{Gate, Policy, PolicyScope};
+    let role = prop::sample::select(Role::ALL.to_vec());
+    let gate = prop_oneof![
+        2 => (0u32..4, role.clone()).prop_map(|(count, role)| Gate::Approvals { count, role }),
+        1 => Just(Gate::Evaluation { eval_kind: "fairness".into(), bounds: Vec::new() }),
+    ];
+    let policy = (prop::collection::vec(gate, 0..3), any::<bool>()).prop_map(
+        |(production, auto_promote)| Policy {
+            staging: Vec::new(),
+            production,
+            auto_promote,
+        },
+    );
+    let scope = prop_oneof![
+        model_name().prop_map(PolicyScope::Model),
+        Just(PolicyScope::Namespace {
+            namespace: "team".into(),
+            tier: None
+        }),
+    ];
+    let principal = prop_oneof![
+        3 => prop::sample::select(vec!["alice", "bob", "carol"]).prop_map(str::to_owned),
+        1 => hostile_string(),
+    ];
+    prop_oneof![
+        1 => (scope, prop::option::of(policy)).prop_map(|(scope, policy)| Op::SetPolicy { scope, policy }),
+        1 => (model_name(), number(), prop_oneof![Just("fairness".to_owned()), hostile_string()], text())
+            .prop_map(|(model, number, kind, summary)| Op::RecordEvaluation {
+                model,
+                number,
+                kind,
+                metrics: BTreeMap::from([("auc".to_string(), 0.9)]),
+                summary,
+            }),
+        3 => (model_name(), prop_oneof![Just(1u64), Just(2u64), Just(0u64), any::<u64>()], any::<bool>(), text())
+            .prop_map(|(model, id, approve, comment)| Op::DecideReview { model, id, approve, comment }),
+        1 => (principal, role).prop_map(|(principal, role)| Op::GrantRole {
+            principal,
+            scope: Scope::Namespace("team".into()),
+            role,
+        }),
+    ]
+    .boxed()
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -316,7 +366,7 @@ fn command() -> impl Strategy<Value = Command> {
         1 => hostile_string().prop_map(|id| Some(RequestId(id))),
     ];
     (
-        prop_oneof![3 => Just("alice".to_owned()), 1 => hostile_string()],
+        prop_oneof![3 => Just("alice".to_owned()), 2 => Just("bob".to_owned()), 1 => hostile_string()],
         any::<bool>(),
         prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(-1i64), any::<i64>()],
         request_id,

@@ -30,10 +30,11 @@ fn export_then_import_reproduces_the_same_state() {
 /// before it was split by table and by command: existing data dirs and snapshots must keep
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
 /// `grants` tables came, since the fixed state now has a row in each, and when audit records
-/// became self-verifying, decision 0019, and when the `policies` and `evaluations` tables came.)
-const PINNED_DIGEST: &str = "56ce3c02fb0a8d88256a5c8376d3c394d3d608566b81c48bbf11a4c490ed3973";
+/// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, and
+/// when the `reviews` and `open_reviews` tables came.)
+const PINNED_DIGEST: &str = "5e35f51b3bd7118172c54091570924ed17c3f04ea5eaa982f19baab889b0c337";
 const PINNED_EXPORT_BLAKE3: &str =
-    "3e108e9cadda758e32962250bb8147f409b646a943f6fa2dfeaedba752d0a6e9";
+    "d75bc7071b4c11e36e5ae9ec20881966227373c4b6b4ee09ba324ec58e6fe025";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
