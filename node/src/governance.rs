@@ -195,6 +195,22 @@ impl fmt::Display for GateReport {
     }
 }
 
+impl fmt::Display for PolicyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyScope::Model(model) => write!(f, "policy of model {model}"),
+            PolicyScope::Namespace {
+                namespace,
+                tier: Some(tier),
+            } => write!(f, "policy of namespace {namespace}, {tier:?} risk"),
+            PolicyScope::Namespace {
+                namespace,
+                tier: None,
+            } => write!(f, "policy of namespace {namespace}"),
+        }
+    }
+}
+
 impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -244,6 +244,14 @@ pub async fn version(node: &Node, command: VersionCommand) -> anyhow::Result<()>
             );
             Ok(())
         }
+        VersionCommand::Eval(args) => {
+            check_reference(&args.reference)?;
+            super::governance::eval(node, args).await
+        }
+        VersionCommand::Evaluations { reference, read } => {
+            check_reference(&reference)?;
+            super::governance::evaluations(node, &reference, read).await
+        }
         VersionCommand::Tag {
             reference,
             set,
@@ -324,12 +332,22 @@ fn read_signature(path: &std::path::Path) -> anyhow::Result<crate::proto::Signat
 }
 
 pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {
-    let StageCommand::Set {
-        reference,
-        stage,
-        reason,
-        output,
-    } = command;
+    let (reference, stage, reason, output) = match command {
+        StageCommand::Set {
+            reference,
+            stage,
+            reason,
+            output,
+        } => (reference, stage, reason, output),
+        StageCommand::Check {
+            reference,
+            stage,
+            output,
+        } => {
+            check_reference(&reference)?;
+            return super::governance::check(node, &reference, stage, output).await;
+        }
+    };
     if reason.trim().is_empty() {
         return Err(UsageError("--reason is empty: say why the version moves".into()).into());
     }
@@ -343,7 +361,19 @@ pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {
     match output.output {
         Output::Json => print_json(&view),
         Output::Table => {
-            outln!("{} is now {}", view.reference, view.stage);
+            match &view.pending_review {
+                Some(r) if view.stage != r.stage => outln!(
+                    "{} stays {}: its move to {} waits for approvals in review #{} (`quiver \
+                     review show {}`; an approver runs `quiver review approve {}`)",
+                    view.reference,
+                    view.stage,
+                    r.stage,
+                    r.id,
+                    r.id,
+                    r.id
+                ),
+                _ => outln!("{} is now {}", view.reference, view.stage),
+            }
             Ok(())
         }
     }

@@ -17,6 +17,7 @@ mod audit;
 mod benchmarks;
 mod cluster;
 mod commands;
+mod governance;
 mod progress;
 mod signature;
 mod view;
@@ -82,6 +83,12 @@ pub enum Command {
     /// Point named aliases (champion, challenger) at versions.
     #[command(subcommand)]
     Alias(AliasCommand),
+    /// Policies: the gates a model's versions pass to enter Staging and Production.
+    #[command(subcommand)]
+    Policy(governance::PolicyCommand),
+    /// Review requests: stage changes waiting for approvals (four eyes).
+    #[command(subcommand)]
+    Review(governance::ReviewCommand),
     /// Show the state of the node (Raft role, term, log, chunks).
     Status(OutputArgs),
     /// Cluster members and operations: status, remove.
@@ -214,6 +221,16 @@ pub enum VersionCommand {
         #[arg(long)]
         no_nearest: bool,
     },
+    /// Record an evaluation result for a version (evaluation pipelines; the registration never
+    /// changes). With the policy's auto-promotion, a version whose Staging gates now pass
+    /// enters Staging in the same step.
+    Eval(governance::EvalArgs),
+    /// A version's evaluation records, oldest first.
+    Evaluations {
+        reference: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// Set or remove a version's tags.
     Tag {
         reference: String,
@@ -271,6 +288,14 @@ pub enum StageCommand {
         /// Why; recorded in the version's stage history.
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// What the policy's gates say now about a version entering a stage; changes nothing.
+    Check {
+        reference: String,
+        #[arg(value_parser = parse_stage_arg)]
+        stage: Stage,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -369,6 +394,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami(output) => access::whoami(&node, output).await,
         Command::Signature(command) => signature::run(command),
         Command::Audit(command) => audit::run(&node, command).await,
+        Command::Policy(command) => governance::policy(&node, command).await,
+        Command::Review(command) => governance::review(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

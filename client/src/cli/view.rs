@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::governance::{GateReportView, ReviewView};
 use crate::proto::{
     Alias, Model, ModelVersion, NodeStatusResponse, RiskTier, Stage, StageTransition, VersionStatus,
 };
@@ -54,6 +55,9 @@ pub struct TransitionView {
     pub actor_authenticated: bool,
     pub at_ms: i64,
     pub reason: String,
+    /// The gates that allowed it, when its stage had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_report: Option<GateReportView>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -75,6 +79,9 @@ pub struct VersionView {
     pub created_by_authenticated: bool,
     pub created_at_ms: i64,
     pub stage_history: Vec<TransitionView>,
+    /// The open review request of a stage change waiting for approvals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_review: Option<ReviewView>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -169,6 +176,7 @@ impl From<&StageTransition> for TransitionView {
             actor_authenticated: transition.actor_authenticated,
             at_ms: transition.at_ms,
             reason: transition.reason.clone(),
+            gate_report: transition.gate_report.as_ref().map(Into::into),
         }
     }
 }
@@ -210,6 +218,7 @@ impl From<&ModelVersion> for VersionView {
             created_by_authenticated: version.created_by_authenticated,
             created_at_ms: version.created_at_ms,
             stage_history: version.stage_history.iter().map(Into::into).collect(),
+            pending_review: version.pending_review.as_ref().map(Into::into),
         }
     }
 }
@@ -302,7 +311,7 @@ fn map_text<V: std::fmt::Display>(map: &BTreeMap<String, V>) -> String {
         .join(", ")
 }
 
-fn or_dash(text: &str) -> String {
+pub fn or_dash(text: &str) -> String {
     if text.is_empty() {
         "-".into()
     } else {
@@ -512,6 +521,28 @@ impl VersionView {
                 &["AT", "TRANSITION", "BY", "REASON"],
                 &rows,
             )));
+            if let Some(report) = self
+                .stage_history
+                .last()
+                .and_then(|t| t.gate_report.as_ref())
+            {
+                out.push_str(
+                    "
+gates of the last transition:
+",
+                );
+                out.push_str(&indent(&report.text()));
+            }
+        }
+        if let Some(review) = &self.pending_review {
+            out.push_str(&format!(
+                "
+pending review #{} (to {}, {} approval(s)): `quiver review show {}`\n",
+                review.id,
+                review.stage,
+                review.approvals.len(),
+                review.id
+            ));
         }
         out
     }
@@ -563,7 +594,7 @@ impl StatusView {
     }
 }
 
-fn indent(text: &str) -> String {
+pub fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
 }
 

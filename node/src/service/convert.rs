@@ -4,6 +4,7 @@
 use quiver_api::proto;
 
 use crate::domain::{self, DomainError, DomainResult};
+use crate::governance;
 
 pub fn stage_from_proto(stage: proto::Stage) -> DomainResult<domain::Stage> {
     Ok(match stage {
@@ -203,8 +204,142 @@ pub fn version_to_proto(v: &domain::Version, aliases: Vec<String>) -> proto::Mod
                 actor_authenticated: t.actor.authenticated,
                 at_ms: t.at_ms,
                 reason: t.reason.clone(),
+                gate_report: t.gate_report.as_ref().map(gate_report_to_proto),
             })
             .collect(),
+        pending_review: None,
+    }
+}
+
+pub fn gate_report_to_proto(r: &governance::GateReport) -> proto::GateReport {
+    proto::GateReport {
+        stage: stage_to_proto(r.stage) as i32,
+        passed: r.passed(),
+        results: r
+            .results
+            .iter()
+            .map(|g| proto::GateResult {
+                gate: g.gate.clone(),
+                passed: g.passed,
+                detail: g.detail.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn approval_to_proto(a: &governance::Approval) -> proto::Approval {
+    proto::Approval {
+        principal: a.principal.clone(),
+        role: a.role.to_string(),
+        at_ms: a.at_ms,
+        comment: a.comment.clone(),
+    }
+}
+
+pub fn review_to_proto(r: &governance::Review) -> proto::Review {
+    proto::Review {
+        id: r.id,
+        model: r.model.clone(),
+        version: r.number,
+        stage: stage_to_proto(r.stage) as i32,
+        requested_by: r.requested_by.clone(),
+        requested_at_ms: r.requested_at_ms,
+        reason: r.reason.clone(),
+        state: r.state.label().to_string(),
+        approvals: r.approvals.iter().map(approval_to_proto).collect(),
+        voided: r
+            .voided
+            .iter()
+            .map(|v| proto::VoidedApprovals {
+                approvals: v.approvals.iter().map(approval_to_proto).collect(),
+                reason: v.reason.clone(),
+                at_ms: v.at_ms,
+            })
+            .collect(),
+        closed_by: r.closed_by.clone().unwrap_or_default(),
+        closed_at_ms: r.closed_at_ms.unwrap_or_default(),
+        closing_comment: r.closing_comment.clone(),
+        report: Some(gate_report_to_proto(&r.report)),
+    }
+}
+
+pub fn evaluation_to_proto(e: &governance::Evaluation) -> proto::Evaluation {
+    proto::Evaluation {
+        seq: e.seq,
+        kind: e.kind.clone(),
+        metrics: e.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        summary: e.summary.clone(),
+        recorded_by: e.recorded_by.clone(),
+        at_ms: e.at_ms,
+    }
+}
+
+/// A policy scope from the wire: exactly one of model and namespace; a tier only with a
+/// namespace.
+pub fn scope_from_proto(
+    scope: Option<&proto::PolicyScope>,
+) -> DomainResult<governance::PolicyScope> {
+    let Some(scope) = scope else {
+        return Err(DomainError::invalid(
+            "scope",
+            "is required: a model, or a namespace (and optionally a risk tier)",
+        ));
+    };
+    let scope = match (scope.model.is_empty(), scope.namespace.is_empty()) {
+        (false, true) if scope.tier.is_empty() => {
+            governance::PolicyScope::Model(scope.model.clone())
+        }
+        (false, true) => {
+            return Err(DomainError::invalid(
+                "scope.tier",
+                "a risk tier goes with a namespace, not a model",
+            ))
+        }
+        (true, false) => governance::PolicyScope::Namespace {
+            namespace: scope.namespace.clone(),
+            tier: match scope.tier.as_str() {
+                "" => None,
+                "low" => Some(domain::RiskTier::Low),
+                "medium" => Some(domain::RiskTier::Medium),
+                "high" => Some(domain::RiskTier::High),
+                other => {
+                    return Err(DomainError::invalid(
+                        "scope.tier",
+                        format!(
+                            "{} is not a risk tier: use low, medium or high",
+                            domain::shown(other)
+                        ),
+                    ))
+                }
+            },
+        },
+        _ => {
+            return Err(DomainError::invalid(
+                "scope",
+                "name exactly one of a model and a namespace",
+            ))
+        }
+    };
+    governance::validate_scope(&scope)?;
+    Ok(scope)
+}
+
+pub fn scope_to_proto(scope: &governance::PolicyScope) -> proto::PolicyScope {
+    match scope {
+        governance::PolicyScope::Model(m) => proto::PolicyScope {
+            model: m.clone(),
+            ..Default::default()
+        },
+        governance::PolicyScope::Namespace { namespace, tier } => proto::PolicyScope {
+            namespace: namespace.clone(),
+            tier: match tier {
+                None => String::new(),
+                Some(domain::RiskTier::Low) => "low".into(),
+                Some(domain::RiskTier::Medium) => "medium".into(),
+                Some(domain::RiskTier::High) => "high".into(),
+            },
+            ..Default::default()
+        },
     }
 }
 

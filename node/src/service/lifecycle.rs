@@ -34,6 +34,10 @@ impl LifecycleService {
     async fn applied_version(&self, applied: Applied) -> Result<proto::ModelVersion, Status> {
         match applied {
             Applied::Version(v) => version_view(&self.node, &v, Consistency::Stale).await,
+            // The change waits for approvals: the version, unmoved, with its open review.
+            Applied::Review(outcome) => {
+                version_view(&self.node, &outcome.1, Consistency::Stale).await
+            }
             other => Err(Status::internal(format!(
                 "unexpected apply result {other:?}"
             ))),

@@ -40,15 +40,23 @@ pub async fn version_view(
     v: &domain::Version,
     consistency: Consistency,
 ) -> Result<proto::ModelVersion, Status> {
-    let aliases = node
-        .read(consistency, |app, txn| app.aliases_of_model(txn, &v.model))
+    let (model, number) = (v.model.clone(), v.number);
+    let (aliases, review) = node
+        .read(consistency, move |app, txn| {
+            Ok((
+                app.aliases_of_model(txn, &model)?,
+                app.open_review(txn, &model, number)?,
+            ))
+        })
         .await?;
     let names = aliases
         .into_iter()
         .filter(|a| a.version == v.number)
         .map(|a| a.alias)
         .collect();
-    Ok(version_to_proto(v, names))
+    let mut view = version_to_proto(v, names);
+    view.pending_review = review.as_ref().map(super::convert::review_to_proto);
+    Ok(view)
 }
 
 /// The next message of an upload, or a refusal once the client has sent nothing for

@@ -52,17 +52,7 @@ pub(super) fn set_policy(
 
 /// A scope as the audit log and messages name it.
 pub(crate) fn scope_label(scope: &PolicyScope) -> String {
-    match scope {
-        PolicyScope::Model(model) => format!("policy of model {model}"),
-        PolicyScope::Namespace {
-            namespace,
-            tier: Some(tier),
-        } => format!("policy of namespace {namespace}, {tier:?} risk"),
-        PolicyScope::Namespace {
-            namespace,
-            tier: None,
-        } => format!("policy of namespace {namespace}"),
-    }
+    scope.to_string()
 }
 
 pub(super) struct NewEvaluation<'a> {

@@ -7,7 +7,7 @@ mod chunks;
 mod governance;
 mod models;
 
-pub use governance::StoredPolicy;
+pub use governance::{ReviewFilter, StoredPolicy};
 mod nodes;
 
 use std::collections::BTreeMap;

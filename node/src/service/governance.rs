@@ -1,0 +1,402 @@
+//! The Governance service: policies (admins), evaluation records (registrants, e.g. an
+//! evaluation pipeline's token), gate checks, and review requests (approvers). Writes go through
+//! `Node::propose`, which checks the role where the request arrives; reads check the reader role
+//! on the model's namespace (a listing across models keeps only the namespaces the caller reads).
+
+use std::sync::Arc;
+
+use quiver_api::proto::{self, governance_server::Governance};
+use tonic::{Request, Response, Status};
+
+use super::convert::{
+    evaluation_to_proto, gate_report_to_proto, required_stage, review_to_proto, scope_from_proto,
+    scope_to_proto,
+};
+use super::versions::version_view;
+use super::{caller, caller_with, consistency, invalid, parse_reference};
+use crate::access::Target;
+use crate::auth::{allows, Need, Role};
+use crate::command::{Op, Response as Applied};
+use crate::domain::{DomainError, Stage};
+use crate::governance::{validate_policy, Policy, PolicyScope, Review};
+use crate::node::{Consistency, Node};
+use crate::state::ReviewFilter;
+
+/// Longest policy document accepted (bytes of JSON).
+pub const POLICY_JSON_BYTES_MAX: usize = 64 * 1024;
+/// Reviews per page when the request names no page size, and the most a page holds.
+pub const REVIEWS_PAGE_DEFAULT: usize = 100;
+pub const REVIEWS_PAGE_MAX: usize = 1000;
+
+pub struct GovernanceService {
+    pub node: Arc<Node>,
+}
+
+/// A policy document from JSON, checked whole; the error names the field and the fix.
+pub fn parse_policy(json: &str) -> Result<Policy, DomainError> {
+    if json.len() > POLICY_JSON_BYTES_MAX {
+        return Err(DomainError::invalid(
+            "policy_json",
+            format!(
+                "{} bytes is over the limit of {POLICY_JSON_BYTES_MAX}",
+                json.len()
+            ),
+        ));
+    }
+    let policy: Policy = serde_json::from_str(json).map_err(|e| {
+        DomainError::invalid(
+            "policy_json",
+            format!(
+                "{e}: a policy is {{\"staging\": [gates], \"production\": [gates], \
+                 \"auto_promote\": bool}} (see `quiver policy set --help`)"
+            ),
+        )
+    })?;
+    validate_policy(&policy)?;
+    Ok(policy)
+}
+
+pub fn policy_json(policy: &Policy) -> String {
+    serde_json::to_string_pretty(policy).unwrap_or_default()
+}
+
+fn view(scope: Option<&PolicyScope>, policy: Option<&Policy>) -> proto::PolicyView {
+    proto::PolicyView {
+        scope: scope.map(scope_to_proto),
+        policy_json: policy_json(policy.unwrap_or(&Policy::default())),
+        set: policy.is_some(),
+        scope_label: scope.map_or("no policy (no gates)".into(), |s| s.to_string()),
+    }
+}
+
+fn parse_page_token(token: &str) -> Result<u64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    match token.parse::<u64>() {
+        Ok(after) if token.len() <= 20 && !token.starts_with('+') => Ok(after),
+        _ => Err(Status::invalid_argument(format!(
+            "page_token: not a token this node gave ({} bytes); list again without one",
+            token.len()
+        ))),
+    }
+}
+
+impl GovernanceService {
+    /// Resolves a reference to (model, number) on current state, for a caller who may read it.
+    async fn resolve_readable<T>(
+        &self,
+        request: &Request<T>,
+        reference: &str,
+        read: Consistency,
+    ) -> Result<(String, u64), Status> {
+        let reference = parse_reference(reference)?;
+        let action = format!("read the governance of model {}", reference.model);
+        caller_with(
+            &self.node,
+            request,
+            Role::Reader,
+            Target::Model(&reference.model),
+            &action,
+        )
+        .await?;
+        let v = self
+            .node
+            .read(read, move |app, txn| app.resolve(txn, &reference))
+            .await?;
+        Ok((v.model, v.number))
+    }
+
+    async fn review_view(&self, review: &Review) -> Result<proto::ReviewDecision, Status> {
+        let (model, number) = (review.model.clone(), review.number);
+        let v = self
+            .node
+            .read(Consistency::Stale, move |app, txn| {
+                app.get_version(txn, &model, number)
+            })
+            .await?;
+        Ok(proto::ReviewDecision {
+            review: Some(review_to_proto(review)),
+            version: Some(version_view(&self.node, &v, Consistency::Stale).await?),
+        })
+    }
+}
+
+fn unexpected(applied: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {applied:?}"))
+}
+
+#[tonic::async_trait]
+impl Governance for GovernanceService {
+    async fn set_policy(
+        &self,
+        request: Request<proto::SetPolicyRequest>,
+    ) -> Result<Response<proto::PolicyView>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        let scope = scope_from_proto(r.scope.as_ref()).map_err(invalid)?;
+        let policy = match r.clear {
+            true => None,
+            false => Some(parse_policy(&r.policy_json).map_err(invalid)?),
+        };
+        match self
+            .node
+            .propose(actor, Op::SetPolicy { scope, policy })
+            .await?
+        {
+            Applied::Policy(p) => Ok(Response::new(view(Some(&p.0), p.1.as_ref()))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<proto::GetPolicyRequest>,
+    ) -> Result<Response<proto::PolicyView>, Status> {
+        let scope = scope_from_proto(request.get_ref().scope.as_ref()).map_err(invalid)?;
+        let (target, action) = match &scope {
+            PolicyScope::Model(m) => (Target::Model(m), format!("read the policy of model {m}")),
+            PolicyScope::Namespace { namespace, .. } => (
+                Target::Namespace(namespace),
+                format!("read the policies of namespace {namespace}"),
+            ),
+        };
+        caller_with(&self.node, &request, Role::Reader, target, &action).await?;
+        let r = request.into_inner();
+        let effective = r.effective;
+        if effective && !matches!(scope, PolicyScope::Model(_)) {
+            return Err(invalid(DomainError::invalid(
+                "effective",
+                "the effective policy is a model's: name a model",
+            )));
+        }
+        let (at, policy) = self
+            .node
+            .read(consistency(r.consistency), move |app, txn| match &scope {
+                PolicyScope::Model(m) if effective => {
+                    let model = app.get_model(txn, m)?;
+                    let (at, policy) = app.applicable_policy(txn, &model)?;
+                    Ok((at.clone(), at.map(|_| policy)))
+                }
+                _ => Ok((Some(scope.clone()), app.policy_at(txn, &scope)?)),
+            })
+            .await?;
+        Ok(Response::new(view(at.as_ref(), policy.as_ref())))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        let principal = actor.name.clone();
+        let (rows, grants, namespaces) = self
+            .node
+            .read(consistency(r.consistency), move |app, txn| {
+                let rows = app.policies(txn)?;
+                let mut namespaces = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    namespaces.push(match &row.scope {
+                        PolicyScope::Model(m) => app.find_model(txn, m)?.map(|m| m.namespace),
+                        PolicyScope::Namespace { namespace, .. } => Some(namespace.clone()),
+                    });
+                }
+                Ok((rows, app.grants_of(txn, &principal)?, namespaces))
+            })
+            .await?;
+        let policies = rows
+            .iter()
+            .zip(namespaces)
+            .filter(|(_, ns)| {
+                !actor.authenticated
+                    || ns
+                        .as_ref()
+                        .is_some_and(|ns| allows(&grants, &Need::namespace(Role::Reader, ns)))
+            })
+            .map(|(row, _)| view(Some(&row.scope), Some(&row.policy)))
+            .collect();
+        Ok(Response::new(proto::ListPoliciesResponse { policies }))
+    }
+
+    async fn record_evaluation(
+        &self,
+        request: Request<proto::RecordEvaluationRequest>,
+    ) -> Result<Response<proto::RecordEvaluationResponse>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        let reference = parse_reference(&r.reference)?;
+        let v = self
+            .node
+            .read(Consistency::Linearizable, move |app, txn| {
+                app.resolve(txn, &reference)
+            })
+            .await?;
+        let before = v.stage;
+        let op = Op::RecordEvaluation {
+            model: v.model,
+            number: v.number,
+            kind: r.kind,
+            metrics: r.metrics.into_iter().collect(),
+            summary: r.summary,
+        };
+        match self.node.propose(actor, op).await? {
+            Applied::Evaluation(outcome) => {
+                let (evaluation, version) = *outcome;
+                Ok(Response::new(proto::RecordEvaluationResponse {
+                    evaluation: Some(evaluation_to_proto(&evaluation)),
+                    promoted: version.stage != before && version.stage == Stage::Staging,
+                    version: Some(version_view(&self.node, &version, Consistency::Stale).await?),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_evaluations(
+        &self,
+        request: Request<proto::ListEvaluationsRequest>,
+    ) -> Result<Response<proto::ListEvaluationsResponse>, Status> {
+        let read = consistency(request.get_ref().consistency);
+        let reference = request.get_ref().reference.clone();
+        let (model, number) = self.resolve_readable(&request, &reference, read).await?;
+        let evaluations = self
+            .node
+            .read(read, move |app, txn| app.evaluations(txn, &model, number))
+            .await?;
+        Ok(Response::new(proto::ListEvaluationsResponse {
+            evaluations: evaluations.iter().map(evaluation_to_proto).collect(),
+        }))
+    }
+
+    async fn check_gates(
+        &self,
+        request: Request<proto::CheckGatesRequest>,
+    ) -> Result<Response<proto::GateReport>, Status> {
+        let stage = required_stage(request.get_ref().stage).map_err(invalid)?;
+        let read = consistency(request.get_ref().consistency);
+        let reference = request.get_ref().reference.clone();
+        let (model, number) = self.resolve_readable(&request, &reference, read).await?;
+        let report = self
+            .node
+            .read(read, move |app, txn| {
+                let m = app.get_model(txn, &model)?;
+                let v = app.get_version(txn, &model, number)?;
+                app.gate_report(txn, &m, &v, stage)
+            })
+            .await?;
+        Ok(Response::new(gate_report_to_proto(&report)))
+    }
+
+    async fn list_reviews(
+        &self,
+        request: Request<proto::ListReviewsRequest>,
+    ) -> Result<Response<proto::ListReviewsResponse>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        if !r.model.is_empty() {
+            crate::domain::validate_name("model", &r.model).map_err(invalid)?;
+        }
+        let after = parse_page_token(&r.page_token)?;
+        let limit = match r.page_size as usize {
+            0 => REVIEWS_PAGE_DEFAULT,
+            n => n.min(REVIEWS_PAGE_MAX),
+        };
+        let filter = ReviewFilter {
+            model: (!r.model.is_empty()).then(|| r.model.clone()),
+            open_only: !r.all,
+            after,
+            limit,
+        };
+        let principal = actor.name.clone();
+        let (reviews, grants, namespaces) = self
+            .node
+            .read(consistency(r.consistency), move |app, txn| {
+                if let Some(m) = &filter.model {
+                    app.get_model(txn, m)?;
+                }
+                let reviews = app.reviews(txn, &filter)?;
+                let mut namespaces = Vec::with_capacity(reviews.len());
+                for review in &reviews {
+                    namespaces.push(app.find_model(txn, &review.model)?.map(|m| m.namespace));
+                }
+                Ok((reviews, app.grants_of(txn, &principal)?, namespaces))
+            })
+            .await?;
+        let next = match reviews.len() == limit {
+            true => reviews.last().map(|r| r.id.to_string()).unwrap_or_default(),
+            false => String::new(),
+        };
+        let reviews = reviews
+            .iter()
+            .zip(namespaces)
+            .filter(|(_, ns)| {
+                !actor.authenticated
+                    || ns
+                        .as_ref()
+                        .is_some_and(|ns| allows(&grants, &Need::namespace(Role::Reader, ns)))
+            })
+            .map(|(review, _)| review_to_proto(review))
+            .collect();
+        Ok(Response::new(proto::ListReviewsResponse {
+            reviews,
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_review(
+        &self,
+        request: Request<proto::GetReviewRequest>,
+    ) -> Result<Response<proto::Review>, Status> {
+        caller(&self.node, &request).await?;
+        let r = request.get_ref();
+        let id = r.id;
+        let review = self
+            .node
+            .read(consistency(r.consistency), move |app, txn| {
+                app.review(txn, id)?
+                    .ok_or_else(|| DomainError::ReviewNotFound { id }.into())
+            })
+            .await?;
+        let action = format!("read review #{id}");
+        caller_with(
+            &self.node,
+            &request,
+            Role::Reader,
+            Target::Model(&review.model),
+            &action,
+        )
+        .await?;
+        Ok(Response::new(review_to_proto(&review)))
+    }
+
+    async fn decide_review(
+        &self,
+        request: Request<proto::DecideReviewRequest>,
+    ) -> Result<Response<proto::ReviewDecision>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        let id = r.id;
+        // The model is what the role is checked on where the request arrives; apply checks that
+        // the review is of that model, and everything else.
+        let model = self
+            .node
+            .read(Consistency::Linearizable, move |app, txn| {
+                Ok(app
+                    .review(txn, id)?
+                    .ok_or(DomainError::ReviewNotFound { id })?
+                    .model)
+            })
+            .await?;
+        let op = Op::DecideReview {
+            model,
+            id,
+            approve: r.approve,
+            comment: r.comment,
+        };
+        match self.node.propose(actor, op).await? {
+            Applied::Review(outcome) => Ok(Response::new(self.review_view(&outcome.0).await?)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
