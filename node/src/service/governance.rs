@@ -377,15 +377,43 @@ impl Governance for GovernanceService {
         let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
         let id = r.id;
-        // The model is what the role is checked on where the request arrives; apply checks that
-        // the review is of that model, and everything else.
+        // Checked where the request arrives, like a role: the review is open and, for an
+        // approval, the caller is not the registrant, has not approved it, and holds the role the
+        // approvals gate counts (a refusal proposes nothing). Apply checks all of it again
+        // against the committed state, whoever proposed it.
+        let principal = actor.name.clone();
+        let approve = r.approve;
         let model = self
             .node
             .read(Consistency::Linearizable, move |app, txn| {
-                Ok(app
+                let review = app
                     .review(txn, id)?
-                    .ok_or(DomainError::ReviewNotFound { id })?
-                    .model)
+                    .ok_or(DomainError::ReviewNotFound { id })?;
+                if approve {
+                    let m = app.get_model(txn, &review.model)?;
+                    let v = app.get_version(txn, &review.model, review.number)?;
+                    let (_, policy) = app.applicable_policy(txn, &m)?;
+                    let grants = app.grants_of(txn, &principal)?;
+                    let gates = match review.stage {
+                        Stage::Staging => &policy.staging,
+                        Stage::Production => &policy.production,
+                        Stage::Experimental | Stage::Archived => &Vec::new(),
+                    };
+                    crate::governance::may_approve(
+                        &review,
+                        &v.created_by.name,
+                        &principal,
+                        crate::auth::highest_role(&grants, &m.namespace),
+                        gates,
+                    )?;
+                } else if review.state != crate::governance::ReviewState::Open {
+                    return Err(DomainError::ReviewClosed {
+                        id,
+                        state: review.state.label().into(),
+                    }
+                    .into());
+                }
+                Ok(review.model)
             })
             .await?;
         let op = Op::DecideReview {

@@ -1,0 +1,565 @@
+//! Governance end to end (issue 14, must-show 1 and 4) on a real 3-node cluster driven by the
+//! real CLI: reco-model v14 (NDCG@10 0.42 against v13's 0.40) is auto-promoted to Staging by an
+//! evaluation pipeline's token; Production needs a fairness evaluation and one approval; the
+//! registrant cannot approve; a reviewer approves after the fairness evaluation, v14 becomes
+//! Production and v13 is archived; the gates give the same answer through every node; a policy
+//! change mid-review voids the approval given; every node's audit chain verifies, and a record
+//! altered on a stopped node's disk is detected and named.
+//!
+//! Waiting is on a condition with a deadline, never a fixed sleep.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use quiver_tests::{quiver, quiver_as, write_random_file, NodeProcess};
+
+const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
+const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
+const DEADLINE: Duration = Duration::from_secs(60);
+/// The reviewer's comment: no other text in the state holds it, so its bytes on disk are found
+/// alone.
+const COMMENT: &str = "fairness-reviewed-5e2a";
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn token(ep: &str, principal: &str) -> String {
+    let out = quiver(
+        CLI,
+        ep,
+        &[
+            "token",
+            "create",
+            "--principal",
+            principal,
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    out["token"].as_str().expect("the token").to_string()
+}
+
+fn digests(nodes: &[NodeProcess]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            quiver(CLI, &n.endpoint, &["status", "--output", "json"])
+                .ok()
+                .json()["state_digest"]
+                .as_str()
+                .expect("a digest")
+                .to_string()
+        })
+        .collect()
+}
+
+fn settled(nodes: &[NodeProcess]) -> String {
+    let mut last = Vec::new();
+    wait_until("every node applied the same log", || {
+        last = digests(nodes);
+        last.windows(2).all(|w| w[0] == w[1])
+    });
+    last[0].clone()
+}
+
+fn show(ep: &str, token: &str, reference: &str) -> serde_json::Value {
+    quiver_as(
+        CLI,
+        ep,
+        Some(token),
+        &["version", "show", reference, "--output", "json"],
+    )
+    .ok()
+    .json()
+}
+
+fn register(ep: &str, token: &str, file: &Path, ndcg: Option<&str>) -> String {
+    let path = file.display().to_string();
+    let mut args = vec![
+        "version",
+        "register",
+        "reco-model",
+        "--artifact",
+        &path,
+        "--data-snapshot",
+        "snap-47",
+        "--code-commit",
+        "9f1c2e",
+        "--run-id",
+        "run-88",
+        "--output",
+        "json",
+    ];
+    let metric;
+    if let Some(ndcg) = ndcg {
+        metric = format!("ndcg@10={ndcg}");
+        args.extend(["--metric", &metric]);
+    }
+    quiver_as(CLI, ep, Some(token), &args).ok().json()["reference"]
+        .as_str()
+        .expect("a reference")
+        .to_string()
+}
+
+/// `quiver-node audit verify --data-dir DIR`: its exit status and its stderr.
+fn offline_verify(data_dir: &Path) -> (bool, String) {
+    let out = Command::new(NODE)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in the state env files below `dir`.
+fn alter_state_files(dir: &Path, from: &[u8], to: &[u8]) -> usize {
+    let mut replaced = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            replaced += alter_state_files(&path, from, to);
+        } else if path.file_name().is_some_and(|n| n == "data.mdb") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            let mut at = 0;
+            while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
+                bytes[at + i..at + i + to.len()].copy_from_slice(to);
+                at += i + to.len();
+                replaced += 1;
+            }
+            std::fs::write(&path, bytes).unwrap();
+        }
+    }
+    replaced
+}
+
+fn policy(approvals: u32, tolerance: f64) -> String {
+    serde_json::json!({
+        "staging": [
+            {"kind": "required_metadata", "fields": ["data_snapshot", "code_commit", "run_id"]},
+            {"kind": "metric", "metric": "ndcg@10", "op": ">=", "production_delta": 0.005,
+             "tolerance": tolerance}
+        ],
+        "production": [
+            {"kind": "evaluation", "eval_kind": "fairness",
+             "bounds": [{"metric": "dp_gap", "op": "<=", "value": 0.05}]},
+            {"kind": "approvals", "count": approvals, "role": "approver"}
+        ],
+        "auto_promote": true
+    })
+    .to_string()
+}
+
+#[test]
+fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let founder = NodeProcess::start(NODE, &tmp.path().join("node-1")).unwrap();
+    let founder_peer = founder.peer_addr.clone().expect("a peer address");
+    let mut nodes = vec![founder];
+    for id in 2..=3 {
+        let data = tmp.path().join(format!("node-{id}"));
+        nodes.push(
+            NodeProcess::join(
+                NODE,
+                &tmp.path().join("node-1"),
+                &founder_peer,
+                id,
+                &data,
+                &[],
+            )
+            .unwrap(),
+        );
+    }
+    let leader = nodes[0].endpoint.clone();
+    let follower = nodes[2].endpoint.clone();
+
+    // The admin sets the scene: a high-risk model, a trainer (who registers, and also holds the
+    // approver role: four eyes must refuse it anyway), an evaluation pipeline, a reviewer.
+    quiver(
+        CLI,
+        &leader,
+        &[
+            "model",
+            "create",
+            "reco-model",
+            "--namespace",
+            "search",
+            "--risk-tier",
+            "high",
+        ],
+    )
+    .ok();
+    for (principal, role) in [
+        ("trainer", "approver"),
+        ("eval-pipeline", "registrant"),
+        ("reviewer", "approver"),
+    ] {
+        quiver(
+            CLI,
+            &leader,
+            &["role", "grant", principal, role, "--namespace", "search"],
+        )
+        .ok();
+    }
+    let trainer = token(&leader, "trainer");
+    let evaluator = token(&leader, "eval-pipeline");
+    let reviewer = token(&leader, "reviewer");
+    let admin = quiver_tests::token_for(&leader).expect("the admin token");
+
+    let weights = tmp.path().join("w.bin");
+    write_random_file(&weights, 8 << 10, 13).unwrap();
+    let v13 = register(&leader, &trainer, &weights, Some("0.40"));
+    assert_eq!(v13, "reco-model/1");
+    quiver_as(
+        CLI,
+        &leader,
+        Some(&admin),
+        &[
+            "stage",
+            "set",
+            &v13,
+            "production",
+            "--reason",
+            "first model",
+        ],
+    )
+    .ok();
+
+    // The policy of the namespace's high-risk models.
+    let policy_file = tmp.path().join("policy.json");
+    std::fs::write(&policy_file, policy(1, 0.0)).unwrap();
+    let file = policy_file.display().to_string();
+    quiver(
+        CLI,
+        &leader,
+        &[
+            "policy",
+            "set",
+            "--namespace",
+            "search",
+            "--tier",
+            "high",
+            "--file",
+            &file,
+        ],
+    )
+    .ok();
+    let effective = quiver(
+        CLI,
+        &follower,
+        &[
+            "policy",
+            "show",
+            "--model",
+            "reco-model",
+            "--effective",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        effective["scope"], "policy of namespace search, High risk",
+        "{effective}"
+    );
+    // A registrant may not set policies.
+    let e = quiver_as(
+        CLI,
+        &follower,
+        Some(&evaluator),
+        &["policy", "set", "--model", "reco-model", "--file", &file],
+    )
+    .err();
+    assert!(e.contains("admin"), "{e}");
+
+    // v14, evaluated: NDCG@10 0.42 against Production's 0.40 + 0.005: auto-promoted.
+    write_random_file(&weights, 8 << 10, 14).unwrap();
+    let v14 = register(&leader, &trainer, &weights, None);
+    let recorded = quiver_as(
+        CLI,
+        &follower,
+        Some(&evaluator),
+        &[
+            "version",
+            "eval",
+            &v14,
+            "--kind",
+            "offline",
+            "--metric",
+            "ndcg@10=0.42",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(recorded["promoted"], true, "{recorded}");
+    assert_eq!(recorded["version"]["stage"], "staging");
+    let staged = show(&leader, &reviewer, &v14);
+    let transition = &staged["stage_history"][1];
+    assert_eq!(transition["actor"], "eval-pipeline", "{staged}");
+    assert_eq!(transition["gate_report"]["passed"], true, "{staged}");
+
+    // Production: refused while fairness is missing, naming the gate and the fix.
+    let e = quiver_as(
+        CLI,
+        &leader,
+        Some(&reviewer),
+        &["stage", "set", &v14, "production", "--reason", "beats v13"],
+    )
+    .err();
+    assert!(
+        e.contains("fairness") && e.contains("quiver version eval"),
+        "{e}"
+    );
+    // The gates give the same answer through every node.
+    let reports: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            quiver_as(
+                CLI,
+                &n.endpoint,
+                Some(&reviewer),
+                &["stage", "check", &v14, "production", "--output", "json"],
+            )
+            .ok()
+            .json()
+        })
+        .collect();
+    assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:?}");
+    assert_eq!(reports[0]["passed"], false);
+
+    let report_file = tmp.path().join("fairness.html");
+    std::fs::write(&report_file, "<p>dp_gap 0.02</p>").unwrap();
+    let report = report_file.display().to_string();
+    quiver_as(
+        CLI,
+        &follower,
+        Some(&evaluator),
+        &[
+            "version",
+            "eval",
+            &v14,
+            "--kind",
+            "fairness",
+            "--metric",
+            "dp_gap=0.02",
+            "--report",
+            &report,
+        ],
+    )
+    .ok();
+    let evals = quiver_as(
+        CLI,
+        &leader,
+        Some(&reviewer),
+        &["version", "evaluations", &v14, "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(evals.as_array().unwrap().len(), 2);
+    assert!(evals[1]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("report fairness.html blake3:"));
+
+    // Now only the approval is missing: the stage change opens a review.
+    let out = quiver_as(
+        CLI,
+        &leader,
+        Some(&reviewer),
+        &["stage", "set", &v14, "production", "--reason", "beats v13"],
+    )
+    .ok();
+    assert!(out.stdout.contains("review #1"), "{}", out.stdout);
+    let pending = show(&follower, &reviewer, &v14);
+    assert_eq!(pending["stage"], "staging");
+    assert_eq!(pending["pending_review"]["id"], 1, "{pending}");
+    let queue = quiver_as(
+        CLI,
+        &follower,
+        Some(&reviewer),
+        &["review", "list", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(queue.as_array().unwrap().len(), 1, "{queue}");
+
+    // The registrant may not approve, even holding the approver role; nothing changes.
+    let before = settled(&nodes);
+    let e = quiver_as(
+        CLI,
+        &follower,
+        Some(&trainer),
+        &["review", "approve", "1", "--comment", "lgtm"],
+    )
+    .err();
+    assert!(e.contains("four eyes") && e.contains("trainer"), "{e}");
+    assert_eq!(settled(&nodes), before);
+
+    // The reviewer approves through a follower: v14 is Production, v13 archived.
+    let approved = quiver_as(
+        CLI,
+        &follower,
+        Some(&reviewer),
+        &[
+            "review",
+            "approve",
+            "1",
+            "--comment",
+            COMMENT,
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(approved["review"]["state"], "promoted", "{approved}");
+    assert_eq!(approved["version"]["stage"], "production");
+    let live = show(&leader, &reviewer, "reco-model:production");
+    assert_eq!(live["reference"], v14.as_str());
+    let last = live["stage_history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["actor"], "reviewer");
+    assert_eq!(last["gate_report"]["passed"], true, "{last}");
+    assert!(last["gate_report"]["gates"][1]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("reviewer"));
+    assert_eq!(show(&leader, &reviewer, &v13)["stage"], "archived");
+
+    // A policy change mid-review voids the approval given: v15 needs two approvals; one is
+    // given, then the model's policy changes.
+    std::fs::write(&policy_file, policy(2, 0.0)).unwrap();
+    quiver(
+        CLI,
+        &leader,
+        &["policy", "set", "--model", "reco-model", "--file", &file],
+    )
+    .ok();
+    write_random_file(&weights, 8 << 10, 15).unwrap();
+    let v15 = register(&leader, &trainer, &weights, None);
+    for (kind, metric) in [("offline", "ndcg@10=0.43"), ("fairness", "dp_gap=0.01")] {
+        quiver_as(
+            CLI,
+            &leader,
+            Some(&evaluator),
+            &["version", "eval", &v15, "--kind", kind, "--metric", metric],
+        )
+        .ok();
+    }
+    quiver_as(
+        CLI,
+        &leader,
+        Some(&reviewer),
+        &["stage", "set", &v15, "production", "--reason", "next"],
+    )
+    .ok();
+    let waiting = quiver_as(
+        CLI,
+        &leader,
+        Some(&reviewer),
+        &["review", "approve", "2", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(waiting["review"]["state"], "open", "{waiting}");
+    assert_eq!(waiting["review"]["approvals"].as_array().unwrap().len(), 1);
+    std::fs::write(&policy_file, policy(2, 0.001)).unwrap();
+    quiver(
+        CLI,
+        &follower,
+        &["policy", "set", "--model", "reco-model", "--file", &file],
+    )
+    .ok();
+    let voided = quiver_as(
+        CLI,
+        &follower,
+        Some(&reviewer),
+        &["review", "show", "2", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(voided["approvals"].as_array().unwrap().len(), 0, "{voided}");
+    assert!(voided["voided"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("policy changed"));
+    assert_eq!(voided["voided"][0]["approvals"][0]["principal"], "reviewer");
+    // And the gates agree on every node about it.
+    let reports: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            quiver_as(
+                CLI,
+                &n.endpoint,
+                Some(&reviewer),
+                &["stage", "check", &v15, "production", "--output", "json"],
+            )
+            .ok()
+            .json()
+        })
+        .collect();
+    assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:?}");
+
+    // The audit log names who did what; every node's chain verifies.
+    let log = quiver(
+        CLI,
+        &leader,
+        &["audit", "log", "--model", "reco-model", "--output", "json"],
+    )
+    .ok()
+    .json();
+    let approval = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "approve_review" && r["principal"] == "reviewer")
+        .expect("the approval is audited")
+        .clone();
+    assert_eq!(approval["reason"], COMMENT);
+    let approval_seq = approval["seq"].as_u64().unwrap();
+    settled(&nodes);
+    for n in &nodes {
+        let verdict = quiver(CLI, &n.endpoint, &["audit", "verify", "--output", "json"])
+            .ok()
+            .json();
+        assert!(
+            verdict["count"].as_u64().unwrap() > approval_seq,
+            "{verdict}"
+        );
+    }
+
+    // A record altered on a stopped node's disk is detected and named.
+    let stopped = nodes.pop().unwrap();
+    let dir = stopped.data_dir.clone();
+    stopped.stop().unwrap();
+    let (intact, stderr) = offline_verify(&dir);
+    assert!(intact, "{stderr}");
+    let altered = alter_state_files(&dir, COMMENT.as_bytes(), b"fairness-reviewed-5e2b");
+    assert!(altered > 0, "the comment is in the state env");
+    let (intact, stderr) = offline_verify(&dir);
+    assert!(!intact);
+    assert!(
+        stderr.contains(&format!("broken at record {approval_seq}")) && stderr.contains("altered"),
+        "{stderr}"
+    );
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
