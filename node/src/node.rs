@@ -120,6 +120,9 @@ pub struct PlantedNodeBugs {
     /// command without checking the proposer's role, as if the leader would check it (it does
     /// not: it trusts its peers, decision 0016).
     pub follower_skips_role_check: bool,
+    /// PLANTED BUG `registrant-approval-counts`: the state machine forgets the four-eyes rule,
+    /// so a version's registrant may approve its own review and that approval counts.
+    pub registrant_approval_counts: bool,
 }
 
 /// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk
@@ -333,6 +336,13 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`).
             let _ = raft.read(|app, _| {
                 app.plant_skip_name_validation(true);
+                Ok(())
+            });
+        }
+        if core.planted_node.registrant_approval_counts {
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`).
+            let _ = raft.read(|app, _| {
+                app.plant_registrant_approval_counts(true);
                 Ok(())
             });
         }

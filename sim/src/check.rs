@@ -147,6 +147,10 @@ pub struct FinalState {
     pub versions: BTreeMap<(String, u64), Version>,
     pub aliases: Vec<Alias>,
     pub audit: Vec<AuditEntry>,
+    /// Every review request, by id.
+    pub reviews: BTreeMap<u64, quiver_node::governance::Review>,
+    /// Per model, whether the policy that applies to it asks for approvals to enter Production.
+    pub gated: BTreeMap<String, bool>,
 }
 
 /// Every acknowledged command is visible in `state`.
@@ -357,6 +361,75 @@ pub fn check_state(state: &FinalState) -> Vec<Violation> {
     out.extend(check_aliases(state));
     out.extend(check_audit_chain(&state.audit));
     out.extend(check_intruders(state));
+    out.extend(check_approvals(state));
+    out
+}
+
+/// Four eyes held: no version of a model whose policy asks for approvals entered Production
+/// without a passing gate report, and every review that promoted one was approved only by
+/// principals other than the version's registrant, each once.
+pub fn check_approvals(state: &FinalState) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for ((model, number), v) in &state.versions {
+        if !state.gated.get(model).copied().unwrap_or(false) {
+            continue;
+        }
+        for t in v
+            .stage_history
+            .iter()
+            .filter(|t| t.to == quiver_node::domain::Stage::Production)
+        {
+            if !t.gate_report.as_ref().is_some_and(|r| r.passed()) {
+                out.push(Violation::new(
+                    "ungated-production",
+                    format!(
+                        "{model}/{number} entered Production at {} ms by {} without a passing \
+                         gate report",
+                        t.at_ms, t.actor.name
+                    ),
+                ));
+            }
+        }
+    }
+    for review in state.reviews.values() {
+        if review.state != quiver_node::governance::ReviewState::Promoted {
+            continue;
+        }
+        let Some(v) = state.versions.get(&(review.model.clone(), review.number)) else {
+            continue;
+        };
+        let registrant = &v.created_by.name;
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &review.approvals {
+            if &a.principal == registrant {
+                out.push(Violation::new(
+                    "registrant-approval",
+                    format!(
+                        "review #{} promoted {}/{} with an approval by its registrant {}",
+                        review.id, review.model, review.number, registrant
+                    ),
+                ));
+            }
+            if !seen.insert(a.principal.clone()) {
+                out.push(Violation::new(
+                    "double-approval",
+                    format!(
+                        "review #{} counts two approvals by {}",
+                        review.id, a.principal
+                    ),
+                ));
+            }
+        }
+        if review.approvals.is_empty() {
+            out.push(Violation::new(
+                "unapproved-production",
+                format!(
+                    "review #{} promoted {}/{} without an approval",
+                    review.id, review.model, review.number
+                ),
+            ));
+        }
+    }
     out
 }
 

@@ -247,7 +247,8 @@ impl Clients {
             // The first up node the client reaches stamps the command (`Node::stamp`: its own,
             // maybe skewed, clock and a request id); its retries through any node keep both.
             let actor = Actor {
-                name: p.actor.clone(),
+                // A review decision names who decides (the reviewer, or the registrant trying).
+                name: p.take_actor().unwrap_or_else(|| p.actor.clone()),
                 authenticated: true,
             };
             let (first, cmd) = loop {
@@ -276,7 +277,14 @@ impl Clients {
                 },
                 None => self.submit(&mut p, &cmd, first).await,
             };
-            self.record_op(p.id, first, &cmd.op, &outcome, call_us);
+            self.record_op(p.id, p.gated, first, &cmd.op, &outcome, call_us);
+            if let Outcome::Acked {
+                response: Some(response),
+                ..
+            } = &outcome
+            {
+                p.learn_response(&cmd.op, response);
+            }
             match outcome {
                 Outcome::Acked {
                     response,
@@ -491,7 +499,19 @@ impl Clients {
 
     /// Put a write op and what the client was told into the history; remember what an
     /// acknowledged one named, for reads.
-    fn record_op(&self, client: usize, node: NodeId, op: &Op, outcome: &Outcome, call_us: u64) {
+    /// Records `op` in the history the linearizability check reads. A gated client's stage
+    /// changes are left out (and its versions' stages never read): a stage change there may
+    /// wait for a review, and a review decision moves a version, which that model does not
+    /// know; `check::check_approvals` judges them instead.
+    fn record_op(
+        &self,
+        client: usize,
+        gated: bool,
+        node: NodeId,
+        op: &Op,
+        outcome: &Outcome,
+        call_us: u64,
+    ) {
         let (out, ret_us) = match outcome {
             Outcome::Acked { .. } => (LinOut::Ok, Some(self.now_us())),
             Outcome::Rejected(_) => (LinOut::Rejected, Some(self.now_us())),
@@ -511,11 +531,14 @@ impl Clients {
                     response: Some(Response::Version(v)),
                     ..
                 } => {
-                    self.learn_key(ReadKey::Stage(model.clone(), v.number));
+                    if !gated {
+                        self.learn_key(ReadKey::Stage(model.clone(), v.number));
+                    }
                     (model.clone(), LinOp::CreateVersion { number: v.number })
                 }
                 _ => return,
             },
+            Op::SetStage { .. } if gated => return,
             Op::SetStage {
                 model,
                 number,

@@ -263,7 +263,13 @@ impl Cluster {
 
     /// Start every node, initialise the cluster with all of them as voters, and have every
     /// node record its addresses in the node table (as `Node::open` does at start).
-    pub async fn boot(&self, grants: &[(String, quiver_node::auth::Role)]) -> anyhow::Result<()> {
+    /// Starts every node, initialises the cluster, bootstraps the run's admin, who grants each
+    /// principal of `grants` its role cluster-wide and sets `policies` (`Op::SetPolicy`s).
+    pub async fn boot(
+        &self,
+        grants: &[(String, quiver_node::auth::Role)],
+        policies: &[Op],
+    ) -> anyhow::Result<()> {
         for &id in &self.ids {
             self.start(id).await?;
         }
@@ -312,6 +318,12 @@ impl Cluster {
             node.propose(sim_admin(), grant)
                 .await
                 .with_context(|| format!("grant {principal} its role"))?;
+        }
+        for op in policies {
+            let what = op.kind();
+            node.propose(sim_admin(), op.clone())
+                .await
+                .with_context(|| format!("boot: {what}"))?;
         }
         self.trace.record(format!("boot {} nodes", self.ids.len()));
         Ok(())
@@ -546,6 +558,26 @@ fn read_final(
         );
     }
     state.audit = app.audit_log(rtxn).map_err(|e| err("read audit log", e))?;
+    let all = quiver_node::state::ReviewFilter {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    for review in app
+        .reviews(rtxn, &all)
+        .map_err(|e| err("read reviews", e))?
+    {
+        state.reviews.insert(review.id, review);
+    }
+    for m in state.models.values() {
+        let (_, policy) = app
+            .applicable_policy(rtxn, m)
+            .map_err(|e| err("read policies", e))?;
+        let gated = policy
+            .production
+            .iter()
+            .any(|g| matches!(g, quiver_node::governance::Gate::Approvals { .. }));
+        state.gated.insert(m.name.clone(), gated);
+    }
     Ok(state)
 }
 

@@ -139,11 +139,15 @@ pub enum Plant {
     /// (`PlantedNodeBugs::follower_skips_role_check`): an intruder's write through a follower
     /// is applied. The unauthorized-write checker must notice.
     FollowerSkipsRoleCheck,
+    /// The review's four-eyes rule is switched off in apply
+    /// (`PlantedNodeBugs::registrant_approval_counts`): the registrant's own approval counts and
+    /// promotes. The approvals checker must notice.
+    RegistrantApprovalCounts,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 11] = [
+    pub const ALL: [Plant; 12] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -155,6 +159,7 @@ impl Plant {
         Plant::ApplySkipsNameValidation,
         Plant::KeepUnsyncedChunk,
         Plant::FollowerSkipsRoleCheck,
+        Plant::RegistrantApprovalCounts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -170,6 +175,7 @@ impl Plant {
             Plant::ApplySkipsNameValidation => "apply-skips-name-validation",
             Plant::KeepUnsyncedChunk => "keep-unsynced-chunk",
             Plant::FollowerSkipsRoleCheck => "follower-skips-role-check",
+            Plant::RegistrantApprovalCounts => "registrant-approval-counts",
         }
     }
 
@@ -187,6 +193,7 @@ impl Plant {
             repair_skips_after_restart: plant == Some(Plant::RepairSkipsAfterRestart),
             apply_skips_name_validation: plant == Some(Plant::ApplySkipsNameValidation),
             follower_skips_role_check: plant == Some(Plant::FollowerSkipsRoleCheck),
+            registrant_approval_counts: plant == Some(Plant::RegistrantApprovalCounts),
         }
     }
 

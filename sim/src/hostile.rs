@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use quiver_node::auth::Role;
 use quiver_node::command::Op;
 use quiver_node::domain::{limits, RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
+use quiver_node::governance::{Gate, Policy, PolicyScope};
 use quiver_transfer::Manifest;
 use rand::Rng;
 
@@ -88,7 +90,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
         .cloned()
         .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
     let huge = "x".repeat(limits::DESCRIPTION_BYTES_MAX + 1);
-    let mut kind = rng.gen_range(0..12u32);
+    let mut kind = rng.gen_range(0..17u32);
     if kind == 1 && models.is_empty() {
         // No model of its own to create twice yet (and the unknown name is a valid one).
         kind = 0;
@@ -187,6 +189,59 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 remove_tags: Vec::new(),
             },
         ),
+        12 => (
+            format!("set the policy of model {}", label_of(&bad)),
+            Op::SetPolicy {
+                scope: PolicyScope::Model(bad),
+                policy: Some(Policy::default()),
+            },
+        ),
+        13 => (
+            format!("set a policy asking {model} for 0 approvals by a reader"),
+            Op::SetPolicy {
+                scope: PolicyScope::Model(model),
+                policy: Some(Policy {
+                    production: vec![Gate::Approvals {
+                        count: 0,
+                        role: Role::Reader,
+                    }],
+                    ..Policy::default()
+                }),
+            },
+        ),
+        14 => (
+            format!(
+                "record an evaluation {} of {model}/{}",
+                label_of(&bad),
+                u64::MAX
+            ),
+            Op::RecordEvaluation {
+                model,
+                number: u64::MAX,
+                kind: bad.clone(),
+                metrics: BTreeMap::from([(bad, f64::NAN)]),
+                summary: "x".repeat(limits::DESCRIPTION_BYTES_MAX + 1),
+            },
+        ),
+        15 => (
+            format!("approve review {} of {model}", u64::MAX),
+            Op::DecideReview {
+                model,
+                id: u64::MAX,
+                approve: true,
+                comment: bad,
+            },
+        ),
+        16 => (
+            "clear a policy never set".to_string(),
+            Op::SetPolicy {
+                scope: PolicyScope::Namespace {
+                    namespace: "hostile-no-policy".into(),
+                    tier: None,
+                },
+                policy: None,
+            },
+        ),
         _ => (
             format!("register an empty version of {}", label_of(&bad)),
             Op::CreateVersion {
@@ -232,6 +287,6 @@ mod tests {
         let kinds: std::collections::BTreeSet<&str> = (0..500)
             .map(|_| hostile_op(&mut rng, &models).1.kind())
             .collect();
-        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert_eq!(kinds.len(), 11, "{kinds:?}");
     }
 }

@@ -240,7 +240,7 @@ async fn simulate(cfg: &LoadConfig, dir: &std::path::Path) -> anyhow::Result<Loa
         false,
     ));
     cluster
-        .boot(&[(ACTOR.to_string(), quiver_node::auth::Role::Admin)])
+        .boot(&[(ACTOR.to_string(), quiver_node::auth::Role::Admin)], &[])
         .await
         .context("boot the cluster")?;
 

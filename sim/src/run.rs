@@ -203,17 +203,30 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             Plant::planted_node_bugs(cfg.plant),
         ),
     );
-    // Each pipeline writes as an admin, and its intruder (hostile requests) holds only the
-    // reader role.
+    // Each pipeline writes as an admin, its intruder (hostile requests) holds only the reader
+    // role, and its reviewer the approver role. In the chaos scenario, every other pipeline's
+    // namespace has a policy asking one approval to enter Production: its promotions go
+    // through reviews, which its reviewer approves and it (the registrant) tries to approve.
     let grants: Vec<(String, quiver_node::auth::Role)> = (0..cfg.clients)
         .flat_map(|id| {
             [
                 (Pipeline::principal(id), quiver_node::auth::Role::Admin),
                 (Pipeline::intruder(id), quiver_node::auth::Role::Reader),
+                (Pipeline::reviewer(id), quiver_node::auth::Role::Approver),
             ]
         })
         .collect();
-    cluster.boot(&grants).await.context("boot the cluster")?;
+    let policies: Vec<quiver_node::command::Op> = match cfg.scenario {
+        Scenario::Chaos => (0..cfg.clients)
+            .filter(|id| Pipeline::gated(*id))
+            .map(Pipeline::policy)
+            .collect(),
+        _ => Vec::new(),
+    };
+    cluster
+        .boot(&grants, &policies)
+        .await
+        .context("boot the cluster")?;
     if skip_fsync {
         // A writeback with nothing dirty does nothing: only a run whose log skips fsyncs needs
         // the simulated kernel's flusher.

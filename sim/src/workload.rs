@@ -14,8 +14,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use quiver_node::auth::Role;
 use quiver_node::command::{InlineChunk, Op, Response};
-use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
+use quiver_node::domain::{
+    DomainError, RiskTier, Signature, Stage, VersionMetadata, VersionStatus,
+};
+use quiver_node::governance::{Gate, Policy, PolicyScope, ReviewState};
 use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -96,6 +100,13 @@ pub struct Pipeline {
     /// The artifact of the `CreateVersion` just returned by `next_op`, until the shell takes it.
     artifact: Option<Arc<Corpus>>,
     seq: u64,
+    /// Whether this pipeline's namespace has a policy asking approvals for Production
+    /// ([`Pipeline::policy`]; chaos only).
+    pub gated: bool,
+    /// Open reviews of this pipeline's versions, as its acks tell: id → (model, number).
+    reviews: BTreeMap<u64, (String, u64)>,
+    /// Who sends the op `next_op` just returned, when not this pipeline's own principal.
+    actor_override: Option<String>,
 }
 
 impl Pipeline {
@@ -122,6 +133,97 @@ impl Pipeline {
             stages: BTreeMap::new(),
             artifact: None,
             seq: 0,
+            gated: mix == Mix::Chaos && Pipeline::gated(id),
+            reviews: BTreeMap::new(),
+            actor_override: None,
+        }
+    }
+
+    /// The approver pipeline `id`'s reviews are sent to.
+    pub fn reviewer(id: usize) -> String {
+        format!("reviewer-{id}")
+    }
+
+    /// Whether pipeline `id`'s namespace is governed by [`Pipeline::policy`] (chaos only).
+    pub fn gated(id: usize) -> bool {
+        id % 2 == 0
+    }
+
+    /// The policy of pipeline `id`'s namespace when it is gated: one approval (by an approver,
+    /// never the registrant) to enter Production.
+    pub fn policy(id: usize) -> Op {
+        Op::SetPolicy {
+            scope: PolicyScope::Namespace {
+                namespace: format!("team-{id}"),
+                tier: None,
+            },
+            policy: Some(Policy {
+                production: vec![Gate::Approvals {
+                    count: 1,
+                    role: Role::Approver,
+                }],
+                ..Policy::default()
+            }),
+        }
+    }
+
+    /// Who sends the op `next_op` just returned (`None`: this pipeline's principal).
+    pub fn take_actor(&mut self) -> Option<String> {
+        self.actor_override.take()
+    }
+
+    /// Learns from an applied response what `expect` cannot say: reviews opened and closed.
+    pub fn learn_response(&mut self, op: &Op, response: &Response) {
+        match (op, response) {
+            (_, Response::Review(outcome)) => {
+                let (review, version) = outcome.as_ref();
+                match review.state {
+                    ReviewState::Open => {
+                        self.reviews
+                            .insert(review.id, (review.model.clone(), review.number));
+                    }
+                    _ => {
+                        self.reviews.remove(&review.id);
+                    }
+                }
+                if review.state == ReviewState::Promoted {
+                    self.learn(&Expect::Stage {
+                        model: version.model.clone(),
+                        number: version.number,
+                        stage: version.stage,
+                        reason: String::new(),
+                    });
+                }
+            }
+            (Op::DecideReview { id, .. }, Response::Rejected(e))
+                if matches!(
+                    e,
+                    DomainError::ReviewClosed { .. } | DomainError::ReviewNotFound { .. }
+                ) =>
+            {
+                self.reviews.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// A decision on one of this pipeline's open reviews: its reviewer approves (most often) or
+    /// rejects; a third of the time the pipeline itself, the versions' registrant, tries to
+    /// approve, which four eyes must refuse.
+    fn decide_review(&mut self) -> Op {
+        let ids: Vec<u64> = self.reviews.keys().copied().collect();
+        let id = ids[self.rng.gen_range(0..ids.len())];
+        let (model, _) = self.reviews[&id].clone();
+        let by_registrant = self.rng.gen_ratio(1, 3);
+        let approve = by_registrant || self.rng.gen_ratio(9, 10);
+        if !by_registrant {
+            self.actor_override = Some(Pipeline::reviewer(self.id));
+        }
+        Op::DecideReview {
+            model,
+            id,
+            approve,
+            comment: format!("{} review {id}", self.actor),
         }
     }
 
@@ -181,7 +283,9 @@ impl Pipeline {
                 Mix::Chaos => (55, 85),
                 Mix::Failover => (80, 100),
             };
-            if roll < create_below || known.is_empty() {
+            if !self.reviews.is_empty() && self.rng.gen_ratio(1, 3) {
+                self.decide_review()
+            } else if roll < create_below || known.is_empty() {
                 let model = self.models[self.rng.gen_range(0..self.models.len())].clone();
                 self.create_version(model, seq)
             } else {
@@ -262,6 +366,10 @@ impl Pipeline {
     /// for a rejection: the command was applied and changed nothing, so nothing must be visible.
     pub fn expect(op: &Op, response: Option<&Response>) -> Option<Expect> {
         if let Some(Response::Rejected(_)) = response {
+            return None;
+        }
+        if let (Op::SetStage { .. }, Some(Response::Review(_))) = (op, response) {
+            // The stage change waits for an approval: nothing moved.
             return None;
         }
         Some(match op {

@@ -431,6 +431,21 @@ fn the_unauthorized_write_checker_finds_a_follower_skipping_the_role_check_and_p
     assert!(clean.iter().all(|r| r.clients.hostile_accepted == 0));
 }
 
+/// Half the pipelines' namespaces ask one approval to enter Production: their promotions open
+/// reviews, which their reviewers approve and they themselves (the registrants) try to approve.
+/// With the four-eyes rule planted away the registrant's approval promotes, and the approvals
+/// checker names it; without it every such approval is refused and nothing is flagged.
+#[test]
+fn the_approvals_checker_finds_a_registrant_approval_counting_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::RegistrantApprovalCounts,
+        "registrant-approval",
+        SeedRange { start: 0, end: 2 },
+        20,
+    );
+    assert!(clean.iter().all(|r| r.passed()));
+}
+
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the
 /// sweep's summary with every run, as JSON that reads back to the same values.
 #[test]

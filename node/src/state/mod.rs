@@ -60,6 +60,10 @@ pub struct RegistryApp {
     /// other fields on trust, so an empty name reaches LMDB as a key and fails there with a
     /// storage error, which stops Raft.
     skip_name_validation: std::sync::atomic::AtomicBool,
+    /// PLANTED BUG `registrant-approval-counts` (test only, set through `PlantedNodeBugs`):
+    /// a review decision does not know who registered the version, so the registrant's own
+    /// approval passes the four-eyes check and counts.
+    registrant_approves: std::sync::atomic::AtomicBool,
 }
 
 impl RegistryApp {
@@ -67,6 +71,18 @@ impl RegistryApp {
     pub fn plant_skip_name_validation(&self, planted: bool) {
         self.skip_name_validation
             .store(planted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Plants the test-only bug `registrant-approval-counts` (see the field).
+    pub fn plant_registrant_approval_counts(&self, planted: bool) {
+        self.registrant_approves
+            .store(planted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the planted bug lets a registrant approve.
+    pub(crate) fn registrant_approves(&self) -> bool {
+        self.registrant_approves
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the planted bug has the state take names on trust.
@@ -85,6 +101,7 @@ impl quiver_raft::App for RegistryApp {
         Ok(RegistryApp {
             tables: Tables::open(env, wtxn)?,
             skip_name_validation: Default::default(),
+            registrant_approves: Default::default(),
         })
     }
 

@@ -111,6 +111,13 @@ pub(super) fn decide(
         return Ok((Response::Review(Box::new((review, v))), subject));
     }
     let (_, policy) = w.app.applicable_policy(w.wtxn, &m)?;
+    // PLANTED BUG `registrant-approval-counts` (test only): the decision forgets who registered
+    // the version.
+    let mut v = v;
+    let registrant = std::mem::take(&mut v.created_by.name);
+    if !w.app.registrant_approves() {
+        v.created_by.name = registrant.clone();
+    }
     let grants = w.app.grants_of(w.wtxn, &w.actor.name)?;
     let held = auth::highest_role(&grants, &m.namespace);
     governance::may_approve(
@@ -132,6 +139,7 @@ pub(super) fn decide(
             .gate_report_with(w.wtxn, &m, &v, review.stage, &policy, &review.approvals)?;
     review.report = report.clone();
     if !report.passed() {
+        v.created_by.name = registrant;
         put(w, &review)?;
         let subject = format!(
             "{model}/{}: review #{id} approved by {}, waits: {report}",
@@ -141,6 +149,7 @@ pub(super) fn decide(
     }
     let stage = review.stage;
     let review = close(w, review, ReviewState::Promoted, comment.to_string())?;
+    v.created_by.name = registrant;
     let moved = transition_to(
         w,
         m,
