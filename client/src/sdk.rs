@@ -386,10 +386,24 @@ impl Client {
         stage: Stage,
         reason: &str,
     ) -> Result<ModelVersion, ClientError> {
+        self.set_stage_overriding(reference, stage, reason, false)
+            .await
+    }
+
+    /// [`Client::set_stage`]; with `override_signature`, an approver accepts a signature that
+    /// breaks callers of the Production version (`reason` says why; both are recorded).
+    pub async fn set_stage_overriding(
+        &self,
+        reference: &str,
+        stage: Stage,
+        reason: &str,
+        override_signature: bool,
+    ) -> Result<ModelVersion, ClientError> {
         let request = self.request(SetStageRequest {
             reference: normalize_reference(reference)?,
             stage: stage.into(),
             reason: reason.to_string(),
+            override_signature,
         })?;
         Ok(self.lifecycle().set_stage(request).await?.into_inner())
     }

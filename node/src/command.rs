@@ -112,6 +112,10 @@ pub enum Op {
         number: u64,
         stage: Stage,
         reason: String,
+        /// An approver accepts a signature that breaks callers of the Production version's
+        /// (the policy's `signature_compatible` gate then passes, naming who and why).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        override_signature: bool,
     },
     SetAlias {
         model: String,

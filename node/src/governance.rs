@@ -79,6 +79,11 @@ pub enum Gate {
         #[serde(default = "approver", with = "role_text")]
         role: Role,
     },
+    /// The version's signature must not break callers of the Production version's (a removed,
+    /// renamed, retyped or reshaped input, a new required input, any output change), unless an
+    /// approver overrides it on the stage change (`--override-signature`), which the report and
+    /// the audit log name.
+    SignatureCompatible {},
 }
 
 fn approver() -> Role {
@@ -177,6 +182,28 @@ impl GateReport {
     pub fn passed(&self) -> bool {
         self.results.iter().all(|r| r.passed)
     }
+
+    /// Every gate in one line, as the audit log records it: `gates for production: pass metric
+    /// auc >= 0.8 (auc = 0.9); FAIL 1 approval(s) by approver (0 of 1 …)`.
+    pub fn summary(&self) -> String {
+        let gates: Vec<String> = self
+            .results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} ({})",
+                    if r.passed { "pass" } else { "FAIL" },
+                    r.gate,
+                    r.detail
+                )
+            })
+            .collect();
+        format!(
+            "gates for {}: {}",
+            crate::domain::stage_label(self.stage),
+            gates.join("; ")
+        )
+    }
 }
 
 impl fmt::Display for GateReport {
@@ -266,6 +293,36 @@ pub struct GateInput<'a> {
     pub production: Option<(&'a Version, &'a [Evaluation])>,
     /// The approvals of the version's open review for the stage decided (none without one).
     pub approvals: &'a [Approval],
+    /// An approver's acceptance of a breaking signature change, if one was given.
+    pub signature_override: Option<&'a SignatureOverride>,
+}
+
+/// An approver accepts a signature change that breaks the Production version's callers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureOverride {
+    pub principal: String,
+    pub reason: String,
+}
+
+/// A stored signature as the compatibility rules read it; `None` if a dtype is unknown.
+fn schema_of(s: &crate::domain::Signature) -> Option<quiver_api::schema::Schema> {
+    let fields = |specs: &[crate::domain::TensorSpec]| {
+        specs
+            .iter()
+            .map(|t| {
+                Some(quiver_api::schema::Field {
+                    name: t.name.clone(),
+                    dtype: quiver_api::schema::Dtype::parse(&t.dtype)?,
+                    shape: t.shape.clone(),
+                    optional: t.optional,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+    };
+    Some(quiver_api::schema::Schema {
+        inputs: fields(&s.inputs)?,
+        outputs: fields(&s.outputs)?,
+    })
 }
 
 /// One approval of a review: who, holding which role in the model's namespace when it was
@@ -331,6 +388,9 @@ pub struct Review {
     pub closing_comment: String,
     /// The gates as they stood when it was last decided or opened.
     pub report: GateReport,
+    /// A breaking signature change accepted by the approver who asked for the stage change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_override: Option<SignatureOverride>,
 }
 
 /// Whether every gate of `report` that failed is an approvals gate of `policy` for `stage`
@@ -573,6 +633,61 @@ fn decide(
                 },
             }
         }
+        Gate::SignatureCompatible {} => {
+            let gate = "signature compatible with production".to_string();
+            let Some((prod, _)) = input.production else {
+                return GateResult {
+                    gate,
+                    passed: true,
+                    detail: "no production version: nothing to compare with".into(),
+                };
+            };
+            let (Some(old), Some(new)) = (
+                schema_of(&prod.signature),
+                schema_of(&input.version.signature),
+            ) else {
+                return GateResult {
+                    gate,
+                    passed: false,
+                    detail: format!(
+                        "v{} or this version has a signature with an unknown dtype: it cannot be \
+                         compared",
+                        prod.number
+                    ),
+                };
+            };
+            let compat = quiver_api::schema::compatibility(&old, &new);
+            let breaking: Vec<String> = compat.breaking().map(|c| c.detail.clone()).collect();
+            match (breaking.is_empty(), input.signature_override) {
+                (true, _) => GateResult {
+                    gate,
+                    passed: true,
+                    detail: format!("compatible with v{}", prod.number),
+                },
+                (false, Some(o)) => GateResult {
+                    gate,
+                    passed: true,
+                    detail: format!(
+                        "breaks callers of v{} ({}), overridden by {}: {}",
+                        prod.number,
+                        breaking.join("; "),
+                        o.principal,
+                        o.reason
+                    ),
+                },
+                (false, None) => GateResult {
+                    gate,
+                    passed: false,
+                    detail: format!(
+                        "breaks callers of v{}: {}; register a compatible version, or an \
+                         approver accepts it with `quiver stage set REF STAGE --override-signature \
+                         --reason …`",
+                        prod.number,
+                        breaking.join("; ")
+                    ),
+                },
+            }
+        }
         Gate::Approvals { count, role } => {
             let counted: Vec<&str> = input
                 .approvals
@@ -716,6 +831,7 @@ pub fn validate_policy(policy: &Policy) -> Result<(), DomainError> {
                         ));
                     }
                 }
+                Gate::SignatureCompatible {} => {}
                 Gate::Approvals { count, role } => {
                     if *count == 0 || *count > APPROVALS_MAX {
                         return Err(invalid(

@@ -161,6 +161,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 number: u64::MAX,
                 stage: Stage::Production,
                 reason: "hostile".into(),
+                override_signature: false,
             },
         ),
         8 => (
@@ -170,6 +171,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 number: 1,
                 stage: Stage::Staging,
                 reason: "hostile".into(),
+                override_signature: false,
             },
         ),
         9 => (

@@ -146,7 +146,7 @@ impl Pipeline {
 
     /// Whether pipeline `id`'s namespace is governed by [`Pipeline::policy`] (chaos only).
     pub fn gated(id: usize) -> bool {
-        id % 2 == 0
+        id.is_multiple_of(2)
     }
 
     /// The policy of pipeline `id`'s namespace when it is gated: one approval (by an approver,
@@ -195,12 +195,12 @@ impl Pipeline {
                     });
                 }
             }
-            (Op::DecideReview { id, .. }, Response::Rejected(e))
-                if matches!(
-                    e,
-                    DomainError::ReviewClosed { .. } | DomainError::ReviewNotFound { .. }
-                ) =>
-            {
+            (
+                Op::DecideReview { id, .. },
+                Response::Rejected(
+                    DomainError::ReviewClosed { .. } | DomainError::ReviewNotFound { .. },
+                ),
+            ) => {
                 self.reviews.remove(id);
             }
             _ => {}
@@ -303,6 +303,7 @@ impl Pipeline {
                         number,
                         stage: others[self.rng.gen_range(0..others.len())],
                         reason: format!("{} op {seq}", self.actor),
+                        override_signature: false,
                     }
                 } else {
                     Op::SetAlias {
@@ -391,6 +392,7 @@ impl Pipeline {
                 number,
                 stage,
                 reason,
+                ..
             } => Expect::Stage {
                 model: model.clone(),
                 number: *number,

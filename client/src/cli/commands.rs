@@ -332,13 +332,14 @@ fn read_signature(path: &std::path::Path) -> anyhow::Result<crate::proto::Signat
 }
 
 pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {
-    let (reference, stage, reason, output) = match command {
+    let (reference, stage, reason, override_signature, output) = match command {
         StageCommand::Set {
             reference,
             stage,
             reason,
+            override_signature,
             output,
-        } => (reference, stage, reason, output),
+        } => (reference, stage, reason, override_signature, output),
         StageCommand::Check {
             reference,
             stage,
@@ -355,7 +356,7 @@ pub async fn stage(node: &Node, command: StageCommand) -> anyhow::Result<()> {
     let version = node
         .client()
         .await?
-        .set_stage(&reference, stage, &reason)
+        .set_stage_overriding(&reference, stage, &reason, override_signature)
         .await?;
     let view = VersionView::from(&version);
     match output.output {

@@ -27,6 +27,7 @@ Gates:
   {\"kind\": \"metric\", \"metric\": \"ndcg@10\", \"op\": \">=\", \"production_delta\": 0.005, \"tolerance\": 0.001}
   {\"kind\": \"evaluation\", \"eval_kind\": \"fairness\", \"bounds\": [{\"metric\": \"dp_gap\", \"op\": \"<=\", \"value\": 0.05}]}
   {\"kind\": \"approvals\", \"count\": 1, \"role\": \"approver\"}
+  {\"kind\": \"signature_compatible\"}   (an approver may accept a break: stage set --override-signature)
 With auto_promote, a version enters Staging as soon as an evaluation makes its Staging gates pass.
 A stage change whose only failing gates are approvals opens a review (`quiver review`).";
 

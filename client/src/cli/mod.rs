@@ -288,6 +288,10 @@ pub enum StageCommand {
         /// Why; recorded in the version's stage history.
         #[arg(long)]
         reason: String,
+        /// Accept a signature that breaks callers of the Production version (approvers; the
+        /// policy's signature_compatible gate then passes, naming you and --reason).
+        #[arg(long)]
+        override_signature: bool,
         #[command(flatten)]
         output: OutputArgs,
     },

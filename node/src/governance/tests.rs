@@ -72,6 +72,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
         Stage::Staging,
         &GateInput {
             approvals: &[],
+            signature_override: None,
             version: &v14,
             evaluations: &none,
             production: Some((&v13, &none)),
@@ -86,6 +87,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     let evals = [eval(1, "offline", &[("ndcg@10", 0.42)])];
     let input = GateInput {
         approvals: &[],
+        signature_override: None,
         version: &v14,
         evaluations: &evals,
         production: Some((&v13, &none)),
@@ -95,6 +97,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     let close = [eval(1, "offline", &[("ndcg@10", 0.403)])];
     let input = GateInput {
         approvals: &[],
+        signature_override: None,
         version: &v14,
         evaluations: &close,
         production: Some((&v13, &none)),
@@ -110,6 +113,7 @@ fn a_relative_metric_gate_compares_with_the_production_version() {
     // With no Production version, a relative gate has nothing to beat.
     let input = GateInput {
         approvals: &[],
+        signature_override: None,
         version: &v14,
         evaluations: &close,
         production: None,
@@ -127,6 +131,7 @@ fn an_evaluation_gate_needs_the_newest_record_of_its_kind_within_bounds() {
             Stage::Production,
             &GateInput {
                 approvals: &[],
+                signature_override: None,
                 version: &v,
                 evaluations: evals,
                 production: None,
@@ -168,6 +173,7 @@ fn required_metadata_names_what_is_missing() {
             Stage::Staging,
             &GateInput {
                 approvals: &[],
+                signature_override: None,
                 version: v,
                 evaluations: &[],
                 production: None,
@@ -193,6 +199,7 @@ fn required_metadata_names_what_is_missing() {
         Stage::Archived,
         &GateInput {
             approvals: &[],
+            signature_override: None,
             version: &version(1, &[]),
             evaluations: &[],
             production: None,
@@ -345,7 +352,8 @@ proptest::proptest! {
             false => Vec::new(),
         };
         let input = GateInput {
-            approvals: &[], version: &v, evaluations: &evals, production: None };
+            approvals: &[],
+            signature_override: None, version: &v, evaluations: &evals, production: None };
         let report = evaluate(&policy, Stage::Production, &input);
         proptest::prop_assert_eq!(report.passed(), report.results.iter().all(|r| r.passed));
         proptest::prop_assert_eq!(report.results[0].passed, recorded && op.holds(value, threshold, tolerance));

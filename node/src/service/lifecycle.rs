@@ -69,6 +69,7 @@ impl Lifecycle for LifecycleService {
             number,
             stage,
             reason: r.reason,
+            override_signature: r.override_signature,
         };
         let applied = self.node.propose(actor, op).await?;
         Ok(Response::new(self.applied_version(applied).await?))

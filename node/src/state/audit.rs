@@ -48,6 +48,7 @@ impl RegistryApp {
         log_index: u64,
         cmd: &Command,
         subject: String,
+        detail: String,
     ) -> AppResult<()> {
         let head = self.audit_head_row(wtxn)?;
         let record = AuditRecord {
@@ -60,7 +61,7 @@ impl RegistryApp {
             model: cmd.op.model_name().unwrap_or_default().into(),
             subject,
             reason: cmd.op.reason().unwrap_or_default().into(),
-            detail: String::new(),
+            detail,
             prev_hash: head.hash,
             hash: String::new(),
         }
@@ -194,5 +195,27 @@ impl RegistryApp {
         }
         let head = self.audit_head(rtxn)?;
         Ok(verifier.finish(head.count, &head.hash))
+    }
+}
+
+/// What an audit record adds beside its subject: the gate report of the stage change this
+/// command made (or of the review it opened or decided), so the log shows what allowed it.
+pub(super) fn audit_detail(cmd: &Command, response: &crate::command::Response) -> String {
+    use crate::command::Response;
+    let (version, review) = match response {
+        Response::Version(v) => (v.as_ref(), None),
+        Response::Evaluation(e) => (&e.1, None),
+        Response::Review(r) => (&r.1, Some(&r.0)),
+        _ => return String::new(),
+    };
+    let moved = version
+        .stage_history
+        .last()
+        .filter(|t| t.at_ms == cmd.at_ms && t.actor == cmd.actor)
+        .and_then(|t| t.gate_report.as_ref());
+    match (moved, review) {
+        (Some(report), _) => report.summary(),
+        (None, Some(review)) => format!("review #{} waits: {}", review.id, review.report.summary()),
+        (None, None) => String::new(),
     }
 }

@@ -24,7 +24,7 @@ use crate::command::{Command, Response};
 use crate::domain::DomainError;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage, AUDIT_SCAN_ROWS_MAX};
-pub use query::{tag_filter, ReviewFilter, StoredPolicy};
+pub use query::{tag_filter, Decided, ReviewFilter, StoredPolicy};
 pub use requests::{REQUEST_IDS_KEPT_ENTRIES, REQUEST_ID_BYTES_MAX};
 use tables::Tables;
 
@@ -125,7 +125,8 @@ impl quiver_raft::App for RegistryApp {
         }
         let response = match self.execute(wtxn, cmd) {
             Ok((response, subject)) => {
-                self.append_audit(wtxn, log_index, cmd, subject)
+                let detail = audit::audit_detail(cmd, &response);
+                self.append_audit(wtxn, log_index, cmd, subject, detail)
                     .map_err(|e| anyhow::anyhow!("append audit entry: {e}"))?;
                 response
             }

@@ -101,7 +101,8 @@ impl RegistryApp {
                 number,
                 stage,
                 reason,
-            } => stage::set_stage(w, model, *number, *stage, reason),
+                override_signature,
+            } => stage::set_stage(w, model, *number, *stage, reason, *override_signature),
             Op::SetAlias {
                 model,
                 alias,

@@ -11,9 +11,11 @@ use super::{Applied, Write};
 use crate::auth;
 use crate::command::Response;
 use crate::domain::{stage_label, DomainError, Model, Stage, Version};
-use crate::governance::{self, Approval, GateReport, Policy, Review, ReviewState, VoidedApprovals};
+use crate::governance::{
+    self, Approval, GateReport, Policy, Review, ReviewState, SignatureOverride, VoidedApprovals,
+};
 use crate::state::tables::{encode, version_key};
-use crate::state::AppResult;
+use crate::state::{AppResult, Decided};
 
 /// Opens a review of `v` for entering `stage` (or keeps its open one for that stage, with the
 /// new report); an open review for another stage is closed, replaced by this one.
@@ -24,6 +26,7 @@ pub(super) fn request(
     reason: &str,
     report: GateReport,
     open: Option<Review>,
+    signature_override: Option<SignatureOverride>,
 ) -> AppResult<Applied> {
     let subject_of = |r: &Review| {
         format!(
@@ -37,6 +40,9 @@ pub(super) fn request(
     if let Some(mut r) = open {
         if r.stage == stage {
             r.report = report;
+            if signature_override.is_some() {
+                r.signature_override = signature_override;
+            }
             put(w, &r)?;
             let subject = subject_of(&r);
             return Ok((Response::Review(Box::new((r, v))), subject));
@@ -64,6 +70,7 @@ pub(super) fn request(
         closed_at_ms: None,
         closing_comment: String::new(),
         report,
+        signature_override,
     };
     put(w, &review)?;
     w.app.tables.open_reviews.put(
@@ -134,9 +141,13 @@ pub(super) fn decide(
         at_ms: w.at_ms,
         comment: comment.to_string(),
     });
-    let report =
-        w.app
-            .gate_report_with(w.wtxn, &m, &v, review.stage, &policy, &review.approvals)?;
+    let decided = Decided {
+        approvals: review.approvals.clone(),
+        signature_override: review.signature_override.clone(),
+    };
+    let report = w
+        .app
+        .gate_report_with(w.wtxn, &m, &v, review.stage, &policy, &decided)?;
     review.report = report.clone();
     if !report.passed() {
         v.created_by.name = registrant;

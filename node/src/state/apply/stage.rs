@@ -9,9 +9,9 @@ use crate::domain::{
     stage_label, status_label, Actor, DomainError, Model, Stage, StageTransition, Version,
     VersionStatus,
 };
-use crate::governance::{waits_only_for_approvals, GateReport};
+use crate::governance::{waits_only_for_approvals, GateReport, SignatureOverride};
 use crate::state::tables::{encode, version_key};
-use crate::state::AppResult;
+use crate::state::{AppResult, Decided};
 
 pub(super) fn set_stage(
     w: &mut Write<'_, '_>,
@@ -19,6 +19,7 @@ pub(super) fn set_stage(
     number: u64,
     stage: Stage,
     reason: &str,
+    override_signature: bool,
 ) -> AppResult<Applied> {
     let m = w.app.get_model(w.wtxn, model)?;
     let v = w.app.get_version(w.wtxn, model, number)?;
@@ -42,15 +43,35 @@ pub(super) fn set_stage(
         Stage::Staging | Stage::Production => {
             let (_, policy) = w.app.applicable_policy(w.wtxn, &m)?;
             let open = w.app.open_review(w.wtxn, model, number)?;
-            let approvals = match &open {
-                Some(r) if r.stage == stage => r.approvals.clone(),
-                _ => Vec::new(),
+            let signature_override = override_signature.then(|| SignatureOverride {
+                principal: w.actor.name.clone(),
+                reason: reason.to_string(),
+            });
+            let decided = match &open {
+                Some(r) if r.stage == stage => Decided {
+                    approvals: r.approvals.clone(),
+                    signature_override: signature_override
+                        .clone()
+                        .or_else(|| r.signature_override.clone()),
+                },
+                _ => Decided {
+                    approvals: Vec::new(),
+                    signature_override: signature_override.clone(),
+                },
             };
             let report = w
                 .app
-                .gate_report_with(w.wtxn, &m, &v, stage, &policy, &approvals)?;
+                .gate_report_with(w.wtxn, &m, &v, stage, &policy, &decided)?;
             if waits_only_for_approvals(&policy, &report) {
-                return super::review::request(w, v, stage, reason, report, open);
+                return super::review::request(
+                    w,
+                    v,
+                    stage,
+                    reason,
+                    report,
+                    open,
+                    signature_override,
+                );
             }
             if !report.passed() {
                 return Err(DomainError::GatesFailed {

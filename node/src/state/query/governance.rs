@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Model, Stage, Version};
 use crate::governance::{
     self, Approval, Evaluation, GateInput, GateReport, Policy, PolicyScope, Review, ReviewState,
+    SignatureOverride,
 };
 use crate::state::tables::{decode, policy_key, version_key};
 use crate::state::{AppResult, RegistryApp};
@@ -91,11 +92,14 @@ impl RegistryApp {
         stage: Stage,
     ) -> AppResult<GateReport> {
         let (_, policy) = self.applicable_policy(rtxn, model)?;
-        let approvals: Vec<Approval> = match self.open_review(rtxn, &model.name, version.number)? {
-            Some(r) if r.stage == stage => r.approvals,
-            _ => Vec::new(),
+        let decided = match self.open_review(rtxn, &model.name, version.number)? {
+            Some(r) if r.stage == stage => Decided {
+                approvals: r.approvals,
+                signature_override: r.signature_override,
+            },
+            _ => Decided::default(),
         };
-        self.gate_report_with(rtxn, model, version, stage, &policy, &approvals)
+        self.gate_report_with(rtxn, model, version, stage, &policy, &decided)
     }
 
     /// [`RegistryApp::gate_report`] under `policy` with `approvals`.
@@ -106,7 +110,7 @@ impl RegistryApp {
         version: &Version,
         stage: Stage,
         policy: &Policy,
-        approvals: &[Approval],
+        decided: &Decided,
     ) -> AppResult<GateReport> {
         let evaluations = self.evaluations(rtxn, &model.name, version.number)?;
         let production = match model.production_version.filter(|p| *p != version.number) {
@@ -124,10 +128,19 @@ impl RegistryApp {
                 version,
                 evaluations: &evaluations,
                 production: production.as_ref().map(|(v, e)| (v, e.as_slice())),
-                approvals,
+                approvals: &decided.approvals,
+                signature_override: decided.signature_override.as_ref(),
             },
         ))
     }
+}
+
+/// What people decided about a version's stage change: the approvals of its review and an
+/// approver's signature override.
+#[derive(Clone, Debug, Default)]
+pub struct Decided {
+    pub approvals: Vec<Approval>,
+    pub signature_override: Option<SignatureOverride>,
 }
 
 /// Which reviews a listing shows.

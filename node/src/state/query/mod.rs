@@ -7,7 +7,7 @@ mod chunks;
 mod governance;
 mod models;
 
-pub use governance::{ReviewFilter, StoredPolicy};
+pub use governance::{Decided, ReviewFilter, StoredPolicy};
 mod nodes;
 
 use std::collections::BTreeMap;

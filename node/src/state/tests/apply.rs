@@ -167,6 +167,7 @@ fn production_holds_one_version_and_the_previous_is_archived() {
         number: n,
         stage: Stage::Production,
         reason: "eval passed".into(),
+        override_signature: false,
     };
     f.apply(promote(1));
     let v2 = version(f.apply(promote(2)));
@@ -292,6 +293,7 @@ fn hostile_names_are_rejected_in_apply_and_change_nothing() {
                 number: 1,
                 stage: Stage::Production,
                 reason: "r".into(),
+                override_signature: false,
             },
             Op::UpdateModel {
                 name: name.into(),
@@ -396,6 +398,7 @@ fn fields_over_their_limits_are_refused_before_the_log_and_again_in_apply() {
                 number: 1,
                 stage: Stage::Staging,
                 reason: over(limits::REASON_BYTES_MAX),
+                override_signature: false,
             },
         ),
         (

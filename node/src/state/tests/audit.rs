@@ -11,6 +11,7 @@ fn stage(model: &str, number: u64, reason: &str) -> Op {
         number,
         stage: Stage::Staging,
         reason: reason.into(),
+        override_signature: false,
     }
 }
 

@@ -13,6 +13,7 @@ fn set_stage(number: u64, stage: Stage) -> Op {
         number,
         stage,
         reason: "test".into(),
+        override_signature: false,
     }
 }
 
@@ -170,4 +171,111 @@ fn a_model_policy_overrides_the_namespace_and_clearing_what_is_not_set_is_refuse
     assert_eq!(f.digest(), before);
     let listed = f.read(|app, txn| app.policies(txn).unwrap());
     assert_eq!(listed.len(), 2);
+}
+
+fn with_signature(mut op: Op, inputs: &[(&str, &str)]) -> Op {
+    if let Op::CreateVersion { signature, .. } = &mut op {
+        signature.inputs = inputs
+            .iter()
+            .map(|(name, dtype)| TensorSpec {
+                name: name.to_string(),
+                dtype: dtype.to_string(),
+                shape: vec![-1, 4],
+                optional: false,
+            })
+            .collect();
+        signature.outputs = vec![TensorSpec {
+            name: "score".into(),
+            dtype: "float32".into(),
+            shape: vec![-1],
+            optional: false,
+        }];
+    }
+    op
+}
+
+#[test]
+fn a_breaking_signature_is_refused_at_promotion_and_accepted_with_an_audited_override() {
+    let mut f = fixture();
+    f.apply(create_model("reco"));
+    let v1 = with_signature(create_version("reco", b"v1"), &[("features", "float32")]);
+    f.apply(v1);
+    // v2 renames the input (breaking), v3 adds nothing (compatible).
+    f.apply(with_signature(
+        create_version("reco", b"v2"),
+        &[("feats", "float32")],
+    ));
+    f.apply(with_signature(
+        create_version("reco", b"v3"),
+        &[("features", "float32")],
+    ));
+    f.apply(Op::SetPolicy {
+        scope: PolicyScope::Model("reco".into()),
+        policy: Some(Policy {
+            production: vec![Gate::SignatureCompatible {}],
+            ..Policy::default()
+        }),
+    });
+    // No Production version yet: nothing to break.
+    let Response::Version(v) = f.apply(set_stage(1, Stage::Production)) else {
+        panic!("v1 promoted")
+    };
+    let report = v.stage_history.last().unwrap().gate_report.clone().unwrap();
+    assert!(report.results[0].detail.contains("nothing to compare"));
+
+    let before = f.digest();
+    let error = rejected(f.apply(set_stage(2, Stage::Production)));
+    let text = error.to_string();
+    assert!(
+        text.contains("breaks callers of v1")
+            && text.contains("features")
+            && text.contains("--override-signature"),
+        "{text}"
+    );
+    assert_eq!(f.digest(), before, "a refusal changes nothing");
+
+    // With the override: promoted, the report names who accepted it and why, and so does the
+    // audit record.
+    let Response::Version(v) = f.apply(Op::SetStage {
+        model: "reco".into(),
+        number: 2,
+        stage: Stage::Production,
+        reason: "clients migrated to feats".into(),
+        override_signature: true,
+    }) else {
+        panic!("v2 promoted with the override")
+    };
+    assert_eq!(v.stage, Stage::Production);
+    let gate = &v
+        .stage_history
+        .last()
+        .unwrap()
+        .gate_report
+        .as_ref()
+        .unwrap()
+        .results[0];
+    assert!(gate.passed);
+    assert!(
+        gate.detail
+            .contains("overridden by alice: clients migrated to feats"),
+        "{}",
+        gate.detail
+    );
+    let audit = f.read(|app, txn| app.audit_log(txn).unwrap());
+    let last = audit.last().unwrap();
+    assert_eq!(last.kind, "set_stage");
+    assert_eq!(last.reason, "clients migrated to feats");
+    assert!(
+        last.detail.contains("overridden by alice"),
+        "{}",
+        last.detail
+    );
+
+    // v3 has v1's signature, which breaks callers of v2 now in Production; compatible with
+    // itself when v2's shape comes back is what a compatible change is.
+    let error = rejected(f.apply(set_stage(3, Stage::Production)));
+    assert!(
+        error.to_string().contains("breaks callers of v2"),
+        "{error}"
+    );
 }

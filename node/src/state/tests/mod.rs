@@ -231,6 +231,7 @@ fn one_row_in_every_table() -> Fixture {
         number: 1,
         stage: Stage::Production,
         reason: "ship".into(),
+        override_signature: false,
     });
     assert!(matches!(opened, Response::Review(_)), "{opened:?}");
     f

@@ -290,7 +290,7 @@ fn op() -> impl Strategy<Value = Op> {
             Op::SetVersionStatus { model, number, status }
         }),
         2 => (model_name(), number(), stage(), text()).prop_map(|(model, number, stage, reason)| {
-            Op::SetStage { model, number, stage, reason }
+            Op::SetStage { model, number, stage, reason, override_signature: false }
         }),
         2 => (model_name(), alias_name(), number()).prop_map(|(model, alias, number)| {
             Op::SetAlias { model, alias, number }

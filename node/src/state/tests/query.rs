@@ -30,6 +30,7 @@ fn listing_pages_through_models_and_versions_with_filters() {
         number: 4,
         stage: Stage::Staging,
         reason: String::new(),
+        override_signature: false,
     });
     let (page, next) = f.read(|app, txn| app.list_versions(txn, "a1", None, "", 3, "").unwrap());
     assert_eq!(page.iter().map(|v| v.number).collect::<Vec<_>>(), [1, 2, 3]);

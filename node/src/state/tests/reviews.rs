@@ -37,6 +37,7 @@ fn to_production(number: u64) -> Op {
         number,
         stage: Stage::Production,
         reason: "ship it".into(),
+        override_signature: false,
     }
 }
 

@@ -31,10 +31,10 @@ fn export_then_import_reproduces_the_same_state() {
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
 /// `grants` tables came, since the fixed state now has a row in each, and when audit records
 /// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, and
-/// when the `reviews` and `open_reviews` tables came.)
-const PINNED_DIGEST: &str = "5e35f51b3bd7118172c54091570924ed17c3f04ea5eaa982f19baab889b0c337";
+/// when the `reviews` and `open_reviews` tables came, and when audit records carried gate reports.)
+const PINNED_DIGEST: &str = "b2277d84e95648665bedfb1ed0a3a0ab6593938a6d65df4a1badffab99b9bf7b";
 const PINNED_EXPORT_BLAKE3: &str =
-    "d75bc7071b4c11e36e5ae9ec20881966227373c4b6b4ee09ba324ec58e6fe025";
+    "6afdac5e44ee1ba3fa7c80daf7305437bdb70ecf4c84981d076d36adbe2a4168";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
