@@ -299,5 +299,20 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         // An evaluation pipeline records results with the registrant's role; what it may
         // promote is the policy's business.
         Op::RecordEvaluation { model, .. } => (Role::Registrant, Target::Model(model)),
+        // Lineage (decision 0021): an edge into (else out of) a version needs the registrant
+        // role on its model's namespace; a quarantine the approver role there, its lift the
+        // admin role. Data snapshots, feature sets, commits, runs and deployments belong to no
+        // namespace: an op that names no version needs its role cluster-wide.
+        Op::AddLineageEdge { .. } | Op::Quarantine { .. } | Op::LiftQuarantine { .. } => {
+            let role = match op {
+                Op::AddLineageEdge { .. } => Role::Registrant,
+                Op::Quarantine { .. } => Role::Approver,
+                _ => Role::Admin,
+            };
+            match op.model_name() {
+                Some(model) => (role, Target::Model(model)),
+                None => (role, Target::Cluster),
+            }
+        }
     }
 }

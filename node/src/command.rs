@@ -176,6 +176,22 @@ pub enum Op {
         metrics: BTreeMap<String, f64>,
         summary: String,
     },
+    /// Records that `from` went into `to` (`quiver lineage add`); an end that is a version must
+    /// exist.
+    AddLineageEdge {
+        from: crate::lineage::Entity,
+        to: crate::lineage::Entity,
+    },
+    /// Takes an entity out of use: no version downstream of it may enter Staging or Production
+    /// until the quarantine is lifted.
+    Quarantine {
+        entity: crate::lineage::Entity,
+        reason: String,
+    },
+    LiftQuarantine {
+        entity: crate::lineage::Entity,
+        reason: String,
+    },
 }
 
 impl Op {
@@ -194,6 +210,9 @@ impl Op {
                 scope: PolicyScope::Model(model),
                 ..
             } => Some(model),
+            // A lineage op names the model of its version end (the edge's end first).
+            Op::AddLineageEdge { from, to } => to.model().or(from.model()),
+            Op::Quarantine { entity, .. } | Op::LiftQuarantine { entity, .. } => entity.model(),
             Op::UpsertNode(_)
             | Op::RemoveNode { .. }
             | Op::CreateToken { .. }
@@ -260,7 +279,8 @@ impl Op {
                     .map_err(|e| DomainError::invalid("manifest", e.to_string()))?;
                 validate_signature(signature)?;
                 validate_metadata(metadata)?;
-                validate_tags("tags", tags)
+                validate_tags("tags", tags)?;
+                crate::lineage::check_registration(metadata, tags)
             }
             Op::SetStage { reason, .. } => validate_reason(reason),
             Op::SetAlias { alias, .. } | Op::DeleteAlias { alias, .. } => {
@@ -313,13 +333,20 @@ impl Op {
                 summary,
                 ..
             } => governance::validate_evaluation(kind, metrics, summary),
+            Op::AddLineageEdge { from, to } => crate::lineage::check_edge(from, to),
+            Op::Quarantine { entity, reason } | Op::LiftQuarantine { entity, reason } => {
+                entity.check("entity")?;
+                crate::lineage::check_reason(reason)
+            }
         }
     }
 
     /// The reason the command gives, if it carries one (the audit log records it).
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Op::SetStage { reason, .. } => Some(reason),
+            Op::SetStage { reason, .. }
+            | Op::Quarantine { reason, .. }
+            | Op::LiftQuarantine { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -344,6 +371,9 @@ impl Op {
             Op::Bootstrap { .. } => "bootstrap",
             Op::SetPolicy { .. } => "set_policy",
             Op::RecordEvaluation { .. } => "record_evaluation",
+            Op::AddLineageEdge { .. } => "add_lineage_edge",
+            Op::Quarantine { .. } => "quarantine",
+            Op::LiftQuarantine { .. } => "lift_quarantine",
         }
     }
 }
@@ -366,4 +396,8 @@ pub enum Response {
     /// An evaluation recorded, and the version after it (promoted, if it was).
     Evaluation(Box<(Evaluation, Version)>),
     Rejected(DomainError),
+    /// A lineage edge recorded.
+    LineageEdge(Box<crate::lineage::Edge>),
+    /// A quarantine put in force, or (for a lift) the one lifted.
+    Quarantine(Box<crate::lineage::Quarantine>),
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quiver_api::proto::audit_server::AuditServer;
+use quiver_api::proto::lineage_server::LineageServer;
 use quiver_api::proto::{
     access_server::AccessServer, admin_server::AdminServer, lifecycle_server::LifecycleServer,
     models_server::ModelsServer, versions_server::VersionsServer,
@@ -16,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::node::Node;
 use crate::service::{
     access::AccessService, admin::AdminService, audit::AuditService, lifecycle::LifecycleService,
-    models::ModelsService, versions::VersionsService,
+    lineage::LineageService, models::ModelsService, versions::VersionsService,
 };
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
@@ -125,7 +126,8 @@ pub async fn serve(
         }))
         .add_service(AdminServer::new(AdminService { node: node.clone() }))
         .add_service(AccessServer::new(AccessService { node: node.clone() }))
-        .add_service(AuditServer::new(AuditService { node: node.clone() }));
+        .add_service(AuditServer::new(AuditService { node: node.clone() }))
+        .add_service(LineageServer::new(LineageService { node: node.clone() }));
     match node.api_tls() {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;

@@ -205,6 +205,8 @@ pub fn version_to_proto(v: &domain::Version, aliases: Vec<String>) -> proto::Mod
                 reason: t.reason.clone(),
             })
             .collect(),
+        // Filled in by the services that read the lineage (`lineage::flagged`).
+        quarantined_by: Vec::new(),
     }
 }
 

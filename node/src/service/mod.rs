@@ -7,6 +7,7 @@ pub mod admin;
 pub mod audit;
 pub mod convert;
 pub mod lifecycle;
+pub mod lineage;
 pub mod models;
 pub mod versions;
 

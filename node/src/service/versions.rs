@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
+use super::lineage::flag_quarantined;
 use super::{caller, caller_with, consistency, invalid, parse_reference};
 use crate::access::Target;
 use crate::auth::Role;
@@ -34,7 +35,8 @@ pub struct VersionsService {
     pub limits: ApiLimits,
 }
 
-/// A version as the API shows it: with the aliases that point at it.
+/// A version as the API shows it: with the aliases that point at it and the quarantines in
+/// force upstream of it.
 pub async fn version_view(
     node: &Node,
     v: &domain::Version,
@@ -48,7 +50,10 @@ pub async fn version_view(
         .filter(|a| a.version == v.number)
         .map(|a| a.alias)
         .collect();
-    Ok(version_to_proto(v, names))
+    let mut shown = [version_to_proto(v, names)];
+    flag_quarantined(node, &mut shown, consistency).await?;
+    let [shown] = shown;
+    Ok(shown)
 }
 
 /// The next message of an upload, or a refusal once the client has sent nothing for
@@ -138,7 +143,9 @@ impl Versions for VersionsService {
         let v = upload
             .commit(&self.node, actor, Some(&commit.manifest_root))
             .await?;
-        Ok(Response::new(version_to_proto(&v, Vec::new())))
+        Ok(Response::new(
+            version_view(&self.node, &v, Consistency::Stale).await?,
+        ))
     }
 
     async fn get_version(
@@ -196,7 +203,7 @@ impl Versions for VersionsService {
                 Ok((versions, app.aliases_of_model(txn, &r.model)?, next))
             })
             .await?;
-        let versions = versions
+        let mut versions: Vec<proto::ModelVersion> = versions
             .iter()
             .map(|v| {
                 let names = aliases
@@ -207,6 +214,7 @@ impl Versions for VersionsService {
                 version_to_proto(v, names)
             })
             .collect();
+        flag_quarantined(&self.node, &mut versions, Consistency::Stale).await?;
         Ok(Response::new(proto::ListVersionsResponse {
             versions,
             next_page_token: next,

@@ -1,5 +1,6 @@
 //! Reads of governance: the policy set at a scope, the one that applies to a model, a version's
-//! evaluation records, and the gates a version would meet now.
+//! evaluation records, and the gates a version would meet now (the policy's, and lineage's
+//! quarantine gate, which is always on).
 
 use heed::RoTxn;
 use serde::{Deserialize, Serialize};
@@ -98,7 +99,7 @@ impl RegistryApp {
             }
             None => None,
         };
-        Ok(governance::evaluate(
+        let mut report = governance::evaluate(
             &policy,
             stage,
             &GateInput {
@@ -106,6 +107,14 @@ impl RegistryApp {
                 evaluations: &evaluations,
                 production: production.as_ref().map(|(v, e)| (v, e.as_slice())),
             },
-        ))
+        );
+        // Lineage: always on for Staging and Production, whatever the policy; in the report
+        // only when it fails (`lineage::quarantine_gate`).
+        if matches!(stage, Stage::Staging | Stage::Production) {
+            report
+                .results
+                .extend(self.quarantine_gate(rtxn, &model.name, version.number)?);
+        }
+        Ok(report)
     }
 }

@@ -3,6 +3,7 @@
 mod apply;
 mod audit;
 mod governance;
+mod lineage;
 mod properties;
 mod query;
 mod requests;
@@ -208,6 +209,14 @@ fn one_row_in_every_table() -> Fixture {
         kind: "offline".into(),
         metrics: BTreeMap::from([("auc".to_string(), 0.9)]),
         summary: String::new(),
+    });
+    f.apply(Op::AddLineageEdge {
+        from: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-46"),
+        to: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-47"),
+    });
+    f.apply(Op::Quarantine {
+        entity: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-45"),
+        reason: "retired".into(),
     });
     f
 }

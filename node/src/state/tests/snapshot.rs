@@ -30,10 +30,12 @@ fn export_then_import_reproduces_the_same_state() {
 /// before it was split by table and by command: existing data dirs and snapshots must keep
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
 /// `grants` tables came, since the fixed state now has a row in each, and when audit records
-/// became self-verifying, decision 0019, and when the `policies` and `evaluations` tables came.)
-const PINNED_DIGEST: &str = "56ce3c02fb0a8d88256a5c8376d3c394d3d608566b81c48bbf11a4c490ed3973";
+/// became self-verifying, decision 0019, and when the `policies` and `evaluations` tables came,
+/// and when the lineage tables came: registration records edges, and the fixed state holds an
+/// explicit edge and a quarantine.)
+const PINNED_DIGEST: &str = "5d1f2c754d7d2bd88a5fd4e23ce9bd9b7c9ef3f847b84bd6a914c842b75e8c79";
 const PINNED_EXPORT_BLAKE3: &str =
-    "3e108e9cadda758e32962250bb8147f409b646a943f6fa2dfeaedba752d0a6e9";
+    "32c946c96a6e2675eef486fd21d6d4eef735134d911b7993f1473a59c04c9ce6";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
