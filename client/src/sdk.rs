@@ -10,6 +10,7 @@ mod artifacts;
 mod audit;
 mod download;
 mod error;
+mod lineage;
 mod nearest;
 mod tls;
 mod upload;

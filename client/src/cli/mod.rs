@@ -17,6 +17,7 @@ mod audit;
 mod benchmarks;
 mod cluster;
 mod commands;
+mod lineage;
 mod progress;
 mod signature;
 mod view;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Signature files (JSON or MLflow MLmodel), locally: check compatibility, validate requests.
     #[command(subcommand)]
     Signature(signature::SignatureCommand),
+    /// Lineage: record edges, walk upstream and impact (text, JSON, DOT), quarantine and lift.
+    #[command(subcommand)]
+    Lineage(lineage::LineageCommand),
 }
 
 /// Options of commands that read.
@@ -369,6 +373,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Whoami(output) => access::whoami(&node, output).await,
         Command::Signature(command) => signature::run(command),
         Command::Audit(command) => audit::run(&node, command).await,
+        Command::Lineage(command) => lineage::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

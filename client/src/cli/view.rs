@@ -75,6 +75,10 @@ pub struct VersionView {
     pub created_by_authenticated: bool,
     pub created_at_ms: i64,
     pub stage_history: Vec<TransitionView>,
+    /// The quarantines in force upstream of the version (`quiver lineage quarantine`), as
+    /// `ENTITY (by WHO: REASON)`; absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -210,6 +214,11 @@ impl From<&ModelVersion> for VersionView {
             created_by_authenticated: version.created_by_authenticated,
             created_at_ms: version.created_at_ms,
             stage_history: version.stage_history.iter().map(Into::into).collect(),
+            quarantined_by: version
+                .quarantined_by
+                .iter()
+                .map(|q| format!("{} (by {}: {})", q.entity, q.by, q.reason))
+                .collect(),
         }
     }
 }
@@ -405,7 +414,10 @@ impl VersionView {
             .map(|v| {
                 vec![
                     v.reference.clone(),
-                    v.stage.clone(),
+                    match v.quarantined_by.is_empty() {
+                        true => v.stage.clone(),
+                        false => format!("{} QUARANTINED", v.stage),
+                    },
                     v.status.clone(),
                     HumanBytes(v.total_size_bytes).to_string(),
                     v.files.len().to_string(),
@@ -458,6 +470,14 @@ impl VersionView {
             ),
             ("created at", time_text(self.created_at_ms)),
         ]);
+        if !self.quarantined_by.is_empty() {
+            out.push_str(&format!(
+                "\nQUARANTINED upstream: {}\n  it may not enter staging or production; if it \
+                 serves, demote it (`quiver stage set {} archived --reason …`)\n",
+                self.quarantined_by.join("; "),
+                self.reference
+            ));
+        }
         out.push_str("\nfiles:\n");
         let rows: Vec<Vec<String>> = self
             .files
