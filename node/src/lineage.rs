@@ -29,8 +29,9 @@ pub const ENTITY_ID_BYTES_MAX: usize = limits::ID_BYTES_MAX;
 /// (`truncated`). A promotion whose upstream walk is truncated is refused: it cannot be shown
 /// that nothing upstream is quarantined.
 pub const WALK_NODES_MAX: usize = 10_000;
-/// Most edges one walk reports (every edge between visited entities, up to this many).
-pub const WALK_EDGES_MAX: usize = 50_000;
+/// Most edges one walk reports (every edge between visited entities, up to this many): with
+/// ids at their longest, a walk's answer stays well inside one API message.
+pub const WALK_EDGES_MAX: usize = 20_000;
 /// Most quarantines in force at once.
 pub const QUARANTINES_MAX: usize = 4096;
 /// The tag that names a version's feature set (`name@version`).

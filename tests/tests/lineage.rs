@@ -319,6 +319,19 @@ fn the_airbnb_case_quarantine_blocks_flags_and_the_impact_lists_both() {
         shown.contains("QUARANTINED upstream: data:47 (by admin: label leak in snapshot 47)"),
         "{shown}"
     );
+    let status = quiver(CLI, &leader, &["status", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        status["quarantined_in_production"],
+        serde_json::json!(["reco/1 (data:47)"]),
+        "{status}"
+    );
+    let status = quiver(CLI, &leader, &["status"]).ok().stdout;
+    assert!(
+        status.contains("QUARANTINED in production: reco/1 (data:47)"),
+        "{status}"
+    );
 
     // The impact query lists both, with their stages: JSON, text and DOT.
     let impact = quiver(

@@ -314,6 +314,35 @@ fn print_graph(output: GraphOutput, graph: &LineageGraph, arrow: &str) -> anyhow
     Ok(())
 }
 
+/// Most quarantines `quiver status` looks behind.
+const STATUS_QUARANTINES_MAX: usize = 64;
+
+/// The versions in Production downstream of the quarantines in force, as `MODEL/N (ENTITY)`,
+/// from this node's state. Empty when the caller may not read the quarantines (they need the
+/// reader role cluster-wide; `quiver status` itself needs none) or the node cannot say.
+pub async fn quarantined_in_production(client: &crate::Client) -> Vec<String> {
+    let Ok(list) = client.list_quarantines(ReadConsistency::Stale).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for q in list.iter().take(STATUS_QUARANTINES_MAX) {
+        let Ok(g) = client
+            .lineage_impact(&q.entity, ReadConsistency::Stale)
+            .await
+        else {
+            continue;
+        };
+        for v in &g.versions {
+            if v.stage == crate::proto::Stage::Production as i32 {
+                out.push(format!("{}/{} ({})", v.model, v.version, q.entity));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn read_consistency(stale: bool) -> ReadConsistency {
     match stale {
         true => ReadConsistency::Stale,

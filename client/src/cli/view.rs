@@ -109,6 +109,10 @@ pub struct StatusView {
     pub zone: String,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// Versions in Production downstream of a quarantine (`quiver lineage quarantine`), as
+    /// `MODEL/N (ENTITY)`, when the caller may read the quarantines; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_in_production: Vec<String>,
 }
 
 // ------------------------------------------------------------ conversions
@@ -254,6 +258,7 @@ impl From<&NodeStatusResponse> for StatusView {
             zone: status.zone.clone(),
             snapshot_index: status.snapshot_index,
             purged_index: status.purged_index,
+            quarantined_in_production: Vec::new(),
         }
     }
 }
@@ -553,7 +558,7 @@ impl AliasView {
 
 impl StatusView {
     pub fn detail(&self) -> String {
-        fields(&[
+        let mut out = fields(&[
             ("node", self.node_id.to_string()),
             ("state", or_dash(&self.state)),
             (
@@ -579,7 +584,14 @@ impl StatusView {
                 format!("{}/{}", or_dash(&self.region), or_dash(&self.zone)),
             ),
             ("state digest", or_dash(&self.state_digest)),
-        ])
+        ]);
+        if !self.quarantined_in_production.is_empty() {
+            out.push_str(&format!(
+                "QUARANTINED in production: {} (see `quiver lineage quarantines`)\n",
+                self.quarantined_in_production.join(", ")
+            ));
+        }
+        out
     }
 }
 

@@ -143,9 +143,12 @@ impl Versions for VersionsService {
         let v = upload
             .commit(&self.node, actor, Some(&commit.manifest_root))
             .await?;
-        Ok(Response::new(
-            version_view(&self.node, &v, Consistency::Stale).await?,
-        ))
+        // A new version has no alias yet; it may already be downstream of a quarantine (this
+        // node's view of it: a follower may not have applied the registration yet).
+        let mut shown = [version_to_proto(&v, Vec::new())];
+        flag_quarantined(&self.node, &mut shown, Consistency::Stale).await?;
+        let [shown] = shown;
+        Ok(Response::new(shown))
     }
 
     async fn get_version(

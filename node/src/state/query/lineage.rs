@@ -6,7 +6,7 @@ use heed::RoTxn;
 
 use crate::domain::{Stage, VersionStatus};
 use crate::lineage::{self, Direction, Edge, Entity, Quarantine, Walk, WALK_NODES_MAX};
-use crate::state::tables::{decode, lineage_key, lineage_prefix};
+use crate::state::tables::{decode, lineage_key, lineage_prefix, version_key};
 use crate::state::{AppResult, RegistryApp};
 
 /// A version reached by a walk, as it is now.
@@ -18,6 +18,14 @@ pub struct LineageVersion {
     pub status: VersionStatus,
     /// Edges from the walk's start.
     pub depth: u32,
+}
+
+/// The fields of a stored version an impact shows: decoding only these (serde skips the rest)
+/// keeps an impact over thousands of versions cheap.
+#[derive(serde::Deserialize)]
+struct StageOnly {
+    stage: Stage,
+    status: VersionStatus,
 }
 
 /// A walk with what the state says about its entities.
@@ -120,23 +128,24 @@ impl RegistryApp {
         let mut quarantined = Vec::new();
         for (entity, depth) in &walk.nodes {
             if let Some((model, number)) = entity.as_version() {
-                match self.get_version(rtxn, model, number) {
-                    Ok(v) => versions.push(LineageVersion {
-                        model: v.model,
-                        number: v.number,
-                        stage: v.stage,
-                        status: v.status,
-                        depth: *depth,
-                    }),
+                let Some(bytes) = self
+                    .tables
+                    .versions
+                    .get(rtxn, &version_key(model, number))?
+                else {
                     // Edges name only versions that exist, and versions are never deleted.
-                    Err(crate::state::AppError::Domain(e)) => {
-                        return Err(anyhow::anyhow!(
-                            "lineage names {entity}, which the state lacks: {e}"
-                        )
-                        .into())
-                    }
-                    Err(e) => return Err(e),
-                }
+                    return Err(
+                        anyhow::anyhow!("lineage names {entity}, which the state lacks").into(),
+                    );
+                };
+                let v: StageOnly = decode("version", bytes)?;
+                versions.push(LineageVersion {
+                    model: model.to_string(),
+                    number,
+                    stage: v.stage,
+                    status: v.status,
+                    depth: *depth,
+                });
             }
             if any_quarantine {
                 quarantined.extend(self.quarantine_of(rtxn, entity)?);
