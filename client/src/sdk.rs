@@ -11,6 +11,7 @@ mod audit;
 mod download;
 mod error;
 mod governance;
+mod lineage;
 mod nearest;
 mod tls;
 mod upload;

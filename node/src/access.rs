@@ -302,5 +302,20 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         // Approving needs what the policy's approvals gate asks for (apply checks that against
         // the committed grants); approver at least.
         Op::DecideReview { model, .. } => (Role::Approver, Target::Model(model)),
+        // Lineage (decision 0021): an edge into (else out of) a version needs the registrant
+        // role on its model's namespace; a quarantine the approver role there, its lift the
+        // admin role. Data snapshots, feature sets, commits, runs and deployments belong to no
+        // namespace: an op that names no version needs its role cluster-wide.
+        Op::AddLineageEdge { .. } | Op::Quarantine { .. } | Op::LiftQuarantine { .. } => {
+            let role = match op {
+                Op::AddLineageEdge { .. } => Role::Registrant,
+                Op::Quarantine { .. } => Role::Approver,
+                _ => Role::Admin,
+            };
+            match op.model_name() {
+                Some(model) => (role, Target::Model(model)),
+                None => (role, Target::Cluster),
+            }
+        }
     }
 }

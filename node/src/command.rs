@@ -189,6 +189,22 @@ pub enum Op {
         approve: bool,
         comment: String,
     },
+    /// Records that `from` went into `to` (`quiver lineage add`); an end that is a version must
+    /// exist.
+    AddLineageEdge {
+        from: crate::lineage::Entity,
+        to: crate::lineage::Entity,
+    },
+    /// Takes an entity out of use: no version downstream of it may enter Staging or Production
+    /// until the quarantine is lifted.
+    Quarantine {
+        entity: crate::lineage::Entity,
+        reason: String,
+    },
+    LiftQuarantine {
+        entity: crate::lineage::Entity,
+        reason: String,
+    },
 }
 
 impl Op {
@@ -208,6 +224,9 @@ impl Op {
                 scope: PolicyScope::Model(model),
                 ..
             } => Some(model),
+            // A lineage op names the model of its version end (the edge's end first).
+            Op::AddLineageEdge { from, to } => to.model().or(from.model()),
+            Op::Quarantine { entity, .. } | Op::LiftQuarantine { entity, .. } => entity.model(),
             Op::UpsertNode(_)
             | Op::RemoveNode { .. }
             | Op::CreateToken { .. }
@@ -274,7 +293,8 @@ impl Op {
                     .map_err(|e| DomainError::invalid("manifest", e.to_string()))?;
                 validate_signature(signature)?;
                 validate_metadata(metadata)?;
-                validate_tags("tags", tags)
+                validate_tags("tags", tags)?;
+                crate::lineage::check_registration(metadata, tags)
             }
             Op::SetStage { reason, .. } => validate_reason(reason),
             Op::SetAlias { alias, .. } | Op::DeleteAlias { alias, .. } => {
@@ -328,14 +348,21 @@ impl Op {
                 ..
             } => governance::validate_evaluation(kind, metrics, summary),
             Op::DecideReview { comment, .. } => governance::validate_comment(comment),
+            Op::AddLineageEdge { from, to } => crate::lineage::check_edge(from, to),
+            Op::Quarantine { entity, reason } | Op::LiftQuarantine { entity, reason } => {
+                entity.check("entity")?;
+                crate::lineage::check_reason(reason)
+            }
         }
     }
 
     /// The reason the command gives, if it carries one (the audit log records it).
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Op::SetStage { reason, .. } => Some(reason),
             Op::DecideReview { comment, .. } => Some(comment),
+            Op::SetStage { reason, .. }
+            | Op::Quarantine { reason, .. }
+            | Op::LiftQuarantine { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -362,6 +389,9 @@ impl Op {
             Op::RecordEvaluation { .. } => "record_evaluation",
             Op::DecideReview { approve: true, .. } => "approve_review",
             Op::DecideReview { approve: false, .. } => "reject_review",
+            Op::AddLineageEdge { .. } => "add_lineage_edge",
+            Op::Quarantine { .. } => "quarantine",
+            Op::LiftQuarantine { .. } => "lift_quarantine",
         }
     }
 }
@@ -387,4 +417,8 @@ pub enum Response {
     /// the gates).
     Review(Box<(Review, Version)>),
     Rejected(DomainError),
+    /// A lineage edge recorded.
+    LineageEdge(Box<crate::lineage::Edge>),
+    /// A quarantine put in force, or (for a lift) the one lifted.
+    Quarantine(Box<crate::lineage::Quarantine>),
 }

@@ -15,6 +15,7 @@ pub mod gc;
 pub mod governance;
 pub mod in_flight;
 pub mod ingest;
+pub mod lineage;
 pub mod membership;
 pub mod node;
 pub mod peer_certs;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use quiver_api::proto::audit_server::AuditServer;
 use quiver_api::proto::governance_server::GovernanceServer;
+use quiver_api::proto::lineage_server::LineageServer;
 use quiver_api::proto::{
     access_server::AccessServer, admin_server::AdminServer, lifecycle_server::LifecycleServer,
     models_server::ModelsServer, versions_server::VersionsServer,
@@ -17,7 +18,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::node::Node;
 use crate::service::{
     access::AccessService, admin::AdminService, audit::AuditService, governance::GovernanceService,
-    lifecycle::LifecycleService, models::ModelsService, versions::VersionsService,
+    lifecycle::LifecycleService, lineage::LineageService, models::ModelsService,
+    versions::VersionsService,
 };
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
@@ -129,7 +131,8 @@ pub async fn serve(
         .add_service(AuditServer::new(AuditService { node: node.clone() }))
         .add_service(GovernanceServer::new(GovernanceService {
             node: node.clone(),
-        }));
+        }))
+        .add_service(LineageServer::new(LineageService { node: node.clone() }));
     match node.api_tls() {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;

@@ -2,7 +2,8 @@
 //!
 //! Pure: [`hostile_op`] draws one request from a catalogue of inputs every way in must refuse
 //! (empty, over-long, NUL-containing, path-like, unicode and extreme fields; unknown models and
-//! versions; a second model of a name in use). The client shell hands it to a node's own
+//! versions; a second model of a name in use; lineage entities that are not, quarantines of
+//! versions that do not exist, lifts of what is not quarantined). The client shell hands it to a node's own
 //! command path (`Node::propose`, the step after the gRPC edge's checks, so the state
 //! machine's own validation is what is tested) and expects a rejection: an accepted one is a
 //! violation, and a command that fails in apply stops Raft, which the node-fatal checker sees.
@@ -13,6 +14,7 @@ use quiver_node::auth::Role;
 use quiver_node::command::Op;
 use quiver_node::domain::{limits, RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
 use quiver_node::governance::{Gate, Policy, PolicyScope};
+use quiver_node::lineage::{Entity, EntityKind};
 use quiver_transfer::Manifest;
 use rand::Rng;
 
@@ -90,7 +92,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
         .cloned()
         .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
     let huge = "x".repeat(limits::DESCRIPTION_BYTES_MAX + 1);
-    let mut kind = rng.gen_range(0..17u32);
+    let mut kind = rng.gen_range(0..20u32);
     if kind == 1 && models.is_empty() {
         // No model of its own to create twice yet (and the unknown name is a valid one).
         kind = 0;
@@ -244,7 +246,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 policy: None,
             },
         ),
-        _ => (
+        11 => (
             format!("register an empty version of {}", label_of(&bad)),
             Op::CreateVersion {
                 model: bad,
@@ -255,6 +257,36 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 tags: BTreeMap::new(),
                 status: VersionStatus::Ready,
                 inline_chunks: Vec::new(),
+            },
+        ),
+        // Lineage: a version entity whose id is no version, a quarantine of a version that does
+        // not exist (or of an empty id), a lift of what no one quarantined (the sim's workload
+        // quarantines nothing) with a hostile reason.
+        17 => (
+            format!("lineage edge from version:{}", label_of(&bad)),
+            Op::AddLineageEdge {
+                from: Entity::new(EntityKind::Version, bad),
+                to: Entity::new(EntityKind::Data, "hostile"),
+            },
+        ),
+        18 => {
+            let entity = match bad.is_empty() {
+                true => Entity::new(EntityKind::Data, ""),
+                false => Entity::version(&model, u64::MAX),
+            };
+            (
+                format!("quarantine {entity}"),
+                Op::Quarantine {
+                    entity,
+                    reason: "hostile".into(),
+                },
+            )
+        }
+        _ => (
+            format!("lift an unquarantined entity, reason {}", label_of(&bad)),
+            Op::LiftQuarantine {
+                entity: Entity::new(EntityKind::Data, "hostile-never-quarantined"),
+                reason: bad,
             },
         ),
     }
@@ -289,6 +321,6 @@ mod tests {
         let kinds: std::collections::BTreeSet<&str> = (0..500)
             .map(|_| hostile_op(&mut rng, &models).1.kind())
             .collect();
-        assert_eq!(kinds.len(), 11, "{kinds:?}");
+        assert_eq!(kinds.len(), 14, "{kinds:?}");
     }
 }

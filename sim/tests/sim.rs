@@ -73,7 +73,10 @@ fn the_same_seed_gives_the_same_trace_on_any_thread() {
 
 #[test]
 fn a_short_chaos_run_keeps_every_invariant() {
-    let report = run_ok(&config(3, Scenario::Chaos, 5, 8));
+    // Seed 5: a run that exercises every fault and artifact path below. (Seed 3 did until the
+    // hostile catalogue grew its lineage requests, which shifted its draws: it still keeps
+    // every invariant, but with 7 uploads and 29 acks it no longer does enough work here.)
+    let report = run_ok(&config(5, Scenario::Chaos, 5, 8));
     assert!(report.passed(), "{}", report.summary());
     let f = &report.faults;
     assert!(

@@ -137,3 +137,41 @@ fn cluster_benchmarks_run_at_toy_size() {
     assert_eq!(figure(&f, "writes_lost"), 0, "{f}");
     assert_eq!(figure(&f, "drills"), 1, "{f}");
 }
+
+#[test]
+fn the_lineage_benchmark_runs_at_toy_size() {
+    let r = node_bench(&[
+        "bench",
+        "lineage",
+        "--versions",
+        "300",
+        "--edges",
+        "3000",
+        "--queries",
+        "50",
+    ]);
+    assert_eq!(figure(&r, "versions"), 300, "{r}");
+    assert_eq!(figure(&r, "edges"), 3000, "{r}");
+    for key in [
+        "impact_ms_p99",
+        "point_read_ms_p99",
+        "p99_ratio",
+        "impact_nodes_mean",
+    ] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    // Too few edges for the registrations' own is refused, naming the flag.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(NODE)
+        .args(["bench", "lineage", "--versions", "10", "--edges", "5"])
+        .arg("--scratch-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--edges 5 is fewer than the 40"),
+        "{stderr}"
+    );
+}

@@ -423,8 +423,11 @@ pub async fn alias(node: &Node, command: AliasCommand) -> anyhow::Result<()> {
 }
 
 pub async fn status(node: &Node, output: Output) -> anyhow::Result<()> {
-    let status = node.client().await?.node_status().await?;
-    print_one(output, &StatusView::from(&status), StatusView::detail)
+    let client = node.client().await?;
+    let status = client.node_status().await?;
+    let mut view = StatusView::from(&status);
+    view.quarantined_in_production = super::lineage::quarantined_in_production(&client).await;
+    print_one(output, &view, StatusView::detail)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod benchmarks;
 mod cluster;
 mod commands;
 mod governance;
+mod lineage;
 mod progress;
 mod signature;
 mod view;
@@ -112,6 +113,9 @@ pub enum Command {
     /// Signature files (JSON or MLflow MLmodel), locally: check compatibility, validate requests.
     #[command(subcommand)]
     Signature(signature::SignatureCommand),
+    /// Lineage: record edges, walk upstream and impact (text, JSON, DOT), quarantine and lift.
+    #[command(subcommand)]
+    Lineage(lineage::LineageCommand),
 }
 
 /// Options of commands that read.
@@ -400,6 +404,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(command) => audit::run(&node, command).await,
         Command::Policy(command) => governance::policy(&node, command).await,
         Command::Review(command) => governance::review(&node, command).await,
+        Command::Lineage(command) => lineage::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

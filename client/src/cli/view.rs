@@ -82,6 +82,10 @@ pub struct VersionView {
     /// The open review request of a stage change waiting for approvals.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_review: Option<ReviewView>,
+    /// The quarantines in force upstream of the version (`quiver lineage quarantine`), as
+    /// `ENTITY (by WHO: REASON)`; absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -112,6 +116,10 @@ pub struct StatusView {
     pub zone: String,
     pub snapshot_index: Option<u64>,
     pub purged_index: Option<u64>,
+    /// Versions in Production downstream of a quarantine (`quiver lineage quarantine`), as
+    /// `MODEL/N (ENTITY)`, when the caller may read the quarantines; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quarantined_in_production: Vec<String>,
 }
 
 // ------------------------------------------------------------ conversions
@@ -219,6 +227,11 @@ impl From<&ModelVersion> for VersionView {
             created_at_ms: version.created_at_ms,
             stage_history: version.stage_history.iter().map(Into::into).collect(),
             pending_review: version.pending_review.as_ref().map(Into::into),
+            quarantined_by: version
+                .quarantined_by
+                .iter()
+                .map(|q| format!("{} (by {}: {})", q.entity, q.by, q.reason))
+                .collect(),
         }
     }
 }
@@ -254,6 +267,7 @@ impl From<&NodeStatusResponse> for StatusView {
             zone: status.zone.clone(),
             snapshot_index: status.snapshot_index,
             purged_index: status.purged_index,
+            quarantined_in_production: Vec::new(),
         }
     }
 }
@@ -414,7 +428,10 @@ impl VersionView {
             .map(|v| {
                 vec![
                     v.reference.clone(),
-                    v.stage.clone(),
+                    match v.quarantined_by.is_empty() {
+                        true => v.stage.clone(),
+                        false => format!("{} QUARANTINED", v.stage),
+                    },
                     v.status.clone(),
                     HumanBytes(v.total_size_bytes).to_string(),
                     v.files.len().to_string(),
@@ -467,6 +484,14 @@ impl VersionView {
             ),
             ("created at", time_text(self.created_at_ms)),
         ]);
+        if !self.quarantined_by.is_empty() {
+            out.push_str(&format!(
+                "\nQUARANTINED upstream: {}\n  it may not enter staging or production; if it \
+                 serves, demote it (`quiver stage set {} archived --reason …`)\n",
+                self.quarantined_by.join("; "),
+                self.reference
+            ));
+        }
         out.push_str("\nfiles:\n");
         let rows: Vec<Vec<String>> = self
             .files
@@ -564,7 +589,7 @@ impl AliasView {
 
 impl StatusView {
     pub fn detail(&self) -> String {
-        fields(&[
+        let mut out = fields(&[
             ("node", self.node_id.to_string()),
             ("state", or_dash(&self.state)),
             (
@@ -590,7 +615,14 @@ impl StatusView {
                 format!("{}/{}", or_dash(&self.region), or_dash(&self.zone)),
             ),
             ("state digest", or_dash(&self.state_digest)),
-        ])
+        ]);
+        if !self.quarantined_in_production.is_empty() {
+            out.push_str(&format!(
+                "QUARANTINED in production: {} (see `quiver lineage quarantines`)\n",
+                self.quarantined_in_production.join(", ")
+            ));
+        }
+        out
     }
 }
 

@@ -92,6 +92,23 @@ enum BenchCommand {
         #[command(flatten)]
         common: BenchArgs,
     },
+    /// Lineage impact queries over a seeded graph (a state seeded directly, no cluster), beside
+    /// a point read of one version from the same state.
+    Lineage {
+        /// Versions in the graph (100 per model).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        versions: u64,
+        /// Edges in the graph: 4 per version from registration, the rest explicit.
+        #[arg(long, default_value_t = 1_000_000)]
+        edges: u64,
+        /// Impact queries (and as many point reads).
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        queries: u64,
+        #[arg(long, default_value_t = 47)]
+        seed: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -208,6 +225,53 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     format!("{:.0} ms", r.max_ms),
                     r.writes_acknowledged.to_string(),
                     r.writes_lost.to_string(),
+                ]],
+            );
+            print_report(&common.output, &r, text)
+        }
+        BenchCommand::Lineage {
+            versions,
+            edges,
+            queries,
+            seed,
+            common,
+        } => {
+            let options = crate::bench_lineage::LineageOptions {
+                versions,
+                edges,
+                queries: queries as usize,
+                seed,
+            };
+            let r = tokio::task::spawn_blocking(move || {
+                crate::bench_lineage::lineage(&common.scratch_dir, &options).map(|r| (r, common))
+            })
+            .await??;
+            let (r, common) = r;
+            let text = table(
+                &[
+                    "FIGURE",
+                    "P50",
+                    "P99",
+                    "BASELINE: POINT READ P50",
+                    "P99",
+                    "RATIO (P99)",
+                ],
+                &[vec![
+                    format!(
+                        "impact, {} versions / {} edges (mean {:.0} entities, {:.0} versions; \
+                         most {} entities; {} truncated)",
+                        r.versions,
+                        r.edges,
+                        r.impact_nodes_mean,
+                        r.impact_versions_mean,
+                        r.impact_nodes_max,
+                        r.impact_truncated
+                    ),
+                    format!("{:.3} ms", r.impact_ms_p50),
+                    format!("{:.3} ms", r.impact_ms_p99),
+                    format!("{:.3} ms", r.point_read_ms_p50),
+                    format!("{:.3} ms", r.point_read_ms_p99),
+                    format!("{:.1}", r.p99_ratio),
                 ]],
             );
             print_report(&common.output, &r, text)

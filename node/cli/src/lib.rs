@@ -6,9 +6,11 @@
 //!
 //! `cli` parses and dispatches; `launch` starts nodes from their options
 //! (one, or a local cluster); `bench` measures clusters it starts through
-//! `launch`. Neither `cli` nor `bench` is imported by `launch`.
+//! `launch`. Neither `cli` nor `bench` is imported by `launch`. `bench_lineage` measures a
+//! state it seeds directly, without a cluster.
 
 pub mod bench;
+pub mod bench_lineage;
 pub mod cli;
 pub mod launch;
 

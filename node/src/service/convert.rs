@@ -208,6 +208,8 @@ pub fn version_to_proto(v: &domain::Version, aliases: Vec<String>) -> proto::Mod
             })
             .collect(),
         pending_review: None,
+        // Filled in by the services that read the lineage (`lineage::flagged`).
+        quarantined_by: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod convert;
 pub mod governance;
 pub mod lifecycle;
+pub mod lineage;
 pub mod models;
 pub mod versions;
 

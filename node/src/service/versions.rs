@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{metadata_from_proto, optional_stage, signature_from_proto, version_to_proto};
+use super::lineage::flag_quarantined;
 use super::{caller, caller_with, consistency, invalid, parse_reference};
 use crate::access::Target;
 use crate::auth::Role;
@@ -34,7 +35,8 @@ pub struct VersionsService {
     pub limits: ApiLimits,
 }
 
-/// A version as the API shows it: with the aliases that point at it.
+/// A version as the API shows it: with the aliases that point at it and the quarantines in
+/// force upstream of it.
 pub async fn version_view(
     node: &Node,
     v: &domain::Version,
@@ -56,7 +58,10 @@ pub async fn version_view(
         .collect();
     let mut view = version_to_proto(v, names);
     view.pending_review = review.as_ref().map(super::convert::review_to_proto);
-    Ok(view)
+    let mut shown = [view];
+    flag_quarantined(node, &mut shown, consistency).await?;
+    let [shown] = shown;
+    Ok(shown)
 }
 
 /// The next message of an upload, or a refusal once the client has sent nothing for
@@ -146,7 +151,12 @@ impl Versions for VersionsService {
         let v = upload
             .commit(&self.node, actor, Some(&commit.manifest_root))
             .await?;
-        Ok(Response::new(version_to_proto(&v, Vec::new())))
+        // A new version has no alias yet; it may already be downstream of a quarantine (this
+        // node's view of it: a follower may not have applied the registration yet).
+        let mut shown = [version_to_proto(&v, Vec::new())];
+        flag_quarantined(&self.node, &mut shown, Consistency::Stale).await?;
+        let [shown] = shown;
+        Ok(Response::new(shown))
     }
 
     async fn get_version(
@@ -204,7 +214,7 @@ impl Versions for VersionsService {
                 Ok((versions, app.aliases_of_model(txn, &r.model)?, next))
             })
             .await?;
-        let versions = versions
+        let mut versions: Vec<proto::ModelVersion> = versions
             .iter()
             .map(|v| {
                 let names = aliases
@@ -215,6 +225,7 @@ impl Versions for VersionsService {
                 version_to_proto(v, names)
             })
             .collect();
+        flag_quarantined(&self.node, &mut versions, Consistency::Stale).await?;
         Ok(Response::new(proto::ListVersionsResponse {
             versions,
             next_page_token: next,

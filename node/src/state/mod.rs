@@ -24,7 +24,7 @@ use crate::command::{Command, Response};
 use crate::domain::DomainError;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage, AUDIT_SCAN_ROWS_MAX};
-pub use query::{tag_filter, Decided, ReviewFilter, StoredPolicy};
+pub use query::{tag_filter, Decided, LineageGraph, LineageVersion, ReviewFilter, StoredPolicy};
 pub use requests::{REQUEST_IDS_KEPT_ENTRIES, REQUEST_ID_BYTES_MAX};
 use tables::Tables;
 

@@ -32,6 +32,12 @@
 //! - `reviews`:   id(be u64)                → Review (a stage change waiting for approvals)
 //! - `open_reviews`: model \0 number(be u64) → id(be u64) of the version's open review (at most
 //!   one)
+//! - `lineage_down`: entity \0 blake3(other entity)[..16] → Edge, the edges leaving the entity
+//!   (an entity is its text `kind:id`, without NUL; the other end is hashed so that a key of
+//!   two 256-byte ids stays under LMDB's 511 bytes, and is whole in the value)
+//! - `lineage_up`:  entity \0 blake3(other entity)[..16] → Edge, the edges arriving at it (the
+//!   reverse index of `lineage_down`)
+//! - `quarantines`: entity → Quarantine
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -92,6 +98,9 @@ tables! {
     evaluations,
     reviews,
     open_reviews,
+    lineage_down,
+    lineage_up,
+    quarantines,
 }
 
 /// The `policies` key of a policy scope.
@@ -110,6 +119,26 @@ pub(super) fn policy_key(scope: &crate::governance::PolicyScope) -> Vec<u8> {
             [b"n\0".as_slice(), namespace.as_bytes(), b"\0", tier].concat()
         }
     }
+}
+
+/// The `lineage_down` key of `edge` under its start, or (`up`) its `lineage_up` key under its
+/// end: the entity's key, NUL, the first 16 bytes of the other end's key's blake3.
+pub(super) fn lineage_key(edge: &crate::lineage::Edge, up: bool) -> Vec<u8> {
+    let (this, other) = match up {
+        true => (&edge.to, &edge.from),
+        false => (&edge.from, &edge.to),
+    };
+    let mut k = this.key();
+    k.push(0);
+    k.extend_from_slice(&blake3::hash(&other.key()).as_bytes()[..16]);
+    k
+}
+
+/// The prefix of every `lineage_down` or `lineage_up` key of `entity`.
+pub(super) fn lineage_prefix(entity: &crate::lineage::Entity) -> Vec<u8> {
+    let mut k = entity.key();
+    k.push(0);
+    k
 }
 
 /// The `meta` key prefix of a removed node's removal time (decision 0017).

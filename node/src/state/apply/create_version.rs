@@ -112,6 +112,7 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
             .meta
             .put(w.wtxn, INLINE_BYTES_KEY, &total.to_be_bytes())?;
     }
+    super::lineage::record_registration_edges(w, model, number, metadata, tags)?;
     Ok((
         Response::Version(Box::new(version)),
         format!("{model}/{number}"),

@@ -6,6 +6,7 @@ mod access;
 mod alias;
 mod create_version;
 mod governance;
+mod lineage;
 mod model;
 mod node;
 mod review;
@@ -162,6 +163,9 @@ impl RegistryApp {
                 approve,
                 comment,
             } => review::decide(w, model, *id, *approve, comment),
+            Op::AddLineageEdge { from, to } => lineage::add_edge(w, from, to),
+            Op::Quarantine { entity, reason } => lineage::quarantine(w, entity, reason),
+            Op::LiftQuarantine { entity, reason } => lineage::lift_quarantine(w, entity, reason),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Reads of governance: the policy set at a scope, the one that applies to a model, a version's
-//! evaluation records, and the gates a version would meet now.
+//! evaluation records, and the gates a version would meet now (the policy's, and lineage's
+//! quarantine gate, which is always on).
 
 use heed::RoTxn;
 use serde::{Deserialize, Serialize};
@@ -121,7 +122,7 @@ impl RegistryApp {
             }
             None => None,
         };
-        Ok(governance::evaluate(
+        let mut report = governance::evaluate(
             policy,
             stage,
             &GateInput {
@@ -131,7 +132,15 @@ impl RegistryApp {
                 approvals: &decided.approvals,
                 signature_override: decided.signature_override.as_ref(),
             },
-        ))
+        );
+        // Lineage: always on for Staging and Production, whatever the policy; in the report
+        // only when it fails (`lineage::quarantine_gate`).
+        if matches!(stage, Stage::Staging | Stage::Production) {
+            report
+                .results
+                .extend(self.quarantine_gate(rtxn, &model.name, version.number)?);
+        }
+        Ok(report)
     }
 }
 

@@ -5,9 +5,11 @@
 mod access;
 mod chunks;
 mod governance;
+mod lineage;
 mod models;
 
 pub use governance::{Decided, ReviewFilter, StoredPolicy};
+pub use lineage::{LineageGraph, LineageVersion};
 mod nodes;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,7 @@
 mod apply;
 mod audit;
 mod governance;
+mod lineage;
 mod properties;
 mod query;
 mod requests;
@@ -234,6 +235,14 @@ fn one_row_in_every_table() -> Fixture {
         override_signature: false,
     });
     assert!(matches!(opened, Response::Review(_)), "{opened:?}");
+    f.apply(Op::AddLineageEdge {
+        from: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-46"),
+        to: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-47"),
+    });
+    f.apply(Op::Quarantine {
+        entity: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-45"),
+        reason: "retired".into(),
+    });
     f
 }
 

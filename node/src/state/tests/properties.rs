@@ -265,6 +265,19 @@ fn node_info() -> impl Strategy<Value = NodeInfo> {
         )
 }
 
+/// A lineage entity: the prefix's snapshot and versions, or any kind with a hostile id (stored
+/// entities are structs, so a decoded command may hold ids no parser would give).
+fn entity() -> impl Strategy<Value = crate::lineage::Entity> {
+    use crate::lineage::{Entity, EntityKind};
+    prop_oneof![
+        4 => prop::sample::select(vec!["data:snap-47", "version:reco/1", "version:m1/1", "data:9"])
+            .prop_map(|text| Entity::parse("entity", text).unwrap()),
+        1 => (prop::sample::select(EntityKind::ALL.to_vec()), hostile_string())
+            .prop_map(|(kind, id)| Entity::new(kind, id)),
+        1 => (model_name(), number()).prop_map(|(model, number)| Entity::version(&model, number)),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (model_name(), hostile_string(), text(), risk_tier(), tags()).prop_map(
@@ -305,6 +318,9 @@ fn op() -> impl Strategy<Value = Op> {
             }
         ),
         1 => node_info().prop_map(Op::UpsertNode),
+        2 => (entity(), entity()).prop_map(|(from, to)| Op::AddLineageEdge { from, to }),
+        1 => (entity(), text()).prop_map(|(entity, reason)| Op::Quarantine { entity, reason }),
+        1 => (entity(), text()).prop_map(|(entity, reason)| Op::LiftQuarantine { entity, reason }),
         1 => prop_oneof![Just(7u64), any::<u64>()].prop_map(|node_id| Op::RemoveNode { node_id }),
         3 => governance_op(),
     ]

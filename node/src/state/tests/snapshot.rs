@@ -30,11 +30,13 @@ fn export_then_import_reproduces_the_same_state() {
 /// before it was split by table and by command: existing data dirs and snapshots must keep
 /// loading, and nodes of both builds must agree on the digest. (Re-pinned when the `tokens` and
 /// `grants` tables came, since the fixed state now has a row in each, and when audit records
-/// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, and
-/// when the `reviews` and `open_reviews` tables came, and when audit records carried gate reports.)
-const PINNED_DIGEST: &str = "b2277d84e95648665bedfb1ed0a3a0ab6593938a6d65df4a1badffab99b9bf7b";
+/// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, when
+/// the `reviews` and `open_reviews` tables came, when audit records carried gate reports, and
+/// when the lineage tables came: registration records edges, and the fixed state holds an
+/// explicit edge and a quarantine.)
+const PINNED_DIGEST: &str = "ca1bcb6406932befe9962c24616757d32ec4b4f963ff85bb934f20a64397127b";
 const PINNED_EXPORT_BLAKE3: &str =
-    "6afdac5e44ee1ba3fa7c80daf7305437bdb70ecf4c84981d076d36adbe2a4168";
+    "88426baa9ff244fadc67d0dd672dd141f20fa74fa128ea69e354079ac5a6713c";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
