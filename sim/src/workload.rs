@@ -208,13 +208,13 @@ impl Pipeline {
     }
 
     /// A decision on one of this pipeline's open reviews: its reviewer approves (most often) or
-    /// rejects; a third of the time the pipeline itself, the versions' registrant, tries to
-    /// approve, which four eyes must refuse.
+    /// rejects; half the time the pipeline itself, the versions' registrant, tries to approve,
+    /// which four eyes must refuse.
     fn decide_review(&mut self) -> Op {
         let ids: Vec<u64> = self.reviews.keys().copied().collect();
         let id = ids[self.rng.gen_range(0..ids.len())];
         let (model, _) = self.reviews[&id].clone();
-        let by_registrant = self.rng.gen_ratio(1, 3);
+        let by_registrant = self.rng.gen_ratio(1, 2);
         let approve = by_registrant || self.rng.gen_ratio(9, 10);
         if !by_registrant {
             self.actor_override = Some(Pipeline::reviewer(self.id));
@@ -298,10 +298,17 @@ impl Pipeline {
                         .unwrap_or(Stage::Experimental);
                     let others: Vec<Stage> =
                         STAGES.iter().copied().filter(|s| *s != current).collect();
+                    // A gated pipeline asks for Production half the time: its reviews are what
+                    // the approvals checker judges.
+                    let to_production =
+                        self.gated && current != Stage::Production && self.rng.gen_ratio(1, 2);
                     Op::SetStage {
                         model,
                         number,
-                        stage: others[self.rng.gen_range(0..others.len())],
+                        stage: match to_production {
+                            true => Stage::Production,
+                            false => others[self.rng.gen_range(0..others.len())],
+                        },
                         reason: format!("{} op {seq}", self.actor),
                         override_signature: false,
                     }
