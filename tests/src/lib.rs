@@ -500,3 +500,104 @@ fn chunks_of(path: &Path) -> anyhow::Result<Vec<quiver_transfer::ChunkRef>> {
     })?;
     Ok(hashes)
 }
+
+/// A cluster of `size` node processes on loopback: node 1 founds it in `dir/node-1`, the others
+/// join it from `dir/node-N`.
+pub fn start_cluster(node_bin: &str, dir: &Path, size: u64) -> anyhow::Result<Vec<NodeProcess>> {
+    let founder_dir = dir.join("node-1");
+    let founder = NodeProcess::start(node_bin, &founder_dir)?;
+    let founder_peer = founder
+        .peer_addr
+        .clone()
+        .context("serve prints its peer address")?;
+    let mut nodes = vec![founder];
+    for id in 2..=size {
+        let data = dir.join(format!("node-{id}"));
+        nodes.push(NodeProcess::join(
+            node_bin,
+            &founder_dir,
+            &founder_peer,
+            id,
+            &data,
+            &[],
+        )?);
+    }
+    Ok(nodes)
+}
+
+/// A token for `principal`, created with the admin token through `endpoint` (`expires_in`: a
+/// span such as `90d`; none: the default).
+pub fn create_token(
+    cli_bin: &str,
+    endpoint: &str,
+    principal: &str,
+    expires_in: Option<&str>,
+) -> String {
+    let mut args = vec![
+        "token",
+        "create",
+        "--principal",
+        principal,
+        "--output",
+        "json",
+    ];
+    if let Some(span) = expires_in {
+        args.extend(["--expires-in", span]);
+    }
+    quiver(cli_bin, endpoint, &args).ok().json()["token"]
+        .as_str()
+        .expect("the token")
+        .to_string()
+}
+
+/// Every node's state digest (equal once every node applied the same log).
+pub fn state_digests(cli_bin: &str, nodes: &[NodeProcess]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            quiver(cli_bin, &n.endpoint, &["status", "--output", "json"])
+                .ok()
+                .json()["state_digest"]
+                .as_str()
+                .expect("a digest")
+                .to_string()
+        })
+        .collect()
+}
+
+/// `quiver-node audit verify --data-dir DIR` on a stopped node's store: its exit status and its
+/// stderr.
+pub fn offline_audit_verify(node_bin: &str, data_dir: &Path) -> (bool, String) {
+    let out = Command::new(node_bin)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {node_bin}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Replaces every occurrence of `from` by `to` (same length) in the state env files
+/// (`data.mdb`) below `dir`; how many it replaced.
+pub fn alter_state_files(dir: &Path, from: &[u8], to: &[u8]) -> usize {
+    assert_eq!(from.len(), to.len());
+    let mut replaced = 0;
+    for entry in std::fs::read_dir(dir).expect("a data dir") {
+        let path = entry.expect("a dir entry").path();
+        if path.is_dir() {
+            replaced += alter_state_files(&path, from, to);
+        } else if path.file_name().is_some_and(|n| n == "data.mdb") {
+            let mut bytes = std::fs::read(&path).expect("read data.mdb");
+            let mut at = 0;
+            while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
+                bytes[at + i..at + i + to.len()].copy_from_slice(to);
+                at += i + to.len();
+                replaced += 1;
+            }
+            std::fs::write(&path, bytes).expect("write data.mdb");
+        }
+    }
+    replaced
+}

@@ -7,12 +7,12 @@
 //! Waiting is on a condition with a deadline, never a fixed sleep.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quiver_client::proto::ListAuditRequest;
 use quiver_tests::{
-    ca_for, connect, quiver, quiver_as, register_version, write_random_file, NodeProcess,
+    alter_state_files, ca_for, connect, offline_audit_verify, quiver, quiver_as, register_version,
+    write_random_file, NodeProcess,
 };
 use tonic::Code;
 
@@ -46,42 +46,6 @@ fn audit_verify(ep: &str) -> serde_json::Value {
 fn verify_bundle(ep: &str, bundle: &Path, ca: &Path) -> quiver_tests::CliRun {
     let (b, c) = (bundle.display().to_string(), ca.display().to_string());
     quiver(CLI, ep, &["audit", "verify-bundle", &b, "--ca", &c])
-}
-
-/// `quiver-node audit verify --data-dir DIR`: its exit status and its stderr.
-fn offline_verify(data_dir: &Path) -> (bool, String) {
-    let out = Command::new(NODE)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Replaces every occurrence of `from` by `to` (same length) in the state env files below
-/// `dir`; how many it replaced.
-fn alter_state_files(dir: &Path, from: &[u8], to: &[u8]) -> usize {
-    assert_eq!(from.len(), to.len());
-    let mut replaced = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            replaced += alter_state_files(&path, from, to);
-        } else if path.file_name().is_some_and(|n| n == "data.mdb") {
-            let mut bytes = std::fs::read(&path).unwrap();
-            let mut at = 0;
-            while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
-                bytes[at + i..at + i + to.len()].copy_from_slice(to);
-                at += i + to.len();
-                replaced += 1;
-            }
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
-    replaced
 }
 
 #[test]
@@ -317,11 +281,11 @@ fn the_audit_chain_lists_verifies_exports_and_names_an_altered_record() {
     let stopped = nodes.pop().unwrap();
     let dir = stopped.data_dir.clone();
     stopped.stop().unwrap();
-    let (intact, stderr) = offline_verify(&dir);
+    let (intact, stderr) = offline_audit_verify(NODE, &dir);
     assert!(intact, "{stderr}");
     let altered = alter_state_files(&dir, REASON.as_bytes(), b"offline-eval-passed-7f3b");
     assert!(altered > 0, "the reason is in the state env");
-    let (intact, stderr) = offline_verify(&dir);
+    let (intact, stderr) = offline_audit_verify(NODE, &dir);
     assert!(!intact);
     assert!(
         stderr.contains(&format!("broken at record {stage_seq}")) && stderr.contains("altered"),

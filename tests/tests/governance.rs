@@ -9,10 +9,12 @@
 //! Waiting is on a condition with a deadline, never a fixed sleep.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quiver_tests::{quiver, quiver_as, write_random_file, NodeProcess};
+use quiver_tests::{
+    alter_state_files, create_token, offline_audit_verify, quiver, quiver_as, start_cluster,
+    state_digests, write_random_file, NodeProcess,
+};
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
 const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
@@ -29,42 +31,10 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn token(ep: &str, principal: &str) -> String {
-    let out = quiver(
-        CLI,
-        ep,
-        &[
-            "token",
-            "create",
-            "--principal",
-            principal,
-            "--output",
-            "json",
-        ],
-    )
-    .ok()
-    .json();
-    out["token"].as_str().expect("the token").to_string()
-}
-
-fn digests(nodes: &[NodeProcess]) -> Vec<String> {
-    nodes
-        .iter()
-        .map(|n| {
-            quiver(CLI, &n.endpoint, &["status", "--output", "json"])
-                .ok()
-                .json()["state_digest"]
-                .as_str()
-                .expect("a digest")
-                .to_string()
-        })
-        .collect()
-}
-
 fn settled(nodes: &[NodeProcess]) -> String {
     let mut last = Vec::new();
     wait_until("every node applied the same log", || {
-        last = digests(nodes);
+        last = state_digests(CLI, nodes);
         last.windows(2).all(|w| w[0] == w[1])
     });
     last[0].clone()
@@ -109,40 +79,6 @@ fn register(ep: &str, token: &str, file: &Path, ndcg: Option<&str>) -> String {
         .to_string()
 }
 
-/// `quiver-node audit verify --data-dir DIR`: its exit status and its stderr.
-fn offline_verify(data_dir: &Path) -> (bool, String) {
-    let out = Command::new(NODE)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Replaces every occurrence of `from` by `to` (same length) in the state env files below `dir`.
-fn alter_state_files(dir: &Path, from: &[u8], to: &[u8]) -> usize {
-    let mut replaced = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            replaced += alter_state_files(&path, from, to);
-        } else if path.file_name().is_some_and(|n| n == "data.mdb") {
-            let mut bytes = std::fs::read(&path).unwrap();
-            let mut at = 0;
-            while let Some(i) = bytes[at..].windows(from.len()).position(|w| w == from) {
-                bytes[at + i..at + i + to.len()].copy_from_slice(to);
-                at += i + to.len();
-                replaced += 1;
-            }
-            std::fs::write(&path, bytes).unwrap();
-        }
-    }
-    replaced
-}
-
 fn policy(approvals: u32, tolerance: f64) -> String {
     serde_json::json!({
         "staging": [
@@ -163,23 +99,7 @@ fn policy(approvals: u32, tolerance: f64) -> String {
 #[test]
 fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_holds() {
     let tmp = tempfile::tempdir().unwrap();
-    let founder = NodeProcess::start(NODE, &tmp.path().join("node-1")).unwrap();
-    let founder_peer = founder.peer_addr.clone().expect("a peer address");
-    let mut nodes = vec![founder];
-    for id in 2..=3 {
-        let data = tmp.path().join(format!("node-{id}"));
-        nodes.push(
-            NodeProcess::join(
-                NODE,
-                &tmp.path().join("node-1"),
-                &founder_peer,
-                id,
-                &data,
-                &[],
-            )
-            .unwrap(),
-        );
-    }
+    let mut nodes = start_cluster(NODE, tmp.path(), 3).unwrap();
     let leader = nodes[0].endpoint.clone();
     let follower = nodes[2].endpoint.clone();
 
@@ -211,9 +131,9 @@ fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_ho
         )
         .ok();
     }
-    let trainer = token(&leader, "trainer");
-    let evaluator = token(&leader, "eval-pipeline");
-    let reviewer = token(&leader, "reviewer");
+    let trainer = create_token(CLI, &leader, "trainer", None);
+    let evaluator = create_token(CLI, &leader, "eval-pipeline", None);
+    let reviewer = create_token(CLI, &leader, "reviewer", None);
     let admin = quiver_tests::token_for(&leader).expect("the admin token");
 
     let weights = tmp.path().join("w.bin");
@@ -549,11 +469,11 @@ fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_ho
     let stopped = nodes.pop().unwrap();
     let dir = stopped.data_dir.clone();
     stopped.stop().unwrap();
-    let (intact, stderr) = offline_verify(&dir);
+    let (intact, stderr) = offline_audit_verify(NODE, &dir);
     assert!(intact, "{stderr}");
     let altered = alter_state_files(&dir, COMMENT.as_bytes(), b"fairness-reviewed-5e2b");
     assert!(altered > 0, "the comment is in the state env");
-    let (intact, stderr) = offline_verify(&dir);
+    let (intact, stderr) = offline_audit_verify(NODE, &dir);
     assert!(!intact);
     assert!(
         stderr.contains(&format!("broken at record {approval_seq}")) && stderr.contains("altered"),

@@ -122,6 +122,12 @@ impl GovernanceService {
     }
 }
 
+/// Whether `actor` (holding `grants`) reads namespace `ns` (`None`: a model gone since); an
+/// anonymous reader, where allowed, reads every namespace.
+fn readable(actor: &crate::domain::Actor, grants: &[crate::auth::Grant], ns: Option<&str>) -> bool {
+    !actor.authenticated || ns.is_some_and(|ns| allows(grants, &Need::namespace(Role::Reader, ns)))
+}
+
 fn unexpected(applied: Applied) -> Status {
     Status::internal(format!("unexpected apply result {applied:?}"))
 }
@@ -208,12 +214,7 @@ impl Governance for GovernanceService {
         let policies = rows
             .iter()
             .zip(namespaces)
-            .filter(|(_, ns)| {
-                !actor.authenticated
-                    || ns
-                        .as_ref()
-                        .is_some_and(|ns| allows(&grants, &Need::namespace(Role::Reader, ns)))
-            })
+            .filter(|(_, ns)| readable(&actor, &grants, ns.as_deref()))
             .map(|(row, _)| view(Some(&row.scope), Some(&row.policy)))
             .collect();
         Ok(Response::new(proto::ListPoliciesResponse { policies }))
@@ -330,12 +331,7 @@ impl Governance for GovernanceService {
         let reviews = reviews
             .iter()
             .zip(namespaces)
-            .filter(|(_, ns)| {
-                !actor.authenticated
-                    || ns
-                        .as_ref()
-                        .is_some_and(|ns| allows(&grants, &Need::namespace(Role::Reader, ns)))
-            })
+            .filter(|(_, ns)| readable(&actor, &grants, ns.as_deref()))
             .map(|(review, _)| review_to_proto(review))
             .collect();
         Ok(Response::new(proto::ListReviewsResponse {
