@@ -40,6 +40,30 @@ fn settled(nodes: &[NodeProcess]) -> String {
     last[0].clone()
 }
 
+/// `quiver stage check REFERENCE production` through every node, as JSON.
+fn gate_reports(nodes: &[NodeProcess], token: &str, reference: &str) -> Vec<serde_json::Value> {
+    nodes
+        .iter()
+        .map(|n| {
+            quiver_as(
+                CLI,
+                &n.endpoint,
+                Some(token),
+                &[
+                    "stage",
+                    "check",
+                    reference,
+                    "production",
+                    "--output",
+                    "json",
+                ],
+            )
+            .ok()
+            .json()
+        })
+        .collect()
+}
+
 fn show(ep: &str, token: &str, reference: &str) -> serde_json::Value {
     quiver_as(
         CLI,
@@ -244,19 +268,7 @@ fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_ho
         "{e}"
     );
     // The gates give the same answer through every node.
-    let reports: Vec<serde_json::Value> = nodes
-        .iter()
-        .map(|n| {
-            quiver_as(
-                CLI,
-                &n.endpoint,
-                Some(&reviewer),
-                &["stage", "check", &v14, "production", "--output", "json"],
-            )
-            .ok()
-            .json()
-        })
-        .collect();
+    let reports = gate_reports(&nodes, &reviewer, &v14);
     assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:?}");
     assert_eq!(reports[0]["passed"], false);
 
@@ -422,19 +434,7 @@ fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_ho
         .contains("policy changed"));
     assert_eq!(voided["voided"][0]["approvals"][0]["principal"], "reviewer");
     // And the gates agree on every node about it.
-    let reports: Vec<serde_json::Value> = nodes
-        .iter()
-        .map(|n| {
-            quiver_as(
-                CLI,
-                &n.endpoint,
-                Some(&reviewer),
-                &["stage", "check", &v15, "production", "--output", "json"],
-            )
-            .ok()
-            .json()
-        })
-        .collect();
+    let reports = gate_reports(&nodes, &reviewer, &v15);
     assert!(reports.windows(2).all(|w| w[0] == w[1]), "{reports:?}");
 
     // The audit log names who did what; every node's chain verifies.

@@ -48,8 +48,8 @@ pub fn record_to_proto(r: AuditRecord) -> proto::AuditRecord {
     }
 }
 
-/// A listing's page token: the sequence number of the last record it read.
-fn parse_page_token(token: &str) -> Result<u64, Status> {
+/// A listing's page token: the sequence number (or id) of the last record it read.
+pub(super) fn parse_page_token(token: &str) -> Result<u64, Status> {
     if token.is_empty() {
         return Ok(0);
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use quiver_api::proto::{self, governance_server::Governance};
 use tonic::{Request, Response, Status};
 
+use super::audit::parse_page_token;
 use super::convert::{
     evaluation_to_proto, gate_report_to_proto, required_stage, review_to_proto, scope_from_proto,
     scope_to_proto,
@@ -66,19 +67,6 @@ fn view(scope: Option<&PolicyScope>, policy: Option<&Policy>) -> proto::PolicyVi
         policy_json: policy_json(policy.unwrap_or(&Policy::default())),
         set: policy.is_some(),
         scope_label: scope.map_or("no policy (no gates)".into(), |s| s.to_string()),
-    }
-}
-
-fn parse_page_token(token: &str) -> Result<u64, Status> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    match token.parse::<u64>() {
-        Ok(after) if token.len() <= 20 && !token.starts_with('+') => Ok(after),
-        _ => Err(Status::invalid_argument(format!(
-            "page_token: not a token this node gave ({} bytes); list again without one",
-            token.len()
-        ))),
     }
 }
 
