@@ -114,6 +114,22 @@ impl Cluster {
             )
             .await
             .expect("bootstrap ops as the cluster's admin");
+        // Every node checks a write's role against its own applied state: wait until each has
+        // applied the bootstrap, so that no test's first write races it through a follower.
+        let deadline = Instant::now() + BOUND;
+        for node in &nodes {
+            while !node
+                .read(Consistency::Stale, |app, txn| app.any_grant(txn))
+                .await
+                .expect("read the grants")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "a node never applied the bootstrap"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         Cluster { nodes, ca, dir }
     }
 
