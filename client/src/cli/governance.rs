@@ -332,6 +332,9 @@ impl ReviewView {
             out.push_str("\ngates:\n");
             out.push_str(&indent(&report.text()));
         }
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
         out
     }
 }
