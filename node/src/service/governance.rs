@@ -95,17 +95,16 @@ impl GovernanceService {
         Ok((v.model, v.number))
     }
 
-    async fn review_view(&self, review: &Review) -> Result<proto::ReviewDecision, Status> {
-        let (model, number) = (review.model.clone(), review.number);
-        let v = self
-            .node
-            .read(Consistency::Stale, move |app, txn| {
-                app.get_version(txn, &model, number)
-            })
-            .await?;
+    /// A decision's answer: the review and its version as the command applied them (a re-read
+    /// here could lag the leader on a follower, and show the version unmoved).
+    async fn review_view(
+        &self,
+        review: &Review,
+        version: &crate::domain::Version,
+    ) -> Result<proto::ReviewDecision, Status> {
         Ok(proto::ReviewDecision {
             review: Some(review_to_proto(review)),
-            version: Some(version_view(&self.node, &v, Consistency::Stale).await?),
+            version: Some(version_view(&self.node, version, Consistency::Stale).await?),
         })
     }
 }
@@ -407,7 +406,9 @@ impl Governance for GovernanceService {
             comment: r.comment,
         };
         match self.node.propose(actor, op).await? {
-            Applied::Review(outcome) => Ok(Response::new(self.review_view(&outcome.0).await?)),
+            Applied::Review(outcome) => Ok(Response::new(
+                self.review_view(&outcome.0, &outcome.1).await?,
+            )),
             other => Err(unexpected(other)),
         }
     }
