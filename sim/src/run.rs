@@ -483,9 +483,16 @@ async fn drive_faults(
     let mut crashed: BTreeMap<u32, NodeId> = BTreeMap::new();
     // Removals by slot: the node, and the removal's task until its rejoin takes it.
     let mut removed: BTreeMap<u32, (NodeId, Option<membership::Change>)> = BTreeMap::new();
-    let mut changes = Vec::new();
+    let mut changes: Vec<membership::Change> = Vec::new();
+    // Indexes in `changes` of the rejoins: a node whose rejoin has not finished is still a voter
+    // fewer, as much as one not yet asked back.
+    let mut rejoins: Vec<usize> = Vec::new();
     let nodes = cluster.ids().len();
     for event in schedule {
+        let rejoining = rejoins
+            .iter()
+            .filter(|&&i| !changes[i].is_finished())
+            .count();
         if event.at_ms >= duration_ms {
             break;
         }
@@ -496,8 +503,9 @@ async fn drive_faults(
                     Target::Node(n) => cluster.handle(*n).map(|_| *n),
                     Target::Leader => cluster.leader(),
                 };
-                // A removed node is a voter fewer: it counts against the minority that may fail.
-                let room = cluster.down_ids().len() + removed.len() < max_down(nodes);
+                // A removed node is a voter fewer (until its rejoin is done): it counts against the
+                // minority that may fail.
+                let room = cluster.down_ids().len() + removed.len() + rejoining < max_down(nodes);
                 let Some(victim) = victim.filter(|_| room) else {
                     stats.skipped += 1;
                     trace.record(format!("fault {}: skipped, no target", event.fault));
@@ -617,7 +625,7 @@ async fn drive_faults(
                     Target::Node(n) => Some(*n),
                     Target::Leader => cluster.leader(),
                 };
-                let room = cluster.down_ids().len() + removed.len() < max_down(nodes);
+                let room = cluster.down_ids().len() + removed.len() + rejoining < max_down(nodes);
                 let change = victim
                     .filter(|_| room)
                     .and_then(|v| Some((v, membership::remove(&cluster, &trace, *via, v)?)));
@@ -636,6 +644,7 @@ async fn drive_faults(
                 };
                 trace.record(format!("fault {} -> n{node}", event.fault));
                 stats.rejoins += 1;
+                rejoins.push(changes.len());
                 changes.push(membership::rejoin(&cluster, &trace, node, removal));
             }
         }
