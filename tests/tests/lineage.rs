@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use quiver_client::proto::ReadConsistency;
-use quiver_tests::{connect, quiver, quiver_as, write_random_file, NodeProcess};
+use quiver_tests::{connect, create_token, quiver, quiver_as, write_random_file, NodeProcess};
 use tonic::Code;
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
@@ -84,26 +84,6 @@ fn register(ep: &str, dir: &std::path::Path, model: &str, data: &str, seed: u64)
     out.lines().last().expect("a reference").trim().to_string()
 }
 
-fn token(ep: &str, principal: &str) -> String {
-    quiver(
-        CLI,
-        ep,
-        &[
-            "token",
-            "create",
-            "--principal",
-            principal,
-            "--output",
-            "json",
-        ],
-    )
-    .ok()
-    .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn the_airbnb_case_quarantine_blocks_flags_and_the_impact_lists_both() {
     let tmp = tempfile::tempdir().unwrap();
@@ -160,9 +140,9 @@ fn the_airbnb_case_quarantine_blocks_flags_and_the_impact_lists_both() {
         .ok();
     }
     let (reg, appr, rita) = (
-        token(&leader, "reg"),
-        token(&leader, "appr"),
-        token(&leader, "rita"),
+        create_token(CLI, &leader, "reg", None),
+        create_token(CLI, &leader, "appr", None),
+        create_token(CLI, &leader, "rita", None),
     );
     let denied = quiver_as(
         CLI,

@@ -37,6 +37,8 @@ pub(super) fn request(
             stage_label(r.stage)
         )
     };
+    // Closing a replaced review takes no id: the new one's is known before.
+    let id = w.app.next_review_id(w.wtxn)?;
     if let Some(mut r) = open {
         if r.stage == stage {
             r.report = report;
@@ -47,7 +49,6 @@ pub(super) fn request(
             let subject = subject_of(&r);
             return Ok((Response::Review(Box::new((r, v))), subject));
         }
-        let id = w.app.next_review_id(w.wtxn)?;
         close(
             w,
             r,
@@ -56,7 +57,7 @@ pub(super) fn request(
         )?;
     }
     let review = Review {
-        id: w.app.next_review_id(w.wtxn)?,
+        id,
         model: v.model.clone(),
         number: v.number,
         stage,
