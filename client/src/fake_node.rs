@@ -183,6 +183,13 @@ impl models_server::Models for Fake {
     ) -> Result<Response<Model>, Status> {
         Err(Status::unimplemented("fake"))
     }
+
+    async fn search_models(
+        &self,
+        _request: Request<proto::SearchModelsRequest>,
+    ) -> Result<Response<proto::SearchModelsResponse>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
 }
 
 #[tonic::async_trait]

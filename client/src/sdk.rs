@@ -288,6 +288,15 @@ impl Client {
         Ok(self.models().list_models(request).await?.into_inner())
     }
 
+    /// One page of a catalog search (`SearchModelsRequest` says what is searched for).
+    pub async fn search_models(
+        &self,
+        request: crate::proto::SearchModelsRequest,
+    ) -> Result<crate::proto::SearchModelsResponse, ClientError> {
+        let request = self.request(request)?;
+        Ok(self.models().search_models(request).await?.into_inner())
+    }
+
     /// Every model matching `name_prefix` and `tag` (either may be empty),
     /// following page tokens.
     pub async fn list_all_models(

@@ -329,7 +329,7 @@ fn validate_text(field: &str, value: &str, bytes_max: usize) -> DomainResult<()>
     Ok(())
 }
 
-fn validate_key(field: &str, key: &str, bytes_max: usize) -> DomainResult<()> {
+pub(crate) fn validate_key(field: &str, key: &str, bytes_max: usize) -> DomainResult<()> {
     if key.is_empty() || key.len() > bytes_max || key.chars().any(|c| c.is_control() || c == '=') {
         return Err(DomainError::invalid(
             field,

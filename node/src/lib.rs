@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod command;
 pub mod domain;
 pub mod download;

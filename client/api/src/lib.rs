@@ -6,6 +6,7 @@
 
 pub mod reference;
 pub mod schema;
+pub mod search;
 pub mod wire;
 
 /// Generated protobuf types and gRPC stubs (package `quiver.v1`).

@@ -69,6 +69,20 @@ pub fn parse_metric(text: &str) -> Result<(String, f64), String> {
     }
 }
 
+/// A catalog search's `METRIC>=VALUE` (or `>`, `<=`, `<`, `=`), with a finite value.
+pub fn parse_metric_range_arg(text: &str) -> Result<crate::proto::MetricRange, String> {
+    let range = quiver_api::search::parse_metric_range(text)?;
+    if range.metric.is_empty() {
+        return Err(format!(
+            "{text:?} names no metric: write METRIC>=VALUE, e.g. auc>=0.8"
+        ));
+    }
+    if !range.value.is_finite() {
+        return Err(format!("{text:?}: the bound is not a finite number"));
+    }
+    Ok(range)
+}
+
 /// Collects `KEY=VALUE` pairs of one flag into a map, refusing a key given twice.
 pub fn into_map<V>(flag: &str, pairs: Vec<(String, V)>) -> Result<BTreeMap<String, V>, UsageError> {
     let mut map = BTreeMap::new();

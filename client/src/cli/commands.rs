@@ -3,8 +3,8 @@
 //! parseable (`ref=$(quiver version register …)`).
 
 use crate::proto::{
-    CreateModelRequest, ReadConsistency, RiskTier, SetVersionTagsRequest, Stage,
-    UpdateModelRequest, VersionMetadata,
+    CreateModelRequest, QuarantineFilter, ReadConsistency, RiskTier, SearchModelsRequest,
+    SetVersionTagsRequest, Stage, UpdateModelRequest, VersionMetadata,
 };
 use crate::sdk::collect_artifacts;
 use crate::sdk::ClientTls;
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::args::{into_map, Output, UsageError};
 use super::progress::bytes_bar;
-use super::view::{AliasView, ModelView, StatusView, VersionView};
+use super::view::{AliasView, CatalogHitView, ModelView, StatusView, VersionView};
 use super::{AliasCommand, ModelCommand, ReadArgs, RegisterArgs, StageCommand, VersionCommand};
 
 /// Where and with which token to connect. Handlers check their local input first
@@ -140,6 +140,62 @@ pub async fn model(node: &Node, command: ModelCommand) -> anyhow::Result<()> {
                 .await?;
             print_one(read.output, &ModelView::from(&model), ModelView::detail)
         }
+        ModelCommand::Search {
+            query,
+            namespace,
+            risk_tier,
+            stage,
+            owner,
+            metrics,
+            quarantined,
+            not_quarantined,
+            page_size,
+            page_token,
+            read,
+        } => {
+            let quarantined = match (quarantined, not_quarantined) {
+                (true, _) => QuarantineFilter::Only,
+                (_, true) => QuarantineFilter::None,
+                _ => QuarantineFilter::Any,
+            };
+            let page = node
+                .client()
+                .await?
+                .search_models(SearchModelsRequest {
+                    query: query.join(" "),
+                    namespace: namespace.unwrap_or_default(),
+                    risk_tier: risk_tier.map(RiskTier::from).unwrap_or_default().into(),
+                    stage: stage.unwrap_or_default().into(),
+                    owner: owner.unwrap_or_default(),
+                    metrics,
+                    quarantined: quarantined.into(),
+                    page_size,
+                    page_token,
+                    consistency: consistency(&read).into(),
+                })
+                .await?;
+            let hits: Vec<CatalogHitView> = page.hits.iter().map(CatalogHitView::from).collect();
+            match read.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "hits": hits,
+                    "next_page_token": page.next_page_token,
+                })),
+                Output::Table => {
+                    if hits.is_empty() {
+                        outln!("no model matches");
+                    } else {
+                        out!("{}", CatalogHitView::table(&hits));
+                    }
+                    if !page.next_page_token.is_empty() {
+                        outln!(
+                            "more: repeat the command with --page-token {}",
+                            page.next_page_token
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
         ModelCommand::Update {
             name,
             description,
@@ -197,18 +253,35 @@ pub async fn version(node: &Node, command: VersionCommand) -> anyhow::Result<()>
                 }
             }
         }
-        VersionCommand::Show { reference, read } => {
+        VersionCommand::Show {
+            reference,
+            lineage,
+            read,
+        } => {
             check_reference(&reference)?;
-            let version = node
-                .client()
-                .await?
-                .get_version(&reference, consistency(&read))
-                .await?;
-            print_one(
-                read.output,
-                &VersionView::from(&version),
-                VersionView::detail,
-            )
+            let client = node.client().await?;
+            let version = client.get_version(&reference, consistency(&read)).await?;
+            let view = VersionView::from(&version);
+            if !lineage {
+                return print_one(read.output, &view, VersionView::detail);
+            }
+            // The version the reference named when it was read, even if the stage or alias
+            // moves meanwhile.
+            let exact = format!("{}/{}", version.model, version.version);
+            let graph = client.lineage_upstream(&exact, consistency(&read)).await?;
+            let graph = super::lineage::GraphView::from(&graph);
+            match read.output {
+                Output::Json => print_json(&serde_json::json!({
+                    "version": view,
+                    "lineage": graph,
+                })),
+                Output::Table => {
+                    out!("{}", view.detail());
+                    outln!("\nlineage (upstream of {exact}):");
+                    out!("{}", graph.text("<- "));
+                    Ok(())
+                }
+            }
         }
         VersionCommand::Download {
             reference,

@@ -28,12 +28,13 @@ pub use view::table;
 
 use std::path::PathBuf;
 
-use crate::proto::Stage;
+use crate::proto::{MetricRange, Stage};
 use clap::{Args, Parser, Subcommand};
 
 pub use args::UsageError;
 use args::{
-    parse_key_value, parse_metric, parse_stage_arg, parse_version_number, Output, RiskTierArg,
+    parse_key_value, parse_metric, parse_metric_range_arg, parse_stage_arg, parse_version_number,
+    Output, RiskTierArg,
 };
 
 /// Where a node listens unless told otherwise.
@@ -172,6 +173,47 @@ pub enum ModelCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Search the catalog: words in names, descriptions and tags, narrowed by filters.
+    ///
+    /// Every filter given must hold. Metric ranges are checked against the Production
+    /// version's metrics with --stage production, else against the newest version's. Lists
+    /// one page (models you may read, in name order); the next page's command follows it.
+    ///
+    /// Examples:
+    ///   quiver model search ranker --namespace reco --stage production --metric 'ndcg@10>=0.4'
+    ///   quiver model search --quarantined --output json
+    Search {
+        /// Words that must all occur (case-insensitive) in the model's name, description or
+        /// tags (as KEY=VALUE).
+        query: Vec<String>,
+        #[arg(long)]
+        namespace: Option<String>,
+        #[arg(long, value_enum)]
+        risk_tier: Option<RiskTierArg>,
+        /// Only models with a version in this stage.
+        #[arg(long, value_parser = parse_stage_arg)]
+        stage: Option<Stage>,
+        /// Only models registered by this principal.
+        #[arg(long)]
+        owner: Option<String>,
+        /// METRIC>=VALUE (or >, <=, <, =), e.g. auc>=0.8. Repeatable; all must hold.
+        #[arg(long = "metric", value_name = "RANGE", value_parser = parse_metric_range_arg)]
+        metrics: Vec<MetricRange>,
+        /// Only models with a version (not archived) downstream of a quarantine.
+        #[arg(long, conflicts_with = "not_quarantined")]
+        quarantined: bool,
+        /// Only models without one.
+        #[arg(long)]
+        not_quarantined: bool,
+        /// Models per page.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: u32,
+        /// Where to continue: the token the previous page ended with.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
     /// Change a model's description or tags.
     Update {
         name: String,
@@ -204,8 +246,15 @@ pub enum VersionCommand {
         read: ReadArgs,
     },
     /// Show one version: MODEL/N, MODEL@ALIAS or MODEL:STAGE.
+    ///
+    /// With --lineage, also what it was trained on (everything upstream): e.g.
+    /// `quiver version show reco:production --lineage` answers which version serves and where
+    /// it came from.
     Show {
         reference: String,
+        /// Also walk its lineage upstream (data, features, code, runs, parent versions).
+        #[arg(long)]
+        lineage: bool,
         #[command(flatten)]
         read: ReadArgs,
     },

@@ -175,6 +175,72 @@ impl From<&Model> for ModelView {
     }
 }
 
+/// A model a catalog search found.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CatalogHitView {
+    #[serde(flatten)]
+    pub model: ModelView,
+    /// Versions per stage; stages without versions are absent.
+    pub stage_counts: BTreeMap<String, u64>,
+    pub production_version: Option<u64>,
+    /// The Production version's metrics when searching by `--stage production`, else the
+    /// newest version's.
+    pub metrics: BTreeMap<String, f64>,
+    pub quarantined: bool,
+}
+
+impl From<&crate::proto::CatalogHit> for CatalogHitView {
+    fn from(hit: &crate::proto::CatalogHit) -> Self {
+        CatalogHitView {
+            model: ModelView::from(&hit.model.clone().unwrap_or_default()),
+            stage_counts: sorted(&hit.stage_counts),
+            production_version: (hit.production_version > 0).then_some(hit.production_version),
+            metrics: sorted(&hit.metrics),
+            quarantined: hit.quarantined,
+        }
+    }
+}
+
+impl CatalogHitView {
+    pub fn table(hits: &[CatalogHitView]) -> String {
+        let rows: Vec<Vec<String>> = hits
+            .iter()
+            .map(|h| {
+                let stages: Vec<String> = ["production", "staging", "experimental", "archived"]
+                    .iter()
+                    .filter_map(|s| h.stage_counts.get(*s).map(|n| format!("{s}:{n}")))
+                    .collect();
+                let metrics: Vec<String> =
+                    h.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                vec![
+                    h.model.name.clone(),
+                    or_dash(&h.model.namespace),
+                    h.model.risk_tier.clone(),
+                    or_dash(&stages.join(" ")),
+                    h.production_version
+                        .map_or("-".into(), |n| format!("{}/{n}", h.model.name)),
+                    or_dash(&metrics.join(" ")),
+                    if h.quarantined { "QUARANTINED" } else { "-" }.into(),
+                    or_dash(&h.model.description),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "NAME",
+                "NAMESPACE",
+                "RISK",
+                "STAGES",
+                "PRODUCTION",
+                "METRICS",
+                "LINEAGE",
+                "DESCRIPTION",
+            ],
+            &rows,
+        )
+    }
+}
+
 impl From<&StageTransition> for TransitionView {
     fn from(transition: &StageTransition) -> Self {
         TransitionView {

@@ -62,10 +62,10 @@ pub struct LineageReport {
 }
 
 /// splitmix64: a small seeded generator (the bench needs reproducible picks, not quality).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -74,7 +74,7 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -217,14 +217,19 @@ fn create_version(shape: &Shape, i: u64, rng: &mut Rng) -> Op {
 }
 
 /// Applies `ops` in batches; returns how many were accepted.
-struct Seeder<'a> {
-    env: &'a heed::Env,
-    app: &'a RegistryApp,
-    index: u64,
+pub(crate) struct Seeder<'a> {
+    pub(crate) env: &'a heed::Env,
+    pub(crate) app: &'a RegistryApp,
+    pub(crate) index: u64,
 }
 
 impl Seeder<'_> {
-    fn apply(&mut self, ops: Vec<Op>) -> anyhow::Result<u64> {
+    pub(crate) fn apply(&mut self, ops: Vec<Op>) -> anyhow::Result<u64> {
+        self.apply_as("bench", ops)
+    }
+
+    /// [`Seeder::apply`], with `principal` as the commands' actor.
+    pub(crate) fn apply_as(&mut self, principal: &str, ops: Vec<Op>) -> anyhow::Result<u64> {
         let mut accepted = 0;
         for batch in ops.chunks(SEED_BATCH_COMMANDS) {
             let mut wtxn = self.env.write_txn()?;
@@ -232,7 +237,7 @@ impl Seeder<'_> {
                 self.index += 1;
                 let cmd = Command {
                     actor: Actor {
-                        name: "bench".into(),
+                        name: principal.into(),
                         authenticated: true,
                     },
                     at_ms: 1_700_000_000_000,
@@ -248,6 +253,24 @@ impl Seeder<'_> {
         }
         Ok(accepted)
     }
+}
+
+/// A fresh state env in `dir` (without fsync: a benchmark's state is thrown away), and the
+/// registry opened on it.
+pub(crate) fn open_state(dir: &Path) -> anyhow::Result<(heed::Env, RegistryApp)> {
+    // SAFETY: the env is this process's alone, in a directory it just created.
+    let env = unsafe {
+        heed::EnvOpenOptions::new()
+            .map_size(64 << 30)
+            .max_dbs(RegistryApp::MAX_DBS)
+            .flags(heed::EnvFlags::NO_SYNC | heed::EnvFlags::NO_META_SYNC)
+            .open(dir)
+    }
+    .with_context(|| format!("open a state env in {}", dir.display()))?;
+    let mut wtxn = env.write_txn()?;
+    let app = RegistryApp::open(&env, &mut wtxn)?;
+    wtxn.commit()?;
+    Ok((env, app))
 }
 
 pub fn lineage(scratch: &Path, options: &LineageOptions) -> anyhow::Result<LineageReport> {
@@ -267,12 +290,23 @@ pub fn lineage(scratch: &Path, options: &LineageOptions) -> anyhow::Result<Linea
              per version)"
         );
     };
-    let dir = scratch.join(format!("quiver-bench-lineage-{}", std::process::id()));
+    in_scratch(scratch, "lineage", |dir| {
+        seed_and_measure(dir, versions, explicit, queries, seed)
+    })
+}
+
+/// Runs `f` in a fresh directory under `scratch`, removed afterwards whatever `f` returned.
+pub(crate) fn in_scratch<T>(
+    scratch: &Path,
+    label: &str,
+    f: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = scratch.join(format!("quiver-bench-{label}-{}", std::process::id()));
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let result = seed_and_measure(&dir, versions, explicit, queries, seed);
+    let result = f(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -284,18 +318,7 @@ fn seed_and_measure(
     queries: usize,
     seed: u64,
 ) -> anyhow::Result<LineageReport> {
-    // SAFETY: the env is this process's alone, in a directory it just created.
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .map_size(64 << 30)
-            .max_dbs(RegistryApp::MAX_DBS)
-            .flags(heed::EnvFlags::NO_SYNC | heed::EnvFlags::NO_META_SYNC)
-            .open(dir)
-    }
-    .with_context(|| format!("open a state env in {}", dir.display()))?;
-    let mut wtxn = env.write_txn()?;
-    let app = RegistryApp::open(&env, &mut wtxn)?;
-    wtxn.commit()?;
+    let (env, app) = open_state(dir)?;
     let shape = Shape::of(versions);
     let mut rng = Rng(seed);
     let mut seeder = Seeder {

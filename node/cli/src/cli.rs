@@ -109,6 +109,20 @@ enum BenchCommand {
         #[command(flatten)]
         common: BenchArgs,
     },
+    /// Catalog searches (`quiver model search`) over a seeded catalog (a state seeded
+    /// directly, no cluster), beside a point read of one model from the same state.
+    Search {
+        /// Models in the catalog (one version each).
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        models: u64,
+        /// Searches (and as many point reads), cycling through the query shapes.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        queries: u64,
+        #[arg(long, default_value_t = 47)]
+        seed: u64,
+        #[command(flatten)]
+        common: BenchArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -269,6 +283,44 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     ),
                     format!("{:.3} ms", r.impact_ms_p50),
                     format!("{:.3} ms", r.impact_ms_p99),
+                    format!("{:.3} ms", r.point_read_ms_p50),
+                    format!("{:.3} ms", r.point_read_ms_p99),
+                    format!("{:.1}", r.p99_ratio),
+                ]],
+            );
+            print_report(&common.output, &r, text)
+        }
+        BenchCommand::Search {
+            models,
+            queries,
+            seed,
+            common,
+        } => {
+            let options = crate::bench_search::SearchOptions {
+                models,
+                queries: queries as usize,
+                seed,
+            };
+            let (r, common) = tokio::task::spawn_blocking(move || {
+                crate::bench_search::search(&common.scratch_dir, &options).map(|r| (r, common))
+            })
+            .await??;
+            let text = table(
+                &[
+                    "FIGURE",
+                    "P50",
+                    "P99",
+                    "BASELINE: POINT READ P50",
+                    "P99",
+                    "RATIO (P99)",
+                ],
+                &[vec![
+                    format!(
+                        "model search, {} models (mean {:.1} hits; slowest: {}, p99 {:.3} ms)",
+                        r.models, r.hits_mean, r.slowest_shape, r.slowest_shape_ms_p99
+                    ),
+                    format!("{:.3} ms", r.search_ms_p50),
+                    format!("{:.3} ms", r.search_ms_p99),
                     format!("{:.3} ms", r.point_read_ms_p50),
                     format!("{:.3} ms", r.point_read_ms_p99),
                     format!("{:.1}", r.p99_ratio),

@@ -11,6 +11,7 @@
 
 pub mod bench;
 pub mod bench_lineage;
+pub mod bench_search;
 pub mod cli;
 pub mod launch;
 

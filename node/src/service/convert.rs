@@ -78,6 +78,87 @@ pub fn risk_tier_from_proto(raw: i32) -> DomainResult<domain::RiskTier> {
     }
 }
 
+/// A risk tier as a search filter: unspecified means any.
+pub fn optional_risk_tier(raw: i32) -> DomainResult<Option<domain::RiskTier>> {
+    match proto::RiskTier::try_from(raw) {
+        Ok(proto::RiskTier::Unspecified) => Ok(None),
+        _ => risk_tier_from_proto(raw).map(Some),
+    }
+}
+
+/// A catalog search as sent, checked.
+pub fn search_filter_from_proto(
+    r: &proto::SearchModelsRequest,
+) -> DomainResult<crate::catalog::SearchFilter> {
+    use crate::catalog::{Comparison, MetricRange, SearchFilter};
+    let present = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let metrics = r
+        .metrics
+        .iter()
+        .map(|m| {
+            let comparison = Comparison::parse(&m.comparison).ok_or_else(|| {
+                DomainError::invalid(
+                    format!("metric.{}", domain::shown(&m.metric)),
+                    format!(
+                        "comparison {} is not one of >=, >, <=, <, =",
+                        domain::shown(&m.comparison)
+                    ),
+                )
+            })?;
+            Ok(MetricRange {
+                metric: m.metric.clone(),
+                comparison,
+                value: m.value,
+            })
+        })
+        .collect::<DomainResult<Vec<_>>>()?;
+    let quarantined = match proto::QuarantineFilter::try_from(r.quarantined) {
+        Ok(proto::QuarantineFilter::Any) => None,
+        Ok(proto::QuarantineFilter::Only) => Some(true),
+        Ok(proto::QuarantineFilter::None) => Some(false),
+        Err(_) => {
+            return Err(DomainError::invalid(
+                "quarantined",
+                format!("unknown quarantine filter value {}", r.quarantined),
+            ))
+        }
+    };
+    let filter = SearchFilter {
+        words: SearchFilter::words_of(&r.query)?,
+        namespace: present(&r.namespace),
+        risk_tier: optional_risk_tier(r.risk_tier)?,
+        stage: optional_stage(r.stage)?,
+        owner: present(&r.owner),
+        metrics,
+        quarantined,
+    };
+    filter.check()?;
+    Ok(filter)
+}
+
+/// A search's hit; `filter` says which metrics it shows.
+pub fn catalog_hit_to_proto(
+    hit: &crate::state::CatalogHit,
+    filter: &crate::catalog::SearchFilter,
+) -> proto::CatalogHit {
+    let metrics = match filter.stage {
+        Some(domain::Stage::Production) => &hit.entry.production_metrics,
+        _ => &hit.entry.latest_metrics,
+    };
+    proto::CatalogHit {
+        model: Some(model_to_proto(&hit.model)),
+        stage_counts: hit
+            .entry
+            .stages
+            .iter()
+            .map(|(s, n)| (domain::stage_label(*s).to_string(), *n))
+            .collect(),
+        production_version: hit.entry.production_version.unwrap_or(0),
+        metrics: metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        quarantined: hit.quarantined,
+    }
+}
+
 fn risk_tier_to_proto(tier: domain::RiskTier) -> proto::RiskTier {
     match tier {
         domain::RiskTier::Low => proto::RiskTier::Low,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use quiver_api::proto::{self, models_server::Models};
 use tonic::{Request, Response, Status};
 
-use super::convert::{model_to_proto, risk_tier_from_proto};
+use super::convert::{
+    catalog_hit_to_proto, model_to_proto, risk_tier_from_proto, search_filter_from_proto,
+};
 use super::{caller, caller_with, consistency, invalid};
 use crate::access::Target;
 use crate::auth::{allows, Need, Role};
@@ -103,6 +105,36 @@ impl Models for ModelsService {
         }
         Ok(Response::new(proto::ListModelsResponse {
             models: models.iter().map(model_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn search_models(
+        &self,
+        request: Request<proto::SearchModelsRequest>,
+    ) -> Result<Response<proto::SearchModelsResponse>, Status> {
+        let actor = caller(&self.node, &request).await?;
+        let r = request.into_inner();
+        let filter = search_filter_from_proto(&r).map_err(invalid)?;
+        let principal = actor.name.clone();
+        let (hits, next) = self
+            .node
+            .read(consistency(r.consistency), |app, txn| {
+                let grants = app.grants_of(txn, &principal)?;
+                // Only the models of namespaces the caller may read (anonymous readers, where
+                // allowed, read every namespace); filtered before paging, so pages are full.
+                let visible = |namespace: &str| {
+                    !actor.authenticated
+                        || allows(&grants, &Need::namespace(Role::Reader, namespace))
+                };
+                app.search_models(txn, &filter, &visible, r.page_size as usize, &r.page_token)
+            })
+            .await?;
+        Ok(Response::new(proto::SearchModelsResponse {
+            hits: hits
+                .iter()
+                .map(|h| catalog_hit_to_proto(h, &filter))
+                .collect(),
             next_page_token: next,
         }))
     }

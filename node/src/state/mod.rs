@@ -24,7 +24,9 @@ use crate::command::{Command, Response};
 use crate::domain::DomainError;
 
 pub use audit::{AuditEntry, AuditFilter, AuditPage, AUDIT_SCAN_ROWS_MAX};
-pub use query::{tag_filter, Decided, LineageGraph, LineageVersion, ReviewFilter, StoredPolicy};
+pub use query::{
+    tag_filter, CatalogHit, Decided, LineageGraph, LineageVersion, ReviewFilter, StoredPolicy,
+};
 pub use requests::{REQUEST_IDS_KEPT_ENTRIES, REQUEST_ID_BYTES_MAX};
 use tables::Tables;
 
@@ -98,11 +100,14 @@ impl quiver_raft::App for RegistryApp {
     const MAX_DBS: u32 = Tables::COUNT as u32;
 
     fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
-        Ok(RegistryApp {
+        let app = RegistryApp {
             tables: Tables::open(env, wtxn)?,
             skip_name_validation: Default::default(),
             registrant_approves: Default::default(),
-        })
+        };
+        app.fill_catalog_if_missing(wtxn)
+            .map_err(|e| anyhow::anyhow!("fill the catalog: {e}"))?;
+        Ok(app)
     }
 
     fn apply(
@@ -145,7 +150,9 @@ impl quiver_raft::App for RegistryApp {
     }
 
     fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn std::io::Read) -> anyhow::Result<()> {
-        self.tables.import(wtxn, data)
+        self.tables.import(wtxn, data)?;
+        self.fill_catalog_if_missing(wtxn)
+            .map_err(|e| anyhow::anyhow!("fill the catalog: {e}"))
     }
 }
 

@@ -38,6 +38,11 @@
 //! - `lineage_up`:  entity \0 blake3(other entity)[..16] → Edge, the edges arriving at it (the
 //!   reverse index of `lineage_down`)
 //! - `quarantines`: entity → Quarantine
+//! - `catalog`:   model name                → CatalogEntry (what a search matches; derived from
+//!   the model and its versions, written beside them by apply, decision 0023)
+//! - `catalog_index`: kind byte, value, NUL, model name → () (`CatalogEntry::index_keys`: the
+//!   model's namespace, owner, tier, stages held and words, so that a search reads only the
+//!   models its filters name)
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -101,6 +106,8 @@ tables! {
     lineage_down,
     lineage_up,
     quarantines,
+    catalog,
+    catalog_index,
 }
 
 /// The `policies` key of a policy scope.

@@ -95,6 +95,8 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
     tables
         .versions
         .put(w.wtxn, &version_key(model, number), &encode(&version)?)?;
+    super::catalog::update(w, &m, super::catalog::Event::Registered(&version))?;
+    let tables = &w.app.tables;
     tables.roots.put(w.wtxn, &root_key, &number.to_be_bytes())?;
     tables
         .manifests

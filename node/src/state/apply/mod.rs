@@ -4,6 +4,7 @@
 
 mod access;
 mod alias;
+mod catalog;
 mod create_version;
 mod governance;
 mod lineage;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::catalog::Event;
 use super::{apply_tag_changes, Applied, Write};
 use crate::command::Response;
 use crate::domain::{DomainError, Model, RiskTier};
@@ -32,6 +33,7 @@ pub(super) fn create_model(
         production_version: None,
     };
     models.put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
+    super::catalog::update(w, &model, Event::Described)?;
     Ok((Response::Model(Box::new(model)), name.into()))
 }
 
@@ -51,5 +53,6 @@ pub(super) fn update_model(
         .tables
         .models
         .put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
+    super::catalog::update(w, &model, Event::Described)?;
     Ok((Response::Model(Box::new(model)), name.into()))
 }

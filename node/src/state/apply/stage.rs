@@ -3,6 +3,7 @@
 //! gates of the model's policy to pass (`crate::governance`); the report is stored with the
 //! transition, and a failing one is the rejection's text.
 
+use super::catalog::Event;
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::domain::{
@@ -123,6 +124,7 @@ pub(super) fn transition_to(
     if t.stage == Stage::Production {
         if let Some(previous) = m.production_version.filter(|p| *p != number) {
             let mut old = w.app.get_version(w.wtxn, &model, previous)?;
+            let from = old.stage;
             record(
                 &mut old,
                 Stage::Archived,
@@ -134,11 +136,13 @@ pub(super) fn transition_to(
             tables
                 .versions
                 .put(w.wtxn, &version_key(&model, previous), &encode(&old)?)?;
+            super::catalog::update(w, &m, Event::Moved { from, v: &old })?;
         }
         m.production_version = Some(number);
     } else if m.production_version == Some(number) {
         m.production_version = None;
     }
+    let from = v.stage;
     record(&mut v, t.stage, w.actor, w.at_ms, t.reason, t.report);
     // A review of this version is settled by its move, whichever way it came.
     super::review::settle(w, &v, t.stage)?;
@@ -147,6 +151,7 @@ pub(super) fn transition_to(
     tables
         .versions
         .put(w.wtxn, &version_key(&model, number), &encode(&v)?)?;
+    super::catalog::update(w, &m, Event::Moved { from, v: &v })?;
     Ok(v)
 }
 

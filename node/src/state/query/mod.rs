@@ -3,11 +3,13 @@
 //! roles (`access`), policies, evaluations and gate reports (`governance`).
 
 mod access;
+mod catalog;
 mod chunks;
 mod governance;
 mod lineage;
 mod models;
 
+pub use catalog::CatalogHit;
 pub use governance::{Decided, ReviewFilter, StoredPolicy};
 pub use lineage::{LineageGraph, LineageVersion};
 mod nodes;

@@ -493,3 +493,38 @@ proptest! {
         prop_assert_eq!(responses, replayed);
     }
 }
+
+/// Every catalog entry, by model name.
+fn catalog_rows(f: &Fixture) -> Vec<(Vec<u8>, Vec<u8>)> {
+    f.read(|app, txn| {
+        let t = &app.tables;
+        [&t.catalog, &t.catalog_index]
+            .iter()
+            .flat_map(|table| table.iter(txn).unwrap())
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(proptest_config(48))]
+
+    /// The catalog that apply keeps, entry by entry as commands arrive, is the one rebuilt from
+    /// the models and versions afterwards (what a store written before the catalog gets).
+    #[test]
+    fn the_catalog_kept_by_apply_equals_the_one_rebuilt(
+        commands in prop::collection::vec(command(), 1..32),
+    ) {
+        let (f, _) = apply_all(&commands)?;
+        let kept = catalog_rows(&f);
+        let mut wtxn = f.env.write_txn().unwrap();
+        f.app.tables.catalog.clear(&mut wtxn).unwrap();
+        f.app.tables.catalog_index.put(&mut wtxn, b"stale", &[]).unwrap();
+        f.app.fill_catalog_if_missing(&mut wtxn).unwrap();
+        wtxn.commit().unwrap();
+        prop_assert_eq!(catalog_rows(&f), kept);
+    }
+}

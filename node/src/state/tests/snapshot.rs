@@ -33,10 +33,10 @@ fn export_then_import_reproduces_the_same_state() {
 /// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, when
 /// the `reviews` and `open_reviews` tables came, when audit records carried gate reports, and
 /// when the lineage tables came: registration records edges, and the fixed state holds an
-/// explicit edge and a quarantine.)
-const PINNED_DIGEST: &str = "ca1bcb6406932befe9962c24616757d32ec4b4f963ff85bb934f20a64397127b";
+/// explicit edge and a quarantine; and when the catalog tables came, decision 0023.)
+const PINNED_DIGEST: &str = "63f1a059161ef4b4b507eef64e0eaee8563db874fe3adbe6b228afa04ac6017a";
 const PINNED_EXPORT_BLAKE3: &str =
-    "88426baa9ff244fadc67d0dd672dd141f20fa74fa128ea69e354079ac5a6713c";
+    "4379af2e27e729bdd481ece372f389336fd9aa7d842c8cfdf2f1fdc373d2e506";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
@@ -244,4 +244,22 @@ proptest! {
         wtxn.commit().unwrap();
         prop_assert_eq!(&target.digest(), source_digest);
     }
+}
+
+/// A snapshot taken before the catalog existed installs with the catalog filled from its models
+/// and versions, as the node that kept it all along has it.
+#[test]
+fn a_snapshot_without_the_catalog_installs_with_it_filled() {
+    let f = one_row_in_every_table();
+    let snapshot = f.read(exported);
+    let mut tables: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&snapshot).unwrap();
+    assert!(tables.remove("catalog").is_some());
+    assert!(tables.remove("catalog_index").is_some());
+    let old = serde_json::to_vec(&tables).unwrap();
+    let g = fixture();
+    let mut wtxn = g.env.write_txn().unwrap();
+    g.app.import(&mut wtxn, &mut &old[..]).unwrap();
+    wtxn.commit().unwrap();
+    assert_eq!(g.digest(), f.digest());
 }
