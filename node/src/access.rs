@@ -3,11 +3,14 @@
 //! this node, and every read a service serves, is checked against the principal's roles in this
 //! node's applied state ([`Node::check_access`]). A follower checks before it forwards; the
 //! leader trusts a command forwarded by a peer, which holds a cluster certificate. A revoked
-//! token or role is refused on a node once that node has applied the revocation.
+//! token or role is refused on a node once that node has applied the revocation. What the
+//! checks read of the state (a token's record, a principal's grants, a model's namespace) comes
+//! from the node's [`crate::access_cache`] while no access change was applied since it was read.
 
 use quiver_transfer::quic::ChunkPeers;
 use quiver_transfer::ChunkSource;
 
+use crate::access_cache::{read_facts, Facts, Wanted, Who};
 use crate::auth::{self, allows, Need, PresentedToken, Role, TokenRecord};
 use crate::command::Op;
 use crate::domain::Actor;
@@ -33,19 +36,29 @@ pub enum Target<'a> {
     Anyone,
 }
 
-/// What a request presents to say who sent it: a bearer token, and the client certificate of
-/// its connection (DER, already verified against the cluster CA at the TLS handshake). A
-/// token, when there is one, decides; else the certificate; with neither the request is
-/// anonymous.
+impl<'a> Target<'a> {
+    /// The model whose namespace decides, if the target is one.
+    fn model(self) -> Option<&'a str> {
+        match self {
+            Target::Model(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// What a request presents to say who sent it: a bearer token (parsed once, where the request
+/// arrives: [`parse_bearer`]), and the client certificate of its connection (DER, already
+/// verified against the cluster CA at the TLS handshake). A token, when there is one, decides;
+/// else the certificate; with neither the request is anonymous.
 #[derive(Clone, Debug, Default)]
 pub struct Credential {
-    pub bearer: Option<String>,
+    pub token: Option<PresentedToken>,
     pub certificate: Option<Vec<u8>>,
 }
 
 impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
-    /// [`Node::authenticate`] and [`Node::check_access`] in one read of the applied state for a
-    /// token (the path every read request takes).
+    /// [`Node::authenticate`] and [`Node::check_access`] in one look-up of the applied state
+    /// for a token (the path every read request takes).
     pub async fn authorize(
         &self,
         credential: &Credential,
@@ -53,33 +66,20 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         target: Target<'_>,
         action: &str,
     ) -> Result<Actor, NodeError> {
-        let Some(text) = &credential.bearer else {
+        let Some(presented) = &credential.token else {
             let actor = self.authenticate(credential).await?;
             self.check_access(&actor, role, target, action).await?;
             return Ok(actor);
         };
-        let presented = parse_bearer(text)?;
-        let id = presented.id.clone();
-        let model = match target {
-            Target::Model(m) => Some(m.to_string()),
-            _ => None,
-        };
-        let (record, grants, namespace) = self
-            .read(Consistency::Stale, move |app, txn| {
-                let record = app.token(txn, &id)?;
-                let grants = match &record {
-                    Some(r) => app.grants_of(txn, &r.principal)?,
-                    None => Vec::new(),
-                };
-                let namespace = match model {
-                    Some(m) => app.find_model(txn, &m)?.map(|m| m.namespace),
-                    None => None,
-                };
-                Ok((record, grants, namespace))
+        let facts = self
+            .access_facts(Wanted {
+                who: Who::Token(&presented.id),
+                grants: true,
+                model: target.model(),
             })
             .await?;
-        let actor = self.accepted(&presented, record)?;
-        self.decide(&actor, role, target, action, &grants, namespace)
+        let actor = self.accepted(presented, facts.token.as_deref())?;
+        self.decide(&actor, role, target, action, &facts.grants, facts.namespace)
             .await?;
         Ok(actor)
     }
@@ -90,13 +90,15 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// wrong, revoked or expired token, and a node's or an expired certificate, are refused,
     /// never treated as anonymous.
     pub async fn authenticate(&self, credential: &Credential) -> Result<Actor, NodeError> {
-        if let Some(text) = &credential.bearer {
-            let presented = parse_bearer(text)?;
-            let id = presented.id.clone();
-            let record = self
-                .read(Consistency::Stale, move |app, txn| app.token(txn, &id))
+        if let Some(presented) = &credential.token {
+            let facts = self
+                .access_facts(Wanted {
+                    who: Who::Token(&presented.id),
+                    grants: false,
+                    model: None,
+                })
                 .await?;
-            return self.accepted(&presented, record);
+            return self.accepted(presented, facts.token.as_deref());
         }
         if let Some(der) = &credential.certificate {
             return self.certificate_actor(der);
@@ -116,12 +118,28 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         ))
     }
 
+    /// `wanted` as this node's applied state has it: from the access cache where what it
+    /// remembers is fresh (`crate::access_cache`), else read (and remembered).
+    async fn access_facts(&self, wanted: Wanted<'_>) -> Result<Facts, NodeError> {
+        if let Some(facts) = self.access_cache.look_up(&wanted) {
+            return Ok(facts);
+        }
+        let (read_at, facts) = self
+            .read(Consistency::Stale, |app, txn| read_facts(app, txn, &wanted))
+            .await?;
+        self.access_cache.remember(read_at, &wanted, &facts);
+        Ok(facts)
+    }
+
     /// The actor a client certificate names, if it is a client's and valid now (the handshake
     /// checked it then; a connection may outlive it).
     fn certificate_actor(&self, der: &[u8]) -> Result<Actor, NodeError> {
-        let identity = crate::tls::client_cert_identity(der).map_err(|why| {
-            NodeError::Unauthenticated(format!("the client certificate is refused: {why}"))
-        })?;
+        let identity = self
+            .client_certs
+            .read(der, crate::tls::client_cert_identity)
+            .map_err(|why| {
+                NodeError::Unauthenticated(format!("the client certificate is refused: {why}"))
+            })?;
         let now = self.clock.now_ms();
         if now > identity.not_after_ms || now < identity.not_before_ms {
             return Err(NodeError::Unauthenticated(format!(
@@ -139,17 +157,18 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         })
     }
 
-    /// The actor `presented` names if `record` (its stored record, if any) accepts it now.
+    /// The actor `presented` names if `record` (its stored record, if any) accepts it now: the
+    /// secret, the revocation and the expiry are checked on every request, cached record or not.
     fn accepted(
         &self,
         presented: &PresentedToken,
-        record: Option<TokenRecord>,
+        record: Option<&TokenRecord>,
     ) -> Result<Actor, NodeError> {
-        if let Some(why) = auth::token_refusal(presented, record.as_ref(), self.clock.now_ms()) {
+        if let Some(why) = auth::token_refusal(presented, record, self.clock.now_ms()) {
             return Err(NodeError::Unauthenticated(why));
         }
         Ok(Actor {
-            name: record.map(|r| r.principal).unwrap_or_default(),
+            name: record.map(|r| r.principal.clone()).unwrap_or_default(),
             authenticated: true,
         })
     }
@@ -172,22 +191,14 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                  client certificate"
             )));
         }
-        let principal = actor.name.clone();
-        let model = match target {
-            Target::Model(m) => Some(m.to_string()),
-            _ => None,
-        };
-        let (grants, namespace) = self
-            .read(Consistency::Stale, move |app, txn| {
-                let grants = app.grants_of(txn, &principal)?;
-                let namespace = match model {
-                    Some(m) => app.find_model(txn, &m)?.map(|m| m.namespace),
-                    None => None,
-                };
-                Ok((grants, namespace))
+        let facts = self
+            .access_facts(Wanted {
+                who: Who::Principal(&actor.name),
+                grants: true,
+                model: target.model(),
             })
             .await?;
-        self.decide(actor, role, target, action, &grants, namespace)
+        self.decide(actor, role, target, action, &facts.grants, facts.namespace)
             .await
     }
 
@@ -261,7 +272,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     }
 }
 
-fn parse_bearer(text: &str) -> Result<PresentedToken, NodeError> {
+/// Parses a request's bearer token (`qvr_<id>_<secret>`); a malformed one is refused, never
+/// echoed.
+pub fn parse_bearer(text: &str) -> Result<PresentedToken, NodeError> {
     PresentedToken::parse(text).ok_or_else(|| {
         NodeError::Unauthenticated(
             "the token is malformed: a token looks like qvr_<16 hex digits>_<32 hex digits>, as \
@@ -317,5 +330,362 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
                 None => (role, Target::Cluster),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The access cache on a real node (one Raft member on loopback, a clock of the test's):
+    //! what a revocation, an expiry or a wrong secret must refuse is refused on the next request
+    //! after a cached success, and the cache answers only what its state would.
+
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use quiver_raft::{RaftNode, RaftNodeConfig};
+    use quiver_transfer::{ChunkPeers, ChunkRef, FetchError, Hash, MemoryChunkSource};
+
+    use super::*;
+    use crate::access_cache::ENTRIES_PER_TABLE_MAX;
+    use crate::auth::Scope;
+    use crate::command::Op;
+    use crate::domain::{NodeInfo, RiskTier};
+    use crate::env::{Clock, Env, RandomIds};
+    use crate::node::{CoreConfig, PlantedNodeBugs};
+    use crate::replication::PlantedBugs;
+    use crate::state::RegistryApp;
+
+    /// Time as the test sets it.
+    struct TestClock(AtomicI64);
+
+    impl Clock for TestClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A node alone: no chunk peers.
+    #[derive(Clone)]
+    struct NoPeers;
+
+    impl ChunkPeers for NoPeers {
+        async fn fetch_raw(
+            &self,
+            peer: SocketAddr,
+            _chunk: &ChunkRef,
+        ) -> Result<Vec<u8>, FetchError> {
+            Err(FetchError::Connect {
+                peer,
+                detail: "no peers in this test".into(),
+            })
+        }
+
+        async fn push(
+            &self,
+            peer: SocketAddr,
+            _hash: &Hash,
+            _data: &[u8],
+        ) -> Result<(), FetchError> {
+            Err(FetchError::Connect {
+                peer,
+                detail: "no peers in this test".into(),
+            })
+        }
+    }
+
+    type TestNode = Node<MemoryChunkSource, NoPeers>;
+
+    const START_MS: i64 = 1_800_000_000_000;
+
+    struct Harness {
+        node: Arc<TestNode>,
+        clock: Arc<TestClock>,
+        admin: Actor,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        /// A one-node cluster with a first admin, a model `reco` in namespace `search`.
+        async fn start() -> Harness {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind the peer listener");
+            let addr = listener.local_addr().expect("peer address").to_string();
+            let config = RaftNodeConfig::new(1, dir.path().join("raft"), addr.clone());
+            let raft = RaftNode::<RegistryApp>::start_with_listener(config, listener)
+                .await
+                .expect("start raft");
+            raft.wait_for_leader(Duration::from_secs(10))
+                .await
+                .expect("a leader");
+            let clock = Arc::new(TestClock(AtomicI64::new(START_MS)));
+            let core = CoreConfig {
+                info: NodeInfo {
+                    node_id: 1,
+                    api_addr: "127.0.0.1:1".into(),
+                    peer_addr: addr,
+                    quic_addr: "127.0.0.1:2".into(),
+                    region: "test".into(),
+                    zone: "test-a".into(),
+                },
+                data_dir: dir.path().to_path_buf(),
+                write_quorum: None,
+                scrub_bytes_per_pass: 0,
+                crash_drills: false,
+                disk_reserve_bytes: 0,
+                chunk_gc_grace: None,
+                allow_anonymous_reads: false,
+                planted: PlantedBugs::default(),
+                planted_node: PlantedNodeBugs::default(),
+            };
+            let env = Env {
+                clock: clock.clone(),
+                ids: Arc::new(RandomIds),
+                chunks: MemoryChunkSource::default(),
+                peers: NoPeers,
+            };
+            let node = Node::assemble(core, env, raft);
+            let root = PresentedToken::random();
+            node.propose(
+                Actor {
+                    name: auth::node_principal(1),
+                    authenticated: true,
+                },
+                Op::Bootstrap {
+                    id: root.id.clone(),
+                    principal: "root".into(),
+                    secret_hash: root.secret_hash(),
+                },
+            )
+            .await
+            .expect("bootstrap the first admin");
+            let harness = Harness {
+                node,
+                clock,
+                admin: Actor {
+                    name: "root".into(),
+                    authenticated: true,
+                },
+                _dir: dir,
+            };
+            harness
+                .admin(Op::CreateModel {
+                    name: "reco".into(),
+                    namespace: "search".into(),
+                    description: String::new(),
+                    risk_tier: RiskTier::Low,
+                    tags: Default::default(),
+                })
+                .await;
+            harness
+        }
+
+        async fn admin(&self, op: Op) {
+            self.node
+                .propose(self.admin.clone(), op)
+                .await
+                .expect("an admin's command");
+        }
+
+        /// A new token of `principal`'s, expiring at `expires_at_ms`, as its credential.
+        async fn token(&self, principal: &str, expires_at_ms: Option<i64>) -> Credential {
+            let token = PresentedToken::random();
+            self.admin(Op::CreateToken {
+                id: token.id.clone(),
+                principal: principal.into(),
+                description: String::new(),
+                secret_hash: token.secret_hash(),
+                expires_at_ms,
+            })
+            .await;
+            Credential {
+                token: Some(token),
+                certificate: None,
+            }
+        }
+
+        async fn grant(&self, principal: &str, role: Role) {
+            self.admin(Op::GrantRole {
+                principal: principal.into(),
+                scope: Scope::Namespace("search".into()),
+                role,
+            })
+            .await;
+        }
+
+        /// Reads model `reco` with `credential`, as `GetModel` checks it.
+        async fn read_reco(&self, credential: &Credential) -> Result<Actor, NodeError> {
+            self.node
+                .authorize(credential, Role::Reader, Target::Model("reco"), "read reco")
+                .await
+        }
+
+        /// Whether what `read_reco` needs of `credential` is served from the cache now.
+        fn cached(&self, credential: &Credential) -> bool {
+            let id = &credential.token.as_ref().expect("a token").id;
+            self.node
+                .access_cache
+                .look_up(&Wanted {
+                    who: Who::Token(id),
+                    grants: true,
+                    model: Some("reco"),
+                })
+                .is_some()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_revoked_after_a_cached_success_is_refused_on_the_next_request() {
+        let h = Harness::start().await;
+        let alice = h.token("alice", None).await;
+        h.grant("alice", Role::Reader).await;
+        assert_eq!(h.read_reco(&alice).await.expect("allowed").name, "alice");
+        assert!(h.cached(&alice), "the success was cached");
+        assert_eq!(
+            h.read_reco(&alice).await.expect("allowed again").name,
+            "alice"
+        );
+        // A write that changes no access keeps the entry.
+        h.admin(Op::UpdateModel {
+            name: "reco".into(),
+            description: Some("ranking".into()),
+            set_tags: Default::default(),
+            remove_tags: Vec::new(),
+        })
+        .await;
+        assert!(h.cached(&alice), "kept across an unrelated write");
+
+        let id = alice.token.as_ref().expect("a token").id.clone();
+        h.admin(Op::RevokeToken { id }).await;
+        let refused = h.read_reco(&alice).await.expect_err("revoked");
+        assert!(
+            matches!(&refused, NodeError::Unauthenticated(why) if why.contains("revoked by root")),
+            "{refused:?}"
+        );
+        let refused = h.node.authenticate(&alice).await.expect_err("revoked");
+        assert!(
+            matches!(refused, NodeError::Unauthenticated(_)),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_role_revoked_after_a_cached_success_is_refused_on_the_next_request() {
+        let h = Harness::start().await;
+        let alice = h.token("alice", None).await;
+        h.grant("alice", Role::Registrant).await;
+        let actor = h.read_reco(&alice).await.expect("allowed");
+        // The check a command proposed through this node gets (by principal, not token).
+        let update = Op::UpdateModel {
+            name: "reco".into(),
+            description: None,
+            set_tags: Default::default(),
+            remove_tags: Vec::new(),
+        };
+        h.node
+            .check_command(&actor, &update)
+            .await
+            .expect("a registrant updates");
+        assert!(h.cached(&alice));
+
+        h.admin(Op::RevokeRole {
+            principal: "alice".into(),
+            scope: Scope::Namespace("search".into()),
+        })
+        .await;
+        let refused = h.read_reco(&alice).await.expect_err("role revoked");
+        assert!(
+            matches!(&refused, NodeError::PermissionDenied(why) if why.contains("alice has no roles")),
+            "{refused:?}"
+        );
+        let refused = h
+            .node
+            .check_command(&actor, &update)
+            .await
+            .expect_err("role revoked");
+        assert!(
+            matches!(refused, NodeError::PermissionDenied(_)),
+            "{refused:?}"
+        );
+        // Granted again: allowed again.
+        h.grant("alice", Role::Reader).await;
+        h.read_reco(&alice).await.expect("allowed again");
+    }
+
+    #[tokio::test]
+    async fn a_token_cached_before_its_expiry_is_refused_from_its_expiry_on() {
+        let h = Harness::start().await;
+        let expires_at_ms = START_MS + 60_000;
+        let alice = h.token("alice", Some(expires_at_ms)).await;
+        h.grant("alice", Role::Reader).await;
+        h.read_reco(&alice).await.expect("allowed");
+        assert!(h.cached(&alice));
+        h.clock.0.store(expires_at_ms - 1, Ordering::SeqCst);
+        h.read_reco(&alice).await.expect("allowed until it expires");
+        h.clock.0.store(expires_at_ms, Ordering::SeqCst);
+        let refused = h.read_reco(&alice).await.expect_err("expired");
+        assert!(
+            matches!(&refused, NodeError::Unauthenticated(why) if why.contains("expired")),
+            "{refused:?}"
+        );
+        assert!(h.node.authenticate(&alice).await.is_err(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_for_a_cached_token_id_is_refused() {
+        let h = Harness::start().await;
+        let alice = h.token("alice", None).await;
+        h.grant("alice", Role::Reader).await;
+        h.read_reco(&alice).await.expect("allowed");
+        assert!(h.cached(&alice));
+        let real = alice.token.clone().expect("a token");
+        let forged = Credential {
+            token: Some(PresentedToken {
+                id: real.id.clone(),
+                secret: PresentedToken::random().secret,
+            }),
+            certificate: None,
+        };
+        for refused in [
+            h.read_reco(&forged).await.expect_err("wrong secret"),
+            h.node
+                .authenticate(&forged)
+                .await
+                .expect_err("wrong secret"),
+        ] {
+            assert!(
+                matches!(&refused, NodeError::Unauthenticated(why) if why.contains("wrong secret")),
+                "{refused:?}"
+            );
+        }
+        h.read_reco(&alice)
+            .await
+            .expect("the real secret still works");
+    }
+
+    #[tokio::test]
+    async fn unknown_token_ids_are_refused_and_grow_no_cache() {
+        let h = Harness::start().await;
+        let alice = h.token("alice", None).await;
+        h.grant("alice", Role::Reader).await;
+        h.read_reco(&alice).await.expect("allowed");
+        let before = h.node.access_cache.sizes();
+        assert_eq!(before.tokens, 1);
+        for _ in 0..ENTRIES_PER_TABLE_MAX + 100 {
+            let stranger = Credential {
+                token: Some(PresentedToken::random()),
+                certificate: None,
+            };
+            let refused = h.read_reco(&stranger).await.expect_err("unknown");
+            assert!(
+                matches!(&refused, NodeError::Unauthenticated(why) if why.contains("not known")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(h.node.access_cache.sizes(), before);
+        assert!(h.cached(&alice), "alice's entry was not pushed out");
     }
 }

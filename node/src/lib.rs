@@ -4,6 +4,7 @@
 //! `quiver-node-cli` crate in `cli/`, so this library links no tools.
 
 pub mod access;
+pub mod access_cache;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

@@ -19,6 +19,7 @@ use quiver_transfer::{
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::access_cache::AccessCache;
 use crate::command::{Command, Op, Response};
 use crate::domain::{Actor, NodeInfo};
 use crate::env::{Clock, Env, RandomIds, RequestIds, SystemClock};
@@ -31,7 +32,7 @@ use crate::replication::{
     Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
 };
 use crate::state::{AppResult, RegistryApp};
-use crate::tls::NodeCert;
+use crate::tls::{CertIdentities, ClientIdentity, NodeCert};
 use crate::upload_slots::UploadSlots;
 
 /// How a node is started.
@@ -135,6 +136,10 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     pub peers: P,
     pub clock: Arc<dyn Clock>,
     ids: Arc<dyn RequestIds>,
+    /// What access checks remember between requests; the state machine keeps it fresh.
+    pub(crate) access_cache: Arc<AccessCache>,
+    /// What the client certificates presented to this node say (`crate::access`).
+    pub(crate) client_certs: CertIdentities<ClientIdentity>,
     background_pushes: Arc<Semaphore>,
     pub repair: RepairState,
     /// Downloads' fetches of chunks this node lacks, shared between downloads.
@@ -346,6 +351,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 Ok(())
             });
         }
+        // The state machine's own cache, which its apply keeps fresh; one that no apply reaches
+        // would go stale, so without the state machine nothing is served from a cache.
+        let access_cache = raft
+            .read(|app, _| Ok(app.access_cache()))
+            .unwrap_or_else(|_| Arc::new(AccessCache::never()));
         let mut repair_skipped = BTreeSet::new();
         if core.planted_node.repair_skips_after_restart {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`): whatever is READY at start is
@@ -361,6 +371,8 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             peers: env.peers,
             clock: env.clock,
             ids: env.ids,
+            access_cache,
+            client_certs: CertIdentities::default(),
             background_pushes: Arc::new(Semaphore::new(BACKGROUND_PUSHES_MAX)),
             repair: RepairState::default(),
             read_throughs: ReadThroughs::default(),

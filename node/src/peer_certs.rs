@@ -1,8 +1,9 @@
 //! Which peers a node admits beyond the cluster CA (decision 0017): the node a certificate
 //! names (its common name, [`crate::tls::node_cert_identity`]), not after its validity period,
 //! and not a removed node's. The Raft peer server and the QUIC chunk server ask [`PeerAccess`]
-//! for every request, so the check is a parse of the certificate and a lookup in a small map
-//! behind a read lock; the map of removed nodes is refreshed from the replicated state
+//! for every request, so the check is a lookup of the certificate's identity (read once per
+//! distinct certificate, [`CertIdentities`]), its validity period against the clock, and a
+//! lookup in a small map behind a read lock; the map of removed nodes is refreshed from the replicated state
 //! ([`crate::Node`] does it when the applied index moves), never read from disk per request.
 //!
 //! A removed node is refused with every certificate issued before its removal: the
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::env::Clock;
 use crate::node::Node;
-use crate::tls::{node_cert_identity, CertIdentity, NodeCert};
+use crate::tls::{node_cert_identity, CertIdentities, CertIdentity, NodeCert};
 
 /// How often a running node looks for a renewed certificate in its TLS directory
 /// (`quiver-node cert rotate` writes it there).
@@ -34,6 +35,8 @@ pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 pub struct PeerAccess {
     /// Removed node id → when its removal was stamped (ms since the Unix epoch).
     removed: RwLock<BTreeMap<u64, i64>>,
+    /// What the peers' certificates say, read once per certificate.
+    identities: CertIdentities<CertIdentity>,
     clock: Arc<dyn Clock>,
 }
 
@@ -49,6 +52,7 @@ impl PeerAccess {
     pub fn new(clock: Arc<dyn Clock>) -> PeerAccess {
         PeerAccess {
             removed: RwLock::new(BTreeMap::new()),
+            identities: CertIdentities::default(),
             clock,
         }
     }
@@ -99,7 +103,7 @@ impl PeerAccess {
     }
 
     fn admit_der(&self, end_entity: &CertificateDer<'_>) -> Result<u64, String> {
-        let identity = node_cert_identity(end_entity)?;
+        let identity = self.identities.read(end_entity, node_cert_identity)?;
         self.check(&identity, self.clock.now_ms())
     }
 }
@@ -265,6 +269,65 @@ mod tests {
         assert_eq!(access.check(&identity(2, 1_000, 100_000), 7_000), Ok(2));
         // Issued in the very millisecond of the removal: refused.
         assert!(access.check(&identity(3, 5_000, 100_000), 7_000).is_err());
+    }
+
+    /// Time as the test sets it.
+    struct TestClock(std::sync::atomic::AtomicI64);
+
+    impl Clock for TestClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn der_of(pem: &str) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject as _;
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("a certificate in PEM")
+    }
+
+    #[test]
+    fn a_certificate_is_read_once_and_still_refused_once_its_node_is_removed_or_it_expires() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = crate::tls::ClusterCa::create(dir.path(), "c1").expect("a cluster CA");
+        let cert = ca.issue(3).expect("a node certificate");
+        let named = cert.identity().expect("its identity");
+        let der = der_of(&cert.cert_pem);
+        let clock = Arc::new(TestClock((named.not_before_ms + 1_000).into()));
+        let access = PeerAccess::new(clock.clone());
+        assert_eq!(access.admit_der(&der), Ok(3));
+        assert_eq!(access.admit_der(&der), Ok(3));
+        assert_eq!(access.identities.len(), 1, "read once");
+        // Removed after its certificate was issued: refused from now on, read or not.
+        access.set_removed(BTreeMap::from([(3, named.not_before_ms)]));
+        assert!(access.admit_der(&der).unwrap_err().contains("removed"));
+        access.set_removed(BTreeMap::new());
+        assert_eq!(access.admit_der(&der), Ok(3));
+        // Its validity period is checked against the clock on every request.
+        clock
+            .0
+            .store(named.not_after_ms + 1, std::sync::atomic::Ordering::SeqCst);
+        assert!(access.admit_der(&der).unwrap_err().contains("expired"));
+        // A client's certificate under the same CA names no node: refused, and not kept.
+        let client = ca.issue_client("alice", 30).expect("a client certificate");
+        for _ in 0..2 {
+            assert!(access
+                .admit_der(&der_of(&client.cert_pem))
+                .unwrap_err()
+                .contains("is not quiver-node-"));
+        }
+        assert_eq!(access.identities.len(), 1);
+    }
+
+    #[test]
+    fn the_certificates_read_stay_bounded() {
+        let identities = CertIdentities::default();
+        for n in 0..crate::tls::CERT_IDENTITIES_KEPT_MAX * 2 {
+            let der = n.to_be_bytes();
+            assert_eq!(identities.read(&der, |_| Ok(n)), Ok(n));
+            // Kept: not read again.
+            assert_eq!(identities.read(&der, |_| Err("read twice".into())), Ok(n));
+        }
+        assert_eq!(identities.len(), crate::tls::CERT_IDENTITIES_KEPT_MAX);
     }
 
     #[test]

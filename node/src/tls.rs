@@ -380,6 +380,65 @@ pub fn client_cert_identity(der: &[u8]) -> Result<ClientIdentity, String> {
     })
 }
 
+/// Certificates a node has read an identity out of ([`node_cert_identity`] for peers,
+/// [`client_cert_identity`] for clients), by their exact DER bytes: a connection presents the
+/// same certificate on every request, and parsing it is most of the cost of admitting one. Only
+/// what the certificate says is kept, never a verdict: its validity period, and a removed
+/// node's refusal, are checked against the clock and the state on every request. A certificate
+/// that does not read is not kept. Bounded by [`CERT_IDENTITIES_KEPT_MAX`] (a full cache drops
+/// an arbitrary entry for a new one); only certificates chained to the cluster CA reach it.
+#[derive(Debug)]
+pub struct CertIdentities<T> {
+    by_der: std::sync::Mutex<std::collections::HashMap<Vec<u8>, T>>,
+}
+
+/// Certificates whose identity a [`CertIdentities`] keeps.
+pub const CERT_IDENTITIES_KEPT_MAX: usize = 256;
+
+impl<T> Default for CertIdentities<T> {
+    fn default() -> Self {
+        CertIdentities {
+            by_der: Default::default(),
+        }
+    }
+}
+
+impl<T: Clone> CertIdentities<T> {
+    /// What `read` reads out of `der`, read once per distinct certificate.
+    pub fn read(
+        &self,
+        der: &[u8],
+        read: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if let Some(known) = self.lock().get(der) {
+            return Ok(known.clone());
+        }
+        let identity = read(der)?;
+        let mut by_der = self.lock();
+        if by_der.len() >= CERT_IDENTITIES_KEPT_MAX {
+            let evicted = by_der.keys().next().cloned();
+            if let Some(evicted) = evicted {
+                by_der.remove(&evicted);
+            }
+        }
+        by_der.insert(der.to_vec(), identity.clone());
+        Ok(identity)
+    }
+
+    /// How many certificates it keeps.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Vec<u8>, T>> {
+        self.by_der.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A certificate's only common name and its validity period (ms since the Unix epoch).
 fn common_name_and_validity(der: &[u8]) -> Result<(String, i64, i64), String> {
     let (rest, cert) = x509_parser::parse_x509_certificate(der)

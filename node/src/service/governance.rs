@@ -14,7 +14,7 @@ use super::convert::{
     scope_to_proto,
 };
 use super::versions::version_view;
-use super::{caller, caller_with, consistency, invalid, parse_reference};
+use super::{caller, caller_with, consistency, credential, invalid, parse_reference};
 use crate::access::Target;
 use crate::auth::{allows, Need, Role};
 use crate::command::{Op, Response as Applied};
@@ -331,7 +331,9 @@ impl Governance for GovernanceService {
         &self,
         request: Request<proto::GetReviewRequest>,
     ) -> Result<Response<proto::Review>, Status> {
-        caller(&self.node, &request).await?;
+        // Authenticated before the review is read, checked for its model after: one parse.
+        let credential = credential(&request)?;
+        self.node.authenticate(&credential).await?;
         let r = request.get_ref();
         let id = r.id;
         let review = self
@@ -342,14 +344,14 @@ impl Governance for GovernanceService {
             })
             .await?;
         let action = format!("read review #{id}");
-        caller_with(
-            &self.node,
-            &request,
-            Role::Reader,
-            Target::Model(&review.model),
-            &action,
-        )
-        .await?;
+        self.node
+            .authorize(
+                &credential,
+                Role::Reader,
+                Target::Model(&review.model),
+                &action,
+            )
+            .await?;
         Ok(Response::new(review_to_proto(&review)))
     }
 

@@ -16,7 +16,7 @@ use quiver_api::proto;
 use quiver_api::Reference;
 use tonic::{Request, Status};
 
-use crate::access::{Credential, Target};
+use crate::access::{parse_bearer, Credential, Target};
 use crate::auth::Role;
 use crate::domain::{Actor, DomainError, VersionRef};
 use crate::error::NodeError;
@@ -25,8 +25,9 @@ use crate::node::{Consistency, Node};
 /// The request metadata key that carries a client's credentials: `Bearer <token>`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
-/// The token a request presents in its `authorization: Bearer …` header, if any.
-pub fn bearer<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+/// The token a request presents in its `authorization: Bearer …` header, if any (as sent: see
+/// [`credential`]).
+pub fn bearer<T>(request: &Request<T>) -> Result<Option<&str>, Status> {
     let Some(value) = request.metadata().get(AUTHORIZATION_HEADER) else {
         return Ok(None);
     };
@@ -34,21 +35,28 @@ pub fn bearer<T>(request: &Request<T>) -> Result<Option<String>, Status> {
         Status::unauthenticated("the authorization header is not valid text: send `Bearer <token>`")
     })?;
     match text.strip_prefix("Bearer ") {
-        Some(token) => Ok(Some(token.trim().to_string())),
+        Some(token) => Ok(Some(token.trim())),
         None => Err(Status::unauthenticated(
             "the authorization header must be `Bearer <token>`",
         )),
     }
 }
 
-/// What `request` presents: its bearer token and its connection's client certificate.
+/// What `request` presents: its bearer token, parsed (a malformed one is refused here), and
+/// else its connection's client certificate (a token, when there is one, decides). A handler
+/// that checks its caller more than once takes this once and passes it on.
 pub fn credential<T>(request: &Request<T>) -> Result<Credential, Status> {
-    Ok(Credential {
-        bearer: bearer(request)?,
-        certificate: request
+    let token = match bearer(request)? {
+        Some(text) => Some(parse_bearer(text)?),
+        None => None,
+    };
+    let certificate = match token {
+        Some(_) => None,
+        None => request
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| c.to_vec())),
-    })
+    };
+    Ok(Credential { token, certificate })
 }
 
 /// Who sent `request`, authenticated by its credential on `node` (see `crate::access`).

@@ -18,8 +18,11 @@ mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::sync::Arc;
+
 use heed::{Env, RoTxn, RwTxn};
 
+use crate::access_cache::{changes_access, AccessCache};
 use crate::command::{Command, Response};
 use crate::domain::DomainError;
 
@@ -57,6 +60,9 @@ pub type AppResult<T> = Result<T, AppError>;
 /// The registry state machine (see `tables` for what each table holds).
 pub struct RegistryApp {
     tables: Tables,
+    /// What the access checks remember of tokens, grants and models: every write transaction
+    /// that changes them is noted in it before it commits (see `crate::access_cache`).
+    access: Arc<AccessCache>,
     /// PLANTED BUG `apply-skips-name-validation` (test only, set through `PlantedNodeBugs`):
     /// apply skips its field checks (`Op::check_fields`) and takes a command's model name and
     /// other fields on trust, so an empty name reaches LMDB as a key and fails there with a
@@ -69,6 +75,11 @@ pub struct RegistryApp {
 }
 
 impl RegistryApp {
+    /// The cache of what access checks read, kept fresh by this state's apply and import.
+    pub fn access_cache(&self) -> Arc<AccessCache> {
+        self.access.clone()
+    }
+
     /// Plants the test-only bug `apply-skips-name-validation` (see the field).
     pub fn plant_skip_name_validation(&self, planted: bool) {
         self.skip_name_validation
@@ -102,6 +113,7 @@ impl quiver_raft::App for RegistryApp {
     fn open(env: &Env, wtxn: &mut RwTxn<'_>) -> anyhow::Result<Self> {
         let app = RegistryApp {
             tables: Tables::open(env, wtxn)?,
+            access: Arc::default(),
             skip_name_validation: Default::default(),
             registrant_approves: Default::default(),
         };
@@ -116,6 +128,12 @@ impl quiver_raft::App for RegistryApp {
         log_index: u64,
         cmd: &Command,
     ) -> anyhow::Result<Response> {
+        // Before anything is written: the note must precede the commit (whether this command
+        // is then accepted, rejected or a retried copy does not matter; a note too many only
+        // costs the cache a read).
+        if changes_access(&cmd.op) {
+            self.access.note_change(wtxn.id() as u64);
+        }
         let storage = |e: AppError| anyhow::anyhow!("request ids: {e}");
         self.forget_old_requests(wtxn, log_index).map_err(storage)?;
         if let Some(id) = &cmd.request_id {
@@ -150,6 +168,8 @@ impl quiver_raft::App for RegistryApp {
     }
 
     fn import(&self, wtxn: &mut RwTxn<'_>, data: &mut dyn std::io::Read) -> anyhow::Result<()> {
+        // The whole state is replaced: whatever was remembered of the old one is stale.
+        self.access.note_change(wtxn.id() as u64);
         self.tables.import(wtxn, data)?;
         self.fill_catalog_if_missing(wtxn)
             .map_err(|e| anyhow::anyhow!("fill the catalog: {e}"))

@@ -1,5 +1,6 @@
 //! Unit tests of the state machine, by topic; the fixture and command builders are here.
 
+mod access_cache;
 mod apply;
 mod audit;
 mod governance;
