@@ -553,6 +553,144 @@ pub async fn registry(
     })
 }
 
+// -------------------------------------------------------------- promotion
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PromotionReport {
+    pub promotions: u32,
+    /// Through three gates (required metadata, a metric threshold, an evaluation within
+    /// bounds) and one approval by another principal: the stage change that opens the review
+    /// plus the approval that completes the gates and moves the version.
+    pub gated_ms_p50: f64,
+    pub gated_ms_p99: f64,
+    /// The approval alone (gates evaluated, version moved, in one replicated command).
+    pub approval_ms_p50: f64,
+    pub approval_ms_p99: f64,
+    /// The baseline: a stage change to Production of a model without a policy.
+    pub plain_ms_p50: f64,
+    pub plain_ms_p99: f64,
+    pub p50_ratio: f64,
+}
+
+/// The policy the gated model promotes through: three gates and one approval.
+const PROMOTION_POLICY: &str = r#"{"production": [
+  {"kind": "required_metadata", "fields": ["data_snapshot", "code_commit", "run_id"]},
+  {"kind": "metric", "metric": "synthetic", "op": ">=", "value": 0.5},
+  {"kind": "evaluation", "eval_kind": "fairness", "bounds": [{"metric": "dp_gap", "op": "<=", "value": 0.05}]},
+  {"kind": "approvals", "count": 1, "role": "approver"}]}"#;
+
+/// Promotes `promotions` versions to Production through gates and an approval, alternating
+/// with as many plain promotions of a model without a policy. `client` must be an admin's: it
+/// creates the models, the policy, and a reviewer (principal `bench-reviewer`, approver in the
+/// bench namespace, with a token that expires in an hour).
+pub async fn promotion(
+    client: &Client,
+    promotions: u32,
+    log: &dyn Fn(&str),
+) -> Result<PromotionReport, ClientError> {
+    use crate::proto::{PolicyScope, RecordEvaluationRequest, Stage};
+    if promotions == 0 || promotions > 100_000 {
+        return Err(ClientError::InvalidInput(format!(
+            "--promotions {promotions} is out of range: use 1 to 100000"
+        )));
+    }
+    let stamp = format!("{}-{}", std::process::id(), unix_ms());
+    let gated = format!("bench-promotion-{stamp}");
+    let plain = format!("bench-plain-{stamp}");
+    for model in [&gated, &plain] {
+        client.create_model(bench_model(model, "promotion")).await?;
+    }
+    client
+        .set_policy(
+            PolicyScope {
+                model: gated.clone(),
+                ..Default::default()
+            },
+            Some(PROMOTION_POLICY.to_string()),
+        )
+        .await?;
+    client
+        .grant_role("bench-reviewer", "bench", "approver")
+        .await?;
+    let token = client
+        .create_token("bench-reviewer", "quiver bench promotion", Some(3600))
+        .await?
+        .secret_token;
+    let reviewer = client.reconnect().await?.with_token(Some(token));
+    log(&format!(
+        "promoting {promotions} versions of {gated} (3 gates + 1 approval) and of {plain} (no policy)"
+    ));
+    let (mut gated_ms, mut approval_ms, mut plain_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..promotions {
+        let v = register_tiny(client, &gated, i).await?;
+        let reference = format!("{gated}/{v}");
+        client
+            .record_evaluation(RecordEvaluationRequest {
+                reference: reference.clone(),
+                kind: "fairness".into(),
+                metrics: [("dp_gap".to_string(), 0.01)].into(),
+                summary: String::new(),
+            })
+            .await?;
+        let begun = Instant::now();
+        let waiting = client
+            .set_stage(&reference, Stage::Production, "bench")
+            .await?;
+        let Some(review) = waiting.pending_review else {
+            return Err(ClientError::Verify(format!(
+                "{reference} did not wait for an approval: the policy's gates were not applied"
+            )));
+        };
+        let approved = Instant::now();
+        let decided = reviewer.decide_review(review.id, true, "bench").await?;
+        approval_ms.push(approved.elapsed());
+        gated_ms.push(begun.elapsed());
+        let moved = decided.version.map(|v| v.stage);
+        if moved != Some(Stage::Production as i32) {
+            return Err(ClientError::Verify(format!(
+                "the approval of {reference} left it in stage {moved:?}, not production"
+            )));
+        }
+
+        let v = register_tiny(client, &plain, i).await?;
+        let begun = Instant::now();
+        client
+            .set_stage(&format!("{plain}/{v}"), Stage::Production, "bench")
+            .await?;
+        plain_ms.push(begun.elapsed());
+    }
+    let gated_ms_p50 = percentile_ms(&mut gated_ms, 50.0);
+    let plain_ms_p50 = percentile_ms(&mut plain_ms, 50.0);
+    Ok(PromotionReport {
+        promotions,
+        gated_ms_p50,
+        gated_ms_p99: percentile_ms(&mut gated_ms, 99.0),
+        approval_ms_p50: percentile_ms(&mut approval_ms, 50.0),
+        approval_ms_p99: percentile_ms(&mut approval_ms, 99.0),
+        plain_ms_p50,
+        plain_ms_p99: percentile_ms(&mut plain_ms, 99.0),
+        p50_ratio: gated_ms_p50 / plain_ms_p50.max(1e-9),
+    })
+}
+
+/// Registers a 1 KiB version of `model` (content from `seed`); returns its number.
+async fn register_tiny(client: &Client, model: &str, seed: u32) -> Result<u64, ClientError> {
+    let file = UploadFile {
+        path: "tiny.bin".into(),
+        mode: 0o644,
+        size_bytes: TINY_FILE_BYTES,
+        reader: Box::new(SeededReader::new(
+            unix_ms() ^ u64::from(seed) << 32,
+            TINY_FILE_BYTES,
+        )),
+    };
+    let mut header = bench_header(model);
+    if let Some(m) = header.metadata.as_mut() {
+        m.metrics.insert("synthetic".into(), 0.9);
+    }
+    Ok(client.register_stream(header, vec![file]).await?.version)
+}
+
 /// Runs `operation` in a loop on every client until `duration` has passed.
 /// Returns every latency, the phase's wall time, and the largest value an
 /// operation returned. The first error ends the benchmark: a registry that

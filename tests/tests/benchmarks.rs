@@ -175,3 +175,48 @@ fn the_lineage_benchmark_runs_at_toy_size() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_search_benchmark_runs_at_toy_size() {
+    let r = node_bench(&["bench", "search", "--models", "400", "--queries", "80"]);
+    assert_eq!(figure(&r, "models"), 400, "{r}");
+    for key in [
+        "search_ms_p99",
+        "point_read_ms_p99",
+        "p99_ratio",
+        "hits_mean",
+    ] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    let shapes = figure(&r, "shapes").as_array().unwrap();
+    assert_eq!(shapes.len(), 8, "every query shape was measured: {r}");
+}
+
+#[test]
+fn the_promotion_benchmark_runs_at_toy_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(NODE, &tmp.path().join("node")).unwrap();
+    let r = quiver(
+        CLI,
+        &node.endpoint,
+        &[
+            "bench",
+            "promotion",
+            "--promotions",
+            "3",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(figure(&r, "promotions"), 3, "{r}");
+    for key in [
+        "gated_ms_p50",
+        "approval_ms_p50",
+        "plain_ms_p50",
+        "p50_ratio",
+    ] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+}

@@ -46,6 +46,48 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        BenchCommand::Promotion { promotions, output } => {
+            let r = bench::promotion(client, promotions, &log).await?;
+            match output.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Table => {
+                    let ms = |v: f64| format!("{v:.2} ms");
+                    let rows = vec![
+                        vec![
+                            "3 gates + 1 approval (stage set + approve)".into(),
+                            ms(r.gated_ms_p50),
+                            ms(r.gated_ms_p99),
+                            ms(r.plain_ms_p50),
+                            ms(r.plain_ms_p99),
+                            format!("{:.2}", r.p50_ratio),
+                        ],
+                        vec![
+                            "  the approval alone".into(),
+                            ms(r.approval_ms_p50),
+                            ms(r.approval_ms_p99),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                        ],
+                    ];
+                    outln!("{} promotions of each kind", r.promotions);
+                    out!(
+                        "{}",
+                        table(
+                            &[
+                                "FIGURE",
+                                "P50",
+                                "P99",
+                                "BASELINE: PLAIN STAGE SET P50",
+                                "P99",
+                                "RATIO (P50)"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+        }
         BenchCommand::Registry {
             clients,
             duration,

@@ -428,6 +428,15 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Promotion to Production through three gates and one approval (by a reviewer this
+    /// creates), beside a plain stage change of a model without a policy. Needs an admin.
+    Promotion {
+        /// Promotions of each kind, alternating.
+        #[arg(long, default_value_t = 200)]
+        promotions: u32,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// Runs one parsed command.
