@@ -151,6 +151,8 @@ pub struct FinalState {
     pub reviews: BTreeMap<u64, quiver_node::governance::Review>,
     /// Per model, whether the policy that applies to it asks for approvals to enter Production.
     pub gated: BTreeMap<String, bool>,
+    /// Every version's evaluations, in the order they were recorded.
+    pub evaluations: BTreeMap<(String, u64), Vec<quiver_node::governance::Evaluation>>,
 }
 
 /// Every acknowledged command is visible in `state`.
@@ -386,6 +388,35 @@ pub fn check_approvals(state: &FinalState) -> Vec<Violation> {
                         "{model}/{number} entered Production at {} ms by {} without a passing \
                          gate report",
                         t.at_ms, t.actor.name
+                    ),
+                ));
+            }
+            // The gates again, from the state rather than from the report the transition kept
+            // (`workload::Pipeline::policy`): the registration's auc (no evaluation carries
+            // one), and a fairness evaluation within bounds (the newest one when it moved; some
+            // one, at least).
+            let auc = v.metadata.metrics.get("auc").copied().unwrap_or(f64::NAN);
+            let fair = state
+                .evaluations
+                .get(&(model.clone(), *number))
+                .is_some_and(|es| {
+                    es.iter().any(|e| {
+                        e.kind == crate::workload::FAIRNESS
+                            && e.metrics
+                                .get("dp_gap")
+                                .is_some_and(|g| *g <= crate::workload::DP_GAP_MAX)
+                    })
+                });
+            if auc.is_nan() || auc < crate::workload::AUC_MIN || !fair {
+                out.push(Violation::new(
+                    "gate-bypassed",
+                    format!(
+                        "{model}/{number} entered Production at {} ms by {} although its gates \
+                         fail: auc {auc} (at least {} needed), a fairness evaluation within \
+                         bounds: {fair}",
+                        t.at_ms,
+                        t.actor.name,
+                        crate::workload::AUC_MIN
                     ),
                 ));
             }
@@ -723,6 +754,69 @@ mod tests {
             acked_at_ms: 5,
             expect,
         }
+    }
+
+    /// A gated model's Production version: its gates are checked again from the state, not
+    /// only from the report its transition kept.
+    #[test]
+    fn a_gated_production_version_needs_its_gates_to_hold_in_the_state() {
+        use quiver_node::governance::{Evaluation, GateReport, GateResult};
+        let gated = || {
+            let mut s = state();
+            s.gated.insert("m".into(), true);
+            let v = s.versions.get_mut(&("m".into(), 2)).unwrap();
+            v.metadata.metrics.insert("auc".into(), 0.9);
+            v.stage_history.last_mut().unwrap().gate_report = Some(GateReport {
+                stage: Stage::Production,
+                results: vec![GateResult {
+                    gate: "metric auc >= 0.6".into(),
+                    passed: true,
+                    detail: String::new(),
+                }],
+            });
+            s.evaluations.insert(
+                ("m".into(), 2),
+                vec![Evaluation {
+                    seq: 1,
+                    kind: crate::workload::FAIRNESS.into(),
+                    metrics: [("dp_gap".to_string(), 0.01)].into(),
+                    summary: String::new(),
+                    recorded_by: "p0".into(),
+                    at_ms: 25,
+                }],
+            );
+            s
+        };
+        let kinds = |s: &FinalState| -> Vec<&'static str> {
+            check_approvals(s).iter().map(|v| v.kind).collect()
+        };
+        assert_eq!(kinds(&gated()), Vec::<&str>::new());
+        let mut low = gated();
+        low.versions
+            .get_mut(&("m".into(), 2))
+            .unwrap()
+            .metadata
+            .metrics
+            .insert("auc".into(), 0.55);
+        assert_eq!(kinds(&low), ["gate-bypassed"]);
+        let mut unfair = gated();
+        unfair.evaluations.get_mut(&("m".into(), 2)).unwrap()[0]
+            .metrics
+            .insert("dp_gap".into(), 0.2);
+        assert_eq!(kinds(&unfair), ["gate-bypassed"]);
+        let mut unevaluated = gated();
+        unevaluated.evaluations.clear();
+        assert_eq!(kinds(&unevaluated), ["gate-bypassed"]);
+        let mut unreported = gated();
+        unreported
+            .versions
+            .get_mut(&("m".into(), 2))
+            .unwrap()
+            .stage_history
+            .last_mut()
+            .unwrap()
+            .gate_report = None;
+        assert_eq!(kinds(&unreported), ["ungated-production"]);
     }
 
     #[test]

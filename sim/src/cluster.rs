@@ -568,6 +568,16 @@ fn read_final(
     {
         state.reviews.insert(review.id, review);
     }
+    for (model, number) in state.versions.keys() {
+        let evaluations = app
+            .evaluations(rtxn, model, *number)
+            .map_err(|e| err("read evaluations", e))?;
+        if !evaluations.is_empty() {
+            state
+                .evaluations
+                .insert((model.clone(), *number), evaluations);
+        }
+    }
     for m in state.models.values() {
         let (_, policy) = app
             .applicable_policy(rtxn, m)

@@ -19,7 +19,7 @@ use quiver_node::command::{InlineChunk, Op, Response};
 use quiver_node::domain::{
     DomainError, RiskTier, Signature, Stage, VersionMetadata, VersionStatus,
 };
-use quiver_node::governance::{Gate, Policy, PolicyScope, ReviewState};
+use quiver_node::governance::{Bound, Comparison, Gate, Policy, PolicyScope, ReviewState};
 use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +39,11 @@ pub const INLINE_ONE_IN: u32 = 4;
 /// Size of a small version's one file, drawn from this range (bytes).
 pub const INLINE_ARTIFACT_BYTES: (usize, usize) = (1, 4096);
 pub const ALIASES: [&str; 2] = ["champion", "challenger"];
+/// The gated policy's bar for the registration's `auc` (drawn in 0.5..1.0: a fifth fall short).
+pub const AUC_MIN: f64 = 0.6;
+/// The evaluation a gated policy requires, and its bound on `dp_gap`.
+pub const FAIRNESS: &str = "fairness";
+pub const DP_GAP_MAX: f64 = 0.05;
 const STAGES: [Stage; 4] = [
     Stage::Experimental,
     Stage::Staging,
@@ -107,6 +112,8 @@ pub struct Pipeline {
     reviews: BTreeMap<u64, (String, u64)>,
     /// Who sends the op `next_op` just returned, when not this pipeline's own principal.
     actor_override: Option<String>,
+    /// Versions this pipeline has posted a fairness evaluation of (gated pipelines only).
+    evaluated: std::collections::BTreeSet<(String, u64)>,
 }
 
 impl Pipeline {
@@ -136,6 +143,7 @@ impl Pipeline {
             gated: mix == Mix::Chaos && Pipeline::gated(id),
             reviews: BTreeMap::new(),
             actor_override: None,
+            evaluated: Default::default(),
         }
     }
 
@@ -149,8 +157,9 @@ impl Pipeline {
         id.is_multiple_of(2)
     }
 
-    /// The policy of pipeline `id`'s namespace when it is gated: one approval (by an approver,
-    /// never the registrant) to enter Production.
+    /// The policy of pipeline `id`'s namespace when it is gated, to enter Production: the
+    /// registration's `auc` at least [`AUC_MIN`], a fairness evaluation whose `dp_gap` is at
+    /// most [`DP_GAP_MAX`], and one approval (by an approver, never the registrant).
     pub fn policy(id: usize) -> Op {
         Op::SetPolicy {
             scope: PolicyScope::Namespace {
@@ -158,12 +167,45 @@ impl Pipeline {
                 tier: None,
             },
             policy: Some(Policy {
-                production: vec![Gate::Approvals {
-                    count: 1,
-                    role: Role::Approver,
-                }],
+                production: vec![
+                    Gate::Metric {
+                        metric: "auc".into(),
+                        op: Comparison::Ge,
+                        value: Some(AUC_MIN),
+                        production_delta: None,
+                        tolerance: 0.0,
+                    },
+                    Gate::Evaluation {
+                        eval_kind: FAIRNESS.into(),
+                        bounds: vec![Bound {
+                            metric: "dp_gap".into(),
+                            op: Comparison::Le,
+                            value: DP_GAP_MAX,
+                        }],
+                    },
+                    Gate::Approvals {
+                        count: 1,
+                        role: Role::Approver,
+                    },
+                ],
                 ..Policy::default()
             }),
+        }
+    }
+
+    /// A fairness evaluation of `model`/`number` posted by this pipeline's evaluation step:
+    /// `dp_gap` drawn so that four in five pass [`Pipeline::policy`]'s bound.
+    fn evaluate(&mut self, model: String, number: u64, seq: u64) -> Op {
+        Op::RecordEvaluation {
+            model,
+            number,
+            kind: FAIRNESS.into(),
+            metrics: [(
+                "dp_gap".to_string(),
+                self.rng.gen_range(0.0..1.25 * DP_GAP_MAX),
+            )]
+            .into(),
+            summary: format!("{} op {seq}", self.actor),
         }
     }
 
@@ -302,6 +344,10 @@ impl Pipeline {
                     // the approvals checker judges.
                     let to_production =
                         self.gated && current != Stage::Production && self.rng.gen_ratio(1, 2);
+                    // Its evaluation step posts a fairness evaluation before the first request.
+                    if to_production && self.evaluated.insert((model.clone(), number)) {
+                        return (seq, self.evaluate(model, number, seq));
+                    }
                     Op::SetStage {
                         model,
                         number,

@@ -1,10 +1,12 @@
-//! Governance end to end (issue 14, must-show 1 and 4) on a real 3-node cluster driven by the
+//! Governance end to end (issue 14, must-show 1, 3 and 4) on real nodes driven by the
 //! real CLI: reco-model v14 (NDCG@10 0.42 against v13's 0.40) is auto-promoted to Staging by an
 //! evaluation pipeline's token; Production needs a fairness evaluation and one approval; the
 //! registrant cannot approve; a reviewer approves after the fairness evaluation, v14 becomes
 //! Production and v13 is archived; the gates give the same answer through every node; a policy
 //! change mid-review voids the approval given; every node's audit chain verifies, and a record
-//! altered on a stopped node's disk is detected and named.
+//! altered on a stopped node's disk is detected and named. And on one node: a breaking
+//! signature refused at promotion, an approver's override accepted and audited, and the catalog
+//! finding the model and what its Production version was trained on.
 //!
 //! Waiting is on a condition with a deadline, never a fixed sleep.
 
@@ -481,5 +483,195 @@ fn the_seed_scenario_promotes_through_gates_and_four_eyes_and_the_audit_chain_ho
     );
     for node in nodes {
         node.stop().unwrap();
+    }
+}
+
+fn signature(input: &str) -> String {
+    serde_json::json!({
+        "inputs": [{"name": input, "dtype": "float32", "shape": [-1, 4]}],
+        "outputs": [{"name": "score", "dtype": "float32", "shape": [-1]}]
+    })
+    .to_string()
+}
+
+/// Must-show 3 through the CLI: a version whose signature breaks callers of the Production
+/// version is refused at promotion, naming the break and the fix; a registrant cannot override;
+/// an approver's override is accepted, and the transition's report and the audit log name who
+/// accepted it and why. Then the catalog finds the model by stage and says what its Production
+/// version was trained on.
+#[test]
+fn a_breaking_signature_is_refused_and_an_approvers_override_is_audited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(NODE, &tmp.path().join("node")).unwrap();
+    let ep = node.endpoint.clone();
+    quiver(
+        CLI,
+        &ep,
+        &["model", "create", "sig-model", "--namespace", "serving"],
+    )
+    .ok();
+    for (principal, role) in [("trainer", "registrant"), ("owner", "approver")] {
+        quiver(
+            CLI,
+            &ep,
+            &["role", "grant", principal, role, "--namespace", "serving"],
+        )
+        .ok();
+    }
+    let trainer = create_token(CLI, &ep, "trainer", None);
+    let owner = create_token(CLI, &ep, "owner", None);
+    let policy_file = tmp.path().join("policy.json");
+    std::fs::write(
+        &policy_file,
+        r#"{"production": [{"kind": "signature_compatible"}]}"#,
+    )
+    .unwrap();
+    let file = policy_file.display().to_string();
+    quiver(
+        CLI,
+        &ep,
+        &["policy", "set", "--model", "sig-model", "--file", &file],
+    )
+    .ok();
+
+    let register = |input: &str, seed: u64| -> String {
+        let weights = tmp.path().join(format!("w{seed}.bin"));
+        write_random_file(&weights, 4 << 10, seed).unwrap();
+        let sig = tmp.path().join(format!("sig-{input}.json"));
+        std::fs::write(&sig, signature(input)).unwrap();
+        let (w, s) = (weights.display().to_string(), sig.display().to_string());
+        quiver_as(
+            CLI,
+            &ep,
+            Some(&trainer),
+            &[
+                "version",
+                "register",
+                "sig-model",
+                "--artifact",
+                &w,
+                "--signature",
+                &s,
+                "--data-snapshot",
+                "snap-9",
+                "--code-commit",
+                "abc123",
+                "--run-id",
+                "run-9",
+                "--output",
+                "json",
+            ],
+        )
+        .ok()
+        .json()["reference"]
+            .as_str()
+            .expect("a reference")
+            .to_string()
+    };
+    let promote = |token: &str, reference: &str, extra: &[&str]| {
+        let mut args = vec!["stage", "set", reference, "production", "--reason"];
+        args.push(if extra.is_empty() {
+            "ship"
+        } else {
+            "callers migrated to feats"
+        });
+        args.extend(extra);
+        quiver_as(CLI, &ep, Some(token), &args)
+    };
+
+    let v1 = register("features", 1);
+    promote(&owner, &v1, &[]).ok();
+    let v2 = register("feats", 2);
+    let refused = promote(&owner, &v2, &[]).err();
+    assert!(
+        refused.contains("signature_compatible") || refused.contains("signature"),
+        "{refused}"
+    );
+    assert!(refused.contains("features"), "names the break: {refused}");
+    assert!(
+        refused.contains("--override-signature"),
+        "names the fix: {refused}"
+    );
+    let by_registrant = promote(&trainer, &v2, &["--override-signature"]).err();
+    assert!(
+        by_registrant.contains("approver"),
+        "a registrant may not override: {by_registrant}"
+    );
+    assert_eq!(show(&ep, &owner, &v2)["stage"], "experimental");
+
+    promote(&owner, &v2, &["--override-signature"]).ok();
+    let shown = show(&ep, &owner, &v2);
+    assert_eq!(shown["stage"], "production");
+    let report =
+        shown["stage_history"].as_array().unwrap().last().unwrap()["gate_report"].to_string();
+    assert!(
+        report.contains("overridden by owner") && report.contains("callers migrated to feats"),
+        "{report}"
+    );
+    let audit = quiver(
+        CLI,
+        &ep,
+        &["audit", "log", "--model", "sig-model", "--output", "json"],
+    )
+    .ok()
+    .stdout;
+    assert!(
+        audit.contains("overridden by owner") && audit.contains("callers migrated to feats"),
+        "the audit log names who accepted the break and why: {audit}"
+    );
+
+    // The catalog: found by stage and owner of the namespace; what Production was trained on.
+    let hits = quiver(
+        CLI,
+        &ep,
+        &[
+            "model",
+            "search",
+            "--stage",
+            "production",
+            "--namespace",
+            "serving",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(hits["hits"][0]["name"], "sig-model", "{hits}");
+    assert_eq!(hits["hits"][0]["production_version"], 2, "{hits}");
+    let none = quiver(
+        CLI,
+        &ep,
+        &[
+            "model",
+            "search",
+            "sig*",
+            "--namespace",
+            "other",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(none["hits"].as_array().map(Vec::len), Some(0), "{none}");
+    let lineage = quiver(
+        CLI,
+        &ep,
+        &[
+            "version",
+            "show",
+            "sig-model:production",
+            "--lineage",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(lineage["version"]["reference"], "sig-model/2", "{lineage}");
+    let upstream = lineage["lineage"].to_string();
+    for entity in ["data:snap-9", "code:abc123", "run:run-9"] {
+        assert!(upstream.contains(entity), "{entity} in {upstream}");
     }
 }
