@@ -153,6 +153,55 @@ pub struct FinalState {
     pub gated: BTreeMap<String, bool>,
     /// Every version's evaluations, in the order they were recorded.
     pub evaluations: BTreeMap<(String, u64), Vec<quiver_node::governance::Evaluation>>,
+    /// Every model's catalog entry.
+    pub catalog: BTreeMap<String, quiver_node::catalog::CatalogEntry>,
+    /// Models a catalog search by their namespace and the words of their name did not find.
+    pub unsearchable: Vec<String>,
+}
+
+/// The catalog agrees with the models and versions it is derived from, whatever faults the run
+/// had (restarts, snapshot installs): an entry per model with its namespace, newest and
+/// Production version and versions per stage; and a search by namespace and name finds it.
+pub fn check_catalog(state: &FinalState) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (name, m) in &state.models {
+        let Some(entry) = state.catalog.get(name) else {
+            out.push(Violation::new(
+                "catalog",
+                format!("model {name} has no catalog entry"),
+            ));
+            continue;
+        };
+        let mut stages: BTreeMap<Stage, u64> = BTreeMap::new();
+        for ((model, _), v) in &state.versions {
+            if model == name {
+                *stages.entry(v.stage).or_default() += 1;
+            }
+        }
+        let expected = (&m.namespace, m.version_count, m.production_version, &stages);
+        let found = (
+            &entry.namespace,
+            entry.latest_version,
+            entry.production_version,
+            &entry.stages,
+        );
+        if expected != found {
+            out.push(Violation::new(
+                "catalog",
+                format!(
+                    "the catalog entry of {name} says (namespace, newest, production, stages) \
+                     {found:?}, the state {expected:?}"
+                ),
+            ));
+        }
+    }
+    for name in &state.unsearchable {
+        out.push(Violation::new(
+            "catalog",
+            format!("a search by its namespace and name does not find model {name}"),
+        ));
+    }
+    out
 }
 
 /// Every acknowledged command is visible in `state`.
@@ -364,6 +413,7 @@ pub fn check_state(state: &FinalState) -> Vec<Violation> {
     out.extend(check_audit_chain(&state.audit));
     out.extend(check_intruders(state));
     out.extend(check_approvals(state));
+    out.extend(check_catalog(state));
     out
 }
 
@@ -722,7 +772,38 @@ mod tests {
             updated_at_ms: 40,
         });
         s.audit = vec![audit(1, "", "set_alias", "m@champion", 40)];
+        s.catalog.insert("m".into(), catalog_of(&s, "m"));
         s
+    }
+
+    /// Model `name`'s catalog entry as apply would keep it for `s`.
+    fn catalog_of(s: &FinalState, name: &str) -> quiver_node::catalog::CatalogEntry {
+        let mut entry = quiver_node::catalog::CatalogEntry::default();
+        for ((model, _), v) in &s.versions {
+            if model == name {
+                entry.count(v.stage, true);
+            }
+        }
+        entry.describe(&s.models[name]);
+        entry
+    }
+
+    #[test]
+    fn the_catalog_must_agree_with_the_models_and_versions_and_find_them() {
+        assert_eq!(check_catalog(&state()), vec![]);
+        let mut stale = state();
+        stale
+            .catalog
+            .get_mut("m")
+            .unwrap()
+            .count(Stage::Production, false);
+        assert_eq!(check_catalog(&stale)[0].kind, "catalog");
+        let mut missing = state();
+        missing.catalog.clear();
+        assert_eq!(check_catalog(&missing)[0].kind, "catalog");
+        let mut unfound = state();
+        unfound.unsearchable.push("m".into());
+        assert_eq!(check_catalog(&unfound)[0].kind, "catalog");
     }
 
     /// Record `seq` of a chain whose predecessor hashes to `prev` (sealed: its hash is real).
@@ -937,6 +1018,8 @@ mod tests {
         let mut s = state();
         s.versions.remove(&("m".to_string(), 1));
         s.aliases[0].version = 1;
+        // The catalog as apply would have kept it for the state left (it is not what is tested).
+        s.catalog.insert("m".into(), catalog_of(&s, "m"));
         let kinds: Vec<_> = check_state(&s).iter().map(|v| v.kind).collect();
         assert_eq!(kinds, vec!["version-numbering", "dangling-alias"]);
     }

@@ -77,6 +77,8 @@ pub struct ClientStats {
     pub hostile: u64,
     pub hostile_rejected: u64,
     pub hostile_accepted: u64,
+    /// Catalog searches sent, most with hostile fields ([`crate::hostile::hostile_search`]).
+    pub searches: u64,
 }
 
 /// What a read asks.
@@ -652,9 +654,71 @@ impl Clients {
         }
     }
 
+    /// A catalog search with hostile fields ([`crate::hostile::hostile_search`]) on a random
+    /// node: refused naming a field, or answered with a page; anything else is a violation.
+    async fn hostile_search(&self, p: &mut Pipeline) {
+        let (label, request) = p.hostile_search();
+        let ids = self.cluster.ids();
+        let target = ids[p.pick(ids.len())];
+        let Some(node) = self.cluster.node(target) else {
+            return;
+        };
+        self.count(|s| s.searches += 1);
+        let filter = match quiver_node::service::convert::search_filter_from_proto(&request) {
+            Ok(filter) => filter,
+            Err(e) => {
+                self.trace.record(format!(
+                    "c{} {label} via n{target}: refused: {}",
+                    p.id,
+                    first_line(&e.to_string())
+                ));
+                return;
+            }
+        };
+        let page_size = request.page_size as usize;
+        let token = request.page_token.clone();
+        let answer = tokio::time::timeout(
+            CLIENT_OP_TIMEOUT,
+            node.read(Consistency::Stale, move |app, txn| {
+                app.search_models(txn, &filter, &|_| true, page_size, &token)
+            }),
+        )
+        .await;
+        match answer {
+            Ok(Ok((hits, _))) => self.trace.record(format!(
+                "c{} {label} via n{target}: {} hits",
+                p.id,
+                hits.len()
+            )),
+            Ok(Err(NodeError::Rejected(e))) => self.trace.record(format!(
+                "c{} {label} via n{target}: refused: {}",
+                p.id,
+                first_line(&e.to_string())
+            )),
+            Ok(Err(e)) => self
+                .violations
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(Violation::new(
+                    "search-failed",
+                    format!(
+                        "{label} via n{target} failed: {}",
+                        first_line(&e.to_string())
+                    ),
+                )),
+            Err(_) => self.trace.record(format!(
+                "c{} {label} via n{target}: no answer in time",
+                p.id
+            )),
+        }
+    }
+
     /// A hostile request ([`crate::hostile`]) through a random node's command path; it must be
     /// rejected. Not retried, and not part of the history: a rejection changes nothing.
     async fn hostile(&self, p: &mut Pipeline) {
+        if p.searches_now() {
+            return self.hostile_search(p).await;
+        }
         let (label, op, intruder) = p.hostile_op();
         let ids = self.cluster.ids();
         let target = ids[p.pick(ids.len())];

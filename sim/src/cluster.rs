@@ -568,6 +568,34 @@ fn read_final(
     {
         state.reviews.insert(review.id, review);
     }
+    for m in state.models.values() {
+        if let Some(entry) = app
+            .catalog_entry(rtxn, &m.name)
+            .map_err(|e| err("read the catalog", e))?
+        {
+            state.catalog.insert(m.name.clone(), entry);
+        }
+        let by_name = quiver_node::catalog::SearchFilter {
+            words: quiver_node::catalog::SearchFilter::words_of(&m.name).unwrap_or_default(),
+            namespace: Some(m.namespace.clone()),
+            ..Default::default()
+        };
+        let mut token = String::new();
+        let mut found = false;
+        loop {
+            let (hits, next) = app
+                .search_models(rtxn, &by_name, &|_| true, 0, &token)
+                .map_err(|e| err("search the catalog", e))?;
+            found |= hits.iter().any(|h| h.model.name == m.name);
+            if found || next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        if !found {
+            state.unsearchable.push(m.name.clone());
+        }
+    }
     for (model, number) in state.versions.keys() {
         let evaluations = app
             .evaluations(rtxn, model, *number)

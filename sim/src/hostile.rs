@@ -324,3 +324,72 @@ mod tests {
         assert_eq!(kinds.len(), 14, "{kinds:?}");
     }
 }
+
+/// One catalog search (`SearchModels`, as a client sends it) with hostile fields, or now and
+/// then a well-formed one over `models`; with a short label. The shell converts it as the gRPC
+/// edge does and runs it on a node: a refusal must name a field, an answer must be a page, and
+/// nothing else (a storage error, no answer) is acceptable.
+pub fn hostile_search(
+    rng: &mut impl Rng,
+    models: &[String],
+) -> (String, quiver_client::proto::SearchModelsRequest) {
+    use quiver_client::proto::{MetricRange, SearchModelsRequest};
+    let names = bad_names();
+    let bad = names[rng.gen_range(0..names.len())].clone();
+    let huge = "w ".repeat(crate::hostile::SEARCH_WORDS_HOSTILE);
+    let extreme = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX, -0.0];
+    let mut r = SearchModelsRequest::default();
+    let label = match rng.gen_range(0..8u32) {
+        0 => {
+            r.query = [bad.as_str(), "\0", huge.as_str(), "../*", "*"][rng.gen_range(0..5)].into();
+            "query"
+        }
+        1 => {
+            r.namespace = bad;
+            "namespace"
+        }
+        2 => {
+            r.owner = [String::new(), "a\0b".into(), "o".repeat(300)][rng.gen_range(0..3)].clone();
+            if r.owner.is_empty() {
+                r.owner = "\u{1F600}".into();
+            }
+            "owner"
+        }
+        3 => {
+            r.page_token = bad;
+            r.page_size = u32::MAX;
+            "page_token"
+        }
+        4 => {
+            r.metrics = vec![MetricRange {
+                metric: [String::new(), "auc".into(), "a=b".into()][rng.gen_range(0..3)].clone(),
+                comparison: [">=", "=>", "", "<"][rng.gen_range(0..4)].into(),
+                value: extreme[rng.gen_range(0..extreme.len())],
+            }];
+            "metric"
+        }
+        5 => {
+            let e = [-1, 99, i32::MAX, i32::MIN][rng.gen_range(0..4)];
+            (r.risk_tier, r.stage, r.quarantined) = (e, e, e);
+            "enums"
+        }
+        _ => {
+            // Well-formed: a word of one of its models, production, a metric range.
+            r.query = models
+                .get(rng.gen_range(0..models.len().max(1)))
+                .cloned()
+                .unwrap_or_default();
+            r.stage = rng.gen_range(0..5);
+            r.metrics = vec![MetricRange {
+                metric: "auc".into(),
+                comparison: ">=".into(),
+                value: rng.gen_range(0.0..1.0),
+            }];
+            "well-formed"
+        }
+    };
+    (format!("search {label}"), r)
+}
+
+/// Words in the over-long hostile query (over `catalog::QUERY_WORDS_MAX`).
+pub const SEARCH_WORDS_HOSTILE: usize = 40;

@@ -132,10 +132,12 @@ impl RunReport {
         );
         let _ = writeln!(
             s,
-            "hostile requests: {} sent, {} rejected, {} without an answer (none may be accepted)",
+            "hostile requests: {} sent, {} rejected, {} without an answer (none may be accepted); \
+             {} catalog searches, most with hostile fields",
             self.clients.hostile,
             self.clients.hostile_rejected,
-            self.clients.hostile - self.clients.hostile_rejected - self.clients.hostile_accepted
+            self.clients.hostile - self.clients.hostile_rejected - self.clients.hostile_accepted,
+            self.clients.searches
         );
         let _ = writeln!(
             s,

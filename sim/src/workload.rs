@@ -294,6 +294,16 @@ impl Pipeline {
         (label, op, false)
     }
 
+    /// Whether this hostile turn is a catalog search (one in four).
+    pub fn searches_now(&mut self) -> bool {
+        self.rng.gen_ratio(1, 4)
+    }
+
+    /// A catalog search with hostile fields, over this pipeline's models.
+    pub fn hostile_search(&mut self) -> (String, quiver_client::proto::SearchModelsRequest) {
+        crate::hostile::hostile_search(&mut self.rng, &self.models)
+    }
+
     /// Whether this turn is a read ([`Mix::read_pct`]).
     pub fn reads_now(&mut self) -> bool {
         self.rng.gen_range(0..100) < self.mix.read_pct()

@@ -198,6 +198,18 @@ impl RegistryApp {
         })
     }
 
+    /// Model `name`'s catalog entry, if it has one.
+    pub fn catalog_entry(&self, rtxn: &RoTxn<'_>, name: &str) -> AppResult<Option<CatalogEntry>> {
+        if validate_name("model", name).is_err() {
+            return Ok(None);
+        }
+        self.tables
+            .catalog
+            .get(rtxn, name.as_bytes())?
+            .map(|bytes| decode("catalog entry", bytes))
+            .transpose()
+    }
+
     /// The models with a version that is not archived downstream of a quarantine in force (as
     /// far as each bounded impact walk reaches).
     pub fn quarantined_models(&self, rtxn: &RoTxn<'_>) -> AppResult<BTreeSet<String>> {
