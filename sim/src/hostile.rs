@@ -292,39 +292,6 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quiver_node::domain::validate_name;
-    use rand::rngs::StdRng;
-    use rand::SeedableRng;
-
-    #[test]
-    fn every_bad_name_is_refused_by_the_name_rule() {
-        for name in bad_names() {
-            assert!(validate_name("model", &name).is_err(), "{name:?}");
-        }
-    }
-
-    #[test]
-    fn the_catalogue_is_drawn_from_the_seed_and_covers_every_kind() {
-        let models = vec!["p0-m1".to_string()];
-        let draw = |seed| {
-            let mut rng = StdRng::seed_from_u64(seed);
-            (0..200)
-                .map(|_| hostile_op(&mut rng, &models).0)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(draw(1), draw(1));
-        assert_ne!(draw(1), draw(2));
-        let mut rng = StdRng::seed_from_u64(3);
-        let kinds: std::collections::BTreeSet<&str> = (0..500)
-            .map(|_| hostile_op(&mut rng, &models).1.kind())
-            .collect();
-        assert_eq!(kinds.len(), 14, "{kinds:?}");
-    }
-}
-
 /// One catalog search (`SearchModels`, as a client sends it) with hostile fields, or now and
 /// then a well-formed one over `models`; with a short label. The shell converts it as the gRPC
 /// edge does and runs it on a node: a refusal must name a field, an answer must be a page, and
@@ -393,3 +360,36 @@ pub fn hostile_search(
 
 /// Words in the over-long hostile query (over `catalog::QUERY_WORDS_MAX`).
 pub const SEARCH_WORDS_HOSTILE: usize = 40;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_node::domain::validate_name;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_bad_name_is_refused_by_the_name_rule() {
+        for name in bad_names() {
+            assert!(validate_name("model", &name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn the_catalogue_is_drawn_from_the_seed_and_covers_every_kind() {
+        let models = vec!["p0-m1".to_string()];
+        let draw = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..200)
+                .map(|_| hostile_op(&mut rng, &models).0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(1), draw(1));
+        assert_ne!(draw(1), draw(2));
+        let mut rng = StdRng::seed_from_u64(3);
+        let kinds: std::collections::BTreeSet<&str> = (0..500)
+            .map(|_| hostile_op(&mut rng, &models).1.kind())
+            .collect();
+        assert_eq!(kinds.len(), 14, "{kinds:?}");
+    }
+}
