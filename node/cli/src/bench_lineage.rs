@@ -185,10 +185,11 @@ impl Shape {
     }
 }
 
-fn create_version(shape: &Shape, i: u64, rng: &mut Rng) -> Op {
-    let (model, _) = shape.version(i);
+/// The manifest of one file, `model.bin`, holding the bytes of `i` (a bench version's
+/// content: distinct per version, never uploaded).
+pub(crate) fn tiny_manifest(i: u64) -> Manifest {
     let content = i.to_le_bytes();
-    let manifest = Manifest {
+    Manifest {
         files: vec![FileEntry {
             path: "model.bin".into(),
             size_bytes: content.len() as u64,
@@ -198,7 +199,36 @@ fn create_version(shape: &Shape, i: u64, rng: &mut Rng) -> Op {
                 size_bytes: content.len() as u32,
             }],
         }],
-    };
+    }
+}
+
+/// A one-row table of a figure beside a point read, as `bench lineage` and `bench search`
+/// print it: label, p50, p99, the baseline's p50 and p99, and the p99 ratio.
+pub(crate) fn point_read_table(label: String, figures: [f64; 5]) -> String {
+    let ms = |v: f64| format!("{v:.3} ms");
+    quiver_client::cli::table(
+        &[
+            "FIGURE",
+            "P50",
+            "P99",
+            "BASELINE: POINT READ P50",
+            "P99",
+            "RATIO (P99)",
+        ],
+        &[vec![
+            label,
+            ms(figures[0]),
+            ms(figures[1]),
+            ms(figures[2]),
+            ms(figures[3]),
+            format!("{:.1}", figures[4]),
+        ]],
+    )
+}
+
+fn create_version(shape: &Shape, i: u64, rng: &mut Rng) -> Op {
+    let (model, _) = shape.version(i);
+    let manifest = tiny_manifest(i);
     Op::CreateVersion {
         model,
         manifest_root: manifest.root().to_hex(),

@@ -18,10 +18,9 @@ use quiver_node::catalog::{Comparison, MetricRange, SearchFilter};
 use quiver_node::command::Op;
 use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
 use quiver_node::lineage::{Entity, EntityKind};
-use quiver_transfer::{ChunkRef, FileEntry, Hash, Manifest};
 use serde::Serialize;
 
-use crate::bench_lineage::{in_scratch, open_state, Rng, Seeder};
+use crate::bench_lineage::{in_scratch, open_state, tiny_manifest, Rng, Seeder};
 
 const NAMESPACES: u64 = 50;
 const OWNERS: u64 = 20;
@@ -86,18 +85,7 @@ fn create_model(i: u64, rng: &mut Rng) -> Op {
 }
 
 fn create_version(i: u64, rng: &mut Rng) -> Op {
-    let content = i.to_le_bytes();
-    let manifest = Manifest {
-        files: vec![FileEntry {
-            path: "model.bin".into(),
-            size_bytes: content.len() as u64,
-            mode: 0o644,
-            chunks: vec![ChunkRef {
-                hash: Hash::of(&content),
-                size_bytes: content.len() as u32,
-            }],
-        }],
-    };
+    let manifest = tiny_manifest(i);
     Op::CreateVersion {
         model: format!("model-{i:06}"),
         manifest_root: manifest.root().to_hex(),

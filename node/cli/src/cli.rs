@@ -261,32 +261,24 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             })
             .await??;
             let (r, common) = r;
-            let text = table(
-                &[
-                    "FIGURE",
-                    "P50",
-                    "P99",
-                    "BASELINE: POINT READ P50",
-                    "P99",
-                    "RATIO (P99)",
+            let text = crate::bench_lineage::point_read_table(
+                format!(
+                    "impact, {} versions / {} edges (mean {:.0} entities, {:.0} versions; most {} \
+                     entities; {} truncated)",
+                    r.versions,
+                    r.edges,
+                    r.impact_nodes_mean,
+                    r.impact_versions_mean,
+                    r.impact_nodes_max,
+                    r.impact_truncated
+                ),
+                [
+                    r.impact_ms_p50,
+                    r.impact_ms_p99,
+                    r.point_read_ms_p50,
+                    r.point_read_ms_p99,
+                    r.p99_ratio,
                 ],
-                &[vec![
-                    format!(
-                        "impact, {} versions / {} edges (mean {:.0} entities, {:.0} versions; \
-                         most {} entities; {} truncated)",
-                        r.versions,
-                        r.edges,
-                        r.impact_nodes_mean,
-                        r.impact_versions_mean,
-                        r.impact_nodes_max,
-                        r.impact_truncated
-                    ),
-                    format!("{:.3} ms", r.impact_ms_p50),
-                    format!("{:.3} ms", r.impact_ms_p99),
-                    format!("{:.3} ms", r.point_read_ms_p50),
-                    format!("{:.3} ms", r.point_read_ms_p99),
-                    format!("{:.1}", r.p99_ratio),
-                ]],
             );
             print_report(&common.output, &r, text)
         }
@@ -305,26 +297,18 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 crate::bench_search::search(&common.scratch_dir, &options).map(|r| (r, common))
             })
             .await??;
-            let text = table(
-                &[
-                    "FIGURE",
-                    "P50",
-                    "P99",
-                    "BASELINE: POINT READ P50",
-                    "P99",
-                    "RATIO (P99)",
+            let text = crate::bench_lineage::point_read_table(
+                format!(
+                    "model search, {} models (mean {:.1} hits; slowest: {}, p99 {:.3} ms)",
+                    r.models, r.hits_mean, r.slowest_shape, r.slowest_shape_ms_p99
+                ),
+                [
+                    r.search_ms_p50,
+                    r.search_ms_p99,
+                    r.point_read_ms_p50,
+                    r.point_read_ms_p99,
+                    r.p99_ratio,
                 ],
-                &[vec![
-                    format!(
-                        "model search, {} models (mean {:.1} hits; slowest: {}, p99 {:.3} ms)",
-                        r.models, r.hits_mean, r.slowest_shape, r.slowest_shape_ms_p99
-                    ),
-                    format!("{:.3} ms", r.search_ms_p50),
-                    format!("{:.3} ms", r.search_ms_p99),
-                    format!("{:.3} ms", r.point_read_ms_p50),
-                    format!("{:.3} ms", r.point_read_ms_p99),
-                    format!("{:.1}", r.p99_ratio),
-                ]],
             );
             print_report(&common.output, &r, text)
         }
