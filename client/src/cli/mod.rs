@@ -180,11 +180,13 @@ pub enum ModelCommand {
     /// one page (models you may read, in name order); the next page's command follows it.
     ///
     /// Examples:
-    ///   quiver model search ranker --namespace reco --stage production --metric 'ndcg@10>=0.4'
-    ///   quiver model search --quarantined --output json
+    ///   quiver model search ranking --namespace search --stage production --metric 'auc>=0.9'
+    ///   quiver model search 'rank*' --quarantined --output json
+    #[command(verbatim_doc_comment)]
     Search {
-        /// Words that must all occur (case-insensitive) in the model's name, description or
-        /// tags (as KEY=VALUE).
+        /// Words that must all be among the model's words (its name, description and tags,
+        /// split at anything not a letter or digit; case-insensitive). `rank*` matches every
+        /// word starting with `rank`.
         query: Vec<String>,
         #[arg(long)]
         namespace: Option<String>,
