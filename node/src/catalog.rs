@@ -31,6 +31,8 @@ pub const QUERY_WORDS_MAX: usize = 16;
 pub const QUERY_BYTES_MAX: usize = 1024;
 /// Metric ranges in one search, at most.
 pub const METRIC_RANGES_MAX: usize = 16;
+/// Characters a word's start (`rank*`) needs at least.
+pub const PREFIX_CHARS_MIN: usize = 2;
 /// Bytes of a word that count: longer words are cut there (at a character boundary), in the
 /// index and in queries alike, so that an index key fits LMDB's 511 bytes.
 pub const WORD_BYTES_MAX: usize = 128;
@@ -309,6 +311,21 @@ impl SearchFilter {
                 "query",
                 format!(
                     "{} is not a word: send what `SearchFilter::words_of` makes of the query",
+                    shown(w)
+                ),
+            ));
+        }
+        // A start of one character gathers a large part of the catalog before anything else
+        // narrows it.
+        if let Some(w) = self.words.iter().find(|w| {
+            w.strip_suffix('*')
+                .is_some_and(|start| start.chars().count() < PREFIX_CHARS_MIN)
+        }) {
+            return Err(DomainError::invalid(
+                "query",
+                format!(
+                    "{} is too short a start: a word ending in * needs at least \
+                     {PREFIX_CHARS_MIN} characters before it",
                     shown(w)
                 ),
             ));

@@ -186,7 +186,7 @@ pub enum ModelCommand {
     Search {
         /// Words that must all be among the model's words (its name, description and tags,
         /// split at anything not a letter or digit; case-insensitive). `rank*` matches every
-        /// word starting with `rank`.
+        /// word starting with `rank` (at least two characters before the `*`).
         query: Vec<String>,
         #[arg(long)]
         namespace: Option<String>,
