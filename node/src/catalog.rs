@@ -236,25 +236,6 @@ pub struct MetricRange {
 }
 
 impl MetricRange {
-    /// Parses `auc>=0.8` (also `>`, `<=`, `<`, `=`; spaces around the parts allowed) and
-    /// checks it.
-    pub fn parse(text: &str) -> DomainResult<MetricRange> {
-        let wire = quiver_api::search::parse_metric_range(text)
-            .map_err(|why| DomainError::invalid("metric", why))?;
-        let range = MetricRange {
-            comparison: Comparison::parse(&wire.comparison).ok_or_else(|| {
-                DomainError::invalid(
-                    "metric",
-                    format!("{:?} is not a comparison", wire.comparison),
-                )
-            })?,
-            metric: wire.metric,
-            value: wire.value,
-        };
-        range.check()?;
-        Ok(range)
-    }
-
     /// Refuses a metric name no version can carry and a bound that is not a finite number.
     pub fn check(&self) -> DomainResult<()> {
         validate_key("metric", &self.metric, limits::TAG_KEY_BYTES_MAX)?;
@@ -535,4 +516,4 @@ fn json_inner(text: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -202,6 +202,18 @@ pub(crate) fn tiny_manifest(i: u64) -> Manifest {
     }
 }
 
+/// `read` in a read transaction of its own, and how long opening it and reading took.
+pub(crate) fn timed<T>(
+    env: &heed::Env,
+    read: impl FnOnce(&heed::RoTxn<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    let rtxn = env.read_txn()?;
+    let out = read(&rtxn)?;
+    drop(rtxn);
+    Ok((out, started.elapsed()))
+}
+
 /// A one-row table of a figure beside a point read, as `bench lineage` and `bench search`
 /// print it: label, p50, p99, the baseline's p50 and p99, and the p99 ratio.
 pub(crate) fn point_read_table(label: String, figures: [f64; 5]) -> String {
@@ -398,13 +410,11 @@ fn seed_and_measure(
         (0usize, 0usize, 0usize, 0usize, 0usize);
     for _ in 0..queries {
         let entity = shape.query(&mut rng);
-        let t = Instant::now();
-        let rtxn = env.read_txn()?;
-        let graph = app
-            .lineage_impact(&rtxn, &entity)
-            .map_err(|e| anyhow::anyhow!("impact of {entity}: {e}"))?;
-        drop(rtxn);
-        impact.push(t.elapsed());
+        let (graph, took) = timed(&env, |rtxn| {
+            app.lineage_impact(rtxn, &entity)
+                .map_err(|e| anyhow::anyhow!("impact of {entity}: {e}"))
+        })?;
+        impact.push(took);
         nodes_total += graph.walk.nodes.len();
         nodes_max = nodes_max.max(graph.walk.nodes.len());
         versions_total += graph.versions.len();
@@ -414,13 +424,11 @@ fn seed_and_measure(
     let mut point = Vec::with_capacity(queries);
     for _ in 0..queries {
         let (model, number) = shape.version(rng.below(versions));
-        let t = Instant::now();
-        let rtxn = env.read_txn()?;
-        let v = app
-            .get_version(&rtxn, &model, number)
-            .map_err(|e| anyhow::anyhow!("read {model}/{number}: {e}"))?;
-        drop(rtxn);
-        point.push(t.elapsed());
+        let (v, took) = timed(&env, |rtxn| {
+            app.get_version(rtxn, &model, number)
+                .map_err(|e| anyhow::anyhow!("read {model}/{number}: {e}"))
+        })?;
+        point.push(took);
         assert_eq!(v.number, number);
     }
     let ms = |d: &mut Vec<Duration>, p: f64| percentile_ms(d, p);

@@ -20,7 +20,7 @@ use quiver_node::domain::{RiskTier, Signature, Stage, VersionMetadata, VersionSt
 use quiver_node::lineage::{Entity, EntityKind};
 use serde::Serialize;
 
-use crate::bench_lineage::{in_scratch, open_state, tiny_manifest, Rng, Seeder};
+use crate::bench_lineage::{in_scratch, open_state, timed, tiny_manifest, Rng, Seeder};
 
 const NAMESPACES: u64 = 50;
 const OWNERS: u64 = 20;
@@ -212,13 +212,10 @@ fn seed_and_measure(dir: &Path, options: &SearchOptions) -> anyhow::Result<Searc
     for q in 0..queries {
         let shape = q % SHAPES.len();
         let filter = query(shape, &mut rng);
-        let t = Instant::now();
-        let rtxn = env.read_txn()?;
-        let (hits, _) = app
-            .search_models(&rtxn, &filter, &|_| true, PAGE_SIZE, "")
-            .map_err(|e| anyhow::anyhow!("search {}: {e}", filter.describe()))?;
-        drop(rtxn);
-        let took = t.elapsed();
+        let ((hits, _), took) = timed(&env, |rtxn| {
+            app.search_models(rtxn, &filter, &|_| true, PAGE_SIZE, "")
+                .map_err(|e| anyhow::anyhow!("search {}: {e}", filter.describe()))
+        })?;
         all.push(took);
         by_shape[shape].push(took);
         hits_total += hits.len();
@@ -226,13 +223,11 @@ fn seed_and_measure(dir: &Path, options: &SearchOptions) -> anyhow::Result<Searc
     let mut point = Vec::with_capacity(queries);
     for _ in 0..queries {
         let name = format!("model-{:06}", rng.below(models));
-        let t = Instant::now();
-        let rtxn = env.read_txn()?;
-        let m = app
-            .get_model(&rtxn, &name)
-            .map_err(|e| anyhow::anyhow!("read {name}: {e}"))?;
-        drop(rtxn);
-        point.push(t.elapsed());
+        let (m, took) = timed(&env, |rtxn| {
+            app.get_model(rtxn, &name)
+                .map_err(|e| anyhow::anyhow!("read {name}: {e}"))
+        })?;
+        point.push(took);
         assert_eq!(m.name, name);
     }
     let shapes: Vec<ShapeFigures> = by_shape

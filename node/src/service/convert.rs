@@ -86,31 +86,37 @@ pub fn optional_risk_tier(raw: i32) -> DomainResult<Option<domain::RiskTier>> {
     }
 }
 
+/// A metric range as sent (its name and bound are checked with the filter, `SearchFilter::check`).
+pub fn metric_range_from_proto(
+    m: &proto::MetricRange,
+) -> DomainResult<crate::catalog::MetricRange> {
+    use crate::catalog::{Comparison, MetricRange};
+    let comparison = Comparison::parse(&m.comparison).ok_or_else(|| {
+        DomainError::invalid(
+            format!("metric.{}", domain::shown(&m.metric)),
+            format!(
+                "comparison {} is not one of >=, >, <=, <, =",
+                domain::shown(&m.comparison)
+            ),
+        )
+    })?;
+    Ok(MetricRange {
+        metric: m.metric.clone(),
+        comparison,
+        value: m.value,
+    })
+}
+
 /// A catalog search as sent, checked.
 pub fn search_filter_from_proto(
     r: &proto::SearchModelsRequest,
 ) -> DomainResult<crate::catalog::SearchFilter> {
-    use crate::catalog::{Comparison, MetricRange, SearchFilter};
+    use crate::catalog::SearchFilter;
     let present = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let metrics = r
         .metrics
         .iter()
-        .map(|m| {
-            let comparison = Comparison::parse(&m.comparison).ok_or_else(|| {
-                DomainError::invalid(
-                    format!("metric.{}", domain::shown(&m.metric)),
-                    format!(
-                        "comparison {} is not one of >=, >, <=, <, =",
-                        domain::shown(&m.comparison)
-                    ),
-                )
-            })?;
-            Ok(MetricRange {
-                metric: m.metric.clone(),
-                comparison,
-                value: m.value,
-            })
-        })
+        .map(metric_range_from_proto)
         .collect::<DomainResult<Vec<_>>>()?;
     let quarantined = match proto::QuarantineFilter::try_from(r.quarantined) {
         Ok(proto::QuarantineFilter::Any) => None,

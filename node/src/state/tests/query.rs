@@ -45,7 +45,7 @@ fn listing_pages_through_models_and_versions_with_filters() {
 
 #[test]
 fn search_filters_pages_and_flags_quarantined_models() {
-    use crate::catalog::{MetricRange, SearchFilter};
+    use crate::catalog::SearchFilter;
     use crate::lineage::{Entity, EntityKind};
     let mut f = fixture();
     for (name, namespace, description) in [
@@ -127,7 +127,7 @@ fn search_filters_pages_and_flags_quarantined_models() {
         ["reco-home"]
     );
     // The latest version of reco-home has auc 0.84; its Production version 0.81.
-    let auc = |text: &str| vec![MetricRange::parse(text).unwrap()];
+    let auc = |text: &str| vec![crate::catalog::tests::metric_range(text).unwrap()];
     assert_eq!(
         names(
             &f,
