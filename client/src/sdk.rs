@@ -15,6 +15,7 @@ mod lineage;
 mod nearest;
 mod tls;
 mod upload;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub use error::{code_name, error_chain, ClientError};
 pub use nearest::{choose_nearest, Candidate, RTT_PROBE_TIMEOUT, RTT_SAMPLES};
 pub use tls::{ClientTls, CA_ENV, CERT_ENV, KEY_ENV, LOCAL_CA_FILE, NODE_TLS_NAME};
 pub use upload::{UploadFile, DATA_PIECE_BYTES, UPLOAD_QUEUE_DEPTH};
+pub use watch::{WatchItem, Watcher, WATCH_RETRY_PAUSE_MAX, WATCH_RETRY_PAUSE_MIN};
 
 /// Largest gRPC message sent or accepted, either way. A download chunk is at
 /// most 16 MiB (`CHUNK_SIZE_BYTES_MAX`) plus framing, so 32 MiB leaves room.

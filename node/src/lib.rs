@@ -27,6 +27,8 @@ pub mod service;
 pub mod state;
 pub mod tls;
 pub mod upload_slots;
+pub mod watch;
+pub mod watch_feed;
 
 pub use env::Env;
 pub use error::NodeError;

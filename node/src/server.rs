@@ -8,6 +8,7 @@ use anyhow::Context;
 use quiver_api::proto::audit_server::AuditServer;
 use quiver_api::proto::governance_server::GovernanceServer;
 use quiver_api::proto::lineage_server::LineageServer;
+use quiver_api::proto::watch_server::WatchServer;
 use quiver_api::proto::{
     access_server::AccessServer, admin_server::AdminServer, lifecycle_server::LifecycleServer,
     models_server::ModelsServer, versions_server::VersionsServer,
@@ -19,7 +20,7 @@ use crate::node::Node;
 use crate::service::{
     access::AccessService, admin::AdminService, audit::AuditService, governance::GovernanceService,
     lifecycle::LifecycleService, lineage::LineageService, models::ModelsService,
-    versions::VersionsService,
+    versions::VersionsService, watch::WatchService,
 };
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
@@ -96,6 +97,8 @@ pub async fn serve(
     // A node whose consensus stopped on a fault would answer reads from frozen state: it stops
     // serving instead, and the caller exits non-zero with the cause.
     let fault = Arc::new(std::sync::Mutex::new(None::<String>));
+    // Set when shutdown begins: open watches end, so the graceful shutdown need not wait.
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
         let (node, fault) = (node.clone(), fault.clone());
         async move {
@@ -106,6 +109,7 @@ pub async fn serve(
                     *fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                 }
             }
+            closing.send_replace(true);
         }
     };
     let versions = VersionsServer::new(VersionsService {
@@ -132,7 +136,12 @@ pub async fn serve(
         .add_service(GovernanceServer::new(GovernanceService {
             node: node.clone(),
         }))
-        .add_service(LineageServer::new(LineageService { node: node.clone() }));
+        .add_service(LineageServer::new(LineageService { node: node.clone() }))
+        .add_service(WatchServer::new(WatchService {
+            node: node.clone(),
+            closing: closing_rx,
+            send_timeout: limits.download_send_timeout,
+        }));
     match node.api_tls() {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;

@@ -22,6 +22,7 @@ mod lineage;
 mod progress;
 mod signature;
 mod view;
+mod watch;
 
 pub use args::parse_size;
 pub use view::table;
@@ -117,6 +118,10 @@ pub enum Command {
     /// Lineage: record edges, walk upstream and impact (text, JSON, DOT), quarantine and lift.
     #[command(subcommand)]
     Lineage(lineage::LineageCommand),
+    /// Follow changes as they are applied: every change, or one model's (--model), an alias's
+    /// or a stage's (--ref MODEL@ALIAS, MODEL:STAGE), a deployment's (--deployment). One line per
+    /// event; resumes on another member if the node goes away.
+    Watch(watch::WatchArgs),
 }
 
 /// Options of commands that read.
@@ -465,6 +470,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(command) => governance::policy(&node, command).await,
         Command::Review(command) => governance::review(&node, command).await,
         Command::Lineage(command) => lineage::run(&node, command).await,
+        Command::Watch(args) => watch::run(&node, args).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

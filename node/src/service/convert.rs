@@ -443,6 +443,82 @@ pub fn alias_to_proto(a: &domain::Alias) -> proto::Alias {
     }
 }
 
+/// A watch request's filter: at most one of a model, a reference (`name@alias`, `name:stage`)
+/// and an endpoint; none watches everything.
+pub fn watch_filter_from_proto(r: &proto::WatchRequest) -> DomainResult<crate::watch::WatchFilter> {
+    use crate::watch::WatchFilter;
+    let given = [&r.model, &r.reference, &r.endpoint]
+        .iter()
+        .filter(|f| !f.is_empty())
+        .count();
+    if given > 1 {
+        return Err(DomainError::invalid(
+            "model",
+            "give at most one of model, reference and endpoint (none watches every change)",
+        ));
+    }
+    let filter = if !r.model.is_empty() {
+        WatchFilter::Model(r.model.clone())
+    } else if !r.endpoint.is_empty() {
+        WatchFilter::Endpoint(r.endpoint.clone())
+    } else if !r.reference.is_empty() {
+        let reference = r
+            .reference
+            .parse::<quiver_api::Reference>()
+            .map_err(|e| DomainError::invalid("reference", e.to_string()))?;
+        match reference_from_client(reference)? {
+            domain::VersionRef {
+                model,
+                selector: domain::VersionSelector::Alias(alias),
+            } => WatchFilter::Alias { model, alias },
+            domain::VersionRef {
+                model,
+                selector: domain::VersionSelector::Stage(stage),
+            } => WatchFilter::Stage { model, stage },
+            domain::VersionRef { .. } => {
+                return Err(DomainError::invalid(
+                    "reference",
+                    "a watch follows an alias (name@alias) or a stage (name:stage); to follow \
+                     every change of a model give the model instead",
+                ))
+            }
+        }
+    } else {
+        WatchFilter::All
+    };
+    filter.check()?;
+    Ok(filter)
+}
+
+pub fn watch_event_to_proto(e: &crate::watch::WatchEvent) -> proto::WatchEvent {
+    use crate::watch::Change;
+    let mut out = proto::WatchEvent {
+        revision: e.revision,
+        at_ms: e.at_ms,
+        principal: e.principal.clone(),
+        kind: e.change.kind().into(),
+        model: e.change.model().into(),
+        version: e.change.number().unwrap_or(0),
+        description: e.change.describe(),
+        ..Default::default()
+    };
+    match &e.change {
+        Change::Stage { from, to, .. } => {
+            out.from_stage = stage_to_proto(*from) as i32;
+            out.to_stage = stage_to_proto(*to) as i32;
+        }
+        Change::AliasSet { alias, .. } | Change::AliasDeleted { alias, .. } => {
+            out.alias = alias.clone();
+        }
+        Change::VersionCreated { status, .. } | Change::VersionStatus { status, .. } => {
+            out.status = status_to_proto(*status) as i32;
+        }
+        Change::Deployment { endpoint, .. } => out.endpoint = endpoint.clone(),
+        Change::Model { .. } | Change::VersionTags { .. } => {}
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

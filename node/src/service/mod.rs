@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod lineage;
 pub mod models;
 pub mod versions;
+pub mod watch;
 
 use quiver_api::proto;
 use quiver_api::Reference;

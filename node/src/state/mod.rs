@@ -8,7 +8,7 @@
 //! - `apply`: the command dispatcher and one handler per command (`apply/*`);
 //! - `requests`: request-id deduplication (decision 0009);
 //! - `audit`: the audit hash chain;
-//! - `query`: reads (models, versions, aliases, references, nodes, chunks).
+//! - `query`: reads (models, versions, aliases, references, nodes, chunks, watch events).
 
 mod apply;
 mod audit;
@@ -147,10 +147,12 @@ impl quiver_raft::App for RegistryApp {
             }
         }
         let response = match self.execute(wtxn, cmd) {
-            Ok((response, subject)) => {
+            Ok((response, subject, changes)) => {
                 let detail = audit::audit_detail(cmd, &response);
                 self.append_audit(wtxn, log_index, cmd, subject, detail)
                     .map_err(|e| anyhow::anyhow!("append audit entry: {e}"))?;
+                self.append_watch(wtxn, cmd, changes)
+                    .map_err(|e| anyhow::anyhow!("append watch events: {e}"))?;
                 response
             }
             Err(AppError::Domain(e)) => Response::Rejected(e),

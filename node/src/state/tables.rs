@@ -43,6 +43,9 @@
 //! - `catalog_index`: kind byte, value, NUL, model name → () (`CatalogEntry::index_keys`: the
 //!   model's namespace, owner, tier, stages held and words, so that a search reads only the
 //!   models its filters name)
+//! - `watch`: revision(be u64)              → WatchEvent (the latest `WATCH_EVENTS_KEPT` changes
+//!   for watchers; the latest revision is in `meta`, `watch_revision` (be u64), so that it
+//!   survives the removal of old events; decision 0024)
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -108,6 +111,7 @@ tables! {
     quarantines,
     catalog,
     catalog_index,
+    watch,
 }
 
 /// The `policies` key of a policy scope.
@@ -352,6 +356,7 @@ pub(super) fn inline_key(root: &str, hash: &quiver_transfer::Hash) -> Vec<u8> {
 
 pub(super) const AUDIT_HEAD_KEY: &[u8] = b"audit_head";
 pub(super) const INLINE_BYTES_KEY: &[u8] = b"inline_bytes";
+pub(super) const WATCH_REVISION_KEY: &[u8] = b"watch_revision";
 
 // ------------------------------------------------------------ values
 

@@ -5,6 +5,7 @@ use crate::command::Response;
 use crate::domain::{limits, Alias, DomainError};
 use crate::state::tables::{encode, key2};
 use crate::state::AppResult;
+use crate::watch::Change;
 
 pub(super) fn set_alias(
     w: &mut Write<'_, '_>,
@@ -35,6 +36,11 @@ pub(super) fn set_alias(
         updated_at_ms: w.at_ms,
     };
     aliases.put(w.wtxn, &key, &encode(&a)?)?;
+    w.changed(Change::AliasSet {
+        model: model.into(),
+        alias: alias.into(),
+        number,
+    });
     Ok((Response::Alias(a), format!("{model}@{alias}")))
 }
 
@@ -44,5 +50,10 @@ pub(super) fn delete_alias(w: &mut Write<'_, '_>, model: &str, alias: &str) -> A
         .tables
         .aliases
         .delete(w.wtxn, &key2(model, alias.as_bytes()))?;
+    w.changed(Change::AliasDeleted {
+        model: model.into(),
+        alias: alias.into(),
+        number: a.version,
+    });
     Ok((Response::Alias(a), format!("{model}@{alias}")))
 }

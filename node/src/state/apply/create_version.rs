@@ -115,6 +115,11 @@ pub(super) fn create_version(w: &mut Write<'_, '_>, new: &NewVersion<'_>) -> App
             .put(w.wtxn, INLINE_BYTES_KEY, &total.to_be_bytes())?;
     }
     super::lineage::record_registration_edges(w, model, number, metadata, tags)?;
+    w.changed(crate::watch::Change::VersionCreated {
+        model: model.to_string(),
+        number,
+        status: version.status,
+    });
     Ok((
         Response::Version(Box::new(version)),
         format!("{model}/{number}"),

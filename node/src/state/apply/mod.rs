@@ -13,6 +13,7 @@ mod node;
 mod review;
 mod stage;
 mod version;
+mod watch;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,9 @@ use crate::domain::{self, Actor};
 /// What an accepted command produced: its response and its audit subject.
 type Applied = (Response, String);
 
+/// An accepted command's result, its audit subject and the changes watchers hear of.
+pub(super) type Executed = (Response, String, Vec<crate::watch::Change>);
+
 /// What every handler works with: the state, the write transaction, and who applies the command
 /// and when (fixed by the proposer).
 struct Write<'a, 'e> {
@@ -32,23 +36,33 @@ struct Write<'a, 'e> {
     wtxn: &'a mut RwTxn<'e>,
     actor: &'a Actor,
     at_ms: i64,
+    /// What watchers are told of, in order (`crate::watch`): written with revisions only if
+    /// the command is accepted.
+    changes: Vec<crate::watch::Change>,
 }
 
 impl RegistryApp {
     /// Validates fully, then writes: a rejected command writes nothing.
-    /// Returns the response and the audit subject.
-    pub(super) fn execute(&self, wtxn: &mut RwTxn<'_>, cmd: &Command) -> AppResult<Applied> {
+    /// Returns the response, the audit subject and the changes for watchers.
+    pub(super) fn execute(&self, wtxn: &mut RwTxn<'_>, cmd: &Command) -> AppResult<Executed> {
         let w = &mut Write {
             app: self,
             wtxn,
             actor: &cmd.actor,
             at_ms: cmd.at_ms,
+            changes: Vec::new(),
         };
+        let (response, subject) = Self::dispatch(w, cmd)?;
+        Ok((response, subject, std::mem::take(&mut w.changes)))
+    }
+
+    fn dispatch(w: &mut Write<'_, '_>, cmd: &Command) -> AppResult<Applied> {
+        let this = w.app;
         // A model name is the first key every handler builds; LMDB refuses an empty or over-long
         // key with an error that would stop Raft on every node, so a bad one is a rejection here,
         // as is every other field over its limit (the proposing node checked them too; a command
         // in the log is checked again all the same). The handlers check only what needs state.
-        if !self.names_on_trust() {
+        if !this.names_on_trust() {
             cmd.op.check_fields()?;
         }
         match &cmd.op {

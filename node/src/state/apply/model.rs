@@ -8,6 +8,7 @@ use crate::command::Response;
 use crate::domain::{DomainError, Model, RiskTier};
 use crate::state::tables::encode;
 use crate::state::AppResult;
+use crate::watch::Change;
 
 pub(super) fn create_model(
     w: &mut Write<'_, '_>,
@@ -34,6 +35,7 @@ pub(super) fn create_model(
     };
     models.put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
     super::catalog::update(w, &model, Event::Described)?;
+    w.changed(Change::Model { model: name.into() });
     Ok((Response::Model(Box::new(model)), name.into()))
 }
 
@@ -54,5 +56,6 @@ pub(super) fn update_model(
         .models
         .put(w.wtxn, name.as_bytes(), &encode(&model)?)?;
     super::catalog::update(w, &model, Event::Described)?;
+    w.changed(Change::Model { model: name.into() });
     Ok((Response::Model(Box::new(model)), name.into()))
 }

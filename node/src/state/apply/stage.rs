@@ -13,6 +13,7 @@ use crate::domain::{
 use crate::governance::{waits_only_for_approvals, GateReport, SignatureOverride};
 use crate::state::tables::{encode, version_key};
 use crate::state::{AppResult, Decided};
+use crate::watch::Change;
 
 pub(super) fn set_stage(
     w: &mut Write<'_, '_>,
@@ -137,6 +138,12 @@ pub(super) fn transition_to(
                 .versions
                 .put(w.wtxn, &version_key(&model, previous), &encode(&old)?)?;
             super::catalog::update(w, &m, Event::Moved { from, v: &old })?;
+            w.changed(Change::Stage {
+                model: model.clone(),
+                number: previous,
+                from,
+                to: Stage::Archived,
+            });
         }
         m.production_version = Some(number);
     } else if m.production_version == Some(number) {
@@ -152,6 +159,12 @@ pub(super) fn transition_to(
         .versions
         .put(w.wtxn, &version_key(&model, number), &encode(&v)?)?;
     super::catalog::update(w, &m, Event::Moved { from, v: &v })?;
+    w.changed(Change::Stage {
+        model,
+        number,
+        from,
+        to: t.stage,
+    });
     Ok(v)
 }
 

@@ -8,6 +8,7 @@ use crate::command::Response;
 use crate::domain::VersionStatus;
 use crate::state::tables::{encode, version_key};
 use crate::state::AppResult;
+use crate::watch::Change;
 
 pub(super) fn set_version_status(
     w: &mut Write<'_, '_>,
@@ -21,6 +22,11 @@ pub(super) fn set_version_status(
         .tables
         .versions
         .put(w.wtxn, &version_key(model, number), &encode(&v)?)?;
+    w.changed(Change::VersionStatus {
+        model: model.into(),
+        number,
+        status,
+    });
     Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
 }
 
@@ -40,5 +46,9 @@ pub(super) fn set_version_tags(
     // What a reviewer approved is the version as it was.
     let m = w.app.get_model(w.wtxn, model)?;
     super::review::void_approvals(w, &m, Some(number), "the version's tags changed")?;
+    w.changed(Change::VersionTags {
+        model: model.into(),
+        number,
+    });
     Ok((Response::Version(Box::new(v)), format!("{model}/{number}")))
 }

@@ -8,6 +8,7 @@ mod chunks;
 mod governance;
 mod lineage;
 mod models;
+mod watch;
 
 pub use catalog::CatalogHit;
 pub use governance::{Decided, ReviewFilter, StoredPolicy};

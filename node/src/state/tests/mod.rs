@@ -10,6 +10,7 @@ mod query;
 mod requests;
 mod reviews;
 mod snapshot;
+mod watch;
 
 use std::collections::BTreeMap;
 

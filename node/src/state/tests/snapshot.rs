@@ -33,10 +33,11 @@ fn export_then_import_reproduces_the_same_state() {
 /// became self-verifying, decision 0019, when the `policies` and `evaluations` tables came, when
 /// the `reviews` and `open_reviews` tables came, when audit records carried gate reports, and
 /// when the lineage tables came: registration records edges, and the fixed state holds an
-/// explicit edge and a quarantine; and when the catalog tables came, decision 0023.)
-const PINNED_DIGEST: &str = "63f1a059161ef4b4b507eef64e0eaee8563db874fe3adbe6b228afa04ac6017a";
+/// explicit edge and a quarantine; when the catalog tables came, decision 0023; and when the watch
+/// table came, decision 0024.)
+const PINNED_DIGEST: &str = "8d4407e6320419c65cd32ad0d339154889a3e32c4ac0a2ee8c38e7157a28537f";
 const PINNED_EXPORT_BLAKE3: &str =
-    "4379af2e27e729bdd481ece372f389336fd9aa7d842c8cfdf2f1fdc373d2e506";
+    "c50459e49a93b4bbf8afc5f0c288d52cd8b0827e6476e67509c1e4d47f564a14";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
