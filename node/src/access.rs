@@ -319,6 +319,13 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         // role on its model's namespace; a quarantine the approver role there, its lift the
         // admin role. Data snapshots, feature sets, commits, runs and deployments belong to no
         // namespace: an op that names no version needs its role cluster-wide.
+        // Routing traffic is an approver's, like a promotion, on the endpoint model's namespace.
+        Op::CreateDeployment { model, .. }
+        | Op::SetTraffic { model, .. }
+        | Op::StartRollout { model, .. }
+        | Op::AdvanceRollout { model, .. }
+        | Op::PauseRollout { model, .. }
+        | Op::Rollback { model, .. } => (Role::Approver, Target::Model(model)),
         Op::AddLineageEdge { .. } | Op::Quarantine { .. } | Op::LiftQuarantine { .. } => {
             let role = match op {
                 Op::AddLineageEdge { .. } => Role::Registrant,

@@ -59,7 +59,13 @@ pub fn changes_access(op: &Op) -> bool {
         | Op::DecideReview { .. }
         | Op::AddLineageEdge { .. }
         | Op::Quarantine { .. }
-        | Op::LiftQuarantine { .. } => false,
+        | Op::LiftQuarantine { .. }
+        | Op::CreateDeployment { .. }
+        | Op::SetTraffic { .. }
+        | Op::StartRollout { .. }
+        | Op::AdvanceRollout { .. }
+        | Op::PauseRollout { .. }
+        | Op::Rollback { .. } => false,
     }
 }
 

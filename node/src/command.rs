@@ -205,6 +205,56 @@ pub enum Op {
         entity: crate::lineage::Entity,
         reason: String,
     },
+    /// Creates endpoint `endpoint` serving all traffic from `model`/`version` (which must be in
+    /// Production). Every deployment op names the endpoint's model too: the role check where
+    /// the request arrives reads its namespace, and apply refuses a model that is not the
+    /// endpoint's.
+    CreateDeployment {
+        endpoint: String,
+        model: String,
+        version: u64,
+        reason: String,
+    },
+    /// Sets an endpoint's split and shadows by hand (refused while a rollout is in progress).
+    SetTraffic {
+        endpoint: String,
+        model: String,
+        split: Vec<(u64, u32)>,
+        shadows: Vec<u64>,
+        reason: String,
+    },
+    /// Starts moving the endpoint's traffic from its stable version to `version` by `plan`.
+    StartRollout {
+        endpoint: String,
+        model: String,
+        version: u64,
+        plan: Vec<crate::deploy::Step>,
+        bounds: crate::deploy::Bounds,
+        reason: String,
+    },
+    /// Moves a rollout from step `from_step` to the next, once that step has held its
+    /// duration; refused if another step is in force (so a repeat or a stale leader's copy
+    /// moves nothing).
+    AdvanceRollout {
+        endpoint: String,
+        model: String,
+        from_step: u32,
+    },
+    /// Holds a rollout at its step (`pause: true`) or lets it go on (its step's clock starts
+    /// again).
+    PauseRollout {
+        endpoint: String,
+        model: String,
+        pause: bool,
+        reason: String,
+    },
+    /// Routes all traffic back: to the stable version during a rollout, else to the version
+    /// that served before it. Needs no stage (the version served before).
+    Rollback {
+        endpoint: String,
+        model: String,
+        reason: String,
+    },
 }
 
 impl Op {
@@ -219,7 +269,13 @@ impl Op {
             | Op::DeleteAlias { model, .. }
             | Op::SetVersionTags { model, .. }
             | Op::RecordEvaluation { model, .. }
-            | Op::DecideReview { model, .. } => Some(model),
+            | Op::DecideReview { model, .. }
+            | Op::CreateDeployment { model, .. }
+            | Op::SetTraffic { model, .. }
+            | Op::StartRollout { model, .. }
+            | Op::AdvanceRollout { model, .. }
+            | Op::PauseRollout { model, .. }
+            | Op::Rollback { model, .. } => Some(model),
             Op::SetPolicy {
                 scope: PolicyScope::Model(model),
                 ..
@@ -353,6 +409,50 @@ impl Op {
                 entity.check("entity")?;
                 crate::lineage::check_reason(reason)
             }
+            Op::CreateDeployment {
+                endpoint,
+                version,
+                reason,
+                ..
+            } => {
+                validate_name("endpoint", endpoint)?;
+                check_version_number("version", *version)?;
+                validate_reason(reason)
+            }
+            Op::SetTraffic {
+                endpoint,
+                split,
+                shadows,
+                reason,
+                ..
+            } => {
+                validate_name("endpoint", endpoint)?;
+                crate::deploy::check_traffic(split, shadows)?;
+                validate_reason(reason)
+            }
+            Op::StartRollout {
+                endpoint,
+                version,
+                plan,
+                bounds,
+                reason,
+                ..
+            } => {
+                validate_name("endpoint", endpoint)?;
+                check_version_number("version", *version)?;
+                crate::deploy::check_plan(plan, bounds)?;
+                validate_reason(reason)
+            }
+            Op::AdvanceRollout { endpoint, .. } => validate_name("endpoint", endpoint),
+            Op::PauseRollout {
+                endpoint, reason, ..
+            }
+            | Op::Rollback {
+                endpoint, reason, ..
+            } => {
+                validate_name("endpoint", endpoint)?;
+                validate_reason(reason)
+            }
         }
     }
 
@@ -362,7 +462,12 @@ impl Op {
             Op::DecideReview { comment, .. } => Some(comment),
             Op::SetStage { reason, .. }
             | Op::Quarantine { reason, .. }
-            | Op::LiftQuarantine { reason, .. } => Some(reason),
+            | Op::LiftQuarantine { reason, .. }
+            | Op::CreateDeployment { reason, .. }
+            | Op::SetTraffic { reason, .. }
+            | Op::StartRollout { reason, .. }
+            | Op::PauseRollout { reason, .. }
+            | Op::Rollback { reason, .. } => Some(reason),
             _ => None,
         }
     }
@@ -392,6 +497,13 @@ impl Op {
             Op::AddLineageEdge { .. } => "add_lineage_edge",
             Op::Quarantine { .. } => "quarantine",
             Op::LiftQuarantine { .. } => "lift_quarantine",
+            Op::CreateDeployment { .. } => "create_deployment",
+            Op::SetTraffic { .. } => "set_traffic",
+            Op::StartRollout { .. } => "start_rollout",
+            Op::AdvanceRollout { .. } => "advance_rollout",
+            Op::PauseRollout { pause: true, .. } => "pause_rollout",
+            Op::PauseRollout { pause: false, .. } => "resume_rollout",
+            Op::Rollback { .. } => "rollback",
         }
     }
 }
@@ -421,4 +533,17 @@ pub enum Response {
     LineageEdge(Box<crate::lineage::Edge>),
     /// A quarantine put in force, or (for a lift) the one lifted.
     Quarantine(Box<crate::lineage::Quarantine>),
+    /// A deployment endpoint after a change.
+    Deployment(Box<crate::deploy::Deployment>),
+}
+
+/// A version number in a command: 1 or more.
+fn check_version_number(field: &str, number: u64) -> Result<(), DomainError> {
+    if number == 0 {
+        return Err(DomainError::invalid(
+            field,
+            "version 0 does not exist; versions start at 1",
+        ));
+    }
+    Ok(())
 }

@@ -244,6 +244,24 @@ pub enum DomainError {
         action: String,
         why: String,
     },
+    #[error("endpoint {endpoint} not found: list them with `quiver deploy list`")]
+    DeploymentNotFound { endpoint: String },
+    /// A deployment would route traffic to a version its stage does not allow (`crate::deploy`).
+    #[error(
+        "{model}/{number} is in {stage} and may not receive {what}: only a version in {needs} \
+         may (promote it with `quiver stage set {model}/{number} …`)"
+    )]
+    NotServable {
+        model: String,
+        number: u64,
+        stage: String,
+        what: String,
+        needs: String,
+    },
+    /// A deployment command that does not fit the endpoint's state (a rollout in progress, none
+    /// to advance, a step already taken): the message says what to do instead.
+    #[error("endpoint {endpoint}: {message}")]
+    DeploymentState { endpoint: String, message: String },
     #[error("invalid {field}: {message}")]
     Invalid { field: String, message: String },
 }

@@ -227,6 +227,8 @@ pub enum EdgeSource {
     Registration,
     /// Added by `quiver lineage add`.
     Explicit,
+    /// A version began receiving an endpoint's traffic (`quiver deploy`).
+    Deployment,
 }
 
 impl EdgeSource {
@@ -234,6 +236,7 @@ impl EdgeSource {
         match self {
             EdgeSource::Registration => "registration",
             EdgeSource::Explicit => "explicit",
+            EdgeSource::Deployment => "deployment",
         }
     }
 }

@@ -101,14 +101,17 @@ pub fn status_from_domain(e: &DomainError) -> Status {
         | DomainError::VersionNotFound { .. }
         | DomainError::AliasNotFound { .. }
         | DomainError::StageEmpty { .. }
-        | DomainError::ReviewNotFound { .. } => Status::not_found(message),
+        | DomainError::ReviewNotFound { .. }
+        | DomainError::DeploymentNotFound { .. } => Status::not_found(message),
         DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. } => {
             Status::already_exists(message)
         }
         DomainError::SameStage { .. }
         | DomainError::NotReady { .. }
         | DomainError::GatesFailed { .. }
-        | DomainError::ReviewClosed { .. } => Status::failed_precondition(message),
+        | DomainError::ReviewClosed { .. }
+        | DomainError::NotServable { .. }
+        | DomainError::DeploymentState { .. } => Status::failed_precondition(message),
         DomainError::NotAllowed { .. } => Status::permission_denied(message),
         DomainError::Invalid { .. } => Status::invalid_argument(message),
     }

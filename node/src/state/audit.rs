@@ -206,6 +206,7 @@ pub(super) fn audit_detail(cmd: &Command, response: &crate::command::Response) -
         Response::Version(v) => (v.as_ref(), None),
         Response::Evaluation(e) => (&e.1, None),
         Response::Review(r) => (&r.1, Some(&r.0)),
+        Response::Deployment(d) => return format!("traffic: {}", d.describe_traffic()),
         _ => return String::new(),
     };
     let moved = version

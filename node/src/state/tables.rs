@@ -43,6 +43,9 @@
 //! - `catalog_index`: kind byte, value, NUL, model name → () (`CatalogEntry::index_keys`: the
 //!   model's namespace, owner, tier, stages held and words, so that a search reads only the
 //!   models its filters name)
+//! - `deployments`: endpoint              → Deployment (issue 15)
+//! - `deployment_history`: endpoint \0 generation(be u64) → DeploymentRecord (the latest
+//!   `DEPLOYMENT_HISTORY_KEPT` per endpoint)
 //! - `watch`: revision(be u64)              → WatchEvent (the latest `WATCH_EVENTS_KEPT` changes
 //!   for watchers; the latest revision is in `meta`, `watch_revision` (be u64), so that it
 //!   survives the removal of old events; decision 0024)
@@ -112,6 +115,8 @@ tables! {
     catalog,
     catalog_index,
     watch,
+    deployments,
+    deployment_history,
 }
 
 /// The `policies` key of a policy scope.

@@ -57,6 +57,29 @@ pub(super) fn record_registration_edges(
     Ok(())
 }
 
+/// The edge from version `model`/`number` to the deployment `endpoint` it now serves in,
+/// unless recorded before.
+pub(super) fn record_deployment_edge(
+    w: &mut Write<'_, '_>,
+    model: &str,
+    number: u64,
+    endpoint: &str,
+) -> AppResult<()> {
+    let from = Entity::version(model, number);
+    let to = Entity::new(lineage::EntityKind::Deployment, endpoint);
+    if w.app.lineage_edge(w.wtxn, &from, &to)?.is_some() {
+        return Ok(());
+    }
+    let edge = Edge {
+        from,
+        to,
+        source: EdgeSource::Deployment,
+        by: w.actor.name.clone(),
+        at_ms: w.at_ms,
+    };
+    put_edge(w, &edge)
+}
+
 pub(super) fn add_edge(w: &mut Write<'_, '_>, from: &Entity, to: &Entity) -> AppResult<Applied> {
     require_version(w, from)?;
     require_version(w, to)?;

@@ -6,6 +6,7 @@ mod access;
 mod alias;
 mod catalog;
 mod create_version;
+mod deploy;
 mod governance;
 mod lineage;
 mod model;
@@ -181,6 +182,43 @@ impl RegistryApp {
             Op::AddLineageEdge { from, to } => lineage::add_edge(w, from, to),
             Op::Quarantine { entity, reason } => lineage::quarantine(w, entity, reason),
             Op::LiftQuarantine { entity, reason } => lineage::lift_quarantine(w, entity, reason),
+            Op::CreateDeployment {
+                endpoint,
+                model,
+                version,
+                reason,
+            } => deploy::create(w, endpoint, model, *version, reason),
+            Op::SetTraffic {
+                endpoint,
+                model,
+                split,
+                shadows,
+                reason,
+            } => deploy::set_traffic(w, endpoint, model, split, shadows, reason),
+            Op::StartRollout {
+                endpoint,
+                model,
+                version,
+                plan,
+                bounds,
+                reason,
+            } => deploy::start_rollout(w, endpoint, model, *version, (plan, bounds), reason),
+            Op::AdvanceRollout {
+                endpoint,
+                model,
+                from_step,
+            } => deploy::advance(w, endpoint, model, *from_step),
+            Op::PauseRollout {
+                endpoint,
+                model,
+                pause,
+                reason,
+            } => deploy::pause(w, endpoint, model, *pause, reason),
+            Op::Rollback {
+                endpoint,
+                model,
+                reason,
+            } => deploy::rollback(w, endpoint, model, reason),
         }
     }
 }

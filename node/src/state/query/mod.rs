@@ -5,6 +5,7 @@
 mod access;
 mod catalog;
 mod chunks;
+mod deploy;
 mod governance;
 mod lineage;
 mod models;

@@ -3,6 +3,7 @@
 mod access_cache;
 mod apply;
 mod audit;
+mod deploy;
 mod governance;
 mod lineage;
 mod properties;
@@ -245,6 +246,23 @@ fn one_row_in_every_table() -> Fixture {
         entity: crate::lineage::Entity::new(crate::lineage::EntityKind::Data, "snap-45"),
         reason: "retired".into(),
     });
+    // A deployment (and its history) of another model, which no policy gates.
+    f.apply(create_model("rank"));
+    f.apply(create_version("rank", b"rank-one"));
+    f.apply(Op::SetStage {
+        model: "rank".into(),
+        number: 1,
+        stage: Stage::Production,
+        reason: "ship".into(),
+        override_signature: false,
+    });
+    let created = f.apply(Op::CreateDeployment {
+        endpoint: "rank-prod".into(),
+        model: "rank".into(),
+        version: 1,
+        reason: "launch".into(),
+    });
+    assert!(matches!(created, Response::Deployment(_)), "{created:?}");
     f
 }
 

@@ -34,10 +34,10 @@ fn export_then_import_reproduces_the_same_state() {
 /// the `reviews` and `open_reviews` tables came, when audit records carried gate reports, and
 /// when the lineage tables came: registration records edges, and the fixed state holds an
 /// explicit edge and a quarantine; when the catalog tables came, decision 0023; and when the watch
-/// table came, decision 0024.)
-const PINNED_DIGEST: &str = "8d4407e6320419c65cd32ad0d339154889a3e32c4ac0a2ee8c38e7157a28537f";
+/// table came, decision 0024, and the deployment tables.)
+const PINNED_DIGEST: &str = "58da4483d8957f9704b9ef5ff721ccb62ce3fd1cd4ea68545fb4cdaea94a3d41";
 const PINNED_EXPORT_BLAKE3: &str =
-    "c50459e49a93b4bbf8afc5f0c288d52cd8b0827e6476e67509c1e4d47f564a14";
+    "6e2feb2c2a3e04b6ea88465a3f2911598d27a49e8c70469a8ed1b1641cd5440b";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
