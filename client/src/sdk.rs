@@ -8,6 +8,7 @@
 
 mod artifacts;
 mod audit;
+mod deploy;
 mod download;
 mod error;
 mod governance;

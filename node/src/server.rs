@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quiver_api::proto::audit_server::AuditServer;
+use quiver_api::proto::deployments_server::DeploymentsServer;
 use quiver_api::proto::governance_server::GovernanceServer;
 use quiver_api::proto::lineage_server::LineageServer;
 use quiver_api::proto::watch_server::WatchServer;
@@ -18,9 +19,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
 use crate::service::{
-    access::AccessService, admin::AdminService, audit::AuditService, governance::GovernanceService,
-    lifecycle::LifecycleService, lineage::LineageService, models::ModelsService,
-    versions::VersionsService, watch::WatchService,
+    access::AccessService, admin::AdminService, audit::AuditService, deploy::DeployService,
+    governance::GovernanceService, lifecycle::LifecycleService, lineage::LineageService,
+    models::ModelsService, versions::VersionsService, watch::WatchService,
 };
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
@@ -137,6 +138,7 @@ pub async fn serve(
             node: node.clone(),
         }))
         .add_service(LineageServer::new(LineageService { node: node.clone() }))
+        .add_service(DeploymentsServer::new(DeployService { node: node.clone() }))
         .add_service(WatchServer::new(WatchService {
             node: node.clone(),
             closing: closing_rx,

@@ -27,6 +27,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 if let Some(model) = filter.model() {
                     app.get_model(txn, model)?;
                 }
+                if let WatchFilter::Endpoint(endpoint) = filter {
+                    app.get_deployment(txn, endpoint)?;
+                }
                 app.watch_revision(txn)
             })
             .await?;

@@ -17,6 +17,7 @@ mod audit;
 mod benchmarks;
 mod cluster;
 mod commands;
+mod deploy;
 mod governance;
 mod lineage;
 mod progress;
@@ -118,6 +119,10 @@ pub enum Command {
     /// Lineage: record edges, walk upstream and impact (text, JSON, DOT), quarantine and lift.
     #[command(subcommand)]
     Lineage(lineage::LineageCommand),
+    /// Deployment endpoints: create, set traffic, roll out step by step, pause, resume, roll
+    /// back; status and history.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Follow changes as they are applied: every change, or one model's (--model), an alias's
     /// or a stage's (--ref MODEL@ALIAS, MODEL:STAGE), a deployment's (--deployment). One line per
     /// event; resumes on another member if the node goes away.
@@ -471,6 +476,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Review(command) => governance::review(&node, command).await,
         Command::Lineage(command) => lineage::run(&node, command).await,
         Command::Watch(args) => watch::run(&node, args).await,
+        Command::Deploy(command) => deploy::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
             streams,

@@ -519,6 +519,94 @@ pub fn watch_event_to_proto(e: &crate::watch::WatchEvent) -> proto::WatchEvent {
     out
 }
 
+fn shares_to_proto(split: &crate::deploy::Split) -> Vec<proto::TrafficShare> {
+    split
+        .iter()
+        .map(|(version, percent)| proto::TrafficShare {
+            version: *version,
+            percent: u32::from(*percent),
+        })
+        .collect()
+}
+
+pub fn step_to_proto(step: &crate::deploy::Step) -> proto::RolloutStep {
+    proto::RolloutStep {
+        percent: u32::from(step.percent),
+        duration_ms: step.duration_ms,
+    }
+}
+
+/// A plan from the wire: a share over 255 cannot be a step's (`check_plan` names the limit).
+pub fn plan_from_proto(plan: &[proto::RolloutStep]) -> DomainResult<Vec<crate::deploy::Step>> {
+    plan.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let percent = u8::try_from(s.percent).map_err(|_| {
+                DomainError::invalid(
+                    "plan",
+                    format!("step {} gives {}%; at most 100", i + 1, s.percent),
+                )
+            })?;
+            Ok(crate::deploy::Step {
+                percent,
+                duration_ms: s.duration_ms,
+            })
+        })
+        .collect()
+}
+
+pub fn bounds_from_proto(b: Option<&proto::RolloutBounds>) -> crate::deploy::Bounds {
+    b.map_or_else(crate::deploy::Bounds::default, |b| crate::deploy::Bounds {
+        error_rate_pct_max: b.error_rate_pct_max,
+        p99_ms_max: b.p99_ms_max,
+    })
+}
+
+pub fn deployment_to_proto(d: &crate::deploy::Deployment) -> proto::Deployment {
+    proto::Deployment {
+        endpoint: d.endpoint.clone(),
+        model: d.model.clone(),
+        namespace: d.namespace.clone(),
+        split: shares_to_proto(&d.split),
+        shadows: d.shadows.iter().copied().collect(),
+        stable: d.stable,
+        previous: d.previous,
+        rollout: d.rollout.as_ref().map(|r| proto::Rollout {
+            target: r.target,
+            plan: r.plan.iter().map(step_to_proto).collect(),
+            step: r.step as u32,
+            step_started_ms: r.step_started_ms,
+            paused: r.paused,
+            bounds: Some(proto::RolloutBounds {
+                error_rate_pct_max: r.bounds.error_rate_pct_max,
+                p99_ms_max: r.bounds.p99_ms_max,
+            }),
+        }),
+        generation: d.generation,
+        created_by: d.created_by.clone(),
+        created_at_ms: d.created_at_ms,
+        updated_by: d.updated_by.clone(),
+        updated_at_ms: d.updated_at_ms,
+        traffic: d.describe_traffic(),
+    }
+}
+
+pub fn deployment_record_to_proto(
+    model: &str,
+    r: &crate::deploy::DeploymentRecord,
+) -> proto::DeploymentRecord {
+    proto::DeploymentRecord {
+        generation: r.generation,
+        kind: r.kind.as_str().into(),
+        principal: r.principal.clone(),
+        at_ms: r.at_ms,
+        reason: r.reason.clone(),
+        split: shares_to_proto(&r.split),
+        shadows: r.shadows.iter().copied().collect(),
+        traffic: crate::deploy::describe_traffic(model, &r.split, &r.shadows),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod convert;
+pub mod deploy;
 pub mod governance;
 pub mod lifecycle;
 pub mod lineage;

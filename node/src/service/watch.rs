@@ -1,6 +1,7 @@
 //! The Watch service (decision 0024): a server stream of the changes a filter asks for, read
-//! from this node's applied state by `Node::watch_next`. A watch of one model (or its alias,
-//! stage) needs the reader role on its namespace; of everything, or of an endpoint, cluster-wide.
+//! from this node's applied state by `Node::watch_next`. A watch of one model (its alias, stage,
+//! or an endpoint serving it) needs the reader role on its namespace; of everything,
+//! cluster-wide.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -48,7 +49,11 @@ impl Watch for WatchService {
             WatchFilter::Endpoint(e) => format!("watch endpoint {e}"),
             other => format!("watch model {}", other.model().unwrap_or_default()),
         };
-        let target = match filter.model() {
+        let endpoint_model = match &filter {
+            WatchFilter::Endpoint(e) => Some(super::deploy::endpoint_model(&self.node, e).await?),
+            _ => None,
+        };
+        let target = match filter.model().or(endpoint_model.as_deref()) {
             Some(model) => Target::Model(model),
             None => Target::Cluster,
         };
