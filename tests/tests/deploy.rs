@@ -1,0 +1,288 @@
+//! Deployments end to end (issue 15), on a real 3-node cluster driven by the real CLI, through
+//! followers as well as the leader: an endpoint is created on the Production version; a rollout
+//! moves its traffic shadow → 5% → 100%, each move refused while the version's stage does not
+//! allow it; a rollback returns all traffic to the version that served before (Archived by then:
+//! it needs no stage) and the history names who, why and when; a watch of the endpoint hears
+//! every change; the lineage impact of the new version reaches the endpoint; a reader may look
+//! but not route traffic, and a refusal changes nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use quiver_client::proto::WatchRequest;
+use quiver_tests::{
+    connect, create_token, quiver, quiver_as, register_version, start_cluster, write_random_file,
+};
+
+const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
+const CLI: &str = env!("CARGO_BIN_EXE_e2e-quiver");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn register(endpoint: &str, dir: &Path, seed: u64) {
+    let file = dir.join(format!("weights-{seed}.bin"));
+    write_random_file(&file, 4096, seed).unwrap();
+    register_version(CLI, endpoint, "reco", &[&file]).ok();
+}
+
+fn status(endpoint: &str) -> serde_json::Value {
+    quiver(
+        CLI,
+        endpoint,
+        &["deploy", "status", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json()
+}
+
+fn split(status: &serde_json::Value) -> Vec<(u64, u64)> {
+    status["split"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["version"].as_u64().unwrap(),
+                s["percent"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_moves_traffic_step_by_step_and_a_rollback_returns_it_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(NODE, dir.path(), 3).unwrap();
+    let (a, b, c) = (
+        nodes[0].endpoint.clone(),
+        nodes[1].endpoint.clone(),
+        nodes[2].endpoint.clone(),
+    );
+    quiver(
+        CLI,
+        &a,
+        &["model", "create", "reco", "--namespace", "search"],
+    )
+    .ok();
+    register(&a, dir.path(), 1);
+    register(&a, dir.path(), 2);
+    let stage = |ep: &str, reference: &str, stage: &str| {
+        quiver(
+            CLI,
+            ep,
+            &["stage", "set", reference, stage, "--reason", "test"],
+        )
+        .ok();
+    };
+    stage(&a, "reco/1", "production");
+
+    // Only a Production version takes all traffic.
+    let refused = quiver(
+        CLI,
+        &b,
+        &["deploy", "create", "reco-prod", "--version", "reco/2"],
+    )
+    .err();
+    assert!(
+        refused.contains("reco/2 is in experimental") && refused.contains("quiver stage set"),
+        "{refused}"
+    );
+    let created = quiver(
+        CLI,
+        &b,
+        &[
+            "deploy",
+            "create",
+            "reco-prod",
+            "--version",
+            "reco:production",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(split(&created), [(1, 100)]);
+
+    // A watch of the endpoint, on the third node.
+    let mut watch = connect(&c)
+        .await
+        .unwrap()
+        .watch(WatchRequest {
+            endpoint: "reco-prod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let start = watch.message().await.unwrap().unwrap().revision;
+
+    // A Staging version may be a shadow and a canary, not all traffic.
+    stage(&a, "reco/2", "staging");
+    let plan = "shadow,5%,100%";
+    let started = quiver(
+        CLI,
+        &c,
+        &[
+            "deploy",
+            "rollout",
+            "reco-prod",
+            "--version",
+            "reco/2",
+            "--plan",
+            plan,
+            "--reason",
+            "canary v2",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(split(&started), [(1, 100)]);
+    assert_eq!(started["shadows"], serde_json::json!([2]));
+    assert_eq!(started["rollout"]["step"], 1);
+    let text = quiver(CLI, &a, &["deploy", "status", "reco-prod"])
+        .ok()
+        .stdout;
+    assert!(text.contains("step 1 of 3 (shadow)"), "{text}");
+    quiver(CLI, &b, &["deploy", "advance", "reco-prod"]).ok();
+    assert_eq!(split(&status(&a)), [(1, 95), (2, 5)]);
+    // A stale advance (step 1 again) moves nothing.
+    let stale = quiver(
+        CLI,
+        &a,
+        &["deploy", "advance", "reco-prod", "--from-step", "1"],
+    )
+    .err();
+    assert!(stale.contains("step 2 is in force"), "{stale}");
+    let refused = quiver(CLI, &a, &["deploy", "advance", "reco-prod"]).err();
+    assert!(
+        refused.contains("only a version in Production"),
+        "{refused}"
+    );
+    assert_eq!(split(&status(&c)), [(1, 95), (2, 5)]);
+    stage(&b, "reco/2", "production");
+    let done = quiver(
+        CLI,
+        &a,
+        &["deploy", "advance", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(split(&done), [(2, 100)]);
+    assert!(done["rollout"].is_null());
+    assert_eq!(done["previous"], 1);
+
+    // A reader may look but not route traffic; the refusal changes nothing.
+    quiver(
+        CLI,
+        &a,
+        &["role", "grant", "viewer", "reader", "--namespace", "search"],
+    )
+    .ok();
+    let viewer = create_token(CLI, &a, "viewer", None);
+    let denied = quiver_as(
+        CLI,
+        &b,
+        Some(&viewer),
+        &["deploy", "rollback", "reco-prod", "--reason", "mine"],
+    )
+    .err();
+    assert!(
+        denied.contains("viewer") && denied.contains("approver"),
+        "{denied}"
+    );
+    let seen = quiver_as(
+        CLI,
+        &b,
+        Some(&viewer),
+        &["deploy", "status", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(seen["generation"], done["generation"]);
+
+    // Rollback: back to reco/1, which is Archived now, with who and why in the history.
+    let back = quiver(
+        CLI,
+        &c,
+        &[
+            "deploy",
+            "rollback",
+            "reco-prod",
+            "--reason",
+            "error rate 4%",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(split(&back), [(1, 100)]);
+    let history = quiver(
+        CLI,
+        &a,
+        &["deploy", "history", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json();
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "rollback",
+            "rollout_complete",
+            "rollout_step",
+            "rollout_start",
+            "create"
+        ]
+    );
+    assert_eq!(history[0]["reason"], "error rate 4%");
+    assert!(history[0]["principal"]
+        .as_str()
+        .unwrap()
+        .starts_with("admin"));
+    assert!(history[0]["at_ms"].as_i64().unwrap() > 0);
+    let list = quiver(CLI, &b, &["deploy", "list", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // The watch heard the four changes made after it started.
+    let mut heard = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while heard.len() < 4 {
+            let batch = watch.message().await.unwrap().unwrap();
+            heard.extend(batch.events);
+        }
+    })
+    .await
+    .expect("the endpoint's watch heard its changes");
+    assert_eq!(heard.len(), 4, "{heard:?}");
+    assert!(heard
+        .iter()
+        .all(|e| e.kind == "deployment" && e.endpoint == "reco-prod"));
+    assert!(heard.iter().all(|e| e.revision > start));
+
+    // Lineage: the new version's impact reaches the endpoint.
+    let impact = quiver(
+        CLI,
+        &a,
+        &["lineage", "impact", "version:reco/2", "--output", "json"],
+    )
+    .ok()
+    .stdout;
+    assert!(impact.contains("deployment:reco-prod"), "{impact}");
+    // And the audit log names the rollback with its reason.
+    let audit = quiver(CLI, &a, &["audit", "log", "--model", "reco"])
+        .ok()
+        .stdout;
+    assert!(
+        audit.contains("rollback") && audit.contains("error rate 4%"),
+        "{audit}"
+    );
+}
