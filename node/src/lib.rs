@@ -20,6 +20,7 @@ pub mod in_flight;
 pub mod ingest;
 pub mod lineage;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod peer_certs;
 pub mod replication;

@@ -157,6 +157,8 @@ pub struct Node<S = ChunkStore, P = PeerClient> {
     /// fills it).
     repair_skipped: BTreeSet<String>,
     pub(crate) stop: watch::Sender<bool>,
+    /// This node's Prometheus metrics (`crate::metrics`).
+    pub metrics: Arc<crate::metrics::NodeMetrics>,
     /// What only a node of its own process holds: the data dir's lock and the QUIC chunk server.
     host: Option<Host>,
 }
@@ -364,6 +366,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 repair_skipped.extend(roots.into_iter().map(|(_, _, root)| root));
             }
         }
+        let metrics = crate::metrics::NodeMetrics::new(core.info.node_id);
         let node = Arc::new(Node {
             core,
             raft,
@@ -382,6 +385,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             repair_totals: RepairTotals::default(),
             repair_skipped,
             stop,
+            metrics,
             host,
         });
         tokio::spawn(repair_loop(Arc::downgrade(&node), node.stop.subscribe()));
@@ -397,6 +401,44 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
 
     pub fn node_id(&self) -> u64 {
         self.core.info.node_id
+    }
+
+    /// What a metrics scrape reads of this node now (its local state; no round of consensus).
+    pub fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let m = self.raft.metrics();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let is_leader = m.current_leader == Some(self.node_id());
+        let lag_by_peer = match (&m.replication, is_leader) {
+            (Some(replication), true) => replication
+                .iter()
+                .filter(|(id, _)| **id != self.node_id())
+                .map(|(id, matched)| {
+                    let matched = matched.map(|l| l.index).unwrap_or(0);
+                    (*id, last_log_index.saturating_sub(matched))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let counts = self
+            .raft
+            .read(|app, txn| Ok(app.counts(txn)))
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let (fetched, bad) = self.repair_totals.load();
+        crate::metrics::Snapshot {
+            term: m.current_term,
+            leader_id: m.current_leader,
+            is_leader,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index,
+            lag_by_peer,
+            version_count: counts.0,
+            endpoint_count: counts.1,
+            watch_revision: counts.2,
+            repair_fetched_chunks: fetched,
+            scrub_bad_copies: bad,
+        }
     }
 
     /// Records this node's addresses and labels in the replicated node table, unless they are

@@ -126,6 +126,13 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .tcp_keepalive(Some(limits.keepalive_interval))
+        .layer(tower::layer::layer_fn({
+            let metrics = node.metrics.clone();
+            move |inner| Timed {
+                inner,
+                metrics: metrics.clone(),
+            }
+        }))
         .add_service(ModelsServer::new(ModelsService { node: node.clone() }))
         .add_service(versions)
         .add_service(LifecycleServer::new(LifecycleService {
@@ -177,6 +184,85 @@ pub async fn serve(
         );
     }
     stopped.context("stop raft")
+}
+
+/// Every API request, timed into the node's metrics (`quiver_rpc_requests_total`,
+/// `quiver_rpc_latency_ms`) with the gRPC status its response starts with (an error is
+/// answered at once, its status in the headers; a success carries its status in the trailers,
+/// so it counts as `0`).
+#[derive(Clone)]
+struct Timed<S> {
+    inner: S,
+    metrics: Arc<crate::metrics::NodeMetrics>,
+}
+
+type Http<B> = tonic::codegen::http::Request<B>;
+
+impl<S, B, RB> tower::Service<Http<B>> for Timed<S>
+where
+    S: tower::Service<Http<B>, Response = tonic::codegen::http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Http<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        let started = std::time::Instant::now();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            let code = match &answer {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string(),
+                Err(_) => "transport".to_string(),
+            };
+            metrics.rpc(&method, &code, started.elapsed());
+            answer
+        })
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text exposition of `node`'s metrics) on `listener`,
+/// plaintext, until `shutdown` resolves. Any other path is 404.
+pub async fn serve_metrics(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let scrape = move || {
+        let node = node.clone();
+        async move {
+            let text = node.metrics.render(&node.metrics_snapshot());
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+        }
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(scrape));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serve /metrics")
 }
 
 #[cfg(test)]

@@ -99,6 +99,8 @@ pub struct NodeProcess {
     pub endpoint: String,
     /// The Raft peer address (`serve` prints it; `up` does not).
     pub peer_addr: Option<String>,
+    /// Where `serve --metrics-listen` serves `/metrics` (`host:port`), if it does.
+    pub metrics_addr: Option<String>,
     pub data_dir: PathBuf,
     stderr_log: PathBuf,
     /// The node's stdout after the endpoint line; disconnected once the process has exited.
@@ -142,6 +144,7 @@ impl NodeProcess {
         // `serve` prints its peer address (and a founding node its admin's token file) before
         // the endpoint line.
         let mut peer_addr = None;
+        let mut metrics_addr = None;
         let mut token_file = None;
         let mut ca_file = None;
         let endpoint = loop {
@@ -149,6 +152,8 @@ impl NodeProcess {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("peer_addr=") {
                         peer_addr = Some(addr.to_string());
+                    } else if let Some(url) = line.strip_prefix("metrics=http://") {
+                        metrics_addr = Some(url.trim_end_matches("/metrics").to_string());
                     } else if let Some(path) = line.strip_prefix("export QUIVER_TOKEN_FILE=") {
                         token_file = Some(PathBuf::from(path));
                     } else if let Some(path) = line.strip_prefix("export QUIVER_CA=") {
@@ -174,6 +179,7 @@ impl NodeProcess {
             child,
             endpoint,
             peer_addr,
+            metrics_addr,
             data_dir: data_dir.to_path_buf(),
             stderr_log,
             stdout: rx,

@@ -286,3 +286,88 @@ async fn a_rollout_moves_traffic_step_by_step_and_a_rollback_returns_it_recorded
         "{audit}"
     );
 }
+
+/// `GET path` over plain HTTP/1.0 to `addr`: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
+#[test]
+fn a_node_serves_prometheus_metrics_of_its_own_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node-1");
+    let d = data.display().to_string();
+    let node = quiver_tests::NodeProcess::spawn(
+        NODE,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &d,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &data,
+    )
+    .unwrap();
+    let ep = node.endpoint.clone();
+    let log = std::fs::read_to_string(data.with_extension("stderr.log")).unwrap_or_default();
+    quiver(CLI, &ep, &["model", "create", "reco"]).ok();
+    register(&ep, dir.path(), 1);
+    let addr = node
+        .metrics_addr
+        .clone()
+        .unwrap_or_else(|| panic!("serve prints its metrics address; stderr: {log}"));
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    for line in [
+        r#"quiver_raft_term{node="1"} "#,
+        r#"quiver_raft_is_leader{node="1"} 1"#,
+        r#"version_count{node="1"} 1"#,
+        r#"quiver_rpc_requests_total{node="1",method="/quiver.v1.Models/CreateModel",code="0"} 1"#,
+        r#"quiver_rpc_latency_ms_bucket{node="1",method="/quiver.v1.Versions/RegisterVersion""#,
+    ] {
+        assert!(body.contains(line), "{line} missing from:\n{body}");
+    }
+    let long = format!("/{}", "a".repeat(100_000));
+    // A query is ignored.
+    assert_eq!(http_get(&addr, "/metrics?x=%ff%00").0, 200);
+    for path in [
+        "/",
+        "/metrics/../etc/passwd",
+        "/%00",
+        "/metrics/x",
+        long.as_str(),
+    ] {
+        let (status, _) = http_get(&addr, path);
+        assert!(
+            matches!(status, 400 | 404 | 414 | 431),
+            "a path of {} bytes: {status}",
+            path.len()
+        );
+    }
+    // The node still serves.
+    quiver(CLI, &ep, &["model", "create", "after"]).ok();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#"method="/quiver.v1.Models/CreateModel",code="0"} 2"#),
+        "{body}"
+    );
+}

@@ -406,8 +406,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| quiver_node::tls::default_tls_dir(&data_dir))
                 .join("ca.pem");
-            let (node, api) = start_node(args).await?;
+            let (node, api, metrics) = start_node(args).await?;
             println!("peer_addr={}", node.core.info.peer_addr);
+            if let Some(listener) = &metrics {
+                println!("metrics=http://{}/metrics", listener.local_addr()?);
+            }
             let token_file = data_dir.join(ADMIN_TOKEN_FILE);
             if token_file.exists() {
                 println!(
@@ -418,7 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Clients verify this node's certificate with the cluster CA's.
             println!("export QUIVER_CA={}", absolute(&ca_file).display());
             println!("export QUIVER_ENDPOINT=https://{}", node.core.info.api_addr);
-            serve_until(node, api, shutdown_signal()).await
+            serve_until(node, api, metrics, shutdown_signal()).await
         }
         Command::Up {
             data_dir,
@@ -555,6 +558,9 @@ async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
         cluster.nodes.len(),
         data_dir.display()
     );
+    for addr in &cluster.metrics_addrs {
+        eprintln!("quiver: Prometheus metrics at http://{addr}/metrics");
+    }
     // A node whose consensus stopped on a fault has stopped serving; the cluster stops with it
     // and the command fails with the cause, rather than run on with a dead node.
     let nodes = cluster.nodes.clone();

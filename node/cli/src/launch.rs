@@ -84,12 +84,18 @@ pub(crate) struct ServeArgs {
     /// `anonymous`. Off by default: they are refused as unauthenticated.
     #[arg(long)]
     allow_anonymous_reads: bool,
+    /// Address of the Prometheus `GET /metrics` endpoint (plaintext HTTP: keep it on loopback
+    /// or a private network). Off unless given; port 0 picks a free port.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// A cluster of nodes in this process, on loopback: what `up` runs, and
 /// what the cluster benchmarks measure.
 pub struct LocalCluster {
     pub nodes: Vec<std::sync::Arc<Node>>,
+    /// Where each node serves `GET /metrics`.
+    pub metrics_addrs: Vec<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -136,24 +142,34 @@ impl LocalCluster {
                 disk_reserve_bytes: DISK_RESERVE_BYTES_DEFAULT,
                 gc_grace_secs: quiver_node::gc::CHUNK_GC_GRACE_DEFAULT.as_secs(),
                 allow_anonymous_reads: false,
+                metrics_listen: Some(loopback(port_of(i, 300)?)),
             };
-            let (node, api) = start_node(args).await?;
+            let (node, api, metrics) = start_node(args).await?;
             if i == 1 {
                 founder_peer = Some(node.core.info.peer_addr.clone());
             }
-            running.push((node, api));
+            running.push((node, api, metrics));
         }
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let mut nodes = Vec::new();
-        for (node, api) in running {
+        let mut metrics_addrs = Vec::new();
+        for (node, api, metrics) in running {
             let mut stopped = stop.subscribe();
             nodes.push(node.clone());
-            tasks.push(tokio::spawn(serve_until(node, api, async move {
+            if let Some(listener) = &metrics {
+                metrics_addrs.push(listener.local_addr()?);
+            }
+            tasks.push(tokio::spawn(serve_until(node, api, metrics, async move {
                 let _ = stopped.changed().await;
             })));
         }
-        Ok(LocalCluster { nodes, stop, tasks })
+        Ok(LocalCluster {
+            nodes,
+            metrics_addrs,
+            stop,
+            tasks,
+        })
     }
 
     /// The token of the cluster's first admin (kept by node 1, which founded it).
@@ -275,9 +291,10 @@ fn node_cert(args: &ServeArgs) -> anyhow::Result<NodeCert> {
     Ok(cert)
 }
 
-pub(crate) async fn start_node(
-    args: ServeArgs,
-) -> anyhow::Result<(std::sync::Arc<Node>, TcpListener)> {
+/// A node opened, with its API listener and, if asked for, its metrics listener.
+pub(crate) type Started = (std::sync::Arc<Node>, TcpListener, Option<TcpListener>);
+
+pub(crate) async fn start_node(args: ServeArgs) -> anyhow::Result<Started> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create data dir {}", args.data_dir.display()))?;
     let remembered = load_bound(&args.data_dir)?;
@@ -346,7 +363,11 @@ pub(crate) async fn start_node(
         data_dir = %args.data_dir.display(),
         "node ready"
     );
-    Ok((node, api))
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(bind(addr, "the metrics endpoint").await?),
+        None => None,
+    };
+    Ok((node, api, metrics))
 }
 
 /// The first admin's token in the founding node's `data_dir`.
@@ -414,10 +435,29 @@ async fn bootstrap_access(node: &Node, data_dir: &Path) -> anyhow::Result<()> {
 pub(crate) async fn serve_until(
     node: std::sync::Arc<Node>,
     api: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let id = node.node_id();
-    serve(node, api, ApiLimits::default(), shutdown).await?;
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let scrapes = metrics.map(|listener| {
+        let mut stopped = stopped.clone();
+        tokio::spawn(quiver_node::server::serve_metrics(
+            node.clone(),
+            listener,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let served = serve(node, api, ApiLimits::default(), shutdown).await;
+    stopping.send_replace(true);
+    if let Some(task) = scrapes {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(node_id = id, "metrics endpoint: {e:#}");
+        }
+    }
+    served?;
     tracing::info!(node_id = id, "node stopped");
     Ok(())
 }

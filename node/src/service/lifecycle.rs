@@ -71,7 +71,15 @@ impl Lifecycle for LifecycleService {
             reason: r.reason,
             override_signature: r.override_signature,
         };
-        let applied = self.node.propose(actor, op).await?;
+        let applied = self.node.propose(actor, op).await.inspect_err(|e| {
+            if let crate::error::NodeError::Rejected(crate::domain::DomainError::GatesFailed {
+                stage,
+                ..
+            }) = e
+            {
+                self.node.metrics.gate_failure(stage);
+            }
+        })?;
         Ok(Response::new(self.applied_version(applied).await?))
     }
 

@@ -12,6 +12,16 @@ use crate::watch::{
 };
 
 impl RegistryApp {
+    /// (versions, deployment endpoints, the latest watch revision): what a metrics scrape
+    /// shows of the state (table sizes are read from LMDB's own counts, not by a walk).
+    pub fn counts(&self, rtxn: &RoTxn<'_>) -> AppResult<(u64, u64, u64)> {
+        Ok((
+            self.tables.versions.len(rtxn)?,
+            self.tables.deployments.len(rtxn)?,
+            self.watch_revision(rtxn)?,
+        ))
+    }
+
     /// The events after revision `after` that `filter` matches, at most
     /// `WATCH_BATCH_EVENTS_MAX`, reading at most `WATCH_SCAN_EVENTS_MAX` kept events; or
     /// `Behind` when some event after `after` is no longer kept. A revision beyond the latest
