@@ -27,13 +27,14 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one node: its data lives in --data-dir, its API on --listen.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local cluster on loopback with data under --data-dir, until Ctrl-C.
     Up {
         #[arg(long, default_value = ".quiver")]
         data_dir: PathBuf,
-        /// API port of node 1; node i uses PORT+i-1, its Raft port that +100 and
-        /// its QUIC port that +200. 0 picks free ports (kept across restarts).
+        /// API port of node 1; node i uses PORT+i-1, its Raft port that +100, its QUIC port
+        /// that +200 and its Prometheus `/metrics` that +300. 0 picks free ports (kept across
+        /// restarts, except the metrics port).
         #[arg(long, default_value_t = 7400)]
         port: u16,
         /// Number of nodes.
@@ -406,7 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| quiver_node::tls::default_tls_dir(&data_dir))
                 .join("ca.pem");
-            let (node, api, metrics) = start_node(args).await?;
+            let (node, api, metrics) = start_node(*args).await?;
             println!("peer_addr={}", node.core.info.peer_addr);
             if let Some(listener) = &metrics {
                 println!("metrics=http://{}/metrics", listener.local_addr()?);
