@@ -255,9 +255,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     pub async fn check_command(&self, actor: &Actor, op: &Op) -> Result<(), NodeError> {
         if auth::is_system_principal(&actor.name) && actor.authenticated {
             return match op {
-                Op::UpsertNode(_) | Op::Bootstrap { .. } => Ok(()),
+                // The rollout controller, on the leader, moves rollouts on.
+                Op::UpsertNode(_) | Op::Bootstrap { .. } | Op::AdvanceRollout { .. } => Ok(()),
                 other => Err(NodeError::PermissionDenied(format!(
-                    "{} may not {}: a node's own principal only announces the node",
+                    "{} may not {}: a node's own principal only announces the node and moves \
+                     rollouts on",
                     actor.name,
                     other.kind()
                 ))),
@@ -325,7 +327,8 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         | Op::StartRollout { model, .. }
         | Op::AdvanceRollout { model, .. }
         | Op::PauseRollout { model, .. }
-        | Op::Rollback { model, .. } => (Role::Approver, Target::Model(model)),
+        | Op::Rollback { model, .. }
+        | Op::ReportServing { model, .. } => (Role::Approver, Target::Model(model)),
         Op::AddLineageEdge { .. } | Op::Quarantine { .. } | Op::LiftQuarantine { .. } => {
             let role = match op {
                 Op::AddLineageEdge { .. } => Role::Registrant,

@@ -65,7 +65,8 @@ pub fn changes_access(op: &Op) -> bool {
         | Op::StartRollout { .. }
         | Op::AdvanceRollout { .. }
         | Op::PauseRollout { .. }
-        | Op::Rollback { .. } => false,
+        | Op::Rollback { .. }
+        | Op::ReportServing { .. } => false,
     }
 }
 

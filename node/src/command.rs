@@ -255,6 +255,16 @@ pub enum Op {
         model: String,
         reason: String,
     },
+    /// A serving agent's counts per version since generation `generation` of the endpoint.
+    /// Kept as the agent's latest; during a rollout, reports whose sum puts the target out of
+    /// bounds roll it back in this same step.
+    ReportServing {
+        endpoint: String,
+        model: String,
+        agent: String,
+        generation: u64,
+        stats: Vec<crate::deploy::VersionStats>,
+    },
 }
 
 impl Op {
@@ -275,7 +285,8 @@ impl Op {
             | Op::StartRollout { model, .. }
             | Op::AdvanceRollout { model, .. }
             | Op::PauseRollout { model, .. }
-            | Op::Rollback { model, .. } => Some(model),
+            | Op::Rollback { model, .. }
+            | Op::ReportServing { model, .. } => Some(model),
             Op::SetPolicy {
                 scope: PolicyScope::Model(model),
                 ..
@@ -453,6 +464,17 @@ impl Op {
                 validate_name("endpoint", endpoint)?;
                 validate_reason(reason)
             }
+            Op::ReportServing {
+                endpoint,
+                agent,
+                generation,
+                stats,
+                ..
+            } => {
+                validate_name("endpoint", endpoint)?;
+                validate_name("agent", agent)?;
+                crate::deploy::check_report(*generation, stats)
+            }
         }
     }
 
@@ -504,6 +526,7 @@ impl Op {
             Op::PauseRollout { pause: true, .. } => "pause_rollout",
             Op::PauseRollout { pause: false, .. } => "resume_rollout",
             Op::Rollback { .. } => "rollback",
+            Op::ReportServing { .. } => "report_serving",
         }
     }
 }
@@ -535,6 +558,8 @@ pub enum Response {
     Quarantine(Box<crate::lineage::Quarantine>),
     /// A deployment endpoint after a change.
     Deployment(Box<crate::deploy::Deployment>),
+    /// A serving report taken: the endpoint after it, and whether it rolled the rollout back.
+    ServingReport(Box<(crate::deploy::Deployment, bool)>),
 }
 
 /// A version number in a command: 1 or more.

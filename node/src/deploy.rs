@@ -84,13 +84,17 @@ pub fn duration_text(ms: u64) -> String {
     }
 }
 
-/// What a rollout watches while a step holds: beyond either, the controller rolls back.
+/// What a rollout watches while a step holds: beyond either, the step's reports roll it back.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bounds {
     /// Highest error rate of the target's requests, in percent.
     pub error_rate_pct_max: f64,
     /// Highest p99 latency of the target's requests, in milliseconds.
     pub p99_ms_max: f64,
+    /// Requests the target must have answered (or, in a shadow step, received copies of) in
+    /// the step before the controller moves on; 0: the step's duration alone.
+    #[serde(default)]
+    pub min_requests: u64,
 }
 
 impl Default for Bounds {
@@ -98,8 +102,110 @@ impl Default for Bounds {
         Bounds {
             error_rate_pct_max: 1.0,
             p99_ms_max: 500.0,
+            min_requests: 0,
         }
     }
+}
+
+/// Most versions one serving report covers.
+pub const REPORT_VERSIONS_MAX: usize = 16;
+/// Most agents whose latest report an endpoint keeps.
+pub const AGENTS_PER_ENDPOINT_MAX: u64 = 1024;
+
+/// What an agent served of one version since the endpoint's generation began.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionStats {
+    pub version: u64,
+    /// Requests answered (or, for a shadow, copies received).
+    pub requests: u64,
+    /// Of those, the ones that failed.
+    pub errors: u64,
+    /// p99 latency of those requests (ms).
+    pub p99_ms: f64,
+}
+
+/// An agent's latest report for an endpoint: its counts since the generation it routes by.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub agent: String,
+    /// The endpoint's generation the agent routes by (counts restart when it changes).
+    pub generation: u64,
+    pub at_ms: i64,
+    pub stats: Vec<VersionStats>,
+}
+
+/// Checks a report's fields: at most `REPORT_VERSIONS_MAX` versions, each once and ≥ 1,
+/// errors ≤ requests, a finite p99 ≥ 0.
+pub fn check_report(generation: u64, stats: &[VersionStats]) -> Result<(), DomainError> {
+    let invalid = |m: String| Err(DomainError::invalid("stats", m));
+    if generation == 0 {
+        return Err(DomainError::invalid(
+            "generation",
+            "is 0; an endpoint's generations start at 1 (its status shows the current one)",
+        ));
+    }
+    if stats.len() > REPORT_VERSIONS_MAX {
+        return invalid(format!(
+            "names {} versions; at most {REPORT_VERSIONS_MAX}",
+            stats.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for s in stats {
+        if s.version == 0 || !seen.insert(s.version) {
+            return invalid(format!("version {} is 0 or named twice", s.version));
+        }
+        if s.errors > s.requests {
+            return invalid(format!(
+                "version {} has {} errors in {} requests",
+                s.version, s.errors, s.requests
+            ));
+        }
+        if !s.p99_ms.is_finite() || s.p99_ms < 0.0 {
+            return invalid(format!(
+                "version {} has p99 {} ms; a latency is a finite number ≥ 0",
+                s.version, s.p99_ms
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the agents reporting `generation` saw of `version`, together: (requests, errors, the
+/// largest p99).
+pub fn aggregate<'a>(
+    reports: impl IntoIterator<Item = &'a AgentReport>,
+    generation: u64,
+    version: u64,
+) -> (u64, u64, f64) {
+    let mut total = (0u64, 0u64, 0f64);
+    for r in reports.into_iter().filter(|r| r.generation == generation) {
+        for s in r.stats.iter().filter(|s| s.version == version) {
+            total.0 = total.0.saturating_add(s.requests);
+            total.1 = total.1.saturating_add(s.errors);
+            total.2 = total.2.max(s.p99_ms);
+        }
+    }
+    total
+}
+
+/// Why the rollout's target is out of its bounds, if it is: its error rate or its p99 over
+/// the step's reports.
+pub fn breach(rollout: &Rollout, requests: u64, errors: u64, p99_ms: f64) -> Option<String> {
+    let b = &rollout.bounds;
+    if requests > 0 {
+        let rate = errors as f64 * 100.0 / requests as f64;
+        if rate > b.error_rate_pct_max {
+            return Some(format!(
+                "error rate {rate:.2}% > {}% ({errors} of {requests} requests)",
+                b.error_rate_pct_max
+            ));
+        }
+        if p99_ms > b.p99_ms_max {
+            return Some(format!("p99 {p99_ms:.1} ms > {} ms", b.p99_ms_max));
+        }
+    }
+    None
 }
 
 /// A rollout in progress.

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod command;
+pub mod controller;
 pub mod deploy;
 pub mod domain;
 pub mod download;

@@ -389,6 +389,10 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             host,
         });
         tokio::spawn(repair_loop(Arc::downgrade(&node), node.stop.subscribe()));
+        tokio::spawn(crate::controller::controller_loop(
+            Arc::downgrade(&node),
+            node.stop.subscribe(),
+        ));
         if let Some(grace) = node.core.chunk_gc_grace {
             tokio::spawn(chunk_gc_loop(
                 Arc::downgrade(&node),

@@ -54,6 +54,9 @@ pub enum DeployCommand {
         /// Highest p99 latency (ms) of the new version before it is rolled back.
         #[arg(long, default_value_t = 500.0)]
         max_p99_ms: f64,
+        /// Requests the new version must have seen in a step before the controller moves on.
+        #[arg(long, default_value_t = 0)]
+        min_requests: u64,
         #[arg(long, default_value = "")]
         reason: String,
         #[command(flatten)]
@@ -402,12 +405,14 @@ pub async fn run(node: &Node, command: DeployCommand) -> anyhow::Result<()> {
             plan,
             max_error_rate,
             max_p99_ms,
+            min_requests,
             reason,
             output,
         } => {
             let bounds = RolloutBounds {
                 error_rate_pct_max: max_error_rate,
                 p99_ms_max: max_p99_ms,
+                min_requests,
             };
             print_deployment(
                 &output,

@@ -9,8 +9,9 @@ use crate::proto::deployments_client::DeploymentsClient;
 use crate::proto::{
     AdvanceRolloutRequest, CreateDeploymentRequest, Deployment, DeploymentHistoryRequest,
     DeploymentRecord, GetDeploymentRequest, ListDeploymentsRequest, ListDeploymentsResponse,
-    PauseRolloutRequest, ReadConsistency, RollbackRequest, RolloutBounds, RolloutStep,
-    SetTrafficRequest, StartRolloutRequest, TrafficShare,
+    PauseRolloutRequest, ReadConsistency, ReportServingRequest, ReportServingResponse,
+    RollbackRequest, RolloutBounds, RolloutStep, SetTrafficRequest, StartRolloutRequest,
+    TrafficShare, VersionServingStats,
 };
 
 impl Client {
@@ -183,5 +184,26 @@ impl Client {
             .await?
             .into_inner()
             .records)
+    }
+
+    /// A serving agent's counts per version since `generation` of `endpoint`.
+    pub async fn report_serving(
+        &self,
+        endpoint: &str,
+        agent: &str,
+        generation: u64,
+        stats: Vec<VersionServingStats>,
+    ) -> Result<ReportServingResponse, ClientError> {
+        let request = self.request(ReportServingRequest {
+            endpoint: endpoint.into(),
+            agent: agent.into(),
+            generation,
+            stats,
+        })?;
+        Ok(self
+            .deployments()
+            .report_serving(request)
+            .await?
+            .into_inner())
     }
 }

@@ -559,6 +559,7 @@ pub fn bounds_from_proto(b: Option<&proto::RolloutBounds>) -> crate::deploy::Bou
     b.map_or_else(crate::deploy::Bounds::default, |b| crate::deploy::Bounds {
         error_rate_pct_max: b.error_rate_pct_max,
         p99_ms_max: b.p99_ms_max,
+        min_requests: b.min_requests,
     })
 }
 
@@ -580,6 +581,7 @@ pub fn deployment_to_proto(d: &crate::deploy::Deployment) -> proto::Deployment {
             bounds: Some(proto::RolloutBounds {
                 error_rate_pct_max: r.bounds.error_rate_pct_max,
                 p99_ms_max: r.bounds.p99_ms_max,
+                min_requests: r.bounds.min_requests,
             }),
         }),
         generation: d.generation,

@@ -203,6 +203,43 @@ impl Deployments for DeployService {
         self.change(&request, op).await
     }
 
+    async fn report_serving(
+        &self,
+        request: Request<proto::ReportServingRequest>,
+    ) -> Result<Response<proto::ReportServingResponse>, Status> {
+        let r = request.get_ref();
+        let model = self.model_of(&r.endpoint).await?;
+        let op = Op::ReportServing {
+            endpoint: r.endpoint.clone(),
+            model,
+            agent: r.agent.clone(),
+            generation: r.generation,
+            stats: r
+                .stats
+                .iter()
+                .map(|s| crate::deploy::VersionStats {
+                    version: s.version,
+                    requests: s.requests,
+                    errors: s.errors,
+                    p99_ms: s.p99_ms,
+                })
+                .collect(),
+        };
+        let actor = caller(&self.node, &request).await?;
+        match self.node.propose(actor, op).await? {
+            Applied::ServingReport(taken) => {
+                let (d, rolled_back) = *taken;
+                Ok(Response::new(proto::ReportServingResponse {
+                    deployment: Some(deployment_to_proto(&d)),
+                    rolled_back,
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
     async fn get_deployment(
         &self,
         request: Request<proto::GetDeploymentRequest>,

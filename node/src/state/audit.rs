@@ -207,6 +207,9 @@ pub(super) fn audit_detail(cmd: &Command, response: &crate::command::Response) -
         Response::Evaluation(e) => (&e.1, None),
         Response::Review(r) => (&r.1, Some(&r.0)),
         Response::Deployment(d) => return format!("traffic: {}", d.describe_traffic()),
+        Response::ServingReport(r) if r.1 => {
+            return format!("rolled back; traffic: {}", r.0.describe_traffic())
+        }
         _ => return String::new(),
     };
     let moved = version

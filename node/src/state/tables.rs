@@ -46,6 +46,7 @@
 //! - `deployments`: endpoint              → Deployment (issue 15)
 //! - `deployment_history`: endpoint \0 generation(be u64) → DeploymentRecord (the latest
 //!   `DEPLOYMENT_HISTORY_KEPT` per endpoint)
+//! - `serving_reports`: endpoint \0 agent   → AgentReport (each agent's latest)
 //! - `watch`: revision(be u64)              → WatchEvent (the latest `WATCH_EVENTS_KEPT` changes
 //!   for watchers; the latest revision is in `meta`, `watch_revision` (be u64), so that it
 //!   survives the removal of old events; decision 0024)
@@ -117,6 +118,7 @@ tables! {
     watch,
     deployments,
     deployment_history,
+    serving_reports,
 }
 
 /// The `policies` key of a policy scope.

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use super::{Applied, Write};
 use crate::command::Response;
 use crate::deploy::{
-    self, Bounds, ChangeKind, Deployment, DeploymentRecord, Rollout, Split, Step, DEPLOYMENTS_MAX,
-    DEPLOYMENT_HISTORY_KEPT,
+    self, AgentReport, Bounds, ChangeKind, Deployment, DeploymentRecord, Rollout, Split, Step,
+    VersionStats, AGENTS_PER_ENDPOINT_MAX, DEPLOYMENTS_MAX, DEPLOYMENT_HISTORY_KEPT,
 };
 use crate::domain::DomainError;
 use crate::state::tables::{encode, key2};
@@ -52,15 +52,28 @@ fn check_stages(
     Ok(())
 }
 
-/// Writes `d` (its generation moved on by one) with a history record of `kind`, the lineage
-/// edges of versions newly receiving traffic, and the watch event.
+/// [`write_change`], answered with the endpoint.
 fn commit(
+    w: &mut Write<'_, '_>,
+    d: Deployment,
+    before: BTreeSet<u64>,
+    kind: ChangeKind,
+    reason: &str,
+) -> AppResult<Applied> {
+    let (d, subject) = write_change(w, d, before, kind, reason)?;
+    Ok((Response::Deployment(Box::new(d)), subject))
+}
+
+/// Writes `d` (its generation moved on by one) with a history record of `kind`, the lineage
+/// edges of versions newly receiving traffic, and the watch event; returns it and the audit
+/// subject.
+fn write_change(
     w: &mut Write<'_, '_>,
     mut d: Deployment,
     before: BTreeSet<u64>,
     kind: ChangeKind,
     reason: &str,
-) -> AppResult<Applied> {
+) -> AppResult<(Deployment, String)> {
     d.generation += 1;
     d.updated_by = w.actor.name.clone();
     d.updated_at_ms = w.at_ms;
@@ -95,7 +108,7 @@ fn commit(
         model: d.model.clone(),
     });
     let subject = format!("endpoint {}", d.endpoint);
-    Ok((Response::Deployment(Box::new(d)), subject))
+    Ok((d, subject))
 }
 
 pub(super) fn create(
@@ -283,6 +296,21 @@ pub(super) fn advance(
         )
         .into());
     }
+    if r.bounds.min_requests > 0 {
+        let reports = w.app.serving_reports(w.wtxn, endpoint)?;
+        let (requests, _, _) = deploy::aggregate(&reports, d.generation, r.target);
+        if requests < r.bounds.min_requests {
+            return Err(state_error(
+                endpoint,
+                format!(
+                    "step {} ({step}) has seen {requests} of the {} requests it needs",
+                    r.step + 1,
+                    r.bounds.min_requests
+                ),
+            )
+            .into());
+        }
+    }
     let next = r.plan[r.step + 1];
     let (split, shadows) = next.traffic(d.stable, r.target);
     check_stages(w, model, &split, &shadows)?;
@@ -360,4 +388,76 @@ pub(super) fn rollback(
     d.split = Split::from([(d.stable, 100)]);
     d.shadows = BTreeSet::new();
     commit(w, d, before, ChangeKind::Rollback, reason)
+}
+
+pub(super) fn report(
+    w: &mut Write<'_, '_>,
+    endpoint: &str,
+    model: &str,
+    agent: &str,
+    generation: u64,
+    stats: &[VersionStats],
+) -> AppResult<Applied> {
+    let d = endpoint_of(w, endpoint, model)?;
+    if generation > d.generation {
+        return Err(DomainError::invalid(
+            "generation",
+            format!(
+                "endpoint {endpoint} is at generation {}, not {generation}",
+                d.generation
+            ),
+        )
+        .into());
+    }
+    let key = key2(endpoint, agent.as_bytes());
+    let known = w.app.tables.serving_reports.get(w.wtxn, &key)?.is_some();
+    if !known && w.app.serving_reports(w.wtxn, endpoint)?.len() as u64 >= AGENTS_PER_ENDPOINT_MAX {
+        return Err(DomainError::invalid(
+            "agent",
+            format!(
+                "endpoint {endpoint} keeps reports of {AGENTS_PER_ENDPOINT_MAX} agents, the limit"
+            ),
+        )
+        .into());
+    }
+    let report = AgentReport {
+        agent: agent.into(),
+        generation,
+        at_ms: w.at_ms,
+        stats: stats.to_vec(),
+    };
+    w.app
+        .tables
+        .serving_reports
+        .put(w.wtxn, &key, &encode(&report)?)?;
+    let subject = format!("endpoint {endpoint}");
+    // During a rollout, the step's reports together decide whether the target stays.
+    let breach = match &d.rollout {
+        Some(r) if generation == d.generation => {
+            let all = w.app.serving_reports(w.wtxn, endpoint)?;
+            let (requests, errors, p99) = deploy::aggregate(&all, d.generation, r.target);
+            deploy::breach(r, requests, errors, p99).map(|why| {
+                format!(
+                    "automatic: {model}/{} at step {} of {} ({}): {why}",
+                    r.target,
+                    r.step + 1,
+                    r.plan.len(),
+                    r.plan[r.step]
+                )
+            })
+        }
+        _ => None,
+    };
+    match breach {
+        Some(reason) => {
+            let mut d = d;
+            let before = d.versions();
+            d.rollout = None;
+            d.split = Split::from([(d.stable, 100)]);
+            d.shadows = BTreeSet::new();
+            let (d, subject) = write_change(w, d, before, ChangeKind::Rollback, &reason)?;
+            Ok((Response::ServingReport(Box::new((d, true))), subject))
+        }
+        None => Ok((Response::ServingReport(Box::new((d, false))), subject)),
+    }
 }

@@ -219,6 +219,13 @@ impl RegistryApp {
                 model,
                 reason,
             } => deploy::rollback(w, endpoint, model, reason),
+            Op::ReportServing {
+                endpoint,
+                model,
+                agent,
+                generation,
+                stats,
+            } => deploy::report(w, endpoint, model, agent, *generation, stats),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::ops::Bound;
 
 use heed::RoTxn;
 
-use crate::deploy::{Deployment, DeploymentRecord};
+use crate::deploy::{AgentReport, Deployment, DeploymentRecord};
 use crate::domain::DomainError;
 use crate::state::tables::{decode, key2};
 use crate::state::{AppResult, RegistryApp};
@@ -89,6 +89,17 @@ impl RegistryApp {
             }
             let (_, bytes) = row?;
             out.push(decode("deployment record", bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// The latest report of each agent of `endpoint`, by agent name.
+    pub fn serving_reports(&self, rtxn: &RoTxn<'_>, endpoint: &str) -> AppResult<Vec<AgentReport>> {
+        let prefix = key2(endpoint, b"");
+        let mut out = Vec::new();
+        for row in self.tables.serving_reports.prefix_iter(rtxn, &prefix)? {
+            let (_, bytes) = row?;
+            out.push(decode("serving report", bytes)?);
         }
         Ok(out)
     }

@@ -305,6 +305,7 @@ fn only_versions_whose_stage_allows_it_receive_traffic_and_refusals_change_nothi
             bounds: Bounds {
                 error_rate_pct_max: f64::NAN,
                 p99_ms_max: 1.0,
+                min_requests: 0,
             },
             reason: "x".into(),
         },
@@ -330,4 +331,126 @@ fn only_versions_whose_stage_allows_it_receive_traffic_and_refusals_change_nothi
     assert_eq!(d.split, Split::from([(1, 90), (2, 10)]));
     let (page, next) = f.read(|app, txn| app.list_deployments(txn, None, "", 0).unwrap());
     assert_eq!((page.len(), next), (1, None));
+}
+
+fn report(agent: &str, generation: u64, stats: Vec<(u64, u64, u64, f64)>) -> Op {
+    Op::ReportServing {
+        endpoint: "reco-prod".into(),
+        model: "reco".into(),
+        agent: agent.into(),
+        generation,
+        stats: stats
+            .into_iter()
+            .map(
+                |(version, requests, errors, p99_ms)| crate::deploy::VersionStats {
+                    version,
+                    requests,
+                    errors,
+                    p99_ms,
+                },
+            )
+            .collect(),
+    }
+}
+
+fn taken(r: Response) -> (Deployment, bool) {
+    match r {
+        Response::ServingReport(t) => *t,
+        other => panic!("expected a serving report, got {other:?}"),
+    }
+}
+
+#[test]
+fn reports_that_together_breach_the_bounds_roll_the_rollout_back_in_the_same_step() {
+    let mut f = serving();
+    let d = deployment(f.apply(rollout(2, vec![step(5, 60_000), step(100, 0)])));
+    let g = d.generation;
+    // Within bounds: 1 error in 200 for the target (0.5% ≤ 1%), the stable version's errors
+    // do not count.
+    let (d, rolled) = taken(f.apply(report(
+        "agent-1",
+        g,
+        vec![(1, 1000, 50, 10.0), (2, 200, 1, 20.0)],
+    )));
+    assert!(!rolled && d.rollout.is_some());
+    // A report of an older generation counts for nothing.
+    let (_, rolled) = taken(f.apply(report("agent-2", g - 1, vec![(2, 100, 100, 1.0)])));
+    assert!(!rolled);
+    // Another agent's errors bring the sum over: 1 + 4 of 200 + 100 = 1.67% > 1%.
+    let (d, rolled) = taken(f.apply(report("agent-2", g, vec![(2, 100, 4, 30.0)])));
+    assert!(rolled);
+    assert_eq!(d.split, Split::from([(1, 100)]));
+    assert!(d.rollout.is_none());
+    let history = f.read(|app, txn| app.deployment_history(txn, "reco-prod", 0, 1).unwrap());
+    assert_eq!(history[0].kind, ChangeKind::Rollback);
+    assert_eq!(history[0].principal, "alice");
+    assert!(
+        history[0]
+            .reason
+            .starts_with("automatic: reco/2 at step 1 of 2 (5% 1m): error rate 1.67%"),
+        "{}",
+        history[0].reason
+    );
+    // Latency alone breaches too.
+    let d = deployment(f.apply(rollout(2, vec![step(5, 60_000), step(100, 0)])));
+    let (_, rolled) = taken(f.apply(report("agent-1", d.generation, vec![(2, 10, 0, 900.0)])));
+    assert!(rolled, "p99 900 ms > 500 ms");
+}
+
+#[test]
+fn a_step_asking_for_requests_moves_on_only_once_the_reports_show_them() {
+    let mut f = serving();
+    let mut plan_op = rollout(2, vec![step(5, 0), step(100, 0)]);
+    if let Op::StartRollout { bounds, .. } = &mut plan_op {
+        bounds.min_requests = 100;
+    }
+    let d = deployment(f.apply(plan_op));
+    let e = rejected(f.apply(advance(0)));
+    assert!(
+        e.to_string().contains("has seen 0 of the 100 requests"),
+        "{e}"
+    );
+    taken(f.apply(report("agent-1", d.generation, vec![(2, 60, 0, 1.0)])));
+    rejected(f.apply(advance(0)));
+    taken(f.apply(report("agent-2", d.generation, vec![(2, 40, 0, 1.0)])));
+    f.apply(stage("reco", 2, Stage::Production));
+    let d = deployment(f.apply(advance(0)));
+    assert_eq!(d.split, Split::from([(2, 100)]));
+}
+
+#[test]
+fn hostile_reports_are_refused_and_change_nothing() {
+    let mut f = serving();
+    let g = get(&f).generation;
+    let digest = f.digest();
+    let many: Vec<_> = (1..=17).map(|v| (v, 1, 0, 1.0)).collect();
+    for op in [
+        report("agent-1", 0, vec![]),
+        report("agent-1", g + 1, vec![]),
+        report("agent-1", u64::MAX, vec![]),
+        report("", g, vec![]),
+        report("a\0b", g, vec![]),
+        report(&"a".repeat(65), g, vec![]),
+        report("../x", g, vec![]),
+        report("agent-1", g, vec![(1, 1, 2, 1.0)]),
+        report("agent-1", g, vec![(0, 1, 0, 1.0)]),
+        report("agent-1", g, vec![(1, 1, 0, 1.0), (1, 1, 0, 1.0)]),
+        report("agent-1", g, vec![(1, 1, 0, f64::NAN)]),
+        report("agent-1", g, vec![(1, 1, 0, f64::INFINITY)]),
+        report("agent-1", g, vec![(1, 1, 0, -1.0)]),
+        report("agent-1", g, many),
+        Op::ReportServing {
+            endpoint: "nowhere".into(),
+            model: "reco".into(),
+            agent: "agent-1".into(),
+            generation: 1,
+            stats: vec![],
+        },
+    ] {
+        let e = rejected(f.apply(op.clone()));
+        assert_eq!(f.digest(), digest, "{op:?} changed the state: {e}");
+    }
+    // u64::MAX counts sum without overflow.
+    taken(f.apply(report("agent-1", g, vec![(1, u64::MAX, u64::MAX, 1.0)])));
+    taken(f.apply(report("agent-2", g, vec![(1, u64::MAX, 0, 1.0)])));
 }

@@ -263,6 +263,18 @@ fn one_row_in_every_table() -> Fixture {
         reason: "launch".into(),
     });
     assert!(matches!(created, Response::Deployment(_)), "{created:?}");
+    f.apply(Op::ReportServing {
+        endpoint: "rank-prod".into(),
+        model: "rank".into(),
+        agent: "agent-1".into(),
+        generation: 1,
+        stats: vec![crate::deploy::VersionStats {
+            version: 1,
+            requests: 10,
+            errors: 0,
+            p99_ms: 3.5,
+        }],
+    });
     f
 }
 

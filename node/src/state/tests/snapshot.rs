@@ -34,10 +34,10 @@ fn export_then_import_reproduces_the_same_state() {
 /// the `reviews` and `open_reviews` tables came, when audit records carried gate reports, and
 /// when the lineage tables came: registration records edges, and the fixed state holds an
 /// explicit edge and a quarantine; when the catalog tables came, decision 0023; and when the watch
-/// table came, decision 0024, and the deployment tables.)
-const PINNED_DIGEST: &str = "58da4483d8957f9704b9ef5ff721ccb62ce3fd1cd4ea68545fb4cdaea94a3d41";
+/// table came, decision 0024, and the deployment and serving report tables.)
+const PINNED_DIGEST: &str = "20597736bc55945dc6ae472b34c322bb2c952a81987cf5d882373d38e2fe07dc";
 const PINNED_EXPORT_BLAKE3: &str =
-    "6e2feb2c2a3e04b6ea88465a3f2911598d27a49e8c70469a8ed1b1641cd5440b";
+    "8a4e8422a1c671ba3cfd30313c10b1818dea0f0374ce9249fc2cf480c7b31b77";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
