@@ -45,6 +45,16 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                         if held < r.plan[r.step].duration_ms {
                             continue;
                         }
+                        // A next share the target's stage does not allow waits (for a
+                        // promotion) rather than fill the log with refusals.
+                        if let Some(next) = r.plan.get(r.step + 1) {
+                            let stage = app.get_version(txn, &d.model, r.target)?.stage;
+                            let allowed =
+                                deploy::traffic_allowed(&d.model, r.target, stage, next.percent);
+                            if allowed.is_err() {
+                                continue;
+                            }
+                        }
                         if r.bounds.min_requests > 0 {
                             let reports = app.serving_reports(txn, &d.endpoint)?;
                             let (requests, _, _) =

@@ -117,7 +117,8 @@ async fn a_rollout_moves_traffic_step_by_step_and_a_rollback_returns_it_recorded
 
     // A Staging version may be a shadow and a canary, not all traffic.
     stage(&a, "reco/2", "staging");
-    let plan = "shadow,5%,100%";
+    // Steps of an hour: the controller leaves them be, and an approver moves them by hand.
+    let plan = "shadow:1h,5%:1h,100%";
     let started = quiver(
         CLI,
         &c,
@@ -143,7 +144,7 @@ async fn a_rollout_moves_traffic_step_by_step_and_a_rollback_returns_it_recorded
     let text = quiver(CLI, &a, &["deploy", "status", "reco-prod"])
         .ok()
         .stdout;
-    assert!(text.contains("step 1 of 3 (shadow)"), "{text}");
+    assert!(text.contains("step 1 of 3 (shadow 1h)"), "{text}");
     quiver(CLI, &b, &["deploy", "advance", "reco-prod"]).ok();
     assert_eq!(split(&status(&a)), [(1, 95), (2, 5)]);
     // A stale advance (step 1 again) moves nothing.
@@ -370,4 +371,159 @@ fn a_node_serves_prometheus_metrics_of_its_own_and_nothing_else() {
         body.contains(r#"method="/quiver.v1.Models/CreateModel",code="0"} 2"#),
         "{body}"
     );
+}
+
+/// Polls `check` until it holds or the deadline passes.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_moves_a_rollout_on_and_reports_out_of_bounds_roll_it_back() {
+    use quiver_client::proto::VersionServingStats;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(NODE, dir.path(), 3).unwrap();
+    let (a, b) = (nodes[0].endpoint.clone(), nodes[1].endpoint.clone());
+    quiver(CLI, &a, &["model", "create", "reco"]).ok();
+    register(&a, dir.path(), 1);
+    register(&a, dir.path(), 2);
+    let stage = |reference: &str, stage: &str| {
+        quiver(
+            CLI,
+            &a,
+            &["stage", "set", reference, stage, "--reason", "test"],
+        )
+        .ok();
+    };
+    stage("reco/1", "production");
+    stage("reco/2", "staging");
+    quiver(
+        CLI,
+        &a,
+        &["deploy", "create", "reco-prod", "--version", "reco/1"],
+    )
+    .ok();
+    quiver(
+        CLI,
+        &b,
+        &[
+            "deploy",
+            "rollout",
+            "reco-prod",
+            "--version",
+            "reco/2",
+            "--plan",
+            "5%:1s,25%:1s,100%",
+        ],
+    )
+    .ok();
+    // The leader's controller takes step 2 by itself, and waits at 25%: reco/2 is in Staging.
+    wait_until("the controller moves to 25%", || {
+        split(&status(&a)) == [(1, 75), (2, 25)]
+    });
+    let history = quiver(
+        CLI,
+        &a,
+        &["deploy", "history", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(history[0]["kind"], "rollout_step");
+    assert!(
+        history[0]["principal"]
+            .as_str()
+            .unwrap()
+            .starts_with("node:"),
+        "{history}"
+    );
+    // Agents report through a follower: errors over the bound roll it back at once.
+    let generation = status(&b)["generation"].as_u64().unwrap();
+    let client = connect(&b).await.unwrap();
+    let fine = client
+        .report_serving(
+            "reco-prod",
+            "agent-eu-1",
+            generation,
+            vec![VersionServingStats {
+                version: 2,
+                requests: 100,
+                errors: 0,
+                p99_ms: 12.0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(!fine.rolled_back);
+    let breach = client
+        .report_serving(
+            "reco-prod",
+            "agent-us-1",
+            generation,
+            vec![VersionServingStats {
+                version: 2,
+                requests: 100,
+                errors: 9,
+                p99_ms: 15.0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert!(breach.rolled_back, "{breach:?}");
+    assert_eq!(split(&status(&a)), [(1, 100)]);
+    let history = quiver(
+        CLI,
+        &a,
+        &["deploy", "history", "reco-prod", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(history[0]["kind"], "rollback");
+    let reason = history[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("automatic: reco/2 at step 2 of 3 (25% 1s): error rate 4.50% > 1%"),
+        "{reason}"
+    );
+
+    // Promoted, the next rollout runs to the end without anyone.
+    stage("reco/2", "production");
+    quiver(
+        CLI,
+        &a,
+        &[
+            "deploy",
+            "rollout",
+            "reco-prod",
+            "--version",
+            "reco/2",
+            "--plan",
+            "shadow:500ms,100%",
+        ],
+    )
+    .ok();
+    wait_until("the controller completes the rollout", || {
+        split(&status(&b)) == [(2, 100)]
+    });
+    // Bad reports are refused naming the field.
+    let e = client
+        .report_serving(
+            "reco-prod",
+            "agent-eu-1",
+            generation,
+            vec![VersionServingStats {
+                version: 2,
+                requests: 1,
+                errors: 2,
+                p99_ms: f64::NAN,
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("stats"), "{e}");
 }

@@ -37,16 +37,21 @@ fn endpoint_of(w: &mut Write<'_, '_>, endpoint: &str, model: &str) -> AppResult<
 }
 
 /// Refuses a split or shadow naming a version that does not exist or whose stage may not
-/// receive its share.
+/// receive its share. The endpoint's stable version (`serving`) keeps its traffic whatever its
+/// stage: promoting its successor archives it while it still serves.
 fn check_stages(
     w: &mut Write<'_, '_>,
     model: &str,
     split: &Split,
     shadows: &BTreeSet<u64>,
+    serving: Option<u64>,
 ) -> AppResult<()> {
     let shares = split.iter().map(|(v, p)| (*v, *p));
     for (number, share) in shares.chain(shadows.iter().map(|v| (*v, 0))) {
         let v = w.app.get_version(w.wtxn, model, number)?;
+        if Some(number) == serving {
+            continue;
+        }
         deploy::traffic_allowed(model, number, v.stage, share)?;
     }
     Ok(())
@@ -138,7 +143,7 @@ pub(super) fn create(
     }
     let m = w.app.get_model(w.wtxn, model)?;
     let split = Split::from([(version, 100)]);
-    check_stages(w, model, &split, &BTreeSet::new())?;
+    check_stages(w, model, &split, &BTreeSet::new(), None)?;
     let d = Deployment {
         endpoint: endpoint.into(),
         model: model.into(),
@@ -180,7 +185,7 @@ pub(super) fn set_traffic(
     // check_fields bounded every share to 1..=100.
     let split: Split = split.iter().map(|(v, p)| (*v, *p as u8)).collect();
     let shadows: BTreeSet<u64> = shadows.iter().copied().collect();
-    check_stages(w, model, &split, &shadows)?;
+    check_stages(w, model, &split, &shadows, Some(d.stable))?;
     let before = d.versions();
     if let Some((&only, _)) = split.iter().find(|(_, p)| **p == 100) {
         if only != d.stable {
@@ -233,7 +238,7 @@ pub(super) fn start_rollout(
         .into());
     }
     let (split, shadows) = plan[0].traffic(d.stable, version);
-    check_stages(w, model, &split, &shadows)?;
+    check_stages(w, model, &split, &shadows, Some(d.stable))?;
     let before = d.versions();
     d.split = split;
     d.shadows = shadows;
@@ -282,9 +287,12 @@ pub(super) fn advance(
         )
         .into());
     }
+    // The controller (a node's principal) waits for the step's duration and requests; an
+    // approver who advances by hand decides that the step has seen enough.
+    let by_controller = crate::auth::is_system_principal(&w.actor.name);
     let held = w.at_ms.saturating_sub(r.step_started_ms).max(0) as u64;
     let step = r.plan[r.step];
-    if held < step.duration_ms {
+    if by_controller && held < step.duration_ms {
         return Err(state_error(
             endpoint,
             format!(
@@ -296,7 +304,7 @@ pub(super) fn advance(
         )
         .into());
     }
-    if r.bounds.min_requests > 0 {
+    if by_controller && r.bounds.min_requests > 0 {
         let reports = w.app.serving_reports(w.wtxn, endpoint)?;
         let (requests, _, _) = deploy::aggregate(&reports, d.generation, r.target);
         if requests < r.bounds.min_requests {
@@ -313,7 +321,7 @@ pub(super) fn advance(
     }
     let next = r.plan[r.step + 1];
     let (split, shadows) = next.traffic(d.stable, r.target);
-    check_stages(w, model, &split, &shadows)?;
+    check_stages(w, model, &split, &shadows, Some(d.stable))?;
     let before = d.versions();
     d.split = split;
     d.shadows = shadows;

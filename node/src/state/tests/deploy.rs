@@ -97,8 +97,8 @@ fn a_rollout_moves_traffic_one_held_step_at_a_time_and_completes_on_production()
     assert!(e.to_string().contains("step 2 is in force"), "{e}");
     let d = deployment(f.apply(advance(1)));
     assert_eq!(d.split, Split::from([(1, 75), (2, 25)]));
-    // Step 3 must hold 10 s first.
-    let e = rejected(f.apply(advance(2)));
+    // The controller (a node's principal) waits for step 3 to hold 10 s first.
+    let e = rejected(f.apply_as("node:1", advance(2)));
     assert!(e.to_string().contains("has held"), "{e}");
     // 100% needs Production: v2 is in Staging.
     let mut wtxn = f.env.write_txn().unwrap();
@@ -405,17 +405,27 @@ fn a_step_asking_for_requests_moves_on_only_once_the_reports_show_them() {
         bounds.min_requests = 100;
     }
     let d = deployment(f.apply(plan_op));
-    let e = rejected(f.apply(advance(0)));
+    let e = rejected(f.apply_as("node:1", advance(0)));
     assert!(
         e.to_string().contains("has seen 0 of the 100 requests"),
         "{e}"
     );
     taken(f.apply(report("agent-1", d.generation, vec![(2, 60, 0, 1.0)])));
-    rejected(f.apply(advance(0)));
+    rejected(f.apply_as("node:1", advance(0)));
     taken(f.apply(report("agent-2", d.generation, vec![(2, 40, 0, 1.0)])));
     f.apply(stage("reco", 2, Stage::Production));
-    let d = deployment(f.apply(advance(0)));
+    let d = deployment(f.apply_as("node:1", advance(0)));
     assert_eq!(d.split, Split::from([(2, 100)]));
+    // An approver advancing by hand decides the step has seen enough.
+    let mut plan_op = rollout(1, vec![step(5, 3_600_000), step(100, 0)]);
+    if let Op::StartRollout { bounds, .. } = &mut plan_op {
+        bounds.min_requests = 1_000_000;
+    }
+    f.apply(stage("reco", 1, Stage::Staging));
+    deployment(f.apply(plan_op));
+    f.apply(stage("reco", 1, Stage::Production));
+    let d = deployment(f.apply(advance(0)));
+    assert_eq!(d.split, Split::from([(1, 100)]));
 }
 
 #[test]
