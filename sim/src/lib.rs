@@ -41,6 +41,7 @@
 
 pub mod check;
 pub mod check_chunks;
+pub mod check_watch;
 pub mod chunknet;
 pub mod chunks;
 pub mod chunkstore;
