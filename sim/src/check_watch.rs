@@ -193,10 +193,10 @@ pub fn check_watchers(log: &BTreeMap<u64, WatchEvent>, watchers: &[WatcherLog]) 
                 ),
             ));
         }
-        if let Some(started) = w.started {
+        if let Some(started) = w.started.filter(|s| *s < w.through) {
             let got: BTreeSet<u64> = w.events.iter().map(|(_, e)| e.revision).collect();
             let missed: Vec<u64> = log
-                .range(started.saturating_add(1)..=w.through)
+                .range(started + 1..=w.through)
                 .filter(|(r, e)| w.filter.matches(&e.change) && !got.contains(r))
                 .map(|(r, _)| *r)
                 .collect();
@@ -459,9 +459,13 @@ mod tests {
     fn a_clean_history_passes() {
         let all = watcher(WatchFilter::All, 1, &[2, 3, 4, 5, 6], 6);
         let of_b = watcher(WatchFilter::Model("b".into()), 0, &[3, 5], 6);
-        // A watcher that has read through less than the log holds has missed nothing yet.
+        // A watcher that has read through less than the log holds has missed nothing yet, nor
+        // has one that stopped where it started.
         let behind = watcher(WatchFilter::All, 2, &[3], 3);
-        assert_eq!(check(&[all, of_b, behind]), vec![]);
+        let idle = watcher(WatchFilter::All, 6, &[], 6);
+        let mut unstarted = watcher(WatchFilter::All, 0, &[], 0);
+        unstarted.started = None;
+        assert_eq!(check(&[all, of_b, behind, idle, unstarted]), vec![]);
     }
 
     #[test]
