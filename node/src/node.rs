@@ -124,6 +124,10 @@ pub struct PlantedNodeBugs {
     /// PLANTED BUG `registrant-approval-counts`: the state machine forgets the four-eyes rule,
     /// so a version's registrant may approve its own review and that approval counts.
     pub registrant_approval_counts: bool,
+    /// PLANTED BUG `watch-resume-skips-one`: a watch resumed after a revision
+    /// (`Node::watch_start` with `Some(after)`) starts one revision later, so the watcher never
+    /// hears of the event right after the last one it was told of.
+    pub watch_resume_skips_one: bool,
 }
 
 /// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk

@@ -39,6 +39,10 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                 "after_revision",
                 ahead_message(after, latest),
             ))),
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`): the resumed watch starts one late.
+            Some(after) if self.core.planted_node.watch_resume_skips_one => {
+                Ok(after.saturating_add(1))
+            }
             Some(after) => Ok(after),
         }
     }

@@ -157,6 +157,10 @@ pub struct FinalState {
     pub catalog: BTreeMap<String, quiver_node::catalog::CatalogEntry>,
     /// Models a catalog search by their namespace and the words of their name did not find.
     pub unsearchable: Vec<String>,
+    /// The latest watch revision, and every kept watch event in the order `watch_read` gave
+    /// them ([`crate::check_watch`]).
+    pub watch_revision: u64,
+    pub watch: Vec<quiver_node::watch::WatchEvent>,
 }
 
 /// The catalog agrees with the models and versions it is derived from, whatever faults the run

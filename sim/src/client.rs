@@ -79,6 +79,13 @@ pub struct ClientStats {
     pub hostile_accepted: u64,
     /// Catalog searches sent, most with hostile fields ([`crate::hostile::hostile_search`]).
     pub searches: u64,
+    /// Hostile watch starts sent ([`crate::hostile::hostile_watch`]) and refused, as each must be.
+    pub watches_hostile: u64,
+    pub watches_hostile_refused: u64,
+    /// Watches the watchers started ([`crate::watchers`]: the first and each resume) and the
+    /// events they received.
+    pub watch_starts: u64,
+    pub watch_events: u64,
 }
 
 /// What a read asks.
@@ -198,6 +205,19 @@ impl Clients {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the pipelines (and watchers) were told to stop.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Note a violation the clients saw.
+    pub(crate) fn violation(&self, v: Violation) {
+        self.violations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(v);
+    }
+
     pub fn acks(&self) -> Vec<Ack> {
         self.acks
             .lock()
@@ -222,7 +242,7 @@ impl Clients {
             .clone()
     }
 
-    fn count(&self, f: impl FnOnce(&mut ClientStats)) {
+    pub(crate) fn count(&self, f: impl FnOnce(&mut ClientStats)) {
         f(&mut self
             .stats
             .lock()
@@ -841,7 +861,7 @@ fn read_key(
 }
 
 /// The first line of an error, at most 160 characters, for the trace.
-fn first_line(s: &str) -> String {
+pub(crate) fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(160).collect()
 }
 

@@ -27,6 +27,7 @@ use quiver_node::env::{Clock, Env, RequestIds};
 use quiver_node::node::PlantedNodeBugs;
 use quiver_node::replication::PlantedBugs;
 use quiver_node::state::RegistryApp;
+use quiver_node::watch::{WatchEvent, WatchFilter, WatchRead};
 use quiver_node::CoreConfig;
 use quiver_raft::{LogDiskHandle, RaftNode, RaftNodeConfig};
 use rand::rngs::StdRng;
@@ -616,7 +617,41 @@ fn read_final(
             .any(|g| matches!(g, quiver_node::governance::Gate::Approvals { .. }));
         state.gated.insert(m.name.clone(), gated);
     }
+    let (revision, watch) = read_watch_log(app, rtxn).map_err(|e| err("read the watch log", e))?;
+    state.watch_revision = revision;
+    state.watch = watch;
     Ok(state)
+}
+
+/// The latest watch revision and every kept event, read as a watcher of everything would from
+/// revision 0 (`watch_read` in a loop; told it is behind, from the oldest kept).
+fn read_watch_log(
+    app: &RegistryApp,
+    rtxn: &quiver_raft::heed::RoTxn<'_>,
+) -> Result<(u64, Vec<WatchEvent>), quiver_node::state::AppError> {
+    let latest = app.watch_revision(rtxn)?;
+    let mut events = Vec::new();
+    let mut after = 0;
+    while after < latest {
+        match app.watch_read(rtxn, &WatchFilter::All, after)? {
+            WatchRead::Events {
+                events: batch,
+                through,
+            } => {
+                events.extend(batch);
+                if through == after {
+                    break;
+                }
+                after = through;
+            }
+            // The oldest events are no longer kept: read on from the oldest that is.
+            WatchRead::Behind { oldest_kept, .. } if oldest_kept > after + 1 => {
+                after = oldest_kept - 1;
+            }
+            WatchRead::Behind { .. } => break,
+        }
+    }
+    Ok((latest, events))
 }
 
 #[cfg(test)]

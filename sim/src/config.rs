@@ -143,11 +143,15 @@ pub enum Plant {
     /// (`PlantedNodeBugs::registrant_approval_counts`): the registrant's own approval counts and
     /// promotes. The approvals checker must notice.
     RegistrantApprovalCounts,
+    /// A watch resumed after a revision starts one revision later
+    /// (`PlantedNodeBugs::watch_resume_skips_one`, in `Node::watch_start`): a watcher that moves
+    /// to another node misses the next event. The watch checker must notice.
+    WatchResumeSkipsOne,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 12] = [
+    pub const ALL: [Plant; 13] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -160,6 +164,7 @@ impl Plant {
         Plant::KeepUnsyncedChunk,
         Plant::FollowerSkipsRoleCheck,
         Plant::RegistrantApprovalCounts,
+        Plant::WatchResumeSkipsOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -176,6 +181,7 @@ impl Plant {
             Plant::KeepUnsyncedChunk => "keep-unsynced-chunk",
             Plant::FollowerSkipsRoleCheck => "follower-skips-role-check",
             Plant::RegistrantApprovalCounts => "registrant-approval-counts",
+            Plant::WatchResumeSkipsOne => "watch-resume-skips-one",
         }
     }
 
@@ -194,6 +200,7 @@ impl Plant {
             apply_skips_name_validation: plant == Some(Plant::ApplySkipsNameValidation),
             follower_skips_role_check: plant == Some(Plant::FollowerSkipsRoleCheck),
             registrant_approval_counts: plant == Some(Plant::RegistrantApprovalCounts),
+            watch_resume_skips_one: plant == Some(Plant::WatchResumeSkipsOne),
         }
     }
 

@@ -15,6 +15,7 @@ use quiver_node::command::Op;
 use quiver_node::domain::{limits, RiskTier, Signature, Stage, VersionMetadata, VersionStatus};
 use quiver_node::governance::{Gate, Policy, PolicyScope};
 use quiver_node::lineage::{Entity, EntityKind};
+use quiver_node::watch::WatchFilter;
 use quiver_transfer::Manifest;
 use rand::Rng;
 
@@ -361,6 +362,83 @@ pub fn hostile_search(
 /// Words in the over-long hostile query (over `catalog::QUERY_WORDS_MAX`).
 pub const SEARCH_WORDS_HOSTILE: usize = 40;
 
+/// How far beyond the latest revision a node has applied a hostile watch asks to resume: more
+/// events than any simulated run gives, so that the cluster's latest cannot have reached it.
+pub const WATCH_AHEAD_HOSTILE: u64 = 1_000_000;
+
+/// One watch start that must be refused, with a short label: a filter with a hostile name (model,
+/// alias, endpoint), or of a model that does not exist, or a revision to resume after that is
+/// beyond `latest` (the latest a node has applied) or is `u64::MAX`. `models` exist (acknowledged
+/// creations), so that a bad alias or revision is what is refused.
+pub fn hostile_watch(
+    rng: &mut impl Rng,
+    models: &[String],
+    latest: u64,
+) -> (String, WatchFilter, Option<u64>) {
+    let names = bad_names();
+    let bad = names[rng.gen_range(0..names.len())].clone();
+    let shown: String = bad.chars().take(16).collect();
+    let model = models
+        .get(rng.gen_range(0..models.len().max(1)))
+        .cloned()
+        .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
+    let stage = [Stage::Staging, Stage::Production][rng.gen_range(0..2)];
+    let beyond = [
+        u64::MAX,
+        u64::MAX - 1,
+        1 << 63,
+        latest.saturating_add(WATCH_AHEAD_HOSTILE),
+    ][rng.gen_range(0..4)];
+    let (label, filter, after) = match rng.gen_range(0..9u32) {
+        0 => ("model", WatchFilter::Model(bad), None),
+        1 => (
+            "alias",
+            WatchFilter::Alias {
+                model: model.clone(),
+                alias: bad,
+            },
+            None,
+        ),
+        2 => (
+            "alias of model",
+            WatchFilter::Alias {
+                model: bad,
+                alias: "champion".into(),
+            },
+            None,
+        ),
+        3 => (
+            "stage of model",
+            WatchFilter::Stage { model: bad, stage },
+            None,
+        ),
+        4 => ("endpoint", WatchFilter::Endpoint(bad), None),
+        5 => (
+            "unknown model",
+            WatchFilter::Model(UNKNOWN_MODEL.into()),
+            None,
+        ),
+        6 => (
+            "stage of unknown model",
+            WatchFilter::Stage {
+                model: UNKNOWN_MODEL.into(),
+                stage,
+            },
+            Some(0),
+        ),
+        7 => ("everything after", WatchFilter::All, Some(beyond)),
+        _ => ("model after", WatchFilter::Model(model), Some(beyond)),
+    };
+    let shown = match (&filter, after) {
+        (_, Some(after)) if after > 0 => format!("revision {after}"),
+        (WatchFilter::Model(m) | WatchFilter::Stage { model: m, .. }, _) if m == UNKNOWN_MODEL => {
+            m.clone()
+        }
+        _ => format!("{shown:?}"),
+    };
+    (format!("watch {label} {shown}"), filter, after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +451,24 @@ mod tests {
         for name in bad_names() {
             assert!(validate_name("model", &name).is_err(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn every_hostile_watch_names_a_bad_name_an_unknown_model_or_a_revision_ahead() {
+        let models = vec!["p0-m1".to_string()];
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut labels = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let (label, filter, after) = hostile_watch(&mut rng, &models, 40);
+            let unknown = filter.model() == Some(UNKNOWN_MODEL);
+            let ahead = after.is_some_and(|a| a > 40 + WATCH_AHEAD_HOSTILE / 2);
+            assert!(
+                filter.check().is_err() || unknown || ahead,
+                "{label}: {filter:?} after {after:?} would be a valid watch"
+            );
+            labels.insert(label.split(' ').nth(1).map(str::to_string));
+        }
+        assert!(labels.len() >= 6, "{labels:?}");
     }
 
     #[test]

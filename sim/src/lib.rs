@@ -15,10 +15,11 @@
 //!
 //! Pure parts, unit-tested on their own: fault schedules ([`schedule`]), the link model
 //! ([`net::LinkModel`]), the pipelines' op generation ([`workload`]), the invariant checkers
-//! ([`check`], [`check_chunks`], [`linear`]) and the report's statistics ([`report`]). The I/O
-//! shell: [`cluster`] (start, crash, restart nodes), [`net`]'s router and transport, [`client`]
-//! (ops and reads through any node), [`run`] (one seed) and [`sweep`] (many seeds on several
-//! threads).
+//! ([`check`], [`check_chunks`], [`check_watch`], [`linear`]) and the report's statistics
+//! ([`report`]). The I/O shell: [`cluster`] (start, crash, restart nodes), [`net`]'s router and
+//! transport, [`client`] (ops and reads through any node), [`watchers`] (watches through any
+//! node, resumed on another after an error), [`run`] (one seed) and [`sweep`] (many seeds on
+//! several threads).
 //!
 //! Modules:
 //! - [`config`]: scenario, sizes, the planted bugs (test-only: lost acks, READY before W
@@ -41,6 +42,7 @@
 
 pub mod check;
 pub mod check_chunks;
+pub mod check_watch;
 pub mod chunknet;
 pub mod chunks;
 pub mod chunkstore;
@@ -60,6 +62,7 @@ pub mod run;
 pub mod schedule;
 pub mod sweep;
 pub mod trace;
+pub mod watchers;
 pub mod workload;
 
 pub use config::{Plant, Scenario, SeedRange, SimConfig};

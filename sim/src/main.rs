@@ -81,7 +81,8 @@ struct Common {
     /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
     /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync, follower-applies-stage-change,
     /// retry-without-request-id, stale-follower-reads, repair-skips-after-restart,
-    /// apply-skips-name-validation or keep-unsynced-chunk.
+    /// apply-skips-name-validation, keep-unsynced-chunk, follower-skips-role-check,
+    /// registrant-approval-counts or watch-resume-skips-one.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).

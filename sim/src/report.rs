@@ -133,11 +133,18 @@ impl RunReport {
         let _ = writeln!(
             s,
             "hostile requests: {} sent, {} rejected, {} without an answer (none may be accepted); \
-             {} catalog searches, most with hostile fields",
+             {} catalog searches, most with hostile fields; {} hostile watch starts, {} refused",
             self.clients.hostile,
             self.clients.hostile_rejected,
             self.clients.hostile - self.clients.hostile_rejected - self.clients.hostile_accepted,
-            self.clients.searches
+            self.clients.searches,
+            self.clients.watches_hostile,
+            self.clients.watches_hostile_refused
+        );
+        let _ = writeln!(
+            s,
+            "watches: {} started (a first start or a resume on another node), {} events received",
+            self.clients.watch_starts, self.clients.watch_events
         );
         let _ = writeln!(
             s,

@@ -7,11 +7,11 @@
 //! it needs, and the same seed gives the same interleaving, the same faults at the same moments
 //! and the same trace.
 //!
-//! Shape of a run: boot and initialise the cluster; start the pipelines, the fault driver
-//! (the scenario's schedule) and the monitor (leaders per term, digest and version samples);
-//! at the end of the scenario stop the clients, heal every fault and restart every node; wait
-//! until one leader is known to all and every node has applied the same index (liveness); then
-//! read every node's final state and run the checkers.
+//! Shape of a run: boot and initialise the cluster; start the pipelines, the watchers (chaos),
+//! the fault driver (the scenario's schedule) and the monitor (leaders per term, digest and
+//! version samples); at the end of the scenario stop the clients, heal every fault and restart
+//! every node; wait until one leader is known to all and every node has applied the same index
+//! (liveness); then read every node's final state and run the checkers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use crate::check::{
     check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
     Violation, VoteBook,
 };
+use crate::check_watch::check_watch;
 use crate::chunks::{Chunks, DOWNLOADERS};
 use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
@@ -41,6 +42,7 @@ use crate::schedule::{
     membership_schedule, merge, node_ids, Fault, FaultEvent, NodeId, Target,
 };
 use crate::trace::SharedTrace;
+use crate::watchers::WATCHERS;
 use crate::workload::{Mix, Pipeline};
 
 /// The Raft heartbeat a deployment over `regions` regions should use, as an operator would set
@@ -267,6 +269,17 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             tokio::spawn(clients.clone().run_pipeline(p))
         })
         .collect();
+    // Watchers follow the registry's changes through any node (chaos only: failover's figures
+    // measure its steady load).
+    let watchers: Vec<_> = match cfg.scenario {
+        Scenario::Chaos => (0..WATCHERS)
+            .map(|i| {
+                let seed = sub_seed(cfg.seed, &format!("watcher-{i}"));
+                tokio::spawn(clients.clone().run_watcher(i, cfg.clients, seed))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
 
     let duration_ms = cfg.duration_ms();
     let schedule = match cfg.scenario {
@@ -323,6 +336,10 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     for p in pipelines {
         p.await.context("client task")?;
     }
+    let mut watched = Vec::new();
+    for w in watchers {
+        watched.push(w.await.context("watcher task")?);
+    }
     for d in downloaders {
         d.await.context("downloader task")?;
     }
@@ -376,6 +393,9 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
                     }
                 }
             }
+            let nodes: Vec<(NodeId, &FinalState)> =
+                states.iter().map(|(id, _, _, s)| (*id, s)).collect();
+            b.add_all(check_watch(&nodes, &watched));
             if let Some((_, index, digest, state)) = states.into_iter().next() {
                 b.add_all(check_state(&state));
                 b.add_all(check_acks(&acks, &state));

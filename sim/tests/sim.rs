@@ -458,6 +458,33 @@ fn the_approvals_checker_finds_a_registrant_approval_counting_and_passes_without
     assert!(clean.iter().all(|r| r.passed()));
 }
 
+/// Two watchers (everything; one pipeline's first model) move between nodes on errors and at
+/// random, resuming after the last revision they were told of. With a resumed watch planted to
+/// start one revision late, each move misses an event and the watch checker names it; without
+/// it every watcher got every event it asked for, once and in order, and every hostile watch
+/// start was refused.
+#[test]
+fn the_watch_checker_finds_a_resume_skipping_one_event_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::WatchResumeSkipsOne,
+        "watch-missed",
+        SeedRange { start: 0, end: 2 },
+        10,
+    );
+    for r in &clean {
+        assert!(
+            r.clients.watch_starts >= 2 && r.clients.watch_events > 10,
+            "{}",
+            r.summary()
+        );
+    }
+    let refused: u64 = clean
+        .iter()
+        .map(|r| r.clients.watches_hostile_refused)
+        .sum();
+    assert!(refused > 0, "no hostile watch start was refused");
+}
+
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the
 /// sweep's summary with every run, as JSON that reads back to the same values.
 #[test]
