@@ -57,8 +57,14 @@ pub enum Change {
         alias: String,
         number: u64,
     },
-    /// A deployment endpoint (of `model`) changed: its split, shadows or rollout.
-    Deployment { endpoint: String, model: String },
+    /// A deployment endpoint (of `model`) changed: its split, shadows or rollout; it is at
+    /// `generation` now.
+    Deployment {
+        endpoint: String,
+        model: String,
+        #[serde(default)]
+        generation: u64,
+    },
 }
 
 impl Change {
@@ -138,9 +144,11 @@ impl Change {
                 alias,
                 number,
             } => format!("{model}@{alias} removed (was {number})"),
-            Change::Deployment { endpoint, model } => {
-                format!("endpoint {endpoint} ({model}) changed")
-            }
+            Change::Deployment {
+                endpoint,
+                model,
+                generation,
+            } => format!("endpoint {endpoint} ({model}) changed: generation {generation}"),
         }
     }
 }
@@ -313,6 +321,7 @@ mod tests {
         let d = |e: &str| Change::Deployment {
             endpoint: e.into(),
             model: "reco".into(),
+            generation: 1,
         };
         assert!(f.matches(&d("reco-prod")));
         assert!(!f.matches(&d("reco-canary")));

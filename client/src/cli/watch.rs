@@ -51,6 +51,8 @@ struct EventView<'a> {
     alias: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     description: &'a str,
 }
 
@@ -67,6 +69,7 @@ fn view(e: &WatchEvent) -> EventView<'_> {
         to_stage: stage(e.to_stage),
         alias: &e.alias,
         endpoint: &e.endpoint,
+        generation: (e.generation != 0).then_some(e.generation),
         description: &e.description,
     }
 }

@@ -513,7 +513,14 @@ pub fn watch_event_to_proto(e: &crate::watch::WatchEvent) -> proto::WatchEvent {
         Change::VersionCreated { status, .. } | Change::VersionStatus { status, .. } => {
             out.status = status_to_proto(*status) as i32;
         }
-        Change::Deployment { endpoint, .. } => out.endpoint = endpoint.clone(),
+        Change::Deployment {
+            endpoint,
+            generation,
+            ..
+        } => {
+            out.endpoint = endpoint.clone();
+            out.generation = *generation;
+        }
         Change::Model { .. } | Change::VersionTags { .. } => {}
     }
     out

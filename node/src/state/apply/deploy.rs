@@ -111,6 +111,7 @@ fn write_change(
     w.changed(Change::Deployment {
         endpoint: d.endpoint.clone(),
         model: d.model.clone(),
+        generation: d.generation,
     });
     let subject = format!("endpoint {}", d.endpoint);
     Ok((d, subject))

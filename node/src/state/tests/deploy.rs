@@ -163,11 +163,18 @@ fn a_rollout_moves_traffic_one_held_step_at_a_time_and_completes_on_production()
         panic!("{read:?}")
     };
     assert_eq!(events.len(), 6);
-    assert!(events.iter().all(|e| e.change
-        == Change::Deployment {
-            endpoint: "reco-prod".into(),
-            model: "reco".into()
-        }));
+    let generations: Vec<u64> = events
+        .iter()
+        .map(|e| match &e.change {
+            Change::Deployment {
+                endpoint,
+                model,
+                generation,
+            } if endpoint == "reco-prod" && model == "reco" => *generation,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(generations, [1, 2, 3, 4, 5, 6]);
 }
 
 #[test]

@@ -35,9 +35,9 @@ fn export_then_import_reproduces_the_same_state() {
 /// when the lineage tables came: registration records edges, and the fixed state holds an
 /// explicit edge and a quarantine; when the catalog tables came, decision 0023; and when the watch
 /// table came, decision 0024, and the deployment and serving report tables.)
-const PINNED_DIGEST: &str = "20597736bc55945dc6ae472b34c322bb2c952a81987cf5d882373d38e2fe07dc";
+const PINNED_DIGEST: &str = "b3011cd521d847d46ecba1ae49a3df63a560d30d1bf33732860b95d7def7eb84";
 const PINNED_EXPORT_BLAKE3: &str =
-    "8a4e8422a1c671ba3cfd30313c10b1818dea0f0374ce9249fc2cf480c7b31b77";
+    "1058b04783859db72624b37c9e57edcfd79ddbe9fd678b56f9b41102be3a91b6";
 
 #[test]
 fn digest_and_snapshot_of_a_fixed_state_are_pinned() {
