@@ -673,6 +673,163 @@ pub async fn promotion(
     })
 }
 
+// -------------------------------------------------------------- rollback
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RollbackReport {
+    pub watchers: u32,
+    pub rollbacks: u32,
+    /// From `Rollback` returning to the last watcher receiving the endpoint's new generation
+    /// (0 when every watcher had it before the call returned).
+    pub rollback_ms_p50: f64,
+    pub rollback_ms_p99: f64,
+    /// The same for the first step of a rollout (5% to the new version).
+    pub step_ms_p50: f64,
+    pub step_ms_p99: f64,
+    /// The baseline: the `Rollback` call itself (a replicated write), call to return.
+    pub call_ms_p50: f64,
+    pub call_ms_p99: f64,
+}
+
+/// Starts and rolls back `rollbacks` rollouts of an endpoint while `watchers` watches of it
+/// (spread over `members`, as serving agents would be) each record when every change arrives;
+/// reports how long after each call returned the last watcher had it. `client` must be an
+/// admin's (it creates the model, its versions and the endpoint).
+pub async fn rollback(
+    client: &Client,
+    members: &[Client],
+    watchers: u32,
+    rollbacks: u32,
+    log: &dyn Fn(&str),
+) -> Result<RollbackReport, ClientError> {
+    use crate::proto::{RolloutStep, Stage, WatchRequest};
+    if watchers == 0 || watchers > 1000 || rollbacks == 0 || rollbacks > 10_000 {
+        return Err(ClientError::InvalidInput(format!(
+            "--watchers {watchers} --rollbacks {rollbacks} is out of range: use 1 to 1000 \
+             watchers and 1 to 10000 rollbacks"
+        )));
+    }
+    let stamp = format!("{}-{}", std::process::id(), unix_ms());
+    let model = format!("bench-rollback-{stamp}");
+    let endpoint = format!("bench-ep-{}", unix_ms() % 1_000_000_000);
+    client.create_model(bench_model(&model, "rollback")).await?;
+    let stable = register_tiny(client, &model, 1).await?;
+    let canary = register_tiny(client, &model, 2).await?;
+    client
+        .set_stage(&format!("{model}/{stable}"), Stage::Production, "bench")
+        .await?;
+    client
+        .set_stage(&format!("{model}/{canary}"), Stage::Staging, "bench")
+        .await?;
+    client
+        .create_deployment(&endpoint, &format!("{model}/{stable}"), "bench")
+        .await?;
+    // Each watcher sends (watcher, generation, when it arrived) for every change it hears.
+    let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let node = members
+            .get(w as usize % members.len().max(1))
+            .unwrap_or(client)
+            .clone();
+        let mut stream = node
+            .watch(WatchRequest {
+                endpoint: endpoint.clone(),
+                after_revision: None,
+                ..Default::default()
+            })
+            .await?;
+        // The first batch says where the watch starts: from then on nothing is missed.
+        stream.message().await?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(batch)) = stream.message().await {
+                for e in batch.events {
+                    if tx.send((w, e.generation, Instant::now())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    log(&format!(
+        "{rollbacks} rollouts and rollbacks of {endpoint}, watched by {watchers} watchers over {} \
+         node(s)",
+        members.len().max(1)
+    ));
+    let mut arrivals = Arrivals {
+        rx: arrivals,
+        seen: Default::default(),
+    };
+    let (mut rollback_ms, mut step_ms, mut call_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let after = |returned: Instant, last: Instant| last.saturating_duration_since(returned);
+    for _ in 0..rollbacks {
+        let plan = vec![
+            RolloutStep {
+                percent: 5,
+                duration_ms: 3_600_000,
+            },
+            RolloutStep {
+                percent: 100,
+                duration_ms: 0,
+            },
+        ];
+        let started = client
+            .start_rollout(&endpoint, &format!("{model}/{canary}"), plan, None, "bench")
+            .await?;
+        let returned = Instant::now();
+        let last = arrivals.all_heard(started.generation, watchers).await?;
+        step_ms.push(after(returned, last));
+        let call = Instant::now();
+        let back = client.rollback(&endpoint, "bench").await?;
+        let returned = Instant::now();
+        call_ms.push(returned - call);
+        let last = arrivals.all_heard(back.generation, watchers).await?;
+        rollback_ms.push(after(returned, last));
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok(RollbackReport {
+        watchers,
+        rollbacks,
+        rollback_ms_p50: percentile_ms(&mut rollback_ms, 50.0),
+        rollback_ms_p99: percentile_ms(&mut rollback_ms, 99.0),
+        step_ms_p50: percentile_ms(&mut step_ms, 50.0),
+        step_ms_p99: percentile_ms(&mut step_ms, 99.0),
+        call_ms_p50: percentile_ms(&mut call_ms, 50.0),
+        call_ms_p99: percentile_ms(&mut call_ms, 99.0),
+    })
+}
+
+/// What the rollback benchmark's watchers heard: (watcher, generation, arrival).
+struct Arrivals {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(u32, u64, Instant)>,
+    /// Arrival times by generation.
+    seen: std::collections::HashMap<u64, Vec<Instant>>,
+}
+
+impl Arrivals {
+    /// Waits (30 s at most) until `watchers` watchers have heard `generation`; returns the last
+    /// arrival.
+    async fn all_heard(&mut self, generation: u64, watchers: u32) -> Result<Instant, ClientError> {
+        loop {
+            if let Some(times) = self.seen.get(&generation) {
+                if times.len() as u32 >= watchers {
+                    return Ok(times.iter().max().copied().unwrap_or_else(Instant::now));
+                }
+            }
+            let heard = tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await;
+            let Ok(Some((_, g, at))) = heard else {
+                return Err(ClientError::Verify(format!(
+                    "a watcher did not hear generation {generation} within 30 s"
+                )));
+            };
+            self.seen.entry(g).or_default().push(at);
+        }
+    }
+}
+
 /// Registers a 1 KiB version of `model` (content from `seed`); returns its number.
 async fn register_tiny(client: &Client, model: &str, seed: u32) -> Result<u64, ClientError> {
     let file = UploadFile {

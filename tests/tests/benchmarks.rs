@@ -220,3 +220,31 @@ fn the_promotion_benchmark_runs_at_toy_size() {
         assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
     }
 }
+
+#[test]
+fn the_rollback_benchmark_runs_at_toy_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = quiver_tests::start_cluster(NODE, tmp.path(), 3).unwrap();
+    let r = quiver(
+        CLI,
+        &nodes[0].endpoint,
+        &[
+            "bench",
+            "rollback",
+            "--watchers",
+            "4",
+            "--rollbacks",
+            "3",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(figure(&r, "watchers"), 4, "{r}");
+    assert_eq!(figure(&r, "rollbacks"), 3, "{r}");
+    for key in ["rollback_ms_p99", "step_ms_p99"] {
+        assert!(figure(&r, key).as_f64().unwrap() >= 0.0, "{key} in {r}");
+    }
+    assert!(figure(&r, "call_ms_p50").as_f64().unwrap() > 0.0, "{r}");
+}

@@ -46,6 +46,50 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        BenchCommand::Rollback {
+            watchers,
+            rollbacks,
+            output,
+        } => {
+            let mut members = vec![client.clone()];
+            let status = client.cluster_status().await?;
+            for m in status.members {
+                if m.node_id != status.node_id && !m.api_addr.is_empty() {
+                    members.push(client.connect_to(&m.api_addr).await?);
+                }
+            }
+            let r = bench::rollback(client, &members, watchers, rollbacks, &log).await?;
+            match output.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Table => {
+                    let ms = |v: f64| format!("{v:.2} ms");
+                    let rows = vec![
+                        vec![
+                            "rollback: call returned → last watcher has it".into(),
+                            ms(r.rollback_ms_p50),
+                            ms(r.rollback_ms_p99),
+                        ],
+                        vec![
+                            "rollout step: call returned → last watcher has it".into(),
+                            ms(r.step_ms_p50),
+                            ms(r.step_ms_p99),
+                        ],
+                        vec![
+                            "baseline: the rollback call itself".into(),
+                            ms(r.call_ms_p50),
+                            ms(r.call_ms_p99),
+                        ],
+                    ];
+                    outln!(
+                        "{} rollouts and rollbacks, {} watchers over {} node(s)",
+                        r.rollbacks,
+                        r.watchers,
+                        members.len()
+                    );
+                    out!("{}", table(&["", "P50", "P99"], &rows));
+                }
+            }
+        }
         BenchCommand::Promotion { promotions, output } => {
             let r = bench::promotion(client, promotions, &log).await?;
             match output.output {

@@ -449,6 +449,19 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// How soon rollout steps and rollbacks of an endpoint reach its watchers (as serving
+    /// agents watch it), spread over the cluster's members, beside the rollback call itself.
+    /// Needs an admin.
+    Rollback {
+        /// Watches of the endpoint, round robin over the members.
+        #[arg(long, default_value_t = 20)]
+        watchers: u32,
+        /// Rollouts started and rolled back.
+        #[arg(long, default_value_t = 20)]
+        rollbacks: u32,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
 }
 
 /// Runs one parsed command.
