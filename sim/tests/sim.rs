@@ -449,10 +449,13 @@ fn the_unauthorized_write_checker_finds_a_follower_skipping_the_role_check_and_p
 /// checker names it; without it every such approval is refused and nothing is flagged.
 #[test]
 fn the_approvals_checker_finds_a_registrant_approval_counting_and_passes_without_it() {
+    // Which seeds catch it moves with the nodes' scheduling (the rollout controller's timer
+    // shifted it): `quiver-sim sweep --seeds 0..10 --duration-s 20 --plant
+    // registrant-approval-counts` caught it on seed 4.
     let clean = plant_is_caught(
         Plant::RegistrantApprovalCounts,
         "registrant-approval",
-        SeedRange { start: 0, end: 3 },
+        SeedRange { start: 2, end: 6 },
         20,
     );
     assert!(clean.iter().all(|r| r.passed()));
