@@ -13,10 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{caller_with, consistency, invalid};
+use super::{caller_reading, caller_with, consistency};
 use crate::access::Target;
 use crate::auth::Role;
-use crate::domain::validate_name;
 use crate::node::{Consistency, Node};
 use crate::state::AuditFilter;
 
@@ -75,27 +74,14 @@ impl Audit for AuditService {
         request: Request<proto::ListAuditRequest>,
     ) -> Result<Response<proto::ListAuditResponse>, Status> {
         let model = request.get_ref().model.clone();
-        if model.is_empty() {
-            caller_with(
-                &self.node,
-                &request,
-                Role::Reader,
-                Target::Cluster,
-                "read the whole audit log (give a model to read only its records)",
-            )
-            .await?;
-        } else {
-            validate_name("model", &model).map_err(invalid)?;
-            let action = format!("read the audit log of model {model}");
-            caller_with(
-                &self.node,
-                &request,
-                Role::Reader,
-                Target::Model(&model),
-                &action,
-            )
-            .await?;
-        }
+        caller_reading(
+            &self.node,
+            &request,
+            &model,
+            "read the whole audit log (give a model to read only its records)",
+            "read the audit log of model",
+        )
+        .await?;
         let r = request.into_inner();
         let after = parse_page_token(&r.page_token)?;
         let filter = AuditFilter {

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{
     bounds_from_proto, deployment_record_to_proto, deployment_to_proto, plan_from_proto,
 };
-use super::{caller, caller_with, consistency, invalid, parse_reference};
+use super::{caller, caller_reading, caller_with, consistency, invalid, parse_reference};
 use crate::access::Target;
 use crate::auth::Role;
 use crate::command::{Op, Response as Applied};
@@ -51,6 +51,26 @@ pub struct DeployService {
 impl DeployService {
     async fn model_of(&self, endpoint: &str) -> Result<String, Status> {
         endpoint_model(&self.node, endpoint).await
+    }
+
+    /// Checks that the caller may read `endpoint` (the reader role on its model's namespace);
+    /// returns the model.
+    async fn reader_of<T>(
+        &self,
+        request: &Request<T>,
+        endpoint: &str,
+        action: &str,
+    ) -> Result<String, Status> {
+        let model = self.model_of(endpoint).await?;
+        caller_with(
+            &self.node,
+            request,
+            Role::Reader,
+            Target::Model(&model),
+            action,
+        )
+        .await?;
+        Ok(model)
     }
 
     /// Resolves a reference to (model, number) on current state.
@@ -244,17 +264,9 @@ impl Deployments for DeployService {
         &self,
         request: Request<proto::GetDeploymentRequest>,
     ) -> Result<Response<proto::Deployment>, Status> {
-        let r = request.get_ref();
-        let model = self.model_of(&r.endpoint).await?;
-        let action = format!("read endpoint {}", r.endpoint);
-        caller_with(
-            &self.node,
-            &request,
-            Role::Reader,
-            Target::Model(&model),
-            &action,
-        )
-        .await?;
+        let endpoint = request.get_ref().endpoint.clone();
+        self.reader_of(&request, &endpoint, &format!("read endpoint {endpoint}"))
+            .await?;
         let r = request.into_inner();
         let d = self
             .node
@@ -270,27 +282,14 @@ impl Deployments for DeployService {
         request: Request<proto::ListDeploymentsRequest>,
     ) -> Result<Response<proto::ListDeploymentsResponse>, Status> {
         let model = request.get_ref().model.clone();
-        if model.is_empty() {
-            caller_with(
-                &self.node,
-                &request,
-                Role::Reader,
-                Target::Cluster,
-                "list every endpoint (give a model to list only its endpoints)",
-            )
-            .await?;
-        } else {
-            validate_name("model", &model).map_err(invalid)?;
-            let action = format!("list the endpoints of model {model}");
-            caller_with(
-                &self.node,
-                &request,
-                Role::Reader,
-                Target::Model(&model),
-                &action,
-            )
-            .await?;
-        }
+        caller_reading(
+            &self.node,
+            &request,
+            &model,
+            "list every endpoint (give a model to list only its endpoints)",
+            "list the endpoints of model",
+        )
+        .await?;
         let r = request.into_inner();
         if !r.page_token.is_empty() {
             validate_name("page_token", &r.page_token).map_err(invalid)?;
@@ -312,17 +311,9 @@ impl Deployments for DeployService {
         &self,
         request: Request<proto::DeploymentHistoryRequest>,
     ) -> Result<Response<proto::DeploymentHistoryResponse>, Status> {
-        let r = request.get_ref();
-        let model = self.model_of(&r.endpoint).await?;
-        let action = format!("read the history of endpoint {}", r.endpoint);
-        caller_with(
-            &self.node,
-            &request,
-            Role::Reader,
-            Target::Model(&model),
-            &action,
-        )
-        .await?;
+        let endpoint = request.get_ref().endpoint.clone();
+        let action = format!("read the history of endpoint {endpoint}");
+        let model = self.reader_of(&request, &endpoint, &action).await?;
         let r = request.into_inner();
         let limit = match r.limit as usize {
             0 => HISTORY_PAGE_DEFAULT,

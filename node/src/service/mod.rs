@@ -79,6 +79,24 @@ pub async fn caller_with<T>(
         .await?)
 }
 
+/// [`caller_with`] for a read of one model's records (the reader role on its namespace) or,
+/// with `model` empty, of every model's (the reader role cluster-wide): `all` and `one` name
+/// the action in a refusal.
+pub async fn caller_reading<T>(
+    node: &Node,
+    request: &Request<T>,
+    model: &str,
+    all: &str,
+    one: &str,
+) -> Result<Actor, Status> {
+    if model.is_empty() {
+        return caller_with(node, request, Role::Reader, Target::Cluster, all).await;
+    }
+    crate::domain::validate_name("model", model).map_err(invalid)?;
+    let action = format!("{one} {model}");
+    caller_with(node, request, Role::Reader, Target::Model(model), &action).await
+}
+
 /// Longest status message sent: a bad value is named, not echoed whole (a long message also
 /// travels in a response header, where it can break the client's connection).
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
