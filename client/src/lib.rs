@@ -3,6 +3,7 @@
 //! contract itself (protobuf API, reference syntax, wire conversions) is the
 //! `quiver-api` crate, re-exported here so SDK users need one dependency.
 
+pub mod agent;
 pub mod audit_bundle;
 pub mod bench;
 pub mod cli;
