@@ -802,6 +802,103 @@ pub async fn rollback(
     })
 }
 
+// ---------------------------------------------------------- agent overhead
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentOverheadReport {
+    pub requests: u32,
+    /// Parsing the JSON body alone: what any server does with a request (the baseline).
+    pub parse_us_p50: f64,
+    pub parse_us_p99: f64,
+    /// Parsing, validating against the version's signature (one float32 input of 128) and
+    /// routing by the request key: the agent's own work per prediction, without the model.
+    pub agent_us_p50: f64,
+    pub agent_us_p99: f64,
+    pub p99_ratio: f64,
+}
+
+/// Times, per request, the agent's own work on a prediction (parse, validate against the
+/// signature, route) beside parsing alone, alternating, in this process (no node).
+pub fn agent_overhead(requests: u32) -> Result<AgentOverheadReport, ClientError> {
+    use crate::agent::Routing;
+    use crate::proto::{Deployment, TrafficShare};
+    use quiver_api::schema::{validate_request, Dtype, Field, Schema};
+    if requests == 0 || requests > 10_000_000 {
+        return Err(ClientError::InvalidInput(format!(
+            "--requests {requests} is out of range: use 1 to 10000000"
+        )));
+    }
+    let schema = Schema {
+        inputs: vec![Field {
+            name: "features".into(),
+            dtype: Dtype::Float32,
+            shape: vec![-1, 128],
+            optional: false,
+        }],
+        outputs: Vec::new(),
+    };
+    let routing = Routing::from_deployment(&Deployment {
+        endpoint: "bench".into(),
+        split: vec![
+            TrafficShare {
+                version: 14,
+                percent: 95,
+            },
+            TrafficShare {
+                version: 15,
+                percent: 5,
+            },
+        ],
+        ..Default::default()
+    })
+    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    let mut bytes = SeededBytes::new(7);
+    let bodies: Vec<Vec<u8>> = (0..64)
+        .map(|_| {
+            let mut raw = [0u8; 128];
+            bytes.fill(&mut raw);
+            let row: Vec<f32> = raw.iter().map(|b| f32::from(*b) / 255.0).collect();
+            serde_json::to_vec(&serde_json::json!({"inputs": {"features": [row]}}))
+                .unwrap_or_default()
+        })
+        .collect();
+    let (mut parse, mut agent) = (Vec::new(), Vec::new());
+    let mut routed = 0u64;
+    for i in 0..requests as usize {
+        let body = &bodies[i % bodies.len()];
+        let begun = Instant::now();
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ClientError::Verify(format!("bench body: {e}")))?;
+        parse.push(begun.elapsed());
+        std::hint::black_box(&value);
+        let begun = Instant::now();
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ClientError::Verify(format!("bench body: {e}")))?;
+        let violations = validate_request(&schema, &value);
+        let version = routing.route(&(i as u64).to_le_bytes());
+        agent.push(begun.elapsed());
+        if !violations.is_empty() {
+            return Err(ClientError::Verify(format!(
+                "a well-formed bench request was refused: {}",
+                violations[0].message
+            )));
+        }
+        routed += version;
+    }
+    std::hint::black_box(routed);
+    let us = |d: &mut Vec<Duration>, p| percentile_ms(d, p) * 1000.0;
+    let parse_us_p99 = us(&mut parse, 99.0);
+    let agent_us_p99 = us(&mut agent, 99.0);
+    Ok(AgentOverheadReport {
+        requests,
+        parse_us_p50: us(&mut parse, 50.0),
+        parse_us_p99,
+        agent_us_p50: us(&mut agent, 50.0),
+        agent_us_p99,
+        p99_ratio: agent_us_p99 / parse_us_p99.max(1e-9),
+    })
+}
+
 /// What the rollback benchmark's watchers heard: (watcher, generation, arrival).
 struct Arrivals {
     rx: tokio::sync::mpsc::UnboundedReceiver<(u32, u64, Instant)>,

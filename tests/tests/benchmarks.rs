@@ -248,3 +248,25 @@ fn the_rollback_benchmark_runs_at_toy_size() {
     }
     assert!(figure(&r, "call_ms_p50").as_f64().unwrap() > 0.0, "{r}");
 }
+
+#[test]
+fn the_agent_overhead_benchmark_runs_at_toy_size() {
+    let r = quiver(
+        CLI,
+        "https://127.0.0.1:1",
+        &[
+            "bench",
+            "agent-overhead",
+            "--requests",
+            "200",
+            "--output",
+            "json",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(figure(&r, "requests"), 200, "{r}");
+    for key in ["parse_us_p50", "agent_us_p50", "agent_us_p99", "p99_ratio"] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+}

@@ -165,7 +165,39 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        BenchCommand::Transport { .. } => unreachable!("the transport benchmark needs no node"),
+        BenchCommand::Transport { .. } | BenchCommand::AgentOverhead { .. } => {
+            unreachable!("the transport and agent-overhead benchmarks need no node")
+        }
+    }
+    Ok(())
+}
+
+/// `quiver bench agent-overhead`: the agent's work per prediction beside parsing alone.
+pub fn agent_overhead(requests: u32, output: Output) -> anyhow::Result<()> {
+    let r = bench::agent_overhead(requests)?;
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Table => {
+            let us = |v: f64| format!("{v:.1} µs");
+            let rows = vec![
+                vec![
+                    "agent: parse + validate + route".into(),
+                    us(r.agent_us_p50),
+                    us(r.agent_us_p99),
+                ],
+                vec![
+                    "baseline: parse the body alone".into(),
+                    us(r.parse_us_p50),
+                    us(r.parse_us_p99),
+                ],
+            ];
+            outln!(
+                "{} requests (one float32 input of 128 values), p99 ratio {:.2}",
+                r.requests,
+                r.p99_ratio
+            );
+            out!("{}", table(&["PER PREDICTION", "P50", "P99"], &rows));
+        }
     }
     Ok(())
 }

@@ -427,6 +427,14 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// The serving agent's own work per prediction (parse, validate against the signature,
+    /// route), without the model, beside parsing alone (no node needed).
+    AgentOverhead {
+        #[arg(long, default_value_t = 200_000)]
+        requests: u32,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Registrations per second and read latency under concurrent clients.
     Registry {
         #[arg(long, default_value_t = 8)]
@@ -495,6 +503,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             streams,
             output,
         }) => benchmarks::transport(size, streams, output.output).await,
+        Command::Bench(BenchCommand::AgentOverhead { requests, output }) => {
+            benchmarks::agent_overhead(requests, output.output)
+        }
         Command::Bench(command) => benchmarks::run(&node.client().await?, command).await,
     }
 }
