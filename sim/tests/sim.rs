@@ -485,6 +485,28 @@ fn the_watch_checker_finds_a_resume_skipping_one_event_and_passes_without_it() {
     assert!(refused > 0, "no hostile watch start was refused");
 }
 
+/// Two deployers drive their endpoints through rollouts (short plans, serving reports, some
+/// over the bounds, pauses, hand rollbacks) while the rollout controller moves the steps under
+/// chaos. With a controller's advance planted to move two steps at once, the deployment checker
+/// names the skipped step; without it every rollout took each step of its plan once, every
+/// acknowledged rollback is in the history, and every hostile deployment command was refused.
+#[test]
+fn the_deploy_checker_finds_a_controller_skipping_a_step_and_passes_without_it() {
+    let clean = plant_is_caught(
+        Plant::ControllerSkipsStep,
+        "rollout-step-skipped",
+        SeedRange { start: 0, end: 2 },
+        15,
+    );
+    for r in &clean {
+        assert!(
+            r.clients.deploys_acked > 10 && r.clients.deploys_hostile > 0,
+            "{}",
+            r.summary()
+        );
+    }
+}
+
 /// `--output json`: the run's figures, violations, trace hash and replay command, and the
 /// sweep's summary with every run, as JSON that reads back to the same values.
 #[test]
