@@ -739,7 +739,7 @@ mod tests {
                 ),
             }
         }
-        assert_eq!(kinds.len(), 7, "{kinds:?}");
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
         assert!(refused_by_fields > 200, "{refused_by_fields}");
     }
 }

@@ -452,7 +452,9 @@ fn the_approvals_checker_finds_a_registrant_approval_counting_and_passes_without
     let clean = plant_is_caught(
         Plant::RegistrantApprovalCounts,
         "registrant-approval",
-        SeedRange { start: 0, end: 3 },
+        // Seeds 0..3 no longer draw a registrant's approval that counts (release runs at the
+        // branch point miss it there too); seed 3 does, with the deployers running.
+        SeedRange { start: 0, end: 4 },
         20,
     );
     assert!(clean.iter().all(|r| r.passed()));
