@@ -128,6 +128,10 @@ pub struct PlantedNodeBugs {
     /// (`Node::watch_start` with `Some(after)`) starts one revision later, so the watcher never
     /// hears of the event right after the last one it was told of.
     pub watch_resume_skips_one: bool,
+    /// PLANTED BUG `controller-skips-step`: the state machine takes a controller's
+    /// `AdvanceRollout` two steps at once (to the step after next, when the plan has one), so
+    /// a rollout never holds the step in between.
+    pub controller_skips_step: bool,
 }
 
 /// A registry node over an environment `Env<S, P>`: its Raft member, its chunk store and chunk
@@ -354,6 +358,13 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             // PLANTED BUG (test-only, see `PlantedNodeBugs`).
             let _ = raft.read(|app, _| {
                 app.plant_registrant_approval_counts(true);
+                Ok(())
+            });
+        }
+        if core.planted_node.controller_skips_step {
+            // PLANTED BUG (test-only, see `PlantedNodeBugs`).
+            let _ = raft.read(|app, _| {
+                app.plant_controller_skips_step(true);
                 Ok(())
             });
         }

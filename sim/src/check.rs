@@ -161,6 +161,10 @@ pub struct FinalState {
     /// them ([`crate::check_watch`]).
     pub watch_revision: u64,
     pub watch: Vec<quiver_node::watch::WatchEvent>,
+    /// Every deployment endpoint, and its kept history oldest first
+    /// ([`crate::check_deploy`]).
+    pub deployments: BTreeMap<String, quiver_node::deploy::Deployment>,
+    pub deploy_history: BTreeMap<String, Vec<quiver_node::deploy::DeploymentRecord>>,
 }
 
 /// The catalog agrees with the models and versions it is derived from, whatever faults the run

@@ -86,6 +86,11 @@ pub struct ClientStats {
     /// events they received.
     pub watch_starts: u64,
     pub watch_events: u64,
+    /// Deployment commands the deployers sent ([`crate::deployers`]), those acknowledged, and
+    /// their hostile ones (each refused, or a violation).
+    pub deploys: u64,
+    pub deploys_acked: u64,
+    pub deploys_hostile: u64,
 }
 
 /// What a read asks.
@@ -113,7 +118,8 @@ pub struct Clients {
     keys: Mutex<BTreeSet<ReadKey>>,
 }
 
-enum Outcome {
+/// What a client was told of one command.
+pub(crate) enum Outcome {
     Acked {
         response: Option<Response>,
         proposed_at_ms: u64,
@@ -429,7 +435,7 @@ impl Clients {
 
     /// Hand one command to node `first`, then to random others after a failure (see the module
     /// docs).
-    async fn submit(&self, p: &mut Pipeline, cmd: &Command, first: NodeId) -> Outcome {
+    pub(crate) async fn submit(&self, p: &mut impl Pick, cmd: &Command, first: NodeId) -> Outcome {
         let ids = self.cluster.ids().to_vec();
         let deadline = Instant::now() + CLIENT_OP_TIMEOUT;
         let mut target = first;
@@ -818,10 +824,22 @@ impl Clients {
         }
     }
 
-    async fn pause(&self, p: &mut Pipeline) {
+    pub(crate) async fn pause(&self, p: &mut impl Pick) {
         let span = (CLIENT_RETRY_PAUSE_MS.1 - CLIENT_RETRY_PAUSE_MS.0) as usize;
         let ms = CLIENT_RETRY_PAUSE_MS.0 + p.pick(span + 1) as u64;
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// A client's own choice of node and pause, from its own RNG (a pipeline's or a deployer's).
+pub(crate) trait Pick {
+    /// A number in `0..n`.
+    fn pick(&mut self, n: usize) -> usize;
+}
+
+impl Pick for Pipeline {
+    fn pick(&mut self, n: usize) -> usize {
+        Pipeline::pick(self, n)
     }
 }
 

@@ -620,6 +620,24 @@ fn read_final(
     let (revision, watch) = read_watch_log(app, rtxn).map_err(|e| err("read the watch log", e))?;
     state.watch_revision = revision;
     state.watch = watch;
+    let mut after = String::new();
+    loop {
+        let (page, next) = app
+            .list_deployments(rtxn, None, &after, 0)
+            .map_err(|e| err("list deployments", e))?;
+        for d in page {
+            let mut history = app
+                .deployment_history(rtxn, &d.endpoint, 0, usize::MAX)
+                .map_err(|e| err("read a deployment's history", e))?;
+            history.reverse();
+            state.deploy_history.insert(d.endpoint.clone(), history);
+            state.deployments.insert(d.endpoint.clone(), d);
+        }
+        match next {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
     Ok(state)
 }
 

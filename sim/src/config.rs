@@ -147,11 +147,15 @@ pub enum Plant {
     /// (`PlantedNodeBugs::watch_resume_skips_one`, in `Node::watch_start`): a watcher that moves
     /// to another node misses the next event. The watch checker must notice.
     WatchResumeSkipsOne,
+    /// A controller's `AdvanceRollout` moves a rollout two steps at once
+    /// (`PlantedNodeBugs::controller_skips_step`, in apply): the step in between never holds.
+    /// The deployment checker must notice (`rollout-step-skipped`).
+    ControllerSkipsStep,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 13] = [
+    pub const ALL: [Plant; 14] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -165,6 +169,7 @@ impl Plant {
         Plant::FollowerSkipsRoleCheck,
         Plant::RegistrantApprovalCounts,
         Plant::WatchResumeSkipsOne,
+        Plant::ControllerSkipsStep,
     ];
 
     pub fn name(self) -> &'static str {
@@ -182,6 +187,7 @@ impl Plant {
             Plant::FollowerSkipsRoleCheck => "follower-skips-role-check",
             Plant::RegistrantApprovalCounts => "registrant-approval-counts",
             Plant::WatchResumeSkipsOne => "watch-resume-skips-one",
+            Plant::ControllerSkipsStep => "controller-skips-step",
         }
     }
 
@@ -201,6 +207,7 @@ impl Plant {
             follower_skips_role_check: plant == Some(Plant::FollowerSkipsRoleCheck),
             registrant_approval_counts: plant == Some(Plant::RegistrantApprovalCounts),
             watch_resume_skips_one: plant == Some(Plant::WatchResumeSkipsOne),
+            controller_skips_step: plant == Some(Plant::ControllerSkipsStep),
         }
     }
 

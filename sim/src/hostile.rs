@@ -293,6 +293,235 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
     }
 }
 
+/// An endpoint name no deployer uses (deployers name theirs `dep<id>-ep`).
+pub const UNKNOWN_ENDPOINT: &str = "hostile-no-such-endpoint";
+
+/// One hostile deployment command (issue 15), with a short label: a bad endpoint or agent name,
+/// a split that does not sum to 100 or names a version twice or also as a shadow, shares over
+/// 100, bounds that are NaN or infinite, plans that decrease or do not end at 100%, a report of
+/// generation 0 or `u64::MAX`, more errors than requests or a NaN p99, an unknown endpoint, a
+/// model that is not the endpoint's (`other_model`, which exists), a step that is not in force.
+/// `endpoint` serves `model` (or is about to); each of these must be refused.
+pub fn hostile_deploy_op(
+    rng: &mut impl Rng,
+    endpoint: &str,
+    model: &str,
+    other_model: &str,
+) -> (String, Op) {
+    use quiver_node::deploy::{Bounds, Step, VersionStats};
+    let names = bad_names();
+    let bad = names[rng.gen_range(0..names.len())].clone();
+    let label_of = |s: &str| {
+        let shown: String = s.chars().take(16).collect();
+        format!("{shown:?}{}", if s.len() > 16 { "…" } else { "" })
+    };
+    let (ep, m) = (endpoint.to_string(), model.to_string());
+    let step = |percent, duration_ms| Step {
+        percent,
+        duration_ms,
+    };
+    let good_plan = vec![step(10, 1_000), step(100, 0)];
+    let stats = |version, requests, errors, p99_ms| VersionStats {
+        version,
+        requests,
+        errors,
+        p99_ms,
+    };
+    let report = |agent: String, generation, stats: Vec<VersionStats>| Op::ReportServing {
+        endpoint: ep.clone(),
+        model: m.clone(),
+        agent,
+        generation,
+        stats,
+    };
+    let set = |split: Vec<(u64, u32)>, shadows: Vec<u64>| Op::SetTraffic {
+        endpoint: ep.clone(),
+        model: m.clone(),
+        split,
+        shadows,
+        reason: "hostile".into(),
+    };
+    let rollout = |plan: Vec<Step>, bounds: Bounds| Op::StartRollout {
+        endpoint: ep.clone(),
+        model: m.clone(),
+        version: 2,
+        plan,
+        bounds,
+        reason: "hostile".into(),
+    };
+    match rng.gen_range(0..16u32) {
+        0 => (
+            format!("create endpoint {}", label_of(&bad)),
+            Op::CreateDeployment {
+                endpoint: bad,
+                model: m,
+                version: 1,
+                reason: "hostile".into(),
+            },
+        ),
+        1 => (
+            format!("create endpoint {ep} of version {}", u64::MAX),
+            Op::CreateDeployment {
+                endpoint: ep,
+                model: m,
+                version: u64::MAX,
+                reason: "hostile".into(),
+            },
+        ),
+        2 => {
+            let split = match rng.gen_range(0..3) {
+                0 => vec![(1, 50)],
+                1 => vec![(1, 60), (2, 60)],
+                _ => vec![],
+            };
+            (format!("set {ep} to {split:?}"), set(split, vec![]))
+        }
+        3 => {
+            let share = [101, 255, 256, u32::MAX][rng.gen_range(0..4)];
+            (
+                format!("set {ep} to a share of {share}"),
+                set(vec![(1, share)], vec![]),
+            )
+        }
+        4 => (
+            format!("set {ep} naming a version twice"),
+            set(vec![(1, 50), (1, 50)], vec![]),
+        ),
+        5 => (
+            format!("set {ep} with a shadow in the split"),
+            set(vec![(1, 100)], vec![1]),
+        ),
+        6 => {
+            let bad_f = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0][rng.gen_range(0..4)];
+            let bounds = if rng.gen_bool(0.5) {
+                Bounds {
+                    error_rate_pct_max: bad_f,
+                    ..Bounds::default()
+                }
+            } else {
+                Bounds {
+                    p99_ms_max: bad_f,
+                    ..Bounds::default()
+                }
+            };
+            (
+                format!("roll out on {ep} with bounds {bounds:?}"),
+                rollout(good_plan, bounds),
+            )
+        }
+        7 => {
+            let plan = match rng.gen_range(0..4) {
+                0 => vec![step(50, 1_000), step(10, 1_000), step(100, 0)],
+                1 => vec![step(10, 1_000), step(50, 0)],
+                2 => vec![step(10, 1_000), step(0, 1_000), step(100, 0)],
+                _ => vec![],
+            };
+            (
+                format!("roll out on {ep} by plan {plan:?}"),
+                rollout(plan, Bounds::default()),
+            )
+        }
+        8 => {
+            let generation = [0, u64::MAX][rng.gen_range(0..2)];
+            (
+                format!("report generation {generation} of {ep}"),
+                report("agent-h".into(), generation, vec![stats(1, 10, 0, 5.0)]),
+            )
+        }
+        9 => (
+            format!("report more errors than requests on {ep}"),
+            report("agent-h".into(), 1, vec![stats(1, 10, 11, 5.0)]),
+        ),
+        10 => {
+            let p99 = [f64::NAN, f64::INFINITY, -1.0][rng.gen_range(0..3)];
+            (
+                format!("report a p99 of {p99} on {ep}"),
+                report("agent-h".into(), 1, vec![stats(1, 10, 0, p99)]),
+            )
+        }
+        11 => (
+            format!("report as agent {} on {ep}", label_of(&bad)),
+            report(bad, 1, vec![stats(1, 10, 0, 5.0)]),
+        ),
+        12 => {
+            let op = match rng.gen_range(0..3) {
+                0 => Op::Rollback {
+                    endpoint: UNKNOWN_ENDPOINT.into(),
+                    model: m,
+                    reason: "hostile".into(),
+                },
+                1 => Op::PauseRollout {
+                    endpoint: UNKNOWN_ENDPOINT.into(),
+                    model: m,
+                    pause: true,
+                    reason: "hostile".into(),
+                },
+                _ => Op::ReportServing {
+                    endpoint: UNKNOWN_ENDPOINT.into(),
+                    model: m,
+                    agent: "agent-h".into(),
+                    generation: 1,
+                    stats: vec![stats(1, 10, 0, 5.0)],
+                },
+            };
+            (format!("{} on an unknown endpoint", op.kind()), op)
+        }
+        13 => {
+            let op = match rng.gen_range(0..3) {
+                0 => Op::Rollback {
+                    endpoint: ep.clone(),
+                    model: other_model.into(),
+                    reason: "hostile".into(),
+                },
+                1 => Op::SetTraffic {
+                    endpoint: ep.clone(),
+                    model: other_model.into(),
+                    split: vec![(1, 100)],
+                    shadows: vec![],
+                    reason: "hostile".into(),
+                },
+                _ => Op::StartRollout {
+                    endpoint: ep.clone(),
+                    model: other_model.into(),
+                    version: 1,
+                    plan: good_plan,
+                    bounds: Bounds::default(),
+                    reason: "hostile".into(),
+                },
+            };
+            (
+                format!("{} on {ep} naming model {other_model}", op.kind()),
+                op,
+            )
+        }
+        14 => {
+            let op = if rng.gen_bool(0.5) {
+                Op::Rollback {
+                    endpoint: bad.clone(),
+                    model: m,
+                    reason: "hostile".into(),
+                }
+            } else {
+                Op::PauseRollout {
+                    endpoint: bad.clone(),
+                    model: m,
+                    pause: false,
+                    reason: "hostile".into(),
+                }
+            };
+            (format!("{} on endpoint {}", op.kind(), label_of(&bad)), op)
+        }
+        _ => (
+            format!("advance {ep} from step {}", u32::MAX),
+            Op::AdvanceRollout {
+                endpoint: ep,
+                model: m,
+                from_step: u32::MAX,
+            },
+        ),
+    }
+}
+
 /// One catalog search (`SearchModels`, as a client sends it) with hostile fields, or now and
 /// then a well-formed one over `models`; with a short label. The shell converts it as the gRPC
 /// edge does and runs it on a node: a refusal must name a field, an answer must be a page, and
@@ -487,5 +716,30 @@ mod tests {
             .map(|_| hostile_op(&mut rng, &models).1.kind())
             .collect();
         assert_eq!(kinds.len(), 14, "{kinds:?}");
+    }
+
+    #[test]
+    fn every_hostile_deployment_op_is_refused_by_its_fields_or_names_what_is_not() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut kinds = std::collections::BTreeSet::new();
+        let mut refused_by_fields = 0;
+        for _ in 0..400 {
+            let (label, op) = hostile_deploy_op(&mut rng, "dep0-ep", "dep0-m", "dep1-m");
+            kinds.insert(op.kind());
+            match op.check_fields() {
+                Err(_) => refused_by_fields += 1,
+                // The rest need the state: an endpoint, version or step that is not, or
+                // another model.
+                Ok(()) => assert!(
+                    label.contains("unknown endpoint")
+                        || label.contains("dep1-m")
+                        || label.contains(&u64::MAX.to_string())
+                        || label.contains(&u32::MAX.to_string()),
+                    "{label}: {op:?} would pass its field checks"
+                ),
+            }
+        }
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert!(refused_by_fields > 200, "{refused_by_fields}");
     }
 }

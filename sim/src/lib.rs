@@ -42,6 +42,7 @@
 
 pub mod check;
 pub mod check_chunks;
+pub mod check_deploy;
 pub mod check_watch;
 pub mod chunknet;
 pub mod chunks;
@@ -49,6 +50,7 @@ pub mod chunkstore;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod deployers;
 pub mod disk;
 pub mod hostile;
 pub mod linear;

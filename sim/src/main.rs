@@ -82,7 +82,7 @@ struct Common {
     /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync, follower-applies-stage-change,
     /// retry-without-request-id, stale-follower-reads, repair-skips-after-restart,
     /// apply-skips-name-validation, keep-unsynced-chunk, follower-skips-role-check,
-    /// registrant-approval-counts or watch-resume-skips-one.
+    /// registrant-approval-counts, watch-resume-skips-one or controller-skips-step.
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).

@@ -28,11 +28,13 @@ use crate::check::{
     check_acks, check_state, failover_times_ms, DigestBook, FinalState, LeaderBook, RootBook,
     Violation, VoteBook,
 };
+use crate::check_deploy::check_deploy;
 use crate::check_watch::check_watch;
 use crate::chunks::{Chunks, DOWNLOADERS};
 use crate::client::Clients;
 use crate::cluster::{read_state, Cluster};
 use crate::config::{sub_seed, Plant, Scenario, SimConfig};
+use crate::deployers::{deployer, DEPLOYERS};
 use crate::disk::DISK_WRITEBACK_INTERVAL_MS;
 use crate::membership;
 use crate::net::{Router, CROSS_REGION_LATENCY_US, LINK_JITTER_PCT};
@@ -209,6 +211,11 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     // role, and its reviewer the approver role. In the chaos scenario, every other pipeline's
     // namespace has a policy asking one approval to enter Production: its promotions go
     // through reviews, which its reviewer approves and it (the registrant) tries to approve.
+    // In the chaos scenario each deployer drives its own endpoint as an approver.
+    let deployers = match cfg.scenario {
+        Scenario::Chaos => DEPLOYERS,
+        _ => 0,
+    };
     let grants: Vec<(String, quiver_node::auth::Role)> = (0..cfg.clients)
         .flat_map(|id| {
             [
@@ -217,6 +224,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
                 (Pipeline::reviewer(id), quiver_node::auth::Role::Approver),
             ]
         })
+        .chain((0..deployers).map(|id| (deployer(id), quiver_node::auth::Role::Approver)))
         .collect();
     let policies: Vec<quiver_node::command::Op> = match cfg.scenario {
         Scenario::Chaos => (0..cfg.clients)
@@ -281,6 +289,13 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         _ => Vec::new(),
     };
 
+    let deploying: Vec<_> = (0..deployers)
+        .map(|i| {
+            let seed = sub_seed(cfg.seed, &format!("deployer-{i}"));
+            tokio::spawn(clients.clone().run_deployer(i, seed))
+        })
+        .collect();
+
     let duration_ms = cfg.duration_ms();
     let schedule = match cfg.scenario {
         Scenario::Chaos => merge(
@@ -335,6 +350,10 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     }
     for p in pipelines {
         p.await.context("client task")?;
+    }
+    let mut deployed = Vec::new();
+    for d in deploying {
+        deployed.push(d.await.context("deployer task")?);
     }
     let mut watched = Vec::new();
     for w in watchers {
@@ -396,6 +415,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             let nodes: Vec<(NodeId, &FinalState)> =
                 states.iter().map(|(id, _, _, s)| (*id, s)).collect();
             b.add_all(check_watch(&nodes, &watched));
+            b.add_all(check_deploy(&nodes, &deployed));
             if let Some((_, index, digest, state)) = states.into_iter().next() {
                 b.add_all(check_state(&state));
                 b.add_all(check_acks(&acks, &state));

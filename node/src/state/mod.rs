@@ -72,6 +72,9 @@ pub struct RegistryApp {
     /// a review decision does not know who registered the version, so the registrant's own
     /// approval passes the four-eyes check and counts.
     registrant_approves: std::sync::atomic::AtomicBool,
+    /// PLANTED BUG `controller-skips-step` (test only, set through `PlantedNodeBugs`): a
+    /// controller's `AdvanceRollout` moves two steps at once when the plan has them.
+    controller_skips_step: std::sync::atomic::AtomicBool,
 }
 
 impl RegistryApp {
@@ -90,6 +93,18 @@ impl RegistryApp {
     pub fn plant_registrant_approval_counts(&self, planted: bool) {
         self.registrant_approves
             .store(planted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Plants the test-only bug `controller-skips-step` (see the field).
+    pub fn plant_controller_skips_step(&self, planted: bool) {
+        self.controller_skips_step
+            .store(planted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the planted bug has a controller's advance skip a step.
+    pub(crate) fn controller_skips_step(&self) -> bool {
+        self.controller_skips_step
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the planted bug lets a registrant approve.
@@ -116,6 +131,7 @@ impl quiver_raft::App for RegistryApp {
             access: Arc::default(),
             skip_name_validation: Default::default(),
             registrant_approves: Default::default(),
+            controller_skips_step: Default::default(),
         };
         app.fill_catalog_if_missing(wtxn)
             .map_err(|e| anyhow::anyhow!("fill the catalog: {e}"))?;

@@ -320,6 +320,11 @@ pub(super) fn advance(
             .into());
         }
     }
+    if by_controller && w.app.controller_skips_step() && r.step + 2 < r.plan.len() {
+        // PLANTED BUG `controller-skips-step` (test-only, see `PlantedNodeBugs`): the step
+        // after next, never holding the one in between.
+        r.step += 1;
+    }
     let next = r.plan[r.step + 1];
     let (split, shadows) = next.traffic(d.stable, r.target);
     check_stages(w, model, &split, &shadows, Some(d.stable))?;
