@@ -251,6 +251,19 @@ impl Deployment {
         self.split.keys().chain(&self.shadows).copied().collect()
     }
 
+    /// `version` becomes the stable version; the one it replaces is where a later rollback goes.
+    pub fn make_stable(&mut self, version: u64) {
+        self.previous = Some(self.stable);
+        self.stable = version;
+    }
+
+    /// All traffic to the stable version, no shadows, no rollout: what a rollback leaves.
+    pub fn route_all_to_stable(&mut self) {
+        self.rollout = None;
+        self.split = Split::from([(self.stable, 100)]);
+        self.shadows = BTreeSet::new();
+    }
+
     /// `reco/14 95%, reco/15 5%; shadow reco/16`.
     pub fn describe_traffic(&self) -> String {
         describe_traffic(&self.model, &self.split, &self.shadows)

@@ -479,24 +479,8 @@ mod tests {
     use quiver_node::deploy::{Deployment, Rollout, Split};
     use quiver_node::watch::WatchEvent;
 
-    const PLAN: [Step; 4] = [
-        Step {
-            percent: 0,
-            duration_ms: 1_000,
-        },
-        Step {
-            percent: 10,
-            duration_ms: 2_000,
-        },
-        Step {
-            percent: 50,
-            duration_ms: 2_000,
-        },
-        Step {
-            percent: 100,
-            duration_ms: 0,
-        },
-    ];
+    /// The deployers' first plan: shadow, 10%, 50%, 100%.
+    const PLAN: &[Step] = crate::deployers::PLANS[0];
 
     fn record(
         generation: u64,

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{
     bounds_from_proto, deployment_record_to_proto, deployment_to_proto, plan_from_proto,
 };
-use super::{caller, caller_reading, caller_with, consistency, invalid, parse_reference};
+use super::{caller, caller_reading, caller_with, consistency, invalid};
 use crate::access::Target;
 use crate::auth::Role;
 use crate::command::{Op, Response as Applied};
@@ -75,14 +75,7 @@ impl DeployService {
 
     /// Resolves a reference to (model, number) on current state.
     async fn resolve(&self, reference: &str) -> Result<(String, u64), Status> {
-        let reference = parse_reference(reference)?;
-        let v = self
-            .node
-            .read(Consistency::Linearizable, |app, txn| {
-                app.resolve(txn, &reference)
-            })
-            .await?;
-        Ok((v.model, v.number))
+        super::resolve_version(&self.node, reference).await
     }
 
     async fn change<T>(

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{alias_to_proto, required_stage};
 use super::versions::version_view;
-use super::{caller, caller_with, consistency, invalid, parse_reference};
+use super::{caller, caller_with, consistency, invalid};
 use crate::access::Target;
 use crate::auth::Role;
 use crate::command::{Op, Response as Applied};
@@ -21,14 +21,7 @@ pub struct LifecycleService {
 impl LifecycleService {
     /// Resolves a reference to (model, number) on current state.
     async fn resolve(&self, reference: &str) -> Result<(String, u64), Status> {
-        let reference = parse_reference(reference)?;
-        let v = self
-            .node
-            .read(Consistency::Linearizable, |app, txn| {
-                app.resolve(txn, &reference)
-            })
-            .await?;
-        Ok((v.model, v.number))
+        super::resolve_version(&self.node, reference).await
     }
 
     async fn applied_version(&self, applied: Applied) -> Result<proto::ModelVersion, Status> {

@@ -171,6 +171,18 @@ pub fn consistency(raw: i32) -> Consistency {
     }
 }
 
+/// Resolves `name/3`, `name@alias` or `name:stage` to (model, number) on current state (a
+/// linearizable read).
+pub async fn resolve_version(node: &Node, reference: &str) -> Result<(String, u64), Status> {
+    let reference = parse_reference(reference)?;
+    let v = node
+        .read(Consistency::Linearizable, |app, txn| {
+            app.resolve(txn, &reference)
+        })
+        .await?;
+    Ok((v.model, v.number))
+}
+
 /// Parses `name/3`, `name@alias` or `name:stage` into the reference the state resolves.
 pub fn parse_reference(text: &str) -> Result<VersionRef, Status> {
     let reference = text

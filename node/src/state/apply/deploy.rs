@@ -190,8 +190,7 @@ pub(super) fn set_traffic(
     let before = d.versions();
     if let Some((&only, _)) = split.iter().find(|(_, p)| **p == 100) {
         if only != d.stable {
-            d.previous = Some(d.stable);
-            d.stable = only;
+            d.make_stable(only);
         }
     }
     d.split = split;
@@ -245,8 +244,7 @@ pub(super) fn start_rollout(
     d.shadows = shadows;
     if plan.len() == 1 {
         // A one-step plan is a switch.
-        d.previous = Some(d.stable);
-        d.stable = version;
+        d.make_stable(version);
         return commit(w, d, before, ChangeKind::RolloutComplete, reason);
     }
     d.rollout = Some(Rollout {
@@ -333,8 +331,7 @@ pub(super) fn advance(
     d.shadows = shadows;
     let reason = format!("step {} of {}: {next}", r.step + 2, r.plan.len());
     if r.step + 2 == r.plan.len() {
-        d.previous = Some(d.stable);
-        d.stable = r.target;
+        d.make_stable(r.target);
         d.rollout = None;
         return commit(w, d, before, ChangeKind::RolloutComplete, &reason);
     }
@@ -381,26 +378,25 @@ pub(super) fn rollback(
 ) -> AppResult<Applied> {
     let mut d = endpoint_of(w, endpoint, model)?;
     let before = d.versions();
-    let all_stable = Split::from([(d.stable, 100)]);
-    if d.rollout.is_some() || d.split != all_stable || !d.shadows.is_empty() {
-        // Back to the version that held all traffic before.
-        d.rollout = None;
-    } else if let Some(previous) = d.previous {
-        d.previous = Some(d.stable);
-        d.stable = previous;
-    } else {
-        return Err(state_error(
-            endpoint,
-            format!(
-                "{model}/{} holds all traffic and no version served before it: there is \
+    // During a rollout (or a split by hand) the stable version takes all traffic back; when it
+    // holds all of it already, the version before it does.
+    let settled =
+        d.rollout.is_none() && d.split == Split::from([(d.stable, 100)]) && d.shadows.is_empty();
+    if settled {
+        let Some(previous) = d.previous else {
+            return Err(state_error(
+                endpoint,
+                format!(
+                    "{model}/{} holds all traffic and no version served before it: there is \
                  nothing to roll back to",
-                d.stable
-            ),
-        )
-        .into());
+                    d.stable
+                ),
+            )
+            .into());
+        };
+        d.make_stable(previous);
     }
-    d.split = Split::from([(d.stable, 100)]);
-    d.shadows = BTreeSet::new();
+    d.route_all_to_stable();
     commit(w, d, before, ChangeKind::Rollback, reason)
 }
 
@@ -466,9 +462,7 @@ pub(super) fn report(
         Some(reason) => {
             let mut d = d;
             let before = d.versions();
-            d.rollout = None;
-            d.split = Split::from([(d.stable, 100)]);
-            d.shadows = BTreeSet::new();
+            d.route_all_to_stable();
             let (d, subject) = write_change(w, d, before, ChangeKind::Rollback, &reason)?;
             Ok((Response::ServingReport(Box::new((d, true))), subject))
         }
