@@ -1,7 +1,8 @@
-//! The serving agent's logic (issue 15), pure so that the simulator can run it: which version
-//! answers a request (`routing`). The agent process around it (watching its endpoint, pulling
-//! versions, loading them, serving HTTP, reporting) is not built yet.
+//! The serving agent (issue 15). Its decisions are pure so that the simulator runs them: which
+//! version answers a request (`routing`). `runtime` is the seam to the model runtimes; `onnx`
+//! is the one built in.
 
 pub mod routing;
+pub mod runtime;
 
 pub use routing::{Routing, RoutingError, BUCKETS};
