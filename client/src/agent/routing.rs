@@ -16,6 +16,8 @@ pub enum RoutingError {
     Shares { endpoint: String, total: u64 },
     #[error("endpoint {endpoint}: version {version} is named twice or is 0")]
     Version { endpoint: String, version: u64 },
+    #[error("the registry sent endpoint {got}'s deployment to an agent of {expected}")]
+    Endpoint { expected: String, got: String },
 }
 
 /// An endpoint's traffic as one agent routes it.
@@ -80,6 +82,18 @@ impl Routing {
     /// The version that answers a request with `key`.
     pub fn route(&self, key: &[u8]) -> u64 {
         self.buckets[Self::bucket(key)]
+    }
+
+    /// The split: each version with its share (percent), in version order.
+    pub fn split(&self) -> Vec<(u64, u32)> {
+        let mut split: Vec<(u64, u32)> = Vec::new();
+        for &v in &self.buckets {
+            match split.last_mut() {
+                Some((last, share)) if *last == v => *share += 1,
+                _ => split.push((v, 1)),
+            }
+        }
+        split
     }
 
     /// Every version this routing sends requests or copies to.
