@@ -174,14 +174,11 @@ impl AgentCore {
         let mut actions = Vec::new();
         for &version in &wanted {
             self.wanted_since.entry(version).or_insert(now_ms);
-            if !self.versions.contains_key(&version) {
-                self.versions.insert(
-                    version,
-                    VersionState::Preparing {
-                        since_ms: now_ms,
-                        attempt: 1,
-                    },
-                );
+            if let std::collections::btree_map::Entry::Vacant(e) = self.versions.entry(version) {
+                e.insert(VersionState::Preparing {
+                    since_ms: now_ms,
+                    attempt: 1,
+                });
                 actions.push(Action::Prepare { version });
             }
         }
