@@ -4,9 +4,18 @@
 //! to model runtimes; `onnx` is the one built in.
 
 pub mod core;
+mod http;
+pub mod metrics;
 pub mod routing;
 pub mod runtime;
+pub mod serve;
 pub mod stats;
 
 pub use self::core::{Action, AgentCore, AgentStatus, Applied, Route, VersionState};
 pub use routing::{Routing, RoutingError, BUCKETS};
+pub use serve::{Agent, AgentConfig, Faults, Registry};
+
+/// The runtimes built into `quiver agent`.
+pub fn builtin_runtimes() -> Vec<std::sync::Arc<dyn runtime::Runtime>> {
+    Vec::new()
+}

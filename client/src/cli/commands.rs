@@ -57,6 +57,31 @@ impl Node {
             .await?
             .with_token(token))
     }
+
+    /// How a serving agent reaches the registry: this node first, with the same credentials
+    /// (resolved now, connected later and again whenever the registry went away).
+    pub fn registry(&self) -> anyhow::Result<crate::agent::Registry> {
+        if self.endpoint.starts_with("http://") {
+            anyhow::bail!(
+                "{} is plaintext, and Quiver nodes serve their API over TLS only",
+                self.endpoint
+            );
+        }
+        let token = match (&self.cert, &self.token) {
+            (Some(_), None) => None,
+            (_, Some(token)) => Some(token.clone()),
+            (None, None) => token_from_env()?,
+        };
+        Ok(crate::agent::Registry {
+            endpoints: vec![self.endpoint.clone()],
+            tls: ClientTls::load(
+                self.ca.as_deref(),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?,
+            token,
+        })
+    }
 }
 
 /// Checks a reference's syntax locally (a usage error, not a node error).

@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod access;
+mod agent;
 mod args;
 mod audit;
 mod benchmarks;
@@ -127,6 +128,10 @@ pub enum Command {
     /// or a stage's (--ref MODEL@ALIAS, MODEL:STAGE), a deployment's (--deployment). One line per
     /// event; resumes on another member if the node goes away.
     Watch(watch::WatchArgs),
+    /// Serve a deployment endpoint: follow its traffic split, pull and load its versions
+    /// (keeping the previous one warm), answer `POST /v1/endpoints/ENDPOINT/predict`, report
+    /// counts so rollouts advance or roll back.
+    Agent(agent::AgentArgs),
 }
 
 /// Options of commands that read.
@@ -497,6 +502,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Review(command) => governance::review(&node, command).await,
         Command::Lineage(command) => lineage::run(&node, command).await,
         Command::Watch(args) => watch::run(&node, args).await,
+        Command::Agent(args) => agent::run(&node, args).await,
         Command::Deploy(command) => deploy::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,

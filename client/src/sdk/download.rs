@@ -48,7 +48,7 @@ impl Client {
         &self,
         reference: &str,
         out_dir: &Path,
-        progress: &dyn Fn(u64, u64),
+        progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<DownloadSummary, ClientError> {
         let (version, manifest, mut stream) = self.open_download(reference).await?;
         let summary = summary(version, &manifest);

@@ -71,12 +71,14 @@ async fn register_then_download_round_trips_files_modes_and_token() {
         .all(|a| a == "Bearer qvr_alice"));
 
     let out = tempfile::tempdir().unwrap();
-    let seen = std::cell::Cell::new((0u64, 0u64));
+    let seen = std::sync::Mutex::new((0u64, 0u64));
     let summary = client
-        .download_version("reco/1", out.path(), &|done, all| seen.set((done, all)))
+        .download_version("reco/1", out.path(), &|done, all| {
+            *seen.lock().unwrap() = (done, all)
+        })
         .await
         .unwrap();
-    assert_eq!(seen.get(), (total, total));
+    assert_eq!(*seen.lock().unwrap(), (total, total));
     assert_eq!(summary.file_count, 4);
     assert_eq!(fs::read(out.path().join("weights.bin")).unwrap(), big);
     assert_eq!(
