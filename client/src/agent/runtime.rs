@@ -58,8 +58,7 @@ pub trait Runtime: Send + Sync {
     fn accepts(&self, dir: &Path) -> bool;
     /// Loads the version whose files are in `dir`. `schema` is the version's signature, when
     /// it was registered with one.
-    fn load(&self, dir: &Path, schema: Option<&Schema>)
-        -> Result<Arc<dyn LoadedModel>, LoadError>;
+    fn load(&self, dir: &Path, schema: Option<&Schema>) -> Result<Arc<dyn LoadedModel>, LoadError>;
 }
 
 /// A loaded version.
