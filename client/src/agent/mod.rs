@@ -2,6 +2,7 @@
 //! version answers a request (`routing`). `runtime` is the seam to the model runtimes; `onnx`
 //! is the one built in.
 
+pub mod onnx;
 pub mod routing;
 pub mod runtime;
 
