@@ -6,6 +6,7 @@
 pub mod core;
 mod http;
 pub mod metrics;
+pub mod onnx;
 pub mod routing;
 pub mod runtime;
 pub mod serve;
@@ -17,5 +18,5 @@ pub use serve::{Agent, AgentConfig, Faults, Registry};
 
 /// The runtimes built into `quiver agent`.
 pub fn builtin_runtimes() -> Vec<std::sync::Arc<dyn runtime::Runtime>> {
-    Vec::new()
+    vec![std::sync::Arc::new(onnx::OnnxRuntime)]
 }
