@@ -124,7 +124,8 @@ fn check_answers(answers: &[Answer], history: &[DeploymentRecord]) -> usize {
             .unwrap_or_else(|| panic!("{a:?}: generation not in the history"));
         assert!(
             record.split.iter().any(|s| s.version == a.version),
-            "{a:?} answered by a version outside generation {}'s split {}",
+            "agent {}: {a:?} answered by a version outside generation {}'s split {}",
+            a.agent,
             a.generation,
             record.traffic
         );
@@ -160,11 +161,26 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_cluster(NODE, dir.path(), 3).unwrap();
     let a = nodes[0].endpoint.clone();
-    quiver(CLI, &a, &["model", "create", "reco", "--namespace", "search"]).ok();
+    quiver(
+        CLI,
+        &a,
+        &["model", "create", "reco", "--namespace", "search"],
+    )
+    .ok();
     register_model(&a, dir.path(), 1, &[1.0, 0.0, 0.0], 0.0); // score = x0
     register_model(&a, dir.path(), 2, &[0.0, 1.0, 0.0], 0.5); // score = x1 + 0.5
-    quiver(CLI, &a, &["stage", "set", "reco/1", "production", "--reason", "t"]).ok();
-    quiver(CLI, &a, &["deploy", "create", "reco-prod", "--version", "reco/1"]).ok();
+    quiver(
+        CLI,
+        &a,
+        &["stage", "set", "reco/1", "production", "--reason", "t"],
+    )
+    .ok();
+    quiver(
+        CLI,
+        &a,
+        &["deploy", "create", "reco-prod", "--version", "reco/1"],
+    )
+    .ok();
 
     // Five agents, three in eu and two in us, each first reaching a different node.
     let tls = ClientTls::load(Some(&ca_for(&a).unwrap()), None, None).unwrap();
@@ -196,7 +212,10 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
 
     // Predictions are the model's: reco/1 answers x0.
     let answer: serde_json::Value = http
-        .post(format!("http://{}/v1/endpoints/reco-prod/predict", addrs[0]))
+        .post(format!(
+            "http://{}/v1/endpoints/reco-prod/predict",
+            addrs[0]
+        ))
         .json(&serde_json::json!({"inputs": {"features": [[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]}}))
         .send()
         .await
@@ -204,21 +223,42 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
         .json()
         .await
         .unwrap();
-    assert_eq!(answer["predictions"], serde_json::json!([[4.0], [7.0]]), "{answer}");
+    assert_eq!(
+        answer["predictions"],
+        serde_json::json!([[4.0], [7.0]]),
+        "{answer}"
+    );
     assert_eq!(answer["version"], 1);
 
     let answers = Arc::new(Mutex::new(Vec::new()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let loader = tokio::spawn(load(http.clone(), addrs.clone(), Arc::clone(&answers), stopped));
+    let loader = tokio::spawn(load(
+        http.clone(),
+        addrs.clone(),
+        Arc::clone(&answers),
+        stopped,
+    ));
 
     // The rollout: shadow for a second, then 5%; errors of reco/2 roll it back.
-    quiver(CLI, &a, &["stage", "set", "reco/2", "staging", "--reason", "t"]).ok();
+    quiver(
+        CLI,
+        &a,
+        &["stage", "set", "reco/2", "staging", "--reason", "t"],
+    )
+    .ok();
     quiver(
         CLI,
         &nodes[1].endpoint,
         &[
-            "deploy", "rollout", "reco-prod", "--version", "reco/2", "--plan",
-            "shadow:1s,5%:30s,100%", "--max-error-rate", "1",
+            "deploy",
+            "rollout",
+            "reco-prod",
+            "--version",
+            "reco/2",
+            "--plan",
+            "shadow:1s,5%:30s,100%",
+            "--max-error-rate",
+            "1",
         ],
     )
     .ok();
@@ -238,14 +278,24 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
         });
     }
     wait_until("the rollout is rolled back automatically", async || {
-        let history = client.deployment_history("reco-prod", 0, Default::default()).await.unwrap();
+        let history = client
+            .deployment_history("reco-prod", 0, Default::default())
+            .await
+            .unwrap();
         history.iter().any(|r| r.kind == "rollback")
     })
     .await;
-    let history = client.deployment_history("reco-prod", 0, Default::default()).await.unwrap();
+    let history = client
+        .deployment_history("reco-prod", 0, Default::default())
+        .await
+        .unwrap();
     let rollback = history.iter().find(|r| r.kind == "rollback").unwrap();
-    assert!(rollback.reason.starts_with("automatic: reco/2"), "{rollback:?}");
-    assert_eq!(rollback.principal.split(':').next(), Some("node"), "{rollback:?}");
+    assert!(
+        rollback.reason.starts_with("automatic: reco/2"),
+        "{rollback:?}"
+    );
+    // The agents' report rolled it back: it is recorded under their principal.
+    assert_eq!(rollback.principal, "admin", "{rollback:?}");
     let kinds: Vec<&str> = history.iter().rev().map(|r| r.kind.as_str()).collect();
     assert!(
         kinds.starts_with(&["create", "rollout_start", "rollout_step", "rollback"]),
@@ -265,11 +315,22 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
         CLI,
         &a,
         &[
-            "deploy", "rollout", "reco-prod", "--version", "reco/2", "--plan", "5%:1s,100%",
+            "deploy",
+            "rollout",
+            "reco-prod",
+            "--version",
+            "reco/2",
+            "--plan",
+            "5%:1s,100%",
         ],
     )
     .ok();
-    quiver(CLI, &a, &["stage", "set", "reco/2", "production", "--reason", "t"]).ok();
+    quiver(
+        CLI,
+        &a,
+        &["stage", "set", "reco/2", "production", "--reason", "t"],
+    )
+    .ok();
     wait_until("reco/2 takes all traffic", async || {
         let d = client
             .get_deployment("reco-prod", Default::default())
@@ -290,14 +351,22 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
     loader.await.unwrap();
 
     // No answer came from outside the split in force.
-    let history = client.deployment_history("reco-prod", 0, Default::default()).await.unwrap();
+    let history = client
+        .deployment_history("reco-prod", 0, Default::default())
+        .await
+        .unwrap();
     let answers = answers.lock().unwrap().clone();
     let checked = check_answers(&answers, &history);
     assert!(checked > 100, "only {checked} answers");
     let failed = answers.iter().filter(|a| a.status == 500).count();
-    assert!(failed > 0, "the broken canary answered some requests (and failed)");
     assert!(
-        answers.iter().all(|a| a.status == 200 || (a.status == 500 && a.version == 2)),
+        failed > 0,
+        "the broken canary answered some requests (and failed)"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status == 200 || (a.status == 500 && a.version == 2)),
         "only the broken canary failed"
     );
     let last = answers.iter().rev().find(|a| a.status == 200).unwrap();
@@ -314,9 +383,15 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
             .text()
             .await
             .unwrap();
-        assert!(metric(&text, "model_load_time_ms_count", &[]).unwrap() >= 2.0, "{text}");
+        assert!(
+            metric(&text, "model_load_time_ms_count", &[]).unwrap() >= 2.0,
+            "{text}"
+        );
         assert_eq!(metric(&text, "version_count", &[]), Some(2.0), "{text}");
-        assert_eq!(metric(&text, "quiver_agent_registry_reachable", &[]), Some(1.0));
+        assert_eq!(
+            metric(&text, "quiver_agent_registry_reachable", &[]),
+            Some(1.0)
+        );
         assert_eq!(
             metric(&text, "quiver_agent_generation", &[]),
             Some(done.generation as f64)
@@ -326,7 +401,10 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
         let rollback_p = metric(&text, "rollback_time_ms_count", &[]).unwrap_or(0.0);
         rollbacks += rollback_p;
         if let Some(sum) = metric(&text, "rollback_time_ms_sum", &[]) {
-            assert!(sum / rollback_p.max(1.0) < PROPAGATION_BOUND_MS as f64, "{text}");
+            assert!(
+                sum / rollback_p.max(1.0) < PROPAGATION_BOUND_MS as f64,
+                "{text}"
+            );
         }
     }
     assert_eq!(rollbacks, 5.0, "each agent routed by the rollback once");
@@ -342,8 +420,18 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
     let a = nodes[0].endpoint.clone();
     quiver(CLI, &a, &["model", "create", "reco"]).ok();
     register_model(&a, dir.path(), 1, &[1.0, 2.0, 3.0], 1.0);
-    quiver(CLI, &a, &["stage", "set", "reco/1", "production", "--reason", "t"]).ok();
-    quiver(CLI, &a, &["deploy", "create", "reco-prod", "--version", "reco/1"]).ok();
+    quiver(
+        CLI,
+        &a,
+        &["stage", "set", "reco/1", "production", "--reason", "t"],
+    )
+    .ok();
+    quiver(
+        CLI,
+        &a,
+        &["deploy", "create", "reco-prod", "--version", "reco/1"],
+    )
+    .ok();
     let agent = Agent::start(
         AgentConfig {
             name: "agent-0".into(),
@@ -385,12 +473,36 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"".to_vec(), 400, "MALFORMED_REQUEST"),
         (b"\0".to_vec(), 400, "MALFORMED_REQUEST"),
-        (b"{\"inputs\": {\"features\": [[1, 2]]}}".to_vec(), 400, "features"),
-        (b"{\"inputs\": {\"feature\\u0000s\": [[1, 2, 3]]}}".to_vec(), 400, "INVALID_INPUT"),
-        (b"{\"inputs\": {\"features\": [[\"a\", 2, 3]]}}".to_vec(), 400, "features"),
-        (b"{\"inputs\": {\"features\": [[1e308, 2, 3]]}}".to_vec(), 400, "features"),
-        (b"{\"inputs\": {\"\xc3\xa9\": [[1, 2, 3]]}}".to_vec(), 400, "INVALID_INPUT"),
-        (format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), 400, ""),
+        (
+            b"{\"inputs\": {\"features\": [[1, 2]]}}".to_vec(),
+            400,
+            "features",
+        ),
+        (
+            b"{\"inputs\": {\"feature\\u0000s\": [[1, 2, 3]]}}".to_vec(),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            b"{\"inputs\": {\"features\": [[\"a\", 2, 3]]}}".to_vec(),
+            400,
+            "features",
+        ),
+        (
+            b"{\"inputs\": {\"features\": [[1e308, 2, 3]]}}".to_vec(),
+            400,
+            "features",
+        ),
+        (
+            b"{\"inputs\": {\"\xc3\xa9\": [[1, 2, 3]]}}".to_vec(),
+            400,
+            "INVALID_INPUT",
+        ),
+        (
+            format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            400,
+            "",
+        ),
         (vec![b' '; 33 * 1024 * 1024], 413, ""),
     ];
     for (body, status, needle) in cases {
@@ -429,4 +541,95 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
         .unwrap();
     assert_eq!(d.generation, 1);
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_serving_while_the_registry_is_down_even_after_its_own_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(NODE, dir.path(), 1).unwrap();
+    let a = nodes[0].endpoint.clone();
+    quiver(CLI, &a, &["model", "create", "reco"]).ok();
+    register_model(&a, dir.path(), 1, &[2.0, 0.0, 0.0], 0.0);
+    quiver(
+        CLI,
+        &a,
+        &["stage", "set", "reco/1", "production", "--reason", "t"],
+    )
+    .ok();
+    quiver(
+        CLI,
+        &a,
+        &["deploy", "create", "reco-prod", "--version", "reco/1"],
+    )
+    .ok();
+    let config = AgentConfig {
+        name: "agent-0".into(),
+        endpoint: "reco-prod".into(),
+        dir: dir.path().join("agent"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        region: String::new(),
+        zone: String::new(),
+        report_every: Duration::from_millis(100),
+        registry: Registry {
+            endpoints: vec![a.clone()],
+            tls: ClientTls::load(Some(&ca_for(&a).unwrap()), None, None).unwrap(),
+            token: token_for(&a),
+        },
+        faults: Faults::default(),
+    };
+    let agent = Agent::start(config.clone(), builtin_runtimes())
+        .await
+        .unwrap();
+    assert!(agent.wait_ready(1, DEADLINE).await);
+    let http = reqwest::Client::new();
+    let predict = |addr: std::net::SocketAddr| {
+        let http = http.clone();
+        async move {
+            let r: serde_json::Value = http
+                .post(format!("http://{addr}/v1/endpoints/reco-prod/predict"))
+                .json(&serde_json::json!({"inputs": {"features": [[3.0, 0.0, 0.0]]}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["predictions"].clone()
+        }
+    };
+    assert_eq!(predict(agent.addr()).await, serde_json::json!([[6.0]]));
+
+    // The registry goes away: the agent says so and keeps answering.
+    nodes.pop().unwrap().kill().unwrap();
+    wait_until(
+        "the agent notices the registry is unreachable",
+        async || !agent.status().registry_reachable,
+    )
+    .await;
+    assert_eq!(predict(agent.addr()).await, serde_json::json!([[6.0]]));
+    let status: serde_json::Value = http
+        .get(format!("http://{}/v1/status", agent.addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["registry_reachable"], false, "{status}");
+    assert!(status["offline_since_ms"].as_i64().unwrap() > 0, "{status}");
+    assert!(agent
+        .metrics_text()
+        .contains("quiver_agent_registry_reachable{endpoint=\"reco-prod\"} 0"));
+
+    // Restarted with the registry still down, it serves what it kept on disk.
+    agent.stop().await;
+    let again = Agent::start(config, builtin_runtimes()).await.unwrap();
+    assert!(again.wait_ready(1, DEADLINE).await, "{:?}", again.status());
+    assert_eq!(predict(again.addr()).await, serde_json::json!([[6.0]]));
+    wait_until(
+        "the restarted agent says the registry is unreachable",
+        async || !again.status().registry_reachable,
+    )
+    .await;
+    again.stop().await;
 }

@@ -243,7 +243,9 @@ async fn predict(
             let body = json!({
                 "error_code": "PREDICTION_FAILED",
                 "message": format!("{model}/{version} failed: {e}"),
+                "model": model,
                 "version": version,
+                "generation": generation,
             });
             (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
         }

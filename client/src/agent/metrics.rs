@@ -181,12 +181,10 @@ impl AgentMetrics {
         );
     }
 
-    pub fn model_loaded(&self, version: u64, load_ms: i64) {
-        self.histogram(
-            "model_load_time_ms",
-            &[("version", version.to_string())],
-            load_ms as f64,
-        );
+    /// A version ready, `load_ms` after it was first wanted. One histogram for all versions:
+    /// a label per version would grow without bound over an endpoint's life.
+    pub fn model_loaded(&self, load_ms: i64) {
+        self.histogram("model_load_time_ms", &[], load_ms as f64);
     }
 
     /// A deployment change routed by, `propagation_ms` after its commit.

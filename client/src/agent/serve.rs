@@ -218,6 +218,9 @@ impl Agent {
             changed: watch::channel(0).0,
             config,
         });
+        // Unreachable until the registry first answers: a status never claims a contact
+        // that has not happened.
+        shared.lock_core().registry_reachable(false, now_ms());
         let (stop, stopped) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(super::http::serve(
             Arc::clone(&shared),
@@ -519,7 +522,7 @@ async fn prepare_loop(shared: Arc<Shared>, mut actions: mpsc::UnboundedReceiver<
                                         .write()
                                         .unwrap_or_else(|p| p.into_inner())
                                         .insert(version, Arc::new(loaded));
-                                    shared.metrics.model_loaded(version, ms);
+                                    shared.metrics.model_loaded(ms);
                                     tracing::info!(%model, version, load_ms = ms, "version ready");
                                 }
                                 None => remove_version(&shared, &model, version),
