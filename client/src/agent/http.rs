@@ -197,7 +197,15 @@ async fn predict(
                 .request(version, Outcome::Invalid, begun.elapsed());
             let body = json!({
                 "error_code": "INVALID_INPUT",
-                "message": format!("{model}/{version}'s signature refuses the request: {}", first.message),
+                "message": format!(
+                    "{model}/{version}'s signature refuses the request: {}{}{}",
+                    match first.path.is_empty() {
+                        true => first.field.clone(),
+                        false => first.path.clone(),
+                    },
+                    if first.field.is_empty() && first.path.is_empty() { "" } else { ": " },
+                    first.message
+                ),
                 "violations": violations,
                 "version": version,
             });

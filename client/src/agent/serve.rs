@@ -137,8 +137,9 @@ impl Shared {
         }
     }
 
-    /// Takes `d` if it is newer than the deployment in force; keeps it on disk.
-    fn apply(&self, d: Deployment) {
+    /// Takes `d` if it is newer than the deployment in force; keeps it on disk. `kept`: read
+    /// back from disk at start (its propagation is not measured).
+    fn apply(&self, d: Deployment, kept: bool) {
         let encoded = d.encode_to_vec();
         let applied = self.lock_core().on_deployment(d, now_ms());
         match applied {
@@ -148,7 +149,9 @@ impl Shared {
                 rollback,
                 actions,
             }) => {
-                self.metrics.change_applied(propagation_ms, rollback);
+                if !kept {
+                    self.metrics.change_applied(propagation_ms, rollback);
+                }
                 tracing::info!(
                     endpoint = %self.config.endpoint, generation, propagation_ms, rollback,
                     "routing by a new deployment"
@@ -229,7 +232,7 @@ impl Agent {
         ))];
         tasks.push(tokio::spawn(prepare_loop(Arc::clone(&shared), action_rx)));
         if let Some(kept) = read_kept_deployment(&shared.config.dir) {
-            shared.apply(kept);
+            shared.apply(kept, true);
         }
         tasks.push(tokio::spawn(registry_loop(
             Arc::clone(&shared),
@@ -404,7 +407,7 @@ async fn registry_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) 
             )?;
             // The first batch says where the watch starts; reading after it misses nothing.
             watcher.next().await?;
-            shared.apply(read_deployment(&members, &config.endpoint).await?);
+            shared.apply(read_deployment(&members, &config.endpoint).await?, false);
             shared.lock_core().registry_reachable(true, now_ms());
             loop {
                 let reread = match watcher.next().await? {
@@ -418,7 +421,7 @@ async fn registry_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) 
                     WatchItem::Behind(_) | WatchItem::Resumed { .. } => true,
                 };
                 if reread {
-                    shared.apply(read_deployment(&members, &config.endpoint).await?);
+                    shared.apply(read_deployment(&members, &config.endpoint).await?, false);
                 }
             }
             #[allow(unreachable_code)]
@@ -476,7 +479,7 @@ async fn report_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 match sent {
                     Ok(Ok(response)) => {
                         if let Some(d) = response.deployment {
-                            shared.apply(d);
+                            shared.apply(d, false);
                         }
                         true
                     }

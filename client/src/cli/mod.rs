@@ -132,6 +132,8 @@ pub enum Command {
     /// (keeping the previous one warm), answer `POST /v1/endpoints/ENDPOINT/predict`, report
     /// counts so rollouts advance or roll back.
     Agent(agent::AgentArgs),
+    /// Write a small ONNX model (a linear scorer) and its signature, to register and serve.
+    ExampleModel(agent::ExampleModelArgs),
 }
 
 /// Options of commands that read.
@@ -503,6 +505,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lineage(command) => lineage::run(&node, command).await,
         Command::Watch(args) => watch::run(&node, args).await,
         Command::Agent(args) => agent::run(&node, args).await,
+        Command::ExampleModel(args) => agent::example_model(args),
         Command::Deploy(command) => deploy::run(&node, command).await,
         Command::Bench(BenchCommand::Transport {
             size,
