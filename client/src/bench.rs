@@ -677,10 +677,10 @@ pub async fn promotion(
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RollbackReport {
-    pub watchers: u32,
+    pub agents: u32,
     pub rollbacks: u32,
-    /// From `Rollback` returning to the last watcher receiving the endpoint's new generation
-    /// (0 when every watcher had it before the call returned).
+    /// From `Rollback` returning to the last agent routing by the endpoint's new generation
+    /// (0 when every agent did before the call returned).
     pub rollback_ms_p50: f64,
     pub rollback_ms_p99: f64,
     /// The same for the first step of a rollout (5% to the new version).
@@ -691,75 +691,98 @@ pub struct RollbackReport {
     pub call_ms_p99: f64,
 }
 
-/// Starts and rolls back `rollbacks` rollouts of an endpoint while `watchers` watches of it
-/// (spread over `members`, as serving agents would be) each record when every change arrives;
-/// reports how long after each call returned the last watcher had it. `client` must be an
-/// admin's (it creates the model, its versions and the endpoint).
+/// Starts and rolls back `rollbacks` rollouts of an endpoint served by `agents` real serving
+/// agents in this process (each with its own directory and HTTP listener, reaching the
+/// registry through `members` round robin, as a fleet would); reports how long after each call
+/// returned the last agent routed by the change. `client` must be an admin's (it creates the
+/// model, its versions and the endpoint, and the agents report with its token).
 pub async fn rollback(
     client: &Client,
     members: &[Client],
-    watchers: u32,
+    agents: u32,
     rollbacks: u32,
     log: &dyn Fn(&str),
 ) -> Result<RollbackReport, ClientError> {
-    use crate::proto::{RolloutStep, Stage, WatchRequest};
-    if watchers == 0 || watchers > 1000 || rollbacks == 0 || rollbacks > 10_000 {
+    use crate::agent::{builtin_runtimes, Agent, AgentConfig, Faults, Registry};
+    use crate::proto::{RolloutStep, Stage};
+    if agents == 0 || agents > 200 || rollbacks == 0 || rollbacks > 10_000 {
         return Err(ClientError::InvalidInput(format!(
-            "--watchers {watchers} --rollbacks {rollbacks} is out of range: use 1 to 1000 \
-             watchers and 1 to 10000 rollbacks"
+            "--agents {agents} --rollbacks {rollbacks} is out of range: use 1 to 200 agents and 1 \
+             to 10000 rollbacks"
         )));
     }
     let stamp = format!("{}-{}", std::process::id(), unix_ms());
     let model = format!("bench-rollback-{stamp}");
     let endpoint = format!("bench-ep-{}", unix_ms() % 1_000_000_000);
     client.create_model(bench_model(&model, "rollback")).await?;
-    let stable = register_tiny(client, &model, 1).await?;
-    let canary = register_tiny(client, &model, 2).await?;
+    let stable = register_onnx(client, &model, &[1.0, 0.0, 0.0]).await?;
+    let canary = register_onnx(client, &model, &[0.0, 1.0, 0.0]).await?;
     client
         .set_stage(&format!("{model}/{stable}"), Stage::Production, "bench")
         .await?;
     client
         .set_stage(&format!("{model}/{canary}"), Stage::Staging, "bench")
         .await?;
-    client
+    let created = client
         .create_deployment(&endpoint, &format!("{model}/{stable}"), "bench")
         .await?;
-    // Each watcher sends (watcher, generation, when it arrived) for every change it hears.
-    let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
-    let mut tasks = Vec::new();
-    for w in 0..watchers {
-        let node = members
-            .get(w as usize % members.len().max(1))
-            .unwrap_or(client)
-            .clone();
-        let mut stream = node
-            .watch(WatchRequest {
-                endpoint: endpoint.clone(),
-                after_revision: None,
-                ..Default::default()
-            })
-            .await?;
-        // The first batch says where the watch starts: from then on nothing is missed.
-        stream.message().await?;
-        let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Ok(Some(batch)) = stream.message().await {
-                for e in batch.events {
-                    if tx.send((w, e.generation, Instant::now())).is_err() {
-                        return;
-                    }
-                }
-            }
-        }));
+    let dir = tempfile_dir("quiver-bench-agents")?;
+    let fleet = members.len().max(1);
+    let mut running = Vec::new();
+    for a in 0..agents {
+        let node = members.get(a as usize % fleet).unwrap_or(client);
+        let config = AgentConfig {
+            name: format!("bench-agent-{a}"),
+            endpoint: endpoint.clone(),
+            dir: dir.join(format!("agent-{a}")),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            region: String::new(),
+            zone: String::new(),
+            report_every: Duration::from_secs(1),
+            registry: Registry {
+                endpoints: vec![node.endpoint().to_string()],
+                tls: node.tls().clone(),
+                token: node.token().map(str::to_string),
+            },
+            faults: Faults::default(),
+        };
+        let agent = Agent::start(config, builtin_runtimes())
+            .await
+            .map_err(|e| ClientError::Verify(format!("starting agent {a}: {e:#}")))?;
+        running.push(agent);
+    }
+    let ready = futures::future::join_all(
+        running
+            .iter()
+            .map(|a| a.wait_ready(created.generation, Duration::from_secs(60))),
+    )
+    .await;
+    if ready.iter().any(|r| !r) {
+        return Err(ClientError::Verify(
+            "an agent was not serving the endpoint within 60 s".into(),
+        ));
     }
     log(&format!(
-        "{rollbacks} rollouts and rollbacks of {endpoint}, watched by {watchers} watchers over {} \
-         node(s)",
-        members.len().max(1)
+        "{rollbacks} rollouts and rollbacks of {endpoint}, served by {agents} agents over {fleet} \
+         node(s)"
     ));
-    let mut arrivals = Arrivals {
-        rx: arrivals,
-        seen: Default::default(),
+    // When the last agent routed by `generation`, waiting 30 s at most.
+    let last_routed = |generation: u64| {
+        let waits = running.iter().map(move |a| async move {
+            a.wait_generation(generation, Duration::from_secs(30)).await
+        });
+        async move {
+            let mut last = None;
+            for at in futures::future::join_all(waits).await {
+                let at = at.ok_or_else(|| {
+                    ClientError::Verify(format!(
+                        "an agent did not route by generation {generation} within 30 s"
+                    ))
+                })?;
+                last = Some(last.map_or(at, |l: Instant| l.max(at)));
+            }
+            last.ok_or_else(|| ClientError::Verify("no agents".into()))
+        }
     };
     let (mut rollback_ms, mut step_ms, mut call_ms) = (Vec::new(), Vec::new(), Vec::new());
     let after = |returned: Instant, last: Instant| last.saturating_duration_since(returned);
@@ -778,20 +801,28 @@ pub async fn rollback(
             .start_rollout(&endpoint, &format!("{model}/{canary}"), plan, None, "bench")
             .await?;
         let returned = Instant::now();
-        let last = arrivals.all_heard(started.generation, watchers).await?;
+        let last = last_routed(started.generation).await?;
         step_ms.push(after(returned, last));
         let call = Instant::now();
         let back = client.rollback(&endpoint, "bench").await?;
         let returned = Instant::now();
         call_ms.push(returned - call);
-        let last = arrivals.all_heard(back.generation, watchers).await?;
+        let last = last_routed(back.generation).await?;
         rollback_ms.push(after(returned, last));
+        // A rollback needs nothing loaded: the stable version answers on every agent.
+        if let Some(a) = running.iter().find(|a| !a.serves_all_of_split()) {
+            return Err(ClientError::Verify(format!(
+                "after a rollback an agent cannot serve its whole split: {:?}",
+                a.status()
+            )));
+        }
     }
-    for task in tasks {
-        task.abort();
+    for agent in running {
+        agent.stop().await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(RollbackReport {
-        watchers,
+        agents,
         rollbacks,
         rollback_ms_p50: percentile_ms(&mut rollback_ms, 50.0),
         rollback_ms_p99: percentile_ms(&mut rollback_ms, 99.0),
@@ -799,6 +830,197 @@ pub async fn rollback(
         step_ms_p99: percentile_ms(&mut step_ms, 99.0),
         call_ms_p50: percentile_ms(&mut call_ms, 50.0),
         call_ms_p99: percentile_ms(&mut call_ms, 99.0),
+    })
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir(prefix: &str) -> Result<std::path::PathBuf, ClientError> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), unix_ms()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClientError::Verify(format!("creating {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Registers an example ONNX linear model (`quiver example-model`'s) with its signature.
+async fn register_onnx(client: &Client, model: &str, weights: &[f32]) -> Result<u64, ClientError> {
+    use crate::agent::onnx::example;
+    let bytes = example::linear_model(weights, 0.0);
+    let signature = crate::signature::SignatureJson::parse(&example::signature_json(weights.len()))
+        .map_err(|e| ClientError::Verify(e.to_string()))?;
+    let mut header = bench_header(model);
+    header.signature = Some(signature.to_proto());
+    let file = UploadFile {
+        path: "model.onnx".into(),
+        mode: 0o644,
+        size_bytes: bytes.len() as u64,
+        reader: Box::new(std::io::Cursor::new(bytes)),
+    };
+    Ok(client.register_stream(header, vec![file]).await?.version)
+}
+
+// ---------------------------------------------------------- model load
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelLoadReport {
+    pub size_bytes: u64,
+    /// The agent's `model_load_time_ms` for the version: from the watch event that made it
+    /// wanted (all traffic moved to it) to ready to serve (pulled from a node, every chunk
+    /// verified, written, synced, loaded).
+    pub load_ms: f64,
+    /// Baseline 1: writing and syncing as many bytes to a file in the agent's directory.
+    pub raw_write_fsync_ms: f64,
+    /// Baseline 2: the runtime loading the version's model from local disk.
+    pub runtime_load_ms: f64,
+    /// `load_ms / (raw_write_fsync_ms + runtime_load_ms)`; the target is at most 1.5.
+    pub ratio: f64,
+}
+
+/// Registers a version of `size_bytes` (the example ONNX model plus a weights file of
+/// seeded bytes), moves an endpoint's traffic to it, and times the agent's pull and load
+/// beside writing the same bytes raw and loading the model alone. `client` must be an
+/// admin's.
+pub async fn model_load(
+    client: &Client,
+    size_bytes: u64,
+    log: &dyn Fn(&str),
+) -> Result<ModelLoadReport, ClientError> {
+    use crate::agent::runtime::Runtime;
+    use crate::agent::{builtin_runtimes, Agent, AgentConfig, Faults, Registry, VersionState};
+    use crate::proto::Stage;
+    use std::io::Write;
+    if size_bytes == 0 || size_bytes > 64 << 30 {
+        return Err(ClientError::InvalidInput(format!(
+            "--size-mib {}: use 1 to 65536",
+            size_bytes >> 20
+        )));
+    }
+    let dir = tempfile_dir("quiver-bench-load")?;
+    let io = |what: &str, e: std::io::Error| ClientError::Verify(format!("{what}: {e}"));
+
+    // Baseline 1: the same bytes written and synced where the agent keeps versions.
+    let begun = Instant::now();
+    {
+        let path = dir.join("raw.bin");
+        let mut file = std::fs::File::create(&path).map_err(|e| io("raw file", e))?;
+        let mut reader = SeededReader::new(7, size_bytes);
+        std::io::copy(&mut reader, &mut file).map_err(|e| io("raw write", e))?;
+        file.flush().map_err(|e| io("raw flush", e))?;
+        file.sync_all().map_err(|e| io("raw fsync", e))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("raw dir fsync", e))?;
+        let _ = std::fs::remove_file(&path);
+    }
+    let raw_write_fsync_ms = begun.elapsed().as_secs_f64() * 1000.0;
+
+    // Baseline 2: the runtime loading the model from local disk.
+    let weights = [0.5f32, 0.25, 0.125];
+    let onnx = crate::agent::onnx::example::linear_model(&weights, 0.0);
+    let schema = crate::signature::SignatureJson::parse(
+        &crate::agent::onnx::example::signature_json(weights.len()),
+    )
+    .and_then(|s| s.to_schema())
+    .map_err(|e| ClientError::Verify(e.to_string()))?;
+    let alone = dir.join("runtime-alone");
+    std::fs::create_dir_all(&alone).map_err(|e| io("runtime dir", e))?;
+    std::fs::write(alone.join("model.onnx"), &onnx).map_err(|e| io("model.onnx", e))?;
+    let begun = Instant::now();
+    crate::agent::onnx::OnnxRuntime
+        .load(&alone, Some(&schema))
+        .map_err(|e| ClientError::Verify(e.to_string()))?;
+    let runtime_load_ms = begun.elapsed().as_secs_f64() * 1000.0;
+
+    // The version: the model and `size_bytes` of weights.
+    let stamp = format!("{}-{}", std::process::id(), unix_ms());
+    let model = format!("bench-load-{stamp}");
+    let endpoint = format!("bench-load-{}", unix_ms() % 1_000_000_000);
+    client.create_model(bench_model(&model, "load")).await?;
+    let small = register_onnx(client, &model, &weights).await?;
+    client
+        .set_stage(&format!("{model}/{small}"), Stage::Production, "bench")
+        .await?;
+    client
+        .create_deployment(&endpoint, &format!("{model}/{small}"), "bench")
+        .await?;
+    log(&format!(
+        "registering a version of {} MiB",
+        size_bytes >> 20
+    ));
+    let mut header = bench_header(&model);
+    header.signature = crate::signature::SignatureJson::parse(
+        &crate::agent::onnx::example::signature_json(weights.len()),
+    )
+    .ok()
+    .map(|s| s.to_proto());
+    let files = vec![
+        UploadFile {
+            path: "model.onnx".into(),
+            mode: 0o644,
+            size_bytes: onnx.len() as u64,
+            reader: Box::new(std::io::Cursor::new(onnx.clone())),
+        },
+        UploadFile {
+            path: "weights.bin".into(),
+            mode: 0o644,
+            size_bytes,
+            reader: Box::new(SeededReader::new(unix_ms(), size_bytes)),
+        },
+    ];
+    let big = client.register_stream(header, files).await?.version;
+    client
+        .set_stage(&format!("{model}/{big}"), Stage::Production, "bench")
+        .await?;
+
+    let agent = Agent::start(
+        AgentConfig {
+            name: "bench-load".into(),
+            endpoint: endpoint.clone(),
+            dir: dir.join("agent"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            region: String::new(),
+            zone: String::new(),
+            report_every: Duration::from_secs(1),
+            registry: Registry {
+                endpoints: vec![client.endpoint().to_string()],
+                tls: client.tls().clone(),
+                token: client.token().map(str::to_string),
+            },
+            faults: Faults::default(),
+        },
+        builtin_runtimes(),
+    )
+    .await
+    .map_err(|e| ClientError::Verify(format!("starting the agent: {e:#}")))?;
+    let first = agent.wait_ready(1, Duration::from_secs(60)).await;
+    log(&format!(
+        "moving {endpoint}'s traffic to the {} MiB version",
+        size_bytes >> 20
+    ));
+    let moved = client
+        .set_traffic(&endpoint, &[(big, 100)], &[], "bench")
+        .await?;
+    let ready = first
+        && agent
+            .wait_ready(moved.generation, Duration::from_secs(600))
+            .await;
+    let load_ms = match agent.status().versions.get(&big) {
+        Some(VersionState::Ready { load_ms, .. }) if ready => *load_ms as f64,
+        other => {
+            agent.stop().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ClientError::Verify(format!(
+                "the agent did not load the version within 10 minutes: {other:?}"
+            )));
+        }
+    };
+    agent.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ModelLoadReport {
+        size_bytes,
+        load_ms,
+        raw_write_fsync_ms,
+        runtime_load_ms,
+        ratio: load_ms / (raw_write_fsync_ms + runtime_load_ms).max(1e-9),
     })
 }
 
@@ -899,35 +1121,6 @@ pub fn agent_overhead(requests: u32) -> Result<AgentOverheadReport, ClientError>
     })
 }
 
-/// What the rollback benchmark's watchers heard: (watcher, generation, arrival).
-struct Arrivals {
-    rx: tokio::sync::mpsc::UnboundedReceiver<(u32, u64, Instant)>,
-    /// Arrival times by generation.
-    seen: std::collections::HashMap<u64, Vec<Instant>>,
-}
-
-impl Arrivals {
-    /// Waits (30 s at most) until `watchers` watchers have heard `generation`; returns the last
-    /// arrival.
-    async fn all_heard(&mut self, generation: u64, watchers: u32) -> Result<Instant, ClientError> {
-        loop {
-            if let Some(times) = self.seen.get(&generation) {
-                if times.len() as u32 >= watchers {
-                    return Ok(times.iter().max().copied().unwrap_or_else(Instant::now));
-                }
-            }
-            let heard = tokio::time::timeout(Duration::from_secs(30), self.rx.recv()).await;
-            let Ok(Some((_, g, at))) = heard else {
-                return Err(ClientError::Verify(format!(
-                    "a watcher did not hear generation {generation} within 30 s"
-                )));
-            };
-            self.seen.entry(g).or_default().push(at);
-        }
-    }
-}
-
-/// Registers a 1 KiB version of `model` (content from `seed`); returns its number.
 async fn register_tiny(client: &Client, model: &str, seed: u32) -> Result<u64, ClientError> {
     let file = UploadFile {
         path: "tiny.bin".into(),

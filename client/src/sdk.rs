@@ -212,6 +212,11 @@ impl Client {
         self
     }
 
+    /// How this client verifies nodes (and what it presents to them).
+    pub fn tls(&self) -> &ClientTls {
+        &self.tls
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -231,7 +231,7 @@ fn the_rollback_benchmark_runs_at_toy_size() {
         &[
             "bench",
             "rollback",
-            "--watchers",
+            "--agents",
             "4",
             "--rollbacks",
             "3",
@@ -241,7 +241,7 @@ fn the_rollback_benchmark_runs_at_toy_size() {
     )
     .ok()
     .json();
-    assert_eq!(figure(&r, "watchers"), 4, "{r}");
+    assert_eq!(figure(&r, "agents"), 4, "{r}");
     assert_eq!(figure(&r, "rollbacks"), 3, "{r}");
     for key in ["rollback_ms_p99", "step_ms_p99"] {
         assert!(figure(&r, key).as_f64().unwrap() >= 0.0, "{key} in {r}");
@@ -269,4 +269,28 @@ fn the_agent_overhead_benchmark_runs_at_toy_size() {
     for key in ["parse_us_p50", "agent_us_p50", "agent_us_p99", "p99_ratio"] {
         assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
     }
+}
+
+#[test]
+fn the_model_load_benchmark_runs_at_toy_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = quiver_tests::start_cluster(NODE, tmp.path(), 1).unwrap();
+    let r = quiver(
+        CLI,
+        &nodes[0].endpoint,
+        &["bench", "model-load", "--size-mib", "2", "--output", "json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(figure(&r, "size_bytes"), 2 << 20, "{r}");
+    for key in ["load_ms", "raw_write_fsync_ms", "runtime_load_ms", "ratio"] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    let refused = quiver(
+        CLI,
+        &nodes[0].endpoint,
+        &["bench", "model-load", "--size-mib", "0"],
+    )
+    .err();
+    assert!(refused.contains("--size-mib 0"), "{refused}");
 }

@@ -279,6 +279,34 @@ impl Agent {
         .unwrap_or(false)
     }
 
+    /// Waits until the agent routes by `generation` or later, or `timeout` passes; returns
+    /// when it saw it (`None`: it did not).
+    pub async fn wait_generation(
+        &self,
+        generation: u64,
+        timeout: Duration,
+    ) -> Option<std::time::Instant> {
+        let mut changed = self.shared.changed.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if self.shared.lock_core().generation() >= generation {
+                    return Some(std::time::Instant::now());
+                }
+                changed.changed().await.ok()?;
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Whether every version of the split in force is loaded.
+    pub fn serves_all_of_split(&self) -> bool {
+        let core = self.shared.lock_core();
+        core.deployment()
+            .is_some_and(|d| d.split.iter().all(|s| core.is_ready(s.version)))
+    }
+
     /// Changes the fault switches (drills and tests).
     pub fn set_faults(&self, faults: Faults) {
         *self

@@ -46,8 +46,27 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        BenchCommand::ModelLoad { size_mib, output } => {
+            let r = bench::model_load(client, size_mib.saturating_mul(1 << 20), &log).await?;
+            match output.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
+                Output::Table => {
+                    let ms = |v: f64| format!("{v:.0} ms");
+                    outln!(
+                        "model load of {} MiB: {} (agent: watch event → ready)\n\
+                         baseline: write + fsync {} + runtime load {}\n\
+                         ratio {:.2} (target ≤ 1.5)",
+                        r.size_bytes >> 20,
+                        ms(r.load_ms),
+                        ms(r.raw_write_fsync_ms),
+                        ms(r.runtime_load_ms),
+                        r.ratio
+                    );
+                }
+            }
+        }
         BenchCommand::Rollback {
-            watchers,
+            agents,
             rollbacks,
             output,
         } => {
@@ -58,19 +77,19 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                     members.push(client.connect_to(&m.api_addr).await?);
                 }
             }
-            let r = bench::rollback(client, &members, watchers, rollbacks, &log).await?;
+            let r = bench::rollback(client, &members, agents, rollbacks, &log).await?;
             match output.output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&r)?),
                 Output::Table => {
                     let ms = |v: f64| format!("{v:.2} ms");
                     let rows = vec![
                         vec![
-                            "rollback: call returned → last watcher has it".into(),
+                            "rollback: call returned → last agent routes by it".into(),
                             ms(r.rollback_ms_p50),
                             ms(r.rollback_ms_p99),
                         ],
                         vec![
-                            "rollout step: call returned → last watcher has it".into(),
+                            "rollout step: call returned → last agent routes by it".into(),
                             ms(r.step_ms_p50),
                             ms(r.step_ms_p99),
                         ],
@@ -81,9 +100,9 @@ pub async fn run(client: &Client, command: BenchCommand) -> anyhow::Result<()> {
                         ],
                     ];
                     outln!(
-                        "{} rollouts and rollbacks, {} watchers over {} node(s)",
+                        "{} rollouts and rollbacks, {} agents over {} node(s)",
                         r.rollbacks,
-                        r.watchers,
+                        r.agents,
                         members.len()
                     );
                     out!("{}", table(&["", "P50", "P99"], &rows));

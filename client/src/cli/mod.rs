@@ -434,6 +434,16 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// A serving agent's model_load_time_ms for a large version (pull from a node, verify,
+    /// write, sync, load), beside writing and syncing as many bytes raw plus the runtime's own
+    /// load. Needs an admin.
+    ModelLoad {
+        /// The version's size (MiB).
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// The serving agent's own work per prediction (parse, validate against the signature,
     /// route), without the model, beside parsing alone (no node needed).
     AgentOverhead {
@@ -464,13 +474,13 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// How soon rollout steps and rollbacks of an endpoint reach its watchers (as serving
-    /// agents watch it), spread over the cluster's members, beside the rollback call itself.
-    /// Needs an admin.
+    /// How soon rollout steps and rollbacks of an endpoint reach the serving agents (real
+    /// `quiver agent`s in this process, spread over the cluster's members), beside the
+    /// rollback call itself. Needs an admin.
     Rollback {
-        /// Watches of the endpoint, round robin over the members.
+        /// Serving agents, round robin over the members.
         #[arg(long, default_value_t = 20)]
-        watchers: u32,
+        agents: u32,
         /// Rollouts started and rolled back.
         #[arg(long, default_value_t = 20)]
         rollbacks: u32,
