@@ -247,6 +247,15 @@ fn the_rollback_benchmark_runs_at_toy_size() {
         assert!(figure(&r, key).as_f64().unwrap() >= 0.0, "{key} in {r}");
     }
     assert!(figure(&r, "call_ms_p50").as_f64().unwrap() > 0.0, "{r}");
+    for agents in ["0", "201"] {
+        let refused = quiver(
+            CLI,
+            &nodes[0].endpoint,
+            &["bench", "rollback", "--agents", agents],
+        )
+        .err();
+        assert!(refused.contains("use 1 to 200 agents"), "{refused}");
+    }
 }
 
 #[test]
