@@ -519,6 +519,38 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
         .await;
         assert!(got == 404, "{endpoint}: {got} {text}");
     }
+    // A seeded storm of bodies built from JSON fragments: each is answered 200 or refused 400,
+    // never a failure of the agent or the model.
+    let pieces: [&str; 16] = [
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"inputs\"",
+        "\"features\"",
+        "\"instances\"",
+        "1",
+        "-1e309",
+        "null",
+        "\"\\u0000\"",
+        "\"é/../\"",
+        "[[1,2,3]]",
+        "{\"inputs\":{\"features\":",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        let mut body = String::new();
+        for _ in 0..(state % 12 + 1) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            body.push_str(pieces[(state % 16) as usize]);
+        }
+        let (got, text) = post(url.clone(), body.clone().into_bytes()).await;
+        assert!(got == 200 || got == 400, "{body}: {got} {text}");
+    }
     // A very long request key is fine; the agent still answers correctly.
     let r: serde_json::Value = http
         .post(&url)
