@@ -6,18 +6,45 @@
 //! Counted as they happen: requests and their latency per RPC (`quiver_rpc_requests_total`,
 //! `quiver_rpc_latency_ms`), promotions refused by gates (`quiver_gate_failures_total`).
 //! Read at each scrape: Raft term, leader, applied and last log index, replication lag per peer
-//! (on the leader), `version_count`, chunks fetched by repair and copies found rotten.
+//! (on the leader), `version_count`, chunks fetched by repair and copies found rotten, and the
+//! chunk bytes moved with each peer over QUIC (`quiver_chunk_bytes_{served,received,fetched,
+//! pushed}_total`), as the node's `ChunkServer` and `PeerClient` count them
+//! (`quiver_transfer::TransferStats`; a peer is its node id, else its address, at most
+//! `TRANSFER_STATS_PEERS_MAX` of them before "other"). A node without its own QUIC endpoints
+//! (the simulator's, whose `SimPeers` keeps its own byte accounting) has no such series.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use quiver_transfer::{ChunkBytes, PeerLabel};
 
 /// Latency buckets (ms) of every latency histogram.
 pub const LATENCY_BUCKETS_MS: [f64; 16] = [
     0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
     10000.0,
+];
+
+/// The chunk byte counters per peer, in `ChunkBytes`' order (served, received, fetched,
+/// pushed), with their help text.
+const CHUNK_BYTES_HELP: [(&str, &str); 4] = [
+    (
+        "quiver_chunk_bytes_served_total",
+        "Chunk bytes this node sent in answers to the peer's GETs over QUIC, by peer.",
+    ),
+    (
+        "quiver_chunk_bytes_received_total",
+        "Chunk bytes the peer pushed to this node over QUIC, verified and stored, by peer.",
+    ),
+    (
+        "quiver_chunk_bytes_fetched_total",
+        "Chunk bytes this node fetched from the peer over QUIC (repair, read-through), by peer.",
+    ),
+    (
+        "quiver_chunk_bytes_pushed_total",
+        "Chunk bytes this node pushed to the peer over QUIC and it acknowledged, by peer.",
+    ),
 ];
 
 static METADATA: Metadata<'static> =
@@ -41,6 +68,8 @@ pub struct Snapshot {
     pub watch_revision: u64,
     pub repair_fetched_chunks: u64,
     pub scrub_bad_copies: u64,
+    /// Chunk bytes moved with each peer over QUIC since the node started.
+    pub chunk_bytes_by_peer: Vec<(PeerLabel, ChunkBytes)>,
 }
 
 /// One node's recorder and what renders it.
@@ -92,6 +121,13 @@ impl NodeMetrics {
             None,
             text("Stage changes refused by policy gates at this node, by stage."),
         );
+        for (name, help) in CHUNK_BYTES_HELP {
+            r.describe_counter(
+                name.into(),
+                Some(metrics::Unit::Bytes),
+                metrics::SharedString::const_str(help),
+            );
+        }
     }
 
     fn key(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Key {
@@ -137,6 +173,13 @@ impl NodeMetrics {
             .increment(1);
     }
 
+    /// Sets a counter read from elsewhere to its total `value` (never lowers it).
+    fn total(&self, name: &'static str, labels: &[(&'static str, &str)], value: u64) {
+        self.recorder
+            .register_counter(&self.key(name, labels), &METADATA)
+            .absolute(value);
+    }
+
     fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         self.recorder
             .register_gauge(&self.key(name, labels), &METADATA)
@@ -176,6 +219,15 @@ impl NodeMetrics {
             s.repair_fetched_chunks as f64,
         );
         self.gauge("quiver_scrub_bad_copies", &[], s.scrub_bad_copies as f64);
+        for (peer, bytes) in &s.chunk_bytes_by_peer {
+            let peer = peer.to_string();
+            let labels = [("peer", peer.as_str())];
+            let [served, received, fetched, pushed] = CHUNK_BYTES_HELP.map(|(name, _)| name);
+            self.total(served, &labels, bytes.served_bytes);
+            self.total(received, &labels, bytes.received_bytes);
+            self.total(fetched, &labels, bytes.fetched_bytes);
+            self.total(pushed, &labels, bytes.pushed_bytes);
+        }
         self.handle.render()
     }
 }
@@ -222,5 +274,62 @@ mod tests {
         let other = two.render(&Snapshot::default());
         assert!(!other.contains("quiver_rpc_requests_total"), "{other}");
         assert!(other.contains(r#"quiver_raft_term{node="2"} 0"#), "{other}");
+        assert!(!other.contains("quiver_chunk_bytes"), "{other}");
+    }
+
+    #[test]
+    fn a_render_shows_chunk_bytes_per_peer_as_counters_that_never_go_down() {
+        let metrics = NodeMetrics::new(1);
+        let addr = std::net::SocketAddr::from(([10, 0, 0, 9], 7000));
+        let snapshot = |served_bytes| Snapshot {
+            chunk_bytes_by_peer: vec![
+                (
+                    PeerLabel::Node(2),
+                    ChunkBytes {
+                        served_bytes,
+                        pushed_bytes: 4096,
+                        ..ChunkBytes::default()
+                    },
+                ),
+                (
+                    PeerLabel::Addr(addr),
+                    ChunkBytes {
+                        fetched_bytes: 5,
+                        received_bytes: 6,
+                        ..ChunkBytes::default()
+                    },
+                ),
+                (
+                    PeerLabel::Other,
+                    ChunkBytes {
+                        fetched_bytes: 7,
+                        ..ChunkBytes::default()
+                    },
+                ),
+            ],
+            ..Default::default()
+        };
+        let text = metrics.render(&snapshot(1_048_576));
+        for line in [
+            "# TYPE quiver_chunk_bytes_served_total counter",
+            r#"quiver_chunk_bytes_served_total{node="1",peer="2"} 1048576"#,
+            r#"quiver_chunk_bytes_pushed_total{node="1",peer="2"} 4096"#,
+            r#"quiver_chunk_bytes_fetched_total{node="1",peer="2"} 0"#,
+            r#"quiver_chunk_bytes_fetched_total{node="1",peer="10.0.0.9:7000"} 5"#,
+            r#"quiver_chunk_bytes_received_total{node="1",peer="10.0.0.9:7000"} 6"#,
+            r#"quiver_chunk_bytes_fetched_total{node="1",peer="other"} 7"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(
+            text.contains("# HELP quiver_chunk_bytes_received_total"),
+            "{text}"
+        );
+        // A lower total (a peer's label moved, say) does not take a counter back.
+        let text = metrics.render(&snapshot(10));
+        assert!(
+            text.contains(r#"quiver_chunk_bytes_served_total{node="1",peer="2"} 1048576"#),
+            "{text}"
+        );
     }
 }

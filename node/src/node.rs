@@ -14,7 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use quiver_raft::{PeerIdentity, PeerTls, RaftNode, RaftNodeConfig};
 use quiver_transfer::{
-    ChunkPeers, ChunkServer, ChunkSource, ChunkStore, PeerClient, QuicCerts, QuicTls,
+    ChunkBytes, ChunkPeers, ChunkServer, ChunkSource, ChunkStore, PeerClient, PeerLabel, QuicCerts,
+    QuicTls, TransferStats,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
@@ -176,8 +177,23 @@ struct Host {
     /// Held for the node's life: one process per data dir (and no offline GC while it runs).
     _data_dir_lock: std::fs::File,
     chunk_server: ChunkServer,
+    /// What the QUIC peer client (`Env::peers`) fetched and pushed, per peer.
+    client_stats: Arc<TransferStats>,
     /// The certificates peers see and admit (decision 0017).
     pub(crate) certs: HostCerts,
+}
+
+impl Host {
+    /// Chunk bytes moved over QUIC per peer: the server's (served, received) and the client's
+    /// (fetched, pushed) together, in label order.
+    fn chunk_bytes_by_peer(&self) -> Vec<(PeerLabel, ChunkBytes)> {
+        let mut by_peer = std::collections::BTreeMap::<PeerLabel, ChunkBytes>::new();
+        let server = self.chunk_server.stats().totals();
+        for (label, bytes) in server.into_iter().chain(self.client_stats.totals()) {
+            by_peer.entry(label).or_default().add(&bytes);
+        }
+        by_peer.into_iter().collect()
+    }
 }
 
 /// A production node's certificate, as it is now, and the gate it admits peers by.
@@ -297,6 +313,7 @@ impl Node<ChunkStore, PeerClient> {
         };
         let host = Host {
             _data_dir_lock: data_dir_lock,
+            client_stats: env.peers.stats().clone(),
             chunk_server,
             certs,
         };
@@ -445,6 +462,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             .and_then(Result::ok)
             .unwrap_or_default();
         let (fetched, bad) = self.repair_totals.load();
+        let chunk_bytes_by_peer = self
+            .host
+            .as_ref()
+            .map(Host::chunk_bytes_by_peer)
+            .unwrap_or_default();
         crate::metrics::Snapshot {
             term: m.current_term,
             leader_id: m.current_leader,
@@ -457,6 +479,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             watch_revision: counts.2,
             repair_fetched_chunks: fetched,
             scrub_bad_copies: bad,
+            chunk_bytes_by_peer,
         }
     }
 

@@ -118,6 +118,14 @@ impl quiver_transfer::PeerGate for PeerAccess {
     fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<u64, String> {
         self.admit_der(end_entity)
     }
+
+    /// The node a certificate names, removed or expired alike (the chunk client's byte counts).
+    fn node_of(&self, end_entity: &CertificateDer<'_>) -> Option<u64> {
+        self.identities
+            .read(end_entity, node_cert_identity)
+            .ok()
+            .map(|identity| identity.node_id)
+    }
 }
 
 impl Node<ChunkStore, PeerClient> {

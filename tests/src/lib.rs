@@ -459,6 +459,26 @@ pub fn write_random_file(path: &Path, size_bytes: u64, seed: u64) -> anyhow::Res
     Ok(())
 }
 
+/// `GET path` over plain HTTP/1.0 to `addr` (a node's `/metrics`): (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
 /// blake3 of a file, streaming.
 pub fn hash_file(path: &Path) -> anyhow::Result<String> {
     let mut hasher = blake3::Hasher::new();

@@ -379,6 +379,72 @@ fn a_corrupt_chunk_is_never_served_and_is_repaired_from_a_peer() {
     assert_eq!(Hash::of(&repaired), victim, "node 1's copy was repaired");
 }
 
+/// `name`'s series on a node's `/metrics` page: peer label → value.
+fn by_peer(metrics: &str, name: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let peer = labels.split_once("peer=\"")?.1.split_once('"')?.0;
+            Some((peer.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn each_node_counts_the_chunk_bytes_it_moved_with_each_peer() {
+    let cluster = Cluster::start(3, &["--metrics-listen", "127.0.0.1:0"]);
+    quiver(CLI, &cluster.ep(1), &["model", "create", "reco"]).ok();
+    // Over the inline limit (16 KiB): its chunks go to the chunk stores, over QUIC.
+    let size_bytes = 1 << 20;
+    let bundle = cluster.dir.path().join("w.bin");
+    write_random_file(&bundle, size_bytes, 61).unwrap();
+    assert_eq!(register(&cluster.ep(1), "reco", &bundle), "reco/1");
+    let chunks = quiver_tests::chunk_hashes(&bundle).unwrap();
+    wait_until("every node to hold every chunk", || {
+        (1..=3)
+            .all(|id| cluster.holds_all(id, &chunks))
+            .then_some(())
+    });
+    let metrics = |id: u64| {
+        let addr = cluster
+            .node(id)
+            .metrics_addr
+            .clone()
+            .expect("metrics address");
+        let (status, body) = quiver_tests::http_get(&addr, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let total = |series: &std::collections::BTreeMap<String, u64>| series.values().sum::<u64>();
+    // Node 1 took the upload and pushed it to its peers, named by node id.
+    let pushed = by_peer(&metrics(1), "quiver_chunk_bytes_pushed_total");
+    assert!(total(&pushed) > 0, "{pushed:?}");
+    assert!(
+        pushed.keys().all(|peer| peer == "2" || peer == "3"),
+        "{pushed:?}"
+    );
+    // Each other node got every byte of it, pushed to it or fetched by its repair, and names
+    // where from; what node 1 pushed to it, it received from node 1.
+    for id in [2u64, 3] {
+        wait_until("the node's metrics to count every byte it got", || {
+            let text = metrics(id);
+            let received = by_peer(&text, "quiver_chunk_bytes_received_total");
+            let fetched = by_peer(&text, "quiver_chunk_bytes_fetched_total");
+            let peers_ok = received
+                .keys()
+                .chain(fetched.keys())
+                .all(|peer| ["1", "2", "3"].contains(&peer.as_str()) && *peer != id.to_string());
+            assert!(peers_ok, "node {id}: {received:?} {fetched:?}");
+            let pushed_here = pushed.get(&id.to_string()).copied().unwrap_or(0);
+            let from_one = received.get("1").copied().unwrap_or(0);
+            (total(&received) + total(&fetched) >= size_bytes && from_one >= pushed_here)
+                .then_some(())
+        });
+    }
+}
+
 #[test]
 fn membership_faults_get_clear_errors() {
     let cluster = Cluster::start(3, &[]);

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use quiver_client::proto::WatchRequest;
 use quiver_tests::{
-    connect, create_token, quiver, quiver_as, register_version, start_cluster, write_random_file,
+    connect, create_token, http_get, quiver, quiver_as, register_version, start_cluster,
+    write_random_file,
 };
 
 const NODE: &str = env!("CARGO_BIN_EXE_e2e-quiver-node");
@@ -286,26 +287,6 @@ async fn a_rollout_moves_traffic_step_by_step_and_a_rollback_returns_it_recorded
         audit.contains("rollback") && audit.contains("error rate 4%"),
         "{audit}"
     );
-}
-
-/// `GET path` over plain HTTP/1.0 to `addr`: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-    (status, body.unwrap_or_default())
 }
 
 #[test]

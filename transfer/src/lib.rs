@@ -28,10 +28,10 @@ pub use manifest::{validate_path, ChunkRef, FileEntry, Manifest, ManifestError};
 pub use store::{ingest_reader, ChunkStore, StoreError, SMALL_CHUNK_BYTES_MAX};
 
 pub use quic::{
-    bench_transport, fetch_all, verify_chunk, ChunkPeers, ChunkServer, ChunkSource, FetchError,
-    FetchOptions, FetchReport, FetchScheduler, MemoryChunkSource, PeerClient, PeerGate, QuicCerts,
-    QuicTls, TransferError, TransportBenchReport, TransportTuning, HAVE_BATCH_MAX,
-    PEER_TLS_SERVER_NAME,
+    bench_transport, fetch_all, verify_chunk, ChunkBytes, ChunkPeers, ChunkServer, ChunkSource,
+    FetchError, FetchOptions, FetchReport, FetchScheduler, MemoryChunkSource, PeerClient, PeerGate,
+    PeerLabel, QuicCerts, QuicTls, TransferError, TransferStats, TransportBenchReport,
+    TransportTuning, HAVE_BATCH_MAX, PEER_TLS_SERVER_NAME,
 };
 
 /// Upper bound on the size of any chunk: buffers and frames that carry one chunk need this many

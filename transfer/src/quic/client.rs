@@ -1,4 +1,6 @@
 //! The chunk client: one quinn endpoint per address family, one pooled connection per peer.
+//! Bytes of chunk data fetched and pushed are counted per peer ([`PeerClient::stats`]): by the
+//! node the server's certificate names when the client has a gate to read it, else by address.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -8,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use quinn::{Connection, ReadError, ReadExactError, RecvStream, SendStream, WriteError};
 
-use super::config::{client_config, endpoint, QuicCerts, TransportTuning};
+use super::config::{client_config, end_entity, endpoint, PeerGate, QuicCerts, TransportTuning};
 use super::peers::verify_chunk;
+use super::stats::{PeerCounters, PeerLabel, TransferStats};
 use super::wire::{
     decode_have_response, encode_have_request, Op, RequestHeader, ResponseHeader, Status,
     RESPONSE_HEADER_BYTES,
@@ -23,7 +26,13 @@ use crate::{ChunkRef, Hash, CHUNK_SIZE_BYTES};
 /// Close code when the last handle to a client is dropped.
 const CLOSE_CLIENT_DROPPED: u32 = 0;
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// A pooled connection and the counters of the peer at its other end.
+struct Pooled {
+    connection: Connection,
+    counters: Arc<PeerCounters>,
+}
 
 /// Talks the chunk protocol to peers. Cheap to clone (clones share the endpoint and the pool).
 ///
@@ -46,6 +55,9 @@ struct Inner {
     pool: Mutex<HashMap<(SocketAddr, usize), Slot>>,
     /// Picks the lane of the next request.
     next_lane: AtomicUsize,
+    /// Names the node behind each new connection (a node's client only).
+    gate: Option<Arc<dyn PeerGate>>,
+    stats: Arc<TransferStats>,
 }
 
 impl Drop for Inner {
@@ -101,8 +113,15 @@ impl PeerClient {
                 v6,
                 pool: Mutex::new(HashMap::new()),
                 next_lane: AtomicUsize::new(0),
+                gate: certs.map(|c| c.gate.clone()),
+                stats: Arc::new(TransferStats::default()),
             }),
         })
+    }
+
+    /// Bytes of chunk data this client (and its clones) fetched and pushed, per peer.
+    pub fn stats(&self) -> &Arc<TransferStats> {
+        &self.inner.stats
     }
 
     /// Fetches one chunk; the bytes are blake3-verified against `chunk.hash` (and its size)
@@ -182,16 +201,20 @@ impl PeerClient {
             hash,
             len: 0,
         };
-        let (response, mut recv) = self.call(peer, header, Bytes::new()).await?;
+        let (response, mut recv, counters) = self.call(peer, header, Bytes::new()).await?;
         match response.status {
             Status::Ok if response.len as usize != size => {
                 // Bytes of another length cannot match the hash: do not read them.
                 tracing::warn!(%peer, %hash, expected = size, got = response.len, "peer offered a chunk of the wrong length");
                 Err(FetchError::Corrupt { peer, hash })
             }
-            Status::Ok => read_payload(&mut recv, size)
-                .await
-                .map_err(|e| read_error(peer, "read chunk bytes", e)),
+            Status::Ok => {
+                let data = read_payload(&mut recv, size)
+                    .await
+                    .map_err(|e| read_error(peer, "read chunk bytes", e))?;
+                counters.fetched(data.len());
+                Ok(data)
+            }
             Status::NotFound => Err(FetchError::NotFound { peer, hash }),
             Status::Corrupt => Err(FetchError::Corrupt { peer, hash }),
             Status::Error => Err(remote_error(peer, &mut recv, response, "GET", hash).await),
@@ -209,11 +232,14 @@ impl PeerClient {
             hash,
             len: data.len() as u32,
         };
-        let (response, mut recv) = self
+        let (response, mut recv, counters) = self
             .call(peer, header, Bytes::copy_from_slice(data))
             .await?;
         match response.status {
-            Status::Ok => Ok(()),
+            Status::Ok => {
+                counters.pushed(data.len());
+                Ok(())
+            }
             Status::Corrupt => Err(FetchError::Corrupt { peer, hash }),
             Status::NotFound => Err(FetchError::Protocol {
                 peer,
@@ -230,7 +256,7 @@ impl PeerClient {
             hash: Hash([0; 32]),
             len: payload.len() as u32,
         };
-        let (response, mut recv) = self.call(peer, header, Bytes::from(payload)).await?;
+        let (response, mut recv, _) = self.call(peer, header, Bytes::from(payload)).await?;
         match response.status {
             Status::Ok => {
                 let answer = read_payload(&mut recv, response.len as usize)
@@ -247,15 +273,16 @@ impl PeerClient {
         }
     }
 
-    /// Sends one request on a new stream and reads the answer's header.
+    /// Sends one request on a new stream and reads the answer's header; with the counters of
+    /// the peer that answers.
     async fn call(
         &self,
         peer: SocketAddr,
         header: RequestHeader,
         payload: Bytes,
-    ) -> Result<(ResponseHeader, RecvStream), FetchError> {
+    ) -> Result<(ResponseHeader, RecvStream, Arc<PeerCounters>), FetchError> {
         debug_assert_eq!(header.len as usize, payload.len());
-        let (mut send, mut recv) = self.open_stream(peer).await?;
+        let (mut send, mut recv, counters) = self.open_stream(peer).await?;
         let mut chunks = [Bytes::copy_from_slice(&header.encode()), payload];
         send.write_all_chunks(&mut chunks)
             .await
@@ -270,13 +297,16 @@ impl PeerClient {
             .map_err(|e| read_error(peer, "read answer header", e))?;
         let response = ResponseHeader::decode(&buf, header.op)
             .map_err(|e| FetchError::Protocol { peer, detail: e.0 })?;
-        Ok((response, recv))
+        Ok((response, recv, counters))
     }
 
-    async fn open_stream(&self, peer: SocketAddr) -> Result<(SendStream, RecvStream), FetchError> {
-        let (connection, fresh) = self.connection(peer).await?;
+    async fn open_stream(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<(SendStream, RecvStream, Arc<PeerCounters>), FetchError> {
+        let (connection, counters, fresh) = self.connection(peer).await?;
         match connection.open_bi().await {
-            Ok(streams) => return Ok(streams),
+            Ok((send, recv)) => return Ok((send, recv, counters)),
             Err(e) if fresh => {
                 return Err(FetchError::Connect {
                     peer,
@@ -285,22 +315,30 @@ impl PeerClient {
             }
             Err(e) => tracing::debug!(%peer, error = %e, "pooled connection is dead, reconnecting"),
         }
-        let (connection, _) = self.connection(peer).await?;
-        connection.open_bi().await.map_err(|e| FetchError::Connect {
-            peer,
-            detail: format!("open a stream: {e}"),
-        })
+        let (connection, counters, _) = self.connection(peer).await?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| FetchError::Connect {
+                peer,
+                detail: format!("open a stream: {e}"),
+            })?;
+        Ok((send, recv, counters))
     }
 
-    /// The pooled connection to `peer`, or a new one. `true` if it was made now.
-    async fn connection(&self, peer: SocketAddr) -> Result<(Connection, bool), FetchError> {
+    /// The pooled connection to `peer`, or a new one, with the counters of the peer it reaches.
+    /// `true` if it was made now.
+    async fn connection(
+        &self,
+        peer: SocketAddr,
+    ) -> Result<(Connection, Arc<PeerCounters>, bool), FetchError> {
         let lane = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % CONNECTIONS_PER_PEER;
         let slot = self.slot((peer, lane));
         // One handshake at a time per lane: concurrent callers wait and share its result.
         let mut pooled = slot.lock().await;
-        if let Some(connection) = pooled.as_ref() {
-            if connection.close_reason().is_none() {
-                return Ok((connection.clone(), false));
+        if let Some(p) = pooled.as_ref() {
+            if p.connection.close_reason().is_none() {
+                return Ok((p.connection.clone(), p.counters.clone(), false));
             }
         }
         *pooled = None;
@@ -334,8 +372,18 @@ impl PeerClient {
                 })
             }
         };
-        *pooled = Some(connection.clone());
-        Ok((connection, true))
+        let node = self
+            .inner
+            .gate
+            .as_ref()
+            .and_then(|gate| end_entity(&connection).and_then(|cert| gate.node_of(&cert)));
+        let label = node.map_or(PeerLabel::Addr(peer), PeerLabel::Node);
+        let counters = self.inner.stats.peer(label);
+        *pooled = Some(Pooled {
+            connection: connection.clone(),
+            counters: counters.clone(),
+        });
+        Ok((connection, counters, true))
     }
 
     fn slot(&self, key: (SocketAddr, usize)) -> Slot {
@@ -347,9 +395,9 @@ impl PeerClient {
             // Drop slots that hold no live connection and are not in use; then, if still full,
             // any one (its connection closes when its last user finishes).
             pool.retain(|_, slot| match slot.try_lock() {
-                Ok(connection) => connection
+                Ok(pooled) => pooled
                     .as_ref()
-                    .is_some_and(|c| c.close_reason().is_none()),
+                    .is_some_and(|p| p.connection.close_reason().is_none()),
                 Err(_) => true,
             });
             if pool.len() >= CLIENT_POOL_CONNECTIONS_MAX {

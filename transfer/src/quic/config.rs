@@ -36,11 +36,27 @@ pub struct QuicTls {
 }
 
 /// Decides whether a peer's certificate may act as a peer now, and which node it names. The
-/// chunk server asks it after each handshake and before each request, so it must be cheap.
+/// chunk server asks it after each handshake and before each request, so it must be cheap;
+/// the chunk client asks it once per connection which node the server is, to name it in its
+/// byte counts ([`super::TransferStats`]).
 pub trait PeerGate: fmt::Debug + Send + Sync + 'static {
     /// The node id `end_entity` (verified against the CA at the handshake) names, or why it
     /// may not act as a peer.
     fn admit(&self, end_entity: &CertificateDer<'_>) -> Result<u64, String>;
+
+    /// The node id `end_entity` names, whether or not it may act as a peer now; `None` if it
+    /// names none. Only names: it admits nothing.
+    fn node_of(&self, end_entity: &CertificateDer<'_>) -> Option<u64> {
+        self.admit(end_entity).ok()
+    }
+}
+
+/// The end-entity certificate the other side of `connection` presented at the handshake.
+pub(crate) fn end_entity(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.into_iter().next())
 }
 
 /// What a node's endpoints use beyond [`QuicTls`]'s CA: this node's certificate as it is now
@@ -216,7 +232,7 @@ fn roots(tls: &QuicTls) -> Result<RootCertStore, TransferError> {
 }
 
 /// This node's certificate chain and key.
-fn identity(
+pub(crate) fn identity(
     tls: &QuicTls,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransferError> {
     let chain = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())

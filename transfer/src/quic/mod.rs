@@ -33,6 +33,7 @@ mod peers;
 mod scheduler;
 mod server;
 mod source;
+mod stats;
 mod wire;
 
 #[cfg(test)]
@@ -58,6 +59,7 @@ pub use peers::{verify_chunk, ChunkPeers};
 pub use scheduler::{Assignment, FetchScheduler, GaveUp, Next, Outcome};
 pub use server::ChunkServer;
 pub use source::{ChunkSource, MemoryChunkSource};
+pub use stats::{ChunkBytes, PeerLabel, TransferStats, TRANSFER_STATS_PEERS_MAX};
 
 /// The name in every node certificate's SAN (DNS), and the name a client verifies a peer against.
 pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";

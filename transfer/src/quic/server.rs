@@ -12,6 +12,9 @@
 //! certificate is admitted after the handshake and again before every request, so a node
 //! removed while connected (or a certificate that expired meanwhile) loses the connection at
 //! its next request: it is closed with [`CLOSE_REFUSED_PEER`].
+//!
+//! Bytes of chunk data served and received are counted per peer ([`ChunkServer::stats`]): by
+//! the node the gate names, else by the client's address.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,7 +25,8 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::config::{endpoint, server_config, PeerGate, QuicCerts, TransportTuning};
+use super::config::{end_entity, endpoint, server_config, PeerGate, QuicCerts, TransportTuning};
+use super::stats::{PeerCounters, PeerLabel, TransferStats};
 use super::wire::{
     decode_have_request, encode_have_response, error_message_payload, Op, RequestHeader,
     ResponseHeader, Status, REQUEST_HEADER_BYTES,
@@ -43,6 +47,7 @@ pub struct ChunkServer {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<TransferStats>,
 }
 
 impl ChunkServer {
@@ -93,17 +98,25 @@ impl ChunkServer {
             context: format!("read the local address of the QUIC endpoint bound on {addr}"),
             source,
         })?;
-        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), source, gate));
+        let stats = Arc::new(TransferStats::default());
+        let accept_task = tokio::spawn(accept_loop(endpoint.clone(), source, gate, stats.clone()));
         tracing::debug!(%local_addr, "chunk server listening");
         Ok(ChunkServer {
             endpoint,
             local_addr,
             accept_task: Mutex::new(Some(accept_task)),
+            stats,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Bytes of chunk data this server served (GETs answered) and received (PUTs stored), per
+    /// peer.
+    pub fn stats(&self) -> &Arc<TransferStats> {
+        &self.stats
     }
 
     /// Stops accepting, closes every connection (peers see "closed by peer") and waits up to
@@ -150,6 +163,7 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     source: Arc<dyn ChunkSource>,
     gate: Option<Arc<dyn PeerGate>>,
+    stats: Arc<TransferStats>,
 ) {
     let mut connections = JoinSet::new();
     let handshakes = Arc::new(Semaphore::new(SERVER_HANDSHAKES_MAX));
@@ -179,6 +193,7 @@ async fn accept_loop(
             established.clone(),
             source.clone(),
             gate.clone(),
+            stats.clone(),
         ));
     }
 }
@@ -189,6 +204,7 @@ async fn serve_connection(
     established: Arc<Semaphore>,
     source: Arc<dyn ChunkSource>,
     gate: Option<Arc<dyn PeerGate>>,
+    stats: Arc<TransferStats>,
 ) {
     let remote = incoming.remote_address();
     // The handshake verifies the client's certificate against the CA; a client without one is
@@ -205,12 +221,12 @@ async fn serve_connection(
         }
     };
     drop(handshake);
-    let peer_cert = match &gate {
-        None => None,
+    let (peer_cert, label) = match &gate {
+        None => (None, PeerLabel::Addr(remote)),
         Some(gate) => match admit(gate.as_ref(), &connection) {
             Ok((node_id, cert)) => {
                 tracing::debug!(%remote, node_id, "chunk server: peer admitted");
-                Some((gate.clone(), cert))
+                (Some((gate.clone(), cert)), PeerLabel::Node(node_id))
             }
             Err(why) => {
                 refuse(&connection, remote, &why);
@@ -231,6 +247,8 @@ async fn serve_connection(
         );
         return;
     };
+    // Named only now: a refused client never takes one of the bounded labels.
+    let counters = stats.peer(label);
     let mut requests = JoinSet::new();
     loop {
         match connection.accept_bi().await {
@@ -243,7 +261,13 @@ async fn serve_connection(
                     }
                 }
                 while requests.try_join_next().is_some() {}
-                requests.spawn(serve_stream(send, recv, source.clone(), remote));
+                requests.spawn(serve_stream(
+                    send,
+                    recv,
+                    source.clone(),
+                    remote,
+                    counters.clone(),
+                ));
             }
             Err(e) => {
                 tracing::debug!(%remote, reason = %e, "chunk server: connection ended");
@@ -261,10 +285,7 @@ fn admit(
     gate: &dyn PeerGate,
     connection: &quinn::Connection,
 ) -> Result<(u64, CertificateDer<'static>), String> {
-    let cert = connection
-        .peer_identity()
-        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.into_iter().next())
+    let cert = end_entity(connection)
         .ok_or_else(|| "no client certificate on this connection".to_string())?;
     let node_id = gate.admit(&cert)?;
     Ok((node_id, cert))
@@ -285,10 +306,11 @@ async fn serve_stream(
     mut recv: RecvStream,
     source: Arc<dyn ChunkSource>,
     remote: SocketAddr,
+    counters: Arc<PeerCounters>,
 ) {
     let served = tokio::time::timeout(
         SERVER_REQUEST_TIMEOUT,
-        serve_request(&mut send, &mut recv, source),
+        serve_request(&mut send, &mut recv, source, &counters),
     )
     .await;
     match served {
@@ -306,6 +328,7 @@ async fn serve_request(
     send: &mut SendStream,
     recv: &mut RecvStream,
     source: Arc<dyn ChunkSource>,
+    counters: &PeerCounters,
 ) -> Result<(), String> {
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     recv.read_exact(&mut header)
@@ -321,8 +344,8 @@ async fn serve_request(
         .await
         .map_err(|e| format!("read {:?} request payload: {e}", request.op))?;
     match request.op {
-        Op::Get => serve_get(send, source, request.hash).await,
-        Op::Put => serve_put(send, source, request.hash, payload).await,
+        Op::Get => serve_get(send, source, request.hash, counters).await,
+        Op::Put => serve_put(send, source, request.hash, payload, counters).await,
         Op::Have => serve_have(send, source, &payload).await,
     }
 }
@@ -331,16 +354,20 @@ async fn serve_get(
     send: &mut SendStream,
     source: Arc<dyn ChunkSource>,
     hash: Hash,
+    counters: &PeerCounters,
 ) -> Result<(), String> {
     let read = tokio::task::spawn_blocking(move || source.get(&hash)).await;
     match read {
         Ok(Ok(data)) if data.len() <= CHUNK_SIZE_BYTES => {
             // ChunkSource::get verified the bytes; a corrupt chunk never gets here.
+            let len = data.len();
             let header = ResponseHeader {
                 status: Status::Ok,
-                len: data.len() as u32,
+                len: len as u32,
             };
-            respond(send, header, Bytes::from(data)).await
+            respond(send, header, Bytes::from(data)).await?;
+            counters.served(len);
+            Ok(())
         }
         Ok(Ok(data)) => {
             let message = format!(
@@ -368,10 +395,16 @@ async fn serve_put(
     source: Arc<dyn ChunkSource>,
     hash: Hash,
     payload: Vec<u8>,
+    counters: &PeerCounters,
 ) -> Result<(), String> {
+    let len = payload.len();
     let stored = tokio::task::spawn_blocking(move || source.put(&hash, &payload)).await;
     match stored {
-        Ok(Ok(_)) => respond_status(send, Status::Ok).await,
+        Ok(Ok(_)) => {
+            // Verified and durable here, whether or not the answer reaches the peer.
+            counters.received(len);
+            respond_status(send, Status::Ok).await
+        }
         Ok(Err(StoreError::HashMismatch { actual, .. })) => {
             tracing::warn!(%hash, %actual, "pushed chunk does not match its hash: rejected");
             respond_status(send, Status::Corrupt).await

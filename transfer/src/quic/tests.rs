@@ -905,3 +905,135 @@ fn request_futures_are_send() {
         assert!(have.await.expect("nothing asked").is_empty());
     });
 }
+
+/// A gate that names the nodes of the certificates it was given and admits only those.
+#[derive(Debug)]
+struct NodeIds(Vec<(Vec<u8>, u64)>);
+
+impl NodeIds {
+    fn of(nodes: &[(&QuicTls, u64)]) -> Arc<NodeIds> {
+        let named = nodes
+            .iter()
+            .map(|(tls, id)| {
+                let (chain, _) = super::config::identity(tls).expect("certificate");
+                (chain[0].to_vec(), *id)
+            })
+            .collect();
+        Arc::new(NodeIds(named))
+    }
+}
+
+impl PeerGate for NodeIds {
+    fn admit(&self, end_entity: &rustls::pki_types::CertificateDer<'_>) -> Result<u64, String> {
+        self.0
+            .iter()
+            .find(|(der, _)| der.as_slice() == end_entity.as_ref())
+            .map(|(_, id)| *id)
+            .ok_or_else(|| "an unknown certificate".to_string())
+    }
+}
+
+/// A node's certificates as `QuicCerts`: its own, fixed, and `gate`.
+fn node_certs(tls: &QuicTls, gate: Arc<NodeIds>) -> QuicCerts {
+    let (chain, key) = super::config::identity(tls).expect("certificate and key");
+    let provider = rustls::crypto::ring::default_provider();
+    let key = rustls::sign::CertifiedKey::from_der(chain, key, &provider).expect("key");
+    let own = Arc::new(rustls::sign::SingleCertAndKey::from(key));
+    QuicCerts {
+        server_cert: own.clone(),
+        client_cert: own,
+        gate,
+    }
+}
+
+/// Polls `stats` until its totals are `expected` (a server counts what it sent only once the
+/// send returns, which may be after the client has read it), failing after a deadline.
+async fn wait_for_totals(stats: &TransferStats, expected: Vec<(PeerLabel, ChunkBytes)>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.totals() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "totals {:?}, expected {expected:?}",
+            stats.totals()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn chunk_bytes_are_counted_per_peer_by_node_or_else_by_address() {
+    run(async {
+        let cluster = Cluster::new();
+        let (server_tls, client_tls) = (cluster.node("server"), cluster.node("client"));
+        let gate = NodeIds::of(&[(&server_tls, 1), (&client_tls, 2)]);
+        let (_dir, store) = temp_store();
+        let (a, a_data) = chunk(1, 300_000);
+        store.put(&a.hash, &a_data).expect("put a");
+        let server = ChunkServer::bind_with_certs(
+            localhost(),
+            store.clone(),
+            &server_tls,
+            &node_certs(&server_tls, gate.clone()),
+        )
+        .expect("bind");
+        let peer = server.local_addr();
+        let client =
+            PeerClient::with_certs(&client_tls, &node_certs(&client_tls, gate)).expect("client");
+
+        client.fetch(peer, &a).await.expect("fetch a");
+        let (b, b_data) = chunk(2, 70_000);
+        client.push(peer, &b.hash, &b_data).await.expect("push b");
+        // A chunk the server lacks and a push it refuses move no chunk data.
+        let (missing, _) = chunk(3, 10);
+        client.fetch(peer, &missing).await.expect_err("absent");
+        client
+            .push(peer, &missing.hash, &a_data)
+            .await
+            .expect_err("refused");
+        let client_bytes = ChunkBytes {
+            fetched_bytes: 300_000,
+            pushed_bytes: 70_000,
+            ..ChunkBytes::default()
+        };
+        assert_eq!(
+            client.stats().totals(),
+            vec![(PeerLabel::Node(1), client_bytes)]
+        );
+        let server_bytes = ChunkBytes {
+            served_bytes: 300_000,
+            received_bytes: 70_000,
+            ..ChunkBytes::default()
+        };
+        wait_for_totals(server.stats(), vec![(PeerLabel::Node(2), server_bytes)]).await;
+
+        // Without a gate, each side names the other by its address.
+        let plain = ChunkServer::bind(localhost(), store.clone(), &server_tls).expect("bind");
+        let anonymous = PeerClient::new(&cluster.node("anonymous")).expect("client");
+        anonymous
+            .fetch(plain.local_addr(), &b)
+            .await
+            .expect("fetch b");
+        let fetched = ChunkBytes {
+            fetched_bytes: 70_000,
+            ..ChunkBytes::default()
+        };
+        assert_eq!(
+            anonymous.stats().totals(),
+            vec![(PeerLabel::Addr(plain.local_addr()), fetched)]
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let totals = plain.stats().totals();
+            if let [(PeerLabel::Addr(addr), bytes)] = totals.as_slice() {
+                if bytes.served_bytes == 70_000 {
+                    assert!(addr.ip().is_loopback(), "{addr}");
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "plain server totals {totals:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.shutdown().await;
+        plain.shutdown().await;
+    });
+}
