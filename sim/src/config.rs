@@ -25,6 +25,13 @@ pub const CLOCK_SKEW_MS_MAX: u64 = 60_000;
 pub const CHAOS_CLOCK_SKEW_MS: u64 = 500;
 /// Most seeds one sweep runs.
 pub const SWEEP_SEEDS_MAX: u64 = 100_000;
+/// Serving agents of a rollout run by default (`--agents`).
+pub const AGENTS_DEFAULT: usize = 100;
+/// Most serving agents of a rollout run: under the registry's limit of agents whose reports
+/// one endpoint keeps (`quiver_node::deploy::AGENTS_PER_ENDPOINT_MAX`, 1024).
+pub const AGENTS_MAX: usize = 1_000;
+/// Regions of a rollout run by default.
+pub const ROLLOUT_REGIONS: usize = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -36,6 +43,10 @@ pub enum Scenario {
     /// One large model pulled by a fleet of serving replicas in several regions, through
     /// Quiver's pull path and through a one-node baseline (`crate::load`; its own report).
     Load,
+    /// Serving agents (the client crate's `AgentCore`) in several regions follow an endpoint
+    /// through rollouts, automatic and hand rollbacks while nodes crash and are cut off and
+    /// agents lose the registry (`crate::rollout`, `crate::agents`, `crate::check_rollout`).
+    Rollout,
 }
 
 impl Scenario {
@@ -44,6 +55,7 @@ impl Scenario {
             Scenario::Chaos => "chaos",
             Scenario::Failover => "failover",
             Scenario::Load => "load",
+            Scenario::Rollout => "rollout",
         }
     }
 
@@ -53,14 +65,24 @@ impl Scenario {
             Scenario::Failover => 30,
             // Not used: a load run lasts until the fleet has loaded (`load::PHASE_TIMEOUT`).
             Scenario::Load => 30,
+            Scenario::Rollout => 30,
         }
     }
 
-    /// Chaos skews the nodes' clocks; failover keeps them true so its figures read plainly.
+    /// Chaos skews the nodes' clocks; failover and rollout keep them true so their figures
+    /// read plainly.
     pub fn default_clock_skew_ms(self) -> u64 {
         match self {
             Scenario::Chaos => CHAOS_CLOCK_SKEW_MS,
-            Scenario::Failover | Scenario::Load => 0,
+            Scenario::Failover | Scenario::Load | Scenario::Rollout => 0,
+        }
+    }
+
+    /// Rollout spreads its nodes (and agents) over three regions; the others use one.
+    pub fn default_regions(self) -> usize {
+        match self {
+            Scenario::Rollout => ROLLOUT_REGIONS,
+            Scenario::Chaos | Scenario::Failover | Scenario::Load => 1,
         }
     }
 }
@@ -72,8 +94,9 @@ impl FromStr for Scenario {
             "chaos" => Ok(Scenario::Chaos),
             "failover" => Ok(Scenario::Failover),
             "load" => Ok(Scenario::Load),
+            "rollout" => Ok(Scenario::Rollout),
             other => Err(format!(
-                "unknown scenario {other:?}: use chaos, failover or load"
+                "unknown scenario {other:?}: use chaos, failover, load or rollout"
             )),
         }
     }
@@ -151,11 +174,17 @@ pub enum Plant {
     /// (`PlantedNodeBugs::controller_skips_step`, in apply): the step in between never holds.
     /// The deployment checker must notice (`rollout-step-skipped`).
     ControllerSkipsStep,
+    /// The simulated serving agent drops a deployment that sends all traffic back to a version
+    /// older than one it routes to (a rollback) instead of handing it to its `AgentCore`, so it
+    /// keeps routing by the rolled-back split (in `crate::agents`, the wrapper around the core;
+    /// the core itself has no such switch). The rollout checker must notice (`served-stale`,
+    /// `rollback-incomplete` or `rollback-slow`).
+    AgentIgnoresRollback,
 }
 
 impl Plant {
     /// Every planted bug, for help texts and tests.
-    pub const ALL: [Plant; 14] = [
+    pub const ALL: [Plant; 15] = [
         Plant::AckBeforeCommit,
         Plant::AckBeforeWCopies,
         Plant::SkipChunkVerify,
@@ -170,6 +199,7 @@ impl Plant {
         Plant::RegistrantApprovalCounts,
         Plant::WatchResumeSkipsOne,
         Plant::ControllerSkipsStep,
+        Plant::AgentIgnoresRollback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -188,6 +218,7 @@ impl Plant {
             Plant::RegistrantApprovalCounts => "registrant-approval-counts",
             Plant::WatchResumeSkipsOne => "watch-resume-skips-one",
             Plant::ControllerSkipsStep => "controller-skips-step",
+            Plant::AgentIgnoresRollback => "agent-ignores-rollback",
         }
     }
 
@@ -252,8 +283,10 @@ pub struct SimConfig {
     /// shows in the time a node stamps into the commands it proposes.
     pub clock_skew_ms: u64,
     pub duration_s: u64,
-    /// Client pipelines issuing commands concurrently.
+    /// Client pipelines issuing commands concurrently (chaos and failover).
     pub clients: usize,
+    /// Serving agents following the endpoint (rollout), spread over the regions round-robin.
+    pub agents: usize,
     pub plant: Option<Plant>,
     /// Keep the trace's lines (for `--dump-trace`); the hash is computed either way.
     pub keep_trace: bool,
@@ -269,10 +302,11 @@ impl SimConfig {
             seed,
             scenario,
             nodes: 5,
-            regions: 1,
+            regions: scenario.default_regions(),
             clock_skew_ms: scenario.default_clock_skew_ms(),
             duration_s: scenario.default_duration_s(),
             clients: 4,
+            agents: AGENTS_DEFAULT,
             plant: None,
             keep_trace: false,
             data_root: None,
@@ -311,6 +345,12 @@ impl SimConfig {
                 self.clients
             ));
         }
+        if self.agents == 0 || self.agents > AGENTS_MAX {
+            return Err(format!(
+                "--agents {} is out of range: use 1..={AGENTS_MAX}",
+                self.agents
+            ));
+        }
         Ok(())
     }
 
@@ -331,6 +371,9 @@ impl SimConfig {
             self.duration_s,
             self.clients
         );
+        if self.scenario == Scenario::Rollout {
+            cmd.push_str(&format!(" --agents {}", self.agents));
+        }
         if let Some(plant) = self.plant {
             cmd.push_str(&format!(" --plant {}", plant.name()));
         }
@@ -473,6 +516,32 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.duration_s = 0;
         assert!(cfg.validate().unwrap_err().contains("--duration-s"));
+        cfg.duration_s = 30;
+        cfg.agents = AGENTS_MAX + 1;
+        assert!(cfg.validate().unwrap_err().contains("--agents"));
+        cfg.agents = AGENTS_MAX;
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn a_rollout_run_defaults_to_three_regions_true_clocks_and_names_its_agents() {
+        let mut cfg = SimConfig::new(7, Scenario::Rollout);
+        assert_eq!((cfg.regions, cfg.clock_skew_ms), (ROLLOUT_REGIONS, 0));
+        assert_eq!(cfg.agents, AGENTS_DEFAULT);
+        cfg.plant = Some(Plant::AgentIgnoresRollback);
+        let cmd = cfg.replay_command();
+        for part in [
+            "--scenario rollout",
+            "--regions 3",
+            "--agents 100",
+            "--plant agent-ignores-rollback",
+        ] {
+            assert!(cmd.contains(part), "{cmd} lacks {part}");
+        }
+        assert!(!SimConfig::new(7, Scenario::Chaos)
+            .replay_command()
+            .contains("--agents"));
+        assert_eq!("rollout".parse::<Scenario>(), Ok(Scenario::Rollout));
     }
 
     #[test]

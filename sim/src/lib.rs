@@ -37,12 +37,17 @@
 //!   every READY ack, and replication after healing.
 //! - [`load`] and [`loadreport`]: the `load` scenario (a fleet of serving replicas pulls one large
 //!   model through Quiver's path and through a one-node baseline) and its table, JSON and SVG.
+//! - [`rollout`], [`agents`] and [`check_rollout`]: the `rollout` scenario (serving agents
+//!   running the client crate's `AgentCore` follow an endpoint through rollouts and rollbacks
+//!   under faults), its agents, and the checker of what they answered and when.
 //! - [`panics`]: a panic inside a run (openraft asserting on corrupted state) becomes a
 //!   violation of that run instead of noise on stderr.
 
+pub mod agents;
 pub mod check;
 pub mod check_chunks;
 pub mod check_deploy;
+pub mod check_rollout;
 pub mod check_watch;
 pub mod chunknet;
 pub mod chunks;
@@ -60,6 +65,7 @@ pub mod membership;
 pub mod net;
 pub mod panics;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod schedule;
 pub mod sweep;

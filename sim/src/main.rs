@@ -52,16 +52,19 @@ enum Command {
 
 #[derive(Args)]
 struct Common {
-    /// chaos, failover or load.
+    /// chaos, failover, load or rollout.
     #[arg(long)]
     scenario: Scenario,
     /// Cluster nodes (default: 5; 6 for load).
     #[arg(long)]
     nodes: Option<usize>,
-    /// Regions the nodes (and, for load, the replicas) are spread over; links across regions
-    /// are slow (default: 1; 3 for load).
+    /// Regions the nodes (and, for load and rollout, the replicas or agents) are spread over;
+    /// links across regions are slow (default: 1; 3 for load and rollout).
     #[arg(long)]
     regions: Option<usize>,
+    /// Serving agents following the endpoint (rollout; default 100).
+    #[arg(long)]
+    agents: Option<usize>,
     /// Serving replicas that pull the model (load; default 100).
     #[arg(long)]
     replicas: Option<usize>,
@@ -69,20 +72,21 @@ struct Common {
     #[arg(long)]
     model_bytes: Option<u64>,
     /// Each node's clock is off by up to this many ms either way (default: 500 for chaos, 0
-    /// for failover).
+    /// for failover and rollout).
     #[arg(long)]
     clock_skew_ms: Option<u64>,
     /// Simulated seconds of the scenario (healing and convergence come after).
     #[arg(long)]
     duration_s: Option<u64>,
-    /// Concurrent client pipelines.
+    /// Concurrent client pipelines (chaos and failover).
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Plant a known bug to show a checker notices it (test only): ack-before-commit,
     /// ack-before-w-copies, skip-chunk-verify, drop-log-fsync, follower-applies-stage-change,
     /// retry-without-request-id, stale-follower-reads, repair-skips-after-restart,
     /// apply-skips-name-validation, keep-unsynced-chunk, follower-skips-role-check,
-    /// registrant-approval-counts, watch-resume-skips-one or controller-skips-step.
+    /// registrant-approval-counts, watch-resume-skips-one, controller-skips-step or
+    /// agent-ignores-rollback (rollout).
     #[arg(long)]
     plant: Option<Plant>,
     /// Directory for the nodes' data dirs (default: /dev/shm if present, else the temp dir).
@@ -107,6 +111,9 @@ impl Common {
         }
         if let Some(d) = self.duration_s {
             cfg.duration_s = d;
+        }
+        if let Some(agents) = self.agents {
+            cfg.agents = agents;
         }
         cfg.clients = self.clients;
         cfg.plant = self.plant;
@@ -197,6 +204,9 @@ fn main() -> ExitCode {
             }
             if common.replicas.is_some() || common.model_bytes.is_some() {
                 return usage_error("--replicas and --model-bytes are for --scenario load");
+            }
+            if common.agents.is_some() && common.scenario != Scenario::Rollout {
+                return usage_error("--agents is for --scenario rollout");
             }
             let mut cfg = match common.config(seed) {
                 Ok(cfg) => cfg,

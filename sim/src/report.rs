@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::check::{short, Violation};
+use crate::check_rollout::RolloutFigures;
 use crate::chunks::ChunkStats;
 use crate::client::ClientStats;
 use crate::config::SimConfig;
@@ -79,6 +80,9 @@ pub struct RunReport {
     pub log_writes_lost: u64,
     pub violations: Vec<Violation>,
     pub violations_total: usize,
+    /// The rollout scenario's figures (`None` for the others, or when the run did not
+    /// converge).
+    pub rollout: Option<RolloutFigures>,
 }
 
 impl RunReport {
@@ -100,10 +104,16 @@ impl RunReport {
         let c = &self.config;
         let mut s = String::new();
         let plant = c.plant.map(|p| p.name()).unwrap_or("none");
+        let actors = match c.scenario {
+            crate::config::Scenario::Rollout => {
+                format!("regions {} agents {}", c.regions, c.agents)
+            }
+            _ => format!("clients {}", c.clients),
+        };
         let _ = writeln!(
             s,
-            "seed {} scenario {} nodes {} clients {} duration {} s plant {plant}",
-            c.seed, c.scenario, c.nodes, c.clients, c.duration_s
+            "seed {} scenario {} nodes {} {actors} duration {} s plant {plant}",
+            c.seed, c.scenario, c.nodes, c.duration_s
         );
         let _ = writeln!(
             s,
@@ -115,6 +125,94 @@ impl RunReport {
             self.wall.as_secs_f64(),
             self.speed()
         );
+        if c.scenario != crate::config::Scenario::Rollout {
+            self.client_lines(&mut s);
+        }
+        let f = &self.faults;
+        let _ = writeln!(
+            s,
+            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
+             {} reordering spells, {} rot ({} chunks), {} full disks, {} failing-sync spells, \
+             {} torn writes armed, {} step-downs, {} removals, {} rejoins, {} skipped; {} \
+             unsynced log writes lost",
+            f.crashes,
+            f.leader_kills,
+            f.restarts,
+            f.cuts,
+            f.lossy,
+            f.duplicating,
+            f.reordering,
+            f.corruptions,
+            f.chunks_rotted,
+            f.disks_full,
+            f.syncs_failing,
+            f.torn_writes_armed,
+            f.step_downs,
+            f.removals,
+            f.rejoins,
+            f.skipped,
+            self.log_writes_lost
+        );
+        match &self.rollout {
+            Some(r) => rollout_lines(&mut s, r),
+            None => {
+                let recovered = self.failover_recovered_ms();
+                let _ = writeln!(
+                    s,
+                    "failover_ms: {} kills, p50 {}, p99 {}, max {}, {} without an ack before the next kill",
+                    self.failover_ms.len(),
+                    fmt_opt(percentile(&recovered, 50.0)),
+                    fmt_opt(percentile(&recovered, 99.0)),
+                    fmt_opt(recovered.iter().max().copied()),
+                    self.failover_ms.len() - recovered.len()
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "version_count {} in {} models; leaders in {} terms ({} shared by two nodes); {} digest \
+             samples, {} compared at equal applied index",
+            self.version_count,
+            self.models,
+            self.terms_with_leader,
+            self.terms_shared,
+            self.digest_samples,
+            self.digest_comparisons
+        );
+        let _ = writeln!(
+            s,
+            "final: applied index {} on all {} nodes, digest {}",
+            fmt_opt(self.final_applied),
+            c.nodes,
+            short(&self.final_digest)
+        );
+        if self.passed() {
+            let _ = writeln!(s, "invariants: ok");
+        } else {
+            for v in &self.violations {
+                let _ = writeln!(s, "VIOLATION {v}");
+            }
+            if self.violations_total > self.violations.len() {
+                let _ = writeln!(
+                    s,
+                    "... {} more violations",
+                    self.violations_total - self.violations.len()
+                );
+            }
+            let _ = writeln!(
+                s,
+                "FAILED seed {}: {} violations; replay: {}",
+                c.seed,
+                self.violations_total,
+                c.replay_command()
+            );
+        }
+        let _ = write!(s, "trace: {}", self.trace_hash);
+        s
+    }
+
+    /// The lines about the pipelines' ops, reads, watches and artifacts.
+    fn client_lines(&self, s: &mut String) {
         let kinds: Vec<String> = self
             .clients
             .acked_by_kind
@@ -188,86 +286,29 @@ impl RunReport {
             d.unsynced_lost,
             d.collected
         );
-        let f = &self.faults;
-        let _ = writeln!(
-            s,
-            "faults: {} crashes ({} of the leader), {} restarts, {} cuts, {} lossy, {} duplicating, \
-             {} reordering spells, {} rot ({} chunks), {} full disks, {} failing-sync spells, \
-             {} torn writes armed, {} step-downs, {} removals, {} rejoins, {} skipped; {} \
-             unsynced log writes lost",
-            f.crashes,
-            f.leader_kills,
-            f.restarts,
-            f.cuts,
-            f.lossy,
-            f.duplicating,
-            f.reordering,
-            f.corruptions,
-            f.chunks_rotted,
-            f.disks_full,
-            f.syncs_failing,
-            f.torn_writes_armed,
-            f.step_downs,
-            f.removals,
-            f.rejoins,
-            f.skipped,
-            self.log_writes_lost
-        );
-        let recovered = self.failover_recovered_ms();
-        let _ = writeln!(
-            s,
-            "failover_ms: {} kills, p50 {}, p99 {}, max {}, {} without an ack before the next kill",
-            self.failover_ms.len(),
-            fmt_opt(percentile(&recovered, 50.0)),
-            fmt_opt(percentile(&recovered, 99.0)),
-            fmt_opt(recovered.iter().max().copied()),
-            self.failover_ms.len() - recovered.len()
-        );
-        let _ = writeln!(
-            s,
-            "version_count {} in {} models; leaders in {} terms ({} shared by two nodes); {} digest \
-             samples, {} compared at equal applied index",
-            self.version_count,
-            self.models,
-            self.terms_with_leader,
-            self.terms_shared,
-            self.digest_samples,
-            self.digest_comparisons
-        );
-        let _ = writeln!(
-            s,
-            "final: applied index {} on all {} nodes, digest {}",
-            fmt_opt(self.final_applied),
-            c.nodes,
-            short(&self.final_digest)
-        );
-        if self.passed() {
-            let _ = writeln!(s, "invariants: ok");
-        } else {
-            for v in &self.violations {
-                let _ = writeln!(s, "VIOLATION {v}");
-            }
-            if self.violations_total > self.violations.len() {
-                let _ = writeln!(
-                    s,
-                    "... {} more violations",
-                    self.violations_total - self.violations.len()
-                );
-            }
-            let _ = writeln!(
-                s,
-                "FAILED seed {}: {} violations; replay: {}",
-                c.seed,
-                self.violations_total,
-                c.replay_command()
-            );
-        }
-        let _ = write!(s, "trace: {}", self.trace_hash);
-        s
     }
 
     /// One line for a sweep.
     pub fn line(&self) -> String {
+        if let Some(r) = &self.rollout {
+            return format!(
+                "seed {:>5} {} rollbacks {:>2} ({} automatic) rollback_time_ms p99 {:>5} load p99 \
+                 {:>5} ms stalest {:>5} ms {:>4.0} sim-s/s trace: {}{}",
+                self.config.seed,
+                if self.passed() { "ok  " } else { "FAIL" },
+                r.rollbacks.len(),
+                r.rollbacks_automatic,
+                fmt_opt(r.rollback_time_ms.p99),
+                fmt_opt(r.model_load_time_ms.p99),
+                r.stale_answer_ms_max,
+                self.speed(),
+                self.trace_hash,
+                self.violations
+                    .first()
+                    .map(|v| format!("  {v}"))
+                    .unwrap_or_default()
+            );
+        }
         let recovered = self.failover_recovered_ms();
         format!(
             "seed {:>5} {} acked {:>4} versions {:>4} failover p50 {:>5} ms {:>4.0} sim-s/s trace: {}{}",
@@ -283,6 +324,84 @@ impl RunReport {
                 .map(|v| format!("  {v}"))
                 .unwrap_or_default()
         )
+    }
+}
+
+/// The rollout scenario's lines: what the agents and the operator did, then per region the
+/// figures the issue asks for.
+fn rollout_lines(s: &mut String, r: &RolloutFigures) {
+    let _ = writeln!(
+        s,
+        "rollout: {} agents; {} generations: {} rollouts started, {} completed, {} automatic and \
+         {} hand rollbacks; {} answers ({} refused before a version was loaded), {} reports ({} \
+         failed), {} watch starts tried, {} failed pulls, {} agent spells cut off",
+        r.agents,
+        r.generations,
+        r.rollouts_started,
+        r.rollouts_completed,
+        r.rollbacks_automatic,
+        r.rollbacks_manual,
+        r.answers,
+        r.not_ready,
+        r.reports,
+        r.reports_failed,
+        r.moves,
+        r.pulls_failed,
+        r.cut_off_spells
+    );
+    let _ = writeln!(
+        s,
+        "propagation_ms (commit to an agent routing by it): {}; stalest answer {} ms after its \
+         generation was superseded (bound {} ms, from the agent's and the registry's return); \
+         {} spells with no leader able to serve, {} ms in all",
+        r.propagation_ms.text(),
+        r.stale_answer_ms_max,
+        r.propagation_bound_ms,
+        r.registry_unavailable_spells,
+        r.registry_unavailable_ms
+    );
+    for g in &r.regions {
+        let _ = writeln!(
+            s,
+            "region {} ({} agents): rollback_time_ms {}; model_load_time_ms {}",
+            g.region,
+            g.agents,
+            g.rollback_time_ms.text(),
+            g.model_load_time_ms.text()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "all regions: rollback_time_ms {}; model_load_time_ms {}",
+        r.rollback_time_ms.text(),
+        r.model_load_time_ms.text()
+    );
+    let each: Vec<String> = r
+        .rollbacks
+        .iter()
+        .map(|b| {
+            format!(
+                "g{} {} to v{} at {} ms: {}",
+                b.generation,
+                if b.automatic { "automatic" } else { "hand" },
+                b.version,
+                fmt_opt(b.committed_ms),
+                match (b.judged, b.last_agent_ms) {
+                    (false, _) => "not judged (too late)".to_string(),
+                    (true, Some(ms)) => format!(
+                        "last agent after {ms} ms{}",
+                        match b.agents_cut_off {
+                            0 => String::new(),
+                            n => format!(" ({n} cut off left out)"),
+                        }
+                    ),
+                    (true, None) => "no agent".to_string(),
+                }
+            )
+        })
+        .collect();
+    if !each.is_empty() {
+        let _ = writeln!(s, "rollbacks: {}", each.join("; "));
     }
 }
 
@@ -400,6 +519,28 @@ pub fn sweep_summary(base: &SimConfig, outcomes: &[SeedOutcome], wall: Duration)
         reports.iter().map(|r| r.clients.acked).sum::<u64>(),
         reports.iter().map(|r| r.version_count).sum::<u64>() as f64 / reports.len().max(1) as f64
     );
+    let rollouts: Vec<&RolloutFigures> =
+        reports.iter().filter_map(|r| r.rollout.as_ref()).collect();
+    if !rollouts.is_empty() {
+        let worst =
+            |f: fn(&RolloutFigures) -> Option<u64>| rollouts.iter().filter_map(|r| f(r)).max();
+        let _ = writeln!(
+            s,
+            "rollout over all runs: {} rollbacks ({} automatic), {} rollouts completed; worst run's \
+             rollback_time_ms p50 {} p99 {} max {}; model_load_time_ms p99 {} max {}; stalest \
+             answer {} ms (bound {} ms)",
+            rollouts.iter().map(|r| r.rollbacks.len()).sum::<usize>(),
+            rollouts.iter().map(|r| r.rollbacks_automatic).sum::<u64>(),
+            rollouts.iter().map(|r| r.rollouts_completed).sum::<u64>(),
+            fmt_opt(worst(|r| r.rollback_time_ms.p50)),
+            fmt_opt(worst(|r| r.rollback_time_ms.p99)),
+            fmt_opt(worst(|r| r.rollback_time_ms.max)),
+            fmt_opt(worst(|r| r.model_load_time_ms.p99)),
+            fmt_opt(worst(|r| r.model_load_time_ms.max)),
+            rollouts.iter().map(|r| r.stale_answer_ms_max).max().unwrap_or(0),
+            crate::check_rollout::PROPAGATION_BOUND_MS
+        );
+    }
     if !kinds.is_empty() {
         let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(s, "violations by kind: {}", list.join(", "));
@@ -450,6 +591,9 @@ pub struct RunJson {
     pub scenario: &'static str,
     pub nodes: usize,
     pub regions: usize,
+    /// Serving agents (the rollout scenario).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<usize>,
     pub clock_skew_ms: u64,
     pub clients: usize,
     pub duration_s: u64,
@@ -476,6 +620,9 @@ pub struct RunJson {
     pub final_applied: Option<u64>,
     pub final_digest: String,
     pub log_writes_lost: u64,
+    /// The rollout scenario's figures, per region and per rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutFigures>,
     pub violations: Vec<Violation>,
     pub violations_total: usize,
     pub trace_hash: String,
@@ -496,6 +643,7 @@ pub fn run_json(r: &RunReport) -> RunJson {
         scenario: c.scenario.name(),
         nodes: c.nodes,
         regions: c.regions,
+        agents: (c.scenario == crate::config::Scenario::Rollout).then_some(c.agents),
         clock_skew_ms: c.clock_skew_ms,
         clients: c.clients,
         duration_s: c.duration_s,
@@ -520,6 +668,7 @@ pub fn run_json(r: &RunReport) -> RunJson {
         final_applied: r.final_applied,
         final_digest: r.final_digest.clone(),
         log_writes_lost: r.log_writes_lost,
+        rollout: r.rollout.clone(),
         violations: r.violations.clone(),
         violations_total: r.violations_total,
         trace_hash: r.trace_hash.clone(),

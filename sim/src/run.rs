@@ -29,6 +29,7 @@ use crate::check::{
     Violation, VoteBook,
 };
 use crate::check_deploy::check_deploy;
+use crate::check_rollout::{check_rollout, RolloutRecord};
 use crate::check_watch::check_watch;
 use crate::chunks::{Chunks, DOWNLOADERS};
 use crate::client::Clients;
@@ -41,7 +42,7 @@ use crate::net::{Router, CROSS_REGION_LATENCY_US, LINK_JITTER_PCT};
 use crate::report::{FaultStats, RunReport, VIOLATIONS_KEPT_MAX};
 use crate::schedule::{
     chaos_schedule, corruption_schedule, disk_fault_schedule, failover_schedule, max_down,
-    membership_schedule, merge, node_ids, Fault, FaultEvent, NodeId, Target,
+    membership_schedule, merge, node_ids, rollout_schedule, Fault, FaultEvent, NodeId, Target,
 };
 use crate::trace::SharedTrace;
 use crate::watchers::WATCHERS;
@@ -216,7 +217,25 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         Scenario::Chaos => DEPLOYERS,
         _ => 0,
     };
-    let grants: Vec<(String, quiver_node::auth::Role)> = (0..cfg.clients)
+    // The rollout scenario's actors are its operator and its agents, not pipelines.
+    let pipelines = match cfg.scenario {
+        Scenario::Rollout => 0,
+        _ => cfg.clients,
+    };
+    let rollout_grants = match cfg.scenario {
+        Scenario::Rollout => vec![
+            (
+                crate::rollout::OPERATOR.to_string(),
+                quiver_node::auth::Role::Admin,
+            ),
+            (
+                crate::agents::AGENT_PRINCIPAL.to_string(),
+                quiver_node::auth::Role::Approver,
+            ),
+        ],
+        _ => Vec::new(),
+    };
+    let grants: Vec<(String, quiver_node::auth::Role)> = (0..pipelines)
         .flat_map(|id| {
             [
                 (Pipeline::principal(id), quiver_node::auth::Role::Admin),
@@ -225,6 +244,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             ]
         })
         .chain((0..deployers).map(|id| (deployer(id), quiver_node::auth::Role::Approver)))
+        .chain(rollout_grants)
         .collect();
     let policies: Vec<quiver_node::command::Op> = match cfg.scenario {
         Scenario::Chaos => (0..cfg.clients)
@@ -255,6 +275,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let clients = Clients::new(cluster.clone(), chunks.clone(), trace.clone(), cfg.plant);
     let downloads_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let downloaders: Vec<_> = (0..DOWNLOADERS)
+        .filter(|_| cfg.scenario != Scenario::Rollout)
         .map(|c| {
             tokio::spawn(chunks.clone().download_loop(
                 cluster.clone(),
@@ -265,13 +286,13 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         })
         .collect();
     let mix = match cfg.scenario {
-        Scenario::Chaos => Mix::Chaos,
+        Scenario::Chaos | Scenario::Rollout => Mix::Chaos,
         Scenario::Failover => Mix::Failover,
         Scenario::Load => {
             anyhow::bail!("the load scenario has its own run and report: quiver_sim::load::run (quiver-sim run --seed S --scenario load)")
         }
     };
-    let pipelines: Vec<_> = (0..cfg.clients)
+    let pipelines: Vec<_> = (0..pipelines)
         .map(|i| {
             let p = Pipeline::new(i, sub_seed(cfg.seed, &format!("client-{i}")), mix);
             tokio::spawn(clients.clone().run_pipeline(p))
@@ -296,6 +317,13 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         })
         .collect();
 
+    // The rollout scenario sets its endpoint up (before any fault), then starts its agents,
+    // its operator and its observer.
+    let rollout = match cfg.scenario {
+        Scenario::Rollout => Some(crate::rollout::start(cfg, &cluster, &clients, &trace).await?),
+        _ => None,
+    };
+
     let duration_ms = cfg.duration_ms();
     let schedule = match cfg.scenario {
         Scenario::Chaos => merge(
@@ -309,6 +337,12 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             disk_fault_schedule(sub_seed(cfg.seed, "disk-faults"), cfg.nodes, duration_ms),
         ),
         Scenario::Failover => failover_schedule(sub_seed(cfg.seed, "faults"), duration_ms),
+        Scenario::Rollout => rollout_schedule(
+            sub_seed(cfg.seed, "faults"),
+            cfg.nodes,
+            cfg.regions,
+            duration_ms,
+        ),
         Scenario::Load => Vec::new(),
     };
     let driver = tokio::spawn(drive_faults(
@@ -341,8 +375,14 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
             lock(&books).add(Violation::new("restart", format!("{e:#}")));
         }
     }
-    let healed = trace.elapsed();
     trace.record("healed: all links up, all nodes started");
+    // The agents run on past the healing until every change has reached them; convergence is
+    // timed from their stop (their reports are writes).
+    let rolled = match rollout {
+        Some(r) => Some(r.finish().await?),
+        None => None,
+    };
+    let healed = trace.elapsed();
     for change in changes {
         if let Some(v) = change.await.context("membership change task")? {
             lock(&books).add(v);
@@ -354,6 +394,9 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let mut deployed = Vec::new();
     for d in deploying {
         deployed.push(d.await.context("deployer task")?);
+    }
+    if let Some(r) = &rolled {
+        deployed.push(r.deploy_log.clone());
     }
     let mut watched = Vec::new();
     for w in watchers {
@@ -374,6 +417,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
     let mut final_applied = None;
     let mut final_digest = String::new();
     let mut final_state = FinalState::default();
+    let mut rollout_figures = None;
     match converged {
         Err(v) => lock(&books).add(v),
         Ok(states) => {
@@ -416,6 +460,23 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
                 states.iter().map(|(id, _, _, s)| (*id, s)).collect();
             b.add_all(check_watch(&nodes, &watched));
             b.add_all(check_deploy(&nodes, &deployed));
+            if let (Some(r), Some((_, _, _, state))) = (&rolled, states.first()) {
+                let history = state
+                    .deploy_history
+                    .get(crate::rollout::ROLLOUT_ENDPOINT)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let (violations, figures) = check_rollout(&RolloutRecord {
+                    history,
+                    committed_ms: &r.committed_ms,
+                    agents: &r.agents,
+                    unavailable_ms: &r.unavailable_ms,
+                    regions: cfg.regions,
+                    agents_stopped_ms: r.agents_stopped_ms,
+                });
+                b.add_all(violations);
+                rollout_figures = Some(figures);
+            }
             if let Some((_, index, digest, state)) = states.into_iter().next() {
                 b.add_all(check_state(&state));
                 b.add_all(check_acks(&acks, &state));
@@ -426,6 +487,9 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         }
     }
 
+    if let Some(r) = rolled {
+        lock(&books).add_all(r.violations);
+    }
     lock(&books).add_all(chunks.take_violations());
     lock(&books).add_all(clients.take_violations());
     lock(&books).add_all(clients.check_history());
@@ -479,6 +543,7 @@ async fn simulate(cfg: &SimConfig, dir: &Path) -> anyhow::Result<RunReport> {
         log_writes_lost: cluster.log_writes_lost(),
         violations: b.violations,
         violations_total: b.violations_total,
+        rollout: rollout_figures,
     })
 }
 

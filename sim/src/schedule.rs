@@ -46,6 +46,13 @@ pub const FAILOVER_GAP_MS: (u64, u64) = (2_500, 4_000);
 /// How long a killed leader stays down; shorter than the gap, so one node is down at a time.
 pub const FAILOVER_DOWN_MS: (u64, u64) = (800, 2_000);
 
+/// First fault of a rollout run: the endpoint is set up and the first rollout has begun.
+pub const ROLLOUT_FIRST_FAULT_MS: u64 = 3_000;
+/// Pause between the end of one rollout fault and the start of the next.
+pub const ROLLOUT_GAP_MS: (u64, u64) = (1_000, 3_000);
+/// How long one rollout fault (a crash, a cut, a lossy spell) lasts.
+pub const ROLLOUT_FAULT_MS: (u64, u64) = (500, 3_000);
+
 /// First membership change of a chaos run.
 pub const MEMBERSHIP_FIRST_MS: u64 = 2_500;
 /// Pause between the end of one membership change (a step-down, or a removal's rejoin) and the
@@ -487,6 +494,98 @@ pub fn merge(a: Vec<FaultEvent>, b: Vec<FaultEvent>) -> Vec<FaultEvent> {
     events
 }
 
+/// Faults for a `rollout` run of `duration_ms` over `nodes` spread over `regions`
+/// ([`crate::net::regions_of`]): one at a time with a pause between (so a majority can always
+/// elect a leader, and rollouts move between faults). Each is a crash of the leader or of a
+/// random node (restarted when it ends), a node cut off from the others, a region's nodes cut
+/// off from the rest (when they are a minority), or a lossy spell on a node's links. Elections
+/// still leave the registry unable to serve for a second or more after a leader's crash, or
+/// when a node cut off comes back with a higher term; the rollout checker times the agents from
+/// the end of such an outage (`rollout::serving_leader`).
+pub fn rollout_schedule(
+    seed: u64,
+    nodes: usize,
+    regions: usize,
+    duration_ms: u64,
+) -> Vec<FaultEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ids = node_ids(nodes);
+    let region_of = crate::net::regions_of(&ids, regions);
+    let mut events = Vec::new();
+    let (mut slot, mut id) = (0u32, 0u32);
+    let mut t = ROLLOUT_FIRST_FAULT_MS;
+    while t < duration_ms {
+        let end = t + rng.gen_range(ROLLOUT_FAULT_MS.0..=ROLLOUT_FAULT_MS.1);
+        let node = ids[rng.gen_range(0..ids.len())];
+        let region = rng.gen_range(0..regions.max(1));
+        let pick = rng.gen_range(0..100u32);
+        let group: BTreeSet<NodeId> = match pick {
+            45..=64 => BTreeSet::from([node]),
+            65..=84 => ids
+                .iter()
+                .copied()
+                .filter(|n| region_of.get(n) == Some(&region))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let (start, stop) = match pick {
+            0..=44 if max_down(nodes) >= 1 => {
+                let target = if pick < 20 {
+                    Target::Leader
+                } else {
+                    Target::Node(node)
+                };
+                slot += 1;
+                (
+                    Fault::Crash {
+                        slot: slot - 1,
+                        target,
+                    },
+                    Fault::Restart { slot: slot - 1 },
+                )
+            }
+            45..=84 if !group.is_empty() && group.len() <= max_down(nodes) => {
+                let names: Vec<String> = group.iter().map(|n| format!("n{n}")).collect();
+                let what = match pick {
+                    45..=64 => format!("isolate {}", names.join(",")),
+                    _ => format!("cut region {region} ({}) off", names.join(",")),
+                };
+                id += 1;
+                (
+                    Fault::Cut {
+                        id: id - 1,
+                        what,
+                        links: split_links(nodes, &group),
+                    },
+                    Fault::Heal { id: id - 1 },
+                )
+            }
+            _ => {
+                id += 1;
+                (
+                    Fault::Lossy {
+                        id: id - 1,
+                        what: format!("links of n{node}"),
+                        links: split_links(nodes, &BTreeSet::from([node])),
+                        loss_pct: rng.gen_range(CHAOS_LOSS_PCT.0..=CHAOS_LOSS_PCT.1),
+                    },
+                    Fault::Heal { id: id - 1 },
+                )
+            }
+        };
+        events.push(FaultEvent {
+            at_ms: t,
+            fault: start,
+        });
+        events.push(FaultEvent {
+            at_ms: end,
+            fault: stop,
+        });
+        t = end + rng.gen_range(ROLLOUT_GAP_MS.0..=ROLLOUT_GAP_MS.1);
+    }
+    events
+}
+
 /// Leader kills for a `failover` run: kill, restart a while later, repeat.
 pub fn failover_schedule(seed: u64, duration_ms: u64) -> Vec<FaultEvent> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -744,6 +843,45 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    #[test]
+    fn rollout_faults_come_one_at_a_time_and_cut_off_only_a_minority() {
+        let (mut crashes, mut cuts, mut regions_cut) = (0, 0, 0);
+        for (nodes, regions) in [(5, 3), (3, 3), (5, 1)] {
+            for seed in 0..50 {
+                let events = rollout_schedule(seed, nodes, regions, 30_000);
+                assert_eq!(events, rollout_schedule(seed, nodes, regions, 30_000));
+                let (c, s) = check(&events, nodes);
+                crashes += c;
+                cuts += s;
+                // One fault at a time: each ends before the next begins.
+                for pair in events.chunks(2) {
+                    assert_eq!(pair.len(), 2, "every fault has its end");
+                    assert!(pair[0].at_ms < pair[1].at_ms);
+                }
+                for w in events.chunks(2).collect::<Vec<_>>().windows(2) {
+                    assert!(w[0][1].at_ms < w[1][0].at_ms, "faults overlap: {w:?}");
+                }
+                for e in &events {
+                    if let Fault::Cut { links, what, .. } = &e.fault {
+                        let cut: BTreeSet<NodeId> = links.iter().map(|(a, _)| *a).collect();
+                        // A minority on one side: the rest can elect a leader.
+                        let side = links
+                            .iter()
+                            .map(|(a, _)| *a)
+                            .filter(|a| links.iter().filter(|(x, _)| x == a).count() > nodes / 2)
+                            .collect::<BTreeSet<_>>();
+                        assert!(side.len() <= max_down(nodes), "{what}: {cut:?}");
+                        regions_cut += usize::from(what.starts_with("cut region"));
+                    }
+                }
+            }
+        }
+        assert!(
+            crashes > 100 && cuts > 100 && regions_cut > 20,
+            "{crashes} {cuts} {regions_cut}"
+        );
     }
 
     #[test]
