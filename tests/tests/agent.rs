@@ -68,6 +68,44 @@ fn register_model(endpoint: &str, dir: &Path, n: u32, w: &[f32], b: f32) {
     .ok();
 }
 
+/// An agent of `reco-prod` named `name`, keeping its files in `dir`, reaching the registry
+/// through `node`.
+fn agent_config(name: &str, dir: &Path, node: &str, region: &str, report_ms: u64) -> AgentConfig {
+    AgentConfig {
+        name: name.into(),
+        endpoint: "reco-prod".into(),
+        dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        region: region.into(),
+        zone: String::new(),
+        report_every: Duration::from_millis(report_ms),
+        registry: Registry {
+            endpoints: vec![node.to_string()],
+            tls: ClientTls::load(Some(&ca_for(node).unwrap()), None, None).unwrap(),
+            token: token_for(node),
+        },
+        faults: Faults::default(),
+    }
+}
+
+/// `reco/1` (a linear model of `weights`) in Production, served by endpoint `reco-prod`.
+fn deploy_one_version(endpoint: &str, dir: &Path, weights: &[f32], bias: f32) {
+    quiver(CLI, endpoint, &["model", "create", "reco"]).ok();
+    register_model(endpoint, dir, 1, weights, bias);
+    quiver(
+        CLI,
+        endpoint,
+        &["stage", "set", "reco/1", "production", "--reason", "t"],
+    )
+    .ok();
+    quiver(
+        CLI,
+        endpoint,
+        &["deploy", "create", "reco-prod", "--version", "reco/1"],
+    )
+    .ok();
+}
+
 async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !check().await {
@@ -183,25 +221,17 @@ async fn agents_roll_a_failing_canary_back_by_themselves_and_never_answer_outsid
     .ok();
 
     // Five agents, three in eu and two in us, each first reaching a different node.
-    let tls = ClientTls::load(Some(&ca_for(&a).unwrap()), None, None).unwrap();
     let mut agents = Vec::new();
     for i in 0..5usize {
         let node = &nodes[i % nodes.len()].endpoint;
-        let config = AgentConfig {
-            name: format!("agent-{i}"),
-            endpoint: "reco-prod".into(),
-            dir: dir.path().join(format!("agent-{i}")),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            region: if i < 3 { "eu" } else { "us" }.into(),
-            zone: String::new(),
-            report_every: Duration::from_millis(200),
-            registry: Registry {
-                endpoints: vec![node.clone()],
-                tls: tls.clone(),
-                token: token_for(node),
-            },
-            faults: Faults::default(),
-        };
+        let region = if i < 3 { "eu" } else { "us" };
+        let config = agent_config(
+            &format!("agent-{i}"),
+            &dir.path().join(format!("agent-{i}")),
+            node,
+            region,
+            200,
+        );
         agents.push(Agent::start(config, builtin_runtimes()).await.unwrap());
     }
     for agent in &agents {
@@ -418,40 +448,9 @@ async fn hostile_requests_are_refused_by_name_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_cluster(NODE, dir.path(), 1).unwrap();
     let a = nodes[0].endpoint.clone();
-    quiver(CLI, &a, &["model", "create", "reco"]).ok();
-    register_model(&a, dir.path(), 1, &[1.0, 2.0, 3.0], 1.0);
-    quiver(
-        CLI,
-        &a,
-        &["stage", "set", "reco/1", "production", "--reason", "t"],
-    )
-    .ok();
-    quiver(
-        CLI,
-        &a,
-        &["deploy", "create", "reco-prod", "--version", "reco/1"],
-    )
-    .ok();
-    let agent = Agent::start(
-        AgentConfig {
-            name: "agent-0".into(),
-            endpoint: "reco-prod".into(),
-            dir: dir.path().join("agent"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            region: String::new(),
-            zone: String::new(),
-            report_every: Duration::from_millis(100),
-            registry: Registry {
-                endpoints: vec![a.clone()],
-                tls: ClientTls::load(Some(&ca_for(&a).unwrap()), None, None).unwrap(),
-                token: token_for(&a),
-            },
-            faults: Faults::default(),
-        },
-        builtin_runtimes(),
-    )
-    .await
-    .unwrap();
+    deploy_one_version(&a, dir.path(), &[1.0, 2.0, 3.0], 1.0);
+    let config = agent_config("agent-0", &dir.path().join("agent"), &a, "", 100);
+    let agent = Agent::start(config, builtin_runtimes()).await.unwrap();
     assert!(agent.wait_ready(1, DEADLINE).await);
     let http = reqwest::Client::new();
     let base = format!("http://{}", agent.addr());
@@ -580,35 +579,8 @@ async fn an_agent_keeps_serving_while_the_registry_is_down_even_after_its_own_re
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(NODE, dir.path(), 1).unwrap();
     let a = nodes[0].endpoint.clone();
-    quiver(CLI, &a, &["model", "create", "reco"]).ok();
-    register_model(&a, dir.path(), 1, &[2.0, 0.0, 0.0], 0.0);
-    quiver(
-        CLI,
-        &a,
-        &["stage", "set", "reco/1", "production", "--reason", "t"],
-    )
-    .ok();
-    quiver(
-        CLI,
-        &a,
-        &["deploy", "create", "reco-prod", "--version", "reco/1"],
-    )
-    .ok();
-    let config = AgentConfig {
-        name: "agent-0".into(),
-        endpoint: "reco-prod".into(),
-        dir: dir.path().join("agent"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        region: String::new(),
-        zone: String::new(),
-        report_every: Duration::from_millis(100),
-        registry: Registry {
-            endpoints: vec![a.clone()],
-            tls: ClientTls::load(Some(&ca_for(&a).unwrap()), None, None).unwrap(),
-            token: token_for(&a),
-        },
-        faults: Faults::default(),
-    };
+    deploy_one_version(&a, dir.path(), &[2.0, 0.0, 0.0], 0.0);
+    let config = agent_config("agent-0", &dir.path().join("agent"), &a, "", 100);
     let agent = Agent::start(config.clone(), builtin_runtimes())
         .await
         .unwrap();
