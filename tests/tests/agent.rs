@@ -637,3 +637,63 @@ async fn an_agent_keeps_serving_while_the_registry_is_down_even_after_its_own_re
     .await;
     again.stop().await;
 }
+
+/// `quiver agent` and `quiver example-model` refuse bad arguments by name before doing
+/// anything: nothing is written, no agent starts.
+#[test]
+fn the_agent_commands_refuse_hostile_arguments_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let o = out.to_str().unwrap();
+    let long = "x".repeat(5000);
+    let many = vec!["1"; 5000].join(",");
+    for (args, needle) in [
+        (
+            vec!["example-model", o, "--weights", "nan,1"],
+            "not a finite number",
+        ),
+        (
+            vec!["example-model", o, "--weights", "1e39"],
+            "not a finite number",
+        ),
+        (
+            vec!["example-model", o, "--weights", "1", "--bias=-inf"],
+            "not a finite number",
+        ),
+        (
+            vec!["example-model", o, "--weights", many.as_str()],
+            "1 to 4096",
+        ),
+        (vec!["example-model", o, "--weights", "é"], "--weights"),
+    ] {
+        let refused = quiver(CLI, "https://127.0.0.1:1", &args).err();
+        assert!(refused.contains(needle), "{args:?}: {refused}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    for (args, needle) in [
+        (vec!["agent", ""], "ENDPOINT"),
+        (vec!["agent", long.as_str()], "ENDPOINT"),
+        (
+            vec!["agent", "e", "--agent-name", "Bad Name"],
+            "--agent-name",
+        ),
+        (vec!["agent", "e", "--agent-name", "../etc"], "--agent-name"),
+        (vec!["agent", "e", "--agent-name", "é"], "--agent-name"),
+        (
+            vec!["agent", "e", "--agent-name", long.as_str()],
+            "--agent-name",
+        ),
+        (
+            vec!["agent", "e", "--report-every-ms", "0"],
+            "--report-every-ms",
+        ),
+        (
+            vec!["agent", "e", "--report-every-ms", "18446744073709551615"],
+            "--report-every-ms",
+        ),
+        (vec!["agent", "e", "--listen", "not-an-address"], "--listen"),
+    ] {
+        let refused = quiver(CLI, "https://127.0.0.1:1", &args).err();
+        assert!(refused.contains(needle), "{args:?}: {refused}");
+    }
+}
