@@ -703,7 +703,7 @@ pub async fn rollback(
     rollbacks: u32,
     log: &dyn Fn(&str),
 ) -> Result<RollbackReport, ClientError> {
-    use crate::agent::{builtin_runtimes, Agent, AgentConfig, Faults, Registry};
+    use crate::agent::{builtin_runtimes, Agent};
     use crate::proto::{RolloutStep, Stage};
     if agents == 0 || agents > 200 || rollbacks == 0 || rollbacks > 10_000 {
         return Err(ClientError::InvalidInput(format!(
@@ -731,21 +731,12 @@ pub async fn rollback(
     let mut running = Vec::new();
     for a in 0..agents {
         let node = members.get(a as usize % fleet).unwrap_or(client);
-        let config = AgentConfig {
-            name: format!("bench-agent-{a}"),
-            endpoint: endpoint.clone(),
-            dir: dir.join(format!("agent-{a}")),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            region: String::new(),
-            zone: String::new(),
-            report_every: Duration::from_secs(1),
-            registry: Registry {
-                endpoints: vec![node.endpoint().to_string()],
-                tls: node.tls().clone(),
-                token: node.token().map(str::to_string),
-            },
-            faults: Faults::default(),
-        };
+        let config = bench_agent(
+            &format!("bench-agent-{a}"),
+            &endpoint,
+            &dir.join(format!("agent-{a}")),
+            node,
+        );
         let agent = Agent::start(config, builtin_runtimes())
             .await
             .map_err(|e| ClientError::Verify(format!("starting agent {a}: {e:#}")))?;
@@ -833,6 +824,31 @@ pub async fn rollback(
     })
 }
 
+/// A benchmark's agent of `endpoint`: files in `dir`, reaching the registry through `node`
+/// with its credentials, reporting every second.
+fn bench_agent(
+    name: &str,
+    endpoint: &str,
+    dir: &std::path::Path,
+    node: &Client,
+) -> crate::agent::AgentConfig {
+    crate::agent::AgentConfig {
+        name: name.to_string(),
+        endpoint: endpoint.to_string(),
+        dir: dir.to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        region: String::new(),
+        zone: String::new(),
+        report_every: Duration::from_secs(1),
+        registry: crate::agent::Registry {
+            endpoints: vec![node.endpoint().to_string()],
+            tls: node.tls().clone(),
+            token: node.token().map(str::to_string),
+        },
+        faults: crate::agent::Faults::default(),
+    }
+}
+
 /// A fresh directory under the system's temporary directory.
 fn tempfile_dir(prefix: &str) -> Result<std::path::PathBuf, ClientError> {
     let dir = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), unix_ms()));
@@ -885,7 +901,7 @@ pub async fn model_load(
     log: &dyn Fn(&str),
 ) -> Result<ModelLoadReport, ClientError> {
     use crate::agent::runtime::Runtime;
-    use crate::agent::{builtin_runtimes, Agent, AgentConfig, Faults, Registry, VersionState};
+    use crate::agent::{builtin_runtimes, Agent, VersionState};
     use crate::proto::Stage;
     use std::io::Write;
     if size_bytes == 0 || size_bytes > 64 << 30 {
@@ -972,21 +988,7 @@ pub async fn model_load(
         .await?;
 
     let agent = Agent::start(
-        AgentConfig {
-            name: "bench-load".into(),
-            endpoint: endpoint.clone(),
-            dir: dir.join("agent"),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            region: String::new(),
-            zone: String::new(),
-            report_every: Duration::from_secs(1),
-            registry: Registry {
-                endpoints: vec![client.endpoint().to_string()],
-                tls: client.tls().clone(),
-                token: client.token().map(str::to_string),
-            },
-            faults: Faults::default(),
-        },
+        bench_agent("bench-load", &endpoint, &dir.join("agent"), client),
         builtin_runtimes(),
     )
     .await

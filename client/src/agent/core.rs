@@ -275,6 +275,11 @@ impl AgentCore {
         )
     }
 
+    /// Whether a deployment is in force and every version of its split is loaded.
+    pub fn serves_whole_split(&self) -> bool {
+        !self.by_share.is_empty() && self.by_share.iter().all(|(v, _)| self.is_ready(*v))
+    }
+
     /// The versions loaded and answering.
     pub fn ready_versions(&self) -> Vec<u64> {
         self.versions

@@ -262,10 +262,7 @@ impl Agent {
         let mut changed = self.shared.changed.subscribe();
         let ready = || {
             let core = self.shared.lock_core();
-            core.generation() >= generation
-                && core
-                    .deployment()
-                    .is_some_and(|d| d.split.iter().all(|s| core.is_ready(s.version)))
+            core.generation() >= generation && core.serves_whole_split()
         };
         tokio::time::timeout(timeout, async {
             while !ready() {
@@ -302,9 +299,7 @@ impl Agent {
 
     /// Whether every version of the split in force is loaded.
     pub fn serves_all_of_split(&self) -> bool {
-        let core = self.shared.lock_core();
-        core.deployment()
-            .is_some_and(|d| d.split.iter().all(|s| core.is_ready(s.version)))
+        self.shared.lock_core().serves_whole_split()
     }
 
     /// Changes the fault switches (drills and tests).

@@ -31,39 +31,21 @@ pub struct Node {
 
 impl Node {
     pub async fn client(&self) -> anyhow::Result<Client> {
+        let registry = self.registry()?;
+        Ok(Client::connect_with(&self.endpoint, registry.tls)
+            .await?
+            .with_token(registry.token))
+    }
+
+    /// This node and the credentials to present to it (resolved now; connected by
+    /// [`Node::client`], or later and again by a serving agent whenever the registry went
+    /// away). A client certificate authenticates only when no token is sent: naming one says
+    /// which credential to use, so a token found only in the environment is not sent.
+    pub fn registry(&self) -> anyhow::Result<crate::agent::Registry> {
         if let Some(rest) = self.endpoint.strip_prefix("http://") {
             anyhow::bail!(
                 "{} is plaintext, and Quiver nodes serve their API over TLS only: use \
                  https://{rest} (--endpoint or QUIVER_ENDPOINT)",
-                self.endpoint
-            );
-        }
-        let token = match &self.token {
-            Some(token) => Some(token.clone()),
-            None => token_from_env()?,
-        };
-        let tls = ClientTls::load(
-            self.ca.as_deref(),
-            self.cert.as_deref(),
-            self.key.as_deref(),
-        )?;
-        // A client certificate authenticates only when no token is sent: naming one says
-        // which credential to use, so a token found only in the environment is not sent.
-        let token = match (&self.cert, &self.token) {
-            (Some(_), None) => None,
-            _ => token,
-        };
-        Ok(Client::connect_with(&self.endpoint, tls)
-            .await?
-            .with_token(token))
-    }
-
-    /// How a serving agent reaches the registry: this node first, with the same credentials
-    /// (resolved now, connected later and again whenever the registry went away).
-    pub fn registry(&self) -> anyhow::Result<crate::agent::Registry> {
-        if self.endpoint.starts_with("http://") {
-            anyhow::bail!(
-                "{} is plaintext, and Quiver nodes serve their API over TLS only",
                 self.endpoint
             );
         }
