@@ -17,6 +17,7 @@ pub mod env;
 pub mod error;
 pub mod gc;
 pub mod governance;
+pub mod http;
 pub mod in_flight;
 pub mod ingest;
 pub mod lineage;

@@ -1,5 +1,5 @@
 //! Prometheus metrics of one node (issue 15), served as text at `/metrics`
-//! (`server::serve_metrics`). Each node owns its recorder (the `metrics` crate's
+//! (`http::serve`). Each node owns its recorder (the `metrics` crate's
 //! `Recorder`, from `metrics-exporter-prometheus`, never installed globally): the simulator and
 //! `quiver-node up` run several nodes in one process, and each must expose only its own.
 //!

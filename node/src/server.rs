@@ -238,33 +238,6 @@ where
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text exposition of `node`'s metrics) on `listener`,
-/// plaintext, until `shutdown` resolves. Any other path is 404.
-pub async fn serve_metrics(
-    node: Arc<Node>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let scrape = move || {
-        let node = node.clone();
-        async move {
-            let text = node.metrics.render(&node.metrics_snapshot());
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                text,
-            )
-        }
-    };
-    let app = axum::Router::new().route("/metrics", axum::routing::get(scrape));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serve /metrics")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -442,7 +442,7 @@ pub(crate) async fn serve_until(
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let scrapes = metrics.map(|listener| {
         let mut stopped = stopped.clone();
-        tokio::spawn(quiver_node::server::serve_metrics(
+        tokio::spawn(quiver_node::http::serve(
             node.clone(),
             listener,
             async move {
