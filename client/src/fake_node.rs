@@ -29,6 +29,12 @@ pub(crate) struct FakeState {
     pub actors: Vec<String>,
     /// Flip one byte of the first chunk of every download.
     pub corrupt_downloads: bool,
+    /// End every download with an `UNAVAILABLE` error after this many chunks.
+    pub cut_downloads_after: Option<usize>,
+    /// Every download's (resume_from_chunk, resume_manifest_root), in arrival order.
+    pub download_requests: Vec<(u64, String)>,
+    /// Chunks sent by every download so far.
+    pub chunks_sent: usize,
 }
 
 pub(crate) struct FakeNode {
@@ -318,25 +324,43 @@ impl versions_server::Versions for Fake {
     ) -> Result<Response<DownloadStream>, Status> {
         use proto::download_message::Kind;
         self.actor(&request);
-        let key = self.resolve(&request.into_inner().reference)?;
-        let state = self.0.lock().unwrap();
-        let (version, manifest, contents) = &state.versions[&key];
-        let wire = crate::wire::manifest_to_proto(manifest);
+        let request = request.into_inner();
+        let key = self.resolve(&request.reference)?;
+        let mut state = self.0.lock().unwrap();
+        state.download_requests.push((
+            request.resume_from_chunk,
+            request.resume_manifest_root.clone(),
+        ));
+        let (version, manifest, contents) = state.versions[&key].clone();
+        if request.resume_from_chunk > 0 && request.resume_manifest_root != version.manifest_root {
+            return Err(Status::failed_precondition("the version's files changed"));
+        }
+        let wire = crate::wire::manifest_to_proto(&manifest);
         let mut messages = vec![Ok(DownloadMessage {
             kind: Some(Kind::Header(DownloadHeader {
                 version: Some(version.clone()),
                 manifest: Some(wire),
             })),
         })];
-        for (file_index, (file, bytes)) in manifest.files.iter().zip(contents).enumerate() {
+        let mut ordinal = 0u64;
+        for (file_index, (file, bytes)) in manifest.files.iter().zip(&contents).enumerate() {
             let mut offset = 0usize;
             for (chunk_index, chunk) in file.chunks.iter().enumerate() {
                 let end = offset + chunk.size_bytes as usize;
                 let mut data = bytes[offset..end].to_vec();
                 offset = end;
+                ordinal += 1;
+                if ordinal <= request.resume_from_chunk {
+                    continue;
+                }
                 if state.corrupt_downloads && messages.len() == 1 {
                     data[0] ^= 0xff;
                 }
+                if state.cut_downloads_after == Some(messages.len() - 1) {
+                    messages.push(Err(Status::unavailable("connection cut (test switch)")));
+                    return Ok(Response::new(Box::pin(tokio_stream::iter(messages))));
+                }
+                state.chunks_sent += 1;
                 messages.push(Ok(DownloadMessage {
                     kind: Some(Kind::Chunk(ChunkData {
                         file_index: file_index as u32,

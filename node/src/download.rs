@@ -28,12 +28,62 @@ pub struct DownloadPlan {
     inline: Arc<BTreeMap<Hash, Vec<u8>>>,
     /// Peers to read through from, nearest first.
     sources: Vec<SocketAddr>,
+    /// Chunks (in manifest order) the client already holds: a resumed download skips them.
+    skip: usize,
+}
+
+/// Why a resumed download cannot go on from where the client stopped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResumeRefused {
+    #[error(
+        "the version's files changed since the download began (its manifest root is now {now}, \
+         the resumed download's is {was:?}): download it again from the start"
+    )]
+    RootChanged { now: String, was: String },
+    #[error(
+        "resume_from_chunk {asked} is past the version's last chunk (it has {chunks}): \
+         resume from at most {chunks}, or download it again from the start"
+    )]
+    PastEnd { asked: u64, chunks: usize },
 }
 
 impl DownloadPlan {
     /// Whether the version is small and its chunks come from the state (decision 0010).
     pub fn is_inline(&self) -> bool {
         !self.inline.is_empty()
+    }
+
+    /// Chunks in the whole version, across its files.
+    pub fn chunk_count(&self) -> usize {
+        self.manifest.files.iter().map(|f| f.chunks.len()).sum()
+    }
+
+    /// Makes the download start at chunk `from` (manifest order, from 0), the client holding
+    /// the ones before it from a download of the version whose manifest root is `root`. Chunk 0
+    /// is always allowed and changes nothing.
+    pub fn resume_from(&mut self, from: u64, root: &str) -> Result<(), ResumeRefused> {
+        if from == 0 {
+            self.skip = 0;
+            return Ok(());
+        }
+        let now = self.version.manifest_root.clone();
+        if root != now {
+            return Err(ResumeRefused::RootChanged {
+                now,
+                was: root.chars().take(80).collect(),
+            });
+        }
+        let chunks = self.chunk_count();
+        match usize::try_from(from) {
+            Ok(skip) if skip <= chunks => {
+                self.skip = skip;
+                Ok(())
+            }
+            _ => Err(ResumeRefused::PastEnd {
+                asked: from,
+                chunks,
+            }),
+        }
     }
 }
 
@@ -74,11 +124,12 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             manifest,
             inline: Arc::new(inline),
             sources: self.peer_chunk_addrs().await?,
+            skip: 0,
         })
     }
 
-    /// The plan's chunks in manifest order, [`DOWNLOAD_QUEUE_DEPTH`] read ahead; a chunk that
-    /// cannot be had intact is an `Err` in its place.
+    /// The plan's chunks in manifest order (from the one it resumes from), [`DOWNLOAD_QUEUE_DEPTH`]
+    /// read ahead; a chunk that cannot be had intact is an `Err` in its place.
     pub fn download_chunks(&self, plan: &DownloadPlan) -> impl Stream<Item = ChunkRead> + Send {
         let chunks: Vec<(usize, usize, String, ChunkRef)> = plan
             .manifest
@@ -91,6 +142,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                     .enumerate()
                     .map(move |(ci, chunk)| (fi, ci, file.path.clone(), chunk.clone()))
             })
+            .skip(plan.skip)
             .collect();
         let (store, peers) = (self.chunks.clone(), self.peers.clone());
         let (sources, inline) = (plan.sources.clone(), plan.inline.clone());
@@ -140,6 +192,89 @@ fn inline_chunk(chunk: &ChunkRef, data: &[u8]) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quiver_transfer::FileEntry;
+
+    fn plan(chunks_per_file: &[usize]) -> DownloadPlan {
+        let files = chunks_per_file
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| FileEntry {
+                path: format!("f{i}"),
+                size_bytes: n as u64,
+                mode: 0,
+                chunks: (0..n)
+                    .map(|c| ChunkRef {
+                        hash: Hash::of(format!("{i}/{c}").as_bytes()),
+                        size_bytes: 1,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let manifest = Manifest { files };
+        let version = Version {
+            model: "m".into(),
+            number: 1,
+            manifest_root: manifest.root().to_hex(),
+            files: Vec::new(),
+            total_size_bytes: 0,
+            signature: Default::default(),
+            metadata: Default::default(),
+            created_by: crate::domain::Actor {
+                name: "ci".into(),
+                authenticated: true,
+            },
+            created_at_ms: 0,
+            tags: Default::default(),
+            stage: crate::domain::Stage::Experimental,
+            status: VersionStatus::Ready,
+            stage_history: Vec::new(),
+        };
+        DownloadPlan {
+            version,
+            manifest,
+            inline: Arc::default(),
+            sources: Vec::new(),
+            skip: 0,
+        }
+    }
+
+    #[test]
+    fn a_resumed_download_skips_the_chunks_the_client_holds_of_the_same_root_only() {
+        let mut p = plan(&[2, 0, 3]);
+        let root = p.version.manifest_root.clone();
+        assert_eq!(p.chunk_count(), 5);
+        p.resume_from(0, "").unwrap();
+        assert_eq!(p.skip, 0);
+        p.resume_from(3, &root).unwrap();
+        assert_eq!(p.skip, 3);
+        p.resume_from(5, &root).unwrap();
+        assert_eq!(p.skip, 5, "every chunk held: only the header is sent");
+        for (from, was) in [
+            (1, String::new()),
+            (1, "x".repeat(100_000)),
+            (2, "\0../".into()),
+        ] {
+            let refused = p.resume_from(from, &was).unwrap_err();
+            assert!(
+                matches!(refused, ResumeRefused::RootChanged { .. }),
+                "{refused}"
+            );
+            assert!(
+                refused.to_string().len() < 400,
+                "the echoed root is cut short"
+            );
+        }
+        for from in [6, u64::MAX] {
+            assert_eq!(
+                p.resume_from(from, &root),
+                Err(ResumeRefused::PastEnd {
+                    asked: from,
+                    chunks: 5
+                })
+            );
+        }
+        assert_eq!(p.skip, 5, "a refused resume changes nothing");
+    }
 
     #[test]
     fn an_inline_chunk_that_no_longer_matches_its_hash_is_not_served() {

@@ -394,6 +394,7 @@ async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() 
     let mut stalled = VersionsClient::new(narrow_channel(&served).await)
         .download_version(proto::DownloadRequest {
             reference: "big/1".into(),
+            ..Default::default()
         })
         .await
         .expect("start the download")
@@ -423,6 +424,7 @@ async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() 
         .max_decoding_message_size(usize::MAX)
         .download_version(proto::DownloadRequest {
             reference: "big/1".into(),
+            ..Default::default()
         })
         .await
         .expect("start another download")
@@ -441,6 +443,99 @@ async fn a_download_whose_client_stops_reading_is_dropped_at_its_send_timeout() 
     );
     assert!(received < total, "{received} of {total} chunks were sent");
     drop((stalled, reader));
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_download_sends_the_chunks_from_where_it_stopped_of_the_same_version_only() {
+    let served = Served::start(ApiLimits::default()).await;
+    served.create_model("big").await;
+    let data = seeded_bytes(5, 6 << 20);
+    register(&served, "big", &data).await;
+    let download = |resume_from_chunk: u64, resume_manifest_root: String| {
+        let served = &served;
+        async move {
+            let mut client =
+                VersionsClient::new(served.channel().await).max_decoding_message_size(usize::MAX);
+            client
+                .download_version(proto::DownloadRequest {
+                    reference: "big/1".into(),
+                    resume_from_chunk,
+                    resume_manifest_root,
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut whole = download(0, String::new()).await.expect("a whole download");
+    let header = timeout(BOUND, whole.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let total = chunk_count(&header);
+    let Some(proto::download_message::Kind::Header(header)) = header.kind else {
+        unreachable!("chunk_count checked the header")
+    };
+    let root = header.version.unwrap().manifest_root;
+    let mut all = Vec::new();
+    while let Some(message) = timeout(BOUND, whole.message()).await.unwrap().unwrap() {
+        all.push(message);
+    }
+    assert_eq!(all.len(), total);
+    assert!(
+        total >= 3,
+        "{total} chunks: too few to resume in the middle"
+    );
+
+    for from in [1, total as u64 - 1, total as u64] {
+        let mut resumed = download(from, root.clone())
+            .await
+            .expect("a resumed download");
+        let mut messages = Vec::new();
+        while let Some(message) = timeout(BOUND, resumed.message()).await.unwrap().unwrap() {
+            messages.push(message);
+        }
+        assert!(matches!(
+            messages[0].kind,
+            Some(proto::download_message::Kind::Header(_))
+        ));
+        assert_eq!(
+            messages[1..],
+            all[from as usize..],
+            "resumed from chunk {from}"
+        );
+    }
+
+    // Another version's root, or none, or a hostile one: refused, naming the fix.
+    for wrong in [
+        String::new(),
+        "0".repeat(64),
+        "x".repeat(100_000),
+        "\0/../é".into(),
+    ] {
+        let status = download(1, wrong)
+            .await
+            .expect_err("a changed root is refused");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("download it again from the start"),
+            "{status:?}"
+        );
+        assert!(
+            status.message().len() < 1000,
+            "the root is not echoed whole"
+        );
+    }
+    for past in [total as u64 + 1, u64::MAX] {
+        let status = download(past, root.clone())
+            .await
+            .expect_err("past the end");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("resume_from_chunk"), "{status:?}");
+    }
     served.stop().await;
 }
 
@@ -648,6 +743,7 @@ const DOWNLOAD_PATH: &str = "/quiver.v1.Versions/DownloadVersion";
 fn download_request(reference: &str) -> Vec<u8> {
     prost::Message::encode_to_vec(&proto::DownloadRequest {
         reference: reference.into(),
+        ..Default::default()
     })
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Layout of `--dir`: `deployment.pb` (the deployment in force, protobuf), `<model>/<version>/`
 //! (a version's files, renamed into place only once every chunk checked out) beside
-//! `<model>/<version>.signature.json`, and `pulling/` (downloads in progress, cleared at start).
+//! `<model>/<version>.signature.json`, and `pulling/<version>/` (a download in progress: one cut
+//! short, by a node going away or the agent stopping, resumes there with the chunks it lacks).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -200,11 +201,6 @@ impl Agent {
         }
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("creating the agent's directory {}", config.dir.display()))?;
-        let pulling = config.dir.join("pulling");
-        if pulling.exists() {
-            std::fs::remove_dir_all(&pulling)
-                .with_context(|| format!("clearing {}", pulling.display()))?;
-        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
@@ -597,6 +593,8 @@ fn version_dir(dir: &Path, model: &str, version: u64) -> PathBuf {
 fn remove_version(shared: &Shared, model: &str, version: u64) {
     let dir = version_dir(&shared.config.dir, model, version);
     let _ = std::fs::remove_dir_all(&dir);
+    let pulling = shared.config.dir.join("pulling").join(version.to_string());
+    let _ = std::fs::remove_dir_all(&pulling);
     let _ = std::fs::remove_file(dir.with_extension("signature.json"));
 }
 
@@ -659,7 +657,8 @@ async fn pull(
     let reference = format!("{model}/{version}");
     let mut last = None;
     for client in &members {
-        let _ = std::fs::remove_dir_all(&pulling);
+        // What an earlier attempt (through any member: the version is the same) verified
+        // stays, and the download resumes after it.
         std::fs::create_dir_all(&pulling)?;
         match client
             .download_version(&reference, &pulling, &|_, _| {})
@@ -687,7 +686,6 @@ async fn pull(
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&pulling);
     Err(last.map_or_else(
         || anyhow::anyhow!("no member to pull from"),
         anyhow::Error::from,

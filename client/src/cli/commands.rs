@@ -306,8 +306,19 @@ pub async fn version(node: &Node, command: VersionCommand) -> anyhow::Result<()>
                 eprintln!("pulling from the nearest node, {}", client.endpoint());
             }
             let bar = bytes_bar(0, "downloading");
+            let first = std::sync::Once::new();
             let summary = client
                 .download_version(&reference, &out, &|done, total| {
+                    first.call_once(|| {
+                        if done > 0 {
+                            eprintln!(
+                                "resuming an interrupted download: {} of {} already here and \
+                                 verified",
+                                indicatif::HumanBytes(done),
+                                indicatif::HumanBytes(total)
+                            );
+                        }
+                    });
                     bar.set_length(total);
                     bar.set_position(done);
                 })

@@ -277,7 +277,9 @@ pub enum VersionCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// Download a version's files into a directory, verifying every chunk.
+    /// Download a version's files into a directory, verifying every chunk. A download cut
+    /// short (Ctrl-C, a node going away) resumes when run again into the same directory: the
+    /// chunks already there are checked and only the rest are fetched.
     Download {
         reference: String,
         #[arg(long, value_name = "DIR")]

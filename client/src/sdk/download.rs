@@ -5,6 +5,14 @@
 //! place only once the whole version has checked out, so an interrupted or
 //! corrupt download leaves no file that looks complete.
 //!
+//! An interrupted download resumes: the output directory keeps the manifest
+//! being downloaded ([`RESUME_FILE`]) beside the partial files until the
+//! version is in place. The next download into that directory hashes what the
+//! partial files hold against that manifest, keeps the chunks that check out
+//! (cutting a file back to its last whole verified chunk) and asks the node
+//! for the rest only, naming the manifest root it holds; a version whose root
+//! has changed since (an alias that moved) starts again from the first chunk.
+//!
 //! Nothing is written through a symbolic link below the output directory
 //! (the output directory itself may be one: that is the user's choice). A
 //! link there, to a directory or at a file's final or partial name, could
@@ -29,6 +37,10 @@ use crate::proto::{self, ChunkData, DownloadHeader, DownloadRequest, ModelVersio
 /// Suffix of a file still being downloaded, next to its final name.
 pub const PARTIAL_SUFFIX: &str = ".quiver-partial";
 
+/// A download's own record in its output directory, while it is in progress: the manifest
+/// (protobuf) of the version being downloaded, so that an interrupted download resumes.
+pub const RESUME_FILE: &str = ".quiver-download.quiver-partial";
+
 /// Chunks received ahead of the disk writer. Bounds download memory to this
 /// many chunks (each at most `CHUNK_SIZE_BYTES_MAX`).
 pub const DOWNLOAD_QUEUE_DEPTH: usize = 4;
@@ -50,20 +62,28 @@ impl Client {
         out_dir: &Path,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<DownloadSummary, ClientError> {
-        let (version, manifest, mut stream) = self.open_download(reference).await?;
+        let held = tokio::task::spawn_blocking({
+            let out_dir = out_dir.to_path_buf();
+            move || Held::scan(&out_dir)
+        })
+        .await
+        .map_err(join_error)??;
+        let (version, manifest, mut stream, held) =
+            self.open_resuming(reference, out_dir, held).await?;
         let summary = summary(version, &manifest);
         let total_bytes = summary.total_size_bytes;
-        progress(0, total_bytes);
+        let held_bytes = held.as_ref().map_or(0, |held| held.bytes);
+        progress(held_bytes.min(total_bytes), total_bytes);
 
         let manifest = Arc::new(manifest);
         let (sender, receiver) = mpsc::channel(DOWNLOAD_QUEUE_DEPTH);
         let writer = tokio::task::spawn_blocking({
             let manifest = Arc::clone(&manifest);
             let out_dir = out_dir.to_path_buf();
-            move || write_version(&manifest, &out_dir, receiver)
+            move || write_version(&manifest, &out_dir, receiver, held)
         });
 
-        let mut received_bytes: u64 = 0;
+        let mut received_bytes: u64 = held_bytes;
         let streamed: Result<(), ClientError> = async {
             while let Some(message) = stream.message().await? {
                 let chunk = expect_chunk(message)?;
@@ -99,7 +119,7 @@ impl Client {
         reference: &str,
         mut sink: impl FnMut(u32, &[u8]),
     ) -> Result<DownloadSummary, ClientError> {
-        let (version, manifest, mut stream) = self.open_download(reference).await?;
+        let (version, manifest, mut stream) = self.open_download(reference, 0, "").await?;
         let mut cursor = ChunkCursor::new(&manifest);
         while let Some(message) = stream.message().await? {
             let chunk = expect_chunk(message)?;
@@ -110,10 +130,56 @@ impl Client {
         Ok(summary(version, &manifest))
     }
 
-    /// Starts a download and checks its header.
+    /// Starts a download, from where `held` (an interrupted download's verified chunks) stops
+    /// if the version's manifest is still the one `held` was checked against; otherwise
+    /// from the first chunk, discarding what `held` kept and recording the new manifest.
+    async fn open_resuming(
+        &self,
+        reference: &str,
+        out_dir: &Path,
+        held: Option<Held>,
+    ) -> Result<
+        (
+            ModelVersion,
+            Manifest,
+            tonic::codec::Streaming<proto::DownloadMessage>,
+            Option<Held>,
+        ),
+        ClientError,
+    > {
+        if let Some(held) = held {
+            let root = held.manifest.root();
+            match self
+                .open_download(reference, held.chunks, &root.to_hex())
+                .await
+            {
+                Ok((version, manifest, stream)) if manifest.root() == root => {
+                    return Ok((version, manifest, stream, Some(held)));
+                }
+                // The version's files changed since: start again.
+                Ok(_) => {}
+                Err(ClientError::Status {
+                    code: tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument,
+                    ..
+                }) => {}
+                Err(error) => return Err(error),
+            }
+            let out_dir = out_dir.to_path_buf();
+            tokio::task::spawn_blocking(move || held.discard(&out_dir))
+                .await
+                .map_err(join_error)?;
+        }
+        let (version, manifest, stream) = self.open_download(reference, 0, "").await?;
+        Ok((version, manifest, stream, None))
+    }
+
+    /// Starts a download (from chunk `resume_from_chunk`, of the version whose manifest root
+    /// is `resume_manifest_root`) and checks its header.
     async fn open_download(
         &self,
         reference: &str,
+        resume_from_chunk: u64,
+        resume_manifest_root: &str,
     ) -> Result<
         (
             ModelVersion,
@@ -125,6 +191,8 @@ impl Client {
         let reference = normalize_reference(reference)?;
         let request = self.request(DownloadRequest {
             reference: reference.clone(),
+            resume_from_chunk,
+            resume_manifest_root: resume_manifest_root.to_string(),
         })?;
         let mut stream = self
             .versions()
@@ -204,8 +272,21 @@ struct ChunkCursor {
 
 impl ChunkCursor {
     fn new(manifest: &Manifest) -> Self {
+        Self::at(manifest, 0)
+    }
+
+    /// The cursor after the first `held` chunks (manifest order, across files).
+    fn at(manifest: &Manifest, held: u64) -> Self {
         let mut cursor = ChunkCursor { file: 0, chunk: 0 };
+        let mut left = held;
         cursor.skip_finished(manifest);
+        while left > 0 && cursor.file < manifest.files.len() {
+            let in_file = (manifest.files[cursor.file].chunks.len() - cursor.chunk) as u64;
+            let step = left.min(in_file);
+            cursor.chunk += step as usize;
+            left -= step;
+            cursor.skip_finished(manifest);
+        }
         cursor
     }
 
@@ -270,38 +351,200 @@ enum WriteOp {
 
 /// Runs on a blocking thread. Returns `Ok(true)` when every file is in
 /// place, `Ok(false)` when the stream was abandoned (the caller has the
-/// reason); partial files are removed unless it completed.
+/// reason). Unless it completed, the partial files written so far (every
+/// byte of them verified) stay, with the manifest in [`RESUME_FILE`], for
+/// the next download into `out_dir` to resume from; `held` is what an
+/// earlier one left, which this one goes on from.
 fn write_version(
     manifest: &Manifest,
     out_dir: &Path,
     mut receiver: mpsc::Receiver<WriteOp>,
+    held: Option<Held>,
 ) -> Result<bool, ClientError> {
     let mut writer = PartialFiles::new(manifest, out_dir);
-    let result = (|| {
-        fs::create_dir_all(out_dir).map_err(|error| {
-            ClientError::io(format!("create directory '{}'", out_dir.display()), error)
-        })?;
-        let mut cursor = ChunkCursor::new(manifest);
-        while let Some(op) = receiver.blocking_recv() {
-            match op {
-                WriteOp::Chunk(chunk) => {
-                    cursor.accept(manifest, &chunk)?;
-                    writer.write(chunk.file_index as usize, &chunk.data)?;
-                }
-                WriteOp::Finish => {
-                    cursor.check_complete(manifest)?;
-                    writer.open_through(manifest.files.len())?;
-                    writer.commit()?;
-                    return Ok(true);
-                }
+    let held_chunks = held.as_ref().map_or(0, |held| held.chunks);
+    fs::create_dir_all(out_dir).map_err(|error| {
+        ClientError::io(format!("create directory '{}'", out_dir.display()), error)
+    })?;
+    match held {
+        Some(held) => writer.resume(&held)?,
+        None => record_manifest(out_dir, manifest)?,
+    }
+    let mut cursor = ChunkCursor::at(manifest, held_chunks);
+    while let Some(op) = receiver.blocking_recv() {
+        match op {
+            WriteOp::Chunk(chunk) => {
+                cursor.accept(manifest, &chunk)?;
+                writer.write(chunk.file_index as usize, &chunk.data)?;
+            }
+            WriteOp::Finish => {
+                cursor.check_complete(manifest)?;
+                writer.open_through(manifest.files.len())?;
+                writer.commit()?;
+                remove_regular_file(&out_dir.join(RESUME_FILE))?;
+                return Ok(true);
             }
         }
-        Ok(false)
-    })();
-    if !matches!(result, Ok(true)) {
-        writer.remove_partials();
     }
-    result
+    Ok(false)
+}
+
+/// Writes `manifest` to `out_dir`'s [`RESUME_FILE`] (durably), replacing an
+/// earlier download's; a link at that name is refused, never followed.
+fn record_manifest(out_dir: &Path, manifest: &Manifest) -> Result<(), ClientError> {
+    let path = out_dir.join(RESUME_FILE);
+    remove_regular_file(&path)?;
+    let bytes = prost::Message::encode_to_vec(&crate::wire::manifest_to_proto(manifest));
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|error| ClientError::io(format!("create '{}'", path.display()), error))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| ClientError::io(format!("write '{}'", path.display()), error))?;
+    sync_directory(out_dir)
+}
+
+/// Removes the regular file at `path` if there is one; a link there is
+/// refused, anything else left for the next step to fail on clearly.
+fn remove_regular_file(path: &Path) -> Result<(), ClientError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(symlink_in_output(path)),
+        Ok(meta) if meta.is_file() => fs::remove_file(path)
+            .map_err(|error| ClientError::io(format!("remove '{}'", path.display()), error)),
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(ClientError::io(
+            format!("inspect '{}'", path.display()),
+            error,
+        )),
+    }
+}
+
+/// What an interrupted download left in its output directory that checks
+/// out against the manifest it recorded.
+#[derive(Debug)]
+struct Held {
+    manifest: Manifest,
+    /// Leading files whose partial files are whole and verified.
+    whole_files: usize,
+    /// The verified length of the next file's partial file, if it has one.
+    next_file_bytes: Option<u64>,
+    /// Chunks held, in manifest order across files.
+    chunks: u64,
+    /// Bytes held.
+    bytes: u64,
+}
+
+impl Held {
+    /// Reads `out_dir`'s [`RESUME_FILE`] and hashes the partial files
+    /// against it, cutting a partial file back to its last verified chunk.
+    /// None when there is no record, or it is unreadable, invalid or leads
+    /// through a symbolic link (the download then starts afresh and replaces
+    /// it).
+    fn scan(out_dir: &Path) -> Result<Option<Held>, ClientError> {
+        let path = out_dir.join(RESUME_FILE);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            _ => return Ok(None),
+        }
+        let Ok(bytes) = fs::read(&path) else {
+            return Ok(None);
+        };
+        let Ok(wire) = <proto::Manifest as prost::Message>::decode(bytes.as_slice()) else {
+            return Ok(None);
+        };
+        let Ok(manifest) = crate::wire::manifest_from_proto(wire) else {
+            return Ok(None);
+        };
+        if manifest.validate().is_err() {
+            return Ok(None);
+        }
+        let mut held = Held {
+            manifest,
+            whole_files: 0,
+            next_file_bytes: None,
+            chunks: 0,
+            bytes: 0,
+        };
+        let files = PartialFiles::new(&held.manifest, out_dir);
+        for index in 0..held.manifest.files.len() {
+            // Nothing is read or cut through a link: a record that leads through one is not
+            // used (the download starts afresh, and refuses the link if it writes there).
+            let partial = files.partial_path(index);
+            if files.refuse_links(index).is_err() || refuse_link(&partial).is_err() {
+                return Ok(None);
+            }
+            let Some((chunks, bytes)) = verify_partial(&partial, &held.manifest.files[index])?
+            else {
+                break;
+            };
+            held.chunks += chunks;
+            held.bytes += bytes;
+            if bytes == held.manifest.files[index].size_bytes {
+                held.whole_files += 1;
+            } else {
+                held.next_file_bytes = Some(bytes);
+                break;
+            }
+        }
+        Ok(Some(held))
+    }
+
+    /// Removes what this record kept: its partial files and the record.
+    fn discard(self, out_dir: &Path) {
+        let files = PartialFiles::new(&self.manifest, out_dir);
+        for index in 0..self.manifest.files.len() {
+            if files.refuse_links(index).is_ok() {
+                let _ = remove_regular_file(&files.partial_path(index));
+            }
+        }
+        let _ = remove_regular_file(&out_dir.join(RESUME_FILE));
+    }
+}
+
+/// Hashes the partial file at `path` chunk by chunk against `entry`: the
+/// number of whole chunks that check out and their bytes, after cutting the
+/// file back to them and syncing it. None when there is no such file.
+fn verify_partial(
+    path: &Path,
+    entry: &quiver_transfer::FileEntry,
+) -> Result<Option<(u64, u64)>, ClientError> {
+    use std::io::Read;
+    let context = |what: &str| format!("{what} '{}'", path.display());
+    let mut file = match File::options().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(ClientError::io(context("open"), error)),
+    };
+    let length = file
+        .metadata()
+        .map_err(|error| ClientError::io(context("inspect"), error))?
+        .len();
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    let mut buffer = Vec::new();
+    for chunk in &entry.chunks {
+        let size = u64::from(chunk.size_bytes);
+        if bytes + size > length {
+            break;
+        }
+        buffer.resize(chunk.size_bytes as usize, 0);
+        file.read_exact(&mut buffer)
+            .map_err(|error| ClientError::io(context("read"), error))?;
+        if Hash::of(&buffer) != chunk.hash {
+            break;
+        }
+        chunks += 1;
+        bytes += size;
+    }
+    if bytes != length {
+        file.set_len(bytes)
+            .map_err(|error| ClientError::io(context("cut back"), error))?;
+    }
+    file.sync_all()
+        .map_err(|error| ClientError::io(context("sync"), error))?;
+    Ok(Some((chunks, bytes)))
 }
 
 /// The files of one download, written under temporary names in manifest order.
@@ -334,6 +577,25 @@ impl<'a> PartialFiles<'a> {
         let mut path = self.final_path(index).into_os_string();
         path.push(PARTIAL_SUFFIX);
         PathBuf::from(path)
+    }
+
+    /// Takes up the partial files `held` kept: its whole files, and the
+    /// next one opened to append after its verified bytes.
+    fn resume(&mut self, held: &Held) -> Result<(), ClientError> {
+        self.partials = (0..held.whole_files)
+            .map(|index| self.partial_path(index))
+            .collect();
+        if let Some(bytes) = held.next_file_bytes {
+            let index = held.whole_files;
+            let partial = self.partial_path(index);
+            let file = File::options()
+                .append(true)
+                .open(&partial)
+                .map_err(|error| ClientError::io(format!("open '{}'", partial.display()), error))?;
+            self.partials.push(partial);
+            self.current = Some((file, bytes));
+        }
+        Ok(())
     }
 
     fn write(&mut self, index: usize, data: &[u8]) -> Result<(), ClientError> {
@@ -489,14 +751,6 @@ impl<'a> PartialFiles<'a> {
         }
         Ok(())
     }
-
-    fn remove_partials(&mut self) {
-        self.current = None;
-        for partial in self.partials.drain(..) {
-            // Best effort: the error that got us here is the one to report.
-            let _ = fs::remove_file(partial);
-        }
-    }
 }
 
 /// Refuses `path` if it is a symbolic link; a missing path is fine.
@@ -649,7 +903,8 @@ mod tests {
             sender.try_send(op).ok().unwrap();
         }
         drop(sender);
-        write_version(manifest, out_dir, receiver)
+        let held = Held::scan(out_dir)?;
+        write_version(manifest, out_dir, receiver, held)
     }
 
     #[test]
@@ -678,10 +933,21 @@ mod tests {
         }
     }
 
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
-    fn writer_removes_partial_files_on_a_bad_chunk_or_an_early_end() {
+    fn a_failed_download_leaves_only_verified_partial_files_and_the_next_one_resumes() {
         let dir = tempfile::tempdir().unwrap();
-        let manifest = manifest_of(&[("a", b"abcdef"), ("b", b"xy")], 4);
+        let manifest = manifest_of(&[("a", b"abcdef"), ("b", b"xy"), ("c", b"1234567")], 4);
+        // A bad chunk in file b: a's two chunks are kept, b's is never written.
         let ops = vec![
             WriteOp::Chunk(chunk(0, 0, b"abcd")),
             WriteOp::Chunk(chunk(0, 1, b"ef")),
@@ -694,17 +960,81 @@ mod tests {
                 .contains("of file 'b' failed verification"),
             "{error}"
         );
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let partial = |name: &str| format!("{name}{PARTIAL_SUFFIX}");
+        assert_eq!(names(dir.path()), [RESUME_FILE.to_string(), partial("a")]);
+        let held = Held::scan(dir.path()).unwrap().unwrap();
+        assert_eq!((held.whole_files, held.next_file_bytes), (1, None));
+        assert_eq!((held.chunks, held.bytes), (2, 6));
 
+        // Bytes that no longer check out are cut back to the last whole verified chunk:
+        // c's partial holds its first chunk, then garbage.
+        fs::write(dir.path().join(partial("b")), b"xy").unwrap();
+        fs::write(dir.path().join(partial("c")), b"1234XXXXXXXXX").unwrap();
+        let held = Held::scan(dir.path()).unwrap().unwrap();
+        assert_eq!((held.whole_files, held.next_file_bytes), (2, Some(4)));
+        assert_eq!((held.chunks, held.bytes), (4, 12));
+        assert_eq!(fs::read(dir.path().join(partial("c"))).unwrap(), b"1234");
+
+        // The next download goes on from chunk 4 (the second of c) and completes.
+        let ops = vec![WriteOp::Chunk(chunk(2, 1, b"567")), WriteOp::Finish];
+        assert!(run_writer(&manifest, dir.path(), ops).unwrap());
+        assert_eq!(names(dir.path()), ["a", "b", "c"]);
+        assert_eq!(fs::read(dir.path().join("c")).unwrap(), b"1234567");
+
+        // An early end keeps what arrived; an abandoned stream (no Finish) too, with no error
+        // of its own.
+        let other = tempfile::tempdir().unwrap();
         let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd")), WriteOp::Finish];
-        let error = run_writer(&manifest, dir.path(), ops).unwrap_err();
+        let error = run_writer(&manifest, other.path(), ops).unwrap_err();
         assert!(error.to_string().contains("ended early"), "{error}");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let ops = vec![WriteOp::Chunk(chunk(0, 1, b"ef"))];
+        assert!(!run_writer(&manifest, other.path(), ops).unwrap());
+        let held = Held::scan(other.path()).unwrap().unwrap();
+        assert_eq!((held.chunks, held.bytes), (2, 6));
+        assert!(names(other.path())
+            .iter()
+            .all(|n| n.ends_with(PARTIAL_SUFFIX)));
+    }
 
-        // Abandoned stream (no Finish): nothing left, and no error of its own.
-        let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd"))];
-        assert!(!run_writer(&manifest, dir.path(), ops).unwrap());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    #[test]
+    fn a_garbled_or_missing_record_means_a_fresh_download() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Held::scan(dir.path()).unwrap().is_none());
+        for garbage in [&b""[..], b"\0\0\0", b"\xff\xff\xff\xff\xff", &[0x0a; 4096]] {
+            fs::write(dir.path().join(RESUME_FILE), garbage).unwrap();
+            // An empty record decodes to an empty manifest; anything else is refused.
+            if let Some(held) = Held::scan(dir.path()).unwrap() {
+                assert_eq!((held.chunks, held.manifest.files.len()), (0, 0));
+            }
+        }
+        // A record naming a path outside the directory is invalid, never followed.
+        let mut evil = manifest_of(&[("a", b"abcd")], 4);
+        evil.files[0].path = "../outside".into();
+        let bytes = prost::Message::encode_to_vec(&crate::wire::manifest_to_proto(&evil));
+        fs::write(dir.path().join(RESUME_FILE), bytes).unwrap();
+        assert!(Held::scan(dir.path()).unwrap().is_none());
+        // A fresh download replaces it and completes.
+        let manifest = manifest_of(&[("a", b"abcd")], 4);
+        let ops = vec![WriteOp::Chunk(chunk(0, 0, b"abcd")), WriteOp::Finish];
+        assert!(run_writer(&manifest, dir.path(), ops).unwrap());
+        assert_eq!(names(dir.path()), ["a"]);
+    }
+
+    #[test]
+    fn the_cursor_resumes_after_the_chunks_held_across_files() {
+        let manifest = manifest_of(&[("a", b"abcdef"), ("e", b""), ("c", b"xy")], 4);
+        let at = |held| {
+            let c = ChunkCursor::at(&manifest, held);
+            (c.file, c.chunk)
+        };
+        assert_eq!(at(0), (0, 0));
+        assert_eq!(at(1), (0, 1));
+        assert_eq!(at(2), (2, 0), "the empty file is stepped over");
+        assert_eq!(at(3), (3, 0), "past the last file: complete");
+        assert_eq!(at(u64::MAX), (3, 0));
+        ChunkCursor::at(&manifest, 3)
+            .check_complete(&manifest)
+            .unwrap();
     }
 
     /// The three ways a link below the output directory could take a

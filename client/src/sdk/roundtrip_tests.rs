@@ -133,7 +133,129 @@ async fn a_download_never_writes_through_a_link_in_the_output_directory() {
 }
 
 #[tokio::test]
-async fn a_corrupt_chunk_fails_the_download_and_leaves_nothing() {
+async fn a_download_cut_short_resumes_with_the_chunks_it_lacks_only() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let source = tempfile::tempdir().unwrap();
+    let (a, b) = (big_bytes(3 << 20), big_bytes(5 << 20));
+    write(&source.path().join("m/a.bin"), &a);
+    write(&source.path().join("m/b.bin"), &b);
+    client
+        .register_version(
+            "reco",
+            &[source.path().join("m")],
+            RegisterOptions::default(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+    let (root, chunks) = {
+        let state = node.state.lock().unwrap();
+        let (version, manifest, _) = &state.versions[&("reco".to_string(), 1)];
+        let chunks: usize = manifest.files.iter().map(|f| f.chunks.len()).sum();
+        (version.manifest_root.clone(), chunks)
+    };
+    assert!(chunks >= 4, "{chunks} chunks: too few to cut in the middle");
+    let out = tempfile::tempdir().unwrap();
+    // Two cuts, each after 2 chunks, then a whole run: every chunk is sent once.
+    node.state.lock().unwrap().cut_downloads_after = Some(2);
+    for _ in 0..2 {
+        let error = client
+            .download_version("reco/1", out.path(), &|_, _| {})
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("connection cut"), "{error}");
+        assert!(!out.path().join("a.bin").exists() && !out.path().join("b.bin").exists());
+    }
+    node.state.lock().unwrap().cut_downloads_after = None;
+    let progress = std::sync::Mutex::new(Vec::new());
+    client
+        .download_version("reco/1", out.path(), &|done, total| {
+            progress.lock().unwrap().push((done, total))
+        })
+        .await
+        .unwrap();
+    assert_eq!(fs::read(out.path().join("a.bin")).unwrap(), a);
+    assert_eq!(fs::read(out.path().join("b.bin")).unwrap(), b);
+    let mut names: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.bin", "b.bin"],
+        "no partial file or record is left"
+    );
+    let state = node.state.lock().unwrap();
+    assert_eq!(
+        state.download_requests,
+        [(0, String::new()), (2, root.clone()), (4, root)]
+    );
+    assert_eq!(state.chunks_sent, chunks, "no chunk was sent twice");
+    let total = (a.len() + b.len()) as u64;
+    let first = progress.lock().unwrap()[0];
+    assert!(
+        first.0 > 0 && first.0 < total && first.1 == total,
+        "{first:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_download_of_a_moved_alias_starts_again() {
+    let node = fake_node::start().await;
+    let client = client_with_model(&node, "reco").await;
+    let source = tempfile::tempdir().unwrap();
+    for (name, seed_len) in [("v1", 3 << 20), ("v2", (3 << 20) + 7)] {
+        write(
+            &source.path().join(name).join("w.bin"),
+            &big_bytes(seed_len),
+        );
+        client
+            .register_version(
+                "reco",
+                &[source.path().join(name).join("w.bin")],
+                RegisterOptions::default(),
+                &|_| {},
+            )
+            .await
+            .unwrap();
+    }
+    node.state
+        .lock()
+        .unwrap()
+        .aliases
+        .insert(("reco".into(), "prod".into()), 1);
+    node.state.lock().unwrap().cut_downloads_after = Some(1);
+    let out = tempfile::tempdir().unwrap();
+    client
+        .download_version("reco@prod", out.path(), &|_, _| {})
+        .await
+        .unwrap_err();
+    {
+        let mut state = node.state.lock().unwrap();
+        state.aliases.insert(("reco".into(), "prod".into()), 2);
+        state.cut_downloads_after = None;
+    }
+    client
+        .download_version("reco@prod", out.path(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(out.path().join("w.bin")).unwrap(),
+        big_bytes((3 << 20) + 7)
+    );
+    let state = node.state.lock().unwrap();
+    let resumes: Vec<u64> = state.download_requests.iter().map(|r| r.0).collect();
+    assert_eq!(
+        resumes,
+        [0, 1, 0],
+        "refused as changed, then from the start"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_fails_the_download_and_leaves_nothing_that_looks_complete() {
     let node = fake_node::start().await;
     let client = client_with_model(&node, "reco").await;
     let source = tempfile::tempdir().unwrap();
@@ -159,7 +281,24 @@ async fn a_corrupt_chunk_fails_the_download_and_leaves_nothing() {
         text.starts_with("chunk ") && text.ends_with(" of file 'w.bin' failed verification"),
         "{text}"
     );
-    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0);
+    let names: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(super::PARTIAL_SUFFIX)),
+        "{names:?}"
+    );
+    // Once the node serves intact bytes, the same download completes.
+    node.state.lock().unwrap().corrupt_downloads = false;
+    client
+        .download_version("reco/1", out.path(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        fs::read(out.path().join("w.bin")).unwrap(),
+        big_bytes(100_000)
+    );
 }
 
 #[tokio::test]

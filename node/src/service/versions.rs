@@ -24,7 +24,7 @@ use super::{caller, caller_with, consistency, invalid, parse_reference};
 use crate::access::Target;
 use crate::auth::Role;
 use crate::domain;
-use crate::download::{ChunkRead, DOWNLOAD_QUEUE_DEPTH};
+use crate::download::{ChunkRead, ResumeRefused, DOWNLOAD_QUEUE_DEPTH};
 use crate::ingest::{bad_upload, FileStart, UploadHeader};
 use crate::node::{Consistency, Node};
 use crate::server::{shown_duration, ApiLimits};
@@ -242,6 +242,10 @@ impl Versions for VersionsService {
         request: Request<proto::DownloadRequest>,
     ) -> Result<Response<Self::DownloadVersionStream>, Status> {
         let reference = parse_reference(&request.get_ref().reference)?;
+        let (resume_from, resume_root) = (
+            request.get_ref().resume_from_chunk,
+            request.get_ref().resume_manifest_root.clone(),
+        );
         let action = format!("download versions of model {}", reference.model);
         caller_with(
             &self.node,
@@ -251,7 +255,14 @@ impl Versions for VersionsService {
             &action,
         )
         .await?;
-        let plan = self.node.plan_download(&reference).await?;
+        let mut plan = self.node.plan_download(&reference).await?;
+        plan.resume_from(resume_from, &resume_root)
+            .map_err(|refused| match refused {
+                ResumeRefused::RootChanged { .. } => {
+                    Status::failed_precondition(refused.to_string())
+                }
+                ResumeRefused::PastEnd { .. } => Status::invalid_argument(refused.to_string()),
+            })?;
         let header = proto::DownloadMessage {
             kind: Some(proto::download_message::Kind::Header(
                 proto::DownloadHeader {
