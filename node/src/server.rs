@@ -100,6 +100,7 @@ pub async fn serve(
     let fault = Arc::new(std::sync::Mutex::new(None::<String>));
     // Set when shutdown begins: open watches end, so the graceful shutdown need not wait.
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let closing_http = closing_rx.clone();
     let shutdown = {
         let (node, fault) = (node.clone(), fault.clone());
         async move {
@@ -154,14 +155,31 @@ pub async fn serve(
     match node.api_tls() {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;
-            let (incoming, accepting) =
-                quiver_raft::tls_incoming("API server", node.node_id(), listener, config);
+            // TLS for gRPC, and plaintext HTTP (the MLflow API, the UI) from this host only.
+            let port = crate::http::api_port::sort_connections(listener, node.node_id())
+                .context("the API port's address")?;
+            let (incoming, handshaking) =
+                quiver_raft::tls_incoming_from("API server", node.node_id(), port.tls, config);
+            let http = tokio::spawn({
+                let mut closing = closing_http;
+                let app = crate::http::router(node.clone());
+                async move {
+                    axum::serve(port.http, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = closing.wait_for(|c| *c).await;
+                        })
+                        .await
+                }
+            });
             let served = router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
-            // The accepting task owns the listener: the port is free once it is gone.
-            accepting.abort();
-            let _ = accepting.await;
+            // The sorting task owns the listener: the port is free once it is gone.
+            port.sorting.abort();
+            let _ = port.sorting.await;
+            handshaking.abort();
+            http.abort();
+            let _ = http.await;
             served.context("serve gRPC")?;
         }
         // A node without certificates of its own (tests of the service layer).

@@ -89,7 +89,9 @@ pub use node::{
 };
 pub use rpc::{PeerRefusal, WriteError};
 pub use runtime::{seed_thread_rng, QuiverRuntime, ThreadRaftRng};
-pub use server::{tls_incoming, TlsIncoming, PEER_HANDSHAKES_MAX, PEER_HANDSHAKE_TIMEOUT};
+pub use server::{
+    tls_incoming, tls_incoming_from, TlsIncoming, PEER_HANDSHAKES_MAX, PEER_HANDSHAKE_TIMEOUT,
+};
 pub use snapshot_data::SnapshotData;
 pub use state_store::{
     StateMachineStore, SNAPSHOT_FILE_NAME, SNAPSHOT_RETRY_PAUSE_DEFAULT, SNAPSHOT_SIZE_BYTES_MAX,

@@ -165,54 +165,79 @@ pub fn tls_incoming(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
 ) -> (TlsIncoming, JoinHandle<()>) {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let (streams_tx, streams_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
-    let accepting = tokio::spawn(accept_tls(server, node_id, listener, acceptor, streams_tx));
-    (ReceiverStream::new(streams_rx), accepting)
+    let (connections, accepted) = mpsc::channel(PEER_HANDSHAKES_MAX);
+    let (incoming, handshaking) = tls_incoming_from(server, node_id, accepted, config);
+    let accepting = tokio::spawn(async move {
+        // Ends the handshakes' task with this one: the port and every task go together.
+        let _handshaking = AbortOnDrop(handshaking);
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    if connections.send(accepted).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // A transient accept error (out of file descriptors, a reset before
+                    // accept): tell, and keep serving the connections that work.
+                    tracing::warn!(node_id, error = %e, "{server}: accept failed");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    });
+    (incoming, accepting)
 }
 
-async fn accept_tls(
+/// [`tls_incoming`] for TCP connections accepted elsewhere (a listener that also serves other
+/// protocols on its port): makes the TLS handshakes of the connections `accepted` sends, with
+/// the same limits. The returned task ends when `accepted` closes, or when aborted.
+pub fn tls_incoming_from(
     server: &'static str,
     node_id: NodeId,
-    listener: tokio::net::TcpListener,
-    acceptor: TlsAcceptor,
-    streams: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>>,
-) {
-    let handshakes = Arc::new(Semaphore::new(PEER_HANDSHAKES_MAX));
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // A transient accept error (out of file descriptors, a reset before accept):
-                // tell, and keep serving the connections that work.
-                tracing::warn!(node_id, error = %e, "{server}: accept failed");
-                tokio::task::yield_now().await;
+    mut accepted: mpsc::Receiver<(TcpStream, std::net::SocketAddr)>,
+    config: rustls::ServerConfig,
+) -> (TlsIncoming, JoinHandle<()>) {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (streams, streams_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
+    let handshaking = tokio::spawn(async move {
+        let handshakes = Arc::new(Semaphore::new(PEER_HANDSHAKES_MAX));
+        while let Some((tcp, remote)) = accepted.recv().await {
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(node_id, %remote, limit = PEER_HANDSHAKES_MAX, "{server} at its limit of handshakes in progress, closing a connection");
                 continue;
-            }
-        };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(node_id, %remote, limit = PEER_HANDSHAKES_MAX, "{server} at its limit of handshakes in progress, closing a connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let streams = streams.clone();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(permit);
-            match handshake {
-                Ok(Ok(stream)) => {
-                    let _ = streams.send(Ok(stream)).await;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let streams: mpsc::Sender<Result<TlsStream<TcpStream>, std::io::Error>> =
+                streams.clone();
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
+                    Ok(Ok(stream)) => {
+                        let _ = streams.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(node_id, %remote, error = %e, "{server}: TLS handshake failed (a plaintext client, or a certificate not from the cluster CA?)");
+                    }
+                    Err(_) => {
+                        tracing::info!(node_id, %remote, timeout = ?PEER_HANDSHAKE_TIMEOUT, "{server}: TLS handshake timed out");
+                    }
                 }
-                Ok(Err(e)) => {
-                    tracing::info!(node_id, %remote, error = %e, "{server}: TLS handshake failed (a plaintext client, or a certificate not from the cluster CA?)");
-                }
-                Err(_) => {
-                    tracing::info!(node_id, %remote, timeout = ?PEER_HANDSHAKE_TIMEOUT, "{server}: TLS handshake timed out");
-                }
-            }
-        });
+            });
+        }
+    });
+    (ReceiverStream::new(streams_rx), handshaking)
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

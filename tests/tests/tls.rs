@@ -221,3 +221,60 @@ fn issuing_a_client_certificate_refuses_hostile_names_and_writes_nothing() {
     let again = issue_client(&ca_dir, "ml-team_1.x", &out);
     assert!(!again.status.success());
 }
+
+/// The API port serves TLS (gRPC) to everyone and plaintext HTTP (the node's HTTP routes: the
+/// MLflow API, the UI, `/metrics`) to clients on its own host, told apart by their first byte;
+/// neither disturbs the other, and garbage on either gets nothing served.
+#[test]
+fn the_api_port_serves_grpc_over_tls_and_plaintext_http_to_its_own_host() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(NODE, &dir.path().join("n1")).unwrap();
+    let ep = node.endpoint.clone();
+    let addr = ep.trim_start_matches("https://").to_string();
+    quiver(CLI, &ep, &["model", "create", "reco"]).ok();
+
+    let (status, body) = quiver_tests::http_get(&addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("quiver_raft_applied_index"), "{body}");
+    assert_eq!(quiver_tests::http_get(&addr, "/no/such/route").0, 404);
+
+    // Hostile first bytes: an HTTP/2 preface, NUL bytes, a truncated TLS record, a request line
+    // of 100 kB. Each gets an error or a closed connection, within the bound.
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100_000));
+    let probes: [&[u8]; 4] = [
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\0\0\0\0\0\0\0\0",
+        b"\x16\x03\x01\x00",
+        long.as_bytes(),
+    ];
+    for probe in probes {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.write_all(probe);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        // The HTTP/2 preface is answered in HTTP/2 (a SETTINGS frame first): plaintext HTTP/2
+        // reaches the HTTP routes too, never the gRPC services.
+        let settings_first = answer.len() >= 9 && answer[3] == 0x04;
+        assert!(
+            answer.is_empty()
+                || text.starts_with("HTTP/1.1 4")
+                || (probe.starts_with(b"PRI") && settings_first),
+            "a probe of {} bytes got: {text:.200}",
+            probe.len()
+        );
+    }
+
+    // gRPC over TLS goes on as before, and so does plaintext HTTP.
+    quiver(CLI, &ep, &["model", "create", "after"]).ok();
+    let listed = quiver(CLI, &ep, &["model", "list", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert_eq!(quiver_tests::http_get(&addr, "/metrics").0, 200);
+}

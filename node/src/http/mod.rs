@@ -1,6 +1,7 @@
 //! A node's HTTP surface, beside its gRPC API: Prometheus `GET /metrics`, the MLflow-compatible
 //! REST API (`mlflow`) and the web UI (`ui`). One router, served on the node's HTTP listener.
 
+pub mod api_port;
 pub mod mlflow;
 pub mod ui;
 
