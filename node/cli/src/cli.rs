@@ -562,6 +562,19 @@ async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
     for addr in &cluster.metrics_addrs {
         eprintln!("quiver: Prometheus metrics at http://{addr}/metrics");
     }
+    if let Some(node) = cluster.nodes.first() {
+        // The API port answers plaintext HTTP from this host: the MLflow client and a browser.
+        let addr = node.core.info.api_addr.clone();
+        eprintln!(
+            "quiver: web UI at http://{addr}/ (sign in with the token in {})",
+            absolute(&token_file).display()
+        );
+        eprintln!(
+            "quiver: MLflow clients: export MLFLOW_TRACKING_URI=http://{addr} \
+             MLFLOW_TRACKING_TOKEN=$(cat {})",
+            absolute(&token_file).display()
+        );
+    }
     // A node whose consensus stopped on a fault has stopped serving; the cluster stops with it
     // and the command fails with the cause, rather than run on with a dead node.
     let nodes = cluster.nodes.clone();
