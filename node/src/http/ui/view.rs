@@ -40,6 +40,8 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
             title { (title) " · Quiver" }
+            // No icon to fetch (a browser asks for /favicon.ico otherwise, and logs its 404).
+            link rel="icon" href="data:,";
             link rel="stylesheet" href=(assets::css_url());
             script src=(assets::htmx_url()) defer {}
         }
