@@ -239,6 +239,8 @@ fn the_ui_works_in_a_real_browser_against_a_follower() {
         .clone()
         .expect("the follower's HTTP address");
     let shots = workspace().join("target/ui-screenshots");
+    // This run's screenshots only (a failed run leaves `failed-STEP.png`).
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let started = Instant::now();
     let out = Command::new("node")
