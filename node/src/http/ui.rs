@@ -97,6 +97,8 @@ pub enum UiError {
     /// The session's token is refused (unknown, revoked, expired): sign in again.
     Refused(String),
     BadRequest(String),
+    /// A form over [`FORM_BYTES_MAX`].
+    TooLarge(String),
     Forbidden(String),
     NotFound(String),
     Conflict(String),
@@ -158,6 +160,7 @@ impl IntoResponse for UiError {
                     .into_response();
             }
             UiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            UiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "Too large", m),
             UiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
             UiError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             UiError::Conflict(m) => (StatusCode::CONFLICT, "Refused", m),

@@ -741,10 +741,14 @@ pub async fn decide<S: ChunkSource + Clone, P: ChunkPeers>(
 ) -> UiResult<Response> {
     let session = Session::of(&ui, &headers).await?;
     let Form(form) = form.map_err(|e| {
-        UiError::BadRequest(format!(
+        let why = format!(
             "the form is not one this page sends: {}",
             shown(&e.body_text())
-        ))
+        );
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => UiError::TooLarge(why),
+            _ => UiError::BadRequest(why),
+        }
     })?;
     session.check_action(&headers, &form.csrf)?;
     let id: u64 = id
