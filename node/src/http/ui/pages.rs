@@ -798,21 +798,30 @@ pub async fn decide<S: ChunkSource + Clone, P: ChunkPeers>(
 // ---------------------------------------------------------------------------------------------
 // Deployments
 
+/// A deployment's split as one bar: each version's share, the rollout's target marked.
 fn split_bar(d: &crate::deploy::Deployment) -> Markup {
     const WIDTH: u64 = 240;
     let target = d.rollout.as_ref().map(|r| r.target);
+    // (version, percent, x, width) of each share, left to right.
     let mut x = 0u64;
+    let shares: Vec<(u64, u8, u64, u64)> = d
+        .split
+        .iter()
+        .map(|(version, percent)| {
+            let w = WIDTH * u64::from(*percent) / 100;
+            x += w;
+            (*version, *percent, x - w, w)
+        })
+        .collect();
     html! {
         svg.split xmlns="http://www.w3.org/2000/svg" width=(WIDTH) height="20"
             role="img" aria-label="traffic split" {
-            @for (version, percent) in &d.split {
-                @let w = WIDTH * u64::from(*percent) / 100;
-                rect class={ "share" @if Some(*version) == target { " target" } }
+            @for (version, percent, x, w) in shares {
+                rect class={ "share" @if Some(version) == target { " target" } }
                     x=(x) y="0" width=(w) height="20" {
                     title { "v" (version) ": " (percent) "%" }
                 }
                 @if w >= 36 { text x=(x + 4) y="14" { "v" (version) " " (percent) "%" } }
-                @let _ = { x += w; };
             }
         }
     }
