@@ -208,6 +208,7 @@ try {
     page.click('tr[data-review="1"] button[value=approve]'),
   ]);
   check((await page.textContent('#stage')).trim() === 'production', 'the approval promoted reco-model/2');
+  check((await page.textContent('#decided')).includes('Review #1'), 'the page says which review was decided');
   check(problems.length === 0, `no console errors: ${problems.join('; ')}`);
   await shot('approved');
   await visit('/ui/reviews');

@@ -9,8 +9,8 @@ use maud::{html, Markup};
 use super::view;
 use crate::lineage::{Entity, Walk};
 
-/// Most entities each direction's walk renders (`lineage_walk`'s bound for the UI); a graph cut
-/// there says so.
+/// Most entities each direction's walk renders, and most edges read of each of them
+/// (`lineage_walk_bounded`): a graph cut there says so.
 pub const GRAPH_NODES_MAX: usize = 60;
 /// Characters of an entity shown in its box (the whole in its tooltip).
 const LABEL_CHARS_MAX: usize = 26;

@@ -372,6 +372,9 @@ pub async fn model<S: ChunkSource + Clone, P: ChunkPeers>(
         }
         h2 { "Deployments" }
         (deployments_table(&deployments))
+        @if deployments.len() == MODEL_DEPLOYMENTS_MAX {
+            p { a href={ "/ui/deployments?model=" (m.name) } { "Every endpoint of " (m.name) " →" } }
+        }
     };
     Ok(html_response(page(&session, "/ui/models", &m.name, body)))
 }
@@ -391,13 +394,21 @@ struct VersionFacts {
     quarantined: BTreeSet<Entity>,
 }
 
+/// A version page's query: the review just decided from the queue, if any.
+#[derive(Deserialize, Default)]
+pub struct DecidedQuery {
+    review: Option<u64>,
+}
+
 /// `GET /ui/models/{model}/versions/{number}`.
 pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
     State(ui): UiState<S, P>,
     headers: HeaderMap,
     Path((name, number)): Path<(String, String)>,
+    q: Result<Query<DecidedQuery>, QueryRejection>,
 ) -> UiResult<Response> {
     path_model(&name)?;
+    let decided = query(q)?.review.filter(|id| *id > 0);
     let number: u64 = match number.parse() {
         Ok(n) if n >= 1 => n,
         _ => {
@@ -441,11 +452,21 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
                 .map(|s| app.gate_report(txn, &m, &version, s))
                 .collect::<Result<Vec<_>, _>>()?;
             let start = Entity::version(&name, number);
-            let upstream = app.lineage_walk(txn, &start, Direction::Upstream, GRAPH_NODES_MAX)?;
+            let upstream = app.lineage_walk_bounded(
+                txn,
+                &start,
+                Direction::Upstream,
+                GRAPH_NODES_MAX,
+                GRAPH_NODES_MAX,
+            )?;
             let impact = match impact_allowed {
-                true => {
-                    Some(app.lineage_walk(txn, &start, Direction::Downstream, GRAPH_NODES_MAX)?)
-                }
+                true => Some(app.lineage_walk_bounded(
+                    txn,
+                    &start,
+                    Direction::Downstream,
+                    GRAPH_NODES_MAX,
+                    GRAPH_NODES_MAX,
+                )?),
                 false => None,
             };
             let mut quarantined = BTreeSet::new();
@@ -478,6 +499,10 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
     let body = html! {
         h1 { a href=(view::model_url(&v.model)) { (v.model) } " / v" (v.number) " "
             span #stage { (view::stage(v.stage)) } }
+        @if let Some(id) = decided {
+            p.ok #decided role="status" { "Review #" (id) " decided: this version is now "
+                (stage_label(v.stage)) "." }
+        }
         section.card {
             dl.facts {
                 dt { "Status" } dd #status { (status_label(v.status)) }
@@ -606,8 +631,20 @@ pub async fn entity<S: ChunkSource + Clone, P: ChunkPeers>(
             if let Some((m, n)) = entity.as_version() {
                 app.get_version(txn, m, n)?;
             }
-            let up = app.lineage_walk(txn, &entity, Direction::Upstream, GRAPH_NODES_MAX)?;
-            let down = app.lineage_walk(txn, &entity, Direction::Downstream, GRAPH_NODES_MAX)?;
+            let up = app.lineage_walk_bounded(
+                txn,
+                &entity,
+                Direction::Upstream,
+                GRAPH_NODES_MAX,
+                GRAPH_NODES_MAX,
+            )?;
+            let down = app.lineage_walk_bounded(
+                txn,
+                &entity,
+                Direction::Downstream,
+                GRAPH_NODES_MAX,
+                GRAPH_NODES_MAX,
+            )?;
             let mut quarantined = BTreeSet::new();
             for (e, _) in up.nodes.iter().chain(&down.nodes) {
                 if app.quarantine_of(txn, e)?.is_some() {
