@@ -1126,3 +1126,66 @@ pub async fn verify_audit<S: ChunkSource + Clone, P: ChunkPeers>(
         body,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::deploy::{Bounds, Deployment, Rollout, Split, Step};
+
+    #[test]
+    fn a_rollout_shows_its_split_target_and_progress() {
+        let d = Deployment {
+            endpoint: "reco-prod".into(),
+            model: "reco".into(),
+            namespace: "search".into(),
+            split: Split::from([(1, 95), (2, 5)]),
+            shadows: BTreeSet::new(),
+            stable: 1,
+            previous: None,
+            rollout: Some(Rollout {
+                target: 2,
+                plan: vec![
+                    Step {
+                        percent: 0,
+                        duration_ms: 60_000,
+                    },
+                    Step {
+                        percent: 5,
+                        duration_ms: 60_000,
+                    },
+                    Step {
+                        percent: 100,
+                        duration_ms: 0,
+                    },
+                ],
+                step: 1,
+                step_started_ms: 0,
+                paused: true,
+                bounds: Bounds {
+                    error_rate_pct_max: 1.0,
+                    p99_ms_max: 100.0,
+                    min_requests: 0,
+                },
+            }),
+            generation: 3,
+            created_by: "root".into(),
+            created_at_ms: 0,
+            updated_by: "root".into(),
+            updated_at_ms: 0,
+        };
+        let html = deployments_table(std::slice::from_ref(&d)).into_string();
+        for expected in [
+            "step 2 of 3",
+            "(5%)",
+            "paused",
+            "class=\"share target\"",
+            "width=\"228\"",
+            "width=\"12\"",
+            "/ui/models/reco/versions/2",
+        ] {
+            assert!(html.contains(expected), "{expected}: {html}");
+        }
+    }
+}
