@@ -154,14 +154,12 @@ impl RegistryApp {
         let model_field = format!("\"model\":\"{}\"", filter.model);
         let other_model = memchr::memmem::Finder::new(model_field.as_bytes());
         let mut last_seen = after;
-        let mut scanned = 0;
         // Rows are read only until the page is full or the scan's bound is met.
-        for row in self.tables.audit.range(rtxn, &range)? {
+        for (scanned, row) in self.tables.audit.range(rtxn, &range)?.enumerate() {
             if page.records.len() == size || scanned == AUDIT_SCAN_ROWS_MAX {
                 page.next_after = Some(last_seen);
                 return Ok(page);
             }
-            scanned += 1;
             let (key, v) = row?;
             if !filter.model.is_empty() && other_model.find(v).is_none() {
                 if let Ok(seq) = <[u8; 8]>::try_from(key) {
