@@ -22,7 +22,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use quiver_transfer::quic::ChunkPeers;
@@ -94,6 +94,9 @@ pub fn router<S: ChunkSource + Clone, P: ChunkPeers>(node: Arc<Node<S, P>>) -> a
 pub enum UiError {
     /// No session: the sign-in page, then back.
     SignIn,
+    /// No session, or a refused one, on a request from htmx: it sends the whole page to the
+    /// sign-in page (`HX-Redirect`) rather than swap that page into a fragment.
+    SignInWhole,
     /// The session's token is refused (unknown, revoked, expired): sign in again.
     Refused(String),
     BadRequest(String),
@@ -150,11 +153,24 @@ impl IntoResponse for UiError {
     fn into_response(self) -> Response {
         let (status, title, message) = match self {
             UiError::SignIn => return Redirect::to("/ui/signin").into_response(),
+            UiError::SignInWhole => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [
+                        (header::SET_COOKIE, session::clear_cookie()),
+                        (
+                            header::HeaderName::from_static("hx-redirect"),
+                            "/ui/signin".into(),
+                        ),
+                    ],
+                )
+                    .into_response()
+            }
             UiError::Refused(m) => {
                 let page = session::signin_markup(Some(&m));
                 return (
                     StatusCode::UNAUTHORIZED,
-                    [(axum::http::header::SET_COOKIE, session::clear_cookie())],
+                    [(header::SET_COOKIE, session::clear_cookie())],
                     view::html_response(page),
                 )
                     .into_response();

@@ -36,15 +36,9 @@ impl Session {
         ui: &Ui<S, P>,
         headers: &HeaderMap,
     ) -> UiResult<Session> {
-        let Some(text) = session_token(headers) else {
-            return Err(UiError::SignIn);
-        };
-        let credential = credential_of(text)?;
-        let actor = ui.node.authenticate(&credential).await?;
-        Ok(Session {
-            csrf: csrf_token(&ui.csrf_key, text),
-            actor,
-        })
+        Self::authenticated(ui, headers, None)
+            .await
+            .map_err(|e| for_htmx(headers, e))
     }
 
     /// [`Session::of`], checked for `role` on `target` as the API checks the same read.
@@ -55,11 +49,26 @@ impl Session {
         target: Target<'_>,
         action: &str,
     ) -> UiResult<Session> {
+        Self::authenticated(ui, headers, Some((role, target, action)))
+            .await
+            .map_err(|e| for_htmx(headers, e))
+    }
+
+    async fn authenticated<S: ChunkSource + Clone, P: ChunkPeers>(
+        ui: &Ui<S, P>,
+        headers: &HeaderMap,
+        need: Option<(Role, Target<'_>, &str)>,
+    ) -> UiResult<Session> {
         let Some(text) = session_token(headers) else {
             return Err(UiError::SignIn);
         };
         let credential = credential_of(text)?;
-        let actor = ui.node.authorize(&credential, role, target, action).await?;
+        let actor = match need {
+            None => ui.node.authenticate(&credential).await?,
+            Some((role, target, action)) => {
+                ui.node.authorize(&credential, role, target, action).await?
+            }
+        };
         Ok(Session {
             csrf: csrf_token(&ui.csrf_key, text),
             actor,
@@ -78,6 +87,16 @@ impl Session {
             ));
         }
         Ok(())
+    }
+}
+
+/// A request from htmx (the catalog as one types, the audit verification) is not sent to the
+/// sign-in page in place of its fragment: the whole page goes there.
+fn for_htmx(headers: &HeaderMap, e: UiError) -> UiError {
+    let from_htmx = headers.get("hx-request").is_some_and(|v| v == "true");
+    match e {
+        UiError::SignIn | UiError::Refused(_) if from_htmx => UiError::SignInWhole,
+        e => e,
     }
 }
 

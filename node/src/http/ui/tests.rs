@@ -940,3 +940,21 @@ async fn page_render_times_at_a_registry_size() {
         assert!(body.len() < 1 << 20, "{uri}: a bounded page");
     }
 }
+
+#[tokio::test]
+async fn htmx_without_a_valid_session_sends_the_whole_page_to_sign_in() {
+    let h = Harness::start().await;
+    for cookie in [
+        None,
+        Some(format!("quiver_session={}", PresentedToken::random())),
+    ] {
+        let mut request = Request::get("/ui/models?q=ranks").header("hx-request", "true");
+        if let Some(cookie) = &cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        let (status, headers, body) = h.send(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{cookie:?}");
+        assert_eq!(headers["hx-redirect"], "/ui/signin", "{cookie:?}");
+        assert!(body.is_empty(), "no fragment to swap in: {body}");
+    }
+}
