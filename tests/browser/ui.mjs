@@ -153,6 +153,7 @@ try {
   for (const e of ['version:reco-model/1', 'data:snap-47', 'code:9f1c2e', 'run:run-88', 'version:ranker/1']) {
     check(entities.includes(e), `the lineage graph shows ${e} (has ${entities})`);
   }
+  check((await page.textContent('#replication')).includes('replicated state'), 'a small version lives in the state');
   const box = await page.$('#lineage svg g[data-entity="version:ranker/1"]');
   check((await box.boundingBox()).width > 0, 'the graph is rendered with a size');
   check((await page.$$('#lineage svg line')).length >= 4, 'the graph has its edges');
@@ -160,6 +161,8 @@ try {
   step = 'follow the graph';
   await Promise.all([page.waitForURL('**/ui/models/ranker/versions/1'), box.click()]);
   check((await page.textContent('h1')).includes('ranker'), 'the graph led to ranker/1');
+  const copies = await page.textContent('#replication');
+  check(copies.includes('Full copies on nodes 1, 2, 3'), `ranker/1's copies are placed: ${copies}`);
   await visit('/ui/lineage?entity=data%3Asnap-47', 'lineage');
   const impact = await page.$$eval('#lineage svg g[data-entity]', (gs) => gs.map((g) => g.dataset.entity));
   check(impact.includes('version:reco-model/2'), `snap-47's impact holds reco-model/2 (has ${impact})`);

@@ -140,8 +140,8 @@ fn the_ui_works_in_a_real_browser_against_a_follower() {
     // Versions with lineage: reco-model/1 and /2 from snapshot snap-47, ranker/1 from
     // reco-model/1 (an explicit edge).
     let weights = tmp.path().join("w.bin");
-    let register = |model: &str, seed: u64| -> String {
-        write_random_file(&weights, 8 << 10, seed).unwrap();
+    let register = |model: &str, seed: u64, size_bytes: u64| -> String {
+        write_random_file(&weights, size_bytes, seed).unwrap();
         let path = weights.display().to_string();
         quiver_as(
             CLI,
@@ -171,9 +171,10 @@ fn the_ui_works_in_a_real_browser_against_a_follower() {
             .expect("a reference")
             .to_string()
     };
-    assert_eq!(register("reco-model", 1), "reco-model/1");
-    assert_eq!(register("reco-model", 2), "reco-model/2");
-    assert_eq!(register("ranker", 3), "ranker/1");
+    // Small versions live in the replicated state; ranker/1 (over 16 KiB) in the chunk stores.
+    assert_eq!(register("reco-model", 1, 8 << 10), "reco-model/1");
+    assert_eq!(register("reco-model", 2, 8 << 10), "reco-model/2");
+    assert_eq!(register("ranker", 3, 256 << 10), "ranker/1");
     quiver(
         CLI,
         &leader,

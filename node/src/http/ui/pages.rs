@@ -392,6 +392,10 @@ struct VersionFacts {
     upstream: Walk,
     impact: Option<Walk>,
     quarantined: BTreeSet<Entity>,
+    /// Its chunks live in the replicated state (a small version), not the chunk stores.
+    inline: bool,
+    /// Every member, with its region (what placement decides by).
+    members: Vec<(u64, String)>,
 }
 
 /// A version page's query: the review just decided from the queue, if any.
@@ -479,7 +483,15 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
                     quarantined.insert(e.clone());
                 }
             }
+            let inline = app.inline_chunks(txn, &version.manifest_root)?.is_some();
+            let members = app
+                .nodes(txn)?
+                .into_iter()
+                .map(|n| (n.node_id, n.region))
+                .collect();
             Ok(VersionFacts {
+                inline,
+                members,
                 evaluations: app.evaluations(txn, &name, number)?,
                 review: app.open_review(txn, &name, number)?,
                 version,
@@ -578,6 +590,8 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
                 td { @match &t.gate_report { Some(r) => (r.summary()), None => span.muted { "—" } } }
             } } }
         }
+        h2 { "Replication" }
+        (replication(&facts, ui.node.node_id(), ui.node.repair.is_complete(&v.manifest_root)))
         h2 { "Lineage" }
         p.muted { "Upstream (what it came from) on the left, impact (what came from it) on the right; each box opens its page." }
         @if facts.upstream.truncated || facts.impact.as_ref().is_some_and(|w| w.truncated) {
@@ -589,6 +603,39 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
         div #lineage { (graph::svg(&layout, &start, &facts.quarantined)) }
     };
     Ok(html_response(page(&session, "/ui/models", &title, body)))
+}
+
+/// Where a version's bytes are: in the replicated state (a small version), or in the chunk
+/// stores of the members placement names; and whether this node's repair loop has verified its
+/// own full copy.
+fn replication(facts: &VersionFacts, this_node: u64, complete_here: bool) -> Markup {
+    let root = &facts.version.manifest_root;
+    let holders: Vec<u64> = facts
+        .members
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| crate::replication::should_hold(root, *id, &facts.members))
+        .collect();
+    html! {
+        section.card #replication {
+            @if facts.inline {
+                p { "Small enough to live in the replicated state (at most "
+                    (view::bytes(crate::domain::limits::INLINE_VERSION_BYTES_MAX as u64))
+                    "): every member holds it once it has applied the log." }
+            } @else {
+                p { "Full copies on nodes "
+                    @for (i, id) in holders.iter().enumerate() {
+                        @if i > 0 { ", " } (id)
+                    }
+                    " (placement), each made whole by its repair loop." }
+                p { "This node (" (this_node) "): "
+                    @if !holders.contains(&this_node) { span.muted { "not a holder; reads through from peers" } }
+                    @else if complete_here { span.pass { "full copy, verified" } }
+                    @else { span.fail { "not yet verified by repair" } " (reads through from peers meanwhile)" }
+                }
+            }
+        }
+    }
 }
 
 fn gate_report(report: &GateReport) -> Markup {

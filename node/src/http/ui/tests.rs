@@ -597,6 +597,8 @@ async fn reads_need_the_roles_the_api_needs() {
     // The version page shows impact only to a cluster-wide reader.
     let (_, _, body) = h.get("/ui/models/reco/versions/1", Some("alice")).await;
     assert!(body.contains("Impact needs the reader role cluster-wide"));
+    assert!(body.contains("id=\"replication\""), "{body}");
+    assert!(body.contains("replicated state"), "a small version: {body}");
     assert!(body.contains("data-entity=\"data:snap-1\""), "{body}");
 }
 
