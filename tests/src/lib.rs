@@ -530,8 +530,23 @@ fn chunks_of(path: &Path) -> anyhow::Result<Vec<quiver_transfer::ChunkRef>> {
 /// A cluster of `size` node processes on loopback: node 1 founds it in `dir/node-1`, the others
 /// join it from `dir/node-N`.
 pub fn start_cluster(node_bin: &str, dir: &Path, size: u64) -> anyhow::Result<Vec<NodeProcess>> {
+    start_cluster_with(node_bin, dir, size, &[])
+}
+
+/// [`start_cluster`], every node started with `extra` arguments appended to `serve` (such as
+/// `--metrics-listen 127.0.0.1:0`, which gives each node its HTTP listener: `/metrics` and the
+/// web UI).
+pub fn start_cluster_with(
+    node_bin: &str,
+    dir: &Path,
+    size: u64,
+    extra: &[&str],
+) -> anyhow::Result<Vec<NodeProcess>> {
     let founder_dir = dir.join("node-1");
-    let founder = NodeProcess::start(node_bin, &founder_dir)?;
+    let d = founder_dir.display().to_string();
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", d.as_str()];
+    args.extend_from_slice(extra);
+    let founder = NodeProcess::spawn(node_bin, &args, &founder_dir)?;
     let founder_peer = founder
         .peer_addr
         .clone()
@@ -545,7 +560,7 @@ pub fn start_cluster(node_bin: &str, dir: &Path, size: u64) -> anyhow::Result<Ve
             &founder_peer,
             id,
             &data,
-            &[],
+            extra,
         )?);
     }
     Ok(nodes)

@@ -17,6 +17,11 @@ use crate::node::Node;
 pub fn router(node: Arc<Node>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
+        // A browser pointed at a node's address lands on the UI.
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Redirect::to("/ui/models") }),
+        )
         .with_state(node.clone())
         .merge(mlflow::router(node.clone()))
         .merge(ui::router(node))

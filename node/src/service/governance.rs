@@ -115,6 +115,66 @@ fn readable(actor: &crate::domain::Actor, grants: &[crate::auth::Grant], ns: Opt
     !actor.authenticated || ns.is_some_and(|ns| allows(grants, &Need::namespace(Role::Reader, ns)))
 }
 
+/// Approves or rejects review `id` as `actor`: the checks made where the request arrives, then
+/// the command proposed (the gRPC service and the web UI both decide reviews through here).
+///
+/// Checked here like a role: the review is open and, for an approval, the caller is not the
+/// registrant, has not approved it, and holds the role the approvals gate counts (a refusal
+/// proposes nothing). Apply checks all of it again against the committed state, whoever
+/// proposed it.
+pub async fn decide_review<S, P>(
+    node: &crate::node::Node<S, P>,
+    actor: crate::domain::Actor,
+    id: u64,
+    approve: bool,
+    comment: String,
+) -> Result<Applied, crate::error::NodeError>
+where
+    S: quiver_transfer::ChunkSource + Clone,
+    P: quiver_transfer::quic::ChunkPeers,
+{
+    let principal = actor.name.clone();
+    let model = node
+        .read(Consistency::Linearizable, move |app, txn| {
+            let review = app
+                .review(txn, id)?
+                .ok_or(DomainError::ReviewNotFound { id })?;
+            if approve {
+                let m = app.get_model(txn, &review.model)?;
+                let v = app.get_version(txn, &review.model, review.number)?;
+                let (_, policy) = app.applicable_policy(txn, &m)?;
+                let grants = app.grants_of(txn, &principal)?;
+                let gates = match review.stage {
+                    Stage::Staging => &policy.staging,
+                    Stage::Production => &policy.production,
+                    Stage::Experimental | Stage::Archived => &Vec::new(),
+                };
+                crate::governance::may_approve(
+                    &review,
+                    &v.created_by.name,
+                    &principal,
+                    crate::auth::highest_role(&grants, &m.namespace),
+                    gates,
+                )?;
+            } else if review.state != crate::governance::ReviewState::Open {
+                return Err(DomainError::ReviewClosed {
+                    id,
+                    state: review.state.label().into(),
+                }
+                .into());
+            }
+            Ok(review.model)
+        })
+        .await?;
+    let op = Op::DecideReview {
+        model,
+        id,
+        approve,
+        comment,
+    };
+    node.propose(actor, op).await
+}
+
 fn unexpected(applied: Applied) -> Status {
     Status::internal(format!("unexpected apply result {applied:?}"))
 }
@@ -361,53 +421,7 @@ impl Governance for GovernanceService {
     ) -> Result<Response<proto::ReviewDecision>, Status> {
         let actor = caller(&self.node, &request).await?;
         let r = request.into_inner();
-        let id = r.id;
-        // Checked where the request arrives, like a role: the review is open and, for an
-        // approval, the caller is not the registrant, has not approved it, and holds the role the
-        // approvals gate counts (a refusal proposes nothing). Apply checks all of it again
-        // against the committed state, whoever proposed it.
-        let principal = actor.name.clone();
-        let approve = r.approve;
-        let model = self
-            .node
-            .read(Consistency::Linearizable, move |app, txn| {
-                let review = app
-                    .review(txn, id)?
-                    .ok_or(DomainError::ReviewNotFound { id })?;
-                if approve {
-                    let m = app.get_model(txn, &review.model)?;
-                    let v = app.get_version(txn, &review.model, review.number)?;
-                    let (_, policy) = app.applicable_policy(txn, &m)?;
-                    let grants = app.grants_of(txn, &principal)?;
-                    let gates = match review.stage {
-                        Stage::Staging => &policy.staging,
-                        Stage::Production => &policy.production,
-                        Stage::Experimental | Stage::Archived => &Vec::new(),
-                    };
-                    crate::governance::may_approve(
-                        &review,
-                        &v.created_by.name,
-                        &principal,
-                        crate::auth::highest_role(&grants, &m.namespace),
-                        gates,
-                    )?;
-                } else if review.state != crate::governance::ReviewState::Open {
-                    return Err(DomainError::ReviewClosed {
-                        id,
-                        state: review.state.label().into(),
-                    }
-                    .into());
-                }
-                Ok(review.model)
-            })
-            .await?;
-        let op = Op::DecideReview {
-            model,
-            id,
-            approve: r.approve,
-            comment: r.comment,
-        };
-        match self.node.propose(actor, op).await? {
+        match decide_review(&self.node, actor, r.id, r.approve, r.comment).await? {
             Applied::Review(outcome) => Ok(Response::new(
                 self.review_view(&outcome.0, &outcome.1).await?,
             )),

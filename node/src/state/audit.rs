@@ -141,23 +141,39 @@ impl RegistryApp {
             n => n.min(limits::PAGE_SIZE_MAX),
         };
         let mut page = AuditPage::default();
-        let scanned = self.audit_records(rtxn, after, AUDIT_SCAN_ROWS_MAX)?;
-        let full_scan = scanned.len() == AUDIT_SCAN_ROWS_MAX;
+        let Some(first) = after.checked_add(1) else {
+            return Ok(page);
+        };
+        let from = first.to_be_bytes();
+        let range = (
+            std::ops::Bound::Included(&from[..]),
+            std::ops::Bound::Unbounded,
+        );
+        // A record of another model is passed over on its bytes, undecoded (model names need
+        // no escaping in JSON).
+        let model_field = format!("\"model\":\"{}\"", filter.model);
+        let other_model = memchr::memmem::Finder::new(model_field.as_bytes());
         let mut last_seen = after;
-        for record in scanned {
-            if page.records.len() == size {
+        // Rows are read only until the page is full or the scan's bound is met.
+        for (scanned, row) in self.tables.audit.range(rtxn, &range)?.enumerate() {
+            if page.records.len() == size || scanned == AUDIT_SCAN_ROWS_MAX {
                 page.next_after = Some(last_seen);
                 return Ok(page);
             }
+            let (key, v) = row?;
+            if !filter.model.is_empty() && other_model.find(v).is_none() {
+                if let Ok(seq) = <[u8; 8]>::try_from(key) {
+                    last_seen = u64::from_be_bytes(seq);
+                    continue;
+                }
+            }
+            let record: AuditEntry = decode("audit entry", v)?;
             last_seen = record.seq;
             let wanted = (filter.model.is_empty() || record.model == filter.model)
                 && record.at_ms >= filter.since_ms;
             if wanted {
                 page.records.push(record);
             }
-        }
-        if full_scan {
-            page.next_after = Some(last_seen);
         }
         Ok(page)
     }

@@ -93,6 +93,39 @@ impl RegistryApp {
         })
     }
 
+    /// [`RegistryApp::lineage_walk`] reading at most `edges_per_entity_max` edges of each
+    /// entity it visits, so that its cost is bounded whatever an entity's fan-out (a snapshot
+    /// that 100,000 versions came from); a walk cut there says so (`truncated`). For views that
+    /// show a neighbourhood (the web UI's graph), never for a check that must see everything.
+    pub fn lineage_walk_bounded(
+        &self,
+        rtxn: &RoTxn<'_>,
+        start: &Entity,
+        direction: Direction,
+        nodes_max: usize,
+        edges_per_entity_max: usize,
+    ) -> AppResult<Walk> {
+        let table = match direction {
+            Direction::Downstream => &self.tables.lineage_down,
+            Direction::Upstream => &self.tables.lineage_up,
+        };
+        let mut cut = false;
+        let mut walk = lineage::walk(start, direction, nodes_max, |e| {
+            let mut out = Vec::new();
+            for row in table.prefix_iter(rtxn, &lineage_prefix(e))? {
+                if out.len() == edges_per_entity_max {
+                    cut = true;
+                    break;
+                }
+                let (_, v) = row?;
+                out.push(decode("lineage edge", v)?);
+            }
+            AppResult::Ok(out)
+        })?;
+        walk.truncated |= cut;
+        Ok(walk)
+    }
+
     /// Everything version `model`/`number` came from, transitively (the version must exist).
     pub fn lineage_upstream(
         &self,
