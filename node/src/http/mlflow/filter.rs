@@ -139,8 +139,10 @@ impl Filter {
                 Key::RunId => Some(subject.run_id),
                 Key::Tag(key) => subject.tags.get(key).map(String::as_str),
             };
+            // A missing tag differs from every value (MLflow's client asks for
+            // `tag.mlflow.prompt.is_prompt != 'true'` on every search).
             let Some(value) = value else {
-                return false;
+                return c.op == Op::Ne;
             };
             match c.op {
                 Op::Eq => value == c.value,
@@ -241,6 +243,9 @@ mod tests {
             tags: &t
         }));
         assert!(Filter::parse("", false).unwrap().conditions.is_empty());
+        let prompts = "name LIKE 'fr%' AND tag.`mlflow.prompt.is_prompt` != 'true'";
+        let f = Filter::parse(prompts, false).unwrap();
+        assert!(f.matches(&s("fraud")), "a missing tag is not 'true'");
         assert!(Filter::parse("name ILIKE 'FR%'", false)
             .unwrap()
             .matches(&s("fraud")));

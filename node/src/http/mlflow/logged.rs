@@ -151,7 +151,6 @@ pub fn logged_json(m: &LoggedModel) -> Value {
             "last_updated_timestamp_ms": m.updated_at_ms,
             "model_type": m.model_type,
             "source_run_id": m.source_run_id,
-            "creator_id": m.created_by.name,
             "tags": pairs_json(&m.tags),
         },
         "data": {"params": pairs_json(&m.params), "metrics": []},

@@ -139,7 +139,7 @@ pub fn version_json(v: &Version, aliases: &[Alias]) -> Value {
         .filter(|a| a.version == v.number)
         .map(|a| a.alias.as_str())
         .collect();
-    json!({
+    let mut reply = json!({
         "name": v.model,
         "version": v.number.to_string(),
         "creation_timestamp": v.created_at_ms,
@@ -154,7 +154,15 @@ pub fn version_json(v: &Version, aliases: &[Alias]) -> Value {
         "tags": pairs_json(&visible),
         "aliases": names,
         "model_id": tag(MODEL_ID_TAG),
-    })
+    });
+    // Optional fields MLflow leaves out when unset (its client reads "" as a value).
+    if let Some(fields) = reply.as_object_mut() {
+        fields.retain(|key, value| {
+            !(matches!(key.as_str(), "description" | "run_id" | "run_link" | "model_id")
+                && value.as_str() == Some(""))
+        });
+    }
+    reply
 }
 
 /// A version with its model's aliases, read linearizably.
