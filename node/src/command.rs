@@ -286,7 +286,10 @@ pub enum Op {
     },
     /// One file of a pending logged model, whose chunks are durable in W copies (the proposer
     /// wrote them), replacing a file of the same path.
-    PutLoggedModelFile { id: String, file: FileEntry },
+    PutLoggedModelFile {
+        id: String,
+        file: FileEntry,
+    },
 }
 
 impl Op {
@@ -336,8 +339,8 @@ impl Op {
     /// before any handler builds a key from a field.
     pub fn check_fields(&self) -> Result<(), DomainError> {
         use crate::domain::{
-            validate_description, validate_name, validate_reason,
-            validate_signature, validate_tag_removals, validate_tags,
+            validate_description, validate_name, validate_reason, validate_signature,
+            validate_tag_removals, validate_tags,
         };
         if let Some(model) = self.model_name() {
             validate_name("model", model)?;

@@ -416,7 +416,8 @@ pub fn validate_version_metadata(
     meta: &VersionMetadata,
     tags: &BTreeMap<String, String>,
 ) -> DomainResult<()> {
-    let via_mlflow = tags.get(REGISTERED_VIA_TAG).map(String::as_str) == Some(REGISTERED_VIA_MLFLOW);
+    let via_mlflow =
+        tags.get(REGISTERED_VIA_TAG).map(String::as_str) == Some(REGISTERED_VIA_MLFLOW);
     validate_metadata_with(meta, !via_mlflow)
 }
 

@@ -80,7 +80,11 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// The plan's chunks in manifest order, [`DOWNLOAD_QUEUE_DEPTH`] read ahead; a chunk that
     /// cannot be had intact is an `Err` in its place.
     pub fn download_chunks(&self, plan: &DownloadPlan) -> impl Stream<Item = ChunkRead> + Send {
-        self.read_files(&plan.manifest.files, plan.inline.clone(), plan.sources.clone())
+        self.read_files(
+            &plan.manifest.files,
+            plan.inline.clone(),
+            plan.sources.clone(),
+        )
     }
 
     /// The chunks of one file of the plan's version, read as [`Node::download_chunks`] reads

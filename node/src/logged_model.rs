@@ -202,10 +202,10 @@ mod tests {
 
     use super::*;
 
-    fn file(path: &str, sizes: &[u64]) -> FileEntry {
+    fn file(path: &str, sizes: &[u32]) -> FileEntry {
         FileEntry {
             path: path.into(),
-            size_bytes: sizes.iter().sum(),
+            size_bytes: sizes.iter().map(|s| u64::from(*s)).sum(),
             mode: 0o644,
             chunks: sizes
                 .iter()
@@ -241,9 +241,9 @@ mod tests {
         let mut lying = file("MLmodel", &[3, 4]);
         lying.size_bytes = 8;
         assert!(validate_file(&lying).is_err());
-        let mut overflow = file("x", &[u64::MAX, 2]);
-        overflow.size_bytes = 1;
-        assert!(validate_file(&overflow).is_err());
+        let mut short = file("x", &[u32::MAX, 2]);
+        short.size_bytes = u64::from(u32::MAX);
+        assert!(validate_file(&short).is_err());
         for bad in ["../x", "/etc/passwd", "", "a/../../b", "a\0b"] {
             assert!(validate_file(&file(bad, &[1])).is_err(), "{bad:?}");
         }
@@ -271,7 +271,11 @@ mod tests {
         m.put_file(file("b", &[1])).unwrap();
         m.put_file(file("a", &[2])).unwrap();
         m.put_file(file("b", &[5])).unwrap();
-        let paths: Vec<_> = m.files.iter().map(|f| (f.path.as_str(), f.size_bytes)).collect();
+        let paths: Vec<_> = m
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.size_bytes))
+            .collect();
         assert_eq!(paths, [("a", 2), ("b", 5)]);
         assert_eq!(m.chunk_hashes().count(), 2);
     }

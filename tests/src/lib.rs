@@ -554,11 +554,21 @@ pub fn start_cluster(node_bin: &str, dir: &Path, size: u64) -> anyhow::Result<Ve
 /// [`start_cluster`] with every node also serving its HTTP routes (`--metrics-listen` on a free
 /// loopback port: `/metrics` and the MLflow-compatible API); `NodeProcess::metrics_addr` names
 /// each one's address.
-pub fn start_http_cluster(node_bin: &str, dir: &Path, size: u64) -> anyhow::Result<Vec<NodeProcess>> {
+pub fn start_http_cluster(
+    node_bin: &str,
+    dir: &Path,
+    size: u64,
+) -> anyhow::Result<Vec<NodeProcess>> {
     const HTTP: [&str; 2] = ["--metrics-listen", "127.0.0.1:0"];
     let founder_dir = dir.join("node-1");
     let data = founder_dir.display().to_string();
-    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data.as_str()];
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.as_str(),
+    ];
     args.extend(HTTP);
     let founder = NodeProcess::spawn(node_bin, &args, &founder_dir)?;
     let founder_peer = founder

@@ -72,7 +72,10 @@ fn run_script(python: &str, script: &Path, envs: &[(&str, String)]) -> (bool, St
     let output = std::fs::read_to_string(out_path.path()).unwrap_or_default();
     match status {
         Some(status) => (status.success(), output),
-        None => (false, format!("{output}\n(killed after {SCRIPT_TIMEOUT:?})")),
+        None => (
+            false,
+            format!("{output}\n(killed after {SCRIPT_TIMEOUT:?})"),
+        ),
     }
 }
 

@@ -80,7 +80,10 @@ impl Filter {
                 "name" => Key::Name,
                 "run_id" if run_id => Key::RunId,
                 k if k.starts_with("tags.") || k.starts_with("tag.") => {
-                    let tag = raw_key.split_once('.').map_or("", |(_, t)| t).trim_matches('`');
+                    let tag = raw_key
+                        .split_once('.')
+                        .map_or("", |(_, t)| t)
+                        .trim_matches('`');
                     if tag.is_empty() {
                         return Err(bad("a tag condition needs the tag's key".into()));
                     }
@@ -94,7 +97,11 @@ impl Filter {
                 }
             };
             rest = rest[key_end..].trim_start();
-            let upper: String = rest.chars().take(6).collect::<String>().to_ascii_uppercase();
+            let upper: String = rest
+                .chars()
+                .take(6)
+                .collect::<String>()
+                .to_ascii_uppercase();
             let (op, len) = if rest.starts_with("!=") {
                 (Op::Ne, 2)
             } else if rest.starts_with('=') {
@@ -120,7 +127,11 @@ impl Filter {
             if rest.is_empty() {
                 break;
             }
-            let and: String = rest.chars().take(3).collect::<String>().to_ascii_uppercase();
+            let and: String = rest
+                .chars()
+                .take(3)
+                .collect::<String>()
+                .to_ascii_uppercase();
             if and != "AND" || !rest[3..].starts_with(char::is_whitespace) {
                 return Err(bad("conditions must be joined by AND".into()));
             }

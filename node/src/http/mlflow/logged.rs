@@ -41,7 +41,10 @@ pub fn routes() -> axum::Router<Arc<Node>> {
     const M: &str = "/api/2.0/mlflow";
     const A: &str = "/api/2.0/mlflow-artifacts/artifacts";
     axum::Router::new()
-        .route(&format!("{M}/experiments/get"), get(api_path!(get_experiment)))
+        .route(
+            &format!("{M}/experiments/get"),
+            get(api_path!(get_experiment)),
+        )
         .route(
             &format!("{M}/experiments/get-by-name"),
             get(api_path!(get_experiment_by_name)),
@@ -323,7 +326,10 @@ async fn files_of(call: &Call, place: &Place) -> Result<Vec<(String, u64)>, ApiE
     match place {
         Place::Logged { id, .. } => {
             let m = read_logged(call, id.clone()).await?;
-            Ok(m.files.into_iter().map(|f| (f.path, f.size_bytes)).collect())
+            Ok(m.files
+                .into_iter()
+                .map(|f| (f.path, f.size_bytes))
+                .collect())
         }
         Place::Version { model, number, .. } => {
             call.reader_of(model).await?;
@@ -334,7 +340,10 @@ async fn files_of(call: &Call, place: &Place) -> Result<Vec<(String, u64)>, ApiE
                     app.get_version(txn, &model, number)
                 })
                 .await?;
-            Ok(v.files.into_iter().map(|f| (f.path, f.size_bytes)).collect())
+            Ok(v.files
+                .into_iter()
+                .map(|f| (f.path, f.size_bytes))
+                .collect())
         }
     }
 }
@@ -636,7 +645,10 @@ mod tests {
         );
         let code = listing(&files, "code");
         assert_eq!(code.len(), 2);
-        assert_eq!(code[1], json!({"path": "b.py", "is_dir": false, "file_size": 4}));
+        assert_eq!(
+            code[1],
+            json!({"path": "b.py", "is_dir": false, "file_size": 4})
+        );
         assert!(listing(&files, "MLmodel").is_empty());
         assert!(listing(&files, "cod").is_empty());
     }

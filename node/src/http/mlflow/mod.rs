@@ -49,6 +49,8 @@ macro_rules! api_path {
 mod filter;
 mod logged;
 mod registry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -83,8 +85,14 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         .route(&format!("{R}/create"), post(api!(create_model)))
         .route(&format!("{R}/get"), get(api!(get_model)))
         .route(&format!("{R}/rename"), post(api!(rename_model)))
-        .route(&format!("{R}/update"), axum::routing::patch(api!(update_model)))
-        .route(&format!("{R}/delete"), axum::routing::delete(api!(delete_model)))
+        .route(
+            &format!("{R}/update"),
+            axum::routing::patch(api!(update_model)),
+        )
+        .route(
+            &format!("{R}/delete"),
+            axum::routing::delete(api!(delete_model)),
+        )
         .route(&format!("{R}/search"), get(api!(search_models)))
         .route(
             &format!("{R}/get-latest-versions"),
@@ -103,10 +111,19 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         )
         .route(&format!("{V}/create"), post(api!(create_version)))
         .route(&format!("{V}/get"), get(api!(get_version)))
-        .route(&format!("{V}/update"), axum::routing::patch(api!(update_version)))
-        .route(&format!("{V}/delete"), axum::routing::delete(api!(delete_version)))
+        .route(
+            &format!("{V}/update"),
+            axum::routing::patch(api!(update_version)),
+        )
+        .route(
+            &format!("{V}/delete"),
+            axum::routing::delete(api!(delete_version)),
+        )
         .route(&format!("{V}/search"), get(api!(search_versions)))
-        .route(&format!("{V}/transition-stage"), post(api!(transition_stage)))
+        .route(
+            &format!("{V}/transition-stage"),
+            post(api!(transition_stage)),
+        )
         .route(&format!("{V}/get-download-uri"), get(api!(download_uri)))
         .route(&format!("{V}/set-tag"), post(api!(set_version_tag)))
         .route(
@@ -117,7 +134,6 @@ pub fn router(node: Arc<Node>) -> axum::Router {
         .fallback(unknown_route)
         .with_state(node)
 }
-
 
 /// Reads the request, runs `handler` on it and answers.
 pub(crate) async fn answer<F, Fut, T>(
@@ -396,7 +412,11 @@ fn credential(headers: &HeaderMap) -> Result<Credential, ApiError> {
         return Ok(Credential::default());
     };
     let unauthenticated = |message: &str| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message.to_string())
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            message.to_string(),
+        )
     };
     let text = value.to_str().map_err(|_| {
         unauthenticated("the Authorization header is not valid text: send `Bearer <token>`")
@@ -424,7 +444,10 @@ impl Fields {
         if query.len() > QUERY_BYTES_MAX {
             return Err(ApiError::invalid(
                 "query string",
-                format!("{} bytes is over the limit of {QUERY_BYTES_MAX}", query.len()),
+                format!(
+                    "{} bytes is over the limit of {QUERY_BYTES_MAX}",
+                    query.len()
+                ),
             ));
         }
         let mut map = Map::new();

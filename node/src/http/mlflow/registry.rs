@@ -158,8 +158,10 @@ pub fn version_json(v: &Version, aliases: &[Alias]) -> Value {
     // Optional fields MLflow leaves out when unset (its client reads "" as a value).
     if let Some(fields) = reply.as_object_mut() {
         fields.retain(|key, value| {
-            !(matches!(key.as_str(), "description" | "run_id" | "run_link" | "model_id")
-                && value.as_str() == Some(""))
+            !(matches!(
+                key.as_str(),
+                "description" | "run_id" | "run_link" | "model_id"
+            ) && value.as_str() == Some(""))
         });
     }
     reply
@@ -227,7 +229,10 @@ async fn model_reply(call: &Call, name: String) -> Result<Value, ApiError> {
     let (m, aliases) = call
         .node
         .read(Consistency::Linearizable, move |app, txn| {
-            Ok((app.get_model(txn, &name)?, app.aliases_of_model(txn, &name)?))
+            Ok((
+                app.get_model(txn, &name)?,
+                app.aliases_of_model(txn, &name)?,
+            ))
         })
         .await?;
     Ok(json!({"registered_model": model_json(&m, &aliases)}))
@@ -296,7 +301,14 @@ pub async fn delete_model(call: Call) -> Result<Value, ApiError> {
             })
             .await?;
         for v in versions.iter().filter(|v| v.stage != Stage::Archived) {
-            archive(&call, &actor, &v.model, v.number, "deleted through the MLflow API").await?;
+            archive(
+                &call,
+                &actor,
+                &v.model,
+                v.number,
+                "deleted through the MLflow API",
+            )
+            .await?;
         }
         if next.is_empty() {
             break;
@@ -330,10 +342,9 @@ pub async fn search_models(call: Call) -> Result<Value, ApiError> {
     let filter = Filter::parse(&call.fields.text("filter")?, false)?;
     let size = page_size(&call, 100, SEARCH_MODELS_PAGE_MAX)?;
     call.fields.strings("order_by")?;
-    let token = call.fields.text("page_token")?;
+    let token = decode_token(&call.fields.text("page_token")?)?;
     if !token.is_empty() {
-        crate::domain::validate_name("page_token", &token)
-            .map_err(|_| ApiError::invalid("page_token", "not a token this node issued"))?;
+        crate::domain::validate_name("page_token", &token).map_err(|_| bad_token())?;
     }
     let actor = call.actor().await?;
     let (found, next) = call
@@ -347,7 +358,7 @@ pub async fn search_models(call: Call) -> Result<Value, ApiError> {
         })
         .await?;
     let models: Vec<Value> = found.iter().map(|(m, a)| model_json(m, a)).collect();
-    Ok(json!({"registered_models": models, "next_page_token": next}))
+    Ok(json!({"registered_models": models, "next_page_token": encode_token(&next)}))
 }
 
 type ModelsPage = (Vec<(Model, Vec<Alias>)>, String);
@@ -713,7 +724,14 @@ pub async fn delete_version_tag(call: Call) -> Result<Value, ApiError> {
 pub async fn delete_version(call: Call) -> Result<Value, ApiError> {
     let (name, number) = name_and_version(&call)?;
     let actor = call.actor().await?;
-    archive(&call, &actor, &name, number, "deleted through the MLflow API").await?;
+    archive(
+        &call,
+        &actor,
+        &name,
+        number,
+        "deleted through the MLflow API",
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -768,7 +786,7 @@ pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
     let filter = Filter::parse(&call.fields.text("filter")?, true)?;
     let size = page_size(&call, 10_000, SEARCH_VERSIONS_RESULTS_MAX)?;
     call.fields.strings("order_by")?;
-    let token = call.fields.text("page_token")?;
+    let token = decode_token(&call.fields.text("page_token")?)?;
     let after = match token.as_str() {
         "" => None,
         t => Some(parse_version_token(t)?),
@@ -791,12 +809,40 @@ pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
         })
         .await?;
     let list: Vec<Value> = found.iter().map(|(v, a)| version_json(v, a)).collect();
-    Ok(json!({"model_versions": list, "next_page_token": next}))
+    Ok(json!({"model_versions": list, "next_page_token": encode_token(&next)}))
+}
+
+fn bad_token() -> ApiError {
+    ApiError::invalid(
+        "page_token",
+        "not a token this API issued: send the next_page_token of the previous page, or none",
+    )
+}
+
+/// A page token as sent: where the search goes on, and a check of it (so that a token the API
+/// did not issue is refused, not read as a place).
+fn encode_token(after: &str) -> String {
+    if after.is_empty() {
+        return String::new();
+    }
+    let check = blake3::hash(after.as_bytes()).to_hex();
+    format!("{after}~{}", &check[..8])
+}
+
+fn decode_token(token: &str) -> Result<String, ApiError> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    let (after, _check) = token.rsplit_once('~').ok_or_else(bad_token)?;
+    if after.is_empty() || encode_token(after) != token {
+        return Err(bad_token());
+    }
+    Ok(after.to_string())
 }
 
 /// A version search's token: `model/number`, the last version read.
 fn parse_version_token(token: &str) -> Result<(String, u64), ApiError> {
-    let bad = || ApiError::invalid("page_token", "not a token this node issued");
+    let bad = bad_token;
     let (model, number) = token.rsplit_once('/').ok_or_else(bad)?;
     crate::domain::validate_name("page_token", model).map_err(|_| bad())?;
     let number = number.parse::<u64>().map_err(|_| bad())?;
