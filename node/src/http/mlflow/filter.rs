@@ -173,17 +173,24 @@ impl Filter {
     }
 
     /// A prefix every matching name has (from `name = 'x'` or `name LIKE 'x%…'`), to start the
-    /// scan at.
-    pub fn name_prefix(&self) -> &str {
-        if let Some(name) = self.exact_name() {
-            return name;
-        }
-        self.conditions
-            .iter()
-            .filter(|c| c.key == Key::Name && c.op == Op::Like)
-            .map(|c| &c.value[..c.value.find(['%', '_']).unwrap_or(c.value.len())])
-            .max_by_key(|p| p.len())
-            .unwrap_or("")
+    /// scan at; `None` when no model name can have it (too long, or characters no name has),
+    /// so nothing matches.
+    pub fn name_prefix(&self) -> Option<&str> {
+        let prefix = match self.exact_name() {
+            Some(name) => name,
+            None => self
+                .conditions
+                .iter()
+                .filter(|c| c.key == Key::Name && c.op == Op::Like)
+                .map(|c| &c.value[..c.value.find(['%', '_']).unwrap_or(c.value.len())])
+                .max_by_key(|p| p.len())
+                .unwrap_or(""),
+        };
+        let name_like = prefix.len() <= crate::domain::limits::NAME_BYTES_MAX
+            && prefix.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            });
+        name_like.then_some(prefix)
     }
 }
 
@@ -237,7 +244,13 @@ mod tests {
     #[test]
     fn filters_parse_and_match() {
         let f = Filter::parse("name LIKE 'fr%' AND tags.team = \"risk\"", false).unwrap();
-        assert_eq!(f.name_prefix(), "fr");
+        assert_eq!(f.name_prefix(), Some("fr"));
+        let none = Filter::parse(&format!("name LIKE '{}%'", "é".repeat(600)), false).unwrap();
+        assert_eq!(
+            none.name_prefix(),
+            None,
+            "no name starts so: nothing to scan"
+        );
         let t = tags();
         let s = |name| Subject {
             name,

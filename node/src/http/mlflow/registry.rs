@@ -374,11 +374,13 @@ fn scan_models(
     mut after: String,
     size: usize,
 ) -> AppResult<ModelsPage> {
-    let prefix = filter.name_prefix().to_string();
+    let Some(prefix) = filter.name_prefix() else {
+        return Ok((Vec::new(), String::new()));
+    };
     let mut out = Vec::new();
     let mut read = 0;
     loop {
-        let (models, next) = app.list_models(txn, &prefix, "", limits::PAGE_SIZE_MAX, &after)?;
+        let (models, next) = app.list_models(txn, prefix, "", limits::PAGE_SIZE_MAX, &after)?;
         for m in models {
             read += 1;
             after = m.name.clone();
@@ -881,7 +883,9 @@ fn scan_versions(
         }
         return Ok((scan.out, String::new()));
     }
-    let prefix = filter.name_prefix();
+    let Some(prefix) = filter.name_prefix() else {
+        return Ok((scan.out, String::new()));
+    };
     loop {
         let (models, next) =
             app.list_models(txn, prefix, "", limits::PAGE_SIZE_MAX, &model_after)?;

@@ -435,6 +435,28 @@ async fn malformed_bodies_extreme_paging_and_missing_tokens_get_mlflow_errors() 
         assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
         assert_eq!(value["error_code"], code, "{value}");
     }
+    // A filter no name can match is answered, empty, never a storage error.
+    let long = format!("name LIKE '{}%'", "é".repeat(300));
+    for filter in ["name LIKE 'ééé%'", "name = 'x\0y'", long.as_str()] {
+        let encoded: String = form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+        for route in [R, V] {
+            let (status, value) = one
+                .send(
+                    Method::GET,
+                    &format!("{route}/search?filter={encoded}"),
+                    Value::Null,
+                )
+                .await;
+            assert!(
+                status != StatusCode::INTERNAL_SERVER_ERROR,
+                "{filter}: {value}"
+            );
+            assert!(
+                status.is_success() || status.is_client_error(),
+                "{filter}: {value}"
+            );
+        }
+    }
     for max in ["-1", "0", "1001", "99999999999999999999", "ten", "1.5"] {
         let (status, value) = one
             .send(
