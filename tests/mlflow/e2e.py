@@ -63,6 +63,9 @@ def main():
     assert mv.current_stage == "None", mv
     assert mv.source == f"models:/{info.model_id}", (mv.source, info.model_id)
 
+    registered = client.get_registered_model(MODEL)
+    assert [v.version for v in registered.latest_versions] == [version], registered
+
     step("set alias champion and load models:/mlflow-e2e@champion")
     client.set_registered_model_alias(MODEL, "champion", version)
     assert client.get_model_version_by_alias(MODEL, "champion").version == version

@@ -65,6 +65,10 @@ pub fn routes() -> axum::Router<Arc<Node>> {
             &format!("{M}/logged-models/{{model_id}}/tags"),
             axum::routing::patch(api_path!(set_logged_tags)),
         )
+        .route(
+            &format!("{M}/logged-models/{{model_id}}/tags/{{tag_key}}"),
+            axum::routing::delete(api_path!(delete_logged_tag)),
+        )
         .route(A, get(api_path!(list_artifacts)))
         .route(
             &format!("{A}/{{*path}}"),
@@ -249,6 +253,19 @@ pub async fn set_logged_tags(call: Call) -> Result<Value, ApiError> {
         set_params: Default::default(),
         set_tags: call.fields.pairs("tags")?,
         remove_tags: Vec::new(),
+    };
+    update_logged(&call, op).await?;
+    Ok(json!({}))
+}
+
+pub async fn delete_logged_tag(call: Call) -> Result<Value, ApiError> {
+    let id = model_id(&call)?;
+    let op = Op::UpdateLoggedModel {
+        id,
+        status: None,
+        set_params: Default::default(),
+        set_tags: Default::default(),
+        remove_tags: vec![call.param("tag_key")?],
     };
     update_logged(&call, op).await?;
     Ok(json!({}))

@@ -226,16 +226,19 @@ pub async fn create_model(call: Call) -> Result<Value, ApiError> {
 }
 
 async fn model_reply(call: &Call, name: String) -> Result<Value, ApiError> {
-    let (m, aliases) = call
+    let (m, aliases, latest) = call
         .node
         .read(Consistency::Linearizable, move |app, txn| {
             Ok((
                 app.get_model(txn, &name)?,
                 app.aliases_of_model(txn, &name)?,
+                latest_in(app, txn, &name, &ALL_STAGES)?,
             ))
         })
         .await?;
-    Ok(json!({"registered_model": model_json(&m, &aliases)}))
+    let mut reply = model_json(&m, &aliases);
+    reply["latest_versions"] = latest.iter().map(|v| version_json(v, &aliases)).collect();
+    Ok(json!({"registered_model": reply}))
 }
 
 pub async fn get_model(call: Call) -> Result<Value, ApiError> {
@@ -411,12 +414,7 @@ pub async fn latest_versions(call: Call) -> Result<Value, ApiError> {
     let name = call.fields.required("name")?;
     model_name("name", &name)?;
     let stages = match call.fields.strings("stages")? {
-        s if s.is_empty() => vec![
-            Stage::Experimental,
-            Stage::Staging,
-            Stage::Production,
-            Stage::Archived,
-        ],
+        s if s.is_empty() => ALL_STAGES.to_vec(),
         s => s
             .iter()
             .map(|t| parse_stage("stages", t))
@@ -426,25 +424,45 @@ pub async fn latest_versions(call: Call) -> Result<Value, ApiError> {
     let (versions, aliases) = call
         .node
         .read(Consistency::Linearizable, move |app, txn| {
-            let mut out: Vec<Version> = Vec::new();
-            for stage in stages {
-                let reference = VersionRef {
-                    model: name.clone(),
-                    selector: VersionSelector::Stage(stage),
-                };
-                match app.resolve(txn, &reference) {
-                    Ok(v) if !out.iter().any(|o| o.number == v.number) => out.push(v),
-                    Ok(_) => {}
-                    Err(crate::state::AppError::Domain(DomainError::StageEmpty { .. })) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok((out, app.aliases_of_model(txn, &name)?))
+            Ok((
+                latest_in(app, txn, &name, &stages)?,
+                app.aliases_of_model(txn, &name)?,
+            ))
         })
         .await?;
     let list: Vec<Value> = versions.iter().map(|v| version_json(v, &aliases)).collect();
     Ok(json!({"model_versions": list}))
 }
+
+/// The newest version in each of `stages` (MLflow's "latest versions").
+fn latest_in(
+    app: &RegistryApp,
+    txn: &heed::RoTxn<'_>,
+    model: &str,
+    stages: &[Stage],
+) -> AppResult<Vec<Version>> {
+    let mut out: Vec<Version> = Vec::new();
+    for stage in stages {
+        let reference = VersionRef {
+            model: model.to_string(),
+            selector: VersionSelector::Stage(*stage),
+        };
+        match app.resolve(txn, &reference) {
+            Ok(v) if !out.iter().any(|o| o.number == v.number) => out.push(v),
+            Ok(_) => {}
+            Err(crate::state::AppError::Domain(DomainError::StageEmpty { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+const ALL_STAGES: [Stage; 4] = [
+    Stage::Experimental,
+    Stage::Staging,
+    Stage::Production,
+    Stage::Archived,
+];
 
 async fn update_model_tags(
     call: &Call,
