@@ -555,6 +555,102 @@ async fn artifacts_go_through_the_chunk_store_and_a_version_holds_the_logged_mod
         format!("mlflow-artifacts:/0/models/{id}/artifacts")
     );
     assert_eq!(info["status"], "LOGGED_MODEL_PENDING");
+    // Hostile logged-model requests: refused by field, nothing changed.
+    let before = one.digest().await;
+    let lm = "/api/2.0/mlflow/logged-models";
+    let many: Vec<Value> = (0..300)
+        .map(|i| json!({"key": format!("p{i}"), "value": "v"}))
+        .collect();
+    let unknown = "m-ffffffffffffffffffffffffffffffff";
+    let hostile_calls: Vec<(Method, String, Value, &str)> = vec![
+        (
+            Method::GET,
+            format!("{lm}/m-nothex"),
+            Value::Null,
+            "model_id",
+        ),
+        (
+            Method::GET,
+            format!("{lm}/..%2F..%2Fx"),
+            Value::Null,
+            "model_id",
+        ),
+        (
+            Method::GET,
+            format!("{lm}/{unknown}"),
+            Value::Null,
+            "not found",
+        ),
+        (
+            Method::PATCH,
+            format!("{lm}/{id}"),
+            json!({"status": "DONE"}),
+            "status",
+        ),
+        (
+            Method::PATCH,
+            format!("{lm}/{id}"),
+            json!({"status": 7}),
+            "status",
+        ),
+        (Method::PATCH, format!("{lm}/{id}"), json!({}), "status"),
+        (
+            Method::POST,
+            format!("{lm}/{id}/params"),
+            json!({"params": "x"}),
+            "params",
+        ),
+        (
+            Method::POST,
+            format!("{lm}/{id}/params"),
+            json!({"params": many}),
+            "params",
+        ),
+        (
+            Method::POST,
+            lm.to_string(),
+            json!({"experiment_id": "7"}),
+            "experiment_id",
+        ),
+        (
+            Method::POST,
+            lm.to_string(),
+            json!({"name": "n\u{0}"}),
+            "name",
+        ),
+        (
+            Method::POST,
+            lm.to_string(),
+            json!({"name": "x".repeat(100 * 1024)}),
+            "name",
+        ),
+        (
+            Method::PATCH,
+            format!("{lm}/{id}/tags"),
+            json!({"tags": [{"key": "", "value": "v"}]}),
+            "tags",
+        ),
+    ];
+    for (method, path, body, field) in hostile_calls {
+        let (status, value) = one.send(method.clone(), &path, body).await;
+        assert_refused(&format!("{method} {path}"), status, &value, field);
+    }
+    for path in ["../x", "a/../../b", "", "a\0b"] {
+        let encoded: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
+        let uri = format!("{A}/0/models/{id}/artifacts/{encoded}");
+        let (status, bytes) = one
+            .send_raw(Method::PUT, &uri, b"x".to_vec(), Some(&token))
+            .await;
+        assert!(status.is_client_error(), "PUT {path:?}: {status}");
+        let value: Value = serde_json::from_slice(&bytes).expect("JSON error");
+        assert!(value["error_code"].is_string(), "{value}");
+    }
+    assert_eq!(
+        one.digest().await,
+        before,
+        "a refused request changed the state"
+    );
+
     let root = format!("0/models/{id}/artifacts");
     let weights = seeded(700 * 1024);
     for (path, bytes) in [
