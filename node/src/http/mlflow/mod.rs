@@ -131,7 +131,10 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             axum::routing::delete(api!(delete_version_tag)),
         )
         .merge(logged::routes())
-        .fallback(unknown_route)
+        // Only MLflow's paths: the node's other routes (the UI's) keep their own answers, and
+        // the merged router keeps a single fallback.
+        .route("/api/2.0/mlflow/{*rest}", axum::routing::any(unknown_route))
+        .route("/api/3.0/mlflow/{*rest}", axum::routing::any(unknown_route))
         .with_state(node)
 }
 

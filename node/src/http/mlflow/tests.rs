@@ -520,6 +520,28 @@ async fn malformed_bodies_extreme_paging_and_missing_tokens_get_mlflow_errors() 
     assert_eq!(status, StatusCode::NOT_FOUND);
     let value: Value = serde_json::from_slice(&bytes).expect("JSON error");
     assert_eq!(value["error_code"], "ENDPOINT_NOT_FOUND");
+    let (status, _) = one
+        .send_raw(
+            Method::GET,
+            "/api/3.0/mlflow/server-info",
+            Vec::new(),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no multipart uploads: the client proxies"
+    );
+    let (status, bytes) = one
+        .send_raw(Method::GET, "/metrics", Vec::new(), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the node's other routes answer as before"
+    );
+    assert!(!bytes.is_empty());
     one.node.shutdown().await.expect("shutdown");
 }
 
