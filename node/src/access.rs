@@ -329,6 +329,12 @@ pub fn need_of(op: &Op) -> (Role, Target<'_>) {
         | Op::PauseRollout { model, .. }
         | Op::Rollback { model, .. }
         | Op::ReportServing { model, .. } => (Role::Approver, Target::Model(model)),
+        // A logged model belongs to no namespace until it is registered as a version (which
+        // then needs the registrant role on the model's namespace): logging one needs the
+        // registrant role cluster-wide.
+        Op::CreateLoggedModel { .. }
+        | Op::UpdateLoggedModel { .. }
+        | Op::PutLoggedModelFile { .. } => (Role::Registrant, Target::Cluster),
         Op::AddLineageEdge { .. } | Op::Quarantine { .. } | Op::LiftQuarantine { .. } => {
             let role = match op {
                 Op::AddLineageEdge { .. } => Role::Registrant,

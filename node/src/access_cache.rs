@@ -66,7 +66,10 @@ pub fn changes_access(op: &Op) -> bool {
         | Op::AdvanceRollout { .. }
         | Op::PauseRollout { .. }
         | Op::Rollback { .. }
-        | Op::ReportServing { .. } => false,
+        | Op::ReportServing { .. }
+        | Op::CreateLoggedModel { .. }
+        | Op::UpdateLoggedModel { .. }
+        | Op::PutLoggedModelFile { .. } => false,
     }
 }
 

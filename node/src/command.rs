@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use quiver_transfer::{Hash, Manifest};
+use quiver_transfer::{FileEntry, Hash, Manifest};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, Grant, Role, Scope, TokenRecord};
@@ -13,6 +13,7 @@ use crate::domain::{
     VersionMetadata, VersionStatus,
 };
 use crate::governance::{self, Evaluation, Policy, PolicyScope, Review};
+use crate::logged_model::{self, LoggedModelStatus};
 
 /// One replicated mutation, with who asked for it and when.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -265,6 +266,30 @@ pub enum Op {
         generation: u64,
         stats: Vec<crate::deploy::VersionStats>,
     },
+    /// MLflow's `logged-models/create`: a logged model with no files yet (`crate::logged_model`).
+    CreateLoggedModel {
+        id: String,
+        experiment_id: String,
+        name: String,
+        model_type: String,
+        source_run_id: String,
+        params: BTreeMap<String, String>,
+        tags: BTreeMap<String, String>,
+    },
+    /// Params and tags added to a logged model, and its status set (finalize).
+    UpdateLoggedModel {
+        id: String,
+        status: Option<LoggedModelStatus>,
+        set_params: BTreeMap<String, String>,
+        set_tags: BTreeMap<String, String>,
+        remove_tags: Vec<String>,
+    },
+    /// One file of a pending logged model, whose chunks are durable in W copies (the proposer
+    /// wrote them), replacing a file of the same path.
+    PutLoggedModelFile {
+        id: String,
+        file: FileEntry,
+    },
 }
 
 impl Op {
@@ -301,7 +326,10 @@ impl Op {
             | Op::GrantRole { .. }
             | Op::RevokeRole { .. }
             | Op::Bootstrap { .. }
-            | Op::SetPolicy { .. } => None,
+            | Op::SetPolicy { .. }
+            | Op::CreateLoggedModel { .. }
+            | Op::UpdateLoggedModel { .. }
+            | Op::PutLoggedModelFile { .. } => None,
         }
     }
 
@@ -311,8 +339,8 @@ impl Op {
     /// before any handler builds a key from a field.
     pub fn check_fields(&self) -> Result<(), DomainError> {
         use crate::domain::{
-            validate_description, validate_metadata, validate_name, validate_reason,
-            validate_signature, validate_tag_removals, validate_tags,
+            validate_description, validate_name, validate_reason, validate_signature,
+            validate_tag_removals, validate_tags,
         };
         if let Some(model) = self.model_name() {
             validate_name("model", model)?;
@@ -359,7 +387,7 @@ impl Op {
                     .validate()
                     .map_err(|e| DomainError::invalid("manifest", e.to_string()))?;
                 validate_signature(signature)?;
-                validate_metadata(metadata)?;
+                crate::domain::validate_version_metadata(metadata, tags)?;
                 validate_tags("tags", tags)?;
                 crate::lineage::check_registration(metadata, tags)
             }
@@ -475,6 +503,41 @@ impl Op {
                 validate_name("agent", agent)?;
                 crate::deploy::check_report(*generation, stats)
             }
+            Op::CreateLoggedModel {
+                id,
+                experiment_id,
+                name,
+                model_type,
+                source_run_id,
+                params,
+                tags,
+            } => {
+                logged_model::validate_id("model_id", id)?;
+                logged_model::validate_new(
+                    experiment_id,
+                    name,
+                    model_type,
+                    source_run_id,
+                    params,
+                    tags,
+                )
+            }
+            Op::UpdateLoggedModel {
+                id,
+                set_params,
+                set_tags,
+                remove_tags,
+                ..
+            } => {
+                logged_model::validate_id("model_id", id)?;
+                logged_model::validate_params("params", set_params)?;
+                validate_tags("tags", set_tags)?;
+                validate_tag_removals("remove_tags", remove_tags)
+            }
+            Op::PutLoggedModelFile { id, file } => {
+                logged_model::validate_id("model_id", id)?;
+                logged_model::validate_file(file)
+            }
         }
     }
 
@@ -527,6 +590,9 @@ impl Op {
             Op::PauseRollout { pause: false, .. } => "resume_rollout",
             Op::Rollback { .. } => "rollback",
             Op::ReportServing { .. } => "report_serving",
+            Op::CreateLoggedModel { .. } => "create_logged_model",
+            Op::UpdateLoggedModel { .. } => "update_logged_model",
+            Op::PutLoggedModelFile { .. } => "put_logged_model_file",
         }
     }
 }
@@ -560,6 +626,8 @@ pub enum Response {
     Deployment(Box<crate::deploy::Deployment>),
     /// A serving report taken: the endpoint after it, and whether it rolled the rollout back.
     ServingReport(Box<(crate::deploy::Deployment, bool)>),
+    /// A logged model after a change.
+    LoggedModel(Box<crate::logged_model::LoggedModel>),
 }
 
 /// A version number in a command: 1 or more.

@@ -246,6 +246,8 @@ pub enum DomainError {
     },
     #[error("endpoint {endpoint} not found: list them with `quiver deploy list`")]
     DeploymentNotFound { endpoint: String },
+    #[error("logged model {id} not found: log it again (logged-models/create)")]
+    LoggedModelNotFound { id: String },
     /// A deployment would route traffic to a version its stage does not allow (`crate::deploy`).
     #[error(
         "{model}/{number} is in {stage} and may not receive {what}: only a version in {needs} \
@@ -331,7 +333,7 @@ pub fn shown(value: &str) -> String {
     }
 }
 
-fn validate_text(field: &str, value: &str, bytes_max: usize) -> DomainResult<()> {
+pub(crate) fn validate_text(field: &str, value: &str, bytes_max: usize) -> DomainResult<()> {
     if value.len() > bytes_max {
         return Err(DomainError::invalid(
             field,
@@ -398,6 +400,28 @@ pub fn validate_reason(value: &str) -> DomainResult<()> {
 /// Mandatory lineage fields: a version that cannot be traced to its data,
 /// code and run is not accepted.
 pub fn validate_metadata(meta: &VersionMetadata) -> DomainResult<()> {
+    validate_metadata_with(meta, true)
+}
+
+/// The tag a version registered through the MLflow-compatible API carries (value
+/// [`REGISTERED_VIA_MLFLOW`]). MLflow has no fields for a version's lineage, so such a version
+/// may be registered without it; a policy's required-metadata gate then holds it out of Staging
+/// and Production until a version with it is registered.
+pub const REGISTERED_VIA_TAG: &str = "quiver.registered_via";
+pub const REGISTERED_VIA_MLFLOW: &str = "mlflow";
+
+/// [`validate_metadata`], with the lineage fields optional for a version registered through the
+/// MLflow API (tagged [`REGISTERED_VIA_TAG`]).
+pub fn validate_version_metadata(
+    meta: &VersionMetadata,
+    tags: &BTreeMap<String, String>,
+) -> DomainResult<()> {
+    let via_mlflow =
+        tags.get(REGISTERED_VIA_TAG).map(String::as_str) == Some(REGISTERED_VIA_MLFLOW);
+    validate_metadata_with(meta, !via_mlflow)
+}
+
+fn validate_metadata_with(meta: &VersionMetadata, lineage_required: bool) -> DomainResult<()> {
     for (field, value, flag) in [
         (
             "metadata.data_snapshot_id",
@@ -416,6 +440,9 @@ pub fn validate_metadata(meta: &VersionMetadata) -> DomainResult<()> {
         ),
     ] {
         if value.trim().is_empty() {
+            if !lineage_required && value.is_empty() {
+                continue;
+            }
             return Err(DomainError::invalid(
                 field,
                 format!("is required (pass {flag}) so the version can be traced to its origin"),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, Hash, Manifest, StoreError};
+use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, FileEntry, Hash, Manifest, StoreError};
 
 use crate::domain::{self, DomainError, Version, VersionRef, VersionStatus};
 use crate::error::NodeError;
@@ -131,9 +131,49 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// The plan's chunks in manifest order (from the one it resumes from), [`DOWNLOAD_QUEUE_DEPTH`]
     /// read ahead; a chunk that cannot be had intact is an `Err` in its place.
     pub fn download_chunks(&self, plan: &DownloadPlan) -> impl Stream<Item = ChunkRead> + Send {
-        let chunks: Vec<(usize, usize, String, ChunkRef)> = plan
-            .manifest
-            .files
+        self.read_files(
+            &plan.manifest.files,
+            plan.skip,
+            plan.inline.clone(),
+            plan.sources.clone(),
+        )
+    }
+
+    /// The chunks of one file of the plan's version, read as [`Node::download_chunks`] reads
+    /// them; `None` if the version has no file at `path`.
+    pub fn download_file(
+        &self,
+        plan: &DownloadPlan,
+        path: &str,
+    ) -> Option<impl Stream<Item = ChunkRead> + Send> {
+        let file = plan.manifest.files.iter().find(|f| f.path == path)?;
+        Some(self.read_files(
+            std::slice::from_ref(file),
+            0,
+            plan.inline.clone(),
+            plan.sources.clone(),
+        ))
+    }
+
+    /// The chunks of a file kept outside any version (an MLflow logged model's), each verified,
+    /// from the local store or read through from a peer.
+    pub async fn read_file(
+        &self,
+        file: &FileEntry,
+    ) -> Result<impl Stream<Item = ChunkRead> + Send, NodeError> {
+        let sources = self.peer_chunk_addrs().await?;
+        Ok(self.read_files(std::slice::from_ref(file), 0, Arc::default(), sources))
+    }
+
+    /// The chunks of `files` in order, after the first `skip`.
+    fn read_files(
+        &self,
+        files: &[FileEntry],
+        skip: usize,
+        inline: Arc<BTreeMap<Hash, Vec<u8>>>,
+        sources: Vec<SocketAddr>,
+    ) -> impl Stream<Item = ChunkRead> + Send {
+        let chunks: Vec<(usize, usize, String, ChunkRef)> = files
             .iter()
             .enumerate()
             .flat_map(|(fi, file)| {
@@ -142,10 +182,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                     .enumerate()
                     .map(move |(ci, chunk)| (fi, ci, file.path.clone(), chunk.clone()))
             })
-            .skip(plan.skip)
+            .skip(skip)
             .collect();
         let (store, peers) = (self.chunks.clone(), self.peers.clone());
-        let (sources, inline) = (plan.sources.clone(), plan.inline.clone());
         let read_throughs = self.read_throughs.clone();
         let planted = self.core.planted;
         futures::stream::iter(chunks)

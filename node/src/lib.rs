@@ -21,6 +21,7 @@ pub mod http;
 pub mod in_flight;
 pub mod ingest;
 pub mod lineage;
+pub mod logged_model;
 pub mod membership;
 pub mod metrics;
 pub mod node;

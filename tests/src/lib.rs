@@ -566,6 +566,45 @@ pub fn start_cluster_with(
     Ok(nodes)
 }
 
+/// [`start_cluster`] with every node also serving its HTTP routes (`--metrics-listen` on a free
+/// loopback port: `/metrics` and the MLflow-compatible API); `NodeProcess::metrics_addr` names
+/// each one's address.
+pub fn start_http_cluster(
+    node_bin: &str,
+    dir: &Path,
+    size: u64,
+) -> anyhow::Result<Vec<NodeProcess>> {
+    const HTTP: [&str; 2] = ["--metrics-listen", "127.0.0.1:0"];
+    let founder_dir = dir.join("node-1");
+    let data = founder_dir.display().to_string();
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.as_str(),
+    ];
+    args.extend(HTTP);
+    let founder = NodeProcess::spawn(node_bin, &args, &founder_dir)?;
+    let founder_peer = founder
+        .peer_addr
+        .clone()
+        .context("serve prints its peer address")?;
+    let mut nodes = vec![founder];
+    for id in 2..=size {
+        let data = dir.join(format!("node-{id}"));
+        nodes.push(NodeProcess::join(
+            node_bin,
+            &founder_dir,
+            &founder_peer,
+            id,
+            &data,
+            &HTTP,
+        )?);
+    }
+    Ok(nodes)
+}
+
 /// A token for `principal`, created with the admin token through `endpoint` (`expires_in`: a
 /// span such as `90d`; none: the default).
 pub fn create_token(

@@ -121,7 +121,8 @@ pub fn status_from_domain(e: &DomainError) -> Status {
         | DomainError::AliasNotFound { .. }
         | DomainError::StageEmpty { .. }
         | DomainError::ReviewNotFound { .. }
-        | DomainError::DeploymentNotFound { .. } => Status::not_found(message),
+        | DomainError::DeploymentNotFound { .. }
+        | DomainError::LoggedModelNotFound { .. } => Status::not_found(message),
         DomainError::ModelExists { .. } | DomainError::DuplicateBundle { .. } => {
             Status::already_exists(message)
         }

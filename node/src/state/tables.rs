@@ -17,6 +17,8 @@
 //!   "removed_node:" node id (be u64)       → when the node was last removed (ms, be i64): its
 //!   certificates issued before then are refused by its peers (decision 0017; in `meta` rather
 //!   than a table of its own so that the digest of a state without removals is unchanged)
+//!   "logged_model:" id                     → LoggedModel (MLflow's logged models, likewise in
+//!   `meta` so that the digest of a state without any is unchanged)
 //! - `nodes`:     node id (be u64)          → NodeInfo
 //! - `requests`:  request id                → what the request's first copy answered (a version
 //!   by model and number)
@@ -163,6 +165,15 @@ pub(super) fn lineage_prefix(entity: &crate::lineage::Entity) -> Vec<u8> {
 pub(super) const REMOVED_NODE_PREFIX: &[u8] = b"removed_node:";
 
 /// The `meta` key of node `node_id`'s removal time.
+/// Where the `meta` table keeps logged models: this prefix and the model's id.
+pub(super) const LOGGED_MODEL_PREFIX: &[u8] = b"logged_model:";
+
+pub(super) fn logged_model_key(id: &str) -> Vec<u8> {
+    let mut key = LOGGED_MODEL_PREFIX.to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 pub(super) fn removed_node_key(node_id: u64) -> Vec<u8> {
     [REMOVED_NODE_PREFIX, &node_id.to_be_bytes()].concat()
 }

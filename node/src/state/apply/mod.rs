@@ -9,6 +9,7 @@ mod create_version;
 mod deploy;
 mod governance;
 mod lineage;
+mod logged_model;
 mod model;
 mod node;
 mod review;
@@ -226,6 +227,39 @@ impl RegistryApp {
                 generation,
                 stats,
             } => deploy::report(w, endpoint, model, agent, *generation, stats),
+            Op::CreateLoggedModel {
+                id,
+                experiment_id,
+                name,
+                model_type,
+                source_run_id,
+                params,
+                tags,
+            } => logged_model::create(
+                w,
+                crate::logged_model::LoggedModel {
+                    id: id.clone(),
+                    experiment_id: experiment_id.clone(),
+                    name: name.clone(),
+                    model_type: model_type.clone(),
+                    source_run_id: source_run_id.clone(),
+                    status: crate::logged_model::LoggedModelStatus::Pending,
+                    params: params.clone(),
+                    tags: tags.clone(),
+                    created_by: cmd.actor.clone(),
+                    created_at_ms: cmd.at_ms,
+                    updated_at_ms: cmd.at_ms,
+                    files: Vec::new(),
+                },
+            ),
+            Op::UpdateLoggedModel {
+                id,
+                status,
+                set_params,
+                set_tags,
+                remove_tags,
+            } => logged_model::update(w, id, *status, set_params, (set_tags, remove_tags)),
+            Op::PutLoggedModelFile { id, file } => logged_model::put_file(w, id, file),
         }
     }
 }

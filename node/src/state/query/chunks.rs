@@ -6,11 +6,23 @@ use heed::RoTxn;
 use quiver_transfer::{Hash, Manifest};
 
 use crate::command::InlineChunk;
-use crate::domain::{Version, VersionStatus};
-use crate::state::tables::{decode, decode_u64, INLINE_BYTES_KEY};
+use crate::domain::{DomainError, Version, VersionStatus};
+use crate::logged_model::LoggedModel;
+use crate::state::tables::{
+    decode, decode_u64, logged_model_key, INLINE_BYTES_KEY, LOGGED_MODEL_PREFIX,
+};
 use crate::state::{AppError, AppResult, RegistryApp};
 
 impl RegistryApp {
+    /// A logged model (MLflow's), by id.
+    pub fn get_logged_model(&self, rtxn: &RoTxn<'_>, id: &str) -> AppResult<LoggedModel> {
+        crate::logged_model::validate_id("model_id", id)?;
+        match self.tables.meta.get(rtxn, &logged_model_key(id))? {
+            Some(bytes) => decode("logged model", bytes),
+            None => Err(DomainError::LoggedModelNotFound { id: id.into() }.into()),
+        }
+    }
+
     pub fn manifest(&self, rtxn: &RoTxn<'_>, root: &str) -> AppResult<Manifest> {
         match self.tables.manifests.get(rtxn, root.as_bytes())? {
             Some(bytes) => decode("manifest", bytes),
@@ -87,6 +99,12 @@ impl RegistryApp {
             let (_, v) = row?;
             let manifest: Manifest = decode("manifest", v)?;
             out.extend(manifest.chunk_hashes());
+        }
+        // Logged models' files, which no version may reference yet.
+        for row in self.tables.meta.prefix_iter(rtxn, LOGGED_MODEL_PREFIX)? {
+            let (_, v) = row?;
+            let model: LoggedModel = decode("logged model", v)?;
+            out.extend(model.chunk_hashes());
         }
         Ok(out)
     }

@@ -6,6 +6,7 @@ mod audit;
 mod deploy;
 mod governance;
 mod lineage;
+mod logged_model;
 mod properties;
 mod query;
 mod requests;

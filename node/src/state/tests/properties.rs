@@ -323,7 +323,62 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (entity(), text()).prop_map(|(entity, reason)| Op::LiftQuarantine { entity, reason }),
         1 => prop_oneof![Just(7u64), any::<u64>()].prop_map(|node_id| Op::RemoveNode { node_id }),
         3 => governance_op(),
+        2 => logged_model_op(),
     ]
+}
+
+/// MLflow's logged models: a pool of two ids (so files and updates meet the models created), the
+/// default experiment or another, hostile names, params and files whose paths escape or whose
+/// chunks do not add up.
+fn logged_model_op() -> BoxedStrategy<Op> {
+    use crate::logged_model::LoggedModelStatus;
+    let id = prop_oneof![
+        4 => prop::sample::select(vec![
+            "m-00000000000000000000000000000001",
+            "m-00000000000000000000000000000002",
+        ])
+        .prop_map(String::from),
+        1 => hostile_string(),
+    ];
+    let experiment = prop_oneof![3 => Just("0".to_owned()), 1 => hostile_string()];
+    let status = prop::option::of(prop::sample::select(vec![
+        LoggedModelStatus::Pending,
+        LoggedModelStatus::Ready,
+        LoggedModelStatus::UploadFailed,
+    ]));
+    let file = (
+        prop_oneof![3 => Just("MLmodel".to_owned()), 1 => hostile_string()],
+        prop::sample::select(vec![b"one".to_vec(), Vec::new()]),
+        0u8..5,
+    )
+        .prop_map(|(path, content, damage)| {
+            let mut files = manifest_of(&[content], &path, damage).files;
+            files.remove(0)
+        });
+    prop_oneof![
+        2 => (id.clone(), experiment, text(), text(), tags(), tags()).prop_map(
+            |(id, experiment_id, name, source_run_id, params, tags)| Op::CreateLoggedModel {
+                id,
+                experiment_id,
+                name,
+                model_type: String::new(),
+                source_run_id,
+                params,
+                tags,
+            }
+        ),
+        2 => (id.clone(), status, tags(), tags(), tag_keys()).prop_map(
+            |(id, status, set_params, set_tags, remove_tags)| Op::UpdateLoggedModel {
+                id,
+                status,
+                set_params,
+                set_tags,
+                remove_tags,
+            }
+        ),
+        3 => (id, file).prop_map(|(id, file)| Op::PutLoggedModelFile { id, file }),
+    ]
+    .boxed()
 }
 
 /// Policies with approvals and evaluation gates, evaluations, review decisions and grants, so
