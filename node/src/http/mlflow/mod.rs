@@ -9,7 +9,8 @@
 //! same roles, through the same `Node` paths, as the gRPC API; a follower forwards writes to the
 //! leader (`Node::propose`) and serves linearizable reads.
 //!
-//! - `registry`: registered models and model versions (MLflow names ↔ Quiver's records).
+//! - `registry`: how MLflow's registry maps onto Quiver's records, and the replies;
+//!   `registered` (registered models) and `versions` (model versions) answer its routes.
 //! - `logged`: the default experiment, logged models and the artifact proxy (bytes stream
 //!   through the chunk store).
 //! - `filter`: the search filters MLflow sends, parsed.
@@ -48,9 +49,11 @@ macro_rules! api_path {
 
 mod filter;
 mod logged;
+mod registered;
 mod registry;
 #[cfg(test)]
 mod tests;
+mod versions;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -78,7 +81,8 @@ pub const FIELDS_MAX: usize = 256;
 
 /// The MLflow routes.
 pub fn router(node: Arc<Node>) -> axum::Router {
-    use registry::*;
+    use registered::*;
+    use versions::*;
     const R: &str = "/api/2.0/mlflow/registered-models";
     const V: &str = "/api/2.0/mlflow/model-versions";
     axum::Router::new()
