@@ -93,7 +93,7 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
         .cloned()
         .unwrap_or_else(|| UNKNOWN_MODEL.to_string());
     let huge = "x".repeat(limits::DESCRIPTION_BYTES_MAX + 1);
-    let mut kind = rng.gen_range(0..20u32);
+    let mut kind = rng.gen_range(0..24u32);
     if kind == 1 && models.is_empty() {
         // No model of its own to create twice yet (and the unknown name is a valid one).
         kind = 0;
@@ -283,6 +283,58 @@ pub fn hostile_op(rng: &mut impl Rng, models: &[String]) -> (String, Op) {
                 },
             )
         }
+        // MLflow's logged models (issue 16): a bad id, a bad experiment and name with hostile
+        // params, an update of a logged model that does not exist, a file with a hostile path
+        // and an impossible size.
+        20 => (
+            format!("create logged model {}", label_of(&bad)),
+            Op::CreateLoggedModel {
+                id: bad,
+                experiment_id: "0".into(),
+                name: "model".into(),
+                model_type: String::new(),
+                source_run_id: String::new(),
+                params: BTreeMap::new(),
+                tags: BTreeMap::new(),
+            },
+        ),
+        21 => (
+            format!("create a logged model in experiment {}", label_of(&bad)),
+            Op::CreateLoggedModel {
+                id: format!("m-{:032x}", rng.gen::<u128>()),
+                experiment_id: bad.clone(),
+                name: bad.clone(),
+                model_type: huge.clone(),
+                source_run_id: bad.clone(),
+                params: BTreeMap::from([(bad, huge)]),
+                tags: BTreeMap::new(),
+            },
+        ),
+        22 => (
+            format!(
+                "update a logged model no one created, param {}",
+                label_of(&bad)
+            ),
+            Op::UpdateLoggedModel {
+                id: format!("m-{:032x}", 0),
+                status: Some(quiver_node::logged_model::LoggedModelStatus::Ready),
+                set_params: BTreeMap::from([(bad, "v".into())]),
+                set_tags: BTreeMap::new(),
+                remove_tags: Vec::new(),
+            },
+        ),
+        23 => (
+            format!("put logged-model file {}", label_of(&bad)),
+            Op::PutLoggedModelFile {
+                id: format!("m-{:032x}", 0),
+                file: quiver_transfer::FileEntry {
+                    path: bad,
+                    size_bytes: u64::MAX,
+                    mode: u32::MAX,
+                    chunks: Vec::new(),
+                },
+            },
+        ),
         _ => (
             format!("lift an unquarantined entity, reason {}", label_of(&bad)),
             Op::LiftQuarantine {
