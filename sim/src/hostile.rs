@@ -767,7 +767,8 @@ mod tests {
         let kinds: std::collections::BTreeSet<&str> = (0..500)
             .map(|_| hostile_op(&mut rng, &models).1.kind())
             .collect();
-        assert_eq!(kinds.len(), 14, "{kinds:?}");
+        // 14 of the registry's kinds and the three logged-model commands of the MLflow API.
+        assert_eq!(kinds.len(), 17, "{kinds:?}");
     }
 
     #[test]

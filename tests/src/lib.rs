@@ -574,35 +574,7 @@ pub fn start_http_cluster(
     dir: &Path,
     size: u64,
 ) -> anyhow::Result<Vec<NodeProcess>> {
-    const HTTP: [&str; 2] = ["--metrics-listen", "127.0.0.1:0"];
-    let founder_dir = dir.join("node-1");
-    let data = founder_dir.display().to_string();
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.as_str(),
-    ];
-    args.extend(HTTP);
-    let founder = NodeProcess::spawn(node_bin, &args, &founder_dir)?;
-    let founder_peer = founder
-        .peer_addr
-        .clone()
-        .context("serve prints its peer address")?;
-    let mut nodes = vec![founder];
-    for id in 2..=size {
-        let data = dir.join(format!("node-{id}"));
-        nodes.push(NodeProcess::join(
-            node_bin,
-            &founder_dir,
-            &founder_peer,
-            id,
-            &data,
-            &HTTP,
-        )?);
-    }
-    Ok(nodes)
+    start_cluster_with(node_bin, dir, size, &["--metrics-listen", "127.0.0.1:0"])
 }
 
 /// A token for `principal`, created with the admin token through `endpoint` (`expires_in`: a

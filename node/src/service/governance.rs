@@ -115,6 +115,47 @@ fn readable(actor: &crate::domain::Actor, grants: &[crate::auth::Grant], ns: Opt
     !actor.authenticated || ns.is_some_and(|ns| allows(grants, &Need::namespace(Role::Reader, ns)))
 }
 
+/// The reviews `filter` selects that `actor` may read (its role in each review's namespace), read
+/// at `read`, and the id to page on from when the page was full (the last review read, readable
+/// or not): the gRPC service's and the web UI's review queue.
+pub async fn readable_reviews<S, P>(
+    node: &crate::node::Node<S, P>,
+    actor: &crate::domain::Actor,
+    filter: ReviewFilter,
+    read: Consistency,
+) -> Result<(Vec<Review>, Option<u64>), crate::error::NodeError>
+where
+    S: quiver_transfer::ChunkSource + Clone,
+    P: quiver_transfer::quic::ChunkPeers,
+{
+    let principal = actor.name.clone();
+    let limit = filter.limit;
+    let (reviews, grants, namespaces) = node
+        .read(read, move |app, txn| {
+            if let Some(m) = &filter.model {
+                app.get_model(txn, m)?;
+            }
+            let reviews = app.reviews(txn, &filter)?;
+            let mut namespaces = Vec::with_capacity(reviews.len());
+            for review in &reviews {
+                namespaces.push(app.find_model(txn, &review.model)?.map(|m| m.namespace));
+            }
+            Ok((reviews, app.grants_of(txn, &principal)?, namespaces))
+        })
+        .await?;
+    let next = match reviews.len() == limit {
+        true => reviews.last().map(|r| r.id),
+        false => None,
+    };
+    let readable = reviews
+        .into_iter()
+        .zip(namespaces)
+        .filter(|(_, ns)| readable(actor, &grants, ns.as_deref()))
+        .map(|(review, _)| review)
+        .collect();
+    Ok((readable, next))
+}
+
 /// Approves or rejects review `id` as `actor`: the checks made where the request arrives, then
 /// the command proposed (the gRPC service and the web UI both decide reviews through here).
 ///
@@ -356,31 +397,10 @@ impl Governance for GovernanceService {
             after,
             limit,
         };
-        let principal = actor.name.clone();
-        let (reviews, grants, namespaces) = self
-            .node
-            .read(consistency(r.consistency), move |app, txn| {
-                if let Some(m) = &filter.model {
-                    app.get_model(txn, m)?;
-                }
-                let reviews = app.reviews(txn, &filter)?;
-                let mut namespaces = Vec::with_capacity(reviews.len());
-                for review in &reviews {
-                    namespaces.push(app.find_model(txn, &review.model)?.map(|m| m.namespace));
-                }
-                Ok((reviews, app.grants_of(txn, &principal)?, namespaces))
-            })
-            .await?;
-        let next = match reviews.len() == limit {
-            true => reviews.last().map(|r| r.id.to_string()).unwrap_or_default(),
-            false => String::new(),
-        };
-        let reviews = reviews
-            .iter()
-            .zip(namespaces)
-            .filter(|(_, ns)| readable(&actor, &grants, ns.as_deref()))
-            .map(|(review, _)| review_to_proto(review))
-            .collect();
+        let (reviews, next) =
+            readable_reviews(&self.node, &actor, filter, consistency(r.consistency)).await?;
+        let next = next.map(|id| id.to_string()).unwrap_or_default();
+        let reviews = reviews.iter().map(review_to_proto).collect();
         Ok(Response::new(proto::ListReviewsResponse {
             reviews,
             next_page_token: next,

@@ -735,38 +735,20 @@ pub async fn reviews<S: ChunkSource + Clone, P: ChunkPeers>(
         after,
         limit: LIST_PAGE_SIZE,
     };
-    let principal = session.actor.name.clone();
-    let (reviews, grants, namespaces) = ui
-        .node
-        .read(Consistency::Linearizable, move |app, txn| {
-            if let Some(m) = &filter.model {
-                app.get_model(txn, m)?;
-            }
-            let reviews = app.reviews(txn, &filter)?;
-            let mut namespaces = Vec::with_capacity(reviews.len());
-            for review in &reviews {
-                namespaces.push(app.find_model(txn, &review.model)?.map(|m| m.namespace));
-            }
-            Ok((reviews, app.grants_of(txn, &principal)?, namespaces))
-        })
-        .await?;
-    let next_href = match reviews.len() == LIST_PAGE_SIZE {
-        true => reviews.last().map(|r| {
-            format!(
-                "/ui/reviews?after={}&model={}{}",
-                r.id,
-                model.as_deref().unwrap_or(""),
-                if all { "&all=1" } else { "" }
-            )
-        }),
-        false => None,
-    };
-    let shown_reviews: Vec<_> = reviews
-        .iter()
-        .zip(namespaces)
-        .filter(|(_, ns)| reads(&grants, ns.as_deref()))
-        .map(|(r, _)| r)
-        .collect();
+    let (shown_reviews, next) = crate::service::governance::readable_reviews(
+        &ui.node,
+        &session.actor,
+        filter,
+        Consistency::Linearizable,
+    )
+    .await?;
+    let next_href = next.map(|id| {
+        format!(
+            "/ui/reviews?after={id}&model={}{}",
+            model.as_deref().unwrap_or(""),
+            if all { "&all=1" } else { "" }
+        )
+    });
     let body = html! {
         h1 { "Review queue" }
         p { @if all { a href="/ui/reviews" { "Open reviews only" } } @else { a href="/ui/reviews?all=1" { "Every review" } } }
