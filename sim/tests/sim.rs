@@ -450,11 +450,11 @@ fn the_unauthorized_write_checker_finds_a_follower_skipping_the_role_check_and_p
 #[test]
 fn the_approvals_checker_finds_a_registrant_approval_counting_and_passes_without_it() {
     // Which seeds catch it moves with the scheduling of everything else that runs (the rollout
-    // controller's timer, the deployers): seed 3 does now.
+    // controller's timer, the deployers, the hostile clients' draws): seed 4 does now.
     let clean = plant_is_caught(
         Plant::RegistrantApprovalCounts,
         "registrant-approval",
-        SeedRange { start: 0, end: 4 },
+        SeedRange { start: 0, end: 6 },
         20,
     );
     assert!(clean.iter().all(|r| r.passed()));
