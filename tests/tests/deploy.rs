@@ -330,8 +330,9 @@ fn a_node_serves_prometheus_metrics_of_its_own_and_nothing_else() {
     let long = format!("/{}", "a".repeat(100_000));
     // A query is ignored.
     assert_eq!(http_get(&addr, "/metrics?x=%ff%00").0, 200);
+    // The root leads a browser to the web UI.
+    assert_eq!(http_get(&addr, "/").0, 303);
     for path in [
-        "/",
         "/metrics/../etc/passwd",
         "/%00",
         "/metrics/x",
