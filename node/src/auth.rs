@@ -149,6 +149,12 @@ pub fn allows(grants: &[Grant], need: &Need) -> bool {
         .any(|g| g.role >= need.role && (g.scope == Scope::Cluster || g.scope == need.scope))
 }
 
+/// Whether `actor` may read namespace `namespace`: it holds the reader role there, or it is the
+/// node itself (an unauthenticated actor only ever comes from inside the node).
+pub fn reads_namespace(actor: &crate::domain::Actor, grants: &[Grant], namespace: &str) -> bool {
+    !actor.authenticated || allows(grants, &Need::namespace(Role::Reader, namespace))
+}
+
 /// The highest role `grants` (one principal's) hold in `namespace`, counting cluster-wide ones.
 pub fn highest_role(grants: &[Grant], namespace: &str) -> Option<Role> {
     grants

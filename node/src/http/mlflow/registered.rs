@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::filter::{Filter, Subject};
 use super::registry::*;
 use super::{model_name, ApiError, Call};
-use crate::auth::{allows, Need, Role};
+use crate::auth::reads_namespace;
 use crate::command::{Op, Response};
 use crate::domain::{
     limits, Alias, DomainError, Model, RiskTier, Stage, Version, VersionRef, VersionSelector,
@@ -143,9 +143,7 @@ pub async fn search_models(call: Call) -> Result<Value, ApiError> {
         .node
         .read(Consistency::Linearizable, move |app, txn| {
             let grants = app.grants_of(txn, &actor.name)?;
-            let visible = |namespace: &str| {
-                !actor.authenticated || allows(&grants, &Need::namespace(Role::Reader, namespace))
-            };
+            let visible = |namespace: &str| reads_namespace(&actor, &grants, namespace);
             scan_models(app, txn, &filter, &visible, token, size)
         })
         .await?;

@@ -9,7 +9,7 @@ use super::filter::{Filter, Subject};
 use super::registry::*;
 use super::{model_name, ApiError, Call};
 use crate::access::Target;
-use crate::auth::{allows, Need, Role};
+use crate::auth::{reads_namespace, Role};
 use crate::command::{Op, Response};
 use crate::domain::{
     limits, Alias, DomainError, Signature, Stage, Version, VersionMetadata, VersionStatus,
@@ -300,9 +300,7 @@ pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
         .node
         .read(Consistency::Linearizable, move |app, txn| {
             let grants = app.grants_of(txn, &actor.name)?;
-            let visible = |namespace: &str| {
-                !actor.authenticated || allows(&grants, &Need::namespace(Role::Reader, namespace))
-            };
+            let visible = |namespace: &str| reads_namespace(&actor, &grants, namespace);
             scan_versions(app, txn, &filter, &visible, after, size)
         })
         .await?;
