@@ -95,6 +95,20 @@ def main():
         assert pages < 10, "paging does not end"
     assert seen == names, seen
     assert pages >= 3, pages
+    seen, token = [], None
+    while True:
+        page = client.search_registered_models(
+            filter_string="name LIKE 'page-%'",
+            max_results=2,
+            order_by=["name DESC"],
+            page_token=token,
+        )
+        seen += [m.name for m in page]
+        token = page.token
+        if not token:
+            break
+        assert len(seen) <= len(names), "paging does not end"
+    assert seen == sorted(names, reverse=True), seen
     found = client.search_model_versions(f"name='{MODEL}'")
     assert [v.version for v in found] == [version], found
     client.update_registered_model("page-0", description="updated")

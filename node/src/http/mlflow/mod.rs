@@ -49,6 +49,7 @@ macro_rules! api_path {
 
 mod filter;
 mod logged;
+mod order;
 mod registered;
 mod registry;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::filter::{Filter, Subject};
+use super::order::{parse_offset, Order, SortRow};
 use super::registry::*;
 use super::{model_name, ApiError, Call};
 use crate::auth::reads_namespace;
@@ -133,22 +134,49 @@ pub async fn delete_model(call: Call) -> Result<Value, ApiError> {
 pub async fn search_models(call: Call) -> Result<Value, ApiError> {
     let filter = Filter::parse(&call.fields.text("filter")?, false)?;
     let size = page_size(&call, 100, SEARCH_MODELS_PAGE_MAX)?;
-    call.fields.strings("order_by")?;
+    let order = Order::models(&call.fields.strings("order_by")?)?;
     let token = decode_token(&call.fields.text("page_token")?)?;
-    if !token.is_empty() {
-        crate::domain::validate_name("page_token", &token).map_err(|_| bad_token())?;
+    let offset = parse_offset(&token).transpose()?;
+    match (&order, offset) {
+        (None, Some(_)) | (Some(_), None) if !token.is_empty() => return Err(bad_token()),
+        (None, _) if !token.is_empty() => {
+            crate::domain::validate_name("page_token", &token).map_err(|_| bad_token())?;
+        }
+        _ => {}
     }
     let actor = call.actor().await?;
-    let (found, next) = call
+    let sorted = order.is_some();
+    let (mut found, next) = call
         .node
         .read(Consistency::Linearizable, move |app, txn| {
             let grants = app.grants_of(txn, &actor.name)?;
             let visible = |namespace: &str| reads_namespace(&actor, &grants, namespace);
-            scan_models(app, txn, &filter, &visible, token, size)
+            match sorted {
+                false => scan_models(app, txn, &filter, &visible, token, size),
+                true => scan_models(app, txn, &filter, &visible, String::new(), usize::MAX),
+            }
         })
         .await?;
+    let next = match order {
+        None => next,
+        Some(_) if !next.is_empty() => return Err(too_many_to_sort()),
+        Some(order) => {
+            found.sort_by(|(a, _), (b, _)| order.compare(&model_row(a), &model_row(b)));
+            page_of(&mut found, offset.unwrap_or(0), size)
+        }
+    };
     let models: Vec<Value> = found.iter().map(|(m, a)| model_json(m, a)).collect();
     Ok(json!({"registered_models": models, "next_page_token": encode_token(&next)}))
+}
+
+/// A model's place in a sorted search (a model's last update is its creation).
+fn model_row(m: &Model) -> SortRow<'_> {
+    SortRow {
+        name: &m.name,
+        number: 0,
+        created_ms: m.created_at_ms,
+        updated_ms: m.created_at_ms,
+    }
 }
 
 type ModelsPage = (Vec<(Model, Vec<Alias>)>, String);

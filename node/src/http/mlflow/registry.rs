@@ -112,13 +112,7 @@ pub fn version_json(v: &Version, aliases: &[Alias]) -> Value {
         .filter(|(k, _)| !k.starts_with(HIDDEN_TAG_PREFIX))
         .map(|(k, val)| (k.clone(), val.clone()))
         .collect();
-    let updated = v
-        .stage_history
-        .iter()
-        .map(|t| t.at_ms)
-        .max()
-        .unwrap_or(v.created_at_ms)
-        .max(v.created_at_ms);
+    let updated = super::order::updated_ms(v);
     let status = match v.status {
         VersionStatus::Ready => "READY",
         VersionStatus::Pending => "PENDING_REGISTRATION",
@@ -227,6 +221,32 @@ pub(super) fn bad_token() -> ApiError {
         "page_token",
         "not a token this API issued: send the next_page_token of the previous page, or none",
     )
+}
+
+/// A sorted search whose filter matches more than a sort may hold.
+pub(super) fn too_many_to_sort() -> ApiError {
+    ApiError::invalid(
+        "order_by",
+        format!(
+            "sorting needs every match at once, and this search reads more than \
+             {SEARCH_SCAN_ROWS_MAX}: narrow the filter (e.g. name = '…') or leave order_by out \
+             to page in name order"
+        ),
+    )
+}
+
+/// Keeps the page of sorted `rows` that starts at `offset`; the token of the next page, or ""
+/// after the last.
+pub(super) fn page_of<T>(rows: &mut Vec<T>, offset: usize, size: usize) -> String {
+    let end = offset.saturating_add(size).min(rows.len());
+    let next = if end < rows.len() {
+        super::order::offset_token(end)
+    } else {
+        String::new()
+    };
+    rows.truncate(end);
+    rows.drain(..offset.min(end));
+    next
 }
 
 /// A page token as sent: where the search goes on, and a check of it (so that a token the API

@@ -786,6 +786,129 @@ async fn artifacts_go_through_the_chunk_store_and_a_version_holds_the_logged_mod
     one.node.shutdown().await.expect("shutdown");
 }
 
+/// Pages through a search with `order_by` (as query parameters, as the client sends them),
+/// `size` at a time; every result's (name, version, created, updated).
+async fn search_pages(one: &One, route: &str, order_by: &[&str], size: usize) -> Vec<Value> {
+    let mut token = String::new();
+    let mut all = Vec::new();
+    let list = if route == R {
+        "registered_models"
+    } else {
+        "model_versions"
+    };
+    loop {
+        let mut uri = format!("{route}/search?max_results={size}");
+        for clause in order_by {
+            let clause: String = form_urlencoded::byte_serialize(clause.as_bytes()).collect();
+            uri.push_str(&format!("&order_by={clause}"));
+        }
+        if !token.is_empty() {
+            uri.push_str(&format!("&page_token={token}"));
+        }
+        let page = one.ok(Method::GET, &uri, Value::Null).await;
+        let rows = page[list].as_array().cloned().unwrap_or_default();
+        assert!(rows.len() <= size, "{uri}: {page}");
+        all.extend(rows);
+        token = page["next_page_token"].as_str().unwrap_or("").to_string();
+        if token.is_empty() {
+            return all;
+        }
+    }
+}
+
+fn sort_fields(row: &Value) -> (String, u64, i64, i64) {
+    (
+        row["name"].as_str().expect("a name").to_string(),
+        row["version"].as_str().map_or(0, |v| v.parse().expect("a number")),
+        row["creation_timestamp"].as_i64().expect("created"),
+        row["last_updated_timestamp"].as_i64().expect("updated"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_follow_order_by_across_pages_and_default_to_mlflows_orders() {
+    let one = One::start().await;
+    for name in ["ord-c", "ord-a", "ord-b"] {
+        one.ok(Method::POST, &format!("{R}/create"), json!({"name": name}))
+            .await;
+        for _ in 0..3 {
+            one.ok(
+                Method::POST,
+                &format!("{V}/create"),
+                json!({"name": name, "source": "s3://bucket/key"}),
+            )
+            .await;
+        }
+    }
+    // A stage change makes a version the most recently updated one.
+    one.ok(
+        Method::POST,
+        &format!("{V}/transition-stage"),
+        json!({"name": "ord-a", "version": "1", "stage": "Archived"}),
+    )
+    .await;
+    let by_key = search_pages(&one, V, &["name ASC", "version_number ASC"], 2).await;
+    let mut rows: Vec<_> = by_key.iter().map(sort_fields).collect();
+    assert_eq!(rows.len(), 9);
+    assert!(rows.windows(2).all(|w| (&w[0].0, w[0].1) < (&w[1].0, w[1].1)));
+
+    // MLflow's default: last updated first, then name, then the newest version.
+    rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)).then(b.1.cmp(&a.1)));
+    let got: Vec<_> = search_pages(&one, V, &[], 2).await.iter().map(sort_fields).collect();
+    assert_eq!(got, rows);
+    assert_eq!((got[0].0.as_str(), got[0].1), ("ord-a", 1));
+
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let got: Vec<_> = search_pages(&one, V, &["version_number DESC"], 4)
+        .await
+        .iter()
+        .map(sort_fields)
+        .collect();
+    assert_eq!(got, rows);
+
+    let names = |rows: &[Value]| -> Vec<String> {
+        rows.iter().map(|r| sort_fields(r).0).collect()
+    };
+    let got = search_pages(&one, R, &[], 1).await;
+    assert_eq!(names(&got), ["ord-a", "ord-b", "ord-c"]);
+    let got = search_pages(&one, R, &["name DESC"], 2).await;
+    assert_eq!(names(&got), ["ord-c", "ord-b", "ord-a"]);
+    let mut expected: Vec<_> = got.iter().map(sort_fields).collect();
+    expected.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    let got = search_pages(&one, R, &["creation_timestamp DESC"], 2).await;
+    assert_eq!(got.iter().map(sort_fields).collect::<Vec<_>>(), expected);
+
+    // A token of one order is refused by another, by name.
+    let page = one
+        .ok(Method::GET, &format!("{R}/search?max_results=1"), Value::Null)
+        .await;
+    let key_token = page["next_page_token"].as_str().expect("a token").to_string();
+    let page = one
+        .ok(
+            Method::GET,
+            &format!("{R}/search?max_results=1&order_by=name%20DESC"),
+            Value::Null,
+        )
+        .await;
+    let sorted_token = page["next_page_token"].as_str().expect("a token").to_string();
+    for uri in [
+        format!("{R}/search?order_by=name%20DESC&page_token={key_token}"),
+        format!("{R}/search?page_token={sorted_token}"),
+        format!("{V}/search?order_by=name%20ASC&order_by=version_number%20ASC&page_token={sorted_token}"),
+    ] {
+        let (status, value) = one.send(Method::GET, &uri, Value::Null).await;
+        assert_refused(&uri, status, &value, "page_token");
+    }
+    for clause in ["run_id%20ASC", "name%20sideways", "tags.x", "name%00"] {
+        for route in [R, V] {
+            let uri = format!("{route}/search?order_by={clause}");
+            let (status, value) = one.send(Method::GET, &uri, Value::Null).await;
+            assert_refused(&uri, status, &value, "order_by");
+        }
+    }
+    one.node.shutdown().await.expect("shutdown");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,

@@ -6,6 +6,7 @@ use quiver_transfer::{FileEntry, Manifest};
 use serde_json::{json, Value};
 
 use super::filter::{Filter, Subject};
+use super::order::{parse_offset, Order, SortRow};
 use super::registry::*;
 use super::{model_name, ApiError, Call};
 use crate::access::Target;
@@ -283,12 +284,20 @@ pub async fn download_uri(call: Call) -> Result<Value, ApiError> {
 pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
     let filter = Filter::parse(&call.fields.text("filter")?, true)?;
     let size = page_size(&call, 10_000, SEARCH_VERSIONS_RESULTS_MAX)?;
-    call.fields.strings("order_by")?;
+    let asked = call.fields.strings("order_by")?;
+    let order = Order::versions(&asked)?;
     let token = decode_token(&call.fields.text("page_token")?)?;
-    let after = match token.as_str() {
-        "" => None,
-        t => Some(parse_version_token(t)?),
+    let offset = parse_offset(&token).transpose()?;
+    // Key order pages by key; any other order sorts every match, and MLflow's default order
+    // gives way to key order for a search too large to sort.
+    let after = match (token.as_str(), offset) {
+        ("", _) | (_, Some(_)) => None,
+        (t, None) if order.is_key_order() || asked.is_empty() => Some(parse_version_token(t)?),
+        _ => return Err(bad_token()),
     };
+    if order.is_key_order() && offset.is_some() {
+        return Err(bad_token());
+    }
     let actor = match filter.exact_name() {
         Some(name) => {
             model_name("filter", name)?;
@@ -296,14 +305,29 @@ pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
         }
         None => call.actor().await?,
     };
-    let (found, next) = call
+    let sorted = !order.is_key_order() && after.is_none();
+    let (mut found, mut next, by_key) = call
         .node
         .read(Consistency::Linearizable, move |app, txn| {
             let grants = app.grants_of(txn, &actor.name)?;
             let visible = |namespace: &str| reads_namespace(&actor, &grants, namespace);
-            scan_versions(app, txn, &filter, &visible, after, size)
+            if sorted {
+                let (all, rest) = scan_versions(app, txn, &filter, &visible, None, usize::MAX)?;
+                if rest.is_empty() || !asked.is_empty() || offset.is_some() {
+                    return Ok((all, rest, false));
+                }
+            }
+            let (page, next) = scan_versions(app, txn, &filter, &visible, after, size)?;
+            Ok((page, next, true))
         })
         .await?;
+    if !by_key {
+        if !next.is_empty() {
+            return Err(too_many_to_sort());
+        }
+        found.sort_by(|(a, _), (b, _)| order.compare(&SortRow::of_version(a), &SortRow::of_version(b)));
+        next = page_of(&mut found, offset.unwrap_or(0), size);
+    }
     let list: Vec<Value> = found.iter().map(|(v, a)| version_json(v, a)).collect();
     Ok(json!({"model_versions": list, "next_page_token": encode_token(&next)}))
 }
