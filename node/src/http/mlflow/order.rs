@@ -146,17 +146,18 @@ fn parse(list: &[String], keys: &[(&str, SortKey)]) -> Result<Order, ApiError> {
             ));
         }
         let words: Vec<&str> = clause.split_whitespace().collect();
-        let (key, ascending) = match words.as_slice() {
-            [key] => (*key, true),
-            [key, dir] if dir.eq_ignore_ascii_case("asc") => (*key, true),
-            [key, dir] if dir.eq_ignore_ascii_case("desc") => (*key, false),
-            _ => {
-                return Err(ApiError::invalid(
+        let (key, ascending) =
+            match words.as_slice() {
+                [key] => (*key, true),
+                [key, dir] if dir.eq_ignore_ascii_case("asc") => (*key, true),
+                [key, dir] if dir.eq_ignore_ascii_case("desc") => (*key, false),
+                _ => return Err(ApiError::invalid(
                     "order_by",
-                    format!("{shown} is not a clause: write a key and ASC or DESC, e.g. \"name ASC\""),
-                ))
-            }
-        };
+                    format!(
+                        "{shown} is not a clause: write a key and ASC or DESC, e.g. \"name ASC\""
+                    ),
+                )),
+            };
         let key = key.trim_matches('`');
         let key = key.strip_prefix("attribute.").unwrap_or(key);
         let Some(&(_, sort)) = keys.iter().find(|(name, _)| *name == key) else {
@@ -268,7 +269,12 @@ mod tests {
             vec!["nämé"],
             vec![long.as_str()],
             vec!["name", "name DESC"],
-            vec!["name", "timestamp", "creation_timestamp", "last_updated_timestamp"],
+            vec![
+                "name",
+                "timestamp",
+                "creation_timestamp",
+                "last_updated_timestamp",
+            ],
             vec!["name"; 5],
         ] {
             let err = Order::models(&list(&bad)).expect_err("refused");
@@ -284,7 +290,10 @@ mod tests {
     fn offset_tokens_never_read_as_names() {
         assert!(parse_offset("fraud").is_none());
         assert!(parse_offset("fraud/3").is_none());
-        assert_eq!(parse_offset(&offset_token(40)).and_then(Result::ok), Some(40));
+        assert_eq!(
+            parse_offset(&offset_token(40)).and_then(Result::ok),
+            Some(40)
+        );
         assert!(parse_offset("@-1").unwrap().is_err());
         assert!(parse_offset("@99999999999999999999999").unwrap().is_err());
         assert!(crate::domain::validate_name("n", &offset_token(0)).is_err());

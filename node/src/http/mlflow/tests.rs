@@ -819,7 +819,9 @@ async fn search_pages(one: &One, route: &str, order_by: &[&str], size: usize) ->
 fn sort_fields(row: &Value) -> (String, u64, i64, i64) {
     (
         row["name"].as_str().expect("a name").to_string(),
-        row["version"].as_str().map_or(0, |v| v.parse().expect("a number")),
+        row["version"]
+            .as_str()
+            .map_or(0, |v| v.parse().expect("a number")),
         row["creation_timestamp"].as_i64().expect("created"),
         row["last_updated_timestamp"].as_i64().expect("updated"),
     )
@@ -850,11 +852,17 @@ async fn searches_follow_order_by_across_pages_and_default_to_mlflows_orders() {
     let by_key = search_pages(&one, V, &["name ASC", "version_number ASC"], 2).await;
     let mut rows: Vec<_> = by_key.iter().map(sort_fields).collect();
     assert_eq!(rows.len(), 9);
-    assert!(rows.windows(2).all(|w| (&w[0].0, w[0].1) < (&w[1].0, w[1].1)));
+    assert!(rows
+        .windows(2)
+        .all(|w| (&w[0].0, w[0].1) < (&w[1].0, w[1].1)));
 
     // MLflow's default: last updated first, then name, then the newest version.
     rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)).then(b.1.cmp(&a.1)));
-    let got: Vec<_> = search_pages(&one, V, &[], 2).await.iter().map(sort_fields).collect();
+    let got: Vec<_> = search_pages(&one, V, &[], 2)
+        .await
+        .iter()
+        .map(sort_fields)
+        .collect();
     assert_eq!(got, rows);
     assert_eq!((got[0].0.as_str(), got[0].1), ("ord-a", 1));
 
@@ -866,9 +874,7 @@ async fn searches_follow_order_by_across_pages_and_default_to_mlflows_orders() {
         .collect();
     assert_eq!(got, rows);
 
-    let names = |rows: &[Value]| -> Vec<String> {
-        rows.iter().map(|r| sort_fields(r).0).collect()
-    };
+    let names = |rows: &[Value]| -> Vec<String> { rows.iter().map(|r| sort_fields(r).0).collect() };
     let got = search_pages(&one, R, &[], 1).await;
     assert_eq!(names(&got), ["ord-a", "ord-b", "ord-c"]);
     let got = search_pages(&one, R, &["name DESC"], 2).await;
@@ -880,9 +886,16 @@ async fn searches_follow_order_by_across_pages_and_default_to_mlflows_orders() {
 
     // A token of one order is refused by another, by name.
     let page = one
-        .ok(Method::GET, &format!("{R}/search?max_results=1"), Value::Null)
+        .ok(
+            Method::GET,
+            &format!("{R}/search?max_results=1"),
+            Value::Null,
+        )
         .await;
-    let key_token = page["next_page_token"].as_str().expect("a token").to_string();
+    let key_token = page["next_page_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
     let page = one
         .ok(
             Method::GET,
@@ -890,7 +903,10 @@ async fn searches_follow_order_by_across_pages_and_default_to_mlflows_orders() {
             Value::Null,
         )
         .await;
-    let sorted_token = page["next_page_token"].as_str().expect("a token").to_string();
+    let sorted_token = page["next_page_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
     for uri in [
         format!("{R}/search?order_by=name%20DESC&page_token={key_token}"),
         format!("{R}/search?page_token={sorted_token}"),

@@ -325,7 +325,9 @@ pub async fn search_versions(call: Call) -> Result<Value, ApiError> {
         if !next.is_empty() {
             return Err(too_many_to_sort());
         }
-        found.sort_by(|(a, _), (b, _)| order.compare(&SortRow::of_version(a), &SortRow::of_version(b)));
+        found.sort_by(|(a, _), (b, _)| {
+            order.compare(&SortRow::of_version(a), &SortRow::of_version(b))
+        });
         next = page_of(&mut found, offset.unwrap_or(0), size);
     }
     let list: Vec<Value> = found.iter().map(|(v, a)| version_json(v, a)).collect();
