@@ -21,6 +21,26 @@ use crate::node::{Consistency, Node};
 /// The name a request without credentials acts as, where anonymous reads are allowed.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// Built with the `insecure-benchmark-baseline` feature (never for use: the baseline of the
+/// access benchmark, see the README's benchmarks): no request is authenticated or checked,
+/// each acts as [`BASELINE_ACTOR`], and the client API is plaintext gRPC on loopback only.
+pub const INSECURE_BASELINE: bool = cfg!(feature = "insecure-benchmark-baseline");
+
+/// Who every request acts as in an [`INSECURE_BASELINE`] build: the first admin of
+/// `quiver-node up`.
+pub const BASELINE_ACTOR: &str = "admin";
+
+/// The scheme of the client API's endpoints: `https`, or `http` in an [`INSECURE_BASELINE`]
+/// build.
+pub const API_SCHEME: &str = if INSECURE_BASELINE { "http" } else { "https" };
+
+fn baseline_actor() -> Actor {
+    Actor {
+        name: BASELINE_ACTOR.into(),
+        authenticated: true,
+    }
+}
+
 /// What a request acts on, for its role check.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {
@@ -66,6 +86,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         target: Target<'_>,
         action: &str,
     ) -> Result<Actor, NodeError> {
+        if INSECURE_BASELINE {
+            return Ok(baseline_actor());
+        }
         let Some(presented) = &credential.token else {
             let actor = self.authenticate(credential).await?;
             self.check_access(&actor, role, target, action).await?;
@@ -90,6 +113,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
     /// wrong, revoked or expired token, and a node's or an expired certificate, are refused,
     /// never treated as anonymous.
     pub async fn authenticate(&self, credential: &Credential) -> Result<Actor, NodeError> {
+        if INSECURE_BASELINE {
+            return Ok(baseline_actor());
+        }
         if let Some(presented) = &credential.token {
             let facts = self
                 .access_facts(Wanted {
@@ -182,6 +208,9 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
         target: Target<'_>,
         action: &str,
     ) -> Result<(), NodeError> {
+        if INSECURE_BASELINE {
+            return Ok(());
+        }
         if !actor.authenticated {
             if self.core.allow_anonymous_reads && role == Role::Reader {
                 return Ok(());

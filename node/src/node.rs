@@ -29,8 +29,9 @@ use crate::gc::UploadPins;
 use crate::in_flight::InFlight;
 use crate::peer_certs::{refresh_peer_access_loop, PeerAccess};
 use crate::replication::{
-    repair_version, scrub_step, should_hold, ChunkSink, PlantedBugs, ReadThroughs, RepairState,
-    Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, REPAIR_INTERVAL, SCRUB_BYTES_PER_PASS,
+    repair_version, scrub_step, should_hold, ChunkSink, HeldSummary, PlantedBugs, ReadThroughs,
+    RepairState, Repaired, Scrubbed, BACKGROUND_PUSHES_MAX, PENDING_LISTED_MAX, REPAIR_INTERVAL,
+    SCRUB_BYTES_PER_PASS,
 };
 use crate::state::{AppResult, RegistryApp};
 use crate::tls::{CertIdentities, ClientIdentity, NodeCert};
@@ -644,12 +645,12 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             .filter(|(_, _, root)| should_hold(root, me, &members))
             .map(|(_, _, root)| root.clone())
             .collect();
-        for (model, number, root) in roots {
-            if self.repair.is_complete(&root) || !should_hold(&root, me, &members) {
+        for (model, number, root) in &roots {
+            if self.repair.is_complete(root) || !should_hold(root, me, &members) {
                 continue;
             }
             let manifest = self
-                .read(Consistency::Stale, |app, txn| app.manifest(txn, &root))
+                .read(Consistency::Stale, |app, txn| app.manifest(txn, root))
                 .await?;
             match repair_version(&self.chunks, &self.peers, &sources, manifest.chunk_refs()).await {
                 Ok(Repaired::Complete { fetched_chunks }) => {
@@ -657,7 +658,7 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
                         pass.fetched_chunks += fetched_chunks;
                         tracing::info!(version = %format!("{model}/{number}"), chunks = fetched_chunks, "repaired");
                     }
-                    self.repair.mark_complete(&root);
+                    self.repair.mark_complete(root);
                 }
                 Ok(Repaired::NoSources { .. }) => {}
                 Err(e) => {
@@ -681,6 +682,23 @@ impl<S: ChunkSource + Clone, P: ChunkPeers> Node<S, P> {
             self.core.scrub_bytes_per_pass,
         )
         .await;
+        let mut summary = HeldSummary {
+            at_ms: self.clock.now_ms(),
+            ready_versions: roots.len(),
+            held: held.len(),
+            ..HeldSummary::default()
+        };
+        for (model, number, root) in roots {
+            if !should_hold(&root, me, &members) {
+                continue;
+            }
+            if self.repair.is_complete(&root) {
+                summary.complete += 1;
+            } else if summary.pending.len() < PENDING_LISTED_MAX {
+                summary.pending.push((model, number));
+            }
+        }
+        self.repair.set_last_pass(summary);
         Ok(pass)
     }
 

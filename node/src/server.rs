@@ -152,7 +152,23 @@ pub async fn serve(
             closing: closing_rx,
             send_timeout: limits.download_send_timeout,
         }));
-    match node.api_tls() {
+    let api_tls = match crate::access::INSECURE_BASELINE {
+        false => node.api_tls(),
+        true => {
+            let local = listener.local_addr().context("the API port's address")?;
+            anyhow::ensure!(
+                local.ip().is_loopback(),
+                "this build is the insecure benchmark baseline (no TLS, no access checks): it \
+                 serves on loopback only, not on {local}"
+            );
+            tracing::warn!(
+                "INSECURE BENCHMARK BASELINE BUILD: the client API on {local} is plaintext and \
+                 checks no credentials; use it only to measure what TLS and access checks cost"
+            );
+            None
+        }
+    };
+    match api_tls {
         Some(config) => {
             let config = config.context("the client API's TLS configuration")?;
             // TLS for gRPC, and plaintext HTTP (the MLflow API, the UI) from this host only.

@@ -42,7 +42,13 @@ impl Node {
     /// away). A client certificate authenticates only when no token is sent: naming one says
     /// which credential to use, so a token found only in the environment is not sent.
     pub fn registry(&self) -> anyhow::Result<crate::agent::Registry> {
-        if let Some(rest) = self.endpoint.strip_prefix("http://") {
+        // The insecure benchmark baseline's nodes serve plaintext (see the README's benchmarks).
+        let plaintext_allowed = cfg!(feature = "insecure-benchmark-baseline");
+        if let Some(rest) = self
+            .endpoint
+            .strip_prefix("http://")
+            .filter(|_| !plaintext_allowed)
+        {
             anyhow::bail!(
                 "{} is plaintext, and Quiver nodes serve their API over TLS only: use \
                  https://{rest} (--endpoint or QUIVER_ENDPOINT)",

@@ -421,7 +421,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             // Clients verify this node's certificate with the cluster CA's.
             println!("export QUIVER_CA={}", absolute(&ca_file).display());
-            println!("export QUIVER_ENDPOINT=https://{}", node.core.info.api_addr);
+            println!(
+                "export QUIVER_ENDPOINT={}://{}",
+                quiver_node::access::API_SCHEME,
+                node.core.info.api_addr
+            );
             serve_until(node, api, metrics, shutdown_signal()).await
         }
         Command::Up {
@@ -552,7 +556,11 @@ async fn up(data_dir: PathBuf, port: u16, nodes: u16) -> anyhow::Result<()> {
     }
     println!("export QUIVER_CA={}", absolute(&ca_file).display());
     for node in &cluster.nodes {
-        println!("export QUIVER_ENDPOINT=https://{}", node.core.info.api_addr);
+        println!(
+            "export QUIVER_ENDPOINT={}://{}",
+            quiver_node::access::API_SCHEME,
+            node.core.info.api_addr
+        );
     }
     eprintln!(
         "quiver: {} node(s) running, data under {}; Ctrl-C stops them",

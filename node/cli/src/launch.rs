@@ -198,7 +198,11 @@ impl LocalCluster {
     }
 
     pub fn endpoint(&self, index: usize) -> String {
-        format!("https://{}", self.nodes[index].core.info.api_addr)
+        format!(
+            "{}://{}",
+            quiver_node::access::API_SCHEME,
+            self.nodes[index].core.info.api_addr
+        )
     }
 
     /// Stops every node and waits for them.

@@ -35,7 +35,10 @@ mod test_support;
 
 pub use placement::{should_hold, FULL_REPLICATION_NODES_MAX};
 pub use read_through::{read_chunk, read_chunk_with, ReadThroughs};
-pub use repair::{missing_chunks, repair_version, RepairState, Repaired, REPAIR_INTERVAL};
+pub use repair::{
+    missing_chunks, repair_version, HeldSummary, RepairState, Repaired, PENDING_LISTED_MAX,
+    REPAIR_INTERVAL,
+};
 pub use scrub::{scrub_step, Scrubbed, SCRUB_BYTES_PER_PASS};
 pub use sink::{ChunkSink, BACKGROUND_PUSHES_MAX};
 

@@ -12,12 +12,29 @@ use super::store_call::StoreCall;
 /// How often repair looks for missing chunks.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Versions still being made whole on one node, listed at most.
+pub const PENDING_LISTED_MAX: usize = 20;
+
+/// Where a node's copies stand after a repair pass: of the READY versions, how many placement
+/// gives it, how many of those it has verified complete, and the first that are not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldSummary {
+    pub at_ms: i64,
+    pub ready_versions: usize,
+    pub held: usize,
+    pub complete: usize,
+    /// (model, number), at most [`PENDING_LISTED_MAX`].
+    pub pending: Vec<(String, u64)>,
+}
+
 /// Manifest roots this node has verified complete (all chunks present), so
 /// repair does not stat them again on every pass; and where the scrub of
 /// complete versions goes on.
 #[derive(Default)]
 pub struct RepairState {
     complete: Mutex<BTreeSet<String>>,
+    /// What the last whole repair pass found (the cluster page shows it).
+    last_pass: Mutex<Option<HeldSummary>>,
     /// The root the last scrub step ended with.
     pub(super) scrub_cursor: Mutex<Option<String>>,
 }
@@ -33,6 +50,17 @@ impl RepairState {
     pub fn mark_complete(&self, root: &str) {
         if let Ok(mut set) = self.complete.lock() {
             set.insert(root.to_string());
+        }
+    }
+
+    /// What the last whole repair pass found, if one has ended.
+    pub fn last_pass(&self) -> Option<HeldSummary> {
+        self.last_pass.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub fn set_last_pass(&self, summary: HeldSummary) {
+        if let Ok(mut last) = self.last_pass.lock() {
+            *last = Some(summary);
         }
     }
 

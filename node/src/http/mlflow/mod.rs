@@ -135,6 +135,8 @@ pub fn router(node: Arc<Node>) -> axum::Router {
             &format!("{V}/delete-tag"),
             axum::routing::delete(api!(delete_version_tag)),
         )
+        .route("/api/3.0/mlflow/server-info", get(server_info))
+        .route("/ajax-api/3.0/mlflow/server-info", get(server_info))
         .merge(logged::routes())
         // Only MLflow's paths: the node's other routes (the UI's) keep their own answers, and
         // the merged router keeps a single fallback.
@@ -195,6 +197,30 @@ impl Reply for Response {
     fn into_reply(self) -> Response {
         self
     }
+}
+
+/// `GET /api/3.0/mlflow/server-info`: what the client asks before it moves artifacts and for
+/// telemetry, served without credentials like MLflow's (it holds nothing secret). Artifacts are
+/// proxied through the node; no multipart or presigned transfers are offered, so the client
+/// streams every file in one request, into the chunk store.
+async fn server_info() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "store_type": null,
+            "workspaces_enabled": false,
+            "trace_archival_enabled": false,
+            "multipart_uploads_enabled": false,
+            "multipart_downloads_enabled": false,
+            "artifact_serving_enabled": true,
+            "presigned_upload_run_id_supported": false,
+            "presigned_upload_model_id_supported": false,
+            "model_artifact_presigned_downloads_supported": false,
+            "features_enabled": {"gateway": false, "scheduled_issue_detection": false},
+            "tracking_auth": "",
+            "artifacts_presigned_only": false,
+        }),
+    )
 }
 
 /// Any other path under this router: MLflow's answer for an endpoint it does not have.

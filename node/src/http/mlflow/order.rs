@@ -146,18 +146,19 @@ fn parse(list: &[String], keys: &[(&str, SortKey)]) -> Result<Order, ApiError> {
             ));
         }
         let words: Vec<&str> = clause.split_whitespace().collect();
-        let (key, ascending) =
-            match words.as_slice() {
-                [key] => (*key, true),
-                [key, dir] if dir.eq_ignore_ascii_case("asc") => (*key, true),
-                [key, dir] if dir.eq_ignore_ascii_case("desc") => (*key, false),
-                _ => return Err(ApiError::invalid(
+        let (key, ascending) = match words.as_slice() {
+            [key] => (*key, true),
+            [key, dir] if dir.eq_ignore_ascii_case("asc") => (*key, true),
+            [key, dir] if dir.eq_ignore_ascii_case("desc") => (*key, false),
+            _ => {
+                return Err(ApiError::invalid(
                     "order_by",
                     format!(
                         "{shown} is not a clause: write a key and ASC or DESC, e.g. \"name ASC\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let key = key.trim_matches('`');
         let key = key.strip_prefix("attribute.").unwrap_or(key);
         let Some(&(_, sort)) = keys.iter().find(|(name, _)| *name == key) else {

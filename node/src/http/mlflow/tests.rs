@@ -520,19 +520,28 @@ async fn malformed_bodies_extreme_paging_and_missing_tokens_get_mlflow_errors() 
     assert_eq!(status, StatusCode::NOT_FOUND);
     let value: Value = serde_json::from_slice(&bytes).expect("JSON error");
     assert_eq!(value["error_code"], "ENDPOINT_NOT_FOUND");
+    // server-info answers without credentials, as MLflow's does, and offers no multipart or
+    // presigned transfers: the client streams each file through the node.
+    for (path, token) in [
+        ("/api/3.0/mlflow/server-info", None),
+        ("/ajax-api/3.0/mlflow/server-info", Some(token.as_str())),
+    ] {
+        let (status, bytes) = one.send_raw(Method::GET, path, Vec::new(), token).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let info: Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(info["multipart_uploads_enabled"], false, "{info}");
+        assert_eq!(info["artifacts_presigned_only"], false, "{info}");
+        assert_eq!(info["artifact_serving_enabled"], true, "{info}");
+    }
     let (status, _) = one
         .send_raw(
-            Method::GET,
+            Method::POST,
             "/api/3.0/mlflow/server-info",
-            Vec::new(),
+            b"{}".to_vec(),
             Some(&token),
         )
         .await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "no multipart uploads: the client proxies"
-    );
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let (status, bytes) = one
         .send_raw(Method::GET, "/metrics", Vec::new(), None)
         .await;

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::graph::{self, GRAPH_NODES_MAX};
 use super::session::Session;
 use super::view::{self, html_response, page, shown};
-use super::{UiError, UiResult, UiState};
+use super::{Ui, UiError, UiResult, UiState};
 use crate::access::Target;
 use crate::auth::{allows, Need, Role};
 use crate::catalog::SearchFilter;
@@ -118,6 +118,24 @@ fn path_model(model: &str) -> UiResult<()> {
             shown(model)
         ))
     })
+}
+
+/// Whether the session's principal holds the reader role cluster-wide (what shows names of
+/// every namespace at once).
+async fn reads_cluster<S: ChunkSource + Clone, P: ChunkPeers>(
+    ui: &Ui<S, P>,
+    session: &Session,
+    action: &str,
+) -> UiResult<bool> {
+    match ui
+        .node
+        .check_access(&session.actor, Role::Reader, Target::Cluster, action)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(NodeError::PermissionDenied(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `actor`'s `grants` read namespace `ns` (anonymous sessions do not exist here).
@@ -426,20 +444,7 @@ pub async fn version<S: ChunkSource + Clone, P: ChunkPeers>(
     let session = Session::with(&ui, &headers, Role::Reader, Target::Model(&name), &action).await?;
     // The impact of a version is read across models: the API asks for the reader role
     // cluster-wide, and so does this page before it shows it.
-    let impact_allowed = match ui
-        .node
-        .check_access(
-            &session.actor,
-            Role::Reader,
-            Target::Cluster,
-            "read the impact of a version",
-        )
-        .await
-    {
-        Ok(()) => true,
-        Err(NodeError::PermissionDenied(_)) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let impact_allowed = reads_cluster(&ui, &session, "read the impact of a version").await?;
     let facts = ui
         .node
         .read(Consistency::Linearizable, |app, txn| {
@@ -1009,6 +1014,9 @@ pub async fn cluster<S: ChunkSource + Clone, P: ChunkPeers>(
         .node
         .read(Consistency::Stale, |app, txn| app.nodes(txn))
         .await?;
+    // Which versions are not yet whole names models of every namespace: shown to a reader
+    // cluster-wide only; anyone signed in sees the counts.
+    let names_shown = reads_cluster(&ui, &session, "read which versions are repaired").await?;
     let body = html! {
         h1 { "Cluster" }
         section.card { dl.facts {
@@ -1037,6 +1045,8 @@ pub async fn cluster<S: ChunkSource + Clone, P: ChunkPeers>(
                 }
             } }
         }
+        h2 { "Replication" }
+        (held_copies(status.node_id, ui.node.repair.last_pass(), &nodes, names_shown))
     };
     Ok(html_response(page(
         &session,
@@ -1044,6 +1054,57 @@ pub async fn cluster<S: ChunkSource + Clone, P: ChunkPeers>(
         "Cluster",
         body,
     )))
+}
+
+/// Where this node's copies of the READY versions stand after its last repair pass, and where
+/// the other members show theirs (each node knows its own copies).
+fn held_copies(
+    this_node: u64,
+    last_pass: Option<crate::replication::HeldSummary>,
+    nodes: &[crate::domain::NodeInfo],
+    names_shown: bool,
+) -> Markup {
+    let others: Vec<&crate::domain::NodeInfo> =
+        nodes.iter().filter(|n| n.node_id != this_node).collect();
+    html! {
+        section.card #replication {
+            @match last_pass {
+                None => p.muted { "This node has not finished a repair pass yet (one runs every "
+                    (crate::replication::REPAIR_INTERVAL.as_secs()) " s)." },
+                Some(pass) => {
+                    p { "Node " (this_node) ", at " (view::time(pass.at_ms)) ": of "
+                        span #ready-versions { (pass.ready_versions) } " READY versions kept in chunk stores, placement gives it "
+                        span #held-versions { (pass.held) } ", " span #complete-versions { (pass.complete) }
+                        " of them verified whole. "
+                        @if pass.complete == pass.held { span.pass { "Every copy it should hold is whole." } }
+                        @else { span.fail { (pass.held - pass.complete) " still being fetched from peers" }
+                            " (reads go through to peers meanwhile)." }
+                    }
+                    @if !pass.pending.is_empty() && !names_shown {
+                        p.muted { "Which versions they are is shown to readers of the whole cluster." }
+                    }
+                    @if !pass.pending.is_empty() && names_shown {
+                        p { "Not yet whole here"
+                            @if pass.held - pass.complete > pass.pending.len() { " (the first " (pass.pending.len()) ")" } ":" }
+                        ul #pending { @for (model, number) in &pass.pending {
+                            li { a href=(view::version_url(model, *number)) { (model) "/" (number) } }
+                        } }
+                    }
+                }
+            }
+            p.muted { "Small versions (at most " (view::bytes(crate::domain::limits::INLINE_VERSION_BYTES_MAX as u64))
+                ") live in the replicated state, on every member. With at most " (crate::replication::FULL_REPLICATION_NODES_MAX)
+                " members every member holds every version; beyond that, placement spreads the copies over regions. "
+                "Each member's own page shows its copies"
+                @if !others.is_empty() { ": "
+                    @for (i, n) in others.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        a href=(format!("http://{}/ui/cluster", n.api_addr)) { "node " (n.node_id) }
+                    }
+                }
+                "." }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

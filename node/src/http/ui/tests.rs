@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use quiver_raft::{RaftNode, RaftNodeConfig};
-use quiver_transfer::{ChunkPeers, ChunkRef, FetchError, Hash, MemoryChunkSource};
+use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, FetchError, Hash, MemoryChunkSource};
 use tower::ServiceExt;
 
 use crate::auth::{self, PresentedToken, Role, Scope};
@@ -19,7 +19,7 @@ use crate::domain::{Actor, NodeInfo, RiskTier, Stage, VersionMetadata};
 use crate::env::{Clock, Env, RandomIds};
 use crate::governance::PolicyScope;
 use crate::ingest::{FileStart, UploadHeader};
-use crate::node::{CoreConfig, Node, PlantedNodeBugs};
+use crate::node::{Consistency, CoreConfig, Node, PlantedNodeBugs};
 use crate::replication::PlantedBugs;
 use crate::state::RegistryApp;
 
@@ -168,42 +168,7 @@ impl Harness {
             h.tokens.insert(principal, token.to_string());
         }
         // reco/1, registered by the trainer (one small file, inline).
-        let mut upload = h
-            .node
-            .begin_upload(UploadHeader {
-                model: "reco".into(),
-                signature: Default::default(),
-                metadata: VersionMetadata {
-                    data_snapshot_id: "snap-1".into(),
-                    code_commit: "abc".into(),
-                    pipeline_run_id: MARKUP.into(),
-                    ..Default::default()
-                },
-                tags: Default::default(),
-            })
-            .await
-            .expect("begin the upload");
-        let bytes = b"weights".to_vec();
-        upload
-            .start_file(FileStart {
-                path: "w.bin".into(),
-                size_bytes: bytes.len() as u64,
-                mode: 0o644,
-            })
-            .await
-            .expect("start the file");
-        upload.data(&bytes).await.expect("send the bytes");
-        upload
-            .commit(
-                &h.node,
-                Actor {
-                    name: "trainer".into(),
-                    authenticated: true,
-                },
-                None,
-            )
-            .await
-            .expect("register reco/1");
+        h.register(b"weights").await;
         let policy = crate::service::governance::parse_policy(
             r#"{"production": [{"kind": "approvals", "count": 1, "role": "approver"}]}"#,
         )
@@ -231,6 +196,45 @@ impl Harness {
             .await;
         assert_eq!(h.review_state(), (true, Stage::Experimental));
         h
+    }
+
+    /// Registers the next version of `reco` as the trainer, holding `bytes` in one file.
+    async fn register(&self, bytes: &[u8]) {
+        let mut upload = self
+            .node
+            .begin_upload(UploadHeader {
+                model: "reco".into(),
+                signature: Default::default(),
+                metadata: VersionMetadata {
+                    data_snapshot_id: "snap-1".into(),
+                    code_commit: "abc".into(),
+                    pipeline_run_id: MARKUP.into(),
+                    ..Default::default()
+                },
+                tags: Default::default(),
+            })
+            .await
+            .expect("begin the upload");
+        upload
+            .start_file(FileStart {
+                path: "w.bin".into(),
+                size_bytes: bytes.len() as u64,
+                mode: 0o644,
+            })
+            .await
+            .expect("start the file");
+        upload.data(bytes).await.expect("send the bytes");
+        upload
+            .commit(
+                &self.node,
+                Actor {
+                    name: "trainer".into(),
+                    authenticated: true,
+                },
+                None,
+            )
+            .await
+            .expect("register a version of reco");
     }
 
     async fn admin(&self, op: Op) {
@@ -552,6 +556,77 @@ async fn an_approval_needs_the_csrf_token_the_origin_and_the_role_and_a_refusal_
         .get("/ui/models/reco/versions/1?review=1", Some("alice"))
         .await;
     assert!(page.contains("stage-production"), "{page}");
+}
+
+#[tokio::test]
+async fn the_cluster_page_counts_this_nodes_copies_and_names_the_missing_to_cluster_readers() {
+    let h = Harness::start().await;
+    // reco/2 is too large to live in the replicated state: its chunks are in the chunk store.
+    let weights: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    h.register(&weights).await;
+    let version = h
+        .node
+        .read(Consistency::Stale, |app, txn| {
+            app.get_version(txn, "reco", 2)
+        })
+        .await
+        .expect("reco/2");
+    if version.status != crate::domain::VersionStatus::Ready {
+        h.admin(Op::SetVersionStatus {
+            model: "reco".into(),
+            number: 2,
+            status: crate::domain::VersionStatus::Ready,
+        })
+        .await;
+    }
+    let counts = |body: &str, ready: usize, held: usize, complete: usize| {
+        for (id, n) in [
+            ("ready-versions", ready),
+            ("held-versions", held),
+            ("complete-versions", complete),
+        ] {
+            assert!(
+                body.contains(&format!("<span id=\"{id}\">{n}</span>")),
+                "{id} {n}: {body}"
+            );
+        }
+    };
+    h.node.repair_once().await.expect("a repair pass");
+    let (status, _, body) = h.get("/ui/cluster", Some("bob")).await;
+    assert_eq!(status, StatusCode::OK);
+    counts(&body, 1, 1, 1);
+    assert!(
+        body.contains("Every copy it should hold is whole"),
+        "{body}"
+    );
+
+    // Its chunks lost (and no peer to fetch them from): the next pass finds it not whole.
+    let root = version.manifest_root.clone();
+    let manifest = h
+        .node
+        .read(Consistency::Stale, move |app, txn| app.manifest(txn, &root))
+        .await
+        .expect("reco/2's manifest");
+    for chunk in manifest.chunk_refs() {
+        h.node.chunks.remove(&chunk.hash).expect("remove a chunk");
+    }
+    h.node.repair.forget(&version.manifest_root);
+    h.node.repair_once().await.expect("a repair pass");
+    let pending_link = "href=\"/ui/models/reco/versions/2\"";
+    let (_, _, body) = h.get("/ui/cluster", Some("bob")).await;
+    counts(&body, 1, 1, 0);
+    assert!(body.contains("1 still being fetched from peers"), "{body}");
+    assert!(
+        !body.contains(pending_link),
+        "bob reads no namespace: {body}"
+    );
+    assert!(
+        body.contains("shown to readers of the whole cluster"),
+        "{body}"
+    );
+    let (_, _, body) = h.get("/ui/cluster", Some("root")).await;
+    counts(&body, 1, 1, 0);
+    assert!(body.contains(pending_link), "{body}");
 }
 
 #[tokio::test]
