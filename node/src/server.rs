@@ -174,28 +174,24 @@ pub async fn serve(
             // TLS for gRPC, and plaintext HTTP (the MLflow API, the UI) from this host only.
             let port = crate::http::api_port::sort_connections(listener, node.node_id())
                 .context("the API port's address")?;
-            let (incoming, handshaking) =
+            let (handshaken, handshaking) =
                 quiver_raft::tls_incoming_from("API server", node.node_id(), port.tls, config);
-            let http = tokio::spawn({
-                let mut closing = closing_http;
-                let app = crate::http::router(node.clone());
-                async move {
-                    axum::serve(port.http, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = closing.wait_for(|c| *c).await;
-                        })
-                        .await
-                }
-            });
+            let tls = crate::http::api_port::sort_by_alpn(handshaken, port.http.local());
+            let app = crate::http::router(node.clone());
+            let http = tokio::spawn(serve_http(port.http, app.clone(), closing_http.clone()));
+            let https = tokio::spawn(serve_http(tls.https, app, closing_http));
             let served = router
-                .serve_with_incoming_shutdown(incoming, shutdown)
+                .serve_with_incoming_shutdown(tls.grpc, shutdown)
                 .await;
             // The sorting task owns the listener: the port is free once it is gone.
             port.sorting.abort();
             let _ = port.sorting.await;
             handshaking.abort();
-            http.abort();
-            let _ = http.await;
+            tls.sorting.abort();
+            for task in [http, https] {
+                task.abort();
+                let _ = task.await;
+            }
             served.context("serve gRPC")?;
         }
         // A node without certificates of its own (tests of the service layer).
@@ -218,6 +214,23 @@ pub async fn serve(
         );
     }
     stopped.context("stop raft")
+}
+
+/// Serves the node's HTTP routes on `listener` until `closing` turns true.
+async fn serve_http<L>(
+    listener: L,
+    app: axum::Router,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = closing.wait_for(|c| *c).await;
+        })
+        .await
 }
 
 /// Every API request, timed into the node's metrics (`quiver_rpc_requests_total`,

@@ -40,6 +40,11 @@ const CLIENT_CN_PREFIX: &str = "quiver-client-";
 /// The name every node certificate carries and every peer verifies.
 pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";
 
+/// The names a node certificate is valid for: the cluster's name, which peers and the SDK
+/// verify, and this host's loopback names, so that an HTTPS client on the node's host (the
+/// MLflow client at `https://127.0.0.1:7400` with the cluster CA) verifies it by its address.
+pub const NODE_CERT_NAMES: [&str; 4] = [PEER_TLS_SERVER_NAME, "localhost", "127.0.0.1", "::1"];
+
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca.key";
 const CA_NAME_FILE: &str = "ca.name";
@@ -175,7 +180,7 @@ impl ClusterCa {
             not_before < not_after,
             "a certificate must become valid before it expires"
         );
-        let mut params = CertificateParams::new(vec![PEER_TLS_SERVER_NAME.to_string()])?;
+        let mut params = CertificateParams::new(NODE_CERT_NAMES.map(String::from).to_vec())?;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

@@ -98,7 +98,7 @@ pub use state_store::{
     STATE_MAP_SIZE_BYTES,
 };
 pub use storage::{open_storage, open_storage_with};
-pub use tls::{PeerGate, PeerIdentity, PeerTls, PEER_TLS_SERVER_NAME};
+pub use tls::{PeerGate, PeerIdentity, PeerTls, ALPN_H2, ALPN_HTTP1, PEER_TLS_SERVER_NAME};
 pub use transport::{
     Body, CallError, Method, PeerCall, PeerTransport, PEER_CONNECT_TIMEOUT,
     PEER_HTTP2_WINDOW_BYTES, PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_SIZE_MAX_BYTES,

@@ -133,11 +133,16 @@ impl PeerTls {
     /// holds it at each handshake, like the peer server's, but a client certificate is
     /// optional (most clients send a token); one that is sent must chain to the CA and be valid
     /// now. Which principal it names, if any, is the node's business (decision 0018).
+    ///
+    /// It offers HTTP/1.1 before h2 (ALPN): gRPC clients offer h2 alone and get it; browsers,
+    /// curl and the MLflow client get HTTP/1.1, which the node serves its HTTP routes over.
     pub fn api_server_config(
         &self,
         identity: Arc<PeerIdentity>,
     ) -> anyhow::Result<rustls::ServerConfig> {
-        self.server_config_with(identity, true)
+        let mut config = self.server_config_with(identity, true)?;
+        config.alpn_protocols = vec![ALPN_HTTP1.to_vec(), ALPN_H2.to_vec()];
+        Ok(config)
     }
 
     fn server_config_with(
@@ -160,7 +165,7 @@ impl PeerTls {
             .context("TLS protocol versions")?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(identity);
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(config)
     }
 
@@ -173,6 +178,11 @@ impl PeerTls {
             .domain_name(PEER_TLS_SERVER_NAME)
     }
 }
+
+/// The ALPN name of HTTP/2 (what gRPC runs over).
+pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN name of HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 fn roots(ca_cert_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();

@@ -154,6 +154,18 @@ def main():
     client.delete_model_version(gated, bare.version)
     assert client.get_model_version(gated, bare.version).current_stage == "Archived"
 
+    https_uri = os.environ.get("QUIVER_HTTPS_URI")
+    if https_uri:
+        step("over HTTPS on a node's API port, verified with the cluster CA")
+        os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] = os.environ["QUIVER_CA"]
+        secure = MlflowClient(tracking_uri=https_uri, registry_uri=https_uri)
+        assert secure.get_registered_model(MODEL).name == MODEL
+        assert secure.get_model_version_by_alias(MODEL, "champion").version == version
+        found = secure.search_registered_models(filter_string=f"name = '{MODEL}'")
+        assert [m.name for m in found] == [MODEL], found
+        expect_error("RESOURCE_DOES_NOT_EXIST", secure.get_registered_model, "no-such-model")
+        os.environ.pop("MLFLOW_TRACKING_SERVER_CERT_PATH")
+
     print("mlflow e2e: all steps passed", flush=True)
 
 

@@ -107,6 +107,7 @@ fn the_real_mlflow_client_logs_registers_loads_and_searches_through_a_follower()
         .metrics_addr
         .clone()
         .expect("node 3 serves HTTP (--metrics-listen)");
+    let ca = quiver_tests::ca_for(&nodes[1].endpoint).expect("the cluster's CA file");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mlflow/e2e.py");
     let started = Instant::now();
     let (ok, output) = run_script(
@@ -115,6 +116,9 @@ fn the_real_mlflow_client_logs_registers_loads_and_searches_through_a_follower()
         &[
             ("MLFLOW_TRACKING_URI", format!("http://{follower}")),
             ("MLFLOW_TRACKING_TOKEN", admin),
+            // HTTPS on another node's API port (ALPN HTTP/1.1), verified with the cluster CA.
+            ("QUIVER_HTTPS_URI", nodes[1].endpoint.clone()),
+            ("QUIVER_CA", ca.display().to_string()),
         ],
     );
     println!("{output}");

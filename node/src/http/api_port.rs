@@ -1,8 +1,10 @@
-//! The API port speaks two protocols. TLS (gRPC: the CLI, the SDK, agents) to everyone, and
-//! plaintext HTTP (this node's [`router`](super::router): the MLflow client, a browser at
+//! The API port speaks two protocols. TLS to everyone: gRPC (the CLI, the SDK, agents) when the
+//! handshake chose h2, and HTTPS (this node's [`router`](super::router): the MLflow client, a
+//! browser, curl) when it chose HTTP/1.1 or nothing (ALPN, see
+//! `quiver_raft::PeerTls::api_server_config`). And plaintext HTTP (the same router, e.g.
 //! `http://127.0.0.1:7400`) to clients on the node's own host only, so that no token crosses a
-//! network in clear. A connection's first byte tells them apart: every TLS connection starts
-//! with a handshake record (0x16), which no HTTP request line does.
+//! network in clear. A connection's first byte tells TLS from plaintext: every TLS connection
+//! starts with a handshake record (0x16), which no HTTP request line does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
-use quiver_raft::{PEER_HANDSHAKES_MAX, PEER_HANDSHAKE_TIMEOUT};
+use futures::StreamExt;
+use quiver_raft::{TlsIncoming, ALPN_H2, PEER_HANDSHAKES_MAX, PEER_HANDSHAKE_TIMEOUT};
+use tokio_rustls::server::TlsStream;
 
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -105,8 +109,8 @@ async fn refuse_plaintext(mut tcp: TcpStream, local: SocketAddr) {
     let body = format!(
         "{{\"error_code\":\"PERMISSION_DENIED\",\"message\":\"this node serves plaintext HTTP on \
          its API port ({local}) to clients on its own host only, so that no token crosses a \
-         network in clear: use the node's HTTP listener (--metrics-listen), or run the client \
-         on the node's host\"}}"
+         network in clear: use https:// on the same port, verified with the cluster CA (the \
+         node's certificate names quiver.cluster)\"}}"
     );
     let response = format!(
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -120,17 +124,74 @@ async fn refuse_plaintext(mut tcp: TcpStream, local: SocketAddr) {
     .await;
 }
 
-/// The plaintext connections [`sort_connections`] hands over, as a listener for `axum::serve`.
-pub struct ChannelListener {
-    rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+/// TLS connections sorted by the protocol their handshake chose.
+pub struct TlsSorted {
+    /// h2: gRPC, for tonic.
+    pub grpc: TlsIncoming,
+    /// HTTP/1.1 or none: HTTPS, for `axum::serve`.
+    pub https: ChannelListener<TlsStream<TcpStream>>,
+    /// Sorts; ends when `handshaken` does.
+    pub sorting: JoinHandle<()>,
+}
+
+/// Hands each connection of `handshaken` to gRPC if its handshake chose h2, else to HTTPS.
+pub fn sort_by_alpn(mut handshaken: TlsIncoming, local: SocketAddr) -> TlsSorted {
+    let (grpc_tx, grpc_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
+    let (https_tx, https_rx) = mpsc::channel(PEER_HANDSHAKES_MAX);
+    let sorting = tokio::spawn(async move {
+        while let Some(next) = handshaken.next().await {
+            match next {
+                Ok(stream) if is_grpc(stream.get_ref().1.alpn_protocol()) => {
+                    if grpc_tx.send(Ok(stream)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(stream) => {
+                    let Ok(remote) = stream.get_ref().0.peer_addr() else {
+                        continue;
+                    };
+                    if https_tx.send((stream, remote)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if grpc_tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    TlsSorted {
+        grpc: TlsIncoming::new(grpc_rx),
+        https: ChannelListener {
+            rx: https_rx,
+            local,
+        },
+        sorting,
+    }
+}
+
+/// Whether a handshake's chosen protocol is gRPC's (h2); HTTP/1.1 or none is HTTPS.
+fn is_grpc(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ALPN_H2)
+}
+
+/// The connections [`sort_connections`] (plaintext) or [`sort_by_alpn`] (HTTPS) hands over, as
+/// a listener for `axum::serve`.
+pub struct ChannelListener<Io = TcpStream> {
+    rx: mpsc::Receiver<(Io, SocketAddr)>,
     local: SocketAddr,
 }
 
-impl axum::serve::Listener for ChannelListener {
-    type Io = TcpStream;
+impl<Io> axum::serve::Listener for ChannelListener<Io>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = Io;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+    async fn accept(&mut self) -> (Io, SocketAddr) {
         match self.rx.recv().await {
             Some(connection) => connection,
             // The sorter is gone (the server is stopping): no more connections, ever.
@@ -143,9 +204,29 @@ impl axum::serve::Listener for ChannelListener {
     }
 }
 
+impl<Io> ChannelListener<Io> {
+    /// The address of the port the connections came in on.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_h2_goes_to_grpc() {
+        assert!(is_grpc(Some(b"h2")));
+        for other in [
+            None,
+            Some(&b"http/1.1"[..]),
+            Some(&b"h2c"[..]),
+            Some(&b""[..]),
+        ] {
+            assert!(!is_grpc(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn the_first_byte_and_the_peer_choose_the_protocol() {
