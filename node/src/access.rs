@@ -384,63 +384,15 @@ mod tests {
     //! what a revocation, an expiry or a wrong secret must refuse is refused on the next request
     //! after a cached success, and the cache answers only what its state would.
 
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::Duration;
-
-    use quiver_raft::{RaftNode, RaftNodeConfig};
-    use quiver_transfer::{ChunkPeers, ChunkRef, FetchError, Hash, MemoryChunkSource};
 
     use super::*;
     use crate::access_cache::ENTRIES_PER_TABLE_MAX;
     use crate::auth::Scope;
     use crate::command::Op;
-    use crate::domain::{NodeInfo, RiskTier};
-    use crate::env::{Clock, Env, RandomIds};
-    use crate::node::{CoreConfig, PlantedNodeBugs};
-    use crate::replication::PlantedBugs;
-    use crate::state::RegistryApp;
-
-    /// Time as the test sets it.
-    struct TestClock(AtomicI64);
-
-    impl Clock for TestClock {
-        fn now_ms(&self) -> i64 {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    /// A node alone: no chunk peers.
-    #[derive(Clone)]
-    struct NoPeers;
-
-    impl ChunkPeers for NoPeers {
-        async fn fetch_raw(
-            &self,
-            peer: SocketAddr,
-            _chunk: &ChunkRef,
-        ) -> Result<Vec<u8>, FetchError> {
-            Err(FetchError::Connect {
-                peer,
-                detail: "no peers in this test".into(),
-            })
-        }
-
-        async fn push(
-            &self,
-            peer: SocketAddr,
-            _hash: &Hash,
-            _data: &[u8],
-        ) -> Result<(), FetchError> {
-            Err(FetchError::Connect {
-                peer,
-                detail: "no peers in this test".into(),
-            })
-        }
-    }
-
-    type TestNode = Node<MemoryChunkSource, NoPeers>;
+    use crate::domain::RiskTier;
+    use crate::test_node::{one_node, OneNode, TestClock, TestNode};
 
     const START_MS: i64 = 1_800_000_000_000;
 
@@ -454,66 +406,17 @@ mod tests {
     impl Harness {
         /// A one-node cluster with a first admin, a model `reco` in namespace `search`.
         async fn start() -> Harness {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind the peer listener");
-            let addr = listener.local_addr().expect("peer address").to_string();
-            let config = RaftNodeConfig::new(1, dir.path().join("raft"), addr.clone());
-            let raft = RaftNode::<RegistryApp>::start_with_listener(config, listener)
-                .await
-                .expect("start raft");
-            raft.wait_for_leader(Duration::from_secs(10))
-                .await
-                .expect("a leader");
-            let clock = Arc::new(TestClock(AtomicI64::new(START_MS)));
-            let core = CoreConfig {
-                info: NodeInfo {
-                    node_id: 1,
-                    api_addr: "127.0.0.1:1".into(),
-                    peer_addr: addr,
-                    quic_addr: "127.0.0.1:2".into(),
-                    region: "test".into(),
-                    zone: "test-a".into(),
-                },
-                data_dir: dir.path().to_path_buf(),
-                write_quorum: None,
-                scrub_bytes_per_pass: 0,
-                crash_drills: false,
-                disk_reserve_bytes: 0,
-                chunk_gc_grace: None,
-                allow_anonymous_reads: false,
-                planted: PlantedBugs::default(),
-                planted_node: PlantedNodeBugs::default(),
-            };
-            let env = Env {
-                clock: clock.clone(),
-                ids: Arc::new(RandomIds),
-                chunks: MemoryChunkSource::default(),
-                peers: NoPeers,
-            };
-            let node = Node::assemble(core, env, raft);
-            let root = PresentedToken::random();
-            node.propose(
-                Actor {
-                    name: auth::node_principal(1),
-                    authenticated: true,
-                },
-                Op::Bootstrap {
-                    id: root.id.clone(),
-                    principal: "root".into(),
-                    secret_hash: root.secret_hash(),
-                },
-            )
-            .await
-            .expect("bootstrap the first admin");
+            let OneNode {
+                node,
+                clock,
+                admin,
+                dir,
+                ..
+            } = one_node(START_MS).await;
             let harness = Harness {
                 node,
                 clock,
-                admin: Actor {
-                    name: "root".into(),
-                    authenticated: true,
-                },
+                admin,
                 _dir: dir,
             };
             harness

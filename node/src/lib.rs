@@ -30,6 +30,8 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod state;
+#[cfg(test)]
+mod test_node;
 pub mod tls;
 pub mod upload_slots;
 pub mod watch;

@@ -279,14 +279,7 @@ mod tests {
         assert!(access.check(&identity(3, 5_000, 100_000), 7_000).is_err());
     }
 
-    /// Time as the test sets it.
-    struct TestClock(std::sync::atomic::AtomicI64);
-
-    impl Clock for TestClock {
-        fn now_ms(&self) -> i64 {
-            self.0.load(std::sync::atomic::Ordering::SeqCst)
-        }
-    }
+    use crate::test_node::TestClock;
 
     fn der_of(pem: &str) -> CertificateDer<'static> {
         use rustls::pki_types::pem::PemObject as _;

@@ -2,56 +2,20 @@
 //! CSRF, and hostile paths, query strings and forms. Every refusal is checked to have changed
 //! nothing.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use quiver_raft::{RaftNode, RaftNodeConfig};
-use quiver_transfer::{ChunkPeers, ChunkRef, ChunkSource, FetchError, Hash, MemoryChunkSource};
+use quiver_transfer::ChunkSource;
 use tower::ServiceExt;
 
-use crate::auth::{self, PresentedToken, Role, Scope};
+use crate::auth::{PresentedToken, Role, Scope};
 use crate::command::Op;
-use crate::domain::{Actor, NodeInfo, RiskTier, Stage, VersionMetadata};
-use crate::env::{Clock, Env, RandomIds};
+use crate::domain::{Actor, RiskTier, Stage, VersionMetadata};
 use crate::governance::PolicyScope;
 use crate::ingest::{FileStart, UploadHeader};
-use crate::node::{Consistency, CoreConfig, Node, PlantedNodeBugs};
-use crate::replication::PlantedBugs;
-use crate::state::RegistryApp;
-
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// A node alone: no chunk peers.
-#[derive(Clone)]
-struct NoPeers;
-
-impl ChunkPeers for NoPeers {
-    async fn fetch_raw(&self, peer: SocketAddr, _chunk: &ChunkRef) -> Result<Vec<u8>, FetchError> {
-        Err(FetchError::Connect {
-            peer,
-            detail: "no peers in this test".into(),
-        })
-    }
-
-    async fn push(&self, peer: SocketAddr, _hash: &Hash, _data: &[u8]) -> Result<(), FetchError> {
-        Err(FetchError::Connect {
-            peer,
-            detail: "no peers in this test".into(),
-        })
-    }
-}
-
-type TestNode = Node<MemoryChunkSource, NoPeers>;
+use crate::node::Consistency;
+use crate::test_node::{one_node, OneNode, TestNode};
 
 /// What the markup-bearing model's description holds: it must come back escaped.
 const MARKUP: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
@@ -69,65 +33,17 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the peer listener");
-        let addr = listener.local_addr().expect("peer address").to_string();
-        let config = RaftNodeConfig::new(1, dir.path().join("raft"), addr.clone());
-        let raft = RaftNode::<RegistryApp>::start_with_listener(config, listener)
-            .await
-            .expect("start raft");
-        raft.wait_for_leader(Duration::from_secs(10))
-            .await
-            .expect("a leader");
-        let core = CoreConfig {
-            info: NodeInfo {
-                node_id: 1,
-                api_addr: "127.0.0.1:1".into(),
-                peer_addr: addr,
-                quic_addr: "127.0.0.1:2".into(),
-                region: "test".into(),
-                zone: "test-a".into(),
-            },
-            data_dir: dir.path().to_path_buf(),
-            write_quorum: None,
-            scrub_bytes_per_pass: 0,
-            crash_drills: false,
-            disk_reserve_bytes: 0,
-            chunk_gc_grace: None,
-            allow_anonymous_reads: false,
-            planted: PlantedBugs::default(),
-            planted_node: PlantedNodeBugs::default(),
-        };
-        let env = Env {
-            clock: Arc::new(TestClock(AtomicI64::new(1_800_000_000_000))),
-            ids: Arc::new(RandomIds),
-            chunks: MemoryChunkSource::default(),
-            peers: NoPeers,
-        };
-        let node = Node::assemble(core, env, raft);
-        let root = PresentedToken::random();
-        node.propose(
-            Actor {
-                name: auth::node_principal(1),
-                authenticated: true,
-            },
-            Op::Bootstrap {
-                id: root.id.clone(),
-                principal: "root".into(),
-                secret_hash: root.secret_hash(),
-            },
-        )
-        .await
-        .expect("bootstrap the first admin");
+        let OneNode {
+            node,
+            admin,
+            root,
+            dir,
+            ..
+        } = one_node(1_800_000_000_000).await;
         let mut h = Harness {
             router: super::router(node.clone()),
             node,
-            admin: Actor {
-                name: "root".into(),
-                authenticated: true,
-            },
+            admin,
             tokens: Default::default(),
             _dir: dir,
         };
