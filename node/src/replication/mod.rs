@@ -39,7 +39,7 @@ pub use repair::{
     missing_chunks, repair_version, HeldSummary, RepairState, Repaired, PENDING_LISTED_MAX,
     REPAIR_INTERVAL,
 };
-pub use scrub::{scrub_step, Scrubbed, SCRUB_BYTES_PER_PASS};
+pub use scrub::{scrub_step, Scrubbed, SCRUB_BYTES_PER_PASS, SCRUB_CHUNKS_PER_PASS};
 pub use sink::{ChunkSink, BACKGROUND_PUSHES_MAX};
 
 /// Known bugs the simulator (quiver-sim) plants in this module's real code

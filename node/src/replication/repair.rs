@@ -27,6 +27,15 @@ pub struct HeldSummary {
     pub pending: Vec<(String, u64)>,
 }
 
+/// Where the scrub stopped: the version with manifest root `root`, verified to its end
+/// (`resume_at` None) or to the distinct chunk (in manifest order) it resumes at. A version
+/// larger than a step's budget is scrubbed over several steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct ScrubCursor {
+    pub root: String,
+    pub resume_at: Option<usize>,
+}
+
 /// Manifest roots this node has verified complete (all chunks present), so
 /// repair does not stat them again on every pass; and where the scrub of
 /// complete versions goes on.
@@ -35,8 +44,8 @@ pub struct RepairState {
     complete: Mutex<BTreeSet<String>>,
     /// What the last whole repair pass found (the cluster page shows it).
     last_pass: Mutex<Option<HeldSummary>>,
-    /// The root the last scrub step ended with.
-    pub(super) scrub_cursor: Mutex<Option<String>>,
+    /// Where the last scrub step stopped.
+    pub(super) scrub_cursor: Mutex<Option<ScrubCursor>>,
 }
 
 impl RepairState {
