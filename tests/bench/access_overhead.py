@@ -151,13 +151,20 @@ def main():
     print()
     print(f"{args.clients} client(s), {args.duration} s per phase, {args.rounds} alternating rounds; "
           "medians of the rounds' p50s")
-    print(f"{'figure':34} {'secure ms':>10} {'baseline ms':>12} {'overhead':>9}")
+    print("(pairs: each round's secure p50 minus its baseline p50; the median of those, and in how")
+    print(" many rounds the secure build was the slower)")
+    print(f"{'figure':34} {'secure ms':>10} {'baseline ms':>12} {'overhead':>9} "
+          f"{'pair median':>12} {'slower':>7}")
     for index, (operation, consistency) in enumerate(FIGURES):
         secure = statistics.median(r[index] for r in results["secure"])
         baseline = statistics.median(r[index] for r in results["baseline"])
         overhead = (secure / baseline - 1.0) * 100.0 if baseline > 0 else float("nan")
+        pairs = [s[index] - b[index] for s, b in zip(results["secure"], results["baseline"])]
+        pair_us = statistics.median(pairs) * 1000.0
+        slower = sum(1 for d in pairs if d > 0)
         label = f"{operation} ({consistency})" if consistency != "-" else operation
-        print(f"{label:34} {secure:10.3f} {baseline:12.3f} {overhead:8.1f}%")
+        print(f"{label:34} {secure:10.3f} {baseline:12.3f} {overhead:8.1f}% "
+              f"{pair_us:+9.1f} µs {slower:3}/{len(pairs)}")
 
 
 if __name__ == "__main__":
