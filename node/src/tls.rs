@@ -45,6 +45,53 @@ pub const PEER_TLS_SERVER_NAME: &str = "quiver.cluster";
 /// MLflow client at `https://127.0.0.1:7400` with the cluster CA) verifies it by its address.
 pub const NODE_CERT_NAMES: [&str; 4] = [PEER_TLS_SERVER_NAME, "localhost", "127.0.0.1", "::1"];
 
+/// Names (`--name`) a node certificate may carry beside [`NODE_CERT_NAMES`].
+pub const NODE_CERT_EXTRA_NAMES_MAX: usize = 16;
+/// The longest DNS name (RFC 1035).
+const DNS_NAME_BYTES_MAX: usize = 253;
+
+/// Checks a name a node certificate is to be valid for (`--name`): an IPv4 or IPv6 address,
+/// or a DNS name (labels of 1 to 63 letters, digits and inner hyphens, 253 bytes at most; no
+/// wildcards). The error names the value and what to give instead.
+pub fn validate_cert_name(name: &str) -> anyhow::Result<()> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let shown: String = name
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    let fix = "give a DNS name such as registry.example.com or an address such as 10.0.0.7";
+    if name.is_empty() {
+        bail!("--name is empty: {fix}");
+    }
+    if name.len() > DNS_NAME_BYTES_MAX {
+        bail!(
+            "--name \"{shown}…\" is {} bytes long: a DNS name has at most {DNS_NAME_BYTES_MAX}",
+            name.len()
+        );
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    for label in name.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            bail!(
+                "--name \"{shown}\" is not a DNS name or an IP address (label \"{}\": letters, \
+                 digits and inner hyphens, 1 to 63 of them): {fix}",
+                label.chars().take(80).collect::<String>().escape_debug()
+            );
+        }
+    }
+    Ok(())
+}
+
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca.key";
 const CA_NAME_FILE: &str = "ca.name";
@@ -160,12 +207,24 @@ impl ClusterCa {
     /// Issues a certificate for node `node_id`, valid from now (less
     /// [`CERT_CLOCK_SKEW_ALLOWANCE`]) for `valid_days` days (1 to [`CERT_VALID_DAYS_MAX`]).
     pub fn issue_for_days(&self, node_id: u64, valid_days: u32) -> anyhow::Result<NodeCert> {
+        self.issue_named(node_id, valid_days, &[])
+    }
+
+    /// [`ClusterCa::issue_for_days`], the certificate also valid for `names` (`--name`: the
+    /// host names and addresses remote HTTPS clients reach the node by, each checked by
+    /// [`validate_cert_name`], at most [`NODE_CERT_EXTRA_NAMES_MAX`]).
+    pub fn issue_named(
+        &self,
+        node_id: u64,
+        valid_days: u32,
+        names: &[String],
+    ) -> anyhow::Result<NodeCert> {
         if !(1..=CERT_VALID_DAYS_MAX).contains(&valid_days) {
             bail!("--valid-days {valid_days} is out of range: use 1 to {CERT_VALID_DAYS_MAX}");
         }
         let now = SystemTime::now();
         let not_after = now + Duration::from_secs(u64::from(valid_days) * 86_400);
-        self.issue_valid(node_id, now - CERT_CLOCK_SKEW_ALLOWANCE, not_after)
+        self.issue_valid_named(node_id, now - CERT_CLOCK_SKEW_ALLOWANCE, not_after, names)
     }
 
     /// Issues a certificate for node `node_id` valid from `not_before` to `not_after` (seconds
@@ -176,11 +235,35 @@ impl ClusterCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> anyhow::Result<NodeCert> {
+        self.issue_valid_named(node_id, not_before, not_after, &[])
+    }
+
+    fn issue_valid_named(
+        &self,
+        node_id: u64,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        names: &[String],
+    ) -> anyhow::Result<NodeCert> {
         anyhow::ensure!(
             not_before < not_after,
             "a certificate must become valid before it expires"
         );
-        let mut params = CertificateParams::new(NODE_CERT_NAMES.map(String::from).to_vec())?;
+        if names.len() > NODE_CERT_EXTRA_NAMES_MAX {
+            bail!(
+                "--name is given {} times: a node certificate takes at most \
+                 {NODE_CERT_EXTRA_NAMES_MAX} names beside {NODE_CERT_NAMES:?}",
+                names.len()
+            );
+        }
+        let mut all: Vec<String> = NODE_CERT_NAMES.map(String::from).to_vec();
+        for name in names {
+            validate_cert_name(name)?;
+            if !all.iter().any(|known| known.eq_ignore_ascii_case(name)) {
+                all.push(name.clone());
+            }
+        }
+        let mut params = CertificateParams::new(all)?;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -706,5 +789,108 @@ mod tests {
                 .is_err(),
             "another CA's beside this CA's ca.pem"
         );
+    }
+
+    /// Whether `cert` verifies as a server certificate for `name` against its CA.
+    fn verifies_for(cert: &NodeCert, name: &str) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert.ca_cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let end_entity = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap()
+            .verify_server_cert(
+                &end_entity,
+                &[],
+                &ServerName::try_from(name.to_string()).unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .is_ok()
+    }
+
+    #[test]
+    fn a_node_certificate_is_valid_for_the_names_it_is_issued_with_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path(), "c1").unwrap();
+        let names = vec![
+            "registry.example.com".to_string(),
+            "10.0.0.7".to_string(),
+            "fd00::7".to_string(),
+            "LOCALHOST".to_string(),
+        ];
+        let cert = ca.issue_named(3, 30, &names).unwrap();
+        for name in [
+            "registry.example.com",
+            "10.0.0.7",
+            "fd00::7",
+            "quiver.cluster",
+            "127.0.0.1",
+        ] {
+            assert!(verifies_for(&cert, name), "{name}");
+        }
+        for name in ["other.example.com", "10.0.0.8", "example.com"] {
+            assert!(!verifies_for(&cert, name), "{name}");
+        }
+        // Without names: the cluster's name and loopback only, as before.
+        let plain = ca.issue_for_days(3, 30).unwrap();
+        assert!(verifies_for(&plain, "quiver.cluster") && !verifies_for(&plain, "10.0.0.7"));
+        assert_eq!(
+            cert.identity().unwrap().node_id,
+            3,
+            "the names change nothing of what peers read back"
+        );
+    }
+
+    #[test]
+    fn names_that_are_neither_dns_names_nor_addresses_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::create(dir.path(), "c1").unwrap();
+        let long_label = "a".repeat(64);
+        let long_name = ["a"; 130].join(".");
+        for bad in [
+            "",
+            " ",
+            "has space.example.com",
+            "nul\0.example.com",
+            "../etc/passwd",
+            "a/b",
+            "*.example.com",
+            "-leading.example.com",
+            "trailing-.example.com",
+            "two..dots",
+            "ünïcode.example.com",
+            "host:7400",
+            "https://registry.example.com",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            let error = ca
+                .issue_named(3, 30, &[bad.to_string()])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("--name"), "{bad:?}: {error}");
+        }
+        for good in [
+            "a",
+            "a-b.c",
+            "registry.example.com.",
+            "::1",
+            "255.255.255.255",
+        ] {
+            ca.issue_named(3, 30, &[good.to_string()]).expect(good);
+        }
+        let too_many: Vec<String> = (0..=NODE_CERT_EXTRA_NAMES_MAX)
+            .map(|i| format!("h{i}"))
+            .collect();
+        let error = ca.issue_named(3, 30, &too_many).unwrap_err().to_string();
+        assert!(error.contains("at most"), "{error}");
+        assert!(ca.issue_named(3, 0, &[]).is_err());
     }
 }

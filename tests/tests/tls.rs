@@ -278,3 +278,121 @@ fn the_api_port_serves_grpc_over_tls_and_plaintext_http_to_its_own_host() {
     assert_eq!(listed.as_array().map(Vec::len), Some(2));
     assert_eq!(quiver_tests::http_get(&addr, "/metrics").0, 200);
 }
+
+/// `GET path` over HTTPS (HTTP/1.1) to the node at `addr`, verifying its certificate for `name`
+/// with the CA in `ca_pem`, as a browser or the MLflow client reaching the node by that name
+/// would: the answer's status, or why the connection failed.
+fn https_get_as(addr: &str, name: &str, ca_pem: &str, path: &str) -> Result<u16, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::io::{Read, Write};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("the CA in PEM"))
+        .expect("a usable CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = ServerName::try_from(name.to_string()).expect("a valid name");
+    let connection =
+        rustls::ClientConnection::new(config.into(), server_name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    match tls.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // A server that closes without close_notify still answered.
+        Err(e) if !answer.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status in {text:.200}"))
+}
+
+/// `quiver-node cert rotate --name` gives a running node's certificate the names remote HTTPS
+/// clients reach it by; a name that is neither a DNS name nor an address is refused and the
+/// certificate stays as it was.
+#[test]
+fn a_node_certificate_rotated_with_names_verifies_for_https_clients_by_those_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(NODE, &dir.path().join("n1")).unwrap();
+    let addr = node.endpoint.trim_start_matches("https://").to_string();
+    let tls_dir = node.data_dir.join("tls");
+    let ca_pem = std::fs::read_to_string(tls_dir.join("ca.pem")).unwrap();
+    let info = "/api/3.0/mlflow/server-info";
+    assert_eq!(https_get_as(&addr, "127.0.0.1", &ca_pem, info), Ok(200));
+    assert!(https_get_as(&addr, "registry.test", &ca_pem, info).is_err());
+
+    let rotate = |names: &[&str]| {
+        let mut command = Command::new(NODE);
+        command
+            .args(["cert", "rotate", "--node-id", "1", "--ca-dir"])
+            .arg(tls_dir.join("ca"))
+            .arg("--tls-dir")
+            .arg(&tls_dir);
+        for name in names {
+            command.args(["--name", name]);
+        }
+        command.output().expect("run quiver-node cert rotate")
+    };
+    let before = std::fs::read(tls_dir.join("node.pem")).unwrap();
+    let long = "a".repeat(300);
+    for bad in [
+        "",
+        "bad name",
+        "../x",
+        "*.test",
+        "ünï.test",
+        "host:7400",
+        long.as_str(),
+    ] {
+        let run = rotate(&["registry.test", bad]);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{bad:?} was accepted");
+        assert!(stderr.contains("--name"), "{bad:?}: {stderr}");
+        assert_eq!(
+            std::fs::read(tls_dir.join("node.pem")).unwrap(),
+            before,
+            "{bad:?}"
+        );
+    }
+
+    let run = rotate(&["registry.test", "10.9.8.7"]);
+    assert!(run.status.success(), "{run:?}");
+    // The running node takes the renewed certificate within its reload interval.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match https_get_as(&addr, "registry.test", &ca_pem, info) {
+            Ok(status) => {
+                assert_eq!(status, 200);
+                break;
+            }
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("the node never served the renewed certificate: {e}")
+            }
+            // Polled, not waited for: each try is a fresh handshake.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    assert_eq!(https_get_as(&addr, "10.9.8.7", &ca_pem, info), Ok(200));
+    assert_eq!(
+        https_get_as(&addr, "quiver.cluster", &ca_pem, info),
+        Ok(200)
+    );
+    assert!(https_get_as(&addr, "other.test", &ca_pem, info).is_err());
+    // gRPC clients, which verify quiver.cluster, go on as before.
+    quiver(CLI, &node.endpoint, &["model", "create", "named"]).ok();
+}

@@ -349,6 +349,11 @@ enum CertCommand {
         /// Days the certificate is valid (renew it before with `cert rotate`).
         #[arg(long, default_value_t = quiver_node::tls::CERT_VALID_DAYS_DEFAULT)]
         valid_days: u32,
+        /// A host name or address remote HTTPS clients reach the node by (repeat for more, at
+        /// most 16), beside quiver.cluster, localhost, 127.0.0.1 and ::1, which every node
+        /// certificate names. Node certificates only.
+        #[arg(long = "name", value_name = "HOST", conflicts_with = "client")]
+        names: Vec<String>,
     },
     /// Renew a node's certificate: a new key pair and validity period, the same node id and
     /// CA, written over the old files in its TLS directory. A running node starts using it
@@ -365,6 +370,10 @@ enum CertCommand {
         /// Days the renewed certificate is valid.
         #[arg(long, default_value_t = quiver_node::tls::CERT_VALID_DAYS_DEFAULT)]
         valid_days: u32,
+        /// A host name or address remote HTTPS clients reach the node by (repeat for more);
+        /// give every name the renewed certificate is to keep.
+        #[arg(long = "name", value_name = "HOST")]
+        names: Vec<String>,
     },
 }
 
@@ -474,6 +483,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             out,
             valid_days,
+            names,
         }) => {
             let ca = ClusterCa::load(&ca_dir)
                 .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
@@ -492,9 +502,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 return Ok(());
             };
-            ca.issue_for_days(node_id, valid_days)?.write(&out)?;
+            ca.issue_named(node_id, valid_days, &names)?.write(&out)?;
             println!(
-                "issued a certificate for node {node_id}, valid {valid_days} days, into {}",
+                "issued a certificate for node {node_id}, valid {valid_days} days, for {}, into {}",
+                quiver_node::tls::NODE_CERT_NAMES
+                    .iter()
+                    .map(|n| n.to_string())
+                    .chain(names.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 out.display()
             );
             Ok(())
@@ -504,10 +520,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_id,
             tls_dir,
             valid_days,
+            names,
         }) => {
             let ca = ClusterCa::load(&ca_dir)
                 .with_context(|| format!("load the cluster CA from {}", ca_dir.display()))?;
-            ca.issue_for_days(node_id, valid_days)?
+            ca.issue_named(node_id, valid_days, &names)?
                 .replace(&tls_dir)
                 .with_context(|| format!("renew the certificate in {}", tls_dir.display()))?;
             println!(

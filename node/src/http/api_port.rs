@@ -110,7 +110,8 @@ async fn refuse_plaintext(mut tcp: TcpStream, local: SocketAddr) {
         "{{\"error_code\":\"PERMISSION_DENIED\",\"message\":\"this node serves plaintext HTTP on \
          its API port ({local}) to clients on its own host only, so that no token crosses a \
          network in clear: use https:// on the same port, verified with the cluster CA (the \
-         node's certificate names quiver.cluster)\"}}"
+         node's certificate names quiver.cluster and the names `quiver-node cert issue --name` gave \
+         it)\"}}"
     );
     let response = format!(
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
