@@ -303,3 +303,45 @@ fn the_model_load_benchmark_runs_at_toy_size() {
     .err();
     assert!(refused.contains("--size-mib 0"), "{refused}");
 }
+
+#[test]
+fn the_tls_floor_benchmark_runs_at_toy_size_and_refuses_out_of_range_counts() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(NODE)
+            .args(["bench", "tls-floor"])
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--calls", "50", "--rounds", "2", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["plaintext_us_p50", "tls_us_p50"] {
+        assert!(figure(&r, key).as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    assert_eq!(figure(&r, "tls_rounds_us").as_array().unwrap().len(), 2);
+    for bad in [
+        &["--calls", "0"][..],
+        &["--rounds", "0"],
+        &["--calls", "1000001"],
+        &["--rounds", "101"],
+        &["--calls=-1"],
+        &["--calls", "99999999999999999999999"],
+        &["--output", "xml", "--calls", "1", "--rounds", "1"],
+    ] {
+        let out = run(bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            stderr.contains("--calls")
+                || stderr.contains("--output")
+                || stderr.contains("--rounds"),
+            "{bad:?}: {stderr}"
+        );
+    }
+}

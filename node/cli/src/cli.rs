@@ -124,6 +124,20 @@ enum BenchCommand {
         #[command(flatten)]
         common: BenchArgs,
     },
+    /// What TLS alone adds to one unary gRPC round trip here: tonic's health service on
+    /// loopback, plaintext beside TLS 1.3 (rustls, a certificate from a fresh cluster CA),
+    /// alternating rounds, nothing of Quiver's in the call. The floor under what the client
+    /// API's TLS can cost a registry read (tests/bench/access_overhead.py).
+    TlsFloor {
+        /// Calls per round, on each server.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        calls: u64,
+        /// Rounds, alternating which server goes first.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=100))]
+        rounds: u64,
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -282,6 +296,18 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 ],
             );
             print_report(&common.output, &r, text)
+        }
+        BenchCommand::TlsFloor {
+            calls,
+            rounds,
+            output,
+        } => {
+            let options = crate::bench_tls::TlsFloorOptions {
+                calls: calls as usize,
+                rounds: rounds as usize,
+            };
+            let r = crate::bench_tls::tls_floor(&options).await?;
+            print_report(&output, &r, crate::bench_tls::table(&r))
         }
         BenchCommand::Search {
             models,

@@ -7,11 +7,13 @@
 //! `cli` parses and dispatches; `launch` starts nodes from their options
 //! (one, or a local cluster); `bench` measures clusters it starts through
 //! `launch`. Neither `cli` nor `bench` is imported by `launch`. `bench_lineage` measures a
-//! state it seeds directly, without a cluster.
+//! state it seeds directly, without a cluster; `bench_tls` what TLS alone adds to a bare gRPC
+//! call, without Quiver.
 
 pub mod bench;
 pub mod bench_lineage;
 pub mod bench_search;
+pub mod bench_tls;
 pub mod cli;
 pub mod launch;
 
