@@ -38,6 +38,9 @@ const RECONNECT_PAUSE_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// A registry call the agent makes in the background gives up after this long.
 const REGISTRY_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pull waits for the agent to reach its first member before it fails (and is
+/// tried again after the core's pause).
+const MEMBERS_WAIT: Duration = Duration::from_secs(10);
 
 /// How to reach the registry.
 #[derive(Clone, Debug)]
@@ -96,6 +99,9 @@ pub(super) struct Shared {
     actions: mpsc::UnboundedSender<Action>,
     /// The clients of the cluster's members, nearest first (empty: not connected).
     members: tokio::sync::RwLock<Vec<Client>>,
+    /// Wakes pulls waiting for the first members (an agent restarted with a kept deployment
+    /// pulls what it lacks as soon as it reaches the registry).
+    members_known: tokio::sync::Notify,
     /// Tells waiters (tests, `wait_generation`) that the routing or a version changed.
     pub changed: watch::Sender<u64>,
 }
@@ -215,6 +221,7 @@ impl Agent {
             faults: RwLock::new(config.faults.clone()),
             actions,
             members: tokio::sync::RwLock::new(Vec::new()),
+            members_known: tokio::sync::Notify::new(),
             changed: watch::channel(0).0,
             config,
         });
@@ -418,6 +425,7 @@ async fn registry_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) 
         let attempt = async {
             let members = connect(&config.registry, &config.region, &config.zone).await?;
             *shared.members.write().await = members.clone();
+            shared.members_known.notify_waiters();
             let mut watcher = Watcher::new(
                 members.clone(),
                 WatchRequest {
@@ -650,10 +658,22 @@ async fn pull(
     dir: &Path,
     signature_path: &Path,
 ) -> anyhow::Result<()> {
-    let members = shared.members.read().await.clone();
-    if members.is_empty() {
-        anyhow::bail!("the registry is unreachable and {model}/{version} is not on local disk");
-    }
+    let members = loop {
+        let known = shared.members_known.notified();
+        tokio::pin!(known);
+        known.as_mut().enable();
+        let members = shared.members.read().await.clone();
+        if !members.is_empty() {
+            break members;
+        }
+        if tokio::time::timeout(MEMBERS_WAIT, known).await.is_err() {
+            anyhow::bail!(
+                "no member of the registry answered within {}s and {model}/{version} is not on \
+                 local disk: it is pulled once the agent reaches one",
+                MEMBERS_WAIT.as_secs()
+            );
+        }
+    };
     let pulling = shared.config.dir.join("pulling").join(version.to_string());
     let reference = format!("{model}/{version}");
     let mut last = None;
