@@ -14,8 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -681,27 +680,28 @@ async fn pull(
         // What an earlier attempt (through any member: the version is the same) verified
         // stays, and the download resumes after it.
         std::fs::create_dir_all(&pulling)?;
-        let held = AtomicU64::new(u64::MAX);
+        // The first progress report says what an earlier attempt left verified.
+        let held = OnceLock::new();
         let pulled = client
             .download_version(&reference, &pulling, &|done, total| {
-                // The first report says what an earlier attempt left verified.
-                if held.load(Ordering::Relaxed) == u64::MAX {
-                    held.store(done, Ordering::Relaxed);
-                    if done > 0 {
-                        tracing::info!(
-                            %reference,
-                            node = client.endpoint(),
-                            held_bytes = done,
-                            total_bytes = total,
-                            "resuming an interrupted pull: only the chunks not yet here are fetched"
-                        );
-                    }
+                if held.set(done).is_ok() && done > 0 {
+                    tracing::info!(
+                        %reference,
+                        node = client.endpoint(),
+                        held_bytes = done,
+                        total_bytes = total,
+                        "resuming an interrupted pull: only the chunks not yet here are fetched"
+                    );
                 }
             })
             .await;
         match pulled {
             Ok(summary) => {
-                let held = held.load(Ordering::Relaxed).min(summary.total_size_bytes);
+                let held = held
+                    .get()
+                    .copied()
+                    .unwrap_or(0)
+                    .min(summary.total_size_bytes);
                 shared.metrics.pulled(summary.total_size_bytes - held);
                 if let Some(signature) = summary.version.signature.as_ref() {
                     let json = serde_json::to_vec(&SignatureJson::from_proto(signature))?;

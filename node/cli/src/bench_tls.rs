@@ -1,21 +1,23 @@
 //! `quiver-node bench tls-floor`: what TLS alone adds to one unary gRPC round trip on this
 //! machine, with nothing of Quiver's in the call. Two tonic servers in this process serve
-//! gRPC's health service on loopback, one plaintext and one behind a TLS acceptor fed to
-//! `serve_with_incoming` the way a node's API port is (a certificate from a fresh cluster CA,
-//! TLS 1.3, rustls with ring); one client calls each in turn, alternating rounds. It is the
+//! gRPC's health service on loopback, one plaintext and one behind the node's own TLS: the
+//! client API's rustls configuration (`PeerTls::api_server_config`, a certificate from a fresh
+//! cluster CA) and its handshake loop (`quiver_raft::tls_incoming`); one client calls each in
+//! turn, alternating rounds. It is the
 //! floor under the access benchmark (`tests/bench/access_overhead.py`): what a registry read
 //! pays for TLS before it checks anything.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use futures::Stream;
+use quiver_raft::{PeerIdentity, PeerTls};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -54,19 +56,27 @@ pub async fn tls_floor(options: &TlsFloorOptions) -> anyhow::Result<TlsFloorRepo
     let ca_dir = tempfile::tempdir().context("a temporary directory for the CA")?;
     let ca = quiver_node::tls::ClusterCa::create(ca_dir.path(), "tls-floor")?;
     let cert = ca.issue(1)?;
-    let chain =
-        vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes())
-            .context("the node certificate")?];
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).context("the node key")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = PeerTls {
+        ca_cert_pem: cert.ca_cert_pem.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let config =
+        tls.api_server_config(Arc::new(PeerIdentity::new(&cert.cert_pem, &cert.key_pem)?))?;
 
-    let (plain_addr, plain_task) = serve_plaintext().await?;
-    let (tls_addr, tls_tasks) = serve_tls(Arc::new(config)).await?;
+    let plain_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let plain_addr = plain_listener.local_addr()?;
+    let tls_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let tls_addr = tls_listener.local_addr()?;
+    let (tls_incoming, handshaking) =
+        quiver_raft::tls_incoming("tls-floor server", 1, tls_listener, config);
+    let tasks = [
+        spawn_health(tokio_stream::wrappers::TcpListenerStream::new(
+            plain_listener,
+        )),
+        spawn_health(tls_incoming),
+        handshaking,
+    ];
     let result = async {
         let plain = Endpoint::from_shared(format!("http://{plain_addr}"))?
             .tcp_nodelay(true)
@@ -98,8 +108,7 @@ pub async fn tls_floor(options: &TlsFloorOptions) -> anyhow::Result<TlsFloorRepo
         anyhow::Ok((plain_rounds, tls_rounds))
     }
     .await;
-    plain_task.abort();
-    for task in tls_tasks {
+    for task in tasks {
         task.abort();
     }
     let (plaintext_rounds_us, tls_rounds_us) = result?;
@@ -125,49 +134,21 @@ pub fn table(r: &TlsFloorReport) -> String {
     )
 }
 
-async fn serve_plaintext() -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+/// Serves gRPC's health service on the connections `incoming` yields, until aborted.
+fn spawn_health<S, IO, E>(incoming: S) -> JoinHandle<()>
+where
+    S: Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (_reporter, service) = tonic_health::server::health_reporter();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let _ = Server::builder()
             .add_service(service)
             .serve_with_incoming(incoming)
             .await;
-    });
-    Ok((addr, task))
-}
-
-async fn serve_tls(
-    config: Arc<rustls::ServerConfig>,
-) -> anyhow::Result<(std::net::SocketAddr, Vec<JoinHandle<()>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let (streams, incoming) =
-        tokio::sync::mpsc::channel::<Result<TlsStream<TcpStream>, std::io::Error>>(16);
-    let accepting = tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, streams) = (acceptor.clone(), streams.clone());
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
-                if let Ok(Ok(stream)) = handshake.await {
-                    let _ = streams.send(Ok(stream)).await;
-                }
-            });
-        }
-    });
-    let (_reporter, service) = tonic_health::server::health_reporter();
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
-    let serving = tokio::spawn(async move {
-        let _ = Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming)
-            .await;
-    });
-    Ok((addr, vec![accepting, serving]))
+    })
 }
 
 /// `calls` sequential health checks on `channel`: their p50, µs.
